@@ -1,0 +1,344 @@
+"""Decode one shard of a benchmark: items -> requests -> ``generate`` -> result JSONL.
+
+The shard checkpoints after every batch: completed records are appended to
+``<output>.partial`` (flush + fsync), the first line of which holds the hash of the run's
+config slice. A rerun after a kill resumes from it — no finished item is lost or decoded
+twice, at most the batch in flight is recomputed — unless the config changed, in which case
+the stale partial file is discarded (never mixing two configs in one file). The final file is
+written atomically in item order and the partial file removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .io import atomic_path, config_hash, dumps
+
+log = logging.getLogger("vcdflow.runner")
+
+# Keys of the run config that do not change results (and so do not enter the hash).
+_NON_RESULT_KEYS = ("device", "threads", "gpu_lock_dir")
+_NON_RESULT_MODEL_KEYS = ("batch_size",)
+
+
+def result_hash(run: dict) -> str:
+    """Hash of everything that determines the records of a result file."""
+    slim = {k: v for k, v in run.items() if k not in _NON_RESULT_KEYS}
+    slim["model"] = {k: v for k, v in run["model"].items() if k not in _NON_RESULT_MODEL_KEYS}
+    slim["benchmark"] = {k: v for k, v in run["benchmark"].items() if k != "n_shards"}
+    return config_hash(slim)
+
+
+# --------------------------------------------------------------------------- items
+
+
+def load_items(bench: dict, inputs: dict) -> list[dict]:
+    """Items of one benchmark split, in a fixed order (see the metrics modules)."""
+    name = bench["name"]
+    if name == "pope":
+        from .metrics import pope
+
+        items = pope.load_items(bench["questions"], bench["images"])
+        n = bench.get("n_questions")
+        if n:
+            # Seeded subsample that keeps file order: the first n of a shuffled index list.
+            idx = sorted(random.Random(f"pope-subset-{bench['split']}").sample(range(len(items)), min(n, len(items))))
+            items = [items[i] for i in idx]
+        return items
+    if name == "chair":
+        from .metrics import chair
+
+        return chair.load_items(
+            bench["instances"],
+            bench["images"],
+            n_images=bench.get("n_images", 500),
+            seed=bench.get("subset_seed", 0),
+            image_ids_file=bench.get("image_ids"),
+            prompt=bench.get("prompt"),
+        )
+    if name == "mme":
+        from .metrics import mme
+
+        return mme.load_items(bench["root"], source=bench.get("source", "parquet"), subtasks=bench.get("subtasks"))
+    if name == "amber":
+        from .metrics import amber
+
+        return amber.load_items(bench["root"], task=bench["split"])
+    raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
+
+
+def shard_slice(items: list, shard: int, n_shards: int) -> list:
+    """Contiguous, balanced chunk ``shard`` of ``n_shards`` (concatenation = the whole list)."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} out of range for {n_shards} shards")
+    n = len(items)
+    start = (n * shard) // n_shards
+    stop = (n * (shard + 1)) // n_shards
+    return items[start:stop]
+
+
+def build_prompt(run: dict, item: dict) -> str:
+    bench, model, method = run["benchmark"], run["model"], run["method"]
+    template = bench.get("prompt") or "{question}"
+    prompt = template.format(question=item.get("question", ""))
+    name = bench["name"]
+    suffix = method.get("prompt_suffix", {}).get(name, model.get("prompt_suffix", {}).get(name, ""))
+    return prompt + suffix
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+class Checkpoint:
+    """Append-only partial file: header line with the config hash, then one record per line."""
+
+    def __init__(self, path: str | os.PathLike, run_hash: str):
+        self.path = Path(path)
+        self.run_hash = run_hash
+        self.done: dict[str, dict] = {}
+        self._fh = None
+
+    def load(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        try:
+            header = json.loads(lines[0])
+        except (json.JSONDecodeError, IndexError):
+            header = {}
+        if header.get("config_hash") != self.run_hash:
+            log.warning(
+                "discarding %s: written under config %s, current config is %s",
+                self.path, header.get("config_hash"), self.run_hash,
+            )
+            self.path.unlink()
+            return {}
+        good = [lines[0]]
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by the kill: everything after it is recomputed
+            self.done[rec["item_id"]] = rec
+            good.append(line)
+        # Rewrite without a torn tail so appends start on a clean line.
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("\n".join(good) + "\n", encoding="utf-8")
+        return self.done
+
+    def open(self) -> None:
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        if new:
+            self._fh.write(dumps({"config_hash": self.run_hash}) + "\n")
+            self._sync()
+
+    def append(self, records: Iterable[dict]) -> None:
+        for rec in records:
+            self._fh.write(dumps(rec) + "\n")
+            self.done[rec["item_id"]] = rec
+        self._sync()
+
+    def _sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
+            self._fh = None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _load_image(path: str):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def _record(run: dict, item: dict, prompt: str, answer: str, error: str | None, meta: dict, seconds: float, new_tokens: int) -> dict:
+    return {
+        "item_id": item["item_id"],
+        "image": item.get("image"),
+        "image_id": item.get("image_id"),
+        "question_id": item.get("question_id"),
+        "prompt": prompt,
+        "answer": answer,
+        "label": item.get("label"),
+        "seed": run["seed"],
+        "error": error,
+        "meta": meta or {},
+        "timing": {"seconds": round(seconds, 6), "new_tokens": int(new_tokens)},
+    }
+
+
+def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None = None) -> list[dict]:
+    """Decode a batch of items; bad items become error records, never exceptions."""
+    from .decoding import Request, generate
+
+    generate_fn = generate_fn or generate
+    method = run["method"]
+    bench = run["benchmark"]
+    requests, slots, records = [], [], [None] * len(items)
+    for i, item in enumerate(items):
+        prompt = build_prompt(run, item)
+        try:
+            image = _load_image(item["image_path"])
+        except Exception as exc:  # noqa: BLE001 - any unreadable image becomes an error row
+            records[i] = _record(run, item, prompt, "", f"image {item.get('image_path')}: {type(exc).__name__}: {exc}", {}, 0.0, 0)
+            continue
+        extra = {}
+        if item.get("contrast_images"):
+            extra["contrast_images"] = [_load_image(p) for p in item["contrast_images"]]
+        requests.append(Request(image=image, prompt=prompt, item_id=item["item_id"], **extra))
+        slots.append((i, prompt))
+    if requests:
+        t0 = time.perf_counter()
+        outs = generate_fn(
+            vlm,
+            requests,
+            method=method["method"],
+            params=method.get("params", {}),
+            do_sample=method["do_sample"],
+            temperature=method.get("temperature", 1.0),
+            top_p=method.get("top_p", 1.0),
+            top_k=method.get("top_k"),
+            max_new_tokens=int(bench["max_new_tokens"]),
+            seed=int(run["seed"]),
+            batch_size=len(requests),
+        )
+        per_item = (time.perf_counter() - t0) / len(requests)
+        for (i, prompt), out in zip(slots, outs):
+            records[i] = _record(
+                run, items[i], prompt, out.text if not out.error else "", out.error,
+                dict(out.meta or {}), per_item, len(out.token_ids or []),
+            )
+    return records
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except Exception:  # noqa: BLE001
+        pass
+    return "out of memory" in str(exc).lower()
+
+
+def decode_with_oom_retry(vlm, run, items, generate_fn=None, say=log.info) -> list[dict]:
+    """Decode ``items``; on a CUDA out-of-memory error halve the batch and retry both halves."""
+    try:
+        return decode_batch(vlm, run, items, generate_fn)
+    except Exception as exc:  # noqa: BLE001
+        if not _is_oom(exc) or len(items) == 1:
+            raise
+        say(f"out of memory at batch size {len(items)}: retrying as two batches of "
+            f"{len(items) // 2} and {len(items) - len(items) // 2}")
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+        half = len(items) // 2
+        return decode_with_oom_retry(vlm, run, items[:half], generate_fn, say) + decode_with_oom_retry(
+            vlm, run, items[half:], generate_fn, say
+        )
+
+
+def run_shard(
+    run: dict,
+    output: str | os.PathLike,
+    *,
+    shard: int = 0,
+    n_shards: int = 1,
+    items: list[dict] | None = None,
+    vlm=None,
+    generate_fn: Callable | None = None,
+    progress: bool = True,
+) -> Path:
+    """Decode shard ``shard``/``n_shards`` of ``run`` into ``output`` (resumable)."""
+    output = Path(output)
+    if items is None:
+        items = load_items(run["benchmark"], {})
+    items = shard_slice(items, shard, n_shards)
+    ids = [it["item_id"] for it in items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"duplicate item_id {dup!r} in {run['benchmark']['name']}/{run['benchmark']['split']}")
+    run_hash = result_hash(run)
+    ckpt = Checkpoint(str(output) + ".partial", run_hash)
+    done = ckpt.load()
+    todo = [it for it in items if it["item_id"] not in done]
+    if done:
+        log.info("resuming %s: %d of %d items already decoded", output, len(done), len(items))
+    if todo:
+        if vlm is None:
+            from .models import load_vlm
+
+            model = run["model"]
+            vlm = load_vlm(model["path"], device=_device(run), dtype=model.get("dtype", "float32"))
+        bs = int(run["model"].get("batch_size", 16))
+        ckpt.open()
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
+                       desc=f"{run['benchmark']['name']}/{run['benchmark']['split']}/{run['method']['label']}", unit="item")
+            for start in range(0, len(todo), bs):
+                batch = todo[start:start + bs]
+                ckpt.append(decode_with_oom_retry(vlm, run, batch, generate_fn))
+                bar.update(len(batch))
+            bar.close()
+        finally:
+            ckpt.close()
+    records = [ckpt.done[i] for i in ids]
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(dumps(rec) + "\n")
+    Path(str(output) + ".partial").unlink(missing_ok=True)
+    return output
+
+
+def _device(run: dict) -> str:
+    want = run.get("device", "auto")
+    if want == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if want == "cuda":
+        raise RuntimeError("device: cuda requested but no CUDA device is visible")
+    return "cpu"
+
+
+def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Concatenate shard files (already in item order) into the final result file."""
+    output = Path(output)
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for shard in shards:
+            with open(shard, encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        out.write(line if line.endswith("\n") else line + "\n")
+    return output
+
+
+def describe(run: dict) -> dict[str, Any]:
+    return {"config_hash": result_hash(run), "run": run}

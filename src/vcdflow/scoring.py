@@ -1,0 +1,73 @@
+"""Score one result file: per-item outcomes (for paired tests) and long-format metric rows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .io import atomic_path, read_jsonl, write_jsonl
+
+METRIC_COLUMNS = ["benchmark", "split", "model", "method", "seed", "metric", "value"]
+
+
+def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
+    """Return ``(scores, per_item)`` for one benchmark split's records."""
+    name = bench["name"]
+    if name == "pope":
+        from .metrics import pope
+
+        parser = bench.get("parser", "official")
+        return pope.score(records, parser=parser), pope.score_items(records, parser=parser)
+    if name == "chair":
+        from .metrics import chair
+
+        evaluator = chair.CHAIR(
+            instances=bench["instances"],
+            captions=bench["captions"],
+            synonyms=bench["synonyms"],
+            nltk_data=bench["nltk_data"],
+        )
+        return evaluator.score(records), evaluator.score_items(records)
+    if name == "mme":
+        from .metrics import mme
+
+        parser = bench.get("parser", "official")
+        return mme.score(records, parser=parser), mme.score_items(records, parser=parser)
+    if name == "amber":
+        from .metrics import amber
+
+        return amber.score(records, root=bench["root"], task=bench["split"]), amber.score_items(
+            records, root=bench["root"], task=bench["split"]
+        )
+    raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
+
+
+def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out, *, model: str, method: str, seed: int) -> dict:
+    records = read_jsonl(results)
+    scores, per_item = score_records(bench, records)
+    write_jsonl(scored_out, per_item)
+    rows = [
+        {"benchmark": bench["name"], "split": bench["split"], "model": model, "method": method,
+         "seed": int(seed), "metric": k, "value": float(v)}
+        for k, v in scores.items()
+        if v is not None
+    ]
+    write_metrics(rows, metrics_out)
+    return scores
+
+
+def write_metrics(rows: list[dict] | pd.DataFrame, dest) -> None:
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    df = df[METRIC_COLUMNS]
+    with atomic_path(dest) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def combine_metrics(parts: list[str | os.PathLike], dest) -> pd.DataFrame:
+    frames = [pd.read_csv(p) for p in parts]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+    df = df.sort_values(["benchmark", "split", "model", "method", "seed", "metric"], kind="stable")
+    write_metrics(df.reset_index(drop=True), dest)
+    return df

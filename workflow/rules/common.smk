@@ -1,0 +1,197 @@
+"""Helpers shared by all rule files - config validation, the run grid, input functions.
+
+Rules hold no logic: everything here only maps the (validated) config onto paths.
+"""
+
+import os
+from pathlib import Path
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+BENCHMARKS = list(config["benchmarks"])
+MODELS = list(config["models"])
+METHOD_LABELS = list(config["methods"])
+SEEDS = [int(s) for s in config["seeds"]]
+SINGLE_SPLIT = "all"  # split name of benchmarks without splits (CHAIR, MME)
+DEMO = config["world"] == "demo"
+
+
+def bench_splits(benchmark):
+    """The splits a benchmark is decoded and scored on."""
+    cfg = config["benchmarks"][benchmark]
+    if benchmark == "pope":
+        return list(cfg["splits"])
+    if benchmark == "amber":
+        return list(cfg["tasks"])
+    return [SINGLE_SPLIT]
+
+
+ALL_SPLITS = sorted({s for b in BENCHMARKS for s in bench_splits(b)})
+
+
+def _alternation(values):
+    return "|".join(sorted((str(v) for v in values), key=len, reverse=True))
+
+
+def method_config(label):
+    """Normalised method entry: engine method, mode, sampling settings, params."""
+    entry = dict(config["methods"][label])
+    method = entry.get("method", label)
+    do_sample = entry.get("do_sample", method == "sample")
+    return {
+        "label": label,
+        "method": method,
+        "mode": "sample" if do_sample else "greedy",
+        "do_sample": bool(do_sample),
+        "temperature": float(entry.get("temperature", 1.0)),
+        "top_p": float(entry.get("top_p", 1.0)),
+        "top_k": entry.get("top_k"),
+        "params": dict(entry.get("params", {})),
+        "prompt_suffix": dict(entry.get("prompt_suffix", {})),
+    }
+
+
+def model_dir(model):
+    cfg = config["models"][model]
+    return cfg.get("path", f"resources/models/{model}")
+
+
+def model_config(model):
+    cfg = dict(config["models"][model])
+    return {
+        "name": model,
+        "path": model_dir(model),
+        "family": cfg.get("family", "auto"),
+        "dtype": cfg.get("dtype", config["dtype"]),
+        "batch_size": int(cfg.get("batch_size", config["batch_size"])),
+        "prompt_suffix": dict(cfg.get("prompt_suffix", {})),
+        "revision": cfg.get("revision", "main"),
+    }
+
+
+def n_shards(benchmark):
+    return int(config["benchmarks"][benchmark].get("n_shards", config["n_shards"]))
+
+
+def bench_config(benchmark, split):
+    """The benchmark slice a decode job needs, with {split} filled in."""
+    cfg = dict(config["benchmarks"][benchmark])
+    out = {"name": benchmark, "split": split}
+    for key, value in cfg.items():
+        out[key] = value.format(split=split) if isinstance(value, str) and key != "prompt" else value
+    return out
+
+
+def run_config(wildcards):
+    """Everything that determines one result file; its hash tags the file."""
+    return {
+        "benchmark": bench_config(wildcards.benchmark, wildcards.split),
+        "model": model_config(wildcards.model),
+        "method": method_config(wildcards.method),
+        "seed": int(wildcards.seed),
+        "device": config["device"],
+        "threads": int(config["threads"]),
+        "gpu_lock_dir": config["gpu_lock_dir"],
+    }
+
+
+def _image_input(path):
+    """The rule output an image folder comes from (demo images live in one directory output)."""
+    demo_images = "resources/demo/world/images"
+    if DEMO and str(path).startswith(demo_images):
+        return demo_images
+    return path
+
+
+def decode_inputs(wildcards):
+    """Input files of a decode shard: the model and the benchmark's data."""
+    bench = bench_config(wildcards.benchmark, wildcards.split)
+    inputs = {"model": model_dir(wildcards.model)}
+    if wildcards.benchmark == "pope":
+        inputs["questions"] = bench["questions"]
+        inputs["images"] = _image_input(bench["images"])
+    elif wildcards.benchmark == "chair":
+        inputs["instances"] = bench["instances"]
+        inputs["captions"] = bench["captions"]
+        inputs["images"] = _image_input(bench["images"])
+        if bench.get("image_ids"):
+            inputs["image_ids"] = bench["image_ids"]
+    elif wildcards.benchmark in ("mme", "amber"):
+        inputs["root"] = bench["root"]
+    return inputs
+
+
+def score_inputs(wildcards):
+    """Ground truth a scorer needs beside the result file."""
+    bench = bench_config(wildcards.benchmark, wildcards.split)
+    inputs = {
+        "results": "results/{benchmark}/{split}/{model}/{method}/seed{seed}.jsonl".format(
+            **wildcards
+        )
+    }
+    if wildcards.benchmark == "chair":
+        inputs["instances"] = bench["instances"]
+        inputs["captions"] = bench["captions"]
+        inputs["synonyms"] = bench["synonyms"]
+        inputs["nltk_data"] = bench["nltk_data"]
+    elif wildcards.benchmark == "amber":
+        inputs["root"] = bench["root"]
+    return inputs
+
+
+def shard_files(wildcards):
+    n = n_shards(wildcards.benchmark)
+    return [
+        "results/shards/{benchmark}/{split}/{model}/{method}/seed{seed}/".format(**wildcards)
+        + f"{i}-of-{n}.jsonl"
+        for i in range(n)
+    ]
+
+
+def grid():
+    """Every (benchmark, split, model, method, seed) of the config grid."""
+    for benchmark in BENCHMARKS:
+        for split in bench_splits(benchmark):
+            for model in MODELS:
+                for method in METHOD_LABELS:
+                    for seed in SEEDS:
+                        yield dict(
+                            benchmark=benchmark, split=split, model=model, method=method, seed=seed
+                        )
+
+
+RESULT = "results/{benchmark}/{split}/{model}/{method}/seed{seed}"
+
+
+def all_results():
+    return [RESULT.format(**g) + ".jsonl" for g in grid()]
+
+
+def all_scored():
+    return [RESULT.format(**g) + ".scored.jsonl" for g in grid()]
+
+
+def all_metric_parts():
+    return [RESULT.format(**g) + ".metrics.csv" for g in grid()]
+
+
+def report_runs():
+    """Method label -> engine method, mode and params, for the report's baselines."""
+    return {label: method_config(label) for label in METHOD_LABELS}
+
+
+def final_outputs():
+    return ["results/metrics.csv", "reports/index.html"]
+
+
+DEMO_POPE_SPLITS = ["random", "popular", "adversarial"]
+
+
+def gpus_per_job():
+    """GPUs a heavy job asks for: 0 with device: cpu, else 1 (bound to a device at run time)."""
+    return 0 if config["device"] == "cpu" else 1
+
+
+def score_bench(wildcards):
+    return bench_config(wildcards.benchmark, wildcards.split)

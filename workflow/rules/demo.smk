@@ -1,0 +1,71 @@
+# The embedded demo world: procedural COCO-format scenes, POPE/CHAIR inputs, the demo LLaVA.
+# Built only when config["world"] == "demo"; every output is seeded and deterministic.
+
+
+rule build_demo_world:
+    output:
+        instances_train="resources/demo/world/annotations/instances_train.json",
+        instances_val="resources/demo/world/annotations/instances_val.json",
+        captions_train="resources/demo/world/annotations/captions_train.json",
+        captions_val="resources/demo/world/annotations/captions_val.json",
+        images=directory("resources/demo/world/images"),
+    log:
+        "logs/demo/build_demo_world.log",
+    params:
+        n_train=config["demo"]["n_train"],
+        n_val=config["demo"]["n_val"],
+        image_size=config["demo"]["image_size"],
+        seed=config["demo"]["seed"],
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/build_demo_world.py"
+
+
+rule build_demo_pope:
+    input:
+        instances="resources/demo/world/annotations/instances_val.json",
+    output:
+        expand("resources/demo/pope/demo_pope_{split}.json", split=DEMO_POPE_SPLITS),
+    log:
+        "logs/demo/build_demo_pope.log",
+    params:
+        n_images=config["demo"]["pope_images"],
+        seed=config["demo"]["seed"],
+        strategies=DEMO_POPE_SPLITS,
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/build_pope.py"
+
+
+rule demo_chair_inputs:
+    output:
+        synonyms="resources/demo/chair_synonyms.txt",
+        nltk_data=directory("resources/demo/nltk_data"),
+    log:
+        "logs/demo/demo_chair_inputs.log",
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/demo_chair_inputs.py"
+
+
+rule train_demo_model:
+    input:
+        instances="resources/demo/world/annotations/instances_train.json",
+        captions="resources/demo/world/annotations/captions_train.json",
+        images="resources/demo/world/images",
+    output:
+        directory("resources/demo/model"),
+    log:
+        "logs/demo/train_demo_model.log",
+    benchmark:
+        "logs/benchmarks/demo/train_demo_model.tsv"
+    threads: config["demo"]["train"]["threads"]
+    params:
+        train=config["demo"]["train"],
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/train_demo_model.py"

@@ -1,0 +1,27 @@
+# The reproduction report: reads results/ and resources/paper_results.csv only.
+
+
+rule report:
+    input:
+        metrics="results/metrics.csv",
+        results=all_results(),
+        scored=all_scored(),
+        paper="resources/paper_results.csv",
+    output:
+        report(
+            "reports/index.html",
+            caption="../report/index.rst",
+            category="Report",
+        ),
+    log:
+        "logs/report/report.log",
+    params:
+        runs=report_runs(),
+        grid=list(grid()),
+        config=config,
+        demo=DEMO,
+        report=config["report"],
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,30 @@
+# Scoring: each result file -> per-item outcomes + metric rows; then one long metrics table.
+
+
+rule score:
+    input:
+        unpack(score_inputs),
+    output:
+        scored="results/{benchmark}/{split}/{model}/{method}/seed{seed}.scored.jsonl",
+        metrics="results/{benchmark}/{split}/{model}/{method}/seed{seed}.metrics.csv",
+    log:
+        "logs/score/{benchmark}/{split}/{model}/{method}/seed{seed}.log",
+    params:
+        bench=score_bench,
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/score.py"
+
+
+rule metrics_table:
+    input:
+        all_metric_parts(),
+    output:
+        "results/metrics.csv",
+    log:
+        "logs/score/metrics_table.log",
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/metrics_table.py"
