@@ -44,7 +44,7 @@ def load_items(bench: dict, inputs: dict) -> list[dict]:
     if name == "pope":
         from .metrics import pope
 
-        items = pope.load_items(bench["questions"], bench["images"])
+        items = pope.load_items(bench["questions"], bench["images"], split=bench["split"])
         n = bench.get("n_questions")
         if n:
             # Seeded subsample that keeps file order: the first n of a shuffled index list.
@@ -55,21 +55,24 @@ def load_items(bench: dict, inputs: dict) -> list[dict]:
         from .metrics import chair
 
         return chair.load_items(
-            bench["instances"],
+            bench["captions"],
             bench["images"],
-            n_images=bench.get("n_images", 500),
+            n=bench.get("n_images", 500),
             seed=bench.get("subset_seed", 0),
-            image_ids_file=bench.get("image_ids"),
-            prompt=bench.get("prompt"),
+            id_list=bench.get("image_ids"),
+            prompt=bench.get("prompt", chair.DEFAULT_PROMPT),
         )
     if name == "mme":
         from .metrics import mme
 
-        return mme.load_items(bench["root"], source=bench.get("source", "parquet"), subtasks=bench.get("subtasks"))
+        return mme.load_items(bench["root"], subtasks=bench.get("subtasks"))
     if name == "amber":
         from .metrics import amber
 
-        return amber.load_items(bench["root"], task=bench["split"])
+        root = Path(bench["root"])
+        return amber.load_items(
+            root / "data" / "query" / f"query_{bench['split']}.json", root / "data" / "annotations.json", root / "image"
+        )
     raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from .io import atomic_path, read_jsonl, write_jsonl
+from .metrics import COLUMNS, metric_rows
 
-METRIC_COLUMNS = ["benchmark", "split", "model", "method", "seed", "metric", "value"]
+METRIC_COLUMNS = list(COLUMNS)
 
 
 def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
@@ -23,13 +24,10 @@ def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
     if name == "chair":
         from .metrics import chair
 
-        evaluator = chair.CHAIR(
-            instances=bench["instances"],
-            captions=bench["captions"],
-            synonyms=bench["synonyms"],
-            nltk_data=bench["nltk_data"],
+        evaluator = chair.ChairEvaluator(
+            bench["synonyms"], bench["nltk_data"], instances=bench["instances"], captions=bench["captions"]
         )
-        return evaluator.score(records), evaluator.score_items(records)
+        return chair.score(records, evaluator), chair.score_items(records, evaluator)
     if name == "mme":
         from .metrics import mme
 
@@ -38,9 +36,14 @@ def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
     if name == "amber":
         from .metrics import amber
 
-        return amber.score(records, root=bench["root"], task=bench["split"]), amber.score_items(
-            records, root=bench["root"], task=bench["split"]
+        root = Path(bench["root"])
+        similarity = amber.spacy_similarity(bench["spacy_model"]) if bench.get("spacy_model") else None
+        evaluator = amber.AmberEvaluator(
+            root / "data" / "annotations.json", root / "data" / "relation.json",
+            root / "data" / "safe_words.txt", bench["nltk_data"], similarity=similarity,
         )
+        parser = bench.get("parser", "pope")
+        return amber.score(records, evaluator, parser), amber.score_items(records, evaluator, parser)
     raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
 
 
@@ -48,12 +51,10 @@ def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out,
     records = read_jsonl(results)
     scores, per_item = score_records(bench, records)
     write_jsonl(scored_out, per_item)
-    rows = [
-        {"benchmark": bench["name"], "split": bench["split"], "model": model, "method": method,
-         "seed": int(seed), "metric": k, "value": float(v)}
-        for k, v in scores.items()
-        if v is not None
-    ]
+    rows = metric_rows(
+        {k: v for k, v in scores.items() if v is not None},
+        benchmark=bench["name"], split=bench["split"], model=model, method=method, seed=int(seed),
+    )
     write_metrics(rows, metrics_out)
     return scores
 
