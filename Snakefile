@@ -8,7 +8,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is the default; a --configfile (e.g. config/paper.yaml) replaces it
+# instead of being merged into it (merging would keep the demo model in a paper grid).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -28,6 +32,8 @@ wildcard_constraints:
 
 
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
 include: "workflow/rules/decode.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
@@ -35,6 +41,16 @@ include: "workflow/rules/report.smk"
 
 localrules:
     all,
+    download_pope,
+    download_coco_annotations,
+    download_coco_val2014,
+    download_gqa_images,
+    download_nltk_data,
+    download_mme,
+    download_amber_file,
+    download_amber_images,
+    download_model,
+    download_chair_synonyms,
     merge_shards,
     metrics_table,
     report,

@@ -65,6 +65,13 @@ def load_items(bench: dict, inputs: dict) -> list[dict]:
     if name == "mme":
         from .metrics import mme
 
+        prepared = Path(bench["root"]) / "items.jsonl"  # written by rule prepare_mme (parquet source)
+        if prepared.exists():
+            from .io import read_jsonl
+
+            items = read_jsonl(prepared)
+            wanted = bench.get("subtasks")
+            return [it for it in items if not wanted or it.get("subtask") in wanted]
         return mme.load_items(bench["root"], subtasks=bench.get("subtasks"))
     if name == "amber":
         from .metrics import amber

@@ -117,9 +117,35 @@ def decode_inputs(wildcards):
         inputs["images"] = _image_input(bench["images"])
         if bench.get("image_ids"):
             inputs["image_ids"] = bench["image_ids"]
-    elif wildcards.benchmark in ("mme", "amber"):
+    elif wildcards.benchmark == "mme":
         inputs["root"] = bench["root"]
+    elif wildcards.benchmark == "amber":
+        inputs.update(amber_files(bench, wildcards.split))
     return inputs
+
+
+def amber_files(bench, split=None):
+    root = bench["root"]
+    files = {
+        "annotations": f"{root}/data/annotations.json",
+        "relation": f"{root}/data/relation.json",
+        "safe_words": f"{root}/data/safe_words.txt",
+    }
+    if split:
+        files["query"] = f"{root}/data/query/query_{split}.json"
+        files["images"] = f"{root}/image"
+    return files
+
+
+def hub_model(wildcards):
+    """Hub id and revision of a registry model (downloaded by rule download_model)."""
+    cfg = config["models"][wildcards.model]
+    if "hub_id" not in cfg:
+        raise ValueError(
+            f"config models.{wildcards.model}: no hub_id, and its folder "
+            f"{model_dir(wildcards.model)} is not produced by any rule"
+        )
+    return {"hub_id": cfg["hub_id"], "revision": cfg.get("revision", "main")}
 
 
 def score_inputs(wildcards):
@@ -136,7 +162,8 @@ def score_inputs(wildcards):
         inputs["synonyms"] = bench["synonyms"]
         inputs["nltk_data"] = bench["nltk_data"]
     elif wildcards.benchmark == "amber":
-        inputs["root"] = bench["root"]
+        inputs.update(amber_files(bench))
+        inputs["nltk_data"] = bench["nltk_data"]
     return inputs
 
 

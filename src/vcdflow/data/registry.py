@@ -260,6 +260,13 @@ _STATIC: list[Entry] = [
           note="1004 images AMBER_{id}.jpg. No checksum or size is published; Google Drive may "
                "answer with an HTML page instead of the zip (then extraction fails: download "
                "it by hand and pre-place it)."),
+    Entry(name="chair/synonyms",
+          url="https://raw.githubusercontent.com/LisaAnne/Hallucination/master/data/synonyms.txt",
+          filename="synonyms.txt", size=3577, md5="fdf03d16beb2507696d1b881c958904d",
+          source="LisaAnne/Hallucination data/synonyms.txt; byte-identical to the string embedded "
+                 "in OPERA's chair.py (md5 from shared/data, checked here)",
+          checksum_status="verified",
+          note="80 lines, one COCO category per line, node word first (CHAIR's parsing quirks kept)."),
     Entry(name="spacy/en_core_web_lg",
           url="https://github.com/explosion/spacy-models/releases/download/"
               "en_core_web_lg-3.8.0/en_core_web_lg-3.8.0-py3-none-any.whl",

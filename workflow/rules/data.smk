@@ -1,0 +1,156 @@
+# Real benchmark data (world: real). Every download is a local rule with retries: streamed,
+# resumable, size- and checksum-verified, moved into place only when verified. With
+# `offline: true` the same rules only verify pre-placed files and name each missing one.
+
+
+rule download_pope:
+    output:
+        "resources/pope/{dataset}/{version}/{split}.json",
+    log:
+        "logs/data/pope/{dataset}/{version}/{split}.log",
+    params:
+        offline=config["offline"],
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_pope.py"
+
+
+rule download_coco_annotations:
+    output:
+        instances_train="resources/coco/annotations/instances_train2014.json",
+        instances_val="resources/coco/annotations/instances_val2014.json",
+        captions_train="resources/coco/annotations/captions_train2014.json",
+        captions_val="resources/coco/annotations/captions_val2014.json",
+    log:
+        "logs/data/coco_annotations.log",
+    params:
+        entry="coco/annotations_trainval2014",
+        offline=config["offline"],
+        strip="annotations",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_zip.py"
+
+
+rule download_coco_val2014:
+    output:
+        directory("resources/coco/val2014"),
+    log:
+        "logs/data/coco_val2014.log",
+    params:
+        entry="coco/val2014",
+        offline=config["offline"],
+        strip="val2014",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_zip.py"
+
+
+rule download_gqa_images:
+    output:
+        directory("resources/gqa/images"),
+    log:
+        "logs/data/gqa_images.log",
+    params:
+        entry="gqa/images",
+        offline=config["offline"],
+        strip="images",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_zip.py"
+
+
+rule download_nltk_data:
+    output:
+        directory("resources/nltk_data"),
+    log:
+        "logs/data/nltk_data.log",
+    params:
+        offline=config["offline"],
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_nltk.py"
+
+
+rule download_mme:
+    output:
+        directory("resources/mme/parquet"),
+    log:
+        "logs/data/mme_parquet.log",
+    params:
+        offline=config["offline"],
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_mme.py"
+
+
+rule prepare_mme:
+    input:
+        "resources/mme/parquet",
+    output:
+        directory("resources/mme/release"),
+    log:
+        "logs/data/mme_release.log",
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/prepare_mme.py"
+
+
+rule download_amber_file:
+    output:
+        "resources/amber/data/{name}.{ext}",
+    log:
+        "logs/data/amber/{name}.{ext}.log",
+    wildcard_constraints:
+        name=r"annotations|relation|safe_words|metrics|query/query_[a-z_-]+",
+        ext=r"json|txt",
+    params:
+        offline=config["offline"],
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_amber.py"
+
+
+rule download_amber_images:
+    output:
+        directory("resources/amber/image"),
+    log:
+        "logs/data/amber_images.log",
+    params:
+        entry="amber/images",
+        offline=config["offline"],
+        strip="image",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_zip.py"
+
+
+rule download_chair_synonyms:
+    output:
+        "resources/chair/synonyms.txt",
+    log:
+        "logs/data/chair_synonyms.log",
+    params:
+        offline=config["offline"],
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_chair_synonyms.py"
