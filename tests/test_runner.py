@@ -1,0 +1,140 @@
+"""Decode shards: per-batch checkpoints, resume, config invalidation, error rows, sharding."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from vcdflow.decoding import Output
+from vcdflow.io import read_jsonl
+from vcdflow.runner import Checkpoint, build_prompt, merge_shards, result_hash, run_shard, shard_slice
+
+
+def make_items(tmp_path, n=7, bad=()):
+    items = []
+    for i in range(n):
+        path = tmp_path / f"img{i}.png"
+        if i in bad:
+            path.write_bytes(b"not a png")
+        else:
+            Image.new("RGB", (8, 8), (i * 30 % 255, 0, 0)).save(path)
+        items.append({"item_id": f"pope/random/{i + 1}", "image": path.name, "image_path": str(path),
+                      "image_id": i, "question_id": i + 1, "question": f"Is there a cup {i}?",
+                      "label": "yes" if i % 2 == 0 else "no"})
+    return items
+
+
+def make_run(**method):
+    m = {"label": "greedy", "method": "greedy", "mode": "greedy", "do_sample": False,
+         "temperature": 1.0, "top_p": 1.0, "top_k": None, "params": {}, "prompt_suffix": {}}
+    m.update(method)
+    return {
+        "benchmark": {"name": "pope", "split": "random", "prompt": "{question} One word.", "max_new_tokens": 3},
+        "model": {"name": "m", "path": "unused", "dtype": "float32", "batch_size": 3, "prompt_suffix": {}},
+        "method": m, "seed": 0, "device": "cpu", "threads": 1, "gpu_lock_dir": "x",
+    }
+
+
+class FakeGenerate:
+    """Deterministic stand-in for the engine: answer depends only on the request."""
+
+    def __init__(self, fail_after_calls=None):
+        self.calls = []
+        self.fail_after_calls = fail_after_calls
+
+    def __call__(self, vlm, requests, **kw):
+        if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls.append([r.item_id for r in requests])
+        return [Output(item_id=r.item_id, text=("yes" if "0" in r.item_id or "2" in r.item_id else "no"),
+                       token_ids=[1, 2], meta={"n": len(r.prompt)}) for r in requests]
+
+
+def strip_timing(records):
+    return [{k: v for k, v in r.items() if k != "timing"} for r in records]
+
+
+def test_prompt_template_and_suffix_precedence():
+    run = make_run(prompt_suffix={"pope": " [method]"})
+    run["model"]["prompt_suffix"] = {"pope": " [model]"}
+    assert build_prompt(run, {"question": "Q?"}) == "Q? One word. [method]"
+    run["method"]["prompt_suffix"] = {}
+    assert build_prompt(run, {"question": "Q?"}) == "Q? One word. [model]"
+
+
+def test_shard_slices_partition_the_items():
+    items = list(range(10))
+    parts = [shard_slice(items, s, 3) for s in range(3)]
+    assert sum(parts, []) == items and [len(p) for p in parts] == [3, 3, 4]
+    with pytest.raises(ValueError, match="shard 3 out of range for 3 shards"):
+        shard_slice(items, 3, 3)
+
+
+def test_bad_image_becomes_error_row_and_others_survive(tmp_path):
+    items = make_items(tmp_path, n=4, bad=(1,))
+    out = tmp_path / "r.jsonl"
+    run_shard(make_run(), out, items=items, vlm=object(), generate_fn=FakeGenerate(), progress=False)
+    recs = read_jsonl(out)
+    assert [r["item_id"] for r in recs] == [it["item_id"] for it in items]
+    assert recs[1]["error"].startswith(f"image {items[1]['image_path']}: UnidentifiedImageError")
+    assert recs[1]["answer"] == ""
+    assert all(r["error"] is None for i, r in enumerate(recs) if i != 1)
+    assert recs[0]["prompt"] == "Is there a cup 0? One word."
+    assert not (tmp_path / "r.jsonl.partial").exists()
+
+
+def test_kill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
+    items = make_items(tmp_path, n=7)
+    ref = tmp_path / "ref.jsonl"
+    run_shard(make_run(), ref, items=items, vlm=object(), generate_fn=FakeGenerate(), progress=False)
+
+    out = tmp_path / "r.jsonl"
+    killed = FakeGenerate(fail_after_calls=2)  # dies while decoding the third batch
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(make_run(), out, items=items, vlm=object(), generate_fn=killed, progress=False)
+    assert not out.exists()
+    partial = (tmp_path / "r.jsonl.partial").read_text().splitlines()
+    assert len(partial) == 1 + 6  # header + two batches of 3
+    # a torn line from a kill mid-write is dropped and recomputed
+    with open(tmp_path / "r.jsonl.partial", "a") as fh:
+        fh.write('{"item_id": "pope/random/7", "answ')
+    resumed = FakeGenerate()
+    run_shard(make_run(), out, items=items, vlm=object(), generate_fn=resumed, progress=False)
+    assert resumed.calls == [["pope/random/7"]]  # only the unfinished batch
+    assert strip_timing(read_jsonl(out)) == strip_timing(read_jsonl(ref))
+    assert out.read_text().count("pope/random/3") == 1
+
+
+def test_changed_config_discards_the_partial_file(tmp_path):
+    items = make_items(tmp_path, n=6)
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(make_run(), out, items=items, vlm=object(), generate_fn=FakeGenerate(fail_after_calls=1), progress=False)
+    changed = make_run(params={"beta": 0.2})
+    assert result_hash(changed) != result_hash(make_run())
+    again = FakeGenerate()
+    run_shard(changed, out, items=items, vlm=object(), generate_fn=again, progress=False)
+    assert sum(len(c) for c in again.calls) == 6  # nothing reused from the other config
+
+
+def test_hash_ignores_execution_only_settings():
+    a, b = make_run(), make_run()
+    b["device"], b["threads"], b["model"]["batch_size"] = "cuda", 8, 64
+    assert result_hash(a) == result_hash(b)
+    b["seed"] = 1
+    assert result_hash(a) != result_hash(b)
+
+
+def test_checkpoint_header_mismatch(tmp_path):
+    p = tmp_path / "x.partial"
+    p.write_text(json.dumps({"config_hash": "old"}) + "\n" + json.dumps({"item_id": "a"}) + "\n")
+    assert Checkpoint(p, "new").load() == {}
+    assert not p.exists()
+
+
+def test_merge_shards_concatenates_in_order(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"item_id": "1"}\n{"item_id": "2"}\n')
+    b.write_text('{"item_id": "3"}')
+    merge_shards([a, b], tmp_path / "m.jsonl")
+    assert [r["item_id"] for r in read_jsonl(tmp_path / "m.jsonl")] == ["1", "2", "3"]
