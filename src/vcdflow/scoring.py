@@ -32,7 +32,7 @@ def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
         from .metrics import mme
 
         parser = bench.get("parser", "official")
-        return mme.score(records, parser=parser), mme.score_items(records, parser=parser)
+        return _flat_mme(mme.score(records, parser=parser)), mme.score_items(records, parser=parser)
     if name == "amber":
         from .metrics import amber
 
@@ -45,6 +45,15 @@ def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
         parser = bench.get("parser", "pope")
         return amber.score(records, evaluator, parser), amber.score_items(records, evaluator, parser)
     raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
+
+
+def _flat_mme(scores: dict) -> dict:
+    """MME rows live in split ``all``: ``existence`` (score), ``existence_acc``, ``existence_acc_plus``…"""
+    out = {}
+    for key, value in scores.items():
+        subtask, _, metric = key.partition("/")
+        out[subtask if metric in ("", "score") else f"{subtask}_{metric}"] = value
+    return out
 
 
 def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out, *, model: str, method: str, seed: int) -> dict:
