@@ -222,3 +222,12 @@ def gpus_per_job():
 
 def score_bench(wildcards):
     return bench_config(wildcards.benchmark, wildcards.split)
+
+
+def paper_results():
+    """The papers' numbers: resources/paper_results.csv of the working directory if present,
+    else the copy shipped with the workflow."""
+    local = Path("resources/paper_results.csv")
+    if local.exists():
+        return str(local)
+    return str(Path(workflow.basedir) / "resources" / "paper_results.csv")

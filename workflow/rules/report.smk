@@ -6,7 +6,7 @@ rule report:
         metrics="results/metrics.csv",
         results=all_results(),
         scored=all_scored(),
-        paper="resources/paper_results.csv",
+        paper=paper_results(),
     output:
         report(
             "reports/index.html",

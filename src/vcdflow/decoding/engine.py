@@ -1,0 +1,427 @@
+"""The one batched generation loop, shared by every method.
+
+Per batch of requests:
+
+1. load images, run the method's optional batched ``prepare`` stage (Self-Aug's SAS query, CODE's
+   self-description, AvisC's attention probe) with :class:`Runner`'s helpers;
+2. ``method.branches(request, ctx)`` → branches; the family adapter encodes each one;
+3. **prefill**: every branch of every request, left-padded, in one forward with one
+   ``DynamicCache`` holding all rows;
+4. **per step**: one forward of all live rows; per request, ``combine`` its rows' logits
+   (requests with the same branch count are combined together), apply the plausibility
+   constraint from the ORIGINAL branch, then temperature/top-k/top-p and argmax or a draw from
+   the request's own generator; the chosen token is appended to all branches of the request;
+5. a request stops at EOS or ``max_new_tokens`` and its rows leave the batch (KV-cache rows are
+   dropped with ``batch_select_indices``; left padding no row needs any more is cut off).
+
+A request's output does not depend on its batch companions: greedy exactly up to float
+round-off ties, sampling via per-request generators (see :mod:`vcdflow.decoding.sampling`).
+Failing requests get ``Output.error``; the others decode normally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .methods import get_method
+from .methods.base import Method
+from .plausibility import apc
+from .sampling import make_generator, sample_tokens, warp
+from .types import Branch, BranchContext, InputError, Output, Request, State
+
+log = logging.getLogger(__name__)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _load_image(x, what: str):
+    if x is None:
+        return None
+    from PIL import Image
+
+    try:
+        if isinstance(x, (str, Path)):
+            with Image.open(x) as im:
+                im.load()
+                return im.convert("RGB")
+        if isinstance(x, Image.Image):
+            x.load()
+            return x if x.mode == "RGB" else x.convert("RGB")
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"bad {what}: cannot read image {str(x)[:200]!r}: {e}") from e
+    raise InputError(f"bad {what}: expected a PIL image or a file path, got {type(x).__name__}")
+
+
+def _load_request(req: Request) -> Request:
+    from dataclasses import replace
+
+    imgs = None
+    if req.contrast_images is not None:
+        imgs = [_load_image(im, f"contrast_images[{i}]") for i, im in enumerate(req.contrast_images)]
+    return replace(req, image=_load_image(req.image, "image"),
+                   contrast_image=_load_image(req.contrast_image, "contrast_image"), contrast_images=imgs)
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, InputError):
+        return str(e)
+    log.warning("request failed", exc_info=e)
+    return f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def eager_attention(model):
+    """Temporarily switch ``model`` to eager attention (attention weights are returned)."""
+    prev = getattr(model.config, "_attn_implementation", None)
+    if prev in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(prev)
+
+
+def _cut_left(cache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop leading columns that are padding for every remaining row (mask and cache alike)."""
+    first = int(mask.any(0).to(torch.int8).argmax())
+    if first == 0:
+        return mask
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+        return mask
+    for layer in layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys[:, :, first:, :]
+            layer.values = layer.values[:, :, first:, :]
+    return mask[:, first:]
+
+
+# --- the core loop -------------------------------------------------------------------------------
+Chooser = Callable[[int, torch.Tensor, list[int]], dict[int, int]]
+
+
+def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new_tokens: int | Sequence[int],
+                eos_ids: Sequence[int], contrast_steps: int | None = None) -> list[tuple[list[int], str]]:
+    """Decode ``len(seqs)`` requests, request i with encoded branches ``seqs[i]`` (original first).
+
+    ``choose(step, logits[R, V], row_request)`` returns {request index: token} for the live
+    requests. ``max_new_tokens``: one limit for all or one per request. Returns per request
+    (generated ids without EOS, finish reason "eos"|"length").
+    """
+    n = len(seqs)
+    limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+    flat = [e for s in seqs for e in s]
+    row_req = [i for i, s in enumerate(seqs) for _ in s]
+    row_branch = [j for s in seqs for j in range(len(s))]
+    ids, mask = adapter.collate(flat)
+    embeds = adapter.prefill_embeds(ids, flat)
+    pos, next_pos = adapter.prefill_positions(ids, mask, flat)
+    del ids
+    cache = adapter.new_cache()
+    logits, _ = adapter.forward(embeds, mask, pos, cache)
+    del embeds, pos
+    eos = set(int(e) for e in eos_ids)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    finish: list[str | None] = [None] * n
+    device = mask.device
+    for r in range(n):
+        if limits[r] <= 0:
+            finish[r] = "length"
+    for step in range(max(limits)):
+        picks = choose(step, logits, row_req)
+        for r, t in picks.items():
+            if finish[r] is not None:
+                continue
+            if t in eos:
+                finish[r] = "eos"
+            else:
+                tokens[r].append(t)
+                if len(tokens[r]) >= limits[r]:
+                    finish[r] = "length"
+        retire = contrast_steps is not None and step + 1 >= contrast_steps
+        keep = [k for k, (r, b) in enumerate(zip(row_req, row_branch))
+                if finish[r] is None and not (retire and b > 0)]
+        if not keep:
+            break
+        if len(keep) < len(row_req):
+            idx = torch.tensor(keep, device=device)
+            cache.batch_select_indices(idx)
+            mask = mask.index_select(0, idx)
+            next_pos = next_pos.index_select(0, idx)
+            row_req = [row_req[k] for k in keep]
+            row_branch = [row_branch[k] for k in keep]
+            mask = _cut_left(cache, mask)
+        step_ids = torch.tensor([[tokens[r][-1]] for r in row_req], device=device)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        pos = adapter.step_positions(next_pos)
+        next_pos = next_pos + 1
+        logits, _ = adapter.forward(adapter.embed_tokens(step_ids), mask, pos, cache)
+    for r in range(n):
+        if finish[r] is None:
+            finish[r] = "length"
+    return [(tokens[r], finish[r]) for r in range(n)]
+
+
+def _spans(row_req: list[int]) -> list[tuple[int, int, int]]:
+    """Contiguous (request, first row, n rows) runs of ``row_req``."""
+    out: list[tuple[int, int, int]] = []
+    for k, r in enumerate(row_req):
+        if out and out[-1][0] == r:
+            out[-1] = (r, out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((r, k, 1))
+    return out
+
+
+def greedy_chooser(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
+    """Argmax of each request's first row (plain greedy)."""
+    spans = _spans(row_req)
+    first = torch.tensor([s[1] for s in spans], device=logits.device)
+    toks = logits.index_select(0, first).argmax(-1).tolist()
+    return {s[0]: t for s, t in zip(spans, toks)}
+
+
+def method_chooser(method: Method, state: State, mode: str, temperature: float, top_k: int | None,
+                   top_p: float, generators: Sequence[torch.Generator]) -> Chooser:
+    """combine → plausibility (original branch) → warpers → argmax / per-request sampling."""
+
+    def choose(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for r, start, nb in _spans(row_req):
+            groups.setdefault(nb, []).append((r, start))
+        picks: dict[int, int] = {}
+        V = logits.shape[-1]
+        for nb, members in groups.items():
+            rows = torch.tensor([start + j for _, start in members for j in range(nb)], device=logits.device)
+            L = logits.index_select(0, rows).view(len(members), nb, V)
+            scores = method.combine(L, step, state)
+            beta = method.plausibility(L, step, state)
+            if beta is not None:
+                scores = apc(scores, L[:, 0, :], beta)
+            if mode == "greedy":
+                toks = scores.argmax(-1).tolist()
+            else:
+                scores = warp(scores, temperature, top_k, top_p)
+                toks = sample_tokens(scores, [generators[r] for r, _ in members])
+            picks.update({r: int(t) for (r, _), t in zip(members, toks)})
+        return picks
+
+    return choose
+
+
+# --- helpers for the methods' prepare stage ------------------------------------------------------
+class Runner:
+    """What a method's ``prepare`` may run: batched greedy generation and an attention probe."""
+
+    def __init__(self, adapter, max_positions: int | None, eos_ids: Sequence[int], attention_chunk: int = 4):
+        self.adapter = adapter
+        self.max_positions = max_positions
+        self.eos_ids = list(eos_ids)
+        self.attention_chunk = attention_chunk
+
+    def _encode_all(self, branches: Sequence[Branch], extra_tokens: int = 0):
+        encs: list[Any] = []
+        for b in branches:
+            try:
+                e = self.adapter.encode(b)
+                if self.max_positions and e.length + extra_tokens > self.max_positions:
+                    raise InputError(f"prompt of {e.length} tokens plus {extra_tokens} new tokens exceeds "
+                                     f"the model's {self.max_positions} positions")
+                encs.append(e)
+            except Exception as ex:  # noqa: BLE001 - reported per item
+                encs.append(ex)
+        return encs
+
+    def greedy_texts(self, branches: Sequence[Branch], max_new_tokens: int) -> list[str | Exception]:
+        """Greedy single-branch generation for each branch (one batch); text or the exception.
+
+        Generation stops at EOS, at ``max_new_tokens`` or when the model's positions run out
+        (a prompt that leaves no room at all is an error)."""
+        encs = self._encode_all(branches, 1)
+        out: list[str | Exception] = list(encs)
+        ok = [i for i, e in enumerate(encs) if not isinstance(e, Exception)]
+        if not ok:
+            return out
+        limits = [min(max_new_tokens, self.max_positions - encs[i].length) if self.max_positions
+                  else max_new_tokens for i in ok]
+        res = decode_rows(self.adapter, [[encs[i]] for i in ok], greedy_chooser, limits, self.eos_ids)
+        for i, (toks, _) in zip(ok, res):
+            out[i] = self.adapter.decode(toks)
+        return out
+
+    def image_attention(self, branches: Sequence[Branch]) -> list[torch.Tensor | Exception]:
+        """Prefill attentions of the last position over the image tokens, heads averaged:
+        per branch a tensor [n_layers, n_image_tokens] (float32, CPU)."""
+        encs = self._encode_all(branches)
+        out: list[torch.Tensor | Exception] = list(encs)
+        ok = [i for i, e in enumerate(encs) if not isinstance(e, Exception)]
+        ad = self.adapter
+        with eager_attention(ad.model):
+            for c in range(0, len(ok), self.attention_chunk):
+                part = ok[c:c + self.attention_chunk]
+                rows = [encs[i] for i in part]
+                ids, mask = ad.collate(rows)
+                embeds = ad.prefill_embeds(ids, rows)
+                pos, _ = ad.prefill_positions(ids, mask, rows)
+                _, atts = ad.forward(embeds, mask, pos, None, output_attentions=True)
+                if not atts:
+                    raise RuntimeError("the model returned no attention weights")
+                last = torch.stack([a[:, :, -1, :].float().mean(1) for a in atts], dim=1)  # [R, n_layers, L]
+                for k, i in enumerate(part):
+                    img = (ids[k] == ad.image_token_id)
+                    out[i] = last[k][:, img].cpu()
+        return out
+
+
+# --- the public entry point ----------------------------------------------------------------------
+@dataclass
+class _Item:
+    index: int
+    key: str
+    request: Request
+    ctx: BranchContext
+    error: str | None = None
+    encoded: list = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = message
+
+
+def _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample):
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be None or a non-negative integer, got {top_k!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: dict | None = None, *,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+             max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = False,
+             eos_token_id: int | Sequence[int] | None = None) -> list[Output]:
+    """Decode ``requests`` with ``method`` (see ``METHODS``); one :class:`Output` per request, in order.
+
+    ``params`` overrides the method's defaults (unknown names → ``ValueError``). ``do_sample``
+    chooses sampling (T, top-p, top-k) vs greedy (``greedy``/``sample`` fix their own mode).
+    ``batch_size`` counts requests (each brings all its branches). ``eos_token_id`` overrides the
+    model's generation-config EOS. Random streams are seeded from ``(seed, item_id)``; a request
+    without ``item_id`` uses ``"#<index in requests>"``.
+    """
+    m = get_method(method)
+    p = m.resolve(params)
+    _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample)
+    for i, r in enumerate(requests):
+        if not isinstance(r, Request):
+            raise TypeError(f"requests[{i}] is a {type(r).__name__}, not a vcdflow.decoding.Request")
+    mode = m.mode or ("sample" if do_sample else "greedy")
+    ad = vlm.adapter
+    eos = ad.eos_token_ids if eos_token_id is None else (
+        [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id])
+    max_pos = ad.max_positions
+    runner = Runner(ad, max_pos, eos)
+    state = State(params=p)
+    outputs: list[Output] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(requests), desc=f"decode {m.name}", unit="item")
+    try:
+        with torch.inference_mode():
+            indexed = list(enumerate(requests))
+            for start in range(0, len(indexed), batch_size):
+                chunk = indexed[start:start + batch_size]
+                outputs.extend(_generate_batch(ad, m, p, state, mode, chunk, runner, eos, max_pos,
+                                               max_new_tokens, seed, temperature, top_k, top_p, do_sample))
+                if bar is not None:
+                    bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return outputs
+
+
+def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, max_new_tokens, seed,
+                    temperature, top_k, top_p, do_sample) -> list[Output]:
+    items: list[_Item] = []
+    for idx, req in chunk:
+        key = str(req.item_id) if req.item_id not in (None, "") else f"#{idx}"
+        ctx = BranchContext(params=p, rng=make_generator(seed, key, "branches"), adapter=ad, do_sample=do_sample)
+        it = _Item(index=idx, key=key, request=req, ctx=ctx)
+        try:
+            it.request = _load_request(req)
+            if m.requires_image and it.request.image is None:
+                raise InputError(f"method {m.name!r} needs an image (Request.image is None)")
+        except Exception as e:  # noqa: BLE001
+            it.fail(_error_text(e))
+        items.append(it)
+    live = [it for it in items if it.error is None]
+    if live:
+        try:
+            m.prepare(live, runner)
+        except Exception as e:  # noqa: BLE001
+            for it in live:
+                it.fail(_error_text(e))
+    for it in items:
+        if it.error is not None:
+            continue
+        try:
+            branches = m.branches(it.request, it.ctx)
+            it.encoded = [ad.encode(b, it.ctx.rng) for b in branches]
+            longest = max(e.length for e in it.encoded)
+            if max_pos and longest + max_new_tokens > max_pos:
+                raise InputError(f"prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                                 f"model's {max_pos} positions")
+        except Exception as e:  # noqa: BLE001
+            it.fail(_error_text(e))
+    live = [it for it in items if it.error is None]
+    results: dict[int, tuple[list[int], str]] = {}
+    if live:
+        results.update(_decode_items(ad, m, state, mode, live, max_new_tokens, eos, seed, temperature, top_k, top_p))
+    outs = []
+    for it in items:
+        out = Output(item_id=str(it.request.item_id or ""), meta={"method": m.name, "mode": mode})
+        if it.encoded:
+            out.input_ids = it.encoded[0].input_ids.tolist()
+        if it.error is None and it.index in results and isinstance(results[it.index], str):
+            it.fail(results[it.index])
+        if it.error is not None:
+            out.error = it.error
+            out.meta.update(it.ctx.meta)
+        else:
+            toks, reason = results[it.index]
+            out.token_ids = toks
+            out.text = ad.decode(toks)
+            out.meta.update(n_branches=len(it.encoded), finish_reason=reason, **it.ctx.meta)
+        outs.append(out)
+    return outs
+
+
+def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, seed, temperature, top_k, top_p):
+    gens = [make_generator(seed, it.key, "sample") for it in live]
+    choose = method_chooser(m, state, mode, temperature, top_k, top_p, gens)
+    try:
+        res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps)
+        return {it.index: r for it, r in zip(live, res)}
+    except Exception as e:  # noqa: BLE001
+        if len(live) == 1:
+            return {live[0].index: _error_text(e)}
+        log.warning("batched decode failed (%s); retrying the %d requests one by one", e, len(live))
+        out = {}
+        for it in live:
+            # fresh sampling generator: the retried request starts its stream from the beginning
+            out.update(_decode_items(ad, m, state, mode, [it], max_new_tokens, eos, seed, temperature, top_k, top_p))
+        return out

@@ -1,0 +1,34 @@
+"""The method registry: ``METHODS[name]`` → a frozen method object (one file per method)."""
+
+from __future__ import annotations
+
+from .apc import APC
+from .avisc import AvisC
+from .base import Method, vcd_combine
+from .code import CODE
+from .contrast import Contrast
+from .convis import ConVis
+from .icd import ICD
+from .m3id import M3ID
+from .plain import Greedy, Sample
+from .ritual import Ritual
+from .selfaug import SelfAug
+from .vcd import VCD
+from .vcd_legacy import VCDLegacy
+from .vdd import VDD
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Greedy(), Sample(), Contrast(), VCD(), VCDLegacy(), ICD(), Ritual(), M3ID(), VDD(), SelfAug(), APC(),
+    CODE(), AvisC(), ConVis())}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``; ``ValueError`` naming it and listing the valid ones."""
+    if isinstance(name, Method):
+        return name
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Method", "get_method", "vcd_combine"]

@@ -1,0 +1,98 @@
+"""The method protocol: a method is a frozen declarative object, not a decoding loop.
+
+A method declares
+
+* ``name`` and ``defaults`` (official hyper-parameters; the docstring gives their sources);
+* ``branches(request, ctx) -> list[Branch]``: the original branch first, then its contrast
+  branches (noised pixels, a disturbed prompt, transformed or reconstructed images, no image…);
+* ``combine(logits[..., n_branches, V], step, state) -> scores[..., V]``: how the branch logits
+  become next-token scores (default: VCD's ``(1+α)·ℓ − α·mean(ℓ′)`` over the contrast branches);
+* ``plausibility(logits, step, state) -> β | None``: the APC threshold from the ORIGINAL branch
+  (None: no constraint);
+* optionally ``prepare(items, runner)``: a batched stage before branch building (Self-Aug's SAS
+  query, CODE's self-description, AvisC's attention probe) using the engine's helpers;
+* ``requires_image``; ``contrast_steps`` (contrast branches leave after that many tokens, VCD's
+  pre-fix bug); ``mode`` (``greedy``/``sample`` force the decoding mode).
+
+The engine (``vcdflow.decoding.engine``) stacks every branch of every request in one batch,
+runs one forward per step, calls ``combine`` and ``plausibility`` on each request's rows (the
+leading ``...`` dimension groups requests with the same branch count), then temperature/top-k/
+top-p and argmax or sampling. ``step`` is the 0-based index of the token being chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from ..types import Branch, BranchContext, InputError, Request, State
+
+
+def vcd_combine(logits: torch.Tensor, alpha) -> torch.Tensor:
+    """(1+α)·ℓ − α·mean_i ℓ′_i over ``logits[..., 0, :]`` (original) and ``logits[..., 1:, :]``."""
+    if logits.shape[-2] == 1:
+        return logits[..., 0, :]
+    return (1 + alpha) * logits[..., 0, :] - alpha * logits[..., 1:, :].mean(dim=-2)
+
+
+@dataclass(frozen=True)
+class Method:
+    """Base class; subclasses set the class variables and override what differs."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    requires_image: ClassVar[bool] = True
+    contrast_steps: ClassVar[int | None] = None
+    mode: ClassVar[str | None] = None
+    #: params whose value may be None
+    nullable: ClassVar[frozenset] = frozenset()
+
+    # --- parameters -----------------------------------------------------------------------------
+    def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overlaid with ``params``; unknown names raise ``ValueError`` naming them."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "(none)"
+            raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(repr(u) for u in unknown)} for method {self.name!r}; "
+                             f"valid parameters: {valid}")
+        out = {**self.defaults, **params}
+        for k, v in out.items():
+            if v is None and k not in self.nullable and self.defaults.get(k) is not None:
+                raise ValueError(f"parameter {k!r} of method {self.name!r} must not be None")
+        self.validate(out)
+        return out
+
+    def validate(self, p: Mapping[str, Any]) -> None:
+        if "alpha" in p and p["alpha"] is not None and float(p["alpha"]) < 0:
+            raise ValueError(f"parameter 'alpha' of method {self.name!r} must be >= 0, got {p['alpha']}")
+        if "beta" in p and p["beta"] is not None and not 0 <= float(p["beta"]) <= 1:
+            raise ValueError(f"parameter 'beta' of method {self.name!r} must be in [0, 1], got {p['beta']}")
+        if "noise_step" in p and not 0 <= int(p["noise_step"]) <= 999:
+            raise ValueError(f"parameter 'noise_step' of method {self.name!r} must be in 0..999, "
+                             f"got {p['noise_step']}")
+
+    # --- stages -----------------------------------------------------------------------------------
+    def prepare(self, items: list, runner) -> None:
+        """Batched work before ``branches`` (default: none). ``items`` have ``.request``,
+        ``.ctx`` and ``.fail(message)``."""
+
+    def original(self, request: Request) -> Branch:
+        return Branch(prompt=request.prompt, image=request.image, system=request.system)
+
+    def branches(self, request: Request, ctx: BranchContext) -> list[Branch]:
+        return [self.original(request)]
+
+    def combine(self, logits: torch.Tensor, step: int, state: State) -> torch.Tensor:
+        return vcd_combine(logits, state.params.get("alpha", 0.0))
+
+    def plausibility(self, logits: torch.Tensor, step: int, state: State):
+        return state.params.get("beta")
+
+    def require_image(self, request: Request) -> None:
+        if request.image is None:
+            raise InputError(f"method {self.name!r} needs an image (Request.image is None)")

@@ -1,0 +1,43 @@
+"""``vcd``: Visual Contrastive Decoding (Leng et al., CVPR 2024, arXiv 2311.16922;
+``DAMO-NLP-SG/VCD``).
+
+    v′ = √ᾱ_T·v + √(1−ᾱ_T)·ε     (DDPM forward noise on the CLIP-normalised pixels,
+                                   betas = sigmoid(linspace(−6, 6, 1000))·(5e-3 − 1e-5) + 1e-5)
+    s  = (1+α)·ℓ(y | v, x) − α·ℓ(y | v′, x)
+    s[ℓ < log β + max ℓ] = −inf   (APC from the original branch), then T/top-p/top-k, pick.
+
+Parameters: ``alpha`` = α = 1, ``beta`` = β = 0.1 (paper and ``object_hallucination_vqa_llava.py``), ``noise_step`` = 500
+(code default; paper: T = 999 for POPE, 500 for MME/LLaVA-Bench; ``cd_scripts/llava1.5_pope.bash``
+uses β = 0.2). Paper Eq. 1's per-step γ = 0.1 does not match the code's schedule; we implement the
+code. The InstructBLIP script never passes α, so the sampler's α = 0.5 applies there.
+
+This is the fixed implementation (after commit c637c85, 2024-07-16): the contrast branch keeps its
+own KV cache for every token. See ``vcd_legacy`` for the earlier behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ..distortions import diffusion_noise
+from ..types import Branch
+from .base import Method
+
+
+def noise_fn(noise_step: int, rng):
+    def fn(x, mean, std):
+        return diffusion_noise(x, noise_step, rng)
+    return fn
+
+
+@dataclass(frozen=True)
+class VCD(Method):
+    name = "vcd"
+    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "noise_step": 500})
+
+    def branches(self, request, ctx):
+        self.require_image(request)
+        return [self.original(request),
+                Branch(prompt=request.prompt, image=request.image, system=request.system,
+                       pixel_fn=noise_fn(int(ctx.params["noise_step"]), ctx.rng), name="noised")]

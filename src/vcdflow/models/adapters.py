@@ -1,0 +1,385 @@
+"""One adapter per model family: turn decoding branches into model inputs and run the forwards.
+
+The decoding engine (:mod:`vcdflow.decoding.engine`) never touches a family's specifics; it asks
+the adapter to
+
+* ``encode(branch, rng)``: chat template (``processor.apply_chat_template`` with an image part when
+  the branch has an image and an optional system message) + processor → token ids, pixel values
+  and family extras; a branch's ``pixel_fn`` (VCD noise, Self-Aug augmentations…) is applied to
+  the *normalised* image tensor ``[N, 3, H, W]`` here, exactly once, in branch order;
+* ``prefill_embeds(ids, rows)``: token embeddings with the image features scattered into the image
+  placeholder tokens (optionally scaled per image token, for AvisC's masked contrast input);
+* ``prefill_positions`` / ``step_positions``: position ids under left padding (1-D rope: cumulative
+  sum of the attention mask; Qwen2.5-VL: the model's own 3-D ``get_rope_index``);
+* ``forward(embeds, mask, positions, cache)``: one forward of the decoder, last-position logits.
+
+Families: ``llava`` (LLaVA-1.5 and the demo model), ``instructblip``, ``qwen2_5_vl``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Encoded:
+    """One branch, ready for the model: ``input_ids`` [L]; ``pixel_values`` in the processor's
+    layout (None for text-only branches); ``extras`` (``image_grid_thw``, ``qformer_input_ids``…);
+    ``image_token_scale`` [n_image_tokens] multiplies the image features (AvisC) or None."""
+
+    input_ids: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_token_scale: torch.Tensor | None = None
+    text: str = ""
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return [int(v) for v in x]
+    return [int(x)]
+
+
+def _features(result) -> list[torch.Tensor]:
+    """Image features from ``get_image_features`` across transformers versions → list of [T, D]."""
+    feats = getattr(result, "pooler_output", result)
+    if isinstance(feats, torch.Tensor):
+        if feats.ndim == 2:
+            return [feats]
+        return list(feats)
+    return list(feats)
+
+
+class FamilyAdapter:
+    """Base adapter (LLaVA-style decoder-only model with image placeholder tokens)."""
+
+    family = "base"
+
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        cfg = model.config
+        self.config = cfg
+        self.text_config = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+        self.image_token_id = self._image_token_id()
+        ip = getattr(processor, "image_processor", None)
+        mean = getattr(ip, "image_mean", None) or [0.5, 0.5, 0.5]
+        std = getattr(ip, "image_std", None) or [0.5, 0.5, 0.5]
+        self.image_mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.image_std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = _as_list(self.tokenizer.eos_token_id or 0)[0]
+        self._cache_kw = "cache" if "cache" in inspect.signature(self._forward_module().forward).parameters \
+            else "past_key_values"
+
+    # --- facts --------------------------------------------------------------------------------
+    def _image_token_id(self) -> int | None:
+        for attr in ("image_token_id", "image_token_index"):
+            v = getattr(self.config, attr, None)
+            if v is not None:
+                return int(v)
+        v = getattr(self.processor, "image_token_id", None)
+        return None if v is None else int(v)
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.text_config, "max_position_embeddings", None)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        gc = getattr(self.model, "generation_config", None)
+        ids = _as_list(getattr(gc, "eos_token_id", None)) if gc is not None else []
+        return ids or _as_list(self.tokenizer.eos_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def unk_token(self) -> str:
+        return self.tokenizer.unk_token or "<unk>"
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # --- text ---------------------------------------------------------------------------------
+    def messages(self, prompt: str, has_image: bool, system: str | None) -> list[dict]:
+        msgs: list[dict] = []
+        if system:
+            msgs.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        content: list[dict] = [{"type": "image"}] if has_image else []
+        content.append({"type": "text", "text": prompt})
+        msgs.append({"role": "user", "content": content})
+        return msgs
+
+    def build_text(self, prompt: str, has_image: bool, system: str | None = None) -> str:
+        """The full model input text (chat template applied, image placeholder unexpanded)."""
+        if getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(
+                self.messages(prompt, has_image, system), add_generation_prompt=True, tokenize=False)
+        return self.fallback_text(prompt, has_image, system)
+
+    def fallback_text(self, prompt: str, has_image: bool, system: str | None) -> str:
+        img = getattr(self.processor, "image_token", "<image>")
+        user = f"{img}\n{prompt}" if has_image else prompt
+        return (f"{system} " if system else "") + f"USER: {user} ASSISTANT:"
+
+    # --- encoding -----------------------------------------------------------------------------
+    def encode(self, branch, rng: torch.Generator | None = None) -> Encoded:
+        """Branch (``prompt``, ``image``, ``system``, ``pixel_fn``, ``image_token_scale``) → Encoded."""
+        image = getattr(branch, "image", None)
+        text = self.build_text(branch.prompt, image is not None, getattr(branch, "system", None))
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        if image is not None:
+            kwargs["images"] = [image]
+        out = self.processor(**kwargs)
+        ids = out["input_ids"][0].long()
+        pv = out.get("pixel_values") if image is not None else None
+        extras = {k: v for k, v in out.items()
+                  if k not in ("input_ids", "attention_mask", "pixel_values") and isinstance(v, torch.Tensor)}
+        fn: Callable | None = getattr(branch, "pixel_fn", None)
+        if fn is not None:
+            if pv is None:
+                raise ValueError("branch has a pixel_fn but no image")
+            imgs = self.pixels_to_images(pv.float(), extras)
+            imgs = fn(imgs, self.image_mean, self.image_std)
+            pv = self.images_to_pixels(imgs, extras).to(pv.dtype)
+        scale = getattr(branch, "image_token_scale", None)
+        if scale is not None:
+            n_img = int((ids == self.image_token_id).sum())
+            if scale.numel() != n_img:
+                raise ValueError(f"image_token_scale has {scale.numel()} entries for {n_img} image tokens")
+        return Encoded(input_ids=ids, pixel_values=pv, extras=extras, image_token_scale=scale, text=text)
+
+    def pixels_to_images(self, pixel_values: torch.Tensor, extras: dict) -> torch.Tensor:
+        """Processor pixel layout → normalised images [N, 3, H, W]."""
+        return pixel_values
+
+    def images_to_pixels(self, images: torch.Tensor, extras: dict) -> torch.Tensor:
+        return images
+
+    def image_positions(self, enc: Encoded) -> torch.Tensor:
+        """Indices (into ``enc.input_ids``) of the image placeholder tokens."""
+        return (enc.input_ids == self.image_token_id).nonzero().flatten()
+
+    # --- batching -----------------------------------------------------------------------------
+    def collate(self, rows: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad → (input_ids [R, L], attention_mask [R, L]) on the model device."""
+        L = max(r.length for r in rows)
+        ids = torch.full((len(rows), L), int(self.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, L - r.length:] = r.input_ids
+            mask[i, L - r.length:] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def image_features(self, rows: list[Encoded]) -> list[torch.Tensor]:
+        """Per image row, its image features [T, D] (in row order)."""
+        px = [r.pixel_values for r in rows if r.pixel_values is not None]
+        if not px:
+            return []
+        res = self.model.get_image_features(pixel_values=torch.cat(px).to(self.device, self.dtype))
+        return _features(res)
+
+    def prefill_embeds(self, ids: torch.Tensor, rows: list[Encoded]) -> torch.Tensor:
+        embeds = self.model.get_input_embeddings()(ids)
+        feats = self.image_features(rows)
+        if not feats:
+            return embeds
+        img_rows = [r for r in rows if r.pixel_values is not None]
+        parts = []
+        for r, f in zip(img_rows, feats):
+            if r.image_token_scale is not None:
+                f = f * r.image_token_scale.to(f.device, f.dtype).unsqueeze(-1)
+            parts.append(f)
+        feats_all = torch.cat(parts).to(embeds.device, embeds.dtype)
+        mask = ids == self.image_token_id
+        # rows without an image must not contain placeholders (checked at encode time)
+        if int(mask.sum()) != feats_all.shape[0]:
+            raise ValueError(f"{int(mask.sum())} image tokens but {feats_all.shape[0]} image features")
+        return embeds.masked_scatter(mask.unsqueeze(-1), feats_all)
+
+    def prefill_positions(self, ids: torch.Tensor, mask: torch.Tensor, rows: list[Encoded]):
+        """(position_ids for the prefill, next position per row [R])."""
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return pos, mask.sum(-1)
+
+    def step_positions(self, next_pos: torch.Tensor) -> torch.Tensor:
+        return next_pos.unsqueeze(-1)
+
+    # --- forward ------------------------------------------------------------------------------
+    def _forward_module(self):
+        return self.model
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
+                output_attentions: bool = False):
+        """One decoder forward → (last-position logits [R, V] float32, attentions or None)."""
+        mod = self._forward_module()
+        kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
+        if output_attentions:
+            kwargs["output_attentions"] = True
+        out = mod(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                  logits_to_keep=1, **kwargs)
+        return out.logits[:, -1, :].float(), (out.attentions if output_attentions else None)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+
+class LlavaAdapter(FamilyAdapter):
+    """LLaVA-1.5 (``llava-hf``) and the demo LLaVA: CLIP vision tower, one image → a fixed number of
+    placeholder tokens (576 for 336 px / patch 14), template ``USER: <image>\\n{text} ASSISTANT:``."""
+
+    family = "llava"
+
+
+class InstructBlipAdapter(FamilyAdapter):
+    """InstructBLIP: the Q-Former reads the instruction too (``qformer_input_ids``); its 32 query
+    outputs are projected into the ``num_query_tokens`` image placeholders the processor inserts.
+    No chat template: the text is the prompt itself (a system text, e.g. ICD's disturbance, is
+    prepended to both the LLM text and the Q-Former instruction, as in ICD's ``question.json``)."""
+
+    family = "instructblip"
+
+    def build_text(self, prompt: str, has_image: bool, system: str | None = None) -> str:
+        if getattr(self.processor, "chat_template", None):
+            return super().build_text(prompt, has_image, system)
+        return f"{system} {prompt}" if system else prompt
+
+    def encode(self, branch, rng=None) -> Encoded:
+        if getattr(branch, "image", None) is None:
+            # InstructBLIP's processor always wants an image for the Q-Former; a text-only branch
+            # is the LLM on the text alone.
+            text = self.build_text(branch.prompt, False, getattr(branch, "system", None))
+            ids = self.tokenizer(text, return_tensors="pt")["input_ids"][0].long()
+            return Encoded(input_ids=ids, text=text)
+        return super().encode(branch, rng)
+
+    def _forward_module(self):
+        return self.model.language_model
+
+    def image_features(self, rows: list[Encoded]) -> list[torch.Tensor]:
+        img_rows = [r for r in rows if r.pixel_values is not None]
+        if not img_rows:
+            return []
+        from torch.nn.utils.rnn import pad_sequence
+
+        q_ids = pad_sequence([r.extras["qformer_input_ids"][0] for r in img_rows], batch_first=True,
+                             padding_value=0)
+        q_mask = pad_sequence([r.extras["qformer_attention_mask"][0] for r in img_rows],
+                              batch_first=True, padding_value=0)
+        res = self.model.get_image_features(
+            pixel_values=torch.cat([r.pixel_values for r in img_rows]).to(self.device, self.dtype),
+            qformer_input_ids=q_ids.to(self.device), qformer_attention_mask=q_mask.to(self.device))
+        if isinstance(res, tuple):
+            res = res[0]
+        return _features(res)
+
+
+class Qwen25VLAdapter(FamilyAdapter):
+    """Qwen2.5-VL: dynamic resolution (14 px patches, 2×2 merge), pixels as flattened patches,
+    3-D multimodal rope positions from the model's ``get_rope_index``; text tokens after the image
+    continue from ``max(position) + 1``."""
+
+    family = "qwen2_5_vl"
+
+    def _ip(self):
+        return self.processor.image_processor
+
+    def _geometry(self):
+        ip = self._ip()
+        return (int(getattr(ip, "patch_size", 14)), int(getattr(ip, "temporal_patch_size", 2)),
+                int(getattr(ip, "merge_size", 2)))
+
+    def pixels_to_images(self, pixel_values: torch.Tensor, extras: dict) -> torch.Tensor:
+        p, tp, m = self._geometry()
+        imgs = []
+        start = 0
+        for t, h, w in extras["image_grid_thw"].tolist():
+            n = t * h * w
+            x = pixel_values[start:start + n]
+            start += n
+            c = x.shape[1] // (tp * p * p)
+            x = x.reshape(t, h // m, w // m, m, m, c, tp, p, p)
+            x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8)  # t, tp, c, h/m, m, p, w/m, m, p
+            x = x.reshape(t * tp, c, h * p, w * p)
+            imgs.append(x[:1])  # a still image is its frame repeated tp times
+        return torch.cat(imgs)
+
+    def images_to_pixels(self, images: torch.Tensor, extras: dict) -> torch.Tensor:
+        p, tp, m = self._geometry()
+        out = []
+        for i, (t, h, w) in enumerate(extras["image_grid_thw"].tolist()):
+            x = images[i:i + 1].repeat(t * tp, 1, 1, 1)
+            c = x.shape[1]
+            x = x.reshape(t, tp, c, h // m, m, p, w // m, m, p)
+            x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+            out.append(x.reshape(t * h * w, c * tp * p * p))
+        return torch.cat(out)
+
+    def image_features(self, rows: list[Encoded]) -> list[torch.Tensor]:
+        img_rows = [r for r in rows if r.pixel_values is not None]
+        if not img_rows:
+            return []
+        px = torch.cat([r.pixel_values for r in img_rows]).to(self.device, self.dtype)
+        thw = torch.cat([r.extras["image_grid_thw"] for r in img_rows]).to(self.device)
+        return _features(self.model.get_image_features(pixel_values=px, image_grid_thw=thw))
+
+    def prefill_positions(self, ids: torch.Tensor, mask: torch.Tensor, rows: list[Encoded]):
+        inner = self.model.model
+        thw = [r.extras["image_grid_thw"] for r in rows if r.pixel_values is not None]
+        grid = torch.cat(thw).to(ids.device) if thw else None
+        params = inspect.signature(inner.get_rope_index).parameters
+        kwargs: dict[str, Any] = {"image_grid_thw": grid, "attention_mask": mask}
+        if "mm_token_type_ids" in params:
+            tt = torch.zeros_like(ids, dtype=torch.int)
+            tt[ids == self.image_token_id] = 1
+            kwargs["mm_token_type_ids"] = tt
+        if "video_grid_thw" in params:
+            kwargs["video_grid_thw"] = None
+        pos, _ = inner.get_rope_index(ids, **kwargs)
+        pos = pos.to(ids.device)
+        masked = pos.masked_fill(mask.unsqueeze(0) == 0, -1)
+        next_pos = masked.amax(dim=(0, 2)) + 1
+        pos = pos.masked_fill(mask.unsqueeze(0) == 0, 1)
+        return pos, next_pos
+
+    def step_positions(self, next_pos: torch.Tensor) -> torch.Tensor:
+        return next_pos.view(1, -1, 1).expand(3, -1, 1)
+
+
+ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "llava": LlavaAdapter,
+    "instructblip": InstructBlipAdapter,
+    "qwen2_5_vl": Qwen25VLAdapter,
+}
+
+
+def adapter_for(family: str, model, processor) -> FamilyAdapter:
+    if family not in ADAPTERS:
+        raise ValueError(f"no adapter for family {family!r}; supported: {', '.join(ADAPTERS)}")
+    return ADAPTERS[family](model, processor)

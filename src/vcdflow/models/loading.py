@@ -1,0 +1,193 @@
+"""Load a vision-language model (model + processor) from a local directory or a hub id.
+
+``load_vlm(name_or_dir)``:
+
+* a local directory written by ``save_pretrained`` (model + processor, e.g. the demo LLaVA or a
+  tiny test model) is loaded directly;
+* anything else is treated as a Hugging Face hub id and fetched with
+  ``huggingface_hub.snapshot_download`` (token from the environment variable ``HF_TOKEN``, never
+  logged; ``local_files_only`` defaults to ``HF_HUB_OFFLINE``), then loaded from the snapshot.
+
+The model class comes from the config's ``architectures`` entry (``LlavaForConditionalGeneration``,
+``InstructBlipForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``), the processor
+from ``AutoProcessor``. The family (``llava``, ``instructblip``, ``qwen2_5_vl``) is the config's
+``model_type`` and selects the adapter in :mod:`vcdflow.models.adapters`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: config ``model_type`` → (family, default model class name)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "llava": ("llava", "LlavaForConditionalGeneration"),
+    "instructblip": ("instructblip", "InstructBlipForConditionalGeneration"),
+    "qwen2_5_vl": ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+}
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float64": torch.float64,
+}
+
+
+@dataclass
+class VLM:
+    """A loaded vision-language model: ``model`` (eval mode), ``processor``, ``family``, ``adapter``
+    (family-specific input building, see :mod:`vcdflow.models.adapters`), ``device``, ``dtype``,
+    and ``source`` (the local directory the weights came from)."""
+
+    model: Any
+    processor: Any
+    family: str
+    adapter: Any
+    device: torch.device
+    dtype: torch.dtype
+    source: str = ""
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16"`` (or a ``torch.dtype``) → ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(sorted(_DTYPES))} or a torch.dtype")
+    return _DTYPES[key]
+
+
+def _resolve_dir(name_or_dir: str | os.PathLike, revision: str | None,
+                 local_files_only: bool | None) -> Path:
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"model path {str(path)!r} exists but is not a directory")
+    name = str(name_or_dir)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model directory {name!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    token = os.environ.get("HF_TOKEN") or None
+    log.info("fetching %s (revision %s) with snapshot_download", name, revision or "main")
+    try:
+        snap = snapshot_download(repo_id=name, revision=revision, token=token,
+                                 local_files_only=local_files_only)
+    except Exception as e:  # noqa: BLE001 - say what was tried, never the token
+        raise FileNotFoundError(f"{name!r} is not a local directory and could not be fetched from the "
+                                f"Hugging Face hub ({type(e).__name__}: {e})") from e
+    return Path(snap)
+
+
+def _model_class(config):
+    import transformers
+
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch and hasattr(transformers, arch):
+        return getattr(transformers, arch)
+    fam = FAMILIES.get(config.model_type)
+    if fam is None:
+        raise ValueError(f"unsupported model_type {config.model_type!r}; supported: {', '.join(FAMILIES)}")
+    return getattr(transformers, fam[1])
+
+
+def _load_processor(path: Path, family: str):
+    """``AutoProcessor``; for Qwen2.5-VL without a usable video processor (transformers builds it
+    with torchvision, which may be absent) an image-only ``Qwen2_5_VLProcessor`` instead."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        if family != "qwen2_5_vl":
+            raise
+        log.warning("AutoProcessor failed for %s (%s); building an image-only Qwen2.5-VL processor", path, e)
+        return image_only_qwen_processor(path)
+
+
+def image_only_qwen_processor(path_or_parts, image_processor=None, chat_template: str | None = None):
+    """A ``Qwen2_5_VLProcessor`` without video processor (images and text only).
+
+    ``path_or_parts``: a directory (tokenizer + image processor, chat template from the tokenizer
+    or ``chat_template.jinja``) or a tokenizer (then pass ``image_processor``)."""
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor
+
+    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    if isinstance(path_or_parts, (str, os.PathLike)):
+        path = Path(path_or_parts)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        image_processor = AutoImageProcessor.from_pretrained(path)
+        if chat_template is None:
+            jinja = path / "chat_template.jinja"
+            chat_template = getattr(tokenizer, "chat_template", None) or (
+                jinja.read_text() if jinja.exists() else None)
+    else:
+        tokenizer = path_or_parts
+    return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                        video_processor=None, chat_template=chat_template)
+
+
+def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             dtype: str | torch.dtype = "float32", revision: str | None = None,
+             local_files_only: bool | None = None, attn_implementation: str | None = "sdpa") -> VLM:
+    """Load model + processor and pick the family adapter.
+
+    Args:
+        name_or_dir: local ``save_pretrained`` directory or hub id (``llava-hf/llava-1.5-7b-hf``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
+        revision: hub revision (branch, tag or commit); ignored for local directories.
+        local_files_only: hub only; ``None`` follows ``HF_HUB_OFFLINE``.
+        attn_implementation: passed to ``from_pretrained`` (``"sdpa"`` by default; methods that
+            need attention weights switch to ``"eager"`` for the one forward that needs them).
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    from .adapters import adapter_for
+
+    torch_dtype = parse_dtype(dtype)
+    path = _resolve_dir(name_or_dir, revision, local_files_only)
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in FAMILIES:
+        raise ValueError(f"unsupported model_type {config.model_type!r} in {path}/config.json; "
+                         f"supported: {', '.join(FAMILIES)}")
+    family = FAMILIES[config.model_type][0]
+    cls = _model_class(config)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = cls.from_pretrained(path, **kwargs)
+    dev = torch.device(device)
+    model.to(dev).eval()
+    processor = _load_processor(path, family)
+    adapter = adapter_for(family, model, processor)
+    return VLM(model=model, processor=processor, family=family, adapter=adapter, device=dev,
+               dtype=torch_dtype, source=str(path))
+
+
+def read_architecture(path: str | os.PathLike) -> str | None:
+    """The first ``architectures`` entry of ``path/config.json`` (None when absent)."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    return (cfg.get("architectures") or [None])[0]

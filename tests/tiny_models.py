@@ -1,0 +1,221 @@
+"""Tiny random vision-language models built from the real transformers configs.
+
+Importable by any test: ``from tiny_models import build_tiny_llava`` (tests/ is on ``sys.path``
+under pytest's default rootdir-based import mode) or ``from tests.tiny_models import ...``.
+
+Every builder writes a complete ``save_pretrained`` directory (model + processor with a chat
+template) so that the model is loaded through the same path as a real checkpoint:
+``vcdflow.models.load_vlm(path)``. Weights are random (seeded), so outputs are meaningless but
+deterministic; the models are a few hundred kB and run in milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# A word-level vocabulary: special tokens first, then template words, then filler words.
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+TEMPLATE_WORDS = ["USER", "ASSISTANT", ":", "?", ".", ",", "!", "\n", "Reason", "Choice", "-", '"']
+FILLER_WORDS = (
+    "a an the is are there any in on of to and with image photo picture this that what how many "
+    "yes no one two three cup dog cat person car tree table chair bird red blue green left right "
+    "above below describe detail please answer question word single you objects detector confused "
+    "fuzzy overview impression provide vertical horizontal flip color inversion random crop mask "
+    "noise select augmentation expert data analyst description covering all visible elements"
+).split()
+
+# The LLaVA-1.5 chat template of llava-hf (system text, then ``USER: <image>\n{text} ASSISTANT:``).
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% else %}"
+    "{{ message['role'].upper() + ': ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _word_tokenizer(extra_special: list[str] | None = None):
+    """A ``PreTrainedTokenizerFast`` over a WordLevel model (whitespace + punctuation split)."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = SPECIAL_TOKENS + list(extra_special or [])
+    vocab: dict[str, int] = {}
+    for w in specials + TEMPLATE_WORDS + FILLER_WORDS:
+        w_norm = w if w in specials else w.lower()
+        vocab.setdefault(w_norm, len(vocab))
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    # keep newlines, words and single punctuation marks; drop spaces
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n|\w+|[^\w\s]"), behavior="removed", invert=True)
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>")
+    fast.add_special_tokens({"additional_special_tokens": specials[4:]})
+    return fast
+
+
+def _sharpen(model, factor: float = 3.0) -> None:
+    """Scale the language model's matrices: sharper, more varied greedy continuations than the
+    default init (which collapses into repeating one token)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_tokens" in name:
+                p.normal_(0.0, 0.125)
+            elif p.ndim == 2 and ("language_model" in name or "lm_head" in name):
+                p.mul_(factor)
+
+
+def build_tiny_llava(path: str | Path, *, seed: int = 0, image_size: int = 56, patch_size: int = 14,
+                     hidden: int = 64, layers: int = 2, vocab_pad: int = 0) -> Path:
+    """Save a random LLaVA (CLIP vision tower + Llama text model) and its processor to ``path``.
+
+    ``image_size // patch_size`` squared image tokens per image (16 by default).
+    """
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    path = Path(path)
+    tokenizer = _word_tokenizer()
+    vocab_size = len(tokenizer) + vocab_pad
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+                              projection_dim=32)
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    _sharpen(model)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=patch_size, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                 "<|video_pad|>", "<|endoftext|>"]
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a random Qwen2.5-VL (windowed ViT with 2×2 merge, 3-D mrope text model) + processor.
+    Images are resized to 56×56 (min_pixels = max_pixels = 56²): 16 patches → 4 image tokens."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessorPil)
+
+    path = Path(path)
+    tokenizer = _word_tokenizer(QWEN_SPECIALS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = Qwen2_5_VLConfig(
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": hidden, "patch_size": 14, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1],
+                       "in_channels": 3},
+        text_config={"vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 2048,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id, "tie_word_embeddings": False},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    _sharpen(model)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2,
+                                  temporal_patch_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    model.save_pretrained(path)
+    try:  # needs transformers' video processor (torchvision)
+        processor = Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+        processor.save_pretrained(path)
+    except Exception:  # noqa: BLE001 - save the parts; load_vlm builds an image-only processor
+        tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+        tokenizer.save_pretrained(path)
+        ip.save_pretrained(path)
+        (path / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
+    return path
+
+
+def build_tiny_instructblip(path: str | Path, *, seed: int = 0, hidden: int = 64,
+                            num_query_tokens: int = 4) -> Path:
+    """Save a random InstructBLIP (ViT + Q-Former reading the instruction + Llama) + processor."""
+    from transformers import (BlipImageProcessorPil, InstructBlipConfig, InstructBlipForConditionalGeneration,
+                              InstructBlipProcessor, InstructBlipQFormerConfig, InstructBlipVisionConfig,
+                              LlamaConfig)
+
+    path = Path(path)
+    tokenizer = _word_tokenizer()
+    qformer_tokenizer = _word_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = InstructBlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, image_size=28, patch_size=14)
+    qformer = InstructBlipQFormerConfig(vocab_size=len(qformer_tokenizer), hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64, encoder_hidden_size=32,
+                                        pad_token_id=qformer_tokenizer.pad_token_id)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+    config = InstructBlipConfig(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                                text_config=text.to_dict(), num_query_tokens=num_query_tokens,
+                                image_token_index=image_token_id)
+    torch.manual_seed(seed)
+    model = InstructBlipForConditionalGeneration(config).eval()
+    _sharpen(model)
+    with torch.no_grad():  # direct construction leaves the vision tower and query tokens ~0
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in model.vision_model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif p.ndim >= 2 or "embedding" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            else:
+                p.zero_()
+        model.query_tokens.copy_(torch.randn(model.query_tokens.shape, generator=gen))
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and ("qformer" in name or "language_projection" in name):
+                p.mul_(4.0)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    ip = BlipImageProcessorPil(size={"height": 28, "width": 28}, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    processor = InstructBlipProcessor(image_processor=ip, tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer,
+                                      num_query_tokens=num_query_tokens)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
