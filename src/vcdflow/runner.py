@@ -287,6 +287,14 @@ def run_shard(
     if items is None:
         items = load_items(run["benchmark"], {})
     items = shard_slice(items, shard, n_shards)
+    if run["method"].get("method") == "convis" and run.get("convis_manifest"):
+        # ConVis: each item's n reconstructions become Request.contrast_images; the manifest's
+        # digest joins the run hash so a partial file never mixes two sets of reconstructions.
+        from .io import file_digest
+        from .t2i import attach_reconstructions
+
+        items = attach_reconstructions(items, run["convis_manifest"])
+        run = dict(run, convis_manifest_digest=file_digest(run["convis_manifest"]))
     ids = [it["item_id"] for it in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

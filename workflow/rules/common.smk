@@ -5,6 +5,7 @@ Rules hold no logic: everything here only maps the (validated) config onto paths
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -85,7 +86,7 @@ def bench_config(benchmark, split):
 
 def run_config(wildcards):
     """Everything that determines one result file; its hash tags the file."""
-    return {
+    run = {
         "benchmark": bench_config(wildcards.benchmark, wildcards.split),
         "model": model_config(wildcards.model),
         "method": method_config(wildcards.method),
@@ -94,6 +95,7 @@ def run_config(wildcards):
         "threads": int(config["threads"]),
         "gpu_lock_dir": config["gpu_lock_dir"],
     }
+    return convis_run(wildcards, run)  # ConVis: alpha per benchmark, APC, manifest path
 
 
 def _image_input(path):
@@ -121,6 +123,7 @@ def decode_inputs(wildcards):
         inputs["root"] = bench["root"]
     elif wildcards.benchmark == "amber":
         inputs.update(amber_files(bench, wildcards.split))
+    inputs.update(convis_decode_inputs(wildcards))  # ConVis: the reconstruction manifest
     return inputs
 
 
@@ -231,3 +234,94 @@ def paper_results():
     if local.exists():
         return str(local)
     return str(Path(workflow.basedir) / "resources" / "paper_results.csv")
+
+
+# --------------------------------------------------------------------------- ConVis
+
+CONVIS = config.get("convis", {})
+CONVIS_T2I = dict(CONVIS.get("t2i", {}))
+if CONVIS_T2I.get("kind", "demo") == "demo":
+    # The demo T2I weights ship with the workflow: use the working directory's copy if there is
+    # one, else the shipped folder (so a run in another directory never retrains them).
+    _t2i = CONVIS_T2I.get("path", "resources/demo_t2i")
+    if not Path(_t2i).exists() and (Path(workflow.basedir) / _t2i).exists():
+        CONVIS_T2I["path"] = str(Path(workflow.basedir) / _t2i)
+CONVIS_MANIFEST = "results/convis/manifests/{benchmark}/{model}.json"
+CONVIS_CAPTIONS = "results/convis/captions/{benchmark}/{model}/{shard}-of-{nshards}.jsonl"
+
+
+def convis_labels():
+    """Method labels whose engine method is convis."""
+    return [label for label in METHOD_LABELS if method_config(label)["method"] == "convis"]
+
+
+def convis_manifest(benchmark, model):
+    return CONVIS_MANIFEST.format(benchmark=benchmark, model=model)
+
+
+def convis_decode_inputs(wildcards):
+    """Extra decode inputs: the reconstruction manifest when the method is convis."""
+    method = getattr(wildcards, "method", None)
+    if method is None or method_config(method)["method"] != "convis":
+        return {}
+    return {"convis_manifest": convis_manifest(wildcards.benchmark, wildcards.model)}
+
+
+def convis_run(wildcards, run):
+    """run_config for a convis method: alpha per benchmark and APC from the convis section (unless
+    the method's own params set them) and the manifest path the runner attaches from."""
+    if run["method"]["method"] != "convis":
+        return run
+    params = dict(run["method"].get("params", {}))
+    alphas = CONVIS.get("alpha", {})
+    if "alpha" not in params and wildcards.benchmark in alphas:
+        params["alpha"] = float(alphas[wildcards.benchmark])
+    if "beta" not in params:
+        params["beta"] = float(CONVIS.get("apc_lambda", 0.1)) if CONVIS.get("apc", False) else None
+    run = dict(run, method=dict(run["method"], params=params))
+    run["convis_manifest"] = convis_manifest(wildcards.benchmark, wildcards.model)
+    return run
+
+
+def convis_benches(wildcards):
+    """bench_config slices of every split of the benchmark (the images ConVis captions)."""
+    return [bench_config(wildcards.benchmark, s) for s in bench_splits(wildcards.benchmark)]
+
+
+def convis_caption_inputs(wildcards):
+    """The model and every split's benchmark data (keys suffixed with the split)."""
+    inputs = {}
+    for s in bench_splits(wildcards.benchmark):
+        wc = SimpleNamespace(benchmark=wildcards.benchmark, split=s, model=wildcards.model)
+        for key, value in decode_inputs(wc).items():
+            inputs["model" if key == "model" else f"{key}_{s}"] = value
+    return inputs
+
+
+def convis_caption_shards(wildcards):
+    n = int(CONVIS.get("caption", {}).get("n_shards", 1))
+    return [
+        CONVIS_CAPTIONS.format(benchmark=wildcards.benchmark, model=wildcards.model, shard=i, nshards=n)
+        for i in range(n)
+    ]
+
+
+def convis_model(wildcards):
+    return model_config(wildcards.model)
+
+
+def convis_model_name(wildcards):
+    return wildcards.model
+
+
+def convis_caption_settings():
+    settings = dict(CONVIS.get("caption", {}))
+    settings["n_captions"] = int(CONVIS.get("n_captions", 4))
+    return settings
+
+
+def convis_report_manifests():
+    """ConVis manifests the report shows reconstructions from (one per benchmark x model)."""
+    if not convis_labels():
+        return []
+    return [convis_manifest(b, m) for b in BENCHMARKS for m in MODELS]

@@ -7,6 +7,7 @@ rule report:
         results=all_results(),
         scored=all_scored(),
         paper=paper_results(),
+        convis=convis_report_manifests(),
     output:
         report(
             "reports/index.html",
@@ -21,6 +22,7 @@ rule report:
         config=config,
         demo=DEMO,
         report=config["report"],
+        convis_labels=convis_labels(),
     conda:
         "../../envs/vcdflow.yaml"
     script:
