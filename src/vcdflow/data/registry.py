@@ -261,9 +261,9 @@ _STATIC: list[Entry] = [
                "answer with an HTML page instead of the zip (then extraction fails: download "
                "it by hand and pre-place it)."),
     Entry(name="chair/synonyms",
-          url="https://raw.githubusercontent.com/LisaAnne/Hallucination/master/data/synonyms.txt",
+          url="https://raw.githubusercontent.com/LisaAnne/Hallucination/6e4d33c4bedf6dfcd24c61bf527f40714717be47/data/synonyms.txt",
           filename="synonyms.txt", size=3577, md5="fdf03d16beb2507696d1b881c958904d",
-          source="LisaAnne/Hallucination data/synonyms.txt; byte-identical to the string embedded "
+          source="LisaAnne/Hallucination@6e4d33c4bedf6dfcd24c61bf527f40714717be47:data/synonyms.txt (md5 checked here from the git blob); byte-identical to the string embedded "
                  "in OPERA's chair.py (md5 from shared/data, checked here)",
           checksum_status="verified",
           note="80 lines, one COCO category per line, node word first (CHAIR's parsing quirks kept)."),
