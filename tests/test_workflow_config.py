@@ -58,8 +58,8 @@ def test_unknown_method_key_fails(tmp_path):
     assert "('alpha' was unexpected)" in out.stdout + out.stderr
 
 
-def test_demo_dag_expands_the_grid():
-    out = smk("-n", "--quiet", "rules")
+def test_demo_dag_expands_the_grid(tmp_path):
+    out = smk("-n", "--quiet", "rules", cwd=tmp_path)  # a clean directory: nothing built yet
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     n_results = (len(cfg["benchmarks"]["pope"]["splits"]) + 1) * len(cfg["methods"]) * len(cfg["seeds"])
@@ -68,8 +68,9 @@ def test_demo_dag_expands_the_grid():
     assert int(counts["decode"]) == n_results  # one shard each
 
 
-def test_paper_config_builds_the_whole_dag_offline():
-    out = smk("-n", "--quiet", "rules", "--configfile", "config/paper.yaml", "--config", "offline=True")
+def test_paper_config_builds_the_whole_dag_offline(tmp_path):
+    out = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config/paper.yaml"), "--config", "offline=True",
+              cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     for rule in ("download_pope", "download_coco_val2014", "download_nltk_data", "download_model",
                  "download_mme", "prepare_mme", "download_amber_file", "decode", "report"):
