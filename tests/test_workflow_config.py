@@ -59,8 +59,9 @@ def test_unknown_method_key_fails(tmp_path):
 
 
 def test_demo_dag_expands_the_grid(tmp_path):
-    out = smk("-n", "--quiet", "rules", cwd=tmp_path)  # a clean directory: nothing built yet
-    assert out.returncode == 0, out.stderr
+    # a clean directory: nothing built yet
+    out = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     n_results = (len(cfg["benchmarks"]["pope"]["splits"]) + 1) * len(cfg["methods"]) * len(cfg["seeds"])
     counts = dict(line.split()[:2] for line in out.stdout.splitlines() if line.strip() and line.split()[0] in ("decode", "score", "merge_shards"))
