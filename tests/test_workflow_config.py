@@ -74,6 +74,7 @@ def test_paper_config_builds_the_whole_dag_offline(tmp_path):
               cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     for rule in ("download_pope", "download_coco_val2014", "download_nltk_data", "download_model",
-                 "download_mme", "prepare_mme", "download_amber_file", "decode", "report"):
+                 "download_mme", "prepare_mme", "download_amber_file", "decode", "report",
+                 "convis_t2i_download", "convis_captions", "convis_reconstruct"):
         assert rule in out.stdout, rule
     assert "train_demo_model" not in out.stdout  # --configfile replaces the demo config
