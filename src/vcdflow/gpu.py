@@ -107,3 +107,16 @@ def gpu_lease(
         if time.monotonic() > deadline:
             raise TimeoutError(f"no free GPU among {devices} in {lock_dir} after {wait_seconds}s")
         time.sleep(poll)
+
+
+def resolve_device(want: str = "auto") -> str:
+    """``cpu``; ``cuda`` (error when none is visible); ``auto``: CUDA when available, else CPU."""
+    if want == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if want == "cuda":
+        raise RuntimeError("device: cuda requested but no CUDA device is visible")
+    return "cpu"

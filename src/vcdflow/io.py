@@ -54,6 +54,23 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move the finished folder ``tmp`` onto ``dest``, replacing an old ``dest`` (folder outputs
+    appear only complete: build in a temp folder beside ``dest``, then call this)."""
+    import shutil
+
+    tmp, dest = Path(tmp), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
 def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")

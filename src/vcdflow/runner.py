@@ -334,16 +334,9 @@ def run_shard(
 
 
 def _device(run: dict) -> str:
-    want = run.get("device", "auto")
-    if want == "cpu":
-        return "cpu"
-    import torch
+    from .gpu import resolve_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if want == "cuda":
-        raise RuntimeError("device: cuda requested but no CUDA device is visible")
-    return "cpu"
+    return resolve_device(run.get("device", "auto"))
 
 
 def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, meta: dict | None = None) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..io import replace_dir
 from ..metrics.nltk_mini import build_mini_nltk_data
 from .demo_world import CATEGORIES, write_chair_synonyms
 
@@ -52,9 +53,7 @@ def build_demo_nltk_data(out_dir: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         build_mini_nltk_data(tmp, demo_lexicon())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

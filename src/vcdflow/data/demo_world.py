@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vcdflow.io import atomic_write_text, write_json
+from ..io import replace_dir
 
 __all__ = [
     "CATEGORIES",
@@ -340,15 +341,6 @@ def _build_split(split: str, n: int, image_size: int, seed: int, img_dir: Path, 
     return instances, captions
 
 
-def _swap_dir(tmp: Path, dest: Path) -> None:
-    """Move the finished folder ``tmp`` onto ``dest`` (replacing an old ``dest``)."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_demo_world(
@@ -383,7 +375,7 @@ def build_demo_world(
         tmp.chmod(0o755)
         try:
             instances, captions = _build_split(split, n, image_size, seed, tmp, progress)
-            _swap_dir(tmp, img_parent / split)
+            replace_dir(tmp, img_parent / split)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..io import replace_dir
 from . import registry
 from .download import check_offline, extract, hf_snapshot
 
@@ -46,10 +47,7 @@ def fetch_zip_members(name: str, dest_dir, *, cache_dir="resources/downloads", o
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir.parent))
     try:
         extract(archive, tmp / "x", members=members or entry.members)
-        src = tmp / "x" / strip
-        if dest_dir.exists():
-            shutil.rmtree(dest_dir)
-        os.replace(src, dest_dir)
+        replace_dir(tmp / "x" / strip, dest_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest_dir

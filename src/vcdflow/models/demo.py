@@ -65,6 +65,7 @@ import torch
 
 from vcdflow.data.demo_world import CAPTION_INSTRUCTION, CATEGORIES as DEMO_CATEGORIES
 from vcdflow.data.pope_builder import pope_question
+from ..io import replace_dir
 
 __all__ = [
     "DemoModelConfig",
@@ -427,14 +428,6 @@ class _TrainData:
 # --------------------------------------------------------------------------- training
 
 
-def _swap_dir(tmp: Path, dest: Path) -> None:
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _n_params(model) -> int:
@@ -646,7 +639,7 @@ def train_demo_model(
         with open(tmp / "training.json", "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2, sort_keys=True)
             fh.write("\n")
-        _swap_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

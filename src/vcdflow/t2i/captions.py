@@ -227,17 +227,7 @@ def read_captions(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return out
 
 
-def resolve_device(want: str = "auto") -> str:
-    """``cpu``; ``cuda`` (error when none is visible); ``auto``: CUDA when available, else CPU."""
-    if want == "cpu":
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if want == "cuda":
-        raise RuntimeError("device: cuda requested but no CUDA device is visible")
-    return "cpu"
+from ..gpu import resolve_device  # noqa: E402  (re-exported: vcdflow.t2i.captions.resolve_device)
 
 
 def benchmark_images(benches: Sequence[dict]) -> list[dict]:

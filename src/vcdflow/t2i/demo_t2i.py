@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from ..io import replace_dir
 
 __all__ = [
     "DemoT2IConfig",
@@ -273,14 +274,6 @@ def load_training_pairs(world_dir: str | os.PathLike, split: str = "train", reso
 # --------------------------------------------------------------------------- training
 
 
-def _swap_dir(tmp: Path, dest: Path) -> None:
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _save(pipe: DemoT2IPipeline, out_dir: Path, info: dict) -> None:
@@ -289,7 +282,7 @@ def _save(pipe: DemoT2IPipeline, out_dir: Path, info: dict) -> None:
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        _swap_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
