@@ -46,6 +46,7 @@ localrules:
     download_coco_annotations,
     download_coco_val2014,
     download_gqa_images,
+    download_spacy_model,
     download_nltk_data,
     download_mme,
     download_amber_file,

@@ -496,6 +496,54 @@ def test_registry_entry_fetch_through_local_mirror(server, tmp_path):
     assert not (tmp_path / "head" / e.filename).exists()
 
 
+def test_spacy_model_wheel_unpacks_to_a_loadable_folder(server, tmp_path, monkeypatch):
+    """Rule download_spacy_model: the en_core_web_lg wheel is fetched (verified) and its model
+    folder (the one spacy.load takes) is extracted; the wheel's other files are left out."""
+    import io
+    import zipfile
+
+    from vcdflow.data import fetch
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("en_core_web_lg/__init__.py", "")
+        z.writestr("en_core_web_lg/en_core_web_lg-3.8.0/config.cfg", "[nlp]\nlang = \"en\"\n")
+        z.writestr("en_core_web_lg/en_core_web_lg-3.8.0/vocab/strings.json", "[]")
+        z.writestr("en_core_web_lg-3.8.0.dist-info/METADATA", "Name: en_core_web_lg")
+    data = buf.getvalue()
+    real = registry.get("spacy/en_core_web_lg")
+    fake = dataclasses.replace(real, url=server.add("/" + real.filename, data), sha256=digests(data)["sha256"])
+    monkeypatch.setattr(fetch.registry, "get", lambda name: fake if name == real.name else registry.get(name))
+    dest = tmp_path / "resources/spacy/en_core_web_lg"
+    fetch.fetch_zip_members(real.name, dest, cache_dir=tmp_path / "downloads", progress=False,
+                            strip="en_core_web_lg/en_core_web_lg-3.8.0")
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == \
+        ["config.cfg", "vocab/strings.json"]
+    # a wheel with another checksum is refused and nothing is placed
+    other = tmp_path / "other"
+    monkeypatch.setattr(fetch.registry, "get", lambda name: dataclasses.replace(fake, sha256="0" * 64))
+    with pytest.raises(ChecksumMismatch):
+        fetch.fetch_zip_members(real.name, other, cache_dir=tmp_path / "downloads2", progress=False,
+                                strip="en_core_web_lg/en_core_web_lg-3.8.0")
+    assert not other.exists()
+
+
+def test_entry_without_checksum_is_fetched_with_a_warning(server, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from vcdflow.data import fetch
+
+    real = registry.get("amber/images")
+    assert real.checksum() is None
+    fake = dataclasses.replace(real, url=server.add("/amber.zip", b"bytes"), kind="http")
+    monkeypatch.setattr(fetch.registry, "get", lambda name: fake)
+    dest = tmp_path / "amber.zip"
+    with caplog.at_level(logging.WARNING, logger="vcdflow.data.fetch"):
+        fetch.fetch_entry("amber/images", dest, progress=False)
+    assert dest.read_bytes() == b"bytes"
+    assert f"amber/images: no published checksum; {dest} is used unverified" in caplog.text
+
+
 def test_registry_table_is_well_formed():
     names = registry.names()
     for required in ("coco/val2014", "coco/annotations_trainval2014", "gqa/images",

@@ -6,7 +6,9 @@ no-op, a second run from scratch is byte-identical (timing aside), a killed deco
 resumes without losing or duplicating items.
 """
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -126,3 +128,112 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path):
     recs = strip_timing(tmp_path / target)
     assert [r["item_id"] for r in recs] == [r["item_id"] for r in strip_timing(workdir / target)]
     assert recs == strip_timing(workdir / target)
+
+
+def _small_config(tmp_path, **changes):
+    cfg = yaml.safe_load(MICRO.read_text())
+    cfg["benchmarks"] = {"pope": dict(cfg["benchmarks"]["pope"], splits=["random"])}
+    cfg["methods"] = {"greedy": cfg["methods"]["greedy"]}
+    cfg.pop("convis", None)
+    cfg.update(changes)
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return cfg, config
+
+
+def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
+    """Missing, corrupt and truncated images and an over-long prompt, through the workflow.
+
+    Each bad item becomes an error row with its exact reason, the good item is still answered,
+    the scorer counts the errors and the report refuses the run's metrics (3 of 4 items errored).
+    A sentinel hub token in the environment appears in no file the run writes.
+    """
+    workdir, _ = micro_run
+    shutil.copytree(workdir / "resources", tmp_path / "resources")
+    images = tmp_path / "custom" / "images"
+    images.mkdir(parents=True)
+    good = sorted((workdir / "resources/demo/world/images/val").glob("*.png"))[0]
+    shutil.copy(good, images / "good.png")
+    (images / "corrupt.png").write_bytes(b"this is not an image")
+    data = good.read_bytes()
+    (images / "truncated.png").write_bytes(data[: len(data) // 2])
+    long_question = "Is there a " + " ".join(["cup"] * 2100) + " in the image?"
+    questions = [
+        {"question_id": 1, "image": "good.png", "text": "Is there a cup in the image?", "label": "yes"},
+        {"question_id": 2, "image": "missing.png", "text": "Is there a cup in the image?", "label": "no"},
+        {"question_id": 3, "image": "corrupt.png", "text": "Is there a cup in the image?", "label": "no"},
+        {"question_id": 4, "image": "truncated.png", "text": "Is there a cup in the image?", "label": "yes"},
+        {"question_id": 5, "image": "good.png", "text": long_question, "label": "no"},
+    ]
+    (tmp_path / "custom" / "pope_random.json").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    cfg, config = _small_config(tmp_path)
+    # a second POPE dataset in the same config (key pope_<name>) beside the demo's own POPE
+    cfg["benchmarks"]["pope_custom"] = dict(cfg["benchmarks"]["pope"], dataset="custom",
+                                            questions="custom/pope_{split}.json", images="custom/images")
+    config.write_text(yaml.safe_dump(cfg))
+
+    sentinel = "hf_SENTINELtoken0123456789abcdefXYZ"
+    env = dict(os.environ, HF_TOKEN=sentinel, HUGGING_FACE_HUB_TOKEN=sentinel)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
+           "--cores", "2", "--workflow-profile", "none", "results/metrics.csv", "reports/index.html"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    recs = {r["question_id"]: r for r in read_jsonl(tmp_path / "results/pope_custom/random/demo/greedy/seed0.jsonl")}
+    assert sorted(recs) == [1, 2, 3, 4, 5]
+    assert recs[1]["error"] is None and recs[1]["answer"]
+    rel = Path("custom/images")  # paths as the config gives them (relative to the working directory)
+    missing = rel / "missing.png"
+    assert recs[2]["error"] == f"image {missing}: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
+    corrupt = rel / "corrupt.png"
+    assert recs[3]["error"] == f"image {corrupt}: UnidentifiedImageError: cannot identify image file '{corrupt}'"
+    truncated = rel / "truncated.png"
+    assert recs[4]["error"] == f"image {truncated}: OSError: image file is truncated"
+    m = re.fullmatch(r"prompt of (\d+) tokens plus max_new_tokens=3 exceeds the model's (\d+) positions",
+                     recs[5]["error"])
+    assert m, recs[5]["error"]
+    assert int(m.group(1)) > 2100 and int(m.group(1)) + 3 > int(m.group(2))
+    assert all(recs[q]["answer"] == "" for q in (2, 3, 4, 5))
+
+    df = pd.read_csv(tmp_path / "results/metrics.csv")
+    assert set(df.benchmark) == {"pope", "pope_custom"}
+    run = df[(df.benchmark == "pope_custom") & (df.split == "random") & (df.method == "greedy")].set_index("metric")
+    assert run.value["n_errors"] == 4 and run.value["n"] == 1  # n counts the scored (error-free) items
+    clean = df[(df.benchmark == "pope") & (df.split == "random") & (df.method == "greedy")].set_index("metric")
+    assert clean.value["n_errors"] == 0
+    assert strip_timing(tmp_path / "results/pope/random/demo/greedy/seed0.jsonl") == \
+        strip_timing(workdir / "results/pope/random/demo/greedy/seed0.jsonl")
+    html = (tmp_path / "reports/index.html").read_text()
+    assert "POPE (CUSTOM)" in html and 'class="refused"' in html
+
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and sentinel.encode() in p.read_bytes()]
+    assert not leaks, f"hub token written to {leaks}"
+
+
+def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
+    """``--resources gpu=2`` with a fake 2-device list: the two concurrent shards lease different devices."""
+    workdir, _ = micro_run
+    shutil.copytree(workdir / "resources", tmp_path / "resources")
+    cfg, config = _small_config(tmp_path, device="auto", n_shards=2, gpu_lock_dir=str(tmp_path / "locks"))
+    cfg["benchmarks"].pop("chair", None)
+    config.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, VCDFLOW_GPUS="0,1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    target = "results/pope/random/demo/greedy/seed0.jsonl"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
+           "--cores", "2", "--resources", "gpu=2", "--workflow-profile", "none", target]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    devices, spans = [], []
+    for shard in ("0-of-2", "1-of-2"):
+        lines = (tmp_path / f"logs/decode/pope/random/demo/greedy/seed0/{shard}.log").read_text().splitlines()
+        leased = [re.search(r"gpu: leased device (\d+)", line) for line in lines]
+        devices += [m.group(1) for m in leased if m]
+        stamps = [time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) for line in lines
+                  if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)]
+        spans.append((min(stamps), max(stamps)))
+    assert sorted(devices) == ["0", "1"]
+    # the two shards held their leases at the same time (otherwise both could have taken device 0)
+    assert spans[0][0] <= spans[1][1] and spans[1][0] <= spans[0][1]
+    assert [r["item_id"] for r in read_jsonl(tmp_path / target)] == \
+        [r["item_id"] for r in read_jsonl(workdir / "results/pope/random/demo/greedy/seed0.jsonl")]

@@ -143,6 +143,61 @@ def test_contrastive_methods_batch_invariant(vlms, family):
     assert any(a.token_ids != b.token_ids for a, b in zip(g, v))  # the contrast does something
 
 
+@pytest.mark.parametrize("position", ["qformer", "qformer_question"])
+def test_icd_qformer_variants_equal_a_plain_reference(vlms, position):
+    """ICD on InstructBLIP as the official code runs it: the LLM text is the same in both branches,
+    only the contrast branch's Q-Former instruction is the disturbance (alone, or + question).
+    Reference: full recompute through the HF model's own forward (no cache, no batching), the
+    formula (1+a)l - a l_d with the APC cutoff written out here."""
+    vlm = vlms["instructblip"]
+    proc, model = vlm.processor, vlm.model
+    instr, a, beta, n = "You are a confused objects detector.", 1.0, 0.1, 5
+    params = {"instruction": instr, "position": position, "alpha": a, "beta": beta}
+    outs = generate(vlm, REQS, method="icd", params=params, max_new_tokens=n, eos_token_id=[], batch_size=16)
+    plain = generate(vlm, REQS, method="greedy", max_new_tokens=n, eos_token_id=[])
+    assert any(o.token_ids != g.token_ids for o, g in zip(outs, plain))
+    for req, out in zip(REQS, outs):
+        assert out.error is None, out.error
+        text = vlm.adapter.build_text(req.prompt, True, req.system)
+        enc = proc(text=[text], images=[req.image], return_tensors="pt")
+        qtext = instr if position == "qformer" else f"{instr} {req.prompt}"
+        q = proc.qformer_tokenizer(qtext, return_tensors="pt")
+        gen = []
+        with torch.inference_mode():
+            for _ in range(n):
+                ids = torch.cat([enc["input_ids"], torch.tensor([gen], dtype=torch.long)], 1)
+                common = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"])
+                l0 = model(**common, qformer_input_ids=enc["qformer_input_ids"],
+                           qformer_attention_mask=enc["qformer_attention_mask"]).logits[0, -1].float()
+                l1 = model(**common, qformer_input_ids=q["input_ids"],
+                           qformer_attention_mask=q["attention_mask"]).logits[0, -1].float()
+                scores = (1 + a) * l0 - a * l1
+                probs = torch.softmax(l0, -1)
+                scores[probs < beta * probs.max()] = -float("inf")
+                gen.append(int(scores.argmax()))
+        assert out.token_ids == gen, (position, req.item_id)
+
+
+def test_icd_qformer_position_needs_instructblip(vlms):
+    out = generate(vlms["llava"], REQS[:1], method="icd", params={"position": "qformer"}, max_new_tokens=2)[0]
+    assert out.error == "ValueError: method 'icd' with position='qformer' needs a model with a Q-Former " \
+                        "(family instructblip), not 'llava'"
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_every_method_runs_on_every_family(vlms, family):
+    from vcdflow.decoding import METHODS
+
+    req = Request(image=_img(4, 72, 60), prompt="Is there a cup in the image?", item_id="all",
+                  contrast_image=_img(5, 72, 60), contrast_images=[_img(6, 72, 60), _img(7, 50, 50)])
+    short = {"selfaug": {"sas_max_new_tokens": 3}, "code": {"description_max_new_tokens": 3}}
+    for method in sorted(METHODS):
+        out = generate(vlms[family], [req], method=method, params=short.get(method), max_new_tokens=2,
+                       eos_token_id=[])[0]
+        assert out.error is None, (family, method, out.error)
+        assert len(out.token_ids) == 2, (family, method)
+
+
 def test_qwen_pixel_layout_round_trip(vlms):
     vlm = vlms["qwen2_5_vl"]
     ad = vlm.adapter

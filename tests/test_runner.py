@@ -83,6 +83,39 @@ def test_bad_image_becomes_error_row_and_others_survive(tmp_path):
     assert not (tmp_path / "r.jsonl.partial").exists()
 
 
+def test_missing_contrast_image_becomes_error_row_naming_it(tmp_path):
+    """A ConVis reconstruction that is gone is an error row naming that file, not a dead shard."""
+    items = make_items(tmp_path, n=3)
+    gone = tmp_path / "renders" / "gone.png"
+    for it in items:
+        it["contrast_images"] = [it["image_path"]]
+    items[2]["contrast_images"] = [items[0]["image_path"], str(gone)]
+    out = tmp_path / "r.jsonl"
+    fake = FakeGenerate()
+    run_shard(make_run(), out, items=items, vlm=object(), generate_fn=fake, progress=False)
+    recs = read_jsonl(out)
+    assert recs[2]["error"] == f"image {gone}: FileNotFoundError: [Errno 2] No such file or directory: '{gone}'"
+    assert [r["error"] for r in recs[:2]] == [None, None]
+    assert fake.calls == [["pope/random/1", "pope/random/2"]]
+
+
+def test_pope_dataset_keys_use_the_pope_loader_and_suffixes(tmp_path):
+    """pope_<dataset> benchmarks (kind pope): POPE items; a suffix keyed by the dataset wins over 'pope'."""
+    from vcdflow.runner import load_items
+
+    (tmp_path / "q.json").write_text(json.dumps({"question_id": 7, "image": "a.jpg", "text": "Is there a dog?",
+                                                 "label": "no"}) + "\n")
+    bench = {"name": "pope_gqa", "kind": "pope", "split": "random", "questions": str(tmp_path / "q.json"),
+             "images": str(tmp_path)}
+    items = load_items(bench, {})
+    assert [(i["item_id"], i["question"], i["label"]) for i in items] == [("pope/random/7", "Is there a dog?", "no")]
+    run = make_run(prompt_suffix={"pope": " [pope]"})
+    run["benchmark"] = dict(bench, prompt="{question}")
+    assert build_prompt(run, items[0]) == "Is there a dog? [pope]"
+    run["method"]["prompt_suffix"]["pope_gqa"] = " [gqa]"
+    assert build_prompt(run, items[0]) == "Is there a dog? [gqa]"
+
+
 def test_kill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
     items = make_items(tmp_path, n=7)
     ref = tmp_path / "ref.jsonl"

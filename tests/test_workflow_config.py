@@ -73,7 +73,7 @@ def test_paper_config_builds_the_whole_dag_offline(tmp_path):
     out = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config/paper.yaml"), "--config", "offline=True",
               cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    for rule in ("download_pope", "download_coco_val2014", "download_nltk_data", "download_model",
+    for rule in ("download_pope", "download_coco_val2014", "download_gqa_images", "download_nltk_data", "download_model",
                  "download_mme", "prepare_mme", "download_amber_file", "decode", "report",
                  "convis_t2i_download", "convis_captions", "convis_reconstruct"):
         assert rule in out.stdout, rule

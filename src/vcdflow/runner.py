@@ -40,7 +40,7 @@ def result_hash(run: dict) -> str:
 
 def load_items(bench: dict, inputs: dict) -> list[dict]:
     """Items of one benchmark split, in a fixed order (see the metrics modules)."""
-    name = bench["name"]
+    name = bench.get("kind", bench["name"])
     if name == "pope":
         from .metrics import pope
 
@@ -97,8 +97,14 @@ def build_prompt(run: dict, item: dict) -> str:
     bench, model, method = run["benchmark"], run["model"], run["method"]
     template = bench.get("prompt") or "{question}"
     prompt = template.format(question=item.get("question", ""))
-    name = bench["name"]
-    suffix = method.get("prompt_suffix", {}).get(name, model.get("prompt_suffix", {}).get(name, ""))
+    name, kind = bench["name"], bench.get("kind", bench["name"])
+
+    def lookup(suffixes):  # the benchmark's own key (pope_gqa) first, then its kind (pope)
+        return suffixes.get(name, suffixes.get(kind))
+
+    suffix = lookup(method.get("prompt_suffix", {}))
+    if suffix is None:
+        suffix = lookup(model.get("prompt_suffix", {})) or ""
     return prompt + suffix
 
 
@@ -205,14 +211,15 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
     requests, slots, records = [], [], [None] * len(items)
     for i, item in enumerate(items):
         prompt = build_prompt(run, item)
-        try:
-            image = _load_image(item["image_path"])
-        except Exception as exc:  # noqa: BLE001 - any unreadable image becomes an error row
-            records[i] = _record(run, item, prompt, "", f"image {item.get('image_path')}: {type(exc).__name__}: {exc}", {}, 0.0, 0)
-            continue
         extra = {}
-        if item.get("contrast_images"):
-            extra["contrast_images"] = [_load_image(p) for p in item["contrast_images"]]
+        path = item.get("image_path")
+        try:
+            image = _load_image(path)
+            for path in item.get("contrast_images") or []:  # ConVis reconstructions
+                extra.setdefault("contrast_images", []).append(_load_image(path))
+        except Exception as exc:  # noqa: BLE001 - any unreadable image becomes an error row
+            records[i] = _record(run, item, prompt, "", f"image {path}: {type(exc).__name__}: {exc}", {}, 0.0, 0)
+            continue
         requests.append(Request(image=image, prompt=prompt, item_id=item["item_id"], **extra))
         slots.append((i, prompt))
     if requests:

@@ -14,8 +14,9 @@ METRIC_COLUMNS = list(COLUMNS)
 
 
 def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
-    """Return ``(scores, per_item)`` for one benchmark split's records."""
-    name = bench["name"]
+    """Return ``(scores, per_item)`` for one benchmark split's records (``kind`` picks the
+    scorer for ``pope_<dataset>`` benchmarks; it defaults to ``name``)."""
+    name = bench.get("kind", bench["name"])
     if name == "pope":
         from .metrics import pope
 

@@ -18,10 +18,15 @@ SINGLE_SPLIT = "all"  # split name of benchmarks without splits (CHAIR, MME)
 DEMO = config["world"] == "demo"
 
 
+def bench_kind(benchmark):
+    """pope, chair, mme or amber. Further POPE datasets are keys pope_<name> (pope_aokvqa, pope_gqa)."""
+    return "pope" if benchmark.startswith("pope_") else benchmark
+
+
 def bench_splits(benchmark):
     """The splits a benchmark is decoded and scored on."""
     cfg = config["benchmarks"][benchmark]
-    if benchmark == "pope":
+    if bench_kind(benchmark) == "pope":
         return list(cfg["splits"])
     if benchmark == "amber":
         return list(cfg["tasks"])
@@ -79,6 +84,8 @@ def bench_config(benchmark, split):
     """The benchmark slice a decode job needs, with {split} filled in."""
     cfg = dict(config["benchmarks"][benchmark])
     out = {"name": benchmark, "split": split}
+    if bench_kind(benchmark) != benchmark:
+        out["kind"] = bench_kind(benchmark)  # scorer and item loader of pope_<dataset> keys
     for key, value in cfg.items():
         out[key] = value.format(split=split) if isinstance(value, str) and key != "prompt" else value
     return out
@@ -110,7 +117,7 @@ def decode_inputs(wildcards):
     """Input files of a decode shard: the model and the benchmark's data."""
     bench = bench_config(wildcards.benchmark, wildcards.split)
     inputs = {"model": model_dir(wildcards.model)}
-    if wildcards.benchmark == "pope":
+    if bench_kind(wildcards.benchmark) == "pope":
         inputs["questions"] = bench["questions"]
         inputs["images"] = _image_input(bench["images"])
     elif wildcards.benchmark == "chair":
@@ -167,6 +174,8 @@ def score_inputs(wildcards):
     elif wildcards.benchmark == "amber":
         inputs.update(amber_files(bench))
         inputs["nltk_data"] = bench["nltk_data"]
+        if bench.get("spacy_model"):
+            inputs["spacy_model"] = bench["spacy_model"]
     return inputs
 
 
@@ -274,8 +283,9 @@ def convis_run(wildcards, run):
         return run
     params = dict(run["method"].get("params", {}))
     alphas = CONVIS.get("alpha", {})
-    if "alpha" not in params and wildcards.benchmark in alphas:
-        params["alpha"] = float(alphas[wildcards.benchmark])
+    alpha = alphas.get(wildcards.benchmark, alphas.get(bench_kind(wildcards.benchmark)))
+    if "alpha" not in params and alpha is not None:
+        params["alpha"] = float(alpha)
     if "beta" not in params:
         params["beta"] = float(CONVIS.get("apc_lambda", 0.1)) if CONVIS.get("apc", False) else None
     run = dict(run, method=dict(run["method"], params=params))

@@ -126,6 +126,22 @@ rule download_amber_file:
         "../scripts/download_amber.py"
 
 
+rule download_spacy_model:
+    output:
+        directory("resources/spacy/en_core_web_lg"),
+    log:
+        "logs/data/spacy_model.log",
+    params:
+        entry="spacy/en_core_web_lg",
+        offline=config["offline"],
+        strip="en_core_web_lg/en_core_web_lg-3.8.0",  # the model folder inside the wheel
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/download_zip.py"
+
+
 rule download_amber_images:
     output:
         directory("resources/amber/image"),

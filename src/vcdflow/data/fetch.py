@@ -7,6 +7,7 @@ size- and checksum-verified, moved into place only when verified) or, with
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -16,10 +17,15 @@ from ..io import replace_dir
 from . import registry
 from .download import check_offline, extract, hf_snapshot
 
+log = logging.getLogger(__name__)
+
 
 def fetch_entry(name: str, dest: str | os.PathLike, *, offline: bool = False, progress: bool = True) -> Path:
     """Download (or, offline, verify) the registry entry ``name`` to ``dest``."""
     entry = registry.get(name)
+    if entry.kind != "hf" and entry.checksum() is None:
+        log.warning("%s: no published checksum%s; %s is used unverified", name,
+                    "" if entry.size is None else " (size checked)", dest)
     if offline:
         check_offline([(dest, entry.checksum())])
         return Path(dest)
@@ -32,21 +38,25 @@ def fetch_pope(dataset: str, version: str, split: str, dest, *, offline: bool = 
 
 
 def fetch_zip_members(name: str, dest_dir, *, cache_dir="resources/downloads", offline: bool = False,
-                      members=None, strip: str | None = None) -> Path:
+                      members=None, strip: str | None = None, progress: bool = True) -> Path:
     """Download a registry zip into ``cache_dir`` and extract (selected) members into ``dest_dir``.
 
-    ``strip`` removes a leading folder from member paths (``annotations/`` -> flat).
+    ``strip`` keeps only what is under a leading folder of the member paths and drops that
+    folder (``annotations`` -> flat; ``en_core_web_lg/en_core_web_lg-3.8.0`` -> the spaCy
+    model folder of a model wheel).
     """
     entry = registry.get(name)
     archive = Path(cache_dir) / entry.filename
-    fetch_entry(name, archive, offline=offline)
+    fetch_entry(name, archive, offline=offline, progress=progress)
     dest_dir = Path(dest_dir)
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
     if strip is None:
         extract(archive, dest_dir, members=members or entry.members)
         return dest_dir
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir.parent))
     try:
-        extract(archive, tmp / "x", members=members or entry.members)
+        extract(archive, tmp / "x", members=members or entry.members or [strip.rstrip("/") + "/"],
+                progress=progress)
         replace_dir(tmp / "x" / strip, dest_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

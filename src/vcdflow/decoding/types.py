@@ -56,6 +56,8 @@ class Branch:
     ``[N, 3, H, W]`` (float32, CPU) after the processor (VCD noise, Self-Aug augmentations);
     ``mean``/``std`` are the processor's normalisation constants ``[1, 3, 1, 1]``.
     ``image_token_scale`` [n_image_tokens] multiplies the projected image features (AvisC).
+    ``qformer_prompt`` (InstructBLIP only) is the Q-Former's instruction when it differs from
+    the LLM text (ICD's official InstructBLIP variants); None = the LLM text, as the processor does.
     """
 
     prompt: str
@@ -64,6 +66,7 @@ class Branch:
     pixel_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     image_token_scale: torch.Tensor | None = None
     name: str = "original"
+    qformer_prompt: str | None = None
 
 
 @dataclass

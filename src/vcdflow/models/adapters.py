@@ -277,7 +277,15 @@ class InstructBlipAdapter(FamilyAdapter):
             text = self.build_text(branch.prompt, False, getattr(branch, "system", None))
             ids = self.tokenizer(text, return_tensors="pt")["input_ids"][0].long()
             return Encoded(input_ids=ids, text=text)
-        return super().encode(branch, rng)
+        enc = super().encode(branch, rng)
+        qprompt = getattr(branch, "qformer_prompt", None)
+        if qprompt is not None:
+            # ICD: the Q-Former reads a different instruction than the LLM (official
+            # ``preprompt_cd`` → ``text_Qformer_cd`` in blip2_vicuna_instruct.py)
+            q = self.processor.qformer_tokenizer(qprompt, return_tensors="pt")
+            enc.extras["qformer_input_ids"] = q["input_ids"].long()
+            enc.extras["qformer_attention_mask"] = q["attention_mask"].long()
+        return enc
 
     def _forward_module(self):
         return self.model.language_model

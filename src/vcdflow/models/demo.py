@@ -133,7 +133,7 @@ class DemoModelConfig:
     text_hidden: int = 160
     text_layers: int = 3
     text_heads: int = 4
-    max_positions: int = 256
+    max_positions: int = 2048  # RoPE: free in parameters; room for Self-Aug's ~600-token SAS prompt and CODE
     tie_embeddings: bool = False
     extra_words: tuple[str, ...] = field(default_factory=tuple)
 

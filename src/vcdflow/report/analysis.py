@@ -124,9 +124,13 @@ BENCHMARKS: dict[str, BenchInfo] = {
 
 
 def bench_info(benchmark: str, metrics: Iterable[str]) -> BenchInfo:
-    """The spec of a known benchmark, or a generic one listing every metric it has."""
+    """The spec of a known benchmark, or a generic one listing every metric it has.
+    ``pope_<dataset>`` (further POPE datasets, e.g. pope_gqa) gets POPE's spec titled by dataset."""
     if benchmark in BENCHMARKS:
         return BENCHMARKS[benchmark]
+    if benchmark.startswith("pope_"):
+        pope = BENCHMARKS["pope"]
+        return BenchInfo(f"POPE ({benchmark[5:].upper()})", pope.columns, pope.note)
     cols = tuple(Column(m, m) for m in sorted(set(metrics)) if m not in COUNT_METRICS)
     return BenchInfo(benchmark.upper(), cols)
 

@@ -3,16 +3,28 @@
 
     s = (1+α)·ℓ(y | v, x) − α·ℓ(y | v, x_d, x);   APC β on the original branch
 
-The contrast branch carries the disturbance instruction x_d. For LLaVA the official code replaces
-the conversation's **system prompt** with it (``conv_templates["llava_custom"].system =
-preprompt``, ``icd_utils/icd_sample_llava.py``) — our default ``position="system"``. For
-InstructBLIP the disturbance goes into the Q-Former instruction as preprompt + question
-(``question.json``); ``position="prefix"`` prepends it to the user prompt instead (our
-InstructBLIP adapter also feeds a system text to the Q-Former).
+The contrast branch carries the disturbance instruction x_d; ``position`` says where it goes:
+
+- ``"system"`` (default, every family): the conversation's **system prompt** is replaced by it
+  — the official LLaVA code (``conv_templates["llava_custom"].system = preprompt``,
+  ``icd_utils/icd_sample_llava.py``). On InstructBLIP (no chat template) the system text is
+  prepended to the prompt, which then reaches both the LLM and the Q-Former.
+- ``"prefix"``: prepended to the user prompt (``"{x_d} {prompt}"``), same for every family.
+- ``"qformer"`` (InstructBLIP only): the official InstructBLIP code's ``normal.json`` run — the
+  LLM text is left unchanged and only the **Q-Former instruction** of the contrast branch is the
+  disturbance alone (``preprompt_cd = preprompt`` → ``text_Qformer_cd`` in
+  ``experiments/lavis/models/blip2_models/blip2_vicuna_instruct.py``).
+- ``"qformer_question"`` (InstructBLIP only): the ``question.json`` run — the Q-Former reads the
+  disturbance followed by the question. Official: ``txt_processors["eval"](preprompt + text)``
+  (LAVIS lower-cases and drops punctuation, so "…image.Is there…" becomes "…image is there…");
+  here ``f"{x_d} {prompt}"`` is given to the Q-Former tokenizer as is.
+  The official scripts write both files for every disturbance; which one the paper's tables use
+  is not stated. Use one of these two to reproduce InstructBLIP numbers.
 
 Parameters: ``alpha`` = α = 1, ``beta`` = β = 0.1, ``position`` = "system",
 ``instruction`` = "You are a confused objects detector to provide a fuzzy
-overview or impression of the image." (the disturbance of ``gen_scripts/icd_*_pope.py``).
+overview or impression of the image." (one of the five disturbances swept by
+``gen_scripts/icd_*_pope.py``). Sampling in the paper (T = 1, top-p = 1).
 The paper evaluates MiniGPT-4 and InstructBLIP, not LLaVA.
 """
 
@@ -24,6 +36,7 @@ from types import MappingProxyType
 from ..types import Branch
 from .base import Method
 
+POSITIONS = ("system", "prefix", "qformer", "qformer_question")
 DISTURBANCE = "You are a confused objects detector to provide a fuzzy overview or impression of the image."
 
 
@@ -35,16 +48,24 @@ class ICD(Method):
 
     def validate(self, p):
         super().validate(p)
-        if p["position"] not in ("system", "prefix"):
-            raise ValueError(f"parameter 'position' of method 'icd' must be 'system' or 'prefix', "
+        if p["position"] not in POSITIONS:
+            raise ValueError(f"parameter 'position' of method 'icd' must be one of {', '.join(POSITIONS)}, "
                              f"got {p['position']!r}")
 
     def branches(self, request, ctx):
         self.require_image(request)
-        instr = ctx.params["instruction"]
-        if ctx.params["position"] == "system":
+        instr, pos = ctx.params["instruction"], ctx.params["position"]
+        if pos == "system":
             contrast = Branch(prompt=request.prompt, image=request.image, system=instr, name="disturbed")
-        else:
+        elif pos == "prefix":
             contrast = Branch(prompt=f"{instr} {request.prompt}", image=request.image,
                               system=request.system, name="disturbed")
+        else:
+            family = getattr(ctx.adapter, "family", None)
+            if family != "instructblip":
+                raise ValueError(f"method 'icd' with position={pos!r} needs a model with a Q-Former "
+                                 f"(family instructblip), not {family!r}")
+            qprompt = instr if pos == "qformer" else f"{instr} {request.prompt}"
+            contrast = Branch(prompt=request.prompt, image=request.image, system=request.system,
+                              name="disturbed", qformer_prompt=qprompt)
         return [self.original(request), contrast]
