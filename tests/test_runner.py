@@ -116,6 +116,32 @@ def test_pope_dataset_keys_use_the_pope_loader_and_suffixes(tmp_path):
     assert build_prompt(run, items[0]) == "Is there a dog? [gqa]"
 
 
+def test_seeded_subsets_keep_file_order_groups_and_are_stable(tmp_path):
+    """n_questions (POPE), n_images (MME, per subtask, both questions of an image) and n_items (AMBER)."""
+    import random
+
+    from vcdflow.runner import load_items, seeded_subset
+
+    items = [{"item_id": f"q{i}"} for i in range(20)]
+    sub = seeded_subset(items, 5, label="pope-subset-random")
+    # the documented rule, written out: 5 indices of random.Random(label).sample, in file order
+    want = sorted(random.Random("pope-subset-random").sample(range(20), 5))
+    assert [it["item_id"] for it in sub] == [f"q{i}" for i in want]
+    assert seeded_subset(items, None, label="x") == items and seeded_subset(items, 50, label="x") == items
+
+    mme = [{"item_id": f"mme/{s}/{im}/{k}", "subtask": s, "image_id": f"{s}/{im}", "pair_index": k}
+           for s in ("existence", "count") for im in range(6) for k in (0, 1)]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in mme))
+    got = load_items({"name": "mme", "split": "all", "root": str(tmp_path), "n_images": 2}, {})
+    assert len(got) == 8
+    for s in ("existence", "count"):
+        ids = [it["image_id"] for it in got if it["subtask"] == s]
+        assert len(ids) == 4 and ids[0::2] == ids[1::2]  # 2 images, each with both questions, adjacent
+    order = [it["item_id"] for it in mme]
+    assert [order.index(it["item_id"]) for it in got] == sorted(order.index(it["item_id"]) for it in got)
+    assert got == load_items({"name": "mme", "split": "all", "root": str(tmp_path), "n_images": 2}, {})
+
+
 def test_kill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
     items = make_items(tmp_path, n=7)
     ref = tmp_path / "ref.jsonl"

@@ -45,12 +45,7 @@ def load_items(bench: dict, inputs: dict) -> list[dict]:
         from .metrics import pope
 
         items = pope.load_items(bench["questions"], bench["images"], split=bench["split"])
-        n = bench.get("n_questions")
-        if n:
-            # Seeded subsample that keeps file order: the first n of a shuffled index list.
-            idx = sorted(random.Random(f"pope-subset-{bench['split']}").sample(range(len(items)), min(n, len(items))))
-            items = [items[i] for i in idx]
-        return items
+        return seeded_subset(items, bench.get("n_questions"), label=f"pope-subset-{bench['split']}")
     if name == "chair":
         from .metrics import chair
 
@@ -71,16 +66,43 @@ def load_items(bench: dict, inputs: dict) -> list[dict]:
 
             items = read_jsonl(prepared)
             wanted = bench.get("subtasks")
-            return [it for it in items if not wanted or it.get("subtask") in wanted]
-        return mme.load_items(bench["root"], subtasks=bench.get("subtasks"))
+            items = [it for it in items if not wanted or it.get("subtask") in wanted]
+        else:
+            items = mme.load_items(bench["root"], subtasks=bench.get("subtasks"))
+        n = bench.get("n_images")
+        if not n:
+            return items
+        # per subtask, n images with both their questions (acc+ is per image), file order kept
+        subtasks = list(dict.fromkeys(it["subtask"] for it in items))
+        keep = {id(it) for sub in subtasks
+                for it in seeded_subset([it for it in items if it["subtask"] == sub], n,
+                                        label=f"mme-subset-{sub}", group=lambda it: it["image_id"])}
+        return [it for it in items if id(it) in keep]
     if name == "amber":
         from .metrics import amber
 
         root = Path(bench["root"])
-        return amber.load_items(
+        items = amber.load_items(
             root / "data" / "query" / f"query_{bench['split']}.json", root / "data" / "annotations.json", root / "image"
         )
+        return seeded_subset(items, bench.get("n_items"), label=f"amber-subset-{bench['split']}")
     raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
+
+
+def seeded_subset(items: list, n: int | None, *, label: str, group: Callable[[dict], Any] | None = None) -> list:
+    """``n`` groups of ``items`` drawn with ``random.Random(label)`` (string seeds are stable across
+    Python versions and platforms), returned in file order; ``group`` keeps items together (MME:
+    the two questions of an image); None or ``n`` ≥ the number of groups = everything.
+    POPE uses ``n_questions`` (label ``pope-subset-<split>``), MME ``n_images`` per subtask
+    (``mme-subset-<subtask>``), AMBER ``n_items`` (``amber-subset-<task>``)."""
+    if not n:
+        return items
+    key = group or (lambda it: it["item_id"])
+    groups = list(dict.fromkeys(key(it) for it in items))
+    if n >= len(groups):
+        return items
+    picked = {groups[i] for i in random.Random(label).sample(range(len(groups)), n)}
+    return [it for it in items if key(it) in picked]
 
 
 def shard_slice(items: list, shard: int, n_shards: int) -> list:
