@@ -78,3 +78,16 @@ def test_paper_config_builds_the_whole_dag_offline(tmp_path):
                  "convis_t2i_download", "convis_captions", "convis_reconstruct"):
         assert rule in out.stdout, rule
     assert "train_demo_model" not in out.stdout  # --configfile replaces the demo config
+
+
+def test_slurm_profile_dry_run_decode_requests_one_gpu(tmp_path):
+    """The paper config through profiles/slurm: the DAG builds and a decode shard asks for one GPU
+    (the slurm executor turns `gpu: 1` into `--gpus=1`; tests/test_slurm.py submits for real)."""
+    target = "results/shards/pope/random/llava-1.5-7b/vcd/seed0/0-of-4.jsonl"
+    out = smk("-n", "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--configfile",
+              str(ROOT / "config/paper.yaml"), "--config", "offline=True", "--", target, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = out.stdout[out.stdout.index("rule decode:"):]
+    resources = next(line for line in job.splitlines() if line.strip().startswith("resources:"))
+    assert "gpu=1" in resources.replace(" ", "").split(":", 1)[1].split(",")
+    assert "cpus_per_gpu=4" in resources and "runtime=240" in resources
