@@ -1,0 +1,76 @@
+"""The ``vcdflow`` command line: methods list, POPE builder, decode and score without Snakemake."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from vcdflow.cli import main
+from vcdflow.decoding import METHODS
+from vcdflow.io import read_jsonl
+from vcdflow.metrics import pope
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_methods_lists_every_method_with_defaults(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name, m in METHODS.items():
+        assert f"{name}: " in out
+        assert json.dumps(dict(m.defaults), sort_keys=True) in out
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("vcdflow")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "decode" in out.stdout and "score" in out.stdout
+
+
+def test_build_pope_delegates_to_the_builder(tmp_path, capsys):
+    assert main(["build-pope", str(ROOT / "tests/fixtures/demo/pope_mini_instances.json"), str(tmp_path),
+                 "--n-images", "2", "--stats", "all", "--prefix", "mini"]) == 0
+    files = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert files == ["mini_pope_adversarial.json", "mini_pope_popular.json", "mini_pope_random.json"]
+    assert len(read_jsonl(tmp_path / "mini_pope_random.json")) == 12  # 2 images x (3 yes + 3 no)
+
+
+def test_decode_then_score(tmp_path, capsys):
+    from vcdflow.models.demo import build_demo_vlm
+
+    model, processor = build_demo_vlm(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.RandomState(0)
+    qs = []
+    for i in range(3):
+        Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(images / f"im{i}.png")
+        for j, (obj, label) in enumerate((("cup", "yes"), ("fork", "no"))):
+            qs.append({"question_id": 2 * i + j, "image": f"im{i}.png", "text": f"Is there a {obj} in the image?",
+                       "label": label})
+    qfile = tmp_path / "mine_pope_random.json"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    out = tmp_path / "res.jsonl"
+    assert main(["decode", "--model", str(tmp_path / "model"), "--questions", str(qfile), "--images", str(images),
+                 "--method", "vcd", "--params", '{"noise_step": 999}', "--max-new-tokens", "2", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    recs = read_jsonl(out)
+    assert [r["question_id"] for r in recs] == list(range(6)) and all(r["error"] is None for r in recs)
+    assert recs[0]["prompt"] == "Is there a cup in the image? Please answer this question with one word."
+    metrics = tmp_path / "m.csv"
+    assert main(["score", "--results", str(out), "--metrics", str(metrics), "--split", "random",
+                 "--model-name", "demo", "--method-name", "vcd"]) == 0
+    df = pd.read_csv(metrics)
+    assert list(df.columns) == ["benchmark", "split", "model", "method", "seed", "metric", "value"]
+    got = df.set_index("metric").value
+    want = pope.score(recs, parser="official")
+    for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        if want[k] is not None:
+            assert got[k] == want[k], k
+    assert (tmp_path / "res.scored.jsonl").exists()
