@@ -40,6 +40,10 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    check_optional_packages()
+
+
 localrules:
     all,
     download_pope,

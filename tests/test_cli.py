@@ -74,3 +74,16 @@ def test_decode_then_score(tmp_path, capsys):
         if want[k] is not None:
             assert got[k] == want[k], k
     assert (tmp_path / "res.scored.jsonl").exists()
+
+
+def test_decode_rejects_bad_params_before_loading_the_model(tmp_path):
+    import pytest
+
+    args = ["decode", "--model", str(tmp_path / "no-model"), "--questions", "q.json", "--images", ".",
+            "--out", str(tmp_path / "r.jsonl"), "--method", "vcd"]
+    with pytest.raises(SystemExit, match=r"--params: unknown parameter 'alpah' for method 'vcd'"):
+        main(args + ["--params", '{"alpah": 1}'])
+    with pytest.raises(SystemExit, match=r"--params: Expecting property name"):
+        main(args + ["--params", "{alpha: 1}"])
+    with pytest.raises(SystemExit, match=r"unknown method 'vcdd'"):
+        main(args[:-1] + ["vcdd"])

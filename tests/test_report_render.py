@@ -451,3 +451,32 @@ def test_figures_are_embedded_pngs(report):
     for _, b64 in figs:
         with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
             assert im.format == "PNG" and im.width > 300 and im.height > 200
+
+
+def test_a_second_pope_dataset_gets_its_own_tables_and_figures(tmp_path):
+    """A pope_<name> benchmark (here the fixture's POPE rows again as pope_gqa) is reported as
+    "POPE (GQA)" with its own tables, per-split figures and yes-ratio scatter; COCO paper rows are
+    not attached to it."""
+    rows = list(csv.DictReader(open(FIX / "metrics.csv", newline="")))
+    gqa = [dict(r, benchmark="pope_gqa") for r in rows if r["benchmark"] == "pope"]
+    metrics = tmp_path / "metrics.csv"
+    with open(metrics, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + gqa)
+    res, sco = file_maps()
+    for (bench, split, model, label, seed), p in list(res.items()):
+        if bench == "pope":
+            res[("pope_gqa", split, model, label, seed)] = p
+            sco[("pope_gqa", split, model, label, seed)] = sco[(bench, split, model, label, seed)]
+    config = dict(CONFIG, benchmarks={**CONFIG["benchmarks"], "pope_gqa": {}})
+    out = build_report(metrics, tmp_path / "index.html", result_files=res, scored_files=sco, runs=RUNS,
+                       paper_results=PAPER, config=config, image_root=FIX / "images")
+    html = out.read_text(encoding="utf-8")
+    alts = re.findall(r'<figure><img alt="([^"]*)"', html)
+    assert "POPE accuracy against yes-ratio" in alts and "POPE (GQA) accuracy against yes-ratio" in alts
+    assert len(alts) == 6 + 1 + 2  # the fixture's figures, the GQA scatter, GQA random + adversarial
+    assert "<h2>POPE (GQA)" in html or ">POPE (GQA)<" in html or "POPE (GQA)</h2>" in html
+    # same numbers as the COCO table (same rows), different cell keys
+    key = f"pope_gqa/random/{MODEL}/vcd/accuracy"
+    assert cell(html, key) == cell(html, f"pope/random/{MODEL}/vcd/accuracy")

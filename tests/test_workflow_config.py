@@ -91,3 +91,15 @@ def test_slurm_profile_dry_run_decode_requests_one_gpu(tmp_path):
     resources = next(line for line in job.splitlines() if line.strip().startswith("resources:"))
     assert "gpu=1" in resources.replace(" ", "").split(":", 1)[1].split(",")
     assert "cpus_per_gpu=4" in resources and "runtime=240" in resources
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("spacy") is not None, reason="spaCy is installed")
+def test_missing_spacy_fails_before_any_job(tmp_path):
+    """paper.yaml turns on AMBER's spaCy similarity: without spaCy the run stops before its first
+    job, naming the key, instead of failing at scoring after the decoding."""
+    out = smk("--cores", "1", "--workflow-profile", "none", "--configfile", str(ROOT / "config/paper.yaml"),
+              "--config", "offline=True", "--", "resources/chair/synonyms.txt", cwd=tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "config benchmarks.amber.spacy_model is set (resources/spacy/en_core_web_lg) but spaCy is not installed" in text
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "logs").exists()

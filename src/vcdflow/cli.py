@@ -40,6 +40,7 @@ def _build_pope(args, rest) -> int:
 def _run_dict(a) -> dict:
     """The run slice the workflow's common.smk builds (run_config), from command-line flags."""
     split = a.split or Path(a.questions).stem.rsplit("_", 1)[-1]
+    do_sample = a.do_sample or a.method == "sample"  # as the workflow's method_config
     return {
         "benchmark": {"name": "pope", "split": split, "questions": a.questions, "images": a.images,
                       "prompt": a.prompt, "max_new_tokens": a.max_new_tokens,
@@ -47,7 +48,7 @@ def _run_dict(a) -> dict:
         "model": {"name": Path(a.model).name, "path": a.model, "family": "auto", "dtype": a.dtype,
                   "batch_size": a.batch_size, "prompt_suffix": {}, "revision": "local"},
         "method": {"label": a.label or a.method, "method": a.method,
-                   "mode": "sample" if a.do_sample else "greedy", "do_sample": a.do_sample,
+                   "mode": "sample" if do_sample else "greedy", "do_sample": do_sample,
                    "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k,
                    "params": json.loads(a.params) if a.params else {}, "prompt_suffix": {}},
         "seed": a.seed, "device": a.device, "threads": a.threads, "gpu_lock_dir": ".vcdflow/gpu-locks",
@@ -63,12 +64,17 @@ def _decode(a) -> int:
 
     if a.method not in METHODS:
         raise SystemExit(f"vcdflow decode: unknown method {a.method!r}; valid: {', '.join(sorted(METHODS))}")
-    run = _run_dict(a)
+    try:
+        run = _run_dict(a)
+        METHODS[a.method].resolve(run["method"]["params"])  # bad parameters fail before the model loads
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"vcdflow decode: --params: {exc}") from None
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
         run_shard(run, a.out)
     else:
         with gpu_lease(run["gpu_lock_dir"], log=lambda msg: print(msg, file=sys.stderr)):
+            torch.set_num_threads(a.threads)
             run_shard(run, a.out)
     print(a.out)
     return 0

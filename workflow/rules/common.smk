@@ -3,9 +3,12 @@
 Rules hold no logic: everything here only maps the (validated) config onto paths.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 from types import SimpleNamespace
+
+from snakemake.exceptions import WorkflowError
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -16,6 +19,18 @@ METHOD_LABELS = list(config["methods"])
 SEEDS = [int(s) for s in config["seeds"]]
 SINGLE_SPLIT = "all"  # split name of benchmarks without splits (CHAIR, MME)
 DEMO = config["world"] == "demo"
+
+
+def check_optional_packages():
+    """Run before the first job (onstart; not in dry runs): packages that a configured option
+    needs, so a run does not fail at scoring after days of decoding."""
+    amber = config["benchmarks"].get("amber") or {}
+    if amber.get("spacy_model") and importlib.util.find_spec("spacy") is None:
+        raise WorkflowError(
+            f"config benchmarks.amber.spacy_model is set ({amber['spacy_model']}) but spaCy is not "
+            "installed: pip install -e '.[amber]' (or set benchmarks.amber.spacy_model: null for "
+            "exact word matches only)"
+        )
 
 
 def bench_kind(benchmark):

@@ -275,8 +275,9 @@ _STATIC: list[Entry] = [
           source="explosion/spacy-models release en_core_web_lg-3.8.0; sha256 from a single "
                  "third-party pinned requirements file, not checked here",
           checksum_status="third-party",
-          note="AMBER near-synonym test (similarity > 0.8). Needs spaCy 3.8.x; install the wheel "
-               "with pip (not part of the project's dependencies yet)."),
+          note="AMBER near-synonym test (similarity > 0.8). Rule download_spacy_model unpacks the "
+               "wheel's model folder to resources/spacy/en_core_web_lg; spaCy 3.8.x comes with the "
+               "project's [amber] extra."),
 ]
 
 # MME parquet shards at the pinned revision (plain HTTP alternative to the snapshot)

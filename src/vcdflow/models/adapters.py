@@ -260,8 +260,10 @@ class LlavaAdapter(FamilyAdapter):
 class InstructBlipAdapter(FamilyAdapter):
     """InstructBLIP: the Q-Former reads the instruction too (``qformer_input_ids``); its 32 query
     outputs are projected into the ``num_query_tokens`` image placeholders the processor inserts.
-    No chat template: the text is the prompt itself (a system text, e.g. ICD's disturbance, is
-    prepended to both the LLM text and the Q-Former instruction, as in ICD's ``question.json``)."""
+    No chat template: the text is the prompt itself (a system text is prepended to it and so
+    reaches both the LLM and the Q-Former). ``Branch.qformer_prompt`` gives the Q-Former its own
+    instruction with the LLM text unchanged — ICD's official InstructBLIP runs (``icd`` with
+    ``position="qformer"`` / ``"qformer_question"``)."""
 
     family = "instructblip"
 

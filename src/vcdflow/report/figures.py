@@ -17,6 +17,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from .analysis import bench_info
+
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis import Analysis
 
@@ -78,23 +80,25 @@ def metric_plot(analysis: "Analysis", benchmark: str, split: str, max_metrics: i
         uniq = dict(zip(names, handles))
         if uniq and len(models) > 1:
             axes[-1].legend(uniq.values(), uniq.keys(), title="model", fontsize=8, loc="best")
-        fig.suptitle(f"{benchmark.upper()} {split}: mean over seeds, 95% CI"
+        fig.suptitle(f"{bench_info(benchmark, []).title} {split}: mean over seeds, 95% CI"
                      + (" (demo world)" if getattr(analysis, "demo", False) else ""))
         if not drawn:
             return None
         return fig_to_base64(fig)
 
 
-def yes_ratio_scatter(analysis: "Analysis") -> str | None:
-    """POPE accuracy against yes-ratio, one point per (split, model, label); 50% marked.
+def yes_ratio_scatter(analysis: "Analysis", bench: str = "pope") -> str | None:
+    """POPE accuracy against yes-ratio for POPE benchmark ``bench`` (``pope`` or a further dataset
+    ``pope_<name>``), one point per (split, model, label); 50% marked.
 
     Colour = engine method, marker = mode. A method that gains accuracy by saying "yes"
     more often moves up *and* right.
     """
-    if "pope" not in analysis.benchmarks():
+    if bench not in analysis.benchmarks():
         return None
-    splits = analysis.splits("pope")
-    methods = list(dict.fromkeys(analysis.engine_method(l) for l in analysis.labels("pope")))
+    title = bench_info(bench, []).title
+    splits = analysis.splits(bench)
+    methods = list(dict.fromkeys(analysis.engine_method(l) for l in analysis.labels(bench)))
     colors = dict(zip(methods, _palette(len(methods))))
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
         fig = Figure(figsize=(4.2 * len(splits), 3.8))
@@ -102,10 +106,10 @@ def yes_ratio_scatter(analysis: "Analysis") -> str | None:
         drawn = False
         seen = set()
         for ax, split in zip(axes, splits):
-            for model in analysis.models("pope", split):
-                for label in analysis.labels("pope", split, model):
-                    acc = analysis.cell("pope", split, model, label, "accuracy")
-                    yes = analysis.cell("pope", split, model, label, "yes_ratio")
+            for model in analysis.models(bench, split):
+                for label in analysis.labels(bench, split, model):
+                    acc = analysis.cell(bench, split, model, label, "accuracy")
+                    yes = analysis.cell(bench, split, model, label, "yes_ratio")
                     if not acc or not yes or acc.mean is None or yes.mean is None:
                         continue
                     meth = analysis.engine_method(label)
@@ -114,13 +118,13 @@ def yes_ratio_scatter(analysis: "Analysis") -> str | None:
                                s=40, edgecolor="black", linewidth=0.5,
                                label=f"{meth} ({acc.mode})" if key not in seen else None)
                     seen.add(key)
-                    ax.annotate(f"{label}" + (f"·{model}" if len(analysis.models("pope")) > 1 else ""),
+                    ax.annotate(f"{label}" + (f"·{model}" if len(analysis.models(bench)) > 1 else ""),
                                 (yes.mean, acc.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
                     drawn = True
             ax.axvline(50.0, color="grey", linestyle="--", linewidth=1)
             ax.set_xlabel("yes-ratio (%)")
             ax.set_ylabel("accuracy (%)")
-            ax.set_title(f"POPE {split}")
+            ax.set_title(f"{title} {split}")
         if not drawn:
             return None
         handles, names = [], []

@@ -492,7 +492,7 @@ def build_report(
         "demo": demo,
         "sections": sections,
         "comparison": comparison,
-        "scatter": plots.yes_ratio_scatter(a),
+        "scatters": {b: plots.yes_ratio_scatter(a, b) for b in a.benchmarks() if b == "pope" or b.startswith("pope_")},
         "speed": speed_view,
         "examples": _examples(a, n_examples, config, image_root, extra_images),
         "errors": errors,
