@@ -144,6 +144,9 @@ def _small_config(tmp_path, **changes):
 def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     """Missing, corrupt and truncated images and an over-long prompt, through the workflow.
 
+    The config holds three POPE datasets: the demo's own, ``pope_custom`` (a hand-written file
+    with the bad items) and ``pope_mine`` (built from COCO-format annotations by rule build_pope).
+
     Each bad item becomes an error row with its exact reason, the good item is still answered,
     the scorer counts the errors and the report refuses the run's metrics (3 of 4 items errored).
     A sentinel hub token in the environment appears in no file the run writes.
@@ -170,6 +173,10 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     # a second POPE dataset in the same config (key pope_<name>) beside the demo's own POPE
     cfg["benchmarks"]["pope_custom"] = dict(cfg["benchmarks"]["pope"], dataset="custom",
                                             questions="custom/pope_{split}.json", images="custom/images")
+    # and a third, built from COCO-format annotations by rule build_pope (how users make POPE for their data)
+    mine = {k: v for k, v in cfg["benchmarks"]["pope"].items() if k != "questions"}
+    cfg["benchmarks"]["pope_mine"] = dict(mine, dataset="mine", build={
+        "instances": "resources/demo/world/annotations/instances_val.json", "n_images": 2, "seed": 3})
     config.write_text(yaml.safe_dump(cfg))
 
     sentinel = "hf_SENTINELtoken0123456789abcdefXYZ"
@@ -195,8 +202,16 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     assert int(m.group(1)) > 2100 and int(m.group(1)) + 3 > int(m.group(2))
     assert all(recs[q]["answer"] == "" for q in (2, 3, 4, 5))
 
+    from vcdflow.data.pope_builder import build_pope
+
+    built = tmp_path / "resources/pope/built/pope_mine/pope_mine_pope_random.json"
+    build_pope(tmp_path / "resources/demo/world/annotations/instances_val.json", tmp_path / "direct", n_images=2,
+               seed=3, prefix="pope_mine")
+    assert built.read_bytes() == (tmp_path / "direct/pope_mine_pope_random.json").read_bytes()
+    mine = read_jsonl(tmp_path / "results/pope_mine/random/demo/greedy/seed0.jsonl")
+    assert [r["question_id"] for r in mine] == [q["question_id"] for q in read_jsonl(built)] and len(mine) == 12
     df = pd.read_csv(tmp_path / "results/metrics.csv")
-    assert set(df.benchmark) == {"pope", "pope_custom"}
+    assert set(df.benchmark) == {"pope", "pope_custom", "pope_mine"}
     run = df[(df.benchmark == "pope_custom") & (df.split == "random") & (df.method == "greedy")].set_index("metric")
     assert run.value["n_errors"] == 4 and run.value["n"] == 1  # n counts the scored (error-free) items
     clean = df[(df.benchmark == "pope") & (df.split == "random") & (df.method == "greedy")].set_index("metric")

@@ -103,3 +103,15 @@ def test_missing_spacy_fails_before_any_job(tmp_path):
     text = out.stdout + out.stderr
     assert "config benchmarks.amber.spacy_model is set (resources/spacy/en_core_web_lg) but spaCy is not installed" in text
     assert not (tmp_path / "resources").exists() and not (tmp_path / "logs").exists()
+
+
+def test_pope_entry_needs_questions_or_build(tmp_path):
+    def mutate(c):
+        c["benchmarks"]["pope_x"] = {"images": "resources/demo/world/images/val"}
+    out = smk("-n", "--configfile", str(write_config(tmp_path, mutate)), cwd=tmp_path)
+    assert out.returncode != 0
+    assert ("config benchmarks.pope_x: give `questions` (a POPE file path with {split}) or "
+            "`build: {instances: ...}`") in out.stdout + out.stderr
+    out = smk("-n", "--configfile", str(write_config(tmp_path, lambda c: c["benchmarks"].update(
+        {"pope_x": {"build": {"n_images": 5}}}))), cwd=tmp_path)
+    assert out.returncode != 0 and "'instances' is a required property" in out.stdout + out.stderr

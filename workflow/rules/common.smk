@@ -38,6 +38,28 @@ def bench_kind(benchmark):
     return "pope" if benchmark.startswith("pope_") else benchmark
 
 
+POPE_STRATEGIES = ["random", "popular", "adversarial"]
+POPE_BUILT = "resources/pope/built/{benchmark}/{benchmark}_pope_{split}.json"
+
+# A POPE entry with `build:` gets its questions from rule build_pope (unless it names its own file).
+for _name, _cfg in config["benchmarks"].items():
+    if bench_kind(_name) == "pope" and _cfg.get("build") and not _cfg.get("questions"):
+        _cfg["questions"] = POPE_BUILT.replace("{benchmark}", _name)
+    if bench_kind(_name) == "pope" and not _cfg.get("questions"):
+        raise WorkflowError(f"config benchmarks.{_name}: give `questions` (a POPE file path with "
+                            "{split}) or `build: {instances: ...}` to build them from COCO-format annotations")
+
+
+def pope_build(wildcards):
+    """The `build:` settings of a POPE entry, schema defaults filled in."""
+    defaults = {"n_images": 500, "n_pos": 3, "seed": 0, "stats": "sampled"}
+    return {**defaults, **config["benchmarks"][wildcards.benchmark]["build"]}
+
+
+def pope_build_instances(wildcards):
+    return pope_build(wildcards)["instances"]
+
+
 def bench_splits(benchmark):
     """The splits a benchmark is decoded and scored on."""
     cfg = config["benchmarks"][benchmark]

@@ -17,6 +17,27 @@ rule download_pope:
         "../scripts/download_pope.py"
 
 
+rule build_pope:
+    # POPE for your own COCO-format data: a pope_<name> entry with `build: {instances: ...}`
+    input:
+        instances=pope_build_instances,
+    output:
+        expand(POPE_BUILT, split=POPE_STRATEGIES, allow_missing=True),
+    log:
+        "logs/data/build_pope/{benchmark}.log",
+    params:
+        n_images=lambda wc: pope_build(wc)["n_images"],
+        seed=lambda wc: pope_build(wc)["seed"],
+        n_pos=lambda wc: pope_build(wc)["n_pos"],
+        stats=lambda wc: pope_build(wc)["stats"],
+        strategies=POPE_STRATEGIES,
+        prefix=lambda wc: wc.benchmark,
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/build_pope.py"
+
+
 rule download_coco_annotations:
     output:
         instances_train="resources/coco/annotations/instances_train2014.json",

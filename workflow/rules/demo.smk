@@ -33,6 +33,9 @@ rule build_demo_pope:
         n_images=config["demo"]["pope_images"],
         seed=config["demo"]["seed"],
         strategies=DEMO_POPE_SPLITS,
+        prefix="demo",
+        n_pos=3,
+        stats="sampled",
     conda:
         "../../envs/vcdflow.yaml"
     script:
