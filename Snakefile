@@ -47,6 +47,7 @@ onstart:
 localrules:
     all,
     download_pope,
+    build_pope,
     download_coco_annotations,
     download_coco_val2014,
     download_gqa_images,

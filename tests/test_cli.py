@@ -64,10 +64,11 @@ def test_decode_then_score(tmp_path, capsys):
     assert [r["question_id"] for r in recs] == list(range(6)) and all(r["error"] is None for r in recs)
     assert recs[0]["prompt"] == "Is there a cup in the image? Please answer this question with one word."
     metrics = tmp_path / "m.csv"
-    assert main(["score", "--results", str(out), "--metrics", str(metrics), "--split", "random",
+    assert main(["score", "--results", str(out), "--metrics", str(metrics),
                  "--model-name", "demo", "--method-name", "vcd"]) == 0
     df = pd.read_csv(metrics)
     assert list(df.columns) == ["benchmark", "split", "model", "method", "seed", "metric", "value"]
+    assert set(df.split) == {"random"} and set(df.seed) == {0}  # taken from the records
     got = df.set_index("metric").value
     want = pope.score(recs, parser="official")
     for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
@@ -85,5 +86,7 @@ def test_decode_rejects_bad_params_before_loading_the_model(tmp_path):
         main(args + ["--params", '{"alpah": 1}'])
     with pytest.raises(SystemExit, match=r"--params: Expecting property name"):
         main(args + ["--params", "{alpha: 1}"])
+    with pytest.raises(SystemExit, match=r"--params: expected a JSON object, got '1'"):
+        main(args + ["--params", "1"])
     with pytest.raises(SystemExit, match=r"unknown method 'vcdd'"):
         main(args[:-1] + ["vcdd"])

@@ -115,3 +115,6 @@ def test_pope_entry_needs_questions_or_build(tmp_path):
     out = smk("-n", "--configfile", str(write_config(tmp_path, lambda c: c["benchmarks"].update(
         {"pope_x": {"build": {"n_images": 5}}}))), cwd=tmp_path)
     assert out.returncode != 0 and "'instances' is a required property" in out.stdout + out.stderr
+    out = smk("-n", "--configfile", str(write_config(tmp_path, lambda c: c["benchmarks"].update(
+        {"pope_x": {"build": {"instances": "a.json"}}}))), cwd=tmp_path)
+    assert out.returncode != 0 and "config benchmarks.pope_x: `images` (the image folder) is missing" in out.stdout + out.stderr

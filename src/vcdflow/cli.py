@@ -56,8 +56,6 @@ def _run_dict(a) -> dict:
 
 
 def _decode(a) -> int:
-    import torch
-
     from .decoding import METHODS
     from .gpu import gpu_lease
     from .runner import run_shard
@@ -66,14 +64,20 @@ def _decode(a) -> int:
         raise SystemExit(f"vcdflow decode: unknown method {a.method!r}; valid: {', '.join(sorted(METHODS))}")
     try:
         run = _run_dict(a)
+        if not isinstance(run["method"]["params"], dict):
+            raise ValueError(f"expected a JSON object, got {a.params!r}")
         METHODS[a.method].resolve(run["method"]["params"])  # bad parameters fail before the model loads
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"vcdflow decode: --params: {exc}") from None
     if a.device == "cpu":
+        import torch
+
         torch.set_num_threads(a.threads)
         run_shard(run, a.out)
     else:
         with gpu_lease(run["gpu_lock_dir"], log=lambda msg: print(msg, file=sys.stderr)):
+            import torch  # after CUDA_VISIBLE_DEVICES is set, as in the workflow's decode.py
+
             torch.set_num_threads(a.threads)
             run_shard(run, a.out)
     print(a.out)
@@ -83,12 +87,19 @@ def _decode(a) -> int:
 def _score(a) -> int:
     from .scoring import score_file
 
+    from .io import read_jsonl
+
     results = Path(a.results)
-    split = a.split or "all"
+    records = read_jsonl(results)
+    # split and seed as decode wrote them (item ids are pope/<split>/<question_id>), unless given
+    splits = {str(r.get("item_id", "")).split("/")[1] for r in records if str(r.get("item_id", "")).count("/") >= 2}
+    seeds = {r.get("seed") for r in records}
+    split = a.split or (splits.pop() if len(splits) == 1 else "all")
+    seed = a.seed if a.seed is not None else (seeds.pop() if len(seeds) == 1 and None not in seeds else 0)
     bench = {"name": "pope", "split": split, "parser": a.parser}
     stem = results.name[: -len(".jsonl")] if results.name.endswith(".jsonl") else results.name
     scored = a.scored or str(results.with_name(stem + ".scored.jsonl"))
-    scores = score_file(bench, results, scored, a.metrics, model=a.model_name, method=a.method_name, seed=a.seed)
+    scores = score_file(bench, results, scored, a.metrics, model=a.model_name, method=a.method_name, seed=seed)
     print(json.dumps({k: v for k, v in scores.items() if v is not None}, sort_keys=True))
     return 0
 
@@ -127,10 +138,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", required=True, help="output CSV: benchmark,split,model,method,seed,metric,value")
     s.add_argument("--scored", default=None, help="per-item outcomes (default: <results>.scored.jsonl)")
     s.add_argument("--parser", default="official", choices=["official", "opera", "vcd"])
-    s.add_argument("--split", default=None)
+    s.add_argument("--split", default=None, help="default: from the records' item ids")
     s.add_argument("--model-name", default="model")
     s.add_argument("--method-name", default="method")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=None, help="default: the records' seed")
     return p
 
 

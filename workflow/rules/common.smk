@@ -25,6 +25,9 @@ def check_optional_packages():
     """Run before the first job (onstart; not in dry runs): packages that a configured option
     needs, so a run does not fail at scoring after days of decoding."""
     amber = config["benchmarks"].get("amber") or {}
+    deployment = {str(m).lower() for m in workflow.deployment_settings.deployment_method}
+    if any("conda" in m or "apptainer" in m for m in deployment):
+        return  # jobs run in their own environment (envs/vcdflow.yaml has spaCy)
     if amber.get("spacy_model") and importlib.util.find_spec("spacy") is None:
         raise WorkflowError(
             f"config benchmarks.amber.spacy_model is set ({amber['spacy_model']}) but spaCy is not "
@@ -43,11 +46,17 @@ POPE_BUILT = "resources/pope/built/{benchmark}/{benchmark}_pope_{split}.json"
 
 # A POPE entry with `build:` gets its questions from rule build_pope (unless it names its own file).
 for _name, _cfg in config["benchmarks"].items():
-    if bench_kind(_name) == "pope" and _cfg.get("build") and not _cfg.get("questions"):
+    if bench_kind(_name) != "pope":
+        continue
+    if _cfg.get("build") and _cfg.get("questions"):
+        raise WorkflowError(f"config benchmarks.{_name}: give either `questions` or `build`, not both")
+    if _cfg.get("build"):
         _cfg["questions"] = POPE_BUILT.replace("{benchmark}", _name)
-    if bench_kind(_name) == "pope" and not _cfg.get("questions"):
+    if not _cfg.get("questions"):
         raise WorkflowError(f"config benchmarks.{_name}: give `questions` (a POPE file path with "
                             "{split}) or `build: {instances: ...}` to build them from COCO-format annotations")
+    if not _cfg.get("images"):
+        raise WorkflowError(f"config benchmarks.{_name}: `images` (the image folder) is missing")
 
 
 def pope_build(wildcards):
