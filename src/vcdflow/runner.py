@@ -195,6 +195,17 @@ class Checkpoint:
             self._fh.close()
             self._fh = None
 
+    def finish(self, output: str | os.PathLike, order: Iterable[str]) -> list[dict]:
+        """Write the records of ``order`` (item ids) to ``output`` atomically, then drop the
+        partial file; returns the records."""
+        self.close()
+        records = [self.done[i] for i in order]
+        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(dumps(rec) + "\n")
+        self.path.unlink(missing_ok=True)
+        return records
+
 
 # --------------------------------------------------------------------------- decoding
 
@@ -354,11 +365,7 @@ def run_shard(
             bar.close()
         finally:
             ckpt.close()
-    records = [ckpt.done[i] for i in ids]
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(dumps(rec) + "\n")
-    Path(str(output) + ".partial").unlink(missing_ok=True)
+    ckpt.finish(output, ids)
     return output
 
 

@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from vcdflow.io import atomic_path, config_hash, dumps, read_jsonl
+from vcdflow.io import config_hash, read_jsonl
 
 log = logging.getLogger("vcdflow.t2i.captions")
 
@@ -205,11 +205,7 @@ def caption_images(
         finally:
             ckpt.close()
             bar.close()
-    records = [ckpt.done[i] for i in want]
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(dumps(rec) + "\n")
-    Path(str(output) + ".partial").unlink(missing_ok=True)
+    records = ckpt.finish(output, want)
     n_err = sum(1 for r in records if r.get("error"))
     if n_err:
         log.warning("%s: %d of %d captions failed (the reconstruction step names them)", output, n_err, len(records))
