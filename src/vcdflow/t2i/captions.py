@@ -20,7 +20,7 @@ then seed order::
      "error": str|null, "n_tokens": int, "settings_hash": str}
 
 Resumable: finished records are appended to ``<output>.partial`` after every batch (the
-checkpoint of :class:`vcdflow.runner.Checkpoint`, whose header holds the settings hash; a
+checkpoint of :class:`vcdflow.checkpoint.Checkpoint`, whose header holds the settings hash; a
 partial file written under other settings is discarded). A complete output with the same
 settings hash is reused as is.
 """
@@ -151,7 +151,7 @@ def caption_images(
     it when everything is already done (a ``VLM`` object works too). ``generate_fn`` defaults to
     :func:`vcdflow.decoding.generate`. Returns ``output``.
     """
-    from vcdflow.runner import Checkpoint
+    from vcdflow.checkpoint import Checkpoint
 
     s = caption_settings(model, settings)
     shash = config_hash(s)
