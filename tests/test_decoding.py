@@ -181,7 +181,7 @@ def test_unknown_method(vlm, requests_):
 def test_unknown_parameter(vlm, requests_):
     with pytest.raises(ValueError) as e:
         generate(vlm, requests_, method="vcd", params={"alpha": 1.0, "gamma": 0.1})
-    assert str(e.value) == "unknown parameter 'gamma' for method 'vcd'; valid parameters: alpha, beta, noise_step"
+    assert str(e.value) == "unknown parameter 'gamma' for method 'vcd'; valid parameters: alpha, beta, draw, noise_step"
 
 
 def test_bad_parameter_value(vlm, requests_):

@@ -32,7 +32,7 @@ import torch
 from .methods import get_method
 from .methods.base import Method
 from .plausibility import apc
-from .sampling import make_generator, sample_tokens, warp
+from .sampling import image_identity, make_generator, sample_tokens, warp
 from .types import Branch, BranchContext, InputError, Output, Request, State
 
 log = logging.getLogger(__name__)
@@ -103,17 +103,102 @@ def _cut_left(cache, mask: torch.Tensor) -> torch.Tensor:
     return mask[:, first:]
 
 
+# --- shared-prefix prefill -----------------------------------------------------------------------
+@dataclass
+class SharePlan:
+    """Rows grouped by their shareable prefix (system text + image, see
+    ``FamilyAdapter.prefix_length``/``prefix_key``): ``unique[u]`` is the representative row of
+    prefix ``u``, ``row_prefix[i]`` the prefix of row ``i``, ``lengths[i]`` its prefix length."""
+
+    unique: list[int]
+    row_prefix: list[int]
+    lengths: list[int]
+
+
+def share_plan(adapter, rows: Sequence[Any]) -> SharePlan | None:
+    """Group ``rows`` by shareable prefix; None when sharing saves nothing (no two rows share a
+    prefix, a row has nothing to split off, or padding would make the split cost more tokens)."""
+    if len(rows) < 2:
+        return None
+    lengths = [adapter.prefix_length(e) for e in rows]
+    if min(lengths) < 1:
+        return None
+    keys: dict[tuple, int] = {}
+    unique: list[int] = []
+    row_prefix: list[int] = []
+    for i, (e, p) in enumerate(zip(rows, lengths)):
+        k = adapter.prefix_key(e, p)
+        if k not in keys:
+            keys[k] = len(unique)
+            unique.append(i)
+        row_prefix.append(keys[k])
+    if len(unique) == len(rows):
+        return None
+    n_pre = max(lengths[i] for i in unique)
+    n_suf = max(e.length - p for e, p in zip(rows, lengths))
+    n_full = max(e.length for e in rows)
+    if len(unique) * n_pre + len(rows) * n_suf > len(rows) * n_full:
+        return None
+    return SharePlan(unique=unique, row_prefix=row_prefix, lengths=lengths)
+
+
+def _right_aligned(pos: torch.Tensor, n_rows: int, width: int, parts) -> torch.Tensor:
+    """Position ids [..., n_rows, width]: ``parts`` = (target row, source row, start, stop) copies
+    ``pos[..., source, start:stop]`` right-aligned into the target row; padding positions are 0."""
+    out = pos.new_zeros(pos.shape[:-2] + (n_rows, width))
+    for t, src, a, b in parts:
+        out[..., t, width - (b - a):] = pos[..., src, a:b]
+    return out
+
+
+def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Tensor, pos: torch.Tensor, cache):
+    """Prefill ``rows`` with each unique prefix computed once (its image encoded once), its KV
+    rows copied to every row that has it, then only the suffixes prefilled on top.
+
+    ``mask``/``pos`` are the rows' unshared left-padded attention mask and prefill positions
+    (``adapter.prefill_positions``): every token gets the position it has unshared. The returned
+    mask [R, P + S] is laid out as [prefix padding | prefix | suffix padding | suffix]; padding in
+    the middle is masked out like left padding. Returns (last-position logits [R, V], mask)."""
+    L = mask.shape[1]
+    dev = mask.device
+    pre = [adapter.truncate(rows[i], plan.lengths[i]) for i in plan.unique]
+    p_ids, p_mask = adapter.collate(pre)
+    p_embeds = adapter.prefill_embeds(p_ids, pre)
+    P = p_ids.shape[1]
+    p_pos = _right_aligned(pos, len(pre), P, [(u, i, L - rows[i].length, L - rows[i].length + plan.lengths[i])
+                                                for u, i in enumerate(plan.unique)])
+    del p_ids
+    adapter.forward(p_embeds, p_mask, p_pos, cache)
+    del p_embeds, p_pos
+    idx = torch.tensor(plan.row_prefix, device=dev)
+    cache.batch_select_indices(idx)
+    suf_len = [e.length - p for e, p in zip(rows, plan.lengths)]
+    S = max(suf_len)
+    s_ids = torch.full((len(rows), S), int(adapter.pad_token_id), dtype=torch.long)
+    s_mask = torch.zeros((len(rows), S), dtype=mask.dtype)
+    for i, (e, p) in enumerate(zip(rows, plan.lengths)):
+        s_ids[i, S - suf_len[i]:] = e.input_ids[p:]
+        s_mask[i, S - suf_len[i]:] = 1
+    s_pos = _right_aligned(pos, len(rows), S, [(i, i, L - n, L) for i, n in enumerate(suf_len)])
+    full_mask = torch.cat([p_mask.index_select(0, idx), s_mask.to(dev)], dim=1)
+    logits, _ = adapter.forward(adapter.embed_tokens(s_ids.to(dev)), full_mask, s_pos, cache)
+    return logits, full_mask
+
+
 # --- the core loop -------------------------------------------------------------------------------
 Chooser = Callable[[int, torch.Tensor, list[int]], dict[int, int]]
 
 
 def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new_tokens: int | Sequence[int],
-                eos_ids: Sequence[int], contrast_steps: int | None = None) -> list[tuple[list[int], str]]:
+                eos_ids: Sequence[int], contrast_steps: int | None = None,
+                share_prefix: bool = True) -> list[tuple[list[int], str]]:
     """Decode ``len(seqs)`` requests, request i with encoded branches ``seqs[i]`` (original first).
 
     ``choose(step, logits[R, V], row_request)`` returns {request index: token} for the live
-    requests. ``max_new_tokens``: one limit for all or one per request. Returns per request
-    (generated ids without EOS, finish reason "eos"|"length").
+    requests. ``max_new_tokens``: one limit for all or one per request. ``share_prefix``: rows
+    with the same system text + image prefill that prefix once (:func:`shared_prefill`) when
+    :func:`share_plan` finds it saves work. Returns per request (generated ids without EOS,
+    finish reason "eos"|"length").
     """
     n = len(seqs)
     limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
@@ -121,12 +206,18 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
     row_req = [i for i, s in enumerate(seqs) for _ in s]
     row_branch = [j for s in seqs for j in range(len(s))]
     ids, mask = adapter.collate(flat)
-    embeds = adapter.prefill_embeds(ids, flat)
     pos, next_pos = adapter.prefill_positions(ids, mask, flat)
-    del ids
     cache = adapter.new_cache()
-    logits, _ = adapter.forward(embeds, mask, pos, cache)
-    del embeds, pos
+    plan = share_plan(adapter, flat) if share_prefix else None
+    if plan is None:
+        embeds = adapter.prefill_embeds(ids, flat)
+        del ids
+        logits, _ = adapter.forward(embeds, mask, pos, cache)
+        del embeds
+    else:
+        del ids
+        logits, mask = shared_prefill(adapter, flat, plan, mask, pos, cache)
+    del pos
     eos = set(int(e) for e in eos_ids)
     tokens: list[list[int]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
@@ -189,8 +280,15 @@ def greedy_chooser(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[
 
 
 def method_chooser(method: Method, state: State, mode: str, temperature: float, top_k: int | None,
-                   top_p: float, generators: Sequence[torch.Generator]) -> Chooser:
-    """combine → plausibility (original branch) → warpers → argmax / per-request sampling."""
+                   top_p: float, generators: Sequence[torch.Generator],
+                   contexts: Sequence[BranchContext] | None = None) -> Chooser:
+    """combine → plausibility (original branch) → warpers → argmax / per-request sampling.
+
+    ``contexts`` (optional, one per request, indexed like ``generators``): each group's
+    ``combine``/``plausibility`` then sees ``state.contexts`` = its requests' contexts (E8)."""
+    from dataclasses import replace
+
+    state = replace(state, temperature=None if mode == "greedy" else float(temperature))
 
     def choose(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
         groups: dict[int, list[tuple[int, int]]] = {}
@@ -201,8 +299,9 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
         for nb, members in groups.items():
             rows = torch.tensor([start + j for _, start in members for j in range(nb)], device=logits.device)
             L = logits.index_select(0, rows).view(len(members), nb, V)
-            scores = method.combine(L, step, state)
-            beta = method.plausibility(L, step, state)
+            st = state if contexts is None else replace(state, contexts=tuple(contexts[r] for r, _ in members))
+            scores = method.combine(L, step, st)
+            beta = method.plausibility(L, step, st)
             if beta is not None:
                 scores = apc(scores, L[:, 0, :], beta)
             if mode == "greedy":
@@ -220,11 +319,13 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
 class Runner:
     """What a method's ``prepare`` may run: batched greedy generation and an attention probe."""
 
-    def __init__(self, adapter, max_positions: int | None, eos_ids: Sequence[int], attention_chunk: int = 4):
+    def __init__(self, adapter, max_positions: int | None, eos_ids: Sequence[int], attention_chunk: int = 4,
+                 share_prefix: bool = True):
         self.adapter = adapter
         self.max_positions = max_positions
         self.eos_ids = list(eos_ids)
         self.attention_chunk = attention_chunk
+        self.share_prefix = share_prefix
 
     def _encode_all(self, branches: Sequence[Branch], extra_tokens: int = 0):
         encs: list[Any] = []
@@ -251,7 +352,8 @@ class Runner:
             return out
         limits = [min(max_new_tokens, self.max_positions - encs[i].length) if self.max_positions
                   else max_new_tokens for i in ok]
-        res = decode_rows(self.adapter, [[encs[i]] for i in ok], greedy_chooser, limits, self.eos_ids)
+        res = decode_rows(self.adapter, [[encs[i]] for i in ok], greedy_chooser, limits, self.eos_ids,
+                          share_prefix=self.share_prefix)
         for i, (toks, _) in zip(ok, res):
             out[i] = self.adapter.decode(toks)
         return out
@@ -311,14 +413,22 @@ def _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample
 def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: dict | None = None, *,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
              max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = False,
-             eos_token_id: int | Sequence[int] | None = None) -> list[Output]:
+             eos_token_id: int | Sequence[int] | None = None, share_prefix: bool = True) -> list[Output]:
     """Decode ``requests`` with ``method`` (see ``METHODS``); one :class:`Output` per request, in order.
 
     ``params`` overrides the method's defaults (unknown names → ``ValueError``). ``do_sample``
     chooses sampling (T, top-p, top-k) vs greedy (``greedy``/``sample`` fix their own mode).
     ``batch_size`` counts requests (each brings all its branches). ``eos_token_id`` overrides the
     model's generation-config EOS. Random streams are seeded from ``(seed, item_id)``; a request
-    without ``item_id`` uses ``"#<index in requests>"``.
+    without ``item_id`` uses ``"#<index in requests>"``. A method parameter ``draw="per_image"``
+    (``vcd``, ``ritual``) seeds the branch stream from ``(seed, image content)`` instead
+    (:func:`vcdflow.decoding.sampling.image_identity`), so every question about one image gets the
+    same contrast input.
+
+    ``share_prefix`` (default True): within a batch, branches whose system text + image input are
+    identical (the questions of one image; a contrast input fixed per image) prefill that prefix
+    and run the vision tower once; only the question suffixes are prefilled per row. Outputs equal
+    the unshared ones (``share_prefix=False``) up to float round-off of the batched kernels.
     """
     m = get_method(method)
     p = m.resolve(params)
@@ -331,7 +441,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     eos = ad.eos_token_ids if eos_token_id is None else (
         [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id])
     max_pos = ad.max_positions
-    runner = Runner(ad, max_pos, eos)
+    runner = Runner(ad, max_pos, eos, share_prefix=share_prefix)
     state = State(params=p)
     outputs: list[Output] = []
     bar = None
@@ -345,7 +455,8 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
             for start in range(0, len(indexed), batch_size):
                 chunk = indexed[start:start + batch_size]
                 outputs.extend(_generate_batch(ad, m, p, state, mode, chunk, runner, eos, max_pos,
-                                               max_new_tokens, seed, temperature, top_k, top_p, do_sample))
+                                               max_new_tokens, seed, temperature, top_k, top_p, do_sample,
+                                               share_prefix))
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
@@ -355,7 +466,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
 
 
 def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, max_new_tokens, seed,
-                    temperature, top_k, top_p, do_sample) -> list[Output]:
+                    temperature, top_k, top_p, do_sample, share_prefix: bool = True) -> list[Output]:
     items: list[_Item] = []
     for idx, req in chunk:
         key = str(req.item_id) if req.item_id not in (None, "") else f"#{idx}"
@@ -365,6 +476,9 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
             it.request = _load_request(req)
             if m.requires_image and it.request.image is None:
                 raise InputError(f"method {m.name!r} needs an image (Request.image is None)")
+            if p.get("draw") == "per_image" and it.request.image is not None:
+                # one contrast input per image: the branch stream belongs to the image, not the item
+                ctx.rng = make_generator(seed, "image:" + image_identity(it.request.image), "branches")
         except Exception as e:  # noqa: BLE001
             it.fail(_error_text(e))
         items.append(it)
@@ -390,7 +504,8 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
     live = [it for it in items if it.error is None]
     results: dict[int, tuple[list[int], str]] = {}
     if live:
-        results.update(_decode_items(ad, m, state, mode, live, max_new_tokens, eos, seed, temperature, top_k, top_p))
+        results.update(_decode_items(ad, m, state, mode, live, max_new_tokens, eos, seed, temperature, top_k, top_p,
+                                     share_prefix))
     outs = []
     for it in items:
         out = Output(item_id=str(it.request.item_id or ""), meta={"method": m.name, "mode": mode})
@@ -410,11 +525,13 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
     return outs
 
 
-def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, seed, temperature, top_k, top_p):
+def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, seed, temperature, top_k, top_p,
+                  share_prefix: bool = True):
     gens = [make_generator(seed, it.key, "sample") for it in live]
-    choose = method_chooser(m, state, mode, temperature, top_k, top_p, gens)
+    choose = method_chooser(m, state, mode, temperature, top_k, top_p, gens, [it.ctx for it in live])
     try:
-        res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps)
+        res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps,
+                          share_prefix=share_prefix)
         return {it.index: r for it, r in zip(live, res)}
     except Exception as e:  # noqa: BLE001
         if len(live) == 1:
@@ -423,5 +540,6 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         out = {}
         for it in live:
             # fresh sampling generator: the retried request starts its stream from the beginning
-            out.update(_decode_items(ad, m, state, mode, [it], max_new_tokens, eos, seed, temperature, top_k, top_p))
+            out.update(_decode_items(ad, m, state, mode, [it], max_new_tokens, eos, seed, temperature, top_k, top_p,
+                                     share_prefix))
         return out

@@ -7,6 +7,10 @@ with SHA-256 (stable across processes and Python versions, unlike ``hash``):
   RITUAL's transform, Self-Aug's crop/mask position…);
 * ``"sample"``: multinomial sampling of the next token.
 
+A method with ``draw="per_image"`` (``vcd``, ``ritual``) seeds its ``"branches"`` stream from
+``(seed, "image:" + image_identity(image))`` instead, so all questions about one image get the
+same noise / transform (and can share that branch's prefill).
+
 So a request's output does not depend on which other requests share its batch, nor on the batch
 size, nor on the device (sampling runs on CPU probabilities).
 
@@ -31,6 +35,15 @@ def make_generator(seed: int, item_id: str, stream: str) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(request_seed(seed, item_id, stream))
     return g
+
+
+def image_identity(image) -> str:
+    """Content identity of a PIL image: SHA-256 of its mode, size and pixel bytes (hex, 32
+    characters). Seeds ``draw="per_image"`` branch streams: the same picture gets the same stream
+    whichever file or item it comes from."""
+    h = hashlib.sha256(f"{image.mode}\x1f{image.size[0]}x{image.size[1]}\x1f".encode("utf-8"))
+    h.update(image.tobytes())
+    return h.hexdigest()[:32]
 
 
 def warp(scores: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

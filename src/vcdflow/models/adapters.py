@@ -50,6 +50,20 @@ def _as_list(x) -> list[int]:
     return [int(x)]
 
 
+def _digest(t: torch.Tensor | None):
+    """(dtype, shape, BLAKE2b of the bytes) of a tensor; None for None."""
+    if t is None:
+        return None
+    import hashlib
+
+    x = t.detach().cpu().contiguous()
+    raw = x.reshape(-1)
+    if raw.dtype == torch.bfloat16:  # numpy has no bfloat16
+        raw = raw.view(torch.int16)
+    h = hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
+    return (str(t.dtype), tuple(t.shape), h)
+
+
 def _features(result) -> list[torch.Tensor]:
     """Image features from ``get_image_features`` across transformers versions → list of [T, D]."""
     feats = getattr(result, "pooler_output", result)
@@ -188,6 +202,38 @@ class FamilyAdapter:
             ids[i, L - r.length:] = r.input_ids
             mask[i, L - r.length:] = 1
         return ids.to(self.device), mask.to(self.device)
+
+    # --- shared prefixes (several rows with the same system text + image) --------------------
+    def prefix_length(self, enc: Encoded) -> int:
+        """Length of ``enc``'s shareable prefix: up to and including its last image token (capped
+        so that at least one token is left for the suffix); a text-only row: its first token (so
+        it never widens the prefix batch). 0 when nothing can be split off (a one-token row)."""
+        n = enc.length
+        img = (enc.input_ids == self.image_token_id).nonzero() if self.image_token_id is not None else None
+        if enc.pixel_values is not None and img is not None and img.numel():
+            return min(int(img[-1]) + 1, n - 1)
+        return min(1, n - 1)
+
+    def prefix_key(self, enc: Encoded, p: int) -> tuple:
+        """Identity of ``enc``'s first ``p`` tokens as the model sees them: the exact token ids,
+        a digest of the pixel tensor (after ``pixel_fn``), of every family extra (Qwen2.5-VL's
+        ``image_grid_thw``, InstructBLIP's Q-Former instruction) and of ``image_token_scale``.
+        Rows with equal keys have equal prefix KV states."""
+        extras = self._prefix_extras(enc, p)
+        return (tuple(enc.input_ids[:p].tolist()), _digest(enc.pixel_values),
+                tuple((k, _digest(v)) for k, v in sorted(extras.items())), _digest(enc.image_token_scale))
+
+    #: extras laid out per input token ([1, L]): cut to the prefix with the ids
+    TOKEN_EXTRAS = ("mm_token_type_ids", "token_type_ids")
+
+    def _prefix_extras(self, enc: Encoded, p: int) -> dict:
+        return {k: (v[..., :p] if k in self.TOKEN_EXTRAS and v.shape[-1] == enc.length else v)
+                for k, v in enc.extras.items()}
+
+    def truncate(self, enc: Encoded, p: int) -> Encoded:
+        """``enc``'s first ``p`` tokens with all its image inputs (the prefix row to prefill)."""
+        return Encoded(input_ids=enc.input_ids[:p], pixel_values=enc.pixel_values,
+                       extras=self._prefix_extras(enc, p), image_token_scale=enc.image_token_scale, text=enc.text)
 
     def image_features(self, rows: list[Encoded]) -> list[torch.Tensor]:
         """Per image row, its image features [T, D] (in row order)."""

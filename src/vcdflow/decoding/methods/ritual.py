@@ -11,6 +11,9 @@ jitter(1, 1, 1, 0.5), Gaussian blur(13, σ 1.5–2.0), random resized crop(336);
 image before the processor. Parameters: ``alpha`` = α = ``ritual_alpha_pos`` = 3, ``beta`` = β =
 ``ritual_beta`` = 0.1, ``crop_size`` = 336 (the crop's output size).
 ``transform`` fixes T (one of the menu names) instead of drawing it.
+``draw`` = ``"per_question"`` (default: T and its random parameters drawn per sample, as the
+official loop does) or ``"per_image"`` (drawn from a stream seeded by (seed, image content): every
+question about one image gets the same transformed image, whose prefill is then shared).
 RITUAL+ (the model picks T) is described in the README but not released, so not implemented.
 ``Output.meta["ritual_transform"]`` records T.
 """
@@ -25,16 +28,19 @@ import torch
 from ..distortions import RITUAL_TRANSFORMS, ritual_transform
 from ..types import Branch
 from .base import Method
+from .vcd import check_draw
 
 
 @dataclass(frozen=True)
 class Ritual(Method):
     name = "ritual"
-    defaults = MappingProxyType({"alpha": 3.0, "beta": 0.1, "transform": None, "crop_size": 336})
+    defaults = MappingProxyType({"alpha": 3.0, "beta": 0.1, "transform": None, "crop_size": 336,
+                                 "draw": "per_question"})
     nullable = frozenset({"transform"})
 
     def validate(self, p):
         super().validate(p)
+        check_draw(self.name, p)
         if p["transform"] is not None and p["transform"] not in RITUAL_TRANSFORMS:
             raise ValueError(f"parameter 'transform' of method 'ritual' must be one of "
                              f"{', '.join(RITUAL_TRANSFORMS)} or None, got {p['transform']!r}")

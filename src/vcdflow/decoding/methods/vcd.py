@@ -11,6 +11,12 @@ Parameters: ``alpha`` = α = 1, ``beta`` = β = 0.1 (paper and ``object_hallucin
 uses β = 0.2). Paper Eq. 1's per-step γ = 0.1 does not match the code's schedule; we implement the
 code. The InstructBLIP script never passes α, so the sampler's α = 0.5 applies there.
 
+``draw`` = ``"per_question"`` (default; the official scripts draw fresh noise for every
+question: ``torch.randn`` inside ``add_diffusion_noise`` per sample, ``vcd_utils/vcd_add_noise.py``)
+or ``"per_image"``: the noise is drawn from a stream seeded by (seed, image content), so all
+questions about one image see the same noised image and its prefill is shared (see
+``vcdflow.decoding.generate``'s ``share_prefix``).
+
 This is the fixed implementation (after commit c637c85, 2024-07-16): the contrast branch keeps its
 own KV cache for every token. See ``vcd_legacy`` for the earlier behaviour.
 """
@@ -24,6 +30,14 @@ from ..distortions import diffusion_noise
 from ..types import Branch
 from .base import Method
 
+DRAWS = ("per_question", "per_image")
+
+
+def check_draw(method: str, p) -> None:
+    if p.get("draw", "per_question") not in DRAWS:
+        raise ValueError(f"parameter 'draw' of method {method!r} must be one of {', '.join(DRAWS)}, "
+                         f"got {p['draw']!r}")
+
 
 def noise_fn(noise_step: int, rng):
     def fn(x, mean, std):
@@ -34,7 +48,11 @@ def noise_fn(noise_step: int, rng):
 @dataclass(frozen=True)
 class VCD(Method):
     name = "vcd"
-    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "noise_step": 500})
+    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "noise_step": 500, "draw": "per_question"})
+
+    def validate(self, p):
+        super().validate(p)
+        check_draw(self.name, p)
 
     def branches(self, request, ctx):
         self.require_image(request)
