@@ -165,14 +165,77 @@ def test_exact_parser_is_the_raw_official_comparison(ev):
     assert amber.parse_answer("Maybe", "first_word") == "Maybe"
 
 
+# Official figures (official_rounding=True), by hand from junyangwang0410/AMBER@534babf:
+# every counter *_num starts at 0.001 (data/metrics.txt:1-44, read by init(), inference.py:40-52),
+# each printed figure is round(score / num * 100, 1) (inference.py:259-262, 270-272, 281-283),
+# attribute sums the state/number/action counters, so its denominators carry 0.003
+# (inference.py:292-294), and F1 comes from the rounded P and R (inference.py:273, 284, 295).
 def test_official_rounding(ev):
     s = amber.score(GEN + DIS, ev, official_rounding=True)
-    chair_r = round(100 * 2 / 7, 1)                  # 28.6
-    p, r = round(100 * 2 / 3, 1), round(100 * 2 / 4, 1)  # 66.7, 50.0
-    f1 = round(2 * (p / 100) * (r / 100) / ((p / 100) + (r / 100) + 0.0001) * 100, 1)
-    assert (s["chair"], s["precision"], s["recall"], s["f1"]) == (chair_r, p, r, f1)
-    assert s["amber_score"] == pytest.approx(0.5 * (100 - chair_r + f1))
-    assert s["cog"] == round(100 / 3, 1)
+    assert s["chair"] == 28.6       # round(2 / 7.001 * 100, 1)
+    assert s["cover"] == 100.0      # round(3 / 3.001 * 100, 1) = round(99.967, 1)
+    assert s["hal"] == 50.0         # round(100 - 1 / 2.001 * 100, 1) = round(50.025, 1)
+    assert s["cog"] == 33.3         # round(1 / 3.001 * 100, 1)
+    assert s["accuracy"] == 50.0    # round(3 / 6.001 * 100, 1) = round(49.992, 1)
+    assert s["precision"] == 66.6   # round(2 / 3.001 * 100, 1) = round(66.644, 1); exact 2/3 would print 66.7
+    assert s["recall"] == 50.0      # round(2 / 4.001 * 100, 1) = round(49.988, 1)
+    assert s["f1"] == 57.1          # round(2*.666*.5 / (.666 + .5 + .0001) * 100, 1) = round(57.113, 1)
+    assert s["amber_score"] == pytest.approx(0.5 * (100 - 28.6 + 57.1))
+    # existence (ids 3, 4: both right): acc round(2/2.001*100) = 100.0; P = R = round(1/1.001*100) = 99.9;
+    # F1 = round(2*.999*.999 / (.999 + .999 + .001) * 100, 1) = round(99.850, 1) = 99.9
+    assert (s["existence/accuracy"], s["existence/precision"], s["existence/recall"], s["existence/f1"]) == (
+        100.0, 99.9, 99.9, 99.9)
+    # attribute (ids 5, 6, 8; only 8 right): acc round(1 / 3.003 * 100) = 33.3; predicted No: 6, 8 (8 right)
+    # -> P = round(1 / 2.003 * 100) = 49.9 (with one counter's 0.001 it would print 50.0); gt No: 5, 8 -> R = 49.9;
+    # F1 = round(2*.499*.499 / (.998 + .0001) * 100, 1) = 49.9
+    assert (s["attribute/accuracy"], s["attribute/precision"], s["attribute/recall"], s["attribute/f1"]) == (
+        33.3, 49.9, 49.9, 49.9)
+    # state alone (id 5, wrong; gt no, no predicted No): acc 0, P = 0 / 0.001 = 0, R = 0 / 1.001 = 0
+    assert (s["state/accuracy"], s["state/precision"], s["state/recall"], s["state/f1"]) == (0.0, 0.0, 0.0, 0.0)
+    # action alone (id 8, right): acc = P = R = round(1 / 1.001 * 100, 1) = 99.9 (exact: 100)
+    assert (s["action/accuracy"], s["action/precision"], s["action/recall"]) == (99.9, 99.9, 99.9)
+    assert s["action/f1"] == 99.9   # round(2*.999*.999 / (1.998 + .0001) * 100, 1) = round(99.895, 1)
+
+
+def test_official_counters_show_at_small_counts(files, ev):
+    # One clean caption: exact Hal 0, official round(100 - 1 / 1.001 * 100, 1) = 0.1 (inference.py:262).
+    one = [{"item_id": "amber/2", "question_id": 2, "answer": "A cat and a kitty."}]
+    assert amber.score(one, ev)["hal"] == 0.0
+    assert amber.score(one, ev, official_rounding=True)["hal"] == 0.1
+    # Cover: 1 of 1 truth object -> round(1 / 1.001 * 100, 1) = 99.9 (inference.py:260), exact 100
+    assert amber.score(one, ev, official_rounding=True)["cover"] == 99.9
+    assert amber.score(one, ev)["cover"] == 100.0
+    # attribute over one right 'number' answer: 1 / 1.003 -> 99.7, the dimension's own 1 / 1.001 -> 99.9
+    num = [{"item_id": "amber/6", "question_id": 6, "answer": "Yes"}]
+    s = amber.score(num, ev, official_rounding=True)
+    assert s["attribute/accuracy"] == 99.7 and s["number/accuracy"] == 99.9 and s["accuracy"] == 99.9
+    assert amber.score(num, ev)["attribute/accuracy"] == 100.0
+
+
+def test_chair_over_zero_nouns_is_zero_as_official(ev):
+    # "Yes." keeps no noun of relation.json ('Yes' is tagged NN but is not in the vocabulary):
+    # inference.py:259 prints round(0 / 0.001 * 100, 1) = 0 (chair_num starts at 0.001), not NaN.
+    recs = [{"item_id": "amber/2", "question_id": 2, "answer": "Yes."}]
+    (row,) = amber.score_items(recs, ev)
+    assert row["mentions"] == 0 and row["hallucinated"] == 0
+    for rounding in (False, True):
+        s = amber.score(recs, ev, official_rounding=rounding)
+        assert s["chair"] == 0.0 and s["cover"] == 0.0 and s["cog"] == 0.0  # 0 of 1 truth / hallu object
+    assert amber.score(recs, ev, official_rounding=True)["hal"] == 0.1  # 100 - 1 / 1.001 * 100
+
+
+def test_empty_object_lists_score_zero(files):
+    d, nd = files
+    ann = d / "ann_empty.json"
+    ann.write_text(json.dumps([{"id": 1, "type": "generative", "truth": [], "hallu": []}]))
+    ev0 = amber.AmberEvaluator(ann, d / "relation.json", d / "safe_words.txt", nd)
+    recs = [{"item_id": "amber/1", "question_id": 1, "answer": "A dog."}]
+    for rounding in (False, True):
+        s = amber.score(recs, ev0, official_rounding=rounding)
+        # dog is hallucinated (no truth): CHAIR 1/1; Cover and Cog count nothing -> 0 (inference.py:260-261)
+        assert s["cover"] == 0.0 and s["cog"] == 0.0
+        assert s["chair"] == (99.9 if rounding else 100.0)  # round(1 / 1.001 * 100, 1)
+        assert s["hal"] == 100.0
 
 
 def test_missing_relation_key_and_unknown_id(files, ev):

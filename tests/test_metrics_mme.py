@@ -167,6 +167,37 @@ def test_parsers(answer, official, lmms):
     assert mme.parse_lmms(answer) == lmms
 
 
+# The official tool's readme (BradyFU/Awesome-Multimodal-Large-Language-Models, branch Evaluation,
+# tools/eval_tool.zip: eval_tool/readme.txt:14) has "\n" deleted from every response before
+# calculation.py parses it (readlines(), calculation.py:98; lower(), :116; parse_pred_ans, :23-37).
+@pytest.mark.parametrize(
+    "answer, official, raw_first_4",
+    [
+        ("\n\nYes", "yes", "other"),        # 'yes' -> exact match; raw head '\n\nye' has neither
+        ("N\no", "no", "other"),             # 'no'; raw head 'n\no' has no 'no'
+        ("Ye\ns, there is.", "yes", "other"),  # 'yes, there is.'[:4] = 'yes,'
+        ("\r\nNo", "no", "no"),             # 'no'; raw head '\r\nno' already held 'no'
+        ("\n \nyes", "yes", "other"),       # ' yes'[:4] = ' yes'; raw head '\n \ny'
+        ("No\nThere is no dog.", "no", "no"),  # 'nothere is no dog.'[:4] = 'noth'
+        ("\n\n\nThe", "other", "other"),
+    ],
+)
+def test_official_parser_deletes_line_breaks_first(answer, official, raw_first_4):
+    assert mme.parse_official(answer) == official
+    head = answer.lower()[:4]  # what parsing the undeleted answer would give (the divergence fixed)
+    raw = answer.lower() if answer.lower() in ("yes", "no") else (
+        "yes" if "yes" in head else "no" if "no" in head else "other")
+    assert raw == raw_first_4
+
+
+def test_score_with_multiline_answers():
+    recs = _recs("existence", [("\n\nYes", "Yes"), ("N\no", "No"),   # image 0: both right once deleted
+                               ("\nYes\n", "Yes"), ("Yes\nno", "No")])  # image 1: second is 'yesno' -> yes
+    s = mme.score(recs)
+    assert s["existence/acc"] == pytest.approx(75.0) and s["existence/acc_plus"] == pytest.approx(50.0)
+    assert s["existence/score"] == pytest.approx(125.0)
+
+
 def _recs(sub, answers_labels, start=0):
     out = []
     for k, (ans, lab) in enumerate(answers_labels):

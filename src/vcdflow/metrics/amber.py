@@ -34,20 +34,29 @@ Discriminative: the official compares the raw response with ``"Yes"``/``"No"``
 official POPE parser, ``"first_word"`` takes the first word (lower-cased, punctuation
 stripped) if it is yes/no. "No" is the positive class: ``precision`` = correct No / predicted
 No, ``recall`` = correct No / gt No, ``f1 = 2PR/(P+R+1e-4)`` (``+1e-3`` for the existence
-dimension, as in the source); ``accuracy`` = correct / all. An undefined P or R (0/0) is 0.
+dimension, as in the source); ``accuracy`` = correct / all.
 Per-dimension metrics (existence, attribute = state+number+action, state, number, action,
 relation) are reported as ``<dimension>/<metric>``.
 
+Empty denominators: every ratio with nothing to count is 0, as the official prints it --
+``inference.py`` starts each counter ``*_num`` at 0.001 (``data/metrics.txt:1-44``, read by
+``init()``, ``inference.py:40-52``), so e.g. CHAIR over responses without a single kept noun
+is ``0 / 0.001 = 0`` (``inference.py:259``), likewise Cover, Cog, P and R.
+
 AMBER score = ½·(100 − chair + f1) (the paper's formula; the code does not compute it).
-With ``official_rounding=True`` every printed percentage is rounded to 1 decimal first and
-F1 is computed from the rounded P and R, exactly as ``inference.py`` prints them.
+With ``official_rounding=True`` the figures are exactly what ``inference.py`` prints: every
+denominator carries the 0.001 its counters start at (0.003 for attribute, which sums the
+state, number and action counters, ``inference.py:292-294``; 0.001 for the others,
+``inference.py:259-262, 270-272, 281-283``), each percentage is rounded to 1 decimal and
+F1 is computed from the rounded P and R (``inference.py:273, 284, 295``). The offset shows
+at small counts: one clean response prints Hal ``round(100 - 100 * 1 / 1.001, 1) = 0.1``,
+one correct answer accuracy 99.9. Without it (the default) the ratios are exact.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -332,21 +341,29 @@ def score_items(
     return rows
 
 
-def _r1(x: float, on: bool) -> float:
-    return round(x, 1) if on and not math.isnan(x) else x
+#: What each official counter ``*_num`` starts at (``data/metrics.txt:1-44``).
+OFFICIAL_COUNTER_START = 0.001
 
 
-def _disc(rows: list[dict], eps: float, rounding: bool) -> dict[str, float]:
+def _pct(num: float, den: float, official: bool, n_counters: int = 1) -> float:
+    """100 * num / den as ``inference.py`` prints it (``official``: den + 0.001 per summed
+    counter, rounded to 1 decimal) or exact; nothing to count (den 0) -> 0 either way."""
+    if official:  # the official's operation order, so that ties round the same way
+        return round(num / (den + OFFICIAL_COUNTER_START * n_counters) * 100, 1)
+    return 100.0 * num / den if den else 0.0
+
+
+def _disc(rows: list[dict], eps: float, rounding: bool, n_counters: int = 1) -> dict[str, float]:
     n = len(rows)
     correct = sum(r["correct"] for r in rows)
     pred_no = sum(1 for r in rows if r["pred"] == "No")
     pred_no_ok = sum(1 for r in rows if r["pred"] == "No" and r["label"] == "no")
     gt_no = sum(1 for r in rows if r["label"] == "no")
-    acc = _r1(100.0 * correct / n, rounding) if n else math.nan
-    p = _r1(100.0 * pred_no_ok / pred_no if pred_no else 0.0, rounding)
-    r = _r1(100.0 * pred_no_ok / gt_no if gt_no else 0.0, rounding)
-    f1 = _r1(100.0 * 2 * (p / 100) * (r / 100) / ((p / 100) + (r / 100) + eps), rounding)
-    return {"accuracy": acc, "precision": p, "recall": r, "f1": f1}
+    acc = _pct(correct, n, rounding, n_counters)
+    p = _pct(pred_no_ok, pred_no, rounding, n_counters)  # inference.py:271 (ans_no_score / ans_no_num)
+    r = _pct(pred_no_ok, gt_no, rounding, n_counters)    # inference.py:272 (no_score / no_num)
+    f1 = 2 * (p / 100) * (r / 100) / ((p / 100) + (r / 100) + eps) * 100  # inference.py:273
+    return {"accuracy": acc, "precision": p, "recall": r, "f1": round(f1, 1) if rounding else f1}
 
 
 def amber_score(chair: float, f1: float) -> float:
@@ -375,23 +392,27 @@ def score(
         kept = sum(r["mentions"] for r in gen)
         truth = sum(r["truth_objects"] for r in gen)
         hallu = sum(r["hallu_objects"] for r in gen)
-        out["chair"] = _r1(100.0 * sum(r["hallucinated_mentions"] for r in gen) / kept, rnd) if kept else math.nan
-        out["cover"] = _r1(100.0 * sum(r["covered"] for r in gen) / truth, rnd) if truth else math.nan
-        out["hal"] = _r1(100.0 - 100.0 * sum(1 - r["hallucinated"] for r in gen) / len(gen), rnd)
-        out["cog"] = _r1(100.0 * sum(r["cog_hits"] for r in gen) / hallu, rnd) if hallu else math.nan
+        # inference.py:259-262; zero kept nouns / truth / hallu objects -> 0 as printed there
+        out["chair"] = _pct(sum(r["hallucinated_mentions"] for r in gen), kept, rnd)
+        out["cover"] = _pct(sum(r["covered"] for r in gen), truth, rnd)
+        clean = sum(1 - r["hallucinated"] for r in gen)
+        out["hal"] = (round(100 - clean / (len(gen) + OFFICIAL_COUNTER_START) * 100, 1) if rnd
+                      else 100.0 - 100.0 * clean / len(gen))
+        out["cog"] = _pct(sum(r["cog_hits"] for r in gen), hallu, rnd)
     if dis:
         out.update(_disc(dis, 1e-4, rnd))
+        # (rows, F1 epsilon, official counters summed in each denominator)
         groups = {
-            "existence": ([r for r in dis if r["dimension"] == "existence"], 1e-3),
-            "attribute": ([r for r in dis if r["dimension"] in _ATTRIBUTE], 1e-4),
-            "state": ([r for r in dis if r["dimension"] == "state"], 1e-4),
-            "number": ([r for r in dis if r["dimension"] == "number"], 1e-4),
-            "action": ([r for r in dis if r["dimension"] == "action"], 1e-4),
-            "relation": ([r for r in dis if r["dimension"] == "relation"], 1e-4),
+            "existence": ([r for r in dis if r["dimension"] == "existence"], 1e-3, 1),  # inference.py:284
+            "attribute": ([r for r in dis if r["dimension"] in _ATTRIBUTE], 1e-4, 3),   # inference.py:292-295
+            "state": ([r for r in dis if r["dimension"] == "state"], 1e-4, 1),
+            "number": ([r for r in dis if r["dimension"] == "number"], 1e-4, 1),
+            "action": ([r for r in dis if r["dimension"] == "action"], 1e-4, 1),
+            "relation": ([r for r in dis if r["dimension"] == "relation"], 1e-4, 1),
         }
-        for name, (grows, eps) in groups.items():
+        for name, (grows, eps, n_counters) in groups.items():
             if grows:
-                for k, v in _disc(grows, eps, rnd).items():
+                for k, v in _disc(grows, eps, rnd, n_counters).items():
                     out[f"{name}/{k}"] = v
     if gen and dis:
         out["amber_score"] = amber_score(out["chair"], out["f1"])

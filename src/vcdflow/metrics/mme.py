@@ -10,10 +10,15 @@ two questions, ``image``, ``question``, ``answer``, ``category``) is read by
 
 Official scoring (BradyFU ``tools/eval_tool/calculation.py``), per subtask:
 
-* answer parse (``parser="official"``): ``pred = answer.lower()``; if ``pred`` is exactly
-  "yes"/"no" take it; else if "yes" is in ``pred[:4]`` -> yes; elif "no" in ``pred[:4]`` ->
-  no; else "other" (always wrong). (The official reads the answer with its trailing
-  newline; that newline never changes the result.)
+* answer parse (``parser="official"``): first every line break is deleted from the answer,
+  as the tool's ``readme.txt:14`` requires before scoring ("if your responses contain "\n",
+  please delet it"; ``calculation.py:98`` reads the file with ``readlines()``, so an answer
+  must fit on one line; ``\r`` breaks a text-mode line too and is deleted as well). Then
+  ``pred = answer.lower()`` (``calculation.py:116``); if ``pred`` is exactly "yes"/"no" take
+  it; else if "yes" is in ``pred[:4]`` -> yes; elif "no" in ``pred[:4]`` -> no; else "other"
+  (always wrong) (``calculation.py:23-37``). So ``"\n\nYes"`` is yes and ``"N\no"`` is no,
+  where parsing the raw text would give "other" twice. (The official reads the answer with
+  the line's trailing newline; that newline never changes the result.)
 * ``acc`` = share of correct questions; ``acc_plus`` = share of images whose 2 questions are
   both correct (the official pairs consecutive lines; here records are paired by
   ``image_id``, which is the same for files in item order);
@@ -249,8 +254,11 @@ def load_items_parquet(
 # Parsers
 # ----------------------------------------------------------------------------------------
 def parse_official(answer: str) -> str:
-    """``calculation.py::parse_pred_ans`` on ``answer.lower()``."""
-    pred = answer.lower()
+    """``calculation.py::parse_pred_ans`` (``calculation.py:23-37``) on ``answer.lower()``
+    (``calculation.py:116``) after deleting the answer's line breaks, as the tool's
+    ``readme.txt:14`` requires (BradyFU/Awesome-Multimodal-Large-Language-Models, branch
+    ``Evaluation``, ``tools/eval_tool.zip``)."""
+    pred = answer.replace("\r", "").replace("\n", "").lower()
     if pred in ("yes", "no"):
         return pred
     head = pred[:4]
