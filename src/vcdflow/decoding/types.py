@@ -86,6 +86,16 @@ class BranchContext:
 
 @dataclass(frozen=True)
 class State:
-    """Per-call decoding state handed to ``combine``/``plausibility``: the resolved params."""
+    """Per-call decoding state handed to ``combine``/``plausibility``: the resolved params.
+
+    Per-request extras (engine capability E8): inside ``combine``/``plausibility``, ``contexts``
+    holds the :class:`BranchContext` of each request of the group being combined, in the order
+    of the logits' leading dimension (``ctx.prepared`` tensors and token ids stored by the
+    method's ``prepare``, ``ctx.adapter``; ``ctx.meta`` is copied into ``Output.meta`` after
+    decoding, so first-step logging (E9) writes there). ``temperature`` is the sampling
+    temperature (None in greedy mode). Both are filled by the engine's ``method_chooser``;
+    empty/None when a caller builds a ``State`` itself."""
 
     params: Mapping[str, Any]
+    contexts: tuple = ()
+    temperature: float | None = None

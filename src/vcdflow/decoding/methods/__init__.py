@@ -5,11 +5,18 @@ from __future__ import annotations
 from .apc import APC
 from .avisc import AvisC
 from .base import Method, vcd_combine
+from .carve import CARVE
+from .cid import CID
 from .code import CODE
 from .contrast import Contrast
 from .convis import ConVis
+from .debias import Debias
+from .iava import IAVA
 from .icd import ICD
+from .lqcd import LQCD
 from .m3id import M3ID
+from .olm import OLM
+from .pba import PBA
 from .plain import Greedy, Sample
 from .ritual import Ritual
 from .selfaug import SelfAug
@@ -19,7 +26,9 @@ from .vdd import VDD
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Greedy(), Sample(), Contrast(), VCD(), VCDLegacy(), ICD(), Ritual(), M3ID(), VDD(), SelfAug(), APC(),
-    CODE(), AvisC(), ConVis())}
+    CODE(), AvisC(), ConVis(),
+    # cd_rethink controls and the second wave (issues 16/17)
+    PBA(), OLM(), Debias(), CARVE(), IAVA(), CID(), LQCD())}
 
 
 def get_method(name: str) -> Method:
