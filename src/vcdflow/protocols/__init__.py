@@ -32,3 +32,58 @@ CONTRACT (used by the workflow, the runner and the CLI; keep these names):
   ``b`` (the report lists paper protocols against ``unified``);
 * ``preprocess_image(image, how, mean) -> PIL.Image``.
 """
+
+from __future__ import annotations
+
+from .base import BENCHMARKS, FAMILIES, FIELDS, MODES, Protocol, Resolved, S, diff
+from .chat import FAMILY_TEMPLATE, load_template, render, render_text, template_names
+from .images import expand2square, preprocess_image
+from . import avisc, code, convis, icd, m3id, ritual, selfaug, unified, vcd, vdd
+
+#: every protocol by name (one file per paper, plus ``unified``)
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    unified.PROTOCOL, vcd.PROTOCOL, icd.PROTOCOL, ritual.PROTOCOL, m3id.PROTOCOL, vdd.PROTOCOL,
+    selfaug.PROTOCOL, avisc.PROTOCOL, code.PROTOCOL, convis.PROTOCOL)}
+
+#: engine method → its paper's protocol (what ``protocol: paper`` runs). Methods without a paper
+#: of their own map to the paper whose protocol they are the baseline or control of:
+#:
+#: * ``greedy``, ``sample`` → ``vcd``: VCD's "Regular" baseline is plain sampling in VCD's own
+#:   script (``--use_cd`` off), and its appendix greedy baseline the same setting decoded greedily;
+#: * ``vcd_legacy`` → ``vcd`` (the same paper, its pre-fix KV-cache behaviour);
+#: * ``apc`` → ``vcd``: the APC-only control (cd_rethink) isolates VCD's plausibility cutoff, so it
+#:   runs in VCD's setting;
+#: * ``contrast`` (your own contrast input) → ``unified``: no paper.
+PAPER_OF: dict[str, str] = {
+    "vcd": "vcd", "vcd_legacy": "vcd", "greedy": "vcd", "sample": "vcd", "apc": "vcd",
+    "icd": "icd", "ritual": "ritual", "m3id": "m3id", "vdd": "vdd", "selfaug": "selfaug",
+    "avisc": "avisc", "code": "code", "convis": "convis", "contrast": "unified",
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called ``name``; ``ValueError`` naming it and listing the valid ones."""
+    if isinstance(name, Protocol):
+        return name
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; valid protocols: {', '.join(sorted(PROTOCOLS))} "
+                         f"(or 'paper' for each method's own)")
+    return PROTOCOLS[name]
+
+
+def protocol_for(method: str, choice: str | None = "unified") -> str:
+    """Resolve a run's protocol choice for ``method``: ``"unified"`` (also None), ``"paper"`` (the
+    method's own paper, :data:`PAPER_OF`; a method with no entry → ``ValueError`` naming it) or a
+    protocol name (checked)."""
+    if choice is None or choice == "unified":
+        return "unified"
+    if choice == "paper":
+        if method not in PAPER_OF:
+            raise ValueError(f"method {method!r} has no paper protocol; known: {', '.join(sorted(PAPER_OF))}")
+        return PAPER_OF[method]
+    return get_protocol(choice).name
+
+
+__all__ = ["BENCHMARKS", "FAMILIES", "FAMILY_TEMPLATE", "FIELDS", "MODES", "PAPER_OF", "PROTOCOLS", "Protocol",
+           "Resolved", "S", "diff", "expand2square", "get_protocol", "load_template", "preprocess_image",
+           "protocol_for", "render", "render_text", "template_names"]

@@ -1,0 +1,46 @@
+"""Values several protocols share, each with its source."""
+
+from __future__ import annotations
+
+from .base import S
+
+#: LLaVA ``conv_llava_v1`` system text ("curious human")
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+LLAVA_V1_SRC = "haotian-liu/LLaVA llava/conversation.py:325-335 (conv_llava_v1; get_prompt SeparatorStyle.TWO :54-63)"
+
+#: ``conv_vicuna_v1`` / HALC system text ("curious user")
+VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+CHAIR_PROMPT = "Please describe this image in detail."
+
+#: transformers' ``GenerationConfig`` default ``top_k = 50``: a sampling ``generate`` call that
+#: passes no ``top_k`` gets a TopKLogitsWarper(50) (transformers 4.31 ``_get_logits_warper``).
+IMPLICIT_TOP_K = ("transformers GenerationConfig default top_k=50 (the call passes no top_k, "
+                  "transformers 4.31 _get_logits_warper adds TopKLogitsWarper(50))")
+
+#: LAVIS ``blip2_vicuna_instruct.generate`` defaults (the copy vendored by the VCD line of repos)
+LAVIS_GENERATE = "DAMO-NLP-SG/VCD experiments/lavis/models/blip2_models/blip2_vicuna_instruct.py"
+
+INSTRUCTBLIP_RAW = S("instructblip_raw", f"{LAVIS_GENERATE}:368-376 (the LLM reads the prompt itself, "
+                                         "after the 32 query outputs; no chat template)")
+NO_SYSTEM_IB = S(None, "InstructBLIP has no system text (LAVIS generate uses samples['prompt'] as is, "
+                       f"{LAVIS_GENERATE}:259-262)")
+PROCESSOR_IB = S("processor", "LAVIS blip_image_eval: resize to 224×224, bicubic, no crop/pad "
+                              "(p1k0pan/ICD experiments/lavis/configs/models/blip2/blip2_instruct_vicuna7b.yaml:39-40)")
+
+
+def blip_pre_caption(caption: str, max_words: int = 50) -> str:
+    """LAVIS ``BlipCaptionProcessor.pre_caption`` (p1k0pan/ICD
+    experiments/lavis/processors/blip_processors.py:49-68): lower-case, ``[.!"()*#:;~]`` → space,
+    squeeze spaces, strip, keep ``max_words`` words."""
+    import re
+
+    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
+    caption = re.sub(r"\s{2,}", " ", caption)
+    caption = caption.rstrip("\n").strip(" ")
+    words = caption.split(" ")
+    if len(words) > max_words:
+        caption = " ".join(words[:max_words])
+    return caption
