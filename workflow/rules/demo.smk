@@ -72,3 +72,52 @@ rule train_demo_model:
         "../../envs/vcdflow.yaml"
     script:
         "../scripts/train_demo_model.py"
+
+
+rule build_demo_mme:
+    input:
+        instances="resources/demo/world/annotations/instances_val.json",
+        images="resources/demo/world/images",
+    output:
+        directory("resources/demo/mme"),
+    log:
+        "logs/demo/build_demo_mme.log",
+    params:
+        n_images=config["demo"].get("mme_images", 30),
+        seed=config["demo"]["seed"],
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/build_demo_mme.py"
+
+
+rule build_demo_amber:
+    input:
+        instances="resources/demo/world/annotations/instances_val.json",
+        images="resources/demo/world/images",
+    output:
+        annotations="resources/demo/amber/data/annotations.json",
+        relation="resources/demo/amber/data/relation.json",
+        safe_words="resources/demo/amber/data/safe_words.txt",
+        queries=expand(
+            "resources/demo/amber/data/query/query_{task}.json",
+            task=[
+                "all",
+                "generative",
+                "discriminative",
+                "discriminative-existence",
+                "discriminative-attribute",
+                "discriminative-relation",
+            ],
+        ),
+        images=directory("resources/demo/amber/image"),
+        manifest="resources/demo/amber/manifest.json",
+    log:
+        "logs/demo/build_demo_amber.log",
+    params:
+        n_images=config["demo"].get("amber_images", 60),
+        seed=config["demo"]["seed"],
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/build_demo_amber.py"
