@@ -142,8 +142,19 @@ class FamilyAdapter:
         msgs.append({"role": "user", "content": content})
         return msgs
 
+    #: a protocol's chat template: a template shipped in ``vcdflow/protocols/templates/``
+    #: (``"llava_v1"``, ``"halc_llava"``, ``"instructblip_raw"``, ``"qwen2_5_vl"``) or Jinja source;
+    #: None or ``"model"``: the processor's own. Set per instance (``adapter.chat_template = …``).
+    chat_template: str | None = None
+
     def build_text(self, prompt: str, has_image: bool, system: str | None = None) -> str:
-        """The full model input text (chat template applied, image placeholder unexpanded)."""
+        """The full model input text (chat template applied, image placeholder unexpanded):
+        ``self.chat_template`` when set, else the processor's own template, else the fallback."""
+        if self.chat_template and self.chat_template != "model":
+            from ..protocols.chat import render
+
+            return render(self.chat_template, self.messages(prompt, has_image, system),
+                          image_token=getattr(self.processor, "image_token", None) or "<image>")
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(
                 self.messages(prompt, has_image, system), add_generation_prompt=True, tokenize=False)
@@ -314,7 +325,7 @@ class InstructBlipAdapter(FamilyAdapter):
     family = "instructblip"
 
     def build_text(self, prompt: str, has_image: bool, system: str | None = None) -> str:
-        if getattr(self.processor, "chat_template", None):
+        if (self.chat_template and self.chat_template != "model") or getattr(self.processor, "chat_template", None):
             return super().build_text(prompt, has_image, system)
         return f"{system} {prompt}" if system else prompt
 
