@@ -117,29 +117,55 @@ class SharePlan:
 
 def share_plan(adapter, rows: Sequence[Any]) -> SharePlan | None:
     """Group ``rows`` by shareable prefix; None when sharing saves nothing (no two rows share a
-    prefix, a row has nothing to split off, or padding would make the split cost more tokens)."""
+    prefix, a row has nothing to split off, or padding would make the split cost more tokens).
+
+    Text-only rows (M3ID's, VDD's branch) share their longest common head (the system text) when
+    that does not widen the prefix batch more than it saves, else just their first token."""
     if len(rows) < 2:
         return None
-    lengths = [adapter.prefix_length(e) for e in rows]
-    if min(lengths) < 1:
+    base = [adapter.prefix_length(e) for e in rows]
+    if min(base) < 1:
         return None
-    keys: dict[tuple, int] = {}
-    unique: list[int] = []
-    row_prefix: list[int] = []
-    for i, (e, p) in enumerate(zip(rows, lengths)):
-        k = adapter.prefix_key(e, p)
-        if k not in keys:
-            keys[k] = len(unique)
-            unique.append(i)
-        row_prefix.append(keys[k])
-    if len(unique) == len(rows):
-        return None
-    n_pre = max(lengths[i] for i in unique)
-    n_suf = max(e.length - p for e, p in zip(rows, lengths))
+    candidates = [base]
+    text_only = [i for i, e in enumerate(rows) if e.pixel_values is None]
+    if len(text_only) > 1:
+        head = _common_head([rows[i].input_ids for i in text_only])
+        alt = list(base)
+        for i in text_only:
+            alt[i] = max(1, min(head, rows[i].length - 1))
+        if alt != base:
+            candidates.insert(0, alt)
     n_full = max(e.length for e in rows)
-    if len(unique) * n_pre + len(rows) * n_suf > len(rows) * n_full:
-        return None
-    return SharePlan(unique=unique, row_prefix=row_prefix, lengths=lengths)
+    best = None
+    for lengths in candidates:
+        keys: dict[tuple, int] = {}
+        unique: list[int] = []
+        row_prefix: list[int] = []
+        for i, (e, p) in enumerate(zip(rows, lengths)):
+            k = adapter.prefix_key(e, p)
+            if k not in keys:
+                keys[k] = len(unique)
+                unique.append(i)
+            row_prefix.append(keys[k])
+        if len(unique) == len(rows):
+            continue
+        n_pre = max(lengths[i] for i in unique)
+        n_suf = max(e.length - p for e, p in zip(rows, lengths))
+        cost = len(unique) * n_pre + len(rows) * n_suf
+        if cost <= len(rows) * n_full and (best is None or cost < best[0]):
+            best = (cost, SharePlan(unique=unique, row_prefix=row_prefix, lengths=list(lengths)))
+    return None if best is None else best[1]
+
+
+def _common_head(seqs: Sequence[torch.Tensor]) -> int:
+    """Length of the longest common prefix of the 1-D id tensors ``seqs``."""
+    n = min(int(x.shape[0]) for x in seqs)
+    first = seqs[0][:n]
+    same = torch.ones(n, dtype=torch.bool)
+    for x in seqs[1:]:
+        same &= x[:n] == first
+    diff = (~same).nonzero()
+    return int(diff[0]) if diff.numel() else n
 
 
 def _right_aligned(pos: torch.Tensor, n_rows: int, width: int, parts) -> torch.Tensor:
