@@ -108,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcdflow", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list the decoding methods with their defaults")
+    from .protocols.cli import add_parser as _add_prompt_parser  # vcdflow prompt
+    _add_prompt_parser(sub)
     sub.add_parser("build-pope", help="POPE questions from a COCO instances file (see --help of it)",
                    add_help=False)
 
@@ -152,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if a.command == "methods":
         return _methods(a)
+    if a.command == "prompt":  # vcdflow.protocols.cli
+        from .protocols.cli import run as _prompt
+        return _prompt(a)
     if a.command == "decode":
         return _decode(a)
     return _score(a)
