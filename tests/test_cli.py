@@ -77,16 +77,21 @@ def test_decode_then_score(tmp_path, capsys):
     assert (tmp_path / "res.scored.jsonl").exists()
 
 
-def test_decode_rejects_bad_params_before_loading_the_model(tmp_path):
-    import pytest
-
-    args = ["decode", "--model", str(tmp_path / "no-model"), "--questions", "q.json", "--images", ".",
-            "--out", str(tmp_path / "r.jsonl"), "--method", "vcd"]
-    with pytest.raises(SystemExit, match=r"--params: unknown parameter 'alpah' for method 'vcd'"):
-        main(args + ["--params", '{"alpah": 1}'])
-    with pytest.raises(SystemExit, match=r"--params: Expecting property name"):
-        main(args + ["--params", "{alpha: 1}"])
-    with pytest.raises(SystemExit, match=r"--params: expected a JSON object, got '1'"):
-        main(args + ["--params", "1"])
-    with pytest.raises(SystemExit, match=r"unknown method 'vcdd'"):
-        main(args[:-1] + ["vcdd"])
+def test_decode_rejects_bad_params_before_loading_the_model(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "q.json").write_text("")
+    args = ["decode", "--model", str(tmp_path / "m"), "--questions", str(tmp_path / "q.json"), "--images",
+            str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--method", "vcd"]
+    for params, message in (
+        ('{"alpah": 1}', "--params: unknown parameter 'alpah' for method 'vcd'; valid parameters: "
+                         "alpha, beta, draw, noise_step"),
+        ("{alpha: 1}", "--params: not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+                       "column 2 (char 1)) in '{alpha: 1}'; expected a JSON object such as '{\"alpha\": 1.0}'"),
+        ("1", "--params: expected a JSON object, got '1'; e.g. '{\"alpha\": 1.0}'"),
+    ):
+        assert main(args + ["--params", params]) == 2
+        assert capsys.readouterr().err == f"vcdflow decode: error: {message}\n"
+    assert main(args[:-1] + ["vcdd"]) == 2
+    assert capsys.readouterr().err.startswith("vcdflow decode: error: unknown method 'vcdd'; valid: ")
+    assert not (tmp_path / "r.jsonl.partial").exists() and not (tmp_path / "r.jsonl.lock").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -38,59 +39,87 @@ def _build_pope(args, rest) -> int:
 
 
 def _run_dict(a) -> dict:
-    """The run slice the workflow's common.smk builds (run_config), from command-line flags."""
+    """The run the workflow would build for these flags: :func:`vcdflow.config.pope_file_run`
+    (the same ``build_run`` as ``common.smk``; a bad method, parameter or protocol raises
+    ``ConfigError`` naming it)."""
+    from .config import pope_file_run
+
     split = a.split or Path(a.questions).stem.rsplit("_", 1)[-1]
-    do_sample = a.do_sample or a.method == "sample"  # as the workflow's method_config
-    return {
-        "benchmark": {"name": "pope", "split": split, "questions": a.questions, "images": a.images,
-                      "prompt": a.prompt, "max_new_tokens": a.max_new_tokens,
-                      **({"n_questions": a.n_questions} if a.n_questions else {})},
-        "model": {"name": Path(a.model).name, "path": a.model, "family": "auto", "dtype": a.dtype,
-                  "batch_size": a.batch_size, "prompt_suffix": {}, "revision": "local"},
-        "method": {"label": a.label or a.method, "method": a.method,
-                   "mode": "sample" if do_sample else "greedy", "do_sample": do_sample,
-                   "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k,
-                   "params": json.loads(a.params) if a.params else {}, "prompt_suffix": {}},
-        "seed": a.seed, "device": a.device, "threads": a.threads, "gpu_lock_dir": ".vcdflow/gpu-locks",
-    }
+    params = _parse_params(a.params) if isinstance(a.params, str) else (a.params or {})
+    return pope_file_run(
+        questions=a.questions, images=a.images, model=a.model, method=a.method, label=a.label, split=split,
+        params=params, do_sample=True if a.do_sample else None, temperature=a.temperature, top_p=a.top_p,
+        top_k=a.top_k, seed=a.seed, prompt=a.prompt, max_new_tokens=a.max_new_tokens,
+        n_questions=a.n_questions or None, dtype=a.dtype, protocol=getattr(a, "protocol", None) or "unified",
+        batch_size=a.batch_size, device=a.device, threads=a.threads,
+    )
+
+
+def _parse_params(text: str | None) -> dict:
+    from . import errors
+
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise errors.bad_params_json(text, str(exc)) from None
+    if not isinstance(params, dict):
+        raise errors.UsageError(f"--params: expected a JSON object, got {text!r}; e.g. '{{\"alpha\": 1.0}}'")
+    return params
 
 
 def _decode(a) -> int:
-    from .decoding import METHODS
+    from . import errors, validate
+    from .runner import prepare_shard
+
+    params = _parse_params(a.params)
+    # Paths first (no torch import: a wrong path fails in a fraction of a second), then the
+    # method and its parameters, then the items; run_shard repeats it all under the output lock.
+    validate.check_paths({"questions": a.questions, "images": a.images},
+                         flags={"questions": "--questions", "images": "--images"})
+    validate.check_model({"path": a.model})
+    validate.check_params(a.method, params)  # names, types, ranges: before the model loads
+    try:
+        run = _run_dict(a)
+    except errors.UserError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise errors.UsageError(str(exc)) from exc
+    prepare_shard(run, check_params=False)
     from .gpu import gpu_lease
     from .runner import run_shard
 
-    if a.method not in METHODS:
-        raise SystemExit(f"vcdflow decode: unknown method {a.method!r}; valid: {', '.join(sorted(METHODS))}")
-    try:
-        run = _run_dict(a)
-        if not isinstance(run["method"]["params"], dict):
-            raise ValueError(f"expected a JSON object, got {a.params!r}")
-        METHODS[a.method].resolve(run["method"]["params"])  # bad parameters fail before the model loads
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"vcdflow decode: --params: {exc}") from None
+    progress = sys.stderr.isatty()
     if a.device == "cpu":
         import torch
 
         torch.set_num_threads(a.threads)
-        run_shard(run, a.out)
+        run_shard(run, a.out, progress=progress)
     else:
         with gpu_lease(run["gpu_lock_dir"], log=lambda msg: print(msg, file=sys.stderr)):
             import torch  # after CUDA_VISIBLE_DEVICES is set, as in the workflow's decode.py
 
             torch.set_num_threads(a.threads)
-            run_shard(run, a.out)
+            run_shard(run, a.out, progress=progress)
     print(a.out)
     return 0
 
 
 def _score(a) -> int:
+    from . import errors
+    from .io import read_jsonl
     from .scoring import score_file
 
-    from .io import read_jsonl
-
     results = Path(a.results)
-    records = read_jsonl(results)
+    if not results.is_file():
+        raise errors.path_missing("result file", results, "check --results (`vcdflow decode --out` writes it)")
+    try:
+        records = read_jsonl(results)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.results_bad(results, str(exc)) from exc
+    if not records:
+        raise errors.results_bad(results, "no records")
     # split and seed as decode wrote them (item ids are pope/<split>/<question_id>), unless given
     splits = {str(r.get("item_id", "")).split("/")[1] for r in records if str(r.get("item_id", "")).count("/") >= 2}
     seeds = {r.get("seed") for r in records}
@@ -99,13 +128,49 @@ def _score(a) -> int:
     bench = {"name": "pope", "split": split, "parser": a.parser}
     stem = results.name[: -len(".jsonl")] if results.name.endswith(".jsonl") else results.name
     scored = a.scored or str(results.with_name(stem + ".scored.jsonl"))
-    scores = score_file(bench, results, scored, a.metrics, model=a.model_name, method=a.method_name, seed=seed)
+    try:
+        scores = score_file(bench, results, scored, a.metrics, model=a.model_name, method=a.method_name, seed=seed)
+    except errors.UserError:
+        raise
+    except (KeyError, TypeError) as exc:
+        raise errors.results_bad(results, f"a record lacks a field the POPE scorer needs ({type(exc).__name__}: {exc})") from exc
     print(json.dumps({k: v for k, v in scores.items() if v is not None}, sort_keys=True))
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to whatever ``sys.stderr`` is at the time (a rule's log file, pytest's capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _CliFormatter(logging.Formatter):
+    def format(self, record):
+        msg = record.getMessage()
+        return f"vcdflow: {'warning: ' if record.levelno >= logging.WARNING else ''}{msg}"
+
+
+def _setup_logging(debug: bool) -> None:
+    """Library log lines (resume, error rows, where the output went) on stderr."""
+    lg = logging.getLogger("vcdflow")
+    if not any(isinstance(h, _StderrHandler) for h in lg.handlers):
+        h = _StderrHandler()
+        h.setFormatter(_CliFormatter())
+        lg.addHandler(h)
+    lg.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vcdflow", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="vcdflow", description=__doc__.split("\n\n")[0],
+                                epilog="Bad input ends in one line on stderr (exit status 2: a wrong option, "
+                                       "1: a bad input file); --debug or VCDFLOW_DEBUG=1 adds the traceback.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list the decoding methods with their defaults")
     from .protocols.cli import add_parser as _add_prompt_parser  # vcdflow prompt
@@ -134,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", default="float32")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="traceback of errors too")
 
     s = sub.add_parser("score", help="POPE metrics of a result file (long-format CSV)")
     s.add_argument("--results", required=True)
@@ -144,10 +210,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model-name", default="model")
     s.add_argument("--method-name", default="method")
     s.add_argument("--seed", type=int, default=None, help="default: the records' seed")
+    s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="traceback of errors too")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import errors
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["build-pope"]:
         return _build_pope(None, argv[1:])
@@ -157,9 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "prompt":  # vcdflow.protocols.cli
         from .protocols.cli import run as _prompt
         return _prompt(a)
+    debug = errors.debug_enabled(a.debug)
+    _setup_logging(debug)
+    prog = f"vcdflow {a.command}"
     if a.command == "decode":
-        return _decode(a)
-    return _score(a)
+        try:
+            return errors.guard(prog, lambda: _decode(a), debug=debug)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted; rerun the same command to resume from {a.out}.partial", file=sys.stderr)
+            return 130
+    return errors.guard(prog, lambda: _score(a), debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,9 @@
 
 Every output that a later step reads is written atomically (temp file in the same
 folder, fsync, ``os.replace``), so a killed job never leaves a half-written file that
-looks complete.
+looks complete. The temp file is ``.<name>.<host>-<pid>-<random>.tmp``; a write that was
+killed leaves it behind, and the next atomic write of the same file removes it once its
+process is gone (:func:`remove_leftover_tmp`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -33,12 +37,65 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname() or "host")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_leftover_tmp(dest: str | os.PathLike, *, any_writer: bool = False) -> list[Path]:
+    """Remove the temp files that interrupted atomic writes of ``dest`` left beside it.
+
+    By default only those of processes of this host that no longer run (a live writer's file is
+    never touched). ``any_writer=True`` — for a caller that holds ``dest``'s lock, so no other
+    writer exists — removes every one, including those of other hosts and of older versions
+    (``.<name>.<random>.tmp``). Temp files of *other* files (``.<name>.partial.….tmp``) are left
+    alone. Returns the removed paths."""
+    dest = Path(dest)
+    removed = []
+    try:
+        candidates = list(dest.parent.glob(f".{_glob_escape(dest.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for p in candidates:
+        middle = p.name[len(dest.name) + 2: -len(".tmp")]
+        if "." in middle:  # another file's temp (e.g. .x.jsonl.partial.….tmp)
+            continue
+        parts = middle.rsplit("-", 2)
+        if not any_writer:
+            if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+                continue
+            if int(parts[1]) == os.getpid() or _pid_alive(int(parts[1])):
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; move it onto ``dest`` only on success."""
+    """Yield a temporary path beside ``dest``; move it onto ``dest`` only on success.
+
+    Leftover temp files of earlier, killed writes of ``dest`` (by processes of this host that
+    are gone) are removed first."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    remove_leftover_tmp(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{_HOST}-{os.getpid()}-", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -23,71 +23,29 @@ from .io import atomic_path, config_hash, dumps
 
 log = logging.getLogger("vcdflow.runner")
 
-# Keys of the run config that do not change results (and so do not enter the hash).
-_NON_RESULT_KEYS = ("device", "threads", "gpu_lock_dir")
+# Keys of the run dict that say how it runs, not what it gives (vcdflow.config.Execution).
+_NON_RESULT_KEYS = ("device", "threads", "gpu_lock_dir", "execution")
 _NON_RESULT_MODEL_KEYS = ("batch_size",)
 
 
 def result_hash(run: dict) -> str:
-    """Hash of everything that determines the records of a result file."""
+    """Hash of everything that decides the records of a result file: the
+    :class:`vcdflow.config.RunSpec` part of ``run`` (execution settings dropped)."""
     slim = {k: v for k, v in run.items() if k not in _NON_RESULT_KEYS}
     slim["model"] = {k: v for k, v in run["model"].items() if k not in _NON_RESULT_MODEL_KEYS}
-    slim["benchmark"] = {k: v for k, v in run["benchmark"].items() if k != "n_shards"}
+    slim["benchmark"] = {k: v for k, v in run["benchmark"].items() if k not in ("n_shards", "build")}
     return config_hash(slim)
 
 
 # --------------------------------------------------------------------------- items
 
 
-def load_items(bench: dict, inputs: dict) -> list[dict]:
-    """Items of one benchmark split, in a fixed order (see the metrics modules)."""
-    name = bench.get("kind", bench["name"])
-    if name == "pope":
-        from .metrics import pope
+def load_items(bench: dict, inputs: dict | None = None) -> list[dict]:
+    """Items of one benchmark split, in a fixed order: the registry entry's loader
+    (:mod:`vcdflow.benchmarks`; ``kind`` or ``name`` picks it, ``pope_gqa`` is POPE)."""
+    from .benchmarks import get_benchmark
 
-        items = pope.load_items(bench["questions"], bench["images"], split=bench["split"])
-        return seeded_subset(items, bench.get("n_questions"), label=f"pope-subset-{bench['split']}")
-    if name == "chair":
-        from .metrics import chair
-
-        return chair.load_items(
-            bench["captions"],
-            bench["images"],
-            n=bench.get("n_images", 500),
-            seed=bench.get("subset_seed", 0),
-            id_list=bench.get("image_ids"),
-            prompt=bench.get("prompt", chair.DEFAULT_PROMPT),
-        )
-    if name == "mme":
-        from .metrics import mme
-
-        prepared = Path(bench["root"]) / "items.jsonl"  # written by rule prepare_mme (parquet source)
-        if prepared.exists():
-            from .io import read_jsonl
-
-            items = read_jsonl(prepared)
-            wanted = bench.get("subtasks")
-            items = [it for it in items if not wanted or it.get("subtask") in wanted]
-        else:
-            items = mme.load_items(bench["root"], subtasks=bench.get("subtasks"))
-        n = bench.get("n_images")
-        if not n:
-            return items
-        # per subtask, n images with both their questions (acc+ is per image), file order kept
-        subtasks = list(dict.fromkeys(it["subtask"] for it in items))
-        keep = {id(it) for sub in subtasks
-                for it in seeded_subset([it for it in items if it["subtask"] == sub], n,
-                                        label=f"mme-subset-{sub}", group=lambda it: it["image_id"])}
-        return [it for it in items if id(it) in keep]
-    if name == "amber":
-        from .metrics import amber
-
-        root = Path(bench["root"])
-        items = amber.load_items(
-            root / "data" / "query" / f"query_{bench['split']}.json", root / "data" / "annotations.json", root / "image"
-        )
-        return seeded_subset(items, bench.get("n_items"), label=f"amber-subset-{bench['split']}")
-    raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
+    return get_benchmark(bench.get("kind") or bench["name"]).load_items(bench)
 
 
 def seeded_subset(items: list, n: int | None, *, label: str, group: Callable[[dict], Any] | None = None) -> list:
@@ -120,7 +78,9 @@ def build_prompt(run: dict, item: dict) -> str:
     bench, model, method = run["benchmark"], run["model"], run["method"]
     template = bench.get("prompt") or "{question}"
     prompt = template.format(question=item.get("question", ""))
-    name, kind = bench["name"], bench.get("kind", bench["name"])
+    name, kind = bench["name"], bench.get("kind") or bench["name"]
+    if (run.get("protocol") or {}).get("prompt"):  # the protocol's own prompt: no config suffixes
+        return prompt
 
     def lookup(suffixes):  # the benchmark's own key (pope_gqa) first, then its kind (pope)
         return suffixes.get(name, suffixes.get(kind))
@@ -140,6 +100,18 @@ def _load_image(path: str):
     with Image.open(path) as im:
         im.load()
         return im.convert("RGB")
+
+
+def _preprocess(image, how: str | None, vlm):
+    """The protocol's image preprocessing (``pad_square_mean``: LLaVA's expand2square with the
+    processor's mean colour); ``processor``/None: the image as it is."""
+    if not how or how == "processor":
+        return image
+    from .protocols import preprocess_image
+
+    proc = getattr(vlm, "processor", None)
+    mean = getattr(getattr(proc, "image_processor", proc), "image_mean", None)
+    return preprocess_image(image, how, mean)
 
 
 def _record(run: dict, item: dict, prompt: str, answer: str, error: str | None, meta: dict, seconds: float, new_tokens: int) -> dict:
@@ -165,15 +137,18 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
     generate_fn = generate_fn or generate
     method = run["method"]
     bench = run["benchmark"]
+    protocol = run.get("protocol") or {}
+    system = protocol.get("system")
+    how = protocol.get("image_preprocess")
     requests, slots, records = [], [], [None] * len(items)
     for i, item in enumerate(items):
         prompt = build_prompt(run, item)
-        extra = {}
+        extra = {"system": system} if system else {}
         path = item.get("image_path")
         try:
-            image = _load_image(path)
+            image = _preprocess(_load_image(path), how, vlm)
             for path in item.get("contrast_images") or []:  # ConVis reconstructions
-                extra.setdefault("contrast_images", []).append(_load_image(path))
+                extra.setdefault("contrast_images", []).append(_preprocess(_load_image(path), how, vlm))
         except Exception as exc:  # noqa: BLE001 - any unreadable image becomes an error row
             records[i] = _record(run, item, prompt, "", f"image {path}: {type(exc).__name__}: {exc}", {}, 0.0, 0)
             continue
@@ -235,17 +210,194 @@ def decode_with_oom_retry(vlm, run, items, generate_fn=None, say=log.info) -> li
         )
 
 
-def attach_method_inputs(run: dict, items: list[dict]) -> tuple[dict, list[dict]]:
-    """Extra per-item inputs a method needs (ConVis: its reconstructions); returns the run (with
-    the inputs' digest joining its hash) and the items."""
-    if run["method"].get("method") == "convis" and run.get("convis_manifest"):
-        # ConVis: each item's n reconstructions become Request.contrast_images; the manifest's
-        # digest joins the run hash so a partial file never mixes two sets of reconstructions.
-        from .io import file_digest
-        from .t2i import attach_reconstructions
+def _attach_reconstructions(run: dict, items: list[dict], manifest: str) -> tuple[dict, list[dict]]:
+    """ConVis: each item's n reconstructions become Request.contrast_images; the manifest's
+    digest joins the run hash so a partial file never mixes two sets of reconstructions."""
+    from .io import file_digest
+    from .t2i import attach_reconstructions
 
-        items = attach_reconstructions(items, run["convis_manifest"])
-        run = dict(run, convis_manifest_digest=file_digest(run["convis_manifest"]))
+    return dict(run, convis_manifest_digest=file_digest(manifest)), attach_reconstructions(items, manifest)
+
+
+#: extra-input kind (vcdflow.config.METHOD_INPUTS, declared by the method) -> how it attaches
+INPUT_ATTACHERS: dict[str, Callable] = {"convis_reconstructions": _attach_reconstructions}
+
+
+def attach_method_inputs(run: dict, items: list[dict]) -> tuple[dict, list[dict]]:
+    """Extra per-item inputs the method declares (``run["inputs"]``: kind -> file; ConVis: its
+    reconstructions); returns the run (with the inputs' digests joining its hash) and the items."""
+    inputs = dict(run.get("inputs") or {})
+    if run.get("convis_manifest"):  # older run dicts
+        inputs.setdefault("convis_reconstructions", run["convis_manifest"])
+    for kind, path in sorted(inputs.items()):
+        if kind not in INPUT_ATTACHERS:
+            raise ValueError(f"unknown method input {kind!r}; known: {', '.join(sorted(INPUT_ATTACHERS))}")
+        run, items = INPUT_ATTACHERS[kind](run, items, path)
+    return run, items
+
+
+def _by_image(items: list[dict], todo: list[dict]) -> list[dict]:
+    """``todo`` stably sorted by image, images in their first-appearance order among ``items``
+    (the shard), so a batch holds the questions of the same images. Computed over the whole
+    shard, the order of what is left after a resume is the tail of the uninterrupted order:
+    the same batches either way. The output file keeps the item order."""
+    first: dict[Any, int] = {}
+    for it in items:
+        first.setdefault(it.get("image_path") or it.get("image"), len(first))
+    return sorted(todo, key=lambda it: first[it.get("image_path") or it.get("image")])
+
+
+def _peak_memory_mb(device: str) -> tuple[float | None, str]:
+    """Peak memory of this process: CUDA ``max_memory_allocated`` on a GPU, else peak RSS."""
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                return round(torch.cuda.max_memory_allocated() / 2**20, 1), "cuda_max_memory_allocated"
+        except Exception:  # noqa: BLE001
+            pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu_max_rss"
+
+
+def _hardware(device: str) -> dict[str, Any]:
+    import platform
+
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    gpu = None
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                gpu = torch.cuda.get_device_name(torch.device(device))
+        except Exception:  # noqa: BLE001
+            gpu = None
+    return {"cpu": cpu, "gpu": gpu, "hardware": f"1x {gpu}" if gpu else f"CPU {cpu}"}
+
+
+def _versions() -> dict[str, str | None]:
+    import platform
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("vcdflow", "torch", "transformers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _git_commit() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the working directory's git checkout; (None, None) when it is none."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=20)
+        return head.stdout.strip() or None, (bool(status.stdout.strip()) if status.returncode == 0 else None)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """``<output without .jsonl>.meta.json`` (``seed0.jsonl`` → ``seed0.meta.json``)."""
+    output = Path(output)
+    stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(stem + ".meta.json")
+
+
+def _protocol_name(protocol: Any) -> str | None:
+    """The protocol's name: the run's ``protocol`` entry (a resolved protocol dict carries it
+    under ``protocol``/``name``), None when the run has none."""
+    if isinstance(protocol, dict):
+        protocol = protocol.get("protocol") or protocol.get("name")
+    return str(protocol) if protocol else None
+
+
+def _sidecar(run: dict, run_hash: str, output: Path, *, shard: int, n_shards: int, device: str,
+             t0: float, n_resumed: int, records: list[dict], sha256: str) -> dict:
+    peak, peak_kind = _peak_memory_mb(device)
+    commit, dirty = _git_commit()
+    errors_ = [r["item_id"] for r in records if r.get("error")]
+    return {
+        "output": output.name,
+        "config_hash": run_hash,
+        "result_sha256": sha256,
+        "run": run,
+        "protocol": _protocol_name(run.get("protocol")),
+        "shard": shard,
+        "n_shards": n_shards,
+        "n_items": len(records),
+        "n_decoded": len(records) - n_resumed,
+        "n_resumed": n_resumed,
+        "n_errors": len(errors_),
+        "error_items": errors_[:20],
+        "device": device,
+        **_hardware(device),
+        "peak_mem_mb": peak,
+        "peak_mem_kind": peak_kind,
+        "wall_seconds": round(time.monotonic() - t0, 3),
+        "versions": _versions(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _summarise(output: Path, records: list[dict], n_resumed: int, side: Path) -> None:
+    bad = [r["item_id"] for r in records if r.get("error")]
+    if bad:
+        first = ", ".join(bad[:5]) + (", …" if len(bad) > 5 else "")
+        log.warning("%s: %d of %d items are error rows (%s); their `error` field says why. To redo them, "
+                    "fix the inputs, delete %s and rerun", output, len(bad), len(records), first, output)
+    log.info("wrote %s: %d records (%d decoded now, %d resumed), %d error rows; provenance in %s",
+             output, len(records), len(records) - n_resumed, n_resumed, len(bad), side)
+
+
+def prepare_shard(run: dict, items: list[dict] | None = None, *, shard: int = 0, n_shards: int = 1,
+                  check_params: bool = True, check_model: bool = False) -> tuple[dict, list[dict]]:
+    """Every check of a shard that needs neither the checkpoint nor the loaded model, cheap
+    ones (no torch import) first: the benchmark's input paths, the items (a questions file that
+    is not JSON or lacks a key), unique item ids, that some image exists, optionally the model
+    folder (``check_model``), then the method parameters (``check_params``). Returns the run
+    (with a method's extra-input digests) and the shard's items; a failure is one
+    :class:`vcdflow.errors.UserError` line. ``vcdflow decode`` calls it before the model loads,
+    :func:`run_shard` again under the output lock."""
+    from . import validate
+    from .errors import InputError
+
+    bench = run["benchmark"]
+    if items is None:
+        validate.check_paths(bench)
+        items = validate.load_items_checked(bench, lambda: load_items(bench, {}))
+    items = shard_slice(items, shard, n_shards)
+    run, items = attach_method_inputs(run, items)
+    ids = [it["item_id"] for it in items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"duplicate item_id {dup!r} in {bench['name']}/{bench['split']}; item ids must be "
+                         f"unique — fix the questions file")
+    validate.check_images(items, bench.get("images"))
+    if check_model:
+        validate.check_model(run["model"])
+    if check_params:  # the engine's parameters (a custom generate_fn takes its own)
+        method = run["method"]
+        validate.check_params(method["method"], method.get("params"), where=f"method {method.get('label')!r}")
     return run, items
 
 
@@ -260,43 +412,79 @@ def run_shard(
     generate_fn: Callable | None = None,
     progress: bool = True,
 ) -> Path:
-    """Decode shard ``shard``/``n_shards`` of ``run`` into ``output`` (resumable)."""
+    """Decode shard ``shard``/``n_shards`` of ``run`` into ``output`` (resumable).
+
+    In this order, so that bad input never costs checkpointed work: take ``<output>.lock``
+    (a second writer fails at once, :class:`vcdflow.errors.OutputLocked`); remove temp files a
+    killed final write left; check the method parameters, the input paths, the items, that
+    some image exists, and load the model (each failure one :class:`vcdflow.errors.UserError`
+    line) — all before ``<output>.partial`` is opened. Then resume from the partial file (one
+    of another config is kept as ``<output>.partial.stale-<hash>``), decode what is left
+    grouped by image (:func:`_by_image`), write ``output`` in item order and its provenance
+    sidecar (:func:`sidecar_path`), and log the error rows."""
+    from . import validate
+    from .checkpoint import output_lock
+    from .io import remove_leftover_tmp
+
+    t0 = time.monotonic()
     output = Path(output)
-    if items is None:
-        items = load_items(run["benchmark"], {})
-    items = shard_slice(items, shard, n_shards)
-    run, items = attach_method_inputs(run, items)
-    ids = [it["item_id"] for it in items]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"duplicate item_id {dup!r} in {run['benchmark']['name']}/{run['benchmark']['split']}")
-    run_hash = result_hash(run)
-    ckpt = Checkpoint(str(output) + ".partial", run_hash)
-    done = ckpt.load()
-    todo = [it for it in items if it["item_id"] not in done]
-    if done:
-        log.info("resuming %s: %d of %d items already decoded", output, len(done), len(items))
-    if todo:
-        if vlm is None:
+    partial = Path(str(output) + ".partial")
+    side = sidecar_path(output)
+    with output_lock(output):
+        removed = [p for dest in (output, partial, side) for p in remove_leftover_tmp(dest, any_writer=True)]
+        if removed:
+            log.info("removed %d temp file(s) of an interrupted write: %s", len(removed),
+                     ", ".join(p.name for p in removed))
+        run, items = prepare_shard(run, items, shard=shard, n_shards=n_shards, check_params=generate_fn is None)
+        ids = [it["item_id"] for it in items]
+        run_hash = result_hash(run)
+        ckpt = Checkpoint(partial, run_hash)
+        old_hash, old_ids = ckpt.peek()  # read-only: the partial file stays as it is until all is checked
+        reusable = old_ids if old_hash == run_hash else set()
+        device = _device(run) if vlm is None else str(getattr(vlm, "device", run.get("device", "cpu")))
+        if vlm is None and any(i not in reusable for i in ids):
             from .models import load_vlm
 
             model = run["model"]
-            vlm = load_vlm(model["path"], device=_device(run), dtype=model.get("dtype", "float32"))
-        bs = int(run["model"].get("batch_size", 16))
-        ckpt.open()
-        try:
-            from tqdm.auto import tqdm
+            validate.check_model(model)
+            vlm = load_vlm(model["path"], device=device, dtype=model.get("dtype", "float32"))
+        done = ckpt.load()  # from here on the partial file may change (torn tail cut, stale kept)
+        n_resumed = sum(1 for i in ids if i in done)
+        todo = _by_image(items, [it for it in items if it["item_id"] not in done])
+        if n_resumed:
+            log.info("resuming %s: %d of %d items already decoded", output, n_resumed, len(items))
+        if todo:
+            if str(device).startswith("cuda"):
+                try:
+                    import torch
 
-            bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
-                       desc=f"{run['benchmark']['name']}/{run['benchmark']['split']}/{run['method']['label']}", unit="item")
-            for start in range(0, len(todo), bs):
-                batch = todo[start:start + bs]
-                ckpt.append(decode_with_oom_retry(vlm, run, batch, generate_fn))
-                bar.update(len(batch))
-            bar.close()
-        finally:
-            ckpt.close()
-    ckpt.finish(output, ids)
+                    torch.cuda.reset_peak_memory_stats()
+                except Exception:  # noqa: BLE001
+                    pass
+            bs = int(run["model"].get("batch_size", 16))
+            ckpt.open()
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
+                           desc=f"{run['benchmark']['name']}/{run['benchmark']['split']}/{run['method']['label']}",
+                           unit="item")
+                for start in range(0, len(todo), bs):
+                    batch = todo[start:start + bs]
+                    ckpt.append(decode_with_oom_retry(vlm, run, batch, generate_fn))
+                    bar.update(len(batch))
+                bar.close()
+            finally:
+                ckpt.close()
+
+        def write_sidecar(records: list[dict], sha256: str) -> None:
+            from .io import write_json
+
+            write_json(side, _sidecar(run, run_hash, output, shard=shard, n_shards=n_shards, device=device,
+                                      t0=t0, n_resumed=n_resumed, records=records, sha256=sha256))
+
+        records = ckpt.finish(output, ids, after_write=write_sidecar)
+        _summarise(output, records, n_resumed, side)
     return output
 
 
@@ -306,8 +494,45 @@ def _device(run: dict) -> str:
     return resolve_device(run.get("device", "auto"))
 
 
+def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -> dict:
+    """One provenance sidecar for a merged result from its shards' sidecars: ``shards`` (each
+    shard's own record), ``wall_seconds`` summed, ``peak_mem_mb`` the largest, ``hardware`` and
+    ``device`` the distinct values, every other key from the first shard that has it (package
+    versions, commit, protocol). Shards without a sidecar are listed under ``missing``."""
+    metas, missing = [], []
+    for shard in shards:
+        path = sidecar_path(shard)
+        if path.exists():
+            metas.append(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            missing.append(str(shard))
+    merged: dict[str, Any] = {}
+    for meta in metas:
+        for key, value in meta.items():
+            merged.setdefault(key, value)
+    for key in ("wall_seconds", "wall_s", "seconds"):
+        vals = [m[key] for m in metas if isinstance(m.get(key), (int, float))]
+        if vals:
+            merged[key] = round(sum(vals), 6)
+    peaks = [m["peak_mem_mb"] for m in metas if isinstance(m.get("peak_mem_mb"), (int, float))]
+    if peaks:
+        merged["peak_mem_mb"] = max(peaks)
+    for key in ("hardware", "device"):
+        vals = list(dict.fromkeys(json.dumps(m[key], sort_keys=True) for m in metas if m.get(key) is not None))
+        if len(vals) > 1:
+            merged[key] = [json.loads(v) for v in vals]
+    merged["n_shards"] = len(shards)
+    merged["shards"] = metas
+    if missing:
+        merged["missing"] = missing
+    with atomic_path(sidecar_path(output)) as tmp:
+        Path(tmp).write_text(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return merged
+
+
 def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Concatenate shard files (already in item order) into the final result file."""
+    """Concatenate shard files (already in item order) into the final result file and merge
+    their provenance sidecars into ``<result>.meta.json`` (:func:`merge_sidecars`)."""
     output = Path(output)
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for shard in shards:
@@ -315,6 +540,7 @@ def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, met
                 for line in fh:
                     if line.strip():
                         out.write(line if line.endswith("\n") else line + "\n")
+    merge_sidecars(shards, output)
     return output
 
 

@@ -71,16 +71,17 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
+from ..validate import check_model_dir, looks_local  # noqa: E402,F401  (no torch there: the CLI checks early)
+
+
 def _resolve_dir(name_or_dir: str | os.PathLike, revision: str | None,
                  local_files_only: bool | None) -> Path:
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
-        return path
-    if path.exists():
-        raise ValueError(f"model path {str(path)!r} exists but is not a directory")
+        return check_model_dir(path)
     name = str(name_or_dir)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model directory {name!r} does not exist")
+    if path.exists() or looks_local(name):
+        check_model_dir(path)  # raises: missing, or not a directory
     from huggingface_hub import snapshot_download
 
     if local_files_only is None:
@@ -167,9 +168,14 @@ def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
 
     from .adapters import adapter_for
 
+    from .. import errors
+
     torch_dtype = parse_dtype(dtype)
     path = _resolve_dir(name_or_dir, revision, local_files_only)
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise errors.model_load_failed(path, exc) from exc
     if config.model_type not in FAMILIES:
         raise ValueError(f"unsupported model_type {config.model_type!r} in {path}/config.json; "
                          f"supported: {', '.join(FAMILIES)}")
@@ -178,10 +184,22 @@ def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = cls.from_pretrained(path, **kwargs)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover
+        SafetensorError = OSError  # noqa: N806
+    try:
+        model = cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as exc:
+        if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+            raise
+        raise errors.model_load_failed(path, exc) from exc
     dev = torch.device(device)
     model.to(dev).eval()
-    processor = _load_processor(path, family)
+    try:
+        processor = _load_processor(path, family)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise errors.model_load_failed(path, exc) from exc
     adapter = adapter_for(family, model, processor)
     return VLM(model=model, processor=processor, family=family, adapter=adapter, device=dev,
                dtype=torch_dtype, source=str(path))
