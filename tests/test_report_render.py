@@ -240,15 +240,31 @@ def test_reproduced_vs_reported(report):
         diff = re.search(r'<td class="num diff">([^<]+)', body).group(1)
         flag = re.search(r'<td class="flag[^"]*">([^<]+)', body).group(1)
         spec = RUNS[label]
+        # only the numbers of the paper whose protocol the run used (the fixture runs: VCD's)
         match = [p for p in paper if p["benchmark"] == bench and p["split"] in (split, "") and p["model"] == model
-                 and p["method"] == spec["method"] and p["mode"] == spec["mode"] and p["metric"] == metric]
+                 and p["method"] == spec["method"] and p["mode"] == spec["mode"] and p["metric"] == metric
+                 and p["source"].startswith("VCD (")]
         assert any(abs(float(p["value"]) - pv) < 1e-9 for p in match), key
         assert diff == f"{ours - pv:+.2f}"
         assert flag == ("outside CI" if not lo <= pv <= hi else "within CI")
         n_pope_greedy += (bench, split, label, metric) == ("pope", "random", "greedy", "accuracy")
-    # greedy POPE-random accuracy of llava-1.5-7b is reported by the VCD appendix and cd_rethink
-    assert n_pope_greedy == 2
+    # greedy POPE-random accuracy of llava-1.5-7b is reported by the VCD appendix and cd_rethink;
+    # under VCD's protocol only the VCD number is a like-for-like comparison
+    assert n_pope_greedy == 1
+    assert "cd_rethink (arXiv" not in "".join(body for _, body in rows)
     assert "outside CI" in report and "within CI" in report
+    assert all(" protocol vcd)" in body for _, body in rows)
+
+
+def test_unified_runs_are_never_set_beside_a_paper(tmp_path):
+    """The same numbers labelled unified: no paper comparison, every row says its protocol."""
+    res, sco = file_maps()
+    runs = {k: dict(v, protocol="unified") for k, v in RUNS.items()}
+    html = build_report(FIX / "metrics.csv", tmp_path / "u.html", result_files=res, scored_files=sco, runs=runs,
+                        paper_results=PAPER, config=CONFIG, figures=False).read_text(encoding="utf-8")
+    assert not re.findall(r'<tr data-compare="', html)
+    assert html.count('<span class="protocol" title="protocol">[unified]</span>') >= len(RUNS)
+    assert '[vcd]' not in html
 
 
 def test_paper_results_file_holds_the_spec_tables():
@@ -363,7 +379,7 @@ def test_subsets_build_and_say_what_is_missing(tmp_path):
     res, sco = file_maps()
     res = {k: v for k, v in res.items() if k[0] == "chair" and k[3] in ("greedy", "vcd")}
     sco = {k: sco[k] for k in res}
-    runs = dict(RUNS, ritual={"method": "ritual", "mode": "sample", "params": {"alpha": 3}})
+    runs = dict(RUNS, ritual={"method": "ritual", "mode": "sample", "params": {"alpha": 3}, "protocol": "vcd"})
     html = build_report(metrics, tmp_path / "r" / "index.html", result_files=res, scored_files=sco, runs=runs,
                         paper_results=PAPER, config=CONFIG, figures=False).read_text()
     assert "No results for pope" in html and "No results for mme" in html

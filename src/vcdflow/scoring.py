@@ -1,63 +1,47 @@
-"""Score one result file: per-item outcomes (for paired tests) and long-format metric rows."""
+"""Score one result file: per-item outcomes (for paired tests) and long-format metric rows.
+
+``results/metrics.csv`` columns: :data:`METRIC_COLUMNS` =
+``benchmark,split,model,protocol,method,mode,seed,metric,value`` (``method`` is the config's
+method label; ``protocol`` the resolved protocol name; ``mode`` greedy or sample).
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 
 from .io import atomic_path, read_jsonl, write_jsonl
-from .metrics import COLUMNS, metric_rows
+from .metrics import metric_rows
 
-METRIC_COLUMNS = list(COLUMNS)
+METRIC_COLUMNS = ["benchmark", "split", "model", "protocol", "method", "mode", "seed", "metric", "value"]
+SORT_COLUMNS = ["benchmark", "split", "model", "protocol", "method", "mode", "seed", "metric"]
 
 
 def score_records(bench: dict, records: list[dict]) -> tuple[dict, list[dict]]:
-    """Return ``(scores, per_item)`` for one benchmark split's records (``kind`` picks the
-    scorer for ``pope_<dataset>`` benchmarks; it defaults to ``name``)."""
-    name = bench.get("kind", bench["name"])
-    if name == "pope":
-        from .metrics import pope
+    """Return ``(scores, per_item)`` for one benchmark split's records: the scorer of the
+    benchmark's registry entry (:mod:`vcdflow.benchmarks`; ``kind`` or ``name`` picks it)."""
+    from .benchmarks import get_benchmark
 
-        parser = bench.get("parser", "official")
-        return pope.score(records, parser=parser), pope.score_items(records, parser=parser)
-    if name == "chair":
-        from .metrics import chair
-
-        evaluator = chair.ChairEvaluator(
-            bench["synonyms"], bench["nltk_data"], instances=bench["instances"], captions=bench["captions"]
-        )
-        return chair.score(records, evaluator), chair.score_items(records, evaluator)
-    if name == "mme":
-        from .metrics import mme
-
-        parser = bench.get("parser", "official")
-        return _flat_mme(mme.score(records, parser=parser)), mme.score_items(records, parser=parser)
-    if name == "amber":
-        from .metrics import amber
-
-        root = Path(bench["root"])
-        similarity = amber.spacy_similarity(bench["spacy_model"]) if bench.get("spacy_model") else None
-        evaluator = amber.AmberEvaluator(
-            root / "data" / "annotations.json", root / "data" / "relation.json",
-            root / "data" / "safe_words.txt", bench["nltk_data"], similarity=similarity,
-        )
-        parser = bench.get("parser", "pope")
-        return amber.score(records, evaluator, parser), amber.score_items(records, evaluator, parser)
-    raise ValueError(f"unknown benchmark {name!r}; valid: pope, chair, mme, amber")
+    return get_benchmark(bench.get("kind") or bench["name"]).score(bench, records)
 
 
-def _flat_mme(scores: dict) -> dict:
-    """MME rows live in split ``all``: ``existence`` (score), ``existence_acc``, ``existence_acc_plus``…"""
-    out = {}
-    for key, value in scores.items():
-        subtask, _, metric = key.partition("/")
-        out[subtask if metric in ("", "score") else f"{subtask}_{metric}"] = value
-    return out
+def _flat_mme(scores: dict) -> dict:  # kept for callers of the old name
+    from .benchmarks.mme import flat_scores
+
+    return flat_scores(scores)
 
 
-def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out, *, model: str, method: str, seed: int) -> dict:
+def _mode_of(records: list[dict]) -> str:
+    modes = {(r.get("meta") or {}).get("mode") for r in records} - {None}
+    return modes.pop() if len(modes) == 1 else "greedy"
+
+
+def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out, *, model: str, method: str,
+               seed: int, protocol: str | None = None, mode: str | None = None) -> dict:
+    """Score ``results``. ``protocol`` and ``mode`` default to ``bench["protocol"]`` /
+    ``bench["mode"]`` (the workflow's score params carry them), else ``unified`` and the
+    records' ``meta.mode`` (else greedy)."""
     records = read_jsonl(results)
     scores, per_item = score_records(bench, records)
     write_jsonl(scored_out, per_item)
@@ -65,12 +49,19 @@ def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out,
         {k: v for k, v in scores.items() if v is not None},
         benchmark=bench["name"], split=bench["split"], model=model, method=method, seed=int(seed),
     )
+    protocol = protocol or bench.get("protocol") or "unified"
+    mode = mode or bench.get("mode") or _mode_of(records)
+    for row in rows:
+        row.update(protocol=protocol, mode=mode)
     write_metrics(rows, metrics_out)
     return scores
 
 
 def write_metrics(rows: list[dict] | pd.DataFrame, dest) -> None:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    for col, default in (("protocol", "unified"), ("mode", "greedy")):
+        if col not in df.columns:  # parts written before these columns existed
+            df[col] = default
     df = df[METRIC_COLUMNS]
     with atomic_path(dest) as tmp:
         df.to_csv(tmp, index=False)
@@ -79,6 +70,9 @@ def write_metrics(rows: list[dict] | pd.DataFrame, dest) -> None:
 def combine_metrics(parts: list[str | os.PathLike], dest) -> pd.DataFrame:
     frames = [pd.read_csv(p) for p in parts]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
-    df = df.sort_values(["benchmark", "split", "model", "method", "seed", "metric"], kind="stable")
+    for col, default in (("protocol", "unified"), ("mode", "greedy")):
+        if col not in df.columns:
+            df[col] = default
+    df = df.sort_values(SORT_COLUMNS, kind="stable")
     write_metrics(df.reset_index(drop=True), dest)
     return df

@@ -10,15 +10,24 @@ from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
+from vcdflow import config as runs
+from vcdflow.benchmarks import SINGLE_SPLIT, get_benchmark, kind_of
+
 
 validate(config, schema="../schemas/config.schema.yaml")
+try:  # unknown method / parameter / protocol, ill-typed value: fail now, naming the key
+    runs.validate_config(config)
+except ValueError as _exc:
+    raise WorkflowError(str(_exc)) from None
 
 BENCHMARKS = list(config["benchmarks"])
 MODELS = list(config["models"])
 METHOD_LABELS = list(config["methods"])
 SEEDS = [int(s) for s in config["seeds"]]
-SINGLE_SPLIT = "all"  # split name of benchmarks without splits (CHAIR, MME)
 DEMO = config["world"] == "demo"
+GRID = list(runs.grid(config))  # every result: benchmark, split, model, protocol, method, mode, seed
+PROTOCOLS = sorted({g["protocol"] for g in GRID})
+MODES = ["greedy", "sample"]
 
 
 def check_optional_packages():
@@ -37,8 +46,8 @@ def check_optional_packages():
 
 
 def bench_kind(benchmark):
-    """pope, chair, mme or amber. Further POPE datasets are keys pope_<name> (pope_aokvqa, pope_gqa)."""
-    return "pope" if benchmark.startswith("pope_") else benchmark
+    """pope, chair, mme or amber (vcdflow.benchmarks.kind_of: pope_gqa is POPE)."""
+    return kind_of(benchmark)
 
 
 POPE_STRATEGIES = ["random", "popular", "adversarial"]
@@ -70,13 +79,8 @@ def pope_build_instances(wildcards):
 
 
 def bench_splits(benchmark):
-    """The splits a benchmark is decoded and scored on."""
-    cfg = config["benchmarks"][benchmark]
-    if bench_kind(benchmark) == "pope":
-        return list(cfg["splits"])
-    if benchmark == "amber":
-        return list(cfg["tasks"])
-    return [SINGLE_SPLIT]
+    """The splits a benchmark is decoded and scored on (its registry entry decides)."""
+    return runs.splits_of(config, benchmark)
 
 
 ALL_SPLITS = sorted({s for b in BENCHMARKS for s in bench_splits(b)})
@@ -86,69 +90,34 @@ def _alternation(values):
     return "|".join(sorted((str(v) for v in values), key=len, reverse=True))
 
 
-def method_config(label):
-    """Normalised method entry: engine method, mode, sampling settings, params."""
-    entry = dict(config["methods"][label])
-    method = entry.get("method", label)
-    do_sample = entry.get("do_sample", method == "sample")
-    return {
-        "label": label,
-        "method": method,
-        "mode": "sample" if do_sample else "greedy",
-        "do_sample": bool(do_sample),
-        "temperature": float(entry.get("temperature", 1.0)),
-        "top_p": float(entry.get("top_p", 1.0)),
-        "top_k": entry.get("top_k"),
-        "params": dict(entry.get("params", {})),
-        "prompt_suffix": dict(entry.get("prompt_suffix", {})),
-    }
-
-
 def model_dir(model):
     cfg = config["models"][model]
     return cfg.get("path", f"resources/models/{model}")
 
 
 def model_config(model):
-    cfg = dict(config["models"][model])
-    return {
-        "name": model,
-        "path": model_dir(model),
-        "family": cfg.get("family", "auto"),
-        "dtype": cfg.get("dtype", config["dtype"]),
-        "batch_size": int(cfg.get("batch_size", config["batch_size"])),
-        "prompt_suffix": dict(cfg.get("prompt_suffix", {})),
-        "revision": cfg.get("revision", "main"),
-    }
+    """The result-deciding model entry (no batch size: that is an execution setting)."""
+    return runs.model_entry(config, model)
 
 
 def n_shards(benchmark):
-    return int(config["benchmarks"][benchmark].get("n_shards", config["n_shards"]))
+    return runs.execution(config, benchmark=benchmark).n_shards
 
 
 def bench_config(benchmark, split):
-    """The benchmark slice a decode job needs, with {split} filled in."""
-    cfg = dict(config["benchmarks"][benchmark])
-    out = {"name": benchmark, "split": split}
-    if bench_kind(benchmark) != benchmark:
-        out["kind"] = bench_kind(benchmark)  # scorer and item loader of pope_<dataset> keys
-    for key, value in cfg.items():
-        out[key] = value.format(split=split) if isinstance(value, str) and key != "prompt" else value
-    return out
+    """The benchmark slice of one split, {split} filled in (vcdflow.config.bench_slice)."""
+    return runs.bench_slice(config, benchmark, split)
 
 
-def run_config(wildcards):
-    """Everything that determines one result file; its hash tags the file."""
-    run = {
-        "benchmark": bench_config(wildcards.benchmark, wildcards.split),
-        "model": model_config(wildcards.model),
-        "method": method_config(wildcards.method),
-        "seed": int(wildcards.seed),
-        "device": config["device"],
-        "threads": int(config["threads"]),
-        "gpu_lock_dir": config["gpu_lock_dir"],
-    }
-    return convis_run(wildcards, run)  # ConVis: alpha per benchmark, APC, manifest path
+def run_spec(wildcards):
+    """The result-deciding run of a result file (vcdflow.config.build_run): the only thing that
+    goes into a decode job's params, so threads, batch size or device never re-decode."""
+    spec = runs.build_run(config, benchmark=wildcards.benchmark, split=wildcards.split, model=wildcards.model,
+                          method=wildcards.method, seed=int(wildcards.seed), protocol=wildcards.protocol)
+    if spec.method["mode"] != wildcards.mode:
+        raise WorkflowError(f"{wildcards.method} under protocol {wildcards.protocol} decodes in "
+                            f"{spec.method['mode']} mode, not {wildcards.mode}")
+    return spec.as_dict()
 
 
 def _image_input(path):
@@ -160,37 +129,18 @@ def _image_input(path):
 
 
 def decode_inputs(wildcards):
-    """Input files of a decode shard: the model and the benchmark's data."""
+    """Input files of a decode shard: the model, the benchmark's data (its registry entry's
+    decode_inputs) and the extra inputs the method declares (ConVis: its reconstructions)."""
     bench = bench_config(wildcards.benchmark, wildcards.split)
     inputs = {"model": model_dir(wildcards.model)}
-    if bench_kind(wildcards.benchmark) == "pope":
-        inputs["questions"] = bench["questions"]
-        inputs["images"] = _image_input(bench["images"])
-    elif wildcards.benchmark == "chair":
-        inputs["instances"] = bench["instances"]
-        inputs["captions"] = bench["captions"]
-        inputs["images"] = _image_input(bench["images"])
-        if bench.get("image_ids"):
-            inputs["image_ids"] = bench["image_ids"]
-    elif wildcards.benchmark == "mme":
-        inputs["root"] = bench["root"]
-    elif wildcards.benchmark == "amber":
-        inputs.update(amber_files(bench, wildcards.split))
-    inputs.update(convis_decode_inputs(wildcards))  # ConVis: the reconstruction manifest
+    for key, value in get_benchmark(wildcards.benchmark).decode_inputs(bench).items():
+        inputs[key] = _image_input(value) if key == "images" else value
+    method = getattr(wildcards, "method", None)
+    if method is not None:
+        engine = runs.method_entry(config, method)["method"]
+        for kind in runs.method_inputs(engine):
+            inputs[kind] = runs.METHOD_INPUTS[kind].format(benchmark=wildcards.benchmark, model=wildcards.model)
     return inputs
-
-
-def amber_files(bench, split=None):
-    root = bench["root"]
-    files = {
-        "annotations": f"{root}/data/annotations.json",
-        "relation": f"{root}/data/relation.json",
-        "safe_words": f"{root}/data/safe_words.txt",
-    }
-    if split:
-        files["query"] = f"{root}/data/query/query_{split}.json"
-        files["images"] = f"{root}/image"
-    return files
 
 
 def hub_model(wildcards):
@@ -204,66 +154,58 @@ def hub_model(wildcards):
     return {"hub_id": cfg["hub_id"], "revision": cfg.get("revision", "main")}
 
 
+RESULT = "results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}"
+SHARD = "results/shards/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}/{shard}-of-{nshards}.jsonl"
+LOG = "{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}"
+
+
 def score_inputs(wildcards):
-    """Ground truth a scorer needs beside the result file."""
+    """Ground truth a scorer needs beside the result file (the registry entry's score_inputs)."""
     bench = bench_config(wildcards.benchmark, wildcards.split)
-    inputs = {
-        "results": "results/{benchmark}/{split}/{model}/{method}/seed{seed}.jsonl".format(
-            **wildcards
-        )
-    }
-    if wildcards.benchmark == "chair":
-        inputs["instances"] = bench["instances"]
-        inputs["captions"] = bench["captions"]
-        inputs["synonyms"] = bench["synonyms"]
-        inputs["nltk_data"] = bench["nltk_data"]
-    elif wildcards.benchmark == "amber":
-        inputs.update(amber_files(bench))
-        inputs["nltk_data"] = bench["nltk_data"]
-        if bench.get("spacy_model"):
-            inputs["spacy_model"] = bench["spacy_model"]
+    inputs = {"results": RESULT.format(**wildcards) + ".jsonl"}
+    inputs.update(get_benchmark(wildcards.benchmark).score_inputs(bench))
     return inputs
 
 
 def shard_files(wildcards):
     n = n_shards(wildcards.benchmark)
-    return [
-        "results/shards/{benchmark}/{split}/{model}/{method}/seed{seed}/".format(**wildcards)
-        + f"{i}-of-{n}.jsonl"
-        for i in range(n)
-    ]
+    return [SHARD.format(**wildcards, shard=i, nshards=n) for i in range(n)]
 
 
 def grid():
-    """Every (benchmark, split, model, method, seed) of the config grid."""
-    for benchmark in BENCHMARKS:
-        for split in bench_splits(benchmark):
-            for model in MODELS:
-                for method in METHOD_LABELS:
-                    for seed in SEEDS:
-                        yield dict(
-                            benchmark=benchmark, split=split, model=model, method=method, seed=seed
-                        )
-
-
-RESULT = "results/{benchmark}/{split}/{model}/{method}/seed{seed}"
+    """Every result of the config grid (vcdflow.config.grid)."""
+    return iter(GRID)
 
 
 def all_results():
-    return [RESULT.format(**g) + ".jsonl" for g in grid()]
+    return [RESULT.format(**g) + ".jsonl" for g in GRID]
 
 
 def all_scored():
-    return [RESULT.format(**g) + ".scored.jsonl" for g in grid()]
+    return [RESULT.format(**g) + ".scored.jsonl" for g in GRID]
 
 
 def all_metric_parts():
-    return [RESULT.format(**g) + ".metrics.csv" for g in grid()]
+    return [RESULT.format(**g) + ".metrics.csv" for g in GRID]
+
+
+def all_sidecars():
+    return [RESULT.format(**g) + ".meta.json" for g in GRID]
 
 
 def report_runs():
-    """Method label -> engine method, mode and params, for the report's baselines."""
-    return {label: method_config(label) for label in METHOD_LABELS}
+    """Run name (label, or label@protocol) -> engine method, mode, params, protocol and label."""
+    from vcdflow.report.analysis import run_key
+
+    out = {}
+    for g in GRID:
+        key = run_key(g["method"], g["protocol"])
+        if key in out:
+            continue
+        spec = runs.build_run(config, **{k: g[k] for k in ("benchmark", "split", "model", "method", "seed", "protocol")})
+        out[key] = {"method": spec.method["method"], "mode": spec.method["mode"], "params": spec.method["params"],
+                    "protocol": g["protocol"], "label": g["method"]}
+    return out
 
 
 def final_outputs():
@@ -279,7 +221,9 @@ def gpus_per_job():
 
 
 def score_bench(wildcards):
-    return bench_config(wildcards.benchmark, wildcards.split)
+    """The benchmark slice a scorer gets: the run's (protocol-resolved parser and prompt), with
+    the protocol and mode that label its metric rows."""
+    return {**run_spec(wildcards)["benchmark"], "protocol": wildcards.protocol, "mode": wildcards.mode}
 
 
 def paper_results():
@@ -306,37 +250,13 @@ CONVIS_CAPTIONS = "results/convis/captions/{benchmark}/{model}/{shard}-of-{nshar
 
 
 def convis_labels():
-    """Method labels whose engine method is convis."""
-    return [label for label in METHOD_LABELS if method_config(label)["method"] == "convis"]
+    """Method labels whose engine method needs ConVis reconstructions."""
+    return [label for label in METHOD_LABELS
+            if "convis_reconstructions" in runs.method_inputs(runs.method_entry(config, label)["method"])]
 
 
 def convis_manifest(benchmark, model):
     return CONVIS_MANIFEST.format(benchmark=benchmark, model=model)
-
-
-def convis_decode_inputs(wildcards):
-    """Extra decode inputs: the reconstruction manifest when the method is convis."""
-    method = getattr(wildcards, "method", None)
-    if method is None or method_config(method)["method"] != "convis":
-        return {}
-    return {"convis_manifest": convis_manifest(wildcards.benchmark, wildcards.model)}
-
-
-def convis_run(wildcards, run):
-    """run_config for a convis method: alpha per benchmark and APC from the convis section (unless
-    the method's own params set them) and the manifest path the runner attaches from."""
-    if run["method"]["method"] != "convis":
-        return run
-    params = dict(run["method"].get("params", {}))
-    alphas = CONVIS.get("alpha", {})
-    alpha = alphas.get(wildcards.benchmark, alphas.get(bench_kind(wildcards.benchmark)))
-    if "alpha" not in params and alpha is not None:
-        params["alpha"] = float(alpha)
-    if "beta" not in params:
-        params["beta"] = float(CONVIS.get("apc_lambda", 0.1)) if CONVIS.get("apc", False) else None
-    run = dict(run, method=dict(run["method"], params=params))
-    run["convis_manifest"] = convis_manifest(wildcards.benchmark, wildcards.model)
-    return run
 
 
 def convis_benches(wildcards):
@@ -371,7 +291,8 @@ def convis_model_name(wildcards):
 
 
 def convis_caption_settings():
-    settings = dict(CONVIS.get("caption", {}))
+    """Caption settings that decide the captions (the batch size is read at job time)."""
+    settings = {k: v for k, v in CONVIS.get("caption", {}).items() if k != "batch_size"}
     settings["n_captions"] = int(CONVIS.get("n_captions", 4))
     return settings
 

@@ -11,7 +11,8 @@
 #   convis_t2i_download  the paper's SDXL base + Hyper-SD 1-step UNet (t2i.kind: sdxl_hyper)
 #
 # Decode jobs of methods whose engine method is "convis" depend on the manifest of their
-# (benchmark, model) through convis_decode_inputs() (helpers in common.smk).
+# (benchmark, model) through decode_inputs(): the method declares the input
+# (vcdflow.config.method_inputs). Device and lock folder are read at job time (never params).
 
 rule convis_captions:
     input:
@@ -29,8 +30,6 @@ rule convis_captions:
         benches=convis_benches,
         model=convis_model,
         caption=convis_caption_settings(),
-        device=config["device"],
-        gpu_lock_dir=config["gpu_lock_dir"],
     conda:
         "../../envs/vcdflow.yaml"
     script:
@@ -55,8 +54,6 @@ rule convis_reconstruct:
         model=convis_model_name,
         n_captions=int(CONVIS.get("n_captions", 4)),
         cache_dir=CONVIS.get("cache_dir", "results/convis/images"),
-        device=config["device"],
-        gpu_lock_dir=config["gpu_lock_dir"],
     conda:
         "../../envs/vcdflow.yaml"
     script:

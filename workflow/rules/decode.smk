@@ -1,22 +1,25 @@
-# Decoding: one job per shard of a (benchmark, split, model, method, seed) result file.
+# Decoding: one job per shard of a (benchmark, split, model, protocol, method, mode, seed) result.
 # A shard loads the model once, checkpoints every batch to a .partial file beside its output
 # and resumes from it after a kill; the merge step concatenates shards in item order.
+# params.run holds only what decides the records (vcdflow.config.RunSpec); how the job runs
+# (device, threads, batch size, lock folder) is read from the config at job time
+# (vcdflow.config.execution), so changing it never re-decodes.
 
 
 rule decode:
     input:
         unpack(decode_inputs),
     output:
-        "results/shards/{benchmark}/{split}/{model}/{method}/seed{seed}/{shard}-of-{nshards}.jsonl",
+        SHARD,
     log:
-        "logs/decode/{benchmark}/{split}/{model}/{method}/seed{seed}/{shard}-of-{nshards}.log",
+        "logs/decode/" + LOG + "/{shard}-of-{nshards}.log",
     benchmark:
-        "logs/benchmarks/decode/{benchmark}/{split}/{model}/{method}/seed{seed}/{shard}-of-{nshards}.tsv"
+        "logs/benchmarks/decode/" + LOG + "/{shard}-of-{nshards}.tsv"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
     params:
-        run=run_config,
+        run=run_spec,
     conda:
         "../../envs/vcdflow.yaml"
     script:
@@ -27,9 +30,10 @@ rule merge_shards:
     input:
         shard_files,
     output:
-        "results/{benchmark}/{split}/{model}/{method}/seed{seed}.jsonl",
+        jsonl=RESULT + ".jsonl",
+        meta=RESULT + ".meta.json",
     log:
-        "logs/merge/{benchmark}/{split}/{model}/{method}/seed{seed}.log",
+        "logs/merge/" + LOG + ".log",
     conda:
         "../../envs/vcdflow.yaml"
     script:

@@ -6,6 +6,7 @@ rule report:
         metrics="results/metrics.csv",
         results=all_results(),
         scored=all_scored(),
+        sidecars=all_sidecars(),
         paper=paper_results(),
         convis=convis_report_manifests(),
     output:
@@ -18,7 +19,7 @@ rule report:
         "logs/report/report.log",
     params:
         runs=report_runs(),
-        grid=list(grid()),
+        grid=GRID,
         config=config,
         demo=DEMO,
         report=config["report"],

@@ -5,10 +5,10 @@ rule score:
     input:
         unpack(score_inputs),
     output:
-        scored="results/{benchmark}/{split}/{model}/{method}/seed{seed}.scored.jsonl",
-        metrics="results/{benchmark}/{split}/{model}/{method}/seed{seed}.metrics.csv",
+        scored=RESULT + ".scored.jsonl",
+        metrics=RESULT + ".metrics.csv",
     log:
-        "logs/score/{benchmark}/{split}/{model}/{method}/seed{seed}.log",
+        "logs/score/" + LOG + ".log",
     params:
         bench=score_bench,
     conda:

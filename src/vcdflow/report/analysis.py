@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..benchmarks import BENCHMARKS as _REGISTRY
+from ..benchmarks import Column, kind_of, title_of
 from ..io import read_json, read_jsonl
 from . import stats
 
@@ -51,21 +53,23 @@ BASELINE_METHODS = ("greedy", "sample")
 # per-item outcomes and metrics.csv; beyond it the item bootstrap is not used.
 ITEM_CONSISTENCY_TOL = 0.05
 
-RunKey = tuple  # (benchmark, split, model, label, seed)
+RunKey = tuple  # (benchmark, split, model, label, seed); label = run_key(config label, protocol)
+UNIFIED = "unified"
+
+
+def run_key(label: str, protocol: str | None) -> str:
+    """The report's name of a run: the config label, ``@protocol`` added unless unified
+    (``vcd@vcd`` = label vcd under VCD's paper protocol)."""
+    return str(label) if protocol in (None, "", UNIFIED) else f"{label}@{protocol}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``vcd@vcd`` → ``("vcd", "vcd")``; ``vcd`` → ``("vcd", "unified")``."""
+    label, _, protocol = str(key).partition("@")
+    return label, protocol or UNIFIED
 
 
 # --------------------------------------------------------------------------- benchmark specs
-
-
-@dataclass(frozen=True)
-class Column:
-    """A headline metric of a benchmark table."""
-
-    metric: str
-    title: str
-    better: str = ""  # "higher" | "lower" | "" (no direction, e.g. yes-ratio)
-    item_stat: str | None = None  # per-item statistic that re-derives the metric (ITEM_STATS)
-    test: str | None = None  # "mcnemar" (on `correct`) | "paired_bootstrap" (on item_stat)
 
 
 @dataclass(frozen=True)
@@ -75,64 +79,20 @@ class BenchInfo:
     note: str = ""
 
 
-BENCHMARKS: dict[str, BenchInfo] = {
-    "pope": BenchInfo(
-        "POPE",
-        (
-            Column("accuracy", "Accuracy", "higher", "accuracy", "mcnemar"),
-            Column("yes_ratio", "Yes-ratio", "", "yes_ratio"),
-            Column("f1", "F1", "higher", "f1"),
-        ),
-        "Rates in %. The yes-ratio sits beside every accuracy: contrastive decoding can gain POPE "
-        "accuracy by answering “yes” more often (cd_rethink, arXiv 2504.10020).",
-    ),
-    "chair": BenchInfo(
-        "CHAIR",
-        (
-            Column("chair_s", "CHAIR_s", "lower", "chair_s", "paired_bootstrap"),
-            Column("chair_i", "CHAIR_i", "lower", "chair_i", "paired_bootstrap"),
-            Column("recall", "Recall", "higher"),
-            Column("length", "Length", ""),
-        ),
-        "CHAIR_s = % captions with ≥ 1 hallucinated object; CHAIR_i = % hallucinated object "
-        "mentions (micro average). Lower is better.",
-    ),
-    "mme": BenchInfo(
-        "MME",
-        (
-            Column("hallucination", "Hallucination (/800)", "higher", None, "mcnemar"),
-            Column("perception", "Perception (/2000)", "higher"),
-            Column("cognition", "Cognition (/800)", "higher"),
-        ),
-        "Scores on MME's scale (acc + acc+ per subtask, 0–200 each). Hallucination = existence + "
-        "count + position + color. The McNemar test uses every scored question.",
-    ),
-    "amber": BenchInfo(
-        "AMBER",
-        (
-            Column("amber_score", "AMBER score", "higher"),
-            Column("chair", "CHAIR", "lower", "chair_i", "paired_bootstrap"),
-            Column("hal", "Hal", "lower", "chair_s", "paired_bootstrap"),
-            Column("cover", "Cover", "higher"),
-            Column("accuracy", "Accuracy", "higher", "accuracy", "mcnemar"),
-            Column("f1", "F1", "higher"),
-        ),
-        "AMBER score = ½·(100 − CHAIR + F1); discriminative precision/recall/F1 treat “No” as "
-        "the positive class.",
-    ),
-}
+# Headline metrics come from the benchmark registry (vcdflow.benchmarks): one place per benchmark.
+BENCHMARKS: dict[str, BenchInfo] = {k: BenchInfo(b.title, tuple(b.columns), b.note) for k, b in _REGISTRY.items()}
 
 
 def bench_info(benchmark: str, metrics: Iterable[str]) -> BenchInfo:
-    """The spec of a known benchmark, or a generic one listing every metric it has.
-    ``pope_<dataset>`` (further POPE datasets, e.g. pope_gqa) gets POPE's spec titled by dataset."""
-    if benchmark in BENCHMARKS:
-        return BENCHMARKS[benchmark]
-    if benchmark.startswith("pope_"):
-        pope = BENCHMARKS["pope"]
-        return BenchInfo(f"POPE ({benchmark[5:].upper()})", pope.columns, pope.note)
-    cols = tuple(Column(m, m) for m in sorted(set(metrics)) if m not in COUNT_METRICS)
-    return BenchInfo(benchmark.upper(), cols)
+    """The spec of a known benchmark (``pope_gqa`` → POPE's, titled by dataset), or a generic one
+    listing every metric it has."""
+    try:
+        kind = kind_of(benchmark)
+    except ValueError:
+        cols = tuple(Column(m, m) for m in sorted(set(metrics)) if m not in COUNT_METRICS)
+        return BenchInfo(benchmark.upper(), cols)
+    info = BENCHMARKS[kind]
+    return info if benchmark == kind else BenchInfo(title_of(benchmark), info.columns, info.note)
 
 
 # --------------------------------------------------------------------------- per-item stats
@@ -297,6 +257,8 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in METRIC_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {METRIC_COLUMNS}")
+    if "protocol" in df.columns:  # label each run with its protocol (see run_key)
+        df["method"] = [run_key(m, p) for m, p in zip(df["method"], df["protocol"])]
     df = df[METRIC_COLUMNS].copy()
     seeds = pd.to_numeric(df["seed"], errors="coerce")
     if seeds.isna().any():
@@ -322,8 +284,9 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
 def load_paper_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read the papers' numbers.
 
-    Columns ``benchmark,split,model,method,mode,metric,value,source,table,setting``; ``method``
-    is the *engine* method (``greedy``/``sample`` for the plain baselines), ``mode`` the
+    Columns ``benchmark,split,model,method,mode,metric,value,source,table,setting`` (and
+    optionally ``protocol``: the protocol the paper's number was measured under; default
+    :func:`paper_protocol` of ``source``); ``method`` is the *engine* method (``greedy``/``sample`` for the plain baselines), ``mode`` the
     decoding mode the paper used, ``split`` may be empty (matches any split).
     """
     path = Path(path)
@@ -338,7 +301,18 @@ def load_paper_results(path: str | os.PathLike) -> pd.DataFrame:
         row = int(values.isna().idxmax())
         raise ValueError(f"{path}: row {row + 2}: value {df['value'][row]!r} is not a number")
     df["value"] = values
+    if "protocol" not in df.columns or (df["protocol"] == "").any():
+        derived = [paper_protocol(src) for src in df["source"]]
+        df["protocol"] = derived if "protocol" not in df.columns else [
+            p or d for p, d in zip(df["protocol"], derived)]
     return df
+
+
+def paper_protocol(source: str) -> str:
+    """The protocol a paper's numbers were measured under, from its ``source``: the paper's
+    name, lower case (``VCD (Leng et al. …)`` → ``vcd``; ``RITUAL (…)`` → ``ritual``)."""
+    head = str(source).strip().split(" ", 1)[0].split("(", 1)[0]
+    return "".join(ch for ch in head.lower() if ch.isalnum() or ch == "_")
 
 
 def normalise_runs(runs: Mapping | None, labels: Iterable[str]) -> dict[str, dict]:
@@ -356,10 +330,14 @@ def normalise_runs(runs: Mapping | None, labels: Iterable[str]) -> dict[str, dic
         mode = spec.get("mode")
         if mode is None:
             mode = "sample" if spec.get("do_sample", method == "sample") else "greedy"
-        out[str(label)] = {"method": method, "mode": str(mode), "params": dict(spec.get("params") or {}), "inferred": False}
-    for label in labels:
-        if label in out:
+        protocol = str(spec.get("protocol") or split_key(label)[1])
+        out[str(label)] = {"method": method, "mode": str(mode), "params": dict(spec.get("params") or {}),
+                           "protocol": protocol, "label": str(spec.get("label") or split_key(label)[0]),
+                           "inferred": False}
+    for key in labels:
+        if key in out:
             continue
+        label, protocol = split_key(key)
         if label in BASELINE_METHODS:
             method, mode = label, label
         else:
@@ -371,21 +349,27 @@ def normalise_runs(runs: Mapping | None, labels: Iterable[str]) -> dict[str, dic
             for suffix in ("_greedy", "-greedy"):
                 if label.endswith(suffix):
                     method = label[: -len(suffix)]
-        out[label] = {"method": method, "mode": mode, "params": {}, "inferred": True}
+        out[key] = {"method": method, "mode": mode, "params": {}, "protocol": protocol, "label": label,
+                    "inferred": True}
     return out
 
 
-def baselines(runs: Mapping[str, dict]) -> dict[str, str]:
-    """mode -> baseline label: the label whose engine method equals the mode's name.
+def baselines(runs: Mapping[str, dict]) -> dict:
+    """``(protocol, mode)`` -> baseline run: the run of that protocol whose engine method equals
+    the mode's name (a paper protocol's comparisons use that paper's own baseline); also
+    ``mode`` -> the unified protocol's baseline.
 
     With several candidates the one whose label equals the mode wins, else the first in
     sorted order.
     """
-    out = {}
-    for mode in sorted({r["mode"] for r in runs.values()}):
-        cands = sorted(l for l, r in runs.items() if r["mode"] == mode and r["method"] == mode)
+    out: dict = {}
+    for protocol, mode in sorted({(r.get("protocol", UNIFIED), r["mode"]) for r in runs.values()}):
+        cands = sorted(l for l, r in runs.items()
+                       if r["mode"] == mode and r["method"] == mode and r.get("protocol", UNIFIED) == protocol)
         if cands:
-            out[mode] = mode if mode in cands else cands[0]
+            out[(protocol, mode)] = mode if mode in cands else cands[0]
+            if protocol == UNIFIED:
+                out[mode] = out[(protocol, mode)]
     return out
 
 
@@ -572,15 +556,16 @@ class Analysis:
         rows: dict[tuple, dict] = {}
         for label in labels:
             run = self.runs[label]
+            protocol = run.get("protocol", UNIFIED)
             if run["method"] in BASELINE_METHODS:
-                key: tuple = ("__baseline__",)
+                key: tuple = ("__baseline__", protocol)
                 name = "baseline"
             else:
-                key = (run["method"], json.dumps(run["params"], sort_keys=True, default=str))
+                key = (run["method"], json.dumps(run["params"], sort_keys=True, default=str), protocol)
                 name = run["method"]
             while key in rows and run["mode"] in rows[key]["labels"]:
                 key = key + (label,)
-            row = rows.setdefault(key, {"name": name, "labels": {}, "params": run["params"]})
+            row = rows.setdefault(key, {"name": name, "labels": {}, "params": run["params"], "protocol": protocol})
             row["labels"][run["mode"]] = label
         out = list(rows.values())
         names = defaultdict(int)
@@ -590,7 +575,7 @@ class Analysis:
             r["detail"] = ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items()))
             if names[r["name"]] > 1 and r["name"] != "baseline":
                 r["name"] = f"{r['name']} [{'/'.join(r['labels'].values())}]"
-        out.sort(key=lambda r: (r["name"] != "baseline",))
+        out.sort(key=lambda r: (r["protocol"] != UNIFIED, r["protocol"], r["name"] != "baseline"))
         return out
 
     # ---------------------------------------------------------------- errors
@@ -716,9 +701,10 @@ class Analysis:
             cell.ci_note = f"no CI: 1 seed and {why}"
 
     def _delta_and_test(self, cell: Cell) -> None:
-        base_label = self.baselines.get(cell.mode)
+        protocol = self.runs[cell.label].get("protocol", UNIFIED)
+        base_label = self.baselines.get((protocol, cell.mode))
         if base_label is None:
-            cell.delta_note = f"no {cell.mode} baseline in this run"
+            cell.delta_note = f"no {cell.mode} baseline under protocol {protocol} in this run"
             return
         if base_label == cell.label:
             cell.is_baseline = True
@@ -799,9 +785,11 @@ class Analysis:
             lacking = [l for l in self.runs if l not in have and l in set(present["method"])]
             if lacking:
                 out.append(f"{b}/{s}/{m}: no results for {', '.join(lacking)}")
-        for mode in mode_order(r["mode"] for r in self.runs.values()):
-            if mode not in self.baselines:
-                out.append(f"no {mode} baseline (a method with engine method {mode!r}): Δ and tests skipped for that mode")
+        for protocol, mode in sorted({(r.get("protocol", UNIFIED), r["mode"]) for r in self.runs.values()}):
+            if (protocol, mode) not in self.baselines:
+                where = "" if protocol == UNIFIED else f" under protocol {protocol}"
+                out.append(f"no {mode} baseline{where} (a method with engine method {mode!r}): "
+                           f"Δ and tests skipped for that mode")
         return out
 
     # ---------------------------------------------------------------- paper comparison
@@ -812,8 +800,12 @@ class Analysis:
         used = set()
         for cell in self.cells.values():
             run = self.runs[cell.label]
+            protocol = run.get("protocol", UNIFIED)
+            if protocol == UNIFIED or "protocol" not in paper.columns:
+                continue  # a paper's number is compared only with a run under that paper's protocol
             m = paper[
-                (paper["benchmark"] == cell.benchmark)
+                (paper["protocol"] == protocol)
+                & (paper["benchmark"] == cell.benchmark)
                 & ((paper["split"] == cell.split) | (paper["split"] == ""))
                 & (paper["model"] == cell.model)
                 & (paper["method"] == run["method"])
@@ -843,15 +835,31 @@ class Analysis:
 # --------------------------------------------------------------------------- speed
 
 
-SPEED_COLUMNS = ["benchmark", "model", "method", "items", "seconds", "new_tokens", "peak_mem_mb"]
+SPEED_COLUMNS = ["benchmark", "model", "method", "items", "seconds", "new_tokens", "peak_mem_mb", "hardware"]
+
+
+def sidecar_hardware_text(meta: Mapping) -> str:
+    """One line of the hardware a sidecar records: ``hardware`` (a string, or a list when the
+    shards ran on different machines), else ``gpu``/``cpu``, with the ``device``."""
+    hw = meta.get("hardware")
+    if isinstance(hw, (list, tuple)):
+        hw = "; ".join(dict.fromkeys(str(h) for h in hw if h))
+    elif isinstance(hw, Mapping):
+        hw = ", ".join(f"{k}: {v}" for k, v in hw.items())
+    hw = hw or meta.get("gpu") or meta.get("cpu") or ""
+    dev = meta.get("device")
+    if isinstance(dev, (list, tuple)):
+        dev = "/".join(dict.fromkeys(str(d) for d in dev))
+    return f"{hw} ({dev})" if hw and dev else str(hw or dev or "")
 
 
 def speed_from_results(analysis: Analysis) -> pd.DataFrame:
     """Aggregate the ``timing`` fields of the raw result files.
 
     One row per (benchmark, model, label) with Σ items, Σ seconds, Σ new tokens (error
-    records excluded); ``peak_mem_mb`` from the ``.meta.json`` sidecars when they carry one
-    (key ``peak_mem_mb`` at top level or under ``speed``).
+    records excluded); ``peak_mem_mb`` (largest) and ``hardware`` (distinct, with the device)
+    from the ``.meta.json`` sidecars when they carry them (key ``peak_mem_mb`` at top level or
+    under ``speed``; ``hardware``/``gpu``/``cpu`` and ``device``).
     """
     acc: dict[tuple, dict] = {}
     for key, path in analysis.result_files.items():
@@ -859,7 +867,8 @@ def speed_from_results(analysis: Analysis) -> pd.DataFrame:
         if summ is None:
             continue
         b, _s, m, label, _seed = key
-        row = acc.setdefault((b, m, label), {"items": 0, "seconds": 0.0, "new_tokens": 0, "peak_mem_mb": np.nan})
+        row = acc.setdefault((b, m, label), {"items": 0, "seconds": 0.0, "new_tokens": 0, "peak_mem_mb": np.nan,
+                                             "hardware": ""})
         row["items"] += summ.items_timed
         row["seconds"] += summ.seconds
         row["new_tokens"] += summ.new_tokens
@@ -872,6 +881,9 @@ def speed_from_results(analysis: Analysis) -> pd.DataFrame:
             mem = meta.get("peak_mem_mb", (meta.get("speed") or {}).get("peak_mem_mb"))
             if mem is not None:
                 row["peak_mem_mb"] = float(np.nanmax([float(mem), row["peak_mem_mb"]]))
+            hw = sidecar_hardware_text(meta)
+            if hw and hw not in row["hardware"].split("; "):
+                row["hardware"] = "; ".join(x for x in (row["hardware"], hw) if x)
     rows = [{"benchmark": b, "model": m, "method": l, **v} for (b, m, l), v in acc.items() if v["items"]]
     return pd.DataFrame(rows, columns=SPEED_COLUMNS)
 
@@ -914,6 +926,9 @@ def load_speed(speed) -> pd.DataFrame:
     for col in ("items", "peak_mem_mb"):
         if col not in df.columns:
             df[col] = np.nan
+    if "hardware" not in df.columns:
+        df["hardware"] = ""
+    df["hardware"] = df["hardware"].fillna("").astype(str)
     return df[SPEED_COLUMNS]
 
 
@@ -928,11 +943,13 @@ def speed_summary(df: pd.DataFrame, analysis: Analysis) -> pd.DataFrame:
         return df.assign(tokens_per_s=[], s_per_item=[], overhead=[], mode=[])
     g = df.groupby(["benchmark", "model", "method"], sort=False).agg(
         items=("items", lambda x: x.sum(min_count=1)), seconds=("seconds", "sum"),
-        new_tokens=("new_tokens", "sum"), peak_mem_mb=("peak_mem_mb", "max")).reset_index()
+        new_tokens=("new_tokens", "sum"), peak_mem_mb=("peak_mem_mb", "max"),
+        hardware=("hardware", lambda x: "; ".join(dict.fromkeys(h for h in x if h)))).reset_index()
     with np.errstate(divide="ignore", invalid="ignore"):
         g["tokens_per_s"] = g["new_tokens"] / g["seconds"]
         g["s_per_item"] = g["seconds"] / g["items"]
-    ref_label = analysis.baselines.get("greedy") or analysis.baselines.get("sample")
+    ref_label = (analysis.baselines.get("greedy") or analysis.baselines.get("sample")
+                 or next((v for k, v in sorted(analysis.baselines.items(), key=str) if isinstance(k, tuple)), None))
     g["overhead"] = np.nan
     g["mode"] = [analysis.runs.get(l, {}).get("mode", "") for l in g["method"]]
     if ref_label is not None:

@@ -194,9 +194,14 @@ def _table(a: an.Analysis, bench: str, split: str) -> dict:
                 else:
                     cells[mode] = [_cell_view(a, a.cell(bench, split, model, label, c.metric),
                                               f"{label} has no {c.metric}") for c in cols]
-            rows.append({"name": group["name"], "detail": group["detail"], "labels": group["labels"], "cells": cells})
+            rows.append({"name": group["name"], "detail": group["detail"], "labels": group["labels"],
+                         "protocol": group.get("protocol", an.UNIFIED), "cells": cells})
         blocks.append({"model": model, "rows": rows})
-    return {"columns": cols, "modes": modes, "blocks": blocks}
+    protocols = {a.runs[l].get("protocol", an.UNIFIED) for l in labels}
+    # the header names the baseline of each mode; with several protocols each row's own applies
+    base = ({m: a.baselines[(protocols.copy().pop(), m)] for m in modes if (next(iter(protocols)), m) in a.baselines}
+            if len(protocols) == 1 else {})
+    return {"columns": cols, "modes": modes, "blocks": blocks, "baselines": base}
 
 
 def _all_metrics(a: an.Analysis, bench: str, split: str) -> dict:
@@ -314,6 +319,22 @@ def _expected(config: Mapping | None) -> dict[str, list]:
     return out
 
 
+def _protocol_view(a: an.Analysis, protocols: Mapping | None) -> dict:
+    """The protocol section: which protocols the runs used, and how each paper protocol differs
+    from the unified one (field, unified value, paper value, the paper's source)."""
+    used = sorted({r.get("protocol", an.UNIFIED) for r in a.runs.values()}, key=lambda p: (p != an.UNIFIED, p))
+    diffs = []
+    for name, rows in sorted((protocols or {}).items()):
+        diffs.append({"name": name, "rows": [{
+            "family": r.get("family", ""), "benchmark": r.get("benchmark", ""), "field": r.get("field", ""),
+            "unified": _short(json.dumps(r.get("b"), default=str), 120),
+            "paper": _short(json.dumps(r.get("a"), default=str), 120),
+            "source": r.get("source_a", ""),
+        } for r in rows]})
+    runs_of = {p: sorted(k for k, r in a.runs.items() if r.get("protocol", an.UNIFIED) == p) for p in used}
+    return {"used": used, "runs": runs_of, "diffs": diffs}
+
+
 def _yaml(obj: Any) -> str:
     try:
         import yaml
@@ -344,6 +365,7 @@ def build_report(
     n_boot: int = stats.N_BOOT_CI,
     n_boot_test: int = stats.N_BOOT_TEST,
     figures: bool = True,
+    protocols: Mapping | None = None,
 ) -> Path:
     """Render the reproduction report to ``out_html`` (atomically) and return its path.
 
@@ -372,6 +394,8 @@ def build_report(
     image_root: folder (or ``{benchmark: folder}``, ``{split}`` allowed) of example images.
     n_boot, n_boot_test: bootstrap resamples for CIs (B = 2000) and paired tests (10000).
     figures: False leaves the plots out (tables only; a few seconds faster).
+    protocols: paper protocol name → rows of how it differs from ``unified``
+        (:func:`vcdflow.config.protocol_differences`); listed in the report's protocol section.
     """
     plots = _figures if figures else _NoFigures()
     out_html = Path(out_html)
@@ -424,6 +448,7 @@ def build_report(
             comparison["rows"] = [{
                 "key": r["cell"].key, "benchmark": r["cell"].benchmark, "split": r["cell"].split,
                 "model": r["cell"].model, "label": r["cell"].label, "mode": r["cell"].mode,
+                "protocol": a.runs[r["cell"].label].get("protocol", an.UNIFIED),
                 "metric": r["cell"].metric,
                 "ours": "—" if r["cell"].refused else an.fmt(r["cell"].mean),
                 "ci": None if r["cell"].ci is None or r["cell"].refused else (an.fmt(r["cell"].ci[0]), an.fmt(r["cell"].ci[1])),
@@ -450,6 +475,8 @@ def build_report(
         "tps": an.fmt(float(r["tokens_per_s"])), "spi": an.fmt(float(r["s_per_item"]), 3),
         "overhead": "—" if not math.isfinite(float(r["overhead"])) else f"{float(r['overhead']):.2f}×",
         "mem": "—" if not math.isfinite(float(r["peak_mem_mb"])) else f"{float(r['peak_mem_mb']):.0f}",
+        "hardware": r.get("hardware") or "—",
+        "protocol": a.runs.get(r["method"], {}).get("protocol", an.UNIFIED),
     } for _, r in summary.iterrows()]
     speed_view["figure"] = plots.speed_plot(summary)
 
@@ -502,6 +529,7 @@ def build_report(
         "missing": a.missing(),
         "notes": list(dict.fromkeys(a.notes)),
         "baselines": a.baselines,
+        "protocols": _protocol_view(a, protocols),
         "runs": a.runs,
         "n_boot": n_boot, "n_boot_test": n_boot_test, "seed": seed,
         "summary": {

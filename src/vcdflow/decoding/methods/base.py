@@ -49,6 +49,8 @@ class Method:
     mode: ClassVar[str | None] = None
     #: params whose value may be None
     nullable: ClassVar[frozenset] = frozenset()
+    #: parameter -> accepted type(s), where the default's type does not tell (e.g. a None default)
+    param_types: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     # --- parameters -----------------------------------------------------------------------------
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -64,8 +66,41 @@ class Method:
         for k, v in out.items():
             if v is None and k not in self.nullable and self.defaults.get(k) is not None:
                 raise ValueError(f"parameter {k!r} of method {self.name!r} must not be None")
+        for k in params:
+            self.check_type(k, out[k])
         self.validate(out)
         return out
+
+    def param_type(self, key: str) -> tuple[type, ...] | None:
+        """Accepted types of parameter ``key``: ``param_types[key]`` if the method declares it,
+        else inferred from the default's type (a float default accepts any real number, an int
+        default an integer; a None default: anything)."""
+        declared = dict(self.param_types).get(key)
+        if declared is not None:
+            return declared if isinstance(declared, tuple) else (declared,)
+        default = self.defaults.get(key)
+        if default is None:
+            return None
+        if isinstance(default, bool):
+            return (bool,)
+        if isinstance(default, float):
+            return (int, float)
+        if isinstance(default, int):
+            return (int,)
+        return (type(default),)
+
+    def check_type(self, key: str, value: Any) -> None:
+        """``ValueError`` naming method, parameter, expected type and the given value."""
+        types = self.param_type(key)
+        if types is None or value is None:
+            return
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok and int in types and float not in types and isinstance(value, float) and value.is_integer():
+            ok = True  # 500.0 for an integer parameter
+        if not ok:
+            names = " or ".join("number" if t is float else t.__name__ for t in types if not (t is int and float in types))
+            raise ValueError(f"parameter {key!r} of method {self.name!r} must be {names}, "
+                             f"got {value!r} ({type(value).__name__})")
 
     def validate(self, p: Mapping[str, Any]) -> None:
         if "alpha" in p and p["alpha"] is not None and float(p["alpha"]) < 0:

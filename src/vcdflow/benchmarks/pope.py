@@ -1,0 +1,55 @@
+"""POPE (Li et al., EMNLP 2023): yes/no object-existence questions, random/popular/adversarial.
+
+Every ``pope`` and ``pope_<dataset>`` config key (``pope_aokvqa``, ``pope_gqa``, your own
+``pope_mine``) is this benchmark; scorer: :mod:`vcdflow.metrics.pope`.
+"""
+
+from __future__ import annotations
+
+from .base import Benchmark, Column
+
+
+def _splits(cfg):
+    return list(cfg.get("splits") or ["random", "popular", "adversarial"])
+
+
+def _decode_inputs(bench):
+    return {"questions": bench["questions"], "images": bench["images"]}
+
+
+def _score_inputs(bench):
+    return {}
+
+
+def _load_items(bench):
+    from ..metrics import pope
+    from ..runner import seeded_subset
+
+    items = pope.load_items(bench["questions"], bench["images"], split=bench["split"])
+    return seeded_subset(items, bench.get("n_questions"), label=f"pope-subset-{bench['split']}")
+
+
+def _score(bench, records):
+    from ..metrics import pope
+
+    parser = bench.get("parser") or "official"
+    return pope.score(records, parser=parser), pope.score_items(records, parser=parser)
+
+
+BENCHMARK = Benchmark(
+    kind="pope",
+    title="POPE",
+    splits=_splits,
+    decode_inputs=_decode_inputs,
+    score_inputs=_score_inputs,
+    load_items=_load_items,
+    score=_score,
+    columns=(
+        Column("accuracy", "Accuracy", "higher", "accuracy", "mcnemar"),
+        Column("yes_ratio", "Yes-ratio", "", "yes_ratio"),
+        Column("f1", "F1", "higher", "f1"),
+    ),
+    note="Rates in %. The yes-ratio sits beside every accuracy: contrastive decoding can gain POPE "
+         "accuracy by answering “yes” more often (cd_rethink, arXiv 2504.10020).",
+    parsers=("official", "opera", "vcd"),
+)

@@ -1,0 +1,454 @@
+"""The run contract: what decides a result, apart from how it runs.
+
+A result file is decided by a :class:`RunSpec` — benchmark (and split), model and revision,
+method and params, decoding mode, protocol (resolved: prompt, parser, system text, warpers,
+params overrides, ``max_new_tokens``, image preprocessing), seed and the digests of a method's
+extra inputs. Only :meth:`RunSpec.as_dict` goes into a rule's ``params`` and the checkpoint
+hash (:func:`vcdflow.runner.result_hash`). How it runs — device, threads, batch size, shards,
+lock folder — is an :class:`Execution`, read at job time (``threads=2 batch_size=8 device=cpu``
+re-decodes nothing).
+
+The workflow's ``common.smk`` and the CLI build runs with the same functions:
+
+* :func:`validate_config` (parse time: unknown method / parameter / protocol, ill-typed value);
+* :func:`grid` (every result of a config: benchmark, split, model, protocol, method label,
+  mode, seed);
+* :func:`build_run` ``(config, benchmark=, split=, model=, method=, seed=, protocol=) -> RunSpec``;
+* :func:`execution` ``(config, model=, threads=) -> Execution``;
+* :func:`job_run` ``(spec_dict, execution) -> dict``: the flat dict ``run_shard`` decodes
+  (the spec plus ``device``, ``threads``, ``gpu_lock_dir`` and ``model.batch_size``).
+
+Protocol choice (config ``protocol:`` at top level, or per method): ``unified`` (default),
+``paper`` (each method's own paper protocol, :data:`vcdflow.protocols.PAPER_OF`), a protocol name,
+or a list of these. Precedence: under ``unified`` what the config writes (benchmark ``prompt``,
+``parser``, ``max_new_tokens``; method ``temperature``, ``top_p``, ``top_k``, ``params``) wins over
+the unified protocol; under a paper protocol the paper's value wins and the config only fills
+what the protocol leaves open. **Baselines under** ``paper``: a method with no paper of its own
+(``greedy``, ``sample``, ``apc``, …) is decoded under *every* paper protocol the grid uses (the
+protocols of the other methods run with ``paper``), so each paper comparison has a baseline
+decoded under the same prompt, parser, system text and warpers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Mapping
+
+from .benchmarks import get_benchmark, kind_of
+
+UNIFIED = "unified"
+PAPER = "paper"
+#: config keys of a method entry that are sampling settings (None = not written)
+_WARPERS = ("temperature", "top_p", "top_k")
+_WARPER_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": None}
+#: default max_new_tokens per benchmark kind where neither config nor protocol says
+_MAX_NEW_TOKENS = {"pope": 8, "chair": 64, "mme": 16, "amber": 64}
+#: method name -> extra inputs it needs, where the method object does not declare
+#: ``extra_inputs`` itself (see :data:`METHOD_INPUTS`)
+_DECLARED_INPUTS = {"convis": ("convis_reconstructions",)}
+#: extra-input kind -> path template of the file a decode job needs ({benchmark}, {model})
+METHOD_INPUTS = {"convis_reconstructions": "results/convis/manifests/{benchmark}/{model}.json"}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the key."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides one result file (goes into params and the hash)."""
+
+    benchmark: dict
+    model: dict
+    method: dict
+    protocol: dict
+    seed: int
+    inputs: dict = field(default_factory=dict)  # method inputs: kind -> path
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        if not out["inputs"]:
+            out.pop("inputs")
+        return out
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run executes; never changes its records."""
+
+    device: str = "auto"
+    threads: int = 1
+    batch_size: int = 16
+    n_shards: int = 1
+    gpu_lock_dir: str = ".vcdflow/gpu-locks"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def job_run(spec: Mapping, execution: "Execution | Mapping") -> dict:
+    """The flat run dict the runner decodes: the spec plus the execution settings
+    (``device``, ``threads``, ``gpu_lock_dir`` at top level, ``model.batch_size``, ``execution``).
+    :func:`vcdflow.runner.result_hash` drops them again."""
+    ex = execution.as_dict() if isinstance(execution, Execution) else dict(execution)
+    run = dict(spec)
+    run["model"] = {**dict(spec["model"]), "batch_size": int(ex["batch_size"])}
+    run.update(device=ex["device"], threads=int(ex["threads"]), gpu_lock_dir=ex["gpu_lock_dir"], execution=ex)
+    return run
+
+
+# --------------------------------------------------------------------------- config slices
+
+
+def bench_slice(config: Mapping, benchmark: str, split: str) -> dict:
+    """The benchmark entry of one split: ``name``, ``kind``, ``split`` and the entry's keys with
+    ``{split}`` filled in (``n_shards`` and ``build`` left out: they do not decide records)."""
+    cfg = dict(config["benchmarks"][benchmark])
+    out = {"name": benchmark, "kind": kind_of(benchmark), "split": split}
+    for key, value in cfg.items():
+        if key in ("n_shards", "build"):
+            continue
+        out[key] = value.format(split=split) if isinstance(value, str) and key != "prompt" else value
+    return out
+
+
+def method_entry(config: Mapping, label: str) -> dict:
+    """Normalised method entry as written: engine method, explicit mode (or None), warpers
+    (None where not written), params, prompt suffixes."""
+    entry = dict(config["methods"][label])
+    method = entry.get("method", label)
+    do_sample = entry.get("do_sample")
+    if do_sample is None and method == "sample":
+        do_sample = True
+    if do_sample is None and method == "greedy":
+        do_sample = False
+    return {
+        "label": label,
+        "method": method,
+        "do_sample": do_sample,
+        **{k: entry.get(k) for k in _WARPERS},
+        "params": dict(entry.get("params") or {}),
+        "prompt_suffix": dict(entry.get("prompt_suffix") or {}),
+    }
+
+
+def model_entry(config: Mapping, model: str) -> dict:
+    """The result-deciding part of a model entry (its batch size is an execution setting)."""
+    cfg = dict(config["models"][model])
+    return {
+        "name": model,
+        "path": cfg.get("path", f"resources/models/{model}"),
+        "family": cfg.get("family", "auto"),
+        "dtype": cfg.get("dtype", config.get("dtype", "float32")),
+        "prompt_suffix": dict(cfg.get("prompt_suffix") or {}),
+        "revision": cfg.get("revision", "main"),
+    }
+
+
+def execution(config: Mapping, *, model: str | None = None, benchmark: str | None = None,
+              threads: int | None = None) -> Execution:
+    """The execution settings of a job (``threads``: the job's actual thread count)."""
+    mcfg = dict(config.get("models", {}).get(model) or {}) if model else {}
+    bcfg = dict(config.get("benchmarks", {}).get(benchmark) or {}) if benchmark else {}
+    return Execution(
+        device=str(config.get("device", "auto")),
+        threads=int(threads if threads is not None else config.get("threads", 1)),
+        batch_size=int(mcfg.get("batch_size", config.get("batch_size", 16))),
+        n_shards=int(bcfg.get("n_shards", config.get("n_shards", 1))),
+        gpu_lock_dir=str(config.get("gpu_lock_dir", ".vcdflow/gpu-locks")),
+    )
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def _protocols():
+    """The protocols package (``None`` while it offers no ``get_protocol``)."""
+    try:
+        from . import protocols
+    except ImportError:  # pragma: no cover
+        return None
+    return protocols if hasattr(protocols, "get_protocol") else None
+
+
+def protocol_names() -> list[str]:
+    mod = _protocols()
+    return sorted(getattr(mod, "PROTOCOLS", {})) if mod else [UNIFIED]
+
+
+def paper_of(method: str) -> str | None:
+    mod = _protocols()
+    return dict(getattr(mod, "PAPER_OF", {})).get(method) if mod else None
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def protocol_choices(config: Mapping, label: str) -> list[str]:
+    """The protocol choices of a method label as written (method's own, else the top level)."""
+    entry = config["methods"][label]
+    return _as_list(entry.get("protocol")) or _as_list(config.get("protocol")) or [UNIFIED]
+
+
+def _resolve_choice(method: str, choice: str) -> str:
+    if choice == UNIFIED:
+        return UNIFIED
+    mod = _protocols()
+    if mod is None:
+        raise ConfigError(f"protocol {choice!r} needs vcdflow.protocols (not available)")
+    if choice == PAPER:
+        return mod.protocol_for(method, PAPER)
+    mod.get_protocol(choice)  # ValueError naming it
+    return choice
+
+
+def run_protocols(config: Mapping, label: str) -> list[str]:
+    """The protocols a method label is decoded under (resolved names, sorted, unique). A
+    ``paper`` choice on a method without a paper (a baseline) means every paper protocol the
+    other methods of the grid are decoded under."""
+    method = method_entry(config, label)["method"]
+    out = []
+    for choice in protocol_choices(config, label):
+        if choice == PAPER and paper_of(method) is None:
+            others = sorted({paper_of(method_entry(config, other)["method"])
+                             for other in config["methods"] if other != label
+                             and PAPER in protocol_choices(config, other)} - {None})
+            out.extend(others)
+        else:
+            out.append(_resolve_choice(method, choice))
+    return sorted(dict.fromkeys(out), key=lambda p: (p != UNIFIED, p))
+
+
+@dataclass(frozen=True)
+class _NullResolved:
+    """Stand-in while vcdflow.protocols offers nothing: the unified protocol leaves everything
+    to the config."""
+
+    protocol: str = UNIFIED
+
+    def __getattr__(self, name):  # every other field: not fixed
+        if name == "params":
+            return {}
+        return None
+
+    def as_dict(self) -> dict:
+        return {"protocol": self.protocol}
+
+
+def resolve_protocol(name: str, *, method: str, family: str, benchmark: str, mode: str | None):
+    mod = _protocols()
+    if mod is None:
+        if name != UNIFIED:
+            raise ConfigError(f"protocol {name!r} needs vcdflow.protocols (not available)")
+        return _NullResolved()
+    return mod.get_protocol(name).resolve(method=method, family=family, benchmark=kind_of(benchmark), mode=mode)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _pick(protocol: str, written, fixed, default):
+    """Config value vs protocol value: the config wins under unified, the protocol under a paper."""
+    first, second = (written, fixed) if protocol == UNIFIED else (fixed, written)
+    if first is not None:
+        return first
+    return second if second is not None else default
+
+
+def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method: str, seed: int,
+              protocol: str = UNIFIED) -> RunSpec:
+    """The :class:`RunSpec` of one result: ``method`` is the config's method label, ``protocol``
+    a resolved protocol name (one of :func:`run_protocols` of the label)."""
+    bench = bench_slice(config, benchmark, split)
+    kind = bench["kind"]
+    spec = get_benchmark(kind)
+    mcfg = model_entry(config, model)
+    entry = method_entry(config, method)
+    engine = entry["method"]
+    mode = run_mode(config, method, protocol, benchmark, model)
+    res = resolve_protocol(protocol, method=engine, family=mcfg["family"], benchmark=benchmark, mode=mode)
+    do_sample = mode == "sample"
+    warpers = {k: _pick(protocol, entry[k], getattr(res, k), _WARPER_DEFAULTS[k]) for k in _WARPERS}
+    fixed_params = dict(res.params or {})
+    params = ({**fixed_params, **entry["params"]} if protocol == UNIFIED else {**entry["params"], **fixed_params})
+    # benchmark settings: prompt, parser, max_new_tokens
+    bench["prompt"] = _pick(protocol, bench.get("prompt"), res.prompt, spec.default_prompt)
+    if spec.parsers:
+        bench["parser"] = _pick(protocol, bench.get("parser"), res.parser, spec.parsers[0])
+    bench["max_new_tokens"] = int(_pick(protocol, bench.get("max_new_tokens"), res.max_new_tokens,
+                                        _MAX_NEW_TOKENS.get(kind, 64)))
+    run_method = {
+        "label": method, "method": engine, "mode": "sample" if do_sample else "greedy",
+        "do_sample": bool(do_sample), **warpers, "params": params,
+        "prompt_suffix": entry["prompt_suffix"],
+    }
+    inputs = {}
+    if engine == "convis":
+        _convis(config, benchmark, run_method)
+    for kind_ in method_inputs(engine):
+        inputs[kind_] = METHOD_INPUTS[kind_].format(benchmark=benchmark, model=model)
+    proto = dict(res.as_dict())
+    proto.setdefault("protocol", protocol)
+    return RunSpec(benchmark=bench, model=mcfg, method=run_method, protocol=proto, seed=int(seed), inputs=inputs)
+
+
+def _convis(config: Mapping, benchmark: str, run_method: dict) -> None:
+    """ConVis' alpha per benchmark and APC from the convis section (unless params set them)."""
+    convis = dict(config.get("convis") or {})
+    params = run_method["params"]
+    alphas = convis.get("alpha") or {}
+    alpha = alphas.get(benchmark, alphas.get(kind_of(benchmark)))
+    if "alpha" not in params and alpha is not None:
+        params["alpha"] = float(alpha)
+    if "beta" not in params:
+        params["beta"] = float(convis.get("apc_lambda", 0.1)) if convis.get("apc", False) else None
+
+
+def method_inputs(method: str) -> tuple[str, ...]:
+    """Extra input kinds a method needs (its ``extra_inputs``, see :data:`METHOD_INPUTS`)."""
+    from .decoding import METHODS
+
+    obj = METHODS.get(method)
+    declared = getattr(obj, "extra_inputs", None)
+    return tuple(declared) if declared is not None else _DECLARED_INPUTS.get(method, ())
+
+
+def run_mode(config: Mapping, label: str, protocol: str, benchmark: str, model: str) -> str:
+    """greedy or sample: the label's own ``do_sample``; where it sets none, greedy under
+    ``unified`` and the paper's own mode under a paper protocol."""
+    entry = method_entry(config, label)
+    if entry["do_sample"] is not None:
+        return "sample" if entry["do_sample"] else "greedy"
+    if protocol == UNIFIED:
+        return "greedy"
+    fam = model_entry(config, model)["family"]
+    res = resolve_protocol(protocol, method=entry["method"], family=fam, benchmark=benchmark, mode=None)
+    return "sample" if res.do_sample else "greedy"
+
+
+def splits_of(config: Mapping, benchmark: str) -> list[str]:
+    return get_benchmark(benchmark).splits(config["benchmarks"][benchmark])
+
+
+def grid(config: Mapping) -> Iterator[dict]:
+    """Every result of the config: dicts with benchmark, split, model, protocol, method (the
+    label), mode and seed — in config order."""
+    seeds = [int(s) for s in config["seeds"]]
+    for benchmark in config["benchmarks"]:
+        for split in splits_of(config, benchmark):
+            for model in config["models"]:
+                for label in config["methods"]:
+                    for protocol in run_protocols(config, label):
+                        mode = run_mode(config, label, protocol, benchmark, model)
+                        for seed in seeds:
+                            yield dict(benchmark=benchmark, split=split, model=model, protocol=protocol,
+                                       method=label, mode=mode, seed=seed)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_config(config: Mapping) -> None:
+    """Parse-time checks the schema cannot do; :class:`ConfigError` naming the key:
+    unknown engine method, unknown or ill-typed parameter, unknown protocol, unknown benchmark."""
+    from .decoding import METHODS
+
+    for name in config["benchmarks"]:
+        try:
+            kind_of(name)
+        except ValueError as exc:
+            raise ConfigError(f"config benchmarks.{name}: {exc}") from None
+    names = protocol_names()
+    for key in ("protocol",):
+        for choice in _as_list(config.get(key)):
+            if choice not in (UNIFIED, PAPER, *names):
+                raise ConfigError(f"config protocol: unknown protocol {choice!r}; valid: "
+                                  f"{', '.join([UNIFIED, PAPER] + [n for n in names if n != UNIFIED])}")
+    for label, raw in config["methods"].items():
+        entry = method_entry(config, label)
+        if entry["method"] not in METHODS:
+            raise ConfigError(f"config methods.{label}.method: unknown method {entry['method']!r}; "
+                              f"valid: {', '.join(sorted(METHODS))}")
+        try:
+            METHODS[entry["method"]].resolve(entry["params"])
+        except ValueError as exc:
+            raise ConfigError(f"config methods.{label}.params: {exc}") from None
+        for choice in _as_list((raw or {}).get("protocol")):
+            if choice not in (UNIFIED, PAPER, *names):
+                raise ConfigError(f"config methods.{label}.protocol: unknown protocol {choice!r}; valid: "
+                                  f"{', '.join([UNIFIED, PAPER] + [n for n in names if n != UNIFIED])}")
+        for protocol in run_protocols(config, label):
+            for benchmark in config["benchmarks"]:
+                for model in config["models"]:
+                    spec = build_run(config, benchmark=benchmark, split=splits_of(config, benchmark)[0],
+                                     model=model, method=label, seed=0, protocol=protocol)
+                    try:
+                        METHODS[entry["method"]].resolve(spec.method["params"])
+                    except ValueError as exc:
+                        raise ConfigError(f"config methods.{label} under protocol {protocol} "
+                                          f"({benchmark}, {model}): {exc}") from None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def snakemake_run(smk) -> dict:
+    """The run dict of a workflow decode job: its ``params.run`` (the :class:`RunSpec`) joined
+    with the execution settings read from ``smk.config`` at job time and the job's threads."""
+    spec = dict(smk.params.run)
+    ex = execution(smk.config, model=spec["model"]["name"], benchmark=spec["benchmark"]["name"],
+                   threads=smk.threads)
+    return job_run(spec, ex)
+
+
+def pope_file_run(*, questions: str, images: str, model: str, method: str = "greedy", label: str | None = None,
+                  split: str, params: Mapping | None = None, do_sample: bool | None = None,
+                  temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                  seed: int = 0, prompt: str | None = None, max_new_tokens: int | None = None,
+                  n_questions: int | None = None, dtype: str = "float32", family: str = "auto",
+                  protocol: str = UNIFIED, batch_size: int = 16, device: str = "auto", threads: int = 1,
+                  gpu_lock_dir: str = ".vcdflow/gpu-locks") -> dict:
+    """The run dict of the CLI's ``vcdflow decode`` (a POPE-format question file), built by the
+    same :func:`build_run` as the workflow from a one-cell config; :class:`ConfigError` names a bad
+    method, parameter or protocol. ``protocol``: ``unified``, ``paper`` or a protocol name."""
+    from pathlib import Path
+
+    label = label or method
+    bench = {"splits": [split], "questions": questions, "images": images}
+    for key, value in (("prompt", prompt), ("max_new_tokens", max_new_tokens), ("n_questions", n_questions)):
+        if value is not None:
+            bench[key] = value
+    entry = {"method": method, "params": dict(params or {}), "protocol": protocol}
+    for key, value in (("do_sample", do_sample), ("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
+        if value is not None:
+            entry[key] = value
+    name = Path(model).name
+    config = {"benchmarks": {"pope": bench}, "models": {name: {"path": model, "family": family, "dtype": dtype,
+                                                               "revision": "local"}},
+              "methods": {label: entry}, "seeds": [seed], "device": device, "threads": threads,
+              "batch_size": batch_size, "gpu_lock_dir": gpu_lock_dir}
+    validate_config(config)
+    protocols = run_protocols(config, label)
+    if len(protocols) != 1:
+        raise ConfigError(f"protocol {protocol!r} gives {len(protocols)} protocols for {label}; name one")
+    spec = build_run(config, benchmark="pope", split=split, model=name, method=label, seed=seed,
+                     protocol=protocols[0])
+    return job_run(spec.as_dict(), execution(config, model=name, benchmark="pope"))
+
+
+def protocol_differences(names) -> dict[str, list[dict]]:
+    """Paper protocol name -> how it differs from ``unified`` (:func:`vcdflow.protocols.diff`
+    rows: family, benchmark, field, a, b, source_a, source_b); ``unified`` itself is left out."""
+    mod = _protocols()
+    out: dict[str, list[dict]] = {}
+    for name in names:
+        if name == UNIFIED or mod is None or not hasattr(mod, "diff"):
+            continue
+        out[name] = [dict(r) for r in mod.diff(name, UNIFIED)]
+    return out
