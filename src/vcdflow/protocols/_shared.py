@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..decoding.methods.icd import blip_pre_caption  # noqa: F401 - re-exported
 from .base import S
 
 #: LLaVA ``conv_llava_v1`` system text ("curious human")
@@ -29,18 +30,3 @@ NO_SYSTEM_IB = S(None, "InstructBLIP has no system text (LAVIS generate uses sam
                        f"{LAVIS_GENERATE}:259-262)")
 PROCESSOR_IB = S("processor", "LAVIS blip_image_eval: resize to 224×224, bicubic, no crop/pad "
                               "(p1k0pan/ICD experiments/lavis/configs/models/blip2/blip2_instruct_vicuna7b.yaml:39-40)")
-
-
-def blip_pre_caption(caption: str, max_words: int = 50) -> str:
-    """LAVIS ``BlipCaptionProcessor.pre_caption`` (p1k0pan/ICD
-    experiments/lavis/processors/blip_processors.py:49-68): lower-case, ``[.!"()*#:;~]`` → space,
-    squeeze spaces, strip, keep ``max_words`` words."""
-    import re
-
-    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
-    caption = re.sub(r"\s{2,}", " ", caption)
-    caption = caption.rstrip("\n").strip(" ")
-    words = caption.split(" ")
-    if len(words) > max_words:
-        caption = " ".join(words[:max_words])
-    return caption

@@ -136,10 +136,11 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
                         prepared={"sas_reply": "", "description": "<description>", "keep": None})
     pre: list[Any] = []
     if method == "selfaug" and p.get("augmentation") is None:
-        from ..decoding.methods.selfaug import _PROMPT_FLAGS, sas_prompt
+        from ..decoding.methods.selfaug import _PROMPT_FLAGS, sas_prompt, sas_question
 
         reason, icl = _PROMPT_FLAGS[p["sas_prompt"]]
-        pre.append(SimpleNamespace(name="sas", prompt=sas_prompt(request.prompt, reason, icl), image=None,
+        pre.append(SimpleNamespace(name="sas", prompt=sas_prompt(sas_question(request.prompt, p), reason, icl),
+                                   image=None,
                                    system=request.system, qformer_prompt=None))
     elif method == "code":
         pre.append(SimpleNamespace(name="describe", prompt=p["description_prompt"], image=request.image,

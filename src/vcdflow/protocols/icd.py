@@ -8,7 +8,7 @@ MiniGPT-4 and InstructBLIP, no LLaVA). Not run: Qwen2.5-VL. Benchmarks: POPE, CH
   the raw question in both branches. The ``normal.json`` run gives the Q-Former the disturbance
   alone, passed through LAVIS's ``blip_caption`` text processor (lower-cased, ``.`` → space), so
   the contrast Q-Former reads ``"you are a confused objects detector to provide a fuzzy overview
-  or impression of the image"`` → ``params: {position: qformer, instruction: <that>}``.
+  or impression of the image"`` → ``params: {position: qformer, qformer_text: blip_caption}``.
   (``question.json`` — disturbance + question — is ``position: qformer_question``.) Sampling via
   LAVIS ``generate``: top-p 1, no ``top_k`` passed → transformers' top-k = 50; ``max_length=256``.
   POPE ``--format`` defaults to ``no_format`` (no suffix). CHAIR's question file asks
@@ -69,7 +69,7 @@ PROTOCOL = Protocol(
                          "max_new_tokens": S(256, f"{BLIP}:247 (max_length=256)"),
                          "temperature": S(1.0, f"{BLIP}:253 (generate temperature=1; the scripts pass none)"),
                          "params": {"icd": S({"alpha": 1.0, "beta": 0.1, "position": "qformer",
-                                              "instruction": QFORMER_DISTURBANCE},
+                                              "instruction": DISTURBANCE, "qformer_text": "blip_caption"},
                                              f"{IBP}:22-23 (α 1, β 0.1), :47,53 (normal.json: preprompt_cd = "
                                              f"txt_processors['eval'](preprompt)), {BLIP}:290-300,442-444 (only "
                                              f"the Q-Former text differs)")}},

@@ -43,9 +43,10 @@ PROTOCOL = Protocol(
         "image_preprocess": S("processor", f"{LL}:86-89 (image_processor.preprocess: no pad)"),
         "seeds": S((11, 21, 31, 41, 51), f"{BASH}:14"),
         "params": {"selfaug": S({"alpha": 1.0, "beta": 0.1, "tau": 0.5, "crop_ratio": 2.5, "mask_ratio": 2.0,
-                                 "noise_step": 500},
+                                 "noise_step": 500, "sas_strip_suffix": SUFFIX},
                                 f"{BASH}:8-10,13 (α, β, τ, noise); crop/mask: {BASE}:86-87 defaults 2.5/2 — "
-                                f"{BASH}:11-12 set 2.0 but {LL}:106-117 never pass them")},
+                                f"{BASH}:11-12 set 2.0 but {LL}:106-117 never pass them; SAS reads the raw "
+                                f"question: {LL}:73,110 (get_self_aug(original_query))")},
     },
     benchmark={
         "pope": {"prompt": S("{question}" + SUFFIX, f"{R} src/eval/pope.py:57 (append_txt); {LL}:74-75")},

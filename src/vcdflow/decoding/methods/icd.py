@@ -17,11 +17,15 @@ The contrast branch carries the disturbance instruction x_d; ``position`` says w
 - ``"qformer_question"`` (InstructBLIP only): the ``question.json`` run — the Q-Former reads the
   disturbance followed by the question. Official: ``txt_processors["eval"](preprompt + text)``
   (LAVIS lower-cases and drops punctuation, so "…image.Is there…" becomes "…image is there…");
-  here ``f"{x_d} {prompt}"`` is given to the Q-Former tokenizer as is.
+  here ``f"{x_d} {prompt}"`` is given to the Q-Former tokenizer as is, unless
+  ``qformer_text="blip_caption"``: then the Q-Former reads ``blip_pre_caption(x_d + prompt)``
+  (``qformer_question``) / ``blip_pre_caption(x_d)`` (``qformer``), exactly as the official
+  scripts (``txt_processors["eval"]``, ``experiments/gen_scripts/icd_ib_pope.py:46-47``).
   The official scripts write both files for every disturbance; which one the paper's tables use
   is not stated. Use one of these two to reproduce InstructBLIP numbers.
 
-Parameters: ``alpha`` = α = 1, ``beta`` = β = 0.1, ``position`` = "system",
+Parameters: ``alpha`` = α = 1, ``beta`` = β = 0.1, ``position`` = "system", ``qformer_text`` = "raw"
+("blip_caption": LAVIS's caption processing of the Q-Former text, the ``icd`` paper protocol),
 ``instruction`` = "You are a confused objects detector to provide a fuzzy
 overview or impression of the image." (one of the five disturbances swept by
 ``gen_scripts/icd_*_pope.py``). Sampling in the paper (T = 1, top-p = 1).
@@ -37,20 +41,39 @@ from ..types import Branch
 from .base import Method
 
 POSITIONS = ("system", "prefix", "qformer", "qformer_question")
+QFORMER_TEXT = ("raw", "blip_caption")
 DISTURBANCE = "You are a confused objects detector to provide a fuzzy overview or impression of the image."
+
+
+def blip_pre_caption(caption: str, max_words: int = 50) -> str:
+    """LAVIS ``BlipCaptionProcessor`` (``prompt=""``, ``max_words=50``; p1k0pan/ICD
+    experiments/lavis/processors/blip_processors.py:34-37, 49-68): lower-case, ``[.!"()*#:;~]`` →
+    space, squeeze spaces, strip, keep ``max_words`` words."""
+    import re
+
+    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
+    caption = re.sub(r"\s{2,}", " ", caption)
+    caption = caption.rstrip("\n").strip(" ")
+    words = caption.split(" ")
+    if len(words) > max_words:
+        caption = " ".join(words[:max_words])
+    return caption
 
 
 @dataclass(frozen=True)
 class ICD(Method):
     name = "icd"
     defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "instruction": DISTURBANCE,
-                                 "position": "system"})
+                                 "position": "system", "qformer_text": "raw"})
 
     def validate(self, p):
         super().validate(p)
         if p["position"] not in POSITIONS:
             raise ValueError(f"parameter 'position' of method 'icd' must be one of {', '.join(POSITIONS)}, "
                              f"got {p['position']!r}")
+        if p["qformer_text"] not in QFORMER_TEXT:
+            raise ValueError(f"parameter 'qformer_text' of method 'icd' must be one of {', '.join(QFORMER_TEXT)}, "
+                             f"got {p['qformer_text']!r}")
 
     def branches(self, request, ctx):
         self.require_image(request)
@@ -65,7 +88,10 @@ class ICD(Method):
             if family != "instructblip":
                 raise ValueError(f"method 'icd' with position={pos!r} needs a model with a Q-Former "
                                  f"(family instructblip), not {family!r}")
-            qprompt = instr if pos == "qformer" else f"{instr} {request.prompt}"
+            if ctx.params["qformer_text"] == "blip_caption":  # official: txt_processors["eval"](preprompt + text)
+                qprompt = blip_pre_caption(instr if pos == "qformer" else instr + request.prompt)
+            else:
+                qprompt = instr if pos == "qformer" else f"{instr} {request.prompt}"
             contrast = Branch(prompt=request.prompt, image=request.image, system=request.system,
                               name="disturbed", qformer_prompt=qprompt)
         return [self.original(request), contrast]

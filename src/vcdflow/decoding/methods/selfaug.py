@@ -21,8 +21,10 @@ vertical → inver(sion) → mask, else **noise** (the documented fallback). ``O
 ``selfaug_augmentation``, ``selfaug_parsed`` (True when "choice:" was present *and* a keyword
 matched after it) and ``selfaug_reply``. ``augmentation`` fixes the augmentation and skips SAS
 (the single-augmentation ablations). ``sas_prompt``: "full" (default), "icl", "reason", "base"
-(the repo's ablation prompts). Note: the official SAS sees the raw question without benchmark
-suffix; here it sees ``Request.prompt`` as given.
+(the repo's ablation prompts). The official SAS sees the raw question without the benchmark
+suffix (``get_self_aug(original_query)``, ``src/models/llava_model.py:73,110``); here it sees
+``Request.prompt`` with ``sas_strip_suffix`` (default None; the ``selfaug`` protocol sets its POPE
+suffix) removed from its end.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ def sas_prompt(question: str, reason: bool = True, icl: bool = True) -> str:
 _PROMPT_FLAGS = {"full": (True, True), "icl": (False, True), "reason": (True, False), "base": (False, False)}
 
 
+def sas_question(prompt: str, params) -> str:
+    """The question SAS reads: ``prompt`` without ``params["sas_strip_suffix"]`` at its end."""
+    suffix = params.get("sas_strip_suffix")
+    return prompt[: -len(suffix)] if suffix and prompt.endswith(suffix) else prompt
+
+
 def parse_choice(reply: str) -> tuple[str, bool]:
     """Official ``parse_aug`` + keyword mapping → (augmentation, parsed)."""
     text = reply.lower()
@@ -134,8 +142,8 @@ class SelfAug(Method):
     name = "selfaug"
     defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "tau": 0.5, "crop_ratio": 2.0, "mask_ratio": 2.0,
                                  "noise_step": 500, "augmentation": None, "sas_prompt": "full",
-                                 "sas_max_new_tokens": 768})
-    nullable = frozenset({"augmentation", "tau"})
+                                 "sas_max_new_tokens": 768, "sas_strip_suffix": None})
+    nullable = frozenset({"augmentation", "tau", "sas_strip_suffix"})
 
     def validate(self, p):
         super().validate(p)
@@ -153,7 +161,7 @@ class SelfAug(Method):
         if not todo:
             return
         reason, icl = _PROMPT_FLAGS[todo[0].ctx.params["sas_prompt"]]
-        queries = [Branch(prompt=sas_prompt(it.request.prompt, reason, icl), image=None,
+        queries = [Branch(prompt=sas_prompt(sas_question(it.request.prompt, it.ctx.params), reason, icl), image=None,
                           system=it.request.system, name="sas") for it in todo]
         replies = runner.greedy_texts(queries, int(todo[0].ctx.params["sas_max_new_tokens"]))
         for it, reply in zip(todo, replies):
