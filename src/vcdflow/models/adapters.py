@@ -154,7 +154,7 @@ class FamilyAdapter:
             from ..protocols.chat import render
 
             return render(self.chat_template, self.messages(prompt, has_image, system),
-                          image_token=getattr(self.processor, "image_token", None) or "<image>")
+                          image_token=str(getattr(self.processor, "image_token", None) or "<image>"))
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(
                 self.messages(prompt, has_image, system), add_generation_prompt=True, tokenize=False)

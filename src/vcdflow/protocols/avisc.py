@@ -40,12 +40,14 @@ PROTOCOL = Protocol(
         "image_preprocess": S("processor", f"{R} eval_bench/pope_loader.py:44 (trans.preprocess: no pad)"),
         "seeds": S((42,), f"{BATCH}:6; {AMBER}:6"),
         "params": {"avisc": S({"alpha": 2.5, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0, "masking_scheme": "zeros"},
-                              f"α: paper value (AvisC issue #12; {AMBER}:17 cd_alpha=2.5; {BATCH}:17 passes 1.0); "
+                              f"α 2.5: the paper's LLaVA value (§4.1, quoted in {R} issue #12; {AMBER}:17 "
+                              f"cd_alpha=2.5; {BATCH}:17 passes 1.0); "
                               f"{BATCH}:11-13,18 (layer_gamma 0.5, zeros, lamb 1.0, cd_beta 0.1)")},
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{PL}:219,225 ('<image>\\n' + q, no suffix)")},
-        "mme": {"prompt": S("{question}", f"UNVERIFIED: {R} MME script not read")},
+        "mme": {"prompt": S("{question}", f"{R} experiments/eval/mme_llava.py:107-120 (first line of the question, "
+                                          "no suffix)")},
         "amber": {"prompt": S("{question}", f"{R} eval_bench/amber_eval_llava.py:175,186,192")},
     },
     family={
@@ -58,8 +60,8 @@ PROTOCOL = Protocol(
                          "max_new_tokens": S(64, f"{PI}:84,226 (max_length=args.max_token)"),
                          "params": {"avisc": S({"alpha": 3.0, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0,
                                                 "masking_scheme": "zeros"},
-                                               f"α 3: the paper's InstructBLIP value (AvisC issue #12, UNVERIFIED "
-                                               f"in code); lamb {BATCH}:13 (argparse default {PI}:82 is 0.95)")}},
+                                               f"α 3: the paper's InstructBLIP value (§4.1, quoted in "
+                                               f"{R} issue #12); lamb {BATCH}:13 (argparse default {PI}:82 is 0.95)")}},
     },
     family_benchmark={
         ("instructblip", "pope"): {"prompt": S("{question}", f"{PI}:201,215 (prompt = qs)")},

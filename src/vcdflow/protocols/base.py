@@ -12,7 +12,8 @@ on top of the method's defaults). ``modes`` maps a method to its official decodi
 
 A family the paper did not run (``families_run``) takes its family-specific fields (system text,
 chat template, image preprocessing) from the ``unified`` protocol, and a benchmark it did not run
-(``benchmarks_run``) takes the prompt and ``max_new_tokens`` from ``unified``; ``sources`` says so.
+(``benchmarks_run``, or a ``not_run`` (family, benchmark) pair) takes the prompt and
+``max_new_tokens`` from ``unified``; ``sources["family"]`` / ``sources["benchmark"]`` say so.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class Protocol:
     family: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     family_benchmark: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     modes: Mapping[str, S] = field(default_factory=dict)
+    #: (family, benchmark) pairs the paper did not run although it ran both separately
+    not_run: tuple[tuple[str, str], ...] = ()
     default_mode: S = S("sample", "the paper's sampling protocol (its sampler patches only `sample`)")
     notes: str = ""
 
@@ -133,7 +136,7 @@ class Protocol:
                 sources[k] = note + v.source
 
         fam_ok = family in self.families_run
-        bench_ok = benchmark in self.benchmarks_run
+        bench_ok = benchmark in self.benchmarks_run and (family, benchmark) not in self.not_run
         for layer in self.layers(family, benchmark):
             take(layer)
         if not fam_ok and self is not unified:
@@ -141,7 +144,7 @@ class Protocol:
             for layer in unified.layers(family, benchmark):
                 take(layer, FAMILY_FIELDS, note)
         if not bench_ok and self is not unified:
-            note = f"{self.name} did not run {benchmark}; unified's value: "
+            note = f"{self.name} did not run {benchmark} on {family}; unified's value: "
             for layer in unified.layers(family, benchmark):
                 take(layer, BENCHMARK_FIELDS, note)
         # decoding mode
@@ -166,7 +169,8 @@ class Protocol:
                              f"{self.name} did not run {family} (ran {', '.join(self.families_run)}): "
                              f"{', '.join(FAMILY_FIELDS)} from unified")
         sources["benchmark"] = (f"{self.name} ran {benchmark}" if bench_ok else
-                                f"{self.name} did not run {benchmark}: {', '.join(BENCHMARK_FIELDS)} from unified")
+                                f"{self.name} did not run {benchmark} on {family}: "
+                                f"{', '.join(BENCHMARK_FIELDS)} from unified")
         top_k = values["top_k"]
         return Resolved(
             protocol=self.name, system=values["system"], chat_template=str(values["chat_template"]),

@@ -117,7 +117,7 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
 
     if adapter is not None:
         adapter.chat_template = None if res.chat_template == "model" else res.chat_template
-        image_token = getattr(adapter.processor, "image_token", None)
+        image_token = str(getattr(adapter.processor, "image_token", None) or "") or None
 
         def text_of(b) -> str:
             return adapter.build_text(b.prompt, b.image is not None, b.system)

@@ -41,6 +41,7 @@ PROTOCOL = Protocol(
     title="ICD (Wang et al., Findings ACL 2024, arXiv 2403.18715)",
     families_run=("instructblip", "llava"),
     benchmarks_run=("pope", "chair", "mme"),
+    not_run=(("llava", "chair"), ("llava", "mme")),  # the repo's LLaVA script is POPE only
     common={
         "parser": S("official", f"{R} experiments/eval_scripts/eval_pope.py:16-42 (POPE's official rule; "
                                 "differs only for an answer with neither yes nor no words: -1 there, yes here)"),
@@ -58,7 +59,9 @@ PROTOCOL = Protocol(
         "pope": {"prompt": S("{question}", f"{LLP}:34,53 (--format no_format → no suffix); {IBP}:29,43,114-119")},
         "chair": {"prompt": S("Please name all the objects in this image.",
                               f"{IBC}:25,41 ({R} experiments/data/chair/chair-val.json:5 'text')")},
-        "mme": {"prompt": S("{question}", f"UNVERIFIED: {R} experiments/gen_scripts/icd_ib_mme.py not read")},
+        "mme": {"prompt": S("{question}", f"{R} experiments/gen_scripts/icd_ib_mme.py:55-56 — NOT exact: the script "
+                                          "keeps the MME question up to its first '?' (dropping 'Please answer yes "
+                                          "or no.') before its --format suffix")},
     },
     family={
         "llava": {"system": S(LLAVA_V1_SYSTEM, f"{LLP}:35,52-55 (conv llava_v1)"),

@@ -51,7 +51,7 @@ def woo_protocol(name: str, title: str, params: dict, doc_extra: str = "") -> Pr
             "chair": {"prompt": S(CHAIR_PROMPT, f"{CL}:177"),
                       "max_new_tokens": S(64, f"{CSH}:30"),
                       "seeds": S((42,), f"{CSH}:3 (500 images: {CSH}:29, shuffled: {R} eval_bench/chair_loader.py:36)")},
-            "mme": {"prompt": S("{question}", f"UNVERIFIED: {R} experiments/eval/mme_llava.py not read"),
+            "mme": {"prompt": S("{question}", f"{R} experiments/eval/mme_llava.py:70-79 (no suffix)"),
                     "seeds": S((1,), f"{R} experiments/cd_scripts/mme_eval.sh:1")},
         },
         family={

@@ -6,7 +6,7 @@ Not run: Qwen2.5-VL (the repo has Qwen-VL and Qwen3-VL). Benchmarks: POPE and MM
 no AMBER: from ``unified``).
 
 * POPE: the question + ``"\\nAnswer the question using a single word or phrase"`` (no final
-  period). LLaVA: conv ``llava_v1``; image_processor.preprocess (no pad).
+  period; MME's suffix has one). LLaVA: conv ``llava_v1``; image_processor.preprocess (no pad).
 * Sampling: ``GenerationConfig(max_new_tokens=768, temperature=1.0, top_p=1, top_k=None)``
   (LLaVA). InstructBLIP goes through LAVIS ``generate`` with top-p 1 and no ``top_k`` (→ 50).
 * α = 1, β = 0.1, τ = 0.5, noise 500, seeds 11–51 (``src/script/pope.bash``). **Crop ratio 2.5**:
@@ -50,7 +50,8 @@ PROTOCOL = Protocol(
     },
     benchmark={
         "pope": {"prompt": S("{question}" + SUFFIX, f"{R} src/eval/pope.py:57 (append_txt); {LL}:74-75")},
-        "mme": {"prompt": S("{question}", f"UNVERIFIED: {R} src/eval/mme.py not read")},
+        "mme": {"prompt": S("{question}\nAnswer the question using a single word or phrase.",
+                            f"{R} src/eval/mme.py:55 (append_txt; with a final period, unlike POPE's)")},
     },
     family={
         "llava": {"system": S(LLAVA_V1_SYSTEM, f"{LL}:91-94 (conv_templates['llava_v1'])"),

@@ -7,8 +7,8 @@ Families: LLaVA-1.5 (``experiments/eval/calibrate/llava_calibrate.py``, the scri
 
 * Conv ``llava_v1``; VCD's POPE suffix ``" Please answer this question with one word."``;
   ``image_processor.preprocess`` (no pad); ``max_new_tokens=64``; ``top_p``/``top_k`` None
-  (no warpers); T = 1.0 per the reproduction command of LLaVA-Align issue #9 (the argparse default
-  is 0.2); α = 1, β = 0.1, both debias flags; seed 42. Parser: the repo's ``eval_pope.py`` = VCD's
+  (no warpers); T = 1.0 per the paper's settings quoted in LLaVA-Align issue #9
+  (``--temperature 1.0 --use_dd --use_dd_unk --cd_alpha 1.0``; the argparse default is 0.2); α = 1, β = 0.1, both debias flags; seed 42. Parser: the repo's ``eval_pope.py`` = VCD's
   substring rule.
 """
 
@@ -27,8 +27,8 @@ PROTOCOL = Protocol(
     benchmarks_run=("pope", "mme"),
     common={
         "parser": S("vcd", f"{R} experiments/eval/eval_pope.py:32-45 (substring yes/no, as VCD)"),
-        "temperature": S(1.0, f"LLaVA-Align issue #9 reproduction command --temperature 1.0 (UNVERIFIED line; "
-                              f"{CAL}:233 default 0.2)"),
+        "temperature": S(1.0, f"{R} issue #9 (the paper's settings: llava_calibrate --noise_step 999 "
+                              f"--temperature 1.0 --use_dd --use_dd_unk --cd_alpha 1.0; {CAL}:233 default 0.2)"),
         "top_p": S(1.0, f"{CAL}:234 (top_p=None: no top-p warper)"),
         "top_k": S(None, f"{CAL}:235 (top_k=None)"),
         "max_new_tokens": S(64, f"{CAL}:173"),
