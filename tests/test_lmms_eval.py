@@ -1,0 +1,170 @@
+"""``lmms-eval --model vcdflow``: the lmms-eval CLI runs a local task (data files this test writes)
+with the demo-architecture model for two methods; its numbers equal vcdflow's own MMVP scorer on
+the same items, and its answers equal vcdflow's ``generate`` run directly.
+
+Needs the ``lmms`` extra (``pip install -e '.[lmms]'``: lmms-eval 0.7.x, torchvision 0.28 for
+torch 2.13); skipped with that reason when ``lmms_eval`` is not importable.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("lmms_eval", reason="lmms-eval not installed (pip install -e '.[lmms]')")
+
+from vcdflow.decoding import Request, generate  # noqa: E402
+from vcdflow.metrics import mmvp  # noqa: E402
+from vcdflow.models import load_vlm  # noqa: E402
+
+ROWS = [(i + 1, f"Is the {obj} {a} or {b}?", f"(a) {a.capitalize()} (b) {b.capitalize()}", ans)
+        for i, (obj, a, b, ans) in enumerate([
+            ("door", "open", "closed", "(a)"), ("door", "open", "closed", "(b)"),
+            ("cup", "full", "empty", "(b)"), ("cup", "full", "empty", "(a)"),
+            ("dog", "left", "right", "(a)"), ("dog", "left", "right", "(b)"),
+            ("car", "red", "blue", "(b)"), ("car", "red", "blue", "(a)")])]
+
+TASK_YAML = """task: vcdflow_local_mmvp
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: !function utils.doc_to_target
+process_results: !function utils.process_results
+metric_list:
+  - metric: mmvp_accuracy
+    aggregation: !function utils.aggregate_accuracy
+    higher_is_better: true
+  - metric: mmvp_pair_accuracy
+    aggregation: !function utils.aggregate_pairs
+    higher_is_better: true
+lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: "\\nAnswer with the option's letter from the given choices directly."
+generation_kwargs:
+  max_new_tokens: 6
+  temperature: 0
+  do_sample: false
+  until: ["ASSISTANT:"]
+metadata:
+  version: 0.0
+"""
+
+# lmms-eval's own MMVP task functions (lmms_eval/tasks/mmvp/utils.py); only the image comes from a path
+TASK_UTILS = """from PIL import Image
+from lmms_eval.tasks.mmvp.utils import (mmvp_aggregate_pair_results as aggregate_pairs,
+    mmvp_aggregate_results as aggregate_accuracy, mmvp_doc_to_target as doc_to_target,
+    mmvp_doc_to_text as doc_to_text, mmvp_process_results as process_results)
+
+
+def doc_to_visual(doc):
+    with Image.open(doc["image_path"]) as im:
+        return [im.convert("RGB")]
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from vcdflow.models.demo import build_demo_vlm
+
+    root = tmp_path_factory.mktemp("lmms")
+    model, processor = build_demo_vlm(seed=0)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    rel = root / "mmvp"
+    (rel / "MMVP Images").mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    docs = []
+    with open(rel / "Questions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Index", "Question", "Options", "Correct Answer"])
+        for r in ROWS:
+            w.writerow(r)
+            p = rel / "MMVP Images" / f"{r[0]}.jpg"
+            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(p)
+            docs.append({"Index": r[0], "Question": r[1], "Options": r[2], "Correct Answer": r[3], "image_path": str(p)})
+    tasks = root / "tasks" / "vcdflow_local_mmvp"
+    tasks.mkdir(parents=True)
+    (tasks / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tasks / "vcdflow_local_mmvp.yaml").write_text(TASK_YAML.format(docs=tasks / "docs.jsonl"))
+    (tasks / "utils.py").write_text(TASK_UTILS)
+    return root, docs
+
+
+METHODS = {"greedy": {}, "vcd": {"noise_step": 999, "alpha": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def cli_runs(setup):
+    """One ``lmms-eval --config`` call runs both methods (lmms-eval imports once)."""
+    root, _ = setup
+    runs = []
+    for method, params in METHODS.items():
+        out = root / "out" / method
+        runs.append({"model": "vcdflow", "tasks": "vcdflow_local_mmvp", "include_path": str(root / "tasks"),
+                     "output_path": str(out),
+                     "model_args": (f"pretrained={root / 'model'},method={method},params={json.dumps(params)},"
+                                    f"protocol=unified,batch_size=3,seed=0,device=cpu,records={out / 'records.jsonl'}")})
+    (root / "runs.yaml").write_text(json.dumps(runs))  # JSON is YAML
+    exe = Path(sys.executable).with_name("lmms-eval")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "lmms_eval"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd + ["--config", str(root / "runs.yaml")], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = {}
+    for method in METHODS:
+        out = root / "out" / method
+        found = sorted(out.rglob("*_results.json"))
+        assert found, f"no results json under {out}: {proc.stderr[-2000:]}"
+        results[method] = (json.loads(found[-1].read_text())["results"]["vcdflow_local_mmvp"],
+                           [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()])
+    return results
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_lmms_eval_cli_equals_vcdflow_scorer_and_generate(setup, cli_runs, method):
+    root, docs = setup
+    params = METHODS[method]
+    res, recs = cli_runs[method]
+    assert len(recs) == len(docs) and all(r["error"] is None and r["seed"] == 0 for r in recs)
+    assert {r["meta"]["method"] for r in recs} == {method} and all(r["meta"]["params"] == params for r in recs)
+    # vcdflow's own scorer on the same items (doc_id i is row i of Questions.csv)
+    items = mmvp.load_items(root / "mmvp", fixes=None, prefix="vcdflow_local_mmvp/test/")
+    by_doc = {str(i): it["item_id"] for i, it in enumerate(items)}
+    mine = mmvp.score([{"item_id": by_doc[str(r["question_id"])], "answer": r["answer"], "error": None} for r in recs],
+                      items)
+    assert res["mmvp_accuracy,none"] == pytest.approx(mine["accuracy"] / 100)
+    assert res["mmvp_pair_accuracy,none"] == pytest.approx(mine["pair_accuracy"] / 100)
+    # the answers are vcdflow's generate on the same prompts, seed and item ids (batching does not matter)
+    vlm = load_vlm(root / "model")
+    reqs = [Request(image=Image.open(d["image_path"]).convert("RGB"), prompt=r["prompt"], item_id=r["item_id"])
+            for d, r in zip(docs, sorted(recs, key=lambda r: int(r["question_id"])))]
+    assert reqs[0].prompt == ("Is the door open or closed?\nA. Open\nB. Closed\n"
+                              "Answer with the option's letter from the given choices directly.")
+    outs = generate(vlm, reqs, method=method, params=params, max_new_tokens=6, seed=0, batch_size=8)
+    assert [o.text.split("ASSISTANT:")[0] for o in outs] == [r["answer"] for r in sorted(recs, key=lambda r: int(r["question_id"]))]
+
+
+def test_loglikelihood_is_refused_naming_the_method(setup):
+    from vcdflow.lmms_eval_model import VcdflowLMM
+
+    root, _ = setup
+    lm = VcdflowLMM.create_from_arg_string(f"pretrained={root / 'model'},method=vcd,batch_size=2", {"batch_size": 1})
+    assert lm.batch_size == 2  # model_args win over the CLI's --batch_size
+    with pytest.raises(NotImplementedError, match="method 'vcd'"):
+        lm.loglikelihood([])
+    with pytest.raises(ValueError, match="unknown method 'vcdd'"):
+        VcdflowLMM(pretrained=str(root / "model"), method="vcdd")
