@@ -133,6 +133,12 @@ def test_demo_mme_deterministic_and_seeded(world, mme_root, tmp_path):
     assert _tree_digest(tmp_path / "again") == _tree_digest(mme_root)
     demo_mme.build_demo_mme(*args, tmp_path / "other", n_images=6, seed=1)
     assert _tree_digest(tmp_path / "other") != _tree_digest(mme_root)
+    # the workflow's rule writes bare stems (suffix ""): the loader's question_stem is the question
+    demo_mme.build_demo_mme(*args, tmp_path / "bare", n_images=6, seed=0, suffix="")
+    bare = mme.load_items(tmp_path / "bare", subtasks=list(demo_mme.DEMO_SUBTASKS))
+    full = mme.load_items(mme_root, subtasks=list(demo_mme.DEMO_SUBTASKS))
+    assert [it["question"] for it in bare] == [it["question_stem"] for it in full]
+    assert all(it["question_stem"] == it["question"] for it in bare)
     with pytest.raises(ValueError, match="subtasks must be among"):
         demo_mme.build_demo_mme(*args, tmp_path / "bad", subtasks=["OCR"])
 

@@ -15,6 +15,7 @@ manifest = build_demo_mme(
     snakemake.output[0],  # noqa: F821
     n_images=p.n_images,
     seed=p.seed,
+    suffix=p.suffix,
 )
 for sub, info in manifest["subtasks"].items():
     log.info("demo MME %s: %d questions; outside the demo vocabulary: %s", sub, info["questions"],

@@ -17,7 +17,7 @@ four of the hallucination subset (existence, count, position, color; max 800):
 
 Each image has exactly two questions, the "yes" one first (as in MME's own files, e.g.
 ``eval_tool/Your_Results/existence.txt`` of BradyFU's ``tools/eval_tool.zip``), each ending
-in ``suffix`` (MME's " Please answer yes or no." by default). The stems follow the
+in ``suffix`` (MME's " Please answer yes or no." by default; see Vocabulary below). The stems follow the
 demo model's training template for existence ("Is there a X in the image?", the POPE
 template :data:`vcdflow.data.pope_builder.TEMPLATE`) rather than MME's "in this image".
 
@@ -38,7 +38,13 @@ Vocabulary: the demo model reads words outside :data:`vcdflow.models.demo.VOCAB_
 ``<unk>``. Existence stems are fully readable (only MME's suffix adds ``or``); counts
 (``two``, ``objects``, ...), positions (``left``, ``side``, ...) and colours (``red``, ...)
 are not, so for the demo model only ``existence`` measures anything -- the other three
-exercise the pipeline and score near chance. :func:`unknown_words` lists them.
+exercise the pipeline and score near chance. :func:`unknown_words` lists them. Measured with
+the demo model of ``make demo``'s settings (greedy, 30 images per subtask, seed 0): existence
+140 of 200 with MME's suffix, 170 with the bare stem, 175 with the POPE suffix "Please answer
+this question with one word." (which the model was trained on); count 48-53, position 50,
+color 50-53 whatever the suffix (the same answer to both questions of a pair: acc 50, acc+ 0).
+So the workflow's rule ``build_demo_mme`` writes bare stems (``suffix=""``) and the demo
+config appends the POPE suffix through ``benchmarks.mme.prompt``.
 """
 
 from __future__ import annotations
