@@ -133,6 +133,13 @@ OFFICIAL = {
     # yejipark-m/ConVis run_scripts/caption_generation.py:352-359
     ("convis", "convis", "llava", "chair"): {
         "original": USER + "USER: <image> Please describe this image in detail. ASSISTANT:"},
+    # haotian-liu/LLaVA llava/eval/model_vqa_loader.py:42-51 with --conv-mode vicuna_v1 (scripts/v1_5/eval/pope.sh:9;
+    # llava/conversation.py:242-252) on llava_pope_test.jsonl:1's text
+    ("llava_eval", "greedy", "llava", "pope"): {
+        "original": USER + " USER: <image>\nIs there a snowboard in the image?\nAnswer the question using a single "
+                           "word or phrase. ASSISTANT:"},
+    ("llava_eval", "greedy", "llava", "chair"): {  # LLaVA's evaluation has no CHAIR
+        "original": USER + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
     # unified: llava_v1 + LLaVA-1.5's own POPE prompt (llava_pope_test.jsonl:1)
     ("unified", "vcd", "llava", "pope"): {
         "original": HUMAN + " USER: <image>\nIs there a snowboard in the image?\nAnswer the question using a single "
@@ -225,6 +232,8 @@ def test_paper_values_flow_from_their_scripts():
     q = get_protocol("vcd").resolve("vcd", "qwen2_5_vl", "pope")
     assert q.chat_template == "model" and q.system is None and "did not run qwen2_5_vl" in q.sources["family"]
     assert q.prompt == "{question} Please answer this question with one word."  # the paper's own POPE prompt
+    le = get_protocol("llava_eval").resolve("vcd", "llava", "pope")
+    assert (le.image_preprocess, le.do_sample, le.system, le.max_new_tokens) == ("pad_square_mean", False, USER, 128)
     c = get_protocol("avisc").resolve("avisc", "llava", "chair")
     assert "did not run chair" in c.sources["benchmark"] and c.max_new_tokens == 64
 

@@ -38,12 +38,12 @@ from __future__ import annotations
 from .base import BENCHMARKS, FAMILIES, FIELDS, MODES, Protocol, Resolved, S, diff
 from .chat import FAMILY_TEMPLATE, load_template, render, render_text, template_names
 from .images import expand2square, preprocess_image
-from . import avisc, code, convis, icd, m3id, ritual, selfaug, unified, vcd, vdd
+from . import avisc, code, convis, icd, llava_eval, m3id, ritual, selfaug, unified, vcd, vdd
 
 #: every protocol by name (one file per paper, plus ``unified``)
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     unified.PROTOCOL, vcd.PROTOCOL, icd.PROTOCOL, ritual.PROTOCOL, m3id.PROTOCOL, vdd.PROTOCOL,
-    selfaug.PROTOCOL, avisc.PROTOCOL, code.PROTOCOL, convis.PROTOCOL)}
+    selfaug.PROTOCOL, avisc.PROTOCOL, code.PROTOCOL, convis.PROTOCOL, llava_eval.PROTOCOL)}
 
 #: engine method → its paper's protocol (what ``protocol: paper`` runs). Methods without a paper
 #: of their own map to the paper whose protocol they are the baseline or control of:
@@ -54,6 +54,10 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 #: * ``apc`` → ``vcd``: the APC-only control (cd_rethink) isolates VCD's plausibility cutoff, so it
 #:   runs in VCD's setting;
 #: * ``contrast`` (your own contrast input) → ``unified``: no paper.
+#:
+#: ``llava_eval`` (LLaVA-1.5's own evaluation: conv ``vicuna_v1``, greedy, pad-to-square) is no
+#: method's paper; name it to run a method in LLaVA's own setting. A method missing here (a new
+#: one) has no paper protocol: ``protocol_for(m, "paper")`` raises until it is added.
 PAPER_OF: dict[str, str] = {
     "vcd": "vcd", "vcd_legacy": "vcd", "greedy": "vcd", "sample": "vcd", "apc": "vcd",
     "icd": "icd", "ritual": "ritual", "m3id": "m3id", "vdd": "vdd", "selfaug": "selfaug",
