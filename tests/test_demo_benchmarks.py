@@ -214,10 +214,24 @@ def test_demo_amber_layout_read_by_the_loader(amber_root, world):
 
 
 def test_demo_amber_deterministic(world, amber_root, tmp_path):
-    d, _ = world
-    demo_amber.build_demo_amber(d / "annotations" / "instances_val.json", d / "images" / "val", tmp_path / "a",
-                                n_images=10, seed=0)
+    d, objects = world
+    args = (d / "annotations" / "instances_val.json", d / "images" / "val")
+    demo_amber.build_demo_amber(*args, tmp_path / "a", n_images=10, seed=0)
     assert _tree_digest(tmp_path / "a") == _tree_digest(amber_root)
+    # three existence pairs per image at most (as many as present objects): no object asked twice
+    demo_amber.build_demo_amber(*args, tmp_path / "b", n_images=10, seed=0, existence_pairs=3)
+    ex = amber.load_items(tmp_path / "b" / "data" / "query" / "query_discriminative-existence.json",
+                          tmp_path / "b" / "data" / "annotations.json", tmp_path / "b" / "image")
+    hallu = {q["image"]: a["hallu"] for q, a in zip(_json(tmp_path / "b" / "data" / "query" / "query_generative.json"),
+                                                    _json(tmp_path / "b" / "data" / "annotations.json"))}
+    per_image = {}
+    for it in ex:
+        per_image.setdefault(it["image"], []).append(it["question"])
+    assert set(per_image) == set(hallu)
+    for image, qs in per_image.items():
+        assert len(qs) == len(set(qs)) == 2 * min(3, len(objects[image]), len(hallu[image]))
+    with pytest.raises(ValueError, match="existence_pairs must be a positive integer"):
+        demo_amber.build_demo_amber(*args, tmp_path / "c", existence_pairs=0)
 
 
 @pytest.fixture(scope="module")

@@ -136,10 +136,10 @@ def build_demo_amber(
         truth = sorted(sc.names, key=_ORDER.__getitem__)
         hallu = hallu_objects(sc)
         generative.append((sc, generative_query, {"type": "generative", "truth": truth, "hallu": hallu}))
-        present = list(truth)
-        for _ in range(min(int(existence_pairs), len(present), len(hallu))):
+        present, absent = list(truth), list(hallu)
+        for _ in range(min(int(existence_pairs), len(present), len(absent))):  # no object asked twice
             yes = present.pop(int(rng.integers(len(present))))
-            no = hallu[int(rng.integers(len(hallu)))]
+            no = absent.pop(int(rng.integers(len(absent))))
             existence.append((sc, pope_question(yes), "yes"))
             existence.append((sc, pope_question(no), "no"))
         opaque = [o for o in sc.objects if o.contrast >= 1.0] or list(sc.objects)
