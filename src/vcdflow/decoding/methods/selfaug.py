@@ -12,7 +12,9 @@ Augmentation menu (``src/models/base_models.py``, on the normalised pixel tensor
 horizontal flip, colour inversion (de-normalise, invert, re-normalise), random crop (square of side
 min(h, w)/``crop_ratio``, resized back), random mask (square of side min(h, w)/``mask_ratio`` set to
 0), diffusion noise at ``noise_step``. Defaults from ``src/script/pope.bash``: ``alpha`` = α = 1,
-``beta`` = β = 0.1 (used only when ``tau`` is None), ``tau`` = τ = 0.5, crop_ratio = 2.0 (``apply_augmentation``'s own default is 2.5), mask_ratio = 2.0,
+``beta`` = β = 0.1 (used only when ``tau`` is None), ``tau`` = τ = 0.5, crop_ratio = 2.5 (the effective
+official value: ``pope.bash`` sets 2.0 but ``generate_sentence`` never passes it on, so
+``apply_augmentation``'s default 2.5 applies, ``src/models/base_models.py:87``), mask_ratio = 2.0,
 noise_step = 500; SAS generation up to ``sas_max_new_tokens`` = 768 (the repo's GenerationConfig).
 
 Parsing (official ``parse_aug``): lower-case the reply, take the text after the first "choice:"
@@ -140,7 +142,7 @@ def augmentation_fn(name: str, params, rng):
 @dataclass(frozen=True)
 class SelfAug(Method):
     name = "selfaug"
-    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "tau": 0.5, "crop_ratio": 2.0, "mask_ratio": 2.0,
+    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "tau": 0.5, "crop_ratio": 2.5, "mask_ratio": 2.0,
                                  "noise_step": 500, "augmentation": None, "sas_prompt": "full",
                                  "sas_max_new_tokens": 768, "sas_strip_suffix": None})
     nullable = frozenset({"augmentation", "tau", "sas_strip_suffix"})
