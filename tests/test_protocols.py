@@ -27,7 +27,6 @@ from vcdflow.protocols import (FAMILIES, PAPER_OF, PROTOCOLS, Resolved, diff, ge
                                protocol_for, template_names)
 from vcdflow.protocols.cli import branch_texts
 
-ROOT = Path(__file__).resolve().parents[1]
 Q = "Is there a snowboard in the image?"  # the first POPE question (llava_pope_test.jsonl:1)
 
 # haotian-liu/LLaVA llava/conversation.py:325-327 (conv_llava_v1.system), written out

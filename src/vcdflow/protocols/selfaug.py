@@ -19,7 +19,7 @@ no AMBER: from ``unified``).
 
 from __future__ import annotations
 
-from ._shared import IMPLICIT_TOP_K, INSTRUCTBLIP_RAW, LLAVA_V1_SYSTEM, NO_SYSTEM_IB, PROCESSOR_IB
+from ._shared import IMPLICIT_TOP_K, INSTRUCTBLIP_RAW, LLAVA_V1_SYSTEM, NO_SYSTEM_IB
 from .base import Protocol, S
 
 R = "eunwooim/selfaug"
