@@ -80,10 +80,9 @@ OFFICIAL = {
     # sangminwoo/RITUAL eval_bench/pope_eval_instructblip.py:209; chair_eval_instructblip.py:181
     ("ritual", "ritual", "instructblip", "pope"): {"original": (Q, Q)},
     ("ritual", "ritual", "instructblip", "chair"): {"original": ("Please describe this image in detail.",) * 2},
-    # M3ID through RITUAL's scripts (use_m3id): the same texts, a text-only contrast branch
+    # M3ID through RITUAL's scripts (use_m3id): the same texts (text-only branch: see the xfail below)
     ("m3id", "m3id", "llava", "pope"): {
-        "original": HUMAN + " USER: <image>\nIs there a snowboard in the image? ASSISTANT:",
-        "text_only": HUMAN + " USER: Is there a snowboard in the image? ASSISTANT:"},
+        "original": HUMAN + " USER: <image>\nIs there a snowboard in the image? ASSISTANT:"},
     ("m3id", "m3id", "llava", "chair"): {
         "original": HUMAN + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
     ("m3id", "m3id", "instructblip", "pope"): {"original": (Q, Q)},
@@ -164,6 +163,15 @@ def test_prompt_text_equals_the_official_string(key):
             assert (got["text"], got["qformer"]) == want, (key, branch)
         else:
             assert got["text"] == want, (key, branch)
+
+
+@pytest.mark.xfail(strict=True, reason="decoding/methods/m3id.py (and vdd.py variant 'none') drop the image part "
+                   "with its '\\n'; the official text-only branch removes only the image token")
+def test_m3id_text_only_branch_keeps_the_newline_after_the_image():
+    # sangminwoo/RITUAL experiments/llava/model/language_model/llava_llama.py:224: input_ids[input_ids != -200],
+    # i.e. the official prompt (pope_eval_llava.py:247-251) with '<image>' deleted and its '\n' kept
+    rows = {r["branch"]: r["text"] for r in branch_texts("llava", "m3id", "pope", Q, "m3id")}
+    assert rows["text_only"] == HUMAN + " USER: \nIs there a snowboard in the image? ASSISTANT:"
 
 
 def test_every_paper_protocol_and_family_it_ran_is_covered():

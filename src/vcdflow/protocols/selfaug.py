@@ -13,7 +13,8 @@ no AMBER: from ``unified``).
   ``pope.bash`` sets ``crop_ratio=2.0`` but ``generate_sentence`` calls ``apply_augmentation``
   without it, so the function default 2.5 applies; mask ratio 2 likewise.
 * SAS runs text-only and greedy on the raw question (no suffix), in the same conversation
-  template (so it gets the LLaVA system text too).
+  template (so it gets the LLaVA system text too). On InstructBLIP the official SAS call also sets
+  ``repetition_penalty=1.1`` (``src/models/instructblip_model.py:126-131``): not modelled here.
 * Parser: ``src/eval/eval_pope.py`` = VCD's substring rule (parser ``"vcd"``).
 """
 
