@@ -26,6 +26,11 @@ from vcdflow.decoding import METHODS
 from vcdflow.decoding.sampling import make_generator
 
 
+#: methods this module covers (tests/test_methods_controls.py, tests/test_methods_wave2.py); the
+#: first-wave reference (reference_decoder.py) covers the others
+COVERED = ("pba", "olm", "debias", "carve", "iava", "cid", "lqcd")
+
+
 @dataclass
 class Result:
     tokens: list[int] = field(default_factory=list)
@@ -142,7 +147,7 @@ def top_dict(scores: torch.Tensor, tokenizer, k: int) -> dict:
     for i in order:
         word = tokenizer.decode([i]).lower().strip()
         d.setdefault(word, float(probs[i]))
-    return d
+    return {w: float(f"{v:.4g}") for w, v in d.items()}
 
 
 def apc_mask(scores: torch.Tensor, l0: torch.Tensor, beta) -> torch.Tensor:
@@ -153,7 +158,7 @@ def apc_mask(scores: torch.Tensor, l0: torch.Tensor, beta) -> torch.Tensor:
 
 
 # --- CARVE's image rewrite, literally ------------------------------------------------------------
-def carve_refined(vlm, req, p) -> tuple[Image.Image, list]:
+def carve_refined(vlm, req, p) -> tuple[Image.Image, list, list]:
     from scipy import ndimage
 
     g_inp = inputs(vlm, f"{p['general_instruction']} {p['suffix']}", req.image, req.system)
@@ -168,15 +173,20 @@ def carve_refined(vlm, req, p) -> tuple[Image.Image, list]:
         shape = (int(round(n ** 0.5)),) * 2
     assert shape[0] * shape[1] == n and n not in (576, 1024, 1600, 1681, 256)
     S = np.zeros((H, W))
-    for layer in p["layers"]:
-        if layer >= aq.shape[0]:
+    n_layers = aq.shape[0]
+    layers = p["layers"] if p["layers"] is not None else (
+        [x for x in range(20, 26) if x < n_layers] or list(range(max(0, n_layers - 6), n_layers)))
+    for layer in layers:
+        if layer >= n_layers:
             continue
         c = (aq[layer] / (ag[layer] + p["lam"])).numpy().astype(np.float32).reshape(shape)
         S += np.asarray(Image.fromarray(c, mode="F").resize((W, H), Image.BILINEAR))
     thr = np.percentile(S, 100 * (1 - p["top_percent"]))
     binary = S >= thr
     lab, num = ndimage.label(binary)
-    sums = [(float(S[lab == r].sum()), r) for r in range(1, num + 1)]
+    # v3: rank regions by their summed S; v2: by their size (pixel count)
+    sums = [(float(S[lab == r].sum()) if p["version"] == "v3" else float((lab == r).sum()), r)
+            for r in range(1, num + 1)]
     sums.sort(key=lambda x: -x[0])
     keep = [r for _, r in sums[:max(p["min_keep_regions"], int(num * p["top_percent"]))]]
     mask = np.isin(lab, keep)
@@ -185,7 +195,8 @@ def carve_refined(vlm, req, p) -> tuple[Image.Image, list]:
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     crop = Image.fromarray(arr.astype(np.uint8)).crop(box)
     s = max(W / crop.size[0], H / crop.size[1])
-    return crop.resize((int(crop.size[0] * s), int(crop.size[1] * s)), Image.LANCZOS), list(box)
+    used = [x for x in layers if x < n_layers]
+    return crop.resize((int(crop.size[0] * s), int(crop.size[1] * s)), Image.LANCZOS), list(box), used
 
 
 # --- branches and formulas ------------------------------------------------------------------------
@@ -219,8 +230,10 @@ def ref_branches(vlm, req, method, p, meta):
             meta["iava_approximate"] = True
         return [orig, (req.prompt, req.image, req.system, keep)]
     if method == "carve":
-        refined, box = carve_refined(vlm, req, p)
+        assert p["version"] in ("v2", "v3")
+        refined, box, used = carve_refined(vlm, req, p)
         meta["carve_bbox"] = box
+        meta["carve_layers"] = used
         return [(req.prompt, refined, req.system, None)]
     raise KeyError(method)
 

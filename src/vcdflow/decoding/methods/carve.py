@@ -26,7 +26,10 @@ question is answered on the refined image alone.
    bounding box, LANCZOS-resize by max(W/w, H/h).
 5. Decode the prompt on the refined image (one branch; no APC, no contrast).
 
-Parameters (code defaults, ``main.py:15-24`` / ``pipeline.py:101-117``): ``layers`` = 20…25,
+Parameters (code defaults, ``main.py:15-24`` / ``pipeline.py:101-117``): ``layers`` = None =
+the code's 20…25 (those the model has; a model with ≤ 20 layers uses its last min(6, n) — ours,
+where the code would fuse no layer and keep the whole image; an explicit list none of whose
+layers exists is an error),
 ``lam`` = λ = 1e-8, ``top_percent`` = p = 0.2, ``min_keep_regions`` = K = 3, ``outlier_percent``
 = o = 0.1 (v1 only), ``version`` = "v3", ``general_instruction`` = "Write a general description
 of the image.", ``suffix`` = "Answer the question using a single word or phrase." (the code
@@ -41,7 +44,7 @@ Algorithm 1 (refined image only); (c) the code's LLaVA prompt is the non-standar
 ``"<image>\\nUSER: {q} {suffix}\\nASSISTANT:"`` (``pipeline.py:86-87``); here every pass uses the
 family's chat template. Families: LLaVA and Qwen2.5-VL; **not InstructBLIP** (its 32 Q-Former
 query tokens have no spatial grid). ``Output.meta``: ``carve_bbox`` (x0, y0, x1, y1) and
-``carve_regions`` (kept / found).
+``carve_regions`` (kept / found), ``carve_layers`` (the layers fused).
 """
 
 from __future__ import annotations
@@ -58,8 +61,16 @@ from .base import Method
 
 GENERAL_INSTRUCTION = "Write a general description of the image."
 ANSWER_SUFFIX = "Answer the question using a single word or phrase."
+PAPER_LAYERS = tuple(range(20, 26))
 KNOWN_GRIDS = {576: (24, 24), 1024: (32, 32), 1600: (40, 40), 1681: (41, 41), 256: (16, 16)}
 VERSIONS = {"v1": "remove_small", "v2": "size", "v3": "attention_sum"}
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """The paper's layers 20…25 that the model has; a model with at most 20 layers (tiny test
+    and demo models) uses its last min(6, n) layers instead (ours; the code would fuse nothing)."""
+    paper = [layer for layer in PAPER_LAYERS if layer < n_layers]
+    return paper or list(range(max(0, n_layers - 6), n_layers))
 
 
 def token_grid(n: int, fallback: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -147,18 +158,21 @@ def refine_image(image, mask: np.ndarray):
 @dataclass(frozen=True)
 class CARVE(Method):
     name = "carve"
-    defaults = MappingProxyType({"layers": tuple(range(20, 26)), "lam": 1e-8, "top_percent": 0.2,
+    defaults = MappingProxyType({"layers": None, "lam": 1e-8, "top_percent": 0.2,
                                  "min_keep_regions": 3, "outlier_percent": 0.1, "version": "v3",
                                  "general_instruction": GENERAL_INSTRUCTION, "suffix": ANSWER_SUFFIX})
+    nullable = frozenset({"layers"})
     param_types = MappingProxyType({"layers": (list, tuple)})
+    #: model families CARVE applies to (InstructBLIP's query tokens have no spatial grid)
+    families = ("llava", "qwen2_5_vl")
 
     def validate(self, p):
         super().validate(p)
         if p["version"] not in VERSIONS:
             raise ValueError(f"parameter 'version' of method 'carve' must be one of {', '.join(VERSIONS)} "
                              f"(v4 needs decode-time attention, not built), got {p['version']!r}")
-        if not isinstance(p["layers"], (list, tuple)) or not p["layers"] or \
-                not all(isinstance(i, int) and i >= 0 for i in p["layers"]):
+        if p["layers"] is not None and (not isinstance(p["layers"], (list, tuple)) or not p["layers"] or
+                                        not all(isinstance(i, int) and i >= 0 for i in p["layers"])):
             raise ValueError(f"parameter 'layers' of method 'carve' must be a non-empty list of layer "
                              f"indices, got {p['layers']!r}")
         if not 0 < float(p["top_percent"]) <= 1:
@@ -193,9 +207,9 @@ class CARVE(Method):
                 it.fail(f"CARVE attention probe failed: {bad}")
                 continue
             n_layers = aq.shape[0]
-            if not any(layer < n_layers for layer in p["layers"]):
-                it.fail(f"method 'carve': none of the layers {list(p['layers'])} exists (the model has "
-                        f"{n_layers} layers)")
+            layers = default_layers(n_layers) if p["layers"] is None else list(p["layers"])
+            if not any(layer < n_layers for layer in layers):
+                it.fail(f"method 'carve': none of the layers {layers} exists (the model has {n_layers} layers)")
                 continue
             fallback = None
             if family == "qwen2_5_vl":
@@ -204,13 +218,14 @@ class CARVE(Method):
                 _, gh, gw = enc.extras["image_grid_thw"][0].tolist()
                 fallback = (gh // merge, gw // merge)
             image = it.request.image
-            S = fuse_first_step(aq, ag, image.size, p["layers"], float(p["lam"]), fallback)
+            S = fuse_first_step(aq, ag, image.size, layers, float(p["lam"]), fallback)
             mask, kept, found = attention_mask(S, float(p["top_percent"]), int(p["min_keep_regions"]),
                                                float(p["outlier_percent"]), VERSIONS[p["version"]])
             refined, bbox = refine_image(image, mask)
             it.ctx.prepared["refined"] = refined
             it.ctx.meta["carve_bbox"] = list(bbox)
             it.ctx.meta["carve_regions"] = [kept, found]
+            it.ctx.meta["carve_layers"] = [layer for layer in layers if layer < n_layers]
 
     def branches(self, request, ctx):
         self.require_image(request)

@@ -12,7 +12,9 @@ without the image) and **unk** (the image placeholder replaced by one ``<unk>`` 
 
 At the first step (E9) the method records, per branch, the official ``calibrate_label_dict``
 (``experiments/utils/metrics.py:102-113``): the top-``top_k`` tokens of softmax(scores / T), each
-decoded, lower-cased and stripped, keeping the first (highest) occurrence of each string →
+decoded, lower-cased and stripped, keeping the first (highest) occurrence of each string,
+probabilities rounded to 4 significant digits (the official runs are float16, about 3 digits; batch
+float round-off then rarely shows) →
 ``Output.meta["debias_top"] = {"naive": {str: p}, "none": {…}, "unk": {…}}``. "naive" uses the
 processed scores of the decode itself (HF ``output_scores``: contrasted, APC-masked and
 temperature-scaled; ``calibrate/llava_calibrate.py:161-185``); "none"/"unk" use ℓ_none / T and
@@ -57,7 +59,7 @@ def top_token_probs(scores: torch.Tensor, tokenizer, k: int) -> dict[str, float]
     for p, i in zip(top_p.tolist(), top_i.tolist()):
         s = tokenizer.decode([i]).lower().strip()
         if s not in out:
-            out[s] = float(p)
+            out[s] = float(f"{p:.4g}")
     return out
 
 
