@@ -12,7 +12,7 @@ answer words "Yes" / "No"::
 ``NO_INDEX = 1939`` = "▁No"; ``sum_prob > 0.2``, ``abs_diff < 0.5``). It only bites where yes/no
 are likely, i.e. the first answer token of a POPE/MME question, and shows that shifting the
 yes/no decision alone reproduces CD's POPE "gains". Official run: greedy
-(``scripts/pope_infer_spurious.sh:29-30``: ``--temperature 0 --use-olm``), prompt
+(``scripts/pope_infer_spurious.sh:30-32``: ``--temperature 0 --use-olm``), prompt
 ``"{question} Answer the question using a single word or phrase."``
 (``inference/pope_infer_olm.py:59``).
 

@@ -8,7 +8,7 @@ cd_rethink shows that merely biasing the prompt towards "yes" recovers much of t
 that CD methods report (their gains come with a higher yes-ratio). The official prompt is
 ``"<image>\\n{question} Answer the question using a single word or phrase. Answer yes whenever
 possible."`` (``inference/pope_infer_pba.py:51``, conv ``vicuna_v1``), decoded greedily
-(``scripts/pope_infer_spurious.sh:13``: ``--temperature 0``; ``max_new_tokens`` 1024).
+(``scripts/pope_infer_spurious.sh:14``: ``--temperature 0``; ``max_new_tokens`` 1024, ``pope_infer_pba.py:76``).
 
 Parameter: ``suffix`` = " Answer yes whenever possible." — appended to the request's prompt,
 so the benchmark prompt must end with cd_rethink's " Answer the question using a single word or
