@@ -417,6 +417,16 @@ def test_vcdflow_prompt_bad_values_name_the_option(argv, option, capsys):
     assert cap.out == "" and len(lines) == 1 and lines[0].startswith(f"vcdflow prompt: {option}: "), lines
 
 
+def test_family_of_model_reads_the_model_type(tiny, tmp_path):
+    from vcdflow.protocols import family_of_model
+
+    assert family_of_model(tiny["llava"][0]) == "llava" and family_of_model(tiny["instructblip"][0]) == "instructblip"
+    with pytest.raises(ValueError, match="config.json: cannot read the model_type"):
+        family_of_model(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown family 'auto'.*family_of_model"):
+        get_protocol("unified").resolve("vcd", "auto", "pope")
+
+
 def test_vcdflow_prompt_with_model_uses_its_processor(tiny, capsys):
     path, _ = tiny["llava"]
     assert main(["prompt", "--model", str(path), "--protocol", "paper", "--method", "vcd"]) == 0

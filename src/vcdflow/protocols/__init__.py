@@ -31,9 +31,17 @@ CONTRACT (used by the workflow, the runner and the CLI; keep these names):
 * ``diff(a, b) -> list[dict]`` per (family, benchmark, field) how protocol ``a`` differs from
   ``b`` (the report lists paper protocols against ``unified``);
 * ``preprocess_image(image, how, mean) -> PIL.Image``.
+
+Also (additions, same module): ``family_of_model(path)`` (a model folder's family — what
+``family: auto`` stands for; ``resolve`` needs a real family), ``Resolved.format_prompt(question)``,
+``FAMILY_TEMPLATE`` and ``render``/``render_text`` (the shipped chat templates), and the adapters'
+``chat_template`` attribute (``vcdflow.models.adapters.FamilyAdapter.chat_template``: set it to
+``Resolved.chat_template`` unless that is ``"model"``).
 """
 
 from __future__ import annotations
+
+import json
 
 from .base import BENCHMARKS, FAMILIES, FIELDS, MODES, Protocol, Resolved, S, diff
 from .chat import FAMILY_TEMPLATE, load_template, render, render_text, template_names
@@ -75,6 +83,23 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
+def family_of_model(path) -> str:
+    """The family (``llava``, ``instructblip``, ``qwen2_5_vl``) of a model folder, from its
+    ``config.json`` ``model_type`` (what ``family: auto`` means); ``ValueError`` naming the file."""
+    from pathlib import Path
+
+    from ..models.loading import FAMILIES as MODEL_TYPES
+
+    cfg = Path(path) / "config.json"
+    try:
+        model_type = json.loads(cfg.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{cfg}: cannot read the model_type: {exc}") from None
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{cfg}: unsupported model_type {model_type!r}; supported: {', '.join(MODEL_TYPES)}")
+    return MODEL_TYPES[model_type][0]
+
+
 def protocol_for(method: str, choice: str | None = "unified") -> str:
     """Resolve a run's protocol choice for ``method``: ``"unified"`` (also None), ``"paper"`` (the
     method's own paper, :data:`PAPER_OF`; a method with no entry → ``ValueError`` naming it) or a
@@ -89,5 +114,5 @@ def protocol_for(method: str, choice: str | None = "unified") -> str:
 
 
 __all__ = ["BENCHMARKS", "FAMILIES", "FAMILY_TEMPLATE", "FIELDS", "MODES", "PAPER_OF", "PROTOCOLS", "Protocol",
-           "Resolved", "S", "diff", "expand2square", "get_protocol", "load_template", "preprocess_image",
+           "Resolved", "S", "diff", "expand2square", "family_of_model", "get_protocol", "load_template", "preprocess_image",
            "protocol_for", "render", "render_text", "template_names"]

@@ -111,7 +111,9 @@ class Protocol:
         from . import get_protocol
 
         if family not in FAMILIES:
-            raise ValueError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}")
+            hint = (" (resolve 'auto' from the model first: vcdflow.protocols.family_of_model(path))"
+                    if family in (None, "auto") else "")
+            raise ValueError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}{hint}")
         if benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark kind {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
         if mode is not None and mode not in MODES:

@@ -48,21 +48,17 @@ def _processor_adapter(model_dir: str, family: str | None):
     from pathlib import Path
 
     from ..models.adapters import ADAPTERS
-    from ..models.loading import FAMILIES as MODEL_TYPES
     from ..models.loading import _load_processor
 
+    from . import family_of_model
+
     path = Path(model_dir)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
+    if not (path / "config.json").is_file():
         raise UsageError("--model", f"{model_dir}: no config.json (expected a save_pretrained folder)")
     try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type")
-    except (OSError, ValueError) as exc:
-        raise UsageError("--model", f"{cfg_file}: {exc}") from None
-    if model_type not in MODEL_TYPES:
-        raise UsageError("--model", f"{model_dir}: unsupported model_type {model_type!r}; "
-                                    f"supported: {', '.join(MODEL_TYPES)}")
-    fam = MODEL_TYPES[model_type][0]
+        fam = family_of_model(path)
+    except ValueError as exc:
+        raise UsageError("--model", str(exc)) from None
     if family is not None and family != fam:
         raise UsageError("--family", f"{family!r} but --model {model_dir} is a {fam} model")
     try:
