@@ -6,7 +6,6 @@ literal port of the official calibration loop; the LQCD leading-query POPE build
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
