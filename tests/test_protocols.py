@@ -359,6 +359,24 @@ def test_instructblip_token_ids_and_qformer_ids(tiny, key):
         a.chat_template = None
 
 
+def test_qwen_shipped_template_token_ids(tmp_path):
+    """Qwen2.5-VL under the shipped official template: the processor expands the one
+    ``<|image_pad|>`` into the image's tokens (4 on the tiny model)."""
+    from tiny_models import build_tiny_qwen2_5_vl
+
+    from vcdflow.models import load_vlm
+
+    vlm = load_vlm(build_tiny_qwen2_5_vl(tmp_path / "qwen"))
+    a = vlm.adapter
+    a.chat_template = "qwen2_5_vl"
+    enc = a.encode(Branch(prompt="Is there a dog in the image?", image=Image.new("RGB", (56, 56), (9, 9, 9))))
+    official = OFFICIAL[("unified", "vcd", "qwen2_5_vl", "pope")]["original"].replace(
+        "<image>", "<|image_pad|>" * 4).replace("Is there a snowboard in the image?\nAnswer the question using a "
+                                                "single word or phrase.", "Is there a dog in the image?")
+    assert enc.input_ids.tolist() == a.tokenizer(official)["input_ids"]
+    assert int((enc.input_ids == a.image_token_id).sum()) == 4
+
+
 def test_demo_model_own_template_equals_shipped_llava_v1():
     from vcdflow.models.adapters import adapter_for
     from vcdflow.models.demo import build_demo_vlm
