@@ -55,7 +55,7 @@ PROTOCOL = Protocol(
                   "chat_template": S("llava_v1", f"{PL}:216-227")},
         "instructblip": {"system": NO_SYSTEM_IB, "chat_template": INSTRUCTBLIP_RAW,
                          "image_preprocess": PROCESSOR_IB,
-                         "top_k": S(50, f"{PI}:214-227 / {BLIP}:385-402 pass no top_k: {IMPLICIT_TOP_K}"),
+                         "top_k": S(50, f"{PI}:214-227 / {BLIP}:395-418 pass no top_k: {IMPLICIT_TOP_K}"),
                          "top_p": S(1.0, f"{PI}:63,218"),
                          "max_new_tokens": S(64, f"{PI}:84,226 (max_length=args.max_token)"),
                          "params": {"avisc": S({"alpha": 3.0, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0,
