@@ -67,7 +67,8 @@ def test_decode_then_score(tmp_path, capsys):
     assert main(["score", "--results", str(out), "--metrics", str(metrics),
                  "--model-name", "demo", "--method-name", "vcd"]) == 0
     df = pd.read_csv(metrics)
-    assert list(df.columns) == ["benchmark", "split", "model", "method", "seed", "metric", "value"]
+    assert list(df.columns) == ["benchmark", "split", "model", "protocol", "method", "mode", "seed", "metric", "value"]
+    assert set(df.protocol) == {"unified"} and set(df["mode"]) == {"greedy"}
     assert set(df.split) == {"random"} and set(df.seed) == {0}  # taken from the records
     got = df.set_index("metric").value
     want = pope.score(recs, parser="official")

@@ -117,9 +117,6 @@ def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrup
     litter = [tmp_path / f".res.jsonl.{_HOST}-{killed.pid}-abc123.tmp", tmp_path / ".res.jsonl.q1w2e3r4.tmp"]
     for p in litter:
         p.write_text('{"item_id": "half')
-    snapshot = partial.read_bytes()
-    listing = sorted(p.name for p in tmp_path.iterdir())
-
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "notjson_pope_random.json").write_text("question_id,image,text,label\n")
@@ -134,6 +131,8 @@ def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrup
     shutil.copytree(root / "model", cut_w)
     weights = (cut_w / "model.safetensors").read_bytes()
     (cut_w / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    snapshot = partial.read_bytes()
+    listing = sorted(p.name for p in tmp_path.iterdir())
     expect = "expected a POPE question file (one JSON object per line with question_id, image, text, label) — fix the file and rerun"
     model_hint = "expected a save_pretrained folder (config.json + weights) — check --model (models.<name>.path in a workflow config)"
     cases = [

@@ -51,8 +51,20 @@ def _run_dict(a) -> dict:
         params=params, do_sample=True if a.do_sample else None, temperature=a.temperature, top_p=a.top_p,
         top_k=a.top_k, seed=a.seed, prompt=a.prompt, max_new_tokens=a.max_new_tokens,
         n_questions=a.n_questions or None, dtype=a.dtype, protocol=getattr(a, "protocol", None) or "unified",
-        batch_size=a.batch_size, device=a.device, threads=a.threads,
+        batch_size=a.batch_size, device=a.device, threads=a.threads, family=_model_family(a.model),
     )
+
+
+def _model_family(model: str) -> str:
+    """The family of a local model folder (its config.json ``model_type``), else ``auto``: a
+    protocol resolves per family, and ``auto`` is none."""
+    try:
+        model_type = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return "auto"
+    from .models.loading import FAMILIES
+
+    return FAMILIES[model_type][0] if model_type in FAMILIES else "auto"
 
 
 def _parse_params(text: str | None) -> dict:
@@ -159,11 +171,14 @@ class _CliFormatter(logging.Formatter):
 def _setup_logging(debug: bool) -> None:
     """Library log lines (resume, error rows, where the output went) on stderr."""
     lg = logging.getLogger("vcdflow")
-    if not any(isinstance(h, _StderrHandler) for h in lg.handlers):
-        h = _StderrHandler()
-        h.setFormatter(_CliFormatter())
-        lg.addHandler(h)
-    lg.setLevel(logging.DEBUG if debug else logging.INFO)
+    handler = next((h for h in lg.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(_CliFormatter())
+        lg.addHandler(handler)
+    handler.setLevel(logging.DEBUG if debug else logging.INFO)
+    if lg.getEffectiveLevel() > handler.level:
+        lg.setLevel(handler.level)
 
 
 def parser() -> argparse.ArgumentParser:
