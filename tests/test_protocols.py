@@ -174,6 +174,13 @@ def test_m3id_text_only_branch_keeps_the_newline_after_the_image():
     assert rows["text_only"] == HUMAN + " USER: \nIs there a snowboard in the image? ASSISTANT:"
 
 
+def test_vcdflow_prompt_previews_every_method_on_every_family():
+    for method in METHODS:
+        for family in FAMILIES:
+            rows = branch_texts(family, method, "pope", Q, "unified")
+            assert rows and all(Q in r["text"] or r["branch"] == "describe" for r in rows), (method, family)
+
+
 def test_every_paper_protocol_and_family_it_ran_is_covered():
     covered = {(p, f, b) for p, _, f, b in OFFICIAL}
     for name, proto in PROTOCOLS.items():

@@ -10,7 +10,8 @@ Q-Former's instruction (its 32 query outputs are prepended to the LLM text by th
 are not written). A method's preparatory queries come first (Self-Aug's ``sas`` query, CODE's
 ``describe`` query); a contrast branch that depends on their answer shows a placeholder
 (``<description>``; Self-Aug's augmentation is the parser's fallback, noise — the text is the same
-for every augmentation).
+for every augmentation). A method whose contrast branches are built from the model's own outputs
+(its ``prepare`` stage, e.g. ``carve``, ``iava``) shows its original branch, with a note on stderr.
 
 Without ``--model`` the family's official template shipped with the package is used
 (``vcdflow/protocols/templates``); ``--model DIR`` uses that model's processor (its own chat
@@ -126,6 +127,7 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
 
     image = Image.new("RGB", (64, 48), (128, 128, 128))
     request = Request(image=image, prompt=res.format_prompt(question), system=res.system, item_id="prompt",
+                      contrast_image=image,  # `contrast`/`cid`: your contrast image (same text)
                       contrast_images=[image] * 4 if method == "convis" else None)
     stub = adapter or SimpleNamespace(family=family, unk_token="<unk>")
     ctx = BranchContext(params=p, rng=torch.Generator().manual_seed(0), adapter=stub, do_sample=res.do_sample,
@@ -143,8 +145,12 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
                                    system=request.system, qformer_prompt=None))
     try:
         branches = list(m.branches(request, ctx))
-    except Exception as exc:  # noqa: BLE001 - e.g. icd position=qformer on a non-InstructBLIP family
+    except ValueError as exc:  # e.g. icd position=qformer on a non-InstructBLIP family
         raise UsageError("--params" if params else "--method", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - branches built from model outputs (prepare stage)
+        print(f"vcdflow prompt: note: method {method!r} builds its contrast branches from the model's own "
+              f"outputs ({type(exc).__name__}: {exc}); only the original branch is shown", file=sys.stderr)
+        branches = [m.original(request)]
     rows = []
     for b in pre + branches:
         text = _show(text_of(b), image_token)
