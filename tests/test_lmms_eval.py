@@ -23,12 +23,16 @@ from vcdflow.decoding import Request, generate  # noqa: E402
 from vcdflow.metrics import mmvp  # noqa: E402
 from vcdflow.models import load_vlm  # noqa: E402
 
+# The untrained demo model (seed 6) answers e.g. "assistant fork" or "apple apple" (letter A by
+# lmms-eval's first-character fallback) on some items and nothing parseable on others, differently
+# for greedy and vcd; the answers below make each method get some questions and one pair right.
 ROWS = [(i + 1, f"Is the {obj} {a} or {b}?", f"(a) {a.capitalize()} (b) {b.capitalize()}", ans)
         for i, (obj, a, b, ans) in enumerate([
-            ("door", "open", "closed", "(a)"), ("door", "open", "closed", "(b)"),
-            ("cup", "full", "empty", "(b)"), ("cup", "full", "empty", "(a)"),
-            ("dog", "left", "right", "(a)"), ("dog", "left", "right", "(b)"),
-            ("car", "red", "blue", "(b)"), ("car", "red", "blue", "(a)")])]
+            ("door", "open", "closed", "(a)"), ("door", "open", "closed", "(a)"),
+            ("cup", "full", "empty", "(a)"), ("cup", "full", "empty", "(a)"),
+            ("dog", "left", "right", "(b)"), ("dog", "left", "right", "(a)"),
+            ("car", "red", "blue", "(a)"), ("car", "red", "blue", "(b)")])]
+
 
 TASK_YAML = """task: vcdflow_local_mmvp
 dataset_path: json
@@ -79,7 +83,7 @@ def setup(tmp_path_factory):
     from vcdflow.models.demo import build_demo_vlm
 
     root = tmp_path_factory.mktemp("lmms")
-    model, processor = build_demo_vlm(seed=0)
+    model, processor = build_demo_vlm(seed=6)
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
     rel = root / "mmvp"
@@ -148,6 +152,9 @@ def test_lmms_eval_cli_equals_vcdflow_scorer_and_generate(setup, cli_runs, metho
                       items)
     assert res["mmvp_accuracy,none"] == pytest.approx(mine["accuracy"] / 100)
     assert res["mmvp_pair_accuracy,none"] == pytest.approx(mine["pair_accuracy"] / 100)
+    # not vacuous: some answers right, and the two methods answer differently
+    assert 0 < sum(cli_runs[m][0]["mmvp_accuracy,none"] for m in METHODS)
+    assert [r["answer"] for r in cli_runs["greedy"][1]] != [r["answer"] for r in cli_runs["vcd"][1]]
     # the answers are vcdflow's generate on the same prompts, seed and item ids (batching does not matter)
     vlm = load_vlm(root / "model")
     reqs = [Request(image=Image.open(d["image_path"]).convert("RGB"), prompt=r["prompt"], item_id=r["item_id"])

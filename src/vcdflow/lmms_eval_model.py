@@ -17,11 +17,13 @@ Model arguments (``--model_args key=value,...``; a JSON value may hold commas):
 * ``pretrained`` — a model directory or hub id for :func:`vcdflow.models.load_vlm`;
 * ``method`` (default ``greedy``) and ``params`` (a JSON object of method parameters, checked
   against the method's defaults before the model loads);
-* ``protocol`` — ``unified`` (default: the method's defaults plus ``params``, the model's own
-  chat template, the task's prompt and generation settings) or a vcdflow paper protocol name,
-  resolved through :mod:`vcdflow.protocols` (``get_protocol(name).resolve(...)``) when that
-  module offers it — then its ``do_sample``/``temperature``/``top_p``/``top_k``/``system`` and
-  parameter overrides apply (``benchmark`` names the benchmark kind to resolve for);
+* ``protocol`` — ``unified`` (default) or a vcdflow paper protocol name, with ``benchmark``
+  naming the vcdflow benchmark kind (``pope``, ``chair``, ``mme``, ``amber``) to resolve it for
+  through :mod:`vcdflow.protocols` (``get_protocol(name).resolve(method=, family=, benchmark=,
+  mode=None)``): its ``do_sample``/``temperature``/``top_p``/``top_k``/``system`` and parameter
+  overrides then apply (``params`` still win). ``unified`` without ``benchmark``: the method's
+  defaults plus ``params``, the model's own chat template, the task's prompt and generation
+  settings. A named protocol needs ``benchmark``;
 * ``batch_size`` (requests per batch; a value in ``--model_args`` wins over ``--batch_size``),
   ``seed`` (default 0), ``device`` (``cpu``/``cuda``/``auto``), ``dtype``;
 * ``do_sample``, ``temperature``, ``top_p``, ``top_k`` — override the task's generation kwargs;
@@ -144,23 +146,27 @@ class VcdflowLMM(lmms):
         return cls(**args)
 
     def _resolve_protocol(self, benchmark: str | None) -> None:
-        if self.protocol == "unified":
-            return
+        self.protocol_resolved = False
+        if self.protocol == "unified" and not benchmark:
+            return  # method defaults + params, the task's prompt and generation settings
         try:
             from vcdflow.protocols import get_protocol
         except ImportError:
-            raise ValueError(f"vcdflow model_args: protocol {self.protocol!r} needs vcdflow.protocols.get_protocol, "
-                             "which this vcdflow does not provide; use protocol=unified") from None
+            raise ValueError(f"vcdflow model_args: protocol {self.protocol!r} with benchmark= needs "
+                             "vcdflow.protocols.get_protocol, which this vcdflow does not provide; "
+                             "use protocol=unified without benchmark=") from None
         if not benchmark:
             raise ValueError(f"vcdflow model_args: protocol {self.protocol!r} needs benchmark=<kind> "
                              "(pope, chair, mme, amber) to resolve its settings")
+        mode = {True: "sample", False: "greedy"}.get(self.overrides["do_sample"])
         res = get_protocol(self.protocol).resolve(method=self.method, family=self.vlm.family, benchmark=benchmark,
-                                                  mode=None)
+                                                  mode=mode)
         self.params = {**dict(res.params or {}), **self.params}
         self.system = res.system
         for k in ("do_sample", "temperature", "top_p", "top_k"):
             if self.overrides[k] is None:
                 self.overrides[k] = getattr(res, k)
+        self.protocol_resolved = True
 
     @property
     def batch_size(self):
@@ -238,7 +244,8 @@ class VcdflowLMM(lmms):
                         "item_id": r.item_id, "image": None, "image_id": None, "question_id": meta["doc_id"],
                         "prompt": r.prompt, "answer": text, "label": None, "seed": self.seed, "error": out.error,
                         "meta": {**dict(out.meta or {}), **meta, "method": self.method, "params": self.params,
-                                 "protocol": self.protocol, "do_sample": do_sample, "max_new_tokens": max_new},
+                                 "protocol": self.protocol, "protocol_resolved": self.protocol_resolved,
+                                 "do_sample": do_sample, "max_new_tokens": max_new},
                         "timing": {"seconds": round(per_item, 6), "new_tokens": len(out.token_ids or [])},
                     })
                     self.cache_hook.add_partial("generate_until", (r.prompt, requests[i].args[1]), text)
