@@ -104,7 +104,8 @@ PER_QUESTION_INPUTS = {"carve"}
 
 
 def _close(a, b, what):
-    """Equal, floats up to 1e-5 relative (method meta such as DeBias's probabilities)."""
+    """Equal; floats up to 1e-3 relative: method meta such as DeBias's probabilities, rounded to
+    4 significant digits, can differ by one unit in the last digit under float round-off."""
     if isinstance(a, dict) and isinstance(b, dict):
         assert a.keys() == b.keys(), what
         for k in a:
@@ -114,7 +115,7 @@ def _close(a, b, what):
         for k, (x, y) in enumerate(zip(a, b)):
             _close(x, y, f"{what}[{k}]")
     elif isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-7), what
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-7), what
     else:
         assert a == b, what
 

@@ -94,10 +94,12 @@ def _cut_left(cache, mask: torch.Tensor) -> torch.Tensor:
     if first == 0:
         return mask
     layers = getattr(cache, "layers", None)
-    if not layers or not all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+    if not layers or not all(type(layer).__name__ in ("DynamicLayer", "ReservedLayer") for layer in layers):
         return mask
     for layer in layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+        if hasattr(layer, "cut_left"):
+            layer.cut_left(first)
+        elif getattr(layer, "keys", None) is not None and layer.keys.numel():
             layer.keys = layer.keys[:, :, first:, :]
             layer.values = layer.values[:, :, first:, :]
     return mask[:, first:]
@@ -187,6 +189,11 @@ def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Te
     the middle is masked out like left padding. Returns (last-position logits [R, V], mask)."""
     L = mask.shape[1]
     dev = mask.device
+    suf_len = [e.length - p for e, p in zip(rows, plan.lengths)]
+    S = max(suf_len)
+    reserved = [layer for layer in getattr(cache, "layers", []) if hasattr(layer, "reserve")]
+    for layer in reserved:  # the prefix buffers get room for the suffix too: no regrowth copy
+        layer.reserve += S
     pre = [adapter.truncate(rows[i], plan.lengths[i]) for i in plan.unique]
     p_ids, p_mask = adapter.collate(pre)
     p_embeds = adapter.prefill_embeds(p_ids, pre)
@@ -198,8 +205,8 @@ def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Te
     del p_embeds, p_pos
     idx = torch.tensor(plan.row_prefix, device=dev)
     cache.batch_select_indices(idx)
-    suf_len = [e.length - p for e, p in zip(rows, plan.lengths)]
-    S = max(suf_len)
+    for layer in reserved:
+        layer.reserve -= S
     s_ids = torch.full((len(rows), S), int(adapter.pad_token_id), dtype=torch.long)
     s_mask = torch.zeros((len(rows), S), dtype=mask.dtype)
     for i, (e, p) in enumerate(zip(rows, plan.lengths)):
@@ -233,7 +240,7 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
     row_branch = [j for s in seqs for j in range(len(s))]
     ids, mask = adapter.collate(flat)
     pos, next_pos = adapter.prefill_positions(ids, mask, flat)
-    cache = adapter.new_cache()
+    cache = adapter.new_cache(reserve=max(limits) + 1)
     plan = share_plan(adapter, flat) if share_prefix else None
     if plan is None:
         embeds = adapter.prefill_embeds(ids, flat)

@@ -64,6 +64,72 @@ def _digest(t: torch.Tensor | None):
     return (str(t.dtype), tuple(t.shape), h)
 
 
+_RESERVED_LAYER: list = []
+
+
+def _reserved_layer_type():
+    """:class:`ReservedLayer` (built lazily: transformers is imported on first use); None when
+    this transformers has no ``DynamicLayer``."""
+    if _RESERVED_LAYER:
+        return _RESERVED_LAYER[0]
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - older transformers
+        _RESERVED_LAYER.append(None)
+        return None
+
+    class ReservedLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys/values live in a buffer with ``reserve`` free slots after
+        the prefill: a decoding step writes its token in place instead of ``torch.cat`` copying
+        the whole cache (on a CPU most of a step's time with ~600-token rows). ``keys``/``values``
+        are views of the filled part, so every reader (attention, ``get_seq_length``,
+        ``batch_select_indices``) sees what a ``DynamicLayer`` holds; a full buffer grows by
+        ``reserve`` again."""
+
+        def __init__(self, reserve: int):
+            super().__init__()
+            self.reserve = int(reserve)
+            self._kbuf = self._vbuf = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n_old = self.get_seq_length()
+            n = n_old + key_states.shape[-2]
+            kb, vb = self._kbuf, self._vbuf
+            # a new buffer when there is none, it is full, or ``keys`` was replaced from outside
+            if kb is None or kb.shape[0] != key_states.shape[0] or n > kb.shape[-2] or \
+                    (n_old and self.keys.data_ptr() != kb.data_ptr()):
+                shape = list(key_states.shape)
+                shape[-2] = n + self.reserve
+                kb = key_states.new_empty(shape)
+                vb = value_states.new_empty(shape[:-1] + [value_states.shape[-1]])
+                if n_old:
+                    kb[..., :n_old, :] = self.keys
+                    vb[..., :n_old, :] = self.values
+                self._kbuf, self._vbuf = kb, vb
+            kb[..., n_old:n, :] = key_states
+            vb[..., n_old:n, :] = value_states
+            self.keys, self.values = kb[..., :n, :], vb[..., :n, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            if self.get_seq_length() > 0:
+                n = self.keys.shape[-2]
+                self._kbuf, self._vbuf = self._kbuf[indices, ...], self._vbuf[indices, ...]
+                self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+
+        def cut_left(self, first: int) -> None:
+            """Drop the first ``first`` positions (padding no remaining row needs)."""
+            if self.get_seq_length() > 0:
+                n = self.keys.shape[-2]
+                self._kbuf, self._vbuf = self._kbuf[..., first:, :], self._vbuf[..., first:, :]
+                self.keys, self.values = self._kbuf[..., :n - first, :], self._vbuf[..., :n - first, :]
+
+    _RESERVED_LAYER.append(ReservedLayer)
+    return ReservedLayer
+
+
 def _features(result) -> list[torch.Tensor]:
     """Image features from ``get_image_features`` across transformers versions → list of [T, D]."""
     feats = getattr(result, "pooler_output", result)
@@ -284,13 +350,25 @@ class FamilyAdapter:
     def _forward_module(self):
         return self.model
 
-    def new_cache(self):
+    def new_cache(self, reserve: int = 0):
+        """A ``DynamicCache``; with ``reserve`` > 0 its plain layers keep room for ``reserve``
+        more tokens after the prefill (:class:`ReservedLayer`: no full-cache copy per step)."""
         from transformers import DynamicCache
 
         try:
-            return DynamicCache(config=self.model.config)
+            cache = DynamicCache(config=self.model.config)
         except TypeError:  # older transformers
-            return DynamicCache()
+            cache = DynamicCache()
+        if reserve > 0:
+            layer_type = _reserved_layer_type()
+            if layer_type is not None:
+                layers = getattr(cache, "layers", None) or []
+                for k, layer in enumerate(layers):
+                    if type(layer) is layer_type.__base__ and not layer.is_initialized:
+                        layers[k] = layer_type(reserve)
+                if getattr(cache, "layer_class_to_replicate", None) is layer_type.__base__:
+                    cache.layer_class_to_replicate = lambda: layer_type(reserve)
+        return cache
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
                 output_attentions: bool = False):
