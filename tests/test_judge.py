@@ -159,6 +159,10 @@ def test_llavabench_through_fake_server_equals_official(tmp_path, monkeypatch):
     with FakeOpenAI(lambda b: LLAVA_REPLIES[int(re.search(r"Question (\d)\?", _user(b)).group(1))]) as srv:
         judge = make_judge({"kind": "openai", "url": srv.url, "model": "gpt-4-0314", "api_key_env": "VCDFLOW_TEST_JUDGE_KEY"})
         judged = llavabench.judge_items(recs, items, judge)
+        n_calls = len(srv.requests)
+        assert llavabench.judge_items(judged, items, judge) == judged and len(srv.requests) == n_calls  # resumed
+        parallel = llavabench.judge_items(recs, items, judge, workers=3)
+        assert [r["judge_reply"] for r in parallel] == [r["judge_reply"] for r in judged]
     body = srv.requests[1]["body"]
     assert body["temperature"] == 0.2 and body["max_tokens"] == 1024 and body["model"] == "gpt-4-0314"
     assert body["messages"][0] == {"role": "system", "content": "You are a helpful and precise assistant for checking "

@@ -45,7 +45,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_label, make_judge
+from .judge import Judge, judge_rows
 
 __all__ = ["GPT_MODEL_OFFICIAL", "load_items", "gpt_prompt", "gpt_correctness", "yesno_correctness",
            "judge_items", "score_items", "score"]
@@ -137,7 +137,7 @@ def _join(records, items):
         if by_id is not None:
             if r["item_id"] not in by_id:
                 raise KeyError(f"hallusionbench: record {r['item_id']!r} is not a HallusionBench item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge")}}
+            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
         missing = [k for k in _KEYS if it.get(k) is None]
         if missing:
             raise KeyError(f"hallusionbench: record {r.get('item_id')!r} lacks {missing} (pass items=load_items(...))")
@@ -145,19 +145,14 @@ def _join(records, items):
     return out
 
 
-def judge_items(records, items, judge: Judge | Mapping[str, Any]) -> list[dict]:
-    """Ask ``judge`` the official correctness question for every non-error record; adds
-    ``judge_reply`` and ``judge`` (label) to each, for ``score(..., correctness="gpt")``."""
-    judge = make_judge(judge)
-    out = []
-    for it in _join(records, items):
-        row = dict(it)
-        if not row.get("error"):
-            msgs = [{"role": "user", "content": gpt_prompt(row["question"], row["gt_answer_details"], row.get("answer") or "")}]
-            rep = judge.chat(msgs)
-            row["judge_reply"], row["judge"], row["judge_reported_model"] = rep.text, judge_label(judge), rep.reported_model
-        out.append(row)
-    return out
+def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:
+    """Ask ``judge`` the official correctness question for every non-error record (one user
+    message, no temperature set, as the official); adds ``judge_reply`` and ``judge`` (label) to
+    each, for ``score(..., correctness="gpt")``."""
+    def build(row):
+        return [{"role": "user", "content": gpt_prompt(row["question"], row["gt_answer_details"], row.get("answer") or "")}]
+
+    return judge_rows(_join(records, items), judge, build, workers=workers)
 
 
 def score_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None = None,

@@ -46,6 +46,7 @@ __all__ = [
     "make_judge",
     "judge_label",
     "judged_by",
+    "judge_rows",
 ]
 
 _SECRET_KEYS = ("api_key", "key", "token", "apikey", "secret", "password", "authorization")
@@ -294,3 +295,30 @@ def judged_by(rows) -> str:
         if j and j not in seen:
             seen.append(j)
     return ", ".join(seen)
+
+
+def judge_rows(rows, judge: Judge | Mapping[str, Any], build: Callable[[dict], Sequence[Mapping[str, str]]], *,
+               workers: int = 1, temperature: float | None = None, max_tokens: int | None = None) -> list[dict]:
+    """Judge every row without ``error``: ``build(row)`` gives the chat messages; each such row
+    comes back (a copy, order kept) with ``judge_reply`` (the reply text), ``judge`` (the label)
+    and ``judge_reported_model``. A row that already has a ``judge_reply`` from the same judge
+    label is kept as it is (resuming a half-judged file costs no second call). ``workers`` > 1
+    sends that many requests at a time (threads)."""
+    judge = make_judge(judge)
+    label = judge_label(judge)
+    out = [dict(r) for r in rows]
+    todo = [r for r in out if not r.get("error") and not (r.get("judge") == label and "judge_reply" in r)]
+
+    def one(row):
+        rep = judge.chat(build(row), temperature=temperature, max_tokens=max_tokens)
+        row["judge_reply"], row["judge"], row["judge_reported_model"] = rep.text, label, rep.reported_model
+
+    if int(workers) > 1 and len(todo) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=int(workers)) as ex:
+            list(ex.map(one, todo))
+    else:
+        for row in todo:
+            one(row)
+    return out

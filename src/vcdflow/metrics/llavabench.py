@@ -40,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .judge import Judge, judge_label, judged_by, make_judge
+from .judge import Judge, judge_rows, judged_by
 
 __all__ = ["SYSTEM", "RULE_PROMPT", "ROLE", "GPT_MODEL_OFFICIAL", "TEMPERATURE", "MAX_TOKENS", "CATEGORIES",
            "load_items", "review_content", "parse_score_official", "parse_score_lmms", "judge_items",
@@ -155,7 +155,7 @@ def _join(records, items):
         if by_id is not None:
             if r["item_id"] not in by_id:
                 raise KeyError(f"llavabench: record {r['item_id']!r} is not a LLaVA-Bench item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge")}}
+            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
         for k in ("category", "caption", "question", "reference"):
             if it.get(k) is None:
                 raise KeyError(f"llavabench: record {r.get('item_id')!r} has no {k!r} (pass items=load_items(...))")
@@ -163,21 +163,16 @@ def _join(records, items):
     return out
 
 
-def judge_items(records, items, judge: Judge | Mapping[str, Any]) -> list[dict]:
+def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:
     """Ask ``judge`` the official review for every non-error record; adds ``judge_reply`` and
     ``judge`` to each (``score`` reads them)."""
-    judge = make_judge(judge)
-    out = []
-    for it in _join(records, items):
-        row = dict(it)
-        if not row.get("error"):
-            msgs = [{"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": review_content(row["caption"], row["question"], row["reference"],
-                                                               row.get("answer") or "")}]
-            rep = judge.chat(msgs, temperature=TEMPERATURE, max_tokens=MAX_TOKENS)
-            row["judge_reply"], row["judge"], row["judge_reported_model"] = rep.text, judge_label(judge), rep.reported_model
-        out.append(row)
-    return out
+    def build(row):
+        return [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": review_content(row["caption"], row["question"], row["reference"],
+                                                           row.get("answer") or "")}]
+
+    return judge_rows(_join(records, items), judge, build, workers=workers, temperature=TEMPERATURE,
+                      max_tokens=MAX_TOKENS)
 
 
 def score_items(records, items=None, parser: str = "official") -> list[dict]:

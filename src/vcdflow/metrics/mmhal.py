@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_label, judged_by, make_judge
+from .judge import Judge, judge_rows, judged_by
 
 __all__ = ["TEMPLATE", "GPT_MODEL_OFFICIAL", "TEMPERATURE", "QUESTION_TYPES", "load_items", "judge_prompt",
            "parse_rating", "judge_items", "score_items", "score", "judged_by"]
@@ -167,7 +167,7 @@ def _join(records, items):
         if by_id is not None:
             if r["item_id"] not in by_id:
                 raise KeyError(f"mmhal: record {r['item_id']!r} is not an MMHal-Bench item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge")}}
+            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
         for k in ("index", "image_content", "question", "gt_answer"):
             if it.get(k) is None:
                 raise KeyError(f"mmhal: record {r.get('item_id')!r} has no {k!r} (pass items=load_items(...))")
@@ -175,20 +175,14 @@ def _join(records, items):
     return out
 
 
-def judge_items(records, items, judge: Judge | Mapping[str, Any]) -> list[dict]:
+def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:
     """Ask ``judge`` the official rating question for every non-error record; adds
     ``judge_reply`` and ``judge`` to each (``score`` reads them)."""
-    judge = make_judge(judge)
-    out = []
-    for it in _join(records, items):
-        row = dict(it)
-        if not row.get("error"):
-            msgs = [{"role": "user", "content": judge_prompt(row["image_content"], row["question"], row["gt_answer"],
-                                                             row.get("answer") or "")}]
-            rep = judge.chat(msgs, temperature=TEMPERATURE)
-            row["judge_reply"], row["judge"], row["judge_reported_model"] = rep.text, judge_label(judge), rep.reported_model
-        out.append(row)
-    return out
+    def build(row):
+        return [{"role": "user", "content": judge_prompt(row["image_content"], row["question"], row["gt_answer"],
+                                                         row.get("answer") or "")}]
+
+    return judge_rows(_join(records, items), judge, build, workers=workers, temperature=TEMPERATURE)
 
 
 def score_items(records, items=None) -> list[dict]:

@@ -51,7 +51,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_label, make_judge
+from .judge import Judge, judge_rows
 
 __all__ = [
     "GT_FIXES",
@@ -211,7 +211,7 @@ def _join(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
         if by_id is not None:
             if r["item_id"] not in by_id:
                 raise KeyError(f"mmvp: record {r['item_id']!r} is not an MMVP item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge")}}
+            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
         for k in ("index", "label", "question"):
             if it.get(k) is None:
                 raise KeyError(f"mmvp: record {r.get('item_id')!r} has no {k!r} (pass items=load_items(...))")
@@ -220,20 +220,15 @@ def _join(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
 
 
 def judge_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None,
-                judge: Judge | Mapping[str, Any]) -> list[dict]:
+                judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:
     """Ask ``judge`` the official grader question for every non-error record; returns the records
-    with ``judge_reply`` (text) and ``judge`` (label) added, ready for ``score(..., parser="gpt")``."""
-    judge = make_judge(judge)
-    out = []
-    for it in _join(records, items):
-        row = dict(it)
-        if not row.get("error"):
-            msgs = [{"role": "system", "content": GPT_SYSTEM},
-                    {"role": "user", "content": gpt_user_prompt(row["question"], row["label"], row.get("answer") or "")}]
-            rep = judge.chat(msgs, temperature=GPT_TEMPERATURE)
-            row["judge_reply"], row["judge"], row["judge_reported_model"] = rep.text, judge_label(judge), rep.reported_model
-        out.append(row)
-    return out
+    with ``judge_reply`` (text) and ``judge`` (label) added, ready for ``score(..., parser="gpt")``
+    (see :func:`vcdflow.metrics.judge.judge_rows` for ``workers`` and resuming)."""
+    def build(row):
+        return [{"role": "system", "content": GPT_SYSTEM},
+                {"role": "user", "content": gpt_user_prompt(row["question"], row["label"], row.get("answer") or "")}]
+
+    return judge_rows(_join(records, items), judge, build, workers=workers, temperature=GPT_TEMPERATURE)
 
 
 def score_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None = None,
