@@ -228,6 +228,9 @@ def test_mmhal_through_fake_server_equals_official(tmp_path, monkeypatch):
     # by hand: ratings 0..6,0..6 then 0,0 -> mean 42/16; hallucinating (<3): 0,1,2 twice + 2 -> 8/16
     assert got["score"] == pytest.approx(42 / 16) and got["hallucination_rate"] == pytest.approx(50.0)
     assert got["n_parse_failures"] == 2 and judged_by(judged) == "openai:gpt-4-0314"
+    mixed = [dict(judged[0], judge="local:other")] + judged[1:]
+    with pytest.raises(ValueError, match=r"several judges \(local:other, openai:gpt-4-0314\)"):
+        mmhal.score(mixed, items)
 
 
 def test_local_judge_runs_a_vlm_text_only(tmp_path):

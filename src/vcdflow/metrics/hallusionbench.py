@@ -45,7 +45,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_rows
+from .judge import Judge, judge_rows, single_judge
 
 __all__ = ["GPT_MODEL_OFFICIAL", "load_items", "gpt_prompt", "gpt_correctness", "yesno_correctness",
            "judge_items", "score_items", "score"]
@@ -219,6 +219,8 @@ def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
     vs_aAcc, vs_fAcc, vs_qAcc``, ``n`` (questions scored), ``n_figures``, ``n_pairs``,
     ``n_errors``."""
     rows = score_items(records, items, correctness)
+    if correctness == "gpt" and any(r["correct"] is not None for r in rows):
+        single_judge([r for r in rows if r["correct"] is not None], "hallusionbench")
     out = _metrics(rows)
     out["easy_aAcc"], _ = _group_acc(rows, _q_key, keep=lambda r: str(r["visual_input"]) != "2")
     out["hard_aAcc"], _ = _group_acc(rows, _q_key, keep=lambda r: str(r["visual_input"]) == "2")

@@ -47,6 +47,7 @@ __all__ = [
     "judge_label",
     "judged_by",
     "judge_rows",
+    "single_judge",
 ]
 
 _SECRET_KEYS = ("api_key", "key", "token", "apikey", "secret", "password", "authorization")
@@ -322,3 +323,14 @@ def judge_rows(rows, judge: Judge | Mapping[str, Any], build: Callable[[dict], S
         for row in todo:
             one(row)
     return out
+
+
+def single_judge(rows, where: str) -> str:
+    """The one judge label of judged ``rows``; a number judged by several judges (or by none)
+    is refused, naming them."""
+    label = judged_by(rows)
+    if not label:
+        raise ValueError(f"{where}: no judged rows (run judge_items first)")
+    if ", " in label:
+        raise ValueError(f"{where}: rows were judged by several judges ({label}); one number needs one judge")
+    return label

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .judge import Judge, judge_rows, judged_by
+from .judge import Judge, judge_rows, judged_by, single_judge
 
 __all__ = ["SYSTEM", "RULE_PROMPT", "ROLE", "GPT_MODEL_OFFICIAL", "TEMPERATURE", "MAX_TOKENS", "CATEGORIES",
            "load_items", "review_content", "parse_score_official", "parse_score_lmms", "judge_items",
@@ -207,6 +207,8 @@ def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
     ``n_parse_failures``, ``n_errors``. Judge: see :func:`judged_by`."""
     records = list(records)
     rows = score_items(records, items, parser)
+    if rows:
+        single_judge(rows, "llavabench")
     out: dict[str, float] = {}
     rel, ref, mod = _summ([[r["reference_score"], r["model_score"]] for r in rows])
     out.update({"relative": rel, "reference_score": ref, "model_score": mod})

@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_rows, judged_by
+from .judge import Judge, judge_rows, judged_by, single_judge
 
 __all__ = ["TEMPLATE", "GPT_MODEL_OFFICIAL", "TEMPERATURE", "QUESTION_TYPES", "load_items", "judge_prompt",
            "parse_rating", "judge_items", "score_items", "score", "judged_by"]
@@ -206,6 +206,8 @@ def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
     8 types, ``n`` (judged), ``n_parse_failures``, ``n_errors``."""
     records = list(records)
     rows = score_items(records, items)
+    if rows:
+        single_judge(rows, "mmhal")
     n = len(rows)
     out = {"score": sum(r["rating"] for r in rows) / n if n else math.nan,
            "hallucination_rate": 100.0 * sum(r["hallucination"] for r in rows) / n if n else math.nan}

@@ -51,7 +51,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_rows
+from .judge import Judge, judge_rows, single_judge
 
 __all__ = [
     "GT_FIXES",
@@ -264,6 +264,8 @@ def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
     records = list(records)
     n_errors = sum(1 for r in records if r.get("error"))
     rows = score_items(records, items, parser)
+    if parser == "gpt" and rows:
+        single_judge(rows, "mmvp")
     pairs: dict[int, list[int]] = {}
     for r in rows:
         pairs.setdefault(r["pair_index"], []).append(r["correct"])
