@@ -15,12 +15,14 @@ from vcdflow import errors  # noqa: E402
 from vcdflow.gpu import gpu_lease  # noqa: E402
 from vcdflow.runner import run_shard  # noqa: E402
 
-run = dict(snakemake.params.run)  # noqa: F821
 shard, n_shards = int(snakemake.wildcards.shard), int(snakemake.wildcards.nshards)  # noqa: F821
 out = snakemake.output[0]  # noqa: F821
 
 
 def decode():
+    from vcdflow.config import snakemake_run
+
+    run = snakemake_run(snakemake)  # noqa: F821  (params.run + the execution settings read now)
     if run["device"] == "cpu":
         import torch
 
