@@ -52,16 +52,29 @@ def test_pipeline_outputs(micro_run):
     workdir, _ = micro_run
     cfg = yaml.safe_load(MICRO.read_text())
     df = pd.read_csv(workdir / "results" / "metrics.csv")
-    assert list(df.columns) == ["benchmark", "split", "model", "method", "seed", "metric", "value"]
-    n_runs = (len(cfg["benchmarks"]["pope"]["splits"]) + 1) * len(cfg["methods"]) * len(cfg["seeds"])
-    assert len(df.groupby(["benchmark", "split", "model", "method", "seed"])) == n_runs
+    assert list(df.columns) == ["benchmark", "split", "model", "protocol", "method", "mode", "seed", "metric", "value"]
+    # every label under unified; sample and vcd also under VCD's paper protocol (micro.yaml)
+    n_runs = (len(cfg["benchmarks"]["pope"]["splits"]) + 1) * (len(cfg["methods"]) + 2) * len(cfg["seeds"])
+    assert len(df.groupby(["benchmark", "split", "model", "protocol", "method", "mode", "seed"])) == n_runs
+    runs = set(df[["protocol", "method", "mode"]].drop_duplicates().itertuples(index=False, name=None))
+    assert runs == {("unified", "greedy", "greedy"), ("unified", "sample", "sample"), ("unified", "vcd", "greedy"),
+                    ("unified", "convis", "greedy"), ("vcd", "vcd", "sample"), ("vcd", "sample", "sample")}
+    # under VCD's protocol: its system text and parser (DAMO-NLP-SG/VCD eval_pope.py), its sampling,
+    # max_new_tokens capped by the config (recorded in the run)
+    vrec = read_jsonl(workdir / "results/pope/random/demo/vcd/vcd/sample/seed0.jsonl")
+    assert [r["question_id"] for r in vrec] == [r["question_id"] for r in read_jsonl(
+        workdir / "results/pope/random/demo/vcd/sample/sample/seed0.jsonl")]
+    side = json.loads((workdir / "results/pope/random/demo/vcd/vcd/sample/seed0.meta.json").read_text())
+    assert side["protocol"]["protocol"] == "vcd" and side["protocol"]["parser"] == "vcd"
+    assert side["run"]["benchmark"]["max_new_tokens"] == 3 and side["run"]["method"]["do_sample"] is True
+    assert side["peak_mem_mb"] > 0 and side["hardware"]
     pope = df[(df.benchmark == "pope")]
     assert set(pope.metric) >= {"accuracy", "precision", "recall", "f1", "yes_ratio", "n", "n_errors"}
     chair = df[(df.benchmark == "chair")]
     assert set(chair.metric) >= {"chair_s", "chair_i", "recall", "length"}
     # every POPE question of the split is answered once, in file order
     questions = read_jsonl(workdir / "resources/demo/pope/demo_pope_random.json")
-    recs = read_jsonl(workdir / "results/pope/random/demo/vcd/seed0.jsonl")
+    recs = read_jsonl(workdir / "results/pope/random/demo/unified/vcd/greedy/seed0.jsonl")
     assert [r["question_id"] for r in recs] == [q["question_id"] for q in questions]
     assert all(set(r) == {"item_id", "image", "image_id", "question_id", "prompt", "answer", "label", "seed",
                           "error", "meta", "timing"} for r in recs)
@@ -73,6 +86,27 @@ def test_pipeline_outputs(micro_run):
     html = (workdir / "reports" / "index.html").read_text()
     assert "<html" in html and "demo" in html.lower()
     assert not list(workdir.glob("results/**/*.partial"))
+    # the speed section: peak memory and hardware from the sidecars
+    speed = re.search(r'<table id="speed-table">(.*?)</table>', html, re.S).group(1)
+    mems = re.findall(r'<td class="num">(\d+)</td><td class="hardware">([^<]+)</td>', speed)
+    assert len(mems) == 2 * 6  # (pope, chair) x 6 runs
+    assert all(int(m) > 0 and "(cpu)" in hw for m, hw in mems)
+    # every run is labelled with its protocol; the protocol section lists how VCD's differs
+    assert '<code>vcd@vcd</code></td><td class="protocol">vcd</td>' in html
+    diff = re.search(r'<table class="protocol-diff" data-protocol="vcd">(.*?)</table>', html, re.S).group(1)
+    assert "<td>pope</td><td>parser</td>" in diff
+
+
+def test_execution_settings_never_redecode(micro_run):
+    """threads, batch size and device are how a run executes, not what it gives: after a complete
+    run, changing them plans no decode, caption or render job."""
+    workdir, _ = micro_run
+    assert yaml.safe_load(MICRO.read_text())["batch_size"] == 4  # so batch_size=8 is a change
+    out = snakemake(workdir, "-n", "--config", "threads=2", "batch_size=8", "device=cpu")
+    text = out.stdout + out.stderr
+    for rule in ("decode", "convis_captions", "convis_reconstruct", "merge_shards"):
+        assert not re.search(rf"^rule {rule}:", text, re.M), text[-3000:]
+    assert "Params have changed" not in text and "params have changed" not in text
 
 
 def test_rerun_is_a_no_op(micro_run):
@@ -103,8 +137,8 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path):
     cfg["methods"] = {"vcd": cfg["methods"]["vcd"]}
     config = tmp_path / "kill.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    target = "results/pope/random/demo/vcd/seed0.jsonl"
-    partial = tmp_path / "results/shards/pope/random/demo/vcd/seed0/0-of-1.jsonl.partial"
+    target = "results/pope/random/demo/unified/vcd/greedy/seed0.jsonl"
+    partial = tmp_path / "results/shards/pope/random/demo/unified/vcd/greedy/seed0/0-of-1.jsonl.partial"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
            "--cores", "1", "--workflow-profile", "none", target]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -123,7 +157,7 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path):
     assert not (tmp_path / target).exists()
     snakemake(tmp_path, "--unlock", config=config)  # the killed run left its lock behind
     snakemake(tmp_path, target, config=config)
-    log = next((tmp_path / "logs/decode/pope/random/demo/vcd/seed0").glob("*.log")).read_text()
+    log = next((tmp_path / "logs/decode/pope/random/demo/unified/vcd/greedy/seed0").glob("*.log")).read_text()
     assert "resuming" in log and "already decoded" in log
     recs = strip_timing(tmp_path / target)
     assert [r["item_id"] for r in recs] == [r["item_id"] for r in strip_timing(workdir / target)]
@@ -186,7 +220,7 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
-    recs = {r["question_id"]: r for r in read_jsonl(tmp_path / "results/pope_custom/random/demo/greedy/seed0.jsonl")}
+    recs = {r["question_id"]: r for r in read_jsonl(tmp_path / "results/pope_custom/random/demo/unified/greedy/greedy/seed0.jsonl")}
     assert sorted(recs) == [1, 2, 3, 4, 5]
     assert recs[1]["error"] is None and recs[1]["answer"]
     rel = Path("custom/images")  # paths as the config gives them (relative to the working directory)
@@ -208,7 +242,7 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     build_pope(tmp_path / "resources/demo/world/annotations/instances_val.json", tmp_path / "direct", n_images=2,
                seed=3, prefix="pope_mine")
     assert built.read_bytes() == (tmp_path / "direct/pope_mine_pope_random.json").read_bytes()
-    mine = read_jsonl(tmp_path / "results/pope_mine/random/demo/greedy/seed0.jsonl")
+    mine = read_jsonl(tmp_path / "results/pope_mine/random/demo/unified/greedy/greedy/seed0.jsonl")
     assert [r["question_id"] for r in mine] == [q["question_id"] for q in read_jsonl(built)] and len(mine) == 12
     df = pd.read_csv(tmp_path / "results/metrics.csv")
     assert set(df.benchmark) == {"pope", "pope_custom", "pope_mine"}
@@ -216,8 +250,8 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     assert run.value["n_errors"] == 4 and run.value["n"] == 1  # n counts the scored (error-free) items
     clean = df[(df.benchmark == "pope") & (df.split == "random") & (df.method == "greedy")].set_index("metric")
     assert clean.value["n_errors"] == 0
-    assert strip_timing(tmp_path / "results/pope/random/demo/greedy/seed0.jsonl") == \
-        strip_timing(workdir / "results/pope/random/demo/greedy/seed0.jsonl")
+    assert strip_timing(tmp_path / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl") == \
+        strip_timing(workdir / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl")
     html = (tmp_path / "reports/index.html").read_text()
     assert "POPE (CUSTOM)" in html and 'class="refused"' in html
 
@@ -234,14 +268,14 @@ def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, VCDFLOW_GPUS="0,1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    target = "results/pope/random/demo/greedy/seed0.jsonl"
+    target = "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
            "--cores", "2", "--resources", "gpu=2", "--workflow-profile", "none", target]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     devices, spans = [], []
     for shard in ("0-of-2", "1-of-2"):
-        lines = (tmp_path / f"logs/decode/pope/random/demo/greedy/seed0/{shard}.log").read_text().splitlines()
+        lines = (tmp_path / f"logs/decode/pope/random/demo/unified/greedy/greedy/seed0/{shard}.log").read_text().splitlines()
         leased = [re.search(r"gpu: leased device (\d+)", line) for line in lines]
         devices += [m.group(1) for m in leased if m]
         stamps = [time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) for line in lines
@@ -251,4 +285,4 @@ def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
     # the two shards held their leases at the same time (otherwise both could have taken device 0)
     assert spans[0][0] <= spans[1][1] and spans[1][0] <= spans[0][1]
     assert [r["item_id"] for r in read_jsonl(tmp_path / target)] == \
-        [r["item_id"] for r in read_jsonl(workdir / "results/pope/random/demo/greedy/seed0.jsonl")]
+        [r["item_id"] for r in read_jsonl(workdir / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl")]

@@ -70,9 +70,18 @@ def test_demo_dag_expands_the_grid(tmp_path):
 
 
 def test_paper_config_builds_the_whole_dag_offline(tmp_path):
+    # one seed keeps the dry run short (the DAG has the same rules with three)
     out = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config/paper.yaml"), "--config", "offline=True",
-              cwd=tmp_path)
+              "seeds=[42]", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
+    cfg = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    assert cfg["protocol"] == ["unified", "paper"]
+    counts = dict(line.split()[:2] for line in out.stdout.splitlines() if line.strip() and line.split()[0] in ("decode", "merge_shards"))
+    n_splits = sum(len(b.get("splits") or b.get("tasks") or [1]) for b in cfg["benchmarks"].values())
+    n_results = int(counts["merge_shards"])
+    # every label once under unified, and at least once more under a paper protocol
+    assert n_results > 2 * len(cfg["methods"]) * n_splits * len(cfg["models"]) * 0.9
+    assert int(counts["decode"]) == cfg["n_shards"] * n_results
     for rule in ("download_pope", "download_coco_val2014", "download_gqa_images", "download_nltk_data", "download_model",
                  "download_mme", "prepare_mme", "download_amber_file", "decode", "report",
                  "convis_t2i_download", "convis_captions", "convis_reconstruct"):
@@ -83,7 +92,7 @@ def test_paper_config_builds_the_whole_dag_offline(tmp_path):
 def test_slurm_profile_dry_run_decode_requests_one_gpu(tmp_path):
     """The paper config through profiles/slurm: the DAG builds and a decode shard asks for one GPU
     (the slurm executor turns `gpu: 1` into `--gpus=1`; tests/test_slurm.py submits for real)."""
-    target = "results/shards/pope/random/llava-1.5-7b/vcd/seed0/0-of-4.jsonl"
+    target = "results/shards/pope/random/llava-1.5-7b/unified/vcd/greedy/seed42/0-of-4.jsonl"
     out = smk("-n", "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--configfile",
               str(ROOT / "config/paper.yaml"), "--config", "offline=True", "--", target, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -118,3 +127,20 @@ def test_pope_entry_needs_questions_or_build(tmp_path):
     out = smk("-n", "--configfile", str(write_config(tmp_path, lambda c: c["benchmarks"].update(
         {"pope_x": {"build": {"instances": "a.json"}}}))), cwd=tmp_path)
     assert out.returncode != 0 and "config benchmarks.pope_x: `images` (the image folder) is missing" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["methods"]["vcd"].update(method="vdc"), "config methods.vcd.method: unknown method 'vdc'"),
+    (lambda c: c["methods"]["vcd"]["params"].update(alhpa=1), "config methods.vcd.params: unknown parameter 'alhpa' for method 'vcd'"),
+    (lambda c: c["methods"]["vcd"].update(protocol="papr"), "config methods.vcd.protocol: unknown protocol 'papr'"),
+    (lambda c: c.update(protocol=["unified", "vdc"]), "config protocol: unknown protocol 'vdc'"),
+    (lambda c: c["methods"]["vcd"]["params"].update(alpha="abc"),
+     "config methods.vcd.params: parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)"),
+], ids=["method", "parameter", "protocol", "top-level-protocol", "alpha-type"])
+def test_bad_method_parameter_or_protocol_fails_in_the_dry_run(tmp_path, mutate, needle):
+    """Fails at parse time, naming the key: no DAG, no job (before: a 131-job dry run passed)."""
+    out = smk("-n", "--configfile", str(write_config(tmp_path, mutate)), cwd=tmp_path)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert needle in text, text[-2000:]
+    assert "Job stats" not in text

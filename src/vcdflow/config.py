@@ -148,6 +148,22 @@ def model_entry(config: Mapping, model: str) -> dict:
     }
 
 
+def model_family(config: Mapping, model: str) -> str:
+    """The model's family; ``auto`` is read from the model folder's ``config.json``
+    (:func:`vcdflow.protocols.family_of_model`), which must then exist already."""
+    entry = model_entry(config, model)
+    if entry["family"] != "auto":
+        return entry["family"]
+    mod = _protocols()
+    if mod is None or not hasattr(mod, "family_of_model"):
+        return "llava"
+    try:
+        return mod.family_of_model(entry["path"])
+    except ValueError as exc:
+        raise ConfigError(f"config models.{model}.family: auto needs the model folder ({exc}); set family: "
+                          f"llava, instructblip or qwen2_5_vl") from None
+
+
 def execution(config: Mapping, *, model: str | None = None, benchmark: str | None = None,
               threads: int | None = None) -> Execution:
     """The execution settings of a job (``threads``: the job's actual thread count)."""
@@ -184,6 +200,15 @@ def paper_of(method: str) -> str | None:
     return dict(getattr(mod, "PAPER_OF", {})).get(method) if mod else None
 
 
+#: engine methods that are the plain baselines of their decoding mode
+BASELINE_METHODS = ("greedy", "sample")
+
+
+def is_baseline(method: str) -> bool:
+    """A plain baseline (greedy, sample), or a method without a paper of its own."""
+    return method in BASELINE_METHODS or paper_of(method) is None
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
@@ -209,20 +234,66 @@ def _resolve_choice(method: str, choice: str) -> str:
 
 
 def run_protocols(config: Mapping, label: str) -> list[str]:
-    """The protocols a method label is decoded under (resolved names, sorted, unique). A
-    ``paper`` choice on a method without a paper (a baseline) means every paper protocol the
-    other methods of the grid are decoded under."""
-    method = method_entry(config, label)["method"]
-    out = []
-    for choice in protocol_choices(config, label):
-        if choice == PAPER and paper_of(method) is None:
-            others = sorted({paper_of(method_entry(config, other)["method"])
-                             for other in config["methods"] if other != label
-                             and PAPER in protocol_choices(config, other)} - {None})
-            out.extend(others)
-        else:
-            out.append(_resolve_choice(method, choice))
-    return sorted(dict.fromkeys(out), key=lambda p: (p != UNIFIED, p))
+    """The protocols a method label is decoded under (resolved names, unified first); see
+    :func:`label_protocols`."""
+    return [p for l, p in label_protocols(config) if l == label]
+
+
+_LABEL_PROTOCOLS: dict[str, list] = {}
+
+
+def label_protocols(config: Mapping) -> list[tuple[str, str]]:
+    """Every (method label, resolved protocol) of the grid, in config order.
+
+    * ``unified`` / a protocol name: that protocol; ``paper``: the method's own paper protocol;
+    * a baseline (greedy, sample) with ``paper``: every paper protocol the other methods of the
+      grid run under with ``paper`` — and only in a mode one of them uses (VCD's methods sample:
+      its greedy baseline is not decoded);
+    * under a paper protocol two labels that decode the same (``vcd`` and ``vcd_sample`` both
+      take VCD's sampling mode) are one run: the first label is kept.
+    """
+    import json
+
+    key = json.dumps([config.get("protocol"), config["methods"], config["benchmarks"], config["models"]],
+                     sort_keys=True, default=str)
+    if key in _LABEL_PROTOCOLS:
+        return _LABEL_PROTOCOLS[key]
+    bench0 = next(iter(config["benchmarks"]))
+    model0 = next(iter(config["models"]))
+    expanded: list[tuple[str, str, bool]] = []  # (label, protocol, from a baseline's paper choice)
+    papers_used = sorted({paper_of(method_entry(config, l)["method"]) for l in config["methods"]
+                          if PAPER in protocol_choices(config, l)
+                          and not is_baseline(method_entry(config, l)["method"])} - {None})
+    for label in config["methods"]:
+        method = method_entry(config, label)["method"]
+        for choice in protocol_choices(config, label):
+            if choice == PAPER and is_baseline(method):
+                if papers_used:
+                    expanded.extend((label, p, True) for p in papers_used)
+                else:
+                    expanded.append((label, _resolve_choice(method, choice) if paper_of(method) else UNIFIED, False))
+            else:
+                expanded.append((label, _resolve_choice(method, choice), False))
+    modes = {(p, run_mode(config, l, p, bench0, model0)) for l, p, from_base in expanded
+             if not from_base and not is_baseline(method_entry(config, l)["method"])}
+    out, seen = [], {}
+    for label, protocol, from_base in expanded:
+        if from_base and (protocol, run_mode(config, label, protocol, bench0, model0)) not in modes:
+            continue
+        if (label, protocol) in {(l, p) for l, p in out}:
+            continue
+        if protocol != UNIFIED:
+            sig = json.dumps([{k: v for k, v in build_run(config, benchmark=b, split=splits_of(config, b)[0], model=m,
+                                                           method=label, seed=0, protocol=protocol).method.items()
+                               if k != "label"} for b in config["benchmarks"] for m in config["models"]],
+                             sort_keys=True, default=str)
+            if (protocol, sig) in seen:
+                continue
+            seen[(protocol, sig)] = label
+        out.append((label, protocol))
+    out.sort(key=lambda lp: list(config["methods"]).index(lp[0]))  # config order; protocols in order found
+    _LABEL_PROTOCOLS[key] = out
+    return out
 
 
 @dataclass(frozen=True)
@@ -241,13 +312,21 @@ class _NullResolved:
         return {"protocol": self.protocol}
 
 
+_RESOLVED: dict[tuple, Any] = {}  # protocols are static data: one resolve per distinct question
+
+
 def resolve_protocol(name: str, *, method: str, family: str, benchmark: str, mode: str | None):
-    mod = _protocols()
-    if mod is None:
-        if name != UNIFIED:
-            raise ConfigError(f"protocol {name!r} needs vcdflow.protocols (not available)")
-        return _NullResolved()
-    return mod.get_protocol(name).resolve(method=method, family=family, benchmark=kind_of(benchmark), mode=mode)
+    """``PROTOCOLS[name].resolve(...)`` for a benchmark key (its kind is passed), memoised."""
+    key = (name, method, family, kind_of(benchmark), mode)
+    if key not in _RESOLVED:
+        mod = _protocols()
+        if mod is None:
+            if name != UNIFIED:
+                raise ConfigError(f"protocol {name!r} needs vcdflow.protocols (not available)")
+            _RESOLVED[key] = _NullResolved()
+        else:
+            _RESOLVED[key] = mod.get_protocol(name).resolve(method=method, family=family, benchmark=key[3], mode=mode)
+    return _RESOLVED[key]
 
 
 # --------------------------------------------------------------------------- runs
@@ -272,7 +351,7 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     entry = method_entry(config, method)
     engine = entry["method"]
     mode = run_mode(config, method, protocol, benchmark, model)
-    res = resolve_protocol(protocol, method=engine, family=mcfg["family"], benchmark=benchmark, mode=mode)
+    res = resolve_protocol(protocol, method=engine, family=model_family(config, model), benchmark=benchmark, mode=mode)
     do_sample = mode == "sample"
     warpers = {k: _pick(protocol, entry[k], getattr(res, k), _WARPER_DEFAULTS[k]) for k in _WARPERS}
     fixed_params = dict(res.params or {})
@@ -283,6 +362,10 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
         bench["parser"] = _pick(protocol, bench.get("parser"), res.parser, spec.parsers[0])
     bench["max_new_tokens"] = int(_pick(protocol, bench.get("max_new_tokens"), res.max_new_tokens,
                                         _MAX_NEW_TOKENS.get(kind, 64)))
+    cap = bench.pop("max_new_tokens_cap", None)
+    if cap is not None:  # a deliberate deviation (quick runs, tiny models): recorded in the hash
+        bench["max_new_tokens"] = min(bench["max_new_tokens"], int(cap))
+        bench["max_new_tokens_cap"] = int(cap)
     run_method = {
         "label": method, "method": engine, "mode": "sample" if do_sample else "greedy",
         "do_sample": bool(do_sample), **warpers, "params": params,
@@ -327,8 +410,8 @@ def run_mode(config: Mapping, label: str, protocol: str, benchmark: str, model: 
         return "sample" if entry["do_sample"] else "greedy"
     if protocol == UNIFIED:
         return "greedy"
-    fam = model_entry(config, model)["family"]
-    res = resolve_protocol(protocol, method=entry["method"], family=fam, benchmark=benchmark, mode=None)
+    res = resolve_protocol(protocol, method=entry["method"], family=model_family(config, model), benchmark=benchmark,
+                           mode=None)
     return "sample" if res.do_sample else "greedy"
 
 
@@ -379,10 +462,13 @@ def validate_config(config: Mapping) -> None:
             METHODS[entry["method"]].resolve(entry["params"])
         except ValueError as exc:
             raise ConfigError(f"config methods.{label}.params: {exc}") from None
+    for label, raw in config["methods"].items():
         for choice in _as_list((raw or {}).get("protocol")):
             if choice not in (UNIFIED, PAPER, *names):
                 raise ConfigError(f"config methods.{label}.protocol: unknown protocol {choice!r}; valid: "
                                   f"{', '.join([UNIFIED, PAPER] + [n for n in names if n != UNIFIED])}")
+    for label in config["methods"]:
+        entry = method_entry(config, label)
         for protocol in run_protocols(config, label):
             for benchmark in config["benchmarks"]:
                 for model in config["models"]:

@@ -109,15 +109,22 @@ def bench_config(benchmark, split):
     return runs.bench_slice(config, benchmark, split)
 
 
+_SPECS = {}  # one build_run per result (input functions are called once per job, often more)
+
+
 def run_spec(wildcards):
     """The result-deciding run of a result file (vcdflow.config.build_run): the only thing that
     goes into a decode job's params, so threads, batch size or device never re-decode."""
-    spec = runs.build_run(config, benchmark=wildcards.benchmark, split=wildcards.split, model=wildcards.model,
-                          method=wildcards.method, seed=int(wildcards.seed), protocol=wildcards.protocol)
-    if spec.method["mode"] != wildcards.mode:
+    key = tuple(str(getattr(wildcards, k)) for k in ("benchmark", "split", "model", "method", "seed", "protocol"))
+    if key not in _SPECS:
+        spec = runs.build_run(config, benchmark=key[0], split=key[1], model=key[2], method=key[3],
+                              seed=int(key[4]), protocol=key[5])
+        _SPECS[key] = spec.as_dict()
+    spec = _SPECS[key]
+    if spec["method"]["mode"] != wildcards.mode:
         raise WorkflowError(f"{wildcards.method} under protocol {wildcards.protocol} decodes in "
-                            f"{spec.method['mode']} mode, not {wildcards.mode}")
-    return spec.as_dict()
+                            f"{spec['method']['mode']} mode, not {wildcards.mode}")
+    return spec
 
 
 def _image_input(path):
@@ -202,9 +209,9 @@ def report_runs():
         key = run_key(g["method"], g["protocol"])
         if key in out:
             continue
-        spec = runs.build_run(config, **{k: g[k] for k in ("benchmark", "split", "model", "method", "seed", "protocol")})
-        out[key] = {"method": spec.method["method"], "mode": spec.method["mode"], "params": spec.method["params"],
-                    "protocol": g["protocol"], "label": g["method"]}
+        spec = run_spec(SimpleNamespace(**g))
+        out[key] = {"method": spec["method"]["method"], "mode": spec["method"]["mode"],
+                    "params": spec["method"]["params"], "protocol": g["protocol"], "label": g["method"]}
     return out
 
 

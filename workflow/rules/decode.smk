@@ -10,11 +10,11 @@ rule decode:
     input:
         unpack(decode_inputs),
     output:
-        SHARD,
+        "results/shards/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}/{shard}-of-{nshards}.jsonl",
     log:
-        "logs/decode/" + LOG + "/{shard}-of-{nshards}.log",
+        "logs/decode/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}/{shard}-of-{nshards}.log",
     benchmark:
-        "logs/benchmarks/decode/" + LOG + "/{shard}-of-{nshards}.tsv"
+        "logs/benchmarks/decode/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}/{shard}-of-{nshards}.tsv"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
@@ -30,10 +30,10 @@ rule merge_shards:
     input:
         shard_files,
     output:
-        jsonl=RESULT + ".jsonl",
-        meta=RESULT + ".meta.json",
+        jsonl="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.jsonl",
+        meta="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.meta.json",
     log:
-        "logs/merge/" + LOG + ".log",
+        "logs/merge/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.log",
     conda:
         "../../envs/vcdflow.yaml"
     script:

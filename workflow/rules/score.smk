@@ -5,10 +5,10 @@ rule score:
     input:
         unpack(score_inputs),
     output:
-        scored=RESULT + ".scored.jsonl",
-        metrics=RESULT + ".metrics.csv",
+        scored="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.scored.jsonl",
+        metrics="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.metrics.csv",
     log:
-        "logs/score/" + LOG + ".log",
+        "logs/score/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.log",
     params:
         bench=score_bench,
     conda:

@@ -1,0 +1,169 @@
+"""The run contract (vcdflow.config), the benchmark registry, protocol grids, sidecar merging."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vcdflow import config as runs
+from vcdflow.benchmarks import BENCHMARKS, get_benchmark, kind_of, title_of
+from vcdflow.runner import merge_shards, result_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+
+
+def cell(cfg, g):
+    return runs.build_run(cfg, **{k: g[k] for k in ("benchmark", "split", "model", "method", "seed", "protocol")})
+
+
+def test_execution_settings_stay_out_of_the_result():
+    cfg = copy.deepcopy(DEMO)
+    g = next(x for x in runs.grid(cfg) if x["method"] == "vcd")
+    spec = cell(cfg, g).as_dict()
+    text = json.dumps(spec)
+    for key in ("device", "threads", "batch_size", "gpu_lock_dir", "n_shards"):
+        assert f'"{key}"' not in text, key
+    other = copy.deepcopy(cfg)
+    other.update(threads=7, batch_size=3, device="cuda", gpu_lock_dir="/x", n_shards=5)
+    other["models"]["demo"]["batch_size"] = 2
+    assert cell(other, g).as_dict() == spec
+    a = runs.job_run(spec, runs.execution(cfg, model="demo", benchmark="pope"))
+    b = runs.job_run(cell(other, g).as_dict(), runs.execution(other, model="demo", benchmark="pope", threads=9))
+    assert (a["threads"], a["model"]["batch_size"], b["threads"], b["model"]["batch_size"]) == (1, 16, 9, 2)
+    assert a["device"] == "auto" and b["device"] == "cuda" and b["execution"]["n_shards"] == 5
+    assert result_hash(a) == result_hash(b)
+    # ... while what decides the records does change it
+    third = copy.deepcopy(cfg)
+    third["methods"]["vcd"]["params"]["alpha"] = 0.5
+    assert result_hash(runs.job_run(cell(third, g).as_dict(), runs.execution(third))) != result_hash(a)
+
+
+def test_cli_builds_the_same_run_as_the_workflow():
+    """vcdflow decode's run (pope_file_run) = the workflow's build_run for the same settings."""
+    cfg = {"seeds": [3], "benchmarks": {"pope": {"splits": ["random"], "questions": "q_{split}.json", "images": "img",
+                                                  "prompt": "{question} One word.", "max_new_tokens": 4}},
+           "models": {"m": {"path": "models/m", "revision": "local", "dtype": "float32", "family": "llava"}},
+           "methods": {"vcd": {"method": "vcd", "params": {"alpha": 0.5}, "temperature": 1.0, "top_p": 1.0}}}
+    spec = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=3).as_dict()
+    cli = runs.pope_file_run(questions="q_random.json", images="img", model="models/m", method="vcd", split="random",
+                             params={"alpha": 0.5}, seed=3, prompt="{question} One word.", max_new_tokens=4,
+                             temperature=1.0, top_p=1.0, threads=4, device="cpu", batch_size=2, family="llava")
+    assert result_hash(cli) == result_hash(runs.job_run(spec, runs.execution(cfg)))
+    with pytest.raises(runs.ConfigError, match="unknown parameter 'alhpa' for method 'vcd'"):
+        runs.pope_file_run(questions="q.json", images="i", model="m", method="vcd", split="random", params={"alhpa": 1},
+                           family="llava")
+    with pytest.raises(runs.ConfigError, match="config models.m.family: auto needs the model folder"):
+        runs.pope_file_run(questions="q.json", images="i", model=str(Path("nowhere") / "m"), method="vcd", split="random")
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["methods"]["vcd"].update(method="vdc"), "config methods.vcd.method: unknown method 'vdc'; valid: "),
+    (lambda c: c["methods"]["vcd"]["params"].update(alhpa=1), "config methods.vcd.params: unknown parameter 'alhpa'"),
+    (lambda c: c["methods"]["vcd"]["params"].update(alpha="abc"),
+     "parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)"),
+    (lambda c: c["methods"]["vcd"]["params"].update(noise_step=2.5),
+     "parameter 'noise_step' of method 'vcd' must be int, got 2.5 (float)"),
+    (lambda c: c["methods"]["vcd"].update(protocol=["unified", "papr"]), "config methods.vcd.protocol: unknown protocol 'papr'"),
+    (lambda c: c.update(protocol="vdc"), "config protocol: unknown protocol 'vdc'"),
+])
+def test_validate_config_names_the_key(mutate, needle):
+    cfg = copy.deepcopy(DEMO)
+    mutate(cfg)
+    with pytest.raises(runs.ConfigError) as err:
+        runs.validate_config(cfg)
+    assert needle in str(err.value)
+
+
+def test_typed_params_accept_what_the_defaults_allow():
+    from vcdflow.decoding import METHODS
+
+    assert METHODS["vcd"].resolve({"alpha": 1, "noise_step": 500.0})["alpha"] == 1  # int for a float, 500.0 for an int
+    with pytest.raises(ValueError, match="parameter 'alpha' of method 'vcd' must be number, got True"):
+        METHODS["vcd"].resolve({"alpha": True})
+    with pytest.raises(ValueError, match="parameter 'position' of method 'icd' must be str, got 3"):
+        METHODS["icd"].resolve({"position": 3})
+    assert METHODS["ritual"].resolve({"transform": None})["transform"] is None  # a None default: anything
+
+
+def test_paper_config_runs_every_method_under_unified_and_its_paper():
+    from vcdflow.protocols import PAPER_OF
+
+    grid = list(runs.grid(PAPER))
+    pairs = {(g["method"], g["protocol"], g["mode"]) for g in grid}
+    labels = set(PAPER["methods"])
+    assert {l for l, p, _ in pairs if p == "unified"} == labels
+    for label in labels:
+        engine = runs.method_entry(PAPER, label)["method"]
+        if engine in ("greedy", "sample"):
+            continue
+        under = {p for l, p, _ in pairs if l == label and p != "unified"}
+        # its own paper protocol, unless another label decodes exactly the same under it (vcd_sample = vcd)
+        assert under in ({PAPER_OF[engine]}, set()), label
+        assert any(p == PAPER_OF[engine] and runs.method_entry(PAPER, l)["method"] == engine for l, p, _ in pairs)
+    # every paper comparison has its own baseline: same protocol, same mode
+    for label, protocol, mode in pairs:
+        if protocol != "unified":
+            assert (mode, protocol, mode) in pairs, (label, protocol, mode)
+    # each result once, with one path
+    paths = ["{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}".format(**g) for g in grid]
+    assert len(paths) == len(set(paths))
+
+
+def test_paper_protocol_values_win_and_unified_keeps_the_config():
+    cfg = {"seeds": [0], "benchmarks": {"pope": {"questions": "q_{split}.json", "images": "i", "splits": ["random"],
+                                                  "prompt": "{question} Mine.", "max_new_tokens": 2}},
+           "models": {"m": {"path": "m", "family": "llava"}},
+           "methods": {"vcd": {"method": "vcd", "params": {"alpha": 0.25}, "protocol": ["unified", "paper"]},
+                       "sample": {"method": "sample", "do_sample": True, "protocol": "paper"}}}
+    assert runs.label_protocols(cfg) == [("vcd", "unified"), ("vcd", "vcd"), ("sample", "vcd")]
+    uni = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="unified")
+    assert uni.benchmark["prompt"] == "{question} Mine." and uni.benchmark["max_new_tokens"] == 2
+    assert uni.method["params"]["alpha"] == 0.25 and uni.method["mode"] == "greedy"
+    pap = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd")
+    assert pap.protocol["protocol"] == "vcd" and pap.method["mode"] == "sample"  # VCD samples
+    assert pap.benchmark["parser"] == "vcd" and pap.benchmark["max_new_tokens"] == pap.protocol["max_new_tokens"]
+    assert pap.method["params"] == {**{"alpha": 0.25}, **pap.protocol["params"]}
+    cfg["benchmarks"]["pope"]["max_new_tokens_cap"] = 3
+    capped = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd")
+    assert capped.benchmark["max_new_tokens"] == 3 and capped.benchmark["max_new_tokens_cap"] == 3
+
+
+def test_benchmark_registry_answers_which_benchmark():
+    assert set(BENCHMARKS) == {"pope", "chair", "mme", "amber"}
+    assert kind_of("pope_gqa") == "pope" and kind_of("pope_my-data") == "pope" and kind_of("chair") == "chair"
+    with pytest.raises(ValueError, match="unknown benchmark 'chair_x'"):
+        kind_of("chair_x")
+    assert title_of("pope_aokvqa") == "POPE (AOKVQA)"
+    for b in BENCHMARKS.values():
+        assert b.columns and all(c.better in ("higher", "lower", "") for c in b.columns)
+    assert get_benchmark("pope").headline() == {"accuracy": "higher", "yes_ratio": "", "f1": "higher"}
+    amber = {"name": "amber", "kind": "amber", "split": "generative", "root": "r", "nltk_data": "n"}
+    assert get_benchmark("amber").decode_inputs(amber)["query"] == "r/data/query/query_generative.json"
+    assert get_benchmark("chair").splits({}) == ["all"]
+    assert runs.method_inputs("convis") == ("convis_reconstructions",) and runs.method_inputs("vcd") == ()
+
+
+def test_merge_shards_merges_the_sidecars(tmp_path):
+    shards = []
+    for i, (sec, mem, hw) in enumerate([(2.0, 100.0, "1x H200"), (3.5, 250.0, "1x A100")]):
+        p = tmp_path / f"{i}-of-2.jsonl"
+        p.write_text(json.dumps({"item_id": f"q{i}"}) + "\n")
+        (tmp_path / f"{i}-of-2.meta.json").write_text(json.dumps(
+            {"wall_seconds": sec, "peak_mem_mb": mem, "hardware": hw, "device": "cuda", "git_commit": "abc",
+             "protocol": {"protocol": "vcd"}}))
+        shards.append(p)
+    out = merge_shards(shards, tmp_path / "seed0.jsonl")
+    assert [json.loads(x)["item_id"] for x in out.read_text().splitlines()] == ["q0", "q1"]
+    meta = json.loads((tmp_path / "seed0.meta.json").read_text())
+    assert meta["wall_seconds"] == 5.5 and meta["peak_mem_mb"] == 250.0
+    assert meta["hardware"] == ["1x H200", "1x A100"] and meta["device"] == "cuda"
+    assert meta["git_commit"] == "abc" and meta["protocol"] == {"protocol": "vcd"} and meta["n_shards"] == 2
+    (tmp_path / "1-of-2.meta.json").unlink()
+    merge_shards(shards, tmp_path / "seed0.jsonl")
+    assert json.loads((tmp_path / "seed0.meta.json").read_text())["missing"] == [str(shards[1])]
