@@ -175,3 +175,13 @@ def test_loglikelihood_is_refused_naming_the_method(setup):
         lm.loglikelihood([])
     with pytest.raises(ValueError, match="unknown method 'vcdd'"):
         VcdflowLMM(pretrained=str(root / "model"), method="vcdd")
+    # a paper protocol resolves through vcdflow.protocols for the model's family and the named benchmark kind
+    from vcdflow.protocols import get_protocol
+
+    lm = VcdflowLMM(pretrained=str(root / "model"), method="vcd", protocol="vcd", benchmark="pope",
+                    params='{"alpha": 0.5}')
+    want = get_protocol("vcd").resolve(method="vcd", family=lm.vlm.family, benchmark="pope", mode=None)
+    assert lm.protocol_resolved and lm.overrides["do_sample"] == want.do_sample and lm.system == want.system
+    assert lm.params == {**dict(want.params), "alpha": 0.5}  # params given in model_args win
+    with pytest.raises(ValueError, match="needs benchmark="):
+        VcdflowLMM(pretrained=str(root / "model"), method="vcd", protocol="vcd")

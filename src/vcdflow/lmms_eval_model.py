@@ -23,7 +23,9 @@ Model arguments (``--model_args key=value,...``; a JSON value may hold commas):
   mode=None)``): its ``do_sample``/``temperature``/``top_p``/``top_k``/``system`` and parameter
   overrides then apply (``params`` still win). ``unified`` without ``benchmark``: the method's
   defaults plus ``params``, the model's own chat template, the task's prompt and generation
-  settings. A named protocol needs ``benchmark``;
+  settings. A named protocol needs ``benchmark``. From a protocol only the system text, decoding
+  mode, warpers and method parameters apply: the lmms-eval task keeps its own prompt, chat
+  formatting is the model family's, and ``max_new_tokens`` is the task's;
 * ``batch_size`` (requests per batch; a value in ``--model_args`` wins over ``--batch_size``),
   ``seed`` (default 0), ``device`` (``cpu``/``cuda``/``auto``), ``dtype``;
 * ``do_sample``, ``temperature``, ``top_p``, ``top_k`` — override the task's generation kwargs;
