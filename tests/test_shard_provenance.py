@@ -19,7 +19,7 @@ from vcdflow.io import _HOST, atomic_write_text, file_digest, read_jsonl, remove
 from vcdflow.runner import result_hash, run_shard, sidecar_path
 
 SIDECAR_KEYS = {
-    "output", "config_hash", "result_sha256", "run", "protocol", "shard", "n_shards", "n_items", "n_decoded",
+    "output", "config_hash", "result_sha256", "run", "protocol", "protocol_name", "shard", "n_shards", "n_items", "n_decoded",
     "n_resumed", "n_errors", "error_items", "device", "cpu", "gpu", "hardware", "peak_mem_mb", "peak_mem_kind",
     "wall_seconds", "versions", "git_commit", "git_dirty", "finished_utc",
 }
@@ -100,7 +100,8 @@ def test_sidecar_records_provenance_and_resume_counts(tmp_path):
     assert (meta["n_items"], meta["n_resumed"], meta["n_decoded"], meta["n_errors"]) == (8, 3, 5, 1)
     assert meta["error_items"] == ["pope/random/7"]
     assert meta["result_sha256"] == file_digest(out, "sha256")
-    assert meta["config_hash"] == result_hash(run) and meta["protocol"] == "vcd_paper"
+    assert meta["config_hash"] == result_hash(run) and meta["protocol_name"] == "vcd_paper"
+    assert meta["protocol"] == {"protocol": "vcd_paper", "system": None}
     assert meta["output"] == "0-of-1.jsonl" and (meta["shard"], meta["n_shards"]) == (0, 1)
     assert meta["device"] == "cpu" and meta["gpu"] is None and meta["hardware"] == f"CPU {meta['cpu']}"
     assert meta["peak_mem_kind"] == "cpu_max_rss" and meta["peak_mem_mb"] > 10
@@ -119,6 +120,7 @@ def test_sidecar_without_git(tmp_path, monkeypatch):
                     progress=False)
     meta = json.loads((tmp_path / "seed0.meta.json").read_text())
     assert meta["git_commit"] is None and meta["git_dirty"] is None and meta["n_errors"] == 0
+    assert meta["protocol"] is None and meta["protocol_name"] is None
     assert out.exists()
 
 
