@@ -65,7 +65,8 @@ def test_pipeline_outputs(micro_run):
     assert [r["question_id"] for r in vrec] == [r["question_id"] for r in read_jsonl(
         workdir / "results/pope/random/demo/vcd/sample/sample/seed0.jsonl")]
     side = json.loads((workdir / "results/pope/random/demo/vcd/vcd/sample/seed0.meta.json").read_text())
-    assert side["protocol"]["protocol"] == "vcd" and side["protocol"]["parser"] == "vcd"
+    assert side["run"]["protocol"]["protocol"] == "vcd" and side["run"]["protocol"]["parser"] == "vcd"
+    assert side["run"]["benchmark"]["parser"] == "vcd"
     assert side["run"]["benchmark"]["max_new_tokens"] == 3 and side["run"]["method"]["do_sample"] is True
     assert side["peak_mem_mb"] > 0 and side["hardware"]
     pope = df[(df.benchmark == "pope")]

@@ -167,3 +167,22 @@ def test_merge_shards_merges_the_sidecars(tmp_path):
     (tmp_path / "1-of-2.meta.json").unlink()
     merge_shards(shards, tmp_path / "seed0.jsonl")
     assert json.loads((tmp_path / "seed0.meta.json").read_text())["missing"] == [str(shards[1])]
+
+
+def test_greedy_without_random_draw_is_decoded_once_and_recorded_per_seed(tmp_path):
+    assert runs.seed_free("greedy", "greedy") and runs.seed_free("m3id", "greedy")
+    assert not runs.seed_free("vcd", "greedy")  # its noise is a seeded draw
+    assert not runs.seed_free("ritual", "greedy") and not runs.seed_free("greedy", "sample")
+    assert runs.decode_seed({"seeds": [5, 6]}, "greedy", "greedy", 6) == 5
+    assert runs.decode_seed({"seeds": [5, 6]}, "vcd", "greedy", 6) == 6
+    shard = tmp_path / "0-of-1.jsonl"
+    recs = [{"item_id": "a", "seed": 5, "answer": "yes"}, {"item_id": "b", "seed": 5, "answer": "no"}]
+    shard.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
+    merge_shards([shard], tmp_path / "seed6.jsonl", seed=6)
+    out = [json.loads(x) for x in (tmp_path / "seed6.jsonl").read_text().splitlines()]
+    assert out == [dict(r, seed=6) for r in recs]
+    meta = json.loads((tmp_path / "seed6.meta.json").read_text())
+    assert meta["decoded_seed"] == 5 and meta["seed"] == 6 and "decoded once" in meta["note"]
+    merge_shards([shard], tmp_path / "seed5.jsonl", seed=5)
+    assert (tmp_path / "seed5.jsonl").read_text() == shard.read_text()
+    assert "decoded_seed" not in json.loads((tmp_path / "seed5.meta.json").read_text())

@@ -402,6 +402,33 @@ def method_inputs(method: str) -> tuple[str, ...]:
     return tuple(declared) if declared is not None else _DECLARED_INPUTS.get(method, ())
 
 
+#: engine methods that make no random draw (checked: none of their modules or base classes uses
+#: the request generator ``ctx.rng``; vcd/vcd_legacy noise, ritual's transform and selfaug's
+#: augmentations do). A method may declare ``random_draw = True/False`` itself instead.
+_NO_RANDOM_DRAW = frozenset({"greedy", "apc", "icd", "m3id", "vdd", "code", "avisc", "convis", "contrast"})
+
+
+def seed_free(method: str, mode: str) -> bool:
+    """True when a greedy-mode ``method`` gives the same output for every seed: it is decoded once
+    (under the grid's first seed) and that result is recorded for every seed."""
+    if mode != "greedy":
+        return False
+    from .decoding import METHODS
+
+    declared = getattr(METHODS.get(method), "random_draw", None)
+    return (not declared) if declared is not None else method in _NO_RANDOM_DRAW
+
+
+def decode_seed(config: Mapping, spec_or_method, mode: str | None = None, seed: int | None = None) -> int:
+    """The seed a result is decoded under: the grid's first seed for a :func:`seed_free` run,
+    else its own."""
+    if isinstance(spec_or_method, Mapping):
+        method, mode, seed = spec_or_method["method"]["method"], spec_or_method["method"]["mode"], spec_or_method["seed"]
+    else:
+        method = spec_or_method
+    return int(config["seeds"][0]) if seed_free(method, mode) else int(seed)
+
+
 def run_mode(config: Mapping, label: str, protocol: str, benchmark: str, model: str) -> str:
     """greedy or sample: the label's own ``do_sample``; where it sets none, greedy under
     ``unified`` and the paper's own mode under a paper protocol."""

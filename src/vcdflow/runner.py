@@ -79,8 +79,8 @@ def build_prompt(run: dict, item: dict) -> str:
     template = bench.get("prompt") or "{question}"
     prompt = template.format(question=item.get("question", ""))
     name, kind = bench["name"], bench.get("kind") or bench["name"]
-    if (run.get("protocol") or {}).get("prompt"):  # the protocol's own prompt: no config suffixes
-        return prompt
+    if (run.get("protocol") or {}).get("protocol", "unified") != "unified":
+        return prompt  # a paper protocol's prompt is the paper's: no config suffixes
 
     def lookup(suffixes):  # the benchmark's own key (pope_gqa) first, then its kind (pope)
         return suffixes.get(name, suffixes.get(kind))
@@ -531,17 +531,37 @@ def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -
     return merged
 
 
-def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, meta: dict | None = None) -> Path:
+def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, meta: dict | None = None,
+                 *, seed: int | None = None) -> Path:
     """Concatenate shard files (already in item order) into the final result file and merge
-    their provenance sidecars into ``<result>.meta.json`` (:func:`merge_sidecars`)."""
+    their provenance sidecars into ``<result>.meta.json`` (:func:`merge_sidecars`).
+
+    ``seed``: the result's seed when the shards were decoded under another one (a greedy method
+    with no random draw, decoded once for every seed): each record's ``seed`` is set to it and
+    the sidecar says ``decoded_seed``."""
     output = Path(output)
+    decoded = set()
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for shard in shards:
             with open(shard, encoding="utf-8") as fh:
                 for line in fh:
-                    if line.strip():
-                        out.write(line if line.endswith("\n") else line + "\n")
-    merge_sidecars(shards, output)
+                    if not line.strip():
+                        continue
+                    if seed is not None:
+                        rec = json.loads(line)
+                        decoded.add(rec.get("seed"))
+                        if rec.get("seed") != seed:
+                            rec["seed"] = seed
+                            line = dumps(rec)
+                    out.write(line if line.endswith("\n") else line + "\n")
+    merged = merge_sidecars(shards, output)
+    if seed is not None and decoded - {seed}:
+        merged["decoded_seed"] = sorted(decoded)[0]
+        merged["seed"] = seed
+        merged["note"] = (f"greedy with no random draw: decoded once under seed {merged['decoded_seed']} "
+                          f"and recorded for seed {seed}")
+        with atomic_path(sidecar_path(output)) as tmp:
+            Path(tmp).write_text(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return output
 
 

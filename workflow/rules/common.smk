@@ -174,9 +174,21 @@ def score_inputs(wildcards):
     return inputs
 
 
+def decoded_seed(wildcards):
+    """The seed a result is decoded under: a greedy method with no random draw gives the same
+    output for every seed, so it is decoded once (the first seed) and recorded for every seed."""
+    return runs.decode_seed(config, run_spec(wildcards))
+
+
+def merge_seed(wildcards):
+    """The seed the merged records carry (the result's own, also when decoded under another)."""
+    return int(wildcards.seed)
+
+
 def shard_files(wildcards):
     n = n_shards(wildcards.benchmark)
-    return [SHARD.format(**wildcards, shard=i, nshards=n) for i in range(n)]
+    wc = dict(wildcards, seed=decoded_seed(wildcards))
+    return [SHARD.format(**wc, shard=i, nshards=n) for i in range(n)]
 
 
 def grid():

@@ -32,6 +32,8 @@ rule merge_shards:
     output:
         jsonl="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.jsonl",
         meta="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.meta.json",
+    params:
+        seed=merge_seed,
     log:
         "logs/merge/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.log",
     conda:

@@ -869,15 +869,19 @@ def speed_from_results(analysis: Analysis) -> pd.DataFrame:
         b, _s, m, label, _seed = key
         row = acc.setdefault((b, m, label), {"items": 0, "seconds": 0.0, "new_tokens": 0, "peak_mem_mb": np.nan,
                                              "hardware": ""})
-        row["items"] += summ.items_timed
-        row["seconds"] += summ.seconds
-        row["new_tokens"] += summ.new_tokens
         side = Path(str(path)[: -len(".jsonl")] + ".meta.json") if str(path).endswith(".jsonl") else None
+        meta = {}
         if side is not None and side.exists():
             try:
                 meta = read_json(side)
             except ValueError:
                 meta = {}
+        if meta.get("decoded_seed") is None or meta.get("decoded_seed") == meta.get("seed"):
+            # a seed recorded from another seed's decode (greedy, no random draw) took no time itself
+            row["items"] += summ.items_timed
+            row["seconds"] += summ.seconds
+            row["new_tokens"] += summ.new_tokens
+        if meta:
             mem = meta.get("peak_mem_mb", (meta.get("speed") or {}).get("peak_mem_mb"))
             if mem is not None:
                 row["peak_mem_mb"] = float(np.nanmax([float(mem), row["peak_mem_mb"]]))
