@@ -210,6 +210,17 @@ def two_pass_vcd(vlm: VLM, req: Request, max_new_tokens: int, seed: int, alpha=1
     return out
 
 
+def _uptime():
+    """``uptime`` output and the load averages (the machine may be shared: ratios are robust)."""
+    import subprocess
+
+    try:
+        return {"loadavg": list(os.getloadavg()),
+                "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    except OSError:
+        return None
+
+
 # --- phases ----------------------------------------------------------------------------------------
 def run_phase(fn, device):
     """One timed run: (wall seconds, process CPU seconds, peak MiB)."""
@@ -262,9 +273,12 @@ def summarise(name, runs, n_tokens):
     cpus = sorted(r[1] for r in runs)
     wall, cpu = float(np.median(walls)), float(np.median(cpus))
     res = {"seconds": round(wall, 4), "seconds_all": [round(w, 4) for w in walls], "cpu_seconds": round(cpu, 4),
+           "seconds_min": round(walls[0], 4), "seconds_max": round(walls[-1], 4),
+           "tokens_per_s_spread": [round(n_tokens / walls[-1], 3), round(n_tokens / walls[0], 3)],
            "new_tokens": n_tokens, "tokens_per_s": round(n_tokens / wall, 3),
            "peak_mem_mib": round(max(r[2] for r in runs), 1)}
-    print(f"{name:>12}: median {wall:8.3f} s wall ({cpu:8.3f} s CPU)  {n_tokens / wall:9.2f} tok/s  "
+    print(f"{name:>12}: median {wall:8.3f} s wall [{walls[0]:.3f}, {walls[-1]:.3f}] ({cpu:8.3f} s CPU)  "
+          f"{n_tokens / wall:9.2f} tok/s  "
           f"peak {res['peak_mem_mib']:9.1f} MiB", flush=True)
     return res
 
@@ -280,7 +294,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--phases", default="greedy,two_pass,engine_b1,engine_b16,greedy_b16")
-    ap.add_argument("--repeats", type=int, default=1, help="rounds over all phases (median reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over all phases (median and spread reported)")
     ap.add_argument("--warmup", choices=["short", "full"], default=None,
                     help="short: 2 tokens at batch 2; full: also one untimed full-size batched run of the engine "
                          "and of greedy (grows the CUDA allocator pool first). Default: full on GPU")
@@ -321,9 +335,11 @@ def main(argv=None):
     }
     names = args.phases.split(",")
     runs: dict[str, list] = {n: [] for n in names}
-    for _ in range(args.repeats):  # interleaved rounds: drift in machine load hits every phase alike
-        for name in names:
+    load_before = _uptime()
+    for rep in range(args.repeats):  # interleaved rounds (order alternating): load drift hits every phase alike
+        for name in (names if rep % 2 == 0 else names[::-1]):
             runs[name].append(run_phase(phases[name], args.device))
+    load_after = _uptime()
     results = {name: summarise(name, runs[name], total) for name in names}
     # do the phases decode the same tokens? (identical up to float round-off of batched kernels)
     toks = {name: runs[name][-1][3] for name in names}
@@ -369,7 +385,8 @@ def main(argv=None):
     report = {
         "arch": args.arch, "parameters_m": round(n_params / 1e6, 1), "device": args.device, "dtype": str(dtype),
         "method": args.method, "requests": len(reqs), "repeats": args.repeats,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "new_tokens_per_request": N, "batch": args.batch,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "load_before": load_before,
+        "load_after": load_after, "new_tokens_per_request": N, "batch": args.batch,
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,

@@ -6,7 +6,12 @@ Per batch of requests:
    self-description, AvisC's attention probe) with :class:`Runner`'s helpers;
 2. ``method.branches(request, ctx)`` → branches; the family adapter encodes each one;
 3. **prefill**: every branch of every request, left-padded, in one forward with one
-   ``DynamicCache`` holding all rows;
+   ``DynamicCache`` holding all rows (its layers :class:`~vcdflow.models.adapters` ``ReservedLayer``:
+   room for the new tokens, no whole-cache copy per step). With ``share_prefix`` (default), rows
+   whose system text + image are identical (the questions of one image, a contrast input fixed
+   per image) prefill that prefix once — the vision tower runs once per distinct image input —,
+   its KV rows are copied to every row that has it, and only the question suffixes are prefilled
+   on top (:func:`share_plan`, :func:`shared_prefill`);
 4. **per step**: one forward of all live rows; per request, ``combine`` its rows' logits
    (requests with the same branch count are combined together), apply the plausibility
    constraint from the ORIGINAL branch, then temperature/top-k/top-p and argmax or a draw from
