@@ -570,10 +570,10 @@ class Analysis:
         out = list(rows.values())
         names = defaultdict(int)
         for r in out:
-            names[r["name"]] += 1
+            names[(r["name"], r["protocol"])] += 1
         for r in out:
             r["detail"] = ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items()))
-            if names[r["name"]] > 1 and r["name"] != "baseline":
+            if names[(r["name"], r["protocol"])] > 1 and r["name"] != "baseline":
                 r["name"] = f"{r['name']} [{'/'.join(r['labels'].values())}]"
         out.sort(key=lambda r: (r["protocol"] != UNIFIED, r["protocol"], r["name"] != "baseline"))
         return out
