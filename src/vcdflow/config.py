@@ -372,7 +372,7 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
         "prompt_suffix": entry["prompt_suffix"],
     }
     inputs = {}
-    if engine == "convis":
+    if "convis_reconstructions" in method_inputs(engine):  # the convis section's alpha and APC
         _convis(config, benchmark, run_method)
     for kind_ in method_inputs(engine):
         inputs[kind_] = METHOD_INPUTS[kind_].format(benchmark=benchmark, model=model)

@@ -10,7 +10,7 @@
 #                        this rule regenerates them on demand, see resources/demo_t2i/README.md)
 #   convis_t2i_download  the paper's SDXL base + Hyper-SD 1-step UNet (t2i.kind: sdxl_hyper)
 #
-# Decode jobs of methods whose engine method is "convis" depend on the manifest of their
+# Decode jobs of methods that declare the convis_reconstructions input depend on the manifest of their
 # (benchmark, model) through decode_inputs(): the method declares the input
 # (vcdflow.config.method_inputs). Device and lock folder are read at job time (never params).
 

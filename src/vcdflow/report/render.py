@@ -319,6 +319,16 @@ def _expected(config: Mapping | None) -> dict[str, list]:
     return out
 
 
+def _is_pope(benchmark: str) -> bool:
+    """POPE or a further POPE dataset (the benchmark registry says which)."""
+    from ..benchmarks import kind_of
+
+    try:
+        return kind_of(benchmark) == "pope"
+    except ValueError:
+        return False
+
+
 def _protocol_view(a: an.Analysis, protocols: Mapping | None) -> dict:
     """The protocol section: which protocols the runs used, and how each paper protocol differs
     from the unified one (field, unified value, paper value, the paper's source)."""
@@ -519,7 +529,7 @@ def build_report(
         "demo": demo,
         "sections": sections,
         "comparison": comparison,
-        "scatters": {b: plots.yes_ratio_scatter(a, b) for b in a.benchmarks() if b == "pope" or b.startswith("pope_")},
+        "scatters": {b: plots.yes_ratio_scatter(a, b) for b in a.benchmarks() if _is_pope(b)},
         "speed": speed_view,
         "examples": _examples(a, n_examples, config, image_root, extra_images),
         "errors": errors,
