@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..decoding.methods.icd import blip_pre_caption  # noqa: F401 - re-exported
+from ..textproc import blip_pre_caption  # noqa: F401 - re-exported
 from .base import S
 
 #: LLaVA ``conv_llava_v1`` system text ("curious human")

@@ -22,7 +22,7 @@ MiniGPT-4 and InstructBLIP, no LLaVA). Not run: Qwen2.5-VL. Benchmarks: POPE, CH
 
 from __future__ import annotations
 
-from ..decoding.methods.icd import DISTURBANCE
+from ..textproc import DISTURBANCE
 from ._shared import (IMPLICIT_TOP_K, INSTRUCTBLIP_RAW, LLAVA_V1_SYSTEM, NO_SYSTEM_IB, PROCESSOR_IB,
                       blip_pre_caption)
 from .base import Protocol, S
