@@ -4,6 +4,8 @@
     vcdflow build-pope INSTANCES OUT_DIR [...]        POPE question files for any COCO-format data
     vcdflow decode --model DIR --questions F --images D --method vcd --out results.jsonl [...]
     vcdflow score --results results.jsonl --metrics metrics.csv [--parser official]
+    vcdflow prompt --family llava --protocol paper --method icd --benchmark pope --question "..."
+                                                      the exact text of every branch (one JSON line each)
 
 ``decode`` and ``score`` cover POPE-format question files (the official line format; yours from
 ``build-pope`` too) with the same runner and scorer the workflow uses: the result file has the
