@@ -520,6 +520,6 @@ def test_speed_table_reads_peak_memory_and_hardware_from_the_sidecars(tmp_path):
     assert cells[-2] == "1002" and cells[-1] == "1x NVIDIA H200 (cuda)"
     tokens = sum(r["timing"]["new_tokens"] for s in seeds[:2] for r in read_jsonl(base / f"seed{s}.jsonl")
                  if not r.get("error"))
-    assert cells[5] == f"{tokens}"  # the third seed was recorded from the first one's decode
+    assert cells[3] == "vcd" and cells[6] == f"{tokens}"  # protocol; the third seed was recorded from the first one's decode
     other = next(r for r in rows if "<td>pope</td>" in r and "<code>greedy</code>" in r)
     assert re.findall(r"<td[^>]*>(.*?)</td>", other, re.S)[-2:] == ["—", "—"]  # no sidecar: not recorded
