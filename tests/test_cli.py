@@ -96,3 +96,34 @@ def test_decode_rejects_bad_params_before_loading_the_model(tmp_path, capsys):
     assert main(args[:-1] + ["vcdd"]) == 2
     assert capsys.readouterr().err.startswith("vcdflow decode: error: unknown method 'vcdd'; valid: ")
     assert not (tmp_path / "r.jsonl.partial").exists() and not (tmp_path / "r.jsonl.lock").exists()
+
+
+def test_decode_protocol_flag(tmp_path, capsys):
+    """--protocol picks the run's protocol: a paper's POPE prompt replaces --prompt, and the
+    records and metrics carry its name; a misspelt protocol fails before the model loads."""
+    from vcdflow.models.demo import build_demo_vlm
+
+    model, processor = build_demo_vlm(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray((np.random.RandomState(1).rand(32, 32, 3) * 255).astype("uint8")).save(images / "im0.png")
+    qfile = tmp_path / "mine_pope_random.json"
+    qfile.write_text(json.dumps({"question_id": 0, "image": "im0.png", "text": "Is there a cup in the image?",
+                                 "label": "yes"}) + "\n")
+    args = ["decode", "--model", str(tmp_path / "model"), "--questions", str(qfile), "--images", str(images),
+            "--max-new-tokens", "2", "--device", "cpu"]
+    capsys.readouterr()  # drop save_pretrained's progress bar
+    assert main(args + ["--protocol", "convsi", "--out", str(tmp_path / "bad.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("vcdflow decode: error: --protocol: unknown protocol 'convsi'; valid: unified, paper, avisc, code, "
+                   "convis, icd, llava_eval, m3id, ritual, selfaug, vcd, vdd\n"), err
+    assert not (tmp_path / "bad.jsonl.partial").exists()
+    out = tmp_path / "res.jsonl"
+    assert main(args + ["--protocol", "convis", "--out", str(out)]) == 0
+    rec = read_jsonl(out)[0]
+    # ConVis' POPE suffix (the convis protocol's prompt), not the --prompt default
+    assert rec["prompt"] == "Is there a cup in the image? Please answer yes or no.", rec["prompt"]
+    side = json.loads((tmp_path / "res.meta.json").read_text())
+    assert side["protocol_name"] == "convis"

@@ -94,6 +94,11 @@ def _decode(a) -> int:
                          flags={"questions": "--questions", "images": "--images"})
     validate.check_model({"path": a.model})
     validate.check_params(a.method, params)  # names, types, ranges: before the model loads
+    from .protocols import PROTOCOLS
+
+    if a.protocol not in ("unified", "paper", *PROTOCOLS):
+        raise errors.UsageError(f"--protocol: unknown protocol {a.protocol!r}; valid: unified, paper, "
+                                f"{', '.join(sorted(set(PROTOCOLS) - {'unified'}))}")
     try:
         run = _run_dict(a)
     except errors.UserError:
@@ -209,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--top-p", type=float, default=1.0)
     d.add_argument("--top-k", type=int, default=None)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--protocol", default="unified",
+                   help="unified (default) | paper (the method's own paper) | a protocol name; "
+                        "`vcdflow prompt` shows the texts it gives")
     d.add_argument("--prompt", default="{question} Please answer this question with one word.")
     d.add_argument("--max-new-tokens", type=int, default=8)
     d.add_argument("--n-questions", type=int, default=None, help="seeded subsample (file order kept)")

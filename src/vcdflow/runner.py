@@ -140,6 +140,11 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
     protocol = run.get("protocol") or {}
     system = protocol.get("system")
     how = protocol.get("image_preprocess")
+    template = protocol.get("chat_template")
+    adapter = getattr(vlm, "adapter", None)
+    if template and adapter is not None and hasattr(adapter, "chat_template"):
+        # the protocol's conversation template (a shipped one), or "model": the processor's own
+        adapter.chat_template = None if template == "model" else template
     requests, slots, records = [], [], [None] * len(items)
     for i, item in enumerate(items):
         prompt = build_prompt(run, item)
