@@ -147,3 +147,19 @@ def test_bad_method_parameter_or_protocol_fails_in_the_dry_run(tmp_path, mutate,
     assert out.returncode != 0
     assert needle in text, text[-2000:]
     assert "Job stats" not in text
+
+
+def test_demo_paper_and_demo_full_configs_build_their_dags(tmp_path):
+    """make demo-paper / make demo-full: every method of demo-full decodes on all four benchmarks
+    (demo MME and AMBER built by their rules); demo-paper runs paper protocols only."""
+    full = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "demo-full.yaml"), cwd=tmp_path)
+    assert full.returncode == 0, full.stdout + full.stderr
+    jobs = dict(line.split()[:2] for line in full.stdout.splitlines() if len(line.split()) == 2)
+    assert jobs.get("build_demo_mme") == "1" and jobs.get("build_demo_amber") == "1", full.stdout
+    from vcdflow.decoding import METHODS
+
+    cfg = yaml.safe_load((ROOT / "config" / "demo-full.yaml").read_text())
+    assert {m["method"] for m in cfg["methods"].values()} == set(METHODS) - {"contrast", "cid"}
+    paper = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "demo-paper.yaml"), cwd=tmp_path)
+    assert paper.returncode == 0, paper.stdout + paper.stderr
+    assert yaml.safe_load((ROOT / "config" / "demo-paper.yaml").read_text())["protocol"] == "paper"
