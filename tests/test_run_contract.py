@@ -156,7 +156,8 @@ def test_merge_shards_merges_the_sidecars(tmp_path):
         p.write_text(json.dumps({"item_id": f"q{i}"}) + "\n")
         (tmp_path / f"{i}-of-2.meta.json").write_text(json.dumps(
             {"wall_seconds": sec, "peak_mem_mb": mem, "hardware": hw, "device": "cuda", "git_commit": "abc",
-             "protocol": {"protocol": "vcd"}}))
+             "protocol": {"protocol": "vcd"}, "n_items": 1, "n_decoded": 1 - i, "n_resumed": i, "n_errors": i,
+             "error_items": [f"q{i}"] if i else [], "shard": i, "output": str(p), "result_sha256": "shard"}))
         shards.append(p)
     out = merge_shards(shards, tmp_path / "seed0.jsonl")
     assert [json.loads(x)["item_id"] for x in out.read_text().splitlines()] == ["q0", "q1"]
@@ -164,6 +165,12 @@ def test_merge_shards_merges_the_sidecars(tmp_path):
     assert meta["wall_seconds"] == 5.5 and meta["peak_mem_mb"] == 250.0
     assert meta["hardware"] == ["1x H200", "1x A100"] and meta["device"] == "cuda"
     assert meta["git_commit"] == "abc" and meta["protocol"] == {"protocol": "vcd"} and meta["n_shards"] == 2
+    # counts over the whole result, the merged file's own path and hash
+    assert (meta["n_items"], meta["n_decoded"], meta["n_resumed"], meta["n_errors"]) == (2, 1, 1, 1)
+    assert meta["error_items"] == ["q1"] and "shard" not in meta and meta["output"] == str(out)
+    import hashlib
+
+    assert meta["result_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     (tmp_path / "1-of-2.meta.json").unlink()
     merge_shards(shards, tmp_path / "seed0.jsonl")
     assert json.loads((tmp_path / "seed0.meta.json").read_text())["missing"] == [str(shards[1])]

@@ -503,8 +503,9 @@ def _device(run: dict) -> str:
 def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -> dict:
     """One provenance sidecar for a merged result from its shards' sidecars: ``shards`` (each
     shard's own record), ``wall_seconds`` summed, ``peak_mem_mb`` the largest, ``hardware`` and
-    ``device`` the distinct values, every other key from the first shard that has it (package
-    versions, commit, protocol). Shards without a sidecar are listed under ``missing``."""
+    ``device`` the distinct values, the item/error counts summed (``error_items``: the first 20
+    over all shards), ``output`` and ``result_sha256`` those of the merged file, every other key
+    from the first shard that has it (package versions, commit, protocol). Shards without a sidecar are listed under ``missing``."""
     metas, missing = [], []
     for shard in shards:
         path = sidecar_path(shard)
@@ -527,6 +528,18 @@ def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -
         vals = list(dict.fromkeys(json.dumps(m[key], sort_keys=True) for m in metas if m.get(key) is not None))
         if len(vals) > 1:
             merged[key] = [json.loads(v) for v in vals]
+    for key in ("n_items", "n_decoded", "n_resumed", "n_errors"):  # counts over the whole result
+        vals = [m[key] for m in metas if isinstance(m.get(key), int)]
+        if vals:
+            merged[key] = sum(vals)
+    if any("error_items" in m for m in metas):
+        merged["error_items"] = [i for m in metas for i in m.get("error_items") or []][:20]
+    merged.pop("shard", None)
+    merged["output"] = str(output)
+    if Path(output).exists():  # the hash of the merged file, not of the first shard
+        import hashlib
+
+        merged["result_sha256"] = hashlib.sha256(Path(output).read_bytes()).hexdigest()
     merged["n_shards"] = len(shards)
     merged["shards"] = metas
     if missing:
