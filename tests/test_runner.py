@@ -197,3 +197,26 @@ def test_merge_shards_concatenates_in_order(tmp_path):
     b.write_text('{"item_id": "3"}')
     merge_shards([a, b], tmp_path / "m.jsonl")
     assert [r["item_id"] for r in read_jsonl(tmp_path / "m.jsonl")] == ["1", "2", "3"]
+
+
+def test_an_item_without_image_is_a_text_only_request(tmp_path):
+    """image_path None (HallusionBench's no-image questions): decoded without an image; a method
+    that needs one fails that item alone, naming the method."""
+    from vcdflow.models.demo import build_demo_vlm
+    from vcdflow.models.loading import VLM
+    import torch
+
+    from vcdflow.runner import decode_batch
+
+    model, processor = build_demo_vlm(seed=0)
+    from vcdflow.models.adapters import adapter_for
+
+    vlm = VLM(model=model, processor=processor, family="llava", adapter=adapter_for("llava", model, processor),
+              device=torch.device("cpu"), dtype=torch.float32)
+    items = [{"item_id": "t/0", "image_path": None, "question": "Is there a cup?"}]
+    run = {"benchmark": {"name": "pope", "split": "x", "max_new_tokens": 2, "prompt": "{question}"},
+           "model": {}, "method": {"method": "greedy", "do_sample": False, "params": {}}, "seed": 0}
+    rec = decode_batch(vlm, run, items)[0]
+    assert rec["error"] is None and rec["answer"] != "" and rec["meta"]["n_branches"] == 1
+    rec = decode_batch(vlm, dict(run, method={"method": "vcd", "do_sample": False, "params": {}}), items)[0]
+    assert rec["error"] == "method 'vcd' needs an image (Request.image is None)"

@@ -151,7 +151,9 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
         extra = {"system": system} if system else {}
         path = item.get("image_path")
         try:
-            image = _preprocess(_load_image(path), how, vlm)
+            # an item without an image (HallusionBench's text-only questions) is a text-only request:
+            # methods that need an image turn it into an error row naming the method
+            image = None if path is None and "image_path" in item else _preprocess(_load_image(path), how, vlm)
             for path in item.get("contrast_images") or []:  # ConVis reconstructions
                 extra.setdefault("contrast_images", []).append(_preprocess(_load_image(path), how, vlm))
         except Exception as exc:  # noqa: BLE001 - any unreadable image becomes an error row
