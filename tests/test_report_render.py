@@ -316,6 +316,8 @@ def test_examples_mark_hallucinated_objects_and_show_extras(report):
     assert blocks and len(chunks) == 6  # n_examples = 3 per benchmark with result files (POPE, CHAIR)
     scored = {}
     for label in RUNS:
+        if not (FIX / "results" / "chair" / "all" / MODEL / label).is_dir():
+            continue  # the control runs are POPE-only
         for r in read_jsonl(FIX / "results" / "chair" / "all" / MODEL / label / "seed0.scored.jsonl"):
             scored[(label, r["item_id"])] = set(r["hallucinated_objects"])
     n_marks = 0
@@ -461,9 +463,11 @@ def test_figures_are_embedded_pngs(report):
 
     figs = re.findall(r'<figure><img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', report)
     alts = [a for a, _ in figs]
-    # one per benchmark/split (POPE random + adversarial, CHAIR, MME), the yes-ratio scatter, speed
-    assert len(figs) == 6
+    # one per benchmark/split (POPE random + adversarial, CHAIR, MME), the yes-ratio scatter, speed,
+    # the overview's heatmap of Δ
+    assert len(figs) == 7
     assert "POPE accuracy against yes-ratio" in alts and "tokens per second per method" in alts
+    assert "Delta vs baseline heatmap" in alts
     for _, b64 in figs:
         with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
             assert im.format == "PNG" and im.width > 300 and im.height > 200
@@ -491,7 +495,7 @@ def test_a_second_pope_dataset_gets_its_own_tables_and_figures(tmp_path):
     html = out.read_text(encoding="utf-8")
     alts = re.findall(r'<figure><img alt="([^"]*)"', html)
     assert "POPE accuracy against yes-ratio" in alts and "POPE (GQA) accuracy against yes-ratio" in alts
-    assert len(alts) == 6 + 1 + 2  # the fixture's figures, the GQA scatter, GQA random + adversarial
+    assert len(alts) == 7 + 1 + 2  # the fixture's figures, the GQA scatter, GQA random + adversarial
     assert "<h2>POPE (GQA)" in html or ">POPE (GQA)<" in html or "POPE (GQA)</h2>" in html
     # same numbers as the COCO table (same rows), different cell keys
     key = f"pope_gqa/random/{MODEL}/vcd/accuracy"

@@ -49,6 +49,8 @@ PAPER_COLUMNS = ["benchmark", "split", "model", "method", "mode", "metric", "val
 COUNT_METRICS = ("n", "n_errors")
 MODE_ORDER = ("greedy", "sample")
 BASELINE_METHODS = ("greedy", "sample")
+# cd_rethink's controls (engine methods): a CD method's gain is judged against theirs.
+CONTROL_METHODS = ("pba", "olm", "apc")
 # Tolerance (metric units, i.e. percentage points) between a metric re-derived from the
 # per-item outcomes and metrics.csv; beyond it the item bootstrap is not used.
 ITEM_CONSISTENCY_TOL = 0.05
@@ -763,6 +765,97 @@ class Analysis:
             return TestResult(kind, None, details, note="undefined")
         note = "largest per-seed p (intersection–union test)" if len(ps) > 1 else ""
         return TestResult(kind, max(finite), details, note)
+
+    # ---------------------------------------------------------------- overview
+
+    def headline(self, benchmark: str) -> Column | None:
+        """The benchmark's headline metric: the first column the benchmark registry lists with
+        a better direction that this run has (POPE accuracy, CHAIR CHAIR_s, MME hallucination,
+        AMBER score); None when it has none."""
+        return next((c for c in self.columns(benchmark) if c.better), None)
+
+    def overview(self) -> dict:
+        """The field at a glance: ``{"columns": [(benchmark, split, Column)], "rows": [{"model",
+        "label", "cells": [Cell | None per column]}]}`` — every run with a headline cell, rows
+        in run order per model, each cell the same :class:`Cell` the benchmark tables show."""
+        cols = [(b, s, c) for b in self.benchmarks() if (c := self.headline(b)) is not None for s in self.splits(b)]
+        rows = []
+        for model in self.models():
+            for label in self.labels(model=model):
+                cells = [self.cell(b, s, model, label, c.metric) for b, s, c in cols]
+                if any(x is not None for x in cells):
+                    rows.append({"model": model, "label": label, "cells": cells})
+        return {"columns": cols, "rows": rows}
+
+    # ---------------------------------------------------------------- controls
+
+    def is_control(self, label: str) -> bool:
+        return self.runs[label]["method"] in CONTROL_METHODS
+
+    def controls(self) -> list[dict]:
+        """cd_rethink's question per POPE dataset, split, model, protocol and mode: does a CD
+        method's gain over the baseline beat the controls' (pba/olm/apc) gains?
+
+        One group per (benchmark, split, model, protocol, mode) that has a baseline and at least
+        one CD method or control: ``{"benchmark", "split", "model", "protocol", "mode",
+        "baseline", "column" (the headline Column), "yes" (yes-ratio metric or None),
+        "controls": [{"label", "cell", "yes"}], "methods": [{"label", "cell", "yes", "vs":
+        [{"control", "diff", "test"}], "beats": bool | None}], "note"}``. ``diff`` = method −
+        control (headline mean), ``test`` the same paired test as against the baseline (method
+        seed s against control seed s, or its only seed). ``beats``: better than every control
+        with p < 0.05 against each; None when some comparison is undefined.
+        """
+        from ..benchmarks import kind_of
+
+        out = []
+        for bench in self.benchmarks():
+            try:
+                if kind_of(bench) != "pope":
+                    continue
+            except ValueError:
+                continue
+            col = self.headline(bench)
+            if col is None:
+                continue
+            yes = next((c.metric for c in self.columns(bench) if c.item_stat == "yes_ratio"), None)
+            for split in self.splits(bench):
+                for model in self.models(bench, split):
+                    labels = self.labels(bench, split, model)
+                    for protocol, mode in sorted({(self.runs[l].get("protocol", UNIFIED), self.mode(l)) for l in labels}):
+                        base = self.baselines.get((protocol, mode))
+                        same = [l for l in labels if self.runs[l].get("protocol", UNIFIED) == protocol
+                                and self.mode(l) == mode and l != base and self.engine_method(l) not in BASELINE_METHODS]
+                        ctrls = [l for l in same if self.is_control(l)]
+                        methods = [l for l in same if not self.is_control(l)]
+                        if base is None or not same:
+                            continue
+                        get = lambda l, m: self.cell(bench, split, model, l, m) if m else None  # noqa: E731
+                        group = {"benchmark": bench, "split": split, "model": model, "protocol": protocol,
+                                 "mode": mode, "baseline": base, "column": col, "yes": yes,
+                                 "baseline_cell": get(base, col.metric), "baseline_yes": get(base, yes),
+                                 "controls": [{"label": c, "cell": get(c, col.metric), "yes": get(c, yes)} for c in ctrls],
+                                 "methods": [], "note": "" if ctrls else "no control run (pba/olm/apc) in this group"}
+                        for l in methods:
+                            mc = get(l, col.metric)
+                            vs, verdicts = [], []
+                            for c in ctrls:
+                                cc = get(c, col.metric)
+                                if mc is None or cc is None or mc.refused or cc.refused:
+                                    vs.append({"control": c, "diff": None, "test": None})
+                                    verdicts.append(None)
+                                    continue
+                                test = self._paired_test(mc, cc, col) if col.test else None
+                                diff = mc.mean - cc.mean
+                                better = diff > 0 if col.better == "higher" else diff < 0
+                                p = test.pvalue if test is not None else None
+                                vs.append({"control": c, "diff": diff, "test": test})
+                                verdicts.append(None if p is None else bool(better and p < 0.05))
+                            beats = (None if not verdicts or any(v is None for v in verdicts)
+                                     else all(verdicts))
+                            group["methods"].append({"label": l, "cell": mc, "yes": get(l, yes), "vs": vs,
+                                                     "beats": beats})
+                        out.append(group)
+        return out
 
     # ---------------------------------------------------------------- missing
 

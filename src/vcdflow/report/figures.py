@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -172,4 +173,54 @@ def speed_plot(summary: pd.DataFrame) -> str | None:
             ax.tick_params(axis="x", rotation=30)
             if sub["model"].nunique() < 2 and ax.get_legend() is not None:
                 ax.get_legend().remove()
+        return fig_to_base64(fig)
+
+
+def overview_heatmap(analysis: "Analysis") -> str | None:
+    """Heatmap of Δ vs the same-mode baseline: rows = runs (model · label, baselines left out),
+    columns = each benchmark/split's headline metric (:meth:`Analysis.overview`).
+
+    Colour = the gain in the metric's better direction (Δ, sign flipped for lower-is-better
+    metrics; green better, red worse, centred at 0, one scale for all columns); the annotation
+    is the signed Δ itself, ``*`` where the paired test gives p < 0.05. None when no Δ exists.
+    """
+    ov = analysis.overview()
+    cols = ov["columns"]
+    multi_model = len({r["model"] for r in ov["rows"]}) > 1
+    names, gain, text = [], [], []
+    for r in ov["rows"]:
+        g_row, t_row = [], []
+        for (_b, _s, col), cell in zip(cols, r["cells"]):
+            if cell is None or cell.delta is None or cell.refused:
+                g_row.append(np.nan)
+                t_row.append("")
+                continue
+            sign = -1.0 if col.better == "lower" else 1.0
+            g_row.append(sign * cell.delta)
+            star = "*" if cell.test is not None and cell.test.pvalue is not None and cell.test.pvalue < 0.05 else ""
+            t_row.append(f"{cell.delta:+.1f}{star}")
+        if any(math.isfinite(g) for g in g_row):
+            names.append(f"{r['model']} · {r['label']}" if multi_model else r["label"])
+            gain.append(g_row)
+            text.append(t_row)
+    if not gain:
+        return None
+    data = pd.DataFrame(gain, index=names,
+                        columns=[f"{bench_info(b, []).title} {s}\n{c.title}" for b, s, c in cols])
+    keep = data.notna().any(axis=0)
+    data = data.loc[:, keep]
+    annot = np.array(text, dtype=object)[:, keep.to_numpy()]
+    lim = float(np.nanmax(np.abs(data.to_numpy()))) or 1.0
+    with sns.axes_style("white"), sns.plotting_context("notebook", font_scale=0.8):
+        fig = Figure(figsize=(1.5 * data.shape[1] + 3.0, 0.35 * data.shape[0] + 1.6))
+        ax = fig.subplots()
+        with warnings.catch_warnings():  # seaborn's own cmap.set_bad call (matplotlib deprecation)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(data, ax=ax, cmap="RdYlGn", center=0.0, vmin=-lim, vmax=lim, annot=annot, fmt="",
+                        linewidths=0.5, linecolor="white", cbar_kws={"label": "gain vs baseline (better direction)"})
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=0)
+        ax.set_title("Δ vs the same-mode baseline (* p < 0.05)"
+                     + (" — demo world" if getattr(analysis, "demo", False) else ""))
         return fig_to_base64(fig)

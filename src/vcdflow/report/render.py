@@ -228,6 +228,72 @@ def _all_metrics(a: an.Analysis, bench: str, split: str) -> dict:
     return {"metrics": metrics, "rows": rows}
 
 
+def _sort_value(cell: an.Cell | None) -> str:
+    """The number a sortable overview column sorts by (the mean); empty for no number."""
+    if cell is None or cell.refused or cell.mean is None or not math.isfinite(cell.mean):
+        return ""
+    return repr(float(cell.mean))
+
+
+def _overview(a: an.Analysis) -> dict:
+    """The field at a glance: methods × benchmark headline metrics (see :meth:`Analysis.overview`)."""
+    ov = a.overview()
+    cols = [{"benchmark": b, "split": s, "metric": c.metric, "title": an.bench_info(b, [c.metric]).title,
+             "metric_title": c.title, "better": c.better} for b, s, c in ov["columns"]]
+    rows = []
+    for r in ov["rows"]:
+        run = a.runs[r["label"]]
+        cells = []
+        for (b, s, c), cell in zip(ov["columns"], r["cells"]):
+            v = _cell_view(a, cell, f"{r['label']} has no {c.metric} on {b}/{s}")
+            v["sort"] = _sort_value(cell)
+            cells.append(v)
+        rows.append({"model": r["model"], "label": r["label"], "method": run["method"], "mode": run["mode"],
+                     "protocol": run.get("protocol", an.UNIFIED), "cells": cells})
+    return {"columns": cols, "rows": rows}
+
+
+def _test_view(t: an.TestResult | None) -> dict:
+    if t is None:
+        return {}
+    return {"p": an.fmt_p(t.pvalue), "p_sig": t.pvalue is not None and t.pvalue < 0.05,
+            "p_title": "\n".join([t.kind + (f" — {t.note}" if t.note else "")] + t.per_seed)}
+
+
+def _controls(a: an.Analysis) -> list[dict]:
+    """The controls section (cd_rethink): see :meth:`Analysis.controls`."""
+    out = []
+    for g in a.controls():
+        col = g["column"]
+
+        def run_view(label, cell, yes):
+            v = {"label": label, "mean": "—", "delta": "—", "yes": "—", "key": cell.key if cell else ""}
+            if cell is not None and not cell.refused:
+                v["mean"] = an.fmt(cell.mean)
+                v["delta"] = an.fmt_signed(cell.delta) if cell.delta is not None else "—"
+                v.update(_test_view(cell.test))
+            elif cell is not None:
+                v["refused"] = cell.refused
+            if yes is not None and not yes.refused:
+                v["yes"] = an.fmt(yes.mean)
+            return v
+
+        base = run_view(g["baseline"], g["baseline_cell"], g["baseline_yes"])
+        ctrls = [run_view(c["label"], c["cell"], c["yes"]) for c in g["controls"]]
+        methods = []
+        for m in g["methods"]:
+            v = run_view(m["label"], m["cell"], m["yes"])
+            v["vs"] = [dict({"control": x["control"], "diff": an.fmt_signed(x["diff"])}, **_test_view(x["test"]))
+                       for x in m["vs"]]
+            v["beats"] = m["beats"]
+            methods.append(v)
+        out.append({"benchmark": g["benchmark"], "title": an.bench_info(g["benchmark"], [col.metric]).title,
+                    "split": g["split"], "model": g["model"], "protocol": g["protocol"], "mode": g["mode"],
+                    "metric": col.metric, "metric_title": col.title, "baseline": base, "controls": ctrls,
+                    "control_labels": [c["label"] for c in g["controls"]], "methods": methods, "note": g["note"]})
+    return out
+
+
 # --------------------------------------------------------------------------- examples
 
 
@@ -532,6 +598,9 @@ def build_report(
         "scatters": {b: plots.yes_ratio_scatter(a, b) for b in a.benchmarks() if _is_pope(b)},
         "speed": speed_view,
         "examples": _examples(a, n_examples, config, image_root, extra_images),
+        "overview": _overview(a),
+        "overview_figure": plots.overview_heatmap(a),
+        "controls": _controls(a),
         "errors": errors,
         "n_err_runs": n_err_runs,
         "max_error_pct": f"{100 * max_error_fraction:g}",
