@@ -527,3 +527,176 @@ def test_speed_table_reads_peak_memory_and_hardware_from_the_sidecars(tmp_path):
     assert cells[3] == "vcd" and cells[6] == f"{tokens}"  # protocol; the third seed was recorded from the first one's decode
     other = next(r for r in rows if "<td>pope</td>" in r and "<code>greedy</code>" in r)
     assert re.findall(r"<td[^>]*>(.*?)</td>", other, re.S)[-2:] == ["—", "—"]  # no sidecar: not recorded
+
+
+# ----------------------------------------------------------------------------- overview and controls
+#
+# Expected numbers straight from the fixture's files with the statistics functions of
+# vcdflow.report.stats (mean over seeds, item bootstrap CI with B = 2000 and seed 0, exact
+# McNemar / paired bootstrap with B = 10000 and seed 0, the largest per-seed p).
+
+from vcdflow.report import stats  # noqa: E402
+
+HEADLINE = {"pope": "accuracy", "chair": "chair_s", "mme": "hallucination"}  # registry's first ↑/↓ column
+ITEM_FIELD = {"accuracy": "correct", "chair_s": "hallucinated"}
+
+
+def scored(bench: str, split: str, label: str, seed: int, model: str = MODEL) -> dict | None:
+    p = FIX / "results" / bench / split / model / label / f"seed{seed}.scored.jsonl"
+    return {r["item_id"]: r for r in read_jsonl(p)} if p.exists() else None
+
+
+def baseline_of(label: str) -> str:
+    return "greedy" if RUNS.get(label, {"mode": "greedy"})["mode"] == "greedy" else "sample"
+
+
+def expected_ci(bench, split, model, label, metric, seeds: dict[int, float]):
+    runs = [scored(bench, split, label, s, model) for s in seeds]
+    if all(r is not None for r in runs):
+        ids = list(runs[0])  # the first seed's item order (the bootstrap draws over positions)
+        num = [[r[i][ITEM_FIELD[metric]] for r in runs] for i in ids]
+        lo, hi = stats.bootstrap_ci(num, 2000, 0)
+        return f2(100 * lo), f2(100 * hi)
+    if len(seeds) >= 2:
+        return tuple(f2(x) for x in stats.bootstrap_ci(list(seeds.values()), 2000, 0))
+    return None
+
+
+def expected_p(bench, split, model, label, base, metric, seeds, base_seeds):
+    """Largest per-seed p of the paired test of ``label`` against ``base`` (None: no items)."""
+    ps = []
+    for s in seeds:
+        sb = next(iter(base_seeds)) if len(base_seeds) == 1 else s
+        a, b = scored(bench, split, label, s, model), scored(bench, split, base, sb, model)
+        if a is None or b is None:
+            return None
+        ids = [i for i in a if i in b]
+        x = [a[i][ITEM_FIELD[metric]] for i in ids]
+        y = [b[i][ITEM_FIELD[metric]] for i in ids]
+        ps.append(stats.mcnemar_exact(x, y).pvalue if metric == "accuracy" else stats.paired_bootstrap_p(x, y, 10000, 0))
+    return max(ps)
+
+
+def glance(html: str) -> tuple[list[str], dict[str, list[str]]]:
+    table = re.search(r'<table id="glance">(.*?)</table>', html, re.S).group(1)
+    cols = re.findall(r'<th class="sortable" data-type="num"[^>]*data-col="([^"]+)"', table)
+    rows = {}
+    for run, body in re.findall(r'<tr data-run="([^"]+)">(.*?)</tr>', table, re.S):
+        rows[run] = re.findall(r'<td class="cell"[^>]*>.*?</td>', body, re.S)
+    return cols, rows
+
+
+def test_overview_table_matches_metrics_csv(report):
+    vals = metric_values()
+    cols, rows = glance(report)
+    assert cols == ["pope/random/accuracy", "pope/adversarial/accuracy", "chair/all/chair_s", "mme/all/hallucination"]
+    have = {(m, l) for (b, s, m, l, metric) in vals if HEADLINE.get(b) == metric}
+    assert set(rows) == {f"{m}/{l}" for m, l in have}
+    n_ci = n_p = n_delta = 0
+    for run, tds in rows.items():
+        model, label = run.split("/")
+        assert len(tds) == len(cols)
+        for col, td in zip(cols, tds):
+            bench, split, metric = col.split("/")
+            seeds = vals.get((bench, split, model, label, metric))
+            if seeds is None:
+                assert 'class="mean"' not in td and 'data-sort=""' in td
+                continue
+            got = {cls: (re.search(r'<span class="' + cls + r'[^"]*"[^>]*>([^<]*)</span>', td) or [None, None])[1]
+                   for cls in ("mean", "ci-lo", "ci-hi", "dv", "pv")}
+            mean = statistics.fmean(seeds.values())
+            assert got["mean"] == f2(mean), (run, col)
+            assert f'data-sort="{mean!r}"' in td or float(re.search(r'data-sort="([^"]+)"', td).group(1)) == pytest.approx(mean)
+            ci = expected_ci(bench, split, model, label, metric, seeds)
+            assert ((got["ci-lo"], got["ci-hi"]) == ci) if ci else got["ci-lo"] is None, (run, col, got, ci)
+            n_ci += ci is not None
+            base = baseline_of(label)
+            base_seeds = vals.get((bench, split, model, base, metric))
+            if label == base:
+                assert ">baseline<" in td and got["dv"] is None
+                continue
+            if base_seeds is None:
+                assert got["dv"] is None
+                continue
+            assert got["dv"] == f"{mean - statistics.fmean(base_seeds.values()):+.2f}", (run, col)
+            n_delta += 1
+            p = expected_p(bench, split, model, label, base, metric, seeds, base_seeds)
+            if p is None:  # no per-item outcomes: no test
+                assert got["pv"] in (None, "—")
+            else:
+                assert got["pv"] == (f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"), (run, col)
+                n_p += 1
+    assert n_ci >= 15 and n_delta >= 8 and n_p >= 6
+
+
+def controls_table(html: str, group: str) -> dict[str, str]:
+    m = re.search(r'<table class="controls" data-group="' + re.escape(group) + r'">(.*?)</table>', html, re.S)
+    assert m, f"controls group {group} not in the report"
+    return dict(re.findall(r'<tr data-ctrl-run="([^"]+)"[^>]*>(.*?)</tr>', m.group(1), re.S))
+
+
+def td(row: str, cls: str, control: str | None = None) -> str:
+    attr = f' data-control="{control}"' if control else ""
+    return re.search(r'<td class="num ' + cls + r'[^"]*"' + attr + r'[^>]*>([^<]*)</td>', row).group(1).strip()
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
+
+
+def test_controls_section_matches_metrics_csv(report):
+    """Per POPE split/model/mode: each CD method's and control's gain over the baseline, yes-ratios,
+    and the method's paired test against every control (cd_rethink)."""
+    vals = metric_values()
+    mean = lambda l, m: statistics.fmean(vals[("pope", "random", MODEL, l, m)].values())  # noqa: E731
+    seeds = lambda l: vals[("pope", "random", MODEL, l, "accuracy")]  # noqa: E731
+    section = report.split('<section id="controls">')[1].split("</section>")[0]
+    for mode, base, ctrls, methods in (("greedy", "greedy", ["pba", "olm"], ["vcd"]),
+                                       ("sample", "sample", ["apc_sample"], ["vcd_sample"])):
+        rows = controls_table(section, f"pope/random/{MODEL}/vcd/{mode}")
+        assert list(rows) == [base, *ctrls, *methods]
+        for label in [base, *ctrls, *methods]:
+            assert td(rows[label], "m") == f2(mean(label, "accuracy"))
+            assert td(rows[label], "y") == f2(mean(label, "yes_ratio"))
+            if label != base:
+                assert td(rows[label], "d") == f"{mean(label, 'accuracy') - mean(base, 'accuracy'):+.2f}"
+                p = expected_p("pope", "random", MODEL, label, base, "accuracy", seeds(label), seeds(base))
+                assert td(rows[label], "p") == fmt_p(p)
+        for label in methods:
+            verdict = True
+            for c in ctrls:
+                diff = mean(label, "accuracy") - mean(c, "accuracy")
+                p = expected_p("pope", "random", MODEL, label, c, "accuracy", seeds(label), seeds(c))
+                assert td(rows[label], "vs-d", c) == f"{diff:+.2f}"
+                assert td(rows[label], "vs-p", c) == fmt_p(p)
+                verdict &= diff > 0 and p < 0.05
+            shown = re.search(r'<td class="beats"><span class="beats-(\w+)">', rows[label]).group(1)
+            assert shown == ("yes" if verdict else "no")
+    # qwen-vl has a CD method but no control: said so, no verdict
+    q = section.split(f'data-group="pope/random/qwen-vl/vcd/greedy"')[1].split("</table>")[0]
+    assert "no controls" in q
+    assert "adversarial" not in section  # no CD method nor control there: no group
+
+
+def test_controls_verdict_yes_when_a_method_beats_every_control(tmp_path):
+    """Variant: baseline = the run ``pba`` (greedy + 4 fixes), the only control = the run ``greedy``
+    (engine method apc here); vcd fixes 10 of greedy's wrong answers and breaks none: beats it."""
+    rows = [r for r in csv.DictReader(open(FIX / "metrics.csv", newline=""))
+            if r["benchmark"] == "pope" and r["split"] == "random" and r["model"] == MODEL
+            and r["method"] in ("greedy", "pba", "vcd")]
+    metrics = tmp_path / "metrics.csv"
+    with open(metrics, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res, sco = file_maps()
+    res = {k: v for k, v in res.items() if k[:3] == ("pope", "random", MODEL) and k[3] in ("greedy", "pba", "vcd")}
+    sco = {k: sco[k] for k in res}
+    runs = {"pba": dict(RUNS["pba"], method="greedy"), "greedy": dict(RUNS["greedy"], method="apc"),
+            "vcd": RUNS["vcd"]}
+    html = build_report(metrics, tmp_path / "v.html", result_files=res, scored_files=sco, runs=runs,
+                        paper_results=PAPER, figures=False, n_examples=0).read_text()
+    t = controls_table(html, f"pope/random/{MODEL}/vcd/greedy")
+    assert list(t) == ["pba", "greedy", "vcd"]
+    assert td(t["vcd"], "vs-p", "greedy") == fmt_p(2 * 0.5**10)
+    assert '<span class="beats-yes">yes</span>' in t["vcd"]
