@@ -130,7 +130,7 @@ def test_report_loads_cleanly_in_chromium(browser, page, tmp_path):
     console = [l for l in proc.stderr.splitlines() if ":CONSOLE" in l]
     assert console == [], console
     assert result["sections"] == ["overview", "bench-pope", "bench-chair", "bench-mme", "bench-amber",
-                                  "reproduced", "speed", "examples", "errors", "provenance"]
+                                  "controls", "protocols", "reproduced", "speed", "examples", "errors", "provenance"]
 
 
 def test_report_screenshot(browser, page, tmp_path):
@@ -150,3 +150,69 @@ def test_report_screenshot(browser, page, tmp_path):
     non_white = sum(hist[:240]) / sum(hist)
     assert 0.03 < non_white < 0.9
     assert sum(1 for h in hist if h) > 50
+
+
+# Injected before </body>: after load, clicks overview headers and records the row order.
+SORT_PROBE = """<script>
+window.addEventListener('load', function () {
+  var t = document.getElementById('glance');
+  function th(col) { return t.querySelector('th[data-col="' + col + '"]'); }
+  function order(idx) {
+    return Array.prototype.map.call(t.tBodies[0].rows, function (r) {
+      var td = r.cells[idx]; return [r.getAttribute('data-run'), td.getAttribute('data-sort') || td.textContent.trim()];
+    });
+  }
+  var out = {initial: order(1)};
+  var acc = th('pope/random/accuracy'), idx = acc.cellIndex;
+  acc.click(); out.acc1 = order(idx); out.acc1_aria = acc.getAttribute('aria-sort');
+  acc.click(); out.acc2 = order(idx); out.acc2_aria = acc.getAttribute('aria-sort');
+  var ch = th('chair/all/chair_s'); ch.click(); out.chair = order(ch.cellIndex);
+  var run = t.tHead.rows[0].cells[1]; run.click(); out.run = order(1);
+  out.acc_aria_after = acc.getAttribute('aria-sort');
+  var pre = document.createElement('pre'); pre.id = '__sort'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_overview_sorts_by_a_clicked_header(browser, page, tmp_path):
+    html = page.read_text(encoding="utf-8")
+    probed = tmp_path / "sort.html"
+    probed.write_text(html.replace("</body>", SORT_PROBE + "\n</body>", 1), encoding="utf-8")
+    proc = run_browser(browser, tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+    m = re.search(r'<pre id="__sort">(.*?)</pre>', proc.stdout, re.S)
+    assert m, f"sort probe did not run; rc={proc.returncode}\n{proc.stderr[-2000:]}"
+    got = json.loads(m.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    # the page's own row order: per model, the runs in config order (qwen-vl: metrics rows only)
+    assert [r for r, _ in got["initial"]] == [f"llava-1.5-7b/{l}" for l in RUNS] + ["qwen-vl/greedy", "qwen-vl/vcd"]
+
+    def numbers(rows):
+        return [float(v) for _, v in rows if v not in ("", "·")]
+
+    def blanks_last(rows):
+        kinds = [v in ("", "·") for _, v in rows]
+        assert kinds == sorted(kinds), rows
+
+    # POPE accuracy (higher is better): first click best first, second click reversed
+    acc1 = numbers(got["acc1"])
+    assert len(acc1) == len(RUNS) + 2 and acc1 == sorted(acc1, reverse=True) and acc1[0] > acc1[-1]
+    assert got["acc1_aria"] == "descending" and got["acc2_aria"] == "ascending"
+    assert numbers(got["acc2"]) == sorted(acc1)
+    blanks_last(got["acc1"])
+    blanks_last(got["acc2"])
+    # the best POPE accuracy row is the run whose mean in metrics.csv is highest
+    import csv
+
+    acc = {}
+    for r in csv.DictReader(open(FIX / "metrics.csv", newline="")):
+        if (r["benchmark"], r["split"], r["metric"]) == ("pope", "random", "accuracy"):
+            acc.setdefault(f"{r['model']}/{r['method']}", []).append(float(r["value"]))
+    best = max(acc, key=lambda l: sum(acc[l]) / len(acc[l]))
+    assert got["acc1"][0][0] == best
+    # CHAIR_s (lower is better): first click lowest first; runs without CHAIR last
+    chair = numbers(got["chair"])
+    assert chair == sorted(chair) and len(chair) == 4
+    blanks_last(got["chair"])
+    # a text column sorts alphabetically and clears the other header's mark
+    names = [v for _, v in got["run"]]
+    assert names == sorted(names) and got["acc_aria_after"] is None
