@@ -12,7 +12,9 @@ uses β = 0.2). Paper Eq. 1's per-step γ = 0.1 does not match the code's schedu
 code. The InstructBLIP script never passes α, so the sampler's α = 0.5 applies there.
 
 ``draw`` = ``"per_question"`` (default; the official scripts draw fresh noise for every
-question: ``torch.randn`` inside ``add_diffusion_noise`` per sample, ``vcd_utils/vcd_add_noise.py``)
+question: ``add_diffusion_noise`` is called inside the per-question loop,
+``experiments/eval/object_hallucination_vqa_llava.py:37,58``, and draws ``torch.randn_like``,
+``vcd_utils/vcd_add_noise.py:19``)
 or ``"per_image"``: the noise is drawn from a stream seeded by (seed, image content), so all
 questions about one image see the same noised image and its prefill is shared (see
 ``vcdflow.decoding.generate``'s ``share_prefix``).
