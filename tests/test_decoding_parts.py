@@ -248,12 +248,13 @@ def test_request_seed_is_stable_sha256():
 
 
 def test_parameter_resolution():
-    assert METHODS["vcd"].resolve(None) == {"alpha": 1.0, "beta": 0.1, "noise_step": 500}
+    assert METHODS["vcd"].resolve(None) == {"alpha": 1.0, "beta": 0.1, "noise_step": 500,
+                                                 "draw": "per_question"}
     assert METHODS["vcd"].resolve({"noise_step": 999})["noise_step"] == 999
     with pytest.raises(ValueError) as e:
         METHODS["ritual"].resolve({"alpha_pos": 3, "gamma": 1})
     assert str(e.value) == ("unknown parameters 'alpha_pos', 'gamma' for method 'ritual'; "
-                            "valid parameters: alpha, beta, crop_size, transform")
+                            "valid parameters: alpha, beta, crop_size, draw, transform")
     with pytest.raises(ValueError) as e:
         METHODS["greedy"].resolve({"alpha": 1})
     assert str(e.value) == "unknown parameter 'alpha' for method 'greedy'; valid parameters: (none)"
@@ -266,7 +267,8 @@ def test_parameter_resolution():
 
 def test_every_method_is_documented():
     expected = {"greedy", "sample", "contrast", "vcd", "vcd_legacy", "icd", "ritual", "m3id", "vdd",
-                "selfaug", "apc", "code", "avisc", "convis"}
+                "selfaug", "apc", "code", "avisc", "convis",
+                "pba", "olm", "debias", "carve", "iava", "cid", "lqcd"}
     assert set(METHODS) == expected
     import importlib
 

@@ -10,7 +10,8 @@ contrasted only the **first token**, while APC still truncated at every step:
 
 Harmless for one-word POPE answers, not for CHAIR captions. The engine drops the contrast rows
 after the first token (``contrast_steps = 1``), so this costs one extra prefill only.
-Parameters as ``vcd``: ``alpha`` = 1, ``beta`` = 0.1, ``noise_step`` = 500.
+Parameters as ``vcd``: ``alpha`` = 1, ``beta`` = 0.1, ``noise_step`` = 500, ``draw`` = "per_question"
+(``per_image``: one noise draw per picture, see ``vcd``).
 """
 
 from __future__ import annotations
