@@ -181,7 +181,7 @@ def overview_heatmap(analysis: "Analysis") -> str | None:
     columns = each benchmark/split's headline metric (:meth:`Analysis.overview`).
 
     Colour = the gain in the metric's better direction (Δ, sign flipped for lower-is-better
-    metrics; green better, red worse, centred at 0, one scale for all columns); the annotation
+    metrics, divided by the column's largest |Δ|; green better, red worse, centred at 0); the annotation
     is the signed Δ itself, ``*`` where the paired test gives p < 0.05. None when no Δ exists.
     """
     ov = analysis.overview()
@@ -210,14 +210,17 @@ def overview_heatmap(analysis: "Analysis") -> str | None:
     keep = data.notna().any(axis=0)
     data = data.loc[:, keep]
     annot = np.array(text, dtype=object)[:, keep.to_numpy()]
-    lim = float(np.nanmax(np.abs(data.to_numpy()))) or 1.0
+    # each column on its own scale (MME's 0–800 next to POPE's percent): gain / largest |gain|
+    scale = data.abs().max(axis=0).replace(0.0, 1.0)
+    data = data / scale
+    lim = 1.0
     with sns.axes_style("white"), sns.plotting_context("notebook", font_scale=0.8):
         fig = Figure(figsize=(1.5 * data.shape[1] + 3.0, 0.35 * data.shape[0] + 1.6))
         ax = fig.subplots()
         with warnings.catch_warnings():  # seaborn's own cmap.set_bad call (matplotlib deprecation)
             warnings.simplefilter("ignore", PendingDeprecationWarning)
             sns.heatmap(data, ax=ax, cmap="RdYlGn", center=0.0, vmin=-lim, vmax=lim, annot=annot, fmt="",
-                        linewidths=0.5, linecolor="white", cbar_kws={"label": "gain vs baseline (better direction)"})
+                        linewidths=0.5, linecolor="white", cbar_kws={"label": "gain vs baseline, scaled per column"})
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=0)
