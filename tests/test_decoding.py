@@ -219,3 +219,29 @@ def test_bad_requests_fail_alone(vlm, requests_, tmp_path):
     # text-only decoding is fine for plain methods
     out = generate(vlm, [Request(prompt="Describe", item_id="t")], method="greedy", max_new_tokens=2)[0]
     assert out.error is None and len(out.token_ids) == 2
+
+
+def test_random_draw_is_declared_truthfully(vlm, requests_):
+    """A method that declares no random draw (decoded once for every seed in greedy mode, see
+    vcdflow.config.seed_free) gives the same greedy output under two seeds; the ones that declare
+    one change their branch inputs with the seed (checked on the noised/transformed input)."""
+    free = [m for m in sorted(METHODS) if not METHODS[m].random_draw and METHODS[m].mode != "sample"]
+    assert {"greedy", "icd", "m3id", "convis", "pba", "olm"} <= set(free)
+    assert {"vcd", "vcd_legacy", "ritual", "selfaug"} <= {m for m in METHODS if METHODS[m].random_draw}
+    for method in free:
+        runs = [generate(vlm, requests_[:2], method=method, params=PARAMS.get(method), max_new_tokens=3,
+                         eos_token_id=[], seed=seed) for seed in (0, 1)]
+        assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]], method
+        assert [o.meta for o in runs[0]] == [o.meta for o in runs[1]], method
+    from vcdflow.decoding.types import BranchContext
+    from vcdflow.decoding.sampling import make_generator
+
+    for method in ("vcd", "ritual"):  # the contrast input itself depends on the seed
+        m = METHODS[method]
+        encs = []
+        for seed in (0, 1):
+            ctx = BranchContext(params=m.resolve(None), rng=make_generator(seed, "a", "branches"),
+                                adapter=vlm.adapter, do_sample=False)
+            branch = m.branches(requests_[0], ctx)[1]
+            encs.append(vlm.adapter.encode(branch, ctx.rng).pixel_values)
+        assert not torch.equal(encs[0], encs[1]), method

@@ -43,9 +43,6 @@ _WARPERS = ("temperature", "top_p", "top_k")
 _WARPER_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": None}
 #: default max_new_tokens per benchmark kind where neither config nor protocol says
 _MAX_NEW_TOKENS = {"pope": 8, "chair": 64, "mme": 16, "amber": 64}
-#: method name -> extra inputs it needs, where the method object does not declare
-#: ``extra_inputs`` itself (see :data:`METHOD_INPUTS`)
-_DECLARED_INPUTS = {"convis": ("convis_reconstructions",)}
 #: extra-input kind -> path template of the file a decode job needs ({benchmark}, {model})
 METHOD_INPUTS = {"convis_reconstructions": "results/convis/manifests/{benchmark}/{model}.json"}
 
@@ -398,14 +395,9 @@ def method_inputs(method: str) -> tuple[str, ...]:
     from .decoding import METHODS
 
     obj = METHODS.get(method)
-    declared = getattr(obj, "extra_inputs", None)
-    return tuple(declared) if declared is not None else _DECLARED_INPUTS.get(method, ())
+    return tuple(getattr(obj, "extra_inputs", ()))
 
 
-#: engine methods that make no random draw (checked: none of their modules or base classes uses
-#: the request generator ``ctx.rng``; vcd/vcd_legacy noise, ritual's transform and selfaug's
-#: augmentations do). A method may declare ``random_draw = True/False`` itself instead.
-_NO_RANDOM_DRAW = frozenset({"greedy", "apc", "icd", "m3id", "vdd", "code", "avisc", "convis", "contrast"})
 
 
 def seed_free(method: str, mode: str) -> bool:
@@ -415,8 +407,8 @@ def seed_free(method: str, mode: str) -> bool:
         return False
     from .decoding import METHODS
 
-    declared = getattr(METHODS.get(method), "random_draw", None)
-    return (not declared) if declared is not None else method in _NO_RANDOM_DRAW
+    # a method declares whether it draws from ctx.rng (Method.random_draw)
+    return not getattr(METHODS.get(method), "random_draw", True)
 
 
 def decode_seed(config: Mapping, spec_or_method, mode: str | None = None, seed: int | None = None) -> int:

@@ -51,6 +51,15 @@ class Method:
     nullable: ClassVar[frozenset] = frozenset()
     #: parameter -> accepted type(s), where the default's type does not tell (e.g. a None default)
     param_types: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    #: True when ``branches``/``prepare`` draw from the request generator ``ctx.rng`` (noise,
+    #: transforms, augmentations): then even greedy output depends on the seed. False: a greedy
+    #: run is decoded once and recorded for every seed (:func:`vcdflow.config.seed_free`).
+    random_draw: ClassVar[bool] = False
+    #: extra per-item input kinds the workflow must provide (:data:`vcdflow.config.METHOD_INPUTS`),
+    #: e.g. ConVis' ``convis_reconstructions``
+    extra_inputs: ClassVar[tuple] = ()
+    #: model families the method applies to (None: every family); others fail naming the family
+    families: ClassVar[tuple | None] = None
 
     # --- parameters -----------------------------------------------------------------------------
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .base import Method
 @dataclass(frozen=True)
 class ConVis(Method):
     name = "convis"
+    extra_inputs = ("convis_reconstructions",)
     defaults = MappingProxyType({"alpha": 1.0, "beta": None})
     nullable = frozenset({"beta"})
 

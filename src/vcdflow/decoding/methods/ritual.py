@@ -34,6 +34,7 @@ from .vcd import check_draw
 @dataclass(frozen=True)
 class Ritual(Method):
     name = "ritual"
+    random_draw = True  # the random transform
     defaults = MappingProxyType({"alpha": 3.0, "beta": 0.1, "transform": None, "crop_size": 336,
                                  "draw": "per_question"})
     nullable = frozenset({"transform"})

@@ -142,6 +142,7 @@ def augmentation_fn(name: str, params, rng):
 @dataclass(frozen=True)
 class SelfAug(Method):
     name = "selfaug"
+    random_draw = True  # the augmentation's own parameters
     defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "tau": 0.5, "crop_ratio": 2.5, "mask_ratio": 2.0,
                                  "noise_step": 500, "augmentation": None, "sas_prompt": "full",
                                  "sas_max_new_tokens": 768, "sas_strip_suffix": None})

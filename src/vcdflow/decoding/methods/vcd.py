@@ -50,6 +50,7 @@ def noise_fn(noise_step: int, rng):
 @dataclass(frozen=True)
 class VCD(Method):
     name = "vcd"
+    random_draw = True  # the noise (per question or per image)
     defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "noise_step": 500, "draw": "per_question"})
 
     def validate(self, p):
