@@ -16,7 +16,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .checkpoint import Checkpoint  # noqa: F401  (public name kept: vcdflow.runner.Checkpoint)
 from .io import atomic_path, config_hash, dumps

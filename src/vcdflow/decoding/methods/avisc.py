@@ -63,13 +63,7 @@ class AvisC(Method):
             raise ValueError(f"parameter 'layer_gamma' of method 'avisc' must be in (0, 1], got {p['layer_gamma']}")
 
     def prepare(self, items, runner):
-        ok = []
-        for it in items:
-            try:
-                self.require_image(it.request)
-                ok.append(it)
-            except Exception as e:  # noqa: BLE001 - reported per item
-                it.fail(str(e))
+        ok = self.usable(items, runner.adapter)
         if not ok:
             return
         atts = runner.image_attention([self.original(it.request) for it in ok])

@@ -137,6 +137,26 @@ class Method:
     def plausibility(self, logits: torch.Tensor, step: int, state: State):
         return state.params.get("beta")
 
+    def usable(self, items: list, adapter) -> list:
+        """The ``prepare`` items this method can run: each needs an image (``requires_image``) and a
+        family in ``families``; the others fail with one line naming why."""
+        family = getattr(adapter, "family", None)
+        ok = []
+        for it in items:
+            try:
+                if self.requires_image:
+                    self.require_image(it.request)
+                if self.families is not None and family not in self.families:
+                    raise InputError(self.family_error(family))
+                ok.append(it)
+            except Exception as e:  # noqa: BLE001 - reported per item
+                it.fail(str(e))
+        return ok
+
+    def family_error(self, family) -> str:
+        return (f"method {self.name!r} does not apply to the {family} family "
+                f"(it applies to: {', '.join(self.families or ())})")
+
     def require_image(self, request: Request) -> None:
         if request.image is None:
             raise InputError(f"method {self.name!r} needs an image (Request.image is None)")

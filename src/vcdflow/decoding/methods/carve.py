@@ -56,7 +56,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from ..types import Branch, InputError
+from ..types import Branch
 from .base import Method
 
 GENERAL_INSTRUCTION = "Write a general description of the image."
@@ -166,6 +166,10 @@ class CARVE(Method):
     #: model families CARVE applies to (InstructBLIP's query tokens have no spatial grid)
     families = ("llava", "qwen2_5_vl")
 
+    def family_error(self, family) -> str:
+        return ("method 'carve' needs a spatial grid of image tokens; InstructBLIP's Q-Former query tokens "
+                "have none")
+
     def validate(self, p):
         super().validate(p)
         if p["version"] not in VERSIONS:
@@ -181,16 +185,7 @@ class CARVE(Method):
     def prepare(self, items, runner):
         ad = runner.adapter
         family = getattr(ad, "family", None)
-        ok = []
-        for it in items:
-            try:
-                self.require_image(it.request)
-                if family == "instructblip":
-                    raise InputError("method 'carve' needs a spatial grid of image tokens; InstructBLIP's "
-                                     "Q-Former query tokens have none")
-                ok.append(it)
-            except Exception as e:  # noqa: BLE001 - reported per item
-                it.fail(str(e))
+        ok = self.usable(items, ad)
         if not ok:
             return
         probes = []

@@ -68,13 +68,7 @@ class IAVA(Method):
                              f"layer indices, got {p['layers']!r}")
 
     def prepare(self, items, runner):
-        ok = []
-        for it in items:
-            try:
-                self.require_image(it.request)
-                ok.append(it)
-            except Exception as e:  # noqa: BLE001 - reported per item
-                it.fail(str(e))
+        ok = self.usable(items, runner.adapter)
         if not ok:
             return
         probes = []
