@@ -7,7 +7,8 @@ The workflow then runs through the SLURM executor with the profile users get
 (``--workflow-profile profiles/slurm``), overriding only what is specific to this cluster:
 the partition (``debug``) and the status command (``squeue``: there is no accounting
 database, so ``sacct`` cannot answer). The config is the micro demo config
-(``tests/configs/micro.yaml``, or ``$VCDFLOW_SLURM_TEST_CONFIG``) with ``device=auto``, so every
+(``tests/configs/micro-slurm.yaml``: micro.yaml without its paper-protocol runs, or
+``$VCDFLOW_SLURM_TEST_CONFIG``) with ``device=auto``, so every
 decode (and ConVis) job asks SLURM for one GPU.
 
 The first run is the whole micro workflow with ``--retries 0``; while it runs, one decode job
@@ -79,7 +80,7 @@ def _unavailable(reason: str):
 
 
 def micro_config() -> Path:
-    path = Path(os.environ.get("VCDFLOW_SLURM_TEST_CONFIG", REPO / "tests" / "configs" / "micro.yaml"))
+    path = Path(os.environ.get("VCDFLOW_SLURM_TEST_CONFIG", REPO / "tests" / "configs" / "micro-slurm.yaml"))
     if not path.exists():
         pytest.fail(f"micro config {path} does not exist")
     return path
