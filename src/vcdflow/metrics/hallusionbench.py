@@ -45,7 +45,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_rows, single_judge
+from .judge import Judge, judge_rows, single_judge, join_records
 
 __all__ = ["GPT_MODEL_OFFICIAL", "load_items", "gpt_prompt", "gpt_correctness", "yesno_correctness",
            "judge_items", "score_items", "score"]
@@ -130,19 +130,7 @@ def yesno_correctness(prediction: str, gt_answer: str) -> str:
 
 
 def _join(records, items):
-    by_id = {it["item_id"]: it for it in items} if items is not None else None
-    out = []
-    for r in records:
-        it = r
-        if by_id is not None:
-            if r["item_id"] not in by_id:
-                raise KeyError(f"hallusionbench: record {r['item_id']!r} is not a HallusionBench item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
-        missing = [k for k in _KEYS if it.get(k) is None]
-        if missing:
-            raise KeyError(f"hallusionbench: record {r.get('item_id')!r} lacks {missing} (pass items=load_items(...))")
-        out.append(it)
-    return out
+    return join_records(records, items, bench="hallusionbench", title="a HallusionBench", required=_KEYS)
 
 
 def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:

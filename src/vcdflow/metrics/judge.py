@@ -334,3 +334,28 @@ def single_judge(rows, where: str) -> str:
     if ", " in label:
         raise ValueError(f"{where}: rows were judged by several judges ({label}); one number needs one judge")
     return label
+
+
+#: record fields that override the item's when records are joined to their items
+RECORD_FIELDS = ("answer", "error", "judge_reply", "judge", "judge_reported_model")
+
+
+def join_records(records, items, *, bench: str, title: str, required: Sequence[str]) -> list[dict]:
+    """Each record joined to its item by ``item_id`` (the record's answer, error and judge fields
+    on top of the item's); ``items`` None: the records must carry the item fields themselves.
+    Every row needs the ``required`` fields; a record of another benchmark or a missing field
+    raises ``KeyError`` naming the item."""
+    by_id = {it["item_id"]: it for it in items} if items is not None else None
+    out = []
+    for r in records:
+        it = r
+        if by_id is not None:
+            if r["item_id"] not in by_id:
+                raise KeyError(f"{bench}: record {r['item_id']!r} is not {title} item")
+            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in RECORD_FIELDS}}
+        missing = [k for k in required if it.get(k) is None]
+        if missing:
+            raise KeyError(f"{bench}: record {r.get('item_id')!r} has no {', '.join(map(repr, missing))} "
+                           "(pass items=load_items(...))")
+        out.append(it)
+    return out

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .judge import Judge, judge_rows, judged_by, single_judge
+from .judge import Judge, judge_rows, judged_by, single_judge, join_records
 
 __all__ = ["SYSTEM", "RULE_PROMPT", "ROLE", "GPT_MODEL_OFFICIAL", "TEMPERATURE", "MAX_TOKENS", "CATEGORIES",
            "load_items", "review_content", "parse_score_official", "parse_score_lmms", "judge_items",
@@ -148,19 +148,7 @@ _PARSERS = {"official": parse_score_official, "lmms": parse_score_lmms}
 
 
 def _join(records, items):
-    by_id = {it["item_id"]: it for it in items} if items is not None else None
-    out = []
-    for r in records:
-        it = r
-        if by_id is not None:
-            if r["item_id"] not in by_id:
-                raise KeyError(f"llavabench: record {r['item_id']!r} is not a LLaVA-Bench item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
-        for k in ("category", "caption", "question", "reference"):
-            if it.get(k) is None:
-                raise KeyError(f"llavabench: record {r.get('item_id')!r} has no {k!r} (pass items=load_items(...))")
-        out.append(it)
-    return out
+    return join_records(records, items, bench="llavabench", title="a LLaVA-Bench", required=("category", "caption", "question", "reference"))
 
 
 def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:

@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_rows, judged_by, single_judge
+from .judge import Judge, judge_rows, judged_by, single_judge, join_records
 
 __all__ = ["TEMPLATE", "GPT_MODEL_OFFICIAL", "TEMPERATURE", "QUESTION_TYPES", "load_items", "judge_prompt",
            "parse_rating", "judge_items", "score_items", "score", "judged_by"]
@@ -160,19 +160,7 @@ def parse_rating(reply: str) -> tuple[int, bool]:
 
 
 def _join(records, items):
-    by_id = {it["item_id"]: it for it in items} if items is not None else None
-    out = []
-    for r in records:
-        it = r
-        if by_id is not None:
-            if r["item_id"] not in by_id:
-                raise KeyError(f"mmhal: record {r['item_id']!r} is not an MMHal-Bench item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
-        for k in ("index", "image_content", "question", "gt_answer"):
-            if it.get(k) is None:
-                raise KeyError(f"mmhal: record {r.get('item_id')!r} has no {k!r} (pass items=load_items(...))")
-        out.append(it)
-    return out
+    return join_records(records, items, bench="mmhal", title="an MMHal-Bench", required=("index", "image_content", "question", "gt_answer"))
 
 
 def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:

@@ -51,7 +51,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .judge import Judge, judge_rows, single_judge
+from .judge import Judge, judge_rows, single_judge, join_records
 
 __all__ = [
     "GT_FIXES",
@@ -203,20 +203,8 @@ def gpt_grade(reply: str) -> str:
     return reply.lower() if _YES_NO.match(reply) else "Could not determine yes or no."
 
 
-def _join(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None):
-    by_id = {it["item_id"]: it for it in items} if items is not None else None
-    out = []
-    for r in records:
-        it = r
-        if by_id is not None:
-            if r["item_id"] not in by_id:
-                raise KeyError(f"mmvp: record {r['item_id']!r} is not an MMVP item")
-            it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in ("answer", "error", "judge_reply", "judge", "judge_reported_model")}}
-        for k in ("index", "label", "question"):
-            if it.get(k) is None:
-                raise KeyError(f"mmvp: record {r.get('item_id')!r} has no {k!r} (pass items=load_items(...))")
-        out.append(it)
-    return out
+def _join(records, items):
+    return join_records(records, items, bench="mmvp", title="an MMVP", required=("index", "label", "question"))
 
 
 def judge_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None,
