@@ -43,10 +43,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vcdflow.decoding import Branch, Request, generate  # noqa: E402
-from vcdflow.decoding.methods.vcd import noise_fn  # noqa: E402
+from vcdflow.decoding import Request, generate  # noqa: E402
 from vcdflow.decoding.plausibility import apc  # noqa: E402
-from vcdflow.decoding.sampling import make_generator  # noqa: E402
+from vcdflow.decoding.methods import get_method  # noqa: E402
+from vcdflow.decoding.sampling import image_identity, make_generator  # noqa: E402
+from vcdflow.decoding.types import BranchContext, State  # noqa: E402
 from vcdflow.models.adapters import adapter_for  # noqa: E402
 from vcdflow.models.loading import VLM, parse_dtype  # noqa: E402
 
@@ -181,36 +182,50 @@ class PeakMemory:
 
 # --- the official-style loop -----------------------------------------------------------------------
 @torch.inference_mode()
-def two_pass_vcd(vlm: VLM, req: Request, max_new_tokens: int, seed: int, alpha=1.0, beta=0.1, noise_step=500):
-    """VCD as the official code runs it: per token a forward of the clean branch and one of the
-    noised branch, each batch 1 with its own KV cache; greedy pick after APC."""
+def two_pass(vlm, method: str, params, req: Request, max_new_tokens: int, seed: int) -> list[int]:
+    """The official-style loop for any method: its branches built as the engine builds them, each
+    prefilled alone (batch 1, own KV cache) and stepped alone; combine → APC → argmax."""
     ad = vlm.adapter
-    g = make_generator(seed, req.item_id, "branches")
-    encs = [ad.encode(Branch(req.prompt, req.image)),
-            ad.encode(Branch(req.prompt, req.image, pixel_fn=noise_fn(noise_step, g)))]
-    state = []
+    m = get_method(method)
+    p = m.resolve(params)
+    rng = make_generator(seed, req.item_id, "branches")
+    if p.get("draw") == "per_image":
+        rng = make_generator(seed, "image:" + image_identity(req.image), "branches")
+    ctx = BranchContext(params=p, rng=rng, adapter=ad, do_sample=False)
+    encs = [ad.encode(b, rng) for b in m.branches(req, ctx)]
+    streams = []
     for e in encs:
         ids, mask = ad.collate([e])
         pos, nxt = ad.prefill_positions(ids, mask, [e])
         cache = ad.new_cache()
         lg, _ = ad.forward(ad.prefill_embeds(ids, [e]), mask, pos, cache)
-        state.append([lg, mask, nxt, cache])
+        streams.append([lg, mask, nxt, cache])
+    state = State(params=p)
     out = []
-    for _ in range(max_new_tokens):
-        l0, l1 = state[0][0], state[1][0]
-        scores = apc((1 + alpha) * l0 - alpha * l1, l0, beta)
+    for step in range(max_new_tokens):
+        L = torch.stack([s[0][0] for s in streams]).unsqueeze(0)  # [1, n_branches, V]
+        scores = m.combine(L, step, state)
+        beta = m.plausibility(L, step, state)
+        if beta is not None:
+            scores = apc(scores, L[:, 0, :], beta)
         tok = int(scores.argmax(-1))
         out.append(tok)
-        step = torch.tensor([[tok]], device=l0.device)
-        for s in state:
+        ids = torch.tensor([[tok]], device=ad.device)
+        for s in streams:
             s[1] = torch.cat([s[1], s[1].new_ones((1, 1))], 1)
             pos = ad.step_positions(s[2])
             s[2] = s[2] + 1
-            s[0], _ = ad.forward(ad.embed_tokens(step), s[1], pos, s[3])
+            s[0], _ = ad.forward(ad.embed_tokens(ids), s[1], pos, s[3])
     return out
 
 
-def _uptime():
+def two_pass_vcd(vlm: VLM, req: Request, max_new_tokens: int, seed: int, alpha=1.0, beta=0.1, noise_step=500):
+    """VCD as the official code runs it: per token a forward of the clean branch and one of the
+    noised branch, each batch 1 with its own KV cache; greedy pick after APC."""
+    return two_pass(vlm, "vcd", {"alpha": alpha, "beta": beta, "noise_step": noise_step}, req, max_new_tokens, seed)
+
+
+def load_average():
     """``uptime`` output and the load averages (the machine may be shared: ratios are robust)."""
     import subprocess
 
@@ -335,11 +350,11 @@ def main(argv=None):
     }
     names = args.phases.split(",")
     runs: dict[str, list] = {n: [] for n in names}
-    load_before = _uptime()
+    load_before = load_average()
     for rep in range(args.repeats):  # interleaved rounds (order alternating): load drift hits every phase alike
         for name in (names if rep % 2 == 0 else names[::-1]):
             runs[name].append(run_phase(phases[name], args.device))
-    load_after = _uptime()
+    load_after = load_average()
     results = {name: summarise(name, runs[name], total) for name in names}
     # do the phases decode the same tokens? (identical up to float round-off of batched kernels)
     toks = {name: runs[name][-1][3] for name in names}

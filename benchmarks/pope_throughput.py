@@ -39,10 +39,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +50,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_speed import ARCHS, build_vlm  # noqa: E402
+from decode_speed import ARCHS, build_vlm, load_average, two_pass  # noqa: E402
 from vcdflow.decoding import Request, generate  # noqa: E402
 from vcdflow.decoding.methods import get_method  # noqa: E402
-from vcdflow.decoding.plausibility import apc  # noqa: E402
-from vcdflow.decoding.sampling import image_identity, make_generator  # noqa: E402
-from vcdflow.decoding.types import BranchContext, State  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,50 +116,8 @@ def pope_requests(arch: str, n_images: int, n_questions: int, seed: int = 0) -> 
     return reqs
 
 
-@torch.inference_mode()
-def two_pass(vlm, method: str, params, req: Request, max_new_tokens: int, seed: int) -> list[int]:
-    """The official-style loop for any method: its branches built as the engine builds them, each
-    prefilled alone (batch 1, own KV cache) and stepped alone; combine → APC → argmax."""
-    ad = vlm.adapter
-    m = get_method(method)
-    p = m.resolve(params)
-    rng = make_generator(seed, req.item_id, "branches")
-    if p.get("draw") == "per_image":
-        rng = make_generator(seed, "image:" + image_identity(req.image), "branches")
-    ctx = BranchContext(params=p, rng=rng, adapter=ad, do_sample=False)
-    encs = [ad.encode(b, rng) for b in m.branches(req, ctx)]
-    streams = []
-    for e in encs:
-        ids, mask = ad.collate([e])
-        pos, nxt = ad.prefill_positions(ids, mask, [e])
-        cache = ad.new_cache()
-        lg, _ = ad.forward(ad.prefill_embeds(ids, [e]), mask, pos, cache)
-        streams.append([lg, mask, nxt, cache])
-    state = State(params=p)
-    out = []
-    for step in range(max_new_tokens):
-        L = torch.stack([s[0][0] for s in streams]).unsqueeze(0)  # [1, n_branches, V]
-        scores = m.combine(L, step, state)
-        beta = m.plausibility(L, step, state)
-        if beta is not None:
-            scores = apc(scores, L[:, 0, :], beta)
-        tok = int(scores.argmax(-1))
-        out.append(tok)
-        ids = torch.tensor([[tok]], device=ad.device)
-        for s in streams:
-            s[1] = torch.cat([s[1], s[1].new_ones((1, 1))], 1)
-            pos = ad.step_positions(s[2])
-            s[2] = s[2] + 1
-            s[0], _ = ad.forward(ad.embed_tokens(ids), s[1], pos, s[3])
-    return out
 
 
-def load_average():
-    try:
-        return {"loadavg": list(os.getloadavg()),
-                "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
-    except OSError:
-        return None
 
 
 def main(argv=None):
