@@ -23,9 +23,9 @@ Model arguments (``--model_args key=value,...``; a JSON value may hold commas):
   mode=None)``): its ``do_sample``/``temperature``/``top_p``/``top_k``/``system`` and parameter
   overrides then apply (``params`` still win). ``unified`` without ``benchmark``: the method's
   defaults plus ``params``, the model's own chat template, the task's prompt and generation
-  settings. A named protocol needs ``benchmark``. From a protocol only the system text, decoding
-  mode, warpers and method parameters apply: the lmms-eval task keeps its own prompt, chat
-  formatting is the model family's, and ``max_new_tokens`` is the task's;
+  settings. A named protocol needs ``benchmark``. From a protocol the system text, chat template,
+  decoding mode, warpers and method parameters apply: the lmms-eval task keeps its own prompt and
+  ``max_new_tokens``;
 * ``batch_size`` (requests per batch; a value in ``--model_args`` wins over ``--batch_size``),
   ``seed`` (default 0), ``device`` (``cpu``/``cuda``/``auto``), ``dtype``;
 * ``do_sample``, ``temperature``, ``top_p``, ``top_k`` — override the task's generation kwargs;
@@ -165,6 +165,9 @@ class VcdflowLMM(lmms):
                                                   mode=mode)
         self.params = {**dict(res.params or {}), **self.params}
         self.system = res.system
+        # the protocol's conversation template, as the workflow's runner applies it ("model": the
+        # processor's own)
+        self.vlm.adapter.chat_template = None if res.chat_template == "model" else res.chat_template
         for k in ("do_sample", "temperature", "top_p", "top_k"):
             if self.overrides[k] is None:
                 self.overrides[k] = getattr(res, k)
