@@ -58,15 +58,14 @@ def _run_dict(a) -> dict:
 
 
 def _model_family(model: str) -> str:
-    """The family of a local model folder (its config.json ``model_type``), else ``auto``: a
-    protocol resolves per family, and ``auto`` is none."""
-    try:
-        model_type = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return "auto"
-    from .models.loading import FAMILIES
+    """The family of a local model folder (:func:`vcdflow.protocols.family_of_model`), else
+    ``auto``: the model checks that follow name what is wrong with the folder."""
+    from .protocols import family_of_model
 
-    return FAMILIES[model_type][0] if model_type in FAMILIES else "auto"
+    try:
+        return family_of_model(model)
+    except ValueError:
+        return "auto"
 
 
 def _parse_params(text: str | None) -> dict:

@@ -151,11 +151,10 @@ def model_family(config: Mapping, model: str) -> str:
     entry = model_entry(config, model)
     if entry["family"] != "auto":
         return entry["family"]
-    mod = _protocols()
-    if mod is None or not hasattr(mod, "family_of_model"):
-        return "llava"
+    from .protocols import family_of_model
+
     try:
-        return mod.family_of_model(entry["path"])
+        return family_of_model(entry["path"])
     except ValueError as exc:
         raise ConfigError(f"config models.{model}.family: auto needs the model folder ({exc}); set family: "
                           f"llava, instructblip or qwen2_5_vl") from None
@@ -178,23 +177,16 @@ def execution(config: Mapping, *, model: str | None = None, benchmark: str | Non
 # --------------------------------------------------------------------------- protocols
 
 
-def _protocols():
-    """The protocols package (``None`` while it offers no ``get_protocol``)."""
-    try:
-        from . import protocols
-    except ImportError:  # pragma: no cover
-        return None
-    return protocols if hasattr(protocols, "get_protocol") else None
-
-
 def protocol_names() -> list[str]:
-    mod = _protocols()
-    return sorted(getattr(mod, "PROTOCOLS", {})) if mod else [UNIFIED]
+    from .protocols import PROTOCOLS
+
+    return sorted(PROTOCOLS)
 
 
 def paper_of(method: str) -> str | None:
-    mod = _protocols()
-    return dict(getattr(mod, "PAPER_OF", {})).get(method) if mod else None
+    from .protocols import PAPER_OF
+
+    return PAPER_OF.get(method)
 
 
 #: engine methods that are the plain baselines of their decoding mode
@@ -221,9 +213,8 @@ def protocol_choices(config: Mapping, label: str) -> list[str]:
 def _resolve_choice(method: str, choice: str) -> str:
     if choice == UNIFIED:
         return UNIFIED
-    mod = _protocols()
-    if mod is None:
-        raise ConfigError(f"protocol {choice!r} needs vcdflow.protocols (not available)")
+    from . import protocols as mod
+
     if choice == PAPER:
         return mod.protocol_for(method, PAPER)
     mod.get_protocol(choice)  # ValueError naming it
@@ -293,22 +284,6 @@ def label_protocols(config: Mapping) -> list[tuple[str, str]]:
     return out
 
 
-@dataclass(frozen=True)
-class _NullResolved:
-    """Stand-in while vcdflow.protocols offers nothing: the unified protocol leaves everything
-    to the config."""
-
-    protocol: str = UNIFIED
-
-    def __getattr__(self, name):  # every other field: not fixed
-        if name == "params":
-            return {}
-        return None
-
-    def as_dict(self) -> dict:
-        return {"protocol": self.protocol}
-
-
 _RESOLVED: dict[tuple, Any] = {}  # protocols are static data: one resolve per distinct question
 
 
@@ -316,13 +291,9 @@ def resolve_protocol(name: str, *, method: str, family: str, benchmark: str, mod
     """``PROTOCOLS[name].resolve(...)`` for a benchmark key (its kind is passed), memoised."""
     key = (name, method, family, kind_of(benchmark), mode)
     if key not in _RESOLVED:
-        mod = _protocols()
-        if mod is None:
-            if name != UNIFIED:
-                raise ConfigError(f"protocol {name!r} needs vcdflow.protocols (not available)")
-            _RESOLVED[key] = _NullResolved()
-        else:
-            _RESOLVED[key] = mod.get_protocol(name).resolve(method=method, family=family, benchmark=key[3], mode=mode)
+        from .protocols import get_protocol
+
+        _RESOLVED[key] = get_protocol(name).resolve(method=method, family=family, benchmark=key[3], mode=mode)
     return _RESOLVED[key]
 
 
@@ -550,10 +521,11 @@ def pope_file_run(*, questions: str, images: str, model: str, method: str = "gre
 def protocol_differences(names) -> dict[str, list[dict]]:
     """Paper protocol name -> how it differs from ``unified`` (:func:`vcdflow.protocols.diff`
     rows: family, benchmark, field, a, b, source_a, source_b); ``unified`` itself is left out."""
-    mod = _protocols()
+    from .protocols import diff
+
     out: dict[str, list[dict]] = {}
     for name in names:
-        if name == UNIFIED or mod is None or not hasattr(mod, "diff"):
+        if name == UNIFIED:
             continue
-        out[name] = [dict(r) for r in mod.diff(name, UNIFIED)]
+        out[name] = [dict(r) for r in diff(name, UNIFIED)]
     return out
