@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .methods import get_method
+from .hooks import DecodeHooks, Rows
 from .methods.base import Method
 from .plausibility import apc
 from .sampling import image_identity, make_generator, sample_tokens, warp
@@ -184,14 +185,17 @@ def _right_aligned(pos: torch.Tensor, n_rows: int, width: int, parts) -> torch.T
     return out
 
 
-def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Tensor, pos: torch.Tensor, cache):
+def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Tensor, pos: torch.Tensor, cache,
+                   hooks: DecodeHooks | None = None, row_req: Sequence[int] = (), row_branch: Sequence[int] = ()):
     """Prefill ``rows`` with each unique prefix computed once (its image encoded once), its KV
     rows copied to every row that has it, then only the suffixes prefilled on top.
 
     ``mask``/``pos`` are the rows' unshared left-padded attention mask and prefill positions
     (``adapter.prefill_positions``): every token gets the position it has unshared. The returned
     mask [R, P + S] is laid out as [prefix padding | prefix | suffix padding | suffix]; padding in
-    the middle is masked out like left padding. Returns (last-position logits [R, V], mask)."""
+    the middle is masked out like left padding. Returns (last-position logits [R, V], mask).
+    ``hooks`` (optional :class:`~vcdflow.decoding.hooks.DecodeHooks`) see the ``"prefix"`` and
+    ``"suffix"`` forwards and the prefix rows' expansion (``select``)."""
     L = mask.shape[1]
     dev = mask.device
     suf_len = [e.length - p for e, p in zip(rows, plan.lengths)]
@@ -206,10 +210,18 @@ def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Te
     p_pos = _right_aligned(pos, len(pre), P, [(u, i, L - rows[i].length, L - rows[i].length + plan.lengths[i])
                                                 for u, i in enumerate(plan.unique)])
     del p_ids
-    adapter.forward(p_embeds, p_mask, p_pos, cache)
-    del p_embeds, p_pos
+    if hooks is not None:
+        p_rows = Rows(request=[row_req[i] for i in plan.unique], branch=[row_branch[i] for i in plan.unique],
+                      source=list(plan.unique))
+        hooks.before_forward("prefix", p_rows)
+    p_logits, _ = adapter.forward(p_embeds, p_mask, p_pos, cache)
+    if hooks is not None:
+        hooks.after_forward("prefix", p_rows, p_logits)
+    del p_embeds, p_pos, p_logits
     idx = torch.tensor(plan.row_prefix, device=dev)
     cache.batch_select_indices(idx)
+    if hooks is not None:
+        hooks.select(idx)
     for layer in reserved:
         layer.reserve -= S
     s_ids = torch.full((len(rows), S), int(adapter.pad_token_id), dtype=torch.long)
@@ -219,7 +231,12 @@ def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Te
         s_mask[i, S - suf_len[i]:] = 1
     s_pos = _right_aligned(pos, len(rows), S, [(i, i, L - n, L) for i, n in enumerate(suf_len)])
     full_mask = torch.cat([p_mask.index_select(0, idx), s_mask.to(dev)], dim=1)
+    s_rows = Rows(request=list(row_req), branch=list(row_branch))
+    if hooks is not None:
+        hooks.before_forward("suffix", s_rows)
     logits, _ = adapter.forward(adapter.embed_tokens(s_ids.to(dev)), full_mask, s_pos, cache)
+    if hooks is not None:
+        hooks.after_forward("suffix", s_rows, logits)
     return logits, full_mask
 
 
@@ -229,20 +246,34 @@ Chooser = Callable[[int, torch.Tensor, list[int]], dict[int, int]]
 
 def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new_tokens: int | Sequence[int],
                 eos_ids: Sequence[int], contrast_steps: int | None = None,
-                share_prefix: bool = True) -> list[tuple[list[int], str]]:
+                share_prefix: bool = True, hooks: DecodeHooks | None = None) -> list[tuple[list[int], str]]:
     """Decode ``len(seqs)`` requests, request i with encoded branches ``seqs[i]`` (original first).
 
     ``choose(step, logits[R, V], row_request)`` returns {request index: token} for the live
     requests. ``max_new_tokens``: one limit for all or one per request. ``share_prefix``: rows
     with the same system text + image prefill that prefix once (:func:`shared_prefill`) when
-    :func:`share_plan` finds it saves work. Returns per request (generated ids without EOS,
-    finish reason "eos"|"length").
+    :func:`share_plan` finds it saves work. ``hooks`` (a method's
+    :class:`~vcdflow.decoding.hooks.DecodeHooks`) are called around every forward and on every
+    re-indexing of the rows. Returns per request (generated ids without EOS, finish reason
+    "eos"|"length").
     """
+    if hooks is None:
+        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, None)
+    try:
+        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks)
+    finally:
+        hooks.finish()
+
+
+def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks):
     n = len(seqs)
     limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
     flat = [e for s in seqs for e in s]
     row_req = [i for i, s in enumerate(seqs) for _ in s]
     row_branch = [j for s in seqs for j in range(len(s))]
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    if hooks is not None:
+        hooks.start(adapter, seqs, tokens)
     ids, mask = adapter.collate(flat)
     pos, next_pos = adapter.prefill_positions(ids, mask, flat)
     cache = adapter.new_cache(reserve=max(limits) + 1)
@@ -250,14 +281,18 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
     if plan is None:
         embeds = adapter.prefill_embeds(ids, flat)
         del ids
+        if hooks is not None:
+            rows = Rows(request=list(row_req), branch=list(row_branch))
+            hooks.before_forward("prefill", rows)
         logits, _ = adapter.forward(embeds, mask, pos, cache)
+        if hooks is not None:
+            hooks.after_forward("prefill", rows, logits)
         del embeds
     else:
         del ids
-        logits, mask = shared_prefill(adapter, flat, plan, mask, pos, cache)
+        logits, mask = shared_prefill(adapter, flat, plan, mask, pos, cache, hooks, row_req, row_branch)
     del pos
     eos = set(int(e) for e in eos_ids)
-    tokens: list[list[int]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
     device = mask.device
     for r in range(n):
@@ -282,6 +317,8 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
         if len(keep) < len(row_req):
             idx = torch.tensor(keep, device=device)
             cache.batch_select_indices(idx)
+            if hooks is not None:
+                hooks.select(idx)
             mask = mask.index_select(0, idx)
             next_pos = next_pos.index_select(0, idx)
             row_req = [row_req[k] for k in keep]
@@ -291,7 +328,12 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         pos = adapter.step_positions(next_pos)
         next_pos = next_pos + 1
+        if hooks is not None:
+            rows = Rows(request=list(row_req), branch=list(row_branch), step=step + 1)
+            hooks.before_forward("step", rows)
         logits, _ = adapter.forward(adapter.embed_tokens(step_ids), mask, pos, cache)
+        if hooks is not None:
+            hooks.after_forward("step", rows, logits)
     for r in range(n):
         if finish[r] is None:
             finish[r] = "length"
@@ -319,11 +361,13 @@ def greedy_chooser(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[
 
 def method_chooser(method: Method, state: State, mode: str, temperature: float, top_k: int | None,
                    top_p: float, generators: Sequence[torch.Generator],
-                   contexts: Sequence[BranchContext] | None = None) -> Chooser:
+                   contexts: Sequence[BranchContext] | None = None, hooks: DecodeHooks | None = None) -> Chooser:
     """combine → plausibility (original branch) → warpers → argmax / per-request sampling.
 
     ``contexts`` (optional, one per request, indexed like ``generators``): each group's
-    ``combine``/``plausibility`` then sees ``state.contexts`` = its requests' contexts (E8)."""
+    ``combine``/``plausibility`` then sees ``state.contexts`` = its requests' contexts (E8).
+    ``combine``/``plausibility`` always see ``state.rows`` ([n_requests, n_branches] indices of the
+    group's rows in ``logits``) and ``state.hooks`` (the method's forward hooks, or None)."""
     from dataclasses import replace
 
     state = replace(state, temperature=None if mode == "greedy" else float(temperature))
@@ -337,7 +381,9 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
         for nb, members in groups.items():
             rows = torch.tensor([start + j for _, start in members for j in range(nb)], device=logits.device)
             L = logits.index_select(0, rows).view(len(members), nb, V)
-            st = state if contexts is None else replace(state, contexts=tuple(contexts[r] for r, _ in members))
+            st = replace(state, rows=rows.view(len(members), nb), hooks=hooks)
+            if contexts is not None:
+                st = replace(st, contexts=tuple(contexts[r] for r, _ in members))
             scores = method.combine(L, step, st)
             beta = method.plausibility(L, step, st)
             if beta is not None:
@@ -566,10 +612,11 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
 def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, seed, temperature, top_k, top_p,
                   share_prefix: bool = True):
     gens = [make_generator(seed, it.key, "sample") for it in live]
-    choose = method_chooser(m, state, mode, temperature, top_k, top_p, gens, [it.ctx for it in live])
+    hooks = m.forward_hooks(ad, state.params)
+    choose = method_chooser(m, state, mode, temperature, top_k, top_p, gens, [it.ctx for it in live], hooks)
     try:
         res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps,
-                          share_prefix=share_prefix)
+                          share_prefix=share_prefix, hooks=hooks)
         return {it.index: r for it, r in zip(live, res)}
     except Exception as e:  # noqa: BLE001
         if len(live) == 1:

@@ -99,3 +99,7 @@ class State:
     params: Mapping[str, Any]
     contexts: tuple = ()
     temperature: float | None = None
+    #: [n_requests, n_branches] row indices of the group's logits in the current forward's batch
+    rows: Any = None
+    #: the method's :class:`~vcdflow.decoding.hooks.DecodeHooks` (``Method.forward_hooks``) or None
+    hooks: Any = None

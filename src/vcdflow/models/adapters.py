@@ -384,6 +384,24 @@ class FamilyAdapter:
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
+    # --- handles for engine capabilities (hooks on layers, early-exit logits) ------------------
+    def text_model(self):
+        """The language model's decoder stack: ``.layers`` (decoder layers, ``layer_idx`` order)
+        and ``.norm`` (the final norm N_f) — ``LlamaModel``/``Qwen2_5_VLTextModel`` for every family."""
+        lm = self._forward_module()
+        inner = getattr(lm, "model", lm)
+        return getattr(inner, "language_model", inner)
+
+    def decoder_layers(self) -> list:
+        return list(self.text_model().layers)
+
+    def final_norm(self):
+        return self.text_model().norm
+
+    def lm_head(self):
+        """W_lm (the output embedding) of the language model."""
+        return self._forward_module().get_output_embeddings()
+
 
 class LlavaAdapter(FamilyAdapter):
     """LLaVA-1.5 (``llava-hf``) and the demo LLaVA: CLIP vision tower, one image → a fixed number of

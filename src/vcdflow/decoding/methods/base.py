@@ -125,6 +125,12 @@ class Method:
         """Batched work before ``branches`` (default: none). ``items`` have ``.request``,
         ``.ctx`` and ``.fail(message)``."""
 
+    def forward_hooks(self, adapter, params: Mapping[str, Any]):
+        """A fresh :class:`vcdflow.decoding.hooks.DecodeHooks` for one decode call, or None
+        (default): hooks on the model's layers/attention whose captures ``combine`` reads through
+        ``state.hooks`` and ``state.rows``."""
+        return None
+
     def original(self, request: Request) -> Branch:
         return Branch(prompt=request.prompt, image=request.image, system=request.system)
 
