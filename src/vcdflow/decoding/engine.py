@@ -367,7 +367,9 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
     ``contexts`` (optional, one per request, indexed like ``generators``): each group's
     ``combine``/``plausibility`` then sees ``state.contexts`` = its requests' contexts (E8).
     ``combine``/``plausibility`` always see ``state.rows`` ([n_requests, n_branches] indices of the
-    group's rows in ``logits``) and ``state.hooks`` (the method's forward hooks, or None)."""
+    group's rows in ``logits``), ``state.requests`` (the members' request indices: with hooks,
+    ``state.hooks.tokens[r]`` are request r's generated ids and ``state.hooks.seqs[r][0].input_ids``
+    its prompt ids) and ``state.hooks`` (the method's forward hooks, or None)."""
     from dataclasses import replace
 
     state = replace(state, temperature=None if mode == "greedy" else float(temperature))
@@ -381,7 +383,8 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
         for nb, members in groups.items():
             rows = torch.tensor([start + j for _, start in members for j in range(nb)], device=logits.device)
             L = logits.index_select(0, rows).view(len(members), nb, V)
-            st = replace(state, rows=rows.view(len(members), nb), hooks=hooks)
+            st = replace(state, rows=rows.view(len(members), nb), hooks=hooks,
+                         requests=tuple(r for r, _ in members))
             if contexts is not None:
                 st = replace(st, contexts=tuple(contexts[r] for r, _ in members))
             scores = method.combine(L, step, st)

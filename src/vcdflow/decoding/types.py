@@ -101,5 +101,7 @@ class State:
     temperature: float | None = None
     #: [n_requests, n_branches] row indices of the group's logits in the current forward's batch
     rows: Any = None
+    #: the group members' request indices in the decode call (index ``hooks.tokens``/``hooks.seqs``)
+    requests: tuple = ()
     #: the method's :class:`~vcdflow.decoding.hooks.DecodeHooks` (``Method.forward_hooks``) or None
     hooks: Any = None
