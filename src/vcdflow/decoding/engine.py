@@ -528,6 +528,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     eos = ad.eos_token_ids if eos_token_id is None else (
         [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id])
     max_pos = ad.max_positions
+    share_prefix = bool(share_prefix and m.share_prefix)
     runner = Runner(ad, max_pos, eos, share_prefix=share_prefix)
     state = State(params=p)
     outputs: list[Output] = []

@@ -60,6 +60,9 @@ class Method:
     extra_inputs: ClassVar[tuple] = ()
     #: model families the method applies to (None: every family); others fail naming the family
     families: ClassVar[tuple | None] = None
+    #: False: the engine never uses shared-prefix prefill for this method (its hooks need every
+    #: row's full prefill in one forward); generate(share_prefix=True) is then ignored
+    share_prefix: ClassVar[bool] = True
 
     # --- parameters -----------------------------------------------------------------------------
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
