@@ -2,8 +2,24 @@
 with the demo-architecture model for two methods; its numbers equal vcdflow's own MMVP scorer on
 the same items, and its answers equal vcdflow's ``generate`` run directly.
 
-Needs the ``lmms`` extra (``pip install -e '.[lmms]'``: lmms-eval 0.7.x, torchvision 0.28 for
-torch 2.13); skipped with that reason when ``lmms_eval`` is not importable.
+lmms-eval 0.7.x declares ``torchvision`` as a hard dependency, and PyPI's torchvision does not
+import beside the CPU torch 2.13 wheel this project pins (``operator torchvision::nms does not
+exist``); installing ``.[lmms]`` into the project venv therefore breaks transformers' image
+processors. So when ``lmms_eval`` is not importable here, :func:`test_lmms_eval_in_overlay_venv`
+builds (once, ~1 min, needs PyPI) an **overlay venv** ``<sys.prefix>/lmms-overlay``: a venv whose
+``.pth`` adds this interpreter's site-packages (torch, transformers, vcdflow's deps), plus
+``lmms-eval==0.7.3 --no-deps`` and the few modules its CLI imports (:data:`OVERLAY_PINS`; no
+torchvision: the code paths used here never import it) and vcdflow itself (``--no-deps -e``, for
+the ``lmms_eval.models`` entry point), then runs this file inside it and requires every test
+there to pass. By hand::
+
+    python -m venv .venv/lmms-overlay
+    echo "import site; site.addsitedir('$PWD/.venv/lib/python3.11/site-packages')" \
+        > .venv/lmms-overlay/lib/python3.11/site-packages/vcdflow_base.pth
+    .venv/lmms-overlay/bin/pip install --no-deps lmms-eval==0.7.3
+    .venv/lmms-overlay/bin/pip install loguru==0.7.3 sacrebleu==2.6.0 evaluate==0.4.6 pytz pytablewriter==1.2.1 'filelock<4'
+    .venv/lmms-overlay/bin/pip install --no-deps -e .
+    .venv/lmms-overlay/bin/lmms-eval --model vcdflow --model_args pretrained=DIR,method=vcd ... --tasks ...
 """
 
 import csv
@@ -17,11 +33,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("lmms_eval", reason="lmms-eval not installed (pip install -e '.[lmms]')")
-
 from vcdflow.decoding import Request, generate  # noqa: E402
 from vcdflow.metrics import mmvp  # noqa: E402
 from vcdflow.models import load_vlm  # noqa: E402
+
+try:
+    import lmms_eval  # noqa: F401
+
+    HAVE_LMMS = True
+except ImportError:
+    HAVE_LMMS = False
+needs_lmms = pytest.mark.skipif(not HAVE_LMMS, reason="lmms-eval not importable here: "
+                                "test_lmms_eval_in_overlay_venv runs these tests in an overlay venv")
+
+REPO = Path(__file__).resolve().parents[1]
+OVERLAY = Path(os.environ.get("VCDFLOW_LMMS_OVERLAY") or Path(sys.prefix) / "lmms-overlay")
+#: what the overlay installs besides lmms-eval (--no-deps): the modules lmms-eval 0.7.3's CLI and
+#: evaluator import on this path (found by running it), at the versions this test was run with
+OVERLAY_PINS = ("loguru==0.7.3", "sacrebleu==2.6.0", "evaluate==0.4.6", "pytz", "pytablewriter==1.2.1",
+                "filelock<4")  # lmms-eval 0.7.3 imports filelock._api, which filelock 4 removed
+LMMS_EVAL_PIN = "lmms-eval==0.7.3"
 
 # The untrained demo model (seed 6) answers e.g. "assistant fork" or "apple apple" (letter A by
 # lmms-eval's first-character fallback) on some items and nothing parseable on others, differently
@@ -138,6 +169,7 @@ def cli_runs(setup):
     return results
 
 
+@needs_lmms
 @pytest.mark.parametrize("method", list(METHODS))
 def test_lmms_eval_cli_equals_vcdflow_scorer_and_generate(setup, cli_runs, method):
     root, docs = setup
@@ -165,6 +197,7 @@ def test_lmms_eval_cli_equals_vcdflow_scorer_and_generate(setup, cli_runs, metho
     assert [o.text.split("ASSISTANT:")[0] for o in outs] == [r["answer"] for r in sorted(recs, key=lambda r: int(r["question_id"]))]
 
 
+@needs_lmms
 def test_loglikelihood_is_refused_naming_the_method(setup):
     from vcdflow.lmms_eval_model import VcdflowLMM
 
@@ -185,3 +218,47 @@ def test_loglikelihood_is_refused_naming_the_method(setup):
     assert lm.params == {**dict(want.params), "alpha": 0.5}  # params given in model_args win
     with pytest.raises(ValueError, match="needs benchmark="):
         VcdflowLMM(pretrained=str(root / "model"), method="vcd", protocol="vcd")
+
+
+def _overlay_python() -> Path:
+    """Build (or reuse) the overlay venv; its python. Raises CalledProcessError on a pip failure."""
+    py = OVERLAY / "bin" / "python"
+    stamp = OVERLAY / ".vcdflow-overlay"
+    want = json.dumps({"base": sys.prefix, "repo": str(REPO), "pins": [LMMS_EVAL_PIN, *OVERLAY_PINS]})
+    if py.exists() and stamp.exists() and stamp.read_text() == want:
+        return py
+    import site
+    import venv
+
+    venv.EnvBuilder(with_pip=True, clear=True).create(OVERLAY)
+    site_dir = subprocess.check_output([str(py), "-c", "import site; print(site.getsitepackages()[0])"],
+                                       text=True).strip()
+    base = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    Path(site_dir, "vcdflow_base.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in base))
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + ["--no-deps", LMMS_EVAL_PIN], check=True, timeout=300)
+    subprocess.run(pip + list(OVERLAY_PINS), check=True, timeout=300)
+    subprocess.run(pip + ["--no-deps", "-e", str(REPO)], check=True, timeout=300)
+    stamp.write_text(want)
+    return py
+
+
+@pytest.mark.skipif(HAVE_LMMS, reason="lmms-eval importable here: the tests above run directly")
+@pytest.mark.skipif(os.environ.get("VCDFLOW_LMMS_INNER") == "1", reason="already inside the overlay")
+def test_lmms_eval_in_overlay_venv():
+    """This file's lmms-eval tests, run in the overlay venv (see the module docstring)."""
+    try:
+        py = _overlay_python()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        pytest.skip(f"could not build the lmms-eval overlay venv {OVERLAY} (needs PyPI): {exc}")
+    check = subprocess.run([str(py), "-c", "import lmms_eval, torch; from importlib.metadata import entry_points; "
+                            "print(torch.__version__, [e.value for e in entry_points(group='lmms_eval.models') "
+                            "if e.name == 'vcdflow'])"], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "vcdflow.lmms_eval_model:manifest" in check.stdout, check.stderr[-2000:]
+    env = {**os.environ, "VCDFLOW_LMMS_INNER": "1"}
+    proc = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], cwd=REPO,
+                          capture_output=True, text=True, timeout=800, env=env)
+    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    n = len(METHODS) + 1  # the CLI test per method + the loglikelihood test
+    assert f" {n} passed" in " " + proc.stdout.strip().splitlines()[-1], tail  # none of them skipped
