@@ -11,24 +11,40 @@ from .code import CODE
 from .contrast import Contrast
 from .convis import ConVis
 from .debias import Debias
+from .deco import DeCo
+from .dola import DoLa
+from .halc import HALC
 from .iava import IAVA
 from .icd import ICD
 from .lqcd import LQCD
 from .m3id import M3ID
 from .olm import OLM
+from .only import ONLY
+from .pai import PAI
 from .pba import PBA
 from .plain import Greedy, Sample
+from .revisit import ReVisiT
 from .ritual import Ritual
 from .selfaug import SelfAug
+from .sid import SID
 from .vcd import VCD
 from .vcd_legacy import VCDLegacy
 from .vdd import VDD
+from .vista import VISTA
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Greedy(), Sample(), Contrast(), VCD(), VCDLegacy(), ICD(), Ritual(), M3ID(), VDD(), SelfAug(), APC(),
     CODE(), AvisC(), ConVis(),
     # cd_rethink controls and the second wave (issues 16/17)
-    PBA(), OLM(), Debias(), CARVE(), IAVA(), CID(), LQCD())}
+    PBA(), OLM(), Debias(), CARVE(), IAVA(), CID(), LQCD(),
+    # layer contrasts: early exits / vision-token states (methods-3 §1.2, §1.5; methods-2 §1.4)
+    DoLa(), DeCo(), ReVisiT(),
+    # steering (methods-3 §1.7, §1.4)
+    VISTA(),
+    # HALC (methods-3 §1.8)
+    HALC(),
+    # attention methods (H2: methods-3 §1.3, §1.6, §1.9)
+    PAI(), SID(), ONLY())}
 
 
 def get_method(name: str) -> Method:
