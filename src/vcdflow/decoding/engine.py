@@ -19,6 +19,12 @@ Per batch of requests:
 5. a request stops at EOS or ``max_new_tokens`` and its rows leave the batch (KV-cache rows are
    dropped with ``batch_select_indices``; left padding no row needs any more is cut off).
 
+Searches (:mod:`vcdflow.decoding.beams`) plug into the same loop: a chooser with
+``step(step, logits, layout) -> Choice`` may repeat, reorder and drop rows (beam search E11 —
+``generate(num_beams=…)`` for any method —, contrastive search's look-ahead candidates E7); an
+amateur model (E6, :mod:`vcdflow.decoding.amateur`) decodes the same tokens in lockstep on its own
+cache and its logits reach ``combine`` as ``state.amateur``.
+
 A request's output does not depend on its batch companions: greedy exactly up to float
 round-off ties, sampling via per-request generators (see :mod:`vcdflow.decoding.sampling`).
 Failing requests get ``Output.error``; the others decode normally.
@@ -246,36 +252,51 @@ Chooser = Callable[[int, torch.Tensor, list[int]], dict[int, int]]
 
 def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new_tokens: int | Sequence[int],
                 eos_ids: Sequence[int], contrast_steps: int | None = None,
-                share_prefix: bool = True, hooks: DecodeHooks | None = None) -> list[tuple[list[int], str]]:
+                share_prefix: bool = True, hooks: DecodeHooks | None = None,
+                amateur=None) -> list[tuple[list[int], str]]:
     """Decode ``len(seqs)`` requests, request i with encoded branches ``seqs[i]`` (original first).
 
-    ``choose(step, logits[R, V], row_request)`` returns {request index: token} for the live
-    requests. ``max_new_tokens``: one limit for all or one per request. ``share_prefix``: rows
-    with the same system text + image prefill that prefix once (:func:`shared_prefill`) when
-    :func:`share_plan` finds it saves work. ``hooks`` (a method's
-    :class:`~vcdflow.decoding.hooks.DecodeHooks`) are called around every forward and on every
-    re-indexing of the rows. Returns per request (generated ids without EOS, finish reason
-    "eos"|"length").
+    ``choose(step, logits[R, V], row_req)`` returns {request index: token} for the live
+    requests; or ``choose`` is a *search* (an object with ``step(step, logits, layout) ->
+    Choice``, :mod:`vcdflow.decoding.beams`: beam search, look-ahead candidates, rollback) that may
+    repeat, reorder and drop rows (a request then has several *slots*, each with all its
+    branches) and keeps each request's generated ids itself. ``max_new_tokens``: one limit for
+    all or one per request. ``share_prefix``: rows with the same system text + image prefill that
+    prefix once (:func:`shared_prefill`) when :func:`share_plan` finds it saves work. ``hooks``
+    (a method's :class:`~vcdflow.decoding.hooks.DecodeHooks`) are called around every forward and
+    on every re-indexing of the rows. ``amateur`` (E6, :class:`vcdflow.decoding.amateur.AmateurStream`):
+    a second model decoding the same tokens in lockstep on its own rows and cache (prefilled after
+    the main prefill, stepped after every main step, re-indexed with the main rows). Returns per
+    request (generated ids without EOS, finish reason "eos"|"length").
     """
     if hooks is None:
-        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, None)
+        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, None,
+                            amateur)
     try:
-        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks)
+        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks,
+                            amateur)
     finally:
         hooks.finish()
 
 
-def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks):
+def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks, amateur=None):
+    from .beams import Choice, Layout
+
     n = len(seqs)
     limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
     flat = [e for s in seqs for e in s]
     row_req = [i for i, s in enumerate(seqs) for _ in s]
     row_branch = [j for s in seqs for j in range(len(s))]
+    row_slot = [0] * len(flat)
     tokens: list[list[int]] = [[] for _ in range(n)]
+    search = choose if hasattr(choose, "step") else None
+    if search is not None and contrast_steps is not None:
+        raise ValueError("contrast_steps cannot be combined with a search (beams, look-ahead)")
     if hooks is not None:
         hooks.start(adapter, seqs, tokens)
     ids, mask = adapter.collate(flat)
     pos, next_pos = adapter.prefill_positions(ids, mask, flat)
+    # a search's rows grow by its width; the cache reserve only has to cover the new tokens
     cache = adapter.new_cache(reserve=max(limits) + 1)
     plan = share_plan(adapter, flat) if share_prefix else None
     if plan is None:
@@ -292,39 +313,60 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         del ids
         logits, mask = shared_prefill(adapter, flat, plan, mask, pos, cache, hooks, row_req, row_branch)
     del pos
+    if amateur is not None:
+        amateur.prefill(row_req, row_branch)
     eos = set(int(e) for e in eos_ids)
     finish: list[str | None] = [None] * n
     device = mask.device
+    prompt_len = [int(s[0].length) for s in seqs]
     for r in range(n):
         if limits[r] <= 0:
             finish[r] = "length"
-    for step in range(max(limits)):
-        picks = choose(step, logits, row_req)
-        for r, t in picks.items():
-            if finish[r] is not None:
-                continue
-            if t in eos:
-                finish[r] = "eos"
-            else:
-                tokens[r].append(t)
-                if len(tokens[r]) >= limits[r]:
-                    finish[r] = "length"
-        retire = contrast_steps is not None and step + 1 >= contrast_steps
-        keep = [k for k, (r, b) in enumerate(zip(row_req, row_branch))
-                if finish[r] is None and not (retire and b > 0)]
-        if not keep:
+    step = 0
+    while any(f is None for f in finish):
+        if search is None:
+            picks = choose(step, logits, row_req)
+            for r, t in picks.items():
+                if finish[r] is not None:
+                    continue
+                if t in eos:
+                    finish[r] = "eos"
+                else:
+                    tokens[r].append(t)
+                    if len(tokens[r]) >= limits[r]:
+                        finish[r] = "length"
+            retire = contrast_steps is not None and step + 1 >= contrast_steps
+            keep = [k for k, (r, b) in enumerate(zip(row_req, row_branch))
+                    if finish[r] is None and not (retire and b > 0)]
+            new_slot = [row_slot[k] for k in keep]
+            feed = [tokens[row_req[k]][-1] if tokens[row_req[k]] else 0 for k in keep]
+        else:
+            layout = Layout(request=list(row_req), branch=list(row_branch), slot=list(row_slot), tokens=tokens,
+                            limits=limits, eos=eos, prompt_len=prompt_len)
+            ch: Choice = search.step(step, logits, layout)
+            for r, toks in ch.tokens.items():
+                tokens[r][:] = list(toks)
+            for r, why in ch.done.items():
+                finish[r] = why
+            keep, new_slot, feed = list(ch.rows), list(ch.slot), list(ch.next_ids)
+            if any(finish[row_req[k]] is not None for k in keep):
+                raise RuntimeError("a search kept rows of a finished request")
+        if not keep or (search is None and step + 1 >= max(limits)):
             break
-        if len(keep) < len(row_req):
+        if keep != list(range(len(row_req))):
             idx = torch.tensor(keep, device=device)
             cache.batch_select_indices(idx)
             if hooks is not None:
                 hooks.select(idx)
+            if amateur is not None:
+                amateur.select(idx)
             mask = mask.index_select(0, idx)
             next_pos = next_pos.index_select(0, idx)
             row_req = [row_req[k] for k in keep]
             row_branch = [row_branch[k] for k in keep]
             mask = _cut_left(cache, mask)
-        step_ids = torch.tensor([[tokens[r][-1]] for r in row_req], device=device)
+        row_slot = new_slot
+        step_ids = torch.tensor([[t] for t in feed], device=device)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         pos = adapter.step_positions(next_pos)
         next_pos = next_pos + 1
@@ -334,6 +376,9 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         logits, _ = adapter.forward(adapter.embed_tokens(step_ids), mask, pos, cache)
         if hooks is not None:
             hooks.after_forward("step", rows, logits)
+        if amateur is not None:
+            amateur.step(step_ids)
+        step += 1
     for r in range(n):
         if finish[r] is None:
             finish[r] = "length"
@@ -359,45 +404,74 @@ def greedy_chooser(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[
     return {s[0]: t for s, t in zip(spans, toks)}
 
 
-def method_chooser(method: Method, state: State, mode: str, temperature: float, top_k: int | None,
-                   top_p: float, generators: Sequence[torch.Generator],
-                   contexts: Sequence[BranchContext] | None = None, hooks: DecodeHooks | None = None) -> Chooser:
-    """combine → plausibility (original branch) → warpers → argmax / per-request sampling.
+def method_scorer(method: Method, state: State, mode: str, temperature: float, top_k: int | None, top_p: float,
+                  contexts: Sequence[BranchContext] | None = None, hooks: DecodeHooks | None = None,
+                  amateur=None, warped: bool = True):
+    """``score(step, logits[R, V], spans) -> scores [len(spans), V]``: per span = (request, slot,
+    first row, n rows) of consecutive rows, combine → plausibility (original branch) → (sampling,
+    ``warped``) temperature/top-k/top-p. Spans with the same branch count are combined together.
 
-    ``contexts`` (optional, one per request, indexed like ``generators``): each group's
-    ``combine``/``plausibility`` then sees ``state.contexts`` = its requests' contexts (E8).
-    ``combine``/``plausibility`` always see ``state.rows`` ([n_requests, n_branches] indices of the
-    group's rows in ``logits``), ``state.requests`` (the members' request indices: with hooks,
-    ``state.hooks.tokens[r]`` are request r's generated ids and ``state.hooks.seqs[r][0].input_ids``
-    its prompt ids) and ``state.hooks`` (the method's forward hooks, or None)."""
+    ``contexts`` (optional, one per request): each group's ``combine``/``plausibility`` then sees
+    ``state.contexts`` = its requests' contexts (E8). ``combine``/``plausibility`` always see
+    ``state.rows`` ([n_members, n_branches] indices of the group's rows in ``logits``),
+    ``state.requests`` (the members' request indices: with hooks, ``state.hooks.tokens[r]`` are
+    request r's generated ids and ``state.hooks.seqs[r][0].input_ids`` its prompt ids),
+    ``state.hooks`` (the method's forward hooks, or None) and, with an amateur (E6),
+    ``state.amateur`` ([n_members, V] the amateur's logits for the same rows' original branch,
+    cut to the shared vocabulary prefix; the expert's logits are cut likewise)."""
     from dataclasses import replace
 
     state = replace(state, temperature=None if mode == "greedy" else float(temperature))
 
-    def choose(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for r, start, nb in _spans(row_req):
-            groups.setdefault(nb, []).append((r, start))
-        picks: dict[int, int] = {}
+    def score(step: int, logits: torch.Tensor, spans) -> torch.Tensor:
+        groups: dict[int, list[int]] = {}
+        for i, sp in enumerate(spans):
+            groups.setdefault(sp[-1], []).append(i)
         V = logits.shape[-1]
+        ama = None
+        if amateur is not None:
+            ama = amateur.logits
+            V = min(V, ama.shape[-1])
+            logits = logits[:, :V]
+            ama = ama[:, :V].to(logits.device)
+        out = logits.new_empty((len(spans), V))
         for nb, members in groups.items():
-            rows = torch.tensor([start + j for _, start in members for j in range(nb)], device=logits.device)
+            rows = torch.tensor([spans[i][-2] + j for i in members for j in range(nb)], device=logits.device)
             L = logits.index_select(0, rows).view(len(members), nb, V)
             st = replace(state, rows=rows.view(len(members), nb), hooks=hooks,
-                         requests=tuple(r for r, _ in members))
+                         requests=tuple(spans[i][0] for i in members))
             if contexts is not None:
-                st = replace(st, contexts=tuple(contexts[r] for r, _ in members))
+                st = replace(st, contexts=tuple(contexts[spans[i][0]] for i in members))
+            if ama is not None:
+                st = replace(st, amateur=ama.index_select(0, rows.view(len(members), nb)[:, 0]))
             scores = method.combine(L, step, st)
             beta = method.plausibility(L, step, st)
             if beta is not None:
                 scores = apc(scores, L[:, 0, :], beta)
-            if mode == "greedy":
-                toks = scores.argmax(-1).tolist()
-            else:
+            if mode != "greedy" and warped:
                 scores = warp(scores, temperature, top_k, top_p)
-                toks = sample_tokens(scores, [generators[r] for r, _ in members])
-            picks.update({r: int(t) for (r, _), t in zip(members, toks)})
-        return picks
+            out[torch.tensor(members, device=out.device)] = scores.to(out.dtype)
+        return out
+
+    return score
+
+
+def method_chooser(method: Method, state: State, mode: str, temperature: float, top_k: int | None,
+                   top_p: float, generators: Sequence[torch.Generator],
+                   contexts: Sequence[BranchContext] | None = None, hooks: DecodeHooks | None = None,
+                   amateur=None) -> Chooser:
+    """combine → plausibility (original branch) → warpers → argmax / per-request sampling (the
+    scores of :func:`method_scorer`, one span per request)."""
+    score = method_scorer(method, state, mode, temperature, top_k, top_p, contexts, hooks, amateur)
+
+    def choose(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
+        spans = [(r, 0, start, nb) for r, start, nb in _spans(row_req)]
+        scores = score(step, logits, spans)
+        if mode == "greedy":
+            toks = scores.argmax(-1).tolist()
+        else:
+            toks = sample_tokens(scores, [generators[sp[0]] for sp in spans])
+        return {sp[0]: int(t) for sp, t in zip(spans, toks)}
 
     return choose
 
@@ -478,6 +552,7 @@ class _Item:
     ctx: BranchContext
     error: str | None = None
     encoded: list = field(default_factory=list)
+    branches: list = field(default_factory=list)
 
     def fail(self, message: str) -> None:
         if self.error is None:
@@ -500,7 +575,9 @@ def _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample
 def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: dict | None = None, *,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
              max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = False,
-             eos_token_id: int | Sequence[int] | None = None, share_prefix: bool = True) -> list[Output]:
+             eos_token_id: int | Sequence[int] | None = None, share_prefix: bool = True,
+             num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
+             length_norm: str = "generated") -> list[Output]:
     """Decode ``requests`` with ``method`` (see ``METHODS``); one :class:`Output` per request, in order.
 
     ``params`` overrides the method's defaults (unknown names → ``ValueError``). ``do_sample``
@@ -516,10 +593,26 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     identical (the questions of one image; a contrast input fixed per image) prefill that prefix
     and run the vision tower once; only the question suffixes are prefilled per row. Outputs equal
     the unshared ones (``share_prefix=False``) up to float round-off of the batched kernels.
+
+    ``num_beams`` > 1 (E11, :class:`vcdflow.decoding.beams.BeamSearch`, greedy mode only): Hugging
+    Face beam search over the method's scores (``log_softmax`` of combine → APC; each beam carries
+    all branches of its request), ``length_penalty``/``early_stopping`` as in transformers,
+    ``length_norm`` ``"generated"`` (transformers 5.x) or ``"total"`` (4.29: prompt + generated
+    length). A method may bring its own search (``Method.search``: contrastive search, OPERA,
+    Li et al.'s CD beams), an amateur model (``Method.amateur_stream``, E6) or a batch limit
+    (``Method.max_batch``: OPERA's rollback runs one request per batch).
     """
     m = get_method(method)
     p = m.resolve(params)
     _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample)
+    from .beams import check_beam_args
+
+    check_beam_args(num_beams, length_penalty, early_stopping, length_norm)
+    if num_beams > 1 and (m.mode or ("sample" if do_sample else "greedy")) != "greedy":
+        raise ValueError("num_beams > 1 is beam search, a greedy mode: pass do_sample=False")
+    search_opts = {"num_beams": int(num_beams), "length_penalty": float(length_penalty),
+                   "early_stopping": early_stopping, "length_norm": length_norm}
+    batch_size = min(batch_size, int(getattr(m, "max_batch", None) or batch_size))
     for i, r in enumerate(requests):
         if not isinstance(r, Request):
             raise TypeError(f"requests[{i}] is a {type(r).__name__}, not a vcdflow.decoding.Request")
@@ -544,7 +637,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
                 chunk = indexed[start:start + batch_size]
                 outputs.extend(_generate_batch(ad, m, p, state, mode, chunk, runner, eos, max_pos,
                                                max_new_tokens, seed, temperature, top_k, top_p, do_sample,
-                                               share_prefix))
+                                               share_prefix, search_opts))
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
@@ -554,7 +647,8 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
 
 
 def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, max_new_tokens, seed,
-                    temperature, top_k, top_p, do_sample, share_prefix: bool = True) -> list[Output]:
+                    temperature, top_k, top_p, do_sample, share_prefix: bool = True,
+                    search_opts: dict | None = None) -> list[Output]:
     items: list[_Item] = []
     for idx, req in chunk:
         key = str(req.item_id) if req.item_id not in (None, "") else f"#{idx}"
@@ -582,6 +676,7 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
             continue
         try:
             branches = m.branches(it.request, it.ctx)
+            it.branches = list(branches)
             it.encoded = [ad.encode(b, it.ctx.rng) for b in branches]
             longest = max(e.length for e in it.encoded)
             if max_pos and longest + max_new_tokens > max_pos:
@@ -593,7 +688,7 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
     results: dict[int, tuple[list[int], str]] = {}
     if live:
         results.update(_decode_items(ad, m, state, mode, live, max_new_tokens, eos, seed, temperature, top_k, top_p,
-                                     share_prefix))
+                                     share_prefix, search_opts))
     outs = []
     for it in items:
         out = Output(item_id=str(it.request.item_id or ""), meta={"method": m.name, "mode": mode})
@@ -614,13 +709,27 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
 
 
 def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, seed, temperature, top_k, top_p,
-                  share_prefix: bool = True):
+                  share_prefix: bool = True, search_opts: dict | None = None):
+    from .beams import BeamSearch
+
+    opts = dict(search_opts or {})
     gens = [make_generator(seed, it.key, "sample") for it in live]
     hooks = m.forward_hooks(ad, state.params)
-    choose = method_chooser(m, state, mode, temperature, top_k, top_p, gens, [it.ctx for it in live], hooks)
+    contexts = [it.ctx for it in live]
     try:
+        amateur = m.amateur_stream(ad, state.params) if hasattr(m, "amateur_stream") else None
+        if amateur is not None:
+            amateur.encode([it.branches[0] for it in live])
+        score = method_scorer(m, state, mode, temperature, top_k, top_p, contexts, hooks, amateur)
+        search = m.search(score, state.params, hooks, opts) if hasattr(m, "search") else None
+        if search is None and opts.get("num_beams", 1) > 1:
+            search = BeamSearch(score=score, num_beams=opts["num_beams"],
+                                length_penalty=opts["length_penalty"], early_stopping=opts["early_stopping"],
+                                length_norm=opts["length_norm"])
+        choose = search if search is not None else method_chooser(m, state, mode, temperature, top_k, top_p, gens,
+                                                                   contexts, hooks, amateur)
         res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps,
-                          share_prefix=share_prefix, hooks=hooks)
+                          share_prefix=share_prefix, hooks=hooks, amateur=amateur)
         return {it.index: r for it, r in zip(live, res)}
     except Exception as e:  # noqa: BLE001
         if len(live) == 1:
@@ -630,5 +739,5 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         for it in live:
             # fresh sampling generator: the retried request starts its stream from the beginning
             out.update(_decode_items(ad, m, state, mode, [it], max_new_tokens, eos, seed, temperature, top_k, top_p,
-                                     share_prefix))
+                                     share_prefix, search_opts))
         return out

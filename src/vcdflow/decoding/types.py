@@ -105,3 +105,6 @@ class State:
     requests: tuple = ()
     #: the method's :class:`~vcdflow.decoding.hooks.DecodeHooks` (``Method.forward_hooks``) or None
     hooks: Any = None
+    #: E6: [n_requests, V] the amateur model's logits for the group's original-branch rows (shared
+    #: vocabulary prefix; ``vcdflow.decoding.amateur``), or None when the method has no amateur
+    amateur: Any = None

@@ -1,0 +1,169 @@
+"""Plain references for the beam/look-ahead engine capabilities and methods (tests/test_beams.py,
+tests/test_methods_beams.py), written separately from the engine.
+
+Batch 1, no KV cache: every score is a full recompute of prompt + generated tokens through the
+model's own forward (``reference_methods.forward``). The beam search is a literal batch-1 port of
+transformers 5.24 ``GenerationMixin._beam_search`` (``_get_top_k_continuations``,
+``_get_running_beams_for_next_iteration``, ``_update_finished_beams``,
+``_check_early_stop_heuristic``, ``_beam_search_has_unfinished_sequences``) on tensors, with the
+length of a finished hypothesis either generated (5.24) or prompt + generated without EOS (4.29
+``BeamHypotheses.add``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reference_methods import apc_mask, forward, inputs, last_logits
+
+
+def hf_inputs(vlm, req) -> dict:
+    inp = inputs(vlm, req.prompt, req.image, req.system)
+    inp["attention_mask"] = torch.ones_like(inp["input_ids"])
+    return inp
+
+
+def _scores(vlm, inps, generated, contrast):
+    ls = [last_logits(vlm, i, generated) for i in inps]
+    if contrast is None:
+        return ls[0]
+    a, b = contrast["alpha"], contrast.get("beta")
+    s = (1 + a) * ls[0] - a * ls[1]
+    return apc_mask(s, ls[0], b)
+
+
+def ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty=1.0, early_stopping=False,
+                    length_norm="generated", contrast=None, step_scores=None):
+    with torch.no_grad():
+        return _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_stopping, length_norm,
+                                contrast, step_scores)
+
+
+def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_stopping, length_norm, contrast,
+                     step_scores):
+    """(generated ids without EOS, "eos" | "length"). ``contrast``: {"alpha", "beta"} → the scores
+    are (1+α)·ℓ − α·ℓ(contrast_prompt / contrast_image) with APC (the ``contrast`` method).
+    ``step_scores(generated) -> [V]`` replaces the per-beam score function when given."""
+    inps = [inputs(vlm, req.prompt, req.image, req.system)]
+    if contrast is not None:
+        inps.append(inputs(vlm, req.contrast_prompt or req.prompt, req.contrast_image or req.image, req.system))
+    prompt_len = inps[0]["input_ids"].shape[1]
+    K = num_beams
+    eos = list(eos)
+    keep = max(2, 1 + len(eos)) * K
+    running = [[] for _ in range(K)]
+    run_scores = torch.tensor([0.0] + [-1e9] * (K - 1))
+    fin_seqs = [[] for _ in range(K)]
+    fin_scores = torch.full((K,), -1e9)
+    fin_flag = torch.zeros(K, dtype=torch.bool)
+    fin_eos = [False] * K
+    unsatisfied = True
+    cur = 0
+    while True:
+        rows = []
+        for b in range(K):
+            sc = step_scores(running[b]) if step_scores else _scores(vlm, inps, running[b], contrast)
+            rows.append(torch.log_softmax(sc.float(), -1))
+        lp = torch.stack(rows) + run_scores[:, None]
+        V = lp.shape[-1]
+        top_lp, top_i = torch.topk(lp.reshape(-1), k=keep)
+        beam, tok = (top_i // V).tolist(), (top_i % V).tolist()
+        cand = [running[b] + [t] for b, t in zip(beam, tok)]
+        hits = torch.tensor([(t in eos) or (cur + 1 >= max_new) for t in tok])
+        # e. running beams
+        r_lp = top_lp + hits.float() * -1e9
+        nxt = torch.topk(r_lp, k=K).indices
+        # f. finished beams
+        top_mask = torch.tensor([j < K for j in range(keep)])
+        just = hits & top_mask
+        n_len = cur + 1
+        lens = torch.tensor([float(n_len) if length_norm == "generated" else
+                             float(prompt_len + n_len - (1 if t in eos else 0)) for t in tok])
+        f_lp = top_lp / lens ** length_penalty
+        full = bool(fin_flag.all()) and early_stopping is True
+        f_lp = f_lp + (-1e9 if full else 0.0) + (0.0 if unsatisfied else -1e9)
+        f_lp = f_lp + (~just).float() * -1e9
+        merged = torch.cat([fin_scores, f_lp])
+        sel = torch.topk(merged, k=K).indices.tolist()
+        all_seqs = fin_seqs + cand
+        all_flag = torch.cat([fin_flag, just])
+        all_eos = fin_eos + [t in eos for t in tok]
+        fin_seqs = [all_seqs[i] for i in sel]
+        fin_scores = merged[sel]
+        fin_flag = all_flag[sel]
+        fin_eos = [all_eos[i] for i in sel]
+        running = [cand[j] for j in nxt.tolist()]
+        run_scores = r_lp[nxt]
+        cur += 1
+        # early-stop heuristic
+        if early_stopping == "never" and length_penalty > 0:
+            best_len = max_new
+        else:
+            best_len = cur
+        if length_norm == "total":
+            best_len += prompt_len
+        best = float(run_scores[0]) / best_len ** length_penalty
+        worst = float(fin_scores.min()) if bool(fin_flag.all()) else -1e9
+        unsatisfied = unsatisfied and best > worst
+        open_beam = not (bool(fin_flag.all()) and early_stopping is True)
+        if not (unsatisfied and open_beam and not bool(hits.all())):
+            break
+    ids = fin_seqs[0]
+    if fin_eos[0]:
+        return ids[:-1], "eos"
+    return ids, "length"
+
+
+# --- contrastive search (Su et al. 2022; HF _ranking_fast) ------------------------------------------
+def final_hidden(vlm, inp, generated) -> torch.Tensor:
+    """Final-layer hidden states (after the final norm) of every position [T, D]."""
+    out = forward_hidden(vlm, inp, generated)
+    return out
+
+
+def forward_hidden(vlm, inp, generated):
+    from reference_methods import family
+
+    m = vlm.model
+    captured = {}
+    lm = m.language_model if family(vlm) == "instructblip" else m
+    norm = vlm.adapter.final_norm()
+    h = norm.register_forward_hook(lambda mod, a, o: captured.__setitem__("h", o))
+    try:
+        out = forward(vlm, inp, generated)
+    finally:
+        h.remove()
+    del lm
+    return captured["h"][0].float(), out.logits[0, -1].float()
+
+
+def ref_contrastive_search(vlm, req, alpha, k, max_new, eos, score_fn=None):
+    with torch.no_grad():
+        return _ref_contrastive_search(vlm, req, alpha, k, max_new, eos, score_fn)
+
+
+def _ref_contrastive_search(vlm, req, alpha, k, max_new, eos, score_fn=None):
+    """HF contrastive search, batch 1, full recompute: top-k of softmax(scores), each candidate's
+    final hidden state, (1−α)·p − α·max cos against all previous positions' final hidden states."""
+    inp = inputs(vlm, req.prompt, req.image, req.system)
+    gen: list[int] = []
+    margins = []
+    for _ in range(max_new):
+        H, logits = forward_hidden(vlm, inp, gen)
+        s = score_fn(gen, logits) if score_fn else logits
+        p = torch.softmax(s.float(), -1)
+        tp, ti = torch.topk(p, k)
+        sc = []
+        for j in range(k):
+            Hc, _ = forward_hidden(vlm, inp, gen + [int(ti[j])])
+            hc = Hc[-1]
+            cos = (H / H.norm(dim=-1, keepdim=True)) @ (hc / hc.norm())
+            sc.append((1 - alpha) * float(tp[j]) - alpha * float(cos.max()))
+        order = sorted(sc, reverse=True)
+        margins.append(order[0] - order[1] if k > 1 else math.inf)
+        t = int(ti[int(torch.tensor(sc).argmax())])
+        if t in eos:
+            return gen, "eos", margins
+        gen.append(t)
+    return gen, "length", margins
