@@ -40,6 +40,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .hooks import DecodeHooks
+
 #: ``score(step, logits[R, V], spans) -> scores [len(spans), V]``: the method's next-token scores of each
 #: span = (request, slot, first row, n rows) of consecutive rows (all branches of one slot)
 Scorer = Callable[[torch.Tensor, list], torch.Tensor]
@@ -244,12 +246,72 @@ class BeamSearch:
         return _choice(layout, picks, next_ids, tokens, done)
 
 
-# --- look-ahead candidates (E7): contrastive search ------------------------------------------------
+# --- look-ahead candidates (E7): contrastive search ---------------------------------------------
+class FinalHidden(DecodeHooks):
+    """Forward hooks (a :class:`~vcdflow.decoding.hooks.DecodeHooks`) on the final norm N_f: the
+    final-layer hidden states HF's ``output_hidden_states[-1]`` returns. Keeps ``last`` [R, D] (the
+    last position of every row of the latest forward) and per request the context H: the
+    unpadded prefill states of its original branch, then one state per chosen token (``push``).
+    Needs the unshared prefill (the method sets ``share_prefix = False``)."""
+
+    def __init__(self):
+        self.last: torch.Tensor | None = None
+        self.contexts: dict[int, torch.Tensor] = {}
+        self._handle = None
+        self._phase = None
+        self._rows = None
+
+    # DecodeHooks protocol
+    def start(self, adapter, seqs, tokens) -> None:
+        self.adapter, self.seqs, self.tokens = adapter, seqs, tokens
+
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            self.last = h[:, -1, :].float()
+            if self._phase == "prefill":
+                for k, (r, b) in enumerate(zip(self._rows.request, self._rows.branch)):
+                    if b == 0:
+                        n = self.seqs[r][0].length
+                        self.contexts[r] = h[k, h.shape[1] - n:, :].float()
+            elif self._phase in ("prefix", "suffix"):
+                raise RuntimeError("FinalHidden needs the unshared prefill (share_prefix = False)")
+
+        self._handle = adapter.final_norm().register_forward_hook(hook)
+
+    def before_forward(self, phase, rows) -> None:
+        self._phase, self._rows = phase, rows
+
+    def after_forward(self, phase, rows, logits) -> None:
+        pass
+
+    def select(self, index: torch.Tensor) -> None:
+        if self.last is not None:
+            self.last = self.last.index_select(0, index.to(self.last.device))
+
+    def finish(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    # what ContrastiveSearch reads
+    def last_hidden(self, rows: Sequence[int]) -> torch.Tensor:
+        return self.last[torch.tensor(list(rows), device=self.last.device)]
+
+    def context(self, r: int) -> torch.Tensor:
+        return self.contexts[r]
+
+    def push(self, r: int, h: torch.Tensor) -> None:
+        self.contexts[r] = torch.cat([self.contexts[r], h.view(1, -1).to(self.contexts[r].dtype)], dim=0)
+
 class ContrastiveSearch:
-    """Su et al.'s contrastive search as HF implements it (module docstring). ``hidden(rows)``
-    returns the final-layer hidden state (after the final norm) of the last position of the given
-    current rows [n, D]; ``context(r)`` the context states H of request r ([T, D]: prompt positions
-    without padding, then one per chosen token), ``push(r, h)`` appends a chosen token's state."""
+    """Su et al.'s contrastive search as HF implements it (module docstring). ``capture`` (a
+    :class:`FinalHidden`): ``last_hidden(rows)`` the final-layer state of the last position of the
+    given current rows [n, D]; ``context(r)`` request r's context states H ([T, D]: its prompt
+    positions without padding, then one per chosen token); ``push(r, h)`` appends a chosen state.
+
+    Call 0 (prefill logits) forwards the top-k candidates of each request as k slots; every later
+    call ranks the forwarded candidates, keeps the best slot (its cache row and logits) and
+    forwards that slot's next top-k."""
 
     def __init__(self, score: Scorer, penalty_alpha: float, top_k: int, capture):
         self.score = score
@@ -306,4 +368,4 @@ class ContrastiveSearch:
         return _choice(layout, picks, feed, tokens, done)
 
 
-__all__ = ["BeamSearch", "Choice", "ContrastiveSearch", "LENGTH_NORMS", "Layout", "check_beam_args", "expand"]
+__all__ = ["BeamSearch", "Choice", "ContrastiveSearch", "FinalHidden", "LENGTH_NORMS", "Layout", "check_beam_args", "expand"]

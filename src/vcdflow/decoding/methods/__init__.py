@@ -9,6 +9,7 @@ from .carve import CARVE
 from .cid import CID
 from .code import CODE
 from .contrast import Contrast
+from .contrastive_search import ContrastiveSearch
 from .convis import ConVis
 from .debias import Debias
 from .deco import DeCo
@@ -44,7 +45,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # HALC (methods-3 §1.8)
     HALC(),
     # attention methods (H2: methods-3 §1.3, §1.6, §1.9)
-    PAI(), SID(), ONLY())}
+    PAI(), SID(), ONLY(),
+    # searches: look-ahead, amateur, beams (H3: methods-2 §1.7, §1.8; methods-3 §1.1)
+    ContrastiveSearch())}
 
 
 def get_method(name: str) -> Method:
