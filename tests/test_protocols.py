@@ -27,6 +27,10 @@ from vcdflow.protocols import (FAMILIES, PAPER_OF, PROTOCOLS, Resolved, diff, ge
                                protocol_for, template_names)
 from vcdflow.protocols.cli import branch_texts
 
+#: methods other helpers are writing (PAPER_OF may name them before they are registered)
+PENDING = {"dola", "deco", "revisit", "pai", "sid", "only", "vasparse", "contrastive_search", "text_cd", "opera",
+           "vista", "vti", "halc"}
+
 Q = "Is there a snowboard in the image?"  # the first POPE question (llava_pope_test.jsonl:1)
 
 # haotian-liu/LLaVA llava/conversation.py:325-327 (conv_llava_v1.system), written out
@@ -150,14 +154,131 @@ OFFICIAL = {
         "original": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
                     "<image><|vision_end|>Is there a snowboard in the image?\nAnswer the question using a single word "
                     "or phrase.<|im_end|>\n<|im_start|>assistant\n"},
+    # ---- the cd_rethink controls, the second wave and the third-wave baselines (protocols/*.py)
+    # ustc-hyin/cd_rethink inference/pope_infer_olm.py:55-65 (qs + " Answer the question using a single word or
+    # phrase."), scripts/pope_infer_spurious.sh:31 (--conv-mode vicuna_v1 → llava/conversation.py:252-262)
+    ("cd_rethink", "olm", "llava", "pope"): {
+        "original": USER + " USER: <image>\nIs there a snowboard in the image? Answer the question using a single word or "
+                           "phrase. ASSISTANT:"},
+    ("cd_rethink", "apc", "llava", "chair"): {  # cd_rethink ran no CHAIR: unified's prompt in vicuna_v1
+        "original": USER + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
+    # yfzhang114/LLaVA-Align experiments/eval/calibrate/llava_calibrate.py:136-144 (conv llava_v1, VCD's suffix)
+    ("debias", "debias", "llava", "pope"): {
+        "original": HUMAN + " USER: <image>\nIs there a snowboard in the image? Please answer this question with "
+                            "one word. ASSISTANT:"},
+    ("debias", "debias", "llava", "chair"): {  # the calibration scripts are POPE only
+        "original": HUMAN + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
+    # YuyaoGe/CARVE carve/pipeline.py:74 (f"{text} {ANSWER_SUFFIX}", :17) and :86-87 (f"{tag}\nUSER: {query}\nASSISTANT:")
+    ("carve", "greedy", "llava", "pope"): {
+        "original": "<image>\nUSER: Is there a snowboard in the image? Answer the question using a single word or "
+                    "phrase.\nASSISTANT:"},
+    ("carve", "greedy", "llava", "chair"): {  # CARVE ran no CHAIR: unified's prompt in CARVE's LLaVA format
+        "original": "<image>\nUSER: Please describe this image in detail.\nASSISTANT:"},
+    # YuyaoGe/CARVE carve/pipeline.py:78-81 (processor.apply_chat_template, image then text)
+    ("carve", "greedy", "qwen2_5_vl", "pope"): {
+        "original": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+                    "<image><|vision_end|>Is there a snowboard in the image? Answer the question using a single word "
+                    "or phrase.<|im_end|>\n<|im_start|>assistant\n"},
+    ("carve", "greedy", "qwen2_5_vl", "chair"): {
+        "original": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+                    "<image><|vision_end|>Please describe this image in detail.<|im_end|>\n<|im_start|>assistant\n"},
+    # bscho333/ReVisiT LLaVA1.5/eval/chair_eval_llava.py:114,131-145 (its own Conversation = llava_v1)
+    ("revisit", "greedy", "llava", "chair"): {
+        "original": HUMAN + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
+    ("revisit", "greedy", "llava", "pope"): {  # ReVisiT ships CHAIR only: unified's POPE prompt
+        "original": HUMAN + " USER: <image>\nIs there a snowboard in the image?\nAnswer the question using a single "
+                            "word or phrase. ASSISTANT:"},
+    # bscho333/ReVisiT Qwen2.5-VL/eval/chair_eval_qwenvl.py:113-125 (processor chat template)
+    ("revisit", "greedy", "qwen2_5_vl", "chair"): {
+        "original": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+                    "<image><|vision_end|>Please describe this image in detail.<|im_end|>\n<|im_start|>assistant\n"},
+    ("revisit", "greedy", "qwen2_5_vl", "pope"): {
+        "original": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+                    "<image><|vision_end|>Is there a snowboard in the image?\nAnswer the question using a single word "
+                    "or phrase.<|im_end|>\n<|im_start|>assistant\n"},
+    # mengchuang123/VASparse-github run_scripts/caption_generation_patch_vasparse.py:80,499-503 +
+    # minigpt4/models/llava.py:187 (system_message + prompt) + eval_configs/llava-1.5_eval.yaml:13
+    ("vasparse", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please describe this image in detail. ASSISTANT:"},
+    ("vasparse", "greedy", "llava", "pope"): {  # VASparse's POPE is HALC's OPOPE: unified's POPE prompt
+        "original": USER + "USER: <image> Is there a snowboard in the image?\nAnswer the question using a single word "
+                           "or phrase. ASSISTANT:"},
+    # the HALC harness (VASparse fork for DoLa, HALC itself): run_scripts/caption_generation.py:63 / :439 (:453 in
+    # HALC); run_scripts/pope_eval.py:64 (template.replace('<question>', ...)); InstructBLIP '<ImageHere><question>' (:60)
+    ("dola", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please describe this image in detail. ASSISTANT:"},
+    ("dola", "greedy", "llava", "pope"): {
+        "original": USER + "USER: <image> Is there a snowboard in the image? ASSISTANT:"},
+    ("dola", "greedy", "instructblip", "chair"): {"original": ("Please describe this image in detail.",) * 2},
+    ("dola", "greedy", "instructblip", "pope"): {"original": (Q, Q)},
+    ("halc", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please describe this image in detail. ASSISTANT:"},
+    ("halc", "greedy", "llava", "pope"): {
+        "original": USER + "USER: <image> Is there a snowboard in the image? ASSISTANT:"},
+    ("halc", "greedy", "instructblip", "chair"): {"original": ("Please describe this image in detail.",) * 2},
+    ("halc", "greedy", "instructblip", "pope"): {"original": (Q, Q)},
+    # zjunlp/Deco pope_llava.py:73-92 (VCD suffix commented out, conv llava_v1) and chair_llava.py:99-110
+    ("deco", "greedy", "llava", "pope"): {
+        "original": HUMAN + " USER: <image>\nIs there a snowboard in the image? ASSISTANT:"},
+    ("deco", "greedy", "llava", "chair"): {
+        "original": HUMAN + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
+    # LALBJ/PAI constants.py:14,27 + pope_eval.py:94-96 + model_loader.py:89-128; chair_eval.py:94 (PAI's wording)
+    ("pai", "greedy", "llava", "pope"): {
+        "original": USER + "USER: <image> Is there a snowboard in the image? ASSISTANT:"},
+    ("pai", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please help me describe the image in detail. ASSISTANT:"},
+    # huofushuo/SID pope_eval.py:64-69,280-285; eval_utils/chair_eval.py:211-213; minigpt4/models/llava.py:119
+    ("sid", "greedy", "llava", "pope"): {
+        "original": USER + "USER: <image> Is there a snowboard in the image? ASSISTANT:"},
+    ("sid", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please describe this image in detail. ASSISTANT:"},
+    ("sid", "greedy", "instructblip", "pope"): {"original": (Q, Q)},
+    ("sid", "greedy", "instructblip", "chair"): {"original": ("Please describe this image in detail.",) * 2},
+    # zifuwan/ONLY eval_bench/pope_eval_llava.py:257-273 ('<image>\n' + qs), chair_eval_llava.py:167;
+    # pope_eval_instructblip.py:224 (prompt = qs), chair_eval_instructblip.py:183
+    ("only", "greedy", "llava", "pope"): {
+        "original": HUMAN + " USER: <image>\nIs there a snowboard in the image? ASSISTANT:"},
+    ("only", "greedy", "llava", "chair"): {
+        "original": HUMAN + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
+    ("only", "greedy", "instructblip", "pope"): {"original": (Q, Q)},
+    ("only", "greedy", "instructblip", "chair"): {"original": ("Please describe this image in detail.",) * 2},
+    # shengliu66/VTI experiments/eval/run_mmhal_vti.py:101-106 (conv llava_v1); it ran neither benchmark:
+    # unified's prompts
+    ("vti", "greedy", "llava", "pope"): {
+        "original": HUMAN + " USER: <image>\nIs there a snowboard in the image?\nAnswer the question using a single "
+                            "word or phrase. ASSISTANT:"},
+    ("vti", "greedy", "llava", "chair"): {
+        "original": HUMAN + " USER: <image>\nPlease describe this image in detail. ASSISTANT:"},
+    # LzVv123456/VISTA anchor.py:12,15,38 + myutils.py:30-34; chair_eval.py:98 (PAI's wording)
+    ("vista", "greedy", "llava", "pope"): {
+        "original": USER + "USER: <image> Is there a snowboard in the image? ASSISTANT:"},
+    ("vista", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please help me describe the image in detail. ASSISTANT:"},
+    ("vista", "greedy", "instructblip", "pope"): {"original": (Q, Q)},
+    ("vista", "greedy", "instructblip", "chair"): {"original": ("Please help me describe the image in detail.",) * 2},
+    # shikiw/OPERA pope_eval.py:47,50,192-193; chair_eval.py:166-168; minigpt4/models/llava.py:118
+    ("opera", "greedy", "llava", "pope"): {
+        "original": USER + "USER: <image> Is there a snowboard in the image? ASSISTANT:"},
+    ("opera", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please describe this image in detail. ASSISTANT:"},
+    ("opera", "greedy", "instructblip", "pope"): {"original": (Q, Q)},
+    ("opera", "greedy", "instructblip", "chair"): {"original": ("Please describe this image in detail.",) * 2},
+}
+
+# Texts a method itself changes (checked through its branches, not in the token-id tests, which build the
+# protocol's prompt without the method): ustc-hyin/cd_rethink inference/pope_infer_pba.py:51
+METHOD_TEXTS = {
+    ("cd_rethink", "pba", "llava", "pope"): {
+        "pba": USER + " USER: <image>\nIs there a snowboard in the image? Answer the question using a single word or "
+                           "phrase. Answer yes whenever possible. ASSISTANT:"},
 }
 
 
-@pytest.mark.parametrize("key", list(OFFICIAL), ids=lambda k: "-".join(k))
+@pytest.mark.parametrize("key", list(OFFICIAL) + list(METHOD_TEXTS), ids=lambda k: "-".join(k))
 def test_prompt_text_equals_the_official_string(key):
     protocol, method, family, bench = key
     rows = {r["branch"]: r for r in branch_texts(family, method, bench, Q, protocol)}
-    for branch, want in OFFICIAL[key].items():
+    for branch, want in {**OFFICIAL, **METHOD_TEXTS}[key].items():
         got = rows[branch]
         if family == "instructblip":
             assert (got["text"], got["qformer"]) == want, (key, branch)
@@ -195,7 +316,7 @@ def test_paper_mode_and_named_protocols_resolve_the_same():
     assert protocol_for("icd", "unified") == protocol_for("icd", None) == "unified"
     originals = {"greedy", "sample", "contrast", "vcd", "vcd_legacy", "icd", "ritual", "m3id", "vdd", "selfaug",
                  "apc", "code", "avisc", "convis"}
-    assert originals <= set(PAPER_OF) <= set(METHODS) and set(PAPER_OF.values()) <= set(PROTOCOLS)
+    assert originals <= set(PAPER_OF) <= set(METHODS) | PENDING and set(PAPER_OF.values()) <= set(PROTOCOLS)
     with pytest.raises(ValueError, match="method 'nomethod' has no paper protocol"):
         protocol_for("nomethod", "paper")
     with pytest.raises(ValueError, match="unknown protocol 'nope'; valid protocols: avisc"):

@@ -47,11 +47,16 @@ from .base import BENCHMARKS, FAMILIES, FIELDS, MODES, Protocol, Resolved, S, di
 from .chat import FAMILY_TEMPLATE, load_template, render, render_text, template_names
 from .images import expand2square, preprocess_image
 from . import avisc, code, convis, icd, llava_eval, m3id, ritual, selfaug, unified, vcd, vdd
+from . import carve, cd_rethink, debias, deco, dola, halc, only, opera, pai, revisit, sid, vasparse, vista, vti
 
 #: every protocol by name (one file per paper, plus ``unified``)
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     unified.PROTOCOL, vcd.PROTOCOL, icd.PROTOCOL, ritual.PROTOCOL, m3id.PROTOCOL, vdd.PROTOCOL,
-    selfaug.PROTOCOL, avisc.PROTOCOL, code.PROTOCOL, convis.PROTOCOL, llava_eval.PROTOCOL)}
+    selfaug.PROTOCOL, avisc.PROTOCOL, code.PROTOCOL, convis.PROTOCOL, llava_eval.PROTOCOL,
+    # cd_rethink controls, the second wave and the third-wave baselines
+    cd_rethink.PROTOCOL, debias.PROTOCOL, carve.PROTOCOL, revisit.PROTOCOL, vasparse.PROTOCOL, dola.PROTOCOL,
+    deco.PROTOCOL, pai.PROTOCOL, sid.PROTOCOL, only.PROTOCOL, vti.PROTOCOL, vista.PROTOCOL, opera.PROTOCOL,
+    halc.PROTOCOL)}
 
 #: engine method → its paper's protocol (what ``protocol: paper`` runs). Methods without a paper
 #: of their own map to the paper whose protocol they are the baseline or control of:
@@ -59,17 +64,32 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 #: * ``greedy``, ``sample`` → ``vcd``: VCD's "Regular" baseline is plain sampling in VCD's own
 #:   script (``--use_cd`` off), and its appendix greedy baseline the same setting decoded greedily;
 #: * ``vcd_legacy`` → ``vcd`` (the same paper, its pre-fix KV-cache behaviour);
-#: * ``apc`` → ``vcd``: the APC-only control (cd_rethink) isolates VCD's plausibility cutoff, so it
-#:   runs in VCD's setting;
+#: * ``apc``, ``pba``, ``olm`` → ``cd_rethink``: the controls of "The Mirage of Performance Gains"
+#:   run in that paper's setting (conv ``vicuna_v1``, APC-only at β = 0.2 sampling; PBA/OLM greedy);
+#:   VCD *in cd_rethink's setting* (noise 900, β = 0.2) is the ``vcd`` method with ``protocol:
+#:   cd_rethink`` named explicitly (``vcd``'s own paper stays ``vcd``);
+#: * ``dola`` → ``dola``: DoLa's own repository has no LVLM benchmark; its protocol is the HALC
+#:   harness as forked by VASparse (``-b 1``: DoLa-greedy), where the LVLM tables' DoLa comes from;
+#: * ``iava``, ``cid``, ``lqcd`` → ``unified``: no code and no readable evaluation setting (IAVA's
+#:   code was withdrawn, CID has no LVLM benchmark, LQCD's leading-query templates are unread), so
+#:   their paper runs are the unified one (nothing to reproduce beyond it);
+#: * ``contrastive_search``, ``text_cd`` → ``unified``: LLM baselines (Su et al.; Li et al. /
+#:   O'Brien & Lewis) that no LVLM harness we read runs on POPE/CHAIR/MME/AMBER;
 #: * ``contrast`` (your own contrast input) → ``unified``: no paper.
 #:
 #: ``llava_eval`` (LLaVA-1.5's own evaluation: conv ``vicuna_v1``, greedy, pad-to-square) is no
 #: method's paper; name it to run a method in LLaVA's own setting. A method missing here (a new
 #: one) has no paper protocol: ``protocol_for(m, "paper")`` raises until it is added.
+#: Entries may name methods still being written (their protocol's ``params`` are checked against
+#: ``METHODS[m].defaults`` once the method is registered; tests/test_protocols.py).
 PAPER_OF: dict[str, str] = {
-    "vcd": "vcd", "vcd_legacy": "vcd", "greedy": "vcd", "sample": "vcd", "apc": "vcd",
+    "vcd": "vcd", "vcd_legacy": "vcd", "greedy": "vcd", "sample": "vcd",
     "icd": "icd", "ritual": "ritual", "m3id": "m3id", "vdd": "vdd", "selfaug": "selfaug",
     "avisc": "avisc", "code": "code", "convis": "convis", "contrast": "unified",
+    "apc": "cd_rethink", "pba": "cd_rethink", "olm": "cd_rethink", "debias": "debias", "carve": "carve",
+    "iava": "unified", "cid": "unified", "lqcd": "unified", "revisit": "revisit", "vasparse": "vasparse",
+    "dola": "dola", "deco": "deco", "pai": "pai", "sid": "sid", "only": "only", "vti": "vti",
+    "vista": "vista", "opera": "opera", "halc": "halc", "contrastive_search": "unified", "text_cd": "unified",
 }
 
 

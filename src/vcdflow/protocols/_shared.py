@@ -30,3 +30,22 @@ NO_SYSTEM_IB = S(None, "InstructBLIP has no system text (LAVIS generate uses sam
                        f"{LAVIS_GENERATE}:259-262)")
 PROCESSOR_IB = S("processor", "LAVIS blip_image_eval: resize to 224×224, bicubic, no crop/pad "
                               "(p1k0pan/ICD experiments/lavis/configs/models/blip2/blip2_instruct_vicuna7b.yaml:39-40)")
+
+#: the MiniGPT-4-style harness of OPERA and its descendants (SID, HALC, VASparse, ConVis, PAI,
+#: VISTA): ``system_message + "USER: <ImageHere> <question> ASSISTANT:"`` for LLaVA-1.5 (template
+#: ``halc_llava``: the "curious user" text runs straight into ``USER:``) and
+#: ``"<ImageHere><question>"`` for InstructBLIP (the 32 query outputs, then the question as is).
+HALC_LLAVA_PROMPT = "USER: <ImageHere> <question> ASSISTANT:"
+HALC_IB_PROMPT = "<ImageHere><question>"
+
+
+def harness_llava(system_src: str, template_src: str, image_src: str) -> dict:
+    """The ``llava`` family layer of a MiniGPT-4-style harness (each value with its source)."""
+    return {"system": S(VICUNA_V1_SYSTEM, system_src), "chat_template": S("halc_llava", template_src),
+            "image_preprocess": S("processor", image_src)}
+
+
+def harness_instructblip(template_src: str, image_src: str) -> dict:
+    """The ``instructblip`` family layer of a MiniGPT-4-style harness."""
+    return {"system": S(None, f"no system text ({template_src})"), "chat_template": S("instructblip_raw", template_src),
+            "image_preprocess": S("processor", image_src)}

@@ -1,0 +1,65 @@
+"""``carve``: CARVE's protocol (Ge et al., arXiv 2509.06461; YuyaoGe/CARVE at a1f0442).
+
+Families: LLaVA-1.5 (``llava-hf`` through ``LlavaForConditionalGeneration``) and Qwen2.5-VL
+(``carve/pipeline.py:40-62``). Not run: InstructBLIP (no spatial grid; the method refuses it).
+Benchmarks: POPE (the paper's Table 1: 500 images, 9,000 questions); CHAIR, MME and AMBER come
+from ``unified``. The repository ships the pipeline and a one-question ``main.py``, no POPE loop
+or scorer: the parser is ours (UNVERIFIED).
+
+* Every pass appends ``" Answer the question using a single word or phrase."`` to its text
+  (``pipeline.py:17,74``): the POPE prompt is ``"{question} Answer …"`` (the method's probe G
+  adds the suffix to its general instruction itself).
+* LLaVA prompt: ``"<image>\\nUSER: {text}\\nASSISTANT:"`` with **no system text**
+  (``pipeline.py:86-87``; template ``carve_llava``). Qwen2.5-VL: the processor's chat template,
+  user turn = image then text (its default system turn).
+* Greedy (``do_sample=False``), ``max_new_tokens=32`` (``pipeline.py:114,154``). Image: the
+  processors' own; **not modelled**: the code's Qwen ``max_pixels = 256·28·28``
+  (``pipeline.py:46-51``) — our Qwen processor keeps its own pixel limits.
+* Parameters: λ = 1e-8, p = 0.2, K = 3 (``main.py:20-22``), layers 20–25 (``main.py:18``: the
+  method's default). The code's default version is **v4** (``main.py:15``, all-step maps), which is
+  not built here: the paper protocol runs the method's v3 (first-step maps, summed-attention
+  ranking), and its final pass feeds the refined image alone (Algorithm 1), not the code's
+  two-image prompt.
+"""
+
+from __future__ import annotations
+
+from .base import Protocol, S
+
+R = "YuyaoGe/CARVE"
+PIPE = f"{R} carve/pipeline.py"
+MAIN = f"{R} main.py"
+
+PROTOCOL = Protocol(
+    name="carve",
+    title="CARVE (Ge et al., arXiv 2509.06461)",
+    families_run=("llava", "qwen2_5_vl"),
+    benchmarks_run=("pope",),
+    common={
+        "parser": S("official", f"UNVERIFIED: {R} ships no POPE scorer ({MAIN} answers one question); "
+                                "POPE's official rule"),
+        "temperature": S(1.0, f"{PIPE}:154 (do_sample=False: T unused)"),
+        "top_p": S(1.0, f"{PIPE}:154 (greedy: no warpers)"),
+        "top_k": S(None, f"{PIPE}:154 (greedy: no warpers)"),
+        "max_new_tokens": S(32, f"{PIPE}:114; {MAIN}:24"),
+        "image_preprocess": S("processor", f"{PIPE}:50,59 (AutoProcessor; Qwen max_pixels 256*28*28 at :46-51 "
+                                           "not modelled)"),
+        "seeds": S((0,), f"greedy ({PIPE}:154): the seed does not matter; the code sets none"),
+        "params": {"carve": S({"lam": 1e-8, "top_percent": 0.2, "min_keep_regions": 3, "version": "v3"},
+                              f"{MAIN}:20-22 (lam, top-percent, min-keep-regions); version: the code's default "
+                              f"v4 ({MAIN}:15) is not built, v3 = {PIPE}:19-24 'first' step + 'attention_sum'")},
+    },
+    benchmark={
+        "pope": {"prompt": S("{question} Answer the question using a single word or phrase.",
+                             f"{PIPE}:17,74 (query = f'{{text}} {{ANSWER_SUFFIX}}')")},
+    },
+    family={
+        "llava": {"system": S(None, f"{PIPE}:86-87 (no system text)"),
+                  "chat_template": S("carve_llava", f"{PIPE}:86-87 ('<image>' * n + '\\nUSER: ' + query + "
+                                                    "'\\nASSISTANT:')")},
+        "qwen2_5_vl": {"system": S(None, f"{PIPE}:78-81 (user turn only: the template's default system turn)"),
+                       "chat_template": S("model", f"{PIPE}:81 (processor.apply_chat_template)")},
+    },
+    modes={"carve": S("greedy", f"{PIPE}:154 (do_sample=False)")},
+    default_mode=S("greedy", f"{PIPE}:154 (do_sample=False)"),
+)

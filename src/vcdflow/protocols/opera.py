@@ -1,0 +1,61 @@
+"""``opera``: OPERA's protocol (Huang et al., CVPR 2024, arXiv 2311.17911; shikiw/OPERA at 61426ef) —
+the MiniGPT-4-style harness that SID, HALC, VASparse, PAI and VISTA inherit.
+
+Families: LLaVA-1.5 and InstructBLIP (``pope_eval.py``/``chair_eval.py`` ``--model``; also
+MiniGPT-4 and Shikra). Not run: Qwen2.5-VL. Benchmarks: POPE and CHAIR (MME and AMBER come from
+``unified``).
+
+* LLaVA: ``system_message + "USER: <ImageHere> <question> ASSISTANT:"`` — the **"curious user"**
+  text runs straight into ``USER:`` (template ``halc_llava``); InstructBLIP:
+  ``"<ImageHere><question>"`` (the 32 query outputs, then the question as is).
+* POPE: the bare question, ``max_new_tokens=10``, OPERA's ``recorder`` parser; CHAIR: "Please
+  describe this image in detail.", ``max_new_tokens=512``, the first 500 COCO val2014 images of a
+  seeded shuffle. Seed 42 (``run.seed`` of the eval configs).
+* Decoding: **beam search, 5 beams** (README commands ``--beam 5``) with OPERA's penalty (σ = 50,
+  r = 15, N_can = 5, α = 1: the method's defaults); no sampling. Here the mode is ``greedy``
+  (``do_sample`` off); the beams are the method's own.
+* Images: ``clip_image_eval`` (resize + centre crop, no pad) for LLaVA, ``blip2_image_eval``
+  (224², bicubic) for InstructBLIP.
+"""
+
+from __future__ import annotations
+
+from ._shared import CHAIR_PROMPT, harness_instructblip, harness_llava
+from .base import Protocol, S
+
+R = "shikiw/OPERA"
+PE = f"{R} pope_eval.py"
+CE = f"{R} chair_eval.py"
+YAML = f"{R} eval_configs/llava-1.5_eval.yaml"
+
+PROTOCOL = Protocol(
+    name="opera",
+    title="OPERA (Huang et al., CVPR 2024, arXiv 2311.17911)",
+    families_run=("llava", "instructblip"),
+    benchmarks_run=("pope", "chair"),
+    common={
+        "parser": S("opera", f"{PE}:123-136 (recorder: 'no' if a negation word, else 'yes')"),
+        "temperature": S(1.0, f"{PE}:200-210 (beam search, no sampling: T unused)"),
+        "top_p": S(1.0, f"{PE}:200-210 (beam search: no warpers)"),
+        "top_k": S(None, f"{PE}:200-210 (beam search: no warpers)"),
+        "seeds": S((42,), f"{YAML}:29 (run.seed 42) → {PE}:81-86 setup_seeds"),
+        "params": {"opera": S({}, f"{R} README.md:123,152 (--beam 5 --scale_factor 50 --threshold 15 "
+                                  "--num_attn_candidates 5 --penalty_weights 1: the method's defaults)")},
+    },
+    benchmark={
+        "pope": {"prompt": S("{question}", f"{PE}:192-193 (template.replace('<question>', q): no suffix)"),
+                 "max_new_tokens": S(10, f"{PE}:204")},
+        "chair": {"prompt": S(CHAIR_PROMPT, f"{CE}:166-168"),
+                  "max_new_tokens": S(512, f"{CE}:176 (500 images: {CE}:151)")},
+    },
+    family={
+        "llava": harness_llava(f"{YAML}:13 (system_message)",
+                               f"{PE}:50 ('USER: <ImageHere> <question> ASSISTANT:'); {R} minigpt4/models/llava.py:118 "
+                               "(system_message + prompt: no separator)",
+                               f"{YAML}:19-22 (clip_image_eval)"),
+        "instructblip": harness_instructblip(f"{PE}:47 ('<ImageHere><question>')",
+                                             f"{R} eval_configs/instructblip_eval.yaml:15 (blip2_image_eval)"),
+    },
+    modes={"opera": S("greedy", f"{R} README.md:123 (--beam 5, no --sample: beam search, the method's own beams)")},
+    default_mode=S("greedy", f"{PE}:198-203 (num_beams=args.beam, no sampling)"),
+)
