@@ -189,3 +189,109 @@ def ref_vti(vlm, req, directions: dict, params=None, *, do_sample=False, tempera
             if not _pick(scores, res, do_sample, temperature, top_k, top_p, gs, eos):
                 break
     return res
+
+
+# --- VTI's fit, literally (vti_utils/pca.py, vti_utils/utils.py) ------------------------------------
+def svd_flip(u, v):
+    max_abs_cols = torch.argmax(torch.abs(u), 1)
+    max_abs_cols = max_abs_cols.unsqueeze(-1)
+    signs = torch.sign(torch.gather(u, 1, max_abs_cols))
+    u *= signs
+    v *= signs.view(v.shape[0], -1, 1)
+    return u, v
+
+
+class PCA:
+    """``vti_utils/pca.py`` (fit only)."""
+
+    def __init__(self, n_components):
+        self.n_components = n_components
+
+    def fit(self, X):
+        if X.ndim == 2:
+            n, d = X.size()
+            X = X.unsqueeze(0)
+        elif X.ndim == 3:
+            _, n, d = X.size()
+        d = min(self.n_components, d)
+        self.mean_ = X.mean(1, keepdim=True)
+        Z = X - self.mean_
+        U, S, Vh = torch.linalg.svd(Z, full_matrices=False)
+        U, Vt = svd_flip(U, Vh)
+        self.components_ = Vt[:, :d]
+        return self
+
+
+def mask_patches_ref(tensor, indices, patch_size=14):
+    new_tensor = tensor.clone()
+    mean_values = tensor.mean(dim=(1, 2), keepdim=True)
+    patches_per_row = tensor.shape[2] // patch_size
+    for index in indices:
+        row = index // patches_per_row
+        col = index % patches_per_row
+        start_x = col * patch_size
+        start_y = row * patch_size
+        new_tensor[:, start_y:start_y + patch_size, start_x:start_x + patch_size] = mean_values.expand(
+            -1, patch_size, patch_size)
+    return new_tensor
+
+
+def _tower(vlm):
+    return vlm.model.vision_model if vlm.family == "instructblip" else vlm.model.model.vision_tower
+
+
+@torch.inference_mode()
+def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_image, system=None, vision=True):
+    """obtain_visual_vti then (with the visual intervention installed) obtain_textual_vti, on the
+    given (already selected) demos; ``image_tensor`` from the processor, ``input_ids`` from the
+    template + question + caption (``conv.get_prompt() + value``)."""
+    import os
+
+    from PIL import Image
+
+    proc = vlm.processor
+    patch = getattr(vlm.model.config.vision_config, "patch_size", 14)
+    g = torch.Generator().manual_seed(seed)
+    images, texts = [], []
+    for d in demos:
+        raw = Image.open(os.path.join(image_dir, d["image"])).convert("RGB")
+        base = vlm.adapter.build_text(d["question"], True, system)
+        pos = proc(text=[base + d["value"]], images=[raw], return_tensors="pt")
+        neg = proc(text=[base + d["h_value"]], images=[raw], return_tensors="pt")
+        image_tensor = pos["pixel_values"][0]
+        trials = []
+        for _ in range(num_trials if vision else 0):
+            token_numbers = image_tensor.shape[-1] * image_tensor.shape[-2] / patch ** 2
+            mask_index = torch.randperm(int(token_numbers), generator=g)[:int(mask_ratio * token_numbers)]
+            trials.append(mask_patches_ref(image_tensor, mask_index.tolist(), patch_size=patch))
+        images.append([trials, image_tensor])
+        texts.append((neg, pos))
+    vdir = None
+    if vision:
+        tower = _tower(vlm)
+        h_all = []
+        for trials, clean in images:
+            hs = [tower(pixel_values=t.unsqueeze(0), output_hidden_states=True).hidden_states for t in trials]
+            masked = torch.cat([torch.stack([h[k] for h in hs]).mean(0) for k in range(len(hs[0]))], dim=0)
+            hc = tower(pixel_values=clean.unsqueeze(0), output_hidden_states=True).hidden_states
+            h_all.append((masked, torch.cat([h for h in hc], dim=0)))
+        n_layers, n_tokens, feat_dim = h_all[0][0].shape
+        fit_data = torch.stack([m.reshape(n_tokens, -1) - c.reshape(n_tokens, -1) for m, c in h_all], dim=1)
+        pca = PCA(n_components=1).fit(fit_data.float())
+        vdir = (pca.components_.sum(dim=1, keepdim=True) + pca.mean_).mean(1).view(n_layers, n_tokens, -1)[1:]
+    # textual, with the visual intervention on (run_mmhal_vti.py:67-72)
+    make = (lambda i: VTILayerRef(vdir[i], fit_alpha_image)) if vdir is not None and fit_alpha_image else (lambda i: None)
+    keep = ("input_ids", "pixel_values", "qformer_input_ids", "qformer_attention_mask", "image_grid_thw")
+    stack = wrapped_mlps(vision_layers_ref(vlm), make) if vdir is not None else contextlib.nullcontext()
+    with stack:
+        hs_all = []
+        for neg, pos in texts:
+            style = []
+            for enc in (neg, pos):
+                h = _forward_hidden(vlm, {k: enc[k] for k in keep if k in enc}, []).hidden_states
+                style.append(torch.cat([h[k][:, -1] for k in range(len(h))], dim=0))
+            hs_all.append(tuple(style))
+    fit = torch.stack([pos.view(-1) - neg.view(-1) for neg, pos in hs_all])
+    pca = PCA(n_components=1).fit(fit.float())
+    tdir = (pca.components_.sum(dim=1, keepdim=True) + pca.mean_).mean(0).view(*hs_all[0][0].shape)[1:]
+    return {"text": tdir, "vision": vdir}

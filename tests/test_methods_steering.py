@@ -195,3 +195,179 @@ def test_vista_bad_params(vlms):
         generate(vlm, REQS[:1], method="vista", params={"lam": -1}, max_new_tokens=2)
     with pytest.raises(ValueError, match="'layers'"):
         generate(vlm, REQS[:1], method="vista", params={"layers": [0, 7]}, max_new_tokens=2)
+
+
+# --- E15: VTI's fitted directions ------------------------------------------------------------------
+from reference_steering import PCA, mask_patches_ref, ref_fit_vti  # noqa: E402
+from vcdflow import steering_fit as SF  # noqa: E402
+
+
+def test_pca_direction_matches_official():
+    g = torch.Generator().manual_seed(1)
+    for shape in ((5, 12), (4, 6, 10)):
+        X = torch.randn(*shape, generator=g)
+        pca = PCA(1).fit(X.clone())
+        want = (pca.components_.sum(dim=1, keepdim=True) + pca.mean_).mean(0 if X.ndim == 2 else 1)
+        got = SF.pca_direction(X)
+        assert torch.allclose(got.reshape(want.shape), want, atol=1e-5), shape
+
+
+def test_mask_patches_matches_official():
+    img = torch.randn(3, 28, 42, generator=torch.Generator().manual_seed(2))
+    idx = [0, 4, 5]
+    got, want = SF.mask_patches(img, torch.tensor(idx), 14), mask_patches_ref(img, idx, 14)
+    assert torch.equal(got, want) and not torch.equal(got, img)
+
+
+WORDS = {"demo": ("a cup and a fork .", "a cup , a fork and a plate ."),
+         "other": ("a cup and a dog .", "a cup , a dog and a cat .")}
+
+
+@pytest.fixture(scope="module")
+def fit_sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vti_fit")
+    recs = {}
+    for key, (clean, hall) in WORDS.items():
+        rows = []
+        for k in range(4):
+            name = f"{key}_{k}.png"
+            image(20 + k, 64 + 8 * k, 64).save(d / name)
+            rows.append({"id": str(k), "image": name, "question": "describe this image in detail",
+                         "value": " " + clean if k % 2 else clean, "h_value": hall})
+        (d / f"{key}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        recs[key] = rows
+    return d, recs
+
+
+FIT = {"num_demos": 3, "num_trials": 3, "mask_ratio": 0.5, "seed": 5, "fit_alpha_image": 0.9}
+
+
+@pytest.fixture(scope="module")
+def fitted(vlms, fit_sets):
+    d, recs = fit_sets
+    out = {}
+    for fam in FAMILIES:
+        vlm = vlms[fam]
+        demos = SF.load_demos(d / ("demo.jsonl" if fam == "demo" else "other.jsonl"))
+        art = SF.fit_vti(vlm, demos, d, FIT, model_name=fam)
+        path = SF.save_directions(art, d / f"{fam}.pt")
+        out[fam] = (art, path, demos)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fit_vti_matches_reference(vlms, fit_sets, fitted, family):
+    """E15: the fitted directions = a literal port of obtain_visual_vti / obtain_textual_vti on HF
+    hidden_states (same demos, same mask draws), the textual fit run under the visual intervention;
+    Qwen2.5-VL: text only."""
+    d, _ = fit_sets
+    vlm = vlms[family]
+    art, path, demos = fitted[family]
+    chosen = SF.select_demos(demos, FIT["num_demos"], FIT["seed"])
+    import random
+    random.seed(FIT["seed"])
+    assert chosen == random.sample(demos, FIT["num_demos"])   # the official draw
+    ref = ref_fit_vti(vlm, chosen, d, FIT["num_trials"], FIT["mask_ratio"], FIT["seed"], FIT["fit_alpha_image"],
+                      vision=family != "qwen2_5_vl")
+    L, D = len(vlm.adapter.decoder_layers()), vlm.adapter.text_config.hidden_size
+    assert art["text"].shape == (L, D)
+    assert torch.allclose(art["text"], ref["text"], atol=1e-4), (art["text"] - ref["text"]).abs().max()
+    if family == "qwen2_5_vl":
+        assert art["vision"] is None and ref["vision"] is None
+    else:
+        assert art["vision"].shape == ref["vision"].shape
+        assert torch.allclose(art["vision"], ref["vision"], atol=1e-4), (art["vision"] - ref["vision"]).abs().max()
+    loaded = SF.load_directions(path)
+    assert torch.equal(loaded["text"], art["text"]) and loaded["meta"]["fit_key"] == art["meta"]["fit_key"]
+    assert loaded["meta"]["demo_ids"] == [r["id"] for r in chosen]
+
+
+def test_fit_key_and_config():
+    a = SF.fit_key("m", SF.fit_config({"num_demos": 3}), "x")
+    assert a == SF.fit_key("m", SF.fit_config({"num_demos": 3}), "x") and len(a) == 12
+    assert a != SF.fit_key("m", SF.fit_config({"num_demos": 4}), "x") != SF.fit_key("m2", SF.fit_config({"num_demos": 3}), "x")
+    with pytest.raises(ValueError, match="'num_demo'"):
+        SF.fit_config({"num_demo": 3})
+    with pytest.raises(ValueError, match="num_demos=9"):
+        SF.select_demos([{}] * 3, 9, 0)
+
+
+def test_demo_fit_set(tmp_path):
+    """Clean = canonical caption of the objects; hallucinated = + the most frequent absent
+    same-group categories."""
+    inst = {"categories": [{"id": 1, "name": "cup"}, {"id": 2, "name": "plate"}, {"id": 3, "name": "fork"},
+                           {"id": 4, "name": "apple"}, {"id": 9, "name": "dog"}],
+            "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}, {"id": 3, "file_name": "c.png"}],
+            "annotations": [{"image_id": 1, "category_id": 3}, {"image_id": 1, "category_id": 9},
+                            {"image_id": 2, "category_id": 2}, {"image_id": 2, "category_id": 3},
+                            {"image_id": 3, "category_id": 2}]}
+    p = tmp_path / "inst.json"
+    p.write_text(json.dumps(inst))
+    recs = SF.demo_fit_set(p, n_co=2)
+    assert recs[0]["image"] == "a.png" and recs[0]["value"] == "a fork and a dog ."
+    # image 2 (kitchen): its absent kitchen categories by frequency (cup and apple: never seen), then name
+    assert recs[1]["value"] == "a plate and a fork ." and recs[1]["co_objects"] == ["apple", "cup"]
+    assert recs[1]["h_value"] == "a cup , a plate , a fork and an apple ."
+    assert len(SF.demo_fit_set(p, n=1)) == 1
+
+
+# --- vti ---------------------------------------------------------------------------------------------
+VTI_CASES = [(f, p) for f in ("llava", "instructblip", "demo") for p in ("both", "text")] + [("qwen2_5_vl", "text")]
+
+
+@pytest.mark.parametrize("family,variant", VTI_CASES)
+def test_vti_greedy_matches_reference(vlms, fitted, family, variant):
+    vlm = vlms[family]
+    art, path, _ = fitted[family]
+    params = {"directions": str(path), "alpha_image": 3.0 if variant == "both" else 0.0, "alpha_text": 3.0}
+    free = generate(vlm, REQS[:1], method="vti", params=params, max_new_tokens=N_NEW, eos_token_id=[])[0]
+    eos = [free.token_ids[2]]
+    for share in (True, False):
+        outs = generate(vlm, REQS, method="vti", params=params, max_new_tokens=N_NEW, eos_token_id=eos,
+                        batch_size=16, share_prefix=share)
+        assert outs[0].meta["finish_reason"] == "eos"
+        for i, (r, o) in enumerate(zip(REQS, outs)):
+            assert o.error is None, o.error
+            ref = ref_vti(vlm, r, art, params, max_new_tokens=N_NEW, eos=eos, index=i)
+            assert_same_as_reference(o, ref, eos, f"vti/{family}/{variant}/{r.item_id}")
+
+
+def test_vti_steering_changes_the_output(vlms, fitted):
+    """α = 0 is greedy; the textual and the visual part each change the greedy output."""
+    vlm = vlms["llava"]
+    path = str(fitted["llava"][1])
+    g = generate(vlm, REQS, method="greedy", max_new_tokens=N_NEW, eos_token_id=[])
+    zero = generate(vlm, REQS, method="vti", params={"directions": path, "alpha_image": 0.0, "alpha_text": 0.0},
+                    max_new_tokens=N_NEW, eos_token_id=[])
+    assert [o.token_ids for o in g] == [o.token_ids for o in zero]
+    for a in ({"alpha_image": 0.0, "alpha_text": 8.0}, {"alpha_image": 8.0, "alpha_text": 0.0}):
+        o = generate(vlm, REQS, method="vti", params={"directions": path, **a}, max_new_tokens=N_NEW, eos_token_id=[])
+        assert [x.token_ids for x in o] != [x.token_ids for x in g], a
+
+
+def test_vti_sampling_seed_and_batch(vlms, fitted):
+    vlm = vlms["demo"]
+    art, path, _ = fitted["demo"]
+    reqs = REQS * 6
+    kw = dict(method="vti", params={"directions": str(path)}, do_sample=True, max_new_tokens=N_NEW, eos_token_id=[])
+    a = generate(vlm, reqs, seed=3, batch_size=16, **kw)
+    b = generate(vlm, reqs, seed=3, batch_size=1, **kw)
+    c = generate(vlm, reqs, seed=4, batch_size=16, **kw)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert [o.token_ids for o in a] != [o.token_ids for o in c]
+    ref = ref_vti(vlm, REQS[0], art, {"directions": str(path)}, do_sample=True, max_new_tokens=N_NEW, seed=3, index=0)
+    assert a[0].token_ids == ref.tokens
+
+
+def test_vti_bad_input(vlms, fitted, tmp_path):
+    kw = dict(method="vti", max_new_tokens=2)
+    with pytest.raises(ValueError, match="'directions'"):
+        generate(vlms["llava"], REQS[:1], **kw)
+    with pytest.raises(ValueError, match="does not exist"):
+        generate(vlms["llava"], REQS[:1], params={"directions": str(tmp_path / "nope.pt")}, **kw)
+    with pytest.raises(ValueError, match="qwen2_5_vl"):
+        generate(vlms["qwen2_5_vl"], REQS[:1], params={"directions": str(fitted["qwen2_5_vl"][1])}, **kw)
+    with pytest.raises(ValueError, match="decoder layers"):   # the demo model's artefact on tiny LLaVA
+        generate(vlms["llava"], REQS[:1], params={"directions": str(fitted["demo"][1])}, **kw)
+    with pytest.raises(ValueError, match="'alpha_text'"):
+        generate(vlms["llava"], REQS[:1], params={"directions": "x", "alpha_text": -1}, **kw)

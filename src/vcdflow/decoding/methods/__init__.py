@@ -32,6 +32,7 @@ from .vcd import VCD
 from .vcd_legacy import VCDLegacy
 from .vdd import VDD
 from .vista import VISTA
+from .vti import VTI
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Greedy(), Sample(), Contrast(), VCD(), VCDLegacy(), ICD(), Ritual(), M3ID(), VDD(), SelfAug(), APC(),
@@ -41,7 +42,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # layer contrasts: early exits / vision-token states (methods-3 §1.2, §1.5; methods-2 §1.4)
     DoLa(), DeCo(), ReVisiT(),
     # steering (methods-3 §1.7, §1.4)
-    VISTA(),
+    VISTA(), VTI(),
     # HALC (methods-3 §1.8)
     HALC(),
     # attention methods (H2: methods-3 §1.3, §1.6, §1.9)

@@ -1,0 +1,325 @@
+"""VTI's offline fitted steering directions (engine capability E15; ``methods-3.md`` §1.4).
+
+Liu, Ye, Zou, "Reducing Hallucinations in Vision-Language Models via Latent Space Steering",
+ICLR 2025; official code ``shengliu66/VTI@bb5dfee`` (cited ``file:line`` below).
+
+**Fit set.** Records ``{"image", "question", "value", "h_value", ...}``: an image, the question
+"Describe this image in detail.", a clean caption ``value`` and the same caption with
+co-occurring objects inserted ``h_value`` (the official
+``experiments/data/hallucination_vti_demos.jsonl``: 100 COCO **train2014** images).
+``num_demos`` of them are drawn with ``random.Random(seed).sample`` (the official
+``random.sample`` after ``set_seed(42)``, ``vti_utils/utils.py:160``, ``run_mmhal_vti.py:167``:
+the same draw). For the demo model, :func:`demo_fit_set` builds such records from the demo
+world's **train** split (clean = the canonical caption; hallucinated = the canonical caption of the
+objects plus the image's most frequent absent same-group categories).
+
+**Visual direction** (``obtain_visual_vti``, ``utils.py:257-325``): for each demo image,
+``num_trials`` copies with ``int(mask_ratio · N)`` of its N patches (the tower's patch size;
+official 14 px) set to the image's per-channel mean in the processor's normalised space
+(``mask_patches``, ``utils.py:46-81``; ``get_demos`` ``:170-177``); the vision tower's hidden
+states (all layers + the embedding entry, every token incl. CLS) are averaged over the copies and
+the clean image's are subtracted: ``Δ = mean(masked) − clean``. Per demo ``Δ`` is
+``[L_v + 1, T, D]``, **reshaped** (not permuted) to ``[T, (L_v + 1)·D]`` as the code does
+(``:318``); a rank-1 PCA runs per row of that matrix across the demos (``:321-323``) and the
+direction = mean + first principal axis, viewed back to ``[L_v + 1, T, D]``; the embedding entry
+is dropped (``run_mmhal_vti.py:65``) → ``[L_v, T, D]``. (The mean part round-trips exactly; the
+PCA part is computed on the scrambled rows, as in the code.)
+
+**Textual direction** (``obtain_textual_vti``, ``utils.py:184-230``): for each demo, the LVLM's
+last-token hidden states (HF ``hidden_states``: embedding, decoder layers 0…L−2, the final-normed
+last layer) on (clean image, template + question + caption) for the clean and the hallucinated
+caption (``get_prompts`` ``:84-148``: ``conv.get_prompt() + value``, no space);
+``Δ = h(value) − h(h_value)`` flattened, rank-1 PCA across the demos, direction = mean + first
+axis viewed to ``[L + 1, D]``, embedding entry dropped (``run_mmhal_vti.py:75``) → ``[L, D]``.
+The official fits the textual direction **with the visual intervention already installed**
+(``run_mmhal_vti.py:60-78``: ``add_vti_layers`` on the tower before ``obtain_textual_vti``) when
+``alpha_image ≠ 0``: ``fit_alpha_image`` (default 0.9, the README's ``alpha_image``) does that
+here; 0 fits it without.
+
+PCA: the official ``vti_utils/pca.py`` (centre, ``torch.linalg.svd``, sign of each component from
+the largest-|u| entry of the first left singular vector, ``svd_flip``) in float32.
+
+Divergences: the official runs fp16 on a GPU and draws its masks from torch's global generator
+after model loading (which may consume draws: **UNVERIFIED** parity of the masks); here a
+dedicated generator seeded with ``seed``. Qwen2.5-VL: no visual direction (dynamic resolution:
+no fixed token count; ``vision=False`` is forced, the method runs text-only).
+
+The artefact (:func:`save_directions`) is a ``torch.save`` dict ``{"text": [L, D],
+"vision": [L_v, T, D] | None, "meta": {...}}``, keyed by model + :func:`fit_key` (the fit config
+and the fit set's digest) in the workflow (``workflow/rules/vti.smk``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+#: fit settings: README (MMHal run) num_demos 70, mask_ratio 0.99, num_trials 50, seed 42;
+#: argparse defaults differ (num_demos 50, alpha_image 0): run_mmhal_vti.py:156-164
+FIT_DEFAULTS: dict[str, Any] = {
+    "num_demos": 70, "num_trials": 50, "mask_ratio": 0.99, "seed": 42, "fit_alpha_image": 0.9,
+    "vision": True, "text": True, "chat_template": None, "system": None,
+}
+
+OFFICIAL_QUESTION = "Describe this image in detail."
+
+
+def fit_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """FIT_DEFAULTS overlaid with ``overrides``; unknown keys raise naming them."""
+    cfg = dict(FIT_DEFAULTS)
+    bad = sorted(set(overrides or {}) - set(cfg))
+    if bad:
+        raise ValueError(f"unknown VTI fit setting{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
+                         f"valid: {', '.join(sorted(cfg))}")
+    cfg.update(overrides or {})
+    if not 0 <= float(cfg["mask_ratio"]) <= 1:
+        raise ValueError(f"VTI fit setting 'mask_ratio' must be in [0, 1], got {cfg['mask_ratio']!r}")
+    for k in ("num_demos", "num_trials"):
+        if int(cfg[k]) < 1:
+            raise ValueError(f"VTI fit setting {k!r} must be >= 1, got {cfg[k]!r}")
+    return cfg
+
+
+def fit_key(model: str, cfg: Mapping[str, Any], demos_digest: str = "") -> str:
+    """12 hex digits identifying (model, fit config, fit-set digest)."""
+    blob = json.dumps({"model": str(model), "fit": dict(cfg), "demos": demos_digest}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --- fit sets --------------------------------------------------------------------------------------
+def load_demos(path: str | Path) -> list[dict]:
+    """The fit records of a JSON-lines file (the official ``hallucination_vti_demos.jsonl`` format);
+    each needs ``image``, ``value`` and ``h_value`` (``question`` defaults to the official one)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            missing = [k for k in ("image", "value", "h_value") if k not in rec]
+            if missing:
+                raise ValueError(f"{path}:{n}: VTI fit record lacks {', '.join(missing)}")
+            rec.setdefault("question", OFFICIAL_QUESTION)
+            out.append(rec)
+    return out
+
+
+def select_demos(demos: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """``random.sample(demos, n)`` after ``random.seed(seed)`` — the official draw."""
+    if n > len(demos):
+        raise ValueError(f"VTI fit setting num_demos={n} exceeds the {len(demos)} fit records")
+    return random.Random(seed).sample(list(demos), n)
+
+
+def demo_fit_set(instances: str | Path, n: int | None = None, n_co: int = 2) -> list[dict]:
+    """Fit records from the demo world's (train) COCO instances: ``value`` = the canonical caption
+    of the image's objects, ``h_value`` = the canonical caption with the ``n_co`` most frequent
+    absent categories of the image's majority group added (``co_objects``), question = the
+    project's caption instruction. Images without an absent same-group category are skipped."""
+    from collections import Counter
+
+    from .data.demo_world import CAPTION_INSTRUCTION, CATEGORIES, GROUPS, captions_for
+
+    data = json.loads(Path(instances).read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    by_img: dict[int, list[str]] = {}
+    for a in data["annotations"]:
+        by_img.setdefault(a["image_id"], []).append(names[a["category_id"]])
+    freq = Counter(n_ for objs in by_img.values() for n_ in set(objs))
+    group_of = {c.name: c.group for c in CATEGORIES}
+    out = []
+    for img in sorted(data["images"], key=lambda r: r["id"]):
+        objs = sorted(set(by_img.get(img["id"], [])))
+        if not objs:
+            continue
+        group = Counter(group_of[o] for o in objs).most_common(1)[0][0]
+        absent = sorted((c for c in GROUPS[group] if c not in objs), key=lambda c: (-freq[c], c))[:n_co]
+        if not absent:
+            continue
+        out.append({"id": str(img["id"]), "image": img["file_name"], "question": CAPTION_INSTRUCTION,
+                    "value": captions_for(objs)[0], "h_value": captions_for(objs + absent)[0],
+                    "co_objects": absent})
+        if n is not None and len(out) >= n:
+            break
+    return out
+
+
+# --- the official pieces ---------------------------------------------------------------------------
+def mask_patches(img: torch.Tensor, indices, patch: int) -> torch.Tensor:
+    """``img`` [C, H, W] with the listed patches set to the per-channel mean (``utils.py:46-81``)."""
+    out = img.clone()
+    mean = img.mean(dim=(1, 2), keepdim=True)
+    per_row = img.shape[2] // patch
+    for i in (indices.tolist() if torch.is_tensor(indices) else indices):
+        r, c = divmod(int(i), per_row)
+        out[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = mean.expand(-1, patch, patch)
+    return out
+
+
+def pca_direction(X: torch.Tensor) -> torch.Tensor:
+    """mean + first principal axis of ``X`` [n, F] (→ [F]) or per leading row of [B, n, F]
+    (→ [B, F]): the official ``PCA(n_components=1).fit`` and ``(components_.sum(1) + mean_)``
+    (``pca.py:24-39``, ``utils.py:228, 323``)."""
+    squeeze = X.ndim == 2
+    X = X.float().unsqueeze(0) if squeeze else X.float()
+    mean = X.mean(1, keepdim=True)
+    U, S, Vh = torch.linalg.svd(X - mean, full_matrices=False)
+    # svd_flip (pca.py:6-17) for the first component: the sign of u's largest-|.| entry
+    idx = U[:, :, 0].abs().argmax(1)
+    sign = torch.sign(U[torch.arange(U.shape[0]), idx, 0])
+    comp = Vh[:, 0, :] * sign.unsqueeze(-1)
+    d = comp + mean[:, 0, :]
+    return d[0] if squeeze else d
+
+
+def patch_size(adapter) -> int:
+    vc = getattr(adapter.config, "vision_config", None)
+    p = getattr(vc, "patch_size", None)
+    if p is None:
+        raise ValueError(f"no vision patch size in the {adapter.family} config")
+    return int(p)
+
+
+def encode_full_text(adapter, text: str, image) -> Any:
+    """An :class:`~vcdflow.models.adapters.Encoded` of an already templated ``text`` + ``image``
+    through the processor (as ``adapter.encode`` does for a branch)."""
+    from .models.adapters import Encoded
+
+    out = adapter.processor(text=[text], images=[image], return_tensors="pt")
+    extras = {k: v for k, v in out.items()
+              if k not in ("input_ids", "attention_mask", "pixel_values") and isinstance(v, torch.Tensor)}
+    return Encoded(input_ids=out["input_ids"][0].long(), pixel_values=out["pixel_values"], extras=extras, text=text)
+
+
+def visual_direction(adapter, clean: Sequence[Any], num_trials: int, mask_ratio: float,
+                     gen: torch.Generator, chunk: int = 16) -> torch.Tensor:
+    """[L_v, T, D] from the encoded clean demo rows ``clean`` (``obtain_visual_vti``)."""
+    from .decoding.steering import vision_probe
+
+    p = patch_size(adapter)
+    deltas = []
+    for enc in clean:
+        img = enc.pixel_values[0].float()
+        n_tok = int(img.shape[-1] * img.shape[-2] / p ** 2)
+        masked = []
+        for _ in range(num_trials):
+            idx = torch.randperm(n_tok, generator=gen)[:int(mask_ratio * n_tok)]
+            masked.append(replace(enc, pixel_values=mask_patches(img, idx, p).unsqueeze(0).to(enc.pixel_values.dtype)))
+        h_masked = torch.stack(vision_probe(adapter, masked, chunk=chunk)).mean(0)   # [L_v+1, T, D]
+        h_clean = vision_probe(adapter, [enc])[0]
+        n_layers, n_tokens, _ = h_clean.shape
+        deltas.append(h_masked.reshape(n_tokens, -1) - h_clean.reshape(n_tokens, -1))
+    fit = torch.stack(deltas, dim=1)                       # [T, n_demos, (L_v+1)·D]
+    d = pca_direction(fit).view(n_layers, n_tokens, -1)
+    return d[1:]
+
+
+def textual_direction(adapter, pairs: Sequence[tuple[Any, Any]], chunk: int = 8) -> torch.Tensor:
+    """[L, D] from (clean-caption, hallucinated-caption) encoded rows (``obtain_textual_vti``)."""
+    from .decoding.steering import residual_probe
+
+    rows = [r for pr in pairs for r in pr]
+    outs = residual_probe(adapter, rows, chunk=chunk)
+    norm = adapter.final_norm()
+    emb = adapter.embed_tokens
+    hs = []
+    for r, o in zip(rows, outs):
+        with torch.inference_mode():
+            e = emb(r.input_ids[-1:].to(adapter.device)).float().cpu()              # hidden_states[0] at the last token
+            last = norm(o[-1:].to(adapter.device, adapter.dtype)).float().cpu()     # HF's normed final entry
+        hs.append(torch.cat([e, o[:-1], last]))                                     # [L+1, D]
+    deltas = [(hs[2 * k] - hs[2 * k + 1]).reshape(-1) for k in range(len(pairs))]
+    d = pca_direction(torch.stack(deltas)).view(hs[0].shape)
+    return d[1:]
+
+
+def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str, Any] | None = None,
+            model_name: str = "", demos_digest: str = "", progress=None) -> dict:
+    """Fit VTI's directions for ``vlm`` from the fit records ``demos`` (images under
+    ``image_dir``). Returns the artefact dict (see the module docstring)."""
+    from PIL import Image
+
+    from .decoding.steering import ActivationSteering
+
+    cfg = fit_config(cfg)
+    ad = vlm.adapter
+    fam = getattr(ad, "family", None)
+    do_vision = bool(cfg["vision"]) and fam != "qwen2_5_vl"
+    chosen = select_demos(demos, int(cfg["num_demos"]), int(cfg["seed"]))
+    prev_template = ad.chat_template
+    if cfg["chat_template"]:
+        ad.chat_template = cfg["chat_template"]
+    say = progress or (lambda msg: None)
+    try:
+        clean, pairs = [], []
+        for rec in chosen:
+            with Image.open(Path(image_dir) / rec["image"]) as im:
+                img = im.convert("RGB")
+            base = ad.build_text(rec.get("question", OFFICIAL_QUESTION), True, cfg["system"])
+            pos = encode_full_text(ad, base + rec["value"], img)
+            neg = encode_full_text(ad, base + rec["h_value"], img)
+            clean.append(pos)
+            pairs.append((pos, neg))
+        gen = torch.Generator().manual_seed(int(cfg["seed"]))
+        vision = None
+        if do_vision:
+            say(f"visual direction: {len(clean)} images x {cfg['num_trials']} masked copies")
+            with torch.inference_mode():
+                vision = visual_direction(ad, clean, int(cfg["num_trials"]), float(cfg["mask_ratio"]), gen)
+        text = None
+        if cfg["text"]:
+            say(f"textual direction: {len(pairs)} caption pairs")
+            hooks = None
+            if vision is not None and float(cfg["fit_alpha_image"]) != 0:
+                hooks = ActivationSteering(vision_vectors=dict(enumerate(vision)),
+                                           vision_lam=0.1 * float(cfg["fit_alpha_image"]))
+                hooks.start(ad, [], [])
+            try:
+                text = textual_direction(ad, pairs)
+            finally:
+                if hooks is not None:
+                    hooks.finish()
+    finally:
+        ad.chat_template = prev_template
+    meta = {"model": model_name, "family": fam, "fit": cfg, "fit_key": fit_key(model_name, cfg, demos_digest),
+            "demos_digest": demos_digest, "demo_ids": [str(r.get("id", r["image"])) for r in chosen],
+            "n_layers": len(ad.decoder_layers()), "hidden_size": int(ad.text_config.hidden_size),
+            "source": "shengliu66/VTI@bb5dfee vti_utils/utils.py obtain_visual_vti / obtain_textual_vti"}
+    return {"text": text, "vision": vision, "meta": meta}
+
+
+def save_directions(art: dict, path: str | Path) -> Path:
+    """Write the artefact atomically (a temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"text": art.get("text"), "vision": art.get("vision"), "meta": dict(art.get("meta") or {})}, tmp)
+    tmp.replace(path)
+    return path
+
+
+_CACHE: dict = {}
+
+
+def load_directions(path: str | Path) -> dict:
+    """The artefact at ``path`` (cached per path, size and mtime); ``ValueError`` naming the path
+    when it is missing or not a VTI artefact."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"VTI directions file {str(p)!r} does not exist (fit it with the workflow rule "
+                         f"fit_vti or vcdflow.steering_fit.fit_vti)")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CACHE:
+        art = torch.load(p, map_location="cpu", weights_only=True)
+        if not isinstance(art, dict) or "text" not in art or "vision" not in art:
+            raise ValueError(f"{str(p)!r} is not a VTI directions file (expected keys text, vision, meta)")
+        _CACHE.clear()
+        _CACHE[key] = art
+    return _CACHE[key]
