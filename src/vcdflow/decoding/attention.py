@@ -1,0 +1,324 @@
+"""Attention capabilities for methods that read or change the text decoder's attention (E3, E4,
+E5, E17, E20 of the method specs), built on the engine's hook seam (:mod:`vcdflow.decoding.hooks`).
+
+Route (E4): one attention function is registered with transformers' ``AttentionInterface`` (and
+an eager-style additive mask with ``AttentionMaskInterface``) under :data:`ATTN_NAME`; while a
+decode runs, only the **text decoder's** sub-model is switched to it
+(``adapter.text_model().set_attn_implementation``; its config is the text sub-config, so the
+vision tower / Q-Former keep their own implementation — :meth:`AttentionHooks.start` asserts
+it, and the dispatcher raises if any non-text attention module reaches it). Layers the method
+does not hook run transformers' own SDPA (or eager) function unchanged; hooked layers run a
+plain eager computation (scores = q·kᵀ·scale + mask → method transform → softmax (float32) →
+method observer → ·V), identical to transformers' ``eager_attention_forward``.
+
+Per forward, a pre-hook on the text model reads the 2-D attention mask the engine passes (left
+padding, the shared-prefix layout [prefix padding | prefix | suffix padding | suffix], columns
+cut on the left when rows retire) and builds, for every row and key column, ``valid`` (a real
+token), ``image`` (one of the row's prompt image placeholders — for InstructBLIP the Q-Former
+query outputs) and ``first`` (the row's first real token, e.g. BOS): the k-th real column of a
+row is its k-th token (prompt, then generated ids), whatever the padding layout. With the
+engine's left padding the **last query row** of every forward is each row's newest real token.
+
+* :class:`AttentionHooks` — subclass and override ``scores`` (E4: a transform of the
+  pre-softmax scores [R, H, Q, K], e.g. PAI's amplification; E5: additive −∞ key masks via
+  :func:`mask_keys`) and/or ``probs`` (post-softmax [R, H, Q, K] with V: E3 capture, E17's side
+  stream, E20's selection). ``layers``: the layers that need the eager path.
+* :class:`AttentionCapture` — E3: the last query row's attention in chosen layers, head-mean or
+  per head; ``image_attention(layer)`` gives each row's weights over its image keys.
+* :class:`SideStream` — E17 (ONLY): an alternative attention output of the last query row at one
+  layer, carried to the last layer, merged there with the main stream's input, the last layer's
+  MLP, N_f and W_lm → ``side_logits`` [R, V] from the same forward.
+* E20 (SID) is ``scores``/``probs`` together: read layer a−1's probabilities, choose keys, mask
+  them in layers a…L−1 of the same forward (see ``methods/sid.py``).
+
+Batching: everything is per row of the current forward (``ctx.branch``/``ctx.request`` say whose
+row it is); state kept across forwards is re-indexed in ``select``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .hooks import DecodeHooks, Rows
+
+ATTN_NAME = "vcdflow_hooked"
+_ACTIVE: list = []          # stack of running AttentionHooks (innermost last)
+_REGISTERED: list = []
+
+
+def _register() -> None:
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_NAME, _dispatch)
+    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+    _REGISTERED.append(True)
+
+
+def _fallback(name: str):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    if name in (None, "eager"):
+        return eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def _repeat_kv(x: torch.Tensor, n: int) -> torch.Tensor:
+    if n == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n, t, d).reshape(b, h * n, t, d)
+
+
+def _dispatch(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    """The registered attention function: hooked text layers → :meth:`AttentionHooks.attend`;
+    other text layers → the model's own implementation."""
+    ctl = _ACTIVE[-1] if _ACTIVE else None
+    if ctl is None:
+        raise RuntimeError(f"attention implementation {ATTN_NAME!r} used outside a hooked decode")
+    layer = ctl._layer_of.get(id(module))
+    if layer is None:
+        raise RuntimeError(f"{type(module).__name__} is not a text decoder layer's attention: only the text model "
+                           f"may be routed through {ATTN_NAME!r} (the vision tower must stay untouched)")
+    if layer in ctl._hooked:
+        return ctl.attend(layer, module, query, key, value, attention_mask, scaling, dropout)
+    return ctl._orig_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+def eager_reference(module, query, key, value, attention_mask, scaling):
+    """transformers' eager attention, literally (for tests): (output [B, Q, H, d], probs)."""
+    groups = query.shape[1] // key.shape[1]
+    k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    w = torch.matmul(query, k.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        w = w + attention_mask[:, :, :, : k.shape[-2]]
+    w = torch.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(w, v).transpose(1, 2).contiguous(), w
+
+
+def mask_keys(scores: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """E5: additive −∞ on masked keys. ``masked`` is bool [R, K] (every head and query row),
+    [R, H, K] (per head) or [R, H, Q, K]; rows with nothing masked are unchanged."""
+    if masked.ndim == 2:
+        masked = masked[:, None, None, :]
+    elif masked.ndim == 3:
+        masked = masked[:, :, None, :]
+    return scores.masked_fill(masked.to(scores.device), float("-inf"))
+
+
+@dataclass
+class AttnContext:
+    """What the hooked layers know about the current forward: ``phase`` and ``rows``
+    (:class:`~vcdflow.decoding.hooks.Rows`), ``request``/``branch`` [R] (long), and per row and
+    key column ``valid``/``image``/``first`` [R, K] (bool); ``n_image`` [R] image keys per row."""
+
+    phase: str
+    rows: Rows
+    request: torch.Tensor
+    branch: torch.Tensor
+    valid: torch.Tensor
+    image: torch.Tensor
+    first: torch.Tensor
+
+    @property
+    def n_image(self) -> torch.Tensor:
+        return self.image.sum(-1)
+
+    def keys(self, K: int):
+        """(valid, image, first) for the last ``K`` key columns (the attention's key length)."""
+        return self.valid[:, -K:], self.image[:, -K:], self.first[:, -K:]
+
+
+class AttentionHooks(DecodeHooks):
+    """Base class of the attention capabilities. ``layers``: decoder-layer indices (negative from
+    the end) whose attention runs the eager path with :meth:`scores`/:meth:`probs`; ``None`` in
+    ``layers`` is not allowed. Subclasses call ``super().start``/``finish``."""
+
+    def __init__(self, layers: Sequence[int] = ()):
+        self.layers = list(layers)
+        self.ctx: AttnContext | None = None
+        self._handles: list = []
+        self._phase = "prefill"
+        self._rows: Rows | None = None
+
+    # --- method callbacks ----------------------------------------------------------------------
+    def scores(self, layer: int, s: torch.Tensor, ctx: AttnContext, module) -> torch.Tensor:
+        """E4: transform the scaled, masked pre-softmax scores [R, H, Q, K] of ``layer``."""
+        return s
+
+    def probs(self, layer: int, p: torch.Tensor, v: torch.Tensor, ctx: AttnContext, module) -> None:
+        """Observe the post-softmax probabilities [R, H, Q, K] and the (head-repeated) values
+        [R, H, K, d] of ``layer`` (E3 capture, E17 side stream, E20 selection)."""
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def start(self, adapter, seqs, tokens) -> None:
+        super().start(adapter, seqs, tokens)
+        _register()
+        mods = adapter.decoder_layers()
+        n = len(mods)
+        self.n_layers = n
+        hooked = set()
+        for l in self.layers:
+            idx = l if l >= 0 else n + l
+            if not 0 <= idx < n:
+                raise ValueError(f"layer {l} out of range: the model has {n} decoder layers")
+            hooked.add(idx)
+        self._hooked = hooked
+        self._layer_of = {id(m.self_attn): i for i, m in enumerate(mods)}
+        tm = adapter.text_model()
+        self._text_model = tm
+        self._prev_impl = tm.config._attn_implementation
+        self._orig_fn = _fallback(self._prev_impl)
+        others = self._other_configs(adapter)
+        before = [(c, c._attn_implementation) for c in others]
+        self._image_token_id = adapter.image_token_id
+        # the prompt ids of every (request, branch), for the key-column bookkeeping
+        self._prompt = {(r, b): e.input_ids for r, s in enumerate(seqs) for b, e in enumerate(s)}
+        tm.set_attn_implementation(ATTN_NAME)
+        _ACTIVE.append(self)
+        self._handles.append(tm.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
+        for c, impl in before:
+            if c._attn_implementation != impl:
+                raise AssertionError(f"switching the text model's attention changed a non-text sub-model "
+                                     f"({type(c).__name__}: {impl} -> {c._attn_implementation})")
+
+    def _other_configs(self, adapter) -> list:
+        """Sub-configs of the whole model other than the text model's (vision, Q-Former…)."""
+        text = self._text_model.config
+        out, seen, todo = [], {id(text)}, [adapter.model.config]
+        while todo:
+            c = todo.pop()
+            for k in getattr(c, "sub_configs", {}) or {}:
+                sc = getattr(c, k, None)
+                if sc is not None and id(sc) not in seen:
+                    seen.add(id(sc))
+                    out.append(sc)
+                    todo.append(sc)
+        return out
+
+    def before_forward(self, phase: str, rows: Rows) -> None:
+        self._phase = phase
+        self._rows = rows
+
+    def _pre_forward(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.ndim != 2:
+            raise RuntimeError("the hooked text model needs the engine's 2-D attention mask")
+        rows = self._rows
+        R, K = mask.shape
+        if rows is None or len(rows.request) != R:
+            raise RuntimeError(f"attention hooks: forward with {R} rows but {0 if rows is None else len(rows.request)} "
+                               f"rows announced")
+        valid = mask.bool()
+        real = valid.long().cumsum(-1) - 1           # k-th real column -> token k of the row
+        lengths = [int(self._prompt[(r, b)].shape[0]) for r, b in zip(rows.request, rows.branch)]
+        P = max(lengths)
+        img = torch.zeros((R, P + 1), dtype=torch.bool)
+        for k, (r, b) in enumerate(zip(rows.request, rows.branch)):
+            ids = self._prompt[(r, b)]
+            if self._image_token_id is not None:
+                img[k, :ids.shape[0]] = ids == self._image_token_id
+        idx = real.clamp(min=0, max=P).cpu()
+        idx = torch.where(idx < torch.tensor(lengths).view(-1, 1), idx, torch.full_like(idx, P))
+        image = torch.gather(img, 1, idx).to(mask.device) & valid
+        first = valid & (real == 0)
+        dev = mask.device
+        self.ctx = AttnContext(phase=self._phase, rows=rows,
+                               request=torch.tensor(rows.request, device=dev),
+                               branch=torch.tensor(rows.branch, device=dev),
+                               valid=valid, image=image, first=first)
+        return None
+
+    def attend(self, layer, module, query, key, value, attention_mask, scaling, dropout):
+        groups = query.shape[1] // key.shape[1]
+        k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
+        s = torch.matmul(query, k.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            s = s + attention_mask[:, :, :, : k.shape[-2]]
+        s = self.scores(layer, s, self.ctx, module)
+        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(query.dtype)
+        self.probs(layer, p, v, self.ctx, module)
+        out = torch.matmul(p, v).transpose(1, 2).contiguous()
+        return out, p
+
+    def finish(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+            self._text_model.set_attn_implementation(self._prev_impl)
+
+
+class AttentionCapture(AttentionHooks):
+    """E3: after every forward, ``last[l]`` is the last query row's attention of layer ``l``
+    ([R, K] head-mean, or [R, H, K] with ``per_head``), with ``ctx`` the forward's key columns."""
+
+    def __init__(self, layers: Sequence[int], per_head: bool = False):
+        super().__init__(layers)
+        self.per_head = per_head
+        self.last: dict = {}
+
+    def probs(self, layer, p, v, ctx, module):
+        row = p[:, :, -1, :].float()
+        self.last[layer] = row if self.per_head else row.mean(1)
+
+    def image_attention(self, layer: int) -> list[torch.Tensor]:
+        """Per row of the last forward: its attention over its image keys, in prompt order."""
+        a = self.last[layer if layer >= 0 else self.n_layers + layer]
+        _, img, _ = self.ctx.keys(a.shape[-1])
+        return [a[k][..., img[k]] for k in range(a.shape[0])]
+
+    def select(self, index):
+        for k, v in list(self.last.items()):
+            self.last[k] = v.index_select(0, index.to(v.device))
+
+
+class SideStream(AttentionHooks):
+    """E17: at decoder layer ``layer`` a subclass's :meth:`side_output` returns an alternative
+    attention output for the last query row ([R, D], after ``o_proj``); at the last decoder layer
+    it is merged with that layer's main-stream input h: r = ``residual_weight``·h +
+    input_layernorm(o), h′ = r + MLP(post_attention_layernorm(r)), and ``side_logits`` =
+    W_lm·N_f(h′) ([R, V], float32) — the main stream is untouched (ONLY's TE stream,
+    ``zifuwan/ONLY@109bffe:transformers/src/transformers/models/llama/modeling_llama.py:647-653``)."""
+
+    def __init__(self, layer: int = 0, residual_weight: float = 0.2, extra_layers: Sequence[int] = ()):
+        super().__init__([layer, *extra_layers])
+        self.side_layer = layer
+        self.residual_weight = float(residual_weight)
+        self.side_logits: torch.Tensor | None = None
+        self._side = None
+
+    def side_output(self, p, v, ctx, module) -> torch.Tensor:
+        raise NotImplementedError
+
+    def probs(self, layer, p, v, ctx, module):
+        if layer == self._side_idx:
+            self._side = self.side_output(p, v, ctx, module)
+
+    def start(self, adapter, seqs, tokens):
+        super().start(adapter, seqs, tokens)
+        n = self.n_layers
+        self._side_idx = self.side_layer if self.side_layer >= 0 else n + self.side_layer
+        last = adapter.decoder_layers()[-1]
+        self._handles.append(last.register_forward_pre_hook(self._merge, with_kwargs=True))
+        self._norm, self._head = adapter.final_norm(), adapter.lm_head()
+
+    def _merge(self, module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        o = self._side
+        r = self.residual_weight * h[:, -1, :] + module.input_layernorm(o.to(h.dtype))
+        out = r + module.mlp(module.post_attention_layernorm(r))
+        self.side_logits = self._head(self._norm(out)).float()
+        self._side = None
+        return None
+
+    def select(self, index):
+        if self.side_logits is not None:
+            self.side_logits = self.side_logits.index_select(0, index.to(self.side_logits.device))
