@@ -588,3 +588,83 @@ def test_vcdflow_prompt_with_model_uses_its_processor(tiny, capsys):
     assert rows[1] == {"branch": "disturbed", "text": "Is there a dog in the image?",
                        "qformer": "you are a confused objects detector to provide a fuzzy overview or impression "
                                   "of the image"}
+
+
+# --------------------------------------------------------------------------- the new protocols
+
+def test_paper_of_covers_every_registered_method():
+    assert set(METHODS) <= set(PAPER_OF), sorted(set(METHODS) - set(PAPER_OF))
+    assert set(PAPER_OF) - set(METHODS) <= PENDING  # only methods still being written
+    for method in METHODS:  # every registered method resolves under its paper protocol on every family
+        proto = get_protocol(protocol_for(method, "paper"))
+        for fam in FAMILIES:
+            proto.resolve(method, fam, "pope")
+    # no-code methods and LLM baselines run the unified setting as their "paper" run
+    assert {m: PAPER_OF[m] for m in ("iava", "cid", "lqcd", "contrastive_search", "text_cd")} == dict.fromkeys(
+        ("iava", "cid", "lqcd", "contrastive_search", "text_cd"), "unified")
+    assert protocol_for("vcd", "cd_rethink") == "cd_rethink" and PAPER_OF["vcd"] == "vcd"
+
+
+def test_new_paper_values_flow_from_their_scripts():
+    cdr = get_protocol("cd_rethink")
+    apc = cdr.resolve("apc", "llava", "pope")
+    # scripts/pope_infer_spurious.sh:46-48 (sampling), spurious_utils/apc_utils.py:148 (β 0.2), no top_k → 50
+    assert (apc.do_sample, apc.params, apc.top_k, apc.system, apc.max_new_tokens) == (True, {"beta": 0.2}, 50, USER, 1024)
+    v = cdr.resolve("vcd", "llava", "pope")  # inference/pope_infer_cd.py:159 (noise 900), vcd_utils.py:165-166
+    assert (v.do_sample, v.params["noise_step"], v.params["beta"], v.parser) == (False, 900, 0.2, "vcd")
+    assert cdr.resolve("pba", "llava", "pope").do_sample is False and cdr.resolve("olm", "llava", "pope").do_sample is False
+    d = get_protocol("debias").resolve("debias", "llava", "pope")  # run_llava.sh:1,8-12; llava_calibrate.py:173
+    assert (d.do_sample, d.temperature, d.seeds, d.params["beta"], d.max_new_tokens) == (True, 0.2, (55,), 0.2, 64)
+    c = get_protocol("carve").resolve("carve", "llava", "pope")  # carve/pipeline.py:86-87,114,154
+    assert (c.chat_template, c.system, c.max_new_tokens, c.do_sample) == ("carve_llava", None, 32, False)
+    assert get_protocol("carve").resolve("carve", "qwen2_5_vl", "pope").chat_template == "model"
+    sid = get_protocol("sid")  # pope_eval.py:91,320; eval_utils/chair_eval.py:96,248; vcd_sample.py:168
+    assert [sid.resolve("sid", "llava", b).params["keep"] for b in ("pope", "chair")] == [100, 50]
+    assert sid.resolve("sid", "llava", "pope").params["alpha"] == 0.5 and sid.resolve("sid", "llava", "pope").max_new_tokens == 10
+    only = get_protocol("only")  # eval_bench/scripts/{pope,chair}_eval.sh; experiments/cd_scripts/mme_eval.sh
+    got = {b: (only.resolve("only", "llava", b).params["gamma"], only.resolve("only", "llava", b).params["beta"],
+               only.resolve("only", "llava", b).seeds) for b in ("pope", "chair", "mme")}
+    assert got == {"pope": (0.2, 0.1, (42,)), "chair": (0.25, 0.1, (3407,)), "mme": (0.25, 0.4, (5,))}
+    assert only.resolve("only", "instructblip", "pope").max_new_tokens == 4 and only.resolve("only", "llava", "pope").do_sample
+    vista = get_protocol("vista")  # run_pope.sh:10, run_chair.sh:9
+    assert [vista.resolve("vista", "llava", b).params["lam"] for b in ("pope", "chair")] == [0.01, 0.17]
+    deco = get_protocol("deco")  # pope_llava.py:99,118 (process_images, 5 tokens); chair_llava.py:114,168
+    assert (deco.resolve("deco", "llava", "pope").image_preprocess, deco.resolve("deco", "llava", "pope").max_new_tokens,
+            deco.resolve("deco", "llava", "chair").image_preprocess) == ("pad_square_mean", 5, "processor")
+    rv = get_protocol("revisit")  # chair_eval_llava.py:76-77, chair_eval_qwenvl.py:73-74, eval_chair_*.sh:19
+    assert [rv.resolve("revisit", f, "chair").params["layers"] for f in ("llava", "qwen2_5_vl")] == ["last", "all"]
+    assert rv.resolve("revisit", "llava", "chair").max_new_tokens == 512
+    pai = get_protocol("pai").resolve("pai", "llava", "chair")  # README.md:82; chair_eval.py:94
+    assert pai.params["gamma"] == 1.1 and pai.prompt == "Please help me describe the image in detail."
+    assert "did not run instructblip" in get_protocol("pai").resolve("pai", "instructblip", "pope").sources["family"]
+    dola = get_protocol("dola").resolve("dola", "llava", "chair")  # VASparse fork caption_generation.py:117,119,444-462
+    assert (dola.seeds, dola.max_new_tokens, dola.params["layers"][-1], dola.params["repetition_penalty"],
+            dola.chat_template, dola.system) == ((0,), 64, 30, 1.0, "halc_llava", USER)
+    assert get_protocol("opera").resolve("opera", "llava", "chair").max_new_tokens == 512
+    assert get_protocol("opera").resolve("opera", "llava", "pope").max_new_tokens == 10
+    vti = get_protocol("vti").resolve("vti", "llava", "pope")  # MMHal only: benchmark fields from unified
+    assert "did not run pope" in vti.sources["benchmark"] and vti.prompt == get_protocol("unified").resolve(
+        "vti", "llava", "pope").prompt
+
+
+@pytest.mark.parametrize("name", sorted(set(PROTOCOLS) - {"unified"}))
+def test_diff_against_unified_works_for_every_protocol(name):
+    rows = diff(name)
+    assert rows and {r["family"] for r in rows} <= set(get_protocol(name).families_run)
+    for r in rows:
+        assert r["a"] != r["b"] and r["source_a"] and r["source_b"], r
+    fields = {r["field"] for r in rows}
+    assert fields <= {"system", "chat_template", "prompt", "parser", "do_sample", "temperature", "top_p", "top_k",
+                      "params", "max_new_tokens", "image_preprocess", "seeds"}
+
+
+def test_diff_of_new_protocols_names_their_differences():
+    by = {(r["family"], r["benchmark"], r["field"]): r for r in diff("cd_rethink")}
+    assert by[("llava", "pope", "system")]["a"] == USER and by[("llava", "pope", "top_k")]["a"] == 50
+    assert by[("llava", "pope", "prompt")]["a"] == "{question} Answer the question using a single word or phrase."
+    assert ("llava", "chair", "prompt") not in by  # cd_rethink ran no CHAIR: unified's prompt
+    carve = {(r["family"], r["benchmark"], r["field"]): r for r in diff("carve")}
+    assert carve[("llava", "pope", "chat_template")]["a"] == "carve_llava"
+    assert carve[("qwen2_5_vl", "pope", "max_new_tokens")]["a"] == 32
+    vti = {(r["benchmark"], r["field"]) for r in diff("vti")}
+    assert ("pope", "prompt") not in vti and ("pope", "params") in vti
