@@ -38,6 +38,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/decode.smk"
 include: "workflow/rules/convis.smk"
+include: "workflow/rules/vti.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 

@@ -34,17 +34,28 @@ def _scores(vlm, inps, generated, contrast):
 
 
 def ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty=1.0, early_stopping=False,
-                    length_norm="generated", contrast=None, step_scores=None):
+                    length_norm="generated", contrast=None, step_scores=None, li=None):
     with torch.no_grad():
         return _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_stopping, length_norm,
-                                contrast, step_scores)
+                                contrast, step_scores, li)
+
+
+def entrp(lp, relative_top, min_keep):
+    """Li et al.'s EntrPLogitsWarper, literally (generation_logits_process.py:235-245)."""
+    srt = torch.sort(lp, descending=True).values
+    thresh = min(float(srt[min_keep - 1]), float(lp.max()) + math.log(relative_top))
+    out = lp.clone()
+    out[out < thresh] = -float("inf")
+    return out
 
 
 def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_stopping, length_norm, contrast,
-                     step_scores):
+                     step_scores, li):
     """(generated ids without EOS, "eos" | "length"). ``contrast``: {"alpha", "beta"} → the scores
     are (1+α)·ℓ − α·ℓ(contrast_prompt / contrast_image) with APC (the ``contrast`` method).
-    ``step_scores(generated) -> [V]`` replaces the per-beam score function when given."""
+    ``step_scores(generated) -> [V]`` replaces the per-beam score function when given. ``li``:
+    {"alpha", "st_coef", "tau", "amateur": generated -> amateur logits} → Li et al.'s candidates
+    and CD re-ranking (``decoder_helper.post_process_reweight``)."""
     inps = [inputs(vlm, req.prompt, req.image, req.system)]
     if contrast is not None:
         inps.append(inputs(vlm, req.contrast_prompt or req.prompt, req.contrast_image or req.image, req.system))
@@ -65,9 +76,23 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
         for b in range(K):
             sc = step_scores(running[b]) if step_scores else _scores(vlm, inps, running[b], contrast)
             rows.append(torch.log_softmax(sc.float(), -1))
-        lp = torch.stack(rows) + run_scores[:, None]
-        V = lp.shape[-1]
-        top_lp, top_i = torch.topk(lp.reshape(-1), k=keep)
+        if li is None:
+            lp = torch.stack(rows) + run_scores[:, None]
+            V = lp.shape[-1]
+            top_lp, top_i = torch.topk(lp.reshape(-1), k=keep)
+        else:   # Li et al.: candidates from the expert's per-step log-probs, CD re-ranking
+            raw = torch.stack(rows)
+            V = raw.shape[-1]
+            masked = torch.stack([entrp(r, li["alpha"], 2 if K > 1 else 1) for r in rows])
+            acc = masked + run_scores[:, None]
+            pick = acc if cur == 0 else raw
+            _, idx = torch.topk(pick.reshape(-1), k=keep)
+            stud = torch.stack([torch.log_softmax(li["amateur"](running[b])[:V].float(), -1) / li["tau"]
+                                for b in range(K)])
+            stud[stud == -float("inf")] = float("inf")
+            cd = acc.reshape(-1)[idx] - li["st_coef"] * stud.reshape(-1)[idx]
+            order = torch.sort(cd, descending=True, stable=True).indices
+            top_lp, top_i = cd[order], idx[order]
         beam, tok = (top_i // V).tolist(), (top_i % V).tolist()
         cand = [running[b] + [t] for b, t in zip(beam, tok)]
         hits = torch.tensor([(t in eos) or (cur + 1 >= max_new) for t in tok])
@@ -167,3 +192,37 @@ def _ref_contrastive_search(vlm, req, alpha, k, max_new, eos, score_fn=None):
             return gen, "eos", margins
         gen.append(t)
     return gen, "length", margins
+
+
+# --- text CD with an amateur (Li et al. 2022; O'Brien & Lewis 2023) ---------------------------------
+def amateur_logits_fn(ama, req, ignore_prefix, with_image=True):
+    """generated -> the amateur's next-token logits (full recompute; ``ignore_prefix``: the
+    text-only prompt's last token + the continuation)."""
+    if ignore_prefix:
+        ids = inputs(ama, req.prompt, None, req.system)["input_ids"][:, -1:]
+        inp = {"input_ids": ids}
+    else:
+        inp = inputs(ama, req.prompt, req.image if with_image else None, req.system)
+    return lambda gen: last_logits(ama, inp, gen)
+
+
+def ref_obrien(vlm, ama, req, alpha, beta, max_new, eos, ignore_prefix=False):
+    """Greedy (1+β)·s_e − β·s_a on {s_e ≥ log α + max s_e}; (tokens, finish, margins)."""
+    with torch.no_grad():
+        inp = inputs(vlm, req.prompt, req.image, req.system)
+        am = amateur_logits_fn(ama, req, ignore_prefix)
+        gen, margins = [], []
+        for _ in range(max_new):
+            se = last_logits(vlm, inp, gen)
+            sa = am(gen)
+            V = min(se.shape[-1], sa.shape[-1])
+            se, sa = se[:V], sa[:V]
+            s = (1 + beta) * se - beta * sa
+            s = apc_mask(s, se, alpha)
+            top2 = torch.topk(s, 2).values
+            margins.append(float(top2[0] - top2[1]))
+            t = int(s.argmax())
+            if t in eos:
+                return gen, "eos", margins
+            gen.append(t)
+        return gen, "length", margins

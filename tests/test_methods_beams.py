@@ -72,3 +72,101 @@ def test_contrastive_search_bad_params(vlms):
         generate(vlms["demo"], REQS[:1], method="contrastive_search", params={"penalty_alpha": 1.5})
     with pytest.raises(ValueError, match="top_k"):
         generate(vlms["demo"], REQS[:1], method="contrastive_search", params={"top_k": 0})
+
+
+def test_contrastive_search_shared_prefix_equals_unshared(vlms):
+    """Questions of one image: the context H built from the shared prefix + suffix states equals
+    the unshared prefill's."""
+    for fam in ("llava", "qwen2_5_vl", "demo"):
+        vlm = vlms[fam]
+        reqs = [Request(image=REQS[0].image, prompt=q, item_id=str(i))
+                for i, q in enumerate(["Is there a cup?", "Is there a dog in the image?", "what is this?"])]
+        kw = dict(method="contrastive_search", params={"penalty_alpha": 0.6, "top_k": 3}, max_new_tokens=N_NEW,
+                  eos_token_id=[])
+        a = generate(vlm, reqs, share_prefix=True, **kw)
+        b = generate(vlm, reqs, share_prefix=False, **kw)
+        assert [o.token_ids for o in a] == [o.token_ids for o in b], fam
+
+
+# --- text_cd (E6: an amateur model) ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def amateurs(tmp_path_factory, vlms):
+    """Per family a second random model with the same tokenizer (another seed; the demo amateur
+    is smaller), saved and loaded through load_vlm by the method's ``amateur`` parameter."""
+    from tiny_models import build_tiny_instructblip, build_tiny_llava, build_tiny_qwen2_5_vl
+    from vcdflow.models import load_vlm
+    from vcdflow.models.demo import DemoModelConfig, build_demo_vlm
+
+    root = tmp_path_factory.mktemp("amateurs")
+    out = {}
+    for fam, b in (("llava", build_tiny_llava), ("qwen2_5_vl", build_tiny_qwen2_5_vl),
+                   ("instructblip", build_tiny_instructblip)):
+        out[fam] = str(b(root / fam, seed=1))
+    model, processor = build_demo_vlm(DemoModelConfig(text_hidden=64, text_layers=1, vision_hidden=48), seed=1)
+    model.save_pretrained(root / "demo")
+    processor.save_pretrained(root / "demo")
+    out["demo"] = str(root / "demo")
+    return {f: (p, load_vlm(p)) for f, p in out.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_cd_obrien_matches_reference(vlms, amateurs, family):
+    from reference_beams import ref_obrien
+
+    vlm = vlms[family]
+    path, ama = amateurs[family]
+    for ignore in (False, True):
+        p = {"amateur": path, "ignore_prefix": ignore}
+        free = generate(vlm, REQS[:1], method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=[])[0]
+        assert free.error is None, free.error
+        eos = [free.token_ids[2]]
+        outs = generate(vlm, REQS, method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=eos)
+        assert outs[0].meta["finish_reason"] == "eos"
+        for r, o in zip(REQS, outs):
+            assert o.error is None, o.error
+            toks, why, margins = ref_obrien(vlm, ama, r, 0.1, 0.5, N_NEW, eos, ignore_prefix=ignore)
+            same_tokens(o.token_ids + ([eos[0]] if o.meta["finish_reason"] == "eos" else []),
+                        toks + ([eos[0]] if why == "eos" else []), margins, f"{family}/{r.item_id}/{ignore}")
+        one = [generate(vlm, [r], method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=eos)[0]
+               for r in REQS]
+        assert [o.token_ids for o in one] == [o.token_ids for o in outs]
+    plain = generate(vlm, REQS, method="greedy", max_new_tokens=N_NEW, eos_token_id=[])
+    cd = generate(vlm, REQS, method="text_cd", params={"amateur": path, "beta": 3.0, "alpha": 1e-4},
+                  max_new_tokens=N_NEW, eos_token_id=[])
+    assert [o.token_ids for o in plain] != [o.token_ids for o in cd]   # the amateur does bite
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "demo"])
+def test_text_cd_li_beams_match_reference(vlms, amateurs, family):
+    from reference_beams import amateur_logits_fn, ref_beam_search
+    from reference_methods import inputs, last_logits
+
+    vlm = vlms[family]
+    path, ama = amateurs[family]
+    p = {"amateur": path, "variant": "li", "num_beams": 3, "st_coef": 1.0, "student_temperature": 0.5}
+    free = generate(vlm, REQS[:1], method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=[])[0]
+    eos = [free.token_ids[2]]
+    outs = generate(vlm, REQS, method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=eos)
+    V = min(vlm.adapter.lm_head().weight.shape[0], ama.adapter.lm_head().weight.shape[0])
+    for r, o in zip(REQS, outs):
+        assert o.error is None, o.error
+        inp = inputs(vlm, r.prompt, r.image, r.system)
+        li = {"alpha": 0.1, "st_coef": 1.0, "tau": 0.5, "amateur": amateur_logits_fn(ama, r, True)}
+        want = ref_beam_search(vlm, r, 3, N_NEW, eos, length_norm="total", li=li,
+                               step_scores=lambda gen, inp=inp: last_logits(vlm, inp, gen)[:V])
+        assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id)
+
+
+def test_text_cd_errors(vlms, amateurs, tmp_path):
+    vlm = vlms["llava"]
+    o = generate(vlm, REQS[:1], method="text_cd", max_new_tokens=2)[0]
+    assert "needs parameter 'amateur'" in o.error
+    o = generate(vlm, REQS[:1], method="text_cd", params={"amateur": str(tmp_path / "nope")}, max_new_tokens=2)[0]
+    assert "no model directory" in o.error
+    o = generate(vlm, REQS[:1], method="text_cd", params={"amateur": amateurs["qwen2_5_vl"][0]}, max_new_tokens=2)[0]
+    assert "tokenizers differ" in o.error
+    with pytest.raises(ValueError, match="variant"):
+        generate(vlm, REQS[:1], method="text_cd", params={"variant": "both"})
+    o = generate(vlm, REQS[:1], method="text_cd", params={"amateur": amateurs["llava"][0], "variant": "li"},
+                 do_sample=True, max_new_tokens=2)[0]
+    assert "do_sample=False" in o.error

@@ -165,6 +165,12 @@ class BeamSearch:
         s = self.score(step, logits, spans).float()
         return torch.log_softmax(s, dim=-1) if self.log_probs else s
 
+    def candidates(self, lp: torch.Tensor, running: torch.Tensor, keep: int, first: bool, rows: list[int]):
+        """The ``keep`` best continuations over all beams: (scores [keep] descending, flat indices
+        beam·V + token). HF: top-k of per-beam log-probs + beam score. ``rows``: each beam's
+        original-branch row in the current forward (for searches that read more than ``lp``)."""
+        return torch.topk((lp + running[:, None]).reshape(-1), k=keep)
+
     def step(self, step: int, logits: torch.Tensor, layout: Layout) -> Choice:
         spans = layout.spans()
         lp_all = self.scores(step, logits, layout, spans)
@@ -180,16 +186,18 @@ class BeamSearch:
             st = self.state.get(r)
             lp = lp_all[idx]                                    # [n_slots, V]
             V = lp.shape[-1]
-            if st is None:                                      # first step: one row = the prompt
+            rows = [spans[i][2] for i in idx]                   # each slot's original-branch row
+            first = st is None
+            if first:                                           # first step: one row = the prompt
                 st = _Beams(running=[[] for _ in range(K)],
                             running_scores=torch.tensor([0.0] + [-1e9] * (K - 1)))
                 self.state[r] = st
                 lp = lp[:1].expand(K, V)
+                rows = rows[:1] * K
             cur = len(st.running[0])                            # generated so far
-            acc = (lp + st.running_scores.to(lp.device)[:, None]).reshape(-1)
             n_eos = len(layout.eos)
-            keep = min(max(2, 1 + n_eos) * K, acc.numel())
-            top_lp, top_i = torch.topk(acc, k=keep)
+            keep = min(max(2, 1 + n_eos) * K, lp.numel())
+            top_lp, top_i = self.candidates(lp, st.running_scores.to(lp.device), keep, first, rows)
             top_lp = top_lp.cpu()
             beam = (top_i // V).tolist()
             tok = (top_i % V).tolist()
@@ -252,46 +260,61 @@ class FinalHidden(DecodeHooks):
     final-layer hidden states HF's ``output_hidden_states[-1]`` returns. Keeps ``last`` [R, D] (the
     last position of every row of the latest forward) and per request the context H: the
     unpadded prefill states of its original branch, then one state per chosen token (``push``).
-    Needs the unshared prefill (the method sets ``share_prefix = False``)."""
+    Padding is read from the 2-D attention mask the decoder stack receives (a pre-hook on
+    ``adapter.text_model()``); with shared-prefix prefill the prefix rows' states are expanded with
+    the rows (``select``) and the suffix states appended."""
 
     def __init__(self):
         self.last: torch.Tensor | None = None
         self.contexts: dict[int, torch.Tensor] = {}
-        self._handle = None
+        self._handles: list = []
         self._phase = None
         self._rows = None
+        self._mask = None
+        self._pre: list | None = None
 
     # DecodeHooks protocol
     def start(self, adapter, seqs, tokens) -> None:
-        self.adapter, self.seqs, self.tokens = adapter, seqs, tokens
+        super().start(adapter, seqs, tokens)
+
+        def pre_hook(module, args, kwargs):
+            self._mask = kwargs.get("attention_mask")
 
         def hook(module, args, output):
             h = output[0] if isinstance(output, tuple) else output
             self.last = h[:, -1, :].float()
-            if self._phase == "prefill":
-                for k, (r, b) in enumerate(zip(self._rows.request, self._rows.branch)):
-                    if b == 0:
-                        n = self.seqs[r][0].length
-                        self.contexts[r] = h[k, h.shape[1] - n:, :].float()
-            elif self._phase in ("prefix", "suffix"):
-                raise RuntimeError("FinalHidden needs the unshared prefill (share_prefix = False)")
+            if self._phase not in ("prefill", "prefix", "suffix"):
+                return
+            m = self._mask
+            if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[0] != h.shape[0]:
+                raise RuntimeError("FinalHidden needs the 2-D attention mask of the prefill")
+            valid = m[:, -h.shape[1]:].bool()
+            states = [h[k][valid[k]].float() for k in range(h.shape[0])]
+            if self._phase == "prefix":
+                self._pre = states
+                return
+            for k, (r, b) in enumerate(zip(self._rows.request, self._rows.branch)):
+                if b == 0:
+                    head = self._pre[k] if self._phase == "suffix" else states[k][:0]
+                    self.contexts[r] = torch.cat([head, states[k]], dim=0)
+            self._pre = None
 
-        self._handle = adapter.final_norm().register_forward_hook(hook)
+        self._handles = [adapter.text_model().register_forward_pre_hook(pre_hook, with_kwargs=True),
+                         adapter.final_norm().register_forward_hook(hook)]
 
     def before_forward(self, phase, rows) -> None:
         self._phase, self._rows = phase, rows
 
-    def after_forward(self, phase, rows, logits) -> None:
-        pass
-
     def select(self, index: torch.Tensor) -> None:
+        if self._pre is not None:
+            self._pre = [self._pre[i] for i in index.tolist()]
         if self.last is not None:
             self.last = self.last.index_select(0, index.to(self.last.device))
 
     def finish(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
     # what ContrastiveSearch reads
     def last_hidden(self, rows: Sequence[int]) -> torch.Tensor:

@@ -721,6 +721,7 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         if amateur is not None:
             amateur.encode([it.branches[0] for it in live])
         score = method_scorer(m, state, mode, temperature, top_k, top_p, contexts, hooks, amateur)
+        opts.update(mode=mode, amateur=amateur)
         search = m.search(score, state.params, hooks, opts) if hasattr(m, "search") else None
         if search is None and opts.get("num_beams", 1) > 1:
             search = BeamSearch(score=score, num_beams=opts["num_beams"],

@@ -28,6 +28,7 @@ from .revisit import ReVisiT
 from .ritual import Ritual
 from .selfaug import SelfAug
 from .sid import SID
+from .text_cd import TextCD
 from .vcd import VCD
 from .vcd_legacy import VCDLegacy
 from .vdd import VDD
@@ -48,7 +49,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # attention methods (H2: methods-3 §1.3, §1.6, §1.9)
     PAI(), SID(), ONLY(),
     # searches: look-ahead, amateur, beams (H3: methods-2 §1.7, §1.8; methods-3 §1.1)
-    ContrastiveSearch())}
+    ContrastiveSearch(), TextCD())}
 
 
 def get_method(name: str) -> Method:

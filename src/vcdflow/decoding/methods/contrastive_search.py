@@ -20,9 +20,9 @@ when α > 0 and k > 1 and ``do_sample=False``; here α = 0 is plain greedy over 
 method is greedy-only (``mode = "greedy"``; HF defines no sampling variant).
 
 Divergences: HF's 4.29/4.36 cosine does not mask left padding in a batch; here each request's H
-holds only its own positions (batched = batch-1). The prompt is prefilled per row
-(``share_prefix = False``: H needs every prompt position of every row). Every family; no
-image needed (text-only prompts use the prompt's own states).
+holds only its own positions (batched = batch-1); with shared-prefix prefill H is the shared
+prefix's states followed by the row's suffix states. Every family; no image needed (text-only
+prompts use the prompt's own states).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ class ContrastiveSearch(Method):
     defaults = MappingProxyType({"penalty_alpha": 0.6, "top_k": 4})
     requires_image = False
     mode = "greedy"
-    share_prefix = False
 
     def validate(self, p):
         super().validate(p)
