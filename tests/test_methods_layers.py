@@ -155,6 +155,8 @@ def params_for(vlm, method):
         return {"layers": list(range(L)), "threshold_top_k": 5, "alpha": 2.0}
     if method == "revisit_all":
         return {"layers": "all", "relative_top": 0.01}
+    if method == "revisit_nocache":
+        return {"layers": "all", "cache_mb": 0}          # c_k[V] = H·W_lm[V]^T every step
     if method == "dola_ngram":
         return {"layers": "low", "no_repeat_ngram_size": 2, "repetition_penalty": 1.5}
     return None
@@ -165,7 +167,8 @@ def engine_name(case):
 
 
 CASES = [(m, f) for m in ("dola", "dola_static", "deco", "revisit", "revisit_all") for f in FAMILIES] + \
-        [("deco_default", "demo"), ("dola_ngram", "llava")]
+        [("deco_default", "demo"), ("dola_ngram", "llava"), ("revisit_nocache", "qwen2_5_vl"),
+         ("revisit_nocache", "demo")]
 
 
 @pytest.mark.parametrize("case,family", CASES)

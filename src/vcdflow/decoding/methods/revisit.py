@@ -33,15 +33,18 @@ supported.
 
 Divergences: the official code is batch-1 (``final_logits[0]``, ``js_divs.mean(0)`` over the
 batch); here everything is per row. InstructBLIP (not in the official code): its 32 Q-Former query
-tokens are the "vision tokens". The candidate logits are computed on V only (c_k[V] = H·W_lm[V]ᵀ,
-exact) instead of caching K × |vocab| logits. ``Output.meta``: ``revisit_layers`` = {layer: times
+tokens are the "vision tokens". ``cache_mb`` = 1024 (ours, speed only): a request's full candidate
+logits K × vocab (float32) are computed once, at its first step, as the official code does at
+prefill, when they fit in that many MiB (LLaVA ``"last"``: 576 × 32 064 × 4 B ≈ 70 MiB);
+otherwise (e.g. Qwen2.5-VL ``"all"``: 15 layers × N_img × 152 k) the prefill states H [K, D] are
+kept and c_k[V] = H·W_lm[V]ᵀ is computed on V every step (exact; slower when V is large). ``Output.meta``: ``revisit_layers`` = {layer: times
 its token was chosen}. Every family; needs an image.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -65,11 +68,18 @@ def revisit_layers(spec, L: int, start: int) -> list[int]:
     return bucket(spec, L, start, "layers")
 
 
+@dataclass
+class VisionCandidates(HiddenStates):
+    """E2 hooks plus each request's candidates (``cache[request]``), built at its first step."""
+
+    cache: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ReVisiT(Method):
     name = "revisit"
     defaults = MappingProxyType({"layers": None, "relative_top": 1e-5, "repetition_penalty": 1.0,
-                                 "no_repeat_ngram_size": 0})
+                                 "no_repeat_ngram_size": 0, "cache_mb": 1024.0})
     nullable = frozenset({"layers"})
     param_types = MappingProxyType({"layers": (str, list, tuple)})
 
@@ -81,6 +91,8 @@ class ReVisiT(Method):
         if not 0 < float(p["relative_top"]) < 1:
             raise ValueError(f"parameter 'relative_top' of method 'revisit' must be in (0, 1), got {p['relative_top']}")
         check_processor_params(self.name, p)
+        if float(p["cache_mb"]) < 0:
+            raise ValueError(f"parameter 'cache_mb' of method 'revisit' must be >= 0, got {p['cache_mb']}")
 
     def layers_for(self, adapter, p) -> list[int]:
         spec = p["layers"]
@@ -89,13 +101,31 @@ class ReVisiT(Method):
         return revisit_layers(spec, n_layers(adapter), start_layer(adapter))
 
     def forward_hooks(self, adapter, params):
-        return HiddenStates(image_layers=self.layers_for(adapter, params))
+        return VisionCandidates(image_layers=self.layers_for(adapter, params))
 
     def candidates(self, adapter, states: torch.Tensor, layers) -> torch.Tensor:
         """[n_layers, N_img, D] prefill states → H [K, D] (layer-major), N_f on layer L only."""
         L = n_layers(adapter)
         parts = [adapter.final_norm()(states[i]) if l == L else states[i] for i, l in enumerate(layers)]
         return torch.cat(parts, dim=0)
+
+    def _candidates_of(self, ad, state, g: int, row: int, layers):
+        """Request ``state.requests[g]``'s candidates, built once per decode: the full candidate
+        logits C = H·W_lm^T [K, vocab] (float32) when they fit in ``cache_mb`` (the official code
+        caches them at prefill), else H [K, D] (then c_k[V] = H·W_lm[V]^T every step)."""
+        hooks = state.hooks
+        cache = hooks.cache
+        r = state.requests[g]
+        if r not in cache:
+            states = hooks.image[row]
+            if states is None:
+                raise ValueError("method 'revisit' needs image tokens in the prompt (no image-token states)")
+            H = self.candidates(ad, states, layers)
+            head = ad.lm_head()
+            V = head.weight.shape[0]
+            full = H.shape[0] * V * 4 <= float(state.params["cache_mb"]) * 2 ** 20
+            cache[r] = (head(H).float() if full else H, full, states.shape[1])
+        return cache[r]
 
     def combine(self, logits, step, state):
         ad = state.contexts[0].adapter
@@ -107,16 +137,16 @@ class ReVisiT(Method):
         out = torch.full_like(final, -float("inf"))
         log_a = math.log(float(p["relative_top"]))
         for g, row in enumerate(state.rows[:, 0].tolist()):
-            states = state.hooks.image[row]
-            if states is None:
-                raise ValueError("method 'revisit' needs image tokens in the prompt (no image-token states)")
+            cand, full, n_img = self._candidates_of(ad, state, g, row, layers)
             lp = final[g].log_softmax(-1)
             top = lp.max()
             keep = (lp >= torch.minimum(top, top + log_a)).nonzero().flatten()
-            H = self.candidates(ad, states, layers)
-            c = (H @ W.index_select(0, keep.to(W.device)).T).float()       # [K, |V|]
-            if bias is not None:
-                c = c + bias.index_select(0, keep.to(bias.device)).float()
+            if full:
+                c = cand.index_select(1, keep.to(cand.device))                   # [K, |V|]
+            else:
+                c = (cand @ W.index_select(0, keep.to(W.device)).T).float()
+                if bias is not None:
+                    c = c + bias.index_select(0, keep.to(bias.device)).float()
             q_log = final[g, keep].log_softmax(-1)
             r_log = c.log_softmax(-1)
             m = 0.5 * (q_log.exp()[None] + r_log.exp())
@@ -124,7 +154,7 @@ class ReVisiT(Method):
             kl2 = F.kl_div(r_log, m, reduction="none").mean(-1)
             k = int((0.5 * (kl1 + kl2)).argmin())
             out[g, keep] = q_log + r_log[k]
-            layer = str(layers[k // states.shape[1]])
+            layer = str(layers[k // n_img])
             dist = state.contexts[g].meta.setdefault("revisit_layers", {})
             dist[layer] = dist.get(layer, 0) + 1
         return apply_processors(out, state, float(p["repetition_penalty"]), int(p["no_repeat_ngram_size"]))
