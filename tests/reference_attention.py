@@ -1,4 +1,4 @@
-"""Plain references for the attention methods (pai, sid, only), written separately from the engine,
+"""Plain references for the attention methods (pai, sid, only, vasparse), written separately from the engine,
 from ``vcdflow.decoding.attention`` and from the method files.
 
 One request at a time, one branch at a time, no KV cache, no padding, no batching: every step
@@ -230,6 +230,80 @@ def only_scores(vlm, req, p, generated, meta):
     return apc_mask(s, l0, p["beta"]), l0
 
 
+# --- VASparse -------------------------------------------------------------------------------------
+def vasparse_logits(vlm, inp, generated, p, hist):
+    """The paper variant's sparsified logits. ``hist`` (kept across the steps of one request):
+    per step row j its per-layer dropped keys and sink weights, and its attention to the image
+    (last layer, head mean) — what a cached decode computed when j was the newest row."""
+    P = inp["input_ids"].shape[1]
+    img = image_positions(vlm, inp)
+    L = n_layers(vlm)
+    N = P + len(generated)
+    j = N - 1 if generated else None                     # the newest row is a step row
+    rows = hist.setdefault("rows", {})
+    paid = hist.setdefault("paid", {})
+
+    def fn(kind, layer, t, module, v):
+        if kind == "probs":
+            if layer == L - 1 and j is not None:
+                paid[j] = float(t[0, :, j, img].float().mean(0).sum())
+            return t
+        if not (p["token_selection"] or p["sink_penalty"]):
+            return t
+        t = t.clone()
+        for jj in range(P, N - 1 if j is not None else N):   # older step rows: replay
+            dropped, w = rows[jj][layer]
+            for h, cols in enumerate(dropped):
+                t[0, h, jj, cols] = float("-inf")
+            if w is not None:
+                t[0, :, jj, :jj + 1] = t[0, :, jj, :jj + 1] * (1 + p["sink_beta"] * (1 - w))
+        if j is None:
+            return t
+        H = t.shape[1]
+        dropped = [[] for _ in range(H)]
+        if p["token_selection"]:
+            gen = list(range(P, j))
+            keep = math.ceil(len(gen) * p["sparse_rate"])
+            if len(gen) - keep > 0:
+                pw = torch.softmax(torch.tensor([paid[i] for i in gen]), -1)
+                for h in range(H):
+                    delta = [float(t[0, h, j, i]) ** 2 + p["lam"] * float(pw[k]) for k, i in enumerate(gen)]
+                    order = sorted(range(len(gen)), key=lambda k: delta[k])
+                    dropped[h] = [gen[k] for k in order[:len(gen) - keep]]
+                    t[0, h, j, dropped[h]] = float("-inf")
+        w = None
+        if p["sink_penalty"]:
+            prev = torch.softmax(t[0, :, :j, :].float(), -1)     # rows before j, as already changed
+            recv = prev.sum(1)[:, :j + 1]                         # [H, j+1] attention received so far
+            w = torch.softmax(recv, -1)
+            t[0, :, j, :j + 1] = t[0, :, j, :j + 1] * (1 + p["sink_beta"] * (1 - w))
+        rows.setdefault(j, {})[layer] = (dropped, w)
+        return t
+
+    with ref_attention(vlm, fn):
+        return forward(vlm, inp, generated).logits[0, -1].float()
+
+
+def vasparse_scores(vlm, req, p, generated, hist):
+    inp = inputs(vlm, req.prompt, req.image, req.system)
+    ids = inp["input_ids"][0].tolist() + list(generated)
+    emb = text_model(vlm).embed_tokens(torch.tensor([ids[-1]]))[0]
+    head = vlm.model.language_model.lm_head if vlm.family == "instructblip" else vlm.model.lm_head
+    phi = head(emb).float()
+    if p["variant"] == "code":
+        l0 = forward(vlm, inp, generated).logits[0, -1].float()
+        lp = torch.log_softmax(l0, -1)
+        f = torch.where(lp < float(lp.max()) + math.log(p["relative_top"]), torch.tensor(float("-inf")), lp)
+        b = torch.log_softmax(phi, -1)
+        b = torch.where(f < -1e3, torch.tensor(-1e3), b)
+        return f - b - p["contrastive_rate"] * phi, l0
+    l0 = vasparse_logits(vlm, inp, generated, p, hist)
+    if not p["svcd"]:
+        return l0, l0
+    s = (1 + p["alpha"]) * l0 - p["alpha"] * phi
+    return apc_mask(s, l0, p["beta"]), l0
+
+
 # --- the loop -------------------------------------------------------------------------------------
 @torch.inference_mode()
 def ref_generate(vlm, req, method, params=None, *, do_sample=False, temperature=1.0, top_p=1.0, top_k=None,
@@ -238,6 +312,7 @@ def ref_generate(vlm, req, method, params=None, *, do_sample=False, temperature=
     key = req.item_id or f"#{index}"
     gs = make_generator(seed, key, "sample")
     res = Result()
+    hist: dict = {}
     for t in range(max_new_tokens):
         if method == "pai":
             scores, _ = pai_scores(vlm, req, p, res.tokens)
@@ -245,6 +320,8 @@ def ref_generate(vlm, req, method, params=None, *, do_sample=False, temperature=
             scores, _ = sid_scores(vlm, req, p, res.tokens, do_sample)
         elif method == "only":
             scores, _ = only_scores(vlm, req, p, res.tokens, res.meta)
+        elif method == "vasparse":
+            scores, _ = vasparse_scores(vlm, req, p, res.tokens, hist)
         else:
             raise KeyError(method)
         top2 = torch.topk(scores, 2).values

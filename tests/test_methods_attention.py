@@ -176,10 +176,12 @@ def params_for(vlm, method):
         return {"layer": 1 if n < 3 else 2, "keep": 150}        # 16 image tokens -> 4 kept
     if method == "only":
         return None
+    if method == "vasparse":
+        return {"sparse_rate": 0.5, "alpha": 1.0, "sink_beta": 1.0, "lam": 1.0}   # 5 tokens: some dropped
     raise KeyError(method)
 
 
-CASES = [(m, f) for m in ("pai", "sid", "only") for f in FAMILIES]
+CASES = [(m, f) for m in ("pai", "sid", "only", "vasparse") for f in FAMILIES]
 
 
 @pytest.mark.parametrize("method,family", CASES)
@@ -221,16 +223,18 @@ def recording(cls):
     return Rec()
 
 
-def ref_step_scores(vlm, method, req, p, generated):
+def ref_step_scores(vlm, method, req, p, generated, hist):
     meta: dict = {}
     if method == "pai":
         return ra.pai_scores(vlm, req, p, generated)[0]
     if method == "sid":
         return ra.sid_scores(vlm, req, p, generated, False)[0]
+    if method == "vasparse":
+        return ra.vasparse_scores(vlm, req, p, generated, hist)[0]
     return ra.only_scores(vlm, req, p, generated, meta)[0]
 
 
-SCORE_PARAMS = {"pai": {"start_layer": 0, "alpha": 3.0, "gamma": 2.0}, "sid": None, "only": None}
+SCORE_PARAMS = {"pai": {"start_layer": 0, "alpha": 3.0, "gamma": 2.0}, "sid": None, "only": None, "vasparse": None}
 
 
 @pytest.mark.parametrize("method,family", CASES)
@@ -243,12 +247,13 @@ def test_scores_match_reference(vlms, method, family):
     params = {**(params_for(vlm, method) or {}), **(SCORE_PARAMS[method] or {})}
     m = recording(type(METHODS[method]))
     REC.clear()
-    outs = generate(vlm, REQS, method=m, params=params, max_new_tokens=3, eos_token_id=[], batch_size=16)
+    outs = generate(vlm, REQS, method=m, params=params, max_new_tokens=N_NEW, eos_token_id=[], batch_size=16)
     p = {**METHODS[method].defaults, **params}
     with torch.inference_mode():
         for r, (req, o) in enumerate(zip(REQS, outs)):
-            for t in range(3):
-                got, want = REC[(r, t)], ref_step_scores(vlm, method, req, p, o.token_ids[:t])
+            hist: dict = {}
+            for t in range(N_NEW):
+                got, want = REC[(r, t)], ref_step_scores(vlm, method, req, p, o.token_ids[:t], hist)
                 fin = torch.isfinite(want)
                 assert torch.equal(torch.isfinite(got), fin), (method, family, r, t)
                 assert torch.allclose(got[fin], want[fin], atol=2e-4, rtol=1e-4), \

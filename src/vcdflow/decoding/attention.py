@@ -116,7 +116,8 @@ def mask_keys(scores: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
 class AttnContext:
     """What the hooked layers know about the current forward: ``phase`` and ``rows``
     (:class:`~vcdflow.decoding.hooks.Rows`), ``request``/``branch`` [R] (long), and per row and
-    key column ``valid``/``image``/``first`` [R, K] (bool); ``n_image`` [R] image keys per row."""
+    key column ``valid``/``image``/``first``/``generated`` [R, K] (bool); ``n_image`` [R] image
+    keys per row; ``q_len`` the forward's query length."""
 
     phase: str
     rows: Rows
@@ -125,6 +126,10 @@ class AttnContext:
     valid: torch.Tensor
     image: torch.Tensor
     first: torch.Tensor
+    #: [R, K] bool: the row's generated tokens (real columns past its prompt)
+    generated: torch.Tensor | None = None
+    #: query positions of this forward (the last ``q_len`` key columns are its own tokens)
+    q_len: int = 0
 
     @property
     def n_image(self) -> torch.Tensor:
@@ -229,11 +234,19 @@ class AttentionHooks(DecodeHooks):
         image = torch.gather(img, 1, idx).to(mask.device) & valid
         first = valid & (real == 0)
         dev = mask.device
+        generated = valid & (real >= torch.tensor(lengths, device=dev).view(-1, 1))
+        emb = kwargs.get("inputs_embeds")
+        q_len = int(emb.shape[1]) if emb is not None else int(args[0].shape[1]) if args else 0
         self.ctx = AttnContext(phase=self._phase, rows=rows,
                                request=torch.tensor(rows.request, device=dev),
                                branch=torch.tensor(rows.branch, device=dev),
-                               valid=valid, image=image, first=first)
+                               valid=valid, image=image, first=first, generated=generated, q_len=q_len)
+        self.new_forward(self.ctx)
         return None
+
+    def new_forward(self, ctx: AttnContext) -> None:
+        """Called once per forward after ``ctx`` is built (align per-key state kept across forwards:
+        the last ``K − q_len`` of the cache's columns are the old ones, see :func:`align_keys`)."""
 
     def attend(self, layer, module, query, key, value, attention_mask, scaling, dropout):
         groups = query.shape[1] // key.shape[1]
@@ -254,6 +267,20 @@ class AttentionHooks(DecodeHooks):
         if self in _ACTIVE:
             _ACTIVE.remove(self)
             self._text_model.set_attn_implementation(self._prev_impl)
+
+
+def align_keys(x: torch.Tensor | None, K: int, q_len: int, lead: tuple = ()) -> torch.Tensor:
+    """Per-key state ``x`` [..., K_old] of the previous forwards, aligned to this forward's K key
+    columns: its last K − q_len columns are the cache's (left padding no row needs may have been
+    cut), the q_len new columns start at 0."""
+    old = K - q_len
+    if x is None:
+        return torch.zeros(lead + (K,))
+    out = x.new_zeros(x.shape[:-1] + (K,))
+    n = min(old, x.shape[-1])
+    if n > 0:
+        out[..., old - n:old] = x[..., x.shape[-1] - n:]
+    return out
 
 
 class AttentionCapture(AttentionHooks):

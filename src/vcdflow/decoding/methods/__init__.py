@@ -29,6 +29,7 @@ from .ritual import Ritual
 from .selfaug import SelfAug
 from .sid import SID
 from .text_cd import TextCD
+from .vasparse import VASparse
 from .vcd import VCD
 from .vcd_legacy import VCDLegacy
 from .vdd import VDD
@@ -47,7 +48,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # HALC (methods-3 §1.8)
     HALC(),
     # attention methods (H2: methods-3 §1.3, §1.6, §1.9)
-    PAI(), SID(), ONLY(),
+    PAI(), SID(), ONLY(), VASparse(),
     # searches: look-ahead, amateur, beams (H3: methods-2 §1.7, §1.8; methods-3 §1.1)
     ContrastiveSearch(), TextCD())}
 
