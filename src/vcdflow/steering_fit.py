@@ -69,6 +69,17 @@ FIT_DEFAULTS: dict[str, Any] = {
 
 OFFICIAL_QUESTION = "Describe this image in detail."
 
+#: the official fit list, pinned (sha256 and size computed from the file at that commit)
+OFFICIAL_FIT_SET = {
+    "url": "https://raw.githubusercontent.com/shengliu66/VTI/bb5dfee33a9e555f22af9faa7b3495c0ac3df69e/"
+           "experiments/data/hallucination_vti_demos.jsonl",
+    "sha256": "5ce467817fc2a29735715fd6793b4927268cfff030e798f9f3a60a1fcb575d0d",
+    "size": 145506,
+    "source": "shengliu66/VTI@bb5dfee:experiments/data/hallucination_vti_demos.jsonl (100 records)",
+}
+#: where one COCO train2014 image is served (the fit list names 100 of them)
+COCO_TRAIN2014_URL = "http://images.cocodataset.org/train2014/{file}"
+
 
 def fit_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """FIT_DEFAULTS overlaid with ``overrides``; unknown keys raise naming them."""
@@ -84,6 +95,61 @@ def fit_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if int(cfg[k]) < 1:
             raise ValueError(f"VTI fit setting {k!r} must be >= 1, got {cfg[k]!r}")
     return cfg
+
+
+def family_fit_defaults(family: str | None, fit_set: str) -> dict[str, Any]:
+    """Fit settings that follow from the family and the fit set: the official LLaVA fit prompt is
+    ``conv_templates["llava_v1"]`` (``run_mmhal_vti.py:155``: ``--conv-mode llava_v1``), i.e. the
+    ``llava_v1`` template with its system text; Qwen2.5-VL fits no visual direction."""
+    out: dict[str, Any] = {}
+    if fit_set == "official" and family == "llava":
+        from .protocols._shared import LLAVA_V1_SYSTEM
+
+        out.update(chat_template="llava_v1", system=LLAVA_V1_SYSTEM)
+    if family == "qwen2_5_vl":
+        out["vision"] = False
+    return out
+
+
+def fit_set_identity(fit_set: str) -> str:
+    """What names a fit set in :func:`fit_key`: the official list's sha256, or the demo split."""
+    if fit_set == "official":
+        return "official:" + OFFICIAL_FIT_SET["sha256"]
+    if fit_set == "demo":
+        return "demo:train"
+    raise ValueError(f"VTI fit_set must be 'official' or 'demo', got {fit_set!r}")
+
+
+def _family(config: Mapping, model: str) -> str | None:
+    fam = (config.get("models", {}).get(model) or {}).get("family", "auto")
+    if fam != "auto":
+        return fam
+    from .protocols import family_of_model
+
+    path = (config["models"][model] or {}).get("path", f"resources/models/{model}")
+    try:
+        return family_of_model(path)
+    except ValueError:
+        return None  # not downloaded yet: generic settings
+
+
+def fit_set_of(config: Mapping) -> str:
+    """The configured fit set: ``vti.fit_set``, default ``demo`` in the demo world, else ``official``."""
+    return str((config.get("vti") or {}).get("fit_set", "demo" if config.get("world") == "demo" else "official"))
+
+
+def settings_for(config: Mapping, model: str) -> dict[str, Any]:
+    """The fit settings of ``model`` under a workflow ``config``: :data:`FIT_DEFAULTS`, then
+    :func:`family_fit_defaults`, then ``config["vti"]["fit"]`` (validated: unknown keys named)."""
+    return fit_config({**family_fit_defaults(_family(config, model), fit_set_of(config)),
+                       **dict((config.get("vti") or {}).get("fit") or {})})
+
+
+def directions_path(config: Mapping, model: str, benchmark: str | None = None) -> str:
+    """Where the workflow keeps ``model``'s fitted directions: ``results/vti/{model}/{fit_key}.pt``
+    (``benchmark`` is ignored: the directions are task-agnostic, as the paper says)."""
+    key = fit_key(model, settings_for(config, model), fit_set_identity(fit_set_of(config)))
+    return f"results/vti/{model}/{key}.pt"
 
 
 def fit_key(model: str, cfg: Mapping[str, Any], demos_digest: str = "") -> str:
@@ -240,7 +306,7 @@ def textual_direction(adapter, pairs: Sequence[tuple[Any, Any]], chunk: int = 8)
 
 
 def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str, Any] | None = None,
-            model_name: str = "", demos_digest: str = "", progress=None) -> dict:
+            model_name: str = "", demos_digest: str = "", progress=None, extra_meta: Mapping | None = None) -> dict:
     """Fit VTI's directions for ``vlm`` from the fit records ``demos`` (images under
     ``image_dir``). Returns the artefact dict (see the module docstring)."""
     from PIL import Image
@@ -290,7 +356,8 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
     meta = {"model": model_name, "family": fam, "fit": cfg, "fit_key": fit_key(model_name, cfg, demos_digest),
             "demos_digest": demos_digest, "demo_ids": [str(r.get("id", r["image"])) for r in chosen],
             "n_layers": len(ad.decoder_layers()), "hidden_size": int(ad.text_config.hidden_size),
-            "source": "shengliu66/VTI@bb5dfee vti_utils/utils.py obtain_visual_vti / obtain_textual_vti"}
+            "source": "shengliu66/VTI@bb5dfee vti_utils/utils.py obtain_visual_vti / obtain_textual_vti",
+            **dict(extra_meta or {})}
     return {"text": text, "vision": vision, "meta": meta}
 
 
@@ -323,3 +390,67 @@ def load_directions(path: str | Path) -> dict:
         _CACHE.clear()
         _CACHE[key] = art
     return _CACHE[key]
+
+
+def fetch_fit_images(demos: Sequence[dict], dest: str | Path, *, offline: bool = False, log=print) -> Path:
+    """Download the fit records' COCO train2014 images into ``dest`` (one file each, resumable,
+    atomically placed). COCO publishes no per-image checksums: the first download is unverified
+    (logged), and ``dest/SHA256SUMS.json`` records each file's sha256 so every later run (and
+    ``offline``, which only verifies pre-placed files) checks the bytes against it."""
+    from .data.download import download, hash_file
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    sums_path = dest / "SHA256SUMS.json"
+    sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
+    missing, new = [], 0
+    for rec in demos:
+        name = rec["image"]
+        target = dest / name
+        known = sums.get(name)
+        if offline and not target.is_file():
+            missing.append(name)
+            continue
+        if not target.is_file():
+            download(COCO_TRAIN2014_URL.format(file=name), target, sha256=known, progress=False)
+        got = hash_file(target, ["sha256"])["sha256"]
+        if known is None:
+            sums[name] = got
+            new += 1
+        elif known != got:
+            raise ValueError(f"{target}: sha256 {got} differs from the recorded {known} ({sums_path})")
+    if missing:
+        raise FileNotFoundError(f"offline: {len(missing)} VTI fit images missing under {dest}: "
+                                f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    if new:
+        log(f"{new} COCO train2014 images had no recorded checksum (COCO publishes none): downloaded "
+            f"UNVERIFIED; their sha256 is now recorded in {sums_path}")
+    sums_path.write_text(json.dumps(dict(sorted(sums.items())), indent=1))
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m vcdflow.steering_fit MODEL_DIR FIT_SET.jsonl IMAGE_DIR OUT.pt [--fit JSON]``:
+    fit and save VTI's directions (the library path the workflow rule ``fit_vti`` takes)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m vcdflow.steering_fit", description=main.__doc__)
+    ap.add_argument("model")
+    ap.add_argument("fit_set", help="JSON lines: image, question, value, h_value")
+    ap.add_argument("images", help="folder holding the records' images")
+    ap.add_argument("out")
+    ap.add_argument("--fit", default="{}", help="fit settings as JSON (see FIT_DEFAULTS)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    a = ap.parse_args(argv)
+    from .io import file_digest
+    from .models import load_vlm
+
+    vlm = load_vlm(a.model, device=a.device, dtype=a.dtype)
+    art = fit_vti(vlm, load_demos(a.fit_set), a.images, json.loads(a.fit), model_name=str(a.model),
+                  demos_digest=file_digest(a.fit_set), progress=print, extra_meta={"fit_set_md5": file_digest(a.fit_set)})
+    return save_directions(art, a.out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
