@@ -35,6 +35,7 @@ wildcard_constraints:
 
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/benchmarks_extra.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/decode.smk"
 include: "workflow/rules/convis.smk"

@@ -1,7 +1,8 @@
 """The benchmark registry: ``BENCHMARKS[kind]`` → a frozen :class:`Benchmark` (one module each).
 
-A config key names a benchmark: ``pope``, ``chair``, ``mme``, ``amber``, or ``<kind>_<name>`` for
-a further dataset of a kind (``pope_aokvqa``, ``pope_gqa``). :func:`kind_of` answers "which
+A config key names a benchmark: ``pope``, ``chair``, ``mme``, ``amber``, ``mmvp``,
+``hallusionbench``, ``llavabench``, ``mmhal``, ``leading_pope``, or ``<kind>_<name>`` for a further
+dataset of a kind (``pope_aokvqa``, ``pope_gqa``, ``leading_pope_gqa``). :func:`kind_of` answers "which
 benchmark is this key" — the one place that knows ``pope_gqa`` is POPE. Add a benchmark: write
 ``vcdflow/benchmarks/<kind>.py`` defining ``BENCHMARK = Benchmark(...)``, list it below, and give
 its config entry a schema (``workflow/schemas/config.schema.yaml``).
@@ -11,25 +12,29 @@ from __future__ import annotations
 
 import re
 
-from . import amber, chair, mme, pope
+from . import amber, chair, hallusionbench, leading_pope, llavabench, mme, mmhal, mmvp, pope
 from .base import SINGLE_SPLIT, Benchmark, Column
+from .calibrated_scores import mme_rows, pope_rows, with_calibration
 
+# POPE and MME also score debias results calibrated (extra rows; see calibrated_scores)
 BENCHMARKS: dict[str, Benchmark] = {b.kind: b for b in (
-    pope.BENCHMARK, chair.BENCHMARK, mme.BENCHMARK, amber.BENCHMARK)}
+    with_calibration(pope.BENCHMARK, pope_rows), chair.BENCHMARK, with_calibration(mme.BENCHMARK, mme_rows),
+    amber.BENCHMARK, mmvp.BENCHMARK, hallusionbench.BENCHMARK, llavabench.BENCHMARK, mmhal.BENCHMARK,
+    leading_pope.BENCHMARK)}
 
-#: kinds that take further datasets as ``<kind>_<name>`` keys
-MULTI_DATASET = ("pope",)
-_KEY = re.compile(r"^(?P<kind>[a-z0-9]+?)_(?P<name>[A-Za-z0-9_-]+)$")
+#: kinds that take further datasets as ``<kind>_<name>`` keys (longest kind first)
+MULTI_DATASET = ("leading_pope", "pope")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def kind_of(name: str) -> str:
-    """The benchmark kind of a config key: ``pope_gqa`` → ``pope``; ``chair`` → ``chair``.
-    ``ValueError`` naming the key for anything else."""
+    """The benchmark kind of a config key: ``pope_gqa`` → ``pope``; ``leading_pope_gqa`` →
+    ``leading_pope``; ``chair`` → ``chair``. ``ValueError`` naming the key for anything else."""
     if name in BENCHMARKS:
         return name
-    m = _KEY.match(name)
-    if m and m["kind"] in MULTI_DATASET:
-        return m["kind"]
+    for kind in MULTI_DATASET:
+        if name.startswith(kind + "_") and _NAME.match(name[len(kind) + 1:]):
+            return kind
     raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)} "
                      f"or {'/'.join(k + '_<name>' for k in MULTI_DATASET)}")
 

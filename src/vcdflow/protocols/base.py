@@ -114,8 +114,15 @@ class Protocol:
             hint = (" (resolve 'auto' from the model first: vcdflow.protocols.family_of_model(path))"
                     if family in (None, "auto") else "")
             raise ValueError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}{hint}")
+        registry_spec = None  # a registry kind with no layer here (mmvp, ...): its own defaults
         if benchmark not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark kind {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+            from ..benchmarks import BENCHMARKS as REGISTRY
+
+            if benchmark not in REGISTRY:
+                raise ValueError(f"unknown benchmark kind {benchmark!r}; valid: {', '.join(REGISTRY)}")
+            registry_spec = REGISTRY[benchmark]
+            if registry_spec.extra.get("protocol_kind") in BENCHMARKS:  # leading_pope: POPE's setting
+                return self.resolve(method, family, registry_spec.extra["protocol_kind"], mode)
         if mode is not None and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)} (or None)")
         unified = get_protocol("unified") if self.name != "unified" else self
@@ -163,6 +170,14 @@ class Protocol:
         sources["do_sample"] = mode_src
         values["params"] = params
         sources["params"] = "; ".join(dict.fromkeys(param_src.values())) or "the method's own defaults"
+        if registry_spec is not None:
+            src = f"vcdflow.benchmarks.{benchmark} (no {self.name} setting for it)"
+            defaults = {"prompt": registry_spec.default_prompt,
+                        "max_new_tokens": registry_spec.extra.get("max_new_tokens", 64),
+                        "parser": registry_spec.parsers[0] if registry_spec.parsers else None}
+            for k, v in defaults.items():
+                if k == "parser" or k not in values:
+                    values[k], sources[k] = v, src
         missing = [f for f in FIELDS if f not in values]
         if missing:
             raise ValueError(f"protocol {self.name!r} has no value for {', '.join(missing)} "

@@ -25,6 +25,7 @@ from ..io import atomic_path
 from . import analysis as an
 from . import figures as _figures
 from . import stats
+from .judges import judges_of
 from .provenance import collect_provenance, input_checksums, result_dates, sidecar_hardware
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -501,7 +502,8 @@ def build_report(
                 "all": _all_metrics(a, bench, split),
                 "figure": plots.metric_plot(a, bench, split),
             })
-        sections.append({"bench": bench, "title": info.title, "note": info.note, "splits": splits})
+        sections.append({"bench": bench, "title": info.title, "note": info.note, "splits": splits,
+                         "judges": judges_of(a.scored_files, bench)})
     for b in _expected(config).get("benchmarks", []):
         if b not in a.benchmarks():
             sections.append({"bench": b, "title": an.bench_info(b, []).title, "note": "", "splits": [],

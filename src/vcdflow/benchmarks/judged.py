@@ -1,0 +1,33 @@
+"""What the judged benchmarks share: the judge of a benchmark entry and the judge label rows.
+
+A judged benchmark's config entry names its judge (``benchmarks.<name>.judge``, see
+:func:`vcdflow.metrics.judge.make_judge`): an OpenAI-compatible endpoint
+``{kind: openai, url: ..., model: ..., api_key_env: OPENAI_API_KEY}`` (the key is read only from
+that environment variable, never from the config) or a local model ``{kind: local, model: DIR}``.
+Every judged per-item row carries ``judge`` (``"<kind>:<model>"``); the report writes that label
+beside every judged number (:func:`judge_labels`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def judge_config(bench: Mapping[str, Any], *, why: str) -> Mapping[str, Any]:
+    """The ``judge`` mapping of a benchmark slice; ``ValueError`` naming the config key if absent."""
+    judge = bench.get("judge")
+    if not judge:
+        raise ValueError(f"config benchmarks.{bench.get('name', '?')}.judge: {why} needs a judge "
+                         "({kind: openai, url: ..., model: ..., api_key_env: VAR} or {kind: local, model: DIR})")
+    return judge
+
+
+def workers(bench: Mapping[str, Any]) -> int:
+    return int(bench.get("judge_workers") or 1)
+
+
+def judge_labels(per_item) -> str:
+    """The judge label(s) of scored per-item rows (``", "``-joined, first-seen order; "" if none)."""
+    from ..metrics.judge import judged_by
+
+    return judged_by(per_item)
