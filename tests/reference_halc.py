@@ -1,0 +1,229 @@
+"""Plain reference for ``halc`` and the tiny auxiliary stand-ins (E18) its tests use.
+
+The stand-ins are real transformers models at tiny sizes with random weights, saved to folders
+and loaded through :mod:`vcdflow.aux_models`' own loaders: OWLv2 (``Owlv2ForObjectDetection``,
+its box and class heads re-drawn wider so that boxes vary), BLIP (``BlipModel``) and CLIP
+(``CLIPModel``) over the tests' word-level tokenizer. Only the POS tagger is rule-based
+(:class:`RuleTagger`: spaCy weights cannot be fetched here).
+
+The reference decodes one request with no KV cache and no batching: every step recomputes the
+whole sequence through the Hugging Face model with ``output_hidden_states`` (DoLa's early exits
+straight from ``hidden_states[l]``, no final norm), and every FOV view is a separate full forward
+of prompt + crop + generated ids (``reference_methods.forward``). Each step of the official
+control flow (``BillChan226/HALC@12ea8b5``: ``halc.py``, vendored ``generation/utils.py``) is
+written out again here, without importing the method's helpers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from reference_methods import Result, forward, inputs
+from vcdflow.decoding.sampling import make_generator
+
+_AUX: dict = {}
+
+FUNCTION_WORDS = {"a", "an", "the", "is", "are", "there", "any", "in", "on", "of", "to", "and", "with", "this",
+                  "that", "what", "how", "yes", "no", "please", "you", "user", "assistant"}
+
+
+class RuleTagger:
+    """Test stand-in for spaCy (the ONLY rule-based auxiliary model): an alphabetic word that is
+    not a function word is a NOUN."""
+
+    def pos(self, word: str) -> str:
+        if not word:
+            return "PUNC"
+        w = word.split()[0]
+        if not w.isalpha():
+            return "PUNCT"
+        return "DET" if w.lower() in FUNCTION_WORDS else "NOUN"
+
+    def nouns(self, text: str) -> list[str]:
+        return [w for w in text.split() if self.pos(w) == "NOUN"]
+
+
+def build_aux(root) -> dict:
+    """{"detector", "scorer", "clip", "tagger", "paths"}: loaded once per test process."""
+    if _AUX:
+        return _AUX
+    from pathlib import Path
+
+    from tiny_models import _word_tokenizer
+    from transformers import (BlipConfig, BlipImageProcessorPil, BlipModel, BlipProcessor, CLIPConfig,
+                              CLIPImageProcessorPil, CLIPModel, CLIPProcessor, Owlv2Config, Owlv2ForObjectDetection,
+                              Owlv2ImageProcessorPil, Owlv2Processor)
+    from vcdflow.aux_models import Detector, ImageTextScorer
+
+    root = Path(root)
+    tok = _word_tokenizer()
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    owl = Owlv2ForObjectDetection(Owlv2Config(
+        text_config=dict(vocab_size=len(tok), max_position_embeddings=16, **small),
+        vision_config=dict(image_size=64, patch_size=16, **small), projection_dim=32)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, prm in owl.named_parameters():
+            if n.startswith("box_head"):
+                prm.copy_(torch.randn(prm.shape, generator=g) * 0.3)
+            elif n.startswith("class_head"):
+                prm.copy_(torch.randn(prm.shape, generator=g) * 0.5)
+    owl.save_pretrained(root / "owlv2")
+    Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": 64, "width": 64}),
+                   tokenizer=tok).save_pretrained(root / "owlv2")
+    BlipModel(BlipConfig(
+        text_config=dict(vocab_size=len(tok), max_position_embeddings=64, encoder_hidden_size=32, **small),
+        vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=16)).save_pretrained(root / "blip")
+    BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
+                  tokenizer=tok).save_pretrained(root / "blip")
+    CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tok), max_position_embeddings=64, **small),
+        vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=16)).save_pretrained(root / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tok).save_pretrained(root / "clip")
+    _AUX.update(detector=Detector.from_dir(root / "owlv2"), scorer=ImageTextScorer.from_dir(root / "blip"),
+                clip=ImageTextScorer.from_dir(root / "clip"), tagger=RuleTagger(),
+                paths={k: root / k for k in ("owlv2", "blip", "clip")})
+    return _AUX
+
+
+# --- the reference decoder -----------------------------------------------------------------------
+def forward_hidden(vlm, inp, generated):
+    lm = vlm.model.language_model if vlm.family == "instructblip" else vlm.model
+    orig = lm.forward
+
+    def with_hidden(*a, **k):
+        k["output_hidden_states"] = True
+        return orig(*a, **k)
+
+    lm.forward = with_hidden
+    try:
+        return forward(vlm, inp, generated)
+    finally:
+        del lm.forward
+
+
+def _word_start(tok, t: int) -> bool:
+    bt = getattr(tok, "backend_tokenizer", None)
+    if bt is not None and type(bt.model).__name__ == "WordLevel":
+        return True
+    s = tok.convert_ids_to_tokens(int(t)) or ""
+    return s[:1] in ("▁", "Ġ") or "." in s
+
+
+def _jsd(a: torch.Tensor, b: torch.Tensor) -> float:
+    """½ KL(p_a ‖ m) + ½ KL(p_b ‖ m), m = ½(p_a + p_b), summed over the vocabulary."""
+    pa, pb = a.softmax(-1), b.softmax(-1)
+    m = 0.5 * (pa + pb)
+    return float(0.5 * (m * (m.log() - a.log_softmax(-1))).sum() + 0.5 * (m * (m.log() - b.log_softmax(-1))).sum())
+
+
+def _grow(b, f):
+    w, h = b[2] - b[0], b[3] - b[1]
+    return [max(0.0, b[0] - f * w / 2), max(0.0, b[1] - f * h / 2), min(1.0, b[2] + f * w / 2), min(1.0, b[3] + f * h / 2)]
+
+
+def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_tokens: int, eos) -> Result:
+    from vcdflow.decoding.methods.halc import ADD_WORDS, EXEMPT_WORDS, HALC
+
+    p = {**HALC.defaults, **(params or {})}
+    tok = vlm.processor.tokenizer
+    lm = vlm.model.language_model if vlm.family == "instructblip" else vlm.model
+    head = lm.get_output_embeddings()
+    rng = make_generator(seed, key, "branches")
+    exempt = list(p["exempt_words"] or EXEMPT_WORDS)
+    add = list(p["add_words"] or ADD_WORDS)
+    inp = inputs(vlm, req.prompt, req.image, req.system)
+    res = Result()
+    res.meta["events"] = []
+    gen: list[int] = []
+    for step in range(max_new_tokens):
+        out = forward_hidden(vlm, inp, gen)
+        hs = out.hidden_states
+        L = len(hs) - 1
+        cand_layers = p["premature_layers"] or list(range(0, L, 2))
+        mature = out.logits[0, -1].float()
+        # DoLa: the candidate layer most JS-divergent from the mature one (means over V)
+        best, best_js = None, -1.0
+        for layer in cand_layers:
+            e = head(hs[layer][0, -1]).float()
+            m = 0.5 * (mature.softmax(-1) + e.softmax(-1))
+            js = 0.5 * ((m * (m.log() - mature.log_softmax(-1))).mean() + (m * (m.log() - e.log_softmax(-1))).mean())
+            if float(js) > best_js:
+                best, best_js = e, float(js)
+        lp = mature.log_softmax(-1)
+        cut = float(lp.max()) + math.log(p["relative_top"])
+        final = torch.where(lp < cut, torch.tensor(-math.inf), lp)
+        base = best.log_softmax(-1)
+        base = torch.where(final < -1e3, torch.tensor(-1e3), base)
+        s = final - base
+        y = int(s.argmax())
+        top2 = torch.topk(s, 2).values
+        margin = float(top2[0] - top2[1]) if torch.isfinite(top2[1]) else math.inf
+        chosen = y
+        if y not in eos and _word_start(tok, y):
+            word = tok.decode([y], skip_special_tokens=True).strip()
+            for ch in (".", ",", "'", "]", "[", ")"):
+                word = word.strip(ch)
+            if word.endswith("s"):
+                word = word[:-1]
+            pos = aux["tagger"].pos(word) if word else "PUNC"
+            if "." in word or "," in word or word in exempt:
+                pos = "SKIP"
+            if float(torch.rand(1, generator=rng)) < p["skip_rate"]:
+                pos = "SKIP"
+            if word in add:
+                pos = "ADD"
+            ev = {"step": step, "word": word, "pos": pos}
+            res.meta["events"].append(ev)
+            if pos in ("NOUN", "PROPN", "ADD"):
+                boxes = aux["detector"].detect(req.image, word, p["box_threshold"])
+                if len(boxes) > p["max_boxes"]:
+                    ev["status"] = "invalid"
+                else:
+                    if not boxes:
+                        target, ev["status"] = [0.2, 0.2, 0.8, 0.8], "not-detected"
+                    else:
+                        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+                        target, ev["status"] = boxes[areas.index(min(areas))], "activated"
+                    e = p["expand_ratio"]
+                    views = [_grow(target, -e), list(target)]
+                    while len(views) < p["context_window"]:
+                        views.append(_grow(views[-1], e))
+                    W, H = req.image.size
+                    fov = []
+                    for b in views:
+                        x0, y0, x1, y1 = b[0] * W, b[1] * H, b[2] * W, b[3] * H
+                        im = req.image.convert("RGB").crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+                        fov.append(forward(vlm, inputs(vlm, req.prompt, im, req.system), gen).logits[0, -1].float())
+                    n = len(fov)
+                    pairs = sorted(((_jsd(fov[i], fov[j]), i * n + j) for i in range(n) for j in range(i + 1, n)),
+                                   key=lambda x: -x[0])[: p["k_candidates"] // 2]
+                    cands = []
+                    for _, flat in pairs:
+                        i, j = divmod(flat, n)
+                        cands.append(int((fov[j] - p["contrast_weight"] * fov[i]).argmax()))
+                        cands.append(int((fov[i] - p["contrast_weight"] * fov[j]).argmax()))
+                    texts = [tok.decode(gen + [c], skip_special_tokens=True) for c in cands]
+                    sims = aux["scorer"].similarity(req.image, texts).softmax(-1)
+                    chosen = cands[int(sims.argmax())]
+                    ev["candidates"], ev["chosen"] = cands, chosen
+                    if (ev["status"] == "not-detected" and p["unk_not_detected"] and tok.unk_token_id is not None
+                            and len(gen) + 1 >= p["min_length"]):
+                        new = tok.decode([chosen], skip_special_tokens=True).split(" ")[-1]
+                        cur = tok.decode([y], skip_special_tokens=True).split(" ")[-1]
+                        if (new == cur or new in cur or cur in new) and new not in exempt:
+                            chosen, ev["unk"] = tok.unk_token_id, True
+            else:
+                ev["status"] = "invalid"
+        res.margins.append(margin)
+        if chosen in eos:
+            res.finish = "eos"
+            break
+        gen.append(chosen)
+        res.tokens.append(chosen)
+    return res

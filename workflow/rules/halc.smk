@@ -1,0 +1,47 @@
+# HALC's auxiliary models (vcdflow.aux_models, methods-3 §1.8): an open-vocabulary detector, an
+# image-text scorer and a spaCy POS tagger, fetched once into resources/halc/<name> by a local rule
+# and loaded by the halc method from there (params detector/scorer/tagger = those folders).
+#
+#   resources/halc/grounding_dino_tiny  IDEA-Research/grounding-dino-tiny (transformers port; HALC's
+#                                       default detector is GroundingDINO SwinT-OGC = the tiny model)
+#   resources/halc/owlv2                google/owlv2-base-patch16-ensemble (HALC's --detector owlv2)
+#   resources/halc/blip_large           Salesforce/blip-image-captioning-large (HALC's BLIP score;
+#                                       no pinned revision known here: pre-place it, see below)
+#   resources/halc/clip_b32             openai/clip-vit-base-patch32 (HALC's CLIP score; same)
+#   resources/halc/spacy_sm             spaCy en_core_web_sm 3.8.0 model folder (from the wheel)
+#
+# Hub snapshots go through vcdflow.data.download.hf_snapshot (pinned commit, LFS files sha256-checked
+# by the hub client); the spaCy wheel through vcdflow.data.download.download (sha256-checked,
+# resumable) and extract. Revisions and the wheel's sha256 come from third-party pinned files
+# (several agreeing ones), not checked here. With offline: true nothing is fetched: a pre-placed
+# folder is checked and a missing one is named.
+
+HALC_AUX = {
+    "grounding_dino_tiny": {"hf": "IDEA-Research/grounding-dino-tiny",
+                            "revision": "a2bb814dd30d776dcf7e30523b00659f4f141c71"},
+    "owlv2": {"hf": "google/owlv2-base-patch16-ensemble",
+              "revision": "cfd3195ba4ea9592eec887ded089f4c08eff231d"},
+    "blip_large": {"hf": "Salesforce/blip-image-captioning-large", "revision": None},
+    "clip_b32": {"hf": "openai/clip-vit-base-patch32", "revision": None},
+    "spacy_sm": {"url": "https://github.com/explosion/spacy-models/releases/download/"
+                        "en_core_web_sm-3.8.0/en_core_web_sm-3.8.0-py3-none-any.whl",
+                 "sha256": "1932429db727d4bff3deed6b34cfc05df17794f4a52eeb26cf8928f7c1a0fb85",
+                 "strip": "en_core_web_sm/en_core_web_sm-3.8.0"},
+}
+
+
+rule download_halc_aux:
+    output:
+        directory("resources/halc/{aux}"),
+    wildcard_constraints:
+        aux="|".join(HALC_AUX),
+    log:
+        "logs/halc/{aux}.log",
+    params:
+        spec=lambda wildcards: HALC_AUX[wildcards.aux],
+        offline=config["offline"],
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
+    script:
+        "../scripts/halc_aux.py"
