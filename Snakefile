@@ -35,12 +35,13 @@ wildcard_constraints:
 
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/benchmarks_extra.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/decode.smk"
 include: "workflow/rules/convis.smk"
-include: "workflow/rules/halc.smk"
 include: "workflow/rules/amateur.smk"
 include: "workflow/rules/vti.smk"
+include: "workflow/rules/halc.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 
