@@ -371,3 +371,64 @@ def test_vti_bad_input(vlms, fitted, tmp_path):
         generate(vlms["llava"], REQS[:1], params={"directions": str(fitted["demo"][1])}, **kw)
     with pytest.raises(ValueError, match="'alpha_text'"):
         generate(vlms["llava"], REQS[:1], params={"directions": "x", "alpha_text": -1}, **kw)
+
+
+# --- E14 through the engine: one branch of two steered -----------------------------------------------
+from dataclasses import dataclass as _dc  # noqa: E402
+from typing import ClassVar as _CV  # noqa: E402
+
+from vcdflow.decoding.methods.base import Method as _Method  # noqa: E402
+
+
+@_dc(frozen=True)
+class SteerSecond(_Method):
+    """Test method: branches [original, the same input]; only branch 1 is steered; score = its logits
+    minus 0.5 × the unsteered original's."""
+
+    name: _CV[str] = "test_steer_second"
+
+    def branches(self, request, ctx):
+        return [self.original(request), Branch(prompt=request.prompt, image=request.image, system=request.system,
+                                                name="steered")]
+
+    def forward_hooks(self, adapter, params):
+        D = adapter.text_config.hidden_size
+        vec = {l: torch.randn(D, generator=torch.Generator().manual_seed(10 + l)) for l in range(len(adapter.decoder_layers()))}
+        return ActivationSteering(vectors=vec, lam=1.5, branches=(1,))
+
+    def combine(self, logits, step, state):
+        return logits[..., 1, :] - 0.5 * logits[..., 0, :]
+
+    def plausibility(self, logits, step, state):
+        return None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_branch_steering_through_the_engine(vlms, family):
+    """E14 at every position of the decode (prefill and steps, rows retiring): equals a batch-1
+    no-cache loop running the original plainly and the copy with wrapped MLPs. With shared prefixes
+    the two branches would share one prefix row: the hooks refuse, naming share_prefix."""
+    from reference_methods import Result
+    from reference_steering import _pick
+
+    vlm = vlms[family]
+    m = SteerSecond()
+    free = generate(vlm, REQS[:1], method=m, max_new_tokens=N_NEW, eos_token_id=[], share_prefix=False)[0]
+    assert free.error is None, free.error
+    eos = [free.token_ids[2]]
+    outs = generate(vlm, REQS, method=m, max_new_tokens=N_NEW, eos_token_id=eos, share_prefix=False)
+    hooks = m.forward_hooks(vlm.adapter, {})
+    for i, (r, o) in enumerate(zip(REQS, outs)):
+        assert o.error is None, o.error
+        inp = inputs(vlm, r.prompt, r.image, r.system)
+        res = Result()
+        with torch.inference_mode():
+            for _ in range(N_NEW):
+                plain = forward(vlm, inp, res.tokens).logits[0, -1].float()
+                with wrapped_mlps(text_layers(vlm), lambda l: _Steer(hooks.vectors[l], 1.5)):
+                    steered = forward(vlm, inp, res.tokens).logits[0, -1].float()
+                if not _pick(steered - 0.5 * plain, res, False, 1.0, None, 1.0, None, eos):
+                    break
+        assert_same_as_reference(o, res, eos, f"steer_second/{family}/{r.item_id}")
+    shared = generate(vlm, REQS[:1], method=m, max_new_tokens=2, eos_token_id=[], share_prefix=True)[0]
+    assert shared.error is not None and "share_prefix" in shared.error

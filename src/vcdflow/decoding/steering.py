@@ -20,7 +20,11 @@ float32 and cast back to the model's dtype (the official layers return ``.half()
 ``per_request=True``: the row of request r gets ``v_l[r]``, VISTA). Only rows of the branches in
 ``branches`` are steered (None: every row); the row mask is rebuilt in ``before_forward`` from
 ``rows.branch`` / ``rows.request``, so prefix rows, suffix rows and re-indexed step rows all get
-their request's vector.
+their request's vector. Shared-prefix prefill computes one prefix row for every row with the same
+system text + image: that is exact only when those rows are steered alike. The hooks check it when
+the prefix rows are copied to their rows (``select`` after the ``"prefix"`` forward) and raise,
+naming ``share_prefix``, if a steered and an unsteered row (or, with per-request vectors, two
+requests) shared a prefix — such a method sets ``share_prefix = False`` (VISTA does).
 
 **E14v — the same on the vision encoder** (``vision_vectors``: per vision layer one vector per
 token ``[T, D]``, VTI's ``visual_direction``). The engine calls ``hooks.start`` before the
@@ -147,6 +151,9 @@ class ActivationSteering(DecodeHooks):
         super().start(adapter, seqs, tokens)
         self._mask = None   # [R] bool: rows to steer (None: all)
         self._req = None    # [R] long: request index of each row (per-request vectors)
+        self._prefix = None  # the "prefix" forward's rows, until they are copied to their request rows
+        # the engine's flat row order (request-major, original branch first)
+        self._flat = [(i, j) for i, s in enumerate(seqs) for j in range(len(s))]
         try:
             self._install(adapter)
         except Exception:
@@ -195,7 +202,22 @@ class ActivationSteering(DecodeHooks):
             return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
         return hook
 
+    def _steered(self, branch: int) -> bool:
+        return self.branches is None or int(branch) in set(int(b) for b in self.branches)
+
+    def select(self, index: torch.Tensor) -> None:
+        pre, self._prefix = self._prefix, None
+        if pre is None or not self.vectors:
+            return
+        for (req, br), k in zip(self._flat, index.tolist()):
+            p_req, p_br = pre.request[k], pre.branch[k]
+            if self._steered(br) != self._steered(p_br) or (self.per_request and self._steered(br) and req != p_req):
+                raise RuntimeError("activation steering: rows steered differently shared one prefix (request "
+                                   f"{req} branch {br} took the prefix of request {p_req} branch {p_br}); a method "
+                                   "steering some rows only must set share_prefix = False")
+
     def before_forward(self, phase: str, rows: Rows) -> None:
+        self._prefix = rows if phase == "prefix" else None
         if self.branches is None:
             self._mask = None
         else:
