@@ -24,6 +24,9 @@ from reference_methods import Result, forward, inputs
 from vcdflow.decoding import METHODS
 from vcdflow.decoding.sampling import make_generator
 
+#: methods this module covers (tests/test_methods_layers.py); reference_decoder covers the first wave
+COVERED = ("dola", "deco", "revisit")
+
 
 def language_model(vlm):
     return vlm.model.language_model if vlm.family == "instructblip" else vlm.model
