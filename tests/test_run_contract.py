@@ -135,7 +135,9 @@ def test_paper_protocol_values_win_and_unified_keeps_the_config():
 
 
 def test_benchmark_registry_answers_which_benchmark():
-    assert set(BENCHMARKS) == {"pope", "chair", "mme", "amber"}
+    assert set(BENCHMARKS) == {"pope", "chair", "mme", "amber", "mmvp", "hallusionbench", "llavabench", "mmhal",
+                               "leading_pope"}
+    assert kind_of("leading_pope_gqa") == "leading_pope" and kind_of("pope_leading") == "pope"
     assert kind_of("pope_gqa") == "pope" and kind_of("pope_my-data") == "pope" and kind_of("chair") == "chair"
     with pytest.raises(ValueError, match="unknown benchmark 'chair_x'"):
         kind_of("chair_x")
