@@ -7,7 +7,7 @@
 #   resources/halc/owlv2                google/owlv2-base-patch16-ensemble (HALC's --detector owlv2)
 #   resources/halc/blip_large           Salesforce/blip-image-captioning-large (HALC's BLIP score;
 #                                       no pinned revision known here: pre-place it, see below)
-#   resources/halc/clip_b32             openai/clip-vit-base-patch32 (HALC's CLIP score; same)
+#   resources/halc/clip_b32             openai/clip-vit-base-patch32 (HALC's CLIP score)
 #   resources/halc/spacy_sm             spaCy en_core_web_sm 3.8.0 model folder (from the wheel)
 #
 # Hub snapshots go through vcdflow.data.download.hf_snapshot (pinned commit, LFS files sha256-checked
@@ -22,7 +22,8 @@ HALC_AUX = {
     "owlv2": {"hf": "google/owlv2-base-patch16-ensemble",
               "revision": "cfd3195ba4ea9592eec887ded089f4c08eff231d"},
     "blip_large": {"hf": "Salesforce/blip-image-captioning-large", "revision": None},
-    "clip_b32": {"hf": "openai/clip-vit-base-patch32", "revision": None},
+    "clip_b32": {"hf": "openai/clip-vit-base-patch32",
+                 "revision": "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268"},
     "spacy_sm": {"url": "https://github.com/explosion/spacy-models/releases/download/"
                         "en_core_web_sm-3.8.0/en_core_web_sm-3.8.0-py3-none-any.whl",
                  "sha256": "1932429db727d4bff3deed6b34cfc05df17794f4a52eeb26cf8928f7c1a0fb85",
