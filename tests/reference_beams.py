@@ -226,3 +226,83 @@ def ref_obrien(vlm, ama, req, alpha, beta, max_new, eos, ignore_prefix=False):
                 return gen, "eos", margins
             gen.append(t)
         return gen, "length", margins
+
+
+# --- OPERA (shikiw/OPERA opera_beam_search, without retrospection) ----------------------------------
+def _eager(vlm):
+    m = vlm.model
+    prev = m.config._attn_implementation
+    m.set_attn_implementation("eager")
+    return lambda: m.set_attn_implementation(prev)
+
+
+def opera_candidate_scores(vlm, inp, gen, n_can, scale, alpha):
+    """The beam's logits row as OPERA's code builds it: −999 everywhere, z(c) − α·penalty(c) at the
+    top-N_can candidates; every forward is a full recompute with eager attention."""
+    from reference_methods import family
+
+    P = inp["input_ids"].shape[1]
+    img_pos = [i for i, t in enumerate(inp["input_ids"][0].tolist()) if t == vlm.adapter.image_token_id]
+    z = forward(vlm, inp, gen).logits[0, -1].float()
+    zt, zi = torch.topk(z, n_can)
+    row = torch.full_like(z, -999.0)
+    for j in range(n_can):
+        att = forward(vlm, inp, gen + [int(zi[j])], attentions=True).attentions[-1][0].float()  # [H, T, T]
+        A = att.max(0).values
+        A = A / A.sum(-1, keepdim=True)
+        W = scale * A[P:, P:]
+        n = W.shape[-1]
+        cols = [1e-7 * float(torch.prod(W[i:, i])) for i in range(n)]
+        phi = max(cols)
+        img = float(A[-1, img_pos].sum()) if img_pos else 0.0
+        pen = -img if n <= 10 else phi
+        row[int(zi[j])] = float(zt[j]) - alpha * pen
+    del family
+    return row, set(zi.tolist())
+
+
+def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty=1.0):
+    """(ids, finish): beam search over OPERA's candidate scores; finished hypotheses Σ/(prompt +
+    generated without EOS)^lp; only candidates continue as beams (the module docstring of
+    vcdflow.decoding.methods.opera)."""
+    restore = _eager(vlm)
+    try:
+        with torch.no_grad():
+            inp = inputs(vlm, req.prompt, req.image, req.system)
+            P = inp["input_ids"].shape[1]
+            K = num_beams
+            running, scores = [[]], [0.0]
+            finished: list = []          # (score, ids, eos)
+            is_open = True
+            while True:
+                rows, cand_sets = [], []
+                for g in running:
+                    row, cs = opera_candidate_scores(vlm, inp, g, n_can, scale, alpha)
+                    rows.append(torch.log_softmax(row, -1) + scores[len(rows)])
+                    cand_sets.append(cs)
+                flat = torch.stack(rows).reshape(-1)
+                V = rows[0].shape[-1]
+                keep = min(max(2, 1 + len(eos)) * K, flat.numel())
+                top, idx = torch.topk(flat, keep)
+                conts = [(float(s), int(i) // V, int(i) % V) for s, i in zip(top, idx)]
+                n = len(running[0]) + 1
+                hit = [t in eos or n >= max_new for _, _, t in conts]
+                if is_open:
+                    for j in range(min(K, keep)):
+                        if hit[j]:
+                            s, b, t = conts[j]
+                            length = P + n - (1 if t in eos else 0)
+                            finished.append((s / length ** length_penalty, running[b] + [t], t in eos))
+                    finished = sorted(finished, key=lambda f: -f[0])[:K]
+                ok = [j for j in range(keep) if not hit[j] and conts[j][2] in cand_sets[conts[j][1]]]
+                nxt = ok[:K]
+                if is_open and len(finished) >= K and nxt:
+                    best = conts[nxt[0]][0] / (P + n) ** length_penalty
+                    is_open = best > min(f[0] for f in finished)
+                if not is_open or not nxt or n >= max_new:
+                    s, ids, e = finished[0]
+                    return (ids[:-1], "eos") if e else (ids, "length")
+                running = [running[conts[j][1]] + [conts[j][2]] for j in nxt]
+                scores = [conts[j][0] for j in nxt]
+    finally:
+        restore()

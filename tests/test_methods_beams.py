@@ -170,3 +170,44 @@ def test_text_cd_errors(vlms, amateurs, tmp_path):
     o = generate(vlm, REQS[:1], method="text_cd", params={"amateur": amateurs["llava"][0], "variant": "li"},
                  do_sample=True, max_new_tokens=2)[0]
     assert "do_sample=False" in o.error
+
+
+# --- OPERA -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_opera_matches_reference(vlms, family):
+    """OPERA's beams (candidate look-ahead, last-layer attention penalty) against a full-recompute
+    port; 12 tokens so that the column-product penalty (window > 10) is used, not only the image
+    bonus; a small σ·window keeps the products in range on random weights."""
+    from reference_beams import ref_opera
+
+    vlm = vlms[family]
+    p = {"num_beams": 3, "num_attn_candidates": 3, "scale_factor": 50.0}
+    n_new = 12
+    outs = generate(vlm, REQS[:2], method="opera", params=p, max_new_tokens=n_new, eos_token_id=[])
+    for r, o in zip(REQS[:2], outs):
+        assert o.error is None, o.error
+        want = ref_opera(vlm, r, 3, 3, 50.0, 1.0, n_new, [])
+        assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id)
+
+
+def test_opera_eos_penalty_and_batching(vlms):
+    """EOS hits end hypotheses as in the port; the penalty weight changes the output (α = 0 is a
+    beam search over the top-N_can candidates only, not plain beams); batch 1 = batch 3."""
+    from reference_beams import ref_opera
+
+    vlm = vlms["llava"]
+    p = {"num_beams": 3, "num_attn_candidates": 3}
+    free = generate(vlm, REQS[:1], method="opera", params=p, max_new_tokens=6, eos_token_id=[])[0]
+    eos = [free.token_ids[2]]
+    outs = generate(vlm, REQS, method="opera", params=p, max_new_tokens=6, eos_token_id=eos)
+    assert outs[0].meta["finish_reason"] == "eos"
+    for r, o in zip(REQS, outs):
+        assert (o.token_ids, o.meta["finish_reason"]) == ref_opera(vlm, r, 3, 3, 50.0, 1.0, 6, eos)
+    one = [generate(vlm, [r], method="opera", params=p, max_new_tokens=6, eos_token_id=eos)[0] for r in REQS]
+    assert [o.token_ids for o in one] == [o.token_ids for o in outs]
+    kw = dict(method="opera", max_new_tokens=12, eos_token_id=[])
+    a0 = generate(vlm, REQS, params={**p, "penalty_weights": 0.0}, **kw)
+    a1 = generate(vlm, REQS, params=p, **kw)
+    beams = generate(vlm, REQS, method="greedy", num_beams=3, length_norm="total", max_new_tokens=12, eos_token_id=[])
+    assert [o.token_ids for o in a0] != [o.token_ids for o in a1]
+    assert [o.token_ids for o in a0] != [o.token_ids for o in beams]

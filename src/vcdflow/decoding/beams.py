@@ -171,6 +171,63 @@ class BeamSearch:
         original-branch row in the current forward (for searches that read more than ``lp``)."""
         return torch.topk((lp + running[:, None]).reshape(-1), k=keep)
 
+    def advance(self, st: _Beams, top_lp: torch.Tensor, beam: list[int], tok: list[int], layout: Layout, r: int,
+                runnable: list[bool] | None = None):
+        """One step of HF's bookkeeping for request ``r`` given its ``keep`` best continuations
+        (scores ``top_lp`` descending, source beam ``beam`` and token ``tok`` of each): finished
+        hypotheses updated, running beams chosen, stopping decided. ``runnable`` (optional): which
+        continuations may become running beams (OPERA: only forwarded candidates); fewer than
+        ``num_beams`` running beams are kept when fewer qualify. Returns (indices of the new running
+        beams into the continuations, or None when the request is done; finish reason; the best
+        beam's ids / the final ids)."""
+        K = self.k
+        keep = len(tok)
+        cur = len(st.running[0])                            # generated so far
+        seqs = [st.running[b] + [t] for b, t in zip(beam, tok)]
+        n_gen = cur + 1
+        hits = [t in layout.eos or n_gen >= layout.limits[r] for t in tok]
+        # f. finished hypotheses (only the top K candidates; none once the request is closed)
+        for j in range(min(K, keep)):
+            if not hits[j] or not st.open:
+                continue
+            if self.early is True and len(st.finished) >= K:
+                continue
+            eos = tok[j] in layout.eos
+            length = self._length(n_gen, eos, layout.prompt_len[r])
+            sc = float(top_lp[j]) / (length ** self.lp)
+            st.finished.append((sc, seqs[j], eos))
+        # keep the best K (stable: earlier entries first among equals, like topk over the concat)
+        order = sorted(range(len(st.finished)), key=lambda i: -st.finished[i][0])[:K]
+        st.finished = [st.finished[i] for i in sorted(order, key=lambda i: (-st.finished[i][0], i))]
+        # e. running beams for the next step: the best K candidates that did not stop
+        bad = [h or (runnable is not None and not runnable[j]) for j, h in enumerate(hits)]
+        run_lp = top_lp + torch.tensor([-1e9 if x else 0.0 for x in bad])
+        nxt = torch.topk(run_lp, k=min(K, keep)).indices.tolist()
+        if runnable is not None:
+            nxt = [j for j in nxt if not bad[j]] or nxt[:1]
+        st.running = [seqs[j] for j in nxt]
+        st.running_scores = run_lp[nxt]
+        # g. stopping: heuristic, all finished with early stopping, no valid continuation
+        n_now = cur + 1
+        if st.open and len(st.finished) >= K:
+            if self.early == "never" and self.lp > 0:
+                best_len = layout.limits[r]
+            else:
+                best_len = n_now
+            if self.norm == "total":
+                best_len += layout.prompt_len[r]
+            best = float(st.running_scores[0]) / (best_len ** self.lp)
+            worst = min(f[0] for f in st.finished)
+            st.open = best > worst
+        all_done = len(st.finished) >= K and self.early is True
+        if not st.open or all_done or all(bad) or n_now >= layout.limits[r]:
+            best = st.finished[0] if st.finished else (float(st.running_scores[0]), st.running[0], False)
+            ids = list(best[1])
+            if best[2]:
+                return None, "eos", ids[:-1]
+            return None, "length", ids
+        return nxt, None, list(st.running[0])
+
     def step(self, step: int, logits: torch.Tensor, layout: Layout) -> Choice:
         spans = layout.spans()
         lp_all = self.scores(step, logits, layout, spans)
@@ -194,59 +251,17 @@ class BeamSearch:
                 self.state[r] = st
                 lp = lp[:1].expand(K, V)
                 rows = rows[:1] * K
-            cur = len(st.running[0])                            # generated so far
             n_eos = len(layout.eos)
             keep = min(max(2, 1 + n_eos) * K, lp.numel())
             top_lp, top_i = self.candidates(lp, st.running_scores.to(lp.device), keep, first, rows)
-            top_lp = top_lp.cpu()
             beam = (top_i // V).tolist()
             tok = (top_i % V).tolist()
-            seqs = [st.running[b] + [t] for b, t in zip(beam, tok)]
-            n_gen = cur + 1
-            hits = [t in layout.eos or n_gen >= layout.limits[r] for t in tok]
-            # f. finished hypotheses (only the top K candidates; none once the request is closed)
-            for j in range(min(K, keep)):
-                if not hits[j] or not st.open:
-                    continue
-                if self.early is True and len(st.finished) >= K:
-                    continue
-                eos = tok[j] in layout.eos
-                length = self._length(n_gen, eos, layout.prompt_len[r])
-                sc = float(top_lp[j]) / (length ** self.lp)
-                st.finished.append((sc, seqs[j], eos))
-            # keep the best K (stable: earlier entries first among equals, like topk over the concat)
-            order = sorted(range(len(st.finished)), key=lambda i: -st.finished[i][0])[:K]
-            st.finished = [st.finished[i] for i in sorted(order, key=lambda i: (-st.finished[i][0], i))]
-            # e. running beams for the next step: the best K candidates that did not stop
-            run_lp = top_lp + torch.tensor([-1e9 if h else 0.0 for h in hits])
-            nxt = torch.topk(run_lp, k=K).indices.tolist()
-            st.running = [seqs[j] for j in nxt]
-            st.running_scores = run_lp[nxt]
-            # g. stopping: heuristic, all finished with early stopping, no valid continuation
-            n_now = cur + 1
-            if st.open and len(st.finished) >= K:
-                if self.early == "never" and self.lp > 0:
-                    best_len = layout.limits[r]
-                else:
-                    best_len = n_now
-                if self.norm == "total":
-                    best_len += layout.prompt_len[r]
-                best = float(st.running_scores[0]) / (best_len ** self.lp)
-                worst = min(f[0] for f in st.finished)
-                st.open = best > worst
-            all_done = len(st.finished) >= K and self.early is True
-            if not st.open or all_done or all(hits) or n_now >= layout.limits[r]:
-                best = st.finished[0] if st.finished else (float(st.running_scores[0]), st.running[0], False)
-                ids = list(best[1])
-                if best[2]:
-                    ids = ids[:-1]
-                    done[r] = "eos"
-                else:
-                    done[r] = "length"
-                tokens[r] = ids
+            nxt, why, ids = self.advance(st, top_lp.cpu(), beam, tok, layout, r)
+            tokens[r] = ids
+            if nxt is None:
+                done[r] = why
                 continue
-            tokens[r] = list(st.running[0])
-            slots = [s for i in idx for s in [spans[i][1]]]
+            slots = [spans[i][1] for i in idx]
             for new, j in enumerate(nxt):
                 old = slots[beam[j]] if len(slots) > 1 else slots[0]
                 picks.append((r, old, new))

@@ -20,6 +20,7 @@ from .icd import ICD
 from .lqcd import LQCD
 from .m3id import M3ID
 from .olm import OLM
+from .opera import OPERA
 from .only import ONLY
 from .pai import PAI
 from .pba import PBA
@@ -50,7 +51,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # attention methods (H2: methods-3 §1.3, §1.6, §1.9)
     PAI(), SID(), ONLY(), VASparse(),
     # searches: look-ahead, amateur, beams (H3: methods-2 §1.7, §1.8; methods-3 §1.1)
-    ContrastiveSearch(), TextCD())}
+    ContrastiveSearch(), TextCD(), OPERA())}
 
 
 def get_method(name: str) -> Method:
