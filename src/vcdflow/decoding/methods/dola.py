@@ -44,8 +44,12 @@ average d_l over the batch before the argmax (``utils.py`` L2693-2695 "Reduce th
 batch every row shares one l*; here each request gets its own (= their batch-1 behaviour); (b)
 outside the head the official code sets the premature log-probs to −1e3 for row 0 only
 (``base_logits[0][mask] = -1e3``); irrelevant, the score is −inf there. (c) HALC's DoLa baseline
-(beam 3, no relative-top filter) needs beam search (E11): not built here. ``Output.meta``:
-``dola_premature`` = {layer: times chosen} (the official ``premature_layer_dist``). Every family.
+(``dola_beam_search``, beam 3, relative-top filter commented out: raw ℓ − W_lm·h_{l*}, then
+log-softmax into the beam scores) is ``relative_top: 0`` under ``generate(num_beams=3)`` (E11) —
+except that HALC averages the layer choice over the beams, here each beam chooses its own; this
+combination runs but is not compared with a beam reference here. ``Output.meta``:
+``dola_premature`` = {layer: times chosen over the request's rows (beams included)} (the official
+``premature_layer_dist``). Every family.
 """
 
 from __future__ import annotations
