@@ -90,6 +90,13 @@ def test_vision_probe_matches_hidden_states(vlms, family):
             hs = tower(pixel_values=e.pixel_values, output_hidden_states=True).hidden_states
         want = torch.stack([h[0] for h in hs])
         assert got[k].shape == want.shape and torch.allclose(got[k], want, atol=1e-5)
+    # residual_probe(vision=True): (layers, vision) per row; a text-only row has no vision part
+    rows = [encs[0], drop_image(ad, encs[1]), encs[2]]
+    both = residual_probe(ad, rows, vision=True)
+    assert both[1][1] is None
+    for k, row in ((0, 0), (2, 2)):
+        assert torch.allclose(both[k][1], got[row], atol=1e-5)
+        assert torch.allclose(both[k][0], residual_probe(ad, [rows[k]])[0], atol=1e-4)
 
 
 def test_vision_layers_refuses_qwen(vlms):
@@ -432,3 +439,28 @@ def test_branch_steering_through_the_engine(vlms, family):
         assert_same_as_reference(o, res, eos, f"steer_second/{family}/{r.item_id}")
     shared = generate(vlm, REQS[:1], method=m, max_new_tokens=2, eos_token_id=[], share_prefix=True)[0]
     assert shared.error is not None and "share_prefix" in shared.error
+
+
+@pytest.mark.parametrize("family", ["llava", "instructblip", "demo"])
+def test_vision_steering_matches_wrapped_mlps(vlms, family):
+    """E14v: per-token vectors pushed into every vision layer's MLP output (hooks installed by
+    start, as the engine does before prefill_embeds) = the tower with its MLPs wrapped."""
+    vlm = vlms[family]
+    ad = vlm.adapter
+    encs = [ad.encode(Branch(prompt=r.prompt, image=r.image)) for r in REQS]
+    shape = vision_probe(ad, encs[:1])[0].shape       # [L_v + 1, T, D]
+    g = torch.Generator().manual_seed(7)
+    vv = {l: torch.randn(shape[1], shape[2], generator=g) for l in range(shape[0] - 1)}
+    hooks = ActivationSteering(vision_vectors=vv, vision_lam=0.6)
+    hooks.start(ad, [[e] for e in encs], [[] for _ in encs])
+    try:
+        with torch.inference_mode():
+            got = ad.image_features(encs)
+    finally:
+        hooks.finish()
+    with torch.inference_mode(), wrapped_mlps(vision_layers_ref(vlm), lambda l: VTILayerRef(vv[l], 6.0)):
+        want = ad.image_features(encs)   # VTILayerRef pushes 0.1·λ: λ 6 = 0.6
+    with torch.inference_mode():
+        plain = ad.image_features(encs)
+    for a, b, c in zip(got, want, plain):
+        assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)

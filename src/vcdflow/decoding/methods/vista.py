@@ -141,7 +141,8 @@ class VISTA(Method):
         hs = [cap.last[l][state.rows[:, 0]] for l in cap.layers]
         # hidden_states[1:][L-1] is the final-normed output in the official read (HF appends it normed)
         hs = [ad.final_norm()(h) if l == L - 1 else h for l, h in zip(cap.layers, hs)]
-        aug = torch.stack([head(h).float() for h in hs]).mean(0)
+        # mean_l W_lm·h_l = W_lm·mean_l h_l (W_lm is linear): one LM-head product instead of one per layer
+        aug = head(torch.stack(hs).mean(0)).float()
         a = float(p["logits_alpha"])
         return (1 - a) * ell + a * aug
 
