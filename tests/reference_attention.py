@@ -171,7 +171,7 @@ def only_side_logits(vlm, inp, generated, p):
     def fn(kind, layer, t, module, v):
         if kind != "probs" or layer != p["layer"]:
             return t
-        a = t[0, :, -1, :].float().clone()                     # [H, K]
+        a = t[0, :, -1, :].double().clone()                    # [H, K] (exact: ties are not cut)
         n = a.shape[-1]
         text_cols = [c for c in range(1, n) if c not in img]   # column 0 (BOS) untouched
         img_cols = sorted(img)
@@ -180,6 +180,11 @@ def only_side_logits(vlm, inp, generated, p):
         def drop(cols):
             x = a[:, cols]
             thr = x.mean(-1, keepdim=True) + x.std(-1, keepdim=True)
+            # how close a weight is to its cut: within float round-off the cut is not defined
+            # (heads whose weights are all equal cut nothing, in any float order)
+            spread = (x.max(-1).values - x.min(-1).values) > 0
+            gap = (x - thr).abs()[spread]
+            side["edge"] = min(side.get("edge", float("inf")), float(gap.min()) if gap.numel() else float("inf"))
             return torch.where(x > thr, torch.zeros_like(x), x)
 
         xt, xi = drop(text_cols), drop(img_cols)
@@ -214,12 +219,13 @@ def only_side_logits(vlm, inp, generated, p):
     r = p["residual_weight"] * h + last.input_layernorm(side["o"])
     h2 = r + last.mlp(last.post_attention_layernorm(r))
     head = vlm.model.language_model.lm_head if vlm.family == "instructblip" else vlm.model.lm_head
-    return out.logits[0, -1].float(), head(tm.norm(h2)).float(), P
+    return out.logits[0, -1].float(), head(tm.norm(h2)).float(), side["edge"]
 
 
 def only_scores(vlm, req, p, generated, meta):
     inp = inputs(vlm, req.prompt, req.image, req.system)
-    l0, lte, _ = only_side_logits(vlm, inp, generated, p)
+    l0, lte, edge = only_side_logits(vlm, inp, generated, p)
+    meta["only_edge"] = min(meta.get("only_edge", float("inf")), edge)
     d = float((torch.softmax(l0, -1) - torch.softmax(lte, -1)).abs().sum())
     if d < p["gamma"]:
         s = l0 + p["alpha_pos"] * lte

@@ -1,6 +1,6 @@
 """Attention capabilities (vcdflow.decoding.attention: E3 capture, E4 score hooks, E5 key masks,
 E17 side stream, E20 in-forward key selection) against plain computations, and the attention
-methods ``pai``, ``sid``, ``only`` against the plain references in tests/reference_attention.py
+methods ``pai``, ``sid``, ``only``, ``vasparse`` against the plain references in tests/reference_attention.py
 (batch 1, no cache, full recompute) on the tiny model of every family and the demo LLaVA;
 seeding and batch-size invariance; bad input."""
 
@@ -224,7 +224,8 @@ def recording(cls):
 
 
 def ref_step_scores(vlm, method, req, p, generated, hist):
-    meta: dict = {}
+    meta = hist.setdefault("meta", {})
+    meta.pop("only_edge", None)
     if method == "pai":
         return ra.pai_scores(vlm, req, p, generated)[0]
     if method == "sid":
@@ -249,15 +250,22 @@ def test_scores_match_reference(vlms, method, family):
     REC.clear()
     outs = generate(vlm, REQS, method=m, params=params, max_new_tokens=N_NEW, eos_token_id=[], batch_size=16)
     p = {**METHODS[method].defaults, **params}
+    skipped: list = []
     with torch.inference_mode():
         for r, (req, o) in enumerate(zip(REQS, outs)):
             hist: dict = {}
             for t in range(N_NEW):
                 got, want = REC[(r, t)], ref_step_scores(vlm, method, req, p, o.token_ids[:t], hist)
+                if hist["meta"].get("only_edge", 1.0) < 1e-6:
+                    # ONLY cuts weights above mean + std: a weight within round-off of its cut
+                    # (e.g. equal weights, std 0) has no defined side; such steps are not compared
+                    skipped.append((r, t))
+                    continue
                 fin = torch.isfinite(want)
                 assert torch.equal(torch.isfinite(got), fin), (method, family, r, t)
                 assert torch.allclose(got[fin], want[fin], atol=2e-4, rtol=1e-4), \
                     (method, family, r, t, float((got[fin] - want[fin]).abs().max()))
+    assert len(skipped) <= 2, skipped
 
 
 def test_methods_change_the_decode(vlms):
@@ -280,7 +288,9 @@ def test_switches_match_reference(vlms):
     vlm = vlms["demo"]
     cases = [("pai", {"gamma": 1.0, "start_layer": 1}), ("pai", {"use_attn": False, "gamma": 2.0}),
              ("pai", {"use_cfg": False, "start_layer": 0, "alpha": 1.0}),
-             ("sid", {"greedy_apc": True, "layer": 1, "keep": 150}), ("sid", {"select": "highest", "keep": 300})]
+             ("sid", {"greedy_apc": True, "layer": 1, "keep": 150}), ("sid", {"select": "highest", "keep": 300}),
+             ("vasparse", {"variant": "code"}), ("vasparse", {"svcd": False, "sparse_rate": 0.5, "sink_penalty": False}),
+             ("vasparse", {"token_selection": False, "sink_beta": 2.0})]
     for method, p in cases:
         outs = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[])
         for i, (r, o) in enumerate(zip(REQS, outs)):
@@ -291,7 +301,7 @@ def test_switches_match_reference(vlms):
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "instructblip", "demo"])
 def test_sampling_seed_and_batch_size(vlms, family):
     vlm = vlms[family]
-    for method in ("pai", "sid", "only"):
+    for method in ("pai", "sid", "only", "vasparse"):
         kw = dict(method=method, params=params_for(vlm, method), do_sample=True, temperature=1.0, top_p=1.0,
                   max_new_tokens=N_NEW, eos_token_id=[])
         a = generate(vlm, REQS, seed=4, batch_size=16, **kw)
@@ -304,12 +314,30 @@ def test_sampling_seed_and_batch_size(vlms, family):
 
 def test_sampling_matches_reference(vlms):
     vlm = vlms["llava"]
-    for method in ("pai", "sid", "only"):
+    for method in ("pai", "sid", "only", "vasparse"):
         kw = dict(do_sample=True, temperature=0.9, top_p=0.95, seed=11, max_new_tokens=N_NEW)
         outs = generate(vlm, REQS, method=method, params=params_for(vlm, method), eos_token_id=[], **kw)
         for i, (r, o) in enumerate(zip(REQS, outs)):
             ref = ra.ref_generate(vlm, r, method, params_for(vlm, method), index=i, **kw)
             assert o.token_ids == ref.tokens, (method, r.item_id)
+
+
+@pytest.mark.parametrize("family", ["llava", "demo"])
+def test_beam_search_with_attention_hooks(vlms, family):
+    """Beam search (E11) re-indexes the hooks' per-row state (``select``): num_beams=1 is the greedy
+    decode; with 3 beams a batch of 3 requests gives each request's batch-1 result."""
+    vlm = vlms[family]
+    for method in ("pai", "sid", "vasparse"):
+        p = params_for(vlm, method)
+        g = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[])
+        b1 = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[], num_beams=1)
+        assert [o.token_ids for o in g] == [o.token_ids for o in b1], (family, method)
+        b3 = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[], num_beams=3,
+                      batch_size=3)
+        one = [generate(vlm, [r], method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[], num_beams=3)[0]
+               for r in REQS]
+        assert all(o.error is None for o in b3), [o.error for o in b3]
+        assert [o.token_ids for o in b3] == [o.token_ids for o in one], (family, method)
 
 
 def test_bad_input(vlms):
@@ -324,6 +352,8 @@ def test_bad_input(vlms):
     assert out.error == "method 'sid' needs an image (Request.image is None)"
     with pytest.raises(ValueError, match="parameter 'gamma' of method 'pai' must be >= 1"):
         generate(vlm, REQS[:1], method="pai", params={"gamma": 0.5})
+    with pytest.raises(ValueError, match="parameter 'variant' of method 'vasparse' must be 'paper' or 'code'"):
+        generate(vlm, REQS[:1], method="vasparse", params={"variant": "full"})
     with pytest.raises(ValueError, match="parameter 'select' of method 'sid'"):
         generate(vlm, REQS[:1], method="sid", params={"select": "random"})
     assert vlm.adapter.text_model().config._attn_implementation == "sdpa"

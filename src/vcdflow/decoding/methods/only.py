@@ -23,7 +23,9 @@ sampler's own default is 0.1 and argparse's 0.6), ``layer`` = ℓ̃ = 0, ``resid
 Decoding: the official sampler always samples (T = 1, top-p = 1); our greedy mode (argmax of s) is
 ours. ``Output.meta["only_collaborative"]`` counts the steps that took the collaborative branch.
 
-Divergences: positions are per row (the code hard-codes LLaVA's BOS = 0, system 1–34, image
+Divergences: the cut statistics are computed in float64, so weights tied with their cut (e.g. a
+head attending uniformly: std 0) stay, as the formula says (the code's float16/32 mean can land a
+rounding step below them and cut them all); positions are per row (the code hard-codes LLaVA's BOS = 0, system 1–34, image
 35–610; the InstructBLIP copy image 0–31, Qwen-VL 1–256): here the first real token is the
 untouched "BOS" column and the image columns are the row's image placeholders (InstructBLIP: the
 Q-Former query outputs), padding excluded; the last layer is the model's own (the code: index 31);
@@ -61,7 +63,7 @@ class ONLYHooks(SideStream):
         super().start(adapter, seqs, tokens)
 
     def side_output(self, p, v, ctx, module):
-        a = p[:, :, -1, :].float()                                   # [R, H, K]
+        a = p[:, :, -1, :].double()        # [R, H, K]; float64: equal weights (std 0) are never cut
         valid, img, first = ctx.keys(a.shape[-1])
         text = (valid & ~img & ~first)[:, None, :]
         image = img[:, None, :]
