@@ -53,8 +53,11 @@ def test_pipeline_outputs(micro_run):
     cfg = yaml.safe_load(MICRO.read_text())
     df = pd.read_csv(workdir / "results" / "metrics.csv")
     assert list(df.columns) == ["benchmark", "split", "model", "protocol", "method", "mode", "seed", "metric", "value"]
-    # every label under unified; sample and vcd also under VCD's paper protocol (micro.yaml)
-    n_runs = (len(cfg["benchmarks"]["pope"]["splits"]) + 1) * (len(cfg["methods"]) + 2) * len(cfg["seeds"])
+    # every label under unified; sample and vcd also under VCD's paper protocol (micro.yaml); the
+    # splits of metrics.csv: POPE's, CHAIR's and MME's "all", AMBER's two tasks and its four
+    # discriminative dimensions
+    n_splits = len(cfg["benchmarks"]["pope"]["splits"]) + 1 + 1 + 6
+    n_runs = n_splits * (len(cfg["methods"]) + 2) * len(cfg["seeds"])
     assert len(df.groupby(["benchmark", "split", "model", "protocol", "method", "mode", "seed"])) == n_runs
     runs = set(df[["protocol", "method", "mode"]].drop_duplicates().itertuples(index=False, name=None))
     assert runs == {("unified", "greedy", "greedy"), ("unified", "sample", "sample"), ("unified", "vcd", "greedy"),
@@ -73,6 +76,17 @@ def test_pipeline_outputs(micro_run):
     assert set(pope.metric) >= {"accuracy", "precision", "recall", "f1", "yes_ratio", "n", "n_errors"}
     chair = df[(df.benchmark == "chair")]
     assert set(chair.metric) >= {"chair_s", "chair_i", "recall", "length"}
+    # the demo MME and AMBER (rules build_demo_mme / build_demo_amber) decoded and scored
+    mme = df[(df.benchmark == "mme")]
+    assert set(mme.split) == {"all"} and set(mme.metric) >= {"existence_acc", "existence_acc_plus", "hallucination"}
+    amber = df[(df.benchmark == "amber")]
+    assert set(amber.split) == {"generative", "discriminative", "existence", "attribute", "relation", "state"}
+    assert set(amber[amber.split == "generative"].metric) >= {"chair", "cover", "hal", "cog"}
+    assert set(amber[amber.split == "discriminative"].metric) >= {"accuracy", "f1"}
+    n_mme = len(read_jsonl(workdir / "results/mme/all/demo/unified/greedy/greedy/seed0.jsonl"))
+    assert n_mme == 4 * 2 * cfg["demo"]["mme_images"]  # 4 subtasks x images x 2 questions
+    assert len(read_jsonl(workdir / "results/amber/generative/demo/unified/greedy/greedy/seed0.jsonl")) == \
+        cfg["demo"]["amber_images"]
     # every POPE question of the split is answered once, in file order
     questions = read_jsonl(workdir / "resources/demo/pope/demo_pope_random.json")
     recs = read_jsonl(workdir / "results/pope/random/demo/unified/vcd/greedy/seed0.jsonl")
@@ -91,12 +105,21 @@ def test_pipeline_outputs(micro_run):
     # the speed section: peak memory and hardware from the sidecars
     speed = re.search(r'<table id="speed-table">(.*?)</table>', html, re.S).group(1)
     mems = re.findall(r'<td class="num">(\d+)</td><td class="hardware">([^<]+)</td>', speed)
-    assert len(mems) == 2 * 6  # (pope, chair) x 6 runs
+    assert len(mems) == 4 * 6  # (pope, chair, mme, amber) x 6 runs
     assert all(int(m) > 0 and "(cpu)" in hw for m, hw in mems)
     # every run is labelled with its protocol; the protocol section lists how VCD's differs
     assert '<code>vcd@vcd</code></td><td class="protocol">vcd</td>' in html
     diff = re.search(r'<table class="protocol-diff" data-protocol="vcd">(.*?)</table>', html, re.S).group(1)
     assert "<td>pope</td><td>parser</td>" in diff
+    # the overview shows the MME and AMBER headline metrics of metrics.csv (one seed: the value)
+    for bench, split, metric in (("mme", "all", "hallucination"), ("amber", "generative", "chair"),
+                                 ("amber", "discriminative", "accuracy")):
+        m = re.search(rf'data-sort="([^"]+)" data-glance="{bench}/{split}/demo/vcd/{metric}"', html)
+        assert m, (bench, split, metric)
+        want = df[(df.benchmark == bench) & (df.split == split) & (df.method == "vcd") & (df.protocol == "unified")
+                  & (df.metric == metric)].value.item()
+        assert float(m.group(1)) == pytest.approx(want)
+    assert 'id="bench-mme"' in html and 'id="bench-amber"' in html
 
 
 def test_execution_settings_never_redecode(micro_run):
@@ -106,7 +129,7 @@ def test_execution_settings_never_redecode(micro_run):
     assert yaml.safe_load(MICRO.read_text())["batch_size"] == 4  # so batch_size=8 is a change
     out = snakemake(workdir, "-n", "--config", "threads=2", "batch_size=8", "device=cpu")
     text = out.stdout + out.stderr
-    for rule in ("decode", "convis_captions", "convis_reconstruct", "merge_shards"):
+    for rule in ("decode", "decode_group", "convis_captions", "convis_reconstruct", "merge_shards"):
         assert not re.search(rf"^rule {rule}:", text, re.M), text[-3000:]
     # at most the report re-renders (its provenance shows the config, threads included)
     planned = set(re.findall(r"^(?:local)?rule (\w+):", text, re.M))
@@ -131,12 +154,16 @@ def test_second_run_is_byte_identical(micro_run, tmp_path):
     assert (workdir / "results/metrics.csv").read_bytes() == (tmp_path / "results/metrics.csv").read_bytes()
 
 
-def test_kill_during_decode_then_resume(micro_run, tmp_path):
-    """SIGKILL a running decode job mid-shard, rerun: nothing lost or duplicated, same output."""
+@pytest.mark.parametrize("group", [True, False], ids=["group_decode", "per_shard"])
+def test_kill_during_decode_then_resume(micro_run, tmp_path, group):
+    """SIGKILL a running decode job mid-shard, rerun: nothing lost or duplicated, same output —
+    for the one-job-per-label decode (group_decode, micro.yaml's) and the per-shard jobs, whose
+    records also equal each other."""
     workdir, _ = micro_run
     shutil.copytree(workdir / "resources", tmp_path / "resources")
     cfg = yaml.safe_load(MICRO.read_text())
     cfg["batch_size"] = 2
+    cfg["group_decode"] = group
     cfg["benchmarks"] = {"pope": dict(cfg["benchmarks"]["pope"], splits=["random"])}
     cfg["methods"] = {"vcd": cfg["methods"]["vcd"]}
     config = tmp_path / "kill.yaml"
@@ -161,7 +188,8 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path):
     assert not (tmp_path / target).exists()
     snakemake(tmp_path, "--unlock", config=config)  # the killed run left its lock behind
     snakemake(tmp_path, target, config=config)
-    log = next((tmp_path / "logs/decode/pope/random/demo/unified/vcd/greedy/seed0").glob("*.log")).read_text()
+    logs = tmp_path / ("logs/decode_group/demo/unified/vcd" if group else "logs/decode/pope/random/demo/unified/vcd/greedy/seed0")
+    log = next(logs.glob("*.log")).read_text()
     assert "resuming" in log and "already decoded" in log
     recs = strip_timing(tmp_path / target)
     assert [r["item_id"] for r in recs] == [r["item_id"] for r in strip_timing(workdir / target)]

@@ -59,17 +59,23 @@ def test_unknown_method_key_fails(tmp_path):
 
 
 def test_demo_dag_expands_the_grid(tmp_path):
-    # a clean directory: nothing built yet
+    """make demo: one decode job and one scoring job per method label (group_decode), each for
+    every benchmark, split and seed; with group_decode off, one job per result and shard."""
     out = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"), cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    n_results = (len(cfg["benchmarks"]["pope"]["splits"]) + 1) * len(cfg["methods"]) * len(cfg["seeds"])
-    counts = dict(line.split()[:2] for line in out.stdout.splitlines() if line.strip() and line.split()[0] in ("decode", "score", "merge_shards"))
-    assert int(counts["score"]) == n_results
-    assert int(counts["merge_shards"]) == n_results
-    # one shard each; greedy and convis (greedy mode, no random draw) are decoded once for both seeds
-    n_splits = len(cfg["benchmarks"]["pope"]["splits"]) + 1
-    assert int(counts["decode"]) == n_results - n_splits * 2 * (len(cfg["seeds"]) - 1)
+    assert cfg["group_decode"] is True and set(cfg["benchmarks"]) == {"pope", "chair", "mme", "amber"}
+    counts = dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) == 2)
+    assert int(counts["decode_group"]) == int(counts["score_group"]) == len(cfg["methods"])
+    assert not {"decode", "merge_shards", "score"} & set(counts), counts
+    # per-result jobs: POPE's 3 splits, CHAIR, MME and AMBER's 2 tasks per label and seed
+    off = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"),
+              "--config", "group_decode=false", cwd=tmp_path)
+    assert off.returncode == 0, off.stdout + off.stderr
+    counts = dict(line.split()[:2] for line in off.stdout.splitlines() if len(line.split()) == 2)
+    n_results = (len(cfg["benchmarks"]["pope"]["splits"]) + 1 + 1 + 2) * len(cfg["methods"]) * len(cfg["seeds"])
+    assert int(counts["score"]) == int(counts["merge_shards"]) == n_results
+    assert "decode_group" not in counts and int(counts["decode"]) <= n_results
 
 
 def test_paper_config_builds_the_whole_dag_offline(tmp_path):
@@ -158,8 +164,34 @@ def test_demo_paper_and_demo_full_configs_build_their_dags(tmp_path):
     assert jobs.get("build_demo_mme") == "1" and jobs.get("build_demo_amber") == "1", full.stdout
     from vcdflow.decoding import METHODS
 
-    cfg = yaml.safe_load((ROOT / "config" / "demo-full.yaml").read_text())
-    assert {m["method"] for m in cfg["methods"].values()} == set(METHODS) - {"contrast", "cid"}
+    # make demo and make demo-full: every method but contrast/cid (no contrast input in the demo)
+    for name in ("config.yaml", "demo-full.yaml"):
+        cfg = yaml.safe_load((ROOT / "config" / name).read_text())
+        assert {m["method"] for m in cfg["methods"].values()} == set(METHODS) - {"contrast", "cid"}, name
     paper = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "demo-paper.yaml"), cwd=tmp_path)
     assert paper.returncode == 0, paper.stdout + paper.stderr
     assert yaml.safe_load((ROOT / "config" / "demo-paper.yaml").read_text())["protocol"] == "paper"
+
+
+def test_parse_does_not_import_torch_once_the_method_record_is_cached(tmp_path):
+    """The Snakefile's parse (once per invocation, once per job on a cluster) reads the methods'
+    metadata and the config check from vcdflow's cache (keyed by the code digest): the second
+    parse runs with `import torch` failing."""
+    env = dict(os.environ, VCDFLOW_CACHE=str(tmp_path / "cache"))
+    blocked = tmp_path / "blocked" / "torch"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('torch imported at parse time')\n")
+    args = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n", "--quiet", "rules",
+            "--configfile", str(ROOT / "tests" / "configs" / "micro.yaml")]
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert list((tmp_path / "cache").glob("methods-*.json")) and list((tmp_path / "cache" / "validated").iterdir())
+    env["PYTHONPATH"] = os.pathsep.join([str(blocked.parent), env.get("PYTHONPATH", "")])
+    second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert second.stdout == first.stdout
+    # a config that was never checked still is (and then imports torch: fails here, naming it)
+    bad = tmp_path / "other.yaml"
+    bad.write_text(yaml.safe_dump(dict(yaml.safe_load((ROOT / "tests/configs/micro.yaml").read_text()), seeds=[3])))
+    third = subprocess.run(args[:-1] + [str(bad)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert third.returncode != 0 and "torch imported at parse time" in third.stdout + third.stderr

@@ -326,8 +326,17 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     params = ({**fixed_params, **entry["params"]} if protocol == UNIFIED else {**entry["params"], **fixed_params})
     # benchmark settings: prompt, parser, max_new_tokens
     bench["prompt"] = _pick(protocol, bench.get("prompt"), res.prompt, spec.default_prompt)
+    parser_note = None
     if spec.parsers:
-        bench["parser"] = _pick(protocol, bench.get("parser"), res.parser, spec.parsers[0])
+        proto_parser = res.parser
+        if protocol != UNIFIED and proto_parser not in spec.parsers:
+            # a paper protocol's answer parser this benchmark's scorer does not have (VCD's
+            # substring rule "vcd" is a POPE rule; MME scores with official/lmms): the config's
+            # (else the scorer's default) parser, recorded in the protocol's sources
+            parser_note = (f"{protocol}'s parser {proto_parser!r} is not a {kind} parser "
+                           f"({', '.join(spec.parsers)}): the config's or the scorer's default is used")
+            proto_parser = None
+        bench["parser"] = _pick(protocol, bench.get("parser"), proto_parser, spec.parsers[0])
     bench["max_new_tokens"] = int(_pick(protocol, bench.get("max_new_tokens"), res.max_new_tokens,
                                         _MAX_NEW_TOKENS.get(kind, 64)))
     cap = bench.pop("max_new_tokens_cap", None)
@@ -346,6 +355,9 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
         inputs[kind_] = METHOD_INPUTS[kind_].format(benchmark=benchmark, model=model)
     proto = dict(res.as_dict())
     proto.setdefault("protocol", protocol)
+    if parser_note:
+        proto["parser"] = bench["parser"]
+        proto["sources"] = {**proto.get("sources", {}), "parser": parser_note}
     return RunSpec(benchmark=bench, model=mcfg, method=run_method, protocol=proto, seed=int(seed), inputs=inputs)
 
 
@@ -361,12 +373,89 @@ def _convis(config: Mapping, benchmark: str, run_method: dict) -> None:
         params["beta"] = float(convis.get("apc_lambda", 0.1)) if convis.get("apc", False) else None
 
 
+# --------------------------------------------------------------------------- method metadata
+# The workflow parses the Snakefile once per invocation (and once per job on a cluster); the
+# method classes import torch (~2.7 s). What the grid needs of them — random_draw, extra_inputs,
+# families, mode, defaults — is read once per version of the package's code and kept in a small
+# JSON file (``$VCDFLOW_CACHE``, else ``$XDG_CACHE_HOME/vcdflow``, else ``~/.cache/vcdflow``),
+# keyed by a digest of every .py file of the package; :func:`validate_config` likewise records
+# a config it passed under that digest. A cache that cannot be written is simply not used.
+
+_META: dict[str, dict] = {}
+
+
+def cache_dir():
+    import os
+    from pathlib import Path
+
+    if os.environ.get("VCDFLOW_CACHE"):
+        return Path(os.environ["VCDFLOW_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vcdflow"
+
+
+_CODE_DIGEST: list[str] = []
+
+
+def code_digest() -> str:
+    """SHA-256 over the path and bytes of every .py file of the installed vcdflow package."""
+    if not _CODE_DIGEST:
+        import hashlib
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        _CODE_DIGEST.append(h.hexdigest())
+    return _CODE_DIGEST[0]
+
+
+def _read_cache(name: str):
+    import json
+
+    try:
+        return json.loads((cache_dir() / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(name: str, value) -> None:
+    import json
+    import os
+
+    try:
+        path = cache_dir() / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value, sort_keys=True, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def method_meta() -> dict[str, dict]:
+    """Engine method name -> ``random_draw``, ``extra_inputs``, ``families``, ``mode`` and
+    ``defaults`` of :data:`vcdflow.decoding.METHODS`, without importing torch when this code
+    version's record is cached (see above)."""
+    if not _META:
+        name = f"methods-{code_digest()[:16]}.json"
+        meta = _read_cache(name)
+        if not isinstance(meta, dict):
+            from .decoding import METHODS
+
+            meta = {n: {"random_draw": bool(getattr(m, "random_draw", True)),
+                        "extra_inputs": list(getattr(m, "extra_inputs", ())),
+                        "families": None if getattr(m, "families", None) is None else list(m.families),
+                        "mode": getattr(m, "mode", None),
+                        "defaults": dict(m.defaults)} for n, m in METHODS.items()}
+            _write_cache(name, meta)
+        _META.update(meta)
+    return _META
+
+
 def method_inputs(method: str) -> tuple[str, ...]:
     """Extra input kinds a method needs (its ``extra_inputs``, see :data:`METHOD_INPUTS`)."""
-    from .decoding import METHODS
-
-    obj = METHODS.get(method)
-    return tuple(getattr(obj, "extra_inputs", ()))
+    return tuple((method_meta().get(method) or {}).get("extra_inputs", ()))
 
 
 
@@ -376,10 +465,8 @@ def seed_free(method: str, mode: str) -> bool:
     (under the grid's first seed) and that result is recorded for every seed."""
     if mode != "greedy":
         return False
-    from .decoding import METHODS
-
     # a method declares whether it draws from ctx.rng (Method.random_draw)
-    return not getattr(METHODS.get(method), "random_draw", True)
+    return not (method_meta().get(method) or {}).get("random_draw", True)
 
 
 def decode_seed(config: Mapping, spec_or_method, mode: str | None = None, seed: int | None = None) -> int:
@@ -429,7 +516,22 @@ def grid(config: Mapping) -> Iterator[dict]:
 
 def validate_config(config: Mapping) -> None:
     """Parse-time checks the schema cannot do; :class:`ConfigError` naming the key:
-    unknown engine method, unknown or ill-typed parameter, unknown protocol, unknown benchmark."""
+    unknown engine method, unknown or ill-typed parameter, unknown protocol, unknown benchmark.
+
+    A config that passed is recorded under the code digest (see :func:`method_meta`): checking
+    it again with the same code returns at once, without importing torch."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([code_digest(), config], sort_keys=True, default=str).encode()).hexdigest()
+    record = f"validated/{key[:32]}"
+    if _read_cache(record) == key:
+        return
+    _validate_config(config)
+    _write_cache(record, key)
+
+
+def _validate_config(config: Mapping) -> None:
     from .decoding import METHODS
 
     for name in config["benchmarks"]:

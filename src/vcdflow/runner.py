@@ -585,5 +585,53 @@ def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, met
     return output
 
 
+def shard_is_current(run: dict, output: str | os.PathLike) -> bool:
+    """True when ``output`` is a finished shard of exactly ``run``: the file and its sidecar exist,
+    the sidecar's ``config_hash`` is the run's (method-input digests included) and its
+    ``result_sha256`` is the file's. A grouped decode job skips such shards after a restart."""
+    import hashlib
+
+    output = Path(output)
+    side = sidecar_path(output)
+    if not (output.exists() and side.exists()):
+        return False
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    run, _ = attach_method_inputs(run, [])
+    return (meta.get("config_hash") == result_hash(run)
+            and meta.get("result_sha256") == hashlib.sha256(output.read_bytes()).hexdigest())
+
+
+def decode_group(jobs: list[dict], *, vlm=None, progress: bool = True, say: Callable = log.info) -> list[Path]:
+    """Decode several results of one model in one process, the model loaded once (the workflow's
+    ``group_decode``: one job per model, protocol, method label and mode).
+
+    ``jobs``: ``{"run": run dict, "shard": path, "results": [[result path, seed], ...]}`` in
+    order. Each run is decoded into its (single) shard file by :func:`run_shard` — the same
+    locking, per-batch checkpoint and resume, sidecar — unless :func:`shard_is_current` says it
+    is already there; then :func:`merge_shards` writes each of its result files (a seed-free
+    greedy run is decoded once and recorded for every seed, as in the per-shard workflow).
+    Returns the result paths."""
+    out: list[Path] = []
+    for job in jobs:
+        run, shard = job["run"], job["shard"]
+        if shard_is_current(run, shard):
+            say(f"{shard}: up to date, not decoded again")
+        else:
+            if vlm is None:
+                from . import validate
+                from .models import load_vlm
+
+                model = run["model"]
+                validate.check_model(model)
+                vlm = load_vlm(model["path"], device=_device(run), dtype=model.get("dtype", "float32"))
+            run_shard(run, shard, vlm=vlm, progress=progress)
+        for path, seed in job["results"]:
+            out.append(merge_shards([shard], path, seed=int(seed)))
+    return out
+
+
 def describe(run: dict) -> dict[str, Any]:
     return {"config_hash": result_hash(run), "run": run}

@@ -191,6 +191,94 @@ def shard_files(wildcards):
     return [SHARD.format(**wc, shard=i, nshards=n) for i in range(n)]
 
 
+# --------------------------------------------------------------------------- grouped decoding
+# config group_decode: one decode job and one scoring job per (model, protocol, method label,
+# mode) instead of one per result (and shard): the model loads once for every benchmark, split
+# and seed of the label. Benchmarks with n_shards > 1 keep the per-shard jobs; so does a
+# protocol under which a label's mode differs between benchmarks. Same files, same records.
+
+
+class _Wildcards(dict):
+    """A wildcards-like dict (attribute access and ** both work) for the input functions above."""
+
+    __getattr__ = dict.__getitem__
+
+
+GROUP_BENCHMARKS = [b for b in BENCHMARKS if config.get("group_decode", False) and n_shards(b) == 1]
+GROUP_PARTS = [(b, s, n) for b in GROUP_BENCHMARKS for s in bench_splits(b) for n in SEEDS]
+GROUP_KEY = "{model}/{protocol}/{method}/{mode}"
+
+
+def _group_protocols():
+    """Protocols under which every label has every GROUP_PARTS result (one mode throughout)."""
+    parts, full = {}, set(GROUP_PARTS)
+    for g in GRID:
+        if g["benchmark"] in GROUP_BENCHMARKS:
+            key = (g["model"], g["protocol"], g["method"], g["mode"])
+            parts.setdefault(key, set()).add((g["benchmark"], g["split"], g["seed"]))
+    partial = {key[1] for key, have in parts.items() if have != full}
+    return sorted({key[1] for key in parts} - partial)
+
+
+GROUP_PROTOCOLS = _group_protocols() if GROUP_PARTS else []
+
+
+def group_outputs(suffix):
+    """The result files of one group (wildcards model, protocol, method, mode) + ``suffix``."""
+    keep = {k: f"{{{k}}}" for k in ("model", "protocol", "method", "mode")}
+    return [f"{RESULT.format(benchmark=b, split=s, seed=n, **keep)}{suffix}" for b, s, n in GROUP_PARTS]
+
+
+def _group_wildcards(wildcards, benchmark, split, seed):
+    return _Wildcards(benchmark=benchmark, split=split, seed=seed, model=wildcards.model,
+                      protocol=wildcards.protocol, method=wildcards.method, mode=wildcards.mode)
+
+
+def group_decode_inputs(wildcards):
+    """The model and every benchmark split's decode inputs (keys suffixed with benchmark/split)."""
+    inputs = {"model": model_dir(wildcards.model)}
+    for b in GROUP_BENCHMARKS:
+        for s in bench_splits(b):
+            for key, value in decode_inputs(_group_wildcards(wildcards, b, s, SEEDS[0])).items():
+                if key != "model":
+                    inputs[f"{key}_{b}_{s}"] = value
+    return inputs
+
+
+def group_runs(wildcards):
+    """What a group's decode job decodes: per distinct (benchmark, split, decoded seed) its run
+    spec, its shard file and the result files (with their seeds) merged from it."""
+    jobs = {}
+    for b, s, n in GROUP_PARTS:
+        wc = _group_wildcards(wildcards, b, s, n)
+        seed = decoded_seed(wc)
+        if (b, s, seed) not in jobs:
+            decoded = _Wildcards(wc, seed=seed)
+            jobs[(b, s, seed)] = {"run": run_spec(decoded), "shard": SHARD.format(**decoded, shard=0, nshards=1),
+                                  "results": []}
+        jobs[(b, s, seed)]["results"].append([f"{RESULT.format(**wc)}.jsonl", n])
+    return list(jobs.values())
+
+
+def group_score_inputs(wildcards):
+    inputs = {}
+    for b, s, n in GROUP_PARTS:
+        for key, value in score_inputs(_group_wildcards(wildcards, b, s, n)).items():
+            inputs[f"{key}_{b}_{s}_{n}"] = value
+    return inputs
+
+
+def group_score_parts(wildcards):
+    """Per result of the group: its scorer slice, result file and the two files it scores into."""
+    parts = []
+    for b, s, n in GROUP_PARTS:
+        wc = _group_wildcards(wildcards, b, s, n)
+        path = RESULT.format(**wc)
+        parts.append({"bench": score_bench(wc), "results": f"{path}.jsonl", "scored": f"{path}.scored.jsonl",
+                      "metrics": f"{path}.metrics.csv", "seed": n})
+    return parts
+
+
 def grid():
     """Every result of the config grid (vcdflow.config.grid)."""
     return iter(GRID)
@@ -252,6 +340,17 @@ def paper_results():
     if local.exists():
         return str(local)
     return str(Path(workflow.basedir) / "resources" / "paper_results.csv")
+
+
+def demo_model_shipped():
+    """The shipped demo-model folder (the working directory's copy, else the workflow's), or
+    None when demo.train.shipped is false or none exists (vcdflow.models.demo_shipped)."""
+    if not config["demo"]["train"].get("shipped", True):
+        return None
+    for base in (Path("."), Path(workflow.basedir)):
+        if (base / "resources/demo_model/training_inputs.json").is_file():
+            return str(base / "resources/demo_model")
+    return None
 
 
 # --------------------------------------------------------------------------- ConVis

@@ -40,3 +40,34 @@ rule merge_shards:
         "../../envs/vcdflow.yaml"
     script:
         "../scripts/merge_shards.py"
+
+
+# config group_decode: one job per (model, protocol, method label, mode) decodes every result of
+# the label (every benchmark, split and seed; see GROUP_* in common.smk) with the model loaded
+# once, into the same shard and result files, with the same checkpoint and resume, as the rules
+# above; those rules still make the results of sharded benchmarks (n_shards > 1).
+if GROUP_PROTOCOLS:
+
+    rule decode_group:
+        input:
+            unpack(group_decode_inputs),
+        output:
+            results=group_outputs(".jsonl"),
+            meta=group_outputs(".meta.json"),
+        log:
+            "logs/decode_group/{model}/{protocol}/{method}/{mode}.log",
+        benchmark:
+            "logs/benchmarks/decode_group/{model}/{protocol}/{method}/{mode}.tsv"
+        wildcard_constraints:
+            protocol=_alternation(GROUP_PROTOCOLS),
+        threads: config["threads"]
+        resources:
+            gpu=gpus_per_job(),
+        params:
+            jobs=group_runs,
+        conda:
+            "../../envs/vcdflow.yaml"
+        script:
+            "../scripts/decode_group.py"
+
+    ruleorder: decode_group > merge_shards

@@ -68,10 +68,12 @@ rule train_demo_model:
     threads: config["demo"]["train"]["threads"]
     params:
         train=config["demo"]["train"],
+        # the shipped weights (resources/demo_model/), used when trained on these very inputs
+        shipped=demo_model_shipped(),
     conda:
         "../../envs/vcdflow.yaml"
     script:
-        "../scripts/train_demo_model.py"
+        "../scripts/demo_model.py"
 
 
 rule build_demo_mme:

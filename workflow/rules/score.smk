@@ -28,3 +28,26 @@ rule metrics_table:
         "../../envs/vcdflow.yaml"
     script:
         "../scripts/metrics_table.py"
+
+
+# config group_decode: one scoring job per (model, protocol, method label, mode), as decode_group.
+if GROUP_PROTOCOLS:
+
+    rule score_group:
+        input:
+            unpack(group_score_inputs),
+        output:
+            scored=group_outputs(".scored.jsonl"),
+            metrics=group_outputs(".metrics.csv"),
+        log:
+            "logs/score_group/{model}/{protocol}/{method}/{mode}.log",
+        wildcard_constraints:
+            protocol=_alternation(GROUP_PROTOCOLS),
+        params:
+            parts=group_score_parts,
+        conda:
+            "../../envs/vcdflow.yaml"
+        script:
+            "../scripts/score_group.py"
+
+    ruleorder: score_group > score

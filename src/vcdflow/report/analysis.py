@@ -768,17 +768,23 @@ class Analysis:
 
     # ---------------------------------------------------------------- overview
 
-    def headline(self, benchmark: str) -> Column | None:
+    def headline(self, benchmark: str, split: str | None = None) -> Column | None:
         """The benchmark's headline metric: the first column the benchmark registry lists with
         a better direction that this run has (POPE accuracy, CHAIR CHAIR_s, MME hallucination,
-        AMBER score); None when it has none."""
-        return next((c for c in self.columns(benchmark) if c.better), None)
+        AMBER score) — in ``split`` when given (AMBER's generative split has CHAIR, its
+        discriminative splits accuracy); None when it has none."""
+        cols = self.columns(benchmark)
+        if split is not None:
+            df = self.metrics
+            have = set(df.loc[(df["benchmark"] == benchmark) & (df["split"] == split), "metric"])
+            cols = [c for c in cols if c.metric in have]
+        return next((c for c in cols if c.better), None)
 
     def overview(self) -> dict:
         """The field at a glance: ``{"columns": [(benchmark, split, Column)], "rows": [{"model",
         "label", "cells": [Cell | None per column]}]}`` — every run with a headline cell, rows
         in run order per model, each cell the same :class:`Cell` the benchmark tables show."""
-        cols = [(b, s, c) for b in self.benchmarks() if (c := self.headline(b)) is not None for s in self.splits(b)]
+        cols = [(b, s, c) for b in self.benchmarks() for s in self.splits(b) if (c := self.headline(b, s)) is not None]
         rows = []
         for model in self.models():
             for label in self.labels(model=model):
