@@ -288,7 +288,9 @@ def test_paper_results_file_holds_the_spec_tables():
         sub = sum(float(r["value"]) for r in parts if r["metric"] != "hallucination")
         total = next(float(r["value"]) for r in parts if r["metric"] == "hallucination")
         assert sub == pytest.approx(total, abs=0.02), method
-    assert {r["model"] for r in rows} == {"llava-1.5-7b", "instructblip-7b", "qwen-vl"}
+    models = {r["model"] for r in rows}  # the papers' own models, named as the papers name them
+    assert {"llava-1.5-7b", "instructblip-7b", "qwen-vl"} <= models <= {
+        "llava-1.5-7b", "llava-1.5-13b", "instructblip-7b", "qwen-vl", "qwen-vl-chat-7b", "qwen2.5-vl-3b", "qwen2.5-vl-7b"}
     assert {r["mode"] for r in rows} <= {"greedy", "sample", "beam"}
 
 
