@@ -24,6 +24,11 @@ from reference_methods import Result, forward, inputs
 from vcdflow.decoding import METHODS
 from vcdflow.decoding.sampling import make_generator
 
+#: methods this module covers (tests/test_methods_steering.py): tests/test_decoding.py's generic
+#: reference test should skip them (``vti`` also needs a ``directions`` file, which the generic
+#: batch-size test does not give; test_methods_steering checks batch 1 vs 16 for both)
+COVERED = ("vista", "vti")
+
 
 class VSVLayerRef(nn.Module):
     """VISTA's ``VSVLayer`` (non-simple mode) for one vector: the cosine gate, then the push."""
