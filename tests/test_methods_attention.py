@@ -15,7 +15,8 @@ import torch
 import reference_attention as ra
 from reference_methods import assert_same_as_reference, build_vlms, forward, image, inputs
 from vcdflow.decoding import Request, generate
-from vcdflow.decoding.attention import ATTN_NAME, AttentionCapture, AttentionHooks, _dispatch, eager_reference, mask_keys
+from vcdflow.decoding.attention import (ATTN_NAME, AttentionCapture, AttentionHooks, SideStream, _dispatch,
+                                        eager_reference, mask_keys)
 from vcdflow.decoding.methods.base import Method
 
 FAMILIES = ["llava", "qwen2_5_vl", "instructblip", "demo"]
@@ -165,6 +166,69 @@ def test_dispatch_refuses_non_text_modules(vlms):
     finally:
         h.finish()
     assert ad.text_model().config._attn_implementation == "sdpa"
+
+
+# --- E17: the side stream against a plain computation -------------------------------------------
+class PlainSide(SideStream):
+    """Side output = the layer's own (unchanged) attention output of the last query row."""
+
+    def side_output(self, p, v, ctx, module):
+        o = torch.einsum("rhk,rhkd->rhd", p[:, :, -1, :], v)
+        return module.o_proj(o.reshape(o.shape[0], -1))
+
+
+@dataclass(frozen=True)
+class SideProbe(Method):
+    name: ClassVar[str] = "test_side_stream"
+
+    def forward_hooks(self, adapter, params):
+        return PlainSide(layer=0, residual_weight=0.5)
+
+    def combine(self, logits, step, state):
+        return state.hooks.side_logits[state.rows[:, 0]]
+
+    def plausibility(self, logits, step, state):
+        return None
+
+
+def side_reference(vlm, req, generated):
+    """From the model's own modules: layer 0's self-attention output (a forward hook on it) and the
+    last layer's input (output_hidden_states), merged as SideStream documents."""
+    inp = inputs(vlm, req.prompt, req.image, req.system)
+    tm = ra.text_model(vlm)
+    got = {}
+    def keep(module, args, out):
+        got["o"] = out[0][0, -1]
+
+    hk = tm.layers[0].self_attn.register_forward_hook(keep)
+    lm = vlm.model.language_model if vlm.family == "instructblip" else vlm.model
+    orig = lm.forward
+    lm.forward = lambda *a, **k: orig(*a, **{**k, "output_hidden_states": True})
+    try:
+        out = forward(vlm, inp, generated)
+    finally:
+        del lm.forward
+        hk.remove()
+    last = tm.layers[-1]
+    r = 0.5 * out.hidden_states[len(tm.layers) - 1][0, -1] + last.input_layernorm(got["o"])
+    h = r + last.mlp(last.post_attention_layernorm(r))
+    head = vlm.model.language_model.lm_head if vlm.family == "instructblip" else vlm.model.lm_head
+    return head(tm.norm(h)).float()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_side_stream_matches_plain_computation(vlms, family):
+    vlm = vlms[family]
+    for share in (True, False):
+        outs = generate(vlm, REQS, SideProbe(), max_new_tokens=4, eos_token_id=[], batch_size=3, share_prefix=share)
+        with torch.inference_mode():
+            for req, o in zip(REQS, outs):
+                toks = []
+                for t in range(4):
+                    toks.append(int(side_reference(vlm, req, o.token_ids[:t]).argmax()))
+                assert o.token_ids == toks, (family, share, req.item_id)
+    plain = generate(vlm, REQS, "greedy", max_new_tokens=4, eos_token_id=[])
+    assert [o.token_ids for o in plain] != [o.token_ids for o in outs] or family == "demo"
 
 
 # --- the methods against their references ---------------------------------------------------------
