@@ -38,7 +38,7 @@ PROTOCOL = Protocol(
                              "use_cfg": True},
                             f"{R} README.md:65,82 (--use-attn --alpha 0.2 --use-cfg --gamma 1.1 --start-layer 2 "
                             f"--end-layer 32 = every layer of the 32-layer LLaMA: end_layer None; argparse gamma "
-                            f"default 2 at {PE}:53); APC 0.1: {R} CFG.py (the method's default beta)")},
+                            f"default 2 at {PE}:53); APC 0.1: {R} CFG.py:53,57 (the method's default beta)")},
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{R} eval_data_loader.py:41 (line['text']); {PE}:94-96,111")},

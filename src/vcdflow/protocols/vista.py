@@ -10,7 +10,7 @@ CHAIR (MMHal is not ours).
   (``halc_llava``), ``"<ImageHere><question>"`` for InstructBLIP (``anchor.py``).
 * POPE: the bare question, ``max_new_tokens=32``, VSV λ = **0.01**; CHAIR: "Please help me describe
   the image in detail." (PAI's), 512 tokens, a 500-image subset (``np.random.choice``), λ = **0.17**;
-  SLA α = 0.3 over layers 25–30 in both.
+  SLA α = 0.3 over layers 25–30 in both; elsewhere (MMHal's script) λ = 0.1.
 * Greedy (``--do-sample`` off), one beam, repetition penalty 1.0, seed 1994. When sampling is
   asked, the scripts' warpers are top-p 0.9 and ``top_k=0`` (off), T = 1.
 * Parser: ``pope_ans.py`` = OPERA's ``recorder``.
@@ -36,13 +36,15 @@ PROTOCOL = Protocol(
         "top_p": S(0.9, f"{PE}:43; {CE}:42 (--top-p 0.9, used only with --do-sample)"),
         "top_k": S(None, f"{PE}:44; {CE}:43 (--top-k 0: no top-k warper)"),
         "seeds": S((1994,), f"{PE}:50,67; {CE}:49,64 (--seed 1994)"),
-        "params": {"vista": S({"lam": 0.01, "logits_alpha": 0.3},
-                              f"{R} run_pope.sh:9-12 (--vsv-lambda 0.01 --logits-aug --logits-alpha 0.3); "
-                              f"{PE}:36 (--logits-layers '25,30')")},
+        "params": {"vista": S({"lam": 0.1, "logits_alpha": 0.3},
+                              f"{R} run_mmhal.sh:7-10 (--vsv-lambda 0.1 --logits-aug --logits-alpha 0.3: the "
+                              f"scripts' value outside POPE and CHAIR); {PE}:36 (--logits-layers '25,30')")},
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{PE}:130-140 (the POPE question in {R} anchor.py:15's template)"),
-                 "max_new_tokens": S(32, f"{PE}:40")},
+                 "max_new_tokens": S(32, f"{PE}:40"),
+                 "params": {"vista": S({"lam": 0.01, "logits_alpha": 0.3},
+                                       f"{R} run_pope.sh:9-12 (--vsv-lambda 0.01 --logits-aug --logits-alpha 0.3)")}},
         "chair": {"prompt": S("Please help me describe the image in detail.", f"{CE}:98"),
                   "max_new_tokens": S(512, f"{CE}:39 (500-image subset: {CE}:26,84)"),
                   "params": {"vista": S({"lam": 0.17, "logits_alpha": 0.3},
