@@ -464,3 +464,22 @@ def test_vision_steering_matches_wrapped_mlps(vlms, family):
         plain = ad.image_features(encs)
     for a, b, c in zip(got, want, plain):
         assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
+
+
+def test_workflow_fit_settings_and_path():
+    """The fit settings the workflow uses per model: the official LLaVA fit prompt is llava_v1 with
+    its system text; Qwen2.5-VL fits no visual direction; the demo world fits on its train split;
+    the file name changes with any fit setting."""
+    from vcdflow.protocols._shared import LLAVA_V1_SYSTEM
+
+    cfg = {"world": "real", "models": {"l": {"family": "llava"}, "q": {"family": "qwen2_5_vl"}}}
+    s = SF.settings_for(cfg, "l")
+    assert s["chat_template"] == "llava_v1" and s["system"] == LLAVA_V1_SYSTEM and s["vision"] is True
+    assert SF.settings_for(cfg, "q")["vision"] is False
+    assert SF.settings_for({**cfg, "world": "demo"}, "l")["chat_template"] is None   # demo fit set: own template
+    p = SF.directions_path(cfg, "l")
+    assert p.startswith("results/vti/l/") and p.endswith(".pt") and p == SF.directions_path(cfg, "l")
+    assert SF.directions_path({**cfg, "vti": {"fit": {"num_demos": 50}}}, "l") != p
+    assert SF.directions_path({**cfg, "world": "demo"}, "l") != p
+    with pytest.raises(ValueError, match="'mask'"):
+        SF.settings_for({**cfg, "vti": {"fit": {"mask": 1}}}, "l")
