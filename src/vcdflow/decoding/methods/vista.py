@@ -86,6 +86,10 @@ class VistaSteering(ActivationSteering):
         self.probe_chunk = probe_chunk
 
     def start(self, adapter, seqs, tokens) -> None:
+        if self.lam == 0:   # no steering: no probe
+            self.vectors = {}
+            super().start(adapter, seqs, tokens)
+            return
         L = len(adapter.decoder_layers())
         pos = [s[0] for s in seqs]
         rows = pos + [drop_image(adapter, e) for e in pos]
