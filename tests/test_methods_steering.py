@@ -67,6 +67,9 @@ def test_residual_probe_matches_layer_outputs(vlms, family):
     encs = [ad.encode(Branch(prompt=r.prompt, image=r.image, system=r.system)) for r in REQS]
     rows = encs + [drop_image(ad, e) for e in encs]
     got = residual_probe(ad, rows, chunk=4)
+    as_branches = residual_probe(ad, [Branch(prompt=r.prompt, image=r.image, system=r.system) for r in REQS]
+                                 + [Branch(prompt=REQS[0].prompt, image=None)])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(as_branches, got[:3]))
     assert len(got) == 6 and got[0].shape == (len(ad.decoder_layers()), ad.text_config.hidden_size)
     for k, r in enumerate(REQS):
         inp = inputs(vlm, r.prompt, r.image, r.system)

@@ -349,11 +349,15 @@ def vision_probe(adapter, rows: Sequence[Any], chunk: int = 16) -> list[torch.Te
 
 
 def residual_probe(adapter, rows: Sequence[Any], chunk: int = 8, vision: bool = False):
-    """E16: one prefill (no cache) of the encoded ``rows`` (text-only rows welcome), chunked,
+    """E16: one prefill (no cache) of ``rows`` — encoded rows or :class:`~vcdflow.decoding.types.Branch`
+    objects (encoded here; text-only ones welcome), chunked,
     left-padded. Returns per row the last-position output of every decoder layer ``[L, D]``
     (float32, CPU, not normed); with ``vision`` a pair ``(layers, vision)`` per row, ``vision`` =
     :func:`vision_probe` of the row's image (None for a text-only row). Hooks already on the model
     (steering) apply."""
+    from .types import Branch
+
+    rows = [adapter.encode(r) if isinstance(r, Branch) else r for r in rows]
     L = len(adapter.decoder_layers())
     res: list = []
     with torch.inference_mode():
