@@ -127,103 +127,171 @@ def _grow(b, f):
     return [max(0.0, b[0] - f * w / 2), max(0.0, b[1] - f * h / 2), min(1.0, b[2] + f * w / 2), min(1.0, b[3] + f * h / 2)]
 
 
-def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_tokens: int, eos) -> Result:
-    from vcdflow.decoding.methods.halc import ADD_WORDS, EXEMPT_WORDS, HALC
-
-    p = {**HALC.defaults, **(params or {})}
+def _propose(vlm, inp, req, gen, p, aux, rng, eos, exempt, add, events):
+    """One step of one hypothesis: (DoLa token y, its margin, event | None, FOV candidates | None)."""
     tok = vlm.processor.tokenizer
     lm = vlm.model.language_model if vlm.family == "instructblip" else vlm.model
     head = lm.get_output_embeddings()
-    rng = make_generator(seed, key, "branches")
-    exempt = list(p["exempt_words"] or EXEMPT_WORDS)
-    add = list(p["add_words"] or ADD_WORDS)
-    inp = inputs(vlm, req.prompt, req.image, req.system)
+    out = forward_hidden(vlm, inp, gen)
+    hs = out.hidden_states
+    L = len(hs) - 1
+    mature = out.logits[0, -1].float()
+    # DoLa: the candidate layer most JS-divergent from the mature one (means over V)
+    best, best_js = None, -1.0
+    for layer in p["premature_layers"] or list(range(0, L, 2)):
+        e = head(hs[layer][0, -1]).float()
+        m = 0.5 * (mature.softmax(-1) + e.softmax(-1))
+        js = 0.5 * ((m * (m.log() - mature.log_softmax(-1))).mean() + (m * (m.log() - e.log_softmax(-1))).mean())
+        if float(js) > best_js:
+            best, best_js = e, float(js)
+    lp = mature.log_softmax(-1)
+    cut = float(lp.max()) + math.log(p["relative_top"])
+    final = torch.where(lp < cut, torch.tensor(-math.inf), lp)
+    base = torch.where(final < -1e3, torch.tensor(-1e3), best.log_softmax(-1))
+    s = final - base
+    y = int(s.argmax())
+    top2 = torch.topk(s, 2).values
+    margin = float(top2[0] - top2[1]) if torch.isfinite(top2[1]) else math.inf
+    if y in eos or not _word_start(tok, y):
+        return y, margin, None, None
+    word = tok.decode([y], skip_special_tokens=True).strip()
+    for ch in (".", ",", "'", "]", "[", ")"):
+        word = word.strip(ch)
+    if word.endswith("s"):
+        word = word[:-1]
+    pos = aux["tagger"].pos(word) if word else "PUNC"
+    if "." in word or "," in word or word in exempt:
+        pos = "SKIP"
+    if float(torch.rand(1, generator=rng)) < p["skip_rate"]:
+        pos = "SKIP"
+    if word in add:
+        pos = "ADD"
+    ev = {"step": len(gen), "word": word, "pos": pos}
+    events.append(ev)
+    if pos not in ("NOUN", "PROPN", "ADD"):
+        ev["status"] = "invalid"
+        return y, margin, ev, None
+    boxes = aux["detector"].detect(req.image, word, p["box_threshold"])
+    if len(boxes) > p["max_boxes"]:
+        ev["status"] = "invalid"
+        return y, margin, ev, None
+    if not boxes:
+        target, ev["status"] = [0.2, 0.2, 0.8, 0.8], "not-detected"
+    else:
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+        target, ev["status"] = boxes[areas.index(min(areas))], "activated"
+    e = p["expand_ratio"]
+    views = [_grow(target, -e), list(target)]
+    while len(views) < p["context_window"]:
+        views.append(_grow(views[-1], e))
+    W, H = req.image.size
+    fov = []
+    for b in views:
+        x0, y0, x1, y1 = b[0] * W, b[1] * H, b[2] * W, b[3] * H
+        im = req.image.convert("RGB").crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+        fov.append(forward(vlm, inputs(vlm, req.prompt, im, req.system), gen).logits[0, -1].float())
+    n = len(fov)
+    pairs = sorted(((_jsd(fov[i], fov[j]), i * n + j) for i in range(n) for j in range(i + 1, n)),
+                   key=lambda x: -x[0])[: p["k_candidates"] // 2]
+    cands = []
+    for _, flat in pairs:
+        i, j = divmod(flat, n)
+        cands.append(int((fov[j] - p["contrast_weight"] * fov[i]).argmax()))
+        cands.append(int((fov[i] - p["contrast_weight"] * fov[j]).argmax()))
+    ev["candidates"] = cands
+    return y, margin, ev, cands
+
+
+def _unk(tok, chosen, y, ev, n_gen, p, exempt):
+    if (ev and ev.get("status") == "not-detected" and p["unk_not_detected"] and tok.unk_token_id is not None
+            and n_gen + 1 >= p["min_length"]):
+        new = tok.decode([chosen], skip_special_tokens=True).split(" ")[-1]
+        cur = tok.decode([y], skip_special_tokens=True).split(" ")[-1]
+        if (new == cur or new in cur or cur in new) and new not in exempt:
+            return tok.unk_token_id, True
+    return chosen, False
+
+
+def _setup(vlm, req, params, seed, key):
+    from vcdflow.decoding.methods.halc import ADD_WORDS, EXEMPT_WORDS, HALC
+
+    p = {**HALC.defaults, **(params or {})}
+    return (p, make_generator(seed, key, "branches"), list(p["exempt_words"] or EXEMPT_WORDS),
+            list(p["add_words"] or ADD_WORDS), inputs(vlm, req.prompt, req.image, req.system))
+
+
+def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_tokens: int, eos) -> Result:
+    """Beam 1: the candidate with the highest image-text score is emitted."""
+    p, rng, exempt, add, inp = _setup(vlm, req, params, seed, key)
+    tok = vlm.processor.tokenizer
     res = Result()
     res.meta["events"] = []
     gen: list[int] = []
-    for step in range(max_new_tokens):
-        out = forward_hidden(vlm, inp, gen)
-        hs = out.hidden_states
-        L = len(hs) - 1
-        cand_layers = p["premature_layers"] or list(range(0, L, 2))
-        mature = out.logits[0, -1].float()
-        # DoLa: the candidate layer most JS-divergent from the mature one (means over V)
-        best, best_js = None, -1.0
-        for layer in cand_layers:
-            e = head(hs[layer][0, -1]).float()
-            m = 0.5 * (mature.softmax(-1) + e.softmax(-1))
-            js = 0.5 * ((m * (m.log() - mature.log_softmax(-1))).mean() + (m * (m.log() - e.log_softmax(-1))).mean())
-            if float(js) > best_js:
-                best, best_js = e, float(js)
-        lp = mature.log_softmax(-1)
-        cut = float(lp.max()) + math.log(p["relative_top"])
-        final = torch.where(lp < cut, torch.tensor(-math.inf), lp)
-        base = best.log_softmax(-1)
-        base = torch.where(final < -1e3, torch.tensor(-1e3), base)
-        s = final - base
-        y = int(s.argmax())
-        top2 = torch.topk(s, 2).values
-        margin = float(top2[0] - top2[1]) if torch.isfinite(top2[1]) else math.inf
+    for _ in range(max_new_tokens):
+        y, margin, ev, cands = _propose(vlm, inp, req, gen, p, aux, rng, eos, exempt, add, res.meta["events"])
         chosen = y
-        if y not in eos and _word_start(tok, y):
-            word = tok.decode([y], skip_special_tokens=True).strip()
-            for ch in (".", ",", "'", "]", "[", ")"):
-                word = word.strip(ch)
-            if word.endswith("s"):
-                word = word[:-1]
-            pos = aux["tagger"].pos(word) if word else "PUNC"
-            if "." in word or "," in word or word in exempt:
-                pos = "SKIP"
-            if float(torch.rand(1, generator=rng)) < p["skip_rate"]:
-                pos = "SKIP"
-            if word in add:
-                pos = "ADD"
-            ev = {"step": step, "word": word, "pos": pos}
-            res.meta["events"].append(ev)
-            if pos in ("NOUN", "PROPN", "ADD"):
-                boxes = aux["detector"].detect(req.image, word, p["box_threshold"])
-                if len(boxes) > p["max_boxes"]:
-                    ev["status"] = "invalid"
-                else:
-                    if not boxes:
-                        target, ev["status"] = [0.2, 0.2, 0.8, 0.8], "not-detected"
-                    else:
-                        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-                        target, ev["status"] = boxes[areas.index(min(areas))], "activated"
-                    e = p["expand_ratio"]
-                    views = [_grow(target, -e), list(target)]
-                    while len(views) < p["context_window"]:
-                        views.append(_grow(views[-1], e))
-                    W, H = req.image.size
-                    fov = []
-                    for b in views:
-                        x0, y0, x1, y1 = b[0] * W, b[1] * H, b[2] * W, b[3] * H
-                        im = req.image.convert("RGB").crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-                        fov.append(forward(vlm, inputs(vlm, req.prompt, im, req.system), gen).logits[0, -1].float())
-                    n = len(fov)
-                    pairs = sorted(((_jsd(fov[i], fov[j]), i * n + j) for i in range(n) for j in range(i + 1, n)),
-                                   key=lambda x: -x[0])[: p["k_candidates"] // 2]
-                    cands = []
-                    for _, flat in pairs:
-                        i, j = divmod(flat, n)
-                        cands.append(int((fov[j] - p["contrast_weight"] * fov[i]).argmax()))
-                        cands.append(int((fov[i] - p["contrast_weight"] * fov[j]).argmax()))
-                    texts = [tok.decode(gen + [c], skip_special_tokens=True) for c in cands]
-                    sims = aux["scorer"].similarity(req.image, texts).softmax(-1)
-                    chosen = cands[int(sims.argmax())]
-                    ev["candidates"], ev["chosen"] = cands, chosen
-                    if (ev["status"] == "not-detected" and p["unk_not_detected"] and tok.unk_token_id is not None
-                            and len(gen) + 1 >= p["min_length"]):
-                        new = tok.decode([chosen], skip_special_tokens=True).split(" ")[-1]
-                        cur = tok.decode([y], skip_special_tokens=True).split(" ")[-1]
-                        if (new == cur or new in cur or cur in new) and new not in exempt:
-                            chosen, ev["unk"] = tok.unk_token_id, True
-            else:
-                ev["status"] = "invalid"
+        if cands is not None:
+            texts = [tok.decode(gen + [c], skip_special_tokens=True) for c in cands]
+            chosen = cands[int(aux["scorer"].similarity(req.image, texts).softmax(-1).argmax())]
+            ev["chosen"] = chosen
+            chosen, fired = _unk(tok, chosen, y, ev, len(gen), p, exempt)
+            if fired:
+                ev["unk"] = True
         res.margins.append(margin)
         if chosen in eos:
             res.finish = "eos"
             break
         gen.append(chosen)
         res.tokens.append(chosen)
+    return res
+
+
+def ref_halc_beams(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_tokens: int, eos) -> Result:
+    """B beams: each proposes k entries (its FOV candidates, or k copies of its DoLa token); before
+    the first grounding random.seed(8) + random.sample picks B of the pool, afterwards the top B
+    distinct texts by image-text softmax (fewer: the best repeated); the output is beam 0; a
+    non-first beam choosing EOS takes beam 0's entry."""
+    import random
+
+    p, rng, exempt, add, inp = _setup(vlm, req, params, seed, key)
+    tok = vlm.processor.tokenizer
+    B, k = p["beam_size"], p["k_candidates"]
+    res = Result()
+    res.meta["events"] = []
+    beams: list[list[int]] = [[]]
+    grounded = False
+    for _ in range(max_new_tokens):
+        pool = []
+        for b, gen in enumerate(beams):
+            y, _, ev, cands = _propose(vlm, inp, req, gen, p, aux, rng, eos, exempt, add, res.meta["events"])
+            for t in (cands if cands is not None else [y] * k):
+                pool.append((b, t, y, ev))
+            grounded = grounded or bool(ev and ev["status"] in ("activated", "not-detected"))
+        if not grounded:
+            random.seed(8)
+            sel = random.sample(range(len(pool)), min(B, len(pool)))
+        else:
+            texts = [tok.decode(beams[b] + [t], skip_special_tokens=True) for b, t, _, _ in pool]
+            probs = aux["scorer"].similarity(req.image, texts).softmax(-1).tolist()
+            sel, seen = [], set()
+            for i in sorted(range(len(pool)), key=lambda i: (-probs[i], i)):
+                if texts[i] not in seen:
+                    seen.add(texts[i])
+                    sel.append(i)
+                if len(sel) == B:
+                    break
+        sel += [sel[0]] * (B - len(sel))
+        entries = []
+        for i in sel:
+            b, t, y, ev = pool[i]
+            entries.append((b, _unk(tok, t, y, ev, len(beams[b]), p, exempt)[0]))
+        b0, t0 = entries[0]
+        if t0 in eos:
+            res.tokens, res.finish = list(beams[b0]), "eos"
+            return res
+        if len(beams[b0]) + 1 >= max_new_tokens:
+            res.tokens, res.finish = beams[b0] + [t0], "length"
+            return res
+        beams = [beams[b] + [t] for b, t in (e if e[1] not in eos else entries[0] for e in entries)]
+    res.tokens = beams[0]
     return res

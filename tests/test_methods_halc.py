@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_halc import RuleTagger, build_aux, ref_halc
+from reference_halc import RuleTagger, build_aux, ref_halc, ref_halc_beams
 from reference_methods import assert_same_as_reference, build_vlms, image, inputs, last_logits
 from vcdflow import aux_models
 from vcdflow.decoding import Request, generate
@@ -43,7 +43,7 @@ REQS = [
 
 def params(aux, **kw):
     p = {"detector": str(aux["paths"]["owlv2"]), "scorer": str(aux["paths"]["blip"]), "tagger": "test-rules",
-         "min_length": 3}
+         "min_length": 3, "beam_size": 1}
     p.update(kw)
     return p
 
@@ -181,6 +181,24 @@ def test_not_detected_words_become_unk(vlms, aux, family):
     assert seen > 0
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_beams_match_reference(vlms, aux, family):
+    """HALC's BLIP-ranked beams (beam_size 3, the official default) on the engine's search protocol
+    equal the plain reference: every hypothesis recomputed from scratch, the pool ranked again."""
+    vlm = vlms[family]
+    eos = vlm.adapter.eos_token_ids
+    p = params(aux, beam_size=3, box_threshold=0.3, max_boxes=20)
+    outs = generate(vlm, REQS, "halc", p, max_new_tokens=6, batch_size=16, seed=5)
+    greedy = generate(vlm, REQS, "halc", {**p, "beam_size": 1}, max_new_tokens=6, batch_size=16, seed=5)
+    for r, o in zip(REQS, outs):
+        assert o.error is None, o.error
+        with torch.no_grad():
+            ref = ref_halc_beams(vlm, r, p, aux, seed=5, key=r.item_id, max_new_tokens=6, eos=eos)
+        assert o.token_ids == ref.tokens and o.meta["finish_reason"] == ref.finish, (family, r.item_id)
+    if family != "demo":
+        assert any(o.token_ids != g.token_ids for o, g in zip(outs, greedy))
+
+
 def test_seed_and_batch(vlms, aux):
     """Batch 1 vs 16 → same output; the 30 % skip draws from the request's stream (seeded)."""
     vlm = vlms["llava"]
@@ -204,5 +222,9 @@ def test_bad_input(vlms, aux):
         generate(vlm, REQS[:1], "halc", params(aux, k_candidates=3), max_new_tokens=2)
     with pytest.raises(ValueError, match="premature_layers"):
         generate(vlm, REQS[:1], "halc", params(aux, premature_layers=[]), max_new_tokens=2)
+    out = generate(vlm, REQS[:1], "halc", params(aux, beam_size=2), max_new_tokens=2, num_beams=2)[0]
+    assert out.error and "beam_size" in out.error
+    with pytest.raises(ValueError, match="beam_size"):
+        generate(vlm, REQS[:1], "halc", params(aux, beam_size=0), max_new_tokens=2)
     out = generate(vlm, [Request(prompt="hi", item_id="x")], "halc", params(aux), max_new_tokens=2)[0]
     assert out.error and "needs an image" in out.error

@@ -1,7 +1,8 @@
 """``halc``: HALC, adaptive focal-contrast decoding (Chen et al., ICML 2024, arXiv 2403.00425;
-``BillChan226/HALC@12ea8b5``) — greedy (beam 1), token-level trigger. Read the divergences.
+``BillChan226/HALC@12ea8b5``) — BLIP-ranked beams (default 3, official) or beam 1, with a
+token-level trigger. Read the divergences.
 
-Per request and step t (``combine``):
+Per hypothesis and step t (``combine`` → ``propose``):
 
 1. **DoLa token** (vendored ``transformers-4.36.2/src/transformers/generation/utils.py``
    ``halc_dola_beam_search`` L4608-4664): early exits ℓ_l = W_lm·h_l (HF ``hidden_states[l]``,
@@ -28,15 +29,21 @@ Per request and step t (``combine``):
    f·size/2 clipped to the image (``halc.py:188-202``); each crop (PIL ``crop`` of the pixel box,
    ``halc.py:414-426``) is a **spawned branch** (E19, :mod:`vcdflow.decoding.spawn`): same
    prompt, the crop as image, the generated ids teacher-forced → raw next-token logits ℓ^(i)
-   (``get_intermediate_logits``: ``outputs.logits[:, -1, :]``, utils.py L5718).
+   (``get_intermediate_logits``: ``outputs.logits[:, -1, :]``, utils.py L5718). The views of all
+   hypotheses that fire in one step go into one batched forward.
 5. **Pair selection + bi-directional contrast** (``context_layer_double_multi_contrastive_decoding``,
    ``halc.py:1041-1111``): JSD_ij over the 4 FOV distributions (``kl_div(..., "batchmean")``);
    the ``k_candidates``/2 = 2 largest entries of the upper triangle; for each pair (i, j):
    ℓ^(j) − w·ℓ^(i) and ℓ^(i) − w·ℓ^(j) (``contrast_weight`` w = 0.05) → k = 4 candidate tokens
    (argmax each).
-6. **Selection** (``clip_score_selection``, ``halc.py:1113-1208``, with beam 1): the candidate
-   texts (generated ids + candidate, decoded) scored by the image–text scorer against the
-   original image (softmax of ``logits_per_image``); the best one is emitted.
+6. **Bi-adaptive selection** (``clip_score_selection``, ``halc.py:1113-1208``; the beam loop
+   utils.py L4829-4900; :class:`HalcBeams` on the engine's search protocol): every beam puts k
+   entries in a pool — its k candidates when it fired, else k copies of y. Before the request's
+   first grounding the survivors are ``random.seed(8); random.sample(range(n), beam_size)``; after
+   it the pool's texts (beam ids + entry, decoded) are scored by the image–text scorer against the
+   original image (softmax of ``logits_per_image``) and the ``beam_size`` best distinct texts
+   survive (fewer: the best repeated). Output: beam 0. ``beam_size`` 1: the best candidate is
+   emitted (no search object; the plain chooser).
 7. **Not-detected removal** (utils.py L4912-4950): if the box was not detected, the chosen word
    equals / contains / is contained in the original word, at least ``min_length`` 8 tokens are
    generated with it and the word is not exempt → the tokenizer's unk token is emitted instead
@@ -52,16 +59,21 @@ local path or a name registered with ``vcdflow.aux_models.register``; fetched by
 
 **Divergences (honest list).**
 
-* **No beam.** The official HALC runs 3 "beams" (``-b 3``) that are not log-probability beams:
-  at every step all beams' candidates are re-ranked by BLIP and the top 3 distinct texts survive,
-  and a corrected word **rolls back** the tokens already generated for it (cache reset to the
-  word start, utils.py L4897-4990). The engine has neither per-request hypothesis sets with
-  BLIP re-ranking nor rollback (E12), so this is beam 1: the greedy special case of step 6.
+* **Beams without rollback.** The official beams verify a word after it is complete and, when
+  BLIP picks a corrected word, **roll back** the tokens generated for the old one (cache reset to
+  the word start, utils.py L4897-4990); finished beams keep their position. Here no rollback is
+  needed (next point); a beam other than beam 0 that picks EOS takes beam 0's entry, and the
+  request ends when beam 0 ends (the official loop: when all beams finish or beam 0 reaches the
+  length). The official starts from ``beam_size`` identical beams, we from one that is copied at
+  the first selection (identical until the first grounding, so the same hypotheses).
 * **Token-level, pre-emission trigger.** HALC verifies a word after it is complete (when the
   next word starts) and replaces its first token, discarding the rest. Here the word-start token
   y is verified before it is emitted (no rollback needed); a word of several tokens is tagged and
   grounded by its first piece only. Exact for single-token words (most COCO nouns in LLaMA's
   vocabulary).
+* **Skip draws.** The official 30 % skip uses Python's global ``random``, which its selection
+  re-seeds to 8 at every ungrounded step (``halc.py:1122``), so its skips follow that stream; here
+  they come from the request's own generator (seed, item), drawn per hypothesis in beam order.
 * Mature logits: HALC takes every layer from one ``early_exit_layers`` forward; identical here.
   HF logits processors (none in HALC's caption script) are not applied; HALC's LLaVA-only
   repetition stop (utils.py L5047-5066) is not built.
@@ -69,7 +81,8 @@ local path or a name registered with ``vcdflow.aux_models.register``; fetched by
   :mod:`vcdflow.aux_models`).
 
 Mode: **greedy only** (HALC's DoLa token choice is an argmax; its ``--sample`` flag does not reach
-the HALC path). ``random_draw``: the 30 % trigger skip draws from the request's stream, so the
+the HALC path); ``generate(num_beams=…)`` is refused: the beams are ``beam_size`` (``-b`` 3,
+``caption_generation.py:111``). ``random_draw``: the 30 % trigger skip draws from the request's stream, so the
 greedy output depends on the seed. Families: all (the FOV crops are ordinary image branches).
 Defaults: ``caption_generation.py:111-175,406-418`` (``-k`` 4, ``-e`` 0.6, ``--box_threshold``
 0.45, ``context_window`` 4, ``contrast_weight`` 0.05, ``context_domain`` "upper", score
@@ -79,7 +92,7 @@ Defaults: ``caption_generation.py:111-175,406-418`` (``-k`` 4, ``-e`` 0.6, ``--b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -111,9 +124,7 @@ def relative_top_filter(scores: torch.Tensor, relative_top: float) -> torch.Tens
     import math
 
     s = scores.log_softmax(-1)
-    thresh = s.max(-1, keepdim=True).values + math.log(relative_top)
-    top1 = s.max(-1, keepdim=True).values
-    thresh = torch.minimum(top1, thresh)
+    thresh = s.max(-1, keepdim=True).values + math.log(relative_top)   # ≤ the top-1 value: 1 token kept
     return s.masked_fill(s < thresh, -float("inf"))
 
 
@@ -204,9 +215,112 @@ def starts_word(tokenizer, token_id: int) -> bool:
 
 @dataclass
 class HalcHooks(LayerCapture):
-    """Decoder-layer outputs for the DoLa early exits (HF index l ≥ 1 = decoder layer l − 1)."""
+    """Decoder-layer outputs for the DoLa early exits (HF index l ≥ 1 = decoder layer l − 1).
+    With beams, the search sets ``row_tokens`` (row → that beam's generated ids) before each
+    ``combine``, which leaves each row's proposal (DoLa token, FOV candidates, event, context)
+    in ``proposals``."""
 
     dola: tuple = ()
+    beam: bool = False
+    row_tokens: dict = field(default_factory=dict)
+    proposals: dict = field(default_factory=dict)
+
+
+def unk_rule(tok, chosen: int, y: int, event: dict, n_generated: int, p, exempt) -> tuple[int, bool]:
+    """utils.py L4912-4950: a not-detected word that the focal contrast kept (equal, contained or
+    containing) becomes the unk token once ``min_length`` tokens are generated with it."""
+    if (event.get("status") != "not-detected" or not p["unk_not_detected"] or tok.unk_token_id is None
+            or n_generated + 1 < int(p["min_length"])):
+        return chosen, False
+    new = tok.decode([chosen], skip_special_tokens=True).split(" ")[-1]
+    cur = tok.decode([y], skip_special_tokens=True).split(" ")[-1]
+    if (new == cur or new in cur or cur in new) and new not in exempt:
+        return int(tok.unk_token_id), True
+    return chosen, False
+
+
+class HalcBeams:
+    """HALC's bi-adaptive beams (``halc_dola_beam_search`` L4829-4900, ``clip_score_selection``
+    ``halc.py:1113-1208``) on the engine's search protocol (:mod:`vcdflow.decoding.beams`):
+    every beam (slot) proposes k entries — its k FOV-contrast candidates when its trigger fired,
+    else k copies of its DoLa token —; before the request's first grounding the survivors are
+    ``random.seed(8); random.sample(range(n), beam_size)`` (as the official code), after it the
+    pool's texts (beam ids + entry, decoded) are ranked by the scorer's softmax against the
+    original image and the top ``beam_size`` distinct texts survive (too few: the best one
+    repeated). The request's output is beam 0 (the official returns beam 0 too). A beam other
+    than beam 0 that picks EOS is replaced by beam 0's entry (ours: the official keeps finished
+    beams in fixed positions)."""
+
+    def __init__(self, score, hooks: HalcHooks, beam_size: int, k: int):
+        self.score = score
+        self.hooks = hooks
+        self.B = int(beam_size)
+        self.k = int(k)
+        self.slot_tokens: dict = {}
+        self.grounded: dict = {}
+
+    def step(self, step: int, logits: torch.Tensor, layout):
+        import random
+
+        from ..beams import _choice
+
+        spans = layout.spans()
+        h = self.hooks
+        h.row_tokens = {sp[2]: list(self.slot_tokens.get((sp[0], sp[1]), [])) for sp in spans}
+        h.proposals = {}
+        self.score(step, logits, spans)
+        by_req: dict[int, list] = {}
+        for sp in spans:
+            by_req.setdefault(sp[0], []).append(sp)
+        picks, feed, tokens, done = [], [], {}, {}
+        new_tokens: dict = {}
+        for r, sps in by_req.items():
+            pool = []   # (source slot, token, proposal)
+            for sp in sps:
+                y, cands, event, ctx = h.proposals[sp[2]]
+                for t in (cands if cands is not None else [y] * self.k):
+                    pool.append((sp[1], int(t), (y, event, ctx)))
+                if event and event.get("status") in ("activated", "not-detected"):
+                    self.grounded[r] = True
+            ctx = pool[0][2][2]
+            tok = ctx.adapter.processor.tokenizer
+            p = ctx.params
+            exempt = list(p["exempt_words"]) if p["exempt_words"] is not None else list(EXEMPT_WORDS)
+            gen = {sp[1]: list(self.slot_tokens.get((r, sp[1]), [])) for sp in sps}
+            if not self.grounded.get(r):
+                rnd = random.Random(8)
+                sel = rnd.sample(range(len(pool)), min(self.B, len(pool)))
+            else:
+                texts = [tok.decode(gen[s] + [t], skip_special_tokens=True) for s, t, _ in pool]
+                probs = ctx.prepared["halc_aux"]["scorer"].similarity(ctx.prepared["halc_request"].image,
+                                                                     texts).softmax(-1).tolist()
+                sel, seen = [], set()
+                for i in sorted(range(len(pool)), key=lambda i: (-probs[i], i)):
+                    if texts[i] not in seen:
+                        seen.add(texts[i])
+                        sel.append(i)
+                    if len(sel) == self.B:
+                        break
+            sel += [sel[0]] * (self.B - len(sel))
+            entries = []
+            for i in sel:
+                s, t, (y, event, _) = pool[i]
+                t, fired = unk_rule(tok, t, y, event or {}, len(gen[s]), p, exempt)
+                entries.append((s, t))
+            if entries[0][1] in layout.eos:
+                tokens[r], done[r] = gen[entries[0][0]], "eos"
+                continue
+            if len(gen[entries[0][0]]) + 1 >= layout.limits[r]:
+                tokens[r], done[r] = gen[entries[0][0]] + [entries[0][1]], "length"
+                continue
+            entries = [e if e[1] not in layout.eos else entries[0] for e in entries]
+            for j, (s, t) in enumerate(entries):
+                picks.append((r, s, j))
+                feed.append(t)
+                new_tokens[(r, j)] = gen[s] + [t]
+            tokens[r] = new_tokens[(r, 0)]
+        self.slot_tokens = new_tokens
+        return _choice(layout, picks, feed, tokens, done)
 
 
 @dataclass(frozen=True)
@@ -217,7 +331,7 @@ class HALC(Method):
     defaults = MappingProxyType({
         "detector": None, "scorer": None, "tagger": None,
         "premature_layers": None, "relative_top": 0.1,
-        "k_candidates": 4, "context_window": 4, "expand_ratio": 0.6, "contrast_weight": 0.05,
+        "beam_size": 3, "k_candidates": 4, "context_window": 4, "expand_ratio": 0.6, "contrast_weight": 0.05,
         "box_threshold": 0.45, "max_boxes": 3, "skip_rate": 0.3, "min_length": 8, "unk_not_detected": True,
         "exempt_words": None, "add_words": None,
     })
@@ -230,6 +344,8 @@ class HALC(Method):
         k = p["k_candidates"]
         if not isinstance(k, int) or k < 2 or k % 2:
             raise ValueError(f"parameter 'k_candidates' of method 'halc' must be an even integer >= 2, got {k!r}")
+        if not isinstance(p["beam_size"], int) or p["beam_size"] < 1:
+            raise ValueError(f"parameter 'beam_size' of method 'halc' must be a positive integer, got {p['beam_size']!r}")
         if not isinstance(p["context_window"], int) or p["context_window"] < 2:
             raise ValueError(f"parameter 'context_window' of method 'halc' must be an integer >= 2, "
                              f"got {p['context_window']!r}")
@@ -288,16 +404,23 @@ class HALC(Method):
         return None
 
     # --- the step --------------------------------------------------------------------------------
+    def search(self, score, params, hooks, opts):
+        if opts.get("num_beams", 1) > 1:
+            raise ValueError("method 'halc' sets its beams with parameter 'beam_size'")
+        if int(params["beam_size"]) == 1:
+            return None   # beam 1: the plain chooser picks combine's one-hot choice
+        hooks.beam = True
+        return HalcBeams(score, hooks, int(params["beam_size"]), int(params["k_candidates"]))
+
     def combine(self, logits, step, state):
         p = state.params
         hooks = state.hooks
         ad = state.contexts[0].adapter
         rows = state.rows[:, 0]
         mature = logits[:, 0].float()
-        last_ids = []
-        for r in state.requests:
-            toks = hooks.tokens[r]
-            last_ids.append(int(toks[-1]) if toks else int(hooks.seqs[r][0].input_ids[-1]))
+        gens = [list(hooks.row_tokens.get(row, [])) if hooks.beam else list(hooks.tokens[r])
+                for row, r in zip(rows.tolist(), state.requests)]
+        last_ids = [int(g[-1]) if g else int(hooks.seqs[r][0].input_ids[-1]) for g, r in zip(gens, state.requests)]
         early = []
         for layer in hooks.dola:
             if layer == 0:
@@ -307,18 +430,48 @@ class HALC(Method):
             early.append(ad.lm_head()(h).float())
         scores, _ = dola_scores(mature, torch.stack(early, 1).to(mature.device), float(p["relative_top"]))
         picks = scores.argmax(-1).tolist()
+        events, cands = self.propose(picks, gens, state)
+        if hooks.beam:
+            for k, row in enumerate(rows.tolist()):
+                hooks.proposals[row] = (picks[k], cands[k], events[k], state.contexts[k])
+            return scores
+        tok = ad.processor.tokenizer
+        exempt = list(p["exempt_words"]) if p["exempt_words"] is not None else list(EXEMPT_WORDS)
+        for k, c in enumerate(cands):
+            if c is None:
+                continue
+            ctx = state.contexts[k]
+            texts = [tok.decode(gens[k] + [t], skip_special_tokens=True) for t in c]
+            sim = ctx.prepared["halc_aux"]["scorer"].similarity(ctx.prepared["halc_request"].image, texts).softmax(-1)
+            chosen = c[int(sim.argmax())]
+            events[k]["chosen"] = chosen
+            chosen, fired = unk_rule(tok, chosen, picks[k], events[k], len(gens[k]), p, exempt)
+            if fired:
+                events[k]["unk"] = True
+            picks[k] = chosen
+        out = torch.full_like(mature, -float("inf"))
+        out[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
+        return out
+
+    def propose(self, picks, gens, state):
+        """Steps 2-5 for each member: (events [dict | None], candidate tokens [list | None]); the
+        FOV views of every member that fires go into one spawned forward."""
+        p = state.params
+        ad = state.contexts[0].adapter
         tok = ad.processor.tokenizer
         eos = set(ad.eos_token_ids)
         exempt = list(p["exempt_words"]) if p["exempt_words"] is not None else list(EXEMPT_WORDS)
         add = list(p["add_words"]) if p["add_words"] is not None else list(ADD_WORDS)
-        fire = []   # (k, word, status, boxes)
+        log = not state.hooks.beam
+        events: list = [None] * len(picks)
+        cands: list = [None] * len(picks)
+        fire = []   # (member, FOV boxes)
         for k, y in enumerate(picks):
             ctx = state.contexts[k]
             if y in eos or not starts_word(tok, y):
                 continue
             aux = ctx.prepared["halc_aux"]
-            raw = tok.decode([y], skip_special_tokens=True)
-            word = clean_entity(raw.strip())
+            word = clean_entity(tok.decode([y], skip_special_tokens=True).strip())
             pos = aux["tagger"].pos(word) if word else "PUNC"
             if "." in word or "," in word or word in exempt:
                 pos = "SKIP"
@@ -326,16 +479,16 @@ class HALC(Method):
                 pos = "SKIP"
             if word in add:
                 pos = "ADD"
-            event = {"step": step, "token": y, "word": word, "pos": pos}
-            ctx.meta.setdefault("halc_events", []).append(event)
+            event = {"step": len(gens[k]), "token": y, "word": word, "pos": pos}
+            events[k] = event
+            if log:
+                ctx.meta.setdefault("halc_events", []).append(event)
             if pos not in VALID_POS:
                 event["status"] = "invalid"
                 continue
-            image = ctx.prepared["halc_request"].image
-            boxes = aux["detector"].detect(image, word, float(p["box_threshold"]))
+            boxes = aux["detector"].detect(ctx.prepared["halc_request"].image, word, float(p["box_threshold"]))
             if len(boxes) > int(p["max_boxes"]):
-                event["status"] = "invalid"
-                event["n_boxes"] = len(boxes)
+                event.update(status="invalid", n_boxes=len(boxes))
                 continue
             if boxes:
                 areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
@@ -343,36 +496,18 @@ class HALC(Method):
             else:
                 target, status = list(CENTRE_BOX), "not-detected"
             event.update(status=status, box=[round(float(v), 6) for v in target])
-            fire.append((k, event, fov_boxes(target, int(p["context_window"]), float(p["expand_ratio"]))))
-        if fire:
-            branches, prefixes = [], []
-            for k, _, fboxes in fire:
-                req = state.contexts[k].prepared["halc_request"]
-                gen = list(hooks.tokens[state.requests[k]])
-                for b in fboxes:
-                    branches.append(Branch(prompt=req.prompt, image=crop(req.image, b), system=req.system,
-                                           name="fov"))
-                    prefixes.append(gen)
-            fov = spawn_logits(ad, branches, prefixes, hooks=hooks).float().cpu()
-            n = int(p["context_window"])
-            for c, (k, event, _) in enumerate(fire):
-                ctx = state.contexts[k]
-                aux = ctx.prepared["halc_aux"]
-                cands = fov_candidates(fov[c * n:(c + 1) * n], int(p["k_candidates"]), float(p["contrast_weight"]))
-                gen = list(hooks.tokens[state.requests[k]])
-                texts = [tok.decode(gen + [t], skip_special_tokens=True) for t in cands]
-                sim = aux["scorer"].similarity(ctx.prepared["halc_request"].image, texts).softmax(-1)
-                chosen = cands[int(sim.argmax())]
-                event.update(candidates=cands, chosen=chosen)
-                y = picks[k]
-                if (event["status"] == "not-detected" and p["unk_not_detected"] and tok.unk_token_id is not None
-                        and len(gen) + 1 >= int(p["min_length"])):
-                    new = tok.decode([chosen], skip_special_tokens=True).split(" ")[-1]
-                    cur = tok.decode([y], skip_special_tokens=True).split(" ")[-1]
-                    if (new == cur or new in cur or cur in new) and new not in exempt:
-                        chosen = int(tok.unk_token_id)
-                        event["unk"] = True
-                picks[k] = chosen
-        out = torch.full_like(mature, -float("inf"))
-        out[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
-        return out
+            fire.append((k, fov_boxes(target, int(p["context_window"]), float(p["expand_ratio"]))))
+        if not fire:
+            return events, cands
+        branches, prefixes = [], []
+        for k, fboxes in fire:
+            req = state.contexts[k].prepared["halc_request"]
+            for b in fboxes:
+                branches.append(Branch(prompt=req.prompt, image=crop(req.image, b), system=req.system, name="fov"))
+                prefixes.append(gens[k])
+        fov = spawn_logits(ad, branches, prefixes, hooks=state.hooks).float().cpu()
+        n = int(p["context_window"])
+        for c, (k, _) in enumerate(fire):
+            cands[k] = fov_candidates(fov[c * n:(c + 1) * n], int(p["k_candidates"]), float(p["contrast_weight"]))
+            events[k]["candidates"] = cands[k]
+        return events, cands
