@@ -486,3 +486,13 @@ def test_workflow_fit_settings_and_path():
     assert SF.directions_path({**cfg, "world": "demo"}, "l") != p
     with pytest.raises(ValueError, match="'mask'"):
         SF.settings_for({**cfg, "vti": {"fit": {"mask": 1}}}, "l")
+
+
+def test_visual_direction_chunking(vlms):
+    """The running mean over the masked copies does not depend on the chunk size."""
+    ad = vlms["demo"].adapter
+    clean = [ad.encode(Branch(prompt=r.prompt, image=r.image)) for r in REQS[:2]]
+    with torch.inference_mode():
+        a = SF.visual_direction(ad, clean, 5, 0.5, torch.Generator().manual_seed(1), chunk=2)
+        b = SF.visual_direction(ad, clean, 5, 0.5, torch.Generator().manual_seed(1), chunk=16)
+    assert torch.allclose(a, b, atol=1e-5)

@@ -273,11 +273,15 @@ def visual_direction(adapter, clean: Sequence[Any], num_trials: int, mask_ratio:
     for enc in clean:
         img = enc.pixel_values[0].float()
         n_tok = int(img.shape[-1] * img.shape[-2] / p ** 2)
-        masked = []
-        for _ in range(num_trials):
-            idx = torch.randperm(n_tok, generator=gen)[:int(mask_ratio * n_tok)]
-            masked.append(replace(enc, pixel_values=mask_patches(img, idx, p).unsqueeze(0).to(enc.pixel_values.dtype)))
-        h_masked = torch.stack(vision_probe(adapter, masked, chunk=chunk)).mean(0)   # [L_v+1, T, D]
+        total = None   # running sum over the masked copies, chunk by chunk (a 7B tower: ~60 MB per copy)
+        for c in range(0, num_trials, chunk):
+            masked = []
+            for _ in range(min(chunk, num_trials - c)):
+                idx = torch.randperm(n_tok, generator=gen)[:int(mask_ratio * n_tok)]
+                masked.append(replace(enc, pixel_values=mask_patches(img, idx, p).unsqueeze(0).to(enc.pixel_values.dtype)))
+            part = torch.stack(vision_probe(adapter, masked, chunk=chunk)).sum(0)
+            total = part if total is None else total + part
+        h_masked = total / num_trials                                              # [L_v+1, T, D]
         h_clean = vision_probe(adapter, [enc])[0]
         n_layers, n_tokens, _ = h_clean.shape
         deltas.append(h_masked.reshape(n_tokens, -1) - h_clean.reshape(n_tokens, -1))
