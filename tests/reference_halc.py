@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from reference_methods import Result, forward, inputs
 from vcdflow.decoding.sampling import make_generator
 
+#: methods this module covers (tests/test_methods_halc.py), for test_decoding's reference dispatch
+COVERED = ("halc",)
+
 _AUX: dict = {}
 
 FUNCTION_WORDS = {"a", "an", "the", "is", "are", "there", "any", "in", "on", "of", "to", "and", "with", "this",
@@ -89,6 +92,16 @@ def build_aux(root) -> dict:
                 clip=ImageTextScorer.from_dir(root / "clip"), tagger=RuleTagger(),
                 paths={k: root / k for k in ("owlv2", "blip", "clip")})
     return _AUX
+
+
+def halc_params(root, **kw) -> dict:
+    """``halc`` params over the tiny stand-ins (folders built under ``root`` once per process; the
+    rule-based tagger registered as "test-rules"): for generic all-method tests."""
+    from vcdflow import aux_models
+
+    aux = build_aux(root)
+    aux_models.register("tagger", "test-rules", aux["tagger"])
+    return {"detector": str(aux["paths"]["owlv2"]), "scorer": str(aux["paths"]["blip"]), "tagger": "test-rules", **kw}
 
 
 # --- the reference decoder -----------------------------------------------------------------------
