@@ -238,71 +238,120 @@ def _eager(vlm):
 
 def opera_candidate_scores(vlm, inp, gen, n_can, scale, alpha):
     """The beam's logits row as OPERA's code builds it: −999 everywhere, z(c) − α·penalty(c) at the
-    top-N_can candidates; every forward is a full recompute with eager attention."""
-    from reference_methods import family
-
+    top-N_can candidates; every forward is a full recompute with eager attention. Also the
+    candidates and, per candidate, the argmax column (loc) of the window's column scores."""
     P = inp["input_ids"].shape[1]
     img_pos = [i for i, t in enumerate(inp["input_ids"][0].tolist()) if t == vlm.adapter.image_token_id]
     z = forward(vlm, inp, gen).logits[0, -1].float()
     zt, zi = torch.topk(z, n_can)
     row = torch.full_like(z, -999.0)
+    locs = []
     for j in range(n_can):
         att = forward(vlm, inp, gen + [int(zi[j])], attentions=True).attentions[-1][0].float()  # [H, T, T]
         A = att.max(0).values
         A = A / A.sum(-1, keepdim=True)
         W = scale * A[P:, P:]
         n = W.shape[-1]
-        cols = [1e-7 * float(torch.prod(W[i:, i])) for i in range(n)]
+        cols = [float(1e-7 * torch.prod(W[i:, i])) for i in range(n)]   # float32, as the engine
         phi = max(cols)
+        locs.append(max(range(n), key=lambda i: (cols[i], -i)))
         img = float(A[-1, img_pos].sum()) if img_pos else 0.0
         pen = -img if n <= 10 else phi
         row[int(zi[j])] = float(zt[j]) - alpha * pen
-    del family
-    return row, set(zi.tolist())
+    return row, set(zi.tolist()), locs
 
 
-def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty=1.0):
-    """(ids, finish): beam search over OPERA's candidate scores; finished hypotheses Σ/(prompt +
-    generated without EOS)^lp; only candidates continue as beams (the module docstring of
-    vcdflow.decoding.methods.opera)."""
+def _tmode(xs):
+    return int(torch.tensor(xs).mode().values)
+
+
+def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty=1.0, threshold=None):
+    """(ids, finish, positions rolled back to): beam search over OPERA's candidate scores;
+    finished hypotheses Σ/(prompt + generated without EOS)^lp; only candidates continue as beams;
+    with ``threshold`` the retrospection: per beam slot the mode of its candidates' locations each
+    step; when every slot's history holds the beams' mode loc more than ``threshold`` times and
+    loc ≥ 10, the beam state of step min(loc+1, s−1) is restored and that step re-chosen over the
+    whole vocabulary (shifted so min = −999) with its earlier (beam, token) choices at −999."""
     restore = _eager(vlm)
     try:
         with torch.no_grad():
-            inp = inputs(vlm, req.prompt, req.image, req.system)
-            P = inp["input_ids"].shape[1]
-            K = num_beams
-            running, scores = [[]], [0.0]
-            finished: list = []          # (score, ids, eos)
-            is_open = True
-            while True:
-                rows, cand_sets = [], []
-                for g in running:
-                    row, cs = opera_candidate_scores(vlm, inp, g, n_can, scale, alpha)
-                    rows.append(torch.log_softmax(row, -1) + scores[len(rows)])
-                    cand_sets.append(cs)
-                flat = torch.stack(rows).reshape(-1)
-                V = rows[0].shape[-1]
-                keep = min(max(2, 1 + len(eos)) * K, flat.numel())
-                top, idx = torch.topk(flat, keep)
-                conts = [(float(s), int(i) // V, int(i) % V) for s, i in zip(top, idx)]
-                n = len(running[0]) + 1
-                hit = [t in eos or n >= max_new for _, _, t in conts]
-                if is_open:
-                    for j in range(min(K, keep)):
-                        if hit[j]:
-                            s, b, t = conts[j]
-                            length = P + n - (1 if t in eos else 0)
-                            finished.append((s / length ** length_penalty, running[b] + [t], t in eos))
-                    finished = sorted(finished, key=lambda f: -f[0])[:K]
-                ok = [j for j in range(keep) if not hit[j] and conts[j][2] in cand_sets[conts[j][1]]]
-                nxt = ok[:K]
-                if is_open and len(finished) >= K and nxt:
-                    best = conts[nxt[0]][0] / (P + n) ** length_penalty
-                    is_open = best > min(f[0] for f in finished)
-                if not is_open or not nxt or n >= max_new:
-                    s, ids, e = finished[0]
-                    return (ids[:-1], "eos") if e else (ids, "length")
-                running = [running[conts[j][1]] + [conts[j][2]] for j in nxt]
-                scores = [conts[j][0] for j in nxt]
+            return _ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty, threshold)
     finally:
         restore()
+
+
+def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, threshold):
+    import copy
+
+    inp = inputs(vlm, req.prompt, req.image, req.system)
+    P = inp["input_ids"].shape[1]
+    st = {"running": [[]], "scores": [0.0], "finished": [], "open": True}
+    snaps, chosen, times, rejects, back = {}, {}, {}, {}, []
+    slot_locs = [[] for _ in range(K)]
+    ban = None
+    while True:
+        s_now = len(st["running"][0])
+        rows, cand_sets, modes = [], [], []
+        for b, g in enumerate(st["running"]):
+            if ban is None:
+                row, cs, locs = opera_candidate_scores(vlm, inp, g, n_can, scale, alpha)
+                modes.append(_tmode(locs))
+            else:
+                z = forward(vlm, inp, g).logits[0, -1].float()
+                row = z - (999.0 + z.min())
+                for bb, t in rejects[ban[0]]:
+                    if bb == b:
+                        row[t] = -999.0
+                cs = set(range(row.shape[-1]))
+            rows.append(torch.log_softmax(row, -1) + st["scores"][b])
+            cand_sets.append(cs)
+        if ban is None:
+            sm = [modes[b % len(modes)] for b in range(K)]
+            for b in range(K):
+                slot_locs[b].append(sm[b])
+            snaps[s_now] = copy.deepcopy(st)
+            loc = _tmode(sm)
+            if threshold is not None and all(sum(1 for x in h if x == loc) > threshold for h in slot_locs) \
+                    and loc >= 10:
+                rp = loc + 1
+                ok = True
+                if times.get(rp, 0) >= n_can:
+                    rp -= 1
+                    ok = times.get(rp, 0) < n_can
+                if ok:
+                    times[rp] = times.get(rp, 0) + 1
+                    target = min(rp, s_now - 1)
+                    back.append(target)
+                    st = copy.deepcopy(snaps[target])
+                    for h in slot_locs:
+                        del h[target + 1:]
+                    rejects[rp] = rejects.get(rp, []) + list(chosen.get(target, []))
+                    rejects[rp + 1] = []
+                    ban = (rp, target)
+                    continue
+        flat = torch.stack(rows).reshape(-1)
+        V = rows[0].shape[-1]
+        keep = min(max(2, 1 + len(eos)) * K, flat.numel())
+        top, idx = torch.topk(flat, keep)
+        conts = [(float(sc), int(i) // V, int(i) % V) for sc, i in zip(top, idx)]
+        n = len(st["running"][0]) + 1
+        hit = [t in eos or n >= max_new for _, _, t in conts]
+        if st["open"]:
+            for j in range(min(K, keep)):
+                if hit[j]:
+                    sc, b, t = conts[j]
+                    length = P + n - (1 if t in eos else 0)
+                    st["finished"].append((sc / length ** length_penalty, st["running"][b] + [t], t in eos))
+            st["finished"] = sorted(st["finished"], key=lambda f: -f[0])[:K]
+        ok = [j for j in range(keep) if not hit[j] and conts[j][2] in cand_sets[conts[j][1]]]
+        nxt = ok[:K]
+        if st["open"] and len(st["finished"]) >= K and nxt:
+            best = conts[nxt[0]][0] / (P + n) ** length_penalty
+            st["open"] = best > min(f[0] for f in st["finished"])
+        if not st["open"] or not nxt or n >= max_new:
+            sc, ids, e = st["finished"][0]
+            return ((ids[:-1], "eos") if e else (ids, "length")), back
+        chosen[ban[1] if ban is not None else s_now] = [(conts[j][1], conts[j][2]) for j in nxt]
+        st["running"] = [st["running"][conts[j][1]] + [conts[j][2]] for j in nxt]
+        st["scores"] = [conts[j][0] for j in nxt]
+        ban = None

@@ -186,8 +186,9 @@ def test_opera_matches_reference(vlms, family):
     outs = generate(vlm, REQS[:2], method="opera", params=p, max_new_tokens=n_new, eos_token_id=[])
     for r, o in zip(REQS[:2], outs):
         assert o.error is None, o.error
-        want = ref_opera(vlm, r, 3, 3, 50.0, 1.0, n_new, [])
+        want, back = ref_opera(vlm, r, 3, 3, 50.0, 1.0, n_new, [])
         assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id)
+        assert o.meta["opera_rollbacks"] == back == []
 
 
 def test_opera_eos_penalty_and_batching(vlms):
@@ -202,7 +203,7 @@ def test_opera_eos_penalty_and_batching(vlms):
     outs = generate(vlm, REQS, method="opera", params=p, max_new_tokens=6, eos_token_id=eos)
     assert outs[0].meta["finish_reason"] == "eos"
     for r, o in zip(REQS, outs):
-        assert (o.token_ids, o.meta["finish_reason"]) == ref_opera(vlm, r, 3, 3, 50.0, 1.0, 6, eos)
+        assert (o.token_ids, o.meta["finish_reason"]) == ref_opera(vlm, r, 3, 3, 50.0, 1.0, 6, eos)[0]
     one = [generate(vlm, [r], method="opera", params=p, max_new_tokens=6, eos_token_id=eos)[0] for r in REQS]
     assert [o.token_ids for o in one] == [o.token_ids for o in outs]
     kw = dict(method="opera", max_new_tokens=12, eos_token_id=[])
@@ -211,3 +212,25 @@ def test_opera_eos_penalty_and_batching(vlms):
     beams = generate(vlm, REQS, method="greedy", num_beams=3, length_norm="total", max_new_tokens=12, eos_token_id=[])
     assert [o.token_ids for o in a0] != [o.token_ids for o in a1]
     assert [o.token_ids for o in a0] != [o.token_ids for o in beams]
+
+
+@pytest.mark.parametrize("family", ["llava", "demo"])
+def test_opera_retrospection_matches_reference(vlms, family):
+    """E12: with a low threshold the rollback fires (the cache is cropped back to the prompt, the
+    restored beams re-fed, the step re-chosen with the earlier choices banned); tokens and the
+    positions rolled back to equal the full-recompute port's."""
+    from reference_beams import ref_opera
+
+    vlm = vlms[family]
+    n_new = 14
+    fired = 0
+    # σ = 1: on random weights the newest column then wins, so the location reaches 10
+    for r, thr in ((REQS[0], 0), (REQS[2], 1)):
+        p = {"num_beams": 2, "num_attn_candidates": 2, "threshold": thr, "scale_factor": 1.0}
+        o = generate(vlm, [r], method="opera", params=p, max_new_tokens=n_new, eos_token_id=[])[0]
+        assert o.error is None, o.error
+        want, back = ref_opera(vlm, r, 2, 2, 1.0, 1.0, n_new, [], threshold=thr)
+        assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id, thr)
+        assert o.meta["opera_rollbacks"] == back, (family, r.item_id, thr)
+        fired += len(back)
+    assert fired > 0      # the rollback path was exercised

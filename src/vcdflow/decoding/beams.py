@@ -84,6 +84,9 @@ class Choice:
     next_ids: list[int]
     tokens: dict = field(default_factory=dict)
     done: dict = field(default_factory=dict)
+    #: E12 rollback: per new row the generated ids to re-feed after the cache is cut back to the
+    #: prompt (``DynamicCache.crop``; one request per batch); ``next_ids`` is then ignored
+    replay: list | None = None
 
 
 def expand(layout: Layout, picks: Sequence[tuple[int, int, int]]) -> tuple[list[int], list[int]]:

@@ -323,6 +323,7 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         if limits[r] <= 0:
             finish[r] = "length"
     step = 0
+    n_fed = 0           # columns the step forwards added after the prefill (a rollback crops them)
     while any(f is None for f in finish):
         if search is None:
             picks = choose(step, logits, row_req)
@@ -351,6 +352,17 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             keep, new_slot, feed = list(ch.rows), list(ch.slot), list(ch.next_ids)
             if any(finish[row_req[k]] is not None for k in keep):
                 raise RuntimeError("a search kept rows of a finished request")
+            if ch.replay is not None and keep:
+                # E12 rollback: back to the prompt (the whole cache: one request per batch), then
+                # the kept rows are re-fed their generated ids in one forward
+                if len(set(row_req[k] for k in keep)) != 1 or len(set(row_req)) != 1:
+                    raise RuntimeError("a rollback needs one request per batch (Method.max_batch = 1)")
+                width = mask.shape[1] - n_fed
+                if n_fed:
+                    cache.crop(-n_fed)   # transformers 5: a negative count of trailing positions
+                mask = mask[:, :width]
+                next_pos = next_pos - n_fed
+                n_fed = 0
         if not keep or (search is None and step + 1 >= max(limits)):
             break
         if keep != list(range(len(row_req))):
@@ -366,10 +378,15 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             row_branch = [row_branch[k] for k in keep]
             mask = _cut_left(cache, mask)
         row_slot = new_slot
-        step_ids = torch.tensor([[t] for t in feed], device=device)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        pos = adapter.step_positions(next_pos)
-        next_pos = next_pos + 1
+        if search is not None and ch.replay is not None:
+            step_ids = torch.tensor(ch.replay, device=device).view(len(keep), -1)
+        else:
+            step_ids = torch.tensor([[t] for t in feed], device=device)
+        n_new = step_ids.shape[1]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], n_new))], dim=1)
+        pos = torch.cat([adapter.step_positions(next_pos + i) for i in range(n_new)], dim=-1)
+        next_pos = next_pos + n_new
+        n_fed += n_new
         if hooks is not None:
             rows = Rows(request=list(row_req), branch=list(row_branch), step=step + 1)
             hooks.before_forward("step", rows)
@@ -721,7 +738,7 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         if amateur is not None:
             amateur.encode([it.branches[0] for it in live])
         score = method_scorer(m, state, mode, temperature, top_k, top_p, contexts, hooks, amateur)
-        opts.update(mode=mode, amateur=amateur)
+        opts.update(mode=mode, amateur=amateur, contexts=contexts)
         search = m.search(score, state.params, hooks, opts) if hasattr(m, "search") else None
         if search is None and opts.get("num_beams", 1) > 1:
             search = BeamSearch(score=score, num_beams=opts["num_beams"],

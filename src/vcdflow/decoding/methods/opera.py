@@ -21,10 +21,20 @@ and attention row), saving one forward per step (methods-3 §1.1: equivalent up 
 Scores are float32 throughout; the reference stores the column scores in float16 from fp16
 attention (products over long windows overflow/underflow there) — a marked divergence.
 
-**Retrospection (rollback, E12) is not implemented here** (``threshold`` = 15 is accepted and
-recorded but unused): it only fires once one location has been the per-beam mode more than
-``threshold`` times at a location ≥ 10 tokens into the response, i.e. in long captions (≥ 26
-tokens); POPE's 10-token answers never reach it. UNFINISHED: see the report / README row.
+**Retrospection (rollback, E12)**, ``retrospection`` = True (L3426–3560): every step each beam
+slot records the mode (over its candidates) of loc(c); with s = the mode of those over the beam
+slots, if every slot's history holds s **more than** ``threshold`` (r = 15; the paper says ≥)
+times and s ≥ 10, the decode goes back to response position p = s + 1 (at most N_can rollbacks per
+position, else p − 1, else none): the beams, beam scores and finished hypotheses of step
+min(p, t − 1) are restored (the code restores ``history_states[-2]`` after popping
+``cur_response_lens − p − 2`` states), the restored beams are re-fed from the prompt (the KV cache
+is cropped back to the prompt, ``DynamicCache.crop``, so OPERA runs one request per batch:
+``max_batch = 1``), and that step is re-chosen over the whole vocabulary — logits shifted so that
+their minimum is −999, the (beam, token) choices made there before (accumulated per position,
+cleared at p + 1) set to −999, no candidate penalty. The location history is per beam slot, not
+per lineage (a code quirk we copy); where fewer beams run than slots, slot b takes beam b mod n.
+``Output.meta["opera_rollbacks"]`` lists the positions re-chosen. The 512-token history cap is
+not applied.
 
 Other defaults (code = paper): ``num_beams`` 5, ``scale_factor`` 50, ``num_attn_candidates`` 5,
 ``penalty_weights`` 1 (``eval_configs/llava-1.5_eval.yaml``, ``chair_eval.py``, ``pope_eval.py``);
@@ -50,7 +60,7 @@ from types import MappingProxyType
 import torch
 
 from ..attention import AttentionHooks
-from ..beams import BeamSearch, Layout, _choice
+from ..beams import BeamSearch, Layout, _Beams, _choice
 from .base import Method
 
 
@@ -66,17 +76,24 @@ class OperaAttention(AttentionHooks):
     def probs(self, layer, p, v, ctx, module):
         if ctx.phase != "step":
             return
-        m = p[:, :, -1, :].float().max(dim=1).values               # [R, K]
-        valid, image, _ = ctx.keys(m.shape[-1])
+        M = p.float().max(dim=1).values                             # [R, Q, K]
+        Q = M.shape[1]
+        valid, image, _ = ctx.keys(M.shape[-1])
         real = valid.long().cumsum(-1) - 1
         rows = []
         for k, (r, b) in enumerate(zip(ctx.rows.request, ctx.rows.branch)):
             n_prompt = int(self._prompt[(r, b)].shape[0])
             gen = valid[k] & (real[k] >= n_prompt)
-            rows.append((m[k][gen], m[k].sum(), m[k][image[k]].sum()))
-        if not self.hist:
-            self.hist = [[] for _ in rows]
-        self.hist = [h + [x] for h, x in zip(self.hist, rows)]
+            out = []
+            for q in range(Q):      # Q > 1: a rollback's replay of the generated ids
+                g = int(real[k, M.shape[-1] - Q + q]) - n_prompt
+                m = M[k, q]
+                out.append((m[gen][:g + 1], m.sum(), m[image[k]].sum()))
+            rows.append(out)
+        if Q > 1 or not self.hist:
+            self.hist = rows
+        else:
+            self.hist = [h + x for h, x in zip(self.hist, rows)]
 
     def select(self, index):
         if self.hist:
@@ -92,24 +109,48 @@ def opera_penalty(hist: list, scale: float) -> tuple[float, int, float]:
         W[i, :keys.shape[0]] = (keys / total).cpu()
     W = W * scale
     cols = torch.stack([1e-7 * W[j:, j].prod() for j in range(n)])
-    phi, loc = cols.max(0)
-    return float(phi), int(loc), float(hist[-1][2] / hist[-1][1])
+    phi = cols.max()
+    loc = int(torch.nonzero(cols == phi)[0])          # the first maximal column
+    return float(phi), loc, float(hist[-1][2] / hist[-1][1])
+
+
+def _mode(values: list[int]) -> int:
+    """``torch.mode``: the most frequent value, the smallest among ties."""
+    return int(torch.tensor(values).mode().values)
 
 
 class OperaSearch(BeamSearch):
-    """OPERA's beams over look-ahead candidate slots (module docstring). Each call: the forwarded
-    candidates are penalised and the beam step runs; the kept candidates' next top-N_can are
-    forwarded as the next slots."""
+    """OPERA's beams over look-ahead candidate slots (module docstring). A request's calls:
+
+    * ``expand``: the rows are running beams; forward each beam's top-N_can candidates as slots;
+    * ``opera``: the rows are those candidates; penalise them, record the per-beam location
+      modes, then either roll back (E12: the beams, scores and hypotheses of an earlier step are
+      restored and re-fed from the prompt, :class:`~vcdflow.decoding.beams.Choice` ``replay``) or
+      run the beam step and expand the kept candidates;
+    * ``ban``: the rows are the restored beams; the step is re-chosen over the whole vocabulary
+      (logits shifted so that min = −999, the (beam, token) choices made there before set to −999),
+      then the chosen tokens are fed (→ ``expand``)."""
 
     def __init__(self, hooks: OperaAttention, num_beams: int, n_can: int, scale: float, alpha: float,
-                 length_penalty: float = 1.0):
+                 threshold: int, retrospection: bool = True, length_penalty: float = 1.0, contexts=None):
         super().__init__(score=None, num_beams=num_beams, length_penalty=length_penalty, early_stopping=False,
                          length_norm="total")
         self.hooks = hooks
         self.n_can = int(n_can)
         self.scale = float(scale)
         self.alpha = float(alpha)
-        self.z: dict[int, list] = {}       # request -> per parent beam: (candidate ids, their raw logits)
+        self.threshold = int(threshold)
+        self.retrospection = bool(retrospection)
+        self.z: dict[int, list] = {}        # request -> per parent beam: (candidate ids, their raw logits)
+        self.mode: dict[int, str] = {}
+        self.snaps: dict[int, dict] = {}    # request -> step -> beam state before that step's choice
+        self.chosen: dict[int, dict] = {}   # request -> step -> [(source beam, token)] of the kept beams
+        self.locs: dict[int, list] = {}     # request -> per beam slot: location modes per step
+        self.times: dict[int, dict] = {}    # request -> position -> rollbacks done there
+        self.rejects: dict[int, dict] = {}  # request -> position -> banned (beam, token)
+        self.ban: dict[int, tuple] = {}
+        #: per request context: ``meta["opera_rollbacks"]`` lists the response positions re-chosen
+        self.contexts = contexts
 
     def _expand(self, r, parents_slots, logits, layout, picks, feed):
         spans = {(sp[0], sp[1]): sp for sp in layout.spans()}
@@ -122,36 +163,103 @@ class OperaSearch(BeamSearch):
                 picks.append((r, old, p_new * self.n_can + j))
                 feed.append(t)
         self.z[r] = cands
+        self.mode[r] = "opera"
+
+    @staticmethod
+    def _copy(st: _Beams | None):
+        if st is None:
+            return None
+        return _Beams(running=[list(x) for x in st.running], running_scores=st.running_scores.clone(),
+                      finished=list(st.finished), open=st.open)
 
     def step(self, step: int, logits: torch.Tensor, layout: Layout):
         by_req: dict[int, list] = {}
         for sp in layout.spans():
             by_req.setdefault(sp[0], []).append(sp)
         picks, feed, tokens, done = [], [], {}, {}
+        replay = None
+        V = logits.shape[-1]
         for r, sps in by_req.items():
-            if r not in self.z:                       # prefill: the prompt's candidates
-                self.state[r] = None
-                self._expand(r, [sps[0][1]], logits, layout, picks, feed)
+            mode = self.mode.get(r, "expand")
+            if mode == "expand":
+                if r not in self.snaps:
+                    if self.contexts is not None:
+                        self.contexts[r].meta["opera_rollbacks"] = []
+                    self.state[r] = None
+                    for d in (self.snaps, self.chosen, self.times, self.rejects):
+                        d[r] = {}
+                    self.locs[r] = [[] for _ in range(self.k)]
+                self._expand(r, [sp[1] for sp in sps], logits, layout, picks, feed)
                 continue
+            if mode == "ban":
+                rp, target = self.ban.pop(r)
+                st = self.state[r]
+                z = torch.stack([logits[sp[2]].float().cpu() for sp in sps])
+                z = z - (999.0 + z.min(dim=-1, keepdim=True).values)
+                for b, t in self.rejects[r][rp]:
+                    if b < z.shape[0]:
+                        z[b, t] = -999.0
+                lp = torch.log_softmax(z, dim=-1)
+                keep = min(max(2, 1 + len(layout.eos)) * self.k, lp.numel())
+                top, idx = torch.topk((lp + st.running_scores[:, None]).reshape(-1), k=keep)
+                beam, tok = (idx // V).tolist(), (idx % V).tolist()
+                nxt, why, ids = self.advance(st, top, beam, tok, layout, r)
+                tokens[r] = ids
+                if nxt is None:
+                    done[r] = why
+                    continue
+                self.chosen[r][target] = [(beam[j], tok[j]) for j in nxt]
+                for new, j in enumerate(nxt):
+                    picks.append((r, sps[beam[j]][1], new))
+                    feed.append(tok[j])
+                self.mode[r] = "expand"
+                continue
+            # mode "opera": the forwarded candidates
             cands = self.z.pop(r)
-            V = logits.shape[-1]
             lp = torch.full((len(cands), V), -999.0)
             slot_of: dict[tuple[int, int], int] = {}
+            modes = []
             for b, (ids, zs) in enumerate(cands):
                 scores = zs.clone()
+                locs = []
                 for j, t in enumerate(ids):
                     sp = sps[b * self.n_can + j]
-                    phi, _, img = opera_penalty(self.hooks.hist[sp[2]], self.scale)
-                    pen = -img if len(self.hooks.hist[sp[2]]) <= 10 else phi
+                    hist = self.hooks.hist[sp[2]]
+                    phi, loc, img = opera_penalty(hist, self.scale)
+                    pen = -img if len(hist) <= 10 else phi
                     scores[j] = zs[j] - self.alpha * pen
                     slot_of[(b, t)] = sp[1]
+                    locs.append(loc)
+                modes.append(_mode(locs))
                 lp[b, torch.tensor(ids)] = scores
             lp = torch.log_softmax(lp, dim=-1)
             st = self.state[r]
-            first = st is None
-            if first:
-                from ..beams import _Beams
-
+            s_now = 0 if st is None else len(st.running[0])
+            slot_modes = [modes[b % len(modes)] for b in range(self.k)]
+            for b in range(self.k):
+                self.locs[r][b].append(slot_modes[b])
+            self.snaps[r][s_now] = self._copy(st)
+            back = self._rollback(r, _mode(slot_modes), s_now) if self.retrospection else None
+            if back is not None:
+                rp, target = back
+                if self.contexts is not None:
+                    self.contexts[r].meta.setdefault("opera_rollbacks", []).append(target)
+                snap = self._copy(self.snaps[r][target])
+                self.state[r] = snap
+                for b in range(self.k):
+                    del self.locs[r][b][target + 1:]
+                self.rejects[r].setdefault(rp, [])
+                self.rejects[r][rp] = self.rejects[r][rp] + list(self.chosen[r].get(target, []))
+                self.rejects[r][rp + 1] = []
+                self.ban[r] = (rp, target)
+                self.mode[r] = "ban"
+                replay = [list(x) for x in snap.running]
+                tokens[r] = list(snap.running[0])
+                for new in range(len(snap.running)):
+                    picks.append((r, sps[0][1], new))
+                    feed.append(0)
+                continue
+            if st is None:
                 st = _Beams(running=[[]], running_scores=torch.zeros(1))
                 self.state[r] = st
             keep = min(max(2, 1 + len(layout.eos)) * self.k, lp.numel())
@@ -163,17 +271,44 @@ class OperaSearch(BeamSearch):
             if nxt is None:
                 done[r] = why
                 continue
+            self.chosen[r][s_now] = [(beam[j], tok[j]) for j in nxt]
             self._expand(r, [slot_of[(beam[j], tok[j])] for j in nxt], logits, layout, picks, feed)
-        return _choice(layout, picks, feed, tokens, done)
+        ch = _choice(layout, picks, feed, tokens, done)
+        if replay is not None:
+            if len(by_req) != 1:
+                raise RuntimeError("OPERA's rollback runs one request per batch")
+            ch.replay = replay
+        return ch
+
+    def _rollback(self, r: int, loc: int, s_now: int):
+        """(position key, step to re-choose) when every beam slot's location history holds ``loc``
+        more than ``threshold`` times and ``loc`` ≥ 10 (``opera_beam_search`` L3440–3470), else None."""
+        if not all(sum(1 for x in h if x == loc) > self.threshold for h in self.locs[r]):
+            return None
+        if loc < 10:
+            return None
+        rp = loc + 1
+        times = self.times[r]
+        if times.get(rp, 0) >= self.n_can:
+            rp -= 1
+            if times.get(rp, 0) >= self.n_can:
+                return None
+        times[rp] = times.get(rp, 0) + 1
+        target = min(rp, s_now - 1)      # the code restores history_states[-2] after popping
+        if target < 1 or target not in self.snaps[r] or self.snaps[r][target] is None:
+            return None
+        return rp, target
 
 
 @dataclass(frozen=True)
 class OPERA(Method):
     name = "opera"
     defaults = MappingProxyType({"num_beams": 5, "scale_factor": 50.0, "threshold": 15,
-                                 "num_attn_candidates": 5, "penalty_weights": 1.0})
+                                 "num_attn_candidates": 5, "penalty_weights": 1.0, "retrospection": True})
     requires_image = False
     mode = "greedy"
+    #: the rollback crops the whole KV cache: one request per batch (E12)
+    max_batch = 1
 
     def validate(self, p):
         super().validate(p)
@@ -191,7 +326,8 @@ class OPERA(Method):
             raise ValueError(f"method {self.name!r} sets its beams with parameter 'num_beams'")
         return OperaSearch(hooks, int(params["num_beams"]), int(params["num_attn_candidates"]),
                            float(params["scale_factor"]), float(params["penalty_weights"]),
-                           length_penalty=opts.get("length_penalty", 1.0))
+                           int(params["threshold"]), bool(params["retrospection"]),
+                           length_penalty=opts.get("length_penalty", 1.0), contexts=opts.get("contexts"))
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]
