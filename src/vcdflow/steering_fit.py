@@ -56,9 +56,10 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported inside the functions: the workflow imports this module at parse time
+    import torch
 
 #: fit settings: README (MMHal run) num_demos 70, mask_ratio 0.99, num_trials 50, seed 42;
 #: argparse defaults differ (num_demos 50, alpha_image 0): run_mmhal_vti.py:156-164
@@ -219,6 +220,8 @@ def demo_fit_set(instances: str | Path, n: int | None = None, n_co: int = 2) -> 
 # --- the official pieces ---------------------------------------------------------------------------
 def mask_patches(img: torch.Tensor, indices, patch: int) -> torch.Tensor:
     """``img`` [C, H, W] with the listed patches set to the per-channel mean (``utils.py:46-81``)."""
+    import torch
+
     out = img.clone()
     mean = img.mean(dim=(1, 2), keepdim=True)
     per_row = img.shape[2] // patch
@@ -232,6 +235,8 @@ def pca_direction(X: torch.Tensor) -> torch.Tensor:
     """mean + first principal axis of ``X`` [n, F] (→ [F]) or per leading row of [B, n, F]
     (→ [B, F]): the official ``PCA(n_components=1).fit`` and ``(components_.sum(1) + mean_)``
     (``pca.py:24-39``, ``utils.py:228, 323``)."""
+    import torch
+
     squeeze = X.ndim == 2
     X = X.float().unsqueeze(0) if squeeze else X.float()
     mean = X.mean(1, keepdim=True)
@@ -255,6 +260,8 @@ def patch_size(adapter) -> int:
 def encode_full_text(adapter, text: str, image) -> Any:
     """An :class:`~vcdflow.models.adapters.Encoded` of an already templated ``text`` + ``image``
     through the processor (as ``adapter.encode`` does for a branch)."""
+    import torch
+
     from .models.adapters import Encoded
 
     out = adapter.processor(text=[text], images=[image], return_tensors="pt")
@@ -266,6 +273,8 @@ def encode_full_text(adapter, text: str, image) -> Any:
 def visual_direction(adapter, clean: Sequence[Any], num_trials: int, mask_ratio: float,
                      gen: torch.Generator, chunk: int = 16) -> torch.Tensor:
     """[L_v, T, D] from the encoded clean demo rows ``clean`` (``obtain_visual_vti``)."""
+    import torch
+
     from .decoding.steering import vision_probe
 
     p = patch_size(adapter)
@@ -292,6 +301,8 @@ def visual_direction(adapter, clean: Sequence[Any], num_trials: int, mask_ratio:
 
 def textual_direction(adapter, pairs: Sequence[tuple[Any, Any]], chunk: int = 8) -> torch.Tensor:
     """[L, D] from (clean-caption, hallucinated-caption) encoded rows (``obtain_textual_vti``)."""
+    import torch
+
     from .decoding.steering import residual_probe
 
     rows = [r for pr in pairs for r in pr]
@@ -313,6 +324,8 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
             model_name: str = "", demos_digest: str = "", progress=None, extra_meta: Mapping | None = None) -> dict:
     """Fit VTI's directions for ``vlm`` from the fit records ``demos`` (images under
     ``image_dir``). Returns the artefact dict (see the module docstring)."""
+    import torch
+
     from PIL import Image
 
     from .decoding.steering import ActivationSteering
@@ -367,6 +380,8 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
 
 def save_directions(art: dict, path: str | Path) -> Path:
     """Write the artefact atomically (a temporary file, then rename)."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -381,6 +396,8 @@ _CACHE: dict = {}
 def load_directions(path: str | Path) -> dict:
     """The artefact at ``path`` (cached per path, size and mtime); ``ValueError`` naming the path
     when it is missing or not a VTI artefact."""
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"VTI directions file {str(p)!r} does not exist (fit it with the workflow rule "
