@@ -17,6 +17,7 @@
 from vcdflow import steering_fit as vti_fit
 
 VTI_FIT_SET = vti_fit.fit_set_of(config)
+vti_fit.fit_set_identity(VTI_FIT_SET)  # a misspelt vti.fit_set fails here, naming the value
 VTI_FIT_FILE = {"official": "resources/vti/hallucination_vti_demos.jsonl",
                 "demo": "resources/vti/demo_fit_set.jsonl"}[VTI_FIT_SET]
 VTI_IMAGES = {"official": "resources/vti/train2014", "demo": "resources/demo/world/images/train"}[VTI_FIT_SET]
