@@ -94,6 +94,35 @@ def build_aux(root) -> dict:
     return _AUX
 
 
+def build_tiny_grounding_dino(root):
+    """A tiny GroundingDINO (Swin backbone, BERT text encoder over a 14-word vocab.txt, random
+    weights) saved with its processor: the loader's default detector path."""
+    from pathlib import Path
+
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessorPil, GroundingDinoProcessor, SwinConfig)
+
+    root = Path(root) / "grounding_dino"
+    root.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "dog", "cat", "cup", "table", "person", "car",
+             "red"]
+    (root / "vocab.txt").write_text("\n".join(words) + "\n")
+    cfg = GroundingDinoConfig(
+        backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
+                                   image_size=64, out_features=["stage2", "stage3", "stage4"]),
+        text_config=BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=20, num_feature_levels=4,
+        encoder_n_points=2, decoder_n_points=2, max_text_len=32, use_timm_backbone=False,
+        use_pretrained_backbone=False)
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(cfg).eval().save_pretrained(root)
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}),
+                           tokenizer=BertTokenizer(str(root / "vocab.txt"))).save_pretrained(root)
+    return root
+
+
 def halc_params(root, **kw) -> dict:
     """``halc`` params over the tiny stand-ins (folders built under ``root`` once per process; the
     rule-based tagger registered as "test-rules"): for generic all-method tests."""

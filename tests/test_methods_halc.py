@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_halc import RuleTagger, build_aux, ref_halc, ref_halc_beams
+from reference_halc import RuleTagger, build_aux, build_tiny_grounding_dino, ref_halc, ref_halc_beams
 from reference_methods import assert_same_as_reference, build_vlms, image, inputs, last_logits
 from vcdflow import aux_models
 from vcdflow.decoding import Request, generate
@@ -86,6 +86,19 @@ def test_aux_models_load_and_score(aux):
     with pytest.raises(ValueError, match="unknown auxiliary model kind"):
         aux_models.resolve("ocr", "x")
     assert RuleTagger().nouns("a dog on the table") == ["dog", "table"]
+
+
+def test_grounding_dino_through_the_loader(tmp_path):
+    """HALC's default detector kind: a tiny GroundingDINO folder loads through
+    AutoModelForZeroShotObjectDetection and its grounded post-processing (box and text thresholds);
+    boxes come back normalised to the image and filtered like HALC's wrapper."""
+    det = aux_models.Detector.from_dir(build_tiny_grounding_dino(tmp_path), text_threshold=0.0)
+    assert det.model_type == "grounding-dino"
+    im = image(8, 80, 60)
+    raw = det.raw_boxes(im, "a dog", 0.0)
+    assert len(raw) == 20 and all(-1e-6 <= v <= 1 + 1e-6 for b in raw for v in b)
+    assert det.detect(im, "a dog", 0.0) == aux_models.filter_boxes(raw)
+    assert det.raw_boxes(im, "a dog", 1.0) == []
 
 
 # --- E19 ------------------------------------------------------------------------------------------
