@@ -27,6 +27,9 @@ from reference_methods import Result, apc_mask, forward, inputs
 from vcdflow.decoding import METHODS
 from vcdflow.decoding.sampling import make_generator
 
+#: methods this module covers (tests/test_methods_attention.py)
+COVERED = ("pai", "sid", "only", "vasparse")
+
 REF_NAME = "vcdflow_reference_attention"
 _STATE: dict = {}
 

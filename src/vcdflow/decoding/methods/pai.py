@@ -10,7 +10,10 @@ Two parts, both from the official code (``LALBJ/PAI@9bbd8bd``):
 
    on the scaled scores after the causal/padding mask is added and clamped at the dtype's minimum
    (``torch.max(attn_weights, finfo.min)``, ``:73-75``), before the softmax. Only the image branch
-   gets it (``use_attn and not use_cfg``, ``:90``).
+   gets it (``use_attn and not use_cfg``, ``:90``). Under the cached decode every position from the
+   last prompt token on was some forward's last query row, so all their cached states carry the
+   intervention; with a shared prefix the prefix forward is left unchanged (its last row is not the
+   row's last prompt position) and the suffix forward's last row gets it, as unshared.
 2. **Logits refine (CFG against the text-only input)** (``CFG.py:28-58``): a second stream runs the
    prompt with the image chunk removed (``model_loader.py:253-294``: BOS + text before + text after
    the image), with the intervention switched off. With log p_c, log p_u the log-softmax of the
