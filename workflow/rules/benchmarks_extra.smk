@@ -75,15 +75,11 @@ rule download_mmhal:
         "../scripts/download_bench_extra.py"
 
 
-def leading_base(wildcards):
-    """The POPE question file a leading_pope entry is built from ({split} filled in)."""
-    return bench_config(wildcards.benchmark, wildcards.split)["base"]
-
-
 rule build_leading_pope:
-    # LQCD's leading-query POPE: every question of `base` with a leading cue (vcdflow.data.lqcd)
+    # LQCD's leading-query POPE: every question of `base` ({split} filled in) with a leading cue
+    # (vcdflow.data.lqcd)
     input:
-        base=leading_base,
+        base=lambda wc: bench_config(wc.benchmark, wc.split)["base"],
     output:
         "resources/leading_pope/{benchmark}/{split}.json",
     log:
