@@ -241,3 +241,10 @@ def test_bad_input(vlms, aux):
         generate(vlm, REQS[:1], "halc", params(aux, beam_size=0), max_new_tokens=2)
     out = generate(vlm, [Request(prompt="hi", item_id="x")], "halc", params(aux), max_new_tokens=2)[0]
     assert out.error and "needs an image" in out.error
+
+
+def test_drop_unk_sentences():
+    from vcdflow.decoding.methods.halc import drop_unk_sentences
+
+    assert drop_unk_sentences("A dog. A <unk> on it. Two cups.") == "A dog. Two cups."
+    assert drop_unk_sentences("no sentence marks") == "no sentence marks"

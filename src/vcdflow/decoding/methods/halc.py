@@ -47,10 +47,12 @@ Per hypothesis and step t (``combine`` → ``propose``):
 7. **Not-detected removal** (utils.py L4912-4950): if the box was not detected, the chosen word
    equals / contains / is contained in the original word, at least ``min_length`` 8 tokens are
    generated with it and the word is not exempt → the tokenizer's unk token is emitted instead
-   (HALC writes id 0 = LLaMA's ``<unk>``; ``caption_generation.py:537-542`` then drops every
-   sentence containing "unk" — that text post-processing is not done here; ``Output.meta``
-   ``halc_events`` records it). Off with ``unk_not_detected: false``; a tokenizer without an unk
-   token (Qwen2.5-VL) never applies it.
+   (HALC writes id 0 = LLaMA's ``<unk>``). ``Output.text`` is decoded with
+   ``skip_special_tokens``, so the unk token drops out of the text, as in HALC's own decode
+   (``get_sequence_text``, ``halc.py:167-175``); HALC's caption script then also drops every
+   sentence containing "unk" (``caption_generation.py:537-542``): :func:`drop_unk_sentences`,
+   not applied by the decoder. ``Output.meta["halc_events"]`` (beam 1 only) records every trigger
+   check. Off with ``unk_not_detected: false``; a tokenizer without an unk token never applies it.
 
 The auxiliary models (E18, :mod:`vcdflow.aux_models`): ``detector`` (GroundingDINO / OWLv2
 folder), ``scorer`` (BLIP ``BlipModel`` / CLIP folder), ``tagger`` (spaCy model folder), each a
@@ -111,6 +113,11 @@ EXEMPT_WORDS = ("image", "side", "background", "feature", "features", "center", 
 ADD_WORDS = ("sink", "microwave", "toaster", "puppy", "bottle", "table", "oven", "orange", "toothbrush", "cars")
 CENTRE_BOX = (0.2, 0.2, 0.8, 0.8)
 VALID_POS = ("NOUN", "PROPN", "ADD")
+
+
+def drop_unk_sentences(text: str) -> str:
+    """``caption_generation.py:537-542``: split at ".", drop the pieces containing "unk", re-join."""
+    return ".".join(x for x in text.split(".") if "unk" not in x)
 
 
 # --- pieces (each one formula of the official code) ----------------------------------------------
