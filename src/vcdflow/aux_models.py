@@ -20,7 +20,9 @@ method never sees the library:
   frame; here OWLv2 boxes go through the same thresholds and are mapped back to the image).
 * :class:`ImageTextScorer` — ``similarity(image, texts) -> tensor [len(texts)]``: the model's
   ``logits_per_image`` (HALC: ``BlipModel`` from ``Salesforce/blip-image-captioning-large`` with
-  ``score_type="BLIP"``, ``halc.py:124-128,1157-1168``; or CLIP ``openai/clip-vit-base-patch32``).
+  ``score_type="BLIP"``, ``halc.py:124-128,1157-1168``; or CLIP ``openai/clip-vit-base-patch32``;
+  texts are truncated to the model's positions — for CLIP's 77, HALC instead widens the position
+  table with random rows when ``max_new_tokens`` > 77, ``halc.py:104-118``).
 * :class:`Tagger` — ``pos(word) -> str`` (the coarse POS of the word's first token, as
   ``halc.py:250-263`` reads ``doc[0].pos_``) and ``nouns(text) -> [tokens]``: spaCy loaded from a
   local model folder (HALC: ``en_core_web_sm``, ``halc.py:68``).

@@ -54,6 +54,12 @@ Per hypothesis and step t (``combine`` → ``propose``):
    not applied by the decoder. ``Output.meta["halc_events"]`` (beam 1 only) records every trigger
    check. Off with ``unk_not_detected: false``; a tokenizer without an unk token never applies it.
 
+Parameters: ``detector``, ``scorer``, ``tagger`` (below); ``beam_size`` 3; ``premature_layers``
+(None: 0, 2, …); ``relative_top`` 0.1; ``k_candidates`` 4; ``context_window`` 4; ``expand_ratio``
+0.6; ``contrast_weight`` 0.05; ``box_threshold`` 0.45; ``max_boxes`` 3; ``skip_rate`` 0.3;
+``min_length`` 8; ``unk_not_detected`` True; ``exempt_words`` / ``add_words`` (None: the
+official lists, ``halc.py:23-30``).
+
 The auxiliary models (E18, :mod:`vcdflow.aux_models`): ``detector`` (GroundingDINO / OWLv2
 folder), ``scorer`` (BLIP ``BlipModel`` / CLIP folder), ``tagger`` (spaCy model folder), each a
 local path or a name registered with ``vcdflow.aux_models.register``; fetched by
@@ -396,6 +402,9 @@ class HALC(Method):
                     raise InputError(f"method 'halc' needs parameter {kind!r} (a local model folder or a name "
                                      f"registered with vcdflow.aux_models.register)")
                 aux[kind] = aux_models.resolve(kind, p[kind])
+                model = getattr(aux[kind], "model", None)
+                if isinstance(model, torch.nn.Module):   # detector/scorer beside the VLM (CUDA when it is)
+                    model.to(runner.adapter.device)
         except Exception as e:  # noqa: BLE001 - every item fails with the same line
             for it in items:
                 it.fail(str(e))
