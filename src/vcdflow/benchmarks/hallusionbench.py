@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import SINGLE_SPLIT, Benchmark, Column
-from .judged import judge_config, workers
+from .judged import SCORE_KEYS, judge_config, workers
 
 
 def _splits(cfg):
@@ -83,5 +83,5 @@ BENCHMARK = Benchmark(
          "(the official GPT check; the judge is named beside the table). fAcc leaves out VS "
          "figure 0 (no image), as the official get_eval_fig.",
     parsers=("yesno", "gpt"),
-    extra={"judged": "parser=gpt", "max_new_tokens": 128},  # lmms-eval hallusion_bench_image.yaml:18
+    extra={"score_keys": SCORE_KEYS, "judged": "parser=gpt", "max_new_tokens": 128},  # lmms-eval hallusion_bench_image.yaml:18
 )

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+#: entry keys that decide only the scores, not the decoded records (``Benchmark.extra["score_keys"]``):
+#: a config hook may keep them out of the decode jobs' params so a new judge never re-decodes
+SCORE_KEYS = ("judge", "judge_workers")
+
 
 def judge_config(bench: Mapping[str, Any], *, why: str) -> Mapping[str, Any]:
     """The ``judge`` mapping of a benchmark slice; ``ValueError`` naming the config key if absent."""

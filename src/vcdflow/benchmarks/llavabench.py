@@ -13,7 +13,7 @@ is, haotian-liu/LLaVA@c121f04), ``max_new_tokens`` (official 1024, model_vqa.py:
 from __future__ import annotations
 
 from .base import SINGLE_SPLIT, Benchmark, Column
-from .judged import judge_config, workers
+from .judged import SCORE_KEYS, judge_config, workers
 
 
 def _splits(cfg):
@@ -63,5 +63,5 @@ BENCHMARK = Benchmark(
          "Judged numbers: the judge model is named beside the table; a number from another "
          "judge than the paper's (gpt-4-0314) is not the paper's number.",
     parsers=("official", "lmms"),
-    extra={"judged": "always", "max_new_tokens": 1024},  # llava/eval/model_vqa.py:71
+    extra={"score_keys": SCORE_KEYS, "judged": "always", "max_new_tokens": 1024},  # llava/eval/model_vqa.py:71
 )

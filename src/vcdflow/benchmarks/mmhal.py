@@ -14,7 +14,7 @@ is not in that repository: UNVERIFIED beyond the flag), ``max_new_tokens`` (1024
 from __future__ import annotations
 
 from .base import SINGLE_SPLIT, Benchmark, Column
-from .judged import judge_config, workers
+from .judged import SCORE_KEYS, judge_config, workers
 
 
 def _splits(cfg):
@@ -65,5 +65,5 @@ BENCHMARK = Benchmark(
     ),
     note="Mean judge rating 0–6 and % of answers rated < 3 (hallucinating). Judged numbers: the "
          "judge model is named beside the table (official judge: gpt-4-0314).",
-    extra={"judged": "always", "max_new_tokens": 1024},  # LLaVA-RLHF Eval/model_vqa.py:178
+    extra={"score_keys": SCORE_KEYS, "judged": "always", "max_new_tokens": 1024},  # LLaVA-RLHF Eval/model_vqa.py:178
 )

@@ -15,7 +15,7 @@ official script sends the question as is, evaluate_mllm.py:56-62), ``max_new_tok
 from __future__ import annotations
 
 from .base import SINGLE_SPLIT, Benchmark, Column
-from .judged import judge_config, workers
+from .judged import SCORE_KEYS, judge_config, workers
 
 
 def _splits(cfg):
@@ -77,5 +77,5 @@ BENCHMARK = Benchmark(
          "lmms-eval's fixes (Index 99/100, 279/280) unless fixes: null. With parser 'gpt' the "
          "judge model is named beside the table.",
     parsers=("lmms", "gpt"),
-    extra={"judged": "parser=gpt", "max_new_tokens": 1024},  # evaluate_mllm.py:94
+    extra={"score_keys": SCORE_KEYS, "judged": "parser=gpt", "max_new_tokens": 1024},  # evaluate_mllm.py:94
 )
