@@ -216,18 +216,20 @@ def test_opera_eos_penalty_and_batching(vlms):
 
 @pytest.mark.parametrize("family", ["llava", "demo"])
 def test_opera_retrospection_matches_reference(vlms, family):
-    """E12: with a low threshold the rollback fires (the cache is cropped back to the prompt, the
-    restored beams re-fed, the step re-chosen with the earlier choices banned); tokens and the
-    positions rolled back to equal the full-recompute port's."""
+    """E12: with a low threshold the rollback fires (the request's generated columns masked out,
+    the restored beams re-fed from the prompt, the step re-chosen with the earlier choices banned)
+    while another request shares the batch; tokens and the positions rolled back to equal the
+    full-recompute port's."""
     from reference_beams import ref_opera
 
     vlm = vlms[family]
     n_new = 14
     fired = 0
     # σ = 1: on random weights the newest column then wins, so the location reaches 10
-    for r, thr in ((REQS[0], 0), (REQS[2], 1)):
+    for thr in (0, 1):
         p = {"num_beams": 2, "num_attn_candidates": 2, "threshold": thr, "scale_factor": 1.0}
-        o = generate(vlm, [r], method="opera", params=p, max_new_tokens=n_new, eos_token_id=[])[0]
+        outs = generate(vlm, [REQS[0], REQS[2]], method="opera", params=p, max_new_tokens=n_new, eos_token_id=[])
+        r, o = (REQS[0], outs[0]) if thr == 0 else (REQS[2], outs[1])
         assert o.error is None, o.error
         want, back = ref_opera(vlm, r, 2, 2, 1.0, 1.0, n_new, [], threshold=thr)
         assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id, thr)

@@ -84,9 +84,10 @@ class Choice:
     next_ids: list[int]
     tokens: dict = field(default_factory=dict)
     done: dict = field(default_factory=dict)
-    #: E12 rollback: per new row the generated ids to re-feed after the cache is cut back to the
-    #: prompt (``DynamicCache.crop``; one request per batch); ``next_ids`` is then ignored
-    replay: list | None = None
+    #: E12 rollback: new row index → the generated ids that row re-feeds from its prompt (its
+    #: earlier generated columns are masked out, its positions restart after the prompt; other
+    #: rows of the batch are unaffected); ``next_ids`` is ignored for those rows
+    replay: dict | None = None
 
 
 def expand(layout: Layout, picks: Sequence[tuple[int, int, int]]) -> tuple[list[int], list[int]]:

@@ -352,17 +352,7 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             keep, new_slot, feed = list(ch.rows), list(ch.slot), list(ch.next_ids)
             if any(finish[row_req[k]] is not None for k in keep):
                 raise RuntimeError("a search kept rows of a finished request")
-            if ch.replay is not None and keep:
-                # E12 rollback: back to the prompt (the whole cache: one request per batch), then
-                # the kept rows are re-fed their generated ids in one forward
-                if len(set(row_req[k] for k in keep)) != 1 or len(set(row_req)) != 1:
-                    raise RuntimeError("a rollback needs one request per batch (Method.max_batch = 1)")
-                width = mask.shape[1] - n_fed
-                if n_fed:
-                    cache.crop(-n_fed)   # transformers 5: a negative count of trailing positions
-                mask = mask[:, :width]
-                next_pos = next_pos - n_fed
-                n_fed = 0
+            replay = dict(ch.replay or {})
         if not keep or (search is None and step + 1 >= max(limits)):
             break
         if keep != list(range(len(row_req))):
@@ -378,15 +368,15 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             row_branch = [row_branch[k] for k in keep]
             mask = _cut_left(cache, mask)
         row_slot = new_slot
-        if search is not None and ch.replay is not None:
-            step_ids = torch.tensor(ch.replay, device=device).view(len(keep), -1)
-        else:
+        if search is None or not replay:
             step_ids = torch.tensor([[t] for t in feed], device=device)
-        n_new = step_ids.shape[1]
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], n_new))], dim=1)
-        pos = torch.cat([adapter.step_positions(next_pos + i) for i in range(n_new)], dim=-1)
-        next_pos = next_pos + n_new
-        n_fed += n_new
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            pos = adapter.step_positions(next_pos)
+            next_pos = next_pos + 1
+            n_fed += 1
+        else:
+            step_ids, mask, pos, next_pos = _replay_inputs(adapter, feed, replay, mask, next_pos, n_fed)
+            n_fed += step_ids.shape[1]
         if hooks is not None:
             rows = Rows(request=list(row_req), branch=list(row_branch), step=step + 1)
             hooks.before_forward("step", rows)
@@ -400,6 +390,36 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         if finish[r] is None:
             finish[r] = "length"
     return [(tokens[r], finish[r]) for r in range(n)]
+
+
+def _replay_inputs(adapter, feed, replay: dict, mask, next_pos, n_fed: int):
+    """E12 rollback without touching other requests: row k in ``replay`` forgets every column the
+    step forwards added (its mask there → 0; its positions restart after its prompt) and re-feeds
+    ``replay[k]`` (right-aligned); every other row feeds its one token ``feed[k]`` in the last
+    column, the columns before it are masked padding. Returns (ids, mask, positions, next_pos)."""
+    R = mask.shape[0]
+    L = max(len(v) for v in replay.values())
+    ids = torch.full((R, L), int(adapter.pad_token_id), dtype=torch.long)
+    new = torch.zeros((R, L), dtype=mask.dtype)
+    lens = torch.ones(R, dtype=torch.long)
+    mask = mask.clone()
+    next_pos = next_pos.clone()
+    for k in range(R):
+        if k in replay:
+            seq = list(replay[k])
+            if n_fed:
+                next_pos[k] -= int(mask[k, mask.shape[1] - n_fed:].sum())
+                mask[k, mask.shape[1] - n_fed:] = 0
+            ids[k, L - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            new[k, L - len(seq):] = 1
+            lens[k] = len(seq)
+        else:
+            ids[k, -1] = int(feed[k])
+            new[k, -1] = 1
+    dev = mask.device
+    lens = lens.to(dev)
+    cols = [adapter.step_positions(next_pos + (c - (L - lens)).clamp(min=0)) for c in range(L)]
+    return ids.to(dev), torch.cat([mask, new.to(dev)], dim=1), torch.cat(cols, dim=-1), next_pos + lens
 
 
 def _spans(row_req: list[int]) -> list[tuple[int, int, int]]:

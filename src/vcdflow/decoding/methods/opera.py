@@ -28,8 +28,8 @@ times and s ≥ 10, the decode goes back to response position p = s + 1 (at most
 position, else p − 1, else none): the beams, beam scores and finished hypotheses of step
 min(p, t − 1) are restored (the code restores ``history_states[-2]`` after popping
 ``cur_response_lens − p − 2`` states), the restored beams are re-fed from the prompt (the KV cache
-is cropped back to the prompt, ``DynamicCache.crop``, so OPERA runs one request per batch:
-``max_batch = 1``), and that step is re-chosen over the whole vocabulary — logits shifted so that
+forgets its generated columns — masked out, positions restarted after the prompt — so the other
+requests of the batch decode on undisturbed), and that step is re-chosen over the whole vocabulary — logits shifted so that
 their minimum is −999, the (beam, token) choices made there before (accumulated per position,
 cleared at p + 1) set to −999, no candidate penalty. The location history is per beam slot, not
 per lineage (a code quirk we copy); where fewer beams run than slots, slot b takes beam b mod n.
@@ -77,23 +77,22 @@ class OperaAttention(AttentionHooks):
         if ctx.phase != "step":
             return
         M = p.float().max(dim=1).values                             # [R, Q, K]
-        Q = M.shape[1]
-        valid, image, _ = ctx.keys(M.shape[-1])
+        Q, K = M.shape[1], M.shape[2]
+        valid, image, _ = ctx.keys(K)
         real = valid.long().cumsum(-1) - 1
-        rows = []
+        if not self.hist:
+            self.hist = [[] for _ in range(M.shape[0])]
         for k, (r, b) in enumerate(zip(ctx.rows.request, ctx.rows.branch)):
             n_prompt = int(self._prompt[(r, b)].shape[0])
             gen = valid[k] & (real[k] >= n_prompt)
             out = []
-            for q in range(Q):      # Q > 1: a rollback's replay of the generated ids
-                g = int(real[k, M.shape[-1] - Q + q]) - n_prompt
+            for q in range(Q):      # several real queries: a rollback's replay of the generated ids
+                if not bool(valid[k, K - Q + q]):
+                    continue
+                g = int(real[k, K - Q + q]) - n_prompt
                 m = M[k, q]
                 out.append((m[gen][:g + 1], m.sum(), m[image[k]].sum()))
-            rows.append(out)
-        if Q > 1 or not self.hist:
-            self.hist = rows
-        else:
-            self.hist = [h + x for h, x in zip(self.hist, rows)]
+            self.hist[k] = out if len(out) > 1 else self.hist[k] + out
 
     def select(self, index):
         if self.hist:
@@ -177,7 +176,7 @@ class OperaSearch(BeamSearch):
         for sp in layout.spans():
             by_req.setdefault(sp[0], []).append(sp)
         picks, feed, tokens, done = [], [], {}, {}
-        replay = None
+        replay_of: dict[int, list] = {}      # index into picks -> ids to re-feed
         V = logits.shape[-1]
         for r, sps in by_req.items():
             mode = self.mode.get(r, "expand")
@@ -253,9 +252,9 @@ class OperaSearch(BeamSearch):
                 self.rejects[r][rp + 1] = []
                 self.ban[r] = (rp, target)
                 self.mode[r] = "ban"
-                replay = [list(x) for x in snap.running]
                 tokens[r] = list(snap.running[0])
                 for new in range(len(snap.running)):
+                    replay_of[len(picks)] = list(snap.running[new])
                     picks.append((r, sps[0][1], new))
                     feed.append(0)
                 continue
@@ -274,10 +273,8 @@ class OperaSearch(BeamSearch):
             self.chosen[r][s_now] = [(beam[j], tok[j]) for j in nxt]
             self._expand(r, [slot_of[(beam[j], tok[j])] for j in nxt], logits, layout, picks, feed)
         ch = _choice(layout, picks, feed, tokens, done)
-        if replay is not None:
-            if len(by_req) != 1:
-                raise RuntimeError("OPERA's rollback runs one request per batch")
-            ch.replay = replay
+        if replay_of:       # OPERA has one branch: pick i is new row i
+            ch.replay = replay_of
         return ch
 
     def _rollback(self, r: int, loc: int, s_now: int):
@@ -307,8 +304,6 @@ class OPERA(Method):
                                  "num_attn_candidates": 5, "penalty_weights": 1.0, "retrospection": True})
     requires_image = False
     mode = "greedy"
-    #: the rollback crops the whole KV cache: one request per batch (E12)
-    max_batch = 1
 
     def validate(self, p):
         super().validate(p)
