@@ -57,6 +57,13 @@ def test_attend_equals_eager_and_transforms_scores():
     out, p = h.attend(0, _Mod(), q, k, v, mask, 0.3, 0.0)
     ref_out, ref_p = eager_reference(_Mod(), q, k, v, mask, 0.3)
     assert torch.allclose(out, ref_out, atol=1e-6) and torch.allclose(p, ref_p, atol=1e-7)
+    # SDPA's boolean mask and its skipped causal mask (None) mean the same additive mask
+    out_b, p_b = h.attend(0, _Mod(), q, k, v, mask == 0, 0.3, 0.0)
+    assert torch.allclose(p_b, ref_p, atol=1e-7) and torch.allclose(out_b, ref_out, atol=1e-6)
+    causal = torch.zeros(1, 1, 3, 6).masked_fill(torch.ones(3, 6, dtype=torch.bool).triu(4), torch.finfo(torch.float32).min)
+    _, p_c = h.attend(0, _Mod(), q, k, v, None, 0.3, 0.0)
+    assert torch.allclose(p_c, eager_reference(_Mod(), q, k, v, causal, 0.3)[1], atol=1e-7)
+    assert float(p_c[:, :, 0, 4:].abs().max()) == 0.0 and float(p_c[:, :, 2, :].min()) > 0
 
     masked = torch.zeros(2, 6, dtype=torch.bool)
     masked[1, 2] = masked[0, 4] = True
@@ -146,6 +153,38 @@ def test_capture_matches_output_attentions(vlms, family):
                 want = image_attention_full(vlm, req, o.token_ids[:t])
                 assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5), (family, share, r, t)
     assert vlm.adapter.text_model().config._attn_implementation == "sdpa"     # restored
+
+
+def test_eager_model_keeps_eager(vlms):
+    """A model loaded with eager attention: the layers not hooked run eager (with the additive mask),
+    the capture still equals output_attentions, and eager is restored afterwards."""
+    @dataclass(frozen=True)
+    class FirstLayer(CaptureProbe):
+        name: ClassVar[str] = "test_attention_capture_first"
+
+        def forward_hooks(self, adapter, params):
+            return AttentionCapture(layers=[0])
+
+        def combine(self, logits, step, state):
+            a = state.hooks.image_attention(0)
+            for k, r in enumerate(state.requests):
+                SEEN.setdefault(r, []).append(a[int(state.rows[k, 0])])
+            return logits[:, 0]
+
+    vlm = vlms["qwen2_5_vl"]
+    vlm.model.set_attn_implementation("eager")
+    try:
+        SEEN.clear()
+        outs = generate(vlm, REQS, FirstLayer(), max_new_tokens=3, batch_size=3, eos_token_id=[])
+        plain = generate(vlm, REQS, "greedy", max_new_tokens=3, batch_size=3, eos_token_id=[])
+        assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
+        assert vlm.adapter.text_model().config._attn_implementation == "eager"
+        for r, (req, o) in enumerate(zip(REQS, outs)):
+            assert len(SEEN[r]) == 3
+            for t, got in enumerate(SEEN[r]):
+                assert torch.allclose(got, image_attention_full(vlm, req, o.token_ids[:t])[0], atol=1e-5)
+    finally:
+        vlm.model.set_attn_implementation("sdpa")
 
 
 def test_dispatch_refuses_non_text_modules(vlms):

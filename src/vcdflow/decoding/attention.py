@@ -2,7 +2,7 @@
 E5, E17, E20 of the method specs), built on the engine's hook seam (:mod:`vcdflow.decoding.hooks`).
 
 Route (E4): one attention function is registered with transformers' ``AttentionInterface`` (and
-an eager-style additive mask with ``AttentionMaskInterface``) under :data:`ATTN_NAME`; while a
+SDPA's mask function with ``AttentionMaskInterface``) under :data:`ATTN_NAME`; while a
 decode runs, only the **text decoder's** sub-model is switched to it
 (``adapter.text_model().set_attn_implementation``; its config is the text sub-config, so the
 vision tower / Q-Former keep their own implementation — :meth:`AttentionHooks.start` asserts
@@ -53,11 +53,27 @@ def _register() -> None:
     if _REGISTERED:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ATTN_NAME, _dispatch)
-    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+    # SDPA's own mask (boolean, or None when causal without padding): the layers that are not
+    # hooked then run exactly what plain SDPA runs; the hooked ones make it additive (_additive)
+    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
     _REGISTERED.append(True)
+
+
+def _additive(mask, q_len: int, k_len: int, dtype, device):
+    """An additive float mask [B|1, 1, Q, K] (0 / dtype minimum, as transformers' ``eager_mask``)
+    from SDPA's boolean mask, or the causal one when SDPA skipped it (None)."""
+    lo = torch.finfo(dtype).min
+    if mask is None:
+        i = torch.arange(q_len, device=device).view(-1, 1)
+        j = torch.arange(k_len, device=device).view(1, -1)
+        allowed = j <= i + (k_len - q_len)
+        return torch.where(allowed, torch.zeros((), dtype=dtype, device=device), lo)[None, None]
+    if mask.dtype == torch.bool:
+        return torch.where(mask[:, :, :, :k_len], torch.zeros((), dtype=dtype, device=device), lo)
+    return mask[:, :, :, :k_len]
 
 
 def _fallback(name: str):
@@ -88,6 +104,8 @@ def _dispatch(module, query, key, value, attention_mask, scaling=None, dropout: 
                            f"may be routed through {ATTN_NAME!r} (the vision tower must stay untouched)")
     if layer in ctl._hooked:
         return ctl.attend(layer, module, query, key, value, attention_mask, scaling, dropout)
+    if ctl._prev_impl in (None, "eager"):
+        attention_mask = _additive(attention_mask, query.shape[2], key.shape[2], query.dtype, query.device)
     return ctl._orig_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
@@ -252,8 +270,7 @@ class AttentionHooks(DecodeHooks):
         groups = query.shape[1] // key.shape[1]
         k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
         s = torch.matmul(query, k.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            s = s + attention_mask[:, :, :, : k.shape[-2]]
+        s = s + _additive(attention_mask, query.shape[2], k.shape[2], s.dtype, s.device)
         s = self.scores(layer, s, self.ctx, module)
         p = torch.softmax(s, dim=-1, dtype=torch.float32).to(query.dtype)
         self.probs(layer, p, v, self.ctx, module)
