@@ -236,3 +236,15 @@ def test_opera_retrospection_matches_reference(vlms, family):
         assert o.meta["opera_rollbacks"] == back, (family, r.item_id, thr)
         fired += len(back)
     assert fired > 0      # the rollback path was exercised
+
+
+def test_text_cd_sampling_seeded_and_batch_invariant(vlms, amateurs):
+    vlm = vlms["demo"]
+    p = {"amateur": amateurs["demo"][0]}
+    kw = dict(method="text_cd", params=p, do_sample=True, temperature=0.9, top_p=0.9, max_new_tokens=N_NEW,
+              eos_token_id=[])
+    big = generate(vlm, REQS * 2, seed=5, batch_size=16, **kw)
+    one = generate(vlm, REQS * 2, seed=5, batch_size=1, **kw)
+    other = generate(vlm, REQS * 2, seed=6, batch_size=16, **kw)
+    assert [o.token_ids for o in big] == [o.token_ids for o in one]
+    assert [o.token_ids for o in big] != [o.token_ids for o in other]
