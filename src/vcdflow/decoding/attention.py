@@ -201,8 +201,19 @@ class AttentionHooks(DecodeHooks):
         others = self._other_configs(adapter)
         before = [(c, c._attn_implementation) for c in others]
         self._image_token_id = adapter.image_token_id
-        # the prompt ids of every (request, branch), for the key-column bookkeeping
+        # per (request, branch): prompt length and image flags (padded with False to the longest
+        # prompt + 1: the column every non-prompt token reads), on the model's device
         self._prompt = {(r, b): e.input_ids for r, s in enumerate(seqs) for b, e in enumerate(s)}
+        P = max([int(x.shape[0]) for x in self._prompt.values()] or [0])
+        dev = adapter.device
+        self._flags, self._len = {}, {}
+        for key, ids in self._prompt.items():
+            f = torch.zeros(P + 1, dtype=torch.bool)
+            if self._image_token_id is not None:
+                f[:ids.shape[0]] = ids == self._image_token_id
+            self._flags[key] = f.to(dev)
+            self._len[key] = int(ids.shape[0])
+        self._P = P
         tm.set_attn_implementation(ATTN_NAME)
         _ACTIVE.append(self)
         self._handles.append(tm.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
@@ -240,19 +251,16 @@ class AttentionHooks(DecodeHooks):
                                f"rows announced")
         valid = mask.bool()
         real = valid.long().cumsum(-1) - 1           # k-th real column -> token k of the row
-        lengths = [int(self._prompt[(r, b)].shape[0]) for r, b in zip(rows.request, rows.branch)]
-        P = max(lengths)
-        img = torch.zeros((R, P + 1), dtype=torch.bool)
-        for k, (r, b) in enumerate(zip(rows.request, rows.branch)):
-            ids = self._prompt[(r, b)]
-            if self._image_token_id is not None:
-                img[k, :ids.shape[0]] = ids == self._image_token_id
-        idx = real.clamp(min=0, max=P).cpu()
-        idx = torch.where(idx < torch.tensor(lengths).view(-1, 1), idx, torch.full_like(idx, P))
-        image = torch.gather(img, 1, idx).to(mask.device) & valid
-        first = valid & (real == 0)
+        keys = list(zip(rows.request, rows.branch))
         dev = mask.device
-        generated = valid & (real >= torch.tensor(lengths, device=dev).view(-1, 1))
+        lengths = torch.tensor([self._len[k] for k in keys], device=dev).view(-1, 1)
+        img = torch.stack([self._flags[k] for k in keys]).to(dev)
+        P = self._P
+        idx = real.clamp(min=0, max=P)
+        idx = torch.where(idx < lengths, idx, torch.full_like(idx, P))
+        image = torch.gather(img, 1, idx) & valid
+        first = valid & (real == 0)
+        generated = valid & (real >= lengths)
         emb = kwargs.get("inputs_embeds")
         q_len = int(emb.shape[1]) if emb is not None else int(args[0].shape[1]) if args else 0
         self.ctx = AttnContext(phase=self._phase, rows=rows,

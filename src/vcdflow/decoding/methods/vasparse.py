@@ -93,25 +93,28 @@ class VASparseHooks(AttentionHooks):
                 self.recv[l] = align_keys(self.recv[l], K, Q)
         if self.do_select:
             self.paid = align_keys(self.paid, K, Q, (R,)).to(ctx.valid.device)
+            # the generated keys a step may drop (the current token itself stays), and how many
+            prev = ctx.generated.clone()
+            prev[:, -1] = False
+            n = prev.sum(-1)
+            self._prev = prev
+            self._drop = n - torch.ceil(n.float() * self.rate).long()
+            self._any_drop = ctx.phase == "step" and int(self._drop.max()) > 0
 
     def scores(self, layer, s, ctx, module):
         if ctx.phase != "step":
             return s
         K = s.shape[-1]
         valid = ctx.valid[:, -K:]
-        if self.do_select:
-            prev = ctx.generated[:, -K:].clone()
-            prev[:, -1] = False                                    # the current token itself stays
-            n = prev.sum(-1)                                       # [R]
-            drop = n - torch.ceil(n.float() * self.rate).long()
-            if int(drop.max()) > 0:
-                paid = self.paid[:, -K:].masked_fill(~prev, float("-inf"))
-                P = torch.softmax(paid, -1).nan_to_num(0.0)        # rows without generated keys: 0
-                delta = s[:, :, -1, :].float() ** 2 + self.lam * P[:, None, :]
-                delta = delta.masked_fill(~prev[:, None, :], float("inf"))
-                rank = delta.argsort(-1).argsort(-1)               # 0 = smallest δ
-                dropped = (rank < drop.view(-1, 1, 1)) & prev[:, None, :]
-                s = mask_keys(s, dropped[:, :, None, :])
+        if self.do_select and self._any_drop:
+            prev, drop = self._prev[:, -K:], self._drop
+            paid = self.paid[:, -K:].masked_fill(~prev, float("-inf"))
+            P = torch.softmax(paid, -1).nan_to_num(0.0)        # rows without generated keys: 0
+            delta = s[:, :, -1, :].float() ** 2 + self.lam * P[:, None, :]
+            delta = delta.masked_fill(~prev[:, None, :], float("inf"))
+            rank = delta.argsort(-1).argsort(-1)               # 0 = smallest δ
+            dropped = (rank < drop.view(-1, 1, 1)) & prev[:, None, :]
+            s = mask_keys(s, dropped[:, :, None, :])
         if self.do_sink:
             rv = self.recv.get(layer)
             if rv is None:
