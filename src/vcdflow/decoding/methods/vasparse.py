@@ -1,5 +1,6 @@
-"""``vasparse``: visual-aware token sparsification (Zhuang et al., CVPR 2025, arXiv 2501.06553;
-``mengchuang123/VASparse-github``).
+"""``vasparse``: VASparse, visual-aware token sparsification (Zhuang et al., CVPR 2025, arXiv 2501.06553).
+
+Official code: ``mengchuang123/VASparse-github@4929816``.
 
 ``variant="paper"`` (default) — the paper's three parts, read from its full text (methods-2 §1.1):
 
