@@ -103,11 +103,10 @@ def opera_penalty(hist: list, scale: float) -> tuple[float, int, float]:
     """(φ, loc, image mass) of the newest row of ``hist`` (a list of (keys, sum, image) rows, row i
     over i+1 generated keys): the window ω (rows renormalised, ×σ), column products × 1e-7, max."""
     n = len(hist)
-    W = torch.zeros((n, n))
-    for i, (keys, total, _) in enumerate(hist):
-        W[i, :keys.shape[0]] = (keys / total).cpu()
-    W = W * scale
-    cols = torch.stack([1e-7 * W[j:, j].prod() for j in range(n)])
+    rows = [keys / total for keys, total, _ in hist]
+    W = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).float().cpu() * scale   # [n, n], row i: i+1 keys
+    low = torch.ones((n, n), dtype=torch.bool).tril()
+    cols = 1e-7 * torch.where(low, W, torch.ones_like(W)).prod(dim=0)    # column j: Π_{i≥j} σ·ω_ij
     phi = cols.max()
     loc = int(torch.nonzero(cols == phi)[0])          # the first maximal column
     return float(phi), loc, float(hist[-1][2] / hist[-1][1])
