@@ -401,6 +401,28 @@ def test_switches_match_reference(vlms):
             assert_same_as_reference(o, ref, [], f"{method}/{p}/{r.item_id}")
 
 
+def test_vasparse_defaults_long_decode(vlms):
+    """With the paper's S = 0.9·L the first generated key is dropped at L = 10: 13 tokens with the
+    default parameters (the sink penalty scaled up so that it moves tokens) equal the reference."""
+    from vcdflow.decoding import METHODS
+
+    vlm = vlms["llava"]
+    m = recording(type(METHODS["vasparse"]))
+    REC.clear()
+    p = {"sink_beta": 1.0}
+    o = generate(vlm, REQS[2:], method=m, params=p, max_new_tokens=13, eos_token_id=[])[0]
+    ref = ra.ref_generate(vlm, REQS[2], "vasparse", p, max_new_tokens=13, index=0)
+    assert_same_as_reference(o, ref, [], "vasparse/defaults")
+    pp = {**METHODS["vasparse"].defaults, **p}
+    hist: dict = {}
+    with torch.inference_mode():
+        for t in range(13):
+            want = ra.vasparse_scores(vlm, REQS[2], pp, o.token_ids[:t], hist)[0]
+            fin = torch.isfinite(want)
+            assert torch.allclose(REC[(0, t)][fin], want[fin], atol=2e-4, rtol=1e-4), t
+    assert any(any(c for c in d) for d, _ in hist["rows"][max(hist["rows"])].values())   # something dropped
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "instructblip", "demo"])
 def test_sampling_seed_and_batch_size(vlms, family):
     vlm = vlms[family]
