@@ -248,3 +248,26 @@ def test_text_cd_sampling_seeded_and_batch_invariant(vlms, amateurs):
     other = generate(vlm, REQS * 2, seed=6, batch_size=16, **kw)
     assert [o.token_ids for o in big] == [o.token_ids for o in one]
     assert [o.token_ids for o in big] != [o.token_ids for o in other]
+
+
+def test_text_cd_shared_vocabulary_prefix(vlms, tmp_path):
+    """E6 alignment: an amateur whose tokenizer has two more words (ids past the expert's
+    vocabulary) is compared on the shared id prefix only; equals the reference, which cuts both
+    logit vectors to min(V_e, V_a)."""
+    from reference_beams import ref_obrien
+    from vcdflow.models import load_vlm
+    from vcdflow.models.demo import DemoModelConfig, build_demo_vlm
+
+    vlm = vlms["demo"]
+    model, processor = build_demo_vlm(DemoModelConfig(text_hidden=64, text_layers=1, vision_hidden=48,
+                                                      extra_words=("zebra", "kite")), seed=2)
+    model.save_pretrained(tmp_path / "big")
+    processor.save_pretrained(tmp_path / "big")
+    ama = load_vlm(tmp_path / "big")
+    assert ama.adapter.lm_head().weight.shape[0] > vlm.adapter.lm_head().weight.shape[0]
+    outs = generate(vlm, REQS, method="text_cd", params={"amateur": str(tmp_path / "big"), "beta": 1.0},
+                    max_new_tokens=N_NEW, eos_token_id=[])
+    for r, o in zip(REQS, outs):
+        assert o.error is None, o.error
+        toks, why, margins = ref_obrien(vlm, ama, r, 0.1, 1.0, N_NEW, [])
+        same_tokens(o.token_ids, toks, margins, r.item_id)

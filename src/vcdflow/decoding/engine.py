@@ -21,9 +21,12 @@ Per batch of requests:
 
 Searches (:mod:`vcdflow.decoding.beams`) plug into the same loop: a chooser with
 ``step(step, logits, layout) -> Choice`` may repeat, reorder and drop rows (beam search E11 —
-``generate(num_beams=…)`` for any method —, contrastive search's look-ahead candidates E7); an
-amateur model (E6, :mod:`vcdflow.decoding.amateur`) decodes the same tokens in lockstep on its own
-cache and its logits reach ``combine`` as ``state.amateur``.
+``generate(num_beams=…)`` for any method —, look-ahead candidates E7 for contrastive search and
+OPERA) and roll rows back (E12: a row forgets its generated columns and re-feeds ids from its
+prompt); an amateur model (E6, :mod:`vcdflow.decoding.amateur`) decodes the same tokens in
+lockstep on its own cache and its logits reach ``combine`` as ``state.amateur``. A method
+declares what it needs: ``Method.search(score, params, hooks, opts)`` (its own search),
+``Method.amateur_stream(adapter, params)`` (an amateur), ``forward_hooks`` (captures).
 
 A request's output does not depend on its batch companions: greedy exactly up to float
 round-off ties, sampling via per-request generators (see :mod:`vcdflow.decoding.sampling`).
