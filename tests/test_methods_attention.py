@@ -187,6 +187,41 @@ def test_eager_model_keeps_eager(vlms):
         vlm.model.set_attn_implementation("sdpa")
 
 
+def test_capture_per_head_and_all_keys(vlms):
+    """per_head=True keeps [H, K] per row: over all keys it is output_attentions' last row (the
+    padding columns of the batch carry no weight), over the image keys the per-head image weights."""
+    @dataclass(frozen=True)
+    class PerHead(CaptureProbe):
+        name: ClassVar[str] = "test_attention_capture_per_head"
+
+        def forward_hooks(self, adapter, params):
+            return AttentionCapture(layers=[-1], per_head=True)
+
+        def combine(self, logits, step, state):
+            h = state.hooks
+            img = h.image_attention(-1)
+            for k, r in enumerate(state.requests):
+                row = int(state.rows[k, 0])
+                valid = h.ctx.valid[row, -h.last[h.n_layers - 1].shape[-1]:]
+                SEEN.setdefault(r, []).append((img[row], h.last[h.n_layers - 1][row][:, valid]))
+            return logits[:, 0]
+
+    vlm = vlms["llava"]
+    SEEN.clear()
+    outs = generate(vlm, REQS, PerHead(), max_new_tokens=2, batch_size=3, eos_token_id=[])
+    m = vlm.model
+    for r, (req, o) in enumerate(zip(REQS, outs)):
+        for t, (img, full) in enumerate(SEEN[r]):
+            inp = inputs(vlm, req.prompt, req.image, req.system)
+            m.set_attn_implementation("eager")
+            try:
+                att = forward(vlm, inp, o.token_ids[:t], attentions=True).attentions[-1][0, :, -1, :].float()
+            finally:
+                m.set_attn_implementation("sdpa")
+            pos = ra.image_positions(vlm, inp)
+            assert torch.allclose(full, att, atol=1e-5) and torch.allclose(img, att[:, pos], atol=1e-5)
+
+
 def test_dispatch_refuses_non_text_modules(vlms):
     """The registered function only serves the text decoder's layers: a vision attention module
     that reached it raises (the route never switches the vision tower)."""
