@@ -161,6 +161,7 @@ def bench_run(tmp_path_factory):
         judge = {"kind": "openai", "url": srv.url, "model": JUDGE_MODEL, "api_key_env": KEY_ENV, "retry_sleep": 0}
         cfg = {
             "world": "demo", "seeds": [0], "device": "cpu", "batch_size": 4, "threads": 1,
+            "group_decode": True,  # one decode + one scoring job for the label (model loaded once)
             "models": {"demo": {"path": str(model), "family": "llava"}},
             "benchmarks": {
                 "mmvp": {"root": str(data["mmvp"]), "parser": "gpt", "judge": judge, "max_new_tokens_cap": 4},
