@@ -163,6 +163,11 @@ class AttentionHooks(DecodeHooks):
     the end) whose attention runs the eager path with :meth:`scores`/:meth:`probs`; ``None`` in
     ``layers`` is not allowed. Subclasses call ``super().start``/``finish``."""
 
+    #: True: the method reads/changes only the LAST query row of each forward (PAI, ONLY, E3
+    #: capture): a hooked layer then runs the model's own implementation for all rows and recomputes
+    #: just the last row eagerly (prefill stays SDPA-fast; ``scores``/``probs`` see Q = 1)
+    last_row_only: bool = False
+
     def __init__(self, layers: Sequence[int] = ()):
         self.layers = list(layers)
         self.ctx: AttnContext | None = None
@@ -275,6 +280,19 @@ class AttentionHooks(DecodeHooks):
         the last ``K − q_len`` of the cache's columns are the old ones, see :func:`align_keys`)."""
 
     def attend(self, layer, module, query, key, value, attention_mask, scaling, dropout):
+        if self.last_row_only and query.shape[2] > 1:
+            full_mask = attention_mask
+            if self._prev_impl in (None, "eager"):
+                full_mask = _additive(attention_mask, query.shape[2], key.shape[2], query.dtype, query.device)
+            out, _ = self._orig_fn(module, query, key, value, full_mask, scaling=scaling, dropout=dropout)
+            last_mask = None if attention_mask is None else attention_mask[:, :, -1:, :]
+            out1, _ = self._eager(layer, module, query[:, :, -1:, :], key, value, last_mask, scaling)
+            out = out.clone()
+            out[:, -1:] = out1.to(out.dtype)
+            return out, None
+        return self._eager(layer, module, query, key, value, attention_mask, scaling)
+
+    def _eager(self, layer, module, query, key, value, attention_mask, scaling):
         groups = query.shape[1] // key.shape[1]
         k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
         s = torch.matmul(query, k.transpose(2, 3)) * scaling
@@ -312,6 +330,8 @@ class AttentionCapture(AttentionHooks):
     """E3: after every forward, ``last[l]`` is the last query row's attention of layer ``l``
     ([R, K] head-mean, or [R, H, K] with ``per_head``), with ``ctx`` the forward's key columns."""
 
+    last_row_only = True
+
     def __init__(self, layers: Sequence[int], per_head: bool = False):
         super().__init__(layers)
         self.per_head = per_head
@@ -339,6 +359,8 @@ class SideStream(AttentionHooks):
     input_layernorm(o), h′ = r + MLP(post_attention_layernorm(r)), and ``side_logits`` =
     W_lm·N_f(h′) ([R, V], float32) — the main stream is untouched (ONLY's TE stream,
     ``zifuwan/ONLY@109bffe:transformers/src/transformers/models/llama/modeling_llama.py:647-653``)."""
+
+    last_row_only = True
 
     def __init__(self, layer: int = 0, residual_weight: float = 0.2, extra_layers: Sequence[int] = ()):
         super().__init__([layer, *extra_layers])

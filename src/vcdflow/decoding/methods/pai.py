@@ -58,6 +58,8 @@ from .base import Method
 class PAIHooks(AttentionHooks):
     """E4 on layers [start, end): the image branch's last query row gains α·|a| on its image keys."""
 
+    last_row_only = True
+
     def __init__(self, start: int, end: int | None, alpha: float, use_attn: bool):
         super().__init__()
         self.start_layer, self.end_layer, self.alpha, self.use_attn = start, end, float(alpha), use_attn
