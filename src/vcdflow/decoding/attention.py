@@ -9,7 +9,9 @@ vision tower / Q-Former keep their own implementation — :meth:`AttentionHooks.
 it, and the dispatcher raises if any non-text attention module reaches it). Layers the method
 does not hook run transformers' own SDPA (or eager) function unchanged; hooked layers run a
 plain eager computation (scores = q·kᵀ·scale + mask → method transform → softmax (float32) →
-method observer → ·V), identical to transformers' ``eager_attention_forward``.
+method observer → ·V), identical to transformers' ``eager_attention_forward``; hooks that touch
+only the last query row (``last_row_only``: PAI, E3 capture, E17) run the model's own function for
+every row and recompute just that row eagerly, so a long prefill stays on SDPA.
 
 Per forward, a pre-hook on the text model reads the 2-D attention mask the engine passes (left
 padding, the shared-prefix layout [prefix padding | prefix | suffix padding | suffix], columns
