@@ -246,21 +246,22 @@ def test_judge_label_beside_every_judged_number_and_key_never_written(bench_run)
             assert KEY.encode() not in path.read_bytes(), path
 
 
-def test_leading_pope_and_debias_dry_run_and_registry(tmp_path, monkeypatch):
-    """The workflow plans build_leading_pope for every split and decodes lqcd/debias on POPE and
-    the leading variant; through the registry, the leading items carry both queries, lqcd is
-    scored on both benchmarks, and a debias result gets calibrated rows that equal
-    vcdflow.metrics.calibrated."""
+def test_leading_pope_and_debias_micro_run_and_registry(tmp_path, monkeypatch):
+    """The workflow builds the leading-query POPE of every split (rule build_leading_pope) and
+    scores lqcd and debias on POPE and on it; debias's POPE rows include the calibrated ones (not
+    lqcd's). Through the registry: the leading items carry both queries, and a debias result's
+    calibrated rows equal vcdflow.metrics.calibrated."""
     from vcdflow.benchmarks import get_benchmark
     from vcdflow.decoding import Request, generate
-    from vcdflow.data.lqcd import build_leading_pope
+    from vcdflow.io import read_jsonl
     from vcdflow.metrics import calibrated
     from vcdflow.models import load_vlm
 
     data = write_standins(tmp_path / "data")
     pope_q = str(data["pope"] / "pope_{split}.json")
     images = str(data["pope"] / "images")
-    cfg = {"world": "demo", "seeds": [0], "device": "cpu", "batch_size": 4, "threads": 1,
+    _model(tmp_path)
+    cfg = {"world": "demo", "seeds": [0], "device": "cpu", "batch_size": 8, "threads": 1, "group_decode": True,
            "models": {"demo": {"path": str(tmp_path / "model"), "family": "llava"}},
            "benchmarks": {"pope": {"dataset": "demo", "splits": ["random", "adversarial"], "questions": pope_q,
                                    "images": images, "max_new_tokens_cap": 2},
@@ -268,21 +269,29 @@ def test_leading_pope_and_debias_dry_run_and_registry(tmp_path, monkeypatch):
                                            "max_new_tokens_cap": 2}},
            "protocol": "unified",
            "methods": {"lqcd": {"method": "lqcd"}, "debias": {"method": "debias"}}}
-    (tmp_path / "model").mkdir()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    out = _snakemake(tmp_path / "work", config, "-n", quiet=False)
-    plan = out.stdout + out.stderr
-    for split in ("random", "adversarial"):
-        assert f"resources/leading_pope/leading_pope/{split}.json" in plan
-        for b in ("pope", "leading_pope"):
-            for m in ("lqcd", "debias"):
-                assert f"results/{b}/{split}/demo/unified/{m}/greedy/seed0.jsonl" in plan, (b, split, m)
-
-    # registry: leading items (built as the rule does), decoded with lqcd and debias on the demo model
     work = tmp_path / "work"
-    lead = work / "resources" / "leading_pope" / "leading_pope" / "random.json"
-    assert build_leading_pope(pope_q.format(split="random"), lead) == 8
+    _snakemake(work, config)
+    m = _metrics(work)
+    for split in ("random", "adversarial"):
+        lead = work / "resources" / "leading_pope" / "leading_pope" / f"{split}.json"
+        assert len(read_jsonl(lead)) == 8
+        for b in ("pope", "leading_pope"):
+            for meth in ("lqcd", "debias"):
+                assert (work / f"results/{b}/{split}/demo/unified/{meth}/greedy/seed0.jsonl").exists(), (b, split, meth)
+    with open(work / "results" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    metrics_of = lambda b, meth: {r["metric"] for r in rows if r["benchmark"] == b and r["method"] == meth}  # noqa: E731
+    assert {"accuracy", "follow_lead"} <= metrics_of("leading_pope", "lqcd")
+    assert {"accuracy", "f1"} <= metrics_of("pope", "lqcd") and "accuracy_calibrated" not in metrics_of("pope", "lqcd")
+    assert {"accuracy_calibrated", "f1_calibrated", "yes_ratio_calibrated", "n_uncalibrated", "accuracy_calibrated_unk",
+            "n_uncalibrated_naive", "yes_ratio_before"} <= metrics_of("pope", "debias")
+    db_rec = read_jsonl(work / "results/pope/random/demo/unified/debias/greedy/seed0.jsonl")
+    assert m[("pope", "random", "accuracy_calibrated")] == pytest.approx(calibrated.pope_calibrated(db_rec)["accuracy"])
+    assert m[("pope", "random", "n_uncalibrated")] == calibrated.pope_calibrated(db_rec)["n_uncalibrated"]
+
+    # registry: the leading items, decoded with lqcd and debias on the same demo model
     monkeypatch.chdir(work)  # the leading file path is relative to the workflow directory
     bench = {"name": "leading_pope", "kind": "leading_pope", "split": "random", "base": pope_q, "images": images}
     spec = get_benchmark("leading_pope")
@@ -291,11 +300,6 @@ def test_leading_pope_and_debias_dry_run_and_registry(tmp_path, monkeypatch):
                                             "It seems like there isn't.") for it in items] == \
         [it["question"] for it in items]
     assert [it["lead"] for it in items] == ["no", "yes"] * 4
-    from vcdflow.models.demo import build_demo_vlm
-
-    model, processor = build_demo_vlm(seed=6)
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
     vlm = load_vlm(tmp_path / "model")
     from PIL import Image
 
