@@ -141,25 +141,16 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
 
 
 # --- contrastive search (Su et al. 2022; HF _ranking_fast) ------------------------------------------
-def final_hidden(vlm, inp, generated) -> torch.Tensor:
-    """Final-layer hidden states (after the final norm) of every position [T, D]."""
-    out = forward_hidden(vlm, inp, generated)
-    return out
-
-
 def forward_hidden(vlm, inp, generated):
-    from reference_methods import family
-
-    m = vlm.model
+    """(final-layer hidden states after the final norm of every position [T, D], last logits [V])
+    of one full forward: the norm's output is read with a forward hook."""
     captured = {}
-    lm = m.language_model if family(vlm) == "instructblip" else m
     norm = vlm.adapter.final_norm()
     h = norm.register_forward_hook(lambda mod, a, o: captured.__setitem__("h", o))
     try:
         out = forward(vlm, inp, generated)
     finally:
         h.remove()
-    del lm
     return captured["h"][0].float(), out.logits[0, -1].float()
 
 

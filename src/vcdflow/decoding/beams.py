@@ -410,4 +410,5 @@ class ContrastiveSearch:
         return _choice(layout, picks, feed, tokens, done)
 
 
-__all__ = ["BeamSearch", "Choice", "ContrastiveSearch", "FinalHidden", "LENGTH_NORMS", "Layout", "check_beam_args", "expand"]
+__all__ = ["BeamSearch", "Choice", "ContrastiveSearch", "FinalHidden", "LENGTH_NORMS", "Layout", "check_beam_args",
+           "expand"]

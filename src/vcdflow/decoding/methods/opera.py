@@ -29,8 +29,8 @@ position, else p − 1, else none): the beams, beam scores and finished hypothes
 min(p, t − 1) are restored (the code restores ``history_states[-2]`` after popping
 ``cur_response_lens − p − 2`` states), the restored beams are re-fed from the prompt (the KV cache
 forgets its generated columns — masked out, positions restarted after the prompt — so the other
-requests of the batch decode on undisturbed), and that step is re-chosen over the whole vocabulary — logits shifted so that
-their minimum is −999, the (beam, token) choices made there before (accumulated per position,
+requests of the batch decode on undisturbed), and that step is re-chosen over the whole
+vocabulary — logits shifted so that their minimum is −999, the (beam, token) choices made there before (accumulated per position,
 cleared at p + 1) set to −999, no candidate penalty. The location history is per beam slot, not
 per lineage (a code quirk we copy); where fewer beams run than slots, slot b takes beam b mod n.
 ``Output.meta["opera_rollbacks"]`` lists the positions re-chosen. The 512-token history cap is
