@@ -70,7 +70,7 @@ def test_demo_dag_expands_the_grid(tmp_path):
     assert not {"decode", "merge_shards", "score"} & set(counts), counts
     # per-result jobs: POPE's 3 splits, CHAIR, MME and AMBER's 2 tasks per label and seed
     off = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"),
-              "--config", "group_decode=false", cwd=tmp_path)
+              "--config", "group_decode=False", cwd=tmp_path)
     assert off.returncode == 0, off.stdout + off.stderr
     counts = dict(line.split()[:2] for line in off.stdout.splitlines() if len(line.split()) == 2)
     n_results = (len(cfg["benchmarks"]["pope"]["splits"]) + 1 + 1 + 2) * len(cfg["methods"]) * len(cfg["seeds"])
