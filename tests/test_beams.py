@@ -109,3 +109,51 @@ def test_bad_beam_arguments(vlms):
         generate(vlm, REQS[:1], num_beams=2, early_stopping="sometimes")
     with pytest.raises(ValueError, match="greedy mode"):
         generate(vlm, REQS[:1], method="vcd", num_beams=2, do_sample=True)
+
+
+def test_beams_with_forward_hooks(vlms):
+    """Beams over a method whose scores come from its forward hooks (early-exit logits of the
+    penultimate decoder layer, vcdflow.decoding.hooks.LayerCapture): the captures follow every
+    beam re-ordering (``select``); equals the port fed the same early-exit scores, recomputed."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from reference_methods import forward, inputs
+    from vcdflow.decoding.hooks import LayerCapture
+    from vcdflow.decoding.methods.base import Method
+
+    @dataclass(frozen=True)
+    class Exit(Method):
+        name: ClassVar[str] = "test_beam_exit"
+        requires_image: ClassVar[bool] = False
+
+        def forward_hooks(self, adapter, params):
+            return LayerCapture(layers=[-2])
+
+        def combine(self, logits, step, state):
+            ad = state.contexts[0].adapter
+            h = state.hooks.last[-2][state.rows[:, 0]]
+            return ad.lm_head()(ad.final_norm()(h)).float()
+
+        def plausibility(self, logits, step, state):
+            return None
+
+    for fam in ("llava", "qwen2_5_vl"):
+        vlm = vlms[fam]
+        ad = vlm.adapter
+        for req in REQS:
+            inp = inputs(vlm, req.prompt, req.image, req.system)
+
+            def early(gen, inp=inp):
+                got = {}
+                h = ad.decoder_layers()[-2].register_forward_hook(
+                    lambda m, a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+                try:
+                    forward(vlm, inp, gen)
+                finally:
+                    h.remove()
+                return ad.lm_head()(ad.final_norm()(got["h"][0, -1])).float()
+
+            want = ref_beam_search(vlm, req, 3, N_NEW, [], step_scores=early)
+            o = generate(vlm, [REQS[1], req], method=Exit(), max_new_tokens=N_NEW, eos_token_id=[], num_beams=3)[1]
+            assert (o.token_ids, o.meta["finish_reason"]) == want, (fam, req.item_id)
