@@ -271,3 +271,27 @@ def test_text_cd_shared_vocabulary_prefix(vlms, tmp_path):
         assert o.error is None, o.error
         toks, why, margins = ref_obrien(vlm, ama, r, 0.1, 1.0, N_NEW, [])
         same_tokens(o.token_ids, toks, margins, r.item_id)
+
+
+def test_text_cd_li_greedy_matches_reference(vlms, amateurs):
+    """Li et al. with num_beams = 1: their greedy_search, argmax z_e − st_coef·z_a/τ (raw logits,
+    no EntrP head), the amateur seeing only the last prompt token."""
+    from reference_beams import amateur_logits_fn
+    from reference_methods import inputs, last_logits
+
+    vlm = vlms["llava"]
+    path, ama = amateurs["llava"]
+    p = {"amateur": path, "variant": "li", "num_beams": 1, "st_coef": 1.0, "student_temperature": 0.5}
+    outs = generate(vlm, REQS, method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=[])
+    for r, o in zip(REQS, outs):
+        inp, am = inputs(vlm, r.prompt, r.image, r.system), amateur_logits_fn(ama, r, True)
+        gen, margins = [], []
+        with torch.no_grad():
+            for _ in range(N_NEW):
+                se, sa = last_logits(vlm, inp, gen), am(gen)
+                V = min(se.shape[-1], sa.shape[-1])
+                s = se[:V] - 1.0 * sa[:V] / 0.5
+                top2 = torch.topk(s, 2).values
+                margins.append(float(top2[0] - top2[1]))
+                gen.append(int(s.argmax()))
+        same_tokens(o.token_ids, gen, margins, r.item_id)

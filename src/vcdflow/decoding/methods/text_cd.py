@@ -16,7 +16,8 @@ defaults. Greedy is the paper's setting; sampling (not in the paper) samples fro
 
     expert:  ℓ_e = log_softmax(z_e), masked by EntrP: keep ℓ_e ≥ min(ℓ_(min_keep), max ℓ_e + log α)
              (``transformers/src/transformers/generation_logits_process.py:212-245``; α = 0.1
-             hard-coded, min_keep 2 with beams, ``generation_utils.py:698``; here ``alpha``)
+             hard-coded for a student in beam mode, ``generation_utils.py:1542``, min_keep 2 with beams,
+             ``:698``; here ``alpha``)
     amateur: ℓ_a = log_softmax(z_a) / τ  (−∞ → +∞, ``generation_utils.py`` beam_search L2533)
     beams:   candidates = top 2·num_beams of the expert's per-step ℓ_e over all beams (at the first
              step: the masked ℓ_e + beam score, i.e. beam 0 only); each scored
@@ -24,6 +25,10 @@ defaults. Greedy is the paper's setting; sampling (not in the paper) samples fro
              ``post_process_reweight``), then the beam scorer (finished hypotheses
              Σ / length^length_penalty, ``length_norm="total"``: the 4.x decoder-only hypothesis
              holds the prompt ids).
+
+With ``num_beams`` = 1 (Li's ``greedy_search``, ``generation_utils.py`` L1937–1963): argmax of
+z_e − st_coef·z_a/τ on raw logits — the EntrP head is off in greedy mode (``relative_top = None``,
+L1340–1345), the amateur's temperature warper divides its logits.
 
 ``st_coef`` = 0.5 (argparse default, ``text-generation/run_generation.py:417``; README example
 1.0), ``student_temperature`` τ = 1.0 (``:442``; README 0.5), ``num_beams`` = 5 (``:435``),
@@ -135,8 +140,8 @@ class TextCD(Method):
                              with_image=bool(params["amateur_image"]))
 
     def search(self, score, params, hooks, opts):
-        if params["variant"] != "li":
-            return None      # obrien: the plain chooser, or the generic beams of generate(num_beams=…)
+        if params["variant"] != "li" or int(params["num_beams"]) == 1:
+            return None      # obrien / Li's greedy: the plain chooser (or generate(num_beams=…)'s beams)
         if opts.get("num_beams", 1) > 1:
             raise ValueError(f"method {self.name!r} variant 'li' sets its beams with parameter 'num_beams'")
         if opts.get("mode") != "greedy":
@@ -149,6 +154,9 @@ class TextCD(Method):
     def combine(self, logits, step, state):
         ell = logits[..., 0, :]
         if state.params["variant"] == "li":
+            if int(state.params["num_beams"]) == 1:   # Li's greedy_search: raw logits, no EntrP head
+                tau = float(state.params["student_temperature"])
+                return ell - float(state.params["st_coef"]) * state.amateur.to(ell.dtype) / tau
             return ell                   # the Li search reads the amateur itself
         b = float(state.params["beta"])
         return (1 + b) * ell - b * state.amateur.to(ell.dtype)
