@@ -8,20 +8,21 @@ Beam search (``num_beams`` = 5) where, at every step and for every beam b:
 2. every candidate c is forwarded on top of the beam (look-ahead, E7) and the **last** decoder
    layer's attention of its query row is read (E3: max over heads);
 3. ω = the rows of all generated tokens so far plus c's row, each renormalised over all keys
-   (``attn_last / attn_last.sum(-1)``), cut to rows and columns at or after the response start
-   (the window: the whole response so far, L3396–3399), scaled by σ = ``scale_factor`` = 50;
-4. column scores s_j = 1e-7·Π_{i≥j} σ·ω_{i,j}; φ(c) = max_j s_j, loc(c) = argmax_j (L3401–3410);
+   (``attn_last / attn_last.sum(-1)``, L3415), cut to rows and columns at or after the response
+   start (the window: the whole response so far, L3420), scaled by σ = ``scale_factor`` = 50;
+4. column scores s_j = 1e-7·Π_{i≥j} σ·ω_{i,j}; φ(c) = max_j s_j, loc(c) = argmax_j (L3425–3436);
    while the window has ≤ 10 columns the penalty is −(c's attention mass on the image tokens)
-   instead (L3414–3419: a bonus, code only);
+   instead (L3440: a bonus, code only);
 5. candidate scores z(c) − α·φ(c) (α = ``penalty_weights`` = 1), every other token −999, then
-   ``log_softmax`` + beam score and the beam step (top 2·num_beams over beams × vocabulary, L3561–3590).
+   ``log_softmax`` + beam score and the beam step (top 2·num_beams over beams × vocabulary, L3449,
+   L3556–3610).
 
 The chosen candidate's look-ahead forward is kept as its beam's next forward (its KV row, logits
 and attention row), saving one forward per step (methods-3 §1.1: equivalent up to numerics).
 Scores are float32 throughout; the reference stores the column scores in float16 from fp16
 attention (products over long windows overflow/underflow there) — a marked divergence.
 
-**Retrospection (rollback, E12)**, ``retrospection`` = True (L3426–3560): every step each beam
+**Retrospection (rollback, E12)**, ``retrospection`` = True (L3442–3560): every step each beam
 slot records the mode (over its candidates) of loc(c); with s = the mode of those over the beam
 slots, if every slot's history holds s **more than** ``threshold`` (r = 15; the paper says ≥)
 times and s ≥ 10, the decode goes back to response position p = s + 1 (at most N_can rollbacks per
@@ -278,7 +279,7 @@ class OperaSearch(BeamSearch):
 
     def _rollback(self, r: int, loc: int, s_now: int):
         """(position key, step to re-choose) when every beam slot's location history holds ``loc``
-        more than ``threshold`` times and ``loc`` ≥ 10 (``opera_beam_search`` L3440–3470), else None."""
+        more than ``threshold`` times and ``loc`` ≥ 10 (``opera_beam_search`` L3459–3475), else None."""
         if not all(sum(1 for x in h if x == loc) > self.threshold for h in self.locs[r]):
             return None
         if loc < 10:
