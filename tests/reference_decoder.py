@@ -40,7 +40,11 @@ class RefResult:
     meta: dict = field(default_factory=dict)
 
 
-# --- inputs --------------------------------------------------------------------------------------
+# --- inputs --------------------------------------------------------------------------------------#: the methods this reference implements (ref_branches / ref_combine below)
+COVERED = ("greedy", "sample", "apc", "vcd", "contrast", "icd", "avisc", "vcd_legacy", "vdd", "convis", "ritual",
+           "m3id", "selfaug", "code")
+
+
 def build_text(processor, prompt, has_image, system):
     msgs = []
     if system:

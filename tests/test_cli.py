@@ -117,8 +117,11 @@ def test_decode_protocol_flag(tmp_path, capsys):
     capsys.readouterr()  # drop save_pretrained's progress bar
     assert main(args + ["--protocol", "convsi", "--out", str(tmp_path / "bad.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert err == ("vcdflow decode: error: --protocol: unknown protocol 'convsi'; valid: unified, paper, avisc, code, "
-                   "convis, icd, llava_eval, m3id, ritual, selfaug, vcd, vdd\n"), err
+    from vcdflow.protocols import PROTOCOLS
+
+    assert err == ("vcdflow decode: error: --protocol: unknown protocol 'convsi'; valid: unified, paper, "
+                   + ", ".join(sorted(set(PROTOCOLS) - {"unified"})) + "\n"), err
+    assert "avisc, carve, cd_rethink, code, convis" in err  # every protocol is listed, sorted
     assert not (tmp_path / "bad.jsonl.partial").exists()
     out = tmp_path / "res.jsonl"
     assert main(args + ["--protocol", "convis", "--out", str(out)]) == 0

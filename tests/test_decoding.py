@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from reference_decoder import ref_generate
-from reference_methods import COVERED as _COVERED_ELSEWHERE
+from method_cases import COVERED_ELSEWHERE as _COVERED_ELSEWHERE, runtime_params
 from tiny_models import build_tiny_llava
 from vcdflow.decoding import METHODS, Request, generate
 from vcdflow.models import load_vlm
@@ -28,9 +28,14 @@ def _img(seed, w, h):
 
 
 @pytest.fixture(scope="module")
-def vlm(tmp_path_factory):
+def model_dir(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="module")
+def vlm(model_dir):
     torch.set_num_threads(1)
-    return load_vlm(build_tiny_llava(tmp_path_factory.mktemp("tiny_llava")))
+    return load_vlm(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +103,10 @@ def test_sampling_matches_reference(vlm, requests_, method):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_batch_size_does_not_change_outputs(vlm, requests_, method):
+def test_batch_size_does_not_change_outputs(vlm, model_dir, tmp_path_factory, requests_, method):
+    params = runtime_params(method, vlm, model_dir, tmp_path_factory.getbasetemp(), PARAMS.get(method))
     for do_sample in (False, True):
-        kw = dict(method=method, params=PARAMS.get(method), do_sample=do_sample, seed=3, max_new_tokens=N_NEW)
+        kw = dict(method=method, params=params, do_sample=do_sample, seed=3, max_new_tokens=N_NEW)
         big = generate(vlm, requests_, batch_size=16, **kw)
         one = generate(vlm, requests_, batch_size=1, **kw)
         two = generate(vlm, requests_[::-1], batch_size=2, **kw)[::-1]
@@ -221,7 +227,7 @@ def test_bad_requests_fail_alone(vlm, requests_, tmp_path):
     assert out.error is None and len(out.token_ids) == 2
 
 
-def test_random_draw_is_declared_truthfully(vlm, requests_):
+def test_random_draw_is_declared_truthfully(vlm, model_dir, tmp_path_factory, requests_):
     """A method that declares no random draw (decoded once for every seed in greedy mode, see
     vcdflow.config.seed_free) gives the same greedy output under two seeds; the ones that declare
     one change their branch inputs with the seed (checked on the noised/transformed input)."""
@@ -229,7 +235,8 @@ def test_random_draw_is_declared_truthfully(vlm, requests_):
     assert {"greedy", "icd", "m3id", "convis", "pba", "olm"} <= set(free)
     assert {"vcd", "vcd_legacy", "ritual", "selfaug"} <= {m for m in METHODS if METHODS[m].random_draw}
     for method in free:
-        runs = [generate(vlm, requests_[:2], method=method, params=PARAMS.get(method), max_new_tokens=3,
+        params = runtime_params(method, vlm, model_dir, tmp_path_factory.getbasetemp(), PARAMS.get(method))
+        runs = [generate(vlm, requests_[:2], method=method, params=params, max_new_tokens=3,
                          eos_token_id=[], seed=seed) for seed in (0, 1)]
         assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]], method
         assert [o.meta for o in runs[0]] == [o.meta for o in runs[1]], method
@@ -245,3 +252,13 @@ def test_random_draw_is_declared_truthfully(vlm, requests_):
             branch = m.branches(requests_[0], ctx)[1]
             encs.append(vlm.adapter.encode(branch, ctx.rng).pixel_values)
         assert not torch.equal(encs[0], encs[1]), method
+
+
+def test_every_method_has_a_reference():
+    """Every registered method is checked against a plain reference: the generic one
+    (tests/reference_decoder.py) or its own (method_cases.COVERED_ELSEWHERE)."""
+    from reference_decoder import COVERED
+
+    missing = sorted(set(METHODS) - set(COVERED) - _COVERED_ELSEWHERE)
+    assert not missing, f"methods with no plain reference: {missing}"
+    assert not set(COVERED) & _COVERED_ELSEWHERE

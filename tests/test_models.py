@@ -185,7 +185,8 @@ def test_icd_qformer_position_needs_instructblip(vlms):
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_every_method_runs_on_every_family(vlms, family):
+def test_every_method_runs_on_every_family(vlms, model_dirs, family, tmp_path_factory):
+    from method_cases import runtime_params
     from vcdflow.decoding import METHODS
 
     req = Request(image=_img(4, 72, 60), prompt="Is there a cup in the image?", item_id="all",
@@ -193,7 +194,9 @@ def test_every_method_runs_on_every_family(vlms, family):
     short = {"selfaug": {"sas_max_new_tokens": 3}, "code": {"description_max_new_tokens": 3}}
     for method in sorted(METHODS):
         families = getattr(METHODS[method], "families", None)  # None: every family
-        out = generate(vlms[family], [req], method=method, params=short.get(method), max_new_tokens=2,
+        params = runtime_params(method, vlms[family], model_dirs[family], tmp_path_factory.getbasetemp(),
+                                short.get(method))
+        out = generate(vlms[family], [req], method=method, params=params, max_new_tokens=2,
                        eos_token_id=[])[0]
         if families is not None and family not in families:
             assert out.error and family in out.error.lower(), (family, method, out.error)  # refused, naming it

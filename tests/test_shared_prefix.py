@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from method_cases import runtime_params
 from tiny_models import build_tiny_instructblip, build_tiny_llava, build_tiny_qwen2_5_vl
 from vcdflow.decoding import METHODS, Request, generate
 from vcdflow.decoding import engine
@@ -53,8 +54,19 @@ BUILDERS = {"llava": build_tiny_llava, "instructblip": build_tiny_instructblip, 
 def family(request, tmp_path_factory):
     torch.set_num_threads(1)
     name = request.param
-    vlm = _demo_vlm() if name == "demo" else load_vlm(BUILDERS[name](tmp_path_factory.mktemp(name)))
+    if name == "demo":
+        vlm = _demo_vlm()
+        DIRS[name] = tmp_path_factory.mktemp(name)
+        vlm.model.save_pretrained(DIRS[name])
+        vlm.processor.save_pretrained(DIRS[name])
+    else:
+        DIRS[name] = BUILDERS[name](tmp_path_factory.mktemp(name))
+        vlm = load_vlm(DIRS[name])
     return name, vlm
+
+
+#: family -> its model folder (text CD's amateur in the generic tests is the model itself)
+DIRS: dict = {}
 
 
 def pope_like(n_images=2, questions=QUESTIONS, system=SYSTEM, repeat_first=False):
@@ -92,8 +104,9 @@ class Spy:
         monkeypatch.setattr(adapter, "image_features", image_features)
 
 
-def _both(vlm, reqs, method, **kw):
-    kw = dict(params=PARAMS.get(method), max_new_tokens=N_NEW, eos_token_id=[], **kw)
+def _both(vlm, reqs, method, params=None, **kw):
+    kw = dict(params=params if params is not None else PARAMS.get(method), max_new_tokens=N_NEW,
+              eos_token_id=[], **kw)
     return (generate(vlm, reqs, method=method, share_prefix=True, **kw),
             generate(vlm, reqs, method=method, share_prefix=False, **kw))
 
@@ -121,12 +134,13 @@ def _close(a, b, what):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_shared_equals_unshared_greedy(family, method, monkeypatch):
+def test_shared_equals_unshared_greedy(family, method, monkeypatch, tmp_path_factory):
     name, vlm = family
     # InstructBLIP's Q-Former reads the question, so only repeated questions share the image
     reqs = pope_like(repeat_first=(name == "instructblip"))
+    params = runtime_params(method, vlm, DIRS[name], tmp_path_factory.getbasetemp(), PARAMS.get(method))
     spy = Spy(monkeypatch, vlm.adapter)
-    shared, unshared = _both(vlm, reqs, method)
+    shared, unshared = _both(vlm, reqs, method, params)
     for s, u in zip(shared, unshared):
         assert s.error == u.error
         assert s.token_ids == u.token_ids, (name, method, s.item_id)
@@ -136,7 +150,9 @@ def test_shared_equals_unshared_greedy(family, method, monkeypatch):
         assert len(errors) == 1 and all(s.error for s in shared), errors
         pytest.skip(f"{method} on {name}: {errors.pop()}")
     assert all(len(s.token_ids) == N_NEW for s in shared)
-    if method not in PER_QUESTION_INPUTS:
+    if not METHODS[method].share_prefix:  # the method turns sharing off (its hooks need full prefills)
+        assert not spy.plans, f"{name}/{method}: shared although the method turns sharing off"
+    elif method not in PER_QUESTION_INPUTS:
         assert spy.plans, f"{name}/{method}: nothing was shared"
     assert all(u < r for u, r in spy.plans)
 
