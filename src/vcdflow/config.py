@@ -44,7 +44,25 @@ _WARPER_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": None}
 #: default max_new_tokens per benchmark kind where neither config nor protocol says
 _MAX_NEW_TOKENS = {"pope": 8, "chair": 64, "mme": 16, "amber": 64}
 #: extra-input kind -> path template of the file a decode job needs ({benchmark}, {model})
-METHOD_INPUTS = {"convis_reconstructions": "results/convis/manifests/{benchmark}/{model}.json"}
+def _vti_directions(config: Mapping[str, Any], benchmark: str, model: str) -> str:
+    from .steering_fit import directions_path  # torch-free at import
+
+    return directions_path(config, model, benchmark)
+
+
+#: extra input kind (declared by a method's ``extra_inputs``) -> the file or folder the workflow
+#: provides: a template over ``{benchmark}``/``{model}`` or a callable (config, benchmark, model)
+METHOD_INPUTS: dict[str, Any] = {
+    "convis_reconstructions": "results/convis/manifests/{benchmark}/{model}.json",  # rules in convis.smk
+    "amateur_model": "resources/amateurs/{model}",  # text_cd's amateur (workflow/rules/amateur.smk)
+    "vti_directions": _vti_directions,  # VTI's fitted directions (workflow/rules/vti.smk)
+}
+
+
+def method_input_path(kind: str, config: Mapping[str, Any], benchmark: str, model: str) -> str:
+    """The path the workflow provides for extra input ``kind`` of a (benchmark, model) run."""
+    spec = METHOD_INPUTS[kind]
+    return spec(config, benchmark, model) if callable(spec) else spec.format(benchmark=benchmark, model=model)
 
 
 class ConfigError(ValueError):
@@ -352,7 +370,7 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     if "convis_reconstructions" in method_inputs(engine):  # the convis section's alpha and APC
         _convis(config, benchmark, run_method)
     for kind_ in method_inputs(engine):
-        inputs[kind_] = METHOD_INPUTS[kind_].format(benchmark=benchmark, model=model)
+        inputs[kind_] = method_input_path(kind_, config, benchmark, model)
     proto = dict(res.as_dict())
     proto.setdefault("protocol", protocol)
     if parser_note:

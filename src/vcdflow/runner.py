@@ -226,8 +226,33 @@ def _attach_reconstructions(run: dict, items: list[dict], manifest: str) -> tupl
     return dict(run, convis_manifest_digest=file_digest(manifest)), attach_reconstructions(items, manifest)
 
 
+def _as_param(name: str, digest_key: str, digest_of: str | None = None) -> Callable:
+    """An extra input that becomes the method parameter ``name`` (its path); the digest of the file
+    (a folder: of ``digest_of`` inside it) joins the run hash as ``digest_key``."""
+
+    def attach(run: dict, items: list[dict], path: str) -> tuple[dict, list[dict]]:
+        from pathlib import Path
+
+        from .io import file_digest
+
+        f = Path(path)
+        target = f
+        if f.is_dir():  # a model folder: its weights, else its config
+            target = f / digest_of if digest_of and (f / digest_of).is_file() else f / "config.json"
+        method = dict(run["method"], params={**(run["method"].get("params") or {}), name: str(f)})
+        return dict(run, method=method, **{digest_key: file_digest(target)}), items
+
+    return attach
+
+
 #: extra-input kind (vcdflow.config.METHOD_INPUTS, declared by the method) -> how it attaches
-INPUT_ATTACHERS: dict[str, Callable] = {"convis_reconstructions": _attach_reconstructions}
+INPUT_ATTACHERS: dict[str, Callable] = {
+    "convis_reconstructions": _attach_reconstructions,
+    # text_cd: the amateur model folder is its ``amateur`` parameter (weights' digest in the hash)
+    "amateur_model": _as_param("amateur", "amateur_digest", "model.safetensors"),
+    # vti: the fitted directions file is its ``directions`` parameter
+    "vti_directions": _as_param("directions", "vti_directions_digest"),
+}
 
 
 def attach_method_inputs(run: dict, items: list[dict]) -> tuple[dict, list[dict]]:

@@ -146,7 +146,7 @@ def decode_inputs(wildcards):
     if method is not None:
         engine = runs.method_entry(config, method)["method"]
         for kind in runs.method_inputs(engine):
-            inputs[kind] = runs.METHOD_INPUTS[kind].format(benchmark=wildcards.benchmark, model=wildcards.model)
+            inputs[kind] = runs.method_input_path(kind, config, wildcards.benchmark, wildcards.model)
     return inputs
 
 

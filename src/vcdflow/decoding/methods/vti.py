@@ -38,9 +38,9 @@ from types import MappingProxyType
 from ..steering import ActivationSteering, vision_layers
 from .base import Method
 
-#: the extra-input kind the workflow will supply the fitted artefact as, once vcdflow.config.METHOD_INPUTS
-#: and vcdflow.runner.INPUT_ATTACHERS know it (then ``extra_inputs = (VTI_INPUT,)``); until then the
-#: ``directions`` parameter names the file (workflow/rules/vti.smk fits it)
+#: the extra-input kind the workflow supplies the fitted artefact as (vcdflow.config.METHOD_INPUTS:
+#: rule fit_vti's results/vti/{model}/{fit key}.pt; vcdflow.runner.INPUT_ATTACHERS sets ``directions``);
+#: from the library/CLI the ``directions`` parameter names the file
 VTI_INPUT = "vti_directions"
 
 
@@ -50,6 +50,7 @@ class VTI(Method):
     defaults = MappingProxyType({"directions": None, "alpha_image": 0.9, "alpha_text": 0.9})
     nullable = frozenset({"directions"})
     param_types = MappingProxyType({"directions": (str,)})
+    extra_inputs = (VTI_INPUT,)
 
     def validate(self, p):
         super().validate(p)
