@@ -13,11 +13,14 @@ contrast inputs (``cid``, ``contrast``: ``Request.contrast_prompt``/``contrast_i
 ``convis``: ``Request.contrast_images``) or helper models (``halc``: its detector/grounding
 models) are skipped and listed with the reason. ``vti`` gets random text-only steering directions
 of the model's shape (``alpha_image`` 0) and ``text_cd`` the model itself (saved to a temporary
-folder) as its amateur — as ``tests/method_cases.py`` does; ``pai``/``sid`` run with their
-default layers (the ``small`` arch has 8 decoder layers). Beam/look-ahead methods (``opera``,
+folder) as its amateur — as ``tests/method_cases.py`` does. ``code``/``selfaug`` generate a
+text in their ``prepare`` stage which, with random weights, never stops at EOS; ``--prepare-tokens``
+(default 64) caps it (with their defaults, 512/768 tokens, a smoke run at 2 new tokens per request
+measured them at ~100x/~160x greedy per new token). ``pai``/``sid`` run with their default
+layers (the ``small`` arch has 8 decoder layers). Beam/look-ahead methods (``opera``,
 ``contrastive_search``, ``text_cd``'s default variant) run with their default parameters.
 
-    python benchmarks/method_speed.py --threads 1 --requests 8 --new-tokens 16 \\
+    python benchmarks/method_speed.py --threads 1 --requests 4 --new-tokens 16 \\
         --out benchmarks/results/method_speed_cpu.json
     python benchmarks/method_speed.py --methods greedy,vcd,dola --rounds 1     # a subset
 """
@@ -50,8 +53,15 @@ SKIP = {
 }
 
 
-def runtime_params(method: str, vlm, tmp: Path) -> dict | None:
+#: the length parameter of a method's generating ``prepare`` stage (CODE's self-description,
+#: Self-Aug's SAS query): random weights never emit EOS, so the stage runs to this cap
+PREPARE_TOKENS = {"code": "description_max_new_tokens", "selfaug": "sas_max_new_tokens"}
+
+
+def runtime_params(method: str, vlm, tmp: Path, prepare_tokens: int | None = None) -> dict | None:
     """What ``method`` needs to run at all (see the module docstring); None = its defaults."""
+    if method in PREPARE_TOKENS and prepare_tokens:
+        return {PREPARE_TOKENS[method]: prepare_tokens}
     if method == "vti":
         from vcdflow.steering_fit import save_directions
 
@@ -79,11 +89,15 @@ def main(argv=None):
     ap.add_argument("--methods", default=None,
                     help="comma-separated; default: every registered method except the skipped ones "
                          "(greedy is always included: it is the reference)")
-    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--batch", type=int, default=None, help="default: all requests in one batch")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--prepare-tokens", type=int, default=64,
+                    help="cap of code's description_max_new_tokens (default 512) and selfaug's "
+                         "sas_max_new_tokens (768): random weights never stop at EOS, so the defaults run the "
+                         "full 512/768 steps per batch. 0 = the methods' defaults")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -107,7 +121,7 @@ def main(argv=None):
     total = N * len(reqs)
     kw = dict(max_new_tokens=N, eos_token_id=[], seed=args.seed, batch_size=B)
     tmp = Path(tempfile.mkdtemp(prefix="method_speed_"))
-    params = {m: runtime_params(m, vlm, tmp) for m in names}
+    params = {m: runtime_params(m, vlm, tmp, args.prepare_tokens) for m in names}
 
     # warm-up: every method once, 2 tokens (kernels, allocator, amateur/direction loading); a method
     # that fails here is reported as skipped with its error
@@ -176,7 +190,10 @@ def main(argv=None):
         "load_before": load_before, "load_after": load_after,
         "timed_seconds": round(time.perf_counter() - t_run, 1),
         "order": names, "methods": results, "skipped": skipped,
-        "note": "vti: random text-only directions (alpha_image 0); text_cd: the model itself as amateur",
+        "prepare_tokens": args.prepare_tokens,
+        "note": ("vti: random text-only directions (alpha_image 0); text_cd: the model itself as amateur; "
+                 "code/selfaug: prepare-stage generation capped at prepare_tokens (random weights never emit "
+                 "EOS)"),
     }
     if args.out:
         from vcdflow.io import write_json
