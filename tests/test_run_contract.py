@@ -195,3 +195,24 @@ def test_greedy_without_random_draw_is_decoded_once_and_recorded_per_seed(tmp_pa
     merge_shards([shard], tmp_path / "seed5.jsonl", seed=5)
     assert (tmp_path / "seed5.jsonl").read_text() == shard.read_text()
     assert "decoded_seed" not in json.loads((tmp_path / "seed5.meta.json").read_text())
+
+
+def test_grid_leaves_out_models_a_method_does_not_apply_to():
+    """CARVE declares families (llava, qwen2_5_vl): the grid plans no CARVE run for a model whose
+    configured family is instructblip (instead of a run whose every item fails), keeps it for
+    family auto, and every other method runs on every model."""
+    from vcdflow.config import applies, grid
+
+    config = {
+        "seeds": [0],
+        "protocol": "unified",
+        "models": {"blip": {"path": "m/blip", "family": "instructblip"},
+                   "llava": {"path": "m/llava", "family": "llava"},
+                   "any": {"path": "m/any", "family": "auto"}},
+        "benchmarks": {"chair": {}},
+        "methods": {"carve": {"method": "carve"}, "vcd": {"method": "vcd"}},
+    }
+    assert not applies(config, "carve", "blip")
+    assert applies(config, "carve", "llava") and applies(config, "carve", "any") and applies(config, "vcd", "blip")
+    runs = {(r["model"], r["method"]) for r in grid(config)}
+    assert runs == {("blip", "vcd"), ("llava", "vcd"), ("any", "vcd"), ("llava", "carve"), ("any", "carve")}

@@ -514,14 +514,26 @@ def splits_of(config: Mapping, benchmark: str) -> list[str]:
     return get_benchmark(benchmark).splits(config["benchmarks"][benchmark])
 
 
+def applies(config: Mapping, label: str, model: str) -> bool:
+    """False when the label's method declares ``families`` and the model's configured family
+    (not ``auto``) is not one of them (CARVE on InstructBLIP): such pairs are left out of the grid
+    instead of being decoded as items that all fail."""
+    families = (method_meta().get(method_entry(config, label)["method"]) or {}).get("families")
+    family = (config["models"].get(model) or {}).get("family", "auto")
+    return families is None or family in (None, "auto") or family in families
+
+
 def grid(config: Mapping) -> Iterator[dict]:
     """Every result of the config: dicts with benchmark, split, model, protocol, method (the
-    label), mode and seed — in config order."""
+    label), mode and seed — in config order; (label, model) pairs the method does not apply to
+    (:func:`applies`) are left out."""
     seeds = [int(s) for s in config["seeds"]]
     for benchmark in config["benchmarks"]:
         for split in splits_of(config, benchmark):
             for model in config["models"]:
                 for label in config["methods"]:
+                    if not applies(config, label, model):
+                        continue
                     for protocol in run_protocols(config, label):
                         mode = run_mode(config, label, protocol, benchmark, model)
                         for seed in seeds:
