@@ -220,3 +220,34 @@ def test_an_item_without_image_is_a_text_only_request(tmp_path):
     assert rec["error"] is None and rec["answer"] != "" and rec["meta"]["n_branches"] == 1
     rec = decode_batch(vlm, dict(run, method={"method": "vcd", "do_sample": False, "params": {}}), items)[0]
     assert rec["error"] == "method 'vcd' needs an image (Request.image is None)"
+
+
+def test_method_item_prompts_fill_request_fields():
+    """LQCD on the leading-query POPE: the runner sends the item's neutral question as the prompt
+    and its leading question as Request.contrast_prompt (LQCD.item_prompts), each through the
+    benchmark's template; other methods are asked the leading question; items without the key
+    keep the plain prompt."""
+    from vcdflow.runner import decode_batch
+
+    seen = []
+
+    def fake_generate(vlm, requests, **kw):
+        from vcdflow.decoding import Output
+
+        seen.extend(requests)
+        return [Output(item_id=r.item_id, text="yes", meta={"finish_reason": "eos"}) for r in requests]
+
+    items = [{"item_id": "a", "image_path": None, "question": "Is there a cup? I think there is.",
+              "neutral_question": "Is there a cup?"},
+             {"item_id": "b", "image_path": None, "question": "Is there a dog?"}]
+    run = {"benchmark": {"name": "leading_pope", "kind": "leading_pope", "split": "x", "max_new_tokens": 2,
+                         "prompt": "{question} Answer yes or no."},
+           "model": {}, "method": {"method": "lqcd", "do_sample": False, "params": {}}, "seed": 0}
+    recs = decode_batch(None, run, items, fake_generate)
+    assert seen[0].prompt == "Is there a cup? Answer yes or no."
+    assert seen[0].contrast_prompt == "Is there a cup? I think there is. Answer yes or no."
+    assert recs[0]["prompt"] == "Is there a cup? Answer yes or no."
+    assert seen[1].prompt == "Is there a dog? Answer yes or no." and seen[1].contrast_prompt is None
+    seen.clear()
+    decode_batch(None, dict(run, method={"method": "vcd", "do_sample": False, "params": {}}), items, fake_generate)
+    assert seen[0].prompt == "Is there a cup? I think there is. Answer yes or no." and seen[0].contrast_prompt is None

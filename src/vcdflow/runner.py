@@ -145,10 +145,19 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
     if template and adapter is not None and hasattr(adapter, "chat_template"):
         # the protocol's conversation template (a shipped one), or "model": the processor's own
         adapter.chat_template = None if template == "model" else template
+    from .decoding import get_method
+
+    # item fields the method reads as request prompts (LQCD on leading-query POPE: the neutral
+    # question is the prompt, the leading one its contrast prompt); each through the same template
+    item_prompts = dict(getattr(get_method(method["method"]), "item_prompts", {}) or {})
     requests, slots, records = [], [], [None] * len(items)
     for i, item in enumerate(items):
-        prompt = build_prompt(run, item)
+        from_item = {}
+        if item_prompts and all(item.get(key) is not None for key in item_prompts.values()):
+            from_item = {field: build_prompt(run, {**item, "question": item[key]}) for field, key in item_prompts.items()}
+        prompt = from_item.pop("prompt", None) or build_prompt(run, item)
         extra = {"system": system} if system else {}
+        extra.update(from_item)
         path = item.get("image_path")
         try:
             # an item without an image (HallusionBench's text-only questions) is a text-only request:

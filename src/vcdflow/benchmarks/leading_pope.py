@@ -12,9 +12,9 @@ the cue suggests the wrong answer; ``yes`` / ``no``: the same cue for every ques
 
 Items: ``question`` = the leading query (what every method is asked), ``neutral_question`` = the
 original question and ``lead`` = the cue's answer. ``lqcd`` contrasts the neutral query x_n
-against the leading x_l; on this benchmark that needs the runner to send ``neutral_question`` as
-the prompt and ``question`` as ``Request.contrast_prompt`` (a runner hook not built yet: until
-then ``lqcd`` here decodes the leading query against leading query + its own ``lead_text``).
+against the leading x_l: on this benchmark the runner sends ``neutral_question`` as the prompt and
+``question`` as ``Request.contrast_prompt`` (``LQCD.item_prompts``); every other method is asked
+the leading ``question``.
 Extra metric ``follow_lead``: % of scored answers that equal the cue's answer.
 """
 

@@ -63,6 +63,10 @@ class Method:
     #: False: the engine never uses shared-prefix prefill for this method (its hooks need every
     #: row's full prefill in one forward); generate(share_prefix=True) is then ignored
     share_prefix: ClassVar[bool] = True
+    #: Request field -> benchmark item key the runner fills it from when the item has ALL these keys
+    #: (``vcdflow.runner.decode_batch``; each through the benchmark's prompt template), e.g. LQCD on
+    #: the leading-query POPE: ``{"prompt": "neutral_question", "contrast_prompt": "question"}``
+    item_prompts: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     # --- parameters -----------------------------------------------------------------------------
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:

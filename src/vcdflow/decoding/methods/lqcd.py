@@ -35,6 +35,9 @@ class LQCD(Method):
     name = "lqcd"
     defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "lead_text": LEAD_TEXT})
     requires_image = False
+    #: on the leading-query POPE (benchmark ``leading_pope``) the runner sends the item's neutral
+    #: question as x_n and its leading question as x_l (``Request.contrast_prompt``)
+    item_prompts = MappingProxyType({"prompt": "neutral_question", "contrast_prompt": "question"})
 
     def branches(self, request, ctx):
         lead = request.contrast_prompt
