@@ -216,3 +216,20 @@ def test_grid_leaves_out_models_a_method_does_not_apply_to():
     assert applies(config, "carve", "llava") and applies(config, "carve", "any") and applies(config, "vcd", "blip")
     runs = {(r["model"], r["method"]) for r in grid(config)}
     assert runs == {("blip", "vcd"), ("llava", "vcd"), ("any", "vcd"), ("llava", "carve"), ("any", "carve")}
+
+
+def test_the_judge_decides_scores_not_records():
+    """A judged benchmark's judge (Benchmark.extra["score_keys"]) stays out of the decode run: a
+    new judge model never re-decodes; the prompt still does."""
+    cfg = {"seeds": [0], "protocol": "unified", "models": {"m": {"path": "m", "family": "llava"}},
+           "benchmarks": {"llavabench": {"questions": "q.jsonl", "images": "img",
+                                         "judge": {"kind": "openai", "url": "http://x", "model": "judge-a"}}},
+           "methods": {"greedy": {"method": "greedy"}}}
+    g = next(iter(runs.grid(cfg)))
+    a = cell(cfg, g).as_dict()
+    other = copy.deepcopy(cfg)
+    other["benchmarks"]["llavabench"]["judge"]["model"] = "judge-b"
+    assert cell(other, g).as_dict() == a and "judge" not in json.dumps(a)
+    third = copy.deepcopy(cfg)
+    third["benchmarks"]["llavabench"]["prompt"] = "{question} Be brief."
+    assert cell(third, g).as_dict() != a

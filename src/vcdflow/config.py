@@ -333,6 +333,8 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     bench = bench_slice(config, benchmark, split)
     kind = bench["kind"]
     spec = get_benchmark(kind)
+    for key in spec.extra.get("score_keys", ()):  # e.g. the judge: decides scores, not records,
+        bench.pop(key, None)                       # so a new judge never re-decodes
     mcfg = model_entry(config, model)
     entry = method_entry(config, method)
     engine = entry["method"]
