@@ -268,7 +268,10 @@ def test_parameter_resolution():
 def test_every_method_is_documented():
     expected = {"greedy", "sample", "contrast", "vcd", "vcd_legacy", "icd", "ritual", "m3id", "vdd",
                 "selfaug", "apc", "code", "avisc", "convis",
-                "pba", "olm", "debias", "carve", "iava", "cid", "lqcd"}
+                "pba", "olm", "debias", "carve", "iava", "cid", "lqcd",
+                # the second wave and the field's baselines (issues 16, 17)
+                "dola", "deco", "revisit", "pai", "sid", "only", "vasparse", "contrastive_search", "text_cd",
+                "opera", "vista", "vti", "halc"}
     assert set(METHODS) == expected
     import importlib
 

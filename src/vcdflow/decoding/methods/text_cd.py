@@ -2,7 +2,7 @@
 Li et al., ACL 2023, arXiv 2210.15097, and O'Brien & Lewis, arXiv 2309.09117), engine capability
 E6 (:mod:`vcdflow.decoding.amateur`).
 
-``variant="obrien"`` (default; O'Brien & Lewis, greedy)::
+Parameter ``variant``: ``variant="obrien"`` (default; O'Brien & Lewis, greedy)::
 
     V_valid = {j : s_e,j ≥ log α + max s_e}
     s_CD    = (1+β)·s_e − β·s_a  on V_valid,  −∞ elsewhere        (s = logits)

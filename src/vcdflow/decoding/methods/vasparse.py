@@ -2,7 +2,7 @@
 
 Official code: ``mengchuang123/VASparse-github@4929816``.
 
-``variant="paper"`` (default) — the paper's three parts, read from its full text (methods-2 §1.1):
+Parameter ``variant``: ``variant="paper"`` (default) — the paper's three parts, read from its full text (methods-2 §1.1):
 
 1. **Visual-aware token selection** (Eq. 3–5): at every decoding step, per attention head, the
    generated tokens in the cache (keys; the current token excepted) are ranked by

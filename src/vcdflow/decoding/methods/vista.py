@@ -16,7 +16,7 @@ single difference (``:127-128``): with one sample the centred matrix is zero and
 used here (divergence, negligible next to ‖v‖).
 
 **Steering** (``llm_layers.py:15-32, 132-150``; ``pope_eval.py:116-122``): after the MLP of
-each decoder layer l (all layers, or the official ``--layers`` slice ``layers = [s, e]``), at
+each decoder layer l (all layers, or the official ``--layers`` slice: parameter ``layers`` = [s, e]), at
 every position (prefill and decode)::
 
     x ← ‖x‖ · normalize(normalize(x) + λ · (1 + max(0, cos(x, −v_l))) · normalize(v_l))
@@ -29,7 +29,7 @@ window ``logits_layers`` = [s, e] inclusive, indices into ``hidden_states[1:]`` 
 outputs (index L − 1 is the final-normed output there, as HF returns it, and so here); official "25,30" for the 32-layer LLaMA-7B (``pope_eval.py:36``). ``None`` (default)
 means [L − 7, L − 2] (clipped at 0), which is 25…30 at L = 32 — for other depths (Qwen2.5-VL-7B:
 28 → 21…26; tiny test models) the mapping is **ours** (the README asks to re-tune per model).
-``logits_aug: false`` turns SLA off, ``lam: 0`` the steering.
+``logits_aug`` (default true): false turns SLA off; ``lam: 0`` turns the steering off.
 
 Defaults (code, LLaVA-1.5): ``lam`` λ = 0.1 (``chair_eval.py:30`` argparse default and
 ``run_mmhal.sh``); the run scripts use **0.17 for CHAIR** (``run_chair.sh:9``) and **0.01 for
