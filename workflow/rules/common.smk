@@ -420,3 +420,22 @@ def convis_report_manifests():
     if not convis_labels():
         return []
     return [convis_manifest(b, m) for b in BENCHMARKS for m in MODELS]
+
+
+# --------------------------------------------------------------------------- VTI (rules in vti.smk)
+from vcdflow import steering_fit as vti_fit
+
+VTI_FIT_SET = vti_fit.fit_set_of(config)
+vti_fit.fit_set_identity(VTI_FIT_SET)  # a misspelt vti.fit_set fails here, naming the value
+VTI_FIT_FILE = {"official": "resources/vti/hallucination_vti_demos.jsonl",
+                "demo": "resources/vti/demo_fit_set.jsonl"}[VTI_FIT_SET]
+VTI_IMAGES = {"official": "resources/vti/train2014", "demo": "resources/demo/world/images/train"}[VTI_FIT_SET]
+
+
+def vti_directions(model):
+    """results/vti/{model}/{fit key}.pt (vcdflow.steering_fit.directions_path)."""
+    return vti_fit.directions_path(config, model)
+
+
+def _vti_images_input(wildcards):
+    return "resources/demo/world/images" if VTI_FIT_SET == "demo" else VTI_IMAGES
