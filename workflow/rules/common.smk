@@ -329,8 +329,12 @@ def gpus_per_job():
 
 def score_bench(wildcards):
     """The benchmark slice a scorer gets: the run's (protocol-resolved parser and prompt), with
-    the protocol and mode that label its metric rows."""
-    return {**run_spec(wildcards)["benchmark"], "protocol": wildcards.protocol, "mode": wildcards.mode}
+    the protocol and mode that label its metric rows, and the entry's score-only keys (the judge:
+    Benchmark.extra["score_keys"], kept out of the decode run)."""
+    bench = bench_config(wildcards.benchmark, wildcards.split)
+    keys = get_benchmark(wildcards.benchmark).extra.get("score_keys", ())
+    return {**run_spec(wildcards)["benchmark"], **{k: bench[k] for k in keys if k in bench},
+            "protocol": wildcards.protocol, "mode": wildcards.mode}
 
 
 def paper_results():
