@@ -34,18 +34,7 @@ def language_model(vlm):
 
 def forward_hidden(vlm, inp, generated):
     """reference_methods.forward with ``output_hidden_states=True`` → the HF output."""
-    lm = language_model(vlm)
-    orig = lm.forward
-
-    def with_hidden(*a, **k):
-        k["output_hidden_states"] = True
-        return orig(*a, **k)
-
-    lm.forward = with_hidden
-    try:
-        return forward(vlm, inp, generated)
-    finally:
-        del lm.forward
+    return forward(vlm, inp, generated, hidden=True)
 
 
 def lm_head(vlm):

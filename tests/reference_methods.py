@@ -94,7 +94,7 @@ def _qwen_positions(ids: list[int], image_token_id: int, grid_hw) -> torch.Tenso
     return torch.tensor(out).T.unsqueeze(1)  # [3, 1, L]
 
 
-def forward(vlm, inp: dict, generated: list[int], scale=None, attentions: bool = False):
+def forward(vlm, inp: dict, generated: list[int], scale=None, attentions: bool = False, hidden: bool = False):
     """Full recompute of prompt + generated tokens from embeddings: image features go only into
     the prompt's image placeholders (a generated placeholder id is an ordinary token)."""
     m = vlm.model
@@ -119,7 +119,7 @@ def forward(vlm, inp: dict, generated: list[int], scale=None, attentions: bool =
             gen = torch.arange(last + 1, last + 1 + n).view(1, 1, n).expand(3, 1, n)
             kw["position_ids"] = torch.cat([pos, gen], dim=-1)
     out = lm(inputs_embeds=emb, attention_mask=torch.ones_like(ids), use_cache=False,
-             output_attentions=attentions, **kw)
+             output_attentions=attentions, output_hidden_states=hidden, **kw)
     return out
 
 

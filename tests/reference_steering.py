@@ -158,19 +158,7 @@ def ref_vista(vlm, req, params=None, *, do_sample=False, temperature=1.0, top_p=
 
 def _forward_hidden(vlm, inp, generated):
     """``reference_methods.forward`` with ``output_hidden_states``."""
-    m = vlm.model
-    lm = m.language_model if vlm.family == "instructblip" else m
-
-    def grab(mod, args, kwargs):
-        kwargs["output_hidden_states"] = True
-        return args, kwargs
-
-    h = lm.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        out = forward(vlm, inp, generated)
-    finally:
-        h.remove()
-    return out
+    return forward(vlm, inp, generated, hidden=True)
 
 
 @torch.inference_mode()

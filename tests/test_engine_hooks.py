@@ -80,18 +80,7 @@ def reference(vlm, req: Request, eos: list[int]) -> list[int]:
 
 
 def forward_hidden(vlm, inp, generated):
-    lm = vlm.model.language_model if vlm.family == "instructblip" else vlm.model
-    orig = lm.forward
-
-    def with_hidden(*a, **k):
-        k["output_hidden_states"] = True
-        return orig(*a, **k)
-
-    lm.forward = with_hidden
-    try:
-        return forward(vlm, inp, generated)
-    finally:
-        del lm.forward
+    return forward(vlm, inp, generated, hidden=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
