@@ -129,7 +129,8 @@ def test_execution_settings_never_redecode(micro_run):
     assert yaml.safe_load(MICRO.read_text())["batch_size"] == 4  # so batch_size=8 is a change
     out = snakemake(workdir, "-n", "--config", "threads=2", "batch_size=8", "device=cpu")
     text = out.stdout + out.stderr
-    for rule in ("decode", "decode_group", "convis_captions", "convis_reconstruct", "merge_shards"):
+    for rule in ("decode", "decode_group", r"decode_batch_\w+", "convis_captions", "convis_reconstruct",
+                 "merge_shards"):
         assert not re.search(rf"^rule {rule}:", text, re.M), text[-3000:]
     # at most the report re-renders (its provenance shows the config, threads included)
     planned = set(re.findall(r"^(?:local)?rule (\w+):", text, re.M))
@@ -143,8 +144,13 @@ def test_rerun_is_a_no_op(micro_run):
 
 
 def test_second_run_is_byte_identical(micro_run, tmp_path):
+    """A second run from scratch gives the same records — with one decode and one scoring job per
+    label (group_labels 1) where the first run batched two labels a job (micro.yaml)."""
     workdir, _ = micro_run
-    snakemake(tmp_path)
+    assert yaml.safe_load(MICRO.read_text())["group_labels"] == 2
+    snakemake(tmp_path, "--config", "group_labels=1")
+    assert (tmp_path / "logs/decode_group").is_dir() and not (tmp_path / "logs/decode_batch").exists()
+    assert (workdir / "logs/decode_batch").is_dir() and not (workdir / "logs/decode_group").exists()
     for path in sorted((workdir / "results").rglob("seed*.jsonl")):
         other = tmp_path / path.relative_to(workdir)
         if path.name.endswith(".scored.jsonl"):
@@ -154,18 +160,23 @@ def test_second_run_is_byte_identical(micro_run, tmp_path):
     assert (workdir / "results/metrics.csv").read_bytes() == (tmp_path / "results/metrics.csv").read_bytes()
 
 
-@pytest.mark.parametrize("group", [True, False], ids=["group_decode", "per_shard"])
+@pytest.mark.parametrize("group", ["batch", "label", "shard"], ids=["group_labels", "group_decode", "per_shard"])
 def test_kill_during_decode_then_resume(micro_run, tmp_path, group):
     """SIGKILL a running decode job mid-shard, rerun: nothing lost or duplicated, same output —
-    for the one-job-per-label decode (group_decode, micro.yaml's) and the per-shard jobs, whose
-    records also equal each other."""
+    for a decode job of two labels (group_labels 2, micro.yaml's; greedy is decoded before vcd),
+    one job per label (group_labels 1) and the per-shard jobs, whose records also equal each
+    other."""
     workdir, _ = micro_run
     shutil.copytree(workdir / "resources", tmp_path / "resources")
     cfg = yaml.safe_load(MICRO.read_text())
     cfg["batch_size"] = 2
-    cfg["group_decode"] = group
+    cfg["group_decode"] = group != "shard"
+    cfg["group_labels"] = 2 if group == "batch" else 1
     cfg["benchmarks"] = {"pope": dict(cfg["benchmarks"]["pope"], splits=["random"])}
-    cfg["methods"] = {"vcd": cfg["methods"]["vcd"]}
+    methods = cfg["methods"]
+    cfg["methods"] = {"vcd": methods["vcd"]}
+    if group == "batch":
+        cfg["methods"] = {"greedy": methods["greedy"], "vcd": dict(methods["vcd"], protocol="unified")}
     config = tmp_path / "kill.yaml"
     config.write_text(yaml.safe_dump(cfg))
     target = "results/pope/random/demo/unified/vcd/greedy/seed0.jsonl"
@@ -188,9 +199,12 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path, group):
     assert not (tmp_path / target).exists()
     snakemake(tmp_path, "--unlock", config=config)  # the killed run left its lock behind
     snakemake(tmp_path, target, config=config)
-    logs = tmp_path / ("logs/decode_group/demo/unified/vcd" if group else "logs/decode/pope/random/demo/unified/vcd/greedy/seed0")
-    log = next(logs.glob("*.log")).read_text()
+    logs = {"batch": "logs/decode_batch", "label": "logs/decode_group/demo/unified/vcd",
+            "shard": "logs/decode/pope/random/demo/unified/vcd/greedy/seed0"}[group]
+    log = next((tmp_path / logs).glob("*.log")).read_text()
     assert "resuming" in log and "already decoded" in log
+    if group == "batch":  # greedy's shard, finished before the kill, is not decoded again
+        assert "0-of-1.jsonl: up to date, not decoded again" in log
     recs = strip_timing(tmp_path / target)
     assert [r["item_id"] for r in recs] == [r["item_id"] for r in strip_timing(workdir / target)]
     assert recs == strip_timing(workdir / target)

@@ -59,13 +59,24 @@ def test_unknown_method_key_fails(tmp_path):
 
 
 def test_demo_dag_expands_the_grid(tmp_path):
-    """make demo: one decode job and one scoring job per method label (group_decode), each for
-    every benchmark, split and seed; with group_decode off, one job per result and shard."""
+    """make demo: one decode job and one scoring job per batch of up to group_labels method labels
+    (group_decode), each for every benchmark, split and seed of its labels; with group_labels 1,
+    one per label; with group_decode off, one job per result and shard."""
     out = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"), cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     assert cfg["group_decode"] is True and set(cfg["benchmarks"]) == {"pope", "chair", "mme", "amber"}
     counts = dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) == 2)
+    batches = {rule for rule in counts if rule.startswith("decode_batch_")}
+    assert {counts[rule] for rule in batches} == {"1"} and 4 <= len(batches) <= 8, counts
+    assert len(cfg["methods"]) / cfg["group_labels"] <= len(batches)
+    assert {rule.replace("decode_", "score_", 1) for rule in batches} == {r for r in counts if r.startswith("score_batch_")}
+    assert not {"decode", "merge_shards", "score", "decode_group", "score_group"} & set(counts), counts
+    # one decode and one scoring job per label
+    per_label = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"),
+                    "--config", "group_labels=1", cwd=tmp_path)
+    assert per_label.returncode == 0, per_label.stdout + per_label.stderr
+    counts = dict(line.split()[:2] for line in per_label.stdout.splitlines() if len(line.split()) == 2)
     assert int(counts["decode_group"]) == int(counts["score_group"]) == len(cfg["methods"])
     assert not {"decode", "merge_shards", "score"} & set(counts), counts
     # per-result jobs: POPE's 3 splits, CHAIR, MME and AMBER's 2 tasks per label and seed
@@ -191,7 +202,11 @@ def test_parse_does_not_import_torch_once_the_method_record_is_cached(tmp_path):
     second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     jobs = lambda out: [line.split() for line in out.stdout.splitlines() if len(line.split()) == 2]  # noqa: E731
-    assert jobs(second) == jobs(first) and ["decode_group", "6"] in jobs(first)
+    # micro.yaml's 6 labels (4 under unified, 2 under VCD's protocol) in decode jobs of at most 2
+    # labels (ConVis' apart): 4 jobs
+    assert jobs(second) == jobs(first)
+    batches = {job[0]: job[1] for job in jobs(first) if job[0].startswith("decode_batch_")}
+    assert batches == {f"decode_batch_demo_{b}": "1" for b in ("unified_0", "unified_1", "vcd_2", "unified_3")}
     # a config that was never checked still is (and then imports torch: fails here, naming it)
     bad = tmp_path / "other.yaml"
     bad.write_text(yaml.safe_dump(dict(yaml.safe_load((ROOT / "tests/configs/micro.yaml").read_text()), seeds=[3])))

@@ -275,8 +275,77 @@ def group_score_parts(wildcards):
         wc = _group_wildcards(wildcards, b, s, n)
         path = RESULT.format(**wc)
         parts.append({"bench": score_bench(wc), "results": f"{path}.jsonl", "scored": f"{path}.scored.jsonl",
-                      "metrics": f"{path}.metrics.csv", "seed": n})
+                      "metrics": f"{path}.metrics.csv", "seed": n, "model": wildcards.model,
+                      "method": wildcards.method})
     return parts
+
+
+def group_name(wildcards):
+    return GROUP_KEY.format(**wildcards)
+
+
+# config group_labels > 1: one decode job and one scoring job per batch of that many labels of a
+# (model, protocol) instead of one per label, the model loaded once for the whole batch. Labels
+# are batched in config order, spread evenly over the fewest batches; labels whose method takes
+# extra decode inputs (ConVis: its reconstructions) are batched apart, so they do not hold the
+# others back. One rule per batch
+# (decode_batch_<name>, score_batch_<name>), its output paths literal: Snakemake prefers a rule
+# without wildcards over the per-result rules (merge_shards, score) making the same files.
+GROUP_LABELS = int(config.get("group_labels", 1))
+
+
+def _label_batches():
+    """Batch name -> the labels (wildcards model, protocol, method, mode) it decodes and scores."""
+    labels = {}
+    for g in GRID:
+        if g["protocol"] in GROUP_PROTOCOLS and g["benchmark"] in GROUP_BENCHMARKS:
+            kinds = tuple(runs.method_inputs(runs.method_entry(config, g["method"])["method"]))
+            label = _Wildcards(model=g["model"], protocol=g["protocol"], method=g["method"], mode=g["mode"])
+            labels.setdefault((g["model"], g["protocol"], kinds), {})[(g["method"], g["mode"])] = label
+    batches = {}
+    for (model, protocol, _), group in labels.items():
+        group = list(group.values())
+        n = -(-len(group) // GROUP_LABELS)  # the fewest batches of at most GROUP_LABELS labels, sizes even
+        for i in range(n):
+            name = "".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(batches)}")
+            batches[name] = group[len(group) * i // n : len(group) * (i + 1) // n]
+    return batches
+
+
+LABEL_BATCHES = _label_batches() if GROUP_PROTOCOLS and GROUP_LABELS > 1 else {}
+
+
+def batch_outputs(labels, suffix):
+    """The result files of a batch's labels + ``suffix`` (literal paths)."""
+    return [f"{RESULT.format(benchmark=b, split=s, seed=n, **label)}{suffix}" for label in labels
+            for b, s, n in GROUP_PARTS]
+
+
+def _merged(dicts):
+    """One input dict from the labels' input dicts (a key repeated with another value numbered)."""
+    out = {}
+    for i, d in enumerate(dicts):
+        for key, value in d.items():
+            if out.setdefault(key, value) != value:
+                out[f"{key}_{i}"] = value
+    return out
+
+
+def batch_decode_inputs(labels):
+    return _merged(group_decode_inputs(label) for label in labels)
+
+
+def batch_score_inputs(labels):
+    return _merged(group_score_inputs(label) for label in labels)
+
+
+def batch_runs(labels):
+    """The batch's decode jobs: its labels' group_runs, in order."""
+    return [job for label in labels for job in group_runs(label)]
+
+
+def batch_score_parts(labels):
+    return [part for label in labels for part in group_score_parts(label)]
 
 
 def grid():

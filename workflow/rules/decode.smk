@@ -46,7 +46,7 @@ rule merge_shards:
 # the label (every benchmark, split and seed; see GROUP_* in common.smk) with the model loaded
 # once, into the same shard and result files, with the same checkpoint and resume, as the rules
 # above; those rules still make the results of sharded benchmarks (n_shards > 1).
-if GROUP_PROTOCOLS:
+if GROUP_PROTOCOLS and not LABEL_BATCHES:
 
     rule decode_group:
         input:
@@ -65,9 +65,38 @@ if GROUP_PROTOCOLS:
             gpu=gpus_per_job(),
         params:
             jobs=group_runs,
+            name=group_name,
         conda:
             "../../envs/vcdflow.yaml"
         script:
             "../scripts/decode_group.py"
 
     ruleorder: decode_group > merge_shards
+
+
+# config group_labels > 1: one decode job per batch of labels (LABEL_BATCHES in common.smk), the
+# model loaded once for all of them; the job runs of its labels' decode_group jobs, in order.
+for batch, labels in LABEL_BATCHES.items():
+
+    rule:
+        name:
+            f"decode_batch_{batch}"
+        input:
+            **batch_decode_inputs(labels),
+        output:
+            results=batch_outputs(labels, ".jsonl"),
+            meta=batch_outputs(labels, ".meta.json"),
+        log:
+            f"logs/decode_batch/{batch}.log",
+        benchmark:
+            f"logs/benchmarks/decode_batch/{batch}.tsv"
+        threads: config["threads"]
+        resources:
+            gpu=gpus_per_job(),
+        params:
+            jobs=batch_runs(labels),
+            name=batch,
+        conda:
+            "../../envs/vcdflow.yaml"
+        script:
+            "../scripts/decode_group.py"

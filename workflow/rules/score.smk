@@ -31,7 +31,7 @@ rule metrics_table:
 
 
 # config group_decode: one scoring job per (model, protocol, method label, mode), as decode_group.
-if GROUP_PROTOCOLS:
+if GROUP_PROTOCOLS and not LABEL_BATCHES:
 
     rule score_group:
         input:
@@ -51,3 +51,24 @@ if GROUP_PROTOCOLS:
             "../scripts/score_group.py"
 
     ruleorder: score_group > score
+
+
+# config group_labels > 1: one scoring job per batch of labels, as decode_batch_<name>.
+for batch, labels in LABEL_BATCHES.items():
+
+    rule:
+        name:
+            f"score_batch_{batch}"
+        input:
+            **batch_score_inputs(labels),
+        output:
+            scored=batch_outputs(labels, ".scored.jsonl"),
+            metrics=batch_outputs(labels, ".metrics.csv"),
+        log:
+            f"logs/score_batch/{batch}.log",
+        params:
+            parts=batch_score_parts(labels),
+        conda:
+            "../../envs/vcdflow.yaml"
+        script:
+            "../scripts/score_group.py"

@@ -1,5 +1,6 @@
-"""Decode every result of one (model, protocol, method label, mode) with the model loaded once
-(config ``group_decode``; see vcdflow.runner.decode_group).
+"""Decode every result of one (model, protocol, method label, mode), or of a batch of labels
+(config ``group_labels``), with the model loaded once (config ``group_decode``; see
+vcdflow.runner.decode_group).
 
 Each result is decoded into its shard file exactly as rule decode does (lock, per-batch
 checkpoint, resume, sidecar) and merged into its result file as rule merge_shards does; a
@@ -20,7 +21,7 @@ from vcdflow.gpu import gpu_lease  # noqa: E402
 from vcdflow.runner import decode_group  # noqa: E402
 
 smk = snakemake  # noqa: F821
-name = "{model}/{protocol}/{method}/{mode}".format(**smk.wildcards)
+name = smk.params.name
 
 
 def jobs():

@@ -1,5 +1,6 @@
-"""Score every result of one (model, protocol, method label, mode) in one job (config
-``group_decode``): per result, per-item outcomes and metric rows, as rule score writes them."""
+"""Score every result of one (model, protocol, method label, mode), or of a batch of labels
+(config ``group_labels``), in one job (config ``group_decode``): per result, per-item outcomes
+and metric rows, as rule score writes them."""
 
 import sys
 
@@ -12,7 +13,6 @@ from vcdflow.io import read_jsonl  # noqa: E402
 from vcdflow.scoring import score_file  # noqa: E402
 
 smk = snakemake  # noqa: F821
-w = smk.wildcards
 
 
 def score(part):
@@ -21,8 +21,8 @@ def score(part):
         read_jsonl(results)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.results_bad(results, str(exc)) from exc
-    scores = score_file(part["bench"], results, part["scored"], part["metrics"], model=w.model, method=w.method,
-                        seed=int(part["seed"]))
+    scores = score_file(part["bench"], results, part["scored"], part["metrics"], model=part["model"],
+                        method=part["method"], seed=int(part["seed"]))
     log.info("%s: %s", results, scores)
 
 
