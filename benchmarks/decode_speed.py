@@ -415,4 +415,11 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--per-method"]:
+        # every registered method's time per token relative to greedy: benchmarks/method_speed.py
+        # (same model builder and timing code), e.g. `decode_speed.py --per-method --threads 1`
+        import method_speed
+
+        method_speed.main(sys.argv[2:])
+    else:
+        main()
