@@ -58,6 +58,10 @@ class Branch:
     ``image_token_scale`` [n_image_tokens] multiplies the projected image features (AvisC).
     ``qformer_prompt`` (InstructBLIP only) is the Q-Former's instruction when it differs from
     the LLM text (ICD's official InstructBLIP variants); None = the LLM text, as the processor does.
+    ``image`` may also be a list of images (E10, multi-image branch: one prompt holding every image
+    in order, as the family's processor builds it — LLaVA one ``<image>`` each, Qwen2.5-VL one vision
+    block each; InstructBLIP refuses it, one Q-Former query set per prompt); such a branch batches
+    like any other (CARVE's code-faithful final pass: original + refined image).
     """
 
     prompt: str

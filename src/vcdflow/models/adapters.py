@@ -130,6 +130,18 @@ def _reserved_layer_type():
     return ReservedLayer
 
 
+def branch_images(branch) -> list | None:
+    """A branch's images as a list (E10: ``Branch.image`` may be a list of images), None for none."""
+    image = getattr(branch, "image", None)
+    if image is None:
+        return None
+    if isinstance(image, (list, tuple)):
+        if any(im is None for im in image):
+            raise ValueError("Branch.image: a list of images must not contain None")
+        return list(image) or None
+    return [image]
+
+
 def _features(result) -> list[torch.Tensor]:
     """Image features from ``get_image_features`` across transformers versions → list of [T, D]."""
     feats = getattr(result, "pooler_output", result)
@@ -199,11 +211,12 @@ class FamilyAdapter:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # --- text ---------------------------------------------------------------------------------
-    def messages(self, prompt: str, has_image: bool, system: str | None) -> list[dict]:
+    def messages(self, prompt: str, has_image: bool | int, system: str | None) -> list[dict]:
+        """``has_image``: False/True, or the number of images (E10: one image part each, in order)."""
         msgs: list[dict] = []
         if system:
             msgs.append({"role": "system", "content": [{"type": "text", "text": system}]})
-        content: list[dict] = [{"type": "image"}] if has_image else []
+        content: list[dict] = [{"type": "image"} for _ in range(int(has_image))]
         content.append({"type": "text", "text": prompt})
         msgs.append({"role": "user", "content": content})
         return msgs
@@ -228,17 +241,26 @@ class FamilyAdapter:
 
     def fallback_text(self, prompt: str, has_image: bool, system: str | None) -> str:
         img = getattr(self.processor, "image_token", "<image>")
-        user = f"{img}\n{prompt}" if has_image else prompt
+        user = f"{img}\n" * int(has_image) + prompt
         return (f"{system} " if system else "") + f"USER: {user} ASSISTANT:"
 
     # --- encoding -----------------------------------------------------------------------------
     def encode(self, branch, rng: torch.Generator | None = None) -> Encoded:
-        """Branch (``prompt``, ``image``, ``system``, ``pixel_fn``, ``image_token_scale``) → Encoded."""
-        image = getattr(branch, "image", None)
-        text = self.build_text(branch.prompt, image is not None, getattr(branch, "system", None))
+        """Branch (``prompt``, ``image``, ``system``, ``pixel_fn``, ``image_token_scale``) → Encoded.
+
+        E10: ``branch.image`` may be a list of images — one prompt with one image part per image,
+        in order, through the family's own chat template and processor (LLaVA: one ``<image>``
+        placeholder each; Qwen2.5-VL: one vision block each); ``pixel_fn`` then sees all of them
+        ``[N, 3, H, W]`` and ``image_token_scale`` covers all their tokens."""
+        images = branch_images(branch)
+        image = None if images is None else images[0]
+        # one image: has_image=True, exactly as before E10; a list: the number of images
+        has: bool | int = False if images is None else \
+            len(images) if isinstance(branch.image, (list, tuple)) else True
+        text = self.build_text(branch.prompt, has, getattr(branch, "system", None))
         kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
         if image is not None:
-            kwargs["images"] = [image]
+            kwargs["images"] = list(images)
         out = self.processor(**kwargs)
         ids = out["input_ids"][0].long()
         pv = out.get("pixel_values") if image is not None else None
@@ -326,6 +348,7 @@ class FamilyAdapter:
         if not feats:
             return embeds
         img_rows = [r for r in rows if r.pixel_values is not None]
+        feats = self._per_row(img_rows, feats)
         parts = []
         for r, f in zip(img_rows, feats):
             if r.image_token_scale is not None:
@@ -337,6 +360,23 @@ class FamilyAdapter:
         if int(mask.sum()) != feats_all.shape[0]:
             raise ValueError(f"{int(mask.sum())} image tokens but {feats_all.shape[0]} image features")
         return embeds.masked_scatter(mask.unsqueeze(-1), feats_all)
+
+    def n_images(self, enc: Encoded) -> int:
+        """Images in ``enc`` (E10: a multi-image branch has several; the processor's leading dim)."""
+        return 0 if enc.pixel_values is None else int(enc.pixel_values.shape[0])
+
+    def _per_row(self, img_rows: list[Encoded], feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-image features → per-row features (E10: a row's images concatenated in order)."""
+        if len(feats) == len(img_rows):
+            return feats
+        counts = [self.n_images(r) for r in img_rows]
+        if sum(counts) != len(feats):
+            raise ValueError(f"{len(feats)} image feature blocks for {sum(counts)} images in {len(img_rows)} rows")
+        out, k = [], 0
+        for c in counts:
+            out.append(torch.cat([f.reshape(-1, f.shape[-1]) for f in feats[k:k + c]]))
+            k += c
+        return out
 
     def prefill_positions(self, ids: torch.Tensor, mask: torch.Tensor, rows: list[Encoded]):
         """(position_ids for the prefill, next position per row [R])."""
@@ -426,6 +466,16 @@ class InstructBlipAdapter(FamilyAdapter):
         return f"{system} {prompt}" if system else prompt
 
     def encode(self, branch, rng=None) -> Encoded:
+        images = branch_images(branch)
+        if images is not None and len(images) > 1:
+            from ..decoding.types import InputError
+
+            raise InputError(f"the instructblip family takes one image per prompt (one Q-Former query set): "
+                             f"a branch with {len(images)} images (E10, multi-image) is not supported")
+        if images is not None and isinstance(branch.image, (list, tuple)):
+            from dataclasses import replace
+
+            branch = replace(branch, image=images[0])
         if getattr(branch, "image", None) is None:
             # InstructBLIP's processor always wants an image for the Q-Former; a text-only branch
             # is the LLM on the text alone.
@@ -503,6 +553,9 @@ class Qwen25VLAdapter(FamilyAdapter):
             x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
             out.append(x.reshape(t * h * w, c * tp * p * p))
         return torch.cat(out)
+
+    def n_images(self, enc: Encoded) -> int:
+        return 0 if enc.pixel_values is None else int(enc.extras["image_grid_thw"].shape[0])
 
     def image_features(self, rows: list[Encoded]) -> list[torch.Tensor]:
         img_rows = [r for r in rows if r.pixel_values is not None]

@@ -1,10 +1,12 @@
-"""``carve``: CARVE, the image masked and cropped by contrasted attention (first-step, single image).
+"""``carve``: CARVE, the image masked and cropped by contrasted attention (paper: refined image; code: + original).
 
 Contrastive Attention Refinement for Visual Enhancement (Ge et al., arXiv 2509.06461;
-``YuyaoGe/CARVE@a1f0442``) — the single-image, first-step variant (code versions v1–v3).
+``YuyaoGe/CARVE@a1f0442``): ``variant`` "paper" (default; first-step maps, refined image alone),
+"code" (first-step maps, the code's two-image final pass) and "code_v4" (the code's default:
+maps of every probe step, two-image final pass) — step 5.
 
 Not a logit-level contrast: the *image* is rewritten from contrasted attention maps, then the
-question is answered on the refined image alone.
+question is answered on the refined image (with the original beside it in the code variants).
 
 1. Two attention probes on the original image (``prepare``; one prefill each, eager attention):
    G = ``"{general_instruction} {suffix}"`` and Q = the request's prompt. The attention of the
@@ -24,9 +26,34 @@ question is answered on the refined image alone.
    ⌊total·o/100⌋ pixels.
 4. Refine (``masking.py:51-68``, ``att_sum_crop_pipeline``): image × mask, crop to the mask's
    bounding box, LANCZOS-resize by max(W/w, H/h).
-5. Decode the prompt on the refined image (one branch; no APC, no contrast).
+5. Final pass (no APC, no contrast), by ``variant``:
 
-Parameters (code defaults, ``main.py:15-24`` / ``pipeline.py:101-117``): ``layers`` = None =
+   * ``"paper"`` (**default**): the prompt on the refined image alone — the paper's Algorithm 1
+     (methods-2 §1.12). Default because it is what the paper describes and reports (Table 1), and
+     because every run recorded before the variants existed is this one (their numbers stay
+     comparable).
+   * ``"code"``: the released code's final pass — ONE prompt holding the original AND the refined
+     image, in that order (``carve/pipeline.py:152``: ``_build_inputs(processor, family, [image,
+     refined], question, device)``; ``:73-89``: Qwen one image part per image, LLaVA
+     ``"<image>" * len(images)``), through the engine's multi-image branch (E10: ``Branch.image``
+     is a list; the family's chat template writes one placeholder / vision block per image).
+     Maps from step 0 as above (the code's v1–v3, ``pipeline.py:19-23``).
+   * ``"code_v4"``: the code's default version v4 (``main.py:15`` ``default="v4"``,
+     ``pipeline.py:23`` ``("all", "attention_sum")``): the two probes are greedy generations of up
+     to ``probe_tokens`` tokens (``pipeline.py:131-138``, ``max_new_tokens`` = 32), the attention
+     of every step's last query over the image tokens is captured (E3,
+     :class:`~vcdflow.decoding.attention.AttentionCapture` on the fused layers only; the code
+     recomputes the whole sequence per step, ``attention.py:51-70`` — a cached decode gives the
+     same maps up to float round-off), a step's map counted also for the step that emits EOS
+     (``attention.py:63-66``: appended before the break), and
+     S = Σ_{t < min(T_Q, T_G)} (t+1) Σ_l resize(Â_{l,t}) (``attention.py:116-128``); the mask
+     ranking is ``version``'s (v3 = the code's ``attention_sum``, so the default ``version``
+     gives exactly the code's v4); final pass as ``"code"``.
+
+Parameters (code defaults, ``main.py:15-24`` / ``pipeline.py:101-117``): ``variant`` = "paper"
+(above), ``probe_tokens`` = 32 (``code_v4`` only: the probes' ``max_new_tokens``, ``pipeline.py:114``;
+EOS = the engine's EOS ids — the code stops at ``processor.tokenizer.eos_token_id``,
+``attention.py:44,65``), ``layers`` = None =
 the code's 20…25 (those the model has; a model with ≤ 20 layers uses its last min(6, n) — ours,
 where the code would fuse no layer and keep the whole image; an explicit list none of whose
 layers exists is an error),
@@ -37,14 +64,14 @@ appends it to both probe prompts, ``pipeline.py:17,74``; here Q is the request's
 given, so the benchmark prompt should end with the same suffix). Official mode: **greedy**
 (paper; ``pipeline.py:154`` ``do_sample=False``, ``max_new_tokens`` 32); sampling is ours.
 
-Divergences: (a) the code's default is v4 (maps of all 32 greedy steps, weights t+1), which needs
-decode-time attention capture (E3) — not built; (b) the code's final pass feeds the original
-*and* the refined image as a two-image prompt (E10, not built); this follows the paper's
-Algorithm 1 (refined image only); (c) the code's LLaVA prompt is the non-standard
+Divergences: (a) the code's default is v4 = ``variant="code_v4"``; the default here is the
+paper's (above); (b) the code's final pass feeds the original *and* the refined image as a
+two-image prompt = ``variant="code"``/``"code_v4"``; (c) the code's LLaVA prompt is the non-standard
 ``"<image>\\nUSER: {q} {suffix}\\nASSISTANT:"`` (``pipeline.py:86-87``); here every pass uses the
 family's chat template. Families: LLaVA and Qwen2.5-VL; **not InstructBLIP** (its 32 Q-Former
 query tokens have no spatial grid). ``Output.meta``: ``carve_bbox`` (x0, y0, x1, y1) and
-``carve_regions`` (kept / found), ``carve_layers`` (the layers fused).
+``carve_regions`` (kept / found), ``carve_layers`` (the layers fused), ``carve_variant``;
+``code_v4`` also ``carve_steps`` ([T_Q, T_G]: the probes' captured steps).
 """
 
 from __future__ import annotations
@@ -64,6 +91,7 @@ ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 PAPER_LAYERS = tuple(range(20, 26))
 KNOWN_GRIDS = {576: (24, 24), 1024: (32, 32), 1600: (40, 40), 1681: (41, 41), 256: (16, 16)}
 VERSIONS = {"v1": "remove_small", "v2": "size", "v3": "attention_sum"}
+VARIANTS = ("paper", "code", "code_v4")
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -92,14 +120,11 @@ def _resize(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                       dtype=np.float32)
 
 
-def fuse_first_step(att_q: torch.Tensor, att_g: torch.Tensor, image_size, layers, lam: float,
-                    fallback) -> np.ndarray:
-    """S [H, W] from the step-0 maps [n_layers, n_image_tokens] of Q and G."""
-    w, h = image_size
+def _layer_sum(q, g, w: int, h: int, layers, lam: float, fallback) -> np.ndarray:
+    """Σ_l resize(q[l] / (g[l] + λ)) over the layers both maps have (``q``/``g``: layer → map)."""
     S = np.zeros((h, w), dtype=np.float64)
-    q, g = att_q.float().numpy(), att_g.float().numpy()
     for layer in layers:
-        if layer >= q.shape[0] or layer >= g.shape[0]:
+        if layer not in q or layer not in g:
             continue
         contrast = q[layer] / (g[layer] + lam)
         shape = token_grid(contrast.size, fallback)
@@ -107,6 +132,74 @@ def fuse_first_step(att_q: torch.Tensor, att_g: torch.Tensor, image_size, layers
             continue
         S += _resize(contrast[: shape[0] * shape[1]].reshape(shape), (w, h))
     return S
+
+
+def _as_layers(att) -> dict:
+    if isinstance(att, dict):
+        return {int(k): v.float().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in att.items()}
+    a = att.float().numpy()
+    return {i: a[i] for i in range(a.shape[0])}
+
+
+def fuse_first_step(att_q: torch.Tensor, att_g: torch.Tensor, image_size, layers, lam: float,
+                    fallback) -> np.ndarray:
+    """S [H, W] from the step-0 maps [n_layers, n_image_tokens] of Q and G."""
+    w, h = image_size
+    return _layer_sum(_as_layers(att_q), _as_layers(att_g), w, h, layers, lam, fallback)
+
+
+def fuse_all_steps(maps_q, maps_g, image_size, layers, lam: float, fallback) -> np.ndarray:
+    """S [H, W] = Σ_{t < min(T_Q, T_G)} (t+1) Σ_l resize(Q_t[l] / (G_t[l] + λ)) — the code's
+    ``step_mode="all"`` (``carve/attention.py:116-128``); ``maps_*``: per step, layer → map."""
+    w, h = image_size
+    S = np.zeros((h, w), dtype=np.float64)
+    for t in range(min(len(maps_q), len(maps_g))):
+        S += (t + 1) * _layer_sum(_as_layers(maps_q[t]), _as_layers(maps_g[t]), w, h, layers, lam, fallback)
+    return S
+
+
+def _step_capture_type():
+    from ..attention import AttentionCapture
+
+    class StepImageAttention(AttentionCapture):
+        """E3 over a whole greedy generation: after the prefill and every step, each row's
+        head-mean attention of its last query over its image keys in ``layers`` is appended to
+        ``maps[request]`` (a list over steps of {layer: [n_image_tokens]})."""
+
+        def start(self, adapter, seqs, tokens):
+            super().start(adapter, seqs, tokens)
+            self.maps = [[] for _ in seqs]
+
+        def after_forward(self, phase, rows, logits):
+            if phase == "prefix":   # prefix rows end before the question: not a step's map
+                return
+            per = {l: self.image_attention(l) for l in self.layers}
+            for k, r in enumerate(rows.request):
+                if rows.branch[k] == 0:
+                    self.maps[r].append({l: per[l][k].float().cpu() for l in self.layers})
+
+    return StepImageAttention
+
+
+def probe_maps_all_steps(runner, branches, layers, max_new_tokens: int) -> list:
+    """Per branch: greedy generation (single branch, up to ``max_new_tokens``, the runner's EOS)
+    with the step maps of ``layers`` captured — a list over steps of {layer: map} — or the
+    exception the branch failed with."""
+    from ..engine import decode_rows, greedy_chooser
+
+    encs = runner._encode_all(branches, 1)
+    out = list(encs)
+    ok = [i for i, e in enumerate(encs) if not isinstance(e, Exception)]
+    if not ok:
+        return out
+    limits = [min(max_new_tokens, runner.max_positions - encs[i].length) if runner.max_positions
+              else max_new_tokens for i in ok]
+    hooks = _step_capture_type()(layers=list(layers))
+    decode_rows(runner.adapter, [[encs[i]] for i in ok], greedy_chooser, limits, runner.eos_ids,
+                share_prefix=False, hooks=hooks)
+    for k, i in enumerate(ok):
+        out[i] = hooks.maps[k]
+    return out
 
 
 def attention_mask(S: np.ndarray, top_percent: float, min_keep_regions: int, outlier_percent: float,
@@ -158,7 +251,7 @@ def refine_image(image, mask: np.ndarray):
 @dataclass(frozen=True)
 class CARVE(Method):
     name = "carve"
-    defaults = MappingProxyType({"layers": None, "lam": 1e-8, "top_percent": 0.2,
+    defaults = MappingProxyType({"variant": "paper", "probe_tokens": 32, "layers": None, "lam": 1e-8, "top_percent": 0.2,
                                  "min_keep_regions": 3, "outlier_percent": 0.1, "version": "v3",
                                  "general_instruction": GENERAL_INSTRUCTION, "suffix": ANSWER_SUFFIX})
     nullable = frozenset({"layers"})
@@ -174,7 +267,12 @@ class CARVE(Method):
         super().validate(p)
         if p["version"] not in VERSIONS:
             raise ValueError(f"parameter 'version' of method 'carve' must be one of {', '.join(VERSIONS)} "
-                             f"(v4 needs decode-time attention, not built), got {p['version']!r}")
+                             f"(the code's v4 is variant='code_v4'), got {p['version']!r}")
+        if p["variant"] not in VARIANTS:
+            raise ValueError(f"parameter 'variant' of method 'carve' must be one of {', '.join(VARIANTS)}, "
+                             f"got {p['variant']!r}")
+        if int(p["probe_tokens"]) < 1:
+            raise ValueError(f"parameter 'probe_tokens' of method 'carve' must be >= 1, got {p['probe_tokens']}")
         if p["layers"] is not None and (not isinstance(p["layers"], (list, tuple)) or not p["layers"] or
                                         not all(isinstance(i, int) and i >= 0 for i in p["layers"])):
             raise ValueError(f"parameter 'layers' of method 'carve' must be a non-empty list of layer "
@@ -193,7 +291,16 @@ class CARVE(Method):
             r, p = it.request, it.ctx.params
             probes += [Branch(prompt=f"{p['general_instruction']} {p['suffix']}", image=r.image, system=r.system),
                        self.original(r)]
-        atts = runner.image_attention(probes)
+        n_layers = len(ad.decoder_layers())
+        all_steps = ok[0].ctx.params["variant"] == "code_v4"
+        if all_steps:
+            p0 = ok[0].ctx.params
+            want = default_layers(n_layers) if p0["layers"] is None else list(p0["layers"])
+            used = sorted({layer for layer in want if layer < n_layers})
+            atts = probe_maps_all_steps(runner, probes, used, int(p0["probe_tokens"])) if used else \
+                [None] * len(probes)
+        else:
+            atts = runner.image_attention(probes)
         for k, it in enumerate(ok):
             p = it.ctx.params
             ag, aq = atts[2 * k], atts[2 * k + 1]
@@ -201,7 +308,8 @@ class CARVE(Method):
             if bad is not None:
                 it.fail(f"CARVE attention probe failed: {bad}")
                 continue
-            n_layers = aq.shape[0]
+            if not all_steps:
+                n_layers = aq.shape[0]
             layers = default_layers(n_layers) if p["layers"] is None else list(p["layers"])
             if not any(layer < n_layers for layer in layers):
                 it.fail(f"method 'carve': none of the layers {layers} exists (the model has {n_layers} layers)")
@@ -213,7 +321,11 @@ class CARVE(Method):
                 _, gh, gw = enc.extras["image_grid_thw"][0].tolist()
                 fallback = (gh // merge, gw // merge)
             image = it.request.image
-            S = fuse_first_step(aq, ag, image.size, layers, float(p["lam"]), fallback)
+            if all_steps:
+                S = fuse_all_steps(aq, ag, image.size, layers, float(p["lam"]), fallback)
+                it.ctx.meta["carve_steps"] = [len(aq), len(ag)]
+            else:
+                S = fuse_first_step(aq, ag, image.size, layers, float(p["lam"]), fallback)
             mask, kept, found = attention_mask(S, float(p["top_percent"]), int(p["min_keep_regions"]),
                                                float(p["outlier_percent"]), VERSIONS[p["version"]])
             refined, bbox = refine_image(image, mask)
@@ -221,10 +333,16 @@ class CARVE(Method):
             it.ctx.meta["carve_bbox"] = list(bbox)
             it.ctx.meta["carve_regions"] = [kept, found]
             it.ctx.meta["carve_layers"] = [layer for layer in layers if layer < n_layers]
+            it.ctx.meta["carve_variant"] = p["variant"]
 
     def branches(self, request, ctx):
         self.require_image(request)
-        return [Branch(prompt=request.prompt, image=ctx.prepared["refined"], system=request.system, name="refined")]
+        refined = ctx.prepared["refined"]
+        if ctx.params["variant"] == "paper":
+            return [Branch(prompt=request.prompt, image=refined, system=request.system, name="refined")]
+        # the code's final pass: original + refined in ONE prompt (E10), pipeline.py:152
+        return [Branch(prompt=request.prompt, image=[request.image, refined], system=request.system,
+                       name="original+refined")]
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]

@@ -12,8 +12,8 @@ Parameter ``variant``: ``variant="paper"`` (default) — the paper's three parts
    in the historical calculations", **UNVERIFIED** reading), normalised over the generated tokens.
    The top S = ⌈``sparse_rate``·L⌉ of the L are kept, the others dropped — here as per-head −∞ key
    masks (E5) in every layer (which layers: **UNVERIFIED**), recomputed every step. The paper
-   merges the dropped tokens by k-NN density-peak clustering into kept ones: **not implemented**
-   (its k and density cut are not given); dropped tokens are only masked.
+   merges the dropped tokens by k-NN density-peak clustering into kept ones: **not built**
+   (dropped tokens are only masked; why: "Cluster merge" below).
 2. **Sinking-attention penalty** (Eq. 7): (1+β_s)·qKᵀ − β_s·W⊙qKᵀ = qKᵀ·(1 + β_s(1 − w_j)) with
    w_j = softmax_j(Σ_{i≥j} a_{i,j}) the attention key j has received from all earlier queries
    (prefill rows and earlier steps, per layer and head, padding excluded), applied at decoding
@@ -44,6 +44,35 @@ imports three functions that do not exist; the 50% image mask is built but never
 (``shared_policy``); SparseVLM prefill pruning at layers [2, 6, 15, 19] and the every-16-tokens KV
 averaging (``max_sentence_lenght``) are not ported; the sink penalty and the δ/P selection are
 absent from the code.
+
+**Cluster merge and SparseVLM prefill pruning: not built, and why** (issue #16). Neither source
+defines a merge that can be reproduced faithfully:
+
+* *Paper* (methods-2 §1.1, Eq. 3–5 text): the dropped generated tokens are "grouped with k-NN
+  density-peak clustering (Rodriguez & Laio)" and "each cluster is summed into one kept token". It
+  gives no k, no cluster count or density cut, no feature space (keys per head? hidden states?) and
+  no rule for which kept token receives a cluster: any choice would be ours, not the paper's.
+* *Code*: the only merge is ``cluster_and_merge`` (``minigpt4/sparse/utils.py:218-267``: density =
+  exp(−mean of the squared distances to the k = ``cluster_num`` nearest), parent distance, the top
+  ``cluster_num`` of dist·density as centres, nearest-centre assignment, cluster mean). It is called
+  only by SparseVLM's *prefill* pruning of the *visual* tokens' hidden states
+  (``minigpt4/sparse/LlamaModelPatching.py:234-293``, layers ``[2, 6, 15, 19]`` at ``:48``; raters
+  = text tokens whose mean softmax(v·tᵀ) exceeds the mean, ``:199-203``; kept = top
+  rank(text→image attention)·13.5, ``:104,248``; the top 30 % + 1 of the pruned re-merged,
+  ``:266-275``) — a different operation from the paper's decode-time merge of generated tokens.
+  (a) The released default path never runs it: ``shared_policy = True``
+  (``decoder_zoo/VASparse/vasparse_decoding.py:559``) skips the per-sample sparse prefill (``:570``),
+  ``:602`` sets ``SparsePrefilling = False`` for the one multi-token (prefill) forward and ``:644``
+  sets it True only afterwards, when every forward has one query and ``:234`` requires
+  ``hidden_states.shape[1] != 1``. So the official default is *no merge* — what this
+  implementation does. (b) Enabled, it crashes: ``cluster_num`` is read before assignment
+  (``LlamaModelPatching.py:272``, UnboundLocalError; only the timing copy
+  ``LlamaModelPatchingTimer.py:211`` sets it, to ⌊n/10⌋ + 1), and ``cluster_and_merge`` multiplies
+  by an undefined ``norm_weight`` (``utils.py:262``, NameError) — there is no runnable reference to
+  match. (c) A port would also need physical token removal inside the forward with later layers'
+  positions renumbered contiguously (``:290``), batch 1 (``:235``), and at decode each layer
+  positioned at its own KV length (``:227-232,328``) — outside the engine's one batched cache
+  layout, and not expressible as E5 key masks (merged tokens are new keys with new positions).
 
 Families: every family (InstructBLIP: P over the 32 Q-Former query outputs). Paper numbers
 (Table 1 CHAIR, Table 3 MME, LLaVA-1.5) are for the paper's full method with the merge and beams:
