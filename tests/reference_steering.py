@@ -68,7 +68,93 @@ def vision_layers_ref(vlm):
     m = vlm.model
     if vlm.family == "instructblip":
         return list(m.vision_model.encoder.layers)
+    if vlm.family == "qwen2_5_vl":
+        return list(m.model.visual.blocks)
     return list(m.model.vision_tower.encoder.layers)
+
+
+# --- Qwen2.5-VL's packed tower, written apart from vcdflow.decoding.steering -------------------------
+def qwen_visual(vlm):
+    return vlm.model.model.visual
+
+
+def qwen_proc_to_raster(grid, merge=2) -> torch.Tensor:
+    """Processor row n of one image → its raster index i·w + j (the processor flattens the patches
+    as ``(t, h/m, w/m, m, m)``: merge units row-major, the m×m patches of a unit row-major)."""
+    _, h, w = [int(x) for x in grid]
+    n = torch.arange(h * w)
+    unit, sub = n // (merge * merge), n % (merge * merge)
+    bh, bw = unit // (w // merge), unit % (w // merge)
+    i, j = sub // merge, sub % merge
+    return (bh * merge + i) * w + bw * merge + j
+
+
+@torch.inference_mode()
+def qwen_window_rows(vlm, pixel_values, grid_thw) -> torch.Tensor:
+    """For the tower's packed block sequence (window order), the processor row each row holds —
+    found empirically: the first block's input (HF ``hidden_states[0]``) row by row against
+    ``patch_embed`` of the processor rows (random images: every row distinct)."""
+    vis = qwen_visual(vlm)
+    emb = vis.patch_embed(pixel_values).float()
+    hs0 = vis(pixel_values, grid_thw=grid_thw, output_hidden_states=True).hidden_states[0].float()
+    perm = torch.cdist(hs0, emb).argmin(1)
+    assert sorted(perm.tolist()) == list(range(emb.shape[0])), "window rows do not match the patches one to one"
+    return perm
+
+
+def qwen_raster_of_rows(vlm, pixel_values, grid_thw):
+    """(image [N], raster [N]) of every packed row, via :func:`qwen_window_rows`."""
+    img, ras = [], []
+    for k, g in enumerate(grid_thw.tolist()):
+        img.append(torch.full((int(g[1]) * int(g[2]),), k))
+        ras.append(qwen_proc_to_raster(g))
+    img, ras = torch.cat(img), torch.cat(ras)
+    perm = qwen_window_rows(vlm, pixel_values, grid_thw)
+    return img[perm], ras[perm]
+
+
+def grid_at(d, h, w):
+    """[H, W, D] → raster rows [h·w, D] (bilinear, align_corners False, unless the grid is equal)."""
+    H, W, D = d.shape
+    if (H, W) == (h, w):
+        return d.reshape(h * w, D)
+    return F.interpolate(d.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear",
+                         align_corners=False)[0].permute(1, 2, 0).reshape(h * w, D)
+
+
+def qwen_direction_rows(vlm, d, pixel_values, grid_thw):
+    """A patch-grid direction [H, W, D] as the packed block rows of one image (window order)."""
+    _, h, w = [int(x) for x in grid_thw[0]]
+    _, ras = qwen_raster_of_rows(vlm, pixel_values, grid_thw)
+    return grid_at(d, h, w)[ras]
+
+
+def qwen_unflatten(rows, grid, p=14, m=2, tp=2):
+    """Processor rows [h·w, C·tp·p·p] of one image → its normalised image [C, h·p, w·p] (frame 0)."""
+    _, h, w = [int(x) for x in grid]
+    c = rows.shape[1] // (tp * p * p)
+    x = rows.reshape(h // m, w // m, m, m, c, tp, p, p)[:, :, :, :, :, 0]      # [hm, wm, m, m, c, p, p]
+    return x.permute(4, 0, 2, 5, 1, 3, 6).reshape(c, h * p, w * p)
+
+
+def qwen_flatten(img, grid, p=14, m=2, tp=2):
+    """The inverse of :func:`qwen_unflatten` (the frame repeated tp times)."""
+    _, h, w = [int(x) for x in grid]
+    c = img.shape[0]
+    x = img.reshape(c, h // m, m, p, w // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)  # [hm, wm, m, m, c, p, p]
+    x = x.unsqueeze(5).expand(-1, -1, -1, -1, -1, tp, -1, -1)
+    return x.reshape(h * w, c * tp * p * p)
+
+
+def qwen_fit_image(img, grid, p=14):
+    """Cover (w·p, h·p) px (bicubic), centre crop."""
+    from PIL import Image
+
+    W, H = grid[1] * p, grid[0] * p
+    s = max(W / img.width, H / img.height)
+    w, h = max(W, round(img.width * s)), max(H, round(img.height * s))
+    im = img.resize((w, h), Image.BICUBIC)
+    return im.crop(((w - W) // 2, (h - H) // 2, (w - W) // 2 + W, (h - H) // 2 + H))
 
 
 @contextlib.contextmanager
@@ -173,7 +259,10 @@ def ref_vti(vlm, req, directions: dict, params=None, *, do_sample=False, tempera
     dt, dv = directions.get("text"), directions.get("vision")
     at, av = float(p["alpha_text"]), float(p["alpha_image"])
     with contextlib.ExitStack() as stack:
-        if av != 0 and dv is not None:
+        if av != 0 and dv is not None and vlm.family == "qwen2_5_vl":
+            rows = [qwen_direction_rows(vlm, dv[i], inp["pixel_values"], inp["image_grid_thw"]) for i in range(len(dv))]
+            stack.enter_context(wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(rows[i], av)))
+        elif av != 0 and dv is not None:
             stack.enter_context(wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(dv[i], av)))
         if at != 0 and dt is not None:
             stack.enter_context(wrapped_mlps(text_layers(vlm), lambda i: VTILayerRef(dt[i], at)))
@@ -230,11 +319,14 @@ def mask_patches_ref(tensor, indices, patch_size=14):
 
 
 def _tower(vlm):
+    if vlm.family == "qwen2_5_vl":
+        return qwen_visual(vlm)
     return vlm.model.vision_model if vlm.family == "instructblip" else vlm.model.model.vision_tower
 
 
 @torch.inference_mode()
-def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_image, system=None, vision=True):
+def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_image, system=None, vision=True,
+                grid=None):
     """obtain_visual_vti then (with the visual intervention installed) obtain_textual_vti, on the
     given (already selected) demos; ``image_tensor`` from the processor, ``input_ids`` from the
     template + question + caption (``conv.get_prompt() + value``)."""
@@ -245,16 +337,24 @@ def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_i
     proc = vlm.processor
     patch = getattr(vlm.model.config.vision_config, "patch_size", 14)
     g = torch.Generator().manual_seed(seed)
-    images, texts = [], []
+    qwen = vlm.family == "qwen2_5_vl"
+    images, texts, grids = [], [], []
     for d in demos:
         raw = Image.open(os.path.join(image_dir, d["image"])).convert("RGB")
         base = vlm.adapter.build_text(d["question"], True, system)
         pos = proc(text=[base + d["value"]], images=[raw], return_tensors="pt")
         neg = proc(text=[base + d["h_value"]], images=[raw], return_tensors="pt")
-        image_tensor = pos["pixel_values"][0]
+        if qwen:   # the visual fit at the fit grid: resize + centre crop, then the processor
+            vis = proc(text=[base + d["value"]], images=[qwen_fit_image(raw, grid)], return_tensors="pt")
+            thw = vis["image_grid_thw"]
+            assert thw[0].tolist() == [1, *grid], thw
+            grids.append(thw)
+            image_tensor = qwen_unflatten(vis["pixel_values"], thw[0])
+        else:
+            image_tensor = pos["pixel_values"][0]
         trials = []
         for _ in range(num_trials if vision else 0):
-            token_numbers = image_tensor.shape[-1] * image_tensor.shape[-2] / patch ** 2
+            token_numbers = image_tensor.shape[-1] * image_tensor.shape[-2] / patch ** 2   # raster patch index
             mask_index = torch.randperm(int(token_numbers), generator=g)[:int(mask_ratio * token_numbers)]
             trials.append(mask_patches_ref(image_tensor, mask_index.tolist(), patch_size=patch))
         images.append([trials, image_tensor])
@@ -262,28 +362,48 @@ def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_i
     vdir = None
     if vision:
         tower = _tower(vlm)
+
+        order = {}   # Qwen2.5-VL: window order → raster order, found on the clean image (masked
+        #              patches are all equal, so they cannot be matched row by row)
+
+        def states(t, k):
+            if not qwen:
+                return torch.cat(list(tower(pixel_values=t.unsqueeze(0), output_hidden_states=True).hidden_states))
+            px = qwen_flatten(t, grids[k][0])
+            if k not in order:
+                order[k] = torch.argsort(qwen_raster_of_rows(vlm, qwen_flatten(images[k][1], grids[k][0]), grids[k])[1])
+            hs = torch.stack(list(tower(px, grid_thw=grids[k], output_hidden_states=True).hidden_states))
+            return hs[:, order[k]]
+
         h_all = []
-        for trials, clean in images:
-            hs = [tower(pixel_values=t.unsqueeze(0), output_hidden_states=True).hidden_states for t in trials]
-            masked = torch.cat([torch.stack([h[k] for h in hs]).mean(0) for k in range(len(hs[0]))], dim=0)
-            hc = tower(pixel_values=clean.unsqueeze(0), output_hidden_states=True).hidden_states
-            h_all.append((masked, torch.cat([h for h in hc], dim=0)))
+        for k, (trials, clean) in enumerate(images):
+            masked = torch.stack([states(t, k) for t in trials]).mean(0)
+            h_all.append((masked, states(clean, k)))
         n_layers, n_tokens, feat_dim = h_all[0][0].shape
         fit_data = torch.stack([m.reshape(n_tokens, -1) - c.reshape(n_tokens, -1) for m, c in h_all], dim=1)
         pca = PCA(n_components=1).fit(fit_data.float())
         vdir = (pca.components_.sum(dim=1, keepdim=True) + pca.mean_).mean(1).view(n_layers, n_tokens, -1)[1:]
+        if qwen:
+            vdir = vdir.reshape(n_layers - 1, grid[0], grid[1], -1)
     # textual, with the visual intervention on (run_mmhal_vti.py:67-72)
-    make = (lambda i: VTILayerRef(vdir[i], fit_alpha_image)) if vdir is not None and fit_alpha_image else (lambda i: None)
     keep = ("input_ids", "pixel_values", "qformer_input_ids", "qformer_attention_mask", "image_grid_thw")
-    stack = wrapped_mlps(vision_layers_ref(vlm), make) if vdir is not None else contextlib.nullcontext()
-    with stack:
-        hs_all = []
-        for neg, pos in texts:
-            style = []
-            for enc in (neg, pos):
+
+    def stack_for(enc):
+        if vdir is None or not fit_alpha_image:
+            return contextlib.nullcontext()
+        if qwen:
+            rows = [qwen_direction_rows(vlm, vdir[i], enc["pixel_values"], enc["image_grid_thw"]) for i in range(len(vdir))]
+            return wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(rows[i], fit_alpha_image))
+        return wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(vdir[i], fit_alpha_image))
+
+    hs_all = []
+    for neg, pos in texts:
+        style = []
+        for enc in (neg, pos):
+            with stack_for(enc):
                 h = _forward_hidden(vlm, {k: enc[k] for k in keep if k in enc}, []).hidden_states
-                style.append(torch.cat([h[k][:, -1] for k in range(len(h))], dim=0))
-            hs_all.append(tuple(style))
+            style.append(torch.cat([h[k][:, -1] for k in range(len(h))], dim=0))
+        hs_all.append(tuple(style))
     fit = torch.stack([pos.view(-1) - neg.view(-1) for neg, pos in hs_all])
     pca = PCA(n_components=1).fit(fit.float())
     tdir = (pca.components_.sum(dim=1, keepdim=True) + pca.mean_).mean(0).view(*hs_all[0][0].shape)[1:]

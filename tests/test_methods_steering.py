@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from reference_methods import assert_same_as_reference, build_vlms, forward, image, inputs
-from reference_steering import (VTILayerRef, layer_outputs_last, no_image, ref_vista, ref_vti, text_layers,
-                                vision_layers_ref, wrapped_mlps)
+from reference_steering import (VTILayerRef, grid_at, layer_outputs_last, no_image, qwen_direction_rows,
+                                qwen_proc_to_raster, qwen_raster_of_rows, qwen_visual, ref_vista, ref_vti,
+                                text_layers, vision_layers_ref, wrapped_mlps)
 from vcdflow.decoding import Request, generate
 from vcdflow.decoding.hooks import Rows
-from vcdflow.decoding.steering import (ActivationSteering, drop_image, residual_probe, steer, vision_layers,
-                                       vision_probe)
+from vcdflow.decoding.steering import (ActivationSteering, drop_image, qwen_window_layout, residual_probe, steer,
+                                       vision_layers, vision_probe)
 from vcdflow.decoding.types import Branch
 
 FAMILIES = ["llava", "qwen2_5_vl", "instructblip", "demo"]
@@ -29,6 +30,31 @@ N_NEW = 5
 def vlms(tmp_path_factory):
     torch.set_num_threads(1)
     return build_vlms(tmp_path_factory.mktemp("steering"))
+
+
+@pytest.fixture(scope="module")
+def qwen_dyn(vlms):
+    """The tiny Qwen2.5-VL with a dynamic-resolution processor (56² to 112² pixels): the test images
+    get different patch grids (4×4, 4×6, 8×6, 4×8 ...) and non-trivial window orders (2×2-unit
+    windows). Same weights as vlms["qwen2_5_vl"]."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from vcdflow.models.adapters import adapter_for
+    from vcdflow.models.loading import VLM, image_only_qwen_processor
+
+    base = vlms["qwen2_5_vl"]
+    ip0 = base.processor.image_processor
+    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
+                                  temporal_patch_size=2, image_mean=ip0.image_mean, image_std=ip0.image_std)
+    proc = image_only_qwen_processor(base.processor.tokenizer, image_processor=ip,
+                                     chat_template=base.processor.chat_template)
+    return VLM(model=base.model, processor=proc, family="qwen2_5_vl", adapter=adapter_for("qwen2_5_vl", base.model, proc),
+               device=base.device, dtype=base.dtype, source=base.source)
+
+
+def _vlm(vlms, qwen_dyn, family):
+    """The model a VTI test runs on: Qwen2.5-VL with the dynamic-resolution processor."""
+    return qwen_dyn if family == "qwen2_5_vl" else vlms[family]
 
 
 REQS = [
@@ -102,9 +128,95 @@ def test_vision_probe_matches_hidden_states(vlms, family):
         assert torch.allclose(both[k][0], residual_probe(ad, [rows[k]])[0], atol=1e-4)
 
 
-def test_vision_layers_refuses_qwen(vlms):
-    with pytest.raises(ValueError, match="qwen2_5_vl"):
-        vision_layers(vlms["qwen2_5_vl"].adapter)
+QWEN_IMAGES = [image(1, 80, 100), image(3, 120, 70), image(5, 64, 64), image(6, 84, 84)]
+
+
+def test_qwen_window_layout_matches_tower(qwen_dyn):
+    """qwen_window_layout: for several images of different grids packed into one tower call, each
+    block row's (image, raster patch) = what the tower's own first-block input holds (matched row by
+    row against patch_embed of the processor's patches)."""
+    ad = qwen_dyn.adapter
+    encs = [ad.encode(Branch(prompt="x", image=im)) for im in QWEN_IMAGES]
+    grids = torch.cat([e.extras["image_grid_thw"] for e in encs])
+    assert len({tuple(g) for g in grids.tolist()}) >= 3
+    px = torch.cat([e.pixel_values for e in encs])
+    img, ras = qwen_window_layout(grids, 2, qwen_dyn.model.config.vision_config.window_size, 14)
+    want_img, want_ras = qwen_raster_of_rows(qwen_dyn, px, grids)
+    assert torch.equal(img, want_img) and torch.equal(ras, want_ras)
+    assert not torch.equal(ras[img == 0], qwen_proc_to_raster(grids[0]))   # windows: not the processor order
+    assert vision_layers(ad) == list(qwen_visual(qwen_dyn).blocks)
+
+
+def test_vision_probe_qwen_matches_hidden_states(qwen_dyn):
+    """E16 (vision) on Qwen2.5-VL: per image (several grids in one chunk) = the tower's own
+    hidden_states of that image alone, taken into raster order."""
+    ad = qwen_dyn.adapter
+    encs = [ad.encode(Branch(prompt="x", image=im)) for im in QWEN_IMAGES]
+    got = vision_probe(ad, encs, chunk=4)
+    vis = qwen_visual(qwen_dyn)
+    for k, e in enumerate(encs):
+        g = e.extras["image_grid_thw"]
+        with torch.inference_mode():
+            hs = torch.stack(list(vis(e.pixel_values, grid_thw=g, output_hidden_states=True).hidden_states))
+        _, ras = qwen_raster_of_rows(qwen_dyn, e.pixel_values, g)
+        want = hs[:, torch.argsort(ras)]
+        assert got[k].shape == want.shape == (len(vis.blocks) + 1, int(g[0, 1]) * int(g[0, 2]), want.shape[-1])
+        assert torch.allclose(got[k], want, atol=1e-5)
+
+
+def test_vision_steering_qwen_matches_wrapped_mlps(qwen_dyn):
+    """E14v on Qwen2.5-VL: a patch-grid direction [H, W, D] per block, pushed through the hooks into
+    a batch of images of different grids (one of them the direction's own grid, the others
+    resampled bilinearly) = each image alone through the tower with its blocks' MLPs wrapped by
+    the plain VTI layer and the direction resampled and put into window order by hand."""
+    ad = qwen_dyn.adapter
+    encs = [ad.encode(Branch(prompt="x", image=im)) for im in QWEN_IMAGES]
+    assert encs[3].extras["image_grid_thw"][0].tolist() == [1, 6, 6]
+    D = qwen_dyn.model.config.vision_config.hidden_size
+    g = torch.Generator().manual_seed(7)
+    vv = {l: torch.randn(6, 6, D, generator=g) for l in range(len(qwen_visual(qwen_dyn).blocks))}
+    hooks = ActivationSteering(vision_vectors=vv, vision_lam=0.6)
+    hooks.start(ad, [[e] for e in encs], [[] for _ in encs])
+    try:
+        with torch.inference_mode():
+            got = ad.image_features(encs)
+        states = vision_probe(ad, encs, chunk=4)       # the steered per-layer states, batched
+    finally:
+        hooks.finish()
+    vis = qwen_visual(qwen_dyn)
+    for k, e in enumerate(encs):
+        px, grid = e.pixel_values, e.extras["image_grid_thw"]
+        rows = {l: qwen_direction_rows(qwen_dyn, vv[l], px, grid) for l in vv}
+        order = torch.argsort(qwen_raster_of_rows(qwen_dyn, px, grid)[1])
+        with torch.inference_mode(), wrapped_mlps(vision_layers_ref(qwen_dyn), lambda l: VTILayerRef(rows[l], 6.0)):
+            want = ad.image_features([e])[0]
+            hs = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[:, order]
+        with torch.inference_mode():
+            plain = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[:, order]
+        assert torch.allclose(got[k], want, atol=1e-6), (k, (got[k] - want).abs().max())
+        assert torch.allclose(states[k], hs, atol=1e-5), (k, (states[k] - hs).abs().max())
+        assert torch.equal(states[k][0], plain[0])           # the first block's input: not steered
+        for l in range(1, hs.shape[0]):   # every block's output moved (the tiny tower's MLP outputs are small)
+            assert float((states[k][l] - plain[l]).abs().max()) > 1e-4, (k, l)
+        if k == 0:   # negative control: the direction in the processor's patch order (no window order) differs
+            wrong = {l: grid_at(vv[l], *grid[0, 1:].tolist())[qwen_proc_to_raster(grid[0])] for l in vv}
+            with torch.inference_mode(), wrapped_mlps(vision_layers_ref(qwen_dyn), lambda l: VTILayerRef(wrong[l], 6.0)):
+                bad = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[:, order]
+            assert float((bad[-1] - states[k][-1]).abs().max()) > 1e-4
+    # the resampling itself: an equal grid is the direction, another grid = bilinear F.interpolate
+    assert torch.equal(grid_at(vv[0], 6, 6), vv[0].reshape(36, D))
+    # exact mode refuses a grid that differs; per-token [T, D] vectors are refused on this tower
+    hooks = ActivationSteering(vision_vectors=vv, vision_lam=0.6, vision_resample="exact")
+    hooks.start(ad, [], [])
+    try:
+        with torch.inference_mode(), pytest.raises(ValueError, match="6x6 patch grid, the image has 8x6"):
+            ad.image_features(encs[:1])
+        with torch.inference_mode():
+            ad.image_features(encs[3:])     # its own grid: fine
+    finally:
+        hooks.finish()
+    with pytest.raises(ValueError, match=r"patch grid \[H, W, D\]"):
+        ActivationSteering(vision_vectors={0: torch.zeros(4, D)}, vision_lam=0.1).start(ad, [], [])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -250,43 +362,52 @@ def fit_sets(tmp_path_factory):
 
 
 FIT = {"num_demos": 3, "num_trials": 3, "mask_ratio": 0.5, "seed": 5, "fit_alpha_image": 0.9}
+#: Qwen2.5-VL's fit grid in these tests (84×84 px on the dynamic-resolution processor); the demo
+#: images' native grids are 4×4 and 4×6, the decode images' 8×6 and 4×8: all resampled
+QWEN_GRID = [6, 6]
+
+
+def _fit(family):
+    return {**FIT, "vision_grid": QWEN_GRID} if family == "qwen2_5_vl" else FIT
 
 
 @pytest.fixture(scope="module")
-def fitted(vlms, fit_sets):
+def fitted(vlms, qwen_dyn, fit_sets):
     d, recs = fit_sets
     out = {}
     for fam in FAMILIES:
-        vlm = vlms[fam]
+        vlm = _vlm(vlms, qwen_dyn, fam)
         demos = SF.load_demos(d / ("demo.jsonl" if fam == "demo" else "other.jsonl"))
-        art = SF.fit_vti(vlm, demos, d, FIT, model_name=fam)
+        art = SF.fit_vti(vlm, demos, d, _fit(fam), model_name=fam)
         path = SF.save_directions(art, d / f"{fam}.pt")
         out[fam] = (art, path, demos)
     return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fit_vti_matches_reference(vlms, fit_sets, fitted, family):
+def test_fit_vti_matches_reference(vlms, qwen_dyn, fit_sets, fitted, family):
     """E15: the fitted directions = a literal port of obtain_visual_vti / obtain_textual_vti on HF
     hidden_states (same demos, same mask draws), the textual fit run under the visual intervention;
-    Qwen2.5-VL: text only."""
+    Qwen2.5-VL: the visual fit at the fit grid (images resized and cropped to it, the tower's
+    states in raster order: reference_steering's own unpacking), direction [L_v, h, w, D]."""
     d, _ = fit_sets
-    vlm = vlms[family]
+    vlm = _vlm(vlms, qwen_dyn, family)
     art, path, demos = fitted[family]
     chosen = SF.select_demos(demos, FIT["num_demos"], FIT["seed"])
     import random
     random.seed(FIT["seed"])
     assert chosen == random.sample(demos, FIT["num_demos"])   # the official draw
     ref = ref_fit_vti(vlm, chosen, d, FIT["num_trials"], FIT["mask_ratio"], FIT["seed"], FIT["fit_alpha_image"],
-                      vision=family != "qwen2_5_vl")
+                      grid=QWEN_GRID)
     L, D = len(vlm.adapter.decoder_layers()), vlm.adapter.text_config.hidden_size
     assert art["text"].shape == (L, D)
     assert torch.allclose(art["text"], ref["text"], atol=1e-4), (art["text"] - ref["text"]).abs().max()
     if family == "qwen2_5_vl":
-        assert art["vision"] is None and ref["vision"] is None
-    else:
-        assert art["vision"].shape == ref["vision"].shape
-        assert torch.allclose(art["vision"], ref["vision"], atol=1e-4), (art["vision"] - ref["vision"]).abs().max()
+        vc = vlm.model.config.vision_config
+        assert art["vision"].shape == (vc.depth, *QWEN_GRID, vc.hidden_size)
+        assert art["meta"]["vision_grid"] == QWEN_GRID
+    assert art["vision"].shape == ref["vision"].shape
+    assert torch.allclose(art["vision"], ref["vision"], atol=1e-4), (art["vision"] - ref["vision"]).abs().max()
     loaded = SF.load_directions(path)
     assert torch.equal(loaded["text"], art["text"]) and loaded["meta"]["fit_key"] == art["meta"]["fit_key"]
     assert loaded["meta"]["demo_ids"] == [r["id"] for r in chosen]
@@ -322,12 +443,14 @@ def test_demo_fit_set(tmp_path):
 
 
 # --- vti ---------------------------------------------------------------------------------------------
-VTI_CASES = [(f, p) for f in ("llava", "instructblip", "demo") for p in ("both", "text")] + [("qwen2_5_vl", "text")]
+VTI_CASES = [(f, p) for f in ("llava", "instructblip", "demo", "qwen2_5_vl") for p in ("both", "text")]
 
 
 @pytest.mark.parametrize("family,variant", VTI_CASES)
-def test_vti_greedy_matches_reference(vlms, fitted, family, variant):
-    vlm = vlms[family]
+def test_vti_greedy_matches_reference(vlms, qwen_dyn, fitted, family, variant):
+    """Qwen2.5-VL: the dynamic-resolution processor (decode images at 8×6 and 4×8 patch grids, the
+    direction fitted at 6×6: resampled), the reference placing the direction by hand."""
+    vlm = _vlm(vlms, qwen_dyn, family)
     art, path, _ = fitted[family]
     params = {"directions": str(path), "alpha_image": 3.0 if variant == "both" else 0.0, "alpha_text": 3.0}
     free = generate(vlm, REQS[:1], method="vti", params=params, max_new_tokens=N_NEW, eos_token_id=[])[0]
@@ -342,15 +465,33 @@ def test_vti_greedy_matches_reference(vlms, fitted, family, variant):
             assert_same_as_reference(o, ref, eos, f"vti/{family}/{variant}/{r.item_id}")
 
 
-def test_vti_steering_changes_the_output(vlms, fitted):
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_vti_steering_changes_the_output(vlms, qwen_dyn, fitted, family):
     """α = 0 is greedy; the textual and the visual part each change the greedy output."""
-    vlm = vlms["llava"]
-    path = str(fitted["llava"][1])
+    vlm = _vlm(vlms, qwen_dyn, family)
+    path = str(fitted[family][1])
     g = generate(vlm, REQS, method="greedy", max_new_tokens=N_NEW, eos_token_id=[])
     zero = generate(vlm, REQS, method="vti", params={"directions": path, "alpha_image": 0.0, "alpha_text": 0.0},
                     max_new_tokens=N_NEW, eos_token_id=[])
     assert [o.token_ids for o in g] == [o.token_ids for o in zero]
     for a in ({"alpha_image": 0.0, "alpha_text": 8.0}, {"alpha_image": 8.0, "alpha_text": 0.0}):
+        if family == "qwen2_5_vl" and a["alpha_image"]:
+            # the tiny Qwen tower's MLP outputs are small next to its residual stream: the visual part
+            # moves the image features the decode sees (~1e-4) without flipping a token; check that
+            from vcdflow.decoding.methods import METHODS
+
+            encs = [vlm.adapter.encode(Branch(prompt=r.prompt, image=r.image)) for r in REQS]
+            hooks = METHODS["vti"].forward_hooks(vlm.adapter, {**METHODS["vti"].defaults, "directions": path, **a})
+            hooks.start(vlm.adapter, [], [])
+            try:
+                with torch.inference_mode():
+                    steered = vlm.adapter.image_features(encs)
+            finally:
+                hooks.finish()
+            with torch.inference_mode():
+                plain = vlm.adapter.image_features(encs)
+            assert all(float((x - y).abs().max()) > 1e-5 for x, y in zip(steered, plain))
+            continue
         o = generate(vlm, REQS, method="vti", params={"directions": path, **a}, max_new_tokens=N_NEW, eos_token_id=[])
         assert [x.token_ids for x in o] != [x.token_ids for x in g], a
 
@@ -375,8 +516,13 @@ def test_vti_bad_input(vlms, fitted, tmp_path):
         generate(vlms["llava"], REQS[:1], **kw)
     with pytest.raises(ValueError, match="does not exist"):
         generate(vlms["llava"], REQS[:1], params={"directions": str(tmp_path / "nope.pt")}, **kw)
-    with pytest.raises(ValueError, match="qwen2_5_vl"):
-        generate(vlms["qwen2_5_vl"], REQS[:1], params={"directions": str(fitted["qwen2_5_vl"][1])}, **kw)
+    # a per-token artefact on Qwen2.5-VL's packed tower, a patch-grid artefact on LLaVA's CLIP
+    with pytest.raises(ValueError, match="qwen2_5_vl family needs a patch grid"):
+        generate(vlms["qwen2_5_vl"], REQS[:1], params={"directions": str(fitted["llava"][1]), "alpha_text": 0}, **kw)
+    with pytest.raises(ValueError, match="patch-grid direction is for qwen2_5_vl"):
+        generate(vlms["llava"], REQS[:1], params={"directions": str(fitted["qwen2_5_vl"][1]), "alpha_text": 0}, **kw)
+    with pytest.raises(ValueError, match="'vision_resample'"):
+        generate(vlms["llava"], REQS[:1], params={"directions": "x", "vision_resample": "cubic"}, **kw)
     with pytest.raises(ValueError, match="decoder layers"):   # the demo model's artefact on tiny LLaVA
         generate(vlms["llava"], REQS[:1], params={"directions": str(fitted["demo"][1])}, **kw)
     with pytest.raises(ValueError, match="'alpha_text'"):
@@ -478,7 +624,16 @@ def test_workflow_fit_settings_and_path():
     cfg = {"world": "real", "models": {"l": {"family": "llava"}, "q": {"family": "qwen2_5_vl"}}}
     s = SF.settings_for(cfg, "l")
     assert s["chat_template"] == "llava_v1" and s["system"] == LLAVA_V1_SYSTEM and s["vision"] is True
-    assert SF.settings_for(cfg, "q")["vision"] is False
+    q = SF.settings_for(cfg, "q")
+    assert q["vision"] is True and q["vision_grid"] is None       # Qwen2.5-VL fits its visual part too
+    # vision_grid (added later) left out of the key at its default: earlier fits keep their file names
+    import hashlib
+    old = {k: v for k, v in s.items() if k != "vision_grid"}
+    blob = json.dumps({"model": "l", "fit": old, "demos": "x"}, sort_keys=True, default=str)
+    assert SF.fit_key("l", s, "x") == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert SF.fit_key("q", q, "x") != SF.fit_key("q", {**q, "vision_grid": [34, 46]}, "x")
+    with pytest.raises(ValueError, match="'vision_grid'"):
+        SF.settings_for({**cfg, "vti": {"fit": {"vision_grid": [3]}}}, "q")
     assert SF.settings_for({**cfg, "world": "demo"}, "l")["chat_template"] is None   # demo fit set: own template
     p = SF.directions_path(cfg, "l")
     assert p.startswith("results/vti/l/") and p.endswith(".pt") and p == SF.directions_path(cfg, "l")
@@ -486,6 +641,19 @@ def test_workflow_fit_settings_and_path():
     assert SF.directions_path({**cfg, "world": "demo"}, "l") != p
     with pytest.raises(ValueError, match="'mask'"):
         SF.settings_for({**cfg, "vti": {"fit": {"mask": 1}}}, "l")
+
+
+def test_qwen_fit_grid(vlms, qwen_dyn, fit_sets):
+    """Qwen2.5-VL's default fit grid = the processor's grid for a 640×480 image (smart_resize: the
+    tiny 56²-pixel processor scales it by √(640·480/56²) and floors to 28 px: 28×56 px → 2×4; the
+    56²–112² one: 84×112 px → 6×8); a grid the processor would not keep fails naming vision_grid."""
+    assert SF.fit_grid(vlms["qwen2_5_vl"].adapter, SF.fit_config()) == (2, 4)
+    assert SF.fit_grid(qwen_dyn.adapter, SF.fit_config()) == (6, 8)
+    assert SF.fit_grid(qwen_dyn.adapter, SF.fit_config({"vision_grid": [6, 6]})) == (6, 6)
+    d, _ = fit_sets
+    demos = SF.load_demos(d / "other.jsonl")
+    with pytest.raises(ValueError, match="'vision_grid' \\[10, 10\\]"):
+        SF.fit_vti(qwen_dyn, demos, d, {**FIT, "vision_grid": [10, 10]})
 
 
 def test_visual_direction_chunking(vlms):

@@ -41,11 +41,44 @@ the largest-|u| entry of the first left singular vector, ``svd_flip``) in float3
 
 Divergences: the official runs fp16 on a GPU and draws its masks from torch's global generator
 after model loading (which may consume draws: **UNVERIFIED** parity of the masks); here a
-dedicated generator seeded with ``seed``. Qwen2.5-VL: no visual direction (dynamic resolution:
-no fixed token count; ``vision=False`` is forced, the method runs text-only).
+dedicated generator seeded with ``seed``.
+
+**Qwen2.5-VL's visual direction (not in the official code; this project's equivalent).** The
+official per-token direction needs every demo image to have the same tokens: LLaVA's processor
+makes every image 336×336 (576 patches + CLS), and the official Qwen-VL path
+(``utils.py:134-147`` prompts, ``:265-267, 280-282, 292-294`` ``model.transformer.visual``) runs
+Qwen-VL (v1), whose input is a fixed 448×448 (Qwen-VL's paper; its code not read here).
+Qwen2.5-VL encodes each image at its own resolution (a ``h × w`` grid of 14-px patches, packed and
+window-permuted in the tower, :func:`vcdflow.decoding.steering.qwen_window_layout`). Here:
+
+* the fit runs at one **fit grid** ``vision_grid = [h, w]`` patches (default ``None``: the grid the
+  model's own processor gives a 640×480 image — the usual COCO size, the fit images' source;
+  34×46 for Qwen2.5-VL-7B's processor by ``smart_resize`` with its published min/max pixels,
+  computed, not run here): each demo image is resized to cover ``(w·14, h·14)`` px
+  and centre-cropped (as CLIP's processor does for LLaVA's fit: shortest side, centre crop), then
+  processed (the processor must keep that grid, else the fit fails naming ``vision_grid``);
+* masking is the official ``mask_patches`` on the processor's normalised image (the flattened
+  patches turned back into ``[3, H, W]`` by ``adapter.pixels_to_images``): ``int(mask_ratio·N)``
+  of the ``N = h·w`` 14-px patches, raster-indexed, set to the per-channel mean;
+* the tower's per-layer states (HF ``hidden_states`` layout: the first block's input, then every
+  block's output) are taken out of the packed window order into **raster order** of the patch grid
+  (the analogue of CLIP's raster token order), so the official ``reshape`` + per-row PCA runs on
+  ``[h·w, (L_v + 1)·D]`` exactly as for LLaVA (CLS aside); the direction is stored as a patch grid
+  ``[L_v, h, w, D]``;
+* at decode time every image's grid is different: the method resamples the grid direction to the
+  image's patch grid (bilinear by default; :func:`vcdflow.decoding.steering.resample_grid`) — so a
+  patch gets the direction of its relative spatial position. That interpolation is this project's
+  choice (a per-position direction on a fixed grid has no other meaning at another resolution);
+  ``vision_resample: exact`` in the method refuses any other grid instead.
+* the **textual** fit runs on the demo images at their native resolution (what a decode sees),
+  with the visual intervention, resampled to each image's grid, installed — the official order.
+
+  Memory (7B, 34×46, 70 demos): the PCA input is [1564, 70, 33·1280] float32 ≈ 18.5 GB of host
+  memory (LLaVA-1.5-7B: [577, 70, 25·1024] ≈ 4 GB), decomposed 64 rows at a time; a smaller
+  ``vision_grid`` shrinks it proportionally.
 
 The artefact (:func:`save_directions`) is a ``torch.save`` dict ``{"text": [L, D],
-"vision": [L_v, T, D] | None, "meta": {...}}``, keyed by model + :func:`fit_key` (the fit config
+"vision": [L_v, T, D] | [L_v, h, w, D] (Qwen2.5-VL) | None, "meta": {...}}``, keyed by model + :func:`fit_key` (the fit config
 and the fit set's digest) in the workflow (``workflow/rules/vti.smk``).
 """
 
@@ -65,8 +98,13 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the workflow import
 #: argparse defaults differ (num_demos 50, alpha_image 0): run_mmhal_vti.py:156-164
 FIT_DEFAULTS: dict[str, Any] = {
     "num_demos": 70, "num_trials": 50, "mask_ratio": 0.99, "seed": 42, "fit_alpha_image": 0.9,
-    "vision": True, "text": True, "chat_template": None, "system": None,
+    "vision": True, "text": True, "chat_template": None, "system": None, "vision_grid": None,
 }
+#: settings added after artefacts were fitted: left out of fit_key while at their default (None),
+#: so the keys (file names) of the earlier fits stay valid
+_LATE_KEYS = ("vision_grid",)
+#: the image size whose processor grid is Qwen2.5-VL's default fit grid (COCO's most common size)
+QWEN_FIT_IMAGE_SIZE = (640, 480)
 
 OFFICIAL_QUESTION = "Describe this image in detail."
 
@@ -95,20 +133,25 @@ def fit_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     for k in ("num_demos", "num_trials"):
         if int(cfg[k]) < 1:
             raise ValueError(f"VTI fit setting {k!r} must be >= 1, got {cfg[k]!r}")
+    g = cfg["vision_grid"]
+    if g is not None:
+        if not (isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g)):
+            raise ValueError(f"VTI fit setting 'vision_grid' must be [rows, columns] of patches (positive "
+                             f"integers) or null, got {g!r}")
+        cfg["vision_grid"] = [int(g[0]), int(g[1])]
     return cfg
 
 
 def family_fit_defaults(family: str | None, fit_set: str) -> dict[str, Any]:
     """Fit settings that follow from the family and the fit set: the official LLaVA fit prompt is
     ``conv_templates["llava_v1"]`` (``run_mmhal_vti.py:155``: ``--conv-mode llava_v1``), i.e. the
-    ``llava_v1`` template with its system text; Qwen2.5-VL fits no visual direction."""
+    ``llava_v1`` template with its system text. (Qwen2.5-VL's fit grid defaults from its processor,
+    :func:`fit_grid`.)"""
     out: dict[str, Any] = {}
     if fit_set == "official" and family == "llava":
         from .protocols._shared import LLAVA_V1_SYSTEM
 
         out.update(chat_template="llava_v1", system=LLAVA_V1_SYSTEM)
-    if family == "qwen2_5_vl":
-        out["vision"] = False
     return out
 
 
@@ -155,7 +198,8 @@ def directions_path(config: Mapping, model: str, benchmark: str | None = None) -
 
 def fit_key(model: str, cfg: Mapping[str, Any], demos_digest: str = "") -> str:
     """12 hex digits identifying (model, fit config, fit-set digest)."""
-    blob = json.dumps({"model": str(model), "fit": dict(cfg), "demos": demos_digest}, sort_keys=True, default=str)
+    fit = {k: v for k, v in dict(cfg).items() if not (k in _LATE_KEYS and v is None)}
+    blob = json.dumps({"model": str(model), "fit": fit, "demos": demos_digest}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -231,21 +275,25 @@ def mask_patches(img: torch.Tensor, indices, patch: int) -> torch.Tensor:
     return out
 
 
-def pca_direction(X: torch.Tensor) -> torch.Tensor:
+def pca_direction(X: torch.Tensor, rows: int = 64) -> torch.Tensor:
     """mean + first principal axis of ``X`` [n, F] (→ [F]) or per leading row of [B, n, F]
     (→ [B, F]): the official ``PCA(n_components=1).fit`` and ``(components_.sum(1) + mean_)``
-    (``pca.py:24-39``, ``utils.py:228, 323``)."""
+    (``pca.py:24-39``, ``utils.py:228, 323``). The leading rows are decomposed ``rows`` at a time
+    (each row's SVD is independent; a Qwen2.5-VL-7B visual fit is [1564, 70, 42240])."""
     import torch
 
     squeeze = X.ndim == 2
-    X = X.float().unsqueeze(0) if squeeze else X.float()
-    mean = X.mean(1, keepdim=True)
-    U, S, Vh = torch.linalg.svd(X - mean, full_matrices=False)
-    # svd_flip (pca.py:6-17) for the first component: the sign of u's largest-|.| entry
-    idx = U[:, :, 0].abs().argmax(1)
-    sign = torch.sign(U[torch.arange(U.shape[0]), idx, 0])
-    comp = Vh[:, 0, :] * sign.unsqueeze(-1)
-    d = comp + mean[:, 0, :]
+    X = X.unsqueeze(0) if squeeze else X
+    out = []
+    for c in range(0, X.shape[0], rows):
+        x = X[c:c + rows].float()
+        mean = x.mean(1, keepdim=True)
+        U, S, Vh = torch.linalg.svd(x - mean, full_matrices=False)
+        # svd_flip (pca.py:6-17) for the first component: the sign of u's largest-|.| entry
+        idx = U[:, :, 0].abs().argmax(1)
+        sign = torch.sign(U[torch.arange(U.shape[0]), idx, 0])
+        out.append(Vh[:, 0, :] * sign.unsqueeze(-1) + mean[:, 0, :])
+    d = torch.cat(out)
     return d[0] if squeeze else d
 
 
@@ -272,31 +320,69 @@ def encode_full_text(adapter, text: str, image) -> Any:
 
 def visual_direction(adapter, clean: Sequence[Any], num_trials: int, mask_ratio: float,
                      gen: torch.Generator, chunk: int = 16) -> torch.Tensor:
-    """[L_v, T, D] from the encoded clean demo rows ``clean`` (``obtain_visual_vti``)."""
+    """[L_v, T, D] from the encoded clean demo rows ``clean`` (``obtain_visual_vti``); Qwen2.5-VL
+    (every row at the same fit grid ``h × w``): ``[L_v, h, w, D]``."""
     import torch
 
-    from .decoding.steering import vision_probe
+    from .decoding.steering import is_packed_tower, vision_probe
 
     p = patch_size(adapter)
-    deltas = []
-    for enc in clean:
-        img = enc.pixel_values[0].float()
+    fit, grid = None, None
+    for k, enc in enumerate(clean):
+        # the processor's normalised image [3, H, W] (Qwen2.5-VL: its flattened patches unfolded)
+        img = adapter.pixels_to_images(enc.pixel_values.float(), enc.extras)[0]
         n_tok = int(img.shape[-1] * img.shape[-2] / p ** 2)
+        if is_packed_tower(adapter):
+            g = (img.shape[-2] // p, img.shape[-1] // p)
+            if grid is not None and g != grid:
+                raise ValueError(f"VTI visual fit: demo images at patch grids {list(grid)} and {list(g)}; the fit "
+                                 "needs one grid (fit setting 'vision_grid')")
+            grid = g
         total = None   # running sum over the masked copies, chunk by chunk (a 7B tower: ~60 MB per copy)
         for c in range(0, num_trials, chunk):
             masked = []
             for _ in range(min(chunk, num_trials - c)):
                 idx = torch.randperm(n_tok, generator=gen)[:int(mask_ratio * n_tok)]
-                masked.append(replace(enc, pixel_values=mask_patches(img, idx, p).unsqueeze(0).to(enc.pixel_values.dtype)))
+                px = adapter.images_to_pixels(mask_patches(img, idx, p).unsqueeze(0), enc.extras)
+                masked.append(replace(enc, pixel_values=px.to(enc.pixel_values.dtype)))
             part = torch.stack(vision_probe(adapter, masked, chunk=chunk)).sum(0)
             total = part if total is None else total + part
         h_masked = total / num_trials                                              # [L_v+1, T, D]
         h_clean = vision_probe(adapter, [enc])[0]
         n_layers, n_tokens, _ = h_clean.shape
-        deltas.append(h_masked.reshape(n_tokens, -1) - h_clean.reshape(n_tokens, -1))
-    fit = torch.stack(deltas, dim=1)                       # [T, n_demos, (L_v+1)·D]
-    d = pca_direction(fit).view(n_layers, n_tokens, -1)
-    return d[1:]
+        delta = h_masked.reshape(n_tokens, -1) - h_clean.reshape(n_tokens, -1)
+        if fit is None:   # [T, n_demos, (L_v+1)·D], filled in place (no second copy of a list + stack)
+            fit = torch.empty(n_tokens, len(clean), delta.shape[1], dtype=delta.dtype)
+        if delta.shape[0] != fit.shape[0]:
+            raise ValueError(f"VTI visual fit: demo images with {fit.shape[0]} and {delta.shape[0]} vision tokens")
+        fit[:, k] = delta
+        del delta, h_masked, total
+    d = pca_direction(fit).view(n_layers, n_tokens, -1)[1:]
+    return d if grid is None else d.reshape(n_layers - 1, grid[0], grid[1], -1)
+
+
+def fit_grid(adapter, cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """Qwen2.5-VL's fit grid (patch rows, columns): ``vision_grid``, else the grid the model's
+    processor gives a :data:`QWEN_FIT_IMAGE_SIZE` image."""
+    if cfg.get("vision_grid"):
+        return int(cfg["vision_grid"][0]), int(cfg["vision_grid"][1])
+    from PIL import Image
+
+    out = adapter.processor.image_processor(images=[Image.new("RGB", QWEN_FIT_IMAGE_SIZE)], return_tensors="pt")
+    _, h, w = out["image_grid_thw"][0].tolist()
+    return int(h), int(w)
+
+
+def fit_image(img, grid: tuple[int, int], patch: int):
+    """``img`` resized to cover ``grid`` × ``patch`` pixels (bicubic) and centre-cropped to it."""
+    from PIL import Image
+
+    W, H = grid[1] * patch, grid[0] * patch
+    s = max(W / img.width, H / img.height)
+    w, h = max(W, round(img.width * s)), max(H, round(img.height * s))
+    im = img.resize((w, h), Image.BICUBIC)
+    left, top = (w - W) // 2, (h - H) // 2
+    return im.crop((left, top, left + W, top + H))
 
 
 def textual_direction(adapter, pairs: Sequence[tuple[Any, Any]], chunk: int = 8) -> torch.Tensor:
@@ -333,7 +419,9 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
     cfg = fit_config(cfg)
     ad = vlm.adapter
     fam = getattr(ad, "family", None)
-    do_vision = bool(cfg["vision"]) and fam != "qwen2_5_vl"
+    do_vision = bool(cfg["vision"])
+    packed = fam == "qwen2_5_vl"
+    grid = fit_grid(ad, cfg) if packed and do_vision else None
     chosen = select_demos(demos, int(cfg["num_demos"]), int(cfg["seed"]))
     prev_template = ad.chat_template
     if cfg["chat_template"]:
@@ -347,7 +435,16 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
             base = ad.build_text(rec.get("question", OFFICIAL_QUESTION), True, cfg["system"])
             pos = encode_full_text(ad, base + rec["value"], img)
             neg = encode_full_text(ad, base + rec["h_value"], img)
-            clean.append(pos)
+            if grid is not None:   # Qwen2.5-VL: the visual fit at the fit grid (module docstring)
+                enc = encode_full_text(ad, base + rec["value"], fit_image(img, grid, patch_size(ad)))
+                got = tuple(int(x) for x in enc.extras["image_grid_thw"][0].tolist())
+                if got != (1, *grid):
+                    raise ValueError(f"VTI fit setting 'vision_grid' {list(grid)}: the model's processor turns a "
+                                     f"{grid[1] * patch_size(ad)}x{grid[0] * patch_size(ad)} image into a "
+                                     f"{got[1]}x{got[2]} patch grid (outside its min/max pixels)")
+                clean.append(enc)
+            else:
+                clean.append(pos)
             pairs.append((pos, neg))
         gen = torch.Generator().manual_seed(int(cfg["seed"]))
         vision = None
@@ -373,6 +470,7 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
     meta = {"model": model_name, "family": fam, "fit": cfg, "fit_key": fit_key(model_name, cfg, demos_digest),
             "demos_digest": demos_digest, "demo_ids": [str(r.get("id", r["image"])) for r in chosen],
             "n_layers": len(ad.decoder_layers()), "hidden_size": int(ad.text_config.hidden_size),
+            "vision_grid": None if grid is None else list(grid),
             "source": "shengliu66/VTI@bb5dfee vti_utils/utils.py obtain_visual_vti / obtain_textual_vti",
             **dict(extra_meta or {})}
     return {"text": text, "vision": vision, "meta": meta}

@@ -27,24 +27,43 @@ naming ``share_prefix``, if a steered and an unsteered row (or, with per-request
 requests) shared a prefix — such a method sets ``share_prefix = False`` (VISTA does).
 
 **E14v — the same on the vision encoder** (``vision_vectors``: per vision layer one vector per
-token ``[T, D]``, VTI's ``visual_direction``). The engine calls ``hooks.start`` before the
+token, VTI's ``visual_direction``). The engine calls ``hooks.start`` before the
 prefill (:func:`vcdflow.decoding.engine._decode_rows`: ``start`` → ``collate`` →
 ``adapter.prefill_embeds``, and in the shared case :func:`~vcdflow.decoding.engine.shared_prefill`
 runs ``prefill_embeds`` after ``start`` too), so vision hooks installed in ``start`` are active
 whenever the tower encodes an image of the decode. They steer **every** image the tower encodes
 (the vision batch is the image rows — or, with shared prefixes, the unique prefixes — and carries
 no branch identity); a method that wanted only some branches' images steered would need
-``share_prefix = False`` and the image-row order — not built (VTI steers every image). Only
-towers whose layers see ``[B, T, D]`` (CLIP, BLIP-2/InstructBLIP ViT) take per-token vectors;
-Qwen2.5-VL's tower packs the patches of dynamic-resolution images into one ``[N, D]`` sequence,
-where a per-token vector has no fixed meaning: :func:`vision_layers` refuses it.
+``share_prefix = False`` and the image-row order — not built (VTI steers every image).
+Two tower layouts:
+
+* batch-first ``[B, T, D]`` towers (LLaVA's CLIP, the demo model's CLIP, InstructBLIP's ViT): a
+  fixed token count, the vector of layer l is ``[T, D]`` (token t of every image gets row t), as
+  the official ``VTILayer`` broadcasts it (``llm_layers.py:26``);
+* **Qwen2.5-VL** (:func:`qwen_window_layout`): the tower (``model.visual``: ``patch_embed`` →
+  32 windowed/full-attention ``blocks`` → 2×2 ``merger``) packs the 14-px patches of all images of
+  a call into one ``[N, D]`` sequence, grouped by 2×2 merge unit and permuted into window order
+  (HF ``Qwen2_5_VisionTransformerPretrainedModel.forward``: ``get_vision_window_index`` and
+  ``permute_input_for_window_attn``), each image with its own dynamic-resolution grid
+  (``image_grid_thw``). A per-token vector has no fixed token there, so the vector of layer l is a
+  **patch grid** ``[H, W, D]`` (the grid the fit ran at, raster order): for each image of a call
+  (its grid read from the tower's ``grid_thw`` argument by a pre-hook on the tower) the grid is
+  resampled to the image's patch grid ``h × w`` (``vision_resample``: ``"bilinear"``, default,
+  ``F.interpolate(align_corners=False)``; ``"nearest"``; ``"exact"`` refuses a grid that differs;
+  an equal grid is used as is), and its rows are put into the packed window order, so the patch at
+  (row i, column j) of every image gets the direction fitted for that spatial position. The push
+  itself is the same formula (per row, normalised per patch). The merger is not steered (the
+  official steers the longest ``ModuleList`` of the tower, ``get_layers``: here ``blocks``).
+  Videos (``grid_t`` > 1) are refused.
 
 **E16 — residual probe** (:func:`residual_probe`): a prefill (no cache) of given encoded rows —
 text-only rows too (:func:`drop_image` removes a row's image) — returning each row's last-position
 output of every decoder layer ``[L, D]`` (the residual stream after the layer, not normed: VISTA's
 ``ForwardTracer`` hooks on the layer modules, ``steering_vector.py:86-88``) and optionally every
 vision layer's per-token output (:func:`vision_probe`: ``[L_v + 1, T, D]``, entry 0 the input of the
-first encoder layer, i.e. HF ``hidden_states``, as VTI's ``get_visual_hiddenstates`` reads them).
+first encoder layer, i.e. HF ``hidden_states``, as VTI's ``get_visual_hiddenstates`` reads them;
+Qwen2.5-VL: ``[L_v + 1, h·w, D]`` per image, its patches taken out of the packed window order into
+raster order of its own grid).
 """
 
 from __future__ import annotations
@@ -99,14 +118,9 @@ def _longest_modulelist(module: torch.nn.Module) -> torch.nn.ModuleList | None:
     return best
 
 
-def vision_layers(adapter) -> list:
-    """The vision encoder's layers (batch-first ``[B, T, D]`` towers only: LLaVA's CLIP, the demo
-    model's CLIP, InstructBLIP's ViT). ``ValueError`` naming the family for Qwen2.5-VL (packed
-    dynamic-resolution patches) or a model without a tower."""
-    family = getattr(adapter, "family", None)
-    if family == "qwen2_5_vl":
-        raise ValueError("per-token vision steering does not apply to the qwen2_5_vl family: its vision tower "
-                         "packs the patches of dynamic-resolution images into one sequence (no fixed token count)")
+def vision_tower(adapter) -> torch.nn.Module:
+    """The vision tower module (LLaVA/demo: ``model.vision_tower``; InstructBLIP: ``vision_model``;
+    Qwen2.5-VL: ``model.visual``); ``ValueError`` naming the family when there is none."""
     model = adapter.model
     for path in _VISION_ROOTS:
         obj = model
@@ -114,11 +128,100 @@ def vision_layers(adapter) -> list:
             obj = getattr(obj, part, None)
             if obj is None:
                 break
-        if isinstance(obj, torch.nn.Module):
-            layers = _longest_modulelist(obj)
-            if layers is not None:
-                return list(layers)
-    raise ValueError(f"no vision encoder layers found in {type(model).__name__} (family {family})")
+        if isinstance(obj, torch.nn.Module) and _longest_modulelist(obj) is not None:
+            return obj
+    raise ValueError(f"no vision encoder layers found in {type(model).__name__} "
+                     f"(family {getattr(adapter, 'family', None)})")
+
+
+def vision_layers(adapter) -> list:
+    """The vision encoder's layers: the longest ``ModuleList`` of the tower (CLIP/ViT encoder layers;
+    Qwen2.5-VL's ``visual.blocks``). ``ValueError`` naming the family for a model without a tower."""
+    return list(_longest_modulelist(vision_tower(adapter)))
+
+
+def is_packed_tower(adapter) -> bool:
+    """True for Qwen2.5-VL's tower (one packed ``[N, D]`` patch sequence per call)."""
+    return getattr(adapter, "family", None) == "qwen2_5_vl"
+
+
+def _vision_geometry(adapter) -> tuple[int, int, int]:
+    """(patch size, spatial merge size, window size in pixels) of Qwen2.5-VL's tower config."""
+    vc = adapter.config.vision_config
+    return int(vc.patch_size), int(vc.spatial_merge_size), int(vc.window_size)
+
+
+def qwen_window_layout(grid_thw, merge: int, window: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each row of Qwen2.5-VL's packed block sequence comes from: ``(image [N], raster [N])``,
+    ``raster = i·w + j`` the patch's (row i, column j) in its image's ``h × w`` patch grid.
+
+    The processor flattens each image's patches merge unit by merge unit (units row-major over the
+    ``h/m × w/m`` unit grid, the ``m × m`` patches of a unit row-major; ``Qwen2VLImageProcessor``'s
+    ``reshape(t, tp, c, h/m, m, p, w/m, m, p).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)``); the tower
+    then reorders the units into windows of ``window / m / patch`` units a side (windows row-major,
+    units row-major inside; ``transformers.vision_utils.get_vision_window_index``, applied by
+    ``permute_input_for_window_attn``), images one after the other. ``ValueError`` for a video
+    (``grid_t`` > 1)."""
+    ws = max(1, window // merge // patch)
+    imgs, rasters = [], []
+    for k, (t, h, w) in enumerate(torch.as_tensor(grid_thw).tolist()):
+        if int(t) != 1:
+            raise ValueError(f"vision steering on qwen2_5_vl: image {k} has grid_t={t} (a video); only still "
+                             "images are supported")
+        hm, wm = int(h) // merge, int(w) // merge
+        uy, ux = torch.meshgrid(torch.arange(hm), torch.arange(wm), indexing="ij")
+        nww = -(-wm // ws)
+        key = (((uy // ws) * nww + ux // ws) * ws + uy % ws) * ws + ux % ws      # window, then row-major inside
+        order = torch.argsort(key.flatten())                                      # units in window order
+        y, x = order // wm, order % wm
+        si, sj = torch.meshgrid(torch.arange(merge), torch.arange(merge), indexing="ij")
+        rows = (y.view(-1, 1) * merge + si.flatten().view(1, -1)) * int(w) + x.view(-1, 1) * merge + sj.flatten().view(1, -1)
+        rasters.append(rows.flatten())
+        imgs.append(torch.full((rows.numel(),), k, dtype=torch.long))
+    if not imgs:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(imgs), torch.cat(rasters)
+
+
+RESAMPLE_MODES = ("bilinear", "nearest", "exact")
+
+
+def resample_grid(d: torch.Tensor, h: int, w: int, mode: str = "bilinear") -> torch.Tensor:
+    """A patch-grid direction ``[H, W, D]`` at an ``h × w`` grid, as raster rows ``[h·w, D]``:
+    unchanged when the grid is equal, else ``F.interpolate`` (``bilinear`` with
+    ``align_corners=False``, or ``nearest``); ``exact`` raises for a different grid."""
+    H, W, D = d.shape
+    if (H, W) == (h, w):
+        return d.reshape(h * w, D)
+    if mode == "exact":
+        raise ValueError(f"vision steering direction is fitted at a {H}x{W} patch grid, the image has {h}x{w} "
+                         f"(vision_resample='exact'; 'bilinear' or 'nearest' resample it)")
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"vision_resample must be one of {', '.join(RESAMPLE_MODES)}, got {mode!r}")
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    out = F.interpolate(d.permute(2, 0, 1).unsqueeze(0).float(), size=(h, w), mode=mode, **kw)[0]
+    return out.permute(1, 2, 0).reshape(h * w, D).to(d.dtype)
+
+
+def packed_rows(d: torch.Tensor, grid_thw, geometry: tuple[int, int, int], mode: str = "bilinear") -> torch.Tensor:
+    """A patch-grid direction ``[H, W, D]`` laid out as Qwen2.5-VL's packed block sequence
+    ``[N, D]`` for the images of ``grid_thw`` (each resampled to its grid, then put in window
+    order, :func:`qwen_window_layout`)."""
+    patch, merge, window = geometry
+    img, ras = qwen_window_layout(grid_thw, merge, window, patch)
+    grids = torch.as_tensor(grid_thw).tolist()
+    per = [resample_grid(d, int(h), int(w), mode) for _, h, w in grids]
+    offs = torch.tensor([0] + [int(h) * int(w) for _, h, w in grids[:-1]]).cumsum(0)
+    return torch.cat(per).index_select(0, (offs[img] + ras).to(d.device))
+
+
+def _grid_arg(args, kwargs):
+    g = kwargs.get("grid_thw")
+    if g is None and len(args) > 1:
+        g = args[1]
+    if g is None:
+        raise RuntimeError("vision steering on qwen2_5_vl: the tower was called without grid_thw")
+    return g
 
 
 def _check_layer(l: int, n: int, what: str) -> int:
@@ -133,7 +236,8 @@ class ActivationSteering(DecodeHooks):
     """E14 + E14v as decode hooks. ``vectors``: decoder layer index → ``[D]`` (every steered row)
     or ``[n_requests, D]`` with ``per_request``; ``lam`` the push λ (VTI: 0.1 × α_text); ``gate``
     VISTA's cosine gate; ``branches`` the steered branch indices (None: all rows).
-    ``vision_vectors``: vision layer index → ``[T, D]`` per-token vectors, pushed with
+    ``vision_vectors``: vision layer index → ``[T, D]`` per-token vectors (batch-first towers) or a
+    ``[H, W, D]`` patch grid (Qwen2.5-VL, resampled per image with ``vision_resample``), pushed with
     ``vision_lam`` into every image the tower encodes during the decode. Usable outside a decode
     too: ``start(adapter, [], [])``, then forwards (every row steered with the shared vectors), then
     ``finish()`` (VTI's fit runs its textual probe with the visual intervention on this way)."""
@@ -145,6 +249,7 @@ class ActivationSteering(DecodeHooks):
     branches: Collection[int] | None = None
     vision_vectors: Mapping[int, torch.Tensor] = field(default_factory=dict)
     vision_lam: float = 0.0
+    vision_resample: str = "bilinear"
     _handles: list = field(default_factory=list)
 
     def start(self, adapter, seqs, tokens) -> None:
@@ -173,8 +278,23 @@ class ActivationSteering(DecodeHooks):
                 self._handles.append(mlp_of(mods[idx]).register_forward_hook(self._text_hook(v.to(dev).float())))
         if self.vision_vectors:
             vmods = vision_layers(adapter)
+            self._packed = is_packed_tower(adapter)
+            self._grid = None
+            if self._packed:
+                self._geometry = _vision_geometry(adapter)
+
+                def pre(module, args, kwargs):
+                    self._grid = _grid_arg(args, kwargs)
+
+                self._handles.append(vision_tower(adapter).register_forward_pre_hook(pre, with_kwargs=True))
             for l, v in self.vision_vectors.items():
                 idx = _check_layer(int(l), len(vmods), "vision")
+                want = 3 if self._packed else 2
+                if v.dim() != want:
+                    raise ValueError(
+                        f"vision steering vector of layer {l} is {list(v.shape)}; the {adapter.family} tower takes "
+                        + ("a patch grid [H, W, D] (its images have dynamic resolution)" if self._packed
+                           else "one vector per token [T, D]"))
                 self._handles.append(mlp_of(vmods[idx]).register_forward_hook(self._vision_hook(v.to(dev).float(), l)))
 
     def _text_hook(self, v: torch.Tensor):
@@ -195,6 +315,13 @@ class ActivationSteering(DecodeHooks):
     def _vision_hook(self, v: torch.Tensor, l: int):
         def hook(module, args, output):
             x = output[0] if isinstance(output, tuple) else output
+            if self._packed:
+                rows = packed_rows(v, self._grid, self._geometry, self.vision_resample)
+                if x.dim() != 2 or x.shape != rows.shape:
+                    raise ValueError(f"vision steering of layer {l}: {list(rows.shape)} patch vectors for a tower "
+                                     f"layer output of {list(x.shape)}")
+                y = steer(x, rows, self.vision_lam, False)
+                return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
             if x.dim() != 3 or x.shape[-2:] != v.shape:
                 raise ValueError(f"vision steering vector of layer {l} is {list(v.shape)} (tokens × hidden), "
                                  f"the tower's layer output is {list(x.shape)}")
@@ -299,14 +426,38 @@ def drop_image(adapter, enc):
 @dataclass
 class _VisionCapture:
     """Hooks on every vision encoder layer (+ a pre-hook on the first one): per call of the tower
-    the stacked outputs ``[B, L_v + 1, T, D]`` (HF ``hidden_states`` layout)."""
+    the stacked outputs ``[B, L_v + 1, T, D]`` (HF ``hidden_states`` layout); Qwen2.5-VL
+    (``packed``): ``[L_v + 1, N, D]`` per call plus the call's ``grid_thw`` (a pre-hook on the
+    tower), split per image into raster order by :meth:`images`."""
 
     layers: list
     calls: list = field(default_factory=list)
     _handles: list = field(default_factory=list)
     _cur: list = field(default_factory=list)
+    tower: Any = None
+    geometry: tuple | None = None
+    grids: list = field(default_factory=list)
+
+    def images(self) -> list[torch.Tensor]:
+        """Per image of every call, in order: ``[L_v + 1, T, D]`` (packed: ``[L_v + 1, h·w, D]``, raster)."""
+        if self.tower is None:
+            return [x for c in self.calls for x in c.unbind(0)]
+        patch, merge, window = self.geometry
+        out = []
+        for c, g in zip(self.calls, self.grids):
+            img, ras = qwen_window_layout(g, merge, window, patch)
+            for k in range(len(torch.as_tensor(g))):
+                sel = (img == k).nonzero().flatten()
+                out.append(c[:, sel[torch.argsort(ras[sel])]])
+        return out
 
     def __enter__(self):
+        if self.tower is not None:
+            def gpre(module, args, kwargs):
+                self.grids.append(torch.as_tensor(_grid_arg(args, kwargs)).cpu())
+
+            self._handles.append(self.tower.register_forward_pre_hook(gpre, with_kwargs=True))
+
         def pre(module, args, kwargs):
             x = args[0] if args else kwargs.get("hidden_states")
             self._cur = [x.detach().float().cpu()]
@@ -329,22 +480,28 @@ class _VisionCapture:
         self._handles.clear()
 
 
+def _capture(adapter) -> _VisionCapture:
+    if is_packed_tower(adapter):
+        return _VisionCapture(vision_layers(adapter), tower=vision_tower(adapter), geometry=_vision_geometry(adapter))
+    return _VisionCapture(vision_layers(adapter))
+
+
 def vision_probe(adapter, rows: Sequence[Any], chunk: int = 16) -> list[torch.Tensor]:
     """Per image row (in order): every vision layer's per-token output ``[L_v + 1, T, D]``
-    (float32, CPU; entry 0 = the first layer's input). Runs the tower through
-    ``adapter.image_features`` (any :class:`ActivationSteering` vision hooks in place apply)."""
-    layers = vision_layers(adapter)
+    (float32, CPU; entry 0 = the first layer's input; Qwen2.5-VL: ``[L_v + 1, h·w, D]`` in raster
+    order of the image's patch grid). Runs the tower through ``adapter.image_features`` (any
+    :class:`ActivationSteering` vision hooks in place apply)."""
     out: list[torch.Tensor] = []
     img_rows = [r for r in rows if r.pixel_values is not None]
     with torch.inference_mode():
         for c in range(0, len(img_rows), chunk):
             part = img_rows[c:c + chunk]
-            with _VisionCapture(layers) as cap:
+            with _capture(adapter) as cap:
                 adapter.image_features(part)
-            got = torch.cat(cap.calls) if cap.calls else torch.empty(0)
-            if got.shape[0] != len(part):
-                raise RuntimeError(f"vision probe: {got.shape[0]} tower outputs for {len(part)} images")
-            out.extend(got.unbind(0))
+            got = cap.images()
+            if len(got) != len(part):
+                raise RuntimeError(f"vision probe: {len(got)} tower outputs for {len(part)} images")
+            out.extend(got)
     return out
 
 
@@ -365,8 +522,7 @@ def residual_probe(adapter, rows: Sequence[Any], chunk: int = 8, vision: bool = 
             part = list(rows[c:c + chunk])
             cap = LayerCapture(layers=list(range(L)))
             cap.start(adapter, [], [])
-            vcap = _VisionCapture(vision_layers(adapter)) if vision and any(r.pixel_values is not None for r in part) \
-                else None
+            vcap = _capture(adapter) if vision and any(r.pixel_values is not None for r in part) else None
             try:
                 ids, mask = adapter.collate(part)
                 if vcap is not None:
@@ -383,7 +539,7 @@ def residual_probe(adapter, rows: Sequence[Any], chunk: int = 8, vision: bool = 
             if not vision:
                 res.extend(hs.unbind(0))
                 continue
-            vis = iter(torch.cat(vcap.calls).unbind(0)) if vcap is not None and vcap.calls else iter(())
+            vis = iter(vcap.images()) if vcap is not None and vcap.calls else iter(())
             for k, r in enumerate(part):
                 res.append((hs[k], next(vis) if r.pixel_values is not None else None))
     return res

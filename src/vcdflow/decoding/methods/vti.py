@@ -14,18 +14,29 @@ the 0.1 is hard-coded in the official layer (``llm_layers.py:28``); no cosine ga
 commented out, ``:22``).
 
 Parameters: ``directions`` — path of the fitted artefact (a ``torch.save`` dict ``{"text": [L, D],
-"vision": [L_v, T, D] | None, "meta"}``, :func:`vcdflow.steering_fit.save_directions`); required.
+"vision": [L_v, T, D] | [L_v, h, w, D] (Qwen2.5-VL) | None, "meta"}``,
+:func:`vcdflow.steering_fit.save_directions`); required. ``vision_resample`` (Qwen2.5-VL only,
+below) = ``"bilinear"``.
 ``alpha_image`` = 0.9, ``alpha_text`` = 0.9 — the README's MMHal run (the argparse defaults of
 ``run_mmhal_vti.py:157-158`` are 0 / 0.8: set ``alpha_image: 0, alpha_text: 0.8`` for that run).
 Official decoding for MMHal: beam search, 5 beams, ``max_new_tokens`` 256, ``use_cache=False``
 (``run_mmhal_vti.py:117-123``); this method decodes greedily or by sampling (beam 5 needs the
 beam engine, E11). CHAIR/POPE settings: "To be updated" in the README — **UNVERIFIED**.
 
-Families: llava (and the demo model), instructblip — text and vision; **qwen2_5_vl text only**
-(``alpha_image`` must be 0 or the artefact must have no vision part: its tower packs
-dynamic-resolution patches, so a per-token direction has no fixed token; a run asking for it
-fails naming the family). The artefact must match the model (decoder layers and hidden size;
-vision layers, tokens and hidden size), else the request fails naming the mismatch.
+Families: llava (and the demo model), instructblip, qwen2_5_vl — text and vision.
+**Qwen2.5-VL's visual part is this project's equivalent, not the official code** (the official
+repo has LLaVA, InstructBLIP and Qwen-VL — fixed-resolution towers — only): its tower packs
+the 14-px patches of dynamic-resolution images into one window-permuted sequence, so the
+per-token direction is fitted as a **patch grid** ``[L_v, h, w, D]`` at one fit grid
+(:mod:`vcdflow.steering_fit`, fit setting ``vision_grid``) and, for each image the tower encodes,
+resampled to that image's patch grid and put into the tower's packed window order
+(:func:`vcdflow.decoding.steering.packed_rows`); ``vision_resample`` = ``"bilinear"`` (default),
+``"nearest"``, or ``"exact"`` (an image whose grid differs from the fit grid fails the request
+instead of being steered with an interpolated direction). Unused by the other families. (The
+official ``get_layers`` — the longest ``ModuleList`` — would pick Qwen2.5-VL-7B's 32 vision blocks
+over its 28 decoder layers for the textual part; here the decoder layers come from the adapter.)
+The artefact must match the model (decoder layers and hidden size; vision layers, tokens /
+patch-grid layout and hidden size), else the request fails naming the mismatch.
 Shared-prefix prefill stays on: every row and image is steered the same way, so shared prefixes
 are exact. No random draw (the fit has its own seed).
 """
@@ -35,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ..steering import ActivationSteering, vision_layers
+from ..steering import RESAMPLE_MODES, ActivationSteering, is_packed_tower, vision_layers
 from .base import Method
 
 #: the extra-input kind the workflow supplies the fitted artefact as (vcdflow.config.METHOD_INPUTS:
@@ -47,9 +58,10 @@ VTI_INPUT = "vti_directions"
 @dataclass(frozen=True)
 class VTI(Method):
     name = "vti"
-    defaults = MappingProxyType({"directions": None, "alpha_image": 0.9, "alpha_text": 0.9})
+    defaults = MappingProxyType({"directions": None, "alpha_image": 0.9, "alpha_text": 0.9,
+                                 "vision_resample": "bilinear"})
     nullable = frozenset({"directions"})
-    param_types = MappingProxyType({"directions": (str,)})
+    param_types = MappingProxyType({"directions": (str,), "vision_resample": (str,)})
     extra_inputs = (VTI_INPUT,)
 
     def validate(self, p):
@@ -57,6 +69,9 @@ class VTI(Method):
         for k in ("alpha_image", "alpha_text"):
             if float(p[k]) < 0:
                 raise ValueError(f"parameter {k!r} of method 'vti' must be >= 0, got {p[k]}")
+        if p["vision_resample"] not in RESAMPLE_MODES:
+            raise ValueError(f"parameter 'vision_resample' of method 'vti' must be one of "
+                             f"{', '.join(RESAMPLE_MODES)}, got {p['vision_resample']!r}")
 
     def forward_hooks(self, adapter, params):
         from ...steering_fit import load_directions
@@ -78,17 +93,21 @@ class VTI(Method):
             vectors = {l: text[l] for l in range(L)}
         if av != 0:
             family = getattr(adapter, "family", None)
-            if family == "qwen2_5_vl":
-                raise ValueError("method 'vti' with alpha_image != 0 does not apply to the qwen2_5_vl family (no fixed "
-                                 "vision token count); run it text-only (alpha_image: 0)")
             if vision is None:
                 raise ValueError(f"{params['directions']}: the VTI directions have no visual part, but alpha_image={av}")
+            packed = is_packed_tower(adapter)
+            if vision.dim() != (4 if packed else 3):
+                raise ValueError(
+                    f"{params['directions']}: visual directions are {list(vision.shape)}; the {family} family needs "
+                    + ("a patch grid [layers, rows, columns, hidden] (fitted on a qwen2_5_vl model)" if packed
+                       else "[layers, tokens, hidden] (a patch-grid direction is for qwen2_5_vl)"))
             n_v = len(vision_layers(adapter))
             if vision.shape[0] != n_v:
                 raise ValueError(f"{params['directions']}: visual directions cover {vision.shape[0]} vision layers, the "
                                  f"model's tower has {n_v}")
             vvectors = {l: vision[l] for l in range(n_v)}
-        return ActivationSteering(vectors=vectors, lam=0.1 * at, vision_vectors=vvectors, vision_lam=0.1 * av)
+        return ActivationSteering(vectors=vectors, lam=0.1 * at, vision_vectors=vvectors, vision_lam=0.1 * av,
+                                  vision_resample=str(params.get("vision_resample", "bilinear")))
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]
