@@ -27,6 +27,17 @@ what the protocol leaves open. **Baselines under** ``paper``: a method with no p
 (``greedy``, ``sample``, ``apc``, …) is decoded under *every* paper protocol the grid uses (the
 protocols of the other methods run with ``paper``), so each paper comparison has a baseline
 decoded under the same prompt, parser, system text and warpers.
+
+**Beam search** (E11, :func:`vcdflow.decoding.generate`): a method entry's ``num_beams``,
+``length_penalty``, ``early_stopping``, ``length_norm`` (:data:`SEARCH_KEYS`), and a protocol's
+``search`` (VTI's 5 beams, DoLa's 3 in HALC's CHAIR harness, a harness's transformers length
+normalisation; :class:`vcdflow.protocols.Resolved` ``search``), with the same precedence. A run
+with ``num_beams`` > 1 records all four as ``method.search`` (so its hash differs from the greedy
+run's) and :func:`vcdflow.runner.decode_batch` passes them to ``generate``; a one-beam run records
+none (its hash is what it was before beams existed). Beam search is a greedy mode: ``num_beams``
+> 1 implies ``do_sample: false``, and with ``do_sample: true`` it fails validation. A method that
+runs its own search (OPERA, HALC, contrastive search, text_cd's ``li``) refuses ``num_beams``
+through its own ``search`` hook, asked at validation time.
 """
 
 from __future__ import annotations
@@ -41,6 +52,9 @@ PAPER = "paper"
 #: config keys of a method entry that are sampling settings (None = not written)
 _WARPERS = ("temperature", "top_p", "top_k")
 _WARPER_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": None}
+#: config keys of a method entry that set its beam search (E11, :func:`vcdflow.decoding.generate`)
+SEARCH_KEYS = ("num_beams", "length_penalty", "early_stopping", "length_norm")
+SEARCH_DEFAULTS = {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "length_norm": "generated"}
 #: default max_new_tokens per benchmark kind where neither config nor protocol says
 _MAX_NEW_TOKENS = {"pope": 8, "chair": 64, "mme": 16, "amber": 64}
 #: extra-input kind -> path template of the file a decode job needs ({benchmark}, {model})
@@ -50,12 +64,19 @@ def _vti_directions(config: Mapping[str, Any], benchmark: str, model: str) -> st
     return directions_path(config, model, benchmark)
 
 
+def _halc_aux(config: Mapping[str, Any], benchmark: str, model: str) -> list[str]:
+    """HALC's auxiliary model folders (detector, scorer, tagger: HALC's defaults GroundingDINO,
+    BLIP, spaCy en_core_web_sm), from rule download_halc_aux (workflow/rules/halc.smk)."""
+    return ["resources/halc/grounding_dino_tiny", "resources/halc/blip_large", "resources/halc/spacy_sm"]
+
+
 #: extra input kind (declared by a method's ``extra_inputs``) -> the file or folder the workflow
 #: provides: a template over ``{benchmark}``/``{model}`` or a callable (config, benchmark, model)
 METHOD_INPUTS: dict[str, Any] = {
     "convis_reconstructions": "results/convis/manifests/{benchmark}/{model}.json",  # rules in convis.smk
     "amateur_model": "resources/amateurs/{model}",  # text_cd's amateur (workflow/rules/amateur.smk)
     "vti_directions": _vti_directions,  # VTI's fitted directions (workflow/rules/vti.smk)
+    "halc_aux": _halc_aux,  # HALC's detector/scorer/tagger folders (workflow/rules/halc.smk)
 }
 
 
@@ -130,21 +151,28 @@ def bench_slice(config: Mapping, benchmark: str, split: str) -> dict:
     return out
 
 
+def _beams_written(entry: Mapping) -> bool:
+    n = entry.get("num_beams")
+    return isinstance(n, int) and not isinstance(n, bool) and n > 1
+
+
 def method_entry(config: Mapping, label: str) -> dict:
-    """Normalised method entry as written: engine method, explicit mode (or None), warpers
-    (None where not written), params, prompt suffixes."""
+    """Normalised method entry as written: engine method, explicit mode (or None), warpers and
+    search keys (:data:`SEARCH_KEYS`; None where not written), params, prompt suffixes.
+    ``num_beams`` > 1 without ``do_sample`` means greedy mode (beam search is a greedy mode)."""
     entry = dict(config["methods"][label])
     method = entry.get("method", label)
     do_sample = entry.get("do_sample")
     if do_sample is None and method == "sample":
         do_sample = True
-    if do_sample is None and method == "greedy":
+    if do_sample is None and (method == "greedy" or _beams_written(entry)):
         do_sample = False
     return {
         "label": label,
         "method": method,
         "do_sample": do_sample,
         **{k: entry.get(k) for k in _WARPERS},
+        **{k: entry.get(k) for k in SEARCH_KEYS},
         "params": dict(entry.get("params") or {}),
         "prompt_suffix": dict(entry.get("prompt_suffix") or {}),
     }
@@ -368,6 +396,13 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
         "do_sample": bool(do_sample), **warpers, "params": params,
         "prompt_suffix": entry["prompt_suffix"],
     }
+    # beam search (E11): the config's keys vs the protocol's (res.search: none in sampling mode);
+    # recorded only with num_beams > 1, so a one-beam run's record (and hash) stays as it was
+    fixed_search = dict(getattr(res, "search", None) or {})
+    search = {k: _pick(protocol, entry[k], fixed_search.get(k), SEARCH_DEFAULTS[k]) for k in SEARCH_KEYS}
+    beams = _beams_written(search)
+    if beams:
+        run_method["search"] = search
     inputs = {}
     if "convis_reconstructions" in method_inputs(engine):  # the convis section's alpha and APC
         _convis(config, benchmark, run_method)
@@ -375,6 +410,9 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
         inputs[kind_] = method_input_path(kind_, config, benchmark, model)
     proto = dict(res.as_dict())
     proto.setdefault("protocol", protocol)
+    if not beams and "search" in proto:  # the harness's beam semantics, unused by a one-beam run
+        proto.pop("search")
+        proto["sources"] = {k: v for k, v in proto.get("sources", {}).items() if k != "search"}
     if parser_note:
         proto["parser"] = bench["parser"]
         proto["sources"] = {**proto.get("sources", {}), "parser": parser_note}
@@ -586,6 +624,7 @@ def _validate_config(config: Mapping) -> None:
             METHODS[entry["method"]].resolve(entry["params"])
         except ValueError as exc:
             raise ConfigError(f"config methods.{label}.params: {exc}") from None
+        _check_search_entry(label, entry)
     for label, raw in config["methods"].items():
         for choice in _as_list((raw or {}).get("protocol")):
             if choice not in (UNIFIED, PAPER, *names):
@@ -603,6 +642,51 @@ def _validate_config(config: Mapping) -> None:
                     except ValueError as exc:
                         raise ConfigError(f"config methods.{label} under protocol {protocol} "
                                           f"({benchmark}, {model}): {exc}") from None
+                    _check_run_search(label, entry, spec, protocol)
+
+
+def _check_search_entry(label: str, entry: Mapping) -> None:
+    """The search keys as written: each value as :func:`vcdflow.decoding.beams.check_beam_args`
+    accepts it (the key named), and no beams on a sampling label."""
+    from .decoding.beams import check_beam_args
+
+    for key in SEARCH_KEYS:
+        if entry[key] is None:
+            continue
+        try:
+            check_beam_args(**{**SEARCH_DEFAULTS, key: entry[key]})
+        except ValueError as exc:
+            raise ConfigError(f"config methods.{label}.{key}: {exc}") from None
+    if _beams_written(entry):
+        own_mode = (method_meta().get(entry["method"]) or {}).get("mode")
+        if entry["do_sample"] or own_mode == "sample":
+            why = "do_sample: true" if entry["do_sample"] else f"method {entry['method']!r} always samples"
+            raise ConfigError(f"config methods.{label}.num_beams: {entry['num_beams']} beams is beam search, a greedy "
+                              f"mode, but {why}; drop num_beams or decode greedily")
+
+
+def _check_run_search(label: str, entry: Mapping, spec: "RunSpec", protocol: str) -> None:
+    """A built run's search: the other search keys need beams, and a method that runs its own search
+    (OPERA, HALC, contrastive search, text_cd's ``li``) refuses ``num_beams`` — asked through its
+    own ``search`` hook with the run's settings (its ``ValueError`` is the message)."""
+    from .decoding import METHODS
+
+    search = spec.method.get("search")
+    where = f"config methods.{label}" + ("" if protocol == UNIFIED else f" (protocol {protocol})")
+    if search is None:
+        extra = [k for k in SEARCH_KEYS[1:] if entry[k] is not None]
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: only used by beam search, and this run has one beam; "
+                              f"set num_beams > 1 or drop {extra[0]}")
+        return
+    m = METHODS[entry["method"]]
+    if hasattr(m, "search"):
+        try:
+            m.search(None, m.resolve(spec.method["params"]), None, {**search, "mode": spec.method["mode"]})
+        except ValueError as exc:
+            raise ConfigError(f"{where}.num_beams: {exc}") from None
+        except Exception:  # noqa: BLE001 - the probe has no scorer or hooks; only a refusal counts
+            pass
 
 
 # --------------------------------------------------------------------------- entry points
@@ -623,10 +707,13 @@ def pope_file_run(*, questions: str, images: str, model: str, method: str = "gre
                   seed: int = 0, prompt: str | None = None, max_new_tokens: int | None = None,
                   n_questions: int | None = None, dtype: str = "float32", family: str = "auto",
                   protocol: str = UNIFIED, batch_size: int = 16, device: str = "auto", threads: int = 1,
-                  gpu_lock_dir: str = ".vcdflow/gpu-locks") -> dict:
+                  gpu_lock_dir: str = ".vcdflow/gpu-locks", num_beams: int | None = None,
+                  length_penalty: float | None = None, early_stopping: bool | str | None = None,
+                  length_norm: str | None = None) -> dict:
     """The run dict of the CLI's ``vcdflow decode`` (a POPE-format question file), built by the
     same :func:`build_run` as the workflow from a one-cell config; :class:`ConfigError` names a bad
-    method, parameter or protocol. ``protocol``: ``unified``, ``paper`` or a protocol name."""
+    method, parameter or protocol. ``protocol``: ``unified``, ``paper`` or a protocol name;
+    ``num_beams`` … ``length_norm``: the method entry's search keys (:data:`SEARCH_KEYS`)."""
     from pathlib import Path
 
     label = label or method
@@ -635,7 +722,9 @@ def pope_file_run(*, questions: str, images: str, model: str, method: str = "gre
         if value is not None:
             bench[key] = value
     entry = {"method": method, "params": dict(params or {}), "protocol": protocol}
-    for key, value in (("do_sample", do_sample), ("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
+    for key, value in (("do_sample", do_sample), ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                       ("num_beams", num_beams), ("length_penalty", length_penalty),
+                       ("early_stopping", early_stopping), ("length_norm", length_norm)):
         if value is not None:
             entry[key] = value
     name = Path(model).name
@@ -654,12 +743,23 @@ def pope_file_run(*, questions: str, images: str, model: str, method: str = "gre
 
 def protocol_differences(names) -> dict[str, list[dict]]:
     """Paper protocol name -> how it differs from ``unified`` (:func:`vcdflow.protocols.diff`
-    rows: family, benchmark, field, a, b, source_a, source_b); ``unified`` itself is left out."""
-    from .protocols import diff
+    rows: family, benchmark, field, a, b, source_a, source_b); ``unified`` itself is left out.
+    A protocol that fixes its method's beams adds ``search`` rows (``unified`` has none)."""
+    from .protocols import PAPER_OF, BENCHMARKS, diff, get_protocol
 
     out: dict[str, list[dict]] = {}
     for name in names:
         if name == UNIFIED:
             continue
         out[name] = [dict(r) for r in diff(name, UNIFIED)]
+        proto = get_protocol(name)
+        method = next((m for m, p in PAPER_OF.items() if p == name), "greedy")
+        for fam in proto.families_run:
+            for bench in BENCHMARKS:
+                res = proto.resolve(method, fam, bench)
+                search = dict(res.search or {})
+                if int(search.get("num_beams", 1)) > 1:
+                    out[name].append({"family": fam, "benchmark": bench, "field": "search", "a": search,
+                                      "b": {"num_beams": 1}, "source_a": res.sources.get("search", ""),
+                                      "source_b": "unified: one beam (no beam search unless a label sets num_beams)"})
     return out

@@ -9,6 +9,14 @@ Each layer maps a field (``system``, ``chat_template``, ``prompt``, ``parser``, 
 ``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``image_preprocess``, ``seeds``) to an
 :class:`S` (value + citation), and ``params`` to ``{method: S({...})}`` (method-parameter overrides
 on top of the method's defaults). ``modes`` maps a method to its official decoding mode.
+``search`` (like ``params``: ``{method: S({...})}`` in any layer; method ``"*"``: every method, e.g. the
+harness's transformers length normalisation; the method's own entry wins) fixes a method's beam search
+where the paper's runs use one (keys ``num_beams``, ``length_penalty``, ``early_stopping``,
+``length_norm``: :func:`vcdflow.decoding.generate`'s E11 arguments); beam search is a greedy
+mode, so it applies only when the resolved mode is greedy. :attr:`Resolved.search` holds it (empty:
+one beam) and :meth:`Resolved.as_dict` carries it only when set; :func:`vcdflow.config.build_run`
+records it (the run's ``method.search``) only for a run with ``num_beams`` > 1, so no one-beam run's
+record changes.
 
 A family the paper did not run (``families_run``) takes its family-specific fields (system text,
 chat template, image preprocessing) from the ``unified`` protocol, and a benchmark it did not run
@@ -69,13 +77,19 @@ class Resolved:
     image_preprocess: str
     seeds: tuple[int, ...]
     sources: Mapping[str, str]
+    #: the paper's beam search for this method (``num_beams`` … ; empty: none fixed)
+    search: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def as_dict(self) -> dict:
-        """JSON-able dict (keys sorted by json.dumps where hashed)."""
+        """JSON-able dict (keys sorted by json.dumps where hashed); ``search`` only when set."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["params"] = json.loads(json.dumps(dict(self.params), sort_keys=True, default=str))
         d["seeds"] = list(self.seeds)
         d["sources"] = dict(self.sources)
+        if self.search:
+            d["search"] = dict(self.search)
+        else:
+            d.pop("search")
         return d
 
     def format_prompt(self, question: str = "") -> str:
@@ -130,16 +144,20 @@ class Protocol:
         sources: dict[str, str] = {}
         params: dict[str, Any] = {}
         param_src: dict[str, str] = {}  # parameter → source of its final value
+        search: dict[str, Any] = {}
+        search_src: dict[str, str] = {}
 
         def take(layer: Mapping[str, Any], only: tuple[str, ...] | None = None, note: str = ""):
             for k, v in layer.items():
                 if only is not None and k not in only:
                     continue
-                if k == "params":
-                    entry = v.get(method)
-                    if entry is not None:
-                        params.update(entry.value)
-                        param_src.update({key: note + entry.source for key in entry.value})
+                if k in ("params", "search"):
+                    # search: "*" is the harness's beam semantics for every method, the method's own wins
+                    for entry in ([v.get("*")] if k == "search" else []) + [v.get(method)]:
+                        if entry is not None:
+                            (params if k == "params" else search).update(entry.value)
+                            (param_src if k == "params" else search_src).update(
+                                {key: note + entry.source for key in entry.value})
                     continue
                 values[k] = v.value
                 sources[k] = note + v.source
@@ -170,6 +188,10 @@ class Protocol:
         sources["do_sample"] = mode_src
         values["params"] = params
         sources["params"] = "; ".join(dict.fromkeys(param_src.values())) or "the method's own defaults"
+        if search and do_sample:  # beam search is a greedy mode: a sampling run has none
+            search = {}
+        if search:
+            sources["search"] = "; ".join(dict.fromkeys(search_src.values()))
         if registry_spec is not None:
             src = f"vcdflow.benchmarks.{benchmark} (no {self.name} setting for it)"
             defaults = {"prompt": registry_spec.default_prompt,
@@ -195,7 +217,7 @@ class Protocol:
             temperature=float(values["temperature"]), top_p=float(values["top_p"]),
             top_k=None if top_k is None else int(top_k), params=_freeze(params),
             max_new_tokens=int(values["max_new_tokens"]), image_preprocess=str(values["image_preprocess"]),
-            seeds=tuple(int(s) for s in values["seeds"]), sources=_freeze(sources))
+            seeds=tuple(int(s) for s in values["seeds"]), sources=_freeze(sources), search=_freeze(search))
 
 
 def diff(a: "Protocol | str", b: "Protocol | str" = "unified", method: str | None = None,

@@ -16,6 +16,22 @@ templates (LLaVA-1.5 ``halc_llava`` with the "curious user" system text, Instruc
   ``max_new_tokens=16``, the ``recorder`` parser.
 * HALC (``-d halc``): DoLa-greedy token choice with beams, ``-b 3``, k = 4 candidates, expand
   ratio 0.6, DINO box threshold 0.45: the method's defaults. Decoding has no sampling.
+* **Beams (CHAIR).** ``caption_generation.py:111`` defaults ``-b 3`` for every ``-d``, and
+  ``minigpt4/models/llava.py:230`` passes it to ``generate``: so ``-d dola`` on CHAIR is
+  ``dola_beam_search`` (vendored ``transformers-4.36.2/…/generation/utils.py:1910``, defined
+  :6602): 3 beams, the relative-top filter commented out (:6833-6835, :6896-6898), and
+  ``beam_scorer.process`` called without ``decoder_prompt_len`` (:6975, default 0 in
+  ``generation/beam_search.py:225``, ``generated_len=cur_len - decoder_prompt_len`` :286): the
+  total-length normalisation (``length_norm: total``; there the prompt holds one image placeholder
+  id, here the expanded image tokens — as for OPERA). This protocol fixes that for ``dola`` on
+  CHAIR (``search``), with the harness's layers 0, 2, …, 30 (``caption_generation.py:462-484``).
+  POPE (``pope_eval.py:98``: ``-b 1``) is DoLa-greedy with relative top 0.1 (``utils.py:1884``,
+  :1422). ``-d greedy`` at the default ``-b 3`` is plain HF beam search (``utils.py:2115``, which
+  records ``decoder_prompt_len``: generated-length normalisation) — whether the paper's greedy
+  row used ``-b 1`` is UNVERIFIED, so ``greedy`` stays one beam here; the 3-beam baseline is a
+  label of its own (``{method: greedy, num_beams: 3, protocol: halc}``), left out of
+  config/paper.yaml until the beams of HALC's "beam search" row are read. DoLa's layer choice:
+  HALC averages it over the beams, here each beam chooses its own (:mod:`vcdflow.decoding.methods.dola`).
 
 Families: LLaVA-1.5 and InstructBLIP (also MiniGPT-4, mPLUG-Owl2). Not run: Qwen2.5-VL.
 """
@@ -29,10 +45,13 @@ from .base import Protocol, S
 def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method: str, params: S,
                  families: tuple[str, ...] = ("llava", "instructblip"),
                  benchmarks: tuple[str, ...] = ("chair", "pope"), cg_path: str = "run_scripts/caption_generation.py",
-                 notes: str = "") -> Protocol:
+                 notes: str = "", more_params: dict | None = None, bench_layers: dict | None = None) -> Protocol:
     """A protocol in the HALC harness of ``repo``; ``cg`` / ``pe`` give the line numbers (as text)
     in its caption (CHAIR) and POPE scripts: keys ``template``, ``ib_template``, ``beam``, ``seed``,
-    ``max``, ``n``, ``prompt`` (CHAIR), and ``qtemplate``, ``recorder`` (POPE)."""
+    ``max``, ``n``, ``prompt`` (CHAIR), and ``qtemplate``, ``recorder`` (POPE). ``more_params``:
+    further ``{method: S(params)}`` of the common layer (other methods the harness runs);
+    ``bench_layers``: ``{kind: {field: value}}`` merged into a benchmark's layer (``params`` /
+    ``search`` per method)."""
     CG = f"{repo} {cg_path}"
     PE = f"{repo} run_scripts/pope_eval.py"
     YAML = f"{repo} eval_configs/llava-1.5_eval.yaml"
@@ -46,6 +65,8 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
                                                        "'Find evidence first and then answer: is there a {} in the "
                                                        "image?'; here the benchmark's question as is"),
                              "max_new_tokens": S(16, f"{PE}:{pe['max']}")}
+    for kind, layer in (bench_layers or {}).items():
+        benchmark[kind] = {**benchmark.get(kind, {}), **layer}
     return Protocol(
         name=name, title=title, families_run=families, benchmarks_run=benchmarks,
         common={
@@ -54,7 +75,7 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
             "top_p": S(1.0, f"{CG}:{cg['beam']} (no sampling: no warpers)"),
             "top_k": S(None, f"{CG}:{cg['beam']} (no sampling: no warpers)"),
             "seeds": S((0,), f"{CG}:{cg['seed']} (--seed 0 → setup_seeds(cfg, args.seed))"),
-            "params": {method: params},
+            "params": {method: params, **(more_params or {})},
         },
         benchmark=benchmark,
         family={
@@ -73,6 +94,7 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
 
 
 R = "BillChan226/HALC"
+TU = f"{R} transformers-4.36.2/src/transformers/generation/utils.py"
 
 PROTOCOL = halc_harness(
     "halc", "HALC (Chen et al., ICML 2024, arXiv 2403.00425)", R, method="halc",
@@ -81,4 +103,27 @@ PROTOCOL = halc_harness(
     pe={"qtemplate": "192-200", "max": 105, "recorder": 249},
     params=S({}, f"{R} run_scripts/caption_generation.py:111 (-b 3), :128-133 (-k 4), :148-153 (expand ratio 0.6), "
                  ":175 (box threshold 0.45): the method's defaults"),
+    # DoLa in HALC's own harness (the module docstring, "Beams"): layers 0..30, no repetition penalty;
+    # CHAIR: -b 3 -> dola_beam_search (no relative-top filter, total-length normalisation)
+    more_params={"dola": S({"layers": list(range(0, 32, 2)), "repetition_penalty": 1.0},
+                           f"{R} run_scripts/caption_generation.py:462-484 (candidate layers 0, 2, …, 30, mature 32); "
+                           f"{R} minigpt4/models/llava.py:236 (repetition_penalty commented out: 1.0)")},
+    bench_layers={
+        "chair": {
+            "params": {"dola": S({"relative_top": 0.0},
+                                 f"{TU}:6833-6835,6896-6898 (dola_beam_search: relative_top_filter commented out)")},
+            "search": {"dola": S({"num_beams": 3, "length_norm": "total"},
+                                 f"{R} run_scripts/caption_generation.py:111 (-b 3) -> {R} minigpt4/models/llava.py:230 "
+                                 f"-> {TU}:1910 (dola_beam_search); {TU}:6975 (beam_scorer.process without "
+                                 f"decoder_prompt_len: {R} transformers-4.36.2/src/transformers/generation/"
+                                 "beam_search.py:225,286 generated_len = cur_len - 0, the total length); "
+                                 "length_penalty / early_stopping: the generation-config defaults 1.0 / False "
+                                 f"({R} minigpt4/models/llava.py:237 length_penalty commented out)")},
+        },
+        "pope": {
+            "params": {"dola": S({"relative_top": 0.1},
+                                 f"{R} run_scripts/pope_eval.py:98 (-b 1) -> {TU}:1884 (dola_greedy_decode), "
+                                 ":1422 (relative_top 0.1)")},
+        },
+    },
 )

@@ -14,6 +14,16 @@ MiniGPT-4 and Shikra). Not run: Qwen2.5-VL. Benchmarks: POPE and CHAIR (MME and 
 * Decoding: **beam search, 5 beams** (README commands ``--beam 5``) with OPERA's penalty (σ = 50,
   r = 15, N_can = 5, α = 1: the method's defaults); no sampling. Here the mode is ``greedy``
   (``do_sample`` off); the beams are the method's own.
+* Baselines (paper: greedy and beam search with N_beam = 5, shared/spec/methods-3.md §OPERA; the
+  released captions ``log/chair_eval_results/{llava-1.5,instructblip,…}/{greedy,beam5,ours}.jsonl``):
+  ``greedy`` stays one beam; the beam baseline is the config label ``beam5`` (``{method: greedy,
+  num_beams: 5}`` under ``protocol: opera``). No script runs it (``pope_eval.py:206`` /
+  ``chair_eval.py:178`` hard-code ``opera_decoding=True``): its harness is OPERA's, and its beam
+  semantics the vendored transformers 4.29.2 — total-length normalisation
+  (``transformers-4.29.2/src/transformers/generation/beam_search.py:889``
+  ``sum_logprobs / hyp.shape[-1] ** length_penalty``), fixed here for every method (``search``
+  ``"*"``: ``length_norm: total``; the prompt there holds one image placeholder id, here the
+  expanded image tokens); ``length_penalty`` / ``early_stopping`` 1.0 / False (not passed).
 * Images: ``clip_image_eval`` (resize + centre crop, no pad) for LLaVA, ``blip2_image_eval``
   (224², bicubic) for InstructBLIP.
 """
@@ -39,6 +49,9 @@ PROTOCOL = Protocol(
         "top_p": S(1.0, f"{PE}:200-210 (beam search: no warpers)"),
         "top_k": S(None, f"{PE}:200-210 (beam search: no warpers)"),
         "seeds": S((42,), f"{YAML}:29 (run.seed 42) → {PE}:81-86 setup_seeds"),
+        "search": {"*": S({"length_norm": "total"},
+                          f"{R} transformers-4.29.2/src/transformers/generation/beam_search.py:889 "
+                          "(sum_logprobs / hyp.shape[-1] ** length_penalty: prompt + generated ids)")},
         "params": {"opera": S({}, f"{R} README.md:123,152 (--beam 5 --scale_factor 50 --threshold 15 "
                                   "--num_attn_candidates 5 --penalty_weights 1: the method's defaults)")},
     },
