@@ -345,7 +345,7 @@ def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_i
         pos = proc(text=[base + d["value"]], images=[raw], return_tensors="pt")
         neg = proc(text=[base + d["h_value"]], images=[raw], return_tensors="pt")
         if qwen:   # the visual fit at the fit grid: resize + centre crop, then the processor
-            vis = proc(text=[base + d["value"]], images=[qwen_fit_image(raw, grid)], return_tensors="pt")
+            vis = proc(text=[base + d["value"]], images=[qwen_fit_image(raw, grid)], do_resize=False, return_tensors="pt")
             thw = vis["image_grid_thw"]
             assert thw[0].tolist() == [1, *grid], thw
             grids.append(thw)

@@ -646,14 +646,17 @@ def test_workflow_fit_settings_and_path():
 def test_qwen_fit_grid(vlms, qwen_dyn, fit_sets):
     """Qwen2.5-VL's default fit grid = the processor's grid for a 640×480 image (smart_resize: the
     tiny 56²-pixel processor scales it by √(640·480/56²) and floors to 28 px: 28×56 px → 2×4; the
-    56²–112² one: 84×112 px → 6×8); a grid the processor would not keep fails naming vision_grid."""
+    56²–112² one: 84×112 px → 6×8); the fit patches the fit image without the processor's resize,
+    so a grid outside the processor's pixel range works; an odd grid fails naming vision_grid."""
     assert SF.fit_grid(vlms["qwen2_5_vl"].adapter, SF.fit_config()) == (2, 4)
     assert SF.fit_grid(qwen_dyn.adapter, SF.fit_config()) == (6, 8)
     assert SF.fit_grid(qwen_dyn.adapter, SF.fit_config({"vision_grid": [6, 6]})) == (6, 6)
     d, _ = fit_sets
     demos = SF.load_demos(d / "other.jsonl")
-    with pytest.raises(ValueError, match="'vision_grid' \\[10, 10\\]"):
-        SF.fit_vti(qwen_dyn, demos, d, {**FIT, "vision_grid": [10, 10]})
+    with pytest.raises(ValueError, match="'vision_grid' \\[5, 6\\]: rows and columns must be multiples"):
+        SF.fit_vti(qwen_dyn, demos, d, {**FIT, "vision_grid": [5, 6]})
+    art = SF.fit_vti(vlms["qwen2_5_vl"], demos, d, {**FIT, "num_trials": 1})   # default grid 2×4, below 56²
+    assert art["vision"].shape[1:3] == (2, 4) and art["meta"]["vision_grid"] == [2, 4]
 
 
 def test_visual_direction_chunking(vlms):

@@ -56,7 +56,9 @@ window-permuted in the tower, :func:`vcdflow.decoding.steering.qwen_window_layou
   34×46 for Qwen2.5-VL-7B's processor by ``smart_resize`` with its published min/max pixels,
   computed, not run here): each demo image is resized to cover ``(w·14, h·14)`` px
   and centre-cropped (as CLIP's processor does for LLaVA's fit: shortest side, centre crop), then
-  processed (the processor must keep that grid, else the fit fails naming ``vision_grid``);
+  processed without the processor's own resize (``do_resize=False``: normalisation and patching
+  only, so the grid is exactly ``vision_grid``; rows and columns must be multiples of the merge
+  size, 2);
 * masking is the official ``mask_patches`` on the processor's normalised image (the flattened
   patches turned back into ``[3, H, W]`` by ``adapter.pixels_to_images``): ``int(mask_ratio·N)``
   of the ``N = h·w`` 14-px patches, raster-indexed, set to the per-channel mean;
@@ -305,14 +307,15 @@ def patch_size(adapter) -> int:
     return int(p)
 
 
-def encode_full_text(adapter, text: str, image) -> Any:
+def encode_full_text(adapter, text: str, image, **processor_kwargs) -> Any:
     """An :class:`~vcdflow.models.adapters.Encoded` of an already templated ``text`` + ``image``
-    through the processor (as ``adapter.encode`` does for a branch)."""
+    through the processor (as ``adapter.encode`` does for a branch; ``processor_kwargs`` passed on,
+    e.g. ``do_resize=False``)."""
     import torch
 
     from .models.adapters import Encoded
 
-    out = adapter.processor(text=[text], images=[image], return_tensors="pt")
+    out = adapter.processor(text=[text], images=[image], return_tensors="pt", **processor_kwargs)
     extras = {k: v for k, v in out.items()
               if k not in ("input_ids", "attention_mask", "pixel_values") and isinstance(v, torch.Tensor)}
     return Encoded(input_ids=out["input_ids"][0].long(), pixel_values=out["pixel_values"], extras=extras, text=text)
@@ -422,6 +425,11 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
     do_vision = bool(cfg["vision"])
     packed = fam == "qwen2_5_vl"
     grid = fit_grid(ad, cfg) if packed and do_vision else None
+    if grid is not None:
+        m = int(ad.config.vision_config.spatial_merge_size)
+        if grid[0] % m or grid[1] % m:
+            raise ValueError(f"VTI fit setting 'vision_grid' {list(grid)}: rows and columns must be multiples of the "
+                             f"tower's merge size {m}")
     chosen = select_demos(demos, int(cfg["num_demos"]), int(cfg["seed"]))
     prev_template = ad.chat_template
     if cfg["chat_template"]:
@@ -436,12 +444,11 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
             pos = encode_full_text(ad, base + rec["value"], img)
             neg = encode_full_text(ad, base + rec["h_value"], img)
             if grid is not None:   # Qwen2.5-VL: the visual fit at the fit grid (module docstring)
-                enc = encode_full_text(ad, base + rec["value"], fit_image(img, grid, patch_size(ad)))
+                enc = encode_full_text(ad, base + rec["value"], fit_image(img, grid, patch_size(ad)), do_resize=False)
                 got = tuple(int(x) for x in enc.extras["image_grid_thw"][0].tolist())
                 if got != (1, *grid):
-                    raise ValueError(f"VTI fit setting 'vision_grid' {list(grid)}: the model's processor turns a "
-                                     f"{grid[1] * patch_size(ad)}x{grid[0] * patch_size(ad)} image into a "
-                                     f"{got[1]}x{got[2]} patch grid (outside its min/max pixels)")
+                    raise RuntimeError(f"VTI fit: the processor made a {got[1]}x{got[2]} patch grid of a "
+                                       f"{list(grid)} fit image (do_resize=False ignored?)")
                 clean.append(enc)
             else:
                 clean.append(pos)
