@@ -6,12 +6,14 @@ its box and class heads re-drawn wider so that boxes vary), BLIP (``BlipModel``)
 (``CLIPModel``) over the tests' word-level tokenizer. Only the POS tagger is rule-based
 (:class:`RuleTagger`: spaCy weights cannot be fetched here).
 
-The reference decodes one request with no KV cache and no batching: every step recomputes the
-whole sequence through the Hugging Face model with ``output_hidden_states`` (DoLa's early exits
-straight from ``hidden_states[l]``, no final norm), and every FOV view is a separate full forward
-of prompt + crop + generated ids (``reference_methods.forward``). Each step of the official
-control flow (``BillChan226/HALC@12ea8b5``: ``halc.py``, vendored ``generation/utils.py``) is
-written out again here, without importing the method's helpers.
+The reference decodes one request with no KV cache and no batching, written as the official loop
+(``BillChan226/HALC@12ea8b5``, vendored ``generation/utils.py`` ``halc_dola_beam_search``
+L4545-5100, with its per-beam lists: ``intermediate`` I, ``last_tokens`` W, the cache contents
+``context`` F and the snapshot ``snapshot`` S as plain id lists) without importing the method's
+helpers: every DoLa step recomputes prompt + F through the Hugging Face model with
+``output_hidden_states`` (early exits straight from ``hidden_states[l]``, no final norm), every
+FOV view is a full forward of prompt + crop + I, and a rolled-back word's re-decode is a full
+forward of prompt + its new context (``reference_methods.forward``).
 """
 
 from __future__ import annotations
@@ -138,12 +140,22 @@ def forward_hidden(vlm, inp, generated):
     return forward(vlm, inp, generated, hidden=True)
 
 
-def _word_start(tok, t: int) -> bool:
+def _word_level(tok) -> bool:
     bt = getattr(tok, "backend_tokenizer", None)
-    if bt is not None and type(bt.model).__name__ == "WordLevel":
+    return bt is not None and type(bt.model).__name__ == "WordLevel"
+
+
+def _complete(tok, t: int, eos) -> bool:
+    """check_word_complete (halc.py:143-157): "▁" or "." in the piece, or EOS; generalised: "Ġ"
+    at the start, every word-level token."""
+    if int(t) in eos or _word_level(tok):
         return True
     s = tok.convert_ids_to_tokens(int(t)) or ""
-    return s[:1] in ("▁", "Ġ") or "." in s
+    return "▁" in s or s.startswith("Ġ") or "." in s
+
+
+def _last_word(tok, ids) -> str:
+    return tok.decode(list(ids), skip_special_tokens=True).split(" ")[-1]
 
 
 def _jsd(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -158,69 +170,68 @@ def _grow(b, f):
     return [max(0.0, b[0] - f * w / 2), max(0.0, b[1] - f * h / 2), min(1.0, b[2] + f * w / 2), min(1.0, b[3] + f * h / 2)]
 
 
-def _propose(vlm, inp, req, gen, p, aux, rng, eos, exempt, add, events):
-    """One step of one hypothesis: (DoLa token y, its margin, event | None, FOV candidates | None)."""
-    tok = vlm.processor.tokenizer
+def _dola(vlm, inp, ids, p, layer=None):
+    """(DoLa token after prompt + ids, the premature layer used); ``layer`` forces it."""
     lm = vlm.model.language_model if vlm.family == "instructblip" else vlm.model
     head = lm.get_output_embeddings()
-    out = forward_hidden(vlm, inp, gen)
+    out = forward_hidden(vlm, inp, ids)
     hs = out.hidden_states
     L = len(hs) - 1
     mature = out.logits[0, -1].float()
-    # DoLa: the candidate layer most JS-divergent from the mature one (means over V)
-    best, best_js = None, -1.0
-    for layer in p["premature_layers"] or list(range(0, L, 2)):
-        e = head(hs[layer][0, -1]).float()
-        m = 0.5 * (mature.softmax(-1) + e.softmax(-1))
-        js = 0.5 * ((m * (m.log() - mature.log_softmax(-1))).mean() + (m * (m.log() - e.log_softmax(-1))).mean())
-        if float(js) > best_js:
-            best, best_js = e, float(js)
+    if layer is None:
+        best_js = -1.0
+        for cand in p["premature_layers"] or list(range(0, L, 2)):
+            e = head(hs[cand][0, -1]).float()
+            m = 0.5 * (mature.softmax(-1) + e.softmax(-1))
+            js = 0.5 * ((m * (m.log() - mature.log_softmax(-1))).mean() + (m * (m.log() - e.log_softmax(-1))).mean())
+            if float(js) > best_js:
+                layer, best_js = cand, float(js)
+    base = head(hs[layer][0, -1]).float().log_softmax(-1)
     lp = mature.log_softmax(-1)
-    cut = float(lp.max()) + math.log(p["relative_top"])
-    final = torch.where(lp < cut, torch.tensor(-math.inf), lp)
-    base = torch.where(final < -1e3, torch.tensor(-1e3), best.log_softmax(-1))
-    s = final - base
-    y = int(s.argmax())
-    top2 = torch.topk(s, 2).values
-    margin = float(top2[0] - top2[1]) if torch.isfinite(top2[1]) else math.inf
-    if y in eos or not _word_start(tok, y):
-        return y, margin, None, None
-    word = tok.decode([y], skip_special_tokens=True).strip()
+    final = torch.where(lp < float(lp.max()) + math.log(p["relative_top"]), torch.tensor(-math.inf), lp)
+    base = torch.where(final < -1e3, torch.tensor(-1e3), base)
+    return int((final - base).argmax()), layer
+
+
+def _judge(vlm, req, entity, p, aux, rng, exempt, add, ev):
+    """context_density_embedding (halc.py:239-448) → (status, FOV boxes | None)."""
     for ch in (".", ",", "'", "]", "[", ")"):
-        word = word.strip(ch)
-    if word.endswith("s"):
-        word = word[:-1]
-    pos = aux["tagger"].pos(word) if word else "PUNC"
-    if "." in word or "," in word or word in exempt:
+        entity = entity.strip(ch)
+    if entity.endswith("s"):
+        entity = entity[:-1]
+    pos = aux["tagger"].pos(entity) if entity else "PUNC"
+    if "." in entity or "," in entity or entity in exempt:
         pos = "SKIP"
     if float(torch.rand(1, generator=rng)) < p["skip_rate"]:
         pos = "SKIP"
-    if word in add:
+    if entity in add:
         pos = "ADD"
-    ev = {"step": len(gen), "word": word, "pos": pos}
-    events.append(ev)
+    ev.update(word=entity, pos=pos)
     if pos not in ("NOUN", "PROPN", "ADD"):
-        ev["status"] = "invalid"
-        return y, margin, ev, None
-    boxes = aux["detector"].detect(req.image, word, p["box_threshold"])
+        return "invalid", None
+    boxes = aux["detector"].detect(req.image, entity, p["box_threshold"])
     if len(boxes) > p["max_boxes"]:
-        ev["status"] = "invalid"
-        return y, margin, ev, None
+        return "invalid", None
     if not boxes:
-        target, ev["status"] = [0.2, 0.2, 0.8, 0.8], "not-detected"
+        target, status = [0.2, 0.2, 0.8, 0.8], "not-detected"
     else:
         areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-        target, ev["status"] = boxes[areas.index(min(areas))], "activated"
+        target, status = boxes[areas.index(min(areas))], "activated"
     e = p["expand_ratio"]
     views = [_grow(target, -e), list(target)]
     while len(views) < p["context_window"]:
         views.append(_grow(views[-1], e))
+    return status, views
+
+
+def _fov_tokens(vlm, req, views, committed, p):
+    """The k contrast candidates (halc.py:1041-1111) from full forwards of prompt + crop + I."""
     W, H = req.image.size
     fov = []
     for b in views:
         x0, y0, x1, y1 = b[0] * W, b[1] * H, b[2] * W, b[3] * H
         im = req.image.convert("RGB").crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-        fov.append(forward(vlm, inputs(vlm, req.prompt, im, req.system), gen).logits[0, -1].float())
+        fov.append(forward(vlm, inputs(vlm, req.prompt, im, req.system), committed).logits[0, -1].float())
     n = len(fov)
     pairs = sorted(((_jsd(fov[i], fov[j]), i * n + j) for i in range(n) for j in range(i + 1, n)),
                    key=lambda x: -x[0])[: p["k_candidates"] // 2]
@@ -229,100 +240,132 @@ def _propose(vlm, inp, req, gen, p, aux, rng, eos, exempt, add, events):
         i, j = divmod(flat, n)
         cands.append(int((fov[j] - p["contrast_weight"] * fov[i]).argmax()))
         cands.append(int((fov[i] - p["contrast_weight"] * fov[j]).argmax()))
-    ev["candidates"] = cands
-    return y, margin, ev, cands
-
-
-def _unk(tok, chosen, y, ev, n_gen, p, exempt):
-    if (ev and ev.get("status") == "not-detected" and p["unk_not_detected"] and tok.unk_token_id is not None
-            and n_gen + 1 >= p["min_length"]):
-        new = tok.decode([chosen], skip_special_tokens=True).split(" ")[-1]
-        cur = tok.decode([y], skip_special_tokens=True).split(" ")[-1]
-        if (new == cur or new in cur or cur in new) and new not in exempt:
-            return tok.unk_token_id, True
-    return chosen, False
-
-
-def _setup(vlm, req, params, seed, key):
-    from vcdflow.decoding.methods.halc import ADD_WORDS, EXEMPT_WORDS, HALC
-
-    p = {**HALC.defaults, **(params or {})}
-    return (p, make_generator(seed, key, "branches"), list(p["exempt_words"] or EXEMPT_WORDS),
-            list(p["add_words"] or ADD_WORDS), inputs(vlm, req.prompt, req.image, req.system))
+    return cands
 
 
 def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_tokens: int, eos) -> Result:
-    """Beam 1: the candidate with the highest image-text score is emitted."""
-    p, rng, exempt, add, inp = _setup(vlm, req, params, seed, key)
-    tok = vlm.processor.tokenizer
-    res = Result()
-    res.meta["events"] = []
-    gen: list[int] = []
-    for _ in range(max_new_tokens):
-        y, margin, ev, cands = _propose(vlm, inp, req, gen, p, aux, rng, eos, exempt, add, res.meta["events"])
-        chosen = y
-        if cands is not None:
-            texts = [tok.decode(gen + [c], skip_special_tokens=True) for c in cands]
-            chosen = cands[int(aux["scorer"].similarity(req.image, texts).softmax(-1).argmax())]
-            ev["chosen"] = chosen
-            chosen, fired = _unk(tok, chosen, y, ev, len(gen), p, exempt)
-            if fired:
-                ev["unk"] = True
-        res.margins.append(margin)
-        if chosen in eos:
-            res.finish = "eos"
-            break
-        gen.append(chosen)
-        res.tokens.append(chosen)
-    return res
-
-
-def ref_halc_beams(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_tokens: int, eos) -> Result:
-    """B beams: each proposes k entries (its FOV candidates, or k copies of its DoLa token); before
-    the first grounding random.seed(8) + random.sample picks B of the pool, afterwards the top B
-    distinct texts by image-text softmax (fewer: the best repeated); the output is beam 0; a
-    non-first beam choosing EOS takes beam 0's entry."""
+    """HALC's beam loop for ``beam_size`` B (1 included). ``Result.meta``: "events" (every
+    judgement: step, beam, word, tokens, pos, status, candidates), "commits" (every committed
+    entry: step, beam, source, ids, corrected, unk, redecoded)."""
+    import copy
     import random
 
-    p, rng, exempt, add, inp = _setup(vlm, req, params, seed, key)
+    from vcdflow.decoding.methods.halc import ADD_WORDS, EXEMPT_WORDS, HALC
+
+    p = {**HALC.defaults, **(params or {})}
+    rng = make_generator(seed, key, "branches")
+    exempt = list(p["exempt_words"] or EXEMPT_WORDS)
+    add = list(p["add_words"] or ADD_WORDS)
+    inp = inputs(vlm, req.prompt, req.image, req.system)
     tok = vlm.processor.tokenizer
+    eos = set(eos)
     B, k = p["beam_size"], p["k_candidates"]
-    res = Result()
-    res.meta["events"] = []
-    beams: list[list[int]] = [[]]
+    res = Result(meta={"events": [], "commits": []})
+    new = lambda: {"intermediate": [], "last_tokens": [], "context": [], "snapshot": [], "once": False,  # noqa: E731
+                   "not_detected": False, "current_word": "", "finished": False, "eos": False}
+    beams = [new() for _ in range(B)]
     grounded = False
-    for _ in range(max_new_tokens):
-        pool = []
-        for b, gen in enumerate(beams):
-            y, _, ev, cands = _propose(vlm, inp, req, gen, p, aux, rng, eos, exempt, add, res.meta["events"])
-            for t in (cands if cands is not None else [y] * k):
-                pool.append((b, t, y, ev))
-            grounded = grounded or bool(ev and ev["status"] in ("activated", "not-detected"))
+    while True:
+        b0 = beams[0]
+        if all(b["finished"] for b in beams) or len(b0["intermediate"]) >= max_new_tokens - 1:
+            res.tokens = b0["intermediate"][:max_new_tokens]
+            res.finish = "eos" if b0["eos"] else "length"
+            return res
+        nxt, layer_used, cand_lists = [], None, []
+        for bs, b in enumerate(beams):
+            cands = [None] * k
+            y = None
+            if not b["finished"]:
+                y, layer_used = _dola(vlm, inp, b["context"], p)
+                if _complete(tok, y, eos):
+                    b["once"] = False
+                    if b["last_tokens"]:
+                        W = b["last_tokens"]
+                        b["current_word"] = _last_word(tok, W)
+                        if _complete(tok, W[0], eos):
+                            entity = b["current_word"]
+                        else:
+                            t = 1
+                            while t < len(b["intermediate"]) and not _complete(tok, b["intermediate"][-t], eos):
+                                t += 1
+                            entity = _last_word(tok, b["intermediate"][-t:] + W)
+                        ev = {"step": len(b["intermediate"]), "beam": bs, "tokens": list(W)}
+                        res.meta["events"].append(ev)
+                        status, views = _judge(vlm, req, entity, p, aux, rng, exempt, add, ev)
+                        ev["status"] = status
+                        b["not_detected"] = status == "not-detected"
+                        if views is None:
+                            cands = [list(W)] * k
+                        else:
+                            grounded = True
+                            c = _fov_tokens(vlm, req, views, b["intermediate"], p)
+                            ev["candidates"] = c
+                            cands = [[t] for t in c]
+                    b["last_tokens"] = []
+            nxt.append(y)
+            cand_lists.append(cands)
+        pool = [(bs, c) for bs in range(B) for c in cand_lists[bs]]
         if not grounded:
             random.seed(8)
-            sel = random.sample(range(len(pool)), min(B, len(pool)))
+            chosen = random.sample(range(len(pool)), B)
         else:
-            texts = [tok.decode(beams[b] + [t], skip_special_tokens=True) for b, t, _, _ in pool]
+            texts = [tok.decode(beams[bs]["intermediate"] + (c or []), skip_special_tokens=True) for bs, c in pool]
             probs = aux["scorer"].similarity(req.image, texts).softmax(-1).tolist()
-            sel, seen = [], set()
-            for i in sorted(range(len(pool)), key=lambda i: (-probs[i], i)):
+            order = list(range(len(pool)))
+            order.sort(key=lambda i: probs[i])
+            chosen, seen = [], set()
+            for i in reversed(order):
                 if texts[i] not in seen:
                     seen.add(texts[i])
-                    sel.append(i)
-                if len(sel) == B:
+                    chosen.append(i)
+                if len(chosen) == B:
                     break
-        sel += [sel[0]] * (B - len(sel))
-        entries = []
-        for i in sel:
-            b, t, y, ev = pool[i]
-            entries.append((b, _unk(tok, t, y, ev, len(beams[b]), p, exempt)[0]))
-        b0, t0 = entries[0]
-        if t0 in eos:
-            res.tokens, res.finish = list(beams[b0]), "eos"
-            return res
-        if len(beams[b0]) + 1 >= max_new_tokens:
-            res.tokens, res.finish = beams[b0] + [t0], "length"
-            return res
-        beams = [beams[b] + [t] for b, t in (e if e[1] not in eos else entries[0] for e in entries)]
-    res.tokens = beams[0]
-    return res
+            while len(chosen) < B:
+                chosen.append(chosen[0])
+        old = beams
+        beams = []
+        for pos_new, i in enumerate(chosen):
+            src, c = pool[i]
+            b = copy.deepcopy(old[src])
+            beams.append(b)
+            if b["finished"]:
+                continue
+            y = nxt[src]
+            if c is not None:
+                b["intermediate"] = b["intermediate"] + list(c)
+                lw = _last_word(tok, c)
+                cw = b["current_word"]
+                unk = False
+                if ((lw == cw or lw in cw or cw in lw) and b["not_detected"] and p["unk_not_detected"]
+                        and tok.unk_token_id is not None and len(b["intermediate"]) >= p["min_length"]
+                        and lw not in exempt):
+                    t = 1
+                    if not _complete(tok, c[0], eos):
+                        while t < len(b["intermediate"]) and not _complete(tok, b["intermediate"][-t], eos):
+                            t += 1
+                    b["intermediate"] = b["intermediate"][:-t] + [tok.unk_token_id] * t
+                    lw, unk = "EOS", True
+                rec = {"step": len(old[src]["intermediate"]), "beam": pos_new, "source": src, "ids": list(c),
+                       "corrected": lw != cw, "unk": unk}
+                res.meta["commits"].append(rec)
+                if lw != cw:   # rolled back: re-decode after the new context with the loop's last layer
+                    ctx = (b["snapshot"] + [b["intermediate"][-1]] if p["rollback_context"] == "snapshot"
+                           else list(b["intermediate"]))
+                    y, _ = _dola(vlm, inp, ctx, p, layer=layer_used)
+                    rec["redecoded"] = y
+                    b["context"] = list(ctx)
+                    b["last_tokens"] = []
+            b["last_tokens"].append(y)
+            b["context"].append(y)
+            if not _complete(tok, y, eos):
+                if not b["once"]:
+                    b["once"] = True
+                    b["snapshot"] = b["context"][:-1]
+            else:
+                b["snapshot"] = b["context"][:-1]
+            if y in eos:
+                b["intermediate"] = b["intermediate"] + b["last_tokens"][:-1]
+                b["last_tokens"], b["finished"], b["eos"] = [], True, True
+            elif len(b["intermediate"]) + len(b["last_tokens"]) >= max_new_tokens + 1:
+                b["intermediate"] = b["intermediate"] + b["last_tokens"]
+                b["last_tokens"], b["finished"] = [], True

@@ -1,14 +1,16 @@
 """HALC and its two engine capabilities: E18 auxiliary models (tiny OWLv2 / BLIP / CLIP from real
 configs, loaded through vcdflow.aux_models' loaders; a rule-based POS stand-in) and E19
-mid-decode branch spawning (against a plain no-cache forward); ``halc`` against the plain
-reference (tests/reference_halc.py) on the tiny model of every family and the demo LLaVA."""
+mid-decode branch spawning (against a plain no-cache forward); ``halc`` (word-level judgement,
+rollback + re-decode through the engine's E12 replay) against the plain reference
+(tests/reference_halc.py) on the tiny model of every family, the demo LLaVA and a tiny LLaVA with
+a SentencePiece-style subword tokenizer (words of several ids: the rollback case)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from reference_halc import RuleTagger, build_aux, build_tiny_grounding_dino, ref_halc, ref_halc_beams
+from reference_halc import RuleTagger, build_aux, build_tiny_grounding_dino, ref_halc
 from reference_methods import assert_same_as_reference, build_vlms, image, inputs, last_logits
 from vcdflow import aux_models
 from vcdflow.decoding import Request, generate
@@ -20,10 +22,57 @@ FAMILIES = ["llava", "qwen2_5_vl", "instructblip", "demo"]
 N_NEW = 8
 
 
+def build_subword_llava(root):
+    """The tiny LLaVA with a Unigram tokenizer over SentencePiece-style pieces ("▁word" starts a
+    word, a bare piece continues it; Metaspace pre-tokenizer and decoder, lower-casing), the same
+    vocabulary size and special ids: random greedy text then has words of 2+ ids."""
+    from tiny_models import FILLER_WORDS, _word_tokenizer, build_tiny_llava
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    path = build_tiny_llava(root / "llava_sp", seed=1)
+    n = len(_word_tokenizer())
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    pieces = [(t, 0.0) for t in specials]
+    seen = set(specials)
+
+    def add(piece, score):
+        if piece not in seen and len(pieces) < n:
+            seen.add(piece)
+            pieces.append((piece, score))
+
+    for c in list("abcdefghijklmnopqrstuvwxyz") + ["▁", ":", "?", ".", ",", "\n", "!", "-"]:
+        add(c, -12.0)
+    for w in ["user", "assistant", "is", "there", "a", "the", "in", "image", "describe", "detail", "what", "this",
+              "dog", "cup", "cat", "table", "red", "with", "on", "you", "are", "an", "expert"]:
+        add("▁" + w, -2.0)
+    tails = ["ing", "ella", "er", "ed", "ly", "on", "ta", "ble", "ra", "ket", "ol", "ish", "en", "ar", "um"]
+    for i, w in enumerate(FILLER_WORDS):
+        add(("▁" if i % 2 else "") + w, -3.0)
+        add(tails[i % len(tails)] if i % 3 else "▁" + tails[i % len(tails)], -4.0)
+    assert len(pieces) == n, (len(pieces), n)
+    tok = Tokenizer(Unigram(pieces, unk_id=0))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    assert len(fast) == n and fast.convert_tokens_to_ids("<image>") == 4 and fast.eos_token_id == 2
+    fast.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def vlms(tmp_path_factory):
+    from vcdflow.models import load_vlm
+
     torch.set_num_threads(1)
-    return build_vlms(tmp_path_factory.mktemp("halc_vlms"))
+    root = tmp_path_factory.mktemp("halc_vlms")
+    out = dict(build_vlms(root))
+    out["llava_sp"] = load_vlm(build_subword_llava(root))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -136,42 +185,74 @@ PARAM_SETS = {
     "centre": {"box_threshold": 1.5},                       # nothing found: centre box, unk removal
     "defaults": {},                                          # official thresholds: mostly > 3 boxes → invalid
 }
+EVENT_KEYS = ("step", "beam", "word", "tokens", "pos", "status", "candidates")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def check(o, ref, what):
+    """Token for token, the same finish, the same judgements and commits as the reference."""
+    assert o.error is None, (what, o.error)
+    assert o.token_ids == ref.tokens and o.meta["finish_reason"] == ref.finish, (what, o.token_ids, ref.tokens)
+    got = [{k: e[k] for k in EVENT_KEYS if k in e} for e in o.meta.get("halc_events", [])]
+    want = [{k: e[k] for k in EVENT_KEYS if k in e} for e in ref.meta["events"]]
+    assert got == want, what
+    assert o.meta.get("halc_commits", []) == ref.meta["commits"], what
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["llava_sp"])
 def test_greedy_matches_reference(vlms, aux, family):
+    """beam_size 1: the same loop as the official with one beam (word judged once complete, a
+    changed word rolled back and re-decoded)."""
     vlm = vlms[family]
     eos = vlm.adapter.eos_token_ids
-    statuses, changed = set(), 0
+    statuses, corrected = set(), 0
     for name, extra in PARAM_SETS.items():
         p = params(aux, **extra)
         outs = generate(vlm, REQS, "halc", p, max_new_tokens=N_NEW, batch_size=16, seed=3)
-        for i, (r, o) in enumerate(zip(REQS, outs)):
-            assert o.error is None, o.error
+        for r, o in zip(REQS, outs):
             with torch.no_grad():
                 ref = ref_halc(vlm, r, p, aux, seed=3, key=r.item_id, max_new_tokens=N_NEW, eos=eos)
-            assert_same_as_reference(o, ref, eos, f"halc/{family}/{name}/{r.item_id}")
-            got = [{k: e[k] for k in ("step", "word", "pos", "status", "candidates", "chosen", "unk") if k in e}
-                   for e in o.meta.get("halc_events", [])]
-            want = [{k: e[k] for k in ("step", "word", "pos", "status", "candidates", "chosen", "unk") if k in e}
-                    for e in ref.meta["events"]]
-            assert got == want, (family, name, r.item_id)
-            statuses |= {e["status"] for e in got}
-            changed += sum(1 for e in o.meta.get("halc_events", [])
-                           if "chosen" in e and (e["chosen"] != e["token"] or e.get("unk")))
-    # the control flow really ran: triggers that were skipped, grounded and not grounded, and
-    # focal contrasts that changed the token
-    # (the random demo model's only noun is "racket", which the tiny detector's vocabulary lacks:
-    # never found there)
+            check(o, ref, f"halc/{family}/{name}/{r.item_id}")
+            statuses |= {e["status"] for e in o.meta.get("halc_events", [])}
+            corrected += sum(1 for c in o.meta.get("halc_commits", []) if c["corrected"])
+    # the control flow really ran: judgements skipped, grounded and not grounded, and words the
+    # focal contrast changed (rolled back + re-decoded); the random demo model's only noun is
+    # "racket", which the tiny detector's vocabulary lacks: never found there
     want = {"invalid", "not-detected"} | ({"activated"} if family != "demo" else set())
     assert want <= statuses, statuses
-    assert changed > 0, changed
+    assert corrected > 0, corrected
+
+
+@pytest.mark.parametrize("context", ["snapshot", "committed"])
+def test_rollback_of_multi_token_words(vlms, aux, context):
+    """Subword tokenizer: words of several ids are judged once complete and, when the focal
+    contrast changes them, rolled back to their first id and re-decoded (the row replays its new
+    context, E12); both re-decode contexts equal the reference, and the official snapshot one
+    re-decodes after the word's first id (a context that differs from the committed ids)."""
+    vlm = vlms["llava_sp"]
+    eos = vlm.adapter.eos_token_ids
+    tok = vlm.processor.tokenizer
+    multi = 0
+    for extra in ({"box_threshold": 1.5},):   # nothing detected: centre-box views, unk removal, re-decodes
+        p = params(aux, rollback_context=context, skip_rate=0.0, **extra)
+        outs = generate(vlm, REQS, "halc", p, max_new_tokens=12, batch_size=16, seed=4)
+        for r, o in zip(REQS, outs):
+            with torch.no_grad():
+                ref = ref_halc(vlm, r, p, aux, seed=4, key=r.item_id, max_new_tokens=12, eos=eos)
+            check(o, ref, f"rollback/{context}/{r.item_id}")
+            words = {(e["step"], e["beam"]): e["tokens"] for e in o.meta["halc_events"]}
+            for c in o.meta["halc_commits"]:
+                if c["corrected"] and len(words.get((c["step"], c["source"]), [])) >= 2:
+                    multi += 1
+                    assert "redecoded" in c
+    assert multi > 0, "no word of 2+ ids was rolled back"
+    assert any(not t.startswith("▁") for t in tok.convert_ids_to_tokens(list(range(5, len(tok)))))
 
 
 @pytest.mark.parametrize("family", ["llava", "instructblip"])
 def test_not_detected_words_become_unk(vlms, aux, family):
     """Nothing is ever detected (box threshold 1.5): a focal word equal to the original one becomes
-    the unk token once min_length tokens are reached; off with unk_not_detected=False."""
+    the unk token once min_length ids are committed, and the word is re-decoded after it; off with
+    unk_not_detected=False."""
     vlm = vlms[family]
     eos = vlm.adapter.eos_token_ids
     unk = vlm.processor.tokenizer.unk_token_id
@@ -182,45 +263,49 @@ def test_not_detected_words_become_unk(vlms, aux, family):
         for r, o in zip(REQS[:2], outs):
             with torch.no_grad():
                 ref = ref_halc(vlm, r, p, aux, seed=0, key=r.item_id, max_new_tokens=N_NEW, eos=eos)
-            assert_same_as_reference(o, ref, eos, f"halc-unk/{family}/{flag}/{r.item_id}")
+            check(o, ref, f"halc-unk/{family}/{flag}/{r.item_id}")
             events = o.meta["halc_events"]
             assert all(e["status"] in ("invalid", "not-detected") for e in events)
-            for e in events:
-                if e.get("unk"):
-                    assert flag and o.token_ids[e["step"]] == unk
+            for c in o.meta["halc_commits"]:
+                if c["unk"]:
+                    assert flag and c["corrected"] and "redecoded" in c
+                    if c["step"] < len(o.token_ids):
+                        assert o.token_ids[c["step"]] == unk
                     seen += 1
             if not flag:
-                assert not any(e.get("unk") for e in events)
+                assert not any(c["unk"] for c in o.meta["halc_commits"])
     assert seen > 0
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ["llava_sp"])
 def test_beams_match_reference(vlms, aux, family):
     """HALC's BLIP-ranked beams (beam_size 3, the official default) on the engine's search protocol
-    equal the plain reference: every hypothesis recomputed from scratch, the pool ranked again."""
+    equal the plain reference: every beam recomputed from scratch, the pool ranked again."""
     vlm = vlms[family]
     eos = vlm.adapter.eos_token_ids
     p = params(aux, beam_size=3, box_threshold=0.3, max_boxes=20)
-    outs = generate(vlm, REQS, "halc", p, max_new_tokens=6, batch_size=16, seed=5)
-    greedy = generate(vlm, REQS, "halc", {**p, "beam_size": 1}, max_new_tokens=6, batch_size=16, seed=5)
+    outs = generate(vlm, REQS, "halc", p, max_new_tokens=7, batch_size=16, seed=5)
+    greedy = generate(vlm, REQS, "halc", {**p, "beam_size": 1}, max_new_tokens=7, batch_size=16, seed=5)
     for r, o in zip(REQS, outs):
-        assert o.error is None, o.error
         with torch.no_grad():
-            ref = ref_halc_beams(vlm, r, p, aux, seed=5, key=r.item_id, max_new_tokens=6, eos=eos)
-        assert o.token_ids == ref.tokens and o.meta["finish_reason"] == ref.finish, (family, r.item_id)
+            ref = ref_halc(vlm, r, p, aux, seed=5, key=r.item_id, max_new_tokens=7, eos=eos)
+        check(o, ref, f"beams/{family}/{r.item_id}")
+        assert {e["beam"] for e in o.meta.get("halc_events", [])} <= {0, 1, 2}
     if family != "demo":
         assert any(o.token_ids != g.token_ids for o, g in zip(outs, greedy))
+        assert any(c["source"] != c["beam"] for o in outs for c in o.meta.get("halc_commits", []))
 
 
 def test_seed_and_batch(vlms, aux):
     """Batch 1 vs 16 → same output; the 30 % skip draws from the request's stream (seeded)."""
-    vlm = vlms["llava"]
-    p = params(aux, box_threshold=0.3, max_boxes=20)
+    vlm = vlms["llava_sp"]
+    p = params(aux, box_threshold=0.3, max_boxes=20, beam_size=2)
     many = generate(vlm, REQS * 2, "halc", p, max_new_tokens=N_NEW, batch_size=16, seed=1)
     one = [generate(vlm, [r], "halc", p, max_new_tokens=N_NEW, batch_size=1, seed=1)[0] for r in REQS]
     n = len(REQS)
     assert [o.token_ids for o in many[:n]] == [o.token_ids for o in one]
     assert [o.token_ids for o in many[:n]] == [o.token_ids for o in many[n:]]
+    assert [o.meta["halc_commits"] for o in many[:n]] == [o.meta["halc_commits"] for o in one]
     again = generate(vlm, REQS, "halc", p, max_new_tokens=N_NEW, seed=1)
     assert [o.token_ids for o in again] == [o.token_ids for o in one]
     other = generate(vlm, REQS, "halc", p, max_new_tokens=N_NEW, seed=2)
@@ -235,6 +320,8 @@ def test_bad_input(vlms, aux):
         generate(vlm, REQS[:1], "halc", params(aux, k_candidates=3), max_new_tokens=2)
     with pytest.raises(ValueError, match="premature_layers"):
         generate(vlm, REQS[:1], "halc", params(aux, premature_layers=[]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="rollback_context"):
+        generate(vlm, REQS[:1], "halc", params(aux, rollback_context="cache"), max_new_tokens=2)
     out = generate(vlm, REQS[:1], "halc", params(aux, beam_size=2), max_new_tokens=2, num_beams=2)[0]
     assert out.error and "beam_size" in out.error
     with pytest.raises(ValueError, match="beam_size"):

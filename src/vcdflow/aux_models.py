@@ -25,7 +25,9 @@ method never sees the library:
   table with random rows when ``max_new_tokens`` > 77, ``halc.py:104-118``).
 * :class:`Tagger` — ``pos(word) -> str`` (the coarse POS of the word's first token, as
   ``halc.py:250-263`` reads ``doc[0].pos_``) and ``nouns(text) -> [tokens]``: spaCy loaded from a
-  local model folder (HALC: ``en_core_web_sm``, ``halc.py:68``).
+  local model folder (HALC: ``en_core_web_sm``, ``halc.py:68``); a folder holding
+  ``word_tags.json`` loads as :class:`WordTagger` (a word list, no spaCy: the workflow tests'
+  stand-in, not HALC's tagger).
 
 ``resolve(kind, spec)`` turns a method parameter into a loaded model: a local folder (loaded once
 per process and cached), or a name given to :func:`register` (in-process objects: the tests'
@@ -177,7 +179,10 @@ class Tagger:
         self.nlp = nlp
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> "Tagger":
+    def from_dir(cls, path: str | Path):
+        """spaCy model folder; a folder with ``word_tags.json`` loads as a :class:`WordTagger`."""
+        if (Path(path) / "word_tags.json").is_file():
+            return WordTagger.from_dir(path)
         try:
             import spacy
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -193,6 +198,33 @@ class Tagger:
 
     def nouns(self, text: str) -> list[str]:
         return [t.text for t in self.nlp(text) if t.pos_ in ("NOUN", "PROPN")]
+
+
+class WordTagger:
+    """A word-list POS tagger without spaCy (NOT HALC's tagger: for stand-ins and checks): a folder
+    with ``word_tags.json`` = ``{"default": POS, "tags": {word: POS}}``; ``pos(word)`` looks up the
+    first whitespace token, lower-cased ("PUNC" for none, "PUNCT" when not alphabetic)."""
+
+    def __init__(self, tags: dict, default: str = "NOUN"):
+        self.tags = {str(k).lower(): str(v) for k, v in tags.items()}
+        self.default = str(default)
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> "WordTagger":
+        import json
+
+        spec = json.loads((Path(path) / "word_tags.json").read_text(encoding="utf-8"))
+        return cls(spec.get("tags", {}), spec.get("default", "NOUN"))
+
+    def pos(self, word: str) -> str:
+        parts = word.split()
+        if not parts:
+            return "PUNC"
+        w = parts[0]
+        return self.tags.get(w.lower(), self.default if w.isalpha() else "PUNCT")
+
+    def nouns(self, text: str) -> list[str]:
+        return [w for w in text.split() if self.pos(w) in ("NOUN", "PROPN")]
 
 
 LOADERS = {"detector": Detector.from_dir, "scorer": ImageTextScorer.from_dir, "tagger": Tagger.from_dir}
@@ -223,4 +255,4 @@ def resolve(kind: str, spec, **kw):
     return _LOADED[key]
 
 
-__all__ = ["Detector", "ImageTextScorer", "Tagger", "filter_boxes", "box_iou", "box_area", "register", "resolve"]
+__all__ = ["Detector", "ImageTextScorer", "Tagger", "WordTagger", "filter_boxes", "box_iou", "box_area", "register", "resolve"]

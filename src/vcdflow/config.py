@@ -64,12 +64,19 @@ def _vti_directions(config: Mapping[str, Any], benchmark: str, model: str) -> st
     return directions_path(config, model, benchmark)
 
 
+def _halc_aux(config: Mapping[str, Any], benchmark: str, model: str) -> list[str]:
+    """HALC's auxiliary model folders (detector, scorer, tagger: HALC's defaults GroundingDINO,
+    BLIP, spaCy en_core_web_sm), from rule download_halc_aux (workflow/rules/halc.smk)."""
+    return ["resources/halc/grounding_dino_tiny", "resources/halc/blip_large", "resources/halc/spacy_sm"]
+
+
 #: extra input kind (declared by a method's ``extra_inputs``) -> the file or folder the workflow
 #: provides: a template over ``{benchmark}``/``{model}`` or a callable (config, benchmark, model)
 METHOD_INPUTS: dict[str, Any] = {
     "convis_reconstructions": "results/convis/manifests/{benchmark}/{model}.json",  # rules in convis.smk
     "amateur_model": "resources/amateurs/{model}",  # text_cd's amateur (workflow/rules/amateur.smk)
     "vti_directions": _vti_directions,  # VTI's fitted directions (workflow/rules/vti.smk)
+    "halc_aux": _halc_aux,  # HALC's detector/scorer/tagger folders (workflow/rules/halc.smk)
 }
 
 

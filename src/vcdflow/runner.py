@@ -256,6 +256,28 @@ def _as_param(name: str, digest_key: str, digest_of: str | None = None) -> Calla
     return attach
 
 
+def _attach_halc_aux(run: dict, items: list[dict], paths) -> tuple[dict, list[dict]]:
+    """HALC: the three folders (detector, scorer, tagger, :func:`vcdflow.config._halc_aux`) become
+    those parameters, each through :func:`_as_param` (digest of its weights, else its metadata);
+    a config that sets one of them itself is refused (the workflow's folder is what runs)."""
+    from pathlib import Path
+
+    own = {k: v for k, v in (run["method"].get("params") or {}).items() if k in ("detector", "scorer", "tagger")}
+    for name in own:
+        if own[name] is not None:
+            raise ValueError(f"method 'halc' in the workflow takes parameter {name!r} from its input folder "
+                             f"(resources/halc/...): remove params.{name} from the config entry")
+    for name, path in zip(("detector", "scorer", "tagger"), paths):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"halc {name} folder missing: {path} (rule download_halc_aux fetches it; "
+                                    f"BLIP has no pinned revision: place a snapshot of "
+                                    f"Salesforce/blip-image-captioning-large there)")
+        weights = next((w for w in ("model.safetensors", "pytorch_model.bin", "meta.json", "word_tags.json")
+                        if (Path(path) / w).is_file()), None)
+        run, items = _as_param(name, f"halc_{name}_digest", weights)(run, items, path)
+    return run, items
+
+
 #: extra-input kind (vcdflow.config.METHOD_INPUTS, declared by the method) -> how it attaches
 INPUT_ATTACHERS: dict[str, Callable] = {
     "convis_reconstructions": _attach_reconstructions,
@@ -263,6 +285,8 @@ INPUT_ATTACHERS: dict[str, Callable] = {
     "amateur_model": _as_param("amateur", "amateur_digest", "model.safetensors"),
     # vti: the fitted directions file is its ``directions`` parameter
     "vti_directions": _as_param("directions", "vti_directions_digest"),
+    # halc: the detector/scorer/tagger folders are its parameters of those names (weights' digests)
+    "halc_aux": _attach_halc_aux,
 }
 
 

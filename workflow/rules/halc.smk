@@ -1,6 +1,11 @@
 # HALC's auxiliary models (vcdflow.aux_models, methods-3 §1.8): an open-vocabulary detector, an
 # image-text scorer and a spaCy POS tagger, fetched once into resources/halc/<name> by a local rule
 # and loaded by the halc method from there (params detector/scorer/tagger = those folders).
+# Decode jobs of halc depend on resources/halc/{grounding_dino_tiny,blip_large,spacy_sm} through
+# decode_inputs() (vcdflow.config.METHOD_INPUTS "halc_aux"; vcdflow.runner attaches them as the
+# three params, their weights' digests in the run hash). blip_large has no pinned revision: without
+# the folder its job fails with one line naming the folder and how to fill it. The decode jobs
+# need spaCy installed (.[amber]) to load spacy_sm.
 #
 #   resources/halc/grounding_dino_tiny  IDEA-Research/grounding-dino-tiny (transformers port; HALC's
 #                                       default detector is GroundingDINO SwinT-OGC = the tiny model)

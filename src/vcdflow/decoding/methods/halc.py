@@ -1,105 +1,135 @@
 """``halc``: HALC, adaptive focal-contrast decoding (Chen et al., ICML 2024, arXiv 2403.00425;
-``BillChan226/HALC@12ea8b5``) — BLIP-ranked beams (default 3, official) or beam 1, with a
-token-level trigger. Read the divergences.
+``BillChan226/HALC@12ea8b5``) — word-level verification with rollback inside BLIP-ranked beams
+(default 3, official; ``beam_size`` 1 runs the same loop with one beam). Read the divergences.
 
-Per hypothesis and step t (``combine`` → ``propose``):
+The official loop is ``halc_dola_beam_search`` in the vendored
+``transformers-4.36.2/src/transformers/generation/utils.py`` (cited "utils.py L…"; HALC's
+``generate`` always takes it, its greedy ``halc_dola_decode`` is behind ``if False:``, L1693);
+the helpers are ``decoder_zoo/HALC/context_density/halc.py`` (cited "halc.py:…"). Per beam it
+keeps the committed ids I (``beam_intermediate_token_lists``), the tokens of the word being
+written W (``beam_last_tokens``; fed, not committed; I + W = ``beam_input_ids``), the model's
+context F (what its KV cache holds, + the pending token) and a cache snapshot S
+(``beam_last_model_kwargs``). Per step and beam (:class:`HalcBeams`, the engine's search protocol):
 
-1. **DoLa token** (vendored ``transformers-4.36.2/src/transformers/generation/utils.py``
-   ``halc_dola_beam_search`` L4608-4664): early exits ℓ_l = W_lm·h_l (HF ``hidden_states[l]``,
+1. **DoLa token** y (utils.py L4587-4664): early exits ℓ_l = W_lm·h_l (HF ``hidden_states[l]``,
    **no final norm**: HALC's vendored ``models/llama/modeling_llama.py:701-706``) for the
    candidate layers (``premature_layers``; official 0, 2, …, 30 of 32 = every even index below L,
-   the default here), mature = the model's logits ℓ (h_L). Premature layer
-   l* = argmax_l ½[KL_mean(M‖p_L) + KL_mean(M‖p_l)], M = ½(p_L + p_l) (``kl_div(...,
-   reduction="none").mean(-1)``). s = RT(log p_L) − log p_l*, where RT keeps log p_L ≥
-   max + log(``relative_top`` 0.1) (−inf elsewhere; ``halc.py:752-768``) and log p_l* is set to
-   −1e3 where RT(log p_L) < −1e3. y = argmax s.
-2. **Trigger** (token level, before y is emitted): y starts a word (its token piece begins with
-   "▁"/"Ġ", contains ".", or the tokenizer is word-level — ``check_word_complete``,
-   ``halc.py:143-157``) and is not EOS. The word w = decode(y) stripped of ``.,'][)`` and one
-   trailing "s" (``halc.py:245-248``); POS = tagger(w) (first token); SKIP if w has "." or ",",
-   is in the exempt list, or a uniform draw < ``skip_rate`` 0.3 (``halc.py:272-277``; drawn
-   from the request's own stream, the official code uses Python's global ``random``); ADD if w is
-   in the add list (overrides SKIP, ``halc.py:282-283``). NOUN/PROPN/ADD → activated
-   (``halc.py:292-298``), else y is kept.
-3. **Grounding** (``halc.py:300-365``): boxes = detector(image, w) (``box_threshold`` 0.45); more
-   than ``max_boxes`` 3 → invalid (y kept); none → the centre box [0.2, 0.2, 0.8, 0.8]
-   ("not-detected"); else the smallest box.
-4. **FOV pyramid** (``context_window`` 4, ``expand_ratio`` e = 0.6, ``halc.py:369-400``):
-   [expand(b, −e), b, expand(b, e), expand(expand(b, e), e)], expand(b, f) grows each side by
-   f·size/2 clipped to the image (``halc.py:188-202``); each crop (PIL ``crop`` of the pixel box,
-   ``halc.py:414-426``) is a **spawned branch** (E19, :mod:`vcdflow.decoding.spawn`): same
-   prompt, the crop as image, the generated ids teacher-forced → raw next-token logits ℓ^(i)
-   (``get_intermediate_logits``: ``outputs.logits[:, -1, :]``, utils.py L5718). The views of all
-   hypotheses that fire in one step go into one batched forward.
-5. **Pair selection + bi-directional contrast** (``context_layer_double_multi_contrastive_decoding``,
-   ``halc.py:1041-1111``): JSD_ij over the 4 FOV distributions (``kl_div(..., "batchmean")``);
-   the ``k_candidates``/2 = 2 largest entries of the upper triangle; for each pair (i, j):
-   ℓ^(j) − w·ℓ^(i) and ℓ^(i) − w·ℓ^(j) (``contrast_weight`` w = 0.05) → k = 4 candidate tokens
-   (argmax each).
-6. **Bi-adaptive selection** (``clip_score_selection``, ``halc.py:1113-1208``; the beam loop
-   utils.py L4829-4900; :class:`HalcBeams` on the engine's search protocol): every beam puts k
-   entries in a pool — its k candidates when it fired, else k copies of y. Before the request's
-   first grounding the survivors are ``random.seed(8); random.sample(range(n), beam_size)``; after
-   it the pool's texts (beam ids + entry, decoded) are scored by the image–text scorer against the
-   original image (softmax of ``logits_per_image``) and the ``beam_size`` best distinct texts
-   survive (fewer: the best repeated). Output: beam 0. ``beam_size`` 1: the best candidate is
-   emitted (no search object; the plain chooser).
-7. **Not-detected removal** (utils.py L4912-4950): if the box was not detected, the chosen word
-   equals / contains / is contained in the original word, at least ``min_length`` 8 tokens are
-   generated with it and the word is not exempt → the tokenizer's unk token is emitted instead
-   (HALC writes id 0 = LLaMA's ``<unk>``). ``Output.text`` is decoded with
-   ``skip_special_tokens``, so the unk token drops out of the text, as in HALC's own decode
-   (``get_sequence_text``, ``halc.py:167-175``); HALC's caption script then also drops every
-   sentence containing "unk" (``caption_generation.py:537-542``): :func:`drop_unk_sentences`,
-   not applied by the decoder. ``Output.meta["halc_events"]`` (beam 1 only) records every trigger
-   check. Off with ``unk_not_detected: false``; a tokenizer without an unk token never applies it.
+   the default here), mature = the model's logits ℓ (h_L). l* = argmax_l ½[KL_mean(M‖p_L) +
+   KL_mean(M‖p_l)], M = ½(p_L + p_l); s = RT(log p_L) − log p_l*, RT keeps log p_L ≥ max +
+   log(``relative_top`` 0.1) (−inf elsewhere; ``halc.py:752-768``), log p_l* set to −1e3 where
+   RT(log p_L) < −1e3; y = argmax s.
+2. **Word boundary** (L4672-4827): y starts a word (``check_word_complete``: its piece contains
+   "▁" or ".", or y is EOS; :func:`starts_word`) → the word W just completed is judged (nothing
+   when W is empty: the first token) and W is emptied; otherwise nothing is judged this step.
+3. **Judgement of W** (``context_density_embedding``, ``halc.py:239-448``): current word
+   w = get_last_word(W) (decode, split at " ", last, ``halc.py:159-165``); the entity is w, or,
+   when W does not begin at a word start (after a re-decode), the last word of I's tail + W
+   (L4699-4718). Entity cleaned of ``.,'][)`` and one trailing "s" (``halc.py:245-248``);
+   POS = tagger(entity) (first token); SKIP if it has "." or ",", is exempt, or a uniform draw
+   < ``skip_rate`` 0.3 (``halc.py:272-277``); ADD if in the add list (``halc.py:282-283``).
+   NOUN/PROPN/ADD → boxes = detector(image, entity) (``box_threshold`` 0.45); more than
+   ``max_boxes`` 3 → invalid; none → the centre box [0.2, 0.2, 0.8, 0.8] ("not-detected");
+   else the smallest box ("activated"). Invalid: the beam's k entries are W itself (L4729-4735).
+4. **FOV contrast** (``context_window`` 4, ``expand_ratio`` e = 0.6, ``halc.py:369-400``):
+   [expand(b, −e), b, expand(b, e), expand(expand(b, e), e)] (expand grows each side by f·size/2,
+   clipped, ``halc.py:188-202``), each crop a **spawned branch** (E19, :mod:`vcdflow.decoding.spawn`)
+   with the **committed ids I teacher-forced** (L4743-4751, ``get_intermediate_logits``: the raw
+   next-token logits at the word's first position); JSD over the 4 views, the
+   ``k_candidates``/2 = 2 most divergent pairs, both directions ℓ^(j) − w·ℓ^(i) and
+   ℓ^(i) − w·ℓ^(j) (``contrast_weight`` 0.05; ``context_layer_double_multi_contrastive_decoding``,
+   ``halc.py:1041-1111``) → k one-token entries [c].
+5. **Bi-adaptive selection** (L4829-4893, ``clip_score_selection`` ``halc.py:1113-1208``): every
+   beam puts k entries in a pool (beam order): its candidates, or "nothing" (mid-word, first
+   token, finished beam: the text is I alone). Until the request's first grounding
+   (activated/not-detected) the survivors are ``random.seed(8); random.sample(range(B·k), B)``;
+   afterwards every step the texts decode(I + entry) are scored by the image-text scorer
+   (softmax of ``logits_per_image``) and the B best distinct texts survive (ties: the later
+   entry first, a stable ``argsort()[::-1]``; fewer than B: the best repeated). Each survivor
+   copies its source beam's whole state.
+6. **Commit and rollback** (L4895-5009): an entry is appended to I. Its last word w' =
+   get_last_word(entry). **Not-detected removal** (L4912-4950): if the word was not detected,
+   w' equals / is contained in / contains w, at least ``min_length`` 8 ids are committed
+   (``min_length`` = prompt + 8, L4528) and w' is not exempt, the word's ids in I (back to its
+   word start) become the tokenizer's unk token (HALC writes id 0 = LLaMA's ``<unk>``) and
+   w' := "EOS". **If w' ≠ w the word is rolled back and re-decoded** (L4952-4990): the beam's
+   context becomes its snapshot S + [I's last id] (``rollback_context: snapshot``, the official
+   cache, L4958) or I (``committed``), one forward there gives the DoLa token y' (with the
+   premature layer the loop last chose, i.e. the last beam's — the official reuses the variable
+   ``premature_layer``, L4968), W = [y'] and the engine row **replays** the new context + y'
+   (E12 rollback, :class:`~vcdflow.decoding.beams.Choice` ``replay``; the re-decode forward is a
+   spawned branch). Otherwise W = [y] and the row feeds y. Snapshot (L5021-5032): S := F minus
+   the pending token whenever the pending token starts a word, or at the first mid-word token
+   after a word start (``beam_once_flag``). So for a word of ≥ 2 ids the official snapshot
+   already holds the word's first id and the re-decode context is [… first id, new id]
+   (``rollback_context: committed`` re-decodes from I, the evident intent).
+7. **End** (L4562-4570, L5066-5070): a beam whose pending token is EOS, or whose I + W reaches
+   ``max_new_tokens`` + 1 ids, is finished (frozen; it stays in the pool with its text); the
+   request ends when every beam is finished or beam 0 has ``max_new_tokens`` − 1 committed ids.
+   Output: beam 0 — its committed ids I (a running beam: the word in progress is dropped, never
+   judged) or a finished beam's ids, cut to ``max_new_tokens``; ``finish_reason`` "eos" when
+   beam 0 finished at EOS. ``Output.text`` is decoded with ``skip_special_tokens``, so unk
+   tokens drop out of the text, as in HALC's own decode (``get_sequence_text``,
+   ``halc.py:167-175``); HALC's caption script then also drops every sentence containing "unk"
+   (``caption_generation.py:537-542``): :func:`drop_unk_sentences`, not applied by the decoder.
+   ``Output.meta["halc_events"]``: every judgement (step = len(I), beam, word, pos, status, box,
+   candidates); ``meta["halc_commits"]``: every committed entry (step, beam, source, ids,
+   corrected, unk, redecoded token). Off with ``unk_not_detected: false``; a tokenizer without an
+   unk token never applies it.
 
 Parameters: ``detector``, ``scorer``, ``tagger`` (below); ``beam_size`` 3; ``premature_layers``
 (None: 0, 2, …); ``relative_top`` 0.1; ``k_candidates`` 4; ``context_window`` 4; ``expand_ratio``
 0.6; ``contrast_weight`` 0.05; ``box_threshold`` 0.45; ``max_boxes`` 3; ``skip_rate`` 0.3;
-``min_length`` 8; ``unk_not_detected`` True; ``exempt_words`` / ``add_words`` (None: the
-official lists, ``halc.py:23-30``).
+``min_length`` 8; ``unk_not_detected`` True; ``rollback_context`` "snapshot" (official) |
+"committed"; ``exempt_words`` / ``add_words`` (None: the official lists, ``halc.py:23-30``).
 
 The auxiliary models (E18, :mod:`vcdflow.aux_models`): ``detector`` (GroundingDINO / OWLv2
 folder), ``scorer`` (BLIP ``BlipModel`` / CLIP folder), ``tagger`` (spaCy model folder), each a
-local path or a name registered with ``vcdflow.aux_models.register``; fetched by
-``workflow/rules/halc.smk``. Missing ones fail the item naming the parameter.
+local path or a name registered with ``vcdflow.aux_models.register``. In the workflow they are
+the decode input ``halc_aux`` (:data:`vcdflow.config.METHOD_INPUTS`: the folders
+``resources/halc/{grounding_dino_tiny,blip_large,spacy_sm}`` of rule ``download_halc_aux``,
+``workflow/rules/halc.smk``, attached as these three parameters by ``vcdflow.runner``, their
+weights' digests in the run hash; a config entry may not set them). Missing ones fail the item
+naming the parameter.
 
 **Divergences (honest list).**
 
-* **Beams without rollback.** The official beams verify a word after it is complete and, when
-  BLIP picks a corrected word, **roll back** the tokens generated for the old one (cache reset to
-  the word start, utils.py L4897-4990); finished beams keep their position. Here no rollback is
-  needed (next point); a beam other than beam 0 that picks EOS takes beam 0's entry, and the
-  request ends when beam 0 ends (the official loop: when all beams finish or beam 0 reaches the
-  length). The official starts from ``beam_size`` identical beams, we from one that is copied at
-  the first selection (identical until the first grounding, so the same hypotheses).
-* **Token-level, pre-emission trigger.** HALC verifies a word after it is complete (when the
-  next word starts) and replaces its first token, discarding the rest. Here the word-start token
-  y is verified before it is emitted (no rollback needed); a word of several tokens is tagged and
-  grounded by its first piece only. Exact for single-token words (most COCO nouns in LLaMA's
-  vocabulary).
+* **Finished beams.** The official keeps ``beam_finished`` per beam *position* while the
+  selection copies every other state between positions (L4875-4893), so a running position can
+  receive a finished beam's ids (and then decodes on after its EOS with pad tokens), and a
+  finished position can receive a running one's; here a finished beam is frozen as a whole (it
+  stays a pool member with its text; a position that selects it is finished with those ids) and
+  does not forward. The re-decode's premature layer is the last *running* beam's (the official's
+  last beam also forwards when finished). HALC's LLaVA-only repetition stop (L5047-5066) is not
+  built. The output keeps the unk ids (the official strips id 0 from the returned ids, L4570).
+* **Same text, other ids.** When the committed entry's last word equals w but its ids differ
+  from W (no rollback), the official cache keeps W while I records the entry; so here (the row's
+  context F is tracked apart from I).
 * **Skip draws.** The official 30 % skip uses Python's global ``random``, which its selection
-  re-seeds to 8 at every ungrounded step (``halc.py:1122``), so its skips follow that stream; here
-  they come from the request's own generator (seed, item), drawn per hypothesis in beam order.
+  re-seeds to 8 at every ungrounded step (``halc.py:1122``), so its skips follow that stream;
+  here they come from the request's own generator (seed, item), one draw per judgement in beam
+  order.
+* **Start.** The official starts from B identical beams, we from one row copied at the first
+  selection (no word is judged at the first token, so the same hypotheses).
 * Mature logits: HALC takes every layer from one ``early_exit_layers`` forward; identical here.
-  HF logits processors (none in HALC's caption script) are not applied; HALC's LLaVA-only
-  repetition stop (utils.py L5047-5066) is not built.
+  HF logits processors (none in HALC's caption script) are not applied.
 * GroundingDINO through transformers' port instead of the original CUDA build (see
-  :mod:`vcdflow.aux_models`).
+  :mod:`vcdflow.aux_models`). The word-start test of a non-LLaMA tokenizer is generalised
+  (:func:`starts_word`; HALC reads LLaMA's vocabulary file, ``halc.py:89-100``).
 
 Mode: **greedy only** (HALC's DoLa token choice is an argmax; its ``--sample`` flag does not reach
 the HALC path); ``generate(num_beams=…)`` is refused: the beams are ``beam_size`` (``-b`` 3,
-``caption_generation.py:111``). ``random_draw``: the 30 % trigger skip draws from the request's stream, so the
-greedy output depends on the seed. Families: all (the FOV crops are ordinary image branches).
-Defaults: ``caption_generation.py:111-175,406-418`` (``-k`` 4, ``-e`` 0.6, ``--box_threshold``
-0.45, ``context_window`` 4, ``contrast_weight`` 0.05, ``context_domain`` "upper", score
-"BLIP"), ``halc.py:78-79`` (``max_handle_box`` 3, ``skip_rate`` 0.3), utils.py L4528
-(``min_length`` = prompt + 8).
+``caption_generation.py:111``). ``random_draw``: the 30 % skip draws from the request's stream,
+so the greedy output depends on the seed. Families: all (the FOV crops are ordinary image
+branches). Defaults: ``caption_generation.py:111-175,406-418`` (``-k`` 4, ``-e`` 0.6,
+``--box_threshold`` 0.45, ``context_window`` 4, ``contrast_weight`` 0.05, ``context_domain``
+"upper", score "BLIP"), ``halc.py:78-79`` (``max_handle_box`` 3, ``skip_rate`` 0.3), utils.py
+L4528 (``min_length`` = prompt + 8).
 """
 
 from __future__ import annotations
 
+import copy
+import random
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -119,12 +149,12 @@ EXEMPT_WORDS = ("image", "side", "background", "feature", "features", "center", 
 ADD_WORDS = ("sink", "microwave", "toaster", "puppy", "bottle", "table", "oven", "orange", "toothbrush", "cars")
 CENTRE_BOX = (0.2, 0.2, 0.8, 0.8)
 VALID_POS = ("NOUN", "PROPN", "ADD")
+ROLLBACK_CONTEXTS = ("snapshot", "committed")
 
 
 def drop_unk_sentences(text: str) -> str:
     """``caption_generation.py:537-542``: split at ".", drop the pieces containing "unk", re-join."""
     return ".".join(x for x in text.split(".") if "unk" not in x)
-
 
 # --- pieces (each one formula of the official code) ----------------------------------------------
 def default_premature(n_layers: int) -> list[int]:
@@ -217,136 +247,339 @@ def is_word_level(tokenizer) -> bool:
     return bt is not None and type(bt.model).__name__ == "WordLevel"
 
 
-def starts_word(tokenizer, token_id: int) -> bool:
-    """``check_word_complete`` (``halc.py:143-157``) generalised: SentencePiece "▁", byte-BPE
-    "Ġ", or "." in the piece; every token of a word-level tokenizer."""
-    if is_word_level(tokenizer):
+def starts_word(tokenizer, token_id: int, eos=()) -> bool:
+    """``check_word_complete`` (``halc.py:143-157``) generalised: the piece contains "▁"
+    (SentencePiece) or ".", or starts with "Ġ" (byte BPE), or the token is EOS (HALC: id 2); every
+    token of a word-level tokenizer."""
+    if int(token_id) in eos or is_word_level(tokenizer):
         return True
     piece = tokenizer.convert_ids_to_tokens(int(token_id)) or ""
-    return piece.startswith("▁") or piece.startswith("Ġ") or "." in piece
+    return "▁" in piece or piece.startswith("Ġ") or "." in piece
+
+
+def last_word(tokenizer, ids) -> str:
+    """``get_last_word`` (``halc.py:159-165``): decode (special tokens skipped), split at " ", last."""
+    return tokenizer.decode([int(t) for t in ids], skip_special_tokens=True).split(" ")[-1]
 
 
 @dataclass
 class HalcHooks(LayerCapture):
     """Decoder-layer outputs for the DoLa early exits (HF index l ≥ 1 = decoder layer l − 1).
-    With beams, the search sets ``row_tokens`` (row → that beam's generated ids) before each
-    ``combine``, which leaves each row's proposal (DoLa token, FOV candidates, event, context)
-    in ``proposals``."""
+    The search sets ``row_last`` (row → the last id that row was fed: the layer-0 exit) before
+    each ``combine``; ``combine`` leaves each row's premature-layer index (into ``dola``) in
+    ``row_pick``."""
 
     dola: tuple = ()
-    beam: bool = False
-    row_tokens: dict = field(default_factory=dict)
-    proposals: dict = field(default_factory=dict)
+    row_last: dict = field(default_factory=dict)
+    row_pick: dict = field(default_factory=dict)
 
 
-def unk_rule(tok, chosen: int, y: int, event: dict, n_generated: int, p, exempt) -> tuple[int, bool]:
-    """utils.py L4912-4950: a not-detected word that the focal contrast kept (equal, contained or
-    containing) becomes the unk token once ``min_length`` tokens are generated with it."""
-    if (event.get("status") != "not-detected" or not p["unk_not_detected"] or tok.unk_token_id is None
-            or n_generated + 1 < int(p["min_length"])):
-        return chosen, False
-    new = tok.decode([chosen], skip_special_tokens=True).split(" ")[-1]
-    cur = tok.decode([y], skip_special_tokens=True).split(" ")[-1]
-    if (new == cur or new in cur or cur in new) and new not in exempt:
-        return int(tok.unk_token_id), True
-    return chosen, False
+@dataclass
+class Beam:
+    """One HALC beam (the official per-beam lists, utils.py L4496-4522): ``committed`` ids I, the
+    word being written ``word_ids`` W (I + W = ``beam_input_ids``), the row's context ``fed`` F
+    (what its cache holds + the pending token), the ``snapshot`` S (``beam_last_model_kwargs``' cache),
+    ``once`` (``beam_once_flag``), ``not_detected``, ``word`` (``beam_current_word``); ``slot``:
+    its engine slot (None: finished; ``committed`` then holds all its ids); per step its DoLa token ``y``,
+    premature-layer index ``pick`` and pool ``entries``."""
+
+    committed: list = field(default_factory=list)
+    word_ids: list = field(default_factory=list)
+    fed: list = field(default_factory=list)
+    snapshot: list = field(default_factory=list)
+    once: bool = False
+    not_detected: bool = False
+    word: str = ""
+    slot: int | None = 0
+    eos: bool = False
+    y: int | None = None
+    pick: int = 0
+    entries: list = field(default_factory=list)
 
 
 class HalcBeams:
-    """HALC's bi-adaptive beams (``halc_dola_beam_search`` L4829-4900, ``clip_score_selection``
-    ``halc.py:1113-1208``) on the engine's search protocol (:mod:`vcdflow.decoding.beams`):
-    every beam (slot) proposes k entries — its k FOV-contrast candidates when its trigger fired,
-    else k copies of its DoLa token —; before the request's first grounding the survivors are
-    ``random.seed(8); random.sample(range(n), beam_size)`` (as the official code), after it the
-    pool's texts (beam ids + entry, decoded) are ranked by the scorer's softmax against the
-    original image and the top ``beam_size`` distinct texts survive (too few: the best one
-    repeated). The request's output is beam 0 (the official returns beam 0 too). A beam other
-    than beam 0 that picks EOS is replaced by beam 0's entry (ours: the official keeps finished
-    beams in fixed positions)."""
+    """HALC's loop (module docstring, steps 1-7) on the engine's search protocol
+    (:mod:`vcdflow.decoding.beams`): per request ``beam_size`` :class:`Beam` objects; the engine
+    forwards one row per running beam; a rolled-back beam's row replays its new context (E12)."""
 
-    def __init__(self, score, hooks: HalcHooks, beam_size: int, k: int):
+    def __init__(self, score, hooks: HalcHooks, params, contexts):
         self.score = score
         self.hooks = hooks
-        self.B = int(beam_size)
-        self.k = int(k)
-        self.slot_tokens: dict = {}
-        self.grounded: dict = {}
+        self.p = params
+        self.B = int(params["beam_size"])
+        self.k = int(params["k_candidates"])
+        self.contexts = contexts
+        self.beams: dict[int, list[Beam]] = {}
+        self.grounded: dict[int, bool] = {}
 
+    # --- helpers ------------------------------------------------------------------------------
+    def _tok(self, r):
+        return self.contexts[r].adapter.processor.tokenizer
+
+    def _lists(self):
+        p = self.p
+        exempt = list(p["exempt_words"]) if p["exempt_words"] is not None else list(EXEMPT_WORDS)
+        add = list(p["add_words"]) if p["add_words"] is not None else list(ADD_WORDS)
+        return exempt, add
+
+    def _judge(self, r: int, j: int, b: Beam, eos):
+        """Step 3 for beam ``j``'s completed word ``b.word_ids`` → (event, FOV boxes | None)."""
+        ctx = self.contexts[r]
+        p = self.p
+        tok = self._tok(r)
+        aux = ctx.prepared["halc_aux"]
+        exempt, add = self._lists()
+        W = list(b.word_ids)
+        b.word = last_word(tok, W)
+        if starts_word(tok, W[0], eos):
+            ent = b.word
+        else:   # the word began before W (a re-decoded word): I's tail back to its word start
+            t = 1
+            while t < len(b.committed) and not starts_word(tok, b.committed[-t], eos):
+                t += 1
+            ent = last_word(tok, b.committed[-t:] + W)
+        word = clean_entity(ent)
+        pos = aux["tagger"].pos(word) if word else "PUNC"
+        if "." in word or "," in word or word in exempt:
+            pos = "SKIP"
+        if float(torch.rand(1, generator=ctx.rng)) < float(p["skip_rate"]):
+            pos = "SKIP"
+        if word in add:
+            pos = "ADD"
+        event = {"step": len(b.committed), "beam": j, "word": word, "tokens": W, "pos": pos}
+        ctx.meta.setdefault("halc_events", []).append(event)
+        if pos not in VALID_POS:
+            event["status"] = "invalid"
+            return event, None
+        boxes = aux["detector"].detect(ctx.prepared["halc_request"].image, word, float(p["box_threshold"]))
+        if len(boxes) > int(p["max_boxes"]):
+            event.update(status="invalid", n_boxes=len(boxes))
+            return event, None
+        if boxes:
+            areas = [(x[2] - x[0]) * (x[3] - x[1]) for x in boxes]
+            target, status = boxes[areas.index(min(areas))], "activated"
+        else:
+            target, status = list(CENTRE_BOX), "not-detected"
+        event.update(status=status, box=[round(float(v), 6) for v in target])
+        self.grounded[r] = True
+        return event, fov_boxes(target, int(p["context_window"]), float(p["expand_ratio"]))
+
+    def _redecode(self, jobs) -> list[int]:
+        """DoLa tokens after each (request, context ids, premature-layer index) job: one spawned
+        forward of the original prompt + image with the context teacher-forced."""
+        h = self.hooks
+        ad = self.contexts[jobs[0][0]].adapter
+        layers = sorted({h.dola[pick] for _, _, pick in jobs if h.dola[pick] > 0})
+        grab: dict = {}
+        mods = ad.decoder_layers()
+        handles = []
+        for layer in layers:
+            def hook(module, args, output, _l=layer):
+                grab[_l] = (output[0] if isinstance(output, tuple) else output)[:, -1, :]
+            handles.append(mods[layer - 1].register_forward_hook(hook))
+        branches = []
+        for r, _, _ in jobs:
+            req = self.contexts[r].prepared["halc_request"]
+            branches.append(Branch(prompt=req.prompt, image=req.image, system=req.system, name="redecode"))
+        try:
+            logits = spawn_logits(ad, branches, [ids for _, ids, _ in jobs], hooks=h)
+        finally:
+            for x in handles:
+                x.remove()
+        out = []
+        with torch.no_grad():
+            for n, (_, ids, pick) in enumerate(jobs):
+                layer = h.dola[pick]
+                if layer == 0:
+                    e = ad.embed_tokens(torch.tensor([int(ids[-1])], device=logits.device))
+                else:
+                    e = grab[layer][n:n + 1]
+                early = ad.lm_head()(e).float().to(logits.device)
+                s, _ = dola_scores(logits[n:n + 1].float(), early[:, None], float(self.p["relative_top"]))
+                out.append(int(s.argmax()))
+        return out
+
+    # --- the step -------------------------------------------------------------------------------
     def step(self, step: int, logits: torch.Tensor, layout):
-        import random
-
         from ..beams import _choice
 
         spans = layout.spans()
         h = self.hooks
-        h.row_tokens = {sp[2]: list(self.slot_tokens.get((sp[0], sp[1]), [])) for sp in spans}
-        h.proposals = {}
-        self.score(step, logits, spans)
-        by_req: dict[int, list] = {}
-        for sp in spans:
-            by_req.setdefault(sp[0], []).append(sp)
-        picks, feed, tokens, done = [], [], {}, {}
-        new_tokens: dict = {}
-        for r, sps in by_req.items():
-            pool = []   # (source slot, token, proposal)
-            for sp in sps:
-                y, cands, event, ctx = h.proposals[sp[2]]
-                for t in (cands if cands is not None else [y] * self.k):
-                    pool.append((sp[1], int(t), (y, event, ctx)))
-                if event and event.get("status") in ("activated", "not-detected"):
-                    self.grounded[r] = True
-            ctx = pool[0][2][2]
-            tok = ctx.adapter.processor.tokenizer
-            p = ctx.params
-            exempt = list(p["exempt_words"]) if p["exempt_words"] is not None else list(EXEMPT_WORDS)
-            gen = {sp[1]: list(self.slot_tokens.get((r, sp[1]), [])) for sp in sps}
+        eos = set(layout.eos)
+        h.row_last, h.row_pick = {}, {}
+        reqs: list[int] = []
+        for r, s, first, _ in spans:
+            if r not in reqs:
+                reqs.append(r)
+            if r not in self.beams:   # first call: B identical beams on the one prefill row
+                self.beams[r] = [Beam(slot=s) for _ in range(self.B)]
+            ctxt = next((b.fed for b in self.beams[r] if b.slot == s), [])
+            h.row_last[first] = int(ctxt[-1]) if ctxt else int(h.seqs[r][0].input_ids[-1])
+        scores = self.score(step, logits, spans)
+        ys = scores.argmax(-1).tolist()
+        where = {(sp[0], sp[1]): (i, sp[2]) for i, sp in enumerate(spans)}
+        # 1-3: DoLa token, word boundary, judgement
+        fov_jobs = []   # (request, beam, boxes)
+        for r in reqs:
+            tok = self._tok(r)
+            for j, b in enumerate(self.beams[r]):
+                b.entries = [None] * self.k
+                if b.slot is None:
+                    continue
+                i, row = where[(r, b.slot)]
+                b.y, b.pick = int(ys[i]), int(h.row_pick[row])
+                if not starts_word(tok, b.y, eos):
+                    continue
+                b.once = False
+                if b.word_ids:
+                    event, boxes = self._judge(r, j, b, eos)
+                    b.not_detected = event.get("status") == "not-detected"
+                    if boxes is None:
+                        b.entries = [list(b.word_ids) for _ in range(self.k)]
+                    else:
+                        fov_jobs.append((r, j, boxes, event))
+                b.word_ids = []
+        # 4: the FOV views of every judged word in one spawned forward
+        if fov_jobs:
+            branches, prefixes = [], []
+            for r, j, boxes, _ in fov_jobs:
+                req = self.contexts[r].prepared["halc_request"]
+                for box in boxes:
+                    branches.append(Branch(prompt=req.prompt, image=crop(req.image, box), system=req.system,
+                                           name="fov"))
+                    prefixes.append(list(self.beams[r][j].committed))
+            ad = self.contexts[fov_jobs[0][0]].adapter
+            fov = spawn_logits(ad, branches, prefixes, hooks=h).float().cpu()
+            n = int(self.p["context_window"])
+            for c, (r, j, _, event) in enumerate(fov_jobs):
+                cands = fov_candidates(fov[c * n:(c + 1) * n], self.k, float(self.p["contrast_weight"]))
+                event["candidates"] = cands
+                self.beams[r][j].entries = [[t] for t in cands]
+        # 5-6: selection, commit, rollback
+        new_beams: dict[int, list[Beam]] = {}
+        redo = []        # (request, new beam index, context ids, premature-layer index, commit record)
+        src_slot: dict = {}
+        for r in reqs:
+            ctx = self.contexts[r]
+            tok = self._tok(r)
+            exempt, _ = self._lists()
+            bs = self.beams[r]
+            pool = [(j, e) for j, b in enumerate(bs) for e in b.entries]
             if not self.grounded.get(r):
-                rnd = random.Random(8)
-                sel = rnd.sample(range(len(pool)), min(self.B, len(pool)))
+                sel = random.Random(8).sample(range(len(pool)), self.B)
             else:
-                texts = [tok.decode(gen[s] + [t], skip_special_tokens=True) for s, t, _ in pool]
-                probs = ctx.prepared["halc_aux"]["scorer"].similarity(ctx.prepared["halc_request"].image,
-                                                                     texts).softmax(-1).tolist()
+                texts = [tok.decode(bs[j].committed + (e or []), skip_special_tokens=True) for j, e in pool]
+                probs = ctx.prepared["halc_aux"]["scorer"].similarity(
+                    ctx.prepared["halc_request"].image, texts).softmax(-1).tolist()
                 sel, seen = [], set()
-                for i in sorted(range(len(pool)), key=lambda i: (-probs[i], i)):
+                for i in sorted(range(len(pool)), key=lambda i: probs[i])[::-1]:
                     if texts[i] not in seen:
                         seen.add(texts[i])
                         sel.append(i)
                     if len(sel) == self.B:
                         break
-            sel += [sel[0]] * (self.B - len(sel))
-            entries = []
-            for i in sel:
-                s, t, (y, event, _) = pool[i]
-                t, fired = unk_rule(tok, t, y, event or {}, len(gen[s]), p, exempt)
-                entries.append((s, t))
-            if entries[0][1] in layout.eos:
-                tokens[r], done[r] = gen[entries[0][0]], "eos"
+                sel += [sel[0]] * (self.B - len(sel))
+            live = [b for b in bs if b.slot is not None]
+            last_pick = live[-1].pick if live else 0
+            unk_id = tok.unk_token_id
+            out = []
+            for jn, i in enumerate(sel):
+                j, e = pool[i]
+                nb = copy.deepcopy(bs[j])
+                src_slot[(r, jn)] = bs[j].slot
+                out.append(nb)
+                if nb.slot is None:
+                    continue
+                if e is None:
+                    nb.word_ids.append(nb.y)
+                    nb.fed.append(nb.y)
+                    continue
+                nb.committed = nb.committed + list(e)
+                w2 = last_word(tok, e)
+                unk = False
+                if (nb.not_detected and self.p["unk_not_detected"] and unk_id is not None
+                        and len(nb.committed) >= int(self.p["min_length"])
+                        and (w2 == nb.word or w2 in nb.word or nb.word in w2) and w2 not in exempt):
+                    t = 1
+                    if not starts_word(tok, e[0], eos):
+                        while t < len(nb.committed) and not starts_word(tok, nb.committed[-t], eos):
+                            t += 1
+                    nb.committed = nb.committed[:-t] + [int(unk_id)] * t
+                    w2, unk = "EOS", True
+                corrected = w2 != nb.word
+                commit = {"step": len(bs[j].committed), "beam": jn, "source": j, "ids": list(e), "corrected": corrected,
+                          "unk": unk}
+                ctx.meta.setdefault("halc_commits", []).append(commit)
+                if corrected:
+                    if self.p["rollback_context"] == "snapshot":
+                        back = nb.snapshot + [nb.committed[-1]]
+                    else:
+                        back = list(nb.committed)
+                    redo.append((r, jn, back, last_pick, commit))
+                else:
+                    nb.word_ids.append(nb.y)
+                    nb.fed.append(nb.y)
+            new_beams[r] = out
+        replay_ids: dict = {}
+        if redo:
+            for (r, jn, back, _, commit), y2 in zip(redo, self._redecode([(x[0], x[2], x[3]) for x in redo])):
+                nb = new_beams[r][jn]
+                nb.word_ids, nb.fed = [y2], list(back) + [y2]
+                commit["redecoded"] = y2
+                replay_ids[(r, jn)] = nb.fed
+        # 7: snapshots, finished beams, the end; the engine's next rows
+        picks, feed, tokens, done, replay = [], [], {}, {}, {}
+        for r in reqs:
+            tok = self._tok(r)
+            limit = int(layout.limits[r])
+            for jn, nb in enumerate(new_beams[r]):
+                if nb.slot is None:
+                    continue
+                pending = nb.fed[-1]
+                if not starts_word(tok, pending, eos):
+                    if not nb.once:
+                        nb.once = True
+                        nb.snapshot = nb.fed[:-1]
+                else:
+                    nb.snapshot = nb.fed[:-1]
+                if pending in eos:
+                    nb.committed, nb.word_ids, nb.slot, nb.eos = nb.committed + nb.word_ids[:-1], [], None, True
+                elif len(nb.committed) + len(nb.word_ids) >= limit + 1:
+                    nb.committed, nb.word_ids, nb.slot = nb.committed + nb.word_ids, [], None
+            bs = new_beams[r]
+            self.beams[r] = bs
+            b0 = bs[0]
+            if all(b.slot is None for b in bs) or len(b0.committed) >= limit - 1:
+                tokens[r] = list(b0.committed[:limit])
+                done[r] = "eos" if b0.eos else "length"
                 continue
-            if len(gen[entries[0][0]]) + 1 >= layout.limits[r]:
-                tokens[r], done[r] = gen[entries[0][0]] + [entries[0][1]], "length"
-                continue
-            entries = [e if e[1] not in layout.eos else entries[0] for e in entries]
-            for j, (s, t) in enumerate(entries):
-                picks.append((r, s, j))
-                feed.append(t)
-                new_tokens[(r, j)] = gen[s] + [t]
-            tokens[r] = new_tokens[(r, 0)]
-        self.slot_tokens = new_tokens
-        return _choice(layout, picks, feed, tokens, done)
+            tokens[r] = list((b0.committed + b0.word_ids)[:limit])
+            for jn, nb in enumerate(bs):
+                if nb.slot is None:
+                    continue
+                if (r, jn) in replay_ids:
+                    replay[len(picks)] = list(replay_ids[(r, jn)])
+                picks.append((r, src_slot[(r, jn)], jn))
+                feed.append(nb.fed[-1])
+                nb.slot = jn
+        ch = _choice(layout, picks, feed, tokens, done)
+        if replay:       # one branch per beam: pick i is new row i
+            ch.replay = replay
+        return ch
 
 
 @dataclass(frozen=True)
 class HALC(Method):
     name = "halc"
     mode = "greedy"
-    random_draw = True  # the 30 % trigger skip
+    random_draw = True  # the 30 % skip
+    extra_inputs = ("halc_aux",)   # the workflow's detector/scorer/tagger folders (vcdflow.config.METHOD_INPUTS)
     defaults = MappingProxyType({
         "detector": None, "scorer": None, "tagger": None,
         "premature_layers": None, "relative_top": 0.1,
         "beam_size": 3, "k_candidates": 4, "context_window": 4, "expand_ratio": 0.6, "contrast_weight": 0.05,
         "box_threshold": 0.45, "max_boxes": 3, "skip_rate": 0.3, "min_length": 8, "unk_not_detected": True,
-        "exempt_words": None, "add_words": None,
+        "rollback_context": "snapshot", "exempt_words": None, "add_words": None,
     })
     nullable = frozenset({"detector", "scorer", "tagger", "premature_layers", "exempt_words", "add_words"})
     param_types = MappingProxyType({"detector": str, "scorer": str, "tagger": str, "premature_layers": list,
@@ -370,6 +603,9 @@ class HALC(Method):
             raise ValueError(f"parameter 'relative_top' of method 'halc' must be in (0, 1], got {p['relative_top']}")
         if not 0 <= float(p["skip_rate"]) <= 1:
             raise ValueError(f"parameter 'skip_rate' of method 'halc' must be in [0, 1], got {p['skip_rate']}")
+        if p["rollback_context"] not in ROLLBACK_CONTEXTS:
+            raise ValueError(f"parameter 'rollback_context' of method 'halc' must be one of "
+                             f"{', '.join(ROLLBACK_CONTEXTS)}, got {p['rollback_context']!r}")
         if p["premature_layers"] is not None and (
                 not p["premature_layers"] or not all(isinstance(x, int) and x >= 0 for x in p["premature_layers"])):
             raise ValueError("parameter 'premature_layers' of method 'halc' must be a non-empty list of "
@@ -423,20 +659,16 @@ class HALC(Method):
     def search(self, score, params, hooks, opts):
         if opts.get("num_beams", 1) > 1:
             raise ValueError("method 'halc' sets its beams with parameter 'beam_size'")
-        if int(params["beam_size"]) == 1:
-            return None   # beam 1: the plain chooser picks combine's one-hot choice
-        hooks.beam = True
-        return HalcBeams(score, hooks, int(params["beam_size"]), int(params["k_candidates"]))
+        return HalcBeams(score, hooks, params, opts["contexts"])
 
     def combine(self, logits, step, state):
+        """DoLa scores of every row (step 1); the search reads the argmax and ``row_pick``."""
         p = state.params
         hooks = state.hooks
         ad = state.contexts[0].adapter
         rows = state.rows[:, 0]
         mature = logits[:, 0].float()
-        gens = [list(hooks.row_tokens.get(row, [])) if hooks.beam else list(hooks.tokens[r])
-                for row, r in zip(rows.tolist(), state.requests)]
-        last_ids = [int(g[-1]) if g else int(hooks.seqs[r][0].input_ids[-1]) for g, r in zip(gens, state.requests)]
+        last_ids = [int(hooks.row_last[row]) for row in rows.tolist()]
         early = []
         for layer in hooks.dola:
             if layer == 0:
@@ -444,86 +676,7 @@ class HALC(Method):
             else:
                 h = hooks.last[layer - 1].index_select(0, rows.to(hooks.last[layer - 1].device))
             early.append(ad.lm_head()(h).float())
-        scores, _ = dola_scores(mature, torch.stack(early, 1).to(mature.device), float(p["relative_top"]))
-        picks = scores.argmax(-1).tolist()
-        events, cands = self.propose(picks, gens, state)
-        if hooks.beam:
-            for k, row in enumerate(rows.tolist()):
-                hooks.proposals[row] = (picks[k], cands[k], events[k], state.contexts[k])
-            return scores
-        tok = ad.processor.tokenizer
-        exempt = list(p["exempt_words"]) if p["exempt_words"] is not None else list(EXEMPT_WORDS)
-        for k, c in enumerate(cands):
-            if c is None:
-                continue
-            ctx = state.contexts[k]
-            texts = [tok.decode(gens[k] + [t], skip_special_tokens=True) for t in c]
-            sim = ctx.prepared["halc_aux"]["scorer"].similarity(ctx.prepared["halc_request"].image, texts).softmax(-1)
-            chosen = c[int(sim.argmax())]
-            events[k]["chosen"] = chosen
-            chosen, fired = unk_rule(tok, chosen, picks[k], events[k], len(gens[k]), p, exempt)
-            if fired:
-                events[k]["unk"] = True
-            picks[k] = chosen
-        out = torch.full_like(mature, -float("inf"))
-        out[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
-        return out
-
-    def propose(self, picks, gens, state):
-        """Steps 2-5 for each member: (events [dict | None], candidate tokens [list | None]); the
-        FOV views of every member that fires go into one spawned forward."""
-        p = state.params
-        ad = state.contexts[0].adapter
-        tok = ad.processor.tokenizer
-        eos = set(ad.eos_token_ids)
-        exempt = list(p["exempt_words"]) if p["exempt_words"] is not None else list(EXEMPT_WORDS)
-        add = list(p["add_words"]) if p["add_words"] is not None else list(ADD_WORDS)
-        log = not state.hooks.beam
-        events: list = [None] * len(picks)
-        cands: list = [None] * len(picks)
-        fire = []   # (member, FOV boxes)
-        for k, y in enumerate(picks):
-            ctx = state.contexts[k]
-            if y in eos or not starts_word(tok, y):
-                continue
-            aux = ctx.prepared["halc_aux"]
-            word = clean_entity(tok.decode([y], skip_special_tokens=True).strip())
-            pos = aux["tagger"].pos(word) if word else "PUNC"
-            if "." in word or "," in word or word in exempt:
-                pos = "SKIP"
-            if float(torch.rand(1, generator=ctx.rng)) < float(p["skip_rate"]):
-                pos = "SKIP"
-            if word in add:
-                pos = "ADD"
-            event = {"step": len(gens[k]), "token": y, "word": word, "pos": pos}
-            events[k] = event
-            if log:
-                ctx.meta.setdefault("halc_events", []).append(event)
-            if pos not in VALID_POS:
-                event["status"] = "invalid"
-                continue
-            boxes = aux["detector"].detect(ctx.prepared["halc_request"].image, word, float(p["box_threshold"]))
-            if len(boxes) > int(p["max_boxes"]):
-                event.update(status="invalid", n_boxes=len(boxes))
-                continue
-            if boxes:
-                areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-                target, status = boxes[areas.index(min(areas))], "activated"
-            else:
-                target, status = list(CENTRE_BOX), "not-detected"
-            event.update(status=status, box=[round(float(v), 6) for v in target])
-            fire.append((k, fov_boxes(target, int(p["context_window"]), float(p["expand_ratio"]))))
-        if not fire:
-            return events, cands
-        branches, prefixes = [], []
-        for k, fboxes in fire:
-            req = state.contexts[k].prepared["halc_request"]
-            for b in fboxes:
-                branches.append(Branch(prompt=req.prompt, image=crop(req.image, b), system=req.system, name="fov"))
-                prefixes.append(gens[k])
-        fov = spawn_logits(ad, branches, prefixes, hooks=state.hooks).float().cpu()
-        n = int(p["context_window"])
-        for c, (k, _) in enumerate(fire):
-            cands[k] = fov_candidates(fov[c * n:(c + 1) * n], int(p["k_candidates"]), float(p["contrast_weight"]))
-            events[k]["candidates"] = cands[k]
-        return events, cands
+        scores, pick = dola_scores(mature, torch.stack(early, 1).to(mature.device), float(p["relative_top"]))
+        for k, row in enumerate(rows.tolist()):
+            hooks.row_pick[row] = int(pick[k])
+        return scores
