@@ -358,7 +358,8 @@ def test_the_demo_config_decodes_every_registered_method():
 
 def test_every_demo_method_decodes_and_scores_through_the_workflow(micro_run, tmp_path):
     """Every label of the demo config (every registered method but NOT_IN_THE_DEMO, greedy and
-    sampling where it defines both) through Snakemake on the micro world: decode (labels batched,
+    sampling where it defines both; PBA, a yes/no control, on POPE only) through Snakemake on the
+    micro world: decode (labels batched,
     group_labels 64, with text_cd's amateur trained and VTI's directions fitted by their rules),
     score, metrics.csv and the report. Each label: every POPE and CHAIR item answered, no error
     row, its metrics in metrics.csv and its row in the report's overview."""
@@ -379,24 +380,51 @@ def test_every_demo_method_decodes_and_scores_through_the_workflow(micro_run, tm
     config.write_text(yaml.safe_dump(cfg))
     snakemake(tmp_path, config=config, timeout=1500)
 
-    labels = {(label, "sample" if entry.get("do_sample") or entry["method"] == "sample" else "greedy")
-              for label, entry in demo["methods"].items()}
+    from vcdflow.config import grid
+
+    planned = list(grid(cfg))
+    labels = {(g["method"], g["mode"]) for g in planned}
+    assert {label for label, _ in labels} == set(demo["methods"])
+    # PBA (a yes/no control) is left out of CHAIR (Method.answer_kinds); every other label runs on both
+    assert {(g["method"], g["benchmark"]) for g in planned if g["method"].startswith("pba")} == \
+        {("pba", "pope"), ("pba_sample", "pope")}
+    assert len(planned) == 2 * len(labels) - 2
     n_pope = len(read_jsonl(workdir / "resources/demo/pope/demo_pope_random.json"))
-    for label, mode in sorted(labels):
-        for bench, split, n in (("pope", "random", n_pope), ("chair", "all", 2)):
-            path = tmp_path / f"results/{bench}/{split}/demo/unified/{label}/{mode}/seed0.jsonl"
-            recs = read_jsonl(path)
-            assert len(recs) == n and all(r["error"] is None for r in recs), (path, [r["error"] for r in recs][:3])
+    for g in planned:
+        path = tmp_path / "results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.jsonl".format(**g)
+        recs = read_jsonl(path)
+        assert len(recs) == {"pope": n_pope, "chair": 2}[g["benchmark"]], path
+        assert all(r["error"] is None for r in recs), (path, [r["error"] for r in recs][:3])
+    assert not (tmp_path / "results/chair/all/demo/unified/pba").exists()
     df = pd.read_csv(tmp_path / "results" / "metrics.csv")
     got = set(df[["method", "mode"]].drop_duplicates().itertuples(index=False, name=None))
     assert got == labels
-    for label, mode in labels:
-        rows = df[(df.method == label) & (df["mode"] == mode)]
-        assert set(rows[rows.benchmark == "pope"].metric) >= {"accuracy", "f1", "yes_ratio"}, label
-        assert set(rows[rows.benchmark == "chair"].metric) >= {"chair_s", "chair_i"}, label
+    want = {"pope": {"accuracy", "f1", "yes_ratio"}, "chair": {"chair_s", "chair_i"}}
+    for g in planned:
+        rows = df[(df.method == g["method"]) & (df["mode"] == g["mode"]) & (df.benchmark == g["benchmark"])]
+        assert set(rows.metric) >= want[g["benchmark"]], g
     # batched: one decode job per batch of labels, and the decoded methods ran through their inputs
     assert len(list((tmp_path / "logs/decode_batch").glob("*.log"))) == 4  # plain, convis, amateur, vti
     assert (tmp_path / "resources/amateurs/demo").is_dir()
     html = (tmp_path / "reports/index.html").read_text()
     for label, _ in labels:
         assert f'data-glance="pope/random/demo/{label}/' in html, label
+
+
+def test_answer_kinds_leave_pba_out_of_caption_splits():
+    """Every benchmark declares what its items ask for; a method with answer_kinds (PBA: yes/no)
+    is planned only where the split's items are of that kind (AMBER: discriminative, not generative)."""
+    from vcdflow.benchmarks import BENCHMARKS
+    from vcdflow.config import applies
+
+    for bench in BENCHMARKS.values():
+        for split in ("all", "generative", "discriminative", "random"):
+            assert bench.answer_kind(split) in {"yes_no", "caption", "choice", "open"}, bench.kind
+    cfg = {"models": {"m": {"family": "llava"}}, "methods": {"pba": {"method": "pba"}, "vcd": {"method": "vcd"}}}
+    got = {(b, s): (applies(cfg, "pba", "m", b, s), applies(cfg, "vcd", "m", b, s))
+           for b, s in (("pope", "random"), ("pope_gqa", "adversarial"), ("mme", "all"), ("chair", "all"),
+                        ("amber", "generative"), ("amber", "discriminative"), ("llavabench", "all"))}
+    assert got == {("pope", "random"): (True, True), ("pope_gqa", "adversarial"): (True, True),
+                   ("mme", "all"): (True, True), ("chair", "all"): (False, True),
+                   ("amber", "generative"): (False, True), ("amber", "discriminative"): (True, True),
+                   ("llavabench", "all"): (False, True)}

@@ -504,6 +504,7 @@ def method_meta() -> dict[str, dict]:
             meta = {n: {"random_draw": bool(getattr(m, "random_draw", True)),
                         "extra_inputs": list(getattr(m, "extra_inputs", ())),
                         "families": None if getattr(m, "families", None) is None else list(m.families),
+                        "answer_kinds": None if getattr(m, "answer_kinds", None) is None else list(m.answer_kinds),
                         "mode": getattr(m, "mode", None),
                         "defaults": dict(m.defaults)} for n, m in METHODS.items()}
             _write_cache(name, meta)
@@ -554,25 +555,33 @@ def splits_of(config: Mapping, benchmark: str) -> list[str]:
     return get_benchmark(benchmark).splits(config["benchmarks"][benchmark])
 
 
-def applies(config: Mapping, label: str, model: str) -> bool:
+def applies(config: Mapping, label: str, model: str, benchmark: str | None = None, split: str | None = None) -> bool:
     """False when the label's method declares ``families`` and the model's configured family
-    (not ``auto``) is not one of them (CARVE on InstructBLIP): such pairs are left out of the grid
-    instead of being decoded as items that all fail."""
-    families = (method_meta().get(method_entry(config, label)["method"]) or {}).get("families")
+    (not ``auto``) is not one of them (CARVE on InstructBLIP), or — given a benchmark and split —
+    when it declares ``answer_kinds`` and the split's items ask for another kind (PBA, a yes/no
+    control, on CHAIR's captions): such results are left out of the grid instead of being decoded
+    as items that all fail or that measure nothing."""
+    meta = method_meta().get(method_entry(config, label)["method"]) or {}
+    families = meta.get("families")
     family = (config["models"].get(model) or {}).get("family", "auto")
-    return families is None or family in (None, "auto") or family in families
+    if not (families is None or family in (None, "auto") or family in families):
+        return False
+    kinds = meta.get("answer_kinds")
+    if kinds is None or benchmark is None:
+        return True
+    return get_benchmark(benchmark).answer_kind(split) in kinds
 
 
 def grid(config: Mapping) -> Iterator[dict]:
     """Every result of the config: dicts with benchmark, split, model, protocol, method (the
-    label), mode and seed — in config order; (label, model) pairs the method does not apply to
-    (:func:`applies`) are left out."""
+    label), mode and seed — in config order; results the method does not apply to
+    (:func:`applies`: its model family, its benchmark's answer kind) are left out."""
     seeds = [int(s) for s in config["seeds"]]
     for benchmark in config["benchmarks"]:
         for split in splits_of(config, benchmark):
             for model in config["models"]:
                 for label in config["methods"]:
-                    if not applies(config, label, model):
+                    if not applies(config, label, model, benchmark, split):
                         continue
                     for protocol in run_protocols(config, label):
                         mode = run_mode(config, label, protocol, benchmark, model)

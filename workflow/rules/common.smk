@@ -5,6 +5,7 @@ Rules hold no logic: everything here only maps the (validated) config onto paths
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -209,18 +210,40 @@ GROUP_PARTS = [(b, s, n) for b in GROUP_BENCHMARKS for s in bench_splits(b) for 
 GROUP_KEY = "{model}/{protocol}/{method}/{mode}"
 
 
-def _group_protocols():
-    """Protocols under which every label has every GROUP_PARTS result (one mode throughout)."""
-    parts, full = {}, set(GROUP_PARTS)
+def _label_parts():
+    """(model, protocol, label, mode) -> the GROUP_PARTS results the grid has for it: all of them,
+    or fewer where the method does not apply to a benchmark's answers (vcdflow.config.applies)."""
+    parts = {}
     for g in GRID:
         if g["benchmark"] in GROUP_BENCHMARKS:
             key = (g["model"], g["protocol"], g["method"], g["mode"])
             parts.setdefault(key, set()).add((g["benchmark"], g["split"], g["seed"]))
-    partial = {key[1] for key, have in parts.items() if have != full}
-    return sorted({key[1] for key in parts} - partial)
+    return {key: [p for p in GROUP_PARTS if p in have] for key, have in parts.items()}
+
+
+LABEL_PARTS = _label_parts()
+
+
+def _group_protocols():
+    """Protocols under which every label has one mode throughout (a label whose mode differs
+    between benchmarks keeps the per-shard jobs for the whole protocol)."""
+    modes = {}
+    for model, protocol, method, mode in LABEL_PARTS:
+        modes.setdefault((model, protocol, method), set()).add(mode)
+    partial = {key[1] for key, have in modes.items() if len(have) > 1}
+    return sorted({key[1] for key in modes} - partial)
 
 
 GROUP_PROTOCOLS = _group_protocols() if GROUP_PARTS else []
+# labels with every GROUP_PARTS result: the decode_group/score_group rules' outputs (wildcards)
+# are the same list for every label; the others (a method left out of some benchmarks) keep the
+# per-shard rules there, or go in label batches (group_labels > 1), whose paths are per label
+FULL_LABELS = sorted({key[2] for key in LABEL_PARTS}
+                     - {key[2] for key, have in LABEL_PARTS.items() if have != GROUP_PARTS})
+
+
+def label_alternation(labels):
+    return "|".join(re.escape(str(v)) for v in sorted(labels, key=len, reverse=True))
 
 
 def group_outputs(suffix):
@@ -234,14 +257,18 @@ def _group_wildcards(wildcards, benchmark, split, seed):
                       protocol=wildcards.protocol, method=wildcards.method, mode=wildcards.mode)
 
 
+def label_parts(wildcards):
+    """The GROUP_PARTS results of one label (wildcards model, protocol, method, mode)."""
+    return LABEL_PARTS.get((wildcards.model, wildcards.protocol, wildcards.method, wildcards.mode), [])
+
+
 def group_decode_inputs(wildcards):
     """The model and every benchmark split's decode inputs (keys suffixed with benchmark/split)."""
     inputs = {"model": model_dir(wildcards.model)}
-    for b in GROUP_BENCHMARKS:
-        for s in bench_splits(b):
-            for key, value in decode_inputs(_group_wildcards(wildcards, b, s, SEEDS[0])).items():
-                if key != "model":
-                    inputs[f"{key}_{b}_{s}"] = value
+    for b, s in dict.fromkeys((b, s) for b, s, _ in label_parts(wildcards)):
+        for key, value in decode_inputs(_group_wildcards(wildcards, b, s, SEEDS[0])).items():
+            if key != "model":
+                inputs[f"{key}_{b}_{s}"] = value
     return inputs
 
 
@@ -249,7 +276,7 @@ def group_runs(wildcards):
     """What a group's decode job decodes: per distinct (benchmark, split, decoded seed) its run
     spec, its shard file and the result files (with their seeds) merged from it."""
     jobs = {}
-    for b, s, n in GROUP_PARTS:
+    for b, s, n in label_parts(wildcards):
         wc = _group_wildcards(wildcards, b, s, n)
         seed = decoded_seed(wc)
         if (b, s, seed) not in jobs:
@@ -262,7 +289,7 @@ def group_runs(wildcards):
 
 def group_score_inputs(wildcards):
     inputs = {}
-    for b, s, n in GROUP_PARTS:
+    for b, s, n in label_parts(wildcards):
         for key, value in score_inputs(_group_wildcards(wildcards, b, s, n)).items():
             inputs[f"{key}_{b}_{s}_{n}"] = value
     return inputs
@@ -271,7 +298,7 @@ def group_score_inputs(wildcards):
 def group_score_parts(wildcards):
     """Per result of the group: its scorer slice, result file and the two files it scores into."""
     parts = []
-    for b, s, n in GROUP_PARTS:
+    for b, s, n in label_parts(wildcards):
         wc = _group_wildcards(wildcards, b, s, n)
         path = RESULT.format(**wc)
         parts.append({"bench": score_bench(wc), "results": f"{path}.jsonl", "scored": f"{path}.scored.jsonl",
@@ -318,7 +345,7 @@ LABEL_BATCHES = _label_batches() if GROUP_PROTOCOLS and GROUP_LABELS > 1 else {}
 def batch_outputs(labels, suffix):
     """The result files of a batch's labels + ``suffix`` (literal paths)."""
     return [f"{RESULT.format(benchmark=b, split=s, seed=n, **label)}{suffix}" for label in labels
-            for b, s, n in GROUP_PARTS]
+            for b, s, n in label_parts(label)]
 
 
 def _merged(dicts):

@@ -60,6 +60,7 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
             "logs/benchmarks/decode_group/{model}/{protocol}/{method}/{mode}.tsv"
         wildcard_constraints:
             protocol=_alternation(GROUP_PROTOCOLS),
+            method=label_alternation(FULL_LABELS),
         threads: config["threads"]
         resources:
             gpu=gpus_per_job(),

@@ -43,6 +43,7 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
             "logs/score_group/{model}/{protocol}/{method}/{mode}.log",
         wildcard_constraints:
             protocol=_alternation(GROUP_PROTOCOLS),
+            method=label_alternation(FULL_LABELS),
         params:
             parts=group_score_parts,
         conda:

@@ -5,6 +5,8 @@ Splits are the configured ``tasks``; scorer: :mod:`vcdflow.metrics.amber`.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from pathlib import Path
 
 from .base import Benchmark, Column
@@ -61,6 +63,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers=MappingProxyType({"generative": "caption", "discriminative": "yes_no"}),
     kind="amber",
     title="AMBER",
     splits=_splits,

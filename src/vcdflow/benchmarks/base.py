@@ -32,7 +32,11 @@ class Benchmark:
     * ``load_items(bench) -> list[dict]``: the items of one split, in a fixed order;
     * ``score(bench, records) -> (scores, per_item)``: metric values and per-item outcomes;
     * ``columns``: headline metrics and their better direction (the report's tables);
-    * ``parsers``: valid answer parsers (the first is the default).
+    * ``parsers``: valid answer parsers (the first is the default);
+    * ``answers``: what an item asks for — ``"yes_no"``, ``"caption"``, ``"choice"`` or ``"open"``
+      — one value, or split -> value (AMBER: generative captions, discriminative yes/no); a method
+      that declares ``answer_kinds`` (PBA: yes/no only) is left out of the other splits' grid
+      (:func:`vcdflow.config.applies`).
     """
 
     kind: str
@@ -47,6 +51,13 @@ class Benchmark:
     parsers: tuple[str, ...] = ()
     default_prompt: str = "{question}"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    answers: str | Mapping[str, str] = "open"
+
+    def answer_kind(self, split: str) -> str:
+        """What the items of ``split`` ask for (see ``answers``)."""
+        if isinstance(self.answers, str):
+            return self.answers
+        return self.answers.get(split, "open")
 
     def headline(self) -> dict[str, str]:
         """metric -> better direction ("higher" / "lower" / "") of the headline metrics."""

@@ -46,6 +46,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="caption",
     kind="chair",
     title="CHAIR",
     splits=_splits,

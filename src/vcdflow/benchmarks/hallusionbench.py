@@ -65,6 +65,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="yes_no",
     kind="hallusionbench",
     title="HallusionBench",
     splits=_splits,

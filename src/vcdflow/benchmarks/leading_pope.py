@@ -73,6 +73,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="yes_no",
     kind="leading_pope",
     title="POPE, leading queries (LQCD)",
     splits=_splits,

@@ -45,6 +45,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="open",
     kind="llavabench",
     title="LLaVA-Bench (in the wild)",
     splits=_splits,

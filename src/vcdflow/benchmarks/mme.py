@@ -63,6 +63,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="yes_no",
     kind="mme",
     title="MME",
     splits=_splits,

@@ -52,6 +52,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="open",
     kind="mmhal",
     title="MMHal-Bench",
     splits=_splits,

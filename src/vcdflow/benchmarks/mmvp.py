@@ -62,6 +62,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="choice",
     kind="mmvp",
     title="MMVP",
     splits=_splits,

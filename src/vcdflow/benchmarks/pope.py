@@ -37,6 +37,7 @@ def _score(bench, records):
 
 
 BENCHMARK = Benchmark(
+    answers="yes_no",
     kind="pope",
     title="POPE",
     splits=_splits,

@@ -60,6 +60,10 @@ class Method:
     extra_inputs: ClassVar[tuple] = ()
     #: model families the method applies to (None: every family); others fail naming the family
     families: ClassVar[tuple | None] = None
+    #: benchmark answer kinds the method is meant for (None: every kind; see
+    #: :class:`vcdflow.benchmarks.base.Benchmark` ``answers``): the workflow's grid leaves the
+    #: method out of other benchmarks/splits (PBA's "Answer yes whenever possible." is for yes/no items)
+    answer_kinds: ClassVar[tuple | None] = None
     #: False: the engine never uses shared-prefix prefill for this method (its hooks need every
     #: row's full prefill in one forward); generate(share_prefix=True) is then ignored
     share_prefix: ClassVar[bool] = True

@@ -17,7 +17,9 @@ word or phrase."``). The README's paraphrase "Whenever possible, please select Y
 code's text. Its control is plain ``greedy`` with the same benchmark prompt.
 
 Official mode: greedy only. ``do_sample=True`` samples from the same single branch (not in the
-paper). Every family (the suffix is plain text); needs no image itself.
+paper). Every family (the suffix is plain text); needs no image itself. Yes/no benchmarks only
+(``answer_kinds``: the workflow's grid leaves it out of CHAIR, AMBER's generative task and
+open-ended benchmarks — cd_rethink runs it on POPE only).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ PBA_SUFFIX = " Answer yes whenever possible."
 class PBA(Method):
     name = "pba"
     defaults = MappingProxyType({"suffix": PBA_SUFFIX})
+    #: a control for yes/no questions (POPE): on a caption prompt the suffix is meaningless (the
+    #: demo model then answers "." — a CHAIR of 0 that would read as a result); the grid leaves
+    #: pba out of CHAIR, AMBER's generative task and open-ended benchmarks
+    answer_kinds = ("yes_no",)
     requires_image = False
 
     def validate(self, p):
