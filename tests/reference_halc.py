@@ -268,7 +268,7 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
     while True:
         b0 = beams[0]
         if all(b["finished"] for b in beams) or len(b0["intermediate"]) >= max_new_tokens - 1:
-            res.tokens = b0["intermediate"][:max_new_tokens]
+            res.tokens = (b0["intermediate"] + b0["last_tokens"])[:max_new_tokens]   # I + W (the engine's length contract)
             res.finish = "eos" if b0["eos"] else "length"
             return res
         nxt, layer_used, cand_lists = [], None, []

@@ -65,9 +65,10 @@ context F (what its KV cache holds, + the pending token) and a cache snapshot S
 7. **End** (L4562-4570, L5066-5070): a beam whose pending token is EOS, or whose I + W reaches
    ``max_new_tokens`` + 1 ids, is finished (frozen; it stays in the pool with its text); the
    request ends when every beam is finished or beam 0 has ``max_new_tokens`` − 1 committed ids.
-   Output: beam 0 — its committed ids I (a running beam: the word in progress is dropped, never
-   judged) or a finished beam's ids, cut to ``max_new_tokens``; ``finish_reason`` "eos" when
-   beam 0 finished at EOS. ``Output.text`` is decoded with ``skip_special_tokens``, so unk
+   Output: beam 0's ids I + W (a finished beam: all its ids), cut to ``max_new_tokens`` (so a
+   "length" finish has ``max_new_tokens`` ids, as for every method; the official returns I only,
+   dropping the last, unjudged word, L4566 — the last word is judged in neither);
+   ``finish_reason`` "eos" when beam 0 finished at EOS. ``Output.text`` is decoded with ``skip_special_tokens``, so unk
    tokens drop out of the text, as in HALC's own decode (``get_sequence_text``,
    ``halc.py:167-175``); HALC's caption script then also drops every sentence containing "unk"
    (``caption_generation.py:537-542``): :func:`drop_unk_sentences`, not applied by the decoder.
@@ -550,7 +551,7 @@ class HalcBeams:
             self.beams[r] = bs
             b0 = bs[0]
             if all(b.slot is None for b in bs) or len(b0.committed) >= limit - 1:
-                tokens[r] = list(b0.committed[:limit])
+                tokens[r] = list((b0.committed + b0.word_ids)[:limit])
                 done[r] = "eos" if b0.eos else "length"
                 continue
             tokens[r] = list((b0.committed + b0.word_ids)[:limit])
