@@ -16,10 +16,12 @@ or scorer: the parser is ours (UNVERIFIED).
   processors' own; **not modelled**: the code's Qwen ``max_pixels = 256·28·28``
   (``pipeline.py:46-51``) — our Qwen processor keeps its own pixel limits.
 * Parameters: λ = 1e-8, p = 0.2, K = 3 (``main.py:20-22``), layers 20–25 (``main.py:18``: the
-  method's default). The code's default version is **v4** (``main.py:15``, all-step maps), which is
-  not built here: the paper protocol runs the method's v3 (first-step maps, summed-attention
-  ranking), and its final pass feeds the refined image alone (Algorithm 1), not the code's
-  two-image prompt.
+  method's default). Paper and code disagree; both are built as the method's ``variant``: the
+  paper protocol runs the default ``paper`` (Algorithm 1: v3 first-step maps, summed-attention
+  ranking, the refined image alone in the final pass); ``variant: code`` is the released final
+  pass with the original and the refined image in one prompt (``pipeline.py:152``, E10) and
+  ``variant: code_v4`` the code's default version v4 (``main.py:15``, all-step maps) — labels
+  ``carve_code`` / ``carve_v4`` in ``config/paper.yaml``; the protocol's values apply to them alike.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ PROTOCOL = Protocol(
                                            "not modelled)"),
         "seeds": S((0,), f"greedy ({PIPE}:154): the seed does not matter; the code sets none"),
         "params": {"carve": S({"lam": 1e-8, "top_percent": 0.2, "min_keep_regions": 3, "version": "v3"},
-                              f"{MAIN}:20-22 (lam, top-percent, min-keep-regions); version: the code's default "
-                              f"v4 ({MAIN}:15) is not built, v3 = {PIPE}:19-24 'first' step + 'attention_sum'")},
+                              f"{MAIN}:20-22 (lam, top-percent, min-keep-regions); version v3 = {PIPE}:19-24 "
+                              f"'first' step + 'attention_sum' (the code's default v4, {MAIN}:15, is the "
+                              "method's variant='code_v4')")},
     },
     benchmark={
         "pope": {"prompt": S("{question} Answer the question using a single word or phrase.",
