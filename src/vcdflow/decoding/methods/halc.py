@@ -68,14 +68,14 @@ context F (what its KV cache holds, + the pending token) and a cache snapshot S
    Output: beam 0's ids I + W (a finished beam: all its ids), cut to ``max_new_tokens`` (so a
    "length" finish has ``max_new_tokens`` ids, as for every method; the official returns I only,
    dropping the last, unjudged word, L4566 — the last word is judged in neither);
-   ``finish_reason`` "eos" when beam 0 finished at EOS. ``Output.text`` is decoded with ``skip_special_tokens``, so unk
-   tokens drop out of the text, as in HALC's own decode (``get_sequence_text``,
+   ``finish_reason`` "eos" when beam 0 finished at EOS. ``Output.text`` is decoded with
+   ``skip_special_tokens``, so unk tokens drop out of the text, as in HALC's own decode (``get_sequence_text``,
    ``halc.py:167-175``); HALC's caption script then also drops every sentence containing "unk"
    (``caption_generation.py:537-542``): :func:`drop_unk_sentences`, not applied by the decoder.
-   ``Output.meta["halc_events"]``: every judgement (step = len(I), beam, word, pos, status, box,
-   candidates); ``meta["halc_commits"]``: every committed entry (step, beam, source, ids,
-   corrected, unk, redecoded token). Off with ``unk_not_detected: false``; a tokenizer without an
-   unk token never applies it.
+   ``Output.meta["halc_events"]``: every judgement (step = len(I), beam, word, its ids, pos,
+   status, box, candidates); ``meta["halc_commits"]``: every committed entry (step, beam, source
+   beam, ids, corrected, unk, the re-decoded token). The unk removal is off with
+   ``unk_not_detected: false``; a tokenizer without an unk token never applies it.
 
 Parameters: ``detector``, ``scorer``, ``tagger`` (below); ``beam_size`` 3; ``premature_layers``
 (None: 0, 2, …); ``relative_top`` 0.1; ``k_candidates`` 4; ``context_window`` 4; ``expand_ratio``
