@@ -149,7 +149,12 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
 
     # item fields the method reads as request prompts (LQCD on leading-query POPE: the neutral
     # question is the prompt, the leading one its contrast prompt); each through the same template
-    item_prompts = dict(getattr(get_method(method["method"]), "item_prompts", {}) or {})
+    the_method = get_method(method["method"])
+    item_prompts = dict(getattr(the_method, "item_prompts", {}) or {})
+    # the method's contrastive input from the item (cid, contrast: ``item_contrast``, Request field
+    # -> item key): a question through the same template, an image file resolved, loaded and
+    # preprocessed like the item's own (``<key>_path``, set by the loader); the item needs one of them
+    item_contrast = dict(getattr(the_method, "item_contrast", {}) or {})
     requests, slots, records = [], [], [None] * len(items)
     for i, item in enumerate(items):
         from_item = {}
@@ -158,18 +163,33 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
         prompt = from_item.pop("prompt", None) or build_prompt(run, item)
         extra = {"system": system} if system else {}
         extra.update(from_item)
-        path = item.get("image_path")
+        contrast = {key: item[key] for key in item_contrast.values() if item.get(key) is not None}
+        if item_contrast and not contrast:
+            keys = " and/or ".join(repr(k) for k in item_contrast.values())
+            records[i] = _record(run, item, prompt, "", f"method {method['method']!r} needs the item key {keys} "
+                                 f"(its contrastive input); item {item['item_id']} has none", {}, 0.0, 0)
+            continue
+        path, what = item.get("image_path"), "image"
         try:
             # an item without an image (HallusionBench's text-only questions) is a text-only request:
             # methods that need an image turn it into an error row naming the method
             image = None if path is None and "image_path" in item else _preprocess(_load_image(path), how, vlm)
             for path in item.get("contrast_images") or []:  # ConVis reconstructions
                 extra.setdefault("contrast_images", []).append(_preprocess(_load_image(path), how, vlm))
+            for field, key in item_contrast.items():
+                if key not in contrast:
+                    continue
+                if field.endswith("image"):
+                    path, what = item.get(f"{key}_path") or item[key], key
+                    extra[field] = _preprocess(_load_image(path), how, vlm)
+                else:
+                    extra.setdefault(field, build_prompt(run, {**item, "question": item[key]}))
         except Exception as exc:  # noqa: BLE001 - any unreadable image becomes an error row
-            records[i] = _record(run, item, prompt, "", f"image {path}: {type(exc).__name__}: {exc}", {}, 0.0, 0)
+            records[i] = _record(run, item, prompt, "", f"{what} {path}: {type(exc).__name__}: {exc}", {}, 0.0, 0)
             continue
         requests.append(Request(image=image, prompt=prompt, item_id=item["item_id"], **extra))
-        slots.append((i, prompt))
+        # the record's meta keeps the contrastive input used (the item's values)
+        slots.append((i, prompt, {"contrast_input": contrast} if contrast else {}))
     if requests:
         t0 = time.perf_counter()
         outs = generate_fn(
@@ -188,10 +208,10 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
             **dict(method.get("search") or {}),
         )
         per_item = (time.perf_counter() - t0) / len(requests)
-        for (i, prompt), out in zip(slots, outs):
+        for (i, prompt, used), out in zip(slots, outs):
             records[i] = _record(
                 run, items[i], prompt, out.text if not out.error else "", out.error,
-                dict(out.meta or {}), per_item, len(out.token_ids or []),
+                {**dict(out.meta or {}), **used}, per_item, len(out.token_ids or []),
             )
     return records
 

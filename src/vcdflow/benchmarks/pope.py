@@ -1,7 +1,9 @@
 """POPE (Li et al., EMNLP 2023): yes/no object-existence questions, random/popular/adversarial.
 
 Every ``pope`` and ``pope_<dataset>`` config key (``pope_aokvqa``, ``pope_gqa``, your own
-``pope_mine``) is this benchmark; scorer: :mod:`vcdflow.metrics.pope`.
+``pope_mine``) is this benchmark; scorer: :mod:`vcdflow.metrics.pope`. A question record may carry
+the optional keys ``contrast_question`` / ``contrast_image`` (a file name under ``images``): the
+contrastive input of ``cid`` and ``contrast`` (``Method.item_contrast``); other methods ignore them.
 """
 
 from __future__ import annotations
@@ -21,11 +23,31 @@ def _score_inputs(bench):
     return {}
 
 
+#: optional question-file keys kept on the items: a contrastive input for ``cid``/``contrast``
+#: (``Method.item_contrast``); ``contrast_image`` is a file name under ``images`` like ``image``
+CONTRAST_KEYS = ("contrast_question", "contrast_image")
+
+
+def _with_contrast(items, recs, images):
+    """``items`` (file order) with each record's contrast keys; ``contrast_image_path`` resolved
+    under ``images`` as ``image_path`` is (a missing file is that item's error row at decode)."""
+    from pathlib import Path
+
+    out = []
+    for it, rec in zip(items, recs, strict=True):
+        extra = {k: rec[k] for k in CONTRAST_KEYS if rec.get(k) is not None}
+        if "contrast_image" in extra:
+            extra["contrast_image_path"] = str(Path(images) / extra["contrast_image"])
+        out.append({**it, **extra} if extra else it)
+    return out
+
+
 def _load_items(bench):
     from ..metrics import pope
     from ..runner import seeded_subset
 
     items = pope.load_items(bench["questions"], bench["images"], split=bench["split"])
+    items = _with_contrast(items, pope.read_pope_file(bench["questions"]), bench["images"])
     return seeded_subset(items, bench.get("n_questions"), label=f"pope-subset-{bench['split']}")
 
 

@@ -10,7 +10,12 @@ Text that is likely given the regular input x and unlikely given a contrastive i
 **UNVERIFIED**: only the abstract and digests were readable (``shared/spec/methods-2.md`` §1.9);
 the per-token formula above is the VCD-style contrast with λ in place of α, the APC (β) is ours.
 The contrastive input comes from the request: ``Request.contrast_prompt`` (x′) and/or
-``Request.contrast_image`` (v′; default: the same image). Parameters: ``lambda`` = λ = 1
+``Request.contrast_image`` (v′; default: the same image). In the workflow a benchmark item
+carries it (``item_contrast``): POPE question-file keys ``contrast_question`` (x′, through the
+benchmark's prompt template like the question) and ``contrast_image`` (v′, a file name under the
+benchmark's ``images``, preprocessed like the image); the record's ``meta.contrast_input`` keeps
+the item's values; an item with neither key is an error row naming them
+(``tests/test_workflow_contrast.py``). λ = 0, or x′ = x and v′ = v, is greedy. Parameters: ``lambda`` = λ = 1
 (**unverified**), ``beta`` = β = 0.1 (**ours**). The paper has no POPE/CHAIR protocol; greedy and
 sampling both work (neither is "official"). Every family; text-only requests work too.
 """
@@ -29,6 +34,11 @@ class CID(Method):
     name = "cid"
     defaults = MappingProxyType({"lambda": 1.0, "beta": 0.1})
     requires_image = False
+    #: Request field -> benchmark item key the workflow's runner fills it from (``vcdflow.runner.
+    #: decode_batch``): the item's ``contrast_question`` through the benchmark's prompt template,
+    #: its ``contrast_image`` (a file name resolved like ``image``: ``contrast_image_path``) loaded
+    #: and preprocessed like the item's image; an item with neither is an error row naming them
+    item_contrast = MappingProxyType({"contrast_prompt": "contrast_question", "contrast_image": "contrast_image"})
 
     def validate(self, p):
         super().validate(p)
