@@ -140,3 +140,29 @@ def test_paired_bootstrap_matches_paired_z_test_for_large_n():
 def test_paired_bootstrap_rejects_unpaired_shapes():
     with pytest.raises(ValueError, match="paired"):
         paired_bootstrap_p(np.zeros(5), np.zeros(6))
+
+
+def test_a_beam_run_is_never_the_greedy_baseline():
+    """Under a paper protocol the keys are label@protocol: the label named like the mode wins,
+    and a beam-search run of the greedy engine method (beam5) is a row of its own."""
+    from vcdflow.report.analysis import Analysis, baselines
+
+    runs = {
+        "beam5@opera": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "opera", "label": "beam5",
+                        "search": {"num_beams": 5, "length_penalty": 1.0, "early_stopping": False, "length_norm": "total"}},
+        "greedy@opera": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "opera", "label": "greedy",
+                         "search": None},
+        "opera@opera": {"method": "opera", "mode": "greedy", "params": {}, "protocol": "opera", "label": "opera"},
+        "beam5": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "unified", "label": "beam5",
+                  "search": {"num_beams": 5}},
+        "greedy": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "unified", "label": "greedy"},
+    }
+    base = baselines(runs)
+    assert base[("opera", "greedy")] == "greedy@opera"
+    assert base[("unified", "greedy")] == base["greedy"] == "greedy"
+    # only a beam run of the engine's greedy: no greedy baseline under that protocol
+    assert ("opera", "greedy") not in baselines({k: v for k, v in runs.items() if k != "greedy@opera"})
+    rows = Analysis.row_groups(type("A", (), {"runs": runs})(), list(runs))
+    names = {(r["name"], r["protocol"]) for r in rows}
+    assert ("greedy (5 beams)", "opera") in names and ("baseline", "opera") in names
+    assert [r["labels"] for r in rows if r["name"] == "baseline" and r["protocol"] == "opera"] == [{"greedy": "greedy@opera"}]

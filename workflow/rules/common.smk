@@ -407,7 +407,8 @@ def report_runs():
             continue
         spec = run_spec(SimpleNamespace(**g))
         out[key] = {"method": spec["method"]["method"], "mode": spec["method"]["mode"],
-                    "params": spec["method"]["params"], "protocol": g["protocol"], "label": g["method"]}
+                    "params": spec["method"]["params"], "protocol": g["protocol"], "label": g["method"],
+                    "search": spec["method"].get("search")}
     return out
 
 

@@ -361,15 +361,19 @@ def baselines(runs: Mapping[str, dict]) -> dict:
     the mode's name (a paper protocol's comparisons use that paper's own baseline); also
     ``mode`` -> the unified protocol's baseline.
 
-    With several candidates the one whose label equals the mode wins, else the first in
-    sorted order.
+    A run with a beam search (``search``: ``num_beams`` > 1, e.g. ``beam5: {method: greedy,
+    num_beams: 5}``) is a baseline of its own, never *the* greedy baseline. With several candidates
+    the one whose config label equals the mode wins (``greedy@opera`` under OPERA's protocol),
+    else the first in sorted order.
     """
     out: dict = {}
     for protocol, mode in sorted({(r.get("protocol", UNIFIED), r["mode"]) for r in runs.values()}):
         cands = sorted(l for l, r in runs.items()
-                       if r["mode"] == mode and r["method"] == mode and r.get("protocol", UNIFIED) == protocol)
+                       if r["mode"] == mode and r["method"] == mode and r.get("protocol", UNIFIED) == protocol
+                       and not r.get("search"))
         if cands:
-            out[(protocol, mode)] = mode if mode in cands else cands[0]
+            named = [l for l in cands if runs[l].get("label", split_key(l)[0]) == mode]
+            out[(protocol, mode)] = named[0] if named else cands[0]
             if protocol == UNIFIED:
                 out[mode] = out[(protocol, mode)]
     return out
@@ -559,8 +563,12 @@ class Analysis:
         for label in labels:
             run = self.runs[label]
             protocol = run.get("protocol", UNIFIED)
-            if run["method"] in BASELINE_METHODS:
-                key: tuple = ("__baseline__", protocol)
+            if run.get("search"):  # a beam-search run: its own row, named by its beams
+                key: tuple = (run["method"], json.dumps([run["params"], run["search"]], sort_keys=True, default=str),
+                              protocol)
+                name = f"{run['method']} ({run['search'].get('num_beams')} beams)"
+            elif run["method"] in BASELINE_METHODS:
+                key = ("__baseline__", protocol)
                 name = "baseline"
             else:
                 key = (run["method"], json.dumps(run["params"], sort_keys=True, default=str), protocol)
