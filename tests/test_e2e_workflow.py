@@ -341,8 +341,10 @@ def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
 # Registered methods the demo config (config/config.yaml) does not decode, and why; every other
 # registered method is in it and so in the all-method workflow run below.
 NOT_IN_THE_DEMO = {
-    "contrast": "needs a contrast image or prompt per item, which the demo world does not have",
-    "cid": "needs a contrastive input per item, which the demo world does not have",
+    "contrast": "needs a contrast image or prompt per item, which the demo world does not have "
+                "(tests/test_workflow_contrast.py gives one through the workflow)",
+    "cid": "needs a contrastive input per item, which the demo world does not have "
+           "(tests/test_workflow_contrast.py gives one through the workflow)",
     "halc": "needs an open-vocabulary detector and BLIP weights (tests/test_workflow_halc.py uses stand-ins)",
 }
 DEMO = ROOT / "config" / "config.yaml"
