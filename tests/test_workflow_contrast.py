@@ -7,8 +7,9 @@ declare it (``Method.item_contrast``, read by ``vcdflow.runner.decode_batch``).
 A micro config (tests/configs/contrast.yaml): the shipped demo LLaVA, a hand-written POPE file
 ``pope_custom`` whose items carry the keys, labels greedy / cid (λ 0) / cid (λ 5) / contrast (α 5), β 0.
 Checks that cannot pass by accident: λ 0 and a contrast input equal to the input (the same
-question through the same template, the item's own image) give greedy's answers, while a different
-contrast question and a different contrast image each change the answer of at least one item;
+question, the item's own image) give greedy's answers, while a different contrast question and a
+different contrast image each change the answer of at least one item (so neither is dropped);
+the requests themselves (template, image) are checked with a capturing generate;
 a second dataset ``pope_bad`` gives cid an error row naming the missing contrast image file and one
 naming the keys an item without them needs, while greedy answers both.
 """
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "contrast.yaml"
@@ -31,7 +31,7 @@ LABELS = ("greedy", "cid0", "cid", "contrast")
 SAME = (1, 2, 6)        # contrast input equal to the input: = greedy for every λ / α
 TEXT = (3, 4)           # a different contrast question
 IMAGE = (5, 8)          # a different contrast image
-BOTH = (7,)
+# item 7 carries both a contrast question and a contrast image (checked for no error and its meta only)
 
 
 def _scenes(n):
@@ -106,7 +106,9 @@ def test_contrast_inputs_through_the_workflow(contrast_run):
     assert {q: r["answer"] for q, r in recs["cid0"].items()} == greedy
     for label in ("cid", "contrast"):
         got = {q: r["answer"] for q, r in recs[label].items()}
-        # x' = x through the same template, v' = v: the contrast branch equals the original -> greedy
+        # x' = x, v' = v: the contrast branch equals the original -> greedy (that x' goes through the
+        # template is test_runner_builds_the_contrast_request's: the demo model's answer does not
+        # depend on the suffix)
         assert [got[q] for q in SAME] == [greedy[q] for q in SAME], label
         # a different contrast question / image changes the answer somewhere
         assert any(got[q] != greedy[q] for q in TEXT), (label, got, greedy)
