@@ -154,7 +154,7 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
     # the method's contrastive input from the item (cid, contrast: ``item_contrast``, Request field
     # -> item key): a question through the same template, an image file resolved, loaded and
     # preprocessed like the item's own (``<key>_path``, set by the loader); the item needs one of them
-    item_contrast = dict(getattr(the_method, "item_contrast", {}) or {})
+    item_contrast = dict(the_method.item_contrast)
     requests, slots, records = [], [], [None] * len(items)
     for i, item in enumerate(items):
         from_item = {}

@@ -71,6 +71,11 @@ class Method:
     #: (``vcdflow.runner.decode_batch``; each through the benchmark's prompt template), e.g. LQCD on
     #: the leading-query POPE: ``{"prompt": "neutral_question", "contrast_prompt": "question"}``
     item_prompts: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: Request field -> benchmark item key of the method's contrastive input, filled when the item
+    #: has ANY of them (``contrast_prompt`` through the prompt template, ``contrast_image`` loaded
+    #: like the image; an item with none is an error row naming the keys), e.g. cid / contrast:
+    #: ``{"contrast_prompt": "contrast_question", "contrast_image": "contrast_image"}``
+    item_contrast: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     # --- parameters -----------------------------------------------------------------------------
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
