@@ -77,13 +77,15 @@ def _image_features(vlm, inp: dict) -> torch.Tensor:
     return f.reshape(-1, f.shape[-1])
 
 
-def _qwen_positions(ids: list[int], image_token_id: int, grid_hw) -> torch.Tensor:
-    """Qwen2.5-VL's 3-D rope positions for one still image, written out: text t → (c, c, c) and
-    c += 1; the image's h×w merged tokens → (c, c + row, c + col), then c += max(h, w)."""
-    out, c, i = [], 0, 0
+def qwen_positions(ids: list[int], image_token_id: int, grids) -> torch.Tensor:
+    """Qwen2.5-VL's 3-D rope positions for a prompt with still images (merged grids ``grids``, in
+    order), written out: text t → (c, c, c) and c += 1; an h×w image's merged tokens →
+    (c, c + row, c + col), then c += max(h, w)."""
+    out, c, i, g = [], 0, 0, 0
     while i < len(ids):
         if ids[i] == image_token_id:
-            h, w = grid_hw
+            h, w = grids[g]
+            g += 1
             out += [(c, c + r, c + q) for r in range(h) for q in range(w)]
             i += h * w
             c += max(h, w)
@@ -91,6 +93,7 @@ def _qwen_positions(ids: list[int], image_token_id: int, grid_hw) -> torch.Tenso
             out.append((c, c, c))
             c += 1
             i += 1
+    assert g == len(grids)
     return torch.tensor(out).T.unsqueeze(1)  # [3, 1, L]
 
 
@@ -113,7 +116,7 @@ def forward(vlm, inp: dict, generated: list[int], scale=None, attentions: bool =
         emb[0, img] = feats.to(emb.dtype)
         if family(vlm) == "qwen2_5_vl":
             _, gh, gw = inp["image_grid_thw"][0].tolist()
-            pos = _qwen_positions(prompt, vlm.adapter.image_token_id, (gh // 2, gw // 2))
+            pos = qwen_positions(prompt, vlm.adapter.image_token_id, [(gh // 2, gw // 2)])
             n = len(generated)
             last = int(pos.max())
             gen = torch.arange(last + 1, last + 1 + n).view(1, 1, n).expand(3, 1, n)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reference_methods import Result, carve_refined, family
+from reference_methods import Result, carve_refined, family, qwen_positions
 from reference_methods import forward as single_forward
 from reference_methods import inputs as single_inputs
 from vcdflow.decoding import METHODS
@@ -74,25 +74,6 @@ def _features(vlm, inp: dict) -> torch.Tensor:
     if isinstance(f, (list, tuple)):
         f = torch.cat([x.reshape(-1, x.shape[-1]) for x in f])
     return f.reshape(-1, f.shape[-1])
-
-
-def qwen_positions(ids: list[int], image_token_id: int, grids: list[tuple[int, int]]) -> torch.Tensor:
-    """3-D rope positions of a prompt with several still images (merged grids ``grids`` in order):
-    text → (c, c, c), c += 1; an h×w image → (c, c + row, c + col), then c += max(h, w)."""
-    out, c, i, g = [], 0, 0, 0
-    while i < len(ids):
-        if ids[i] == image_token_id:
-            h, w = grids[g]
-            g += 1
-            out += [(c, c + r, c + q) for r in range(h) for q in range(w)]
-            i += h * w
-            c += max(h, w)
-        else:
-            out.append((c, c, c))
-            c += 1
-            i += 1
-    assert g == len(grids)
-    return torch.tensor(out).T.unsqueeze(1)
 
 
 def mi_logits(vlm, inp: dict, generated: list[int]) -> torch.Tensor:
