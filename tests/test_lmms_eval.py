@@ -220,6 +220,36 @@ def test_loglikelihood_is_refused_naming_the_method(setup):
         VcdflowLMM(pretrained=str(root / "model"), method="vcd", protocol="vcd")
 
 
+@needs_lmms
+def test_num_beams_from_the_task_or_model_args_is_the_engine_beam_search(setup):
+    from lmms_eval.api.instance import Instance
+
+    from vcdflow.lmms_eval_model import VcdflowLMM
+
+    root, docs = setup
+    images = [Image.open(d["image_path"]).convert("RGB") for d in docs]
+    prompts = [f"{d['Question']} {d['Options']}" for d in docs]
+
+    def ask(lm, gen_kwargs):
+        lm.task_dict = {"t": {"test": [{"image": im} for im in images]}}
+        return lm.generate_until([Instance("generate_until", (p, gen_kwargs, lambda doc: [doc["image"]], i, "t", "test"), i,
+                                           {"task": "t", "doc_id": i, "repeats": 1}) for i, p in enumerate(prompts)])
+
+    vlm = load_vlm(root / "model")
+    reqs = [Request(image=im, prompt=p, item_id=f"t/test/{i}") for i, (im, p) in enumerate(zip(images, prompts))]
+    want = {k: [o.text for o in generate(vlm, reqs, method="vcd", params=METHODS["vcd"], max_new_tokens=6, seed=0,
+                                         num_beams=k, batch_size=8)] for k in (1, 3)}
+    assert want[1] != want[3]  # the beams change some answer: the checks below can fail
+    lm = VcdflowLMM(pretrained=str(root / "model"), method="vcd", params=json.dumps(METHODS["vcd"]), batch_size=8)
+    assert ask(lm, {"max_new_tokens": 6, "num_beams": 3, "until": []}) == want[3]
+    assert ask(lm, {"max_new_tokens": 6, "until": []}) == want[1]
+    lm = VcdflowLMM(pretrained=str(root / "model"), method="vcd", params=json.dumps(METHODS["vcd"]), num_beams="3",
+                    batch_size=8)
+    assert ask(lm, {"max_new_tokens": 6, "num_beams": 1, "until": []}) == want[3]  # model_args win
+    with pytest.raises(ValueError, match="num_beams=3 with do_sample=True"):
+        ask(lm, {"max_new_tokens": 6, "do_sample": True, "until": []})
+
+
 def _overlay_python() -> Path:
     """Build (or reuse) the overlay venv; its python. Raises CalledProcessError on a pip failure."""
     py = OVERLAY / "bin" / "python"
@@ -260,5 +290,5 @@ def test_lmms_eval_in_overlay_venv():
                           capture_output=True, text=True, timeout=800, env=env)
     tail = proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
-    n = len(METHODS) + 1  # the CLI test per method + the loglikelihood test
+    n = len(METHODS) + 2  # the CLI test per method + the loglikelihood and num_beams tests
     assert f" {n} passed" in " " + proc.stdout.strip().splitlines()[-1], tail  # none of them skipped

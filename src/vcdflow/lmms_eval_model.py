@@ -28,7 +28,9 @@ Model arguments (``--model_args key=value,...``; a JSON value may hold commas):
   ``max_new_tokens``;
 * ``batch_size`` (requests per batch; a value in ``--model_args`` wins over ``--batch_size``),
   ``seed`` (default 0), ``device`` (``cpu``/``cuda``/``auto``), ``dtype``;
-* ``do_sample``, ``temperature``, ``top_p``, ``top_k`` — override the task's generation kwargs;
+* ``do_sample``, ``temperature``, ``top_p``, ``top_k``, ``num_beams`` — override the task's
+  generation kwargs (a task's ``num_beams`` > 1 runs the engine's beam search, E11, with any
+  method that does not run its own search; beams with ``do_sample`` fail naming both);
 * ``records`` — a JSONL file to which every request's record is appended in vcdflow's result
   format (``item_id, image, image_id, question_id, prompt, answer, label, seed, error, meta,
   timing``; ``meta`` adds ``task``, ``doc_id``, ``method``, ``params``, ``protocol``).
@@ -98,12 +100,12 @@ class VcdflowLMM(lmms):
                  batch_size: Any = 16, seed: Any = 0, device: str | None = "cpu", dtype: str = "float32",
                  do_sample: Any = None, temperature: Any = None, top_p: Any = None, top_k: Any = None,
                  records: str | None = None, benchmark: str | None = None, max_batch_size: Any = None,
-                 **unknown):
+                 num_beams: Any = None, **unknown):
         super().__init__()
         if unknown:
             raise ValueError(f"vcdflow model_args: unknown key(s) {sorted(unknown)}; known: pretrained, method, params, "
-                             "protocol, batch_size, seed, device, dtype, do_sample, temperature, top_p, top_k, records, "
-                             "benchmark")
+                             "protocol, batch_size, seed, device, dtype, do_sample, temperature, top_p, top_k, num_beams, "
+                             "records, benchmark")
         from vcdflow.decoding import METHODS, get_method
 
         if method not in METHODS:
@@ -120,7 +122,8 @@ class VcdflowLMM(lmms):
         self.seed = int(seed)
         self.batch_size_per_gpu = max(1, int(batch_size))
         self.overrides = {"do_sample": _as_bool(do_sample), "temperature": _opt_float(temperature),
-                          "top_p": _opt_float(top_p), "top_k": None if top_k in (None, "", "None") else int(top_k)}
+                          "top_p": _opt_float(top_p), "top_k": None if top_k in (None, "", "None") else int(top_k),
+                          "num_beams": None if num_beams in (None, "", "None") else int(num_beams)}
         self.system = None
         self.params = params
         get_method(method).resolve(params)  # unknown parameter names fail before the model loads
@@ -197,7 +200,8 @@ class VcdflowLMM(lmms):
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             gk = dict(req.args[1] or {})
-            key = json.dumps({k: gk.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")},
+            key = json.dumps({k: gk.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
+                                                     "num_beams")},
                              sort_keys=True, default=str)
             groups.setdefault(key, []).append(i)
         records = []
@@ -212,6 +216,13 @@ class VcdflowLMM(lmms):
             top_p = self.overrides["top_p"] if self.overrides["top_p"] is not None else float(gk.get("top_p") or 1.0)
             top_k = self.overrides["top_k"] if self.overrides["top_k"] is not None else gk.get("top_k")
             max_new = int(gk.get("max_new_tokens") or 128)
+            num_beams = self.overrides["num_beams"]
+            if num_beams is None:
+                num_beams = int(gk.get("num_beams") or 1)
+            if num_beams > 1 and do_sample:
+                raise ValueError(f"vcdflow: num_beams={num_beams} with do_sample=True: beam search is a greedy mode "
+                                 "(set do_sample=false or num_beams=1 in --model_args or the task's generation_kwargs)")
+            search = {"num_beams": num_beams} if num_beams > 1 else {}
             for start in range(0, len(idxs), self.batch_size_per_gpu):
                 chunk = idxs[start:start + self.batch_size_per_gpu]
                 reqs, metas = [], []
@@ -233,7 +244,7 @@ class VcdflowLMM(lmms):
                 t0 = time.perf_counter()
                 outs = generate(self.vlm, reqs, method=self.method, params=self.params, do_sample=do_sample,
                                 temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new,
-                                seed=self.seed, batch_size=len(reqs))
+                                seed=self.seed, batch_size=len(reqs), **search)
                 per_item = (time.perf_counter() - t0) / max(1, len(reqs))
                 for i, r, out, meta in zip(chunk, reqs, outs, metas):
                     until = (requests[i].args[1] or {}).get("until") or []
@@ -250,7 +261,7 @@ class VcdflowLMM(lmms):
                         "prompt": r.prompt, "answer": text, "label": None, "seed": self.seed, "error": out.error,
                         "meta": {**dict(out.meta or {}), **meta, "method": self.method, "params": self.params,
                                  "protocol": self.protocol, "protocol_resolved": self.protocol_resolved,
-                                 "do_sample": do_sample, "max_new_tokens": max_new},
+                                 "do_sample": do_sample, "max_new_tokens": max_new, "num_beams": num_beams},
                         "timing": {"seconds": round(per_item, 6), "new_tokens": len(out.token_ids or [])},
                     })
                     self.cache_hook.add_partial("generate_until", (r.prompt, requests[i].args[1]), text)
