@@ -146,12 +146,13 @@ def test_rerun_is_a_no_op(micro_run):
 def test_second_run_is_byte_identical(micro_run, tmp_path):
     """A second run gives the same records — with one decode and one scoring job per label
     (group_labels 1) where the first run batched two labels a job (micro.yaml). It starts from the
-    first run's built world and trained model (resources/: that they are rebuilt the same from
-    scratch is tests/test_slurm.py's local-vs-cluster comparison) and redoes everything after them:
-    ConVis captions and renders, decoding, scoring, metrics.csv."""
+    first run's built world, trained model and ConVis renders (resources/, results/convis: that
+    they are rebuilt the same from scratch is tests/test_slurm.py's local-vs-cluster comparison)
+    and redoes everything after them: decoding, scoring, metrics.csv."""
     workdir, _ = micro_run
     assert yaml.safe_load(MICRO.read_text())["group_labels"] == 2
     shutil.copytree(workdir / "resources", tmp_path / "resources")
+    shutil.copytree(workdir / "results" / "convis", tmp_path / "results" / "convis")
     snakemake(tmp_path, "--config", "group_labels=1")
     assert (tmp_path / "logs/decode_group").is_dir() and not (tmp_path / "logs/decode_batch").exists()
     assert (workdir / "logs/decode_batch").is_dir() and not (workdir / "logs/decode_group").exists()
@@ -164,17 +165,18 @@ def test_second_run_is_byte_identical(micro_run, tmp_path):
     assert (workdir / "results/metrics.csv").read_bytes() == (tmp_path / "results/metrics.csv").read_bytes()
 
 
-@pytest.mark.parametrize("group", ["batch", "label", "shard"], ids=["group_labels", "group_decode", "per_shard"])
+# the per-shard jobs' kill and resume: tests/test_slurm.py (a job scancelled mid-shard, the rerun
+# resumes from its checkpoint) and tests/test_cli_reliability.py (SIGKILL, resume = uninterrupted)
+@pytest.mark.parametrize("group", ["batch", "label"], ids=["group_labels", "group_decode"])
 def test_kill_during_decode_then_resume(micro_run, tmp_path, group):
     """SIGKILL a running decode job mid-shard, rerun: nothing lost or duplicated, same output —
-    for a decode job of two labels (group_labels 2, micro.yaml's; greedy is decoded before vcd),
-    one job per label (group_labels 1) and the per-shard jobs, whose records also equal each
-    other."""
+    for a decode job of two labels (group_labels 2, micro.yaml's; greedy is decoded before vcd)
+    and one job per label (group_labels 1), whose records also equal each other."""
     workdir, _ = micro_run
     shutil.copytree(workdir / "resources", tmp_path / "resources")
     cfg = yaml.safe_load(MICRO.read_text())
     cfg["batch_size"] = 2
-    cfg["group_decode"] = group != "shard"
+    cfg["group_decode"] = True
     cfg["group_labels"] = 2 if group == "batch" else 1
     cfg["benchmarks"] = {"pope": dict(cfg["benchmarks"]["pope"], splits=["random"])}
     methods = cfg["methods"]
@@ -203,8 +205,7 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path, group):
     assert not (tmp_path / target).exists()
     snakemake(tmp_path, "--unlock", config=config)  # the killed run left its lock behind
     snakemake(tmp_path, target, config=config)
-    logs = {"batch": "logs/decode_batch", "label": "logs/decode_group/demo/unified/vcd",
-            "shard": "logs/decode/pope/random/demo/unified/vcd/greedy/seed0"}[group]
+    logs = {"batch": "logs/decode_batch", "label": "logs/decode_group/demo/unified/vcd"}[group]
     log = next((tmp_path / logs).glob("*.log")).read_text()
     assert "resuming" in log and "already decoded" in log
     if group == "batch":  # greedy's shard, finished before the kill, is not decoded again
@@ -369,7 +370,10 @@ def test_every_demo_method_decodes_and_scores_through_the_workflow(micro_run, tm
     shutil.copytree(workdir / "resources", tmp_path / "resources")
     demo = yaml.safe_load(DEMO.read_text())
     cfg = yaml.safe_load(MICRO.read_text())
-    cfg["benchmarks"] = {"pope": dict(cfg["benchmarks"]["pope"], splits=["random"]),
+    # the first 8 POPE questions (4 yes, 4 no) keep 57 labels' decoding short
+    questions = read_jsonl(workdir / "resources/demo/pope/demo_pope_random.json")[:8]
+    (tmp_path / "pope8_random.json").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    cfg["benchmarks"] = {"pope": dict(cfg["benchmarks"]["pope"], splits=["random"], questions="pope8_{split}.json"),
                          "chair": dict(cfg["benchmarks"]["chair"], n_images=2, max_new_tokens=6,
                                        max_new_tokens_cap=6)}
     cfg["methods"] = demo["methods"]
@@ -391,7 +395,7 @@ def test_every_demo_method_decodes_and_scores_through_the_workflow(micro_run, tm
     assert {(g["method"], g["benchmark"]) for g in planned if g["method"].startswith("pba")} == \
         {("pba", "pope"), ("pba_sample", "pope")}
     assert len(planned) == 2 * len(labels) - 2
-    n_pope = len(read_jsonl(workdir / "resources/demo/pope/demo_pope_random.json"))
+    n_pope = len(questions)
     for g in planned:
         path = tmp_path / "results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.jsonl".format(**g)
         recs = read_jsonl(path)
