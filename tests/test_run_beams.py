@@ -12,19 +12,19 @@ HALC's harness 3 for DoLa on CHAIR (not on POPE, not in sampling mode); a tiny S
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from vcdflow import config as runs
 from vcdflow.runner import decode_batch, result_hash
+
+from scene_pope import write_scene_pope
 
 ROOT = Path(__file__).resolve().parents[1]
 N_NEW = 6
@@ -33,42 +33,13 @@ N_NEW = 6
 # --------------------------------------------------------------------------- fixtures
 
 
-def _scenes(n, seed=0):
-    from vcdflow.data.demo_world import render_scene, sample_scene
-
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, 11, i])
-        _, objects, background = sample_scene(rng, 32)
-        out.append((render_scene(objects, background, 32), [o.category.name for o in objects]))
-    return out
-
-
-def write_pope(root: Path, n_images=3) -> tuple[str, str]:
-    """A POPE folder (2 questions per image, split ``random``) from demo-world scenes."""
-    from vcdflow.data.demo_world import CATEGORIES
-
-    names = [c.name for c in CATEGORIES]
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i, (img, objs) in enumerate(_scenes(n_images)):
-        img.save(root / "images" / f"p{i}.png")
-        absent = next(n for n in names if n not in objs)
-        rows += [{"question_id": 2 * i + 1, "image": f"p{i}.png", "text": f"Is there a {objs[0]} in the image?",
-                  "label": "yes"},
-                 {"question_id": 2 * i + 2, "image": f"p{i}.png", "text": f"Is there a {absent} in the image?",
-                  "label": "no"}]
-    (root / "pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(root / "pope_{split}.json"), str(root / "images")
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from vcdflow.models import load_vlm
     from vcdflow.models.demo import build_demo_vlm
 
     root = tmp_path_factory.mktemp("beams")
-    questions, images = write_pope(root / "pope")
+    questions, images = write_scene_pope(root / "pope", 3, (0, 11))
     model, processor = build_demo_vlm(seed=6)
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
+from scene_pope import write_scene_pope
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "halc.yaml"
@@ -25,27 +25,6 @@ def _snakemake(workdir, config, *args, timeout=600):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
            "--directory", str(workdir), "--cores", "2", "--quiet", "rules", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
-
-
-def _pope(root: Path) -> None:
-    """Two demo-world scenes, a present and an absent object question each (POPE's file layout)."""
-    from vcdflow.data.demo_world import CATEGORIES, render_scene, sample_scene
-
-    names = [c.name for c in CATEGORIES]
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i in range(2):
-        _, objects, background = sample_scene(np.random.default_rng([3, 7, i]), 64)
-        # 96 x 64: the tiny GroundingDINO's coarsest feature map keeps 2 positions (a 1 x 1 map
-        # fails its GroupNorm)
-        render_scene(objects, background, 64).resize((96, 64)).save(root / "images" / f"p{i}.png")
-        objs = [o.category.name for o in objects]
-        absent = next(n for n in names if n not in objs)
-        rows += [{"question_id": 2 * i + 1, "image": f"p{i}.png", "text": f"Is there a {objs[0]} in the image?",
-                  "label": "yes"},
-                 {"question_id": 2 * i + 2, "image": f"p{i}.png", "text": f"Is there a {absent} in the image?",
-                  "label": "no"}]
-    (root / "pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _aux(work: Path, tmp: Path) -> dict:
@@ -75,7 +54,9 @@ def test_halc_decode_inputs_through_the_workflow(tmp_path):
         "resources/halc/grounding_dino_tiny", "resources/halc/blip_large", "resources/halc/spacy_sm"]
 
     work = tmp_path / "work"
-    _pope(work / "data" / "pope")
+    # 96 x 64: the tiny GroundingDINO's coarsest feature map keeps 2 positions (a 1 x 1 map fails
+    # its GroupNorm)
+    write_scene_pope(work / "data" / "pope", 2, (3, 7), 64, save_size=(96, 64))
     model, processor = build_demo_vlm(seed=6)
     model.save_pretrained(work / "model")
     processor.save_pretrained(work / "model")
