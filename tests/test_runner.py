@@ -251,3 +251,22 @@ def test_method_item_prompts_fill_request_fields():
     seen.clear()
     decode_batch(None, dict(run, method={"method": "vcd", "do_sample": False, "params": {}}), items, fake_generate)
     assert seen[0].prompt == "Is there a cup? I think there is. Answer yes or no." and seen[0].contrast_prompt is None
+
+
+def test_stable_file_digest_is_file_digest_and_follows_a_changed_file(tmp_path, monkeypatch):
+    """Weights attached to every result are hashed once per process; a rewritten file is rehashed."""
+    import os
+
+    from vcdflow import io as vio
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"a" * 1000)
+    calls = []
+    real = vio.file_digest
+    monkeypatch.setattr(vio, "file_digest", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = real(f)
+    assert vio.stable_file_digest(f) == first and vio.stable_file_digest(f) == first
+    assert len(calls) == 1
+    f.write_bytes(b"b" * 1001)
+    os.utime(f, ns=(1, 1))
+    assert vio.stable_file_digest(f) == real(f) != first and len(calls) == 2

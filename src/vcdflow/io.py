@@ -190,3 +190,16 @@ def file_digest(path: str | os.PathLike, algo: str = "md5", chunk: int = 1 << 20
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def stable_file_digest(path: str | os.PathLike, algo: str = "md5") -> str:
+    """:func:`file_digest`, computed once per process for a file whose path, size and mtime are
+    unchanged (model weights that every result of a decode job hashes into its run record)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, algo)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path, algo)
+    return _DIGESTS[key]

@@ -264,14 +264,15 @@ def _as_param(name: str, digest_key: str, digest_of: str | None = None) -> Calla
     def attach(run: dict, items: list[dict], path: str) -> tuple[dict, list[dict]]:
         from pathlib import Path
 
-        from .io import file_digest
+        from .io import stable_file_digest
 
         f = Path(path)
         target = f
         if f.is_dir():  # a model folder: its weights, else its config
             target = f / digest_of if digest_of and (f / digest_of).is_file() else f / "config.json"
         method = dict(run["method"], params={**(run["method"].get("params") or {}), name: str(f)})
-        return dict(run, method=method, **{digest_key: file_digest(target)}), items
+        # a model's weights (gigabytes) are hashed once per process, not once per result
+        return dict(run, method=method, **{digest_key: stable_file_digest(target)}), items
 
     return attach
 
