@@ -90,12 +90,20 @@ def pai_logits(vlm, inp, generated, p):
     L = n_layers(vlm)
     layers = range(p["start_layer"], L if p["end_layer"] is None else min(p["end_layer"], L))
 
+    # the first row whose forward is intervened: the prefill's last row, or (official schedule with
+    # CFG on: LALBJ/PAI CFG.py:32-33,48-49) the first step's row; official with CFG on and γ = 1: none
+    official_cfg = p["attn_schedule"] == "official" and p["use_cfg"]
+    if official_cfg and p["gamma"] == 1:
+        first = 10 ** 9
+    else:
+        first = P if official_cfg else P - 1
+
     def fn(kind, layer, s, module, v):
         if kind != "scores" or layer not in layers:
             return s
         s = torch.maximum(s, torch.tensor(torch.finfo(s.dtype).min))
         s = s.clone()
-        for j in range(P - 1, s.shape[2]):      # every row that was some forward's last row
+        for j in range(first, s.shape[2]):      # every row that was some intervened forward's last row
             row = s[0, :, j, img]
             s[0, :, j, img] = row + p["alpha"] * row.abs()
         return s

@@ -420,6 +420,51 @@ def test_methods_change_the_decode(vlms):
     assert o.meta["only_collaborative"] == N_NEW
 
 
+@pytest.mark.parametrize("family", ["llava", "demo"])
+def test_pai_official_schedule(vlms, family):
+    """PAI under its protocol (``attn_schedule: official``, LALBJ/PAI CFG.py:32-33,48-49): the first
+    generated token's scores are CFG alone (a run with the attention part off), from the second
+    token on the attention edit applies; ``attn_schedule: always`` edits the first token too (the
+    earlier behaviour, against the reference); official with γ = 1 never edits."""
+    from vcdflow.decoding import METHODS
+    from vcdflow.protocols import get_protocol
+
+    vlm = vlms[family]
+    declared = dict(get_protocol("pai").resolve("pai", "llava", "pope").params)
+    assert declared["attn_schedule"] == "official" and declared["use_cfg"] and declared["use_attn"]
+    base = {**declared, "start_layer": 0, "alpha": 3.0, "gamma": 2.0}
+    m = recording(type(METHODS["pai"]))
+    runs = {}
+    for name, extra in (("official", {}), ("cfg_only", {"use_attn": False}), ("always", {"attn_schedule": "always"})):
+        REC.clear()
+        outs = generate(vlm, REQS, method=m, params={**base, **extra}, max_new_tokens=3, eos_token_id=[])
+        runs[name] = (dict(REC), [o.token_ids for o in outs])
+    p = {**METHODS["pai"].defaults, **base}
+    with torch.inference_mode():
+        for r, req in enumerate(REQS):
+            official, cfg_only, always = (runs[k][0] for k in ("official", "cfg_only", "always"))
+            toks = runs["official"][1][r]
+            # no edit at prefill (equal up to the hooked attention kernel's round-off)
+            assert torch.allclose(official[(r, 0)], cfg_only[(r, 0)], atol=1e-5), (family, r)
+            assert not torch.allclose(always[(r, 0)], cfg_only[(r, 0)], atol=1e-3), (family, r)
+            # step 2: the edit applies (CFG alone on the same tokens differs)
+            alone = ra.pai_scores(vlm, req, {**p, "use_attn": False}, toks[:1])[0]
+            fin = torch.isfinite(official[(r, 1)])
+            assert not torch.allclose(official[(r, 1)][fin], alone[fin], atol=1e-3), (family, r)
+            for name, rec in (("official", official), ("always", always)):
+                got = runs[name][1][r]
+                for t in range(3):
+                    want = ra.pai_scores(vlm, req, {**p, "attn_schedule": name}, got[:t])[0]
+                    f = torch.isfinite(want)
+                    assert torch.allclose(rec[(r, t)][f], want[f], atol=2e-4, rtol=1e-4), (family, name, r, t)
+    # γ = 1 with CFG on: never intervened = plain greedy of the image branch
+    g = generate(vlm, REQS, "greedy", max_new_tokens=3, eos_token_id=[])
+    o = generate(vlm, REQS, "pai", params={**base, "gamma": 1.0}, max_new_tokens=3, eos_token_id=[])
+    assert [x.token_ids for x in o] == [x.token_ids for x in g]
+    with pytest.raises(ValueError, match="attn_schedule"):
+        METHODS["pai"].resolve({"attn_schedule": "sometimes"})
+
+
 def test_switches_match_reference(vlms):
     """PAI's ablations (γ = 1: log p_c unchanged; CFG only; attention only), SID's greedy APC and
     the 'highest' variant, against the references."""

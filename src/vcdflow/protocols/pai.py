@@ -11,6 +11,13 @@ Benchmarks: POPE (``pope_eval.py``) and CHAIR (``chair_eval.py``).
   scripts. Greedy (``--sample`` off), one beam. Parser: ``pope_ans.py`` = OPERA's ``recorder``.
 * PAI: α = 0.2, **γ = 1.1** (the README commands; the argparse default is 2), layers 2…31
   (``--start-layer 2 --end-layer 32``), both parts on (``--use-attn --use-cfg``).
+* **The attention edit starts at the second generated token** (``attn_schedule: official``):
+  with ``--use-cfg`` the layers' ``use_cfg`` flag is True during the image branch's prefill, so the
+  prompt and the first generated token — on POPE the whole yes/no answer — are CFG alone; the
+  ``CFGLogits`` processor clears the flag after its first text-only forward. Pass
+  ``attn_schedule: always`` for the paper's description (every forward, the prefill's last row
+  included). The ``unified`` protocol uses the method's default, which is the same official
+  schedule.
 """
 
 from __future__ import annotations
@@ -35,10 +42,14 @@ PROTOCOL = Protocol(
         "max_new_tokens": S(512, f"{PE}:56,136; {CE}:56,119 (--max-tokens 512)"),
         "seeds": S((927,), f"{PE}:18-23; {CE}:18-23 (seed = 927)"),
         "params": {"pai": S({"alpha": 0.2, "gamma": 1.1, "start_layer": 2, "end_layer": None, "use_attn": True,
-                             "use_cfg": True},
+                             "use_cfg": True, "attn_schedule": "official"},
                             f"{R} README.md:65,82 (--use-attn --alpha 0.2 --use-cfg --gamma 1.1 --start-layer 2 "
                             f"--end-layer 32 = every layer of the 32-layer LLaMA: end_layer None; argparse gamma "
-                            f"default 2 at {PE}:53); APC 0.1: {R} CFG.py:53,57 (the method's default beta)")},
+                            f"default 2 at {PE}:53); APC 0.1: {R} CFG.py:53,57 (the method's default beta); "
+                            f"attn_schedule official: {R} attention.py:90,125 (llama_modify sets use_cfg=True, "
+                            f"called at {PE}:113-122 before generate :134: the prefill, hence the first token, "
+                            f"is not intervened) + {R} CFG.py:30-33,48-49 (use_cfg back to False after the "
+                            "first step's text-only forward; never with gamma 1)")},
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{R} eval_data_loader.py:41 (line['text']); {PE}:94-96,111")},

@@ -3,17 +3,34 @@
 Two parts, both from the official code (``LALBJ/PAI@9bbd8bd``):
 
 1. **Attention intervention** (``attention.py:67-95``, ``llama_modify`` ``:120-128``): in decoder
-   layers ``start_layer … end_layer−1`` (all heads), for the **last query row** of every forward
-   (the last prompt position at prefill, the new token at each step) and the image keys k:
+   layers ``start_layer … end_layer−1`` (all heads), for the **last query row** of a forward and
+   the image keys k:
 
        a_k ← a_k + α·|a_k|
 
    on the scaled scores after the causal/padding mask is added and clamped at the dtype's minimum
    (``torch.max(attn_weights, finfo.min)``, ``:73-75``), before the softmax. Only the image branch
-   gets it (``use_attn and not use_cfg``, ``:90``). Under the cached decode every position from the
-   last prompt token on was some forward's last query row, so all their cached states carry the
-   intervention; with a shared prefix the prefix forward is left unchanged (its last row is not the
-   row's last prompt position) and the suffix forward's last row gets it, as unshared.
+   gets it (``use_attn and not use_cfg``, ``attention.py:90``). **Which forwards** (``attn_schedule``):
+
+   * ``"official"`` (default, what the README's ``--use-attn --use-cfg`` run does):
+     ``llama_modify`` sets the layers' ``use_cfg = True`` before ``generate`` (``attention.py:125``,
+     called with ``args.use_cfg`` before each item's ``generate``, ``pope_eval.py:113-122,134``), so the image branch's **prefill is
+     not intervened** — the whole prompt, hence the **first generated token's** scores, which are
+     CFG alone. ``CFGLogits.__call__`` sets ``use_cfg = True`` for its text-only forward and back to
+     ``False`` after it (``CFG.py:32-33,48-49``), so every later forward of the image branch (the
+     second generated token on) is intervened at its last row, the newly fed token. With γ = 1
+     and CFG on, ``CFGLogits`` returns before that toggle (``CFG.py:30-31``): ``use_cfg`` stays
+     True and the attention is **never** intervened (a plain greedy decode of the image branch).
+     With ``use_cfg`` off (the attention-only ablation) ``use_cfg`` is False from the start and
+     every forward is intervened, the prefill's last row included.
+   * ``"always"``: every forward's last row, the prefill's last prompt position included, whatever
+     ``use_cfg`` and γ are — the paper's description of the method (and vcdflow's behaviour before
+     the official schedule was modelled).
+
+   Under the cached decode every position from the first intervened forward's last row on carries
+   the intervention in its cached states; with a shared prefix the prefix forward is left unchanged
+   (its last row is not the row's last prompt position) and the suffix forward's last row is the
+   prefill's last row (intervened under ``"always"`` only).
 2. **Logits refine (CFG against the text-only input)** (``CFG.py:28-58``): a second stream runs the
    prompt with the image chunk removed (``model_loader.py:253-294``: BOS + text before + text after
    the image), with the intervention switched off. With log p_c, log p_u the log-softmax of the
@@ -29,9 +46,11 @@ pass ``gamma: 2`` for that), ``start_layer`` = 2, ``end_layer`` = None (= the nu
 layers; README ``--start-layer 2 --end-layer 32`` on LLaVA-1.5-7B's 32), ``beta`` = 0.1 (the cutoff
 is hard-coded, ``CFG.py:53``), ``use_attn`` / ``use_cfg`` = True (the README's ``--use-attn
 --use-cfg``; off they give the ablations: CFG only / intervention only, then s = ℓ of the image
-branch). Decoding: the scripts decode greedily by default (``--sample`` off); the README recommends
-nucleus sampling; both are supported. CHAIR prompt in the official script: "Please help me describe
-the image in detail." (``chair_eval.py:94``), 512 new tokens, seed 927.
+branch), ``attn_schedule`` = ``"official"`` (above; ``"always"`` for the paper's description).
+The unified protocol runs the method's defaults, so it too uses the official schedule. Decoding:
+the scripts decode greedily by default (``--sample`` off); the README recommends nucleus sampling;
+both are supported. CHAIR prompt in the official script: "Please help me describe the image in
+detail." (``chair_eval.py:94``), 512 new tokens, seed 927.
 
 Families: the official ``ModelLoader`` supports LLaVA-1.5 (576 image tokens), MiniGPT-4 and Shikra
 only (``model_loader.py:210-230``); InstructBLIP and Qwen2.5-VL run here mechanically — on
@@ -55,14 +74,23 @@ from ..types import Branch, InputError
 from .base import Method
 
 
+#: values of ``attn_schedule`` (see the module docstring)
+SCHEDULES = ("official", "always")
+#: the engine's prefill phases (unshared prefill, shared prefix, question suffixes)
+PREFILL = ("prefill", "prefix", "suffix")
+
+
 class PAIHooks(AttentionHooks):
-    """E4 on layers [start, end): the image branch's last query row gains α·|a| on its image keys."""
+    """Attention-score hook on layers [start, end): the image branch's last query row gains α·|a|
+    on its image keys — in every forward (``prefill=True``) or from the first decode step on
+    (``prefill=False``: the official run with CFG on)."""
 
     last_row_only = True
 
-    def __init__(self, start: int, end: int | None, alpha: float, use_attn: bool):
+    def __init__(self, start: int, end: int | None, alpha: float, use_attn: bool, prefill: bool = True):
         super().__init__()
         self.start_layer, self.end_layer, self.alpha, self.use_attn = start, end, float(alpha), use_attn
+        self.prefill = prefill
 
     def start(self, adapter, seqs, tokens):
         n = len(adapter.decoder_layers())
@@ -76,9 +104,10 @@ class PAIHooks(AttentionHooks):
 
     def scores(self, layer, s, ctx, module):
         s = torch.clamp_min(s, torch.finfo(s.dtype).min)
-        if ctx.phase == "prefix":
+        if ctx.phase == "prefix" or (not self.prefill and ctx.phase in PREFILL):
             # a shared prefix's last row is not the row's last prompt position: unmodified, as
-            # every prompt position before the last is in the unshared prefill
+            # every prompt position before the last is in the unshared prefill; the official
+            # schedule leaves the whole prefill (suffix included) unmodified
             return s
         _, img, _ = ctx.keys(s.shape[-1])
         m = (img & (ctx.branch == 0)[:, None])[:, None, :]     # [R, 1, K]: image keys of image-branch rows
@@ -91,7 +120,7 @@ class PAIHooks(AttentionHooks):
 class PAI(Method):
     name = "pai"
     defaults = MappingProxyType({"alpha": 0.2, "gamma": 1.1, "start_layer": 2, "end_layer": None, "beta": 0.1,
-                                 "use_attn": True, "use_cfg": True})
+                                 "use_attn": True, "use_cfg": True, "attn_schedule": "official"})
     nullable = frozenset({"end_layer"})
     param_types = MappingProxyType({"end_layer": int})
 
@@ -103,6 +132,9 @@ class PAI(Method):
             raise ValueError(f"parameter 'start_layer' of method 'pai' must be >= 0, got {p['start_layer']}")
         if p["end_layer"] is not None and int(p["end_layer"]) <= int(p["start_layer"]):
             raise ValueError(f"parameter 'end_layer' of method 'pai' must be > start_layer, got {p['end_layer']}")
+        if p["attn_schedule"] not in SCHEDULES:
+            raise ValueError(f"parameter 'attn_schedule' of method 'pai' must be one of {', '.join(SCHEDULES)}, "
+                             f"got {p['attn_schedule']!r}")
 
     def branches(self, request, ctx):
         self.require_image(request)
@@ -114,7 +146,12 @@ class PAI(Method):
     def forward_hooks(self, adapter, params):
         if not params["use_attn"]:
             return None
-        return PAIHooks(int(params["start_layer"]), params["end_layer"], params["alpha"], True)
+        official = params["attn_schedule"] == "official"
+        if official and params["use_cfg"] and float(params["gamma"]) == 1:
+            return None  # CFGLogits returns before re-enabling the edit (CFG.py:30-31): never intervened
+        # official with CFG on: use_cfg=True from llama_modify leaves the prefill unmodified (CFG.py:32-33,48-49)
+        prefill = not (official and params["use_cfg"])
+        return PAIHooks(int(params["start_layer"]), params["end_layer"], params["alpha"], True, prefill)
 
     def combine(self, logits, step, state):
         p = state.params
