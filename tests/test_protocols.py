@@ -203,6 +203,12 @@ OFFICIAL = {
     ("vasparse", "greedy", "llava", "pope"): {  # VASparse's POPE is HALC's OPOPE: unified's POPE prompt
         "original": USER + "USER: <image> Is there a snowboard in the image?\nAnswer the question using a single word "
                            "or phrase. ASSISTANT:"},
+    # vasparse_script: the same script at its -b 1 (one beam); same texts
+    ("vasparse_script", "greedy", "llava", "chair"): {
+        "original": USER + "USER: <image> Please describe this image in detail. ASSISTANT:"},
+    ("vasparse_script", "greedy", "llava", "pope"): {
+        "original": USER + "USER: <image> Is there a snowboard in the image?\nAnswer the question using a single word "
+                           "or phrase. ASSISTANT:"},
     # the HALC harness (VASparse fork for DoLa, HALC itself): run_scripts/caption_generation.py:63 / :439 (:453 in
     # HALC); run_scripts/pope_eval.py:64 (template.replace('<question>', ...)); InstructBLIP '<ImageHere><question>' (:60)
     ("dola", "greedy", "llava", "chair"): {

@@ -56,7 +56,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     # cd_rethink controls, the second wave and the third-wave baselines
     cd_rethink.PROTOCOL, debias.PROTOCOL, carve.PROTOCOL, revisit.PROTOCOL, vasparse.PROTOCOL, dola.PROTOCOL,
     deco.PROTOCOL, pai.PROTOCOL, sid.PROTOCOL, only.PROTOCOL, vti.PROTOCOL, vista.PROTOCOL, opera.PROTOCOL,
-    halc.PROTOCOL)}
+    halc.PROTOCOL, vasparse.SCRIPT)}
 
 #: engine method → its paper's protocol (what ``protocol: paper`` runs). Methods without a paper
 #: of their own map to the paper whose protocol they are the baseline or control of:

@@ -14,8 +14,10 @@ templates (LLaVA-1.5 ``halc_llava`` with the "curious user" system text, Instruc
   images' ground-truth objects with ``--question_template "Find evidence first and then answer: is
   there a {} in the image?"``; here the benchmark's question is asked as is (``"{question}"``).
   ``max_new_tokens=16``, the ``recorder`` parser.
-* HALC (``-d halc``): DoLa-greedy token choice with beams, ``-b 3``, k = 4 candidates, expand
-  ratio 0.6, DINO box threshold 0.45: the method's defaults. Decoding has no sampling.
+* HALC (``-d halc``): DoLa-greedy token choice with beams, ``-b 3`` on CHAIR, k = 4 candidates,
+  expand ratio 0.6, DINO box threshold 0.45: the method's defaults. **POPE runs one beam**:
+  ``pope_eval.py:98`` defaults ``-b 1``, passed as ``halc_params["beam_size"]`` (``:289,499``), so
+  this protocol sets ``beam_size: 1`` on POPE. Decoding has no sampling.
 * **Beams (CHAIR).** ``caption_generation.py:111`` defaults ``-b 3`` for every ``-d``, and
   ``minigpt4/models/llava.py:230`` passes it to ``generate``: so ``-d dola`` on CHAIR is
   ``dola_beam_search`` (vendored ``transformers-4.36.2/…/generation/utils.py:1910``, defined
@@ -123,7 +125,10 @@ PROTOCOL = halc_harness(
         "pope": {
             "params": {"dola": S({"relative_top": 0.1},
                                  f"{R} run_scripts/pope_eval.py:98 (-b 1) -> {TU}:1884 (dola_greedy_decode), "
-                                 ":1422 (relative_top 0.1)")},
+                                 ":1422 (relative_top 0.1)"),
+                       "halc": S({"beam_size": 1},
+                                 f"{R} run_scripts/pope_eval.py:98 (-b default 1) -> :289 num_beams = args.beam, "
+                                 ":499 halc_params['beam_size'] (one beam on POPE)")},
         },
     },
 )
