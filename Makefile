@@ -7,19 +7,44 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vcdflow-installed
 CORES ?= all
+# For torch's CPU wheel from PyTorch's own index (machines without a local wheel folder):
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
+LOCK := requirements.lock
+UV ?= uv
+# where `make lock` finds the pinned CPU torch wheel (requirements-pins.txt)
+LOCK_FIND_LINKS ?= $(if $(TORCH_INDEX),,/opt/wheels)
 
-.PHONY: demo demo-paper demo-full test setup lint dry-run clean-results
+.PHONY: demo demo-paper demo-full test setup lock lint dry-run clean-results
 
-$(STAMP): pyproject.toml
+# The locked environment (docs/environment.md): requirements.lock pins every package with its
+# hashes; pyproject.toml keeps the ranges a library user installs against. The venv is
+# (re)installed when the lock or pyproject.toml is newer than the stamp; a venv that already
+# holds exactly the locked versions is only re-stamped (envlock.py check), not reinstalled.
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# torch pinned (an unpinned torch may pull a multi-GB CUDA build). For a CPU-only build
-	@# from PyTorch's own index: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[test]'
+	@if $(PY) src/vcdflow/envlock.py check $(LOCK) >/dev/null 2>&1; then \
+	  echo "$(VENV) already holds the versions in $(LOCK)"; \
+	else \
+	  echo "installing $(LOCK) into $(VENV)"; \
+	  $(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)); \
+	fi
+	@# the project itself, editable and without dependencies (the lock brought them)
+	@$(PY) -m pip show vcdflow 2>/dev/null | grep -qxF "Editable project location: $(CURDIR)" || $(PY) -m pip install -q --no-deps -e .
+	@$(PY) src/vcdflow/envlock.py check $(LOCK)
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# Rewrite requirements.lock from pyproject.toml (demo + tests: the `test` extra) and
+# requirements-pins.txt, keeping the locked versions that still fit (uv reads the old lock as
+# preferences). Upgrade one package: make lock UV_ARGS="--upgrade-package transformers";
+# all: make lock UV_ARGS=--upgrade. Needs uv (pip install uv).
+lock:
+	$(UV) pip compile pyproject.toml --extra test -c requirements-pins.txt --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-strategy unsafe-best-match \
+	  $(if $(LOCK_FIND_LINKS),--find-links $(LOCK_FIND_LINKS)) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+	  --custom-compile-command "make lock" --no-emit-index-url --no-emit-find-links $(UV_ARGS) -o $(LOCK)
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
