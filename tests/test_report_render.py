@@ -702,3 +702,48 @@ def test_controls_verdict_yes_when_a_method_beats_every_control(tmp_path):
     assert list(t) == ["pba", "greedy", "vcd"]
     assert td(t["vcd"], "vs-p", "greedy") == fmt_p(2 * 0.5**10)
     assert '<span class="beats-yes">yes</span>' in t["vcd"]
+
+
+def test_a_comparison_decoded_under_different_library_versions_is_flagged(tmp_path):
+    """CHAIR greedy decoded with transformers 5.24.0, vcd with 5.25.0 (one shard of vcd
+    with numpy 2.4.5): the CHAIR table's model block says which label ran with which version;
+    the provenance lists each version set. The same results under one set are not flagged."""
+    src = list(csv.DictReader(open(FIX / "metrics.csv", newline="")))
+    metrics = tmp_path / "metrics.csv"
+    with open(metrics, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(src[0]))
+        w.writeheader()
+        w.writerows(r for r in src if r["benchmark"] == "chair" and r["method"] in ("greedy", "vcd"))
+    res, sco = file_maps()
+    keys = [k for k in res if k[0] == "chair" and k[3] in ("greedy", "vcd")]
+    copies = {}
+    for k in keys:
+        dst = tmp_path / "results" / "/".join(map(str, k[:4])) / res[k].name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(res[k], dst)
+        copies[k] = dst
+    base = {"python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.4.6"}
+
+    def write_sidecars(tf_vcd: str, numpy_shard: str | None = None):
+        for k, p in copies.items():
+            v = dict(base, transformers="5.24.0" if k[3] == "greedy" else tf_vcd)
+            shards = [{"versions": v}, {"versions": dict(v, numpy=numpy_shard)}] if numpy_shard and k[3:] == ("vcd", 0) else []
+            meta = {"versions": [s["versions"] for s in shards] if shards else v, "shards": shards}
+            p.with_name(p.name.replace(".jsonl", ".meta.json")).write_text(json.dumps(meta))
+
+    write_sidecars("5.25.0", numpy_shard="2.4.5")
+    html = build_report(metrics, tmp_path / "a.html", result_files=copies, scored_files={k: sco[k] for k in keys},
+                        runs=RUNS, paper_results=PAPER, config=CONFIG, n_examples=0, figures=False).read_text()
+    rows = re.findall(r'<tr class="versions-conflict"><td[^>]*>([^<]*)</td>', html)
+    assert rows == ["results decoded under different library versions — numpy 2.4.5: vcd; 2.4.6: greedy, vcd"
+                    " | transformers 5.24.0: greedy; 5.25.0: vcd"]
+    assert f"chair/all/{MODEL}: results decoded under different" in html
+    prov = re.search(r'<td id="decode-versions">(.*?)</td>', html, re.S).group(1).split("<div")[0]
+    assert prov.count("transformers 5.24.0") == 1 and prov.count("transformers 5.25.0") == 2  # 3 sets
+
+    write_sidecars("5.24.0")
+    same = build_report(metrics, tmp_path / "b.html", result_files=copies, scored_files={k: sco[k] for k in keys},
+                        runs=RUNS, paper_results=PAPER, config=CONFIG, n_examples=0, figures=False).read_text()
+    assert "versions-conflict" not in same and "different library versions" not in same
+    n = len(keys)
+    assert f"transformers 5.24.0 <span class=\"note\">({n} results)</span>" in same

@@ -8,11 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from vcdflow import errors
+from vcdflow.envlock import RESULT_PACKAGES
 from vcdflow.checkpoint import Checkpoint, output_lock
 from vcdflow.decoding import Output
 from vcdflow.io import _HOST, atomic_write_text, file_digest, read_jsonl, remove_leftover_tmp
@@ -21,7 +24,7 @@ from vcdflow.runner import result_hash, run_shard, sidecar_path
 SIDECAR_KEYS = {
     "output", "config_hash", "result_sha256", "run", "protocol", "protocol_name", "shard", "n_shards", "n_items", "n_decoded",
     "n_resumed", "n_errors", "error_items", "device", "cpu", "gpu", "hardware", "peak_mem_mb", "peak_mem_kind",
-    "wall_seconds", "versions", "git_commit", "git_dirty", "finished_utc",
+    "wall_seconds", "versions", "environment_lock", "git_commit", "git_dirty", "finished_utc",
 }
 
 
@@ -105,7 +108,11 @@ def test_sidecar_records_provenance_and_resume_counts(tmp_path):
     assert meta["output"] == "0-of-1.jsonl" and (meta["shard"], meta["n_shards"]) == (0, 1)
     assert meta["device"] == "cpu" and meta["gpu"] is None and meta["hardware"] == f"CPU {meta['cpu']}"
     assert meta["peak_mem_kind"] == "cpu_max_rss" and meta["peak_mem_mb"] > 10
-    assert set(meta["versions"]) == {"vcdflow", "torch", "transformers", "python"}
+    assert set(meta["versions"]) == {"python", *RESULT_PACKAGES}
+    assert meta["versions"]["transformers"] == metadata.version("transformers")
+    lock = Path(__file__).resolve().parents[1] / "requirements.lock"
+    assert meta["environment_lock"] == {"lock_sha256": file_digest(lock, "sha256"), "matches": True,
+                                        "differences": []}
     assert meta["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     assert meta["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)

@@ -17,6 +17,8 @@ change a decoded answer; every result's provenance sidecar records them
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import platform
 import re
 import sys
@@ -89,6 +91,22 @@ def differences(lock: Mapping[str, str], installed: Mapping[str, str | None] | N
 def result_versions(packages: Iterable[str] = RESULT_PACKAGES) -> dict[str, str | None]:
     """Python and :data:`RESULT_PACKAGES` versions of this process, as a result's sidecar keeps them."""
     return {"python": platform.python_version(), **installed_versions(packages)}
+
+
+@functools.lru_cache(maxsize=None)
+def lock_state(path: str | Path = LOCK) -> dict | None:
+    """``{"lock_sha256", "matches", "differences"}`` of this process's packages against the lock
+    (the first 10 difference lines); None when there is no lock file (an installed wheel).
+    Computed once per process."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        diff = differences(read_lock(path))
+    except ValueError:
+        return None
+    return {"lock_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "matches": not diff,
+            "differences": diff[:10]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -375,16 +375,17 @@ def _hardware(device: str) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str | None]:
-    import platform
-    from importlib import metadata
+    """Python and the libraries that can change a decoded answer (:data:`vcdflow.envlock.RESULT_PACKAGES`)."""
+    from .envlock import result_versions
 
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("vcdflow", "torch", "transformers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return result_versions()
+
+
+def _lock_state() -> dict | None:
+    """Whether this process runs in the locked environment (:func:`vcdflow.envlock.lock_state`)."""
+    from .envlock import lock_state
+
+    return lock_state()
 
 
 def _git_commit() -> tuple[str | None, bool | None]:
@@ -442,6 +443,7 @@ def _sidecar(run: dict, run_hash: str, output: Path, *, shard: int, n_shards: in
         "peak_mem_kind": peak_kind,
         "wall_seconds": round(time.monotonic() - t0, 3),
         "versions": _versions(),
+        "environment_lock": _lock_state(),
         "git_commit": commit,
         "git_dirty": dirty,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -586,7 +588,7 @@ def _device(run: dict) -> str:
 def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -> dict:
     """One provenance sidecar for a merged result from its shards' sidecars: ``shards`` (each
     shard's own record), ``wall_seconds`` summed, ``peak_mem_mb`` the largest, ``hardware`` and
-    ``device`` the distinct values, the item/error counts summed (``error_items``: the first 20
+    ``device`` and ``versions`` the distinct values (a list only when shards differ), the item/error counts summed (``error_items``: the first 20
     over all shards), ``output`` and ``result_sha256`` those of the merged file, every other key
     from the first shard that has it (package versions, commit, protocol). Shards without a sidecar are listed under ``missing``."""
     metas, missing = [], []
@@ -607,7 +609,7 @@ def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -
     peaks = [m["peak_mem_mb"] for m in metas if isinstance(m.get("peak_mem_mb"), (int, float))]
     if peaks:
         merged["peak_mem_mb"] = max(peaks)
-    for key in ("hardware", "device"):
+    for key in ("hardware", "device", "versions"):  # shards that differ: the distinct values, in shard order
         vals = list(dict.fromkeys(json.dumps(m[key], sort_keys=True) for m in metas if m.get(key) is not None))
         if len(vals) > 1:
             merged[key] = [json.loads(v) for v in vals]

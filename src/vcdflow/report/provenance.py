@@ -9,6 +9,7 @@ result files' ``.meta.json`` sidecars when they record it (keys ``hardware``/``d
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import subprocess
@@ -151,3 +152,60 @@ def sidecar_hardware(result_paths: Iterable[str | os.PathLike]) -> list[str]:
             if meta.get(key):
                 seen[str(meta[key])] = None
     return list(seen)
+
+
+def _sidecar_of(path: str | os.PathLike) -> dict | None:
+    p = str(path)
+    if not p.endswith(".jsonl"):
+        return None
+    side = Path(p[: -len(".jsonl")] + ".meta.json")
+    try:
+        return read_json(side) if side.is_file() else None
+    except ValueError:
+        return None
+
+
+def result_versions(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The distinct library-version sets a result was decoded with, from its sidecar's
+    ``versions`` (a dict; a list when its shards ran under different versions) and its
+    shards' own records; empty when none is recorded."""
+    meta = _sidecar_of(path)
+    if not meta:
+        return []
+    found = [meta.get("versions")] + [s.get("versions") for s in meta.get("shards") or [] if isinstance(s, Mapping)]
+    flat = [v for f in found for v in (f if isinstance(f, list) else [f]) if isinstance(v, Mapping)]
+    return [json.loads(k) for k in dict.fromkeys(json.dumps(dict(v), sort_keys=True) for v in flat)]
+
+
+def version_conflicts(result_files: Mapping[tuple, str | os.PathLike]) -> dict[tuple, str]:
+    """One note per comparison — ``(benchmark, split, model)``, one table block of the report —
+    whose results were decoded under different library versions: for each library that differs,
+    its versions and the method labels run with each (``transformers 5.24.0: vcd; 5.25.0:
+    greedy, opera``). Comparisons whose results agree (or record no versions) are left out.
+
+    ``result_files`` maps ``(benchmark, split, model, label, seed)`` to a result JSONL whose
+    ``.meta.json`` sidecar records ``versions`` (:func:`vcdflow.runner.merge_sidecars`)."""
+    groups: dict[tuple, dict[str, dict[str, set]]] = {}
+    for key, path in result_files.items():
+        bench, split, model, label = key[:4]
+        per_pkg = groups.setdefault((bench, split, model), {})
+        for versions in result_versions(path):
+            for pkg, ver in versions.items():
+                per_pkg.setdefault(pkg, {}).setdefault(str(ver), set()).add(str(label))
+    notes = {}
+    for comp, per_pkg in groups.items():
+        parts = [f"{pkg} " + "; ".join(f"{ver}: {', '.join(sorted(labels))}" for ver, labels in sorted(vers.items()))
+                 for pkg, vers in sorted(per_pkg.items()) if len(vers) > 1]
+        if parts:
+            notes[comp] = "results decoded under different library versions — " + " | ".join(parts)
+    return notes
+
+
+def versions_in_use(result_files: Mapping[tuple, str | os.PathLike]) -> list[dict[str, Any]]:
+    """Each distinct library-version set among the results, with how many results used it."""
+    count: dict[str, int] = {}
+    for path in result_files.values():
+        for v in result_versions(path):
+            k = json.dumps(v, sort_keys=True)
+            count[k] = count.get(k, 0) + 1
+    return [{"versions": json.loads(k), "n_results": n} for k, n in count.items()]

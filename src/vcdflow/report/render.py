@@ -26,7 +26,8 @@ from . import analysis as an
 from . import figures as _figures
 from . import stats
 from .judges import judges_of
-from .provenance import collect_provenance, input_checksums, result_dates, sidecar_hardware
+from .provenance import (collect_provenance, input_checksums, result_dates, sidecar_hardware, version_conflicts,
+                         versions_in_use)
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _REPO_PAPER_RESULTS = Path(__file__).resolve().parents[3] / "resources" / "paper_results.csv"
@@ -176,7 +177,7 @@ def _cell_view(a: an.Analysis, cell: an.Cell | None, reason_missing: str) -> dic
     return view
 
 
-def _table(a: an.Analysis, bench: str, split: str) -> dict:
+def _table(a: an.Analysis, bench: str, split: str, version_notes: Mapping[tuple, str] | None = None) -> dict:
     cols = a.columns(bench)
     labels = a.labels(bench, split)
     modes = an.mode_order(a.mode(l) for l in labels)
@@ -197,7 +198,8 @@ def _table(a: an.Analysis, bench: str, split: str) -> dict:
                                               f"{label} has no {c.metric}") for c in cols]
             rows.append({"name": group["name"], "detail": group["detail"], "labels": group["labels"],
                          "protocol": group.get("protocol", an.UNIFIED), "cells": cells})
-        blocks.append({"model": model, "rows": rows})
+        blocks.append({"model": model, "rows": rows,
+                       "versions_note": (version_notes or {}).get((bench, split, model))})
     protocols = {a.runs[l].get("protocol", an.UNIFIED) for l in labels}
     # the header names the baseline of each mode; with several protocols each row's own applies
     base = ({m: a.baselines[(protocols.copy().pop(), m)] for m in modes if (next(iter(protocols)), m) in a.baselines}
@@ -491,6 +493,7 @@ def build_report(
     a.demo = bool(demo)
 
     # Benchmark sections ------------------------------------------------------------
+    version_notes = version_conflicts(a.result_files)
     sections = []
     for bench in a.benchmarks():
         info = an.bench_info(bench, a.metrics.loc[a.metrics.benchmark == bench, "metric"])
@@ -498,7 +501,7 @@ def build_report(
         for split in a.splits(bench):
             splits.append({
                 "split": split,
-                "table": _table(a, bench, split),
+                "table": _table(a, bench, split, version_notes),
                 "all": _all_metrics(a, bench, split),
                 "figure": plots.metric_plot(a, bench, split),
             })
@@ -584,6 +587,8 @@ def build_report(
         "packages": prov.get("packages", {}),
         "hardware": prov.get("hardware", {}),
         "decode_hardware": sidecar_hardware(a.result_files.values()) or prov.get("decode_hardware") or [],
+        "decode_versions": versions_in_use(a.result_files),
+        "version_conflicts": [{"comparison": "/".join(map(str, k)), "note": v} for k, v in version_notes.items()],
         "config_hash": prov.get("config_hash", ""),
         "config_yaml": _yaml(prov["config"]) if prov.get("config") is not None else "",
         "inputs": checks,
