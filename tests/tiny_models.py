@@ -219,3 +219,139 @@ def build_tiny_instructblip(path: str | Path, *, seed: int = 0, hidden: int = 64
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# --- newer families (one builder each; tiny: 2-layer towers and decoders, 28-px tiles) ----------
+
+#: LLaVA-NeXT / LLaVA-OneVision any-res geometry: 28-px tiles of 14-px patches (2x2 patches per
+#: tile), grid pinpoints up to 2x2 tiles; an image is a base tile + its grid tiles (+ newlines)
+ANYRES_TILE = 28
+ANYRES_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
+QWEN_LLAVA_CHAT_TEMPLATE = (  # llava-onevision-qwen2's ChatML, images as ``<image>`` lines
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _finish(model, tokenizer, path, processor_parts: dict, processor_cls, **proc_kw) -> Path:
+    """Sharpen, set generation ids, save model + processor (the processor's parts and chat template
+    one by one when the full processor cannot be built here: a video processor needs torchvision)."""
+    _sharpen(model)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    template = proc_kw.get("chat_template")
+    try:
+        processor_cls(**processor_parts, tokenizer=tokenizer, **proc_kw).save_pretrained(path)
+    except Exception:  # noqa: BLE001 - save the parts; load_vlm builds an image-only processor
+        tokenizer.chat_template = template
+        tokenizer.save_pretrained(path)
+        for part in processor_parts.values():
+            part.save_pretrained(path)
+        if template:
+            (path / "chat_template.jinja").write_text(template)
+        extra = {k: v for k, v in proc_kw.items() if k != "chat_template"}
+        if extra:  # processor settings (image token counts...) the image-only processor reads back
+            import json
+
+            (path / "processor_config.json").write_text(json.dumps(
+                {"processor_class": processor_cls.__name__, **extra}, indent=1))
+    return path
+
+
+def _text_cfg(tokenizer, hidden: int, **kw) -> dict:
+    return {"vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 2048, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "tie_word_embeddings": False, **kw}
+
+
+def build_tiny_qwen2_vl(path: str | Path, *, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a random Qwen2-VL (ViT with 2x2 merge, 3-D mrope Qwen2 text model) + processor; images
+    resized to between 28x28 and 112x112 pixels (dynamic resolution: 1 to 16 image tokens)."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil,
+                              Qwen2VLProcessor)
+
+    path = Path(path)
+    tokenizer = _word_tokenizer(QWEN_SPECIALS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = Qwen2VLConfig(
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": hidden, "mlp_ratio": 2, "num_heads": 2,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+        text_config=_text_cfg(tokenizer, hidden, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    ip = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=112 * 112, patch_size=14, merge_size=2,
+                                  temporal_patch_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return _finish(model, tokenizer, path, {"image_processor": ip}, Qwen2VLProcessor,
+                   chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def build_tiny_llava_next(path: str | Path, *, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a random LLaVA-NeXT (CLIP tower, any-res: a 28-px base tile + up to 2x2 grid tiles,
+    unpadded features with a newline embedding per row) + processor."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessorPil, LlavaNextProcessor)
+
+    path = Path(path)
+    tokenizer = _word_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=ANYRES_TILE, patch_size=14, projection_dim=32)
+    config = LlavaNextConfig(vision_config=vision, text_config=LlamaConfig(**_text_cfg(tokenizer, hidden)),
+                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                             image_grid_pinpoints=ANYRES_PINPOINTS, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default", image_seq_length=4)
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    ip = LlavaNextImageProcessorPil(size={"shortest_edge": ANYRES_TILE},
+                                    crop_size={"height": ANYRES_TILE, "width": ANYRES_TILE},
+                                    image_grid_pinpoints=ANYRES_PINPOINTS, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return _finish(model, tokenizer, path, {"image_processor": ip}, LlavaNextProcessor, patch_size=14,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=LLAVA_CHAT_TEMPLATE)
+
+
+def build_tiny_llava_onevision(path: str | Path, *, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a random LLaVA-OneVision (SigLIP tower, any-res tiles as LLaVA-NeXT with
+    ``anyres_max_9`` pooling, Qwen2 text model, ChatML) + processor."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor, Qwen2Config,
+                              SiglipVisionConfig)
+
+    path = Path(path)
+    tokenizer = _word_tokenizer(["<video>", "<|im_start|>", "<|im_end|>"])
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=ANYRES_TILE, patch_size=14)
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**_text_cfg(tokenizer, hidden)),
+                                  image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                                  video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+                                  image_grid_pinpoints=ANYRES_PINPOINTS, vision_feature_layer=-1,
+                                  vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    ip = LlavaOnevisionImageProcessorPil(size={"height": ANYRES_TILE, "width": ANYRES_TILE},
+                                         image_grid_pinpoints=ANYRES_PINPOINTS, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+    return _finish(model, tokenizer, path, {"image_processor": ip}, LlavaOnevisionProcessor, num_image_tokens=4,
+                   vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+                   chat_template=QWEN_LLAVA_CHAT_TEMPLATE)
+
+
+#: family → builder (one tiny model per family)
+BUILDERS = {"llava": build_tiny_llava, "instructblip": build_tiny_instructblip, "qwen2_5_vl": build_tiny_qwen2_5_vl,
+            "qwen2_vl": build_tiny_qwen2_vl, "llava_next": build_tiny_llava_next,
+            "llava_onevision": build_tiny_llava_onevision}
+_BUILT: dict = {}
+
+
+def tiny_dir(family: str, tmp_path_factory) -> Path:
+    """The family's tiny model folder, built once per test session (shared by every module)."""
+    if family not in _BUILT or not (_BUILT[family] / "config.json").is_file():
+        _BUILT[family] = BUILDERS[family](tmp_path_factory.mktemp(f"tiny-{family}"))
+    return _BUILT[family]

@@ -423,7 +423,7 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
     ad = vlm.adapter
     fam = getattr(ad, "family", None)
     do_vision = bool(cfg["vision"])
-    packed = fam == "qwen2_5_vl"
+    packed = getattr(ad, "layout", None) == "packed"
     grid = fit_grid(ad, cfg) if packed and do_vision else None
     if grid is not None:
         m = int(ad.config.vision_config.spatial_merge_size)

@@ -141,14 +141,16 @@ def vision_layers(adapter) -> list:
 
 
 def is_packed_tower(adapter) -> bool:
-    """True for Qwen2.5-VL's tower (one packed ``[N, D]`` patch sequence per call)."""
-    return getattr(adapter, "family", None) == "qwen2_5_vl"
+    """True for a packed-patch tower (Qwen2-VL, Qwen2.5-VL: one ``[N, D]`` patch sequence per call)."""
+    return getattr(adapter, "layout", None) == "packed"
 
 
 def _vision_geometry(adapter) -> tuple[int, int, int]:
-    """(patch size, spatial merge size, window size in pixels) of Qwen2.5-VL's tower config."""
+    """(patch size, spatial merge size, window size in pixels) of a packed tower's config;
+    Qwen2-VL's tower has no windows (full attention over merge units in raster order): one window
+    larger than any image."""
     vc = adapter.config.vision_config
-    return int(vc.patch_size), int(vc.spatial_merge_size), int(vc.window_size)
+    return int(vc.patch_size), int(vc.spatial_merge_size), int(getattr(vc, "window_size", None) or 1 << 30)
 
 
 def qwen_window_layout(grid_thw, merge: int, window: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:

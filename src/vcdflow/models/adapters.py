@@ -13,7 +13,9 @@ the adapter to
   sum of the attention mask; Qwen2.5-VL: the model's own 3-D ``get_rope_index``);
 * ``forward(embeds, mask, positions, cache)``: one forward of the decoder, last-position logits.
 
-Families: ``llava`` (LLaVA-1.5 and the demo model), ``instructblip``, ``qwen2_5_vl``.
+One adapter class per image-token layout (:data:`LAYOUT_ADAPTERS`); each family of
+:mod:`vcdflow.models.families` gets its layout's class with its own ``family`` name and record
+(``spec``) — :data:`ADAPTERS`, built from the records, not kept by hand.
 """
 
 from __future__ import annotations
@@ -156,6 +158,19 @@ class FamilyAdapter:
     """Base adapter (LLaVA-style decoder-only model with image placeholder tokens)."""
 
     family = "base"
+
+    @property
+    def spec(self):
+        """The family's record (:class:`vcdflow.models.families.Family`); None for the base."""
+        from .families import FAMILIES
+
+        return FAMILIES.get(self.family)
+
+    @property
+    def layout(self) -> str | None:
+        """How images become decoder tokens (``grid``, ``query``, ``packed``, ``anyres``)."""
+        spec = self.spec
+        return None if spec is None else spec.layout
 
     def __init__(self, model, processor):
         self.model = model
@@ -513,10 +528,10 @@ class InstructBlipAdapter(FamilyAdapter):
         return _features(res)
 
 
-class Qwen25VLAdapter(FamilyAdapter):
-    """Qwen2.5-VL: dynamic resolution (14 px patches, 2×2 merge), pixels as flattened patches,
-    3-D multimodal rope positions from the model's ``get_rope_index``; text tokens after the image
-    continue from ``max(position) + 1``."""
+class PackedPatchAdapter(FamilyAdapter):
+    """Qwen2-VL / Qwen2.5-VL: dynamic resolution (14 px patches, 2×2 merge), pixels as flattened
+    patches, 3-D multimodal rope positions from the model's ``get_rope_index``; text tokens after
+    the image continue from ``max(position) + 1``."""
 
     family = "qwen2_5_vl"
 
@@ -588,11 +603,70 @@ class Qwen25VLAdapter(FamilyAdapter):
         return next_pos.view(1, -1, 1).expand(3, -1, 1)
 
 
-ADAPTERS: dict[str, type[FamilyAdapter]] = {
-    "llava": LlavaAdapter,
-    "instructblip": InstructBlipAdapter,
-    "qwen2_5_vl": Qwen25VLAdapter,
+Qwen25VLAdapter = PackedPatchAdapter  # the name before Qwen2-VL shared it
+
+
+class AnyResAdapter(FamilyAdapter):
+    """LLaVA-NeXT / LLaVA-OneVision: any-resolution tiling. The processor resizes an image to its
+    best-fitting grid pinpoint and cuts it into tiles of the vision tower's size, plus one base
+    tile of the whole image: ``pixel_values`` [images, tiles, 3, H, W] (tiles padded to the most
+    tiles among the images of one processor call) and ``image_sizes`` [images, 2]. The model's
+    ``get_image_features`` unpads the tile features to the image's aspect ratio and appends a
+    learned newline embedding after each feature row (OneVision: pooled to at most 9 tiles'
+    worth, ``anyres_max_9``), so the number of image tokens depends on the image size; the
+    processor writes exactly that many placeholders. Positions are 1-D (cumulative mask).
+
+    ``pixel_fn`` sees every tile as one image [images × tiles, 3, H, W] (the base tile and the
+    grid tiles alike): pixel-wise distortions (VCD's noise) act as on the whole picture, geometric
+    ones (a flip, a crop) act per tile — a divergence from flipping the picture before tiling."""
+
+    def pixels_to_images(self, pixel_values: torch.Tensor, extras: dict) -> torch.Tensor:
+        return pixel_values.reshape(-1, *pixel_values.shape[-3:])
+
+    def images_to_pixels(self, images: torch.Tensor, extras: dict) -> torch.Tensor:
+        n = int(extras["image_sizes"].shape[0])
+        return images.reshape(n, -1, *images.shape[-3:])
+
+    def image_features(self, rows: list[Encoded]) -> list[torch.Tensor]:
+        img_rows = [r for r in rows if r.pixel_values is not None]
+        if not img_rows:
+            return []
+        tiles = max(int(r.pixel_values.shape[1]) for r in img_rows)
+        px = torch.cat([torch.nn.functional.pad(r.pixel_values, (0, 0, 0, 0, 0, 0, 0, tiles - r.pixel_values.shape[1]))
+                        for r in img_rows]).to(self.device, self.dtype)
+        kwargs: dict[str, Any] = {"image_sizes": torch.cat([r.extras["image_sizes"] for r in img_rows]).to(self.device)}
+        if "batch_num_images" in inspect.signature(self.model.get_image_features).parameters:
+            # OneVision tiles an image only when it is its prompt's only image (the processor counts so)
+            kwargs["batch_num_images"] = torch.tensor([self.n_images(r) for r in img_rows])
+        return _features(self.model.get_image_features(pixel_values=px, **kwargs))
+
+
+#: image-token layout (:data:`vcdflow.models.families.LAYOUTS`) → adapter class; a layout with no
+#: class here (cross-attention) has no adapter yet
+LAYOUT_ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "grid": LlavaAdapter,
+    "query": InstructBlipAdapter,
+    "packed": PackedPatchAdapter,
+    "anyres": AnyResAdapter,
 }
+
+
+def _family_adapters() -> dict[str, type[FamilyAdapter]]:
+    from .families import FAMILIES
+
+    out: dict[str, type[FamilyAdapter]] = {}
+    for name, spec in FAMILIES.items():
+        base = LAYOUT_ADAPTERS.get(spec.layout)
+        if base is None:
+            continue
+        out[name] = base if base.family == name else type(
+            f"{spec.title.split()[0].replace('-', '').replace('.', '')}Adapter", (base,),
+            {"family": name, "__doc__": f"{spec.title}: {base.__doc__}"})
+    return out
+
+
+#: family name → adapter class (the family's layout class, carrying the family's name and record)
+ADAPTERS: dict[str, type[FamilyAdapter]] = _family_adapters()
 
 
 def adapter_for(family: str, model, processor) -> FamilyAdapter:

@@ -8,10 +8,12 @@
   ``huggingface_hub.snapshot_download`` (token from the environment variable ``HF_TOKEN``, never
   logged; ``local_files_only`` defaults to ``HF_HUB_OFFLINE``), then loaded from the snapshot.
 
-The model class comes from the config's ``architectures`` entry (``LlavaForConditionalGeneration``,
-``InstructBlipForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``), the processor
-from ``AutoProcessor``. The family (``llava``, ``instructblip``, ``qwen2_5_vl``) is the config's
-``model_type`` and selects the adapter in :mod:`vcdflow.models.adapters`.
+The config's ``model_type`` picks the family record (:mod:`vcdflow.models.families`); the model
+class comes from the config's ``architectures`` entry (else the record's class), the processor from
+``AutoProcessor`` — or, for a family whose processor ships a video processor (transformers builds
+those only with torchvision), the record's processor class built image-only from the same folder
+(:func:`image_only_processor`). The record's layout selects the adapter in
+:mod:`vcdflow.models.adapters`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: config ``model_type`` → (family, default model class name)
-FAMILIES: dict[str, tuple[str, str]] = {
-    "llava": ("llava", "LlavaForConditionalGeneration"),
-    "instructblip": ("instructblip", "InstructBlipForConditionalGeneration"),
-    "qwen2_5_vl": ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
-}
+from .families import BY_MODEL_TYPE, Family, family_of_model_type
+
+#: config ``model_type`` → (family, default model class name), from the family records
+FAMILIES: dict[str, tuple[str, str]] = {t: (f.name, f.model_class) for t, f in BY_MODEL_TYPE.items()}
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -103,39 +103,65 @@ def _model_class(config):
     arch = (getattr(config, "architectures", None) or [None])[0]
     if arch and hasattr(transformers, arch):
         return getattr(transformers, arch)
-    fam = FAMILIES.get(config.model_type)
-    if fam is None:
-        raise ValueError(f"unsupported model_type {config.model_type!r}; supported: {', '.join(FAMILIES)}")
-    return getattr(transformers, fam[1])
+    return getattr(transformers, family_of_model_type(config.model_type).model_class)
 
 
-def _load_processor(path: Path, family: str):
-    """``AutoProcessor``; for Qwen2.5-VL without a usable video processor (transformers builds it
-    with torchvision, which may be absent) an image-only ``Qwen2_5_VLProcessor`` instead."""
+def _load_processor(path: Path, family: Family | str):
+    """``AutoProcessor``; for a family whose processor ships a video processor, when that cannot be
+    built here (transformers needs torchvision for it), the family's processor image-only."""
     from transformers import AutoProcessor
 
+    from .families import get_family
+
+    family = get_family(family) if isinstance(family, str) else family
     try:
         return AutoProcessor.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
-        if family != "qwen2_5_vl":
+        if not family.video_processor:
             raise
-        log.warning("AutoProcessor failed for %s (%s); building an image-only Qwen2.5-VL processor", path, e)
-        return image_only_qwen_processor(path)
+        log.warning("AutoProcessor failed for %s (%s); building an image-only %s", path,
+                    (str(e).strip().splitlines() or [type(e).__name__])[0], family.processor_class)
+        return image_only_processor(path, family)
 
 
-def image_only_qwen_processor(path_or_parts, image_processor=None, chat_template: str | None = None):
-    """A ``Qwen2_5_VLProcessor`` without video processor (images and text only).
+_IMAGE_ONLY: dict[str, type] = {}
 
-    ``path_or_parts``: a directory (tokenizer + image processor, chat template from the tokenizer
-    or ``chat_template.jinja``) or a tokenizer (then pass ``image_processor``)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor
 
-    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+def _image_only_class(processor_class: str) -> type:
+    """``processor_class`` (a transformers processor with a video processor) accepting none."""
+    if processor_class not in _IMAGE_ONLY:
+        import transformers
+
+        base = getattr(transformers, processor_class)
+
         def check_argument_for_proper_class(self, argument_name, argument):
             if argument_name == "video_processor" and argument is None:
                 return None
-            return super().check_argument_for_proper_class(argument_name, argument)
+            return base.check_argument_for_proper_class(self, argument_name, argument)
 
+        _IMAGE_ONLY[processor_class] = type(f"ImageOnly{processor_class}", (base,), {
+            "check_argument_for_proper_class": check_argument_for_proper_class,
+            "__doc__": f"{processor_class} without its video processor (images and text only)."})
+    return _IMAGE_ONLY[processor_class]
+
+
+def image_only_processor(path_or_parts, family: Family | str = "qwen2_5_vl", image_processor=None,
+                         chat_template: str | None = None):
+    """The family's processor without video processor (images and text only): the same tokenizer,
+    image processor, chat template and processor settings (``processor_config.json``: image token
+    counts, feature strategy…) as ``AutoProcessor`` reads, so the same outputs for images.
+
+    ``path_or_parts``: a directory (tokenizer + image processor, chat template from the tokenizer
+    or ``chat_template.jinja``) or a tokenizer (then pass ``image_processor``)."""
+    import inspect
+
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from .families import get_family
+
+    fam = get_family(family) if isinstance(family, str) else family
+    cls = _image_only_class(fam.processor_class)
+    settings: dict[str, Any] = {}
     if isinstance(path_or_parts, (str, os.PathLike)):
         path = Path(path_or_parts)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -144,10 +170,20 @@ def image_only_qwen_processor(path_or_parts, image_processor=None, chat_template
             jinja = path / "chat_template.jinja"
             chat_template = getattr(tokenizer, "chat_template", None) or (
                 jinja.read_text() if jinja.exists() else None)
+        cfg = path / "processor_config.json"
+        if cfg.is_file():
+            accepted = set(inspect.signature(cls.__init__).parameters) - {
+                "self", "image_processor", "tokenizer", "video_processor", "chat_template", "kwargs"}
+            settings = {k: v for k, v in json.loads(cfg.read_text()).items() if k in accepted}
     else:
         tokenizer = path_or_parts
-    return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                        video_processor=None, chat_template=chat_template)
+    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+               chat_template=chat_template, **settings)
+
+
+def image_only_qwen_processor(path_or_parts, image_processor=None, chat_template: str | None = None):
+    """A ``Qwen2_5_VLProcessor`` without video processor (see :func:`image_only_processor`)."""
+    return image_only_processor(path_or_parts, "qwen2_5_vl", image_processor, chat_template)
 
 
 def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
@@ -176,10 +212,7 @@ def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise errors.model_load_failed(path, exc) from exc
-    if config.model_type not in FAMILIES:
-        raise ValueError(f"unsupported model_type {config.model_type!r} in {path}/config.json; "
-                         f"supported: {', '.join(FAMILIES)}")
-    family = FAMILIES[config.model_type][0]
+    family = family_of_model_type(config.model_type, f"{path}/config.json")
     cls = _model_class(config)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation:
@@ -200,8 +233,8 @@ def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
         processor = _load_processor(path, family)
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise errors.model_load_failed(path, exc) from exc
-    adapter = adapter_for(family, model, processor)
-    return VLM(model=model, processor=processor, family=family, adapter=adapter, device=dev,
+    adapter = adapter_for(family.name, model, processor)
+    return VLM(model=model, processor=processor, family=family.name, adapter=adapter, device=dev,
                dtype=torch_dtype, source=str(path))
 
 

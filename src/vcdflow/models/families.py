@@ -1,0 +1,108 @@
+"""The model families vcdflow runs, one declarative record each (no torch import: the CLI and the
+workflow read this before any model is loaded).
+
+A :class:`Family` says how transformers loads the family (``model_type`` in ``config.json``, the
+``*ForConditionalGeneration`` class, the processor class), which adapter builds its inputs
+(:data:`vcdflow.models.adapters.ADAPTERS`, by the image-token ``layout``), whether its processor
+ships a video processor (then it is loaded image-only: transformers builds video processors only
+with torchvision, which cannot live beside the CPU torch), whether its image tokens sit inside the
+decoder's sequence, and its official chat format for ``vcdflow prompt`` without a model.
+
+Adding a family = one record here (+ one tiny-model test in ``tests/test_families.py``).
+
+Image-token layouts (how an image becomes decoder tokens, and so what the adapter does):
+
+* ``grid``: a fixed number of placeholder tokens per image, one per vision patch (LLaVA-1.5: 576);
+* ``query``: a fixed number of learned query outputs (InstructBLIP's Q-Former: 32), no spatial grid;
+* ``packed``: dynamic resolution, patches flattened and 2x2-merged, 3-D multimodal rope positions
+  from the model's own ``get_rope_index`` (Qwen2-VL, Qwen2.5-VL);
+* ``anyres``: a base tile + the tiles of the best-fitting grid pinpoint, unpadded to the image's
+  aspect ratio with one newline embedding per feature row (LLaVA-NeXT, LLaVA-OneVision); the
+  number of image tokens depends on the image size;
+* ``cross_attention``: the image never enters the decoder's sequence; cross-attention layers read
+  the vision states (Llama-3.2-Vision, ``mllama``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+LAYOUTS = ("grid", "query", "packed", "anyres", "cross_attention")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    Attributes:
+        name: vcdflow's family name (config ``models.<m>.family``, protocol layers, reports).
+        title: the models it covers, for tables.
+        model_type: ``config.json``'s ``model_type``.
+        model_class: transformers' conditional-generation class (when ``architectures`` names none).
+        processor_class: transformers' processor class (built image-only when ``video_processor``).
+        layout: how images become decoder tokens (:data:`LAYOUTS`).
+        video_processor: the processor holds a video processor (needs torchvision) → image-only load.
+        official_template: shipped chat template (``vcdflow/protocols/templates``) written like the
+            model's own, for ``vcdflow prompt`` without ``--model``; None: the model's own only.
+        requires: extra Python packages the processor needs (SmolVLM2: ``num2words``).
+        example: a hub id of a real checkpoint (documentation; ``config/paper.yaml`` pins revisions).
+    """
+
+    name: str
+    title: str
+    model_type: str
+    model_class: str
+    processor_class: str
+    layout: str
+    video_processor: bool = False
+    official_template: str | None = None
+    requires: tuple[str, ...] = ()
+    example: str = ""
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"family {self.name}: unknown layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
+
+    @property
+    def image_tokens_in_decoder(self) -> bool:
+        """True when the image is a run of tokens in the decoder's sequence (every layout but
+        cross-attention): methods that read or edit image-token positions need it."""
+        return self.layout != "cross_attention"
+
+
+_RECORDS = (
+    Family("llava", "LLaVA-1.5", "llava", "LlavaForConditionalGeneration", "LlavaProcessor", "grid",
+           official_template="llava_v1", example="llava-hf/llava-1.5-7b-hf"),
+    Family("instructblip", "InstructBLIP", "instructblip", "InstructBlipForConditionalGeneration",
+           "InstructBlipProcessor", "query", official_template="instructblip_raw",
+           example="Salesforce/instructblip-vicuna-7b"),
+    Family("qwen2_5_vl", "Qwen2.5-VL", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor",
+           "packed", video_processor=True, official_template="qwen2_5_vl", example="Qwen/Qwen2.5-VL-7B-Instruct"),
+    Family("qwen2_vl", "Qwen2-VL", "qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "packed",
+           video_processor=True, official_template="qwen2_5_vl", example="Qwen/Qwen2-VL-7B-Instruct"),
+    Family("llava_next", "LLaVA-NeXT (LLaVA-1.6)", "llava_next", "LlavaNextForConditionalGeneration",
+           "LlavaNextProcessor", "anyres", example="llava-hf/llava-v1.6-vicuna-7b-hf"),
+    Family("llava_onevision", "LLaVA-OneVision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",
+           "LlavaOnevisionProcessor", "anyres", video_processor=True,
+           example="llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+)
+
+#: family name → record
+FAMILIES: MappingProxyType = MappingProxyType({f.name: f for f in _RECORDS})
+#: ``config.json`` ``model_type`` → record
+BY_MODEL_TYPE: MappingProxyType = MappingProxyType({f.model_type: f for f in _RECORDS})
+
+
+def get_family(name: str) -> Family:
+    """The record of family ``name``; ``ValueError`` naming it and the valid ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; valid families: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of_model_type(model_type: str | None, where: str = "config.json") -> Family:
+    """The record for a ``config.json`` ``model_type``; ``ValueError`` naming ``where``."""
+    if model_type not in BY_MODEL_TYPE:
+        raise ValueError(f"unsupported model_type {model_type!r} in {where}; supported: {', '.join(BY_MODEL_TYPE)}")
+    return BY_MODEL_TYPE[model_type]

@@ -1,0 +1,94 @@
+"""The newer model families (one record each in vcdflow.models.families) on tiny random models
+built from their real transformers configs and processors, saved with ``save_pretrained`` and
+loaded through ``load_vlm`` like a checkpoint: vcdflow's engine greedy equals transformers' own
+``generate`` token for token — batch 1 and batched with images of different sizes (any-res and
+dynamic-resolution rows of different lengths under left padding), shared prefix on and off — and
+the processors that ship a video processor load image-only with the checkpoint's settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tiny_models import tiny_dir
+from vcdflow.decoding import Request, generate
+from vcdflow.models import load_vlm
+from vcdflow.models.families import FAMILIES
+
+NEW = ("qwen2_vl", "llava_next", "llava_onevision")
+N = 6
+
+
+def _img(seed, w, h):
+    return Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
+
+
+# three image sizes (portrait, square, wide: different any-res grids / dynamic resolutions) + text only
+REQS = [Request(image=_img(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
+        Request(image=_img(2, 64, 64), prompt="Describe", item_id="b", system="You are an expert."),
+        Request(image=_img(3, 120, 40), prompt="what is this red dog on the table with a cat?", item_id="c"),
+        Request(prompt="Describe the table", item_id="t")]
+
+
+@pytest.fixture(scope="module")
+def vlms(tmp_path_factory):
+    torch.set_num_threads(1)
+    return {fam: load_vlm(tiny_dir(fam, tmp_path_factory)) for fam in NEW}
+
+
+def _hf_greedy(vlm, req, n):
+    """transformers' own ``generate`` on the processor's batch-1 inputs."""
+    text = vlm.adapter.build_text(req.prompt, req.image is not None, req.system)
+    kw = {"text": [text], "return_tensors": "pt"}
+    if req.image is not None:
+        kw["images"] = [req.image]
+    enc = vlm.processor(**kw)
+    out = vlm.model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=vlm.adapter.pad_token_id)
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_engine_greedy_equals_transformers_generate(vlms, family):
+    vlm = vlms[family]
+    assert vlm.family == family and vlm.adapter.family == family and vlm.adapter.spec is FAMILIES[family]
+    refs = [_hf_greedy(vlm, r, N) for r in REQS]
+    n_img = [sum(t == vlm.adapter.image_token_id for t in vlm.adapter.encode(r).input_ids.tolist()) for r in REQS[:3]]
+    assert len(set(n_img)) > 1, n_img  # the image sizes really give rows of different lengths
+    for batch_size in (1, 16):
+        for share in (True, False):
+            outs = generate(vlm, REQS, method="greedy", max_new_tokens=N, eos_token_id=[], batch_size=batch_size,
+                            share_prefix=share)
+            for r, o, ref in zip(REQS, outs, refs):
+                assert o.error is None, o.error
+                assert o.token_ids == ref, (family, batch_size, share, r.item_id)
+    # the image matters: another picture, another continuation (for at least one prompt)
+    other = generate(vlm, [Request(image=_img(9, 100, 80), prompt=r.prompt, system=r.system, item_id=r.item_id)
+                           for r in REQS[:3]], method="greedy", max_new_tokens=N, eos_token_id=[])
+    assert any(o.token_ids != ref for o, ref in zip(other, refs))
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_vcd_batched_equals_batch_one(vlms, family):
+    """A contrastive method (VCD: the noised-image branch through the family's pixel layout) gives
+    the same tokens batched with mixed image sizes as one request at a time, and differs from greedy."""
+    vlm = vlms[family]
+    kw = dict(method="vcd", params={"noise_step": 999}, max_new_tokens=N, eos_token_id=[], seed=1)
+    big = generate(vlm, REQS[:3], batch_size=16, **kw)
+    one = generate(vlm, REQS[:3], batch_size=1, **kw)
+    assert [o.error for o in big] == [None] * 3
+    assert [o.token_ids for o in big] == [o.token_ids for o in one]
+
+
+def test_image_only_processors_keep_the_checkpoint_settings(vlms):
+    """Qwen2-VL and LLaVA-OneVision ship a video processor (torchvision here): the processor is the
+    family's own class without it, with the folder's chat template and processor settings."""
+    for fam in ("qwen2_vl", "llava_onevision"):
+        proc = vlms[fam].processor
+        assert FAMILIES[fam].video_processor
+        assert type(proc).__mro__[1].__name__ == FAMILIES[fam].processor_class
+        assert getattr(proc, "video_processor", None) is None and proc.chat_template
+    ov = vlms["llava_onevision"].processor
+    assert (ov.num_image_tokens, ov.vision_aspect_ratio, ov.vision_feature_select_strategy) == (4, "anyres_max_9", "full")
