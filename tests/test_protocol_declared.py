@@ -56,3 +56,62 @@ def test_vasparse_paper_protocol_runs_three_beams_script_protocol_one():
     from vcdflow.protocols import PAPER_OF
 
     assert PAPER_OF["vasparse"] == "vasparse"
+
+
+# --- vcdflow protocol show ------------------------------------------------------------------------
+def show(capsys, *argv):
+    from vcdflow.cli import main
+
+    rc = main(["protocol", "show", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_protocol_show_prints_every_resolved_field_with_its_source(capsys):
+    import json
+    from dataclasses import fields
+
+    from vcdflow.protocols import Resolved
+
+    rc, out, _ = show(capsys, "halc", "--family", "instructblip", "--family", "llava", "--benchmark", "pope",
+                      "--json")
+    assert rc == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["family"], r["benchmark"], r["method"]) for r in rows] == [("instructblip", "pope", "halc"),
+                                                                         ("llava", "pope", "halc")]
+    # read generically from the record: every field of Resolved but the parameters, each with a source
+    assert set(rows[0]["fields"]) == {f.name for f in fields(Resolved)} - {"protocol", "sources", "params"}
+    assert all(v["source"] for v in rows[0]["fields"].values())
+    assert rows[0]["fields"]["max_new_tokens"] == {"value": 16,
+                                                   "source": "BillChan226/HALC run_scripts/pope_eval.py:105"}
+    # the effective parameters: the protocol's override with its citation, the rest the method's defaults
+    assert rows[0]["params"]["beam_size"]["value"] == 1
+    assert "pope_eval.py:98" in rows[0]["params"]["beam_size"]["source"]
+    assert rows[0]["params"]["k_candidates"] == {"value": 4,
+                                                 "source": "the method's default (vcdflow.decoding.methods.halc)"}
+    # the text form carries the same values and sources; default families = the ones the protocol ran
+    rc, out, _ = show(capsys, "vasparse")
+    assert rc == 0 and out.startswith("protocol vasparse: VASparse") and "== llava × chair" in out
+    assert "== instructblip" not in out and "× pope" not in out
+    assert '  search = {"num_beams": 3, "length_norm": "generated"}\n      source: VASparse paper arXiv 2501.06553' in out
+    # another method under a protocol, and `paper` with --method
+    rc, out, _ = show(capsys, "halc", "--method", "dola", "--benchmark", "chair", "--family", "llava", "--json")
+    assert json.loads(out)["fields"]["search"]["value"] == {"num_beams": 3, "length_norm": "total"}
+    rc, out, _ = show(capsys, "paper", "--method", "pai", "--benchmark", "pope", "--json")
+    row = json.loads(out)
+    assert row["protocol"] == "pai" and row["params"]["attn_schedule"]["value"] == "official"
+    from vcdflow.cli import main
+
+    assert main(["protocol", "list"]) == 0
+    assert "vasparse_script: VASparse's released script (-b 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["nope"], "vcdflow protocol show: NAME: unknown protocol 'nope'; valid protocols: avisc"),
+    (["opera", "--family", "llama"], "vcdflow protocol show: --family: unknown value 'llama'; valid: llava"),
+    (["opera", "--method", "x"], "vcdflow protocol show: --method: unknown method 'x'; valid:"),
+    (["paper"], "vcdflow protocol show: NAME: 'paper' needs --method"),
+])
+def test_protocol_show_bad_input_is_one_line(capsys, argv, msg):
+    rc, out, err = show(capsys, *argv)
+    assert rc == 2 and out == "" and err.startswith(msg) and err.count("\n") == 1

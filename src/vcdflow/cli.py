@@ -6,6 +6,8 @@
     vcdflow score --results results.jsonl --metrics metrics.csv [--parser official]
     vcdflow prompt --family llava --protocol paper --method icd --benchmark pope --question "..."
                                                       the exact text of every branch (one JSON line each)
+    vcdflow protocol show NAME [--method M] [--family F] [--benchmark B] [--json]
+                                                      a protocol's resolved settings, each with its source
 
 ``decode`` and ``score`` cover POPE-format question files (the official line format; yours from
 ``build-pope`` too) with the same runner and scorer the workflow uses: the result file has the
@@ -196,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the decoding methods with their defaults")
     from .protocols.cli import add_parser as _add_prompt_parser  # vcdflow prompt
     _add_prompt_parser(sub)
+    from .protocols.show import add_parser as _add_protocol_parser  # vcdflow protocol show / list
+    _add_protocol_parser(sub)
     sub.add_parser("build-pope", help="POPE questions from a COCO instances file (see --help of it)",
                    add_help=False)
 
@@ -250,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "prompt":  # vcdflow.protocols.cli
         from .protocols.cli import run as _prompt
         return _prompt(a)
+    if a.command == "protocol":  # vcdflow.protocols.show
+        from .protocols.show import run as _protocol
+        return _protocol(a)
     debug = errors.debug_enabled(a.debug)
     _setup_logging(debug)
     prog = f"vcdflow {a.command}"
