@@ -147,8 +147,44 @@ def bench_slice(config: Mapping, benchmark: str, split: str) -> dict:
     for key, value in cfg.items():
         if key in ("n_shards", "build"):
             continue
-        out[key] = value.format(split=split) if isinstance(value, str) and key != "prompt" else value
+        out[key] = (value.format(split=split, version=cfg.get("version", "head"))
+                    if isinstance(value, str) and key != "prompt" else value)
     return out
+
+
+def protocol_data(config: Mapping) -> bool:
+    """Whether a paper protocol's declared benchmark data (its CHAIR images, its POPE question
+    files: :attr:`vcdflow.protocols.Resolved.data`) replaces the config's: config
+    ``protocol_data``, by default on in the real world and off in the demo world (whose images
+    are no COCO images)."""
+    flag = config.get("protocol_data")
+    return config.get("world") == "real" if flag is None else bool(flag)
+
+
+def _apply_data(config: Mapping, bench: dict, data: Mapping[str, Any]) -> dict:
+    """Put a paper protocol's declared data into the benchmark slice ``bench`` (in place) and
+    return what applied: ``chair_subset`` on a CHAIR entry, ``pope_version`` (one name, or per
+    split) on a COCO POPE entry whose ``questions`` path holds ``{version}``."""
+    applied: dict[str, Any] = {}
+    if bench["kind"] == "chair" and "chair_subset" in data:
+        from .data.chair_subsets import bench_keys
+
+        for key in ("image_id_list", "subset_rule"):
+            bench.pop(key, None)
+        bench.update(bench_keys(data["chair_subset"]))
+        applied["chair_subset"] = data["chair_subset"]
+    version = data.get("pope_version")
+    if isinstance(version, Mapping):
+        version = version.get(bench["split"])
+    if bench["kind"] == "pope" and version and bench.get("dataset", "coco") == "coco":
+        raw = str(config["benchmarks"][bench["name"]].get("questions", ""))
+        if "{version}" not in raw:
+            raise ConfigError(f"config benchmarks.{bench['name']}.questions: a paper protocol declares POPE "
+                              f"version {version}; write {{version}} in the path (or set protocol_data: false)")
+        bench["version"] = version
+        bench["questions"] = raw.format(split=bench["split"], version=version)
+        applied["pope_version"] = version
+    return applied
 
 
 def _beams_written(entry: Mapping) -> bool:
@@ -410,6 +446,13 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
         inputs[kind_] = method_input_path(kind_, config, benchmark, model)
     proto = dict(res.as_dict())
     proto.setdefault("protocol", protocol)
+    # the paper's CHAIR images / POPE files (recorded only where they applied)
+    applied = _apply_data(config, bench, res.data) if protocol != UNIFIED and protocol_data(config) else {}
+    proto.pop("data", None)
+    if applied:
+        proto["data"] = applied
+    proto["sources"] = {k: v for k, v in proto.get("sources", {}).items()
+                        if k not in ("chair_subset", "pope_version") or k in applied}
     if not beams and "search" in proto:  # the harness's beam semantics, unused by a one-beam run
         proto.pop("search")
         proto["sources"] = {k: v for k, v in proto.get("sources", {}).items() if k != "search"}

@@ -140,6 +140,8 @@ def decode_inputs(wildcards):
     """Input files of a decode shard: the model, the benchmark's data (its registry entry's
     decode_inputs) and the extra inputs the method declares (ConVis: its reconstructions)."""
     bench = bench_config(wildcards.benchmark, wildcards.split)
+    if getattr(wildcards, "protocol", None) is not None:  # a paper protocol's own data (its POPE files)
+        bench = run_spec(wildcards)["benchmark"]
     inputs = {"model": model_dir(wildcards.model)}
     for key, value in get_benchmark(wildcards.benchmark).decode_inputs(bench).items():
         inputs[key] = _image_input(value) if key == "images" else value

@@ -24,15 +24,18 @@ def _score_inputs(bench):
 
 
 def _load_items(bench):
+    from ..data.chair_subsets import read_released
     from ..metrics import chair
 
+    released = bench.get("image_id_list")  # a paper protocol's released list (vcdflow.data.chair_subsets)
     return chair.load_items(
         bench["captions"],
         bench["images"],
         n=bench.get("n_images", 500),
         seed=bench.get("subset_seed", 0),
-        id_list=bench.get("image_ids"),
+        id_list=read_released(released) if released else bench.get("image_ids"),
         prompt=bench.get("prompt") or chair.DEFAULT_PROMPT,
+        rule=bench.get("subset_rule", "sample"),
     )
 
 

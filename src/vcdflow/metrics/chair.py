@@ -441,6 +441,7 @@ def load_items(
     prompt: str = DEFAULT_PROMPT,
     prefix: str = "chair/",
     check_images: bool = False,
+    rule: str = "sample",
 ) -> list[dict]:
     """CHAIR captioning items: one per image.
 
@@ -451,7 +452,10 @@ def load_items(
       exactly those images, in that order;
     * otherwise ``random.Random(seed).sample(ids_in_file_order, n)`` -- the same images as
       HALC's ``random.seed(seed); random.sample(COCO(captions).getImgIds(), n)`` when
-      ``annotations`` is ``captions_val2014.json``; ``n=None`` takes every image in file order.
+      ``annotations`` is ``captions_val2014.json``; ``n=None`` takes every image in file order;
+    * ``rule`` ``shuffle`` / ``shuffle_choice``: a paper's own seeded draw over the file names
+      (:func:`vcdflow.data.chair_subsets.select`; not the official images exactly: those depend
+      on ``os.listdir`` order).
 
     Item keys: ``item_id`` (``prefix + str(image_id)``), ``image`` (file name),
     ``image_path``, ``image_id``, ``question_id`` (None), ``question`` (``prompt``),
@@ -488,6 +492,11 @@ def load_items(
             raise ValueError(f"{src}: repeats an image id")
     elif n is None:
         chosen = order
+    elif rule != "sample":
+        from ..data.chair_subsets import select
+
+        name_to_id = {img["file_name"]: imid for imid, img in by_id.items()}
+        chosen = [name_to_id[f] for f in select(list(name_to_id), rule, seed, n)]
     else:
         if n > len(order):
             raise ValueError(f"{path}: asked for n={n} images but the file has {len(order)}")

@@ -37,6 +37,11 @@ FAMILIES = ("llava", "instructblip", "qwen2_5_vl")
 BENCHMARKS = ("pope", "chair", "mme", "amber")
 MODES = ("greedy", "sample")
 IMAGE_PREPROCESS = ("processor", "pad_square_mean")
+#: optional fields, declared only where a paper ran that benchmark's data: ``chair_subset`` (its CHAIR
+#: images: a :mod:`vcdflow.data.chair_subsets` declaration) and ``pope_version`` (its POPE question
+#: files: a :func:`vcdflow.data.registry.pope_version` name, or ``{split: name}``). Resolved into
+#: :attr:`Resolved.data`; :func:`vcdflow.config.build_run` applies them to the benchmark entry.
+DATA_FIELDS = ("chair_subset", "pope_version")
 #: fields that depend on the model family (taken from ``unified`` for a family the paper skipped)
 FAMILY_FIELDS = ("system", "chat_template", "image_preprocess")
 #: fields that depend on the benchmark (taken from ``unified`` for a benchmark the paper skipped)
@@ -79,6 +84,8 @@ class Resolved:
     sources: Mapping[str, str]
     #: the paper's beam search for this method (``num_beams`` … ; empty: none fixed)
     search: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: the paper's benchmark data (:data:`DATA_FIELDS` it declares; empty: the config's)
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def as_dict(self) -> dict:
         """JSON-able dict (keys sorted by json.dumps where hashed); ``search`` only when set."""
@@ -86,10 +93,11 @@ class Resolved:
         d["params"] = json.loads(json.dumps(dict(self.params), sort_keys=True, default=str))
         d["seeds"] = list(self.seeds)
         d["sources"] = dict(self.sources)
-        if self.search:
-            d["search"] = dict(self.search)
-        else:
-            d.pop("search")
+        for key in ("search", "data"):  # only when set: no other run's record changes
+            if getattr(self, key):
+                d[key] = json.loads(json.dumps(dict(getattr(self, key)))) if key == "data" else dict(self.search)
+            else:
+                d.pop(key)
         return d
 
     def format_prompt(self, question: str = "") -> str:
@@ -211,13 +219,15 @@ class Protocol:
                                 f"{self.name} did not run {benchmark} on {family}: "
                                 f"{', '.join(BENCHMARK_FIELDS)} from unified")
         top_k = values["top_k"]
+        data = {k: values[k] for k in DATA_FIELDS if values.get(k) is not None}
         return Resolved(
             protocol=self.name, system=values["system"], chat_template=str(values["chat_template"]),
             prompt=str(values["prompt"]), parser=str(values["parser"]), do_sample=bool(values["do_sample"]),
             temperature=float(values["temperature"]), top_p=float(values["top_p"]),
             top_k=None if top_k is None else int(top_k), params=_freeze(params),
             max_new_tokens=int(values["max_new_tokens"]), image_preprocess=str(values["image_preprocess"]),
-            seeds=tuple(int(s) for s in values["seeds"]), sources=_freeze(sources), search=_freeze(search))
+            seeds=tuple(int(s) for s in values["seeds"]), sources=_freeze(sources), search=_freeze(search),
+            data=_freeze(data))
 
 
 def diff(a: "Protocol | str", b: "Protocol | str" = "unified", method: str | None = None,

@@ -51,7 +51,10 @@ PROTOCOL = Protocol(
                                                           "image_aspect_ratio 'pad' of llava-v1.5, UNVERIFIED here: "
                                                           "hub config)")},
         "chair": {"prompt": S(CHAIR_PROMPT, f"{CH}:99 (500 images: {CH}:95)"),
-                  "max_new_tokens": S(512, f"{CH}:168")},
+                  "max_new_tokens": S(512, f"{CH}:168"),
+                  "chair_subset": S({"ids": "opera_llava-1.5"},
+                                    f"{CH}:94-98 (reads ../opera_log/llava-1.5/ours.jsonl: OPERA's released 500 "
+                                    "ids, shikiw/OPERA@61426ef log/chair_eval_results/llava-1.5/ours.jsonl)")},
         "amber": {"prompt": S("{question}", f"{AM}:98 (line['query'])"),
                   "max_new_tokens": S(1024, f"{AM}:172"),
                   "top_p": S(0.9, f"{AM}:169 (the AMBER script samples at T = 1, top-p 0.9)")},

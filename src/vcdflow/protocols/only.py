@@ -55,6 +55,11 @@ PROTOCOL = Protocol(
         "pope": {"prompt": S("{question}", f"{PL}:269 ('<image>\\n' + qs: no suffix, 'for opera? setting')")},
         "chair": {"prompt": S(CHAIR_PROMPT, f"{CL}:167"),
                   "max_new_tokens": S(128, f"{CSH}:37 (500 images: {CSH}:36)"),
+                  "chair_subset": S({"rule": "shuffle", "seed": 3407, "n": 500, "exact": False},
+                                    f"{R} eval_bench/chair_loader.py:35-36 (random.shuffle of os.listdir) → "
+                                    f"{CL}:153-159 (first {CSH}:36 = 500). Not reproducible exactly: {CL} never seeds "
+                                    f"Python's random (its --seed, {CL}:72 ← {CSH}:3,44, is parsed and unused), so the "
+                                    "official draw changes per run; the script's seed 3407 is used here, on sorted names"),
                   "seeds": S((3407,), f"{CSH}:3"),
                   "params": _params(0.25, 0.1, f"{CSH}:30-34 (js_gamma 0.25, ritual_beta 0.1)")},
         "mme": {"prompt": S("{question}", f"UNVERIFIED: {R} experiments/eval/mme_llava.py not read (RITUAL's copy "

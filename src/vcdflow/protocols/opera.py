@@ -57,9 +57,14 @@ PROTOCOL = Protocol(
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{PE}:192-193 (template.replace('<question>', q): no suffix)"),
-                 "max_new_tokens": S(10, f"{PE}:204")},
+                 "max_new_tokens": S(10, f"{PE}:204"),
+                 "pope_version": S("e3e3926", f"{PE}:39-42,146 ({R}@61426ef pope_coco/coco_pope_*.json: md5 equal "
+                                              "to AoiDragon/POPE e3e3926's three COCO files; random has 2,910 questions)")},
         "chair": {"prompt": S(CHAIR_PROMPT, f"{CE}:166-168"),
-                  "max_new_tokens": S(512, f"{CE}:176 (500 images: {CE}:151)")},
+                  "max_new_tokens": S(512, f"{CE}:176 (500 images: {CE}:151)"),
+                  "chair_subset": S({"ids": "opera_llava-1.5"},
+                                    f"{R}@61426ef log/chair_eval_results/llava-1.5/ours.jsonl (the 500 images of "
+                                    f"{CE}:99,123-124,151: seed 42, shuffled os.listdir, first 500; released ids)")},
     },
     family={
         "llava": harness_llava(f"{YAML}:13 (system_message)",
@@ -68,6 +73,12 @@ PROTOCOL = Protocol(
                                f"{YAML}:19-22 (clip_image_eval)"),
         "instructblip": harness_instructblip(f"{PE}:47 ('<ImageHere><question>')",
                                              f"{R} eval_configs/instructblip_eval.yaml:15 (blip2_image_eval)"),
+    },
+    family_benchmark={
+        ("instructblip", "chair"): {
+            "chair_subset": S({"ids": "opera_instructblip"},
+                              f"{R}@61426ef log/chair_eval_results/instructblip/ours.jsonl (InstructBLIP's own "
+                              "500 released ids: its shuffle drew another set, 6 ids shared with LLaVA-1.5's)")},
     },
     modes={"opera": S("greedy", f"{R} README.md:123 (--beam 5, no --sample: beam search, the method's own beams)")},
     default_mode=S("greedy", f"{PE}:198-203 (num_beams=args.beam, no sampling)"),

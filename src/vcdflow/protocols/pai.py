@@ -52,9 +52,18 @@ PROTOCOL = Protocol(
                             "first step's text-only forward; never with gamma 1)")},
     },
     benchmark={
-        "pope": {"prompt": S("{question}", f"{R} eval_data_loader.py:41 (line['text']); {PE}:94-96,111")},
+        "pope": {"prompt": S("{question}", f"{R} eval_data_loader.py:70-108 (POPEChatDataSet: each of an image's "
+                                           f"six questions asked on its own); {PE}:65-70,94-96,111"),
+                 "pope_version": S({"random": "head", "popular": "e3e3926", "adversarial": "e3e3926"},
+                                   f"{R} constants.py:29-33 + {PE}:65 (pope_coco/chat/coco_pope_chat_*.json, compared "
+                                   "as (image, question, label) sets: random = POPE head, popular and adversarial "
+                                   "= e3e3926, OPERA's)")},
         "chair": {"prompt": S("Please help me describe the image in detail.",
-                              f"{CE}:94 (500 images: {CE}:88-89; shuffled {R} eval_data_loader.py:15)")},
+                              f"{CE}:94 (500 images: {CE}:88-89; shuffled {R} eval_data_loader.py:15)"),
+                  "chair_subset": S({"rule": "shuffle", "seed": 927, "n": 500, "exact": False},
+                                    f"{CE}:18-23,59 (seed 927) → {R} eval_data_loader.py:14-16 (random.shuffle of "
+                                    f"os.listdir) → {CE}:88-89 (first 500). Not reproducible exactly: os.listdir "
+                                    "order depends on the file system (the shuffle runs here on sorted names)")},
     },
     family={
         "llava": harness_llava(f"{R} constants.py:27 (SYSTEM_MESSAGE); {PE}:95-96",

@@ -42,10 +42,17 @@ PROTOCOL = Protocol(
     benchmark={
         "pope": {"prompt": S("{question}", f"{PE}:280-285 (template.replace('<question>', q))"),
                  "max_new_tokens": S(10, f"{PE}:320"),
+                 "pope_version": S({"random": "head", "popular": "e3e3926", "adversarial": "e3e3926"},
+                                   f"{PE}:51-55,202 ({R}@127dd41 pope/coco/coco_pope_*.json: popular and adversarial "
+                                   "md5-equal to e3e3926's; random holds POPE head's 3,000 questions, other bytes)"),
                  "params": {"sid": S({"alpha": 0.5, "beta": 0.1, "keep": 100, "layer": 2},
                                      f"{VS}:168-169; {PE}:91,93 (fast-v-attention-rank 100, agg layer 2)")}},
         "chair": {"prompt": S(CHAIR_PROMPT, f"{CE}:211-213"),
                   "max_new_tokens": S(512, f"{CE}:248 (500 images: {CE}:102)"),
+                  "chair_subset": S({"rule": "shuffle", "seed": 42, "n": 500, "exact": False},
+                                    f"{YAML}:33 (run.seed 42) → {CE}:61-66,116 (setup_seeds) → {CE}:167-168 "
+                                    f"(random.shuffle of os.listdir) → {CE}:102,196 (first 500). Not reproducible "
+                                    "exactly: os.listdir order depends on the file system (shuffled here on sorted names)"),
                   "params": {"sid": S({"alpha": 0.5, "beta": 0.1, "keep": 50, "layer": 2},
                                       f"{VS}:168-169; {CE}:96,98 (fast-v-attention-rank 50, agg layer 2)")}},
     },

@@ -43,10 +43,18 @@ PROTOCOL = Protocol(
     benchmark={
         "pope": {"prompt": S("{question}", f"{PE}:130-140 (the POPE question in {R} anchor.py:15's template)"),
                  "max_new_tokens": S(32, f"{PE}:40"),
+                 "pope_version": S("e3e3926", f"{R} anchor.py:41-45 + {PE}:84 ({R}@dc62252 pope_coco/coco_pope_*.json: "
+                                              "random and adversarial md5-equal to e3e3926's; popular is e3e3926 with one "
+                                              "question's 'imange' typo corrected)"),
                  "params": {"vista": S({"lam": 0.01, "logits_alpha": 0.3},
                                        f"{R} run_pope.sh:9-12 (--vsv-lambda 0.01 --logits-aug --logits-alpha 0.3)")}},
         "chair": {"prompt": S("Please help me describe the image in detail.", f"{CE}:98"),
                   "max_new_tokens": S(512, f"{CE}:39 (500-image subset: {CE}:26,84)"),
+                  "chair_subset": S({"rule": "shuffle_choice", "seed": 1994, "n": 500, "exact": False},
+                                    f"{CE}:49,64 (seed_everything(1994): random and numpy) → {R} eval_data_loader.py:14-15 "
+                                    f"(random.shuffle of os.listdir) → {CE}:26,83-85 (np.random.choice(len, 500, "
+                                    "replace=False) into it). Not reproducible exactly: os.listdir order depends on "
+                                    "the file system (shuffled here on sorted names)"),
                   "params": {"vista": S({"lam": 0.17, "logits_alpha": 0.3},
                                         f"{R} run_chair.sh:8-11 (--vsv-lambda 0.17 --logits-alpha 0.3); {CE}:35")}},
     },
