@@ -92,3 +92,40 @@ def test_image_only_processors_keep_the_checkpoint_settings(vlms):
         assert getattr(proc, "video_processor", None) is None and proc.chat_template
     ov = vlms["llava_onevision"].processor
     assert (ov.num_image_tokens, ov.vision_aspect_ratio, ov.vision_feature_select_strategy) == (4, "anyres_max_9", "full")
+
+
+def test_families_reach_the_config_schema_protocols_and_prompt(capsys):
+    """The records are the one list: the config schema's family enum, the protocols' families and
+    ``vcdflow prompt --family F`` (the family's official format, no model needed) follow them."""
+    import yaml
+
+    from vcdflow.cli import main
+    from vcdflow.protocols import FAMILIES as PROTOCOL_FAMILIES, get_protocol
+
+    schema = yaml.safe_load(open("workflow/schemas/config.schema.yaml"))
+    enums = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "family" in node and isinstance(node["family"], dict) and "enum" in node["family"]:
+                enums.append(node["family"]["enum"])
+            for v in node.values():
+                walk(v)
+
+    walk(schema)
+    assert enums == [["auto", *FAMILIES]]
+    assert PROTOCOL_FAMILIES == tuple(FAMILIES)
+    expected = {"qwen2_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                            "<|vision_start|><image><|vision_end|>Is there a dog in the image?",
+                "llava_next": "A chat between a curious human and an artificial intelligence assistant.",
+                "llava_onevision": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                                   "<image>\nIs there a dog in the image?"}
+    for fam, start in expected.items():
+        res = get_protocol("unified").resolve("vcd", fam, "pope")
+        assert res.chat_template in ("model", "llava_v1")
+        capsys.readouterr()
+        assert main(["prompt", "--family", fam, "--method", "greedy", "--benchmark", "pope"]) in (0, None)
+        import json
+
+        text = json.loads(capsys.readouterr().out.splitlines()[0])["text"]
+        assert text.startswith(start), (fam, text)

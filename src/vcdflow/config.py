@@ -233,13 +233,14 @@ def model_family(config: Mapping, model: str) -> str:
     entry = model_entry(config, model)
     if entry["family"] != "auto":
         return entry["family"]
+    from .models.families import FAMILIES
     from .protocols import family_of_model
 
     try:
         return family_of_model(entry["path"])
     except ValueError as exc:
         raise ConfigError(f"config models.{model}.family: auto needs the model folder ({exc}); set family: "
-                          f"llava, instructblip or qwen2_5_vl") from None
+                          f"one of {', '.join(FAMILIES)}") from None
 
 
 def execution(config: Mapping, *, model: str | None = None, benchmark: str | None = None,

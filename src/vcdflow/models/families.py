@@ -82,9 +82,9 @@ _RECORDS = (
     Family("qwen2_vl", "Qwen2-VL", "qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "packed",
            video_processor=True, official_template="qwen2_5_vl", example="Qwen/Qwen2-VL-7B-Instruct"),
     Family("llava_next", "LLaVA-NeXT (LLaVA-1.6)", "llava_next", "LlavaNextForConditionalGeneration",
-           "LlavaNextProcessor", "anyres", example="llava-hf/llava-v1.6-vicuna-7b-hf"),
+           "LlavaNextProcessor", "anyres", official_template="llava_v1", example="llava-hf/llava-v1.6-vicuna-7b-hf"),
     Family("llava_onevision", "LLaVA-OneVision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",
-           "LlavaOnevisionProcessor", "anyres", video_processor=True,
+           "LlavaOnevisionProcessor", "anyres", video_processor=True, official_template="llava_onevision",
            example="llava-hf/llava-onevision-qwen2-7b-ov-hf"),
 )
 

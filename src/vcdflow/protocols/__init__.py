@@ -108,7 +108,7 @@ def family_of_model(path) -> str:
     ``config.json`` ``model_type`` (what ``family: auto`` means); ``ValueError`` naming the file."""
     from pathlib import Path
 
-    from ..models.loading import FAMILIES as MODEL_TYPES
+    from ..models.families import BY_MODEL_TYPE as MODEL_TYPES
 
     cfg = Path(path) / "config.json"
     try:
@@ -117,7 +117,7 @@ def family_of_model(path) -> str:
         raise ValueError(f"{cfg}: cannot read the model_type: {exc}") from None
     if model_type not in MODEL_TYPES:
         raise ValueError(f"{cfg}: unsupported model_type {model_type!r}; supported: {', '.join(MODEL_TYPES)}")
-    return MODEL_TYPES[model_type][0]
+    return MODEL_TYPES[model_type].name
 
 
 def protocol_for(method: str, choice: str | None = "unified") -> str:

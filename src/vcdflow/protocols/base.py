@@ -33,7 +33,10 @@ from typing import Any, Mapping
 
 FIELDS = ("system", "chat_template", "prompt", "parser", "do_sample", "temperature", "top_p", "top_k",
           "params", "max_new_tokens", "image_preprocess", "seeds")
-FAMILIES = ("llava", "instructblip", "qwen2_5_vl")
+from ..models.families import FAMILIES as _FAMILY_RECORDS  # noqa: E402 (no torch there)
+
+#: the model families (one record each in :mod:`vcdflow.models.families`)
+FAMILIES = tuple(_FAMILY_RECORDS)
 BENCHMARKS = ("pope", "chair", "mme", "amber")
 MODES = ("greedy", "sample")
 IMAGE_PREPROCESS = ("processor", "pad_square_mean")

@@ -19,7 +19,9 @@ from pathlib import Path
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 
 #: the official chat format per family (what ``"model"`` stands for without a model)
-FAMILY_TEMPLATE = {"llava": "llava_v1", "instructblip": "instructblip_raw", "qwen2_5_vl": "qwen2_5_vl"}
+from ..models.families import FAMILIES as _FAMILIES  # noqa: E402 (no torch there)
+
+FAMILY_TEMPLATE = {name: f.official_template for name, f in _FAMILIES.items() if f.official_template}
 
 
 def template_names() -> list[str]:

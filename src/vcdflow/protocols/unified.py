@@ -28,7 +28,13 @@ here only the method changes. The choices, and why:
 from __future__ import annotations
 
 from ._shared import CHAIR_PROMPT, LLAVA_V1_SRC, LLAVA_V1_SYSTEM, PROCESSOR_IB
+from ..models.families import FAMILIES as _FAMILY_RECORDS
 from .base import Protocol, S
+
+#: the newer families (Qwen2-VL, LLaVA-NeXT, LLaVA-OneVision…): no paper fixed their setting
+_OWN = {"system": S(None, "choice: the model's own chat template and its default system turn"),
+        "chat_template": S("model", "choice: the model's own chat template")}
+_LISTED = ("llava", "instructblip", "qwen2_5_vl", "llava_next")
 
 LLAVA_POPE_SUFFIX_SRC = ("choice: LLaVA-1.5's own POPE prompt (haotian-liu/LLaVA scripts/v1_5/eval/pope.sh:5 "
                          "question file llava_pope_test.jsonl, copied in yfzhang114/LLaVA-Align "
@@ -37,7 +43,7 @@ LLAVA_POPE_SUFFIX_SRC = ("choice: LLaVA-1.5's own POPE prompt (haotian-liu/LLaVA
 PROTOCOL = Protocol(
     name="unified",
     title="vcdflow's unified protocol (one shared setting for every method)",
-    families_run=("llava", "instructblip", "qwen2_5_vl"),
+    families_run=tuple(_FAMILY_RECORDS),
     benchmarks_run=("pope", "chair", "mme", "amber"),
     common={
         "parser": S("official", "choice: RUCAIBox/POPE evaluate.py = haotian-liu/LLaVA llava/eval/eval_pope.py"),
@@ -66,6 +72,10 @@ PROTOCOL = Protocol(
                          "image_preprocess": PROCESSOR_IB},
         "qwen2_5_vl": {"system": S(None, "the model's own default system turn ('You are a helpful assistant.')"),
                        "chat_template": S("model", "the model's own chat template")},
+        "llava_next": {"system": S(LLAVA_V1_SYSTEM, "LLaVA-NeXT (Vicuna) is evaluated in LLaVA's vicuna_v1 = llava_v1 "
+                                                    "conversation, as LLaVA-1.5: " + LLAVA_V1_SRC),
+                       "chat_template": S("llava_v1", LLAVA_V1_SRC)},
+        **{name: _OWN for name in _FAMILY_RECORDS if name not in _LISTED},
     },
     default_mode=S("greedy", "choice: unified runs greedy unless mode: sample is asked for"),
     notes="greedy by default; sampling runs set mode: sample",
