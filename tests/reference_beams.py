@@ -227,10 +227,29 @@ def _eager(vlm):
     return lambda: m.set_attn_implementation(prev)
 
 
-def opera_candidate_scores(vlm, inp, gen, n_can, scale, alpha):
+def _fp16_columns(att, P, scale):
+    """OPERA's fp16 lines as an fp16 model runs them (generation/utils.py L3405-3428): the heads'
+    max of fp16 attentions, ``attn_last / attn_last.sum(-1)``, ``scale_factor * attn_local`` and
+    ``1e-7 * attn_local[..., j:, j].prod(-1)`` into the fp16 buffer — each result an fp16 number
+    (CUDA computes half arithmetic and reductions in float32 and rounds the result); returns the
+    normalised rows (float) and the column scores (float, +inf where Π overflowed fp16)."""
+    h = torch.float16
+    A = att.to(h).max(0).values                                  # [T, T] fp16
+    tot = A.float().sum(-1, keepdim=True).to(h)
+    A = (A.float() / tot.float()).to(h)
+    W = (scale * A[P:, P:].float()).to(h)
+    cols = []
+    for j in range(W.shape[-1]):
+        prod = W[j:, j].float().prod().to(h)                     # > 65504 → inf
+        cols.append(float((1e-7 * prod.float()).to(h)))
+    return A.float(), cols
+
+
+def opera_candidate_scores(vlm, inp, gen, n_can, scale, alpha, fp16=False):
     """The beam's logits row as OPERA's code builds it: −999 everywhere, z(c) − α·penalty(c) at the
     top-N_can candidates; every forward is a full recompute with eager attention. Also the
-    candidates and, per candidate, the argmax column (loc) of the window's column scores."""
+    candidates and, per candidate, the argmax column (loc) of the window's column scores.
+    ``fp16``: the reference's float16 column scores (:func:`_fp16_columns`)."""
     P = inp["input_ids"].shape[1]
     img_pos = [i for i, t in enumerate(inp["input_ids"][0].tolist()) if t == vlm.adapter.image_token_id]
     z = forward(vlm, inp, gen).logits[0, -1].float()
@@ -239,14 +258,20 @@ def opera_candidate_scores(vlm, inp, gen, n_can, scale, alpha):
     locs = []
     for j in range(n_can):
         att = forward(vlm, inp, gen + [int(zi[j])], attentions=True).attentions[-1][0].float()  # [H, T, T]
-        A = att.max(0).values
-        A = A / A.sum(-1, keepdim=True)
-        W = scale * A[P:, P:]
-        n = W.shape[-1]
-        cols = [float(1e-7 * torch.prod(W[i:, i])) for i in range(n)]   # float32, as the engine
+        if fp16:
+            A, cols = _fp16_columns(att, P, scale)
+            n = len(cols)
+        else:
+            A = att.max(0).values
+            A = A / A.sum(-1, keepdim=True)
+            W = scale * A[P:, P:]
+            n = W.shape[-1]
+            cols = [float(1e-7 * torch.prod(W[i:, i])) for i in range(n)]   # float32, as the engine
         phi = max(cols)
         locs.append(max(range(n), key=lambda i: (cols[i], -i)))
         img = float(A[-1, img_pos].sum()) if img_pos else 0.0
+        if fp16:
+            img = float(torch.tensor(img).to(torch.float16))
         pen = -img if n <= 10 else phi
         row[int(zi[j])] = float(zt[j]) - alpha * pen
     return row, set(zi.tolist()), locs
@@ -256,7 +281,8 @@ def _tmode(xs):
     return int(torch.tensor(xs).mode().values)
 
 
-def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty=1.0, threshold=None):
+def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty=1.0, threshold=None,
+              fp16=False):
     """(ids, finish, positions rolled back to): beam search over OPERA's candidate scores;
     finished hypotheses Σ/(prompt + generated without EOS)^lp; only candidates continue as beams;
     with ``threshold`` the retrospection: per beam slot the mode of its candidates' locations each
@@ -266,12 +292,13 @@ def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_pen
     restore = _eager(vlm)
     try:
         with torch.no_grad():
-            return _ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty, threshold)
+            return _ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty, threshold,
+                              fp16)
     finally:
         restore()
 
 
-def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, threshold):
+def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, threshold, fp16=False):
     import copy
 
     inp = inputs(vlm, req.prompt, req.image, req.system)
@@ -285,7 +312,7 @@ def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, t
         rows, cand_sets, modes = [], [], []
         for b, g in enumerate(st["running"]):
             if ban is None:
-                row, cs, locs = opera_candidate_scores(vlm, inp, g, n_can, scale, alpha)
+                row, cs, locs = opera_candidate_scores(vlm, inp, g, n_can, scale, alpha, fp16)
                 modes.append(_tmode(locs))
             else:
                 z = forward(vlm, inp, g).logits[0, -1].float()

@@ -295,3 +295,44 @@ def test_text_cd_li_greedy_matches_reference(vlms, amateurs):
                 margins.append(float(top2[0] - top2[1]))
                 gen.append(int(s.argmax()))
         same_tokens(o.token_ids, gen, margins, r.item_id)
+
+
+def test_opera_penalty_float16_is_the_references_regime():
+    """The column scores as OPERA's fp16 code stores them: with σ = 400 on a 12-token window the
+    long columns' products pass 65504 (φ = +inf) while float32 gives a finite φ; short columns
+    are fp16 numbers ≤ 6.6e-3. φ and loc equal the separately written fp16 port's."""
+    from reference_beams import _fp16_columns
+    from vcdflow.decoding.methods.opera import opera_penalty
+
+    g = torch.Generator().manual_seed(0)
+    P, n, scale = 6, 12, 400.0
+    att = torch.rand(4, P + n, P + n, generator=g).tril()          # [H, T, T] causal rows
+    att = att / att.sum(-1, keepdim=True)
+    A = att.max(0).values                                         # what the hooks keep per row
+    hist = [(A[P + i, P:P + i + 1], A[P + i].sum(), A[P + i, :P].sum()) for i in range(n)]
+    phi16, loc16, _ = opera_penalty(hist, scale, torch.float16)
+    phi32, _, _ = opera_penalty(hist, scale, torch.float32)
+    _, cols = _fp16_columns(att, P, scale)
+    assert (phi16, loc16) == (max(cols), cols.index(max(cols)))
+    assert phi16 == float("inf") and 0 < phi32 < float("inf")
+    assert all(c == float("inf") or c <= 6.6e-3 for c in cols) and any(c != float("inf") for c in cols)
+
+
+def test_opera_float16_penalty_matches_reference(vlms):
+    """penalty_dtype float16 (the default under protocol: opera) against the fp16 port: at σ = 110
+    some candidates' products overflow (eliminated) and the tokens leave float32's."""
+    from reference_beams import ref_opera
+
+    vlm = vlms["llava"]
+    p = {"num_beams": 3, "num_attn_candidates": 3, "scale_factor": 110.0}
+    r = REQS[2]
+    f16 = generate(vlm, [r], method="opera", params={**p, "penalty_dtype": "float16"}, max_new_tokens=12,
+                   eos_token_id=[])[0]
+    f32 = generate(vlm, [r], method="opera", params=p, max_new_tokens=12, eos_token_id=[])[0]
+    want, back = ref_opera(vlm, r, 3, 3, 110.0, 1.0, 12, [], fp16=True)
+    assert (f16.token_ids, f16.meta["finish_reason"]) == want
+    assert f16.token_ids != f32.token_ids
+    from vcdflow.protocols import get_protocol
+
+    res = get_protocol("opera").resolve(method="opera", family="llava", benchmark="chair")
+    assert res.params["penalty_dtype"] == "float16" and "utils.py:3424-3428" in res.sources["params"]

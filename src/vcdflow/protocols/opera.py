@@ -12,7 +12,9 @@ MiniGPT-4 and Shikra). Not run: Qwen2.5-VL. Benchmarks: POPE and CHAIR (MME and 
   describe this image in detail.", ``max_new_tokens=512``, the first 500 COCO val2014 images of a
   seeded shuffle. Seed 42 (``run.seed`` of the eval configs).
 * Decoding: **beam search, 5 beams** (README commands ``--beam 5``) with OPERA's penalty (σ = 50,
-  r = 15, N_can = 5, α = 1: the method's defaults); no sampling. Here the mode is ``greedy``
+  r = 15, N_can = 5, α = 1: the method's defaults) with its column scores in **float16**
+  (``penalty_dtype``: φ ≤ 6.6e-3 or +inf, as the fp16 reference; the method's own default,
+  float32, keeps φ continuous); no sampling. Here the mode is ``greedy``
   (``do_sample`` off); the beams are the method's own.
 * Baselines (paper: greedy and beam search with N_beam = 5, shared/spec/methods-3.md §OPERA; the
   released captions ``log/chair_eval_results/{llava-1.5,instructblip,…}/{greedy,beam5,ours}.jsonl``):
@@ -52,8 +54,11 @@ PROTOCOL = Protocol(
         "search": {"*": S({"length_norm": "total"},
                           f"{R} transformers-4.29.2/src/transformers/generation/beam_search.py:889 "
                           "(sum_logprobs / hyp.shape[-1] ** length_penalty: prompt + generated ids)")},
-        "params": {"opera": S({}, f"{R} README.md:123,152 (--beam 5 --scale_factor 50 --threshold 15 "
-                                  "--num_attn_candidates 5 --penalty_weights 1: the method's defaults)")},
+        "params": {"opera": S({"penalty_dtype": "float16"},
+                              f"{R} README.md:123,152 (--beam 5 --scale_factor 50 --threshold 15 "
+                              "--num_attn_candidates 5 --penalty_weights 1: the method's defaults); the column "
+                              f"scores in float16: {R} minigpt4/models/llava.py:76 (fp16 model) + "
+                              f"{R} transformers-4.29.2/src/transformers/generation/utils.py:3424-3428 (fp16 buffer)")},
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{PE}:192-193 (template.replace('<question>', q): no suffix)"),

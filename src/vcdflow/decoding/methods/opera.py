@@ -19,8 +19,17 @@ Beam search (``num_beams`` = 5) where, at every step and for every beam b:
 
 The chosen candidate's look-ahead forward is kept as its beam's next forward (its KV row, logits
 and attention row), saving one forward per step (methods-3 §1.1: equivalent up to numerics).
-Scores are float32 throughout; the reference stores the column scores in float16 from fp16
-attention (products over long windows overflow/underflow there) — a marked divergence.
+**Penalty precision** (``penalty_dtype``): the reference computes the column scores in float16
+(the model runs in fp16, ``minigpt4/models/llava.py:76``; its attentions come back in the query
+dtype; ``attn_local_scores`` is an fp16 buffer, L3424–3428): the renormalised rows, σ·ω and the
+column product are fp16 numbers, so Π overflows to +inf past 65504 and φ = 1e-7·Π is either
+≤ 6.6e-3 — too small to reorder candidates whose logits differ by ≳ 0.01, and quantised, so small
+scores tie and loc is the first of them — or +inf (the candidate is eliminated). ``"float16"``
+reproduces that regime whatever the model dtype (attention rows rounded to fp16, the row sum,
+the division, σ·ω and 1e-7·Π rounded to fp16, the product accumulated in float32 as CUDA's
+``prod`` does for half); it is the default under ``protocol: opera``. ``"float32"`` (the method's
+default elsewhere) keeps φ continuous: for 6.6e4 < Π ≲ 1e7 it penalises by ≤ 1 where the
+reference eliminates the candidate.
 
 **Retrospection (rollback, E12)**, ``retrospection`` = True (L3442–3560): every step each beam
 slot records the mode (over its candidates) of loc(c); with s = the mode of those over the beam
@@ -70,14 +79,15 @@ class OperaAttention(AttentionHooks):
     layer (max over heads) is appended to that row's history, kept as (attention over the row's
     generated-token keys, row sum over all keys, mass on its image keys); re-indexed with the rows."""
 
-    def __init__(self):
+    def __init__(self, dtype: torch.dtype = torch.float32):
         super().__init__(layers=[-1])
         self.hist: list = []
+        self.dtype = dtype  # float16: the rows as an fp16 model returns them (the reference's)
 
     def probs(self, layer, p, v, ctx, module):
         if ctx.phase != "step":
             return
-        M = p.float().max(dim=1).values                             # [R, Q, K]
+        M = p.to(self.dtype).float().max(dim=1).values              # [R, Q, K]
         Q, K = M.shape[1], M.shape[2]
         valid, image, _ = ctx.keys(K)
         real = valid.long().cumsum(-1) - 1
@@ -100,17 +110,20 @@ class OperaAttention(AttentionHooks):
             self.hist = [self.hist[i] for i in index.tolist()]
 
 
-def opera_penalty(hist: list, scale: float) -> tuple[float, int, float]:
+def opera_penalty(hist: list, scale: float, dtype: torch.dtype = torch.float32) -> tuple[float, int, float]:
     """(φ, loc, image mass) of the newest row of ``hist`` (a list of (keys, sum, image) rows, row i
-    over i+1 generated keys): the window ω (rows renormalised, ×σ), column products × 1e-7, max."""
+    over i+1 generated keys): the window ω (rows renormalised, ×σ), column products × 1e-7, max.
+    ``dtype`` float16: every stored value rounded to fp16 as in the reference (module docstring:
+    φ ≤ 6.6e-3 or +inf)."""
     n = len(hist)
-    rows = [keys / total for keys, total, _ in hist]
-    W = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).float().cpu() * scale   # [n, n], row i: i+1 keys
+    r = (lambda x: x.float()) if dtype == torch.float32 else (lambda x: x.to(dtype).float())
+    rows = [r(r(keys) / r(total)) for keys, total, _ in hist]
+    W = r(torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).cpu() * scale)   # [n, n], row i: i+1 keys
     low = torch.ones((n, n), dtype=torch.bool).tril()
-    cols = 1e-7 * torch.where(low, W, torch.ones_like(W)).prod(dim=0)    # column j: Π_{i≥j} σ·ω_ij
+    cols = r(1e-7 * r(torch.where(low, W, torch.ones_like(W)).prod(dim=0)))  # column j: Π_{i≥j} σ·ω_ij
     phi = cols.max()
     loc = int(torch.nonzero(cols == phi)[0])          # the first maximal column
-    return float(phi), loc, float(hist[-1][2] / hist[-1][1])
+    return float(phi), loc, float(r(r(hist[-1][2]) / r(hist[-1][1])))
 
 
 def _mode(values: list[int]) -> int:
@@ -224,7 +237,7 @@ class OperaSearch(BeamSearch):
                 for j, t in enumerate(ids):
                     sp = sps[b * self.n_can + j]
                     hist = self.hooks.hist[sp[2]]
-                    phi, loc, img = opera_penalty(hist, self.scale)
+                    phi, loc, img = opera_penalty(hist, self.scale, self.hooks.dtype)
                     pen = -img if len(hist) <= 10 else phi
                     scores[j] = zs[j] - self.alpha * pen
                     slot_of[(b, t)] = sp[1]
@@ -297,11 +310,16 @@ class OperaSearch(BeamSearch):
         return rp, target
 
 
+#: ``penalty_dtype`` values: the reference's fp16 column scores, or continuous float32 ones
+PENALTY_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
 @dataclass(frozen=True)
 class OPERA(Method):
     name = "opera"
     defaults = MappingProxyType({"num_beams": 5, "scale_factor": 50.0, "threshold": 15,
-                                 "num_attn_candidates": 5, "penalty_weights": 1.0, "retrospection": True})
+                                 "num_attn_candidates": 5, "penalty_weights": 1.0, "retrospection": True,
+                                 "penalty_dtype": "float32"})
     requires_image = False
     mode = "greedy"
 
@@ -312,9 +330,12 @@ class OPERA(Method):
                 raise ValueError(f"parameter {k!r} of method {self.name!r} must be >= 1, got {p[k]}")
         if float(p["scale_factor"]) <= 0:
             raise ValueError(f"parameter 'scale_factor' of method {self.name!r} must be > 0, got {p['scale_factor']}")
+        if p["penalty_dtype"] not in PENALTY_DTYPES:
+            raise ValueError(f"parameter 'penalty_dtype' of method {self.name!r} must be one of "
+                             f"{', '.join(PENALTY_DTYPES)}, got {p['penalty_dtype']!r}")
 
     def forward_hooks(self, adapter, params):
-        return OperaAttention()
+        return OperaAttention(PENALTY_DTYPES[params["penalty_dtype"]])
 
     def search(self, score, params, hooks, opts):
         if opts.get("num_beams", 1) > 1:
