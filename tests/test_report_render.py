@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from vcdflow.report import build_report
+from vcdflow.report.provenance import collect_provenance
 from vcdflow.report.render import highlight
 
 FIX = Path(__file__).parent / "fixtures" / "report"
@@ -741,9 +742,18 @@ def test_a_comparison_decoded_under_different_library_versions_is_flagged(tmp_pa
     prov = re.search(r'<td id="decode-versions">(.*?)</td>', html, re.S).group(1).split("<div")[0]
     assert prov.count("transformers 5.24.0") == 1 and prov.count("transformers 5.25.0") == 2  # 3 sets
 
+    assert "none recorded (no hub branch or tag was downloaded)" in html
+
     write_sidecars("5.24.0")
+    # the hub revisions lock (vcdflow.data.hub_revisions.lock_rows) shown in the provenance
+    hub = [{"repo_type": "model", "repo": "llava-hf/llava-1.5-7b-hf", "revision": "main", "commit": "a" * 40,
+            "recorded": "2026-12-08T01:00:00Z", "lock": "config/hub-revisions.lock"}]
     same = build_report(metrics, tmp_path / "b.html", result_files=copies, scored_files={k: sco[k] for k in keys},
-                        runs=RUNS, paper_results=PAPER, config=CONFIG, n_examples=0, figures=False).read_text()
+                        runs=RUNS, paper_results=PAPER, config=CONFIG, n_examples=0, figures=False,
+                        provenance=collect_provenance(config=CONFIG, extra={"hub_revisions": hub})).read_text()
+    hub_cell = re.search(r'<td id="hub-revisions">(.*?)</td>', same, re.S).group(1)
+    assert re.sub(r"<[^>]+>", "", hub_cell) == (f"llava-hf/llava-1.5-7b-hf main → {'a' * 40} (recorded "
+                                                "2026-12-08T01:00:00Z)from config/hub-revisions.lock")
     assert "versions-conflict" not in same and "different library versions" not in same
     n = len(keys)
     assert f"transformers 5.24.0 <span class=\"note\">({n} results)</span>" in same

@@ -114,15 +114,14 @@ def test_attach_halc_aux_sets_params_and_digests(tmp_path):
 
 
 def test_missing_blip_folder_fails_with_one_line(tmp_path):
-    """BLIP has no pinned revision: without resources/halc/blip_large the run stops at its rule
-    (online too: nothing to fetch), in one line naming the folder and how to provide it."""
+    """Offline, without resources/halc/blip_large the run stops at its rule in one line naming
+    the folder and what to place there (online its "main" is resolved, downloaded at that
+    commit and recorded in the revisions lock: tests/test_hub_revisions.py)."""
     work = tmp_path / "work"
-    out = _snakemake(work, CONFIG, "--config", "offline=False", "--", "resources/halc/blip_large")
+    out = _snakemake(work, CONFIG, "--config", "offline=True", "--", "resources/halc/blip_large")
     assert out.returncode != 0
     log = (work / "logs" / "halc" / "blip_large.log").read_text()
     line = next(x for x in log.splitlines() if x.startswith("FileNotFoundError: "))
-    assert line == ("FileNotFoundError: no pinned revision of Salesforce/blip-image-captioning-large is known "
-                    "here: place a snapshot of Salesforce/blip-image-captioning-large (config.json, weights, "
-                    "processor files) in resources/halc/blip_large, or pin a 40-hex revision in "
-                    "workflow/rules/halc.smk"), line
+    assert line == ("FileNotFoundError: offline mode: place a snapshot of Salesforce/blip-image-captioning-large "
+                    "(config.json, weights, processor files) in resources/halc/blip_large"), line
     assert not (work / "resources" / "halc" / "blip_large").exists()

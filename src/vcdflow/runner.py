@@ -290,9 +290,7 @@ def _attach_halc_aux(run: dict, items: list[dict], paths) -> tuple[dict, list[di
                              f"(resources/halc/...): remove params.{name} from the config entry")
     for name, path in zip(("detector", "scorer", "tagger"), paths):
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"halc {name} folder missing: {path} (rule download_halc_aux fetches it; "
-                                    f"BLIP has no pinned revision: place a snapshot of "
-                                    f"Salesforce/blip-image-captioning-large there)")
+            raise FileNotFoundError(f"halc {name} folder missing: {path} (rule download_halc_aux fetches it)")
         weights = next((w for w in ("model.safetensors", "pytorch_model.bin", "meta.json", "word_tags.json")
                         if (Path(path) / w).is_file()), None)
         run, items = _as_param(name, f"halc_{name}_digest", weights)(run, items, path)

@@ -3,20 +3,22 @@
 # and loaded by the halc method from there (params detector/scorer/tagger = those folders).
 # Decode jobs of halc depend on resources/halc/{grounding_dino_tiny,blip_large,spacy_sm} through
 # decode_inputs() (vcdflow.config.METHOD_INPUTS "halc_aux"; vcdflow.runner attaches them as the
-# three params, their weights' digests in the run hash). blip_large has no pinned revision: without
-# the folder its job fails with one line naming the folder and how to fill it. The decode jobs
-# need spaCy installed (.[amber]) to load spacy_sm.
+# three params, their weights' digests in the run hash). blip_large has no commit pinned here: its
+# "main" is resolved at the first download and recorded in the revisions lock
+# (vcdflow.data.hub_revisions; a later download of another commit fails naming both). The decode
+# jobs need spaCy installed (.[amber]) to load spacy_sm.
 #
 #   resources/halc/grounding_dino_tiny  IDEA-Research/grounding-dino-tiny (transformers port; HALC's
 #                                       default detector is GroundingDINO SwinT-OGC = the tiny model)
 #   resources/halc/owlv2                google/owlv2-base-patch16-ensemble (HALC's --detector owlv2)
 #   resources/halc/blip_large           Salesforce/blip-image-captioning-large (HALC's BLIP score;
-#                                       no pinned revision known here: pre-place it, see below)
+#                                       "main", pinned at the first download by the revisions lock)
 #   resources/halc/clip_b32             openai/clip-vit-base-patch32 (HALC's CLIP score)
 #   resources/halc/spacy_sm             spaCy en_core_web_sm 3.8.0 model folder (from the wheel)
 #
 # Hub snapshots go through vcdflow.data.download.hf_snapshot (pinned commit, LFS files sha256-checked
-# by the hub client); the spaCy wheel through vcdflow.data.download.download (sha256-checked,
+# by the hub client; a branch resolved once and recorded in the revisions lock, see above); the spaCy wheel
+# through vcdflow.data.fetch.fetch_halc_aux → vcdflow.data.download.download (sha256-checked,
 # resumable) and extract. Revisions and the wheel's sha256 come from third-party pinned files
 # (several agreeing ones), not checked here. With offline: true nothing is fetched: a pre-placed
 # folder is checked and a missing one is named.
@@ -26,7 +28,7 @@ HALC_AUX = {
                             "revision": "a2bb814dd30d776dcf7e30523b00659f4f141c71"},
     "owlv2": {"hf": "google/owlv2-base-patch16-ensemble",
               "revision": "cfd3195ba4ea9592eec887ded089f4c08eff231d"},
-    "blip_large": {"hf": "Salesforce/blip-image-captioning-large", "revision": None},
+    "blip_large": {"hf": "Salesforce/blip-image-captioning-large", "revision": "main"},
     "clip_b32": {"hf": "openai/clip-vit-base-patch32",
                  "revision": "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268"},
     "spacy_sm": {"url": "https://github.com/explosion/spacy-models/releases/download/"

@@ -5,6 +5,7 @@ from vcdflow.shim import start
 start(snakemake)  # noqa: F821
 
 from vcdflow.config import protocol_differences  # noqa: E402
+from vcdflow.data import hub_revisions  # noqa: E402
 from vcdflow.report import build_report  # noqa: E402
 from vcdflow.report.analysis import run_key  # noqa: E402
 from vcdflow.report.provenance import collect_provenance  # noqa: E402
@@ -29,7 +30,8 @@ build_report(
     config=p.config,
     demo=p.demo,
     max_error_fraction=p.report["max_error_fraction"],
-    provenance=collect_provenance(config=p.config),
+    # the hub commits the config's branches resolved to (config/hub-revisions.lock)
+    provenance=collect_provenance(config=p.config, extra={"hub_revisions": hub_revisions.lock_rows(p.config)}),
     extra_images=extra_images,
     protocols=protocol_differences(sorted({g["protocol"] for g in p.grid})),
 )

@@ -466,16 +466,23 @@ def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike,
 # --------------------------------------------------------------------------- Hugging Face
 def hf_snapshot(repo_id: str, local_dir: str | os.PathLike, *, revision: str,
                 repo_type: str = "model", allow_patterns: Sequence[str] | str | None = None,
-                token_env: str = "HF_TOKEN", offline: bool = False) -> Path:
+                token_env: str = "HF_TOKEN", offline: bool = False,
+                revisions_lock: str | os.PathLike | None = None, update_revisions: bool = False) -> Path:
     """Download a pinned Hugging Face repo snapshot into ``local_dir``; return ``local_dir``.
 
     Wraps :func:`huggingface_hub.snapshot_download` (which verifies LFS files against their
-    sha256).  ``revision`` is required and should be a 40-hex commit for reproducibility.  The
+    sha256).  ``revision`` is required and should be a 40-hex commit for reproducibility; a
+    branch or tag is resolved to its commit and checked against ``revisions_lock``
+    (:func:`vcdflow.data.hub_revisions.pin`: a recorded commit that the hub no longer gives
+    fails naming both, unless ``update_revisions``), the snapshot is downloaded at that commit
+    and the commit recorded.  The
     token is read from the environment variable ``token_env`` (default ``HF_TOKEN``) and passed
     straight to the hub client; it is never logged, stored or returned.  ``offline=True`` does
     not touch the network: ``local_dir`` must exist and hold at least one file for every
     ``allow_patterns`` entry, otherwise an error names the folder and the unmatched patterns.
     """
+    from . import hub_revisions
+
     local_dir = Path(local_dir)
     if not revision:
         raise ValueError(f"hf_snapshot({repo_id!r}): a revision (commit hash) is required")
@@ -492,6 +499,33 @@ def hf_snapshot(repo_id: str, local_dir: str | os.PathLike, *, revision: str,
                 f"{local_dir} (no file matches {unmatched}); place it there or run without "
                 "offline mode")
         return local_dir
+    from huggingface_hub import snapshot_download
+
+    token = os.environ.get(token_env) or None
+
+    def failed(what: str, exc: Exception) -> DownloadError:
+        msg = str(exc)
+        if token:
+            msg = msg.replace(token, "***")
+        return DownloadError(f"Hugging Face {what} of {repo_type} {repo_id}@{revision} into "
+                             f"{local_dir} failed: {type(exc).__name__}: {msg}")
+
+    try:
+        commit, key = hub_revisions.pin(repo_id, revision, repo_type=repo_type, lock=revisions_lock,
+                                        update=update_revisions, token=token)
+    except hub_revisions.RevisionChanged:
+        raise
+    except Exception as exc:
+        raise failed("revision lookup", exc) from None
+    kwargs = dict(repo_id=repo_id, revision=commit, repo_type=repo_type,
+                  local_dir=str(local_dir), allow_patterns=patterns or None, token=token)
+    try:
+        snapshot_download(**kwargs)
+    except Exception as exc:
+        raise failed("download", exc) from None
+    if key:
+        hub_revisions.record(revisions_lock, key, commit)
+    return local_dir
     from huggingface_hub import snapshot_download
 
     token = os.environ.get(token_env) or None

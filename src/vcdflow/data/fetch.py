@@ -63,14 +63,46 @@ def fetch_zip_members(name: str, dest_dir, *, cache_dir="resources/downloads", o
     return dest_dir
 
 
-def fetch_model(repo_id: str, dest, *, revision: str = "main", offline: bool = False) -> Path:
-    """Snapshot a hub model into ``dest`` (token from ``HF_TOKEN``; never logged)."""
+def fetch_model(repo_id: str, dest, *, revision: str = "main", offline: bool = False,
+                revisions_lock: str | os.PathLike | None = None, update_revisions: bool = False) -> Path:
+    """Snapshot a hub model into ``dest`` (token from ``HF_TOKEN``; never logged). A branch or tag
+    ``revision`` is pinned through ``revisions_lock`` (:func:`vcdflow.data.hub_revisions.pin`)."""
     if offline:
         dest = Path(dest)
         if not (dest / "config.json").exists():
             raise FileNotFoundError(f"offline: model folder {dest} is missing (no config.json); place a snapshot of {repo_id}@{revision} there")
         return dest
-    return hf_snapshot(repo_id, dest, revision=revision, repo_type="model")
+    return hf_snapshot(repo_id, dest, revision=revision, repo_type="model", revisions_lock=revisions_lock,
+                       update_revisions=update_revisions)
+
+
+def fetch_halc_aux(spec: dict, dest, *, offline: bool = False, revisions_lock: str | os.PathLike | None = None,
+                   update_revisions: bool = False) -> Path:
+    """One of HALC's helper models (``workflow/rules/halc.smk``) into ``dest``: a hub snapshot
+    (``{"hf", "revision"}``; a branch pinned through ``revisions_lock``) or a model folder out of
+    a sha256-checked wheel (``{"url", "sha256", "strip"}``). Offline, a pre-placed folder is
+    checked and a missing one named."""
+    from .download import download
+
+    dest = Path(dest)
+    if "hf" in spec:
+        if offline:
+            if not (dest / "config.json").exists():
+                raise FileNotFoundError(f"offline mode: place a snapshot of {spec['hf']} (config.json, weights, "
+                                        f"processor files) in {dest}")
+            return dest
+        return hf_snapshot(spec["hf"], dest, revision=spec.get("revision") or "main", repo_type="model",
+                           revisions_lock=revisions_lock, update_revisions=update_revisions)
+    wheel = Path("resources/downloads") / Path(spec["url"]).name
+    download(spec["url"], wheel, sha256=spec["sha256"], offline=offline)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+    try:
+        extract(wheel, tmp / "x", members=[spec["strip"].rstrip("/") + "/"])
+        replace_dir(tmp / "x" / spec["strip"], dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def fetch_mme_parquet(dest, *, offline: bool = False) -> Path:

@@ -588,13 +588,15 @@ def build_report(
         "hardware": prov.get("hardware", {}),
         "decode_hardware": sidecar_hardware(a.result_files.values()) or prov.get("decode_hardware") or [],
         "decode_versions": versions_in_use(a.result_files),
+        "hub_revisions": prov.get("hub_revisions") or [],
         "version_conflicts": [{"comparison": "/".join(map(str, k)), "note": v} for k, v in version_notes.items()],
         "config_hash": prov.get("config_hash", ""),
         "config_yaml": _yaml(prov["config"]) if prov.get("config") is not None else "",
         "inputs": checks,
         "dates": result_dates(checks),
         "other": {k: v for k, v in prov.items()
-                  if k not in ("generated_at", "git", "packages", "hardware", "config", "config_hash", "decode_hardware")},
+                  if k not in ("generated_at", "git", "packages", "hardware", "config", "config_hash", "decode_hardware",
+                                "hub_revisions")},
     }
 
     ctx = {

@@ -210,11 +210,13 @@ def _sdxl_patterns(variant: str | None) -> list[str]:
             "vae/config.json", f"vae/diffusion_pytorch_model{suffix}"]
 
 
-def download_t2i(cfg: dict, dest: str | os.PathLike | None = None, *, offline: bool = False) -> Path:
+def download_t2i(cfg: dict, dest: str | os.PathLike | None = None, *, offline: bool = False,
+                 revisions_lock: str | os.PathLike | None = None, update_revisions: bool = False) -> Path:
     """Fetch the ``sdxl_hyper`` weights into ``dest`` (default ``cfg['path']``) with
     :func:`vcdflow.data.download.hf_snapshot`: ``<dest>/base`` (SDXL base: configs,
     tokenizers, text encoders and VAE of ``variant``, the base UNet's config only) and
-    ``<dest>/unet/<unet_file>``. ``offline=True`` only checks that the files are there.
+    ``<dest>/unet/<unet_file>``. ``offline=True`` only checks that the files are there. A branch
+    or tag revision is pinned through ``revisions_lock`` (:func:`vcdflow.data.hub_revisions.pin`).
     Other kinds have nothing to download (their ``path`` must exist)."""
     from vcdflow.data.download import hf_snapshot
 
@@ -224,10 +226,11 @@ def download_t2i(cfg: dict, dest: str | os.PathLike | None = None, *, offline: b
         if not dest.is_dir():
             raise FileNotFoundError(f"t2i pipeline folder {dest} does not exist (kind {cfg['kind']!r} is not downloaded)")
         return dest
+    pins = {"revisions_lock": revisions_lock, "update_revisions": update_revisions}
     hf_snapshot(cfg["base"], dest / "base", revision=cfg["base_revision"],
-                allow_patterns=_sdxl_patterns(cfg["variant"]), offline=offline)
+                allow_patterns=_sdxl_patterns(cfg["variant"]), offline=offline, **pins)
     hf_snapshot(cfg["unet_repo"], dest / "unet", revision=cfg["unet_revision"],
-                allow_patterns=[cfg["unet_file"]], offline=offline)
+                allow_patterns=[cfg["unet_file"]], offline=offline, **pins)
     return dest
 
 
