@@ -29,8 +29,11 @@ $(STAMP): $(LOCK) pyproject.toml
 	  echo "installing $(LOCK) into $(VENV)"; \
 	  $(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)); \
 	fi
-	@# the project itself, editable and without dependencies (the lock brought them)
-	@$(PY) -m pip show vcdflow 2>/dev/null | grep -qxF "Editable project location: $(CURDIR)" || $(PY) -m pip install -q --no-deps -e .
+	@# the project itself, editable and without dependencies (the lock brought them); a venv
+	@# shared with another checkout keeps pointing there (said, not switched)
+	@where=$$($(PY) -m pip show vcdflow 2>/dev/null | sed -n 's/^Editable project location: //p'); \
+	if [ -z "$$where" ]; then $(PY) -m pip install -q --no-deps -e .; \
+	elif [ "$$where" != "$(CURDIR)" ]; then echo "note: vcdflow in $(VENV) is the editable install of $$where (pip install --no-deps -e . to switch)"; fi
 	@$(PY) src/vcdflow/envlock.py check $(LOCK)
 	@touch $(STAMP)
 

@@ -67,7 +67,7 @@ def test_check_names_each_difference(tmp_path):
     assert out.returncode == 1
     assert f"transformers: locked 0.0.1, installed {metadata.version('transformers')}" in out.stderr
     assert "no-such-package-vcdflow: locked 1.0, not installed" in out.stderr
-    assert "torch" not in out.stderr.replace("2 of 3", "")
+    assert "2 of 3 packages differ" in out.stderr and "  torch:" not in out.stderr  # the matching pin is not listed
     lock.write_text(f"torch=={torch_v}\n")
     ok = subprocess.run([sys.executable, str(ROOT / "src/vcdflow/envlock.py"), "check", str(lock)],
                         capture_output=True, text=True)
@@ -94,13 +94,14 @@ def test_make_setup_reinstalls_only_when_the_lock_differs(tmp_path):
         #!/bin/sh
         if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
           echo "$@" >> {log}
-          [ "$3" = "show" ] && echo "Editable project location: {tmp_path}"
+          [ "$3" = "show" ] && cat {tmp_path / "show"}
           exit 0
         fi
         exec {sys.executable} "$@"
         """))
     fake.chmod(0o755)
     (tmp_path / ".venv").mkdir()
+    (tmp_path / "show").write_text(f"Name: vcdflow\nEditable project location: {tmp_path}\n")
     args = ["make", "-s", "setup", f"PY={fake}", f"STAMP={tmp_path / 'stamp'}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
 
@@ -119,3 +120,12 @@ def test_make_setup_reinstalls_only_when_the_lock_differs(tmp_path):
     run, pips = make()  # the lock changed: pip installs it (the fake pip does not, so the check fails)
     assert "install -q --require-hashes --no-deps -r requirements.lock" in pips
     assert run.returncode != 0 and "pytest: locked 0.0.1" in run.stderr
+    # the project itself: installed editable when absent; a venv shared with another checkout is left pointing there
+    lock.write_text(f"pytest=={metadata.version('pytest')}\n")
+    for show, installs in (("", True), ("Editable project location: /elsewhere\n", False)):
+        (tmp_path / "show").write_text(show)
+        os.utime(tmp_path / "stamp", (1, 1))
+        run, pips = make()
+        assert run.returncode == 0, run.stderr
+        assert ("install -q --no-deps -e ." in pips) == installs and "--require-hashes" not in pips
+        assert ("editable install of /elsewhere" in run.stdout) == (not installs)
