@@ -327,6 +327,12 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             finish[r] = "length"
     step = 0
     n_fed = 0           # columns the step forwards added after the prefill (a rollback crops them)
+    # an all-ones mask is passed as None: transformers would otherwise check it on the host
+    # every step (a device sync) to find the same thing out; known once here, kept by the loop
+    # (dropping rows or appending ones keeps it all ones; a rollback's padding clears it).
+    # Forward hooks may read the mask (an attention hook rebuilds its own): they always get it.
+    full_mask = hooks is None and bool(mask.all())
+    feed_index = _FeedIndex()
     while any(f is None for f in finish):
         if search is None:
             picks = choose(step, logits, row_req)
@@ -344,6 +350,8 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
                     if finish[r] is None and not (retire and b > 0)]
             new_slot = [row_slot[k] for k in keep]
             feed = [tokens[row_req[k]][-1] if tokens[row_req[k]] else 0 for k in keep]
+            chosen = getattr(choose, "chosen", None)  # the picks still on the device
+            feed_ids = feed_index.gather(chosen, [row_req[k] for k in keep]) if chosen is not None else None
         else:
             layout = Layout(request=list(row_req), branch=list(row_branch), slot=list(row_slot), tokens=tokens,
                             limits=limits, eos=eos, prompt_len=prompt_len)
@@ -356,6 +364,7 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             if any(finish[row_req[k]] is not None for k in keep):
                 raise RuntimeError("a search kept rows of a finished request")
             replay = dict(ch.replay or {})
+            feed_ids = None
         if not keep or (search is None and step + 1 >= max(limits)):
             break
         if keep != list(range(len(row_req))):
@@ -372,7 +381,7 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             mask = _cut_left(cache, mask)
         row_slot = new_slot
         if search is None or not replay:
-            step_ids = torch.tensor([[t] for t in feed], device=device)
+            step_ids = feed_ids.view(-1, 1) if feed_ids is not None else torch.tensor([[t] for t in feed], device=device)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             pos = adapter.step_positions(next_pos)
             next_pos = next_pos + 1
@@ -380,10 +389,11 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         else:
             step_ids, mask, pos, next_pos = _replay_inputs(adapter, feed, replay, mask, next_pos, n_fed)
             n_fed += step_ids.shape[1]
+            full_mask = False
         if hooks is not None:
             rows = Rows(request=list(row_req), branch=list(row_branch), step=step + 1)
             hooks.before_forward("step", rows)
-        logits, _ = adapter.forward(adapter.embed_tokens(step_ids), mask, pos, cache)
+        logits, _ = adapter.forward(adapter.embed_tokens(step_ids), None if full_mask else mask, pos, cache)
         if hooks is not None:
             hooks.after_forward("step", rows, logits)
         if amateur is not None:
@@ -436,12 +446,81 @@ def _spans(row_req: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+class _FeedIndex:
+    """The next step's input ids gathered on the device from a chooser's picks: ``chosen`` =
+    (picks [n] on the device, their request indices); row k of the step gets the pick of its
+    request ``row_req[k]``. The index tensor is rebuilt only when the row layout changes (a
+    request finished), not every step."""
+
+    def __init__(self):
+        self._key = None
+        self._index = None
+
+    def gather(self, chosen, row_req: list[int]) -> torch.Tensor | None:
+        picks, reqs = chosen
+        if not row_req:
+            return None
+        key = (tuple(reqs), tuple(row_req))
+        if key != self._key:
+            where = {r: i for i, r in enumerate(reqs)}
+            if any(r not in where for r in row_req):
+                return None
+            at = [where[r] for r in row_req]
+            self._index = None if at == list(range(len(reqs))) else torch.tensor(at, device=picks.device)
+            self._key = key
+        return picks if self._index is None else picks.index_select(0, self._index)
+
+
+class _FirstRows:
+    """Each request's first row of the step's logits (its original branch), with the index
+    tensor kept while the row layout stays the same (rebuilt only when rows leave)."""
+
+    def __init__(self):
+        self._key = None
+        self._index = None
+        self.spans: list[tuple[int, int, int]] = []
+
+    def __call__(self, logits: torch.Tensor, row_req: list[int]) -> torch.Tensor:
+        key = tuple(row_req)
+        if key != self._key:
+            self.spans = _spans(row_req)
+            first = [s[1] for s in self.spans]
+            self._index = None if first == list(range(len(row_req))) else torch.tensor(first, device=logits.device)
+            self._key = key
+        return logits if self._index is None else logits.index_select(0, self._index)
+
+
 def greedy_chooser(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
     """Argmax of each request's first row (plain greedy)."""
     spans = _spans(row_req)
     first = torch.tensor([s[1] for s in spans], device=logits.device)
     toks = logits.index_select(0, first).argmax(-1).tolist()
     return {s[0]: t for s, t in zip(spans, toks)}
+
+
+def plain_chooser(mode: str, temperature: float, top_k: int | None, top_p: float,
+                  generators: Sequence[torch.Generator]) -> Chooser:
+    """The chooser of a method without contrast (``Method.plain``: its scores are the original
+    branch's logits, no plausibility constraint): argmax, or temperature/top-k/top-p and a draw
+    from each request's generator, straight from the logits — the same tokens as the generic
+    :func:`method_scorer` path without its per-step copies. Greedy keeps its picks on the device
+    as ``choose.chosen`` (the engine feeds them back without building ids from Python lists):
+    the ``tolist`` of the picks is the step's one host sync."""
+    first_rows = _FirstRows()
+
+    def choose(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
+        scores = first_rows(logits, row_req)
+        spans = first_rows.spans
+        if mode == "greedy":
+            picks = scores.argmax(-1)
+            choose.chosen = (picks, [s[0] for s in spans])
+            toks = picks.tolist()
+        else:
+            toks = sample_tokens(warp(scores, temperature, top_k, top_p), [generators[s[0]] for s in spans])
+        return {s[0]: int(t) for s, t in zip(spans, toks)}
+
+    choose.chosen = None
+    return choose
 
 
 def method_scorer(method: Method, state: State, mode: str, temperature: float, top_k: int | None, top_p: float,
@@ -462,11 +541,21 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
     from dataclasses import replace
 
     state = replace(state, temperature=None if mode == "greedy" else float(temperature))
+    layout: dict = {}   # the last span layout's groups and index tensors (rebuilt when rows change)
+
+    def groups_of(spans, device):
+        key = tuple(tuple(sp) for sp in spans)
+        if layout.get("key") != key:
+            groups: dict[int, list[int]] = {}
+            for i, sp in enumerate(spans):
+                groups.setdefault(sp[-1], []).append(i)
+            layout["key"] = key
+            layout["groups"] = [
+                (nb, members, torch.tensor([spans[i][-2] + j for i in members for j in range(nb)], device=device),
+                 torch.tensor(members, device=device)) for nb, members in groups.items()]
+        return layout["groups"]
 
     def score(step: int, logits: torch.Tensor, spans) -> torch.Tensor:
-        groups: dict[int, list[int]] = {}
-        for i, sp in enumerate(spans):
-            groups.setdefault(sp[-1], []).append(i)
         V = logits.shape[-1]
         ama = None
         if amateur is not None:
@@ -475,8 +564,7 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
             logits = logits[:, :V]
             ama = ama[:, :V].to(logits.device)
         out = logits.new_empty((len(spans), V))
-        for nb, members in groups.items():
-            rows = torch.tensor([spans[i][-2] + j for i in members for j in range(nb)], device=logits.device)
+        for nb, members, rows, at in groups_of(spans, logits.device):
             L = logits.index_select(0, rows).view(len(members), nb, V)
             st = replace(state, rows=rows.view(len(members), nb), hooks=hooks,
                          requests=tuple(spans[i][0] for i in members))
@@ -490,7 +578,7 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
                 scores = apc(scores, L[:, 0, :], beta)
             if mode != "greedy" and warped:
                 scores = warp(scores, temperature, top_k, top_p)
-            out[torch.tensor(members, device=out.device)] = scores.to(out.dtype)
+            out[at] = scores.to(out.dtype)
         return out
 
     return score
@@ -502,17 +590,22 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
                    amateur=None) -> Chooser:
     """combine → plausibility (original branch) → warpers → argmax / per-request sampling (the
     scores of :func:`method_scorer`, one span per request)."""
+    if method.plain and hooks is None and amateur is None:
+        return plain_chooser(mode, temperature, top_k, top_p, generators)
     score = method_scorer(method, state, mode, temperature, top_k, top_p, contexts, hooks, amateur)
 
     def choose(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[int, int]:
         spans = [(r, 0, start, nb) for r, start, nb in _spans(row_req)]
         scores = score(step, logits, spans)
         if mode == "greedy":
-            toks = scores.argmax(-1).tolist()
+            picks = scores.argmax(-1)
+            choose.chosen = (picks, [sp[0] for sp in spans])
+            toks = picks.tolist()
         else:
             toks = sample_tokens(scores, [generators[sp[0]] for sp in spans])
         return {sp[0]: int(t) for sp, t in zip(spans, toks)}
 
+    choose.chosen = None
     return choose
 
 

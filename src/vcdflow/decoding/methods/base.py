@@ -76,6 +76,10 @@ class Method:
     #: like the image; an item with none is an error row naming the keys), e.g. cid / contrast:
     #: ``{"contrast_prompt": "contrast_question", "contrast_image": "contrast_image"}``
     item_contrast: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: True: no contrast at all — ``combine`` is the original branch's logits and there is no
+    #: plausibility constraint (``greedy``/``sample``): the engine picks straight from the
+    #: logits and skips the generic contrast scorer (its per-step copies); same tokens
+    plain: ClassVar[bool] = False
 
     # --- parameters -----------------------------------------------------------------------------
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class Greedy(Method):
     defaults = MappingProxyType({})
     requires_image = False
     mode = "greedy"
+    plain = True
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]
