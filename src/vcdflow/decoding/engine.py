@@ -256,7 +256,7 @@ Chooser = Callable[[int, torch.Tensor, list[int]], dict[int, int]]
 def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new_tokens: int | Sequence[int],
                 eos_ids: Sequence[int], contrast_steps: int | None = None,
                 share_prefix: bool = True, hooks: DecodeHooks | None = None,
-                amateur=None) -> list[tuple[list[int], str]]:
+                amateur=None, compile: str = "off") -> list[tuple[list[int], str]]:
     """Decode ``len(seqs)`` requests, request i with encoded branches ``seqs[i]`` (original first).
 
     ``choose(step, logits[R, V], row_req)`` returns {request index: token} for the live
@@ -269,20 +269,25 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
     (a method's :class:`~vcdflow.decoding.hooks.DecodeHooks`) are called around every forward and
     on every re-indexing of the rows. ``amateur`` (E6, :class:`vcdflow.decoding.amateur.AmateurStream`):
     a second model decoding the same tokens in lockstep on its own rows and cache (prefilled after
-    the main prefill, stepped after every main step, re-indexed with the main rows). Returns per
-    request (generated ids without EOS, finish reason "eos"|"length").
+    the main prefill, stepped after every main step, re-indexed with the main rows). ``compile``
+    (:data:`COMPILE_SETTINGS`): ``"off"`` the eager step; ``"static"`` / ``"on"`` the static step
+    (:func:`_static_steps`, without / with ``torch.compile``) where :func:`static_refusal` allows
+    it, else eager. Returns per request (generated ids without EOS, finish reason "eos"|"length").
     """
+    if compile not in COMPILE_SETTINGS:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_SETTINGS)}, got {compile!r}")
     if hooks is None:
         return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, None,
-                            amateur)
+                            amateur, compile)
     try:
         return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks,
-                            amateur)
+                            amateur, compile)
     finally:
         hooks.finish()
 
 
-def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks, amateur=None):
+def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks, amateur=None,
+                 compile: str = "off"):
     from .beams import Choice, Layout
 
     n = len(seqs)
@@ -300,7 +305,8 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
     ids, mask = adapter.collate(flat)
     pos, next_pos = adapter.prefill_positions(ids, mask, flat)
     # a search's rows grow by its width; the cache reserve only has to cover the new tokens
-    cache = adapter.new_cache(reserve=max(limits) + 1)
+    static = compile != "off" and static_refusal(search, hooks, amateur, contrast_steps) is None
+    cache = adapter.new_cache(reserve=0 if static else max(limits) + 1)
     plan = share_plan(adapter, flat) if share_prefix else None
     if plan is None:
         embeds = adapter.prefill_embeds(ids, flat)
@@ -325,6 +331,10 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
     for r in range(n):
         if limits[r] <= 0:
             finish[r] = "length"
+    if static:
+        _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limits, eos, finish, tokens,
+                      compiled=compile == "on")
+        return [(tokens[r], finish[r] or "length") for r in range(n)]
     step = 0
     n_fed = 0           # columns the step forwards added after the prefill (a rollback crops them)
     # an all-ones mask is passed as None: transformers would otherwise check it on the host
@@ -403,6 +413,129 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         if finish[r] is None:
             finish[r] = "length"
     return [(tokens[r], finish[r]) for r in range(n)]
+
+
+# --- the static step --------------------------------------------------------------------------
+#: ``compile`` settings of :func:`decode_rows` / :func:`generate` (how a run executes, never what
+#: it records): the eager step, the static step, the static step under ``torch.compile``
+COMPILE_SETTINGS = ("off", "static", "on")
+#: the static KV cache's length is the prefill plus the new tokens rounded up to this many
+#: columns: prompts of similar length share one compiled step (a POPE split compiles a handful of
+#: times, not once per prompt length)
+STATIC_BUCKET = 64
+_COMPILED: "weakref.WeakKeyDictionary" = None  # adapter -> its compiled step function
+
+
+def static_refusal(search, hooks, amateur, contrast_steps) -> str | None:
+    """Why a decode runs the eager step although the static one was asked for (None: it can run
+    static). The static step keeps every row in place for the whole decode and compiles only the
+    model's forward; ``combine``/plausibility/choice stay eager Python, so any combine runs
+    static. What needs the eager step is what changes the rows or the forward: a search (beams,
+    look-ahead, rollback: rows repeat, reorder and roll back), forward hooks (captures and
+    attention changes read the eager forward's tensors: DoLa's layers, OPERA, PAI, HALC…), an
+    amateur model stepped in lockstep, and contrast branches that retire after ``contrast_steps``."""
+    if search is not None:
+        return "a search (beams, look-ahead or rollback) reorders rows"
+    if hooks is not None:
+        return "forward hooks read or change the eager forward"
+    if amateur is not None:
+        return "an amateur model decodes in lockstep"
+    if contrast_steps is not None:
+        return "contrast branches retire after contrast_steps"
+    return None
+
+
+def _static_cache(adapter, cache, width: int):
+    """A transformers ``StaticCache`` of ``width`` columns holding ``cache``'s prefill keys/values
+    in its first columns (the next write goes right after them)."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=adapter._forward_module().config, max_cache_len=width)
+    for src, dst in zip(cache.layers, static.layers):
+        n = src.keys.shape[-2]
+        dst.lazy_initialization(src.keys, src.values)
+        dst.keys[:, :, :n].copy_(src.keys)
+        dst.values[:, :, :n].copy_(src.values)
+        dst.cumulative_length.fill_(n)
+    return static
+
+
+def _step_function(adapter, compiled: bool):
+    """``f(ids [R, 1], mask [R, 1, 1, W], positions, cache) -> logits [R, V]``: one decoder step;
+    under ``torch.compile`` (one compiled function per adapter; CUDA: ``reduce-overhead``, i.e.
+    CUDA graphs; elsewhere the default mode) when ``compiled``."""
+    global _COMPILED
+
+    def step(ids, mask, positions, cache):
+        return adapter.forward(adapter.embed_tokens(ids), mask, positions, cache)[0]
+
+    if not compiled:
+        return step
+    import weakref
+
+    if _COMPILED is None:
+        _COMPILED = weakref.WeakKeyDictionary()
+    fn = _COMPILED.get(adapter)
+    if fn is None:
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        mode = "reduce-overhead" if adapter.device.type == "cuda" else None
+        fn = _COMPILED[adapter] = torch.compile(step, dynamic=False, mode=mode)
+    return fn
+
+
+def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limits, eos, finish, tokens,
+                  compiled: bool) -> None:
+    """The static decode loop after the (eager) prefill: the prefill's keys/values move into a
+    ``StaticCache`` of ``prefill + max new tokens`` columns (rounded up to :data:`STATIC_BUCKET`);
+    the attention mask is one preallocated 4-D tensor (transformers uses a 4-D mask as given: no
+    per-step check) whose next column is switched on in place; positions advance on the device;
+    rows never leave — a finished request's rows keep decoding and their picks are ignored — so
+    every step has the same shapes; the step's ids are the chooser's picks gathered on the device.
+    The one host sync per step is the chooser's ``tolist`` of the picks (EOS and limits are
+    decided on the host from it). Fills ``tokens``/``finish`` in place."""
+    R, P = mask.shape
+    width = -(-(P + max(limits)) // STATIC_BUCKET) * STATIC_BUCKET
+    dev = mask.device
+    static = _static_cache(adapter, cache, width)
+    del cache
+    attend = torch.zeros((R, 1, 1, width), dtype=torch.bool, device=dev)
+    attend[:, 0, 0, :P] = mask.bool()
+    impl = getattr(adapter._forward_module().config, "_attn_implementation", "sdpa")
+    if impl == "sdpa":
+        mask4 = attend
+    else:  # eager attention adds the mask: 0 where attended, the dtype's minimum elsewhere
+        mask4 = torch.full((R, 1, 1, width), torch.finfo(adapter.dtype).min, dtype=adapter.dtype, device=dev)
+        mask4.masked_fill_(attend, 0.0)
+    step_fn = _step_function(adapter, compiled)
+    pos = next_pos.clone()
+    feed_index = _FeedIndex()
+    all_rows = list(row_req)
+    step = 0
+    while True:
+        picks = choose(step, logits, all_rows)
+        for r, t in picks.items():
+            if finish[r] is not None:
+                continue
+            if t in eos:
+                finish[r] = "eos"
+            else:
+                tokens[r].append(t)
+                if len(tokens[r]) >= limits[r]:
+                    finish[r] = "length"
+        if all(f is not None for f in finish) or step + 1 >= max(limits):
+            return
+        chosen = getattr(choose, "chosen", None)
+        ids = feed_index.gather(chosen, all_rows) if chosen is not None else None
+        if ids is None:
+            ids = torch.tensor([picks.get(r, 0) for r in all_rows], device=dev)
+        col = P + step
+        if impl == "sdpa":
+            attend[:, :, :, col] = True
+        else:
+            mask4[:, :, :, col] = 0.0
+        logits = step_fn(ids.view(-1, 1), mask4, adapter.step_positions(pos), static)
+        pos = pos + 1
+        step += 1
 
 
 def _replay_inputs(adapter, feed, replay: dict, mask, next_pos, n_fed: int):
@@ -710,7 +843,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
              max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = False,
              eos_token_id: int | Sequence[int] | None = None, share_prefix: bool = True,
              num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-             length_norm: str = "generated") -> list[Output]:
+             length_norm: str = "generated", compile: str = "off") -> list[Output]:
     """Decode ``requests`` with ``method`` (see ``METHODS``); one :class:`Output` per request, in order.
 
     ``params`` overrides the method's defaults (unknown names → ``ValueError``). ``do_sample``
@@ -734,7 +867,17 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     length). A method may bring its own search (``Method.search``: contrastive search, OPERA,
     Li et al.'s CD beams), an amateur model (``Method.amateur_stream``, E6) or a batch limit
     (``Method.max_batch``: OPERA's rollback runs one request per batch).
+
+    ``compile`` (how the run executes, not what it records): ``"off"`` (default) the eager step;
+    ``"static"`` a static KV cache, a preallocated mask and positions, rows kept in place, one
+    host sync per step; ``"on"`` the same step under ``torch.compile`` (compiled once per model,
+    batch shape and cache-length bucket). Outputs equal the eager ones up to float round-off.
+    A decode that needs the eager step (a search, forward hooks, an amateur, retiring contrast
+    branches: :func:`static_refusal`) runs eager; with ``compile`` set, ``Output.meta["step"]``
+    says which step ran (``"eager: <why>"``, ``"static"`` or ``"compiled"``).
     """
+    if compile not in COMPILE_SETTINGS:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_SETTINGS)}, got {compile!r}")
     m = get_method(method)
     p = m.resolve(params)
     _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample)
@@ -770,7 +913,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
                 chunk = indexed[start:start + batch_size]
                 outputs.extend(_generate_batch(ad, m, p, state, mode, chunk, runner, eos, max_pos,
                                                max_new_tokens, seed, temperature, top_k, top_p, do_sample,
-                                               share_prefix, search_opts))
+                                               share_prefix, search_opts, compile))
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
@@ -781,7 +924,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
 
 def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, max_new_tokens, seed,
                     temperature, top_k, top_p, do_sample, share_prefix: bool = True,
-                    search_opts: dict | None = None) -> list[Output]:
+                    search_opts: dict | None = None, compile: str = "off") -> list[Output]:
     items: list[_Item] = []
     for idx, req in chunk:
         key = str(req.item_id) if req.item_id not in (None, "") else f"#{idx}"
@@ -821,7 +964,7 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
     results: dict[int, tuple[list[int], str]] = {}
     if live:
         results.update(_decode_items(ad, m, state, mode, live, max_new_tokens, eos, seed, temperature, top_k, top_p,
-                                     share_prefix, search_opts))
+                                     share_prefix, search_opts, compile))
     outs = []
     for it in items:
         out = Output(item_id=str(it.request.item_id or ""), meta={"method": m.name, "mode": mode})
@@ -837,12 +980,14 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
             out.token_ids = toks
             out.text = ad.decode(toks)
             out.meta.update(n_branches=len(it.encoded), finish_reason=reason, **it.ctx.meta)
+            if compile != "off":
+                out.meta["step"] = it.ctx.meta.get("step", "eager")
         outs.append(out)
     return outs
 
 
 def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, seed, temperature, top_k, top_p,
-                  share_prefix: bool = True, search_opts: dict | None = None):
+                  share_prefix: bool = True, search_opts: dict | None = None, compile: str = "off"):
     from .beams import BeamSearch
 
     opts = dict(search_opts or {})
@@ -862,8 +1007,12 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
                                 length_norm=opts["length_norm"])
         choose = search if search is not None else method_chooser(m, state, mode, temperature, top_k, top_p, gens,
                                                                    contexts, hooks, amateur)
+        if compile != "off":
+            why = static_refusal(search, hooks, amateur, m.contrast_steps)
+            for it in live:
+                it.ctx.meta["step"] = f"eager: {why}" if why else ("compiled" if compile == "on" else "static")
         res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps,
-                          share_prefix=share_prefix, hooks=hooks, amateur=amateur)
+                          share_prefix=share_prefix, hooks=hooks, amateur=amateur, compile=compile)
         return {it.index: r for it, r in zip(live, res)}
     except Exception as e:  # noqa: BLE001
         if len(live) == 1:
@@ -873,5 +1022,5 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         for it in live:
             # fresh sampling generator: the retried request starts its stream from the beginning
             out.update(_decode_items(ad, m, state, mode, [it], max_new_tokens, eos, seed, temperature, top_k, top_p,
-                                     share_prefix, search_opts))
+                                     share_prefix, search_opts, compile))
         return out
