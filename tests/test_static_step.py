@@ -126,8 +126,10 @@ def test_one_host_sync_per_step(monkeypatch, tmp_path_factory):
     assert per_step("vcd", "static") == 1
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager(tmp_path_factory):
-    """``torch.compile`` of the step (one compile: VCD, 2 requests = 4 rows, 3 new tokens)."""
+    """``torch.compile`` of the step (one compile: VCD, 2 requests = 4 rows, 3 new tokens; ~30 s of
+    CPU time, most of it inductor's C++ compile: marked slow)."""
     torch.set_num_threads(1)
     vlm = load_vlm(str(build_tiny_llava(tmp_path_factory.mktemp("llava"))), device="cpu")
     reqs = _requests()[:2]
