@@ -7,7 +7,9 @@ formula is written out again below in its most literal form. Shared with the eng
 the *contract* pieces (how a request's random streams are seeded, the distortion functions
 — tested on their own in test_decoding_parts.py — and the Self-Aug prompt text).
 
-Only the LLaVA family is covered (``model.get_image_features`` + placeholder scatter).
+The LLaVA-style families are covered (``model.get_image_features`` + placeholder scatter): LLaVA-1.5
+and LLaVA-NeXT (any-res tiles: the processor's ``image_sizes`` go to ``get_image_features``, and a
+pixel operation acts on every tile as one image, the engine's documented per-tile semantics).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class RefBranch:
     prompt: str
     image: object = None
     system: str | None = None
-    pixel_op: object = None          # f(pixel_values [1,3,H,W]) -> pixel_values
+    pixel_op: object = None          # f(pixel_values [tiles,3,H,W]) -> pixel_values
     token_scale: torch.Tensor | None = None
 
 
@@ -60,7 +62,8 @@ def encode(vlm, br: RefBranch):
         enc = vlm.processor(text=[text], images=[br.image.convert("RGB")], return_tensors="pt")
         px = enc["pixel_values"].float()
         if br.pixel_op is not None:
-            px = br.pixel_op(px)
+            px = br.pixel_op(px.reshape(-1, *px.shape[-3:])).reshape(px.shape)
+        px = {"pixel_values": px, **({"image_sizes": enc["image_sizes"]} if "image_sizes" in enc else {})}
     else:
         enc = vlm.processor(text=[text], return_tensors="pt")
         px = None
@@ -78,7 +81,7 @@ def forward_last(vlm, prompt_ids, px, generated, token_scale=None, attentions=Fa
     ids = torch.tensor([prompt_ids + generated])
     emb = model.get_input_embeddings()(ids)
     if px is not None:
-        feats = model.get_image_features(pixel_values=px.to(emb.dtype))
+        feats = model.get_image_features(**{**px, "pixel_values": px["pixel_values"].to(emb.dtype)})
         feats = getattr(feats, "pooler_output", feats)
         feats = feats[0] if isinstance(feats, (list, tuple)) else feats.reshape(-1, feats.shape[-1])
         if token_scale is not None:

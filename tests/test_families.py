@@ -129,3 +129,53 @@ def test_families_reach_the_config_schema_protocols_and_prompt(capsys):
 
         text = json.loads(capsys.readouterr().out.splitlines()[0])["text"]
         assert text.startswith(start), (fam, text)
+
+
+def test_every_method_runs_or_is_refused_on_llava_onevision(vlms, tmp_path_factory):
+    """Every method on an any-res family (LLaVA-OneVision: tiles, Qwen2 decoder, image-only
+    processor): it decodes, or it is refused with the one line of its declared needs, naming the
+    method, the family and why — the same line ``vcdflow methods`` prints in its matrix."""
+    from method_cases import runtime_params
+    from vcdflow.decoding import METHODS
+
+    fam = "llava_onevision"
+    vlm, d = vlms[fam], tiny_dir(fam, tmp_path_factory)
+    req = Request(image=_img(4, 72, 60), prompt="Is there a cup in the image?", item_id="all",
+                  contrast_image=_img(5, 40, 90), contrast_images=[_img(6, 72, 60), _img(7, 50, 50)])
+    short = {"selfaug": {"sas_max_new_tokens": 2}, "code": {"description_max_new_tokens": 2}}
+    refused = {}
+    for method in sorted(METHODS):
+        params = runtime_params(method, vlm, d, tmp_path_factory.getbasetemp(), short.get(method))
+        out = generate(vlm, [req], method=method, params=params, max_new_tokens=2, eos_token_id=[])[0]
+        why = METHODS[method].refusal(fam)
+        if why is not None:
+            refused[method] = out.error
+            assert out.error == why and method in why and fam in why, (method, out.error)
+            continue
+        assert out.error is None, (method, out.error)
+        assert len(out.token_ids) == 2, method
+    assert refused == {"carve": "method 'carve' needs a spatial grid of image tokens, which the llava_onevision "
+                                "family (LLaVA-OneVision) does not have: an any-res image is a base tile plus grid "
+                                "tiles unpadded to the aspect ratio, with a newline token per row: no single grid "
+                                "of the picture"}
+
+
+def test_methods_prints_the_matrix_and_the_grid_leaves_refused_pairs_out(capsys):
+    from vcdflow.cli import main
+    from vcdflow.config import applies
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    matrix = out.split("method x model family", 1)[1].splitlines()
+    header = matrix[1].split()
+    assert header == ["method", *FAMILIES]
+    rows = {line.split()[0]: line.split()[1:] for line in matrix[2:] if line and not line.startswith("(")}
+    carve = dict(zip(FAMILIES, " ".join(rows["carve"]).replace("refused (", "refused(").split()))
+    assert carve["llava"] == carve["qwen2_vl"] == carve["qwen2_5_vl"] == "runs"
+    assert carve["llava_next"].startswith("refused(") and carve["instructblip"].startswith("refused(")
+    assert all(cell == "runs" for cell in rows["vcd"])
+    assert "(1) method 'carve' needs a spatial grid of image tokens, which the instructblip family" in out
+    config = {"models": {"next": {"path": "m", "family": "llava_next"}, "qwen": {"path": "q", "family": "qwen2_vl"}},
+              "methods": {"carve": {"method": "carve"}, "vcd": {"method": "vcd"}}}
+    assert not applies(config, "carve", "next")
+    assert applies(config, "carve", "qwen") and applies(config, "vcd", "next")

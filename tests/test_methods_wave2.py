@@ -109,8 +109,8 @@ def test_sampling_seed_and_batch_size(vlms, family):
 
 def test_inapplicable_and_bad_input(vlms):
     out = generate(vlms["instructblip"], REQS[:1], method="carve", max_new_tokens=2)[0]
-    assert out.error == ("method 'carve' needs a spatial grid of image tokens; InstructBLIP's Q-Former query "
-                         "tokens have none")
+    assert out.error == ("method 'carve' needs a spatial grid of image tokens, which the instructblip family "
+                         "(InstructBLIP) does not have: its Q-Former query tokens have no spatial grid")
     out = generate(vlms["llava"], REQS[:1], method="carve", params={"layers": [20, 25]}, max_new_tokens=2)[0]
     assert out.error == "method 'carve': none of the layers [20, 25] exists (the model has 2 layers)"
     out = generate(vlms["demo"], REQS[:1], method="carve", max_new_tokens=2)[0]

@@ -193,7 +193,7 @@ def test_every_method_runs_on_every_family(vlms, model_dirs, family, tmp_path_fa
                   contrast_image=_img(5, 72, 60), contrast_images=[_img(6, 72, 60), _img(7, 50, 50)])
     short = {"selfaug": {"sas_max_new_tokens": 3}, "code": {"description_max_new_tokens": 3}}
     for method in sorted(METHODS):
-        families = getattr(METHODS[method], "families", None)  # None: every family
+        families = METHODS[method].applies_to()  # None: every family
         params = runtime_params(method, vlms[family], model_dirs[family], tmp_path_factory.getbasetemp(),
                                 short.get(method))
         out = generate(vlms[family], [req], method=method, params=params, max_new_tokens=2,

@@ -32,6 +32,10 @@ def _methods(args) -> int:
         doc = (sys.modules[type(m).__module__].__doc__ or "").strip().splitlines()
         print(f"{name}: {doc[0].removeprefix(f'``{name}``: ') if doc else ''}")
         print(f"    defaults: {json.dumps(dict(m.defaults), sort_keys=True)}")
+    from .models.families import matrix_text
+
+    print("\nmethod x model family (a refused pair fails with the numbered reason; the workflow leaves it out):")
+    print(matrix_text(METHODS))
     return 0
 
 
@@ -195,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
                                        "1: a bad input file); --debug or VCDFLOW_DEBUG=1 adds the traceback.")
     p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("methods", help="list the decoding methods with their defaults")
+    sub.add_parser("methods", help="list the decoding methods with their defaults, then the method x model "
+                                   "family matrix (runs / refused and why)")
     from .protocols.cli import add_parser as _add_prompt_parser  # vcdflow prompt
     _add_prompt_parser(sub)
     from .protocols.show import add_parser as _add_protocol_parser  # vcdflow protocol show / list

@@ -547,7 +547,7 @@ def method_meta() -> dict[str, dict]:
 
             meta = {n: {"random_draw": bool(getattr(m, "random_draw", True)),
                         "extra_inputs": list(getattr(m, "extra_inputs", ())),
-                        "families": None if getattr(m, "families", None) is None else list(m.families),
+                        "families": None if m.applies_to() is None else list(m.applies_to()),
                         "answer_kinds": None if getattr(m, "answer_kinds", None) is None else list(m.answer_kinds),
                         "mode": getattr(m, "mode", None),
                         "defaults": dict(m.defaults)} for n, m in METHODS.items()}

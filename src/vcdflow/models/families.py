@@ -30,6 +30,24 @@ from types import MappingProxyType
 
 LAYOUTS = ("grid", "query", "packed", "anyres", "cross_attention")
 
+#: what a decoding method can need from a family (``Method.needs``), in words
+NEEDS = {
+    "image_tokens": "the image as tokens in the decoder's sequence (positions to read, mask or scale)",
+    "image_grid": "a spatial grid of image tokens",
+    "multi_image": "several images in one prompt",
+}
+
+#: layout → need it lacks → why (the one-line reason of a refusal and of the method x family matrix)
+LACKS = {
+    "query": {"image_grid": "its Q-Former query tokens have no spatial grid",
+              "multi_image": "one Q-Former query set per prompt"},
+    "anyres": {"image_grid": "an any-res image is a base tile plus grid tiles unpadded to the aspect ratio, with "
+                             "a newline token per row: no single grid of the picture"},
+    "cross_attention": {"image_tokens": "cross-attention layers read the image; the decoder's sequence has no "
+                                        "image tokens",
+                        "image_grid": "the decoder's sequence has no image tokens"},
+}
+
 
 @dataclass(frozen=True)
 class Family:
@@ -64,6 +82,13 @@ class Family:
         if self.layout not in LAYOUTS:
             raise ValueError(f"family {self.name}: unknown layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
 
+    def lacks(self, needs) -> dict[str, str]:
+        """The ``needs`` (keys of :data:`NEEDS`) this family cannot meet → why not."""
+        unknown = [n for n in needs if n not in NEEDS]
+        if unknown:
+            raise ValueError(f"unknown method need(s) {', '.join(unknown)}; valid: {', '.join(NEEDS)}")
+        return {n: LACKS[self.layout][n] for n in needs if n in LACKS.get(self.layout, {})}
+
     @property
     def image_tokens_in_decoder(self) -> bool:
         """True when the image is a run of tokens in the decoder's sequence (every layout but
@@ -92,6 +117,48 @@ _RECORDS = (
 FAMILIES: MappingProxyType = MappingProxyType({f.name: f for f in _RECORDS})
 #: ``config.json`` ``model_type`` → record
 BY_MODEL_TYPE: MappingProxyType = MappingProxyType({f.model_type: f for f in _RECORDS})
+
+
+def refusal(method: str, needs, family: str) -> str | None:
+    """One line saying why ``method`` (with ``needs``) cannot run on ``family``; None when it can
+    (or the family is unknown, e.g. a test's stand-in)."""
+    spec = FAMILIES.get(family)
+    missing = spec.lacks(needs) if spec is not None else {}
+    if not missing:
+        return None
+    need, why = next(iter(missing.items()))
+    return f"method {method!r} needs {NEEDS[need]}, which the {family} family ({spec.title}) does not have: {why}"
+
+
+def applicable(needs) -> list[str]:
+    """The families a method with ``needs`` runs on."""
+    return [name for name, f in FAMILIES.items() if not f.lacks(needs)]
+
+
+def matrix_text(methods) -> str:
+    """The method x family matrix as text: ``methods`` maps a method name to an object with
+    ``refusal(family)`` (None: it runs); one row per method, ``runs`` or ``refused (n)`` per
+    family, then the numbered reasons."""
+    names = list(FAMILIES)
+    reasons: list[str] = []
+    rows = []
+    for method in sorted(methods):
+        cells = []
+        for fam in names:
+            why = methods[method].refusal(fam)
+            if why is None:
+                cells.append("runs")
+                continue
+            if why not in reasons:
+                reasons.append(why)
+            cells.append(f"refused ({reasons.index(why) + 1})")
+        rows.append([method] + cells)
+    header = ["method"] + names
+    widths = [max(len(r[k]) for r in rows + [header]) for k in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header)] + [fmt.format(*r) for r in rows]
+    lines += [f"({k}) {why}" for k, why in enumerate(reasons, 1)]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def get_family(name: str) -> Family:

@@ -120,7 +120,7 @@ def _load_processor(path: Path, family: Family | str):
         if not family.video_processor:
             raise
         log.warning("AutoProcessor failed for %s (%s); building an image-only %s", path,
-                    (str(e).strip().splitlines() or [type(e).__name__])[0], family.processor_class)
+                    " ".join(str(e).split()).split(". ")[0] or type(e).__name__, family.processor_class)
         return image_only_processor(path, family)
 
 

@@ -60,6 +60,10 @@ class Method:
     extra_inputs: ClassVar[tuple] = ()
     #: model families the method applies to (None: every family); others fail naming the family
     families: ClassVar[tuple | None] = None
+    #: what the method needs from a model family (keys of :data:`vcdflow.models.families.NEEDS`:
+    #: ``image_tokens``, ``image_grid``, ``multi_image``); a family that lacks one is refused with
+    #: one line naming the method, the family and why (:func:`vcdflow.models.families.refusal`)
+    needs: ClassVar[tuple] = ()
     #: benchmark answer kinds the method is meant for (None: every kind; see
     #: :class:`vcdflow.benchmarks.base.Benchmark` ``answers``): the workflow's grid leaves the
     #: method out of other benchmarks/splits (PBA's "Answer yes whenever possible." is for yes/no items)
@@ -172,12 +176,29 @@ class Method:
             try:
                 if self.requires_image:
                     self.require_image(it.request)
-                if self.families is not None and family not in self.families:
-                    raise InputError(self.family_error(family))
+                why = self.refusal(family)
+                if why:
+                    raise InputError(why)
                 ok.append(it)
             except Exception as e:  # noqa: BLE001 - reported per item
                 it.fail(str(e))
         return ok
+
+    def refusal(self, family) -> str | None:
+        """Why this method cannot run on ``family`` (its ``families`` and ``needs``), None when it can."""
+        from ...models.families import refusal
+
+        if self.families is not None and family not in self.families:
+            return self.family_error(family)
+        return refusal(self.name, self.needs, family) if self.needs else None
+
+    def applies_to(self) -> tuple | None:
+        """The families this method runs on (``families`` and ``needs``); None: every family."""
+        if not self.needs:
+            return self.families
+        from ...models.families import applicable
+
+        return tuple(f for f in applicable(self.needs) if self.families is None or f in self.families)
 
     def family_error(self, family) -> str:
         return (f"method {self.name!r} does not apply to the {family} family "

@@ -256,12 +256,9 @@ class CARVE(Method):
                                  "general_instruction": GENERAL_INSTRUCTION, "suffix": ANSWER_SUFFIX})
     nullable = frozenset({"layers"})
     param_types = MappingProxyType({"layers": (list, tuple)})
-    #: model families CARVE applies to (InstructBLIP's query tokens have no spatial grid)
-    families = ("llava", "qwen2_5_vl")
-
-    def family_error(self, family) -> str:
-        return ("method 'carve' needs a spatial grid of image tokens; InstructBLIP's Q-Former query tokens "
-                "have none")
+    #: the attention maps are laid back on one grid per image; the code's final pass puts the
+    #: original and the refined image in one prompt (not InstructBLIP, not any-res tiles)
+    needs = ("image_grid", "multi_image")
 
     def validate(self, p):
         super().validate(p)
@@ -282,7 +279,6 @@ class CARVE(Method):
 
     def prepare(self, items, runner):
         ad = runner.adapter
-        family = getattr(ad, "family", None)
         ok = self.usable(items, ad)
         if not ok:
             return
@@ -315,7 +311,7 @@ class CARVE(Method):
                 it.fail(f"method 'carve': none of the layers {layers} exists (the model has {n_layers} layers)")
                 continue
             fallback = None
-            if family == "qwen2_5_vl":
+            if getattr(ad, "layout", None) == "packed":  # Qwen2-VL / Qwen2.5-VL: the grid from image_grid_thw
                 enc = ad.encode(self.original(it.request))
                 merge = int(getattr(ad.processor.image_processor, "merge_size", 2))
                 _, gh, gw = enc.extras["image_grid_thw"][0].tolist()
