@@ -152,7 +152,9 @@ def _mask_crop(S: np.ndarray, image: Image.Image, p: dict):
     return crop.resize((int(crop.size[0] * s), int(crop.size[1] * s)), Image.LANCZOS), list(box)
 
 
-def carve_v4_refined(vlm, req, p, eos):
+def carve_v4_refined(vlm, req, p, eos, setting="t_full"):
+    """The refined image from the probes' step maps: ``setting`` t_full = every step weighted t+1
+    (the code's v4), t_end = each probe's last step alone (the paper's t_end)."""
     g = step_maps(vlm, f"{p['general_instruction']} {p['suffix']}", req.image, req.system, p["probe_tokens"], eos)
     q = step_maps(vlm, req.prompt, req.image, req.system, p["probe_tokens"], eos)
     W, H = req.image.size
@@ -167,12 +169,13 @@ def carve_v4_refined(vlm, req, p, eos):
         shape = (int(round(n ** 0.5)),) * 2
     assert shape[0] * shape[1] == n
     S = np.zeros((H, W))
-    for t in range(min(len(q), len(g))):
+    pairs = [(t + 1, q[t], g[t]) for t in range(min(len(q), len(g)))] if setting == "t_full" else [(1, q[-1], g[-1])]
+    for w, qt, gt in pairs:
         for layer in layers:
             if layer >= n_layers:
                 continue
-            c = (q[t][layer] / (g[t][layer] + p["lam"])).numpy().astype(np.float32).reshape(shape)
-            S += (t + 1) * np.asarray(Image.fromarray(c, mode="F").resize((W, H), Image.BILINEAR), dtype=np.float64)
+            c = (qt[layer] / (gt[layer] + p["lam"])).numpy().astype(np.float32).reshape(shape)
+            S += w * np.asarray(Image.fromarray(c, mode="F").resize((W, H), Image.BILINEAR), dtype=np.float64)
     refined, box = _mask_crop(S, req.image, p)
     return refined, box, [len(q), len(g)]
 
@@ -183,11 +186,17 @@ def ref_carve(vlm, req, params, *, max_new_tokens: int, eos=(), probe_eos=()) ->
     prompt ([original, refined] for the code variants, [refined] for the paper's)."""
     p = {**METHODS["carve"].defaults, **(params or {})}
     meta: dict = {}
-    if p["variant"] == "code_v4":
-        refined, box, steps = carve_v4_refined(vlm, req, p, probe_eos)
+    setting = p["maps"] or {"paper": p["paper_maps"], "code": "t_start", "code_v4": "t_full"}[p["variant"]]
+    if setting != "t_start":
+        refined, box, steps = carve_v4_refined(vlm, req, p, probe_eos, setting)
         meta["carve_steps"] = steps
     else:
         refined, box, _ = carve_refined(vlm, req, p)
+    if p["max_pixels"]:   # the code's processor budget (Qwen smart_resize, bicubic)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        h, w = smart_resize(refined.size[1], refined.size[0], factor=28, min_pixels=56 * 56, max_pixels=p["max_pixels"])
+        refined = refined if (w, h) == refined.size else refined.resize((w, h), Image.BICUBIC)
     meta["carve_bbox"] = box
     images = [refined] if p["variant"] == "paper" else [req.image, refined]
     inp = mi_inputs(vlm, req.prompt, images, req.system)

@@ -214,3 +214,45 @@ def test_carve_variant_bad_input(vlms):
     assert out.error.startswith("method 'carve' needs a spatial grid of image tokens")
     out = generate(vlm, REQS[:1], method="carve", params={"variant": "code_v4", "layers": [9]}, max_new_tokens=2)[0]
     assert out.error == "method 'carve': none of the layers [9] exists (the model has 2 layers)"
+
+
+@pytest.mark.parametrize("maps,family", [("t_end", "llava"), ("t_full", "qwen2_5_vl")])
+def test_carve_paper_pass_with_step_maps_matches_reference(vlms, maps, family):
+    """The map setting apart from the final pass: Algorithm 1's refined image alone with the
+    paper's t_end / T_full maps (``carve_table1`` names the column) against the batch-1 no-cache
+    reference; on Qwen with CARVE's 448² budget on the refined image (``max_pixels``)."""
+    vlm = vlms[family]
+    params = {"variant": "paper", "maps": maps, "probe_tokens": 4}
+    if family == "qwen2_5_vl":
+        params.update(layers=[1, 0, 7], version="v2", max_pixels=56 * 56 * 2)
+    outs = generate(vlm, REQS, method="carve", params=params, max_new_tokens=N_NEW, eos_token_id=[], batch_size=16)
+    for r, o in zip(REQS, outs):
+        assert o.error is None, o.error
+        ref = rm.ref_carve(vlm, r, params, max_new_tokens=N_NEW)
+        assert o.meta["carve_bbox"] == ref.meta["carve_bbox"] and o.meta["carve_steps"] == ref.meta["carve_steps"]
+        assert (o.meta["carve_maps"], o.meta["carve_table1"]) == (maps, {"t_end": "t_end", "t_full": "T_full"}[maps])
+        inp = rm.mi_inputs(vlm, r.prompt, [ref.meta["refined"]], r.system)
+        assert o.input_ids == inp["input_ids"][0].tolist()     # the refined image alone
+        assert_same_as_reference(o, ref, [], f"carve/paper/{maps}/{family}/{r.item_id}")
+
+
+def test_carve_protocol_defaults_to_the_headline_column(vlms):
+    """Under CARVE's protocol ``carve`` runs t_end maps (Table 1's headline) and Qwen at 448²;
+    the code variants keep their own maps; t_end differs from t_start's mask on the tiny model."""
+    from vcdflow.protocols import get_protocol, preprocess_image
+
+    proto = get_protocol("carve")
+    qwen = proto.resolve(method="carve", family="qwen2_5_vl", benchmark="pope")
+    assert qwen.params["paper_maps"] == "t_end" and qwen.params["max_pixels"] == 256 * 28 * 28
+    assert qwen.image_preprocess == "qwen_max_pixels_448" and "pipeline.py:46-51" in qwen.sources["image_preprocess"]
+    assert proto.resolve(method="greedy", family="qwen2_5_vl", benchmark="pope").image_preprocess == "qwen_max_pixels_448"
+    from PIL import Image
+
+    assert preprocess_image(Image.new("RGB", (640, 480)), "qwen_max_pixels_448").size == (504, 364)  # 18×13 = 234 merged tokens
+    vlm = vlms["llava"]
+    p = dict(proto.resolve(method="carve", family="llava", benchmark="pope").params, probe_tokens=4)
+    run = lambda **kw: generate(vlm, REQS, method="carve", params={**p, **kw}, max_new_tokens=2, eos_token_id=[])  # noqa: E731
+    end, start, v4 = run(), run(maps="t_start"), run(variant="code_v4")
+    assert [o.meta["carve_maps"] for o in end + start + v4] == ["t_end"] * 3 + ["t_start"] * 3 + ["t_full"] * 3
+    assert [o.meta["carve_bbox"] for o in end] != [o.meta["carve_bbox"] for o in start]
+    assert v4[0].meta["carve_table1"] is None

@@ -39,7 +39,7 @@ from ..models.families import FAMILIES as _FAMILY_RECORDS  # noqa: E402 (no torc
 FAMILIES = tuple(_FAMILY_RECORDS)
 BENCHMARKS = ("pope", "chair", "mme", "amber")
 MODES = ("greedy", "sample")
-IMAGE_PREPROCESS = ("processor", "pad_square_mean")
+IMAGE_PREPROCESS = ("processor", "pad_square_mean", "qwen_max_pixels_448")
 #: optional fields, declared only where a paper ran that benchmark's data: ``chair_subset`` (its CHAIR
 #: images: a :mod:`vcdflow.data.chair_subsets` declaration) and ``pope_version`` (its POPE question
 #: files: a :func:`vcdflow.data.registry.pope_version` name, or ``{split: name}``). Resolved into

@@ -1,9 +1,9 @@
 """``carve``: CARVE, the image masked and cropped by contrasted attention (paper: refined image; code: + original).
 
 Contrastive Attention Refinement for Visual Enhancement (Ge et al., arXiv 2509.06461;
-``YuyaoGe/CARVE@a1f0442``): ``variant`` "paper" (default; first-step maps, refined image alone),
-"code" (first-step maps, the code's two-image final pass) and "code_v4" (the code's default:
-maps of every probe step, two-image final pass) — step 5.
+``YuyaoGe/CARVE@a1f0442``): the final pass by ``variant`` — "paper" (default; the refined image
+alone), "code" and "code_v4" (the code's two-image final pass) — step 5; the attention maps by
+``maps``, the paper's Table 1 temporal settings t_start / t_end / T_full, independent of it — step 2.
 
 Not a logit-level contrast: the *image* is rewritten from contrasted attention maps, then the
 question is answered on the refined image (with the original beside it in the code variants).
@@ -20,6 +20,21 @@ question is answered on the refined image (with the original beside it in the co
    Qwen ``image_grid_thw[1:] / merge`` (``pipeline.py:92-98``) — then a square root), bilinearly
    resized to the image size (PIL mode "F"), summed: S = Σ_l resize(Â_l)
    (``fuse_contrastive_attention``, ``attention.py:104-129``, ``step_mode="first"``: weight 1).
+   Which maps (``maps``; None: the variant's — ``paper_maps`` for "paper", t_start for "code",
+   T_full for "code_v4"), the paper's Table 1 columns (POPE accuracy, LLaVA-1.5-7B 86.8 / 89.0 /
+   89.0, Qwen2.5-VL-7B 87.9 / 89.7 / 88.6; shared/spec methods-2, CARVE):
+
+   * ``"t_start"``: the prefill's maps (step 0, one forward per probe; the code's v1–v3);
+   * ``"t_end"``: each probe's last step map — the probes generate greedily up to
+     ``probe_tokens`` and the forward that chose the last token (EOS included) gives the map. The
+     code has no such mode (``step_mode`` is "first" or "all"); which step "t_end" is rests on the
+     paper's name (UNVERIFIED: each probe's own last step, not the last common one);
+   * ``"t_full"``: every step, weighted t+1 (the code's v4, ``attention.py:116-128``; below).
+
+   :data:`TABLE1` says which Table 1 column a (variant, maps) pair reproduces (``Output.meta``
+   ``carve_table1``): only ``variant`` "paper" (Algorithm 1's final pass) does; ``paper_maps`` is
+   "t_start" by default (what ``carve`` always ran; its records stay valid) and **"t_end" under
+   CARVE's protocol** (the paper's headline column: best or tied best on 3 of 4 models).
 3. Mask (``carve/masking.py:7-48``): keep S ≥ the (1 − p)·100 percentile; connected components
    (``scipy.ndimage.label``, 4-connectivity); ``version`` v3 (default) and v2 keep the top
    max(K, ⌊p·#regions⌋) regions by summed S (v3) or size (v2); v1 drops regions smaller than
@@ -51,7 +66,11 @@ question is answered on the refined image (with the original beside it in the co
      gives exactly the code's v4); final pass as ``"code"``.
 
 Parameters (code defaults, ``main.py:15-24`` / ``pipeline.py:101-117``): ``variant`` = "paper"
-(above), ``probe_tokens`` = 32 (``code_v4`` only: the probes' ``max_new_tokens``, ``pipeline.py:114``;
+(above), ``maps`` = None and ``paper_maps`` = "t_start" (step 2), ``max_pixels`` = None (the
+refined image's pixel budget: Qwen's ``smart_resize`` under it, as the code's processor with
+``max_pixels = 256·28·28`` resizes every image it gets, ``pipeline.py:46-51``; CARVE's protocol
+sets it for Qwen2.5-VL, whose input images it resizes alike), ``probe_tokens`` = 32 (t_end and
+t_full only: the probes' ``max_new_tokens``, ``pipeline.py:114``;
 EOS = the engine's EOS ids — the code stops at ``processor.tokenizer.eos_token_id``,
 ``attention.py:44,65``), ``layers`` = None =
 the code's 20…25 (those the model has; a model with ≤ 20 layers uses its last min(6, n) — ours,
@@ -70,8 +89,9 @@ two-image prompt = ``variant="code"``/``"code_v4"``; (c) the code's LLaVA prompt
 ``"<image>\\nUSER: {q} {suffix}\\nASSISTANT:"`` (``pipeline.py:86-87``); here every pass uses the
 family's chat template. Families: LLaVA and Qwen2.5-VL; **not InstructBLIP** (its 32 Q-Former
 query tokens have no spatial grid). ``Output.meta``: ``carve_bbox`` (x0, y0, x1, y1) and
-``carve_regions`` (kept / found), ``carve_layers`` (the layers fused), ``carve_variant``;
-``code_v4`` also ``carve_steps`` ([T_Q, T_G]: the probes' captured steps).
+``carve_regions`` (kept / found), ``carve_layers`` (the layers fused), ``carve_variant``,
+``carve_maps``, ``carve_table1`` (the Table 1 column reproduced, or None); t_end / t_full also
+``carve_steps`` ([T_Q, T_G]: the probes' captured steps).
 """
 
 from __future__ import annotations
@@ -92,6 +112,23 @@ PAPER_LAYERS = tuple(range(20, 26))
 KNOWN_GRIDS = {576: (24, 24), 1024: (32, 32), 1600: (40, 40), 1681: (41, 41), 256: (16, 16)}
 VERSIONS = {"v1": "remove_small", "v2": "size", "v3": "attention_sum"}
 VARIANTS = ("paper", "code", "code_v4")
+#: ``maps``: which probe steps' attention maps are fused (the paper's Table 1 temporal settings)
+MAPS = ("t_start", "t_end", "t_full")
+#: the map setting a code ``variant`` implies when ``maps`` is None (variant "paper" takes
+#: ``paper_maps``); what each variant ran before ``maps`` existed
+VARIANT_MAPS = {"code": "t_start", "code_v4": "t_full"}
+#: which column of the paper's Table 1 (POPE accuracy) a (variant, maps) pair reproduces: only
+#: Algorithm 1's final pass (the refined image alone, ``variant`` "paper") is the paper's; the
+#: code's two-image final pass reproduces none
+TABLE1 = {("paper", "t_start"): "t_start", ("paper", "t_end"): "t_end", ("paper", "t_full"): "T_full"}
+
+
+def map_setting(params) -> str:
+    """The run's map setting: ``maps``, else its ``variant``'s (:data:`VARIANT_MAPS`; "paper":
+    ``paper_maps``)."""
+    if params.get("maps"):
+        return params["maps"]
+    return params.get("paper_maps", "t_start") if params["variant"] == "paper" else VARIANT_MAPS[params["variant"]]
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -156,6 +193,13 @@ def fuse_all_steps(maps_q, maps_g, image_size, layers, lam: float, fallback) -> 
     for t in range(min(len(maps_q), len(maps_g))):
         S += (t + 1) * _layer_sum(_as_layers(maps_q[t]), _as_layers(maps_g[t]), w, h, layers, lam, fallback)
     return S
+
+
+def fuse_last_step(maps_q, maps_g, image_size, layers, lam: float, fallback) -> np.ndarray:
+    """S [H, W] from each probe's last step map (the forward that chose its last token: the EOS
+    step when it stopped, else step ``probe_tokens`` − 1) — the paper's t_end setting."""
+    w, h = image_size
+    return _layer_sum(_as_layers(maps_q[-1]), _as_layers(maps_g[-1]), w, h, layers, lam, fallback)
 
 
 def _step_capture_type():
@@ -251,11 +295,12 @@ def refine_image(image, mask: np.ndarray):
 @dataclass(frozen=True)
 class CARVE(Method):
     name = "carve"
-    defaults = MappingProxyType({"variant": "paper", "probe_tokens": 32, "layers": None, "lam": 1e-8, "top_percent": 0.2,
-                                 "min_keep_regions": 3, "outlier_percent": 0.1, "version": "v3",
-                                 "general_instruction": GENERAL_INSTRUCTION, "suffix": ANSWER_SUFFIX})
-    nullable = frozenset({"layers"})
-    param_types = MappingProxyType({"layers": (list, tuple)})
+    defaults = MappingProxyType({"variant": "paper", "maps": None, "paper_maps": "t_start", "probe_tokens": 32,
+                                 "layers": None, "lam": 1e-8, "top_percent": 0.2, "min_keep_regions": 3,
+                                 "outlier_percent": 0.1, "version": "v3", "general_instruction": GENERAL_INSTRUCTION,
+                                 "suffix": ANSWER_SUFFIX, "max_pixels": None})
+    nullable = frozenset({"layers", "maps", "max_pixels"})
+    param_types = MappingProxyType({"layers": (list, tuple), "maps": (str,), "max_pixels": (int,)})
     #: the attention maps are laid back on one grid per image; the code's final pass puts the
     #: original and the refined image in one prompt (not InstructBLIP, not any-res tiles)
     needs = ("image_grid", "multi_image")
@@ -268,6 +313,14 @@ class CARVE(Method):
         if p["variant"] not in VARIANTS:
             raise ValueError(f"parameter 'variant' of method 'carve' must be one of {', '.join(VARIANTS)}, "
                              f"got {p['variant']!r}")
+        if p["maps"] is not None and p["maps"] not in MAPS:
+            raise ValueError(f"parameter 'maps' of method 'carve' must be one of {', '.join(MAPS)} (or null: the "
+                             f"variant's), got {p['maps']!r}")
+        if p["paper_maps"] not in MAPS:
+            raise ValueError(f"parameter 'paper_maps' of method 'carve' must be one of {', '.join(MAPS)}, "
+                             f"got {p['paper_maps']!r}")
+        if p["max_pixels"] is not None and int(p["max_pixels"]) < 56 * 56:
+            raise ValueError(f"parameter 'max_pixels' of method 'carve' must be >= {56 * 56}, got {p['max_pixels']}")
         if int(p["probe_tokens"]) < 1:
             raise ValueError(f"parameter 'probe_tokens' of method 'carve' must be >= 1, got {p['probe_tokens']}")
         if p["layers"] is not None and (not isinstance(p["layers"], (list, tuple)) or not p["layers"] or
@@ -288,7 +341,8 @@ class CARVE(Method):
             probes += [Branch(prompt=f"{p['general_instruction']} {p['suffix']}", image=r.image, system=r.system),
                        self.original(r)]
         n_layers = len(ad.decoder_layers())
-        all_steps = ok[0].ctx.params["variant"] == "code_v4"
+        setting = map_setting(ok[0].ctx.params)
+        all_steps = setting != "t_start"       # t_end / t_full: the probes generate (E3 every step)
         if all_steps:
             p0 = ok[0].ctx.params
             want = default_layers(n_layers) if p0["layers"] is None else list(p0["layers"])
@@ -318,18 +372,25 @@ class CARVE(Method):
                 fallback = (gh // merge, gw // merge)
             image = it.request.image
             if all_steps:
-                S = fuse_all_steps(aq, ag, image.size, layers, float(p["lam"]), fallback)
+                fuse = fuse_all_steps if setting == "t_full" else fuse_last_step
+                S = fuse(aq, ag, image.size, layers, float(p["lam"]), fallback)
                 it.ctx.meta["carve_steps"] = [len(aq), len(ag)]
             else:
                 S = fuse_first_step(aq, ag, image.size, layers, float(p["lam"]), fallback)
             mask, kept, found = attention_mask(S, float(p["top_percent"]), int(p["min_keep_regions"]),
                                                float(p["outlier_percent"]), VERSIONS[p["version"]])
             refined, bbox = refine_image(image, mask)
+            if p["max_pixels"] is not None:   # the processor's pixel budget of the code (Qwen: 448²)
+                from ...protocols.images import cap_pixels
+
+                refined = cap_pixels(refined, int(p["max_pixels"]))
             it.ctx.prepared["refined"] = refined
             it.ctx.meta["carve_bbox"] = list(bbox)
             it.ctx.meta["carve_regions"] = [kept, found]
             it.ctx.meta["carve_layers"] = [layer for layer in layers if layer < n_layers]
             it.ctx.meta["carve_variant"] = p["variant"]
+            it.ctx.meta["carve_maps"] = setting
+            it.ctx.meta["carve_table1"] = TABLE1.get((p["variant"], setting))
 
     def branches(self, request, ctx):
         self.require_image(request)
