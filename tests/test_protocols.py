@@ -26,6 +26,7 @@ from vcdflow.metrics.pope import PARSERS
 from vcdflow.protocols import (FAMILIES, PAPER_OF, PROTOCOLS, Resolved, diff, get_protocol, preprocess_image,
                                protocol_for, template_names)
 from vcdflow.protocols.cli import branch_texts
+from vcdflow.protocols.base import IMAGE_PREPROCESS
 
 #: methods other helpers are writing (PAPER_OF may name them before they are registered)
 PENDING = {"dola", "deco", "revisit", "pai", "sid", "only", "vasparse", "contrastive_search", "text_cd", "opera",
@@ -342,7 +343,7 @@ def test_every_resolved_setting_is_valid_and_cited():
                         assert isinstance(r, Resolved)
                         assert r.chat_template == "model" or r.chat_template in shipped
                         assert r.parser in PARSERS
-                        assert r.image_preprocess in ("processor", "pad_square_mean")
+                        assert r.image_preprocess in IMAGE_PREPROCESS
                         METHODS[method].resolve(dict(r.params))  # overrides are valid parameters
                         for f in ("system", "chat_template", "prompt", "parser", "do_sample", "temperature",
                                   "top_p", "top_k", "params", "max_new_tokens", "image_preprocess", "seeds"):
