@@ -59,7 +59,8 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
     inps = [inputs(vlm, req.prompt, req.image, req.system)]
     if contrast is not None:
         inps.append(inputs(vlm, req.contrast_prompt or req.prompt, req.contrast_image or req.image, req.system))
-    prompt_len = inps[0]["input_ids"].shape[1]
+    # "total_bos": transformers 4.29 given inputs_embeds only starts input_ids as one BOS (LAVIS InstructBLIP)
+    prompt_len = 1 if length_norm == "total_bos" else inps[0]["input_ids"].shape[1]
     K = num_beams
     eos = list(eos)
     keep = max(2, 1 + len(eos)) * K
@@ -126,7 +127,7 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
             best_len = max_new
         else:
             best_len = cur
-        if length_norm == "total":
+        if length_norm in ("total", "total_bos"):
             best_len += prompt_len
         best = float(run_scores[0]) / best_len ** length_penalty
         worst = float(fin_scores.min()) if bool(fin_flag.all()) else -1e9
@@ -282,27 +283,35 @@ def _tmode(xs):
 
 
 def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty=1.0, threshold=None,
-              fp16=False):
+              fp16=False, theta=1.0, prefix=None, prompt_len=None):
     """(ids, finish, positions rolled back to): beam search over OPERA's candidate scores;
     finished hypotheses Σ/(prompt + generated without EOS)^lp; only candidates continue as beams;
     with ``threshold`` the retrospection: per beam slot the mode of its candidates' locations each
     step; when every slot's history holds the beams' mode loc more than ``threshold`` times and
     loc ≥ 10, the beam state of step min(loc+1, s−1) is restored and that step re-chosen over the
-    whole vocabulary (shifted so min = −999) with its earlier (beam, token) choices at −999."""
+    whole vocabulary (shifted so min = −999) with its earlier (beam, token) choices at −999.
+    ``theta``: HF's RepetitionPenaltyLogitsProcessor on each beam's log-probs over ``prefix``
+    (default: the prompt ids) + the beam's ids (OPERA's utils.py:3567); ``prompt_len``: the prompt
+    part of the total length (default: the prompt's ids)."""
     restore = _eager(vlm)
     try:
         with torch.no_grad():
             return _ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty, threshold,
-                              fp16)
+                              fp16, theta, prefix, prompt_len)
     finally:
         restore()
 
 
-def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, threshold, fp16=False):
+def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, threshold, fp16=False, theta=1.0,
+               prefix=None, prompt_len=None):
     import copy
 
+    from transformers import RepetitionPenaltyLogitsProcessor
+
     inp = inputs(vlm, req.prompt, req.image, req.system)
-    P = inp["input_ids"].shape[1]
+    P = inp["input_ids"].shape[1] if prompt_len is None else prompt_len
+    pre = inp["input_ids"][0].tolist() if prefix is None else list(prefix)
+    rep = RepetitionPenaltyLogitsProcessor(theta)
     st = {"running": [[]], "scores": [0.0], "finished": [], "open": True}
     snaps, chosen, times, rejects, back = {}, {}, {}, {}, []
     slot_locs = [[] for _ in range(K)]
@@ -321,7 +330,10 @@ def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, t
                     if bb == b:
                         row[t] = -999.0
                 cs = set(range(row.shape[-1]))
-            rows.append(torch.log_softmax(row, -1) + st["scores"][b])
+            lp = torch.log_softmax(row, -1)
+            if theta != 1.0:
+                lp = rep(torch.tensor([pre + g]), lp[None])[0]
+            rows.append(lp + st["scores"][b])
             cand_sets.append(cs)
         if ban is None:
             sm = [modes[b % len(modes)] for b in range(K)]

@@ -87,6 +87,69 @@ def test_total_length_norm_matches_a_429_port(vlms, family):
             assert (o2.token_ids, o2.meta["finish_reason"]) == gen
 
 
+class _LavisPenalty:
+    """LAVIS's InstructBLIP ``generate`` → the LLM's ``generate(inputs_embeds=…,
+    repetition_penalty=θ)`` in transformers 4.29: ``input_ids`` start as one BOS, so the penalty sees
+    BOS + the generated ids, never the prompt — written as a HF logits processor over the ids after
+    the prompt (``n``: prompt length)."""
+
+    def __init__(self, theta, n, bos):
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        self.proc, self.n, self.bos = RepetitionPenaltyLogitsProcessor(theta), n, bos
+
+    def __call__(self, input_ids, scores):
+        bos = torch.full((input_ids.shape[0], 1), self.bos, dtype=input_ids.dtype)
+        return self.proc(torch.cat([bos, input_ids[:, self.n:]], 1), scores)
+
+
+@pytest.mark.parametrize("family", ["llava", "instructblip"])
+def test_repetition_penalty_equals_hf_generate(vlms, family):
+    """The greedy method's ``repetition_penalty`` (θ = 1.5, LAVIS's default) equals transformers'
+    own ``generate``: greedy (processor on the logits) and 3 beams (processor on each beam's
+    log-probs over its own ids); ``repetition_context: prompt`` = ``generate(repetition_penalty=θ)``
+    over the prompt ids, ``generated`` = the LAVIS semantics (BOS + generated ids). The penalty
+    changes the output somewhere (it is not a no-op here)."""
+    from transformers import LogitsProcessorList
+
+    vlm = vlms[family]
+    bos = vlm.adapter.tokenizer.bos_token_id
+    changed = False
+    for req in REQS:
+        n = hf_inputs(vlm, req)["input_ids"].shape[1]
+        plain = generate(vlm, [req], max_new_tokens=N_NEW, eos_token_id=[])[0].token_ids
+        for beams in (1, 3):
+            for context in ("prompt", "generated"):
+                kw = ({"repetition_penalty": 1.5} if context == "prompt" else
+                      {"logits_processor": LogitsProcessorList([_LavisPenalty(1.5, n, bos)])})
+                want = hf_beams(vlm, req, [vlm.adapter.eos_token_ids[0]], num_beams=beams, **kw)[0]
+                got = generate(vlm, [req, REQS[0]], params={"repetition_penalty": 1.5, "repetition_context": context},
+                               max_new_tokens=N_NEW, eos_token_id=[], num_beams=beams)[0]
+                assert got.error is None, got.error
+                assert got.token_ids == want[:N_NEW], (family, req.item_id, beams, context)
+                changed |= beams == 1 and got.token_ids != plain
+    assert changed
+
+
+@pytest.mark.parametrize("family", ["instructblip"])
+def test_total_bos_length_norm_matches_a_429_port(vlms, family):
+    """length_norm="total_bos": Σ log p / (1 + generated)^lp — 4.29's ``BeamHypotheses`` when
+    ``generate`` got ``inputs_embeds`` only (one BOS in ``input_ids``); a separate batch-1 port,
+    and different from "total" somewhere."""
+    vlm = vlms[family]
+    differs = False
+    for req in REQS:
+        eos = _eos_for(vlm, req)
+        for lp in (1.0, 3.0):
+            want = ref_beam_search(vlm, req, 3, N_NEW, eos, length_penalty=lp, length_norm="total_bos")
+            o = generate(vlm, [req], max_new_tokens=N_NEW, eos_token_id=eos, num_beams=3, length_penalty=lp,
+                         length_norm="total_bos")[0]
+            assert (o.token_ids, o.meta["finish_reason"]) == want
+            total = ref_beam_search(vlm, req, 3, N_NEW, eos, length_penalty=lp, length_norm="total")
+            differs |= total != want
+    assert differs
+
+
 def test_beams_carry_every_branch(vlms):
     """A 2-branch method with beams: each beam's score is combine() of both branches; equals the
     plain port run on the combined scores."""

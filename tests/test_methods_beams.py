@@ -191,6 +191,28 @@ def test_opera_matches_reference(vlms, family):
         assert o.meta["opera_rollbacks"] == back == []
 
 
+@pytest.mark.parametrize("family", ["instructblip", "llava"])
+def test_opera_repetition_penalty_and_bos_length_match_reference(vlms, family):
+    """OPERA's InstructBLIP setting under protocol opera (LAVIS generate: θ = 1.5 over one BOS and the
+    generated ids, 4.29's total length with one prompt id) against the port: the penalty on each
+    beam's log-probs over its own ids, the normalisation 1 + generated; and it changes the output."""
+    from reference_beams import ref_opera
+    from vcdflow.protocols import get_protocol
+
+    vlm = vlms[family]
+    declared = dict(get_protocol("opera").resolve("opera", "instructblip", "chair").params)
+    assert declared == {"repetition_penalty": 1.5, "repetition_context": "generated", "length_norm": "total_bos"}
+    p = {"num_beams": 3, "num_attn_candidates": 3, **declared}
+    bos = vlm.adapter.tokenizer.bos_token_id
+    outs = generate(vlm, REQS[:2], method="opera", params=p, max_new_tokens=12, eos_token_id=[])
+    plain = generate(vlm, REQS[:2], method="opera", params={"num_beams": 3, "num_attn_candidates": 3},
+                     max_new_tokens=12, eos_token_id=[])
+    for r, o in zip(REQS[:2], outs):
+        want, _ = ref_opera(vlm, r, 3, 3, 50.0, 1.0, 12, [], theta=1.5, prefix=[bos], prompt_len=1)
+        assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id)
+    assert [o.token_ids for o in outs] != [o.token_ids for o in plain]
+
+
 def test_opera_eos_penalty_and_batching(vlms):
     """EOS hits end hypotheses as in the port; the penalty weight changes the output (α = 0 is a
     beam search over the top-N_can candidates only, not plain beams); batch 1 = batch 3."""

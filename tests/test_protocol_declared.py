@@ -115,3 +115,48 @@ def test_protocol_show_prints_every_resolved_field_with_its_source(capsys):
 def test_protocol_show_bad_input_is_one_line(capsys, argv, msg):
     rc, out, err = show(capsys, *argv)
     assert rc == 2 and out == "" and err.startswith(msg) and err.count("\n") == 1
+
+
+# --- InstructBLIP: LAVIS's repetition penalty ------------------------------------------------------
+LAVIS = {"repetition_penalty": 1.5, "repetition_context": "generated"}
+
+
+@pytest.mark.parametrize("protocol,method,line", [
+    # shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252 (default), :379-390 (generate call)
+    ("opera", "opera", "shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252,379-390"),
+    ("opera", "greedy", "shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252,379-390"),
+    # BillChan226/HALC and the VASparse fork: :331 (default), :485-496 (generate call)
+    ("halc", "dola", "BillChan226/HALC minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
+    ("dola", "dola", "mengchuang123/VASparse-github minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
+])
+def test_instructblip_runs_lavis_repetition_penalty(protocol, method, line):
+    for bench in ("pope", "chair"):
+        ib = resolved(protocol, method, "instructblip", bench)
+        assert {k: ib.params[k] for k in LAVIS} == LAVIS, (protocol, method, bench)
+        assert line in ib.sources["params"]
+        llava = resolved(protocol, method, "llava", bench)     # LLaVA-1.5's harness passes none
+        assert llava.params.get("repetition_penalty", 1.0) == 1.0
+    if method == "opera":  # 4.29's total length with input_ids = one BOS
+        assert resolved("opera", "opera", "instructblip", "chair").params["length_norm"] == "total_bos"
+
+
+def test_lavis_penalty_beam_lengths_and_the_methods_it_does_not_reach():
+    # beam5 (greedy, 5 beams) under OPERA on InstructBLIP: total length of BOS + generated
+    r = resolved("opera", "greedy", "instructblip", "chair")
+    assert r.search["length_norm"] == "total_bos" and resolved("opera", "greedy", "llava", "chair").search[
+        "length_norm"] == "total"
+    assert "transformers-4.29.2/src/transformers/generation/utils.py:548-550,584-594" in r.sources["search"]
+    # DoLa on CHAIR in HALC's harness: 3 beams, one BOS in the total length
+    assert dict(resolved("halc", "dola", "instructblip", "chair").search) == {"num_beams": 3, "length_norm": "total_bos"}
+    assert dict(resolved("halc", "dola", "llava", "chair").search) == {"num_beams": 3, "length_norm": "total"}
+    assert not resolved("halc", "dola", "instructblip", "pope").search
+    # SID (argmax before any processor, SID vcd_sample.py:180,190-191) and ONLY (its InstructBLIP
+    # script passes repetition_penalty=1, pope_eval_instructblip.py:254) are not affected; HALC's
+    # own loop applies it officially but the method does not model it (documented, not declared)
+    for protocol, method in (("sid", "sid"), ("only", "only"), ("halc", "halc")):
+        assert "repetition_penalty" not in resolved(protocol, method, "instructblip", "chair").params
+    import vcdflow.decoding.methods.halc as halc_module
+    from vcdflow.decoding import METHODS
+
+    assert "repetition_penalty" not in METHODS["halc"].defaults
+    assert "repetition_penalty=1.5" in halc_module.__doc__ and "not applied here" in halc_module.__doc__

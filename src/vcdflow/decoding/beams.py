@@ -24,7 +24,13 @@ picks from), so beams and look-ahead work with every method.
   the same heuristics). ``length_norm="generated"`` (5.24: the length counts generated tokens,
   EOS included) or ``"total"`` (transformers 4.29, OPERA's vendored copy,
   ``beam_search.py:889`` ``sum_logprobs / hyp.shape[-1] ** length_penalty``: prompt + generated
-  ids, EOS not included; its early-stop heuristic ``is_done`` likewise uses the total length).
+  ids, EOS not included; its early-stop heuristic ``is_done`` likewise uses the total length) or
+  ``"total_bos"`` (the same 4.29 rule when ``generate`` got ``inputs_embeds`` only — LAVIS's
+  InstructBLIP — so that ``input_ids`` start as one BOS: the length is 1 + generated, EOS not
+  included; ``shikiw/OPERA transformers-4.29.2/src/transformers/generation/utils.py:548-550,584-594``).
+  ``processors`` (the method's repetition penalty / no-repeat-n-gram, :mod:`vcdflow.decoding.processors`)
+  apply to each beam's log-probs over that beam's own ids before the beam score is added, as
+  transformers' ``beam_search`` does.
   The 4.29 bookkeeping otherwise differs from 5.24 only at ``max_new_tokens`` (4.29 finalises the
   running beams, 5.24 the top candidates of the last step); we follow 5.24 in both modes.
 * :class:`ContrastiveSearch` — E7 look-ahead: the top-k candidates of the method's scores are
@@ -117,7 +123,7 @@ def _choice(layout: Layout, picks, feed, tokens, done) -> Choice:
 
 
 # --- beam search (E11) ---------------------------------------------------------------------------
-LENGTH_NORMS = ("generated", "total")
+LENGTH_NORMS = ("generated", "total", "total_bos")
 
 
 def check_beam_args(num_beams, length_penalty, early_stopping, length_norm) -> None:
@@ -149,7 +155,7 @@ class BeamSearch:
 
     def __init__(self, score: Scorer, num_beams: int, length_penalty: float = 1.0,
                  early_stopping: bool | str = False, length_norm: str = "generated",
-                 log_probs: bool = True):
+                 log_probs: bool = True, processors: dict | None = None, hooks=None):
         check_beam_args(num_beams, length_penalty, early_stopping, length_norm)
         self.score = score
         self.k = int(num_beams)
@@ -157,13 +163,30 @@ class BeamSearch:
         self.early = early_stopping
         self.norm = length_norm
         self.log_probs = log_probs
+        self.processors = processors
+        self.hooks = hooks
         self.state: dict[int, _Beams] = {}
 
     # lengths ---------------------------------------------------------------------------------------
+    def _prompt_len(self, prompt_len: int) -> int:
+        """The prompt part of a 4.29 total length (``total_bos``: the one BOS of ``inputs_embeds``)."""
+        return 1 if self.norm == "total_bos" else prompt_len
+
     def _length(self, n_generated: int, eos: bool, prompt_len: int) -> int:
         if self.norm == "generated":
             return n_generated               # 5.24: cur_len + 1 − prompt_len, the EOS counted
-        return prompt_len + n_generated - (1 if eos else 0)   # 4.29: hyp = prompt + ids, no EOS
+        return self._prompt_len(prompt_len) + n_generated - (1 if eos else 0)   # 4.29: hyp = prompt + ids, no EOS
+
+    def process(self, lp: torch.Tensor, r: int, beams: list[list[int]]) -> torch.Tensor:
+        """The method's processors on request ``r``'s per-beam log-probs [n, V], each row over its
+        beam's ids (``beams[i]``: the generated ids of row i)."""
+        if not self.processors:
+            return lp
+        from .processors import prefix_ids, process_ids
+
+        pre = prefix_ids(self.hooks, r, self.processors["context"])
+        return process_ids(lp, [pre + list(b) for b in beams], self.processors["repetition"],
+                           self.processors["ngram"])
 
     def scores(self, step: int, logits: torch.Tensor, layout: Layout, spans) -> torch.Tensor:
         s = self.score(step, logits, spans).float()
@@ -218,8 +241,8 @@ class BeamSearch:
                 best_len = layout.limits[r]
             else:
                 best_len = n_now
-            if self.norm == "total":
-                best_len += layout.prompt_len[r]
+            if self.norm != "generated":
+                best_len += self._prompt_len(layout.prompt_len[r])
             best = float(st.running_scores[0]) / (best_len ** self.lp)
             worst = min(f[0] for f in st.finished)
             st.open = best > worst
@@ -253,8 +276,10 @@ class BeamSearch:
                 st = _Beams(running=[[] for _ in range(K)],
                             running_scores=torch.tensor([0.0] + [-1e9] * (K - 1)))
                 self.state[r] = st
-                lp = lp[:1].expand(K, V)
+                lp = self.process(lp[:1], r, [[]]).expand(K, V)
                 rows = rows[:1] * K
+            else:
+                lp = self.process(lp, r, st.running)
             n_eos = len(layout.eos)
             keep = min(max(2, 1 + n_eos) * K, lp.numel())
             top_lp, top_i = self.candidates(lp, st.running_scores.to(lp.device), keep, first, rows)

@@ -658,10 +658,13 @@ def plain_chooser(mode: str, temperature: float, top_k: int | None, top_p: float
 
 def method_scorer(method: Method, state: State, mode: str, temperature: float, top_k: int | None, top_p: float,
                   contexts: Sequence[BranchContext] | None = None, hooks: DecodeHooks | None = None,
-                  amateur=None, warped: bool = True):
+                  amateur=None, warped: bool = True, processed: bool = True):
     """``score(step, logits[R, V], spans) -> scores [len(spans), V]``: per span = (request, slot,
-    first row, n rows) of consecutive rows, combine → plausibility (original branch) → (sampling,
-    ``warped``) temperature/top-k/top-p. Spans with the same branch count are combined together.
+    first row, n rows) of consecutive rows, combine → (``processed``) the method's logits
+    processors (:meth:`Method.processors`: repetition penalty, no-repeat-n-gram over each request's
+    ids) → plausibility (original branch) → (sampling, ``warped``) temperature/top-k/top-p. Spans
+    with the same branch count are combined together. Beam search passes ``processed=False`` and
+    applies the processors to each beam's log-probs itself (transformers' order there).
 
     ``contexts`` (optional, one per request): each group's ``combine``/``plausibility`` then sees
     ``state.contexts`` = its requests' contexts (E8). ``combine``/``plausibility`` always see
@@ -674,6 +677,7 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
     from dataclasses import replace
 
     state = replace(state, temperature=None if mode == "greedy" else float(temperature))
+    procs = method.processors(state.params) if processed else None
     layout: dict = {}   # the last span layout's groups and index tensors (rebuilt when rows change)
 
     def groups_of(spans, device):
@@ -706,6 +710,10 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
             if ama is not None:
                 st = replace(st, amateur=ama.index_select(0, rows.view(len(members), nb)[:, 0]))
             scores = method.combine(L, step, st)
+            if procs is not None:
+                from .processors import apply_processors
+
+                scores = apply_processors(scores, st, procs["repetition"], procs["ngram"], procs["context"])
             beta = method.plausibility(L, step, st)
             if beta is not None:
                 scores = apc(scores, L[:, 0, :], beta)
@@ -993,6 +1001,9 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
     opts = dict(search_opts or {})
     gens = [make_generator(seed, it.key, "sample") for it in live]
     hooks = m.forward_hooks(ad, state.params)
+    procs = m.processors(state.params)
+    if hooks is None and procs is not None:
+        hooks = DecodeHooks()      # the processors read each request's ids through the hook seam
     contexts = [it.ctx for it in live]
     try:
         amateur = m.amateur_stream(ad, state.params) if hasattr(m, "amateur_stream") else None
@@ -1002,9 +1013,10 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         opts.update(mode=mode, amateur=amateur, contexts=contexts)
         search = m.search(score, state.params, hooks, opts) if hasattr(m, "search") else None
         if search is None and opts.get("num_beams", 1) > 1:
-            search = BeamSearch(score=score, num_beams=opts["num_beams"],
+            raw = method_scorer(m, state, mode, temperature, top_k, top_p, contexts, hooks, amateur, processed=False)
+            search = BeamSearch(score=raw if procs is not None else score, num_beams=opts["num_beams"],
                                 length_penalty=opts["length_penalty"], early_stopping=opts["early_stopping"],
-                                length_norm=opts["length_norm"])
+                                length_norm=opts["length_norm"], processors=procs, hooks=hooks)
         choose = search if search is not None else method_chooser(m, state, mode, temperature, top_k, top_p, gens,
                                                                    contexts, hooks, amateur)
         if compile != "off":

@@ -49,3 +49,15 @@ def harness_instructblip(template_src: str, image_src: str) -> dict:
     """The ``instructblip`` family layer of a MiniGPT-4-style harness."""
     return {"system": S(None, f"no system text ({template_src})"), "chat_template": S("instructblip_raw", template_src),
             "image_preprocess": S("processor", image_src)}
+
+
+def lavis_penalty(repo: str, blip2_lines: str, tu_init: str, why: str = "") -> S:
+    """LAVIS's InstructBLIP ``generate`` default ``repetition_penalty=1.5`` in a MiniGPT-4-style
+    harness (``repo``'s ``minigpt4/models/blip2_vicuna_instruct.py`` at ``blip2_lines``: the
+    default and the LLM ``generate(inputs_embeds=…, repetition_penalty=…)`` call; no script
+    overrides it), over one BOS and the generated ids (``tu_init``: where its transformers starts
+    ``input_ids`` as one BOS when given ``inputs_embeds`` only)."""
+    return S({"repetition_penalty": 1.5, "repetition_context": "generated"},
+             f"{repo} minigpt4/models/blip2_vicuna_instruct.py:{blip2_lines} (LAVIS generate: repetition_penalty=1.5 "
+             f"default passed to llm_model.generate(inputs_embeds=...); no run script sets it); penalised ids = one "
+             f"BOS + the generated ids: {tu_init} (input_ids start as one BOS)" + (f"; {why}" if why else ""))

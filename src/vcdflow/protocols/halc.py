@@ -35,25 +35,36 @@ templates (LLaVA-1.5 ``halc_llava`` with the "curious user" system text, Instruc
   config/paper.yaml until the beams of HALC's "beam search" row are read. DoLa's layer choice:
   HALC averages it over the beams, here each beam chooses its own (:mod:`vcdflow.decoding.methods.dola`).
 
+* **InstructBLIP: LAVIS's repetition penalty 1.5.** LAVIS's ``generate``
+  (``minigpt4/models/blip2_vicuna_instruct.py:331,485-496``; no run script sets it) passes
+  ``repetition_penalty=1.5`` to the LLM's ``generate``, which gets ``inputs_embeds`` only, so its
+  ``input_ids`` start as one BOS (``utils.py:658-660,670-696``): the penalty sees BOS + the
+  generated ids. Declared here for ``dola`` (``dola_greedy_decode`` :3649; ``dola_beam_search``
+  :6941, per beam after the log-softmax; CHAIR's total length = 1 + generated). HALC's own loop
+  applies it as well (:4662, :4809, :4980); vcdflow's ``halc`` does not model it (its docstring).
+
 Families: LLaVA-1.5 and InstructBLIP (also MiniGPT-4, mPLUG-Owl2). Not run: Qwen2.5-VL.
 """
 
 from __future__ import annotations
 
-from ._shared import CHAIR_PROMPT, harness_instructblip, harness_llava
+from ._shared import CHAIR_PROMPT, harness_instructblip, harness_llava, lavis_penalty
 from .base import Protocol, S
 
 
 def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method: str, params: S,
                  families: tuple[str, ...] = ("llava", "instructblip"),
                  benchmarks: tuple[str, ...] = ("chair", "pope"), cg_path: str = "run_scripts/caption_generation.py",
-                 notes: str = "", more_params: dict | None = None, bench_layers: dict | None = None) -> Protocol:
+                 notes: str = "", more_params: dict | None = None, bench_layers: dict | None = None,
+                 family_layers: dict | None = None, family_bench_layers: dict | None = None) -> Protocol:
     """A protocol in the HALC harness of ``repo``; ``cg`` / ``pe`` give the line numbers (as text)
     in its caption (CHAIR) and POPE scripts: keys ``template``, ``ib_template``, ``beam``, ``seed``,
     ``max``, ``n``, ``prompt`` (CHAIR), and ``qtemplate``, ``recorder`` (POPE). ``more_params``:
     further ``{method: S(params)}`` of the common layer (other methods the harness runs);
     ``bench_layers``: ``{kind: {field: value}}`` merged into a benchmark's layer (``params`` /
-    ``search`` per method)."""
+    ``search`` per method); ``family_layers``: ``{family: {field: value}}`` merged into a family's
+    layer (InstructBLIP's LAVIS repetition penalty); ``family_bench_layers``: ``{(family, kind):
+    {field: value}}``, the family × benchmark layers."""
     CG = f"{repo} {cg_path}"
     PE = f"{repo} run_scripts/pope_eval.py"
     YAML = f"{repo} eval_configs/llava-1.5_eval.yaml"
@@ -69,6 +80,16 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
                              "max_new_tokens": S(16, f"{PE}:{pe['max']}")}
     for kind, layer in (bench_layers or {}).items():
         benchmark[kind] = {**benchmark.get(kind, {}), **layer}
+    family = {
+        "llava": harness_llava(f"{YAML}:13 (system_message)",
+                               f"{CG}:{cg['template']} ('USER: <ImageHere> <question> ASSISTANT:'); {repo} "
+                               f"minigpt4/models/llava.py:{cg['sysjoin']} (system_message + prompt: no separator)",
+                               f"{YAML}:21 (clip_image_eval)"),
+        "instructblip": harness_instructblip(f"{CG}:{cg['ib_template']} ('<ImageHere><question>')",
+                                             f"{repo} eval_configs/instructblip_eval.yaml (blip2_image_eval)"),
+    }
+    for fam, layer in (family_layers or {}).items():
+        family[fam] = {**family.get(fam, {}), **layer}
     return Protocol(
         name=name, title=title, families_run=families, benchmarks_run=benchmarks,
         common={
@@ -80,14 +101,8 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
             "params": {method: params, **(more_params or {})},
         },
         benchmark=benchmark,
-        family={
-            "llava": harness_llava(f"{YAML}:13 (system_message)",
-                                   f"{CG}:{cg['template']} ('USER: <ImageHere> <question> ASSISTANT:'); {repo} "
-                                   f"minigpt4/models/llava.py:{cg['sysjoin']} (system_message + prompt: no separator)",
-                                   f"{YAML}:21 (clip_image_eval)"),
-            "instructblip": harness_instructblip(f"{CG}:{cg['ib_template']} ('<ImageHere><question>')",
-                                                 f"{repo} eval_configs/instructblip_eval.yaml (blip2_image_eval)"),
-        },
+        family=family,
+        family_benchmark=dict(family_bench_layers or {}),
         modes={method: S("greedy", f"{CG}:{cg['beam']} (-b {cg['beam_value']}, no --sample: the method's own "
                                    "token choice / beams, no sampling)")},
         default_mode=S("greedy", f"{CG}:{cg['beam']} (no --sample)"),
@@ -97,6 +112,8 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
 
 R = "BillChan226/HALC"
 TU = f"{R} transformers-4.36.2/src/transformers/generation/utils.py"
+#: LAVIS's InstructBLIP generate in HALC's copy: repetition_penalty 1.5 over BOS + generated ids
+IB_PENALTY = lavis_penalty(R, "331,485-496", f"{TU}:658-660,670-696")
 
 PROTOCOL = halc_harness(
     "halc", "HALC (Chen et al., ICML 2024, arXiv 2403.00425)", R, method="halc",
@@ -131,4 +148,16 @@ PROTOCOL = halc_harness(
                                  ":499 halc_params['beam_size'] (one beam on POPE)")},
         },
     },
+    # InstructBLIP: LAVIS's repetition penalty for DoLa (dola_greedy_decode :3649, dola_beam_search
+    # :6941 on each beam's log-probs); on CHAIR the beams' total length counts one BOS, not the prompt.
+    # HALC's own loop applies it too (:4662, :4809, :4980): not modelled (the method's docstring)
+    family_layers={"instructblip": {"params": {"dola": S(
+        IB_PENALTY.value,
+        IB_PENALTY.source + f"; dola_greedy_decode {TU}:3649, dola_beam_search {TU}:6941 (after the log-softmax, "
+        "per beam)")}}},
+    family_bench_layers={("instructblip", "chair"): {"search": {"dola": S(
+        {"num_beams": 3, "length_norm": "total_bos"},
+        f"{R} run_scripts/caption_generation.py:111 (-b 3) -> {TU}:1910 (dola_beam_search); {TU}:6975 (no "
+        f"decoder_prompt_len: the total length) with input_ids = one BOS ({TU}:658-660,670-696, inputs_embeds only): "
+        "1 + generated")}}},
 )

@@ -13,6 +13,8 @@ CHAIR, MME (no AMBER: from ``unified``).
   CHAIR: 500 images, **128** tokens, seed 3407, γ = 0.25; MME: seed 5, γ = 0.25, **β = 0.4**.
   α₁ = 3 (collaborative), α₂ = 1 (contrastive), enhanced layer 0 everywhere.
 * Parser: the ``recorder`` rule (OPERA's).
+* No repetition penalty, InstructBLIP included: ONLY's InstructBLIP script passes
+  ``repetition_penalty=1`` (``eval_bench/pope_eval_instructblip.py:254``), overriding LAVIS's 1.5.
 """
 
 from __future__ import annotations

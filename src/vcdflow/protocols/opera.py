@@ -28,17 +28,29 @@ MiniGPT-4 and Shikra). Not run: Qwen2.5-VL. Benchmarks: POPE and CHAIR (MME and 
   expanded image tokens); ``length_penalty`` / ``early_stopping`` 1.0 / False (not passed).
 * Images: ``clip_image_eval`` (resize + centre crop, no pad) for LLaVA, ``blip2_image_eval``
   (224², bicubic) for InstructBLIP.
+* **InstructBLIP: repetition penalty 1.5 and a one-id prompt.** LAVIS's ``generate``
+  (``minigpt4/models/blip2_vicuna_instruct.py:252,379-390``) defaults to
+  ``repetition_penalty=1.5`` and no script overrides it, so OPERA's InstructBLIP runs — ``opera``
+  and the released ``greedy``/``beam5`` baselines alike — apply it, inside OPERA's beam search
+  after the log-softmax (``transformers-4.29.2/.../generation/utils.py:3567``). It calls the LLM's
+  ``generate`` with ``inputs_embeds`` only, so ``input_ids`` start as one BOS (``utils.py:548-550,
+  584-594``): the penalty sees BOS + the generated ids (``repetition_context: generated``) and the
+  total-length normalisation counts one prompt id (``length_norm: total_bos``). LLaVA-1.5's
+  ``generate`` passes none (``minigpt4/models/llava.py``).
 """
 
 from __future__ import annotations
 
-from ._shared import CHAIR_PROMPT, harness_instructblip, harness_llava
+from ._shared import CHAIR_PROMPT, harness_instructblip, harness_llava, lavis_penalty
 from .base import Protocol, S
 
 R = "shikiw/OPERA"
 PE = f"{R} pope_eval.py"
 CE = f"{R} chair_eval.py"
 YAML = f"{R} eval_configs/llava-1.5_eval.yaml"
+TU = f"{R} transformers-4.29.2/src/transformers/generation/utils.py"
+#: LAVIS's InstructBLIP generate: repetition_penalty 1.5 over BOS + generated ids
+IB_PENALTY = lavis_penalty(R, "252,379-390", f"{TU}:548-550,584-594")
 
 PROTOCOL = Protocol(
     name="opera",
@@ -76,8 +88,20 @@ PROTOCOL = Protocol(
                                f"{PE}:50 ('USER: <ImageHere> <question> ASSISTANT:'); {R} minigpt4/models/llava.py:118 "
                                "(system_message + prompt: no separator)",
                                f"{YAML}:19-22 (clip_image_eval)"),
-        "instructblip": harness_instructblip(f"{PE}:47 ('<ImageHere><question>')",
-                                             f"{R} eval_configs/instructblip_eval.yaml:15 (blip2_image_eval)"),
+        "instructblip": {
+            **harness_instructblip(f"{PE}:47 ('<ImageHere><question>')",
+                                   f"{R} eval_configs/instructblip_eval.yaml:15 (blip2_image_eval)"),
+            "params": {"opera": S({**IB_PENALTY.value, "length_norm": "total_bos"},
+                                  IB_PENALTY.source + f"; applied after the log-softmax in opera_beam_search "
+                                  f"({TU}:3567); length: {TU}:548-550,584-594 + {R} transformers-4.29.2/src/"
+                                  "transformers/generation/beam_search.py:889 (hyp = BOS + generated)"),
+                       # the released greedy/beam5 captions come from the same LAVIS generate
+                       "greedy": IB_PENALTY},
+            "search": {"*": S({"length_norm": "total_bos"},
+                              f"{TU}:548-550,584-594 (inputs_embeds only: input_ids = one BOS) + {R} "
+                              "transformers-4.29.2/src/transformers/generation/beam_search.py:889 "
+                              "(sum_logprobs / hyp.shape[-1] ** length_penalty, hyp = BOS + generated)")},
+        },
     },
     family_benchmark={
         ("instructblip", "chair"): {

@@ -12,6 +12,9 @@ Qwen2.5-VL. Benchmarks: POPE (``pope_eval.py``) and CHAIR (``eval_utils/chair_ev
   **argmax of the un-masked contrast** s = (1+α)ℓ − αℓ_SID with **α = 0.5** (the sampler's default;
   no script passes ``cd_alpha``) — greedy, no APC; β = 0.1 only in sampling mode. CHAIR's
   ``--sample`` defaults to False (plain greedy unless passed): the protocol runs SID there too.
+* No repetition penalty, InstructBLIP included: SID's LAVIS ``generate`` passes the default
+  ``repetition_penalty=1.5`` on, but its ``--sample-greedy`` path takes the argmax of the contrast
+  before any logits processor runs (``vcd_sample.py:180,190-191``), so the penalty never acts.
 """
 
 from __future__ import annotations

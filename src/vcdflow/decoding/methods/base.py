@@ -144,6 +144,17 @@ class Method:
             raise ValueError(f"parameter 'noise_step' of method {self.name!r} must be in 0..999, "
                              f"got {p['noise_step']}")
 
+    def processors(self, p: Mapping[str, Any]) -> dict | None:
+        """The HF logits processors this run applies (:mod:`vcdflow.decoding.processors`), read
+        from the parameters ``repetition_penalty``, ``no_repeat_ngram_size`` and
+        ``repetition_context`` where the method has them: ``{"repetition", "ngram", "context"}``,
+        or None when both processors are neutral. The engine applies them."""
+        theta = float(p.get("repetition_penalty", 1.0))
+        ngram = int(p.get("no_repeat_ngram_size", 0))
+        if theta == 1.0 and ngram <= 0:
+            return None
+        return {"repetition": theta, "ngram": ngram, "context": str(p.get("repetition_context", "prompt"))}
+
     # --- stages -----------------------------------------------------------------------------------
     def prepare(self, items: list, runner) -> None:
         """Batched work before ``branches`` (default: none). ``items`` have ``.request``,

@@ -43,7 +43,7 @@ from types import MappingProxyType
 import torch
 
 from ..layers import HiddenStates, early_exit, n_layers
-from ..processors import apply_processors, check_processor_params
+from ..processors import check_processor_params
 from .base import Method
 
 
@@ -120,7 +120,7 @@ class DeCo(Method):
             out[g, c] = mixed[c]
             dist = state.contexts[g].meta.setdefault("deco_layers", {})
             dist[str(layers[li])] = dist.get(str(layers[li]), 0) + 1
-        return apply_processors(out, state, float(p["repetition_penalty"]), int(p["no_repeat_ngram_size"]))
+        return out  # the engine applies the processors (Method.processors)
 
     def plausibility(self, logits, step, state):
         return None

@@ -34,8 +34,13 @@ Parameters:
 * ``repetition_penalty`` = θ = **1.2**: every official DoLa generation run sets it for the DoLa
   modes when not given (``gsm8k_eval.py:292-302``, ``tfqa_eval.py:189-199``, ``strqa_eval.py:
   255-265``, ``gpt4_judge_eval.py:79-89``; 1.0 only for the baseline mode); HF warns below 1.2.
-  The LVLM harnesses differ: HALC's ``caption_generation.py`` runs no repetition penalty (set 1.0
-  to reproduce them). ``no_repeat_ngram_size`` = 0 (HF processor, off).
+  The LVLM harnesses differ: HALC's ``caption_generation.py`` runs no repetition penalty for
+  LLaVA-1.5 (set 1.0 to reproduce it), while on InstructBLIP LAVIS's ``generate`` default θ = 1.5
+  applies over one BOS and the generated ids (``repetition_context: generated``; protocols ``dola``
+  and ``halc``). ``no_repeat_ngram_size`` = 0 (HF processor, off). ``repetition_context`` =
+  ``"prompt"`` (the processors see the prompt and the generated ids; :mod:`vcdflow.decoding.processors`).
+  The engine applies the processors after the contrast (greedy, sampling) or to each beam's
+  log-probs (``dola_beam_search``, 4.36.2 ``utils.py`` L6937-6942 in HALC's copy).
 * Greedy (``dola_greedy_decode``) and sampling (``dola_sample``: processors, then warpers) are
   both official.
 
@@ -62,7 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import HiddenStates, bucket, early_exit, n_layers, start_layer
-from ..processors import apply_processors, check_processor_params
+from ..processors import check_processor_params
 from .base import Method
 
 
@@ -87,7 +92,8 @@ class DoLa(Method):
     name = "dola"
     requires_image = False
     defaults = MappingProxyType({"layers": "low", "premature": None, "relative_top": 0.1,
-                                 "repetition_penalty": 1.2, "no_repeat_ngram_size": 0})
+                                 "repetition_penalty": 1.2, "no_repeat_ngram_size": 0,
+                                 "repetition_context": "prompt"})
     nullable = frozenset({"premature"})
     param_types = MappingProxyType({"layers": (str, list, tuple), "premature": (int,)})
 
@@ -139,7 +145,7 @@ class DoLa(Method):
             dist = ctx.meta.setdefault("dola_premature", {})
             key = str(layers[int(pick[k])])
             dist[key] = dist.get(key, 0) + 1
-        return apply_processors(scores, state, float(p["repetition_penalty"]), int(p["no_repeat_ngram_size"]))
+        return scores  # the engine applies the processors (Method.processors)
 
     def plausibility(self, logits, step, state):
         return None

@@ -112,7 +112,15 @@ naming the parameter.
 * **Start.** The official starts from B identical beams, we from one row copied at the first
   selection (no word is judged at the first token, so the same hypotheses).
 * Mature logits: HALC takes every layer from one ``early_exit_layers`` forward; identical here.
-  HF logits processors (none in HALC's caption script) are not applied.
+* **Logits processors.** The loop applies transformers' ``logits_processor`` to the DoLa token's
+  scores (``beam_input_ids``), the FOV candidates' contrast logits and the re-decoded token's
+  (``beam_intermediate_token_lists``) (vendored ``transformers-4.36.2/.../generation/utils.py``
+  L4662, L4809, L4980). For LLaVA-1.5 it holds only ``min_length`` (modelled above: prompt + 8,
+  L4528); for **InstructBLIP** it also holds LAVIS's ``generate`` default ``repetition_penalty=1.5``
+  (``minigpt4/models/blip2_vicuna_instruct.py:331,485-496``; no script sets it), over one BOS and
+  the generated ids. That penalty is **not applied here** (no ``repetition_penalty`` parameter):
+  an InstructBLIP run of ``halc`` under protocol ``halc`` differs from the official one by it
+  (expected to matter most on 64-token CHAIR captions, where repeated words are penalised).
 * GroundingDINO through transformers' port instead of the original CUDA build (see
   :mod:`vcdflow.aux_models`). The word-start test of a non-LLaMA tokenizer is generalised
   (:func:`starts_word`; HALC reads LLaMA's vocabulary file, ``halc.py:89-100``).

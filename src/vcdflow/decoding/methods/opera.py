@@ -52,7 +52,15 @@ README fast setting: threshold 25, N_can 1. Finished hypotheses are scored Σ lo
 length^``length_penalty`` with the prompt in the length (4.29's ``BeamHypotheses``:
 ``length_norm="total"``); our prompt length counts the expanded image tokens (OPERA's LLaVA
 counts one ``<image>`` placeholder id) and we keep 5.24's bookkeeping at ``max_new_tokens``
-(:mod:`vcdflow.decoding.beams`). Image positions come from the adapter's image mask (LLaVA's 576,
+(:mod:`vcdflow.decoding.beams`); ``length_norm`` = ``"total_bos"`` counts one prompt id instead —
+InstructBLIP in OPERA's harness, where LAVIS's ``generate`` passes ``inputs_embeds`` only and 4.29
+starts ``input_ids`` as one BOS (``utils.py`` L548–550, L584–594). **Logits processors**:
+``repetition_penalty`` (θ = 1.0: off) over ``repetition_context`` ids (:mod:`vcdflow.decoding.processors`)
+apply to each beam's log-probs after the ``log_softmax`` of step 5 and of the rollback's re-choice,
+before the beam score (``logits_processor(input_ids, next_token_scores)``, L3567, on the beam's
+``input_ids``); OPERA's InstructBLIP runs LAVIS's ``generate`` default θ = 1.5 over one BOS and the
+generated ids (``minigpt4/models/blip2_vicuna_instruct.py:252,379-390``; protocol ``opera``), its
+LLaVA-1.5 none. Image positions come from the adapter's image mask (LLaVA's 576,
 InstructBLIP's 32 query tokens — the code's window there is off by one —, Qwen2.5-VL's dynamic
 span). Greedy only (the reference's greedy branch is ``assert False``). Every family.
 
@@ -71,6 +79,7 @@ import torch
 
 from ..attention import AttentionHooks
 from ..beams import BeamSearch, Layout, _Beams, _choice
+from ..processors import check_processor_params
 from .base import Method
 
 
@@ -144,9 +153,10 @@ class OperaSearch(BeamSearch):
       then the chosen tokens are fed (→ ``expand``)."""
 
     def __init__(self, hooks: OperaAttention, num_beams: int, n_can: int, scale: float, alpha: float,
-                 threshold: int, retrospection: bool = True, length_penalty: float = 1.0, contexts=None):
+                 threshold: int, retrospection: bool = True, length_penalty: float = 1.0, contexts=None,
+                 length_norm: str = "total", processors: dict | None = None):
         super().__init__(score=None, num_beams=num_beams, length_penalty=length_penalty, early_stopping=False,
-                         length_norm="total")
+                         length_norm=length_norm, processors=processors, hooks=hooks)
         self.hooks = hooks
         self.n_can = int(n_can)
         self.scale = float(scale)
@@ -211,7 +221,7 @@ class OperaSearch(BeamSearch):
                 for b, t in self.rejects[r][rp]:
                     if b < z.shape[0]:
                         z[b, t] = -999.0
-                lp = torch.log_softmax(z, dim=-1)
+                lp = self.process(torch.log_softmax(z, dim=-1), r, st.running)
                 keep = min(max(2, 1 + len(layout.eos)) * self.k, lp.numel())
                 top, idx = torch.topk((lp + st.running_scores[:, None]).reshape(-1), k=keep)
                 beam, tok = (idx // V).tolist(), (idx % V).tolist()
@@ -246,6 +256,7 @@ class OperaSearch(BeamSearch):
                 lp[b, torch.tensor(ids)] = scores
             lp = torch.log_softmax(lp, dim=-1)
             st = self.state[r]
+            lp = self.process(lp, r, [[]] if st is None else st.running)
             s_now = 0 if st is None else len(st.running[0])
             slot_modes = [modes[b % len(modes)] for b in range(self.k)]
             for b in range(self.k):
@@ -319,7 +330,8 @@ class OPERA(Method):
     name = "opera"
     defaults = MappingProxyType({"num_beams": 5, "scale_factor": 50.0, "threshold": 15,
                                  "num_attn_candidates": 5, "penalty_weights": 1.0, "retrospection": True,
-                                 "penalty_dtype": "float32"})
+                                 "penalty_dtype": "float32", "length_norm": "total", "repetition_penalty": 1.0,
+                                 "repetition_context": "prompt"})
     requires_image = False
     mode = "greedy"
 
@@ -333,6 +345,10 @@ class OPERA(Method):
         if p["penalty_dtype"] not in PENALTY_DTYPES:
             raise ValueError(f"parameter 'penalty_dtype' of method {self.name!r} must be one of "
                              f"{', '.join(PENALTY_DTYPES)}, got {p['penalty_dtype']!r}")
+        if p["length_norm"] not in ("total", "total_bos"):
+            raise ValueError(f"parameter 'length_norm' of method {self.name!r} must be 'total' or 'total_bos', "
+                             f"got {p['length_norm']!r}")
+        check_processor_params(self.name, p)
 
     def forward_hooks(self, adapter, params):
         return OperaAttention(PENALTY_DTYPES[params["penalty_dtype"]])
@@ -343,7 +359,8 @@ class OPERA(Method):
         return OperaSearch(hooks, int(params["num_beams"]), int(params["num_attn_candidates"]),
                            float(params["scale_factor"]), float(params["penalty_weights"]),
                            int(params["threshold"]), bool(params["retrospection"]),
-                           length_penalty=opts.get("length_penalty", 1.0), contexts=opts.get("contexts"))
+                           length_penalty=opts.get("length_penalty", 1.0), contexts=opts.get("contexts"),
+                           length_norm=params["length_norm"], processors=self.processors(params))
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]

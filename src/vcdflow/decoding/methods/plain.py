@@ -5,6 +5,13 @@
   the "Regular" baseline of VCD Table 1 (T = 1, top_p = 1).
 
 Neither needs an image (text-only prompts decode too). No plausibility constraint.
+
+Parameters: ``repetition_penalty`` θ = 1.0 (off) and ``repetition_context`` (``"prompt"``):
+transformers' ``RepetitionPenaltyLogitsProcessor`` over the ids (:mod:`vcdflow.decoding.processors`),
+for a harness whose ``generate`` passes one — LAVIS's InstructBLIP ``generate`` defaults to
+``repetition_penalty=1.5`` over one BOS and the generated ids (``repetition_context: generated``),
+which OPERA's greedy and beam-search baselines inherit (protocol ``opera``). In beam search it
+applies to each beam's log-probs, as transformers does.
 """
 
 from __future__ import annotations
@@ -12,16 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ..processors import check_processor_params
 from .base import Method
 
 
 @dataclass(frozen=True)
 class Greedy(Method):
     name = "greedy"
-    defaults = MappingProxyType({})
+    defaults = MappingProxyType({"repetition_penalty": 1.0, "repetition_context": "prompt"})
     requires_image = False
     mode = "greedy"
     plain = True
+
+    def validate(self, p):
+        super().validate(p)
+        check_processor_params(self.name, p)
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import HiddenStates, bucket, n_layers, start_layer
-from ..processors import apply_processors, check_processor_params
+from ..processors import check_processor_params
 from .base import Method
 
 LAYER_SETS = ("all", "last", "low", "high")
@@ -157,7 +157,7 @@ class ReVisiT(Method):
             layer = str(layers[k // n_img])
             dist = state.contexts[g].meta.setdefault("revisit_layers", {})
             dist[layer] = dist.get(layer, 0) + 1
-        return apply_processors(out, state, float(p["repetition_penalty"]), int(p["no_repeat_ngram_size"]))
+        return out  # the engine applies the processors (Method.processors)
 
     def plausibility(self, logits, step, state):
         return None
