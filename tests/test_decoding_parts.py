@@ -257,7 +257,8 @@ def test_parameter_resolution():
                             "valid parameters: alpha, beta, crop_size, draw, transform")
     with pytest.raises(ValueError) as e:
         METHODS["greedy"].resolve({"alpha": 1})
-    assert str(e.value) == "unknown parameter 'alpha' for method 'greedy'; valid parameters: (none)"
+    assert str(e.value) == ("unknown parameter 'alpha' for method 'greedy'; valid parameters: repetition_context, "
+                            "repetition_penalty")
     with pytest.raises(ValueError, match="'beta' of method 'vcd' must be in"):
         METHODS["vcd"].resolve({"beta": 2})
     with pytest.raises(ValueError, match="'variant' of method 'm3id'"):

@@ -170,7 +170,7 @@ def test_beam_run_hash_differs_and_one_beam_records_stay_as_they_were():
     ({"method": "greedy", "num_beams": 2, "early_stopping": "sometimes"},
      "config methods.x.early_stopping: early_stopping must be True, False or 'never', got 'sometimes'"),
     ({"method": "greedy", "num_beams": 2, "length_norm": "all"},
-     "config methods.x.length_norm: length_norm must be one of generated, total, got 'all'"),
+     "config methods.x.length_norm: length_norm must be one of generated, total, total_bos, got 'all'"),
     ({"method": "greedy", "length_penalty": 2.0},
      "config methods.x.length_penalty: only used by beam search, and this run has one beam"),
 ], ids=["sample+beams", "method-sample", "vcd-sample", "opera", "contrastive_search", "text_cd-li", "str", "zero",
