@@ -201,14 +201,16 @@ def test_opera_repetition_penalty_and_bos_length_match_reference(vlms, family):
 
     vlm = vlms[family]
     declared = dict(get_protocol("opera").resolve("opera", "instructblip", "chair").params)
-    assert declared == {"repetition_penalty": 1.5, "repetition_context": "generated", "length_norm": "total_bos"}
+    assert {k: declared[k] for k in ("repetition_penalty", "repetition_context", "length_norm")} == {
+        "repetition_penalty": 1.5, "repetition_context": "generated", "length_norm": "total_bos"}
     p = {"num_beams": 3, "num_attn_candidates": 3, **declared}
     bos = vlm.adapter.tokenizer.bos_token_id
     outs = generate(vlm, REQS[:2], method="opera", params=p, max_new_tokens=12, eos_token_id=[])
-    plain = generate(vlm, REQS[:2], method="opera", params={"num_beams": 3, "num_attn_candidates": 3},
+    plain = generate(vlm, REQS[:2], method="opera", params={**p, "repetition_penalty": 1.0},
                      max_new_tokens=12, eos_token_id=[])
     for r, o in zip(REQS[:2], outs):
-        want, _ = ref_opera(vlm, r, 3, 3, 50.0, 1.0, 12, [], theta=1.5, prefix=[bos], prompt_len=1)
+        want, _ = ref_opera(vlm, r, 3, 3, 50.0, 1.0, 12, [], theta=1.5, prefix=[bos], prompt_len=1,
+                            fp16=declared.get("penalty_dtype") == "float16")
         assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id)
     assert [o.token_ids for o in outs] != [o.token_ids for o in plain]
 

@@ -80,8 +80,9 @@ def test_protocol_show_prints_every_resolved_field_with_its_source(capsys):
     assert [(r["family"], r["benchmark"], r["method"]) for r in rows] == [("instructblip", "pope", "halc"),
                                                                          ("llava", "pope", "halc")]
     # read generically from the record: every field of Resolved but the parameters, each with a source
-    assert set(rows[0]["fields"]) == {f.name for f in fields(Resolved)} - {"protocol", "sources", "params"}
-    assert all(v["source"] for v in rows[0]["fields"].values())
+    assert {k.split(".")[0] for k in rows[0]["fields"]} == {f.name for f in fields(Resolved)} - {
+        "protocol", "sources", "params"}
+    assert all(v["source"] for row in rows for v in row["fields"].values())
     assert rows[0]["fields"]["max_new_tokens"] == {"value": 16,
                                                    "source": "BillChan226/HALC run_scripts/pope_eval.py:105"}
     # the effective parameters: the protocol's override with its citation, the rest the method's defaults
@@ -89,6 +90,10 @@ def test_protocol_show_prints_every_resolved_field_with_its_source(capsys):
     assert "pope_eval.py:98" in rows[0]["params"]["beam_size"]["source"]
     assert rows[0]["params"]["k_candidates"] == {"value": 4,
                                                  "source": "the method's default (vcdflow.decoding.methods.halc)"}
+    # a record field (the benchmark data) is shown per declared key with that key's source
+    rc, out, _ = show(capsys, "opera", "--family", "llava", "--benchmark", "pope", "--json")
+    assert json.loads(out)["fields"]["data.pope_version"]["value"] == "e3e3926"
+    assert "pope_eval.py" in json.loads(out)["fields"]["data.pope_version"]["source"]
     # the text form carries the same values and sources; default families = the ones the protocol ran
     rc, out, _ = show(capsys, "vasparse")
     assert rc == 0 and out.startswith("protocol vasparse: VASparse") and "== llava × chair" in out

@@ -7,7 +7,9 @@ value with its source, before any GPU hour is spent; ``vcdflow protocol list``: 
 
 For each (family, benchmark) — by default the families and benchmarks the protocol ran — it
 prints every field of :class:`vcdflow.protocols.Resolved` (read from the record itself, so a field
-added to it later is shown without changing this command) with ``sources[field]``, then the
+added to it later is shown without changing this command) with ``sources[field]`` — a field that
+is a record of optional settings (``data``: CHAIR image subset, POPE question-file version) one
+line per declared key with ``sources[key]`` —, then the
 method's effective parameters: the protocol's overrides with their source, the rest the method's
 own defaults. A family or benchmark the paper did not run says so (its family- or benchmark-
 specific fields come from ``unified``). ``--method`` picks the method whose mode and parameters
@@ -81,8 +83,23 @@ def settings(protocol: str, method: str | None = None, families: list[str] | Non
         for bench in benches:
             r = proto.resolve(method, fam, bench)
             src = dict(r.sources)
-            shown = {f.name: {"value": _plain(getattr(r, f.name)), "source": src.get(f.name, "")}
-                     for f in fields(Resolved) if f.name not in _SPECIAL}
+            shown: dict[str, dict] = {}
+            used: set[str] = set()
+            for f in fields(Resolved):
+                if f.name in _SPECIAL:
+                    continue
+                value = getattr(r, f.name)
+                if f.name not in src and hasattr(value, "items"):
+                    # a record of optional settings (the benchmark data): one entry per declared key,
+                    # each with its own source
+                    for k, v in value.items():
+                        shown[f"{f.name}.{k}"] = {"value": _plain(v), "source": src.get(k, "")}
+                        used.add(k)
+                    if not value:
+                        shown[f.name] = {"value": {}, "source": "none declared: the config's setting"}
+                    continue
+                shown[f.name] = {"value": _plain(value), "source": src.get(f.name, "")}
+                used.add(f.name)
             if "search" in shown and not shown["search"]["value"]:
                 shown["search"]["source"] = ("none fixed: one beam (a config entry's num_beams, or a method "
                                              "that runs its own search, e.g. its beam parameters below)")
@@ -94,7 +111,7 @@ def settings(protocol: str, method: str | None = None, families: list[str] | Non
                           "source": src.get("params", "") if k in r.params
                           else f"the method's default ({type(m).__module__})"}
                       for k, v in sorted(effective.items())}
-            ran = {k: v for k, v in src.items() if k not in shown and k != "params"}
+            ran = {k: v for k, v in src.items() if k not in used and k != "params"}
             out.append({"protocol": proto.name, "title": proto.title, "method": method, "family": fam,
                         "benchmark": bench, "ran": ran, "fields": shown, "params": params})
     return out
