@@ -48,6 +48,7 @@ include: "workflow/rules/report.smk"
 
 onstart:
     check_optional_packages()
+    check_pinned_data()
 
 
 localrules:

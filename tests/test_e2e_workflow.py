@@ -68,8 +68,9 @@ def test_pipeline_outputs(micro_run):
     assert [r["question_id"] for r in vrec] == [r["question_id"] for r in read_jsonl(
         workdir / "results/pope/random/demo/vcd/sample/sample/seed0.jsonl")]
     side = json.loads((workdir / "results/pope/random/demo/vcd/vcd/sample/seed0.meta.json").read_text())
-    assert side["run"]["protocol"]["protocol"] == "vcd" and side["run"]["protocol"]["parser"] == "vcd"
-    assert side["run"]["benchmark"]["parser"] == "vcd"
+    # the answer parser (VCD's "vcd") decides the scores only: not in the decode record
+    assert side["run"]["protocol"]["protocol"] == "vcd" and "parser" not in side["run"]["protocol"]
+    assert "parser" not in side["run"]["benchmark"]
     assert side["run"]["benchmark"]["max_new_tokens"] == 3 and side["run"]["method"]["do_sample"] is True
     assert side["peak_mem_mb"] > 0 and side["hardware"]
     pope = df[(df.benchmark == "pope")]
@@ -135,6 +136,32 @@ def test_execution_settings_never_redecode(micro_run):
     # at most the report re-renders (its provenance shows the config, threads included)
     planned = set(re.findall(r"^(?:local)?rule (\w+):", text, re.M))
     assert planned <= {"report", "all"}, planned
+
+
+#: a score-only setting of the micro config (benchmark, key, new value): on the finished run it
+#: plans re-scoring, never a decode job (vcdflow.config.RunSpec scoring)
+SCORE_ONLY_EDITS = {
+    "pope parser": ("pope", "parser", "opera"),
+    "chair nltk_data trailing slash": ("chair", "nltk_data", "resources/demo/nltk_data/"),
+    "chair synonyms": ("chair", "synonyms", "resources/demo/world/../chair_synonyms.txt"),
+    "amber spacy_model": ("amber", "spacy_model", "resources/spacy/en_core_web_lg"),
+    "amber parser": ("amber", "parser", "first_word"),
+}
+
+
+@pytest.mark.parametrize("edit", list(SCORE_ONLY_EDITS))
+def test_score_only_settings_plan_no_decode_job(micro_run, tmp_path, edit):
+    workdir, _ = micro_run
+    cfg = yaml.safe_load(MICRO.read_text())
+    bench, key, value = SCORE_ONLY_EDITS[edit]
+    cfg["benchmarks"][bench][key] = value
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(workdir, "-n", config=path)
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", out.stdout + out.stderr, re.M))
+    reasons = re.findall(r"^\s*reason: .*$", out.stdout + out.stderr, re.M)
+    assert not {r for r in planned if r.startswith(("decode", "convis")) or r == "merge_shards"}, (planned, reasons[:8])
+    assert any(r.startswith("score") for r in planned), planned  # it does re-score
 
 
 def test_rerun_is_a_no_op(micro_run):

@@ -127,7 +127,8 @@ def test_paper_protocol_values_win_and_unified_keeps_the_config():
     assert uni.method["params"]["alpha"] == 0.25 and uni.method["mode"] == "greedy"
     pap = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd")
     assert pap.protocol["protocol"] == "vcd" and pap.method["mode"] == "sample"  # VCD samples
-    assert pap.benchmark["parser"] == "vcd" and pap.benchmark["max_new_tokens"] == pap.protocol["max_new_tokens"]
+    assert pap.scoring["parser"] == "vcd" and pap.benchmark["max_new_tokens"] == pap.protocol["max_new_tokens"]
+    assert "parser" not in pap.as_dict()["benchmark"] and "parser" not in pap.as_dict()["protocol"]
     assert pap.method["params"] == {**{"alpha": 0.25}, **pap.protocol["params"]}
     cfg["benchmarks"]["pope"]["max_new_tokens_cap"] = 3
     capped = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd")
@@ -233,3 +234,97 @@ def test_the_judge_decides_scores_not_records():
     third = copy.deepcopy(cfg)
     third["benchmarks"]["llavabench"]["prompt"] = "{question} Be brief."
     assert cell(third, g).as_dict() != a
+
+
+# --------------------------------------------------------------------------- parsers and score-only settings
+
+
+def _scorer_accepts(kind: str, parser: str) -> bool:
+    """Whether the benchmark's scorer itself runs with ``parser`` (its own parse function)."""
+    from vcdflow.metrics import amber, llavabench, mme, pope
+
+    try:
+        if kind in ("pope", "leading_pope"):
+            pope._predict("Yes, there is.", "yes", parser)
+        elif kind == "amber":
+            amber.parse_answer("Yes, there is.", parser)
+        elif kind == "mme":
+            return parser in mme.PARSERS
+        elif kind == "llavabench":
+            return parser in llavabench._PARSERS
+        else:  # judged yes/no or choice benchmarks (hallusionbench, mmvp): their declared pair
+            return parser in get_benchmark(kind).parsers
+    except ValueError:
+        return False
+    return True
+
+
+def test_declared_parsers_are_what_each_scorer_runs():
+    for kind, spec in BENCHMARKS.items():
+        for parser in spec.parsers:
+            assert _scorer_accepts(kind, parser), (kind, parser)
+    assert not _scorer_accepts("amber", "official")  # the rehearsal's failure, at scoring
+
+
+@pytest.mark.parametrize("protocol", sorted(__import__("vcdflow.protocols", fromlist=["PROTOCOLS"]).PROTOCOLS))
+def test_every_protocol_gives_every_benchmark_a_parser_its_scorer_runs(protocol):
+    """All protocols x all benchmarks x all families: the parser a result is scored with (a
+    protocol's own, mapped where the scorer lacks it) is one the scorer runs; the score-only
+    parser never reaches the decode record."""
+    from vcdflow.protocols import FAMILIES, PAPER_OF
+
+    method = next((m for m, p in PAPER_OF.items() if p == protocol), "greedy")
+    for kind in BENCHMARKS:
+        for family in FAMILIES:
+            cfg = {"seeds": [0], "benchmarks": {kind: {}}, "models": {"m": {"path": "m", "family": family}},
+                   "methods": {method: {"method": method}}}
+            spec = runs.build_run(cfg, benchmark=kind, split=runs.splits_of(cfg, kind)[0], model="m", method=method,
+                                  seed=0, protocol=protocol)
+            if BENCHMARKS[kind].parsers:
+                assert _scorer_accepts(kind, spec.scoring["parser"]), (protocol, kind, family, spec.scoring)
+                assert spec.scoring["parser_source"]
+            assert "parser" not in json.dumps(spec.as_dict()["benchmark"])
+            assert "parser" not in spec.as_dict()["protocol"]
+
+
+def test_unified_amber_is_scored_with_the_pope_parser_and_a_bad_parser_fails_at_parse_time():
+    cfg = copy.deepcopy(PAPER)
+    cfg["benchmarks"]["amber"].pop("parser", None)
+    spec = runs.build_run(cfg, benchmark="amber", split="discriminative", model="llava-1.5-7b", method="greedy",
+                          seed=42, protocol="unified")
+    assert spec.score_slice()["parser"] == "pope" and "AMBER" in spec.scoring["parser_source"]
+    bad = {"seeds": [0], "benchmarks": {"amber": {"root": "a", "nltk_data": "n", "parser": "official"}},
+           "models": {"m": {"path": "m", "family": "llava"}}, "methods": {"greedy": {"method": "greedy"}}}
+    with pytest.raises(runs.ConfigError, match=r"config benchmarks\.amber\.parser: 'official' is not a amber parser "
+                                               r"\(protocol unified\); valid: pope, exact, first_word"):
+        runs.validate_config(bad)
+
+
+#: (what changes, config edit) for every setting that decides scores or the grid only
+SCORE_ONLY = {
+    "pope parser official -> opera": lambda c: c["benchmarks"]["pope"].update(parser="opera"),
+    "pope: one split dropped": lambda c: c["benchmarks"]["pope"].update(splits=["random", "popular"]),
+    "chair nltk_data with a trailing /": lambda c: c["benchmarks"]["chair"].update(
+        nltk_data=c["benchmarks"]["chair"]["nltk_data"] + "/"),
+    "chair synonyms": lambda c: c["benchmarks"]["chair"].update(synonyms="elsewhere/synonyms.txt"),
+    "amber spacy_model null -> path": lambda c: c["benchmarks"]["amber"].update(spacy_model="resources/spacy/lg"),
+    "amber nltk_data": lambda c: c["benchmarks"]["amber"].update(nltk_data="elsewhere/nltk_data"),
+    "amber parser": lambda c: c["benchmarks"]["amber"].update(parser="exact"),
+    "amber: discriminative task dropped": lambda c: c["benchmarks"]["amber"].update(tasks=["generative"]),
+    "mme parser": lambda c: c["benchmarks"]["mme"].update(parser="lmms"),
+}
+
+
+@pytest.mark.parametrize("change", list(SCORE_ONLY))
+def test_score_only_settings_never_change_a_decode_record(change):
+    cfg = copy.deepcopy(DEMO)
+    cfg["benchmarks"]["amber"]["spacy_model"] = None
+    other = copy.deepcopy(cfg)
+    SCORE_ONLY[change](other)
+    kept = {json.dumps(g, sort_keys=True) for g in runs.grid(other)}
+    cells = [g for g in runs.grid(cfg) if json.dumps(g, sort_keys=True) in kept]
+    assert cells and len(kept) <= len(list(runs.grid(cfg)))
+    assert [cell(other, g).as_dict() for g in cells] == [cell(cfg, g).as_dict() for g in cells]
+    # ... and the scorer does see the change (a re-score, not a no-op), unless only the grid changed
+    if "dropped" not in change:
+        assert any(cell(other, g).score_slice() != cell(cfg, g).score_slice() for g in cells)

@@ -1,10 +1,13 @@
 """The run contract: what decides a result, apart from how it runs.
 
 A result file is decided by a :class:`RunSpec` — benchmark (and split), model and revision,
-method and params, decoding mode, protocol (resolved: prompt, parser, system text, warpers,
-params overrides, ``max_new_tokens``, image preprocessing), seed and the digests of a method's
-extra inputs. Only :meth:`RunSpec.as_dict` goes into a rule's ``params`` and the checkpoint
-hash (:func:`vcdflow.runner.result_hash`). How it runs — device, threads, batch size, shards,
+method and params, decoding mode, protocol (resolved: prompt, system text, warpers, params
+overrides, ``max_new_tokens``, image preprocessing), seed and the digests of a method's extra
+inputs. Only :meth:`RunSpec.as_dict` goes into a rule's ``params`` and the checkpoint hash
+(:func:`vcdflow.runner.result_hash`). What decides only the scores — the answer parser
+(:func:`run_parser`, checked against the benchmark's scorer when the config is parsed), the
+scorers' word lists and models, a judge — is ``RunSpec.scoring``, and what decides only the
+grid (the list of splits) is in neither: changing them re-scores and never re-decodes. How it runs — device, threads, batch size, shards,
 lock folder — is an :class:`Execution`, read at job time (``threads=2 batch_size=8 device=cpu``
 re-decodes nothing).
 
@@ -95,7 +98,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that decides one result file (goes into params and the hash)."""
+    """Everything that decides one result file (goes into params and the hash), and beside it
+    what decides only its scores (``scoring``: the answer parser, the scorer's word lists and
+    models; never in the hash, so changing it re-scores without re-decoding)."""
 
     benchmark: dict
     model: dict
@@ -103,12 +108,18 @@ class RunSpec:
     protocol: dict
     seed: int
     inputs: dict = field(default_factory=dict)  # method inputs: kind -> path
+    scoring: dict = field(default_factory=dict)  # score-only settings (not in as_dict)
 
     def as_dict(self) -> dict:
         out = asdict(self)
+        out.pop("scoring")
         if not out["inputs"]:
             out.pop("inputs")
         return out
+
+    def score_slice(self) -> dict:
+        """The benchmark slice a scorer gets: the decode run's benchmark and the score-only keys."""
+        return {**self.benchmark, **self.scoring}
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,19 @@ def _apply_data(config: Mapping, bench: dict, data: Mapping[str, Any]) -> dict:
         bench["questions"] = raw.format(split=bench["split"], version=version)
         applied["pope_version"] = version
     return applied
+
+
+def decode_slice(config: Mapping, benchmark: str, split: str) -> tuple[dict, dict]:
+    """:func:`bench_slice` split in two: what may decide the decoded records, and the keys that
+    decide only the scores (the answer ``parser``, the benchmark's ``extra["score_keys"]``: a
+    judge, CHAIR's and AMBER's word lists and models). The keys that decide only the grid
+    (``extra["grid_keys"]``: the list of splits) are in neither."""
+    bench = bench_slice(config, benchmark, split)
+    spec = get_benchmark(bench["kind"])
+    scoring = {k: bench.pop(k) for k in ("parser", *spec.extra.get("score_keys", ())) if k in bench}
+    for key in spec.extra.get("grid_keys", ()):
+        bench.pop(key, None)
+    return bench, scoring
 
 
 def _beams_written(entry: Mapping) -> bool:
@@ -395,11 +419,10 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
               protocol: str = UNIFIED) -> RunSpec:
     """The :class:`RunSpec` of one result: ``method`` is the config's method label, ``protocol``
     a resolved protocol name (one of :func:`run_protocols` of the label)."""
-    bench = bench_slice(config, benchmark, split)
+    bench, scoring = decode_slice(config, benchmark, split)
     kind = bench["kind"]
     spec = get_benchmark(kind)
-    for key in spec.extra.get("score_keys", ()):  # e.g. the judge: decides scores, not records,
-        bench.pop(key, None)                       # so a new judge never re-decodes
+    written_parser = scoring.pop("parser", None)
     mcfg = model_entry(config, model)
     entry = method_entry(config, method)
     engine = entry["method"]
@@ -409,19 +432,10 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     warpers = {k: _pick(protocol, entry[k], getattr(res, k), _WARPER_DEFAULTS[k]) for k in _WARPERS}
     fixed_params = dict(res.params or {})
     params = ({**fixed_params, **entry["params"]} if protocol == UNIFIED else {**entry["params"], **fixed_params})
-    # benchmark settings: prompt, parser, max_new_tokens
+    # benchmark settings: prompt and max_new_tokens decide the records; the parser only the scores
     bench["prompt"] = _pick(protocol, bench.get("prompt"), res.prompt, spec.default_prompt)
-    parser_note = None
     if spec.parsers:
-        proto_parser = res.parser
-        if protocol != UNIFIED and proto_parser not in spec.parsers:
-            # a paper protocol's answer parser this benchmark's scorer does not have (VCD's
-            # substring rule "vcd" is a POPE rule; MME scores with official/lmms): the config's
-            # (else the scorer's default) parser, recorded in the protocol's sources
-            parser_note = (f"{protocol}'s parser {proto_parser!r} is not a {kind} parser "
-                           f"({', '.join(spec.parsers)}): the config's or the scorer's default is used")
-            proto_parser = None
-        bench["parser"] = _pick(protocol, bench.get("parser"), proto_parser, spec.parsers[0])
+        scoring["parser"], scoring["parser_source"] = run_parser(protocol, benchmark, spec, written_parser, res)
     bench["max_new_tokens"] = int(_pick(protocol, bench.get("max_new_tokens"), res.max_new_tokens,
                                         _MAX_NEW_TOKENS.get(kind, 64)))
     cap = bench.pop("max_new_tokens_cap", None)
@@ -457,10 +471,37 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     if not beams and "search" in proto:  # the harness's beam semantics, unused by a one-beam run
         proto.pop("search")
         proto["sources"] = {k: v for k, v in proto.get("sources", {}).items() if k != "search"}
-    if parser_note:
-        proto["parser"] = bench["parser"]
-        proto["sources"] = {**proto.get("sources", {}), "parser": parser_note}
-    return RunSpec(benchmark=bench, model=mcfg, method=run_method, protocol=proto, seed=int(seed), inputs=inputs)
+    proto.pop("parser", None)  # the answer parser decides scores only: RunSpec.scoring
+    proto["sources"] = {k: v for k, v in proto.get("sources", {}).items() if k != "parser"}
+    return RunSpec(benchmark=bench, model=mcfg, method=run_method, protocol=proto, seed=int(seed), inputs=inputs,
+                   scoring=scoring)
+
+
+def run_parser(protocol: str, benchmark: str, spec, written: str | None, res) -> tuple[str, str]:
+    """The answer parser a result is scored with, and where it comes from.
+
+    Under ``unified`` the config's ``parser`` wins over the protocol's; under a paper protocol the
+    protocol's wins. A protocol parser the benchmark's scorer does not have (the POPE rules
+    ``vcd`` and ``opera`` of a paper protocol on MME or AMBER) is not used: the config's, else the
+    scorer's default (``spec.parsers[0]``) takes its place, and the source says so. A parser the
+    scorer does not have is a :class:`ConfigError` naming protocol, benchmark and key — raised by
+    :func:`validate_config` before any job runs, never at scoring after hours of decoding."""
+    valid = tuple(spec.parsers)
+    where = f"config benchmarks.{benchmark}.parser"
+    if written is not None and written not in valid:
+        raise ConfigError(f"{where}: {written!r} is not a {spec.kind} parser (protocol {protocol}); "
+                          f"valid: {', '.join(valid)}")
+    own = res.parser if res.parser in valid else None
+    parser = _pick(protocol, written, own, valid[0])
+    if written is not None and parser == written and (protocol == UNIFIED or own is None):
+        source = where
+    elif own is not None and parser == own:
+        source = res.sources.get("parser", protocol)
+    else:
+        source = f"the {spec.kind} scorer's default"
+    if own is None and res.parser is not None:
+        source += f" ({protocol}'s parser {res.parser!r} is not a {spec.kind} parser: {', '.join(valid)})"
+    return parser, source
 
 
 def _convis(config: Mapping, benchmark: str, run_method: dict) -> None:

@@ -6,12 +6,14 @@ Rules hold no logic: everything here only maps the (validated) config onto paths
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
 from vcdflow import config as runs
+from vcdflow.data import verify as verify_data
 from vcdflow.benchmarks import SINGLE_SPLIT, get_benchmark, kind_of
 
 
@@ -29,6 +31,22 @@ DEMO = config["world"] == "demo"
 GRID = list(runs.grid(config))  # every result: benchmark, split, model, protocol, method, mode, seed
 PROTOCOLS = sorted({g["protocol"] for g in GRID})
 MODES = ["greedy", "sample"]
+try:  # what each pre-placed file claims (a version without checksums fails now, naming the key)
+    PINNED = verify_data.pinned_files(config)
+except ValueError as _exc:
+    raise WorkflowError(str(_exc)) from None
+
+
+def check_pinned_data():
+    """Run before the first job (onstart; not in dry runs): every pre-placed benchmark file that
+    claims a pinned version has its checksum (vcdflow.data.verify), so a wrong or truncated file
+    stops the run before anything decodes, instead of being decoded and labelled that version."""
+    try:
+        ok = verify_data.check_pinned(config)
+    except verify_data.PinnedFileError as exc:
+        raise WorkflowError(str(exc)) from None
+    if ok:
+        print(f"vcdflow: {len(ok)} pre-placed benchmark file(s) match their pinned checksums", file=sys.stderr)
 
 
 def check_optional_packages():
@@ -113,15 +131,21 @@ def bench_config(benchmark, split):
 _SPECS = {}  # one build_run per result (input functions are called once per job, often more)
 
 
-def run_spec(wildcards):
-    """The result-deciding run of a result file (vcdflow.config.build_run): the only thing that
-    goes into a decode job's params, so threads, batch size or device never re-decode."""
+def _build(wildcards):
+    """The vcdflow.config.RunSpec of a result (memoised)."""
     key = tuple(str(getattr(wildcards, k)) for k in ("benchmark", "split", "model", "method", "seed", "protocol"))
     if key not in _SPECS:
         spec = runs.build_run(config, benchmark=key[0], split=key[1], model=key[2], method=key[3],
                               seed=int(key[4]), protocol=key[5])
-        _SPECS[key] = spec.as_dict()
-    spec = _SPECS[key]
+        _SPECS[key] = (spec, spec.as_dict())
+    return _SPECS[key]
+
+
+def run_spec(wildcards):
+    """The result-deciding run of a result file (vcdflow.config.build_run): the only thing that
+    goes into a decode job's params, so threads, batch size or device never re-decode, and
+    score-only settings (parser, the scorers' word lists) never do either."""
+    spec = _build(wildcards)[1]
     if spec["method"]["mode"] != wildcards.mode:
         raise WorkflowError(f"{wildcards.method} under protocol {wildcards.protocol} decodes in "
                             f"{spec['method']['mode']} mode, not {wildcards.mode}")
@@ -427,13 +451,11 @@ def gpus_per_job():
 
 
 def score_bench(wildcards):
-    """The benchmark slice a scorer gets: the run's (protocol-resolved parser and prompt), with
-    the protocol and mode that label its metric rows, and the entry's score-only keys (the judge:
-    Benchmark.extra["score_keys"], kept out of the decode run)."""
-    bench = bench_config(wildcards.benchmark, wildcards.split)
-    keys = get_benchmark(wildcards.benchmark).extra.get("score_keys", ())
-    return {**run_spec(wildcards)["benchmark"], **{k: bench[k] for k in keys if k in bench},
-            "protocol": wildcards.protocol, "mode": wildcards.mode}
+    """The benchmark slice a scorer gets: the run's benchmark slice and its score-only settings
+    (RunSpec.scoring: the protocol-resolved parser, the judge, the scorers' word lists), with the
+    protocol and mode that label its metric rows."""
+    run_spec(wildcards)  # the mode check
+    return {**_build(wildcards)[0].score_slice(), "protocol": wildcards.protocol, "mode": wildcards.mode}
 
 
 def paper_results():
@@ -481,8 +503,9 @@ def convis_manifest(benchmark, model):
 
 
 def convis_benches(wildcards):
-    """bench_config slices of every split of the benchmark (the images ConVis captions)."""
-    return [bench_config(wildcards.benchmark, s) for s in bench_splits(wildcards.benchmark)]
+    """The decode slices of every split of the benchmark (the images ConVis captions; the
+    score-only keys left out, vcdflow.config.decode_slice, so a new parser re-captions nothing)."""
+    return [runs.decode_slice(config, wildcards.benchmark, s)[0] for s in bench_splits(wildcards.benchmark)]
 
 
 def convis_caption_inputs(wildcards):

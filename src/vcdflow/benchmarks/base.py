@@ -32,7 +32,13 @@ class Benchmark:
     * ``load_items(bench) -> list[dict]``: the items of one split, in a fixed order;
     * ``score(bench, records) -> (scores, per_item)``: metric values and per-item outcomes;
     * ``columns``: headline metrics and their better direction (the report's tables);
-    * ``parsers``: valid answer parsers (the first is the default);
+    * ``parsers``: valid answer parsers (the first is the default), exactly the names the scorer
+      accepts; a protocol's or config's parser outside them fails when the config is parsed
+      (:func:`vcdflow.config.run_parser`);
+    * ``extra["score_keys"]``: entry keys that decide only the scores (the judge, CHAIR's and
+      AMBER's word lists and models) and ``extra["grid_keys"]`` those that decide only the grid
+      (the list of splits): both are kept out of the decode jobs' run record, so changing them
+      re-scores and never re-decodes (:class:`vcdflow.config.RunSpec` ``scoring``);
     * ``answers``: what an item asks for — ``"yes_no"``, ``"caption"``, ``"choice"`` or ``"open"``
       — one value, or split -> value (AMBER: generative captions, discriminative yes/no); a method
       that declares ``answer_kinds`` (PBA: yes/no only) is left out of the other splits' grid

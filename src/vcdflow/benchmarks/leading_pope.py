@@ -91,5 +91,5 @@ BENCHMARK = Benchmark(
          "“Follows the cue” = % of answers equal to the cue's answer (with direction 'against' "
          "every such answer is wrong).",
     parsers=("official", "opera", "vcd"),
-    extra={"protocol_kind": "pope"},  # a paper's POPE setting (prompt, parser, tokens) applies as is
+    extra={"protocol_kind": "pope", "grid_keys": ("splits",)},  # a paper's POPE setting (prompt, parser, tokens) applies as is
 )

@@ -13,7 +13,9 @@ here only the method changes. The choices, and why:
   model was instruction-tuned on for short answers; Self-Aug uses it too. One-word answers keep
   every parser's edge cases (negations in long sentences) out of the comparison.
 * **The official POPE parser** (RUCAIBox/POPE ``evaluate.py`` = LLaVA ``eval_pope.py``): the one
-  the benchmark defines, not a repo's variant (VCD's substring rule, OPERA's ``recorder``).
+  the benchmark defines, not a repo's variant (VCD's substring rule, OPERA's ``recorder``). On
+  AMBER's yes/no task the same parser maps each answer to Yes/No (AMBER parser ``pope``; AMBER's
+  own script compares the raw response, parser ``exact``); MME keeps its own official parser.
 * **Sampling: T = 1, top-p = 1, top-k none** — the distribution every CD paper states, with no
   silent library top-k = 50 (several official InstructBLIP/ICD runs inherit it). Greedy is the
   default mode (deterministic); the grid runs sampling explicitly (``mode: sample``).
@@ -40,6 +42,10 @@ LLAVA_POPE_SUFFIX_SRC = ("choice: LLaVA-1.5's own POPE prompt (haotian-liu/LLaVA
                          "question file llava_pope_test.jsonl, copied in yfzhang114/LLaVA-Align "
                          "experiments/llava/eval/pope/llava_pope_test.jsonl:1)")
 
+AMBER_PARSER_SRC = ("choice: the official POPE parser (RUCAIBox/POPE evaluate.py), as on POPE, maps each "
+                    "discriminative answer to Yes/No; AMBER's own scorer compares the raw response with 'Yes'/'No' "
+                    "(junyangwang0410/AMBER@534babf inference.py:189, 214; parser exact)")
+
 PROTOCOL = Protocol(
     name="unified",
     title="vcdflow's unified protocol (one shared setting for every method)",
@@ -63,7 +69,8 @@ PROTOCOL = Protocol(
         "mme": {"prompt": S("{question}", "choice: MME questions end in 'Please answer yes or no.' themselves"),
                 "max_new_tokens": S(16, "choice: an answer word")},
         "amber": {"prompt": S("{question}", "choice: AMBER's query file holds the full query"),
-                  "max_new_tokens": S(64, "choice: sangminwoo/AvisC eval_bench/scripts/amber_eval.sh:15")},
+                  "max_new_tokens": S(64, "choice: sangminwoo/AvisC eval_bench/scripts/amber_eval.sh:15"),
+                  "parser": S("pope", AMBER_PARSER_SRC)},
     },
     family={
         "llava": {"system": S(LLAVA_V1_SYSTEM, LLAVA_V1_SRC), "chat_template": S("llava_v1", LLAVA_V1_SRC)},
