@@ -113,3 +113,17 @@ def test_an_offline_run_with_a_wrong_file_stops_before_any_job(tmp_path):
     assert f"resources/pope/random.json: md5 {hashlib.md5(bad.read_bytes()).hexdigest()}, but POPE coco random " \
            f"version head (AoiDragon/POPE@109985c) has md5 {HEAD_RANDOM_MD5}" in text, text[-3000:]
     assert not (work / "results").exists() and not (work / "logs").exists(), text[-2000:]
+
+
+def test_a_version_path_checks_every_pinned_version_present(tmp_path):
+    """questions with {version} (a paper protocol's own POPE files apply under it): the
+    LLaVA-1.5/OPERA file placed at .../e3e3926/random.json claims e3e3926, whatever the entry's version."""
+    good = tmp_path / "pope" / "e3e3926" / "random.json"
+    good.parent.mkdir(parents=True)
+    shutil.copy(ROOT.parent / "shared" / "data" / "pope" / "coco-e3e3926" / "coco_pope_random.json", good)
+    cfg = _config(str(tmp_path / "pope" / "{version}" / "{split}.json"))
+    assert [(p.path, p.checksum) for p in verify.check_pinned(cfg)] == [(str(good), "md5:b635b20061b1262cba65ed5bef7660a2")]
+    shutil.copy(SHARED_POPE / "coco_pope_random.json", good)  # the head file under the e3e3926 path
+    with pytest.raises(verify.PinnedFileError, match=r"e3e3926/random.json: md5 dc9b6c41ad832c48da758cfa85b37d2c, "
+                                                     r"but POPE coco random version e3e3926"):
+        verify.check_pinned(cfg)
