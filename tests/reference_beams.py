@@ -63,7 +63,7 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
     prompt_len = 1 if length_norm == "total_bos" else inps[0]["input_ids"].shape[1]
     K = num_beams
     eos = list(eos)
-    keep = max(2, 1 + len(eos)) * K
+    keep = (2 if li else max(2, 1 + len(eos))) * K   # Li's code: 2K (generation_utils.py:2647-2648)
     running = [[] for _ in range(K)]
     run_scores = torch.tensor([0.0] + [-1e9] * (K - 1))
     fin_seqs = [[] for _ in range(K)]

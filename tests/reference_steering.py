@@ -218,6 +218,13 @@ def ref_vista(vlm, req, params=None, *, do_sample=False, temperature=1.0, top_p=
     res = Result()
     inp = inputs(vlm, req.prompt, req.image, req.system)
     v = layer_outputs_last(vlm, inp) - layer_outputs_last(vlm, no_image(vlm, inp))   # obtain_vsv: pos - neg
+    if p["pca_artefact"]:   # VISTA steering_vector.py:123-128 + myutils.py PCA / svd_flip, on the CPU
+        X = v.reshape(1, -1).float().cpu()
+        mean = X.mean(0, keepdim=True)
+        U, S, Vh = torch.linalg.svd(X - mean, full_matrices=False)
+        signs = torch.sign(U[torch.argmax(torch.abs(U), 0), torch.arange(U.shape[1])])
+        Vh = Vh * signs.view(-1, 1)
+        v = (Vh[:1].sum(dim=0, keepdim=True) + mean).mean(0).view(v.shape).to(v.dtype)
     L = v.shape[0]
     s, e = p["layers"] or (0, L)
     if p["logits_layers"] is None:

@@ -157,6 +157,26 @@ def test_text_cd_li_beams_match_reference(vlms, amateurs, family):
         assert (o.token_ids, o.meta["finish_reason"]) == want, (family, r.item_id)
 
 
+def test_text_cd_li_pool_is_two_k_with_several_eos(vlms, amateurs):
+    """Li's candidate pool is 2·K whatever the number of EOS ids (transformers 5 would keep 3·K
+    with two): engine = reference with two EOS ids."""
+    from reference_beams import amateur_logits_fn, ref_beam_search
+    from reference_methods import inputs, last_logits
+
+    vlm = vlms["llava"]
+    path, ama = amateurs["llava"]
+    p = {"amateur": path, "variant": "li", "num_beams": 3, "st_coef": 1.0, "student_temperature": 0.5}
+    free = generate(vlm, REQS[:1], method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=[])[0]
+    eos = [free.token_ids[2], free.token_ids[3]]
+    V = min(vlm.adapter.lm_head().weight.shape[0], ama.adapter.lm_head().weight.shape[0])
+    for r, o in zip(REQS, generate(vlm, REQS, method="text_cd", params=p, max_new_tokens=N_NEW, eos_token_id=eos)):
+        inp = inputs(vlm, r.prompt, r.image, r.system)
+        li = {"alpha": 0.1, "st_coef": 1.0, "tau": 0.5, "amateur": amateur_logits_fn(ama, r, True)}
+        want = ref_beam_search(vlm, r, 3, N_NEW, eos, length_norm="total", li=li,
+                               step_scores=lambda gen, inp=inp: last_logits(vlm, inp, gen)[:V])
+        assert (o.token_ids, o.meta["finish_reason"]) == want, r.item_id
+
+
 def test_text_cd_errors(vlms, amateurs, tmp_path):
     vlm = vlms["llava"]
     o = generate(vlm, REQS[:1], method="text_cd", max_new_tokens=2)[0]

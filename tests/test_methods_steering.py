@@ -283,6 +283,22 @@ def test_vista_greedy_matches_reference(vlms, family, pi):
         assert_same_as_reference(o, ref, eos, f"vista/{family}/{r.item_id}")
 
 
+def test_vista_pca_artefact_matches_the_official_pca(vlms):
+    """pca_artefact (the default under protocol: vista): the vector of the official rank-1 PCA of
+    one sample (literally, in the reference: + e0 at layer 0, coordinate 0) — engine = reference,
+    and the steered tokens leave those of v alone."""
+    from vcdflow.protocols import get_protocol
+
+    vlm = vlms["llava"]
+    params = {"lam": 0.6, "pca_artefact": True}
+    outs = generate(vlm, REQS, method="vista", params=params, max_new_tokens=N_NEW, eos_token_id=[])
+    for i, (r, o) in enumerate(zip(REQS, outs)):
+        assert_same_as_reference(o, ref_vista(vlm, r, params, max_new_tokens=N_NEW, index=i), [], f"vista/pca/{r.item_id}")
+    plain = generate(vlm, REQS, method="vista", params={"lam": 0.6}, max_new_tokens=N_NEW, eos_token_id=[])
+    assert [o.token_ids for o in outs] != [o.token_ids for o in plain]
+    assert get_protocol("vista").resolve(method="vista", family="llava", benchmark="pope").params["pca_artefact"] is True
+
+
 def test_vista_steers_and_augments(vlms):
     """λ = 0 and SLA off is plain greedy; each part alone changes the scores (the test would fail
     if either were a no-op)."""

@@ -185,8 +185,8 @@ def test_pope_calibrated_equals_official_loop():
     recs[0]["meta"]["debias_top"]["naive"] = {"the": 0.3, "a": 0.2}
     recs[1]["meta"]["debias_top"]["none"] = {"cup": 0.3}
     recs[1]["meta"]["debias_top"]["unk"] = {"cup": 0.3}
-    for mode in calibrated.MODES:
-        got = calibrated.pope_calibrated(recs, mode)
+    for mode, rule in [(m, "yes") for m in calibrated.MODES] + [("none_unk", "text")]:
+        got = calibrated.pope_calibrated(recs, mode, uncalibrated=rule)
         preds, n_uncal = [], 0
         for r in recs:
             top = r["meta"]["debias_top"]
@@ -194,8 +194,8 @@ def test_pope_calibrated_equals_official_loop():
             uncal = mass["naive"] == 0 or (mode in ("none", "unk") and mass[mode] == 0) or \
                 (mode == "none_unk" and mass["none"] + mass["unk"] == 0)
             if uncal:
-                n_uncal += 1
-                preds.append("yes" if r["answer"] == "Yes" else "no")
+                n_uncal += 1   # official: NaN → np.argmax = 0 → "yes"; rule "text": the decoded answer
+                preds.append("yes" if rule == "yes" or r["answer"] == "Yes" else "no")
             else:
                 preds.append(_official_pope_pred(top, mode))
         tp = sum(p == "yes" and r["label"] == "yes" for p, r in zip(preds, recs))

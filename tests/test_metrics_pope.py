@@ -256,3 +256,18 @@ def test_real_file_end_to_end_always_yes():
     # always-yes on a balanced split: acc 50, P 50, R 100, F1 = 2*.5*1/1.5
     assert s["accuracy"] == 50 and s["precision"] == 50 and s["recall"] == 100
     assert s["f1"] == pytest.approx(200 / 3) and s["yes_ratio"] == 100 and s["n"] == 3000
+
+
+def test_deco_and_only_recorders():
+    """DeCo: "yes" iff the word "yes" occurs (recorder, then the substring test on its word);
+    ONLY: OPERA's rule on the first line. Where they part from the substring / OPERA rules."""
+    from vcdflow.metrics.pope import _predict
+
+    cases = [  # answer, label, deco, only, vcd, opera
+        ("There is a dog.", "no", "no", "yes", "yes", "yes"),
+        ("Yesterday, no.", "yes", "no", "no", "yes", "no"),
+        ("Yes\nNo, there is not", "yes", "yes", "yes", "yes", "no"),
+        ("yes.", "no", "yes", "yes", "yes", "yes"),
+    ]
+    for ans, label, deco, only, vcd, opera in cases:
+        assert [_predict(ans, label, p) for p in ("deco", "only", "vcd", "opera")] == [deco, only, vcd, opera], ans

@@ -238,7 +238,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", required=True)
     s.add_argument("--metrics", required=True, help="output CSV: benchmark,split,model,method,seed,metric,value")
     s.add_argument("--scored", default=None, help="per-item outcomes (default: <results>.scored.jsonl)")
-    s.add_argument("--parser", default="official", choices=["official", "opera", "vcd"])
+    from .benchmarks import get_benchmark
+
+    s.add_argument("--parser", default="official", choices=list(get_benchmark("pope").parsers))
     s.add_argument("--split", default=None, help="default: from the records' item ids")
     s.add_argument("--model-name", default="model")
     s.add_argument("--method-name", default="method")

@@ -90,6 +90,6 @@ BENCHMARK = Benchmark(
     note="POPE questions with a leading cue appended (templates UNVERIFIED: vcdflow.data.lqcd). "
          "“Follows the cue” = % of answers equal to the cue's answer (with direction 'against' "
          "every such answer is wrong).",
-    parsers=("official", "opera", "vcd"),
+    parsers=("official", "opera", "vcd", "only", "deco"),
     extra={"protocol_kind": "pope", "grid_keys": ("splits",)},  # a paper's POPE setting (prompt, parser, tokens) applies as is
 )

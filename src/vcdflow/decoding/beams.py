@@ -153,6 +153,10 @@ class BeamSearch:
     layout, spans)`` (optional) changes the per-beam log-probs [n_spans, V] before the beam score is
     added (OPERA's candidate penalty, Li et al.'s CD re-weighting)."""
 
+    #: candidates kept per step = pool_factor · num_beams; None: transformers 5's
+    #: max(2, 1 + number of EOS ids)
+    pool_factor: int | None = None
+
     def __init__(self, score: Scorer, num_beams: int, length_penalty: float = 1.0,
                  early_stopping: bool | str = False, length_norm: str = "generated",
                  log_probs: bool = True, processors: dict | None = None, hooks=None):
@@ -281,7 +285,7 @@ class BeamSearch:
             else:
                 lp = self.process(lp, r, st.running)
             n_eos = len(layout.eos)
-            keep = min(max(2, 1 + n_eos) * K, lp.numel())
+            keep = min((self.pool_factor or max(2, 1 + n_eos)) * K, lp.numel())
             top_lp, top_i = self.candidates(lp, st.running_scores.to(lp.device), keep, first, rows)
             beam = (top_i // V).tolist()
             tok = (top_i % V).tolist()

@@ -22,10 +22,12 @@ Modes: ``naive`` (POPE: argmax p̂ — the official POPE script scores ``naive``
 probabilities, not the text; MME: the decoded text, ``convert_answer_to_mme_calibrate.py:112-114``),
 ``none``, ``unk``, ``none_unk``.
 
-**Uncalibrated items** (the official code divides 0 by 0 there): an item whose naive
-p = [0, 0] (neither "yes" nor "no" among its top 10), or whose prior sums to 0 before the 1e-4
-(normalising it would divide by 0), keeps its decoded text answer, scored by the usual parser;
-they are counted in ``n_uncalibrated``. A record without ``meta["debias_top"]`` (not decoded with
+**Uncalibrated items**: an item whose naive p = [0, 0] (neither "yes" nor "no" among its top 10),
+or whose prior sums to 0 before the 1e-4 (normalising it divides by 0). The official code does
+not fail there: 0/0 gives NaN, ``np.argmax([nan, nan])`` is 0, so the item is answered **"yes"**
+(``eval_pope_calibrate.py:117,133-145``; MME "Yes", ``convert_answer_to_mme_calibrate.py:136-139``)
+— the default here (``uncalibrated="yes"``); ``uncalibrated="text"`` keeps the decoded text
+answer, scored by the usual parser, instead. Either way they are counted in ``n_uncalibrated``. A record without ``meta["debias_top"]`` (not decoded with
 ``debias``) is an error naming the item. Both scorers also return ``yes_ratio_before`` (the
 decoded text's yes-ratio, for the yes-ratio shift the debias paper discusses).
 """
@@ -87,7 +89,13 @@ def calibrate(top: Mapping[str, Mapping[str, float]], mode: str, normalise_singl
     return "yes" if q[0] >= q[1] else "no"
 
 
-def _calibrated_records(records, mode: str, normalise_single: bool, text_naive: bool, word) -> tuple[list, int]:
+UNCALIBRATED = ("yes", "text")
+
+
+def _calibrated_records(records, mode: str, normalise_single: bool, text_naive: bool, word,
+                        uncalibrated: str = "yes") -> tuple[list, int]:
+    if uncalibrated not in UNCALIBRATED:
+        raise ValueError(f"unknown uncalibrated rule {uncalibrated!r}; choose one of {', '.join(UNCALIBRATED)}")
     out, n_uncal = [], 0
     for k, rec in enumerate(records):
         if rec.get("error"):
@@ -99,18 +107,18 @@ def _calibrated_records(records, mode: str, normalise_single: bool, text_naive: 
         ans = calibrate(_top(rec, k), mode, normalise_single)
         if ans is None:
             n_uncal += 1
-            out.append(rec)
+            out.append(rec if uncalibrated == "text" else {**rec, "answer": word("yes")})
         else:
             out.append({**rec, "answer": word(ans)})
     return out, n_uncal
 
 
 def pope_calibrated(records: Iterable[Mapping[str, Any]], mode: str = "none_unk",
-                    parser: str = "official") -> dict[str, float]:
+                    parser: str = "official", uncalibrated: str = "yes") -> dict[str, float]:
     """POPE scores (:func:`vcdflow.metrics.pope.score`) of the calibrated answers, plus
     ``n_uncalibrated`` and ``yes_ratio_before`` (the decoded text's yes-ratio)."""
     records = list(records)
-    cal, n_uncal = _calibrated_records(records, mode, True, False, lambda a: a)
+    cal, n_uncal = _calibrated_records(records, mode, True, False, lambda a: a, uncalibrated)
     out = pope.score(cal, parser)
     out["n_uncalibrated"] = float(n_uncal)
     out["yes_ratio_before"] = pope.score(records, parser)["yes_ratio"]
@@ -118,11 +126,11 @@ def pope_calibrated(records: Iterable[Mapping[str, Any]], mode: str = "none_unk"
 
 
 def mme_calibrated(records: Iterable[Mapping[str, Any]], mode: str = "none_unk",
-                   parser: str = "official") -> dict[str, float]:
+                   parser: str = "official", uncalibrated: str = "yes") -> dict[str, float]:
     """MME scores (:func:`vcdflow.metrics.mme.score`) of the calibrated answers ("Yes"/"No"), plus
     ``n_uncalibrated`` and ``yes_ratio_before``."""
     records = list(records)
-    cal, n_uncal = _calibrated_records(records, mode, False, True, lambda a: a.capitalize())
+    cal, n_uncal = _calibrated_records(records, mode, False, True, lambda a: a.capitalize(), uncalibrated)
     out = mme.score(cal, parser)
     out["n_uncalibrated"] = float(n_uncal)
     rows = mme.score_items(records, parser)

@@ -179,6 +179,24 @@ def parse_opera(answer: str) -> str:
     return "yes"
 
 
+def parse_only(answer: str) -> str:
+    """ONLY ``recorder`` (zifuwan/ONLY@109bffe eval_bench/pope_eval_llava.py:130-142, the same in
+    ``pope_eval_instructblip.py:125-137``): OPERA's rule on the answer's first line only
+    (``for line in out.split('\n'): … break``)."""
+    return parse_opera(answer.split("\n")[0])
+
+
+def parse_deco(answer: str) -> str:
+    """DeCo's two steps: ``recorder`` (zjunlp/Deco@fee8d75 pope_llava.py:28-33) writes "Yes" iff
+    the word "yes" is among ``re.split(r'[^\w]+', answer.lower())``, else "No"; then
+    ``eval_tool/eval_pope.py:33-49``'s substring test on that word returns it. So: "yes" iff the
+    word "yes" occurs (an answer with neither word is "no"; the substring rule alone would make
+    "yesterday" a yes, or an answer without "no" to a no-question a yes)."""
+    import re
+
+    return "yes" if "yes" in re.split(r"[^\w]+", answer.lower()) else "no"
+
+
 def parse_lmms(answer: str) -> str:
     """lmms-eval: exact match after ``lower().strip()``; anything else is ``'other'``."""
     a = answer.lower().strip()
@@ -195,6 +213,8 @@ def _pred_vcd(answer: str, label: str) -> str:
 PARSERS: dict[str, Callable[..., str]] = {
     "official": parse_official,
     "opera": parse_opera,
+    "only": parse_only,
+    "deco": parse_deco,
     "vcd": _pred_vcd,
     "lmms": parse_lmms,
 }

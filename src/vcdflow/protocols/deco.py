@@ -35,7 +35,8 @@ PROTOCOL = Protocol(
     families_run=("llava",),
     benchmarks_run=("pope", "chair", "mme", "amber"),
     common={
-        "parser": S("vcd", f"{R} eval_tool/eval_pope.py:33-49 (lower-case; 'yes' in / 'no' in the answer)"),
+        "parser": S("deco", f"{PO}:28-33,142 (recorder: 'Yes' iff the word 'yes' occurs, else 'No') → "
+                            f"{R} eval_tool/eval_pope.py:33-49 (substring test on that word)"),
         "temperature": S(1.0, f"{CH}:164,124 (--temperature -1: greedy, T unused)"),
         "top_p": S(1.0, f"{CH}:165 (top_p None)"),
         "top_k": S(None, f"{CH}:166 (top_k None)"),

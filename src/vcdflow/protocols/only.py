@@ -43,7 +43,7 @@ PROTOCOL = Protocol(
     families_run=("llava", "instructblip"),
     benchmarks_run=("pope", "chair", "mme"),
     common={
-        "parser": S("opera", f"{PL}:130 (recorder: OPERA's rule)"),
+        "parser": S("only", f"{PL}:130-142,314 (recorder: OPERA's rule on the first line, out.split('\\n'))"),
         "temperature": S(1.0, f"{PL}:59,289"),
         "top_p": S(1.0, f"{PL}:60,290"),
         "top_k": S(None, f"{PL}:61,291 (top_k=None passed: no top-k warper)"),

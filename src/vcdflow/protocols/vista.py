@@ -36,9 +36,11 @@ PROTOCOL = Protocol(
         "top_p": S(0.9, f"{PE}:43; {CE}:42 (--top-p 0.9, used only with --do-sample)"),
         "top_k": S(None, f"{PE}:44; {CE}:43 (--top-k 0: no top-k warper)"),
         "seeds": S((1994,), f"{PE}:50,67; {CE}:49,64 (--seed 1994)"),
-        "params": {"vista": S({"lam": 0.1, "logits_alpha": 0.3},
+        "params": {"vista": S({"lam": 0.1, "logits_alpha": 0.3, "pca_artefact": True},
                               f"{R} run_mmhal.sh:7-10 (--vsv-lambda 0.1 --logits-aug --logits-alpha 0.3: the "
-                              f"scripts' value outside POPE and CHAIR); {PE}:36 (--logits-layers '25,30')")},
+                              f"scripts' value outside POPE and CHAIR); {PE}:36 (--logits-layers '25,30'); "
+                              f"pca_artefact: {R} steering_vector.py:127-128 + myutils.py:114-130 (rank-1 PCA of "
+                              "one sample on the CPU: + e0, layer 0 coordinate 0)")},
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{PE}:130-140 (the POPE question in {R} anchor.py:15's template)"),

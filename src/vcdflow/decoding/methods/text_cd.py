@@ -77,6 +77,11 @@ def entrp_mask(lp: torch.Tensor, relative_top: float, min_keep: int) -> torch.Te
 class LiBeamSearch(BeamSearch):
     """Li et al.'s candidate set and CD re-ranking inside the HF beam bookkeeping (module docstring)."""
 
+    #: 2·K candidates whatever the number of EOS ids (XiangLi1999/ContrastiveDecoding@170e914
+    #: transformers/src/transformers/generation_utils.py:2647-2648; transformers 5 keeps
+    #: max(2, 1 + n_eos)·K, 3·K for Qwen's two EOS ids)
+    pool_factor = 2
+
     def __init__(self, score, amateur: AmateurStream, num_beams: int, st_coef: float, temperature: float,
                  relative_top: float, length_penalty: float = 1.0):
         super().__init__(score, num_beams, length_penalty=length_penalty, early_stopping=False,

@@ -11,9 +11,14 @@ steering of every decoder layer's MLP output).
 position, ``o_l`` = output of decoder layer l (the un-normed residual stream, every layer incl.
 the last: ``ForwardTracer`` hooks on the layer modules, ``steering_vector.py:86-88, 104-106``;
 ``obtain_vsv`` ``:113-129``: ``h = pos − neg``). The official then runs a rank-1 "PCA" on this
-single difference (``:127-128``): with one sample the centred matrix is zero and the result is
-``v`` plus an arbitrary unit vector of the flattened L·D space — a code artefact; ``v`` alone is
-used here (divergence, negligible next to ‖v‖).
+single difference (``:127-128``; ``myutils.py:114-130``): with one sample the centred matrix is
+zero, and the SVD of a zero 1×(L·D) matrix on the CPU (``get_hiddenstates`` moves the states there,
+``steering_vector.py:107``; LAPACK gesdd, checked here with ``torch.linalg.svd``) returns the first
+unit vector e₀, kept by ``svd_flip`` (U = [[1]]): the official vector is ``v`` **plus 1.0 at layer 0,
+coordinate 0**. The steering normalises each layer's vector on its own, so this is not negligible
+at layer 0 when ‖v₀‖ ≲ 1 (the layer-0 push then points mostly along coordinate 0); the other
+layers are untouched. ``pca_artefact`` = True adds it (the default under ``protocol: vista``, the
+official vector); False (the method's default) uses ``v`` alone, the vector the paper describes.
 
 **Steering** (``llm_layers.py:15-32, 132-150``; ``pope_eval.py:116-122``): after the MLP of
 each decoder layer l (all layers, or the official ``--layers`` slice: parameter ``layers`` = [s, e]), at
@@ -80,10 +85,11 @@ def sla_window(n_layers: int, logits_layers) -> list[int]:
 class VistaSteering(ActivationSteering):
     """E14 with per-request visual steering vectors computed in ``start`` by the E16 probe."""
 
-    def __init__(self, lam: float, layers=None, probe_chunk: int = 8):
+    def __init__(self, lam: float, layers=None, probe_chunk: int = 8, pca_artefact: bool = False):
         super().__init__(vectors={}, lam=float(lam), gate=True, per_request=True)
         self.steer_layers = layers
         self.probe_chunk = probe_chunk
+        self.pca_artefact = bool(pca_artefact)
 
     def start(self, adapter, seqs, tokens) -> None:
         if self.lam == 0:   # no steering: no probe
@@ -96,6 +102,8 @@ class VistaSteering(ActivationSteering):
         outs = residual_probe(adapter, rows, chunk=self.probe_chunk)
         n = len(pos)
         v = torch.stack([outs[i] - outs[n + i] for i in range(n)])   # [n, L, D]
+        if self.pca_artefact:   # the official rank-1 PCA of one sample: + e₀ (module docstring)
+            v[:, 0, 0] += 1.0
         self.vsv = v
         s, e = (0, L) if self.steer_layers is None else (int(self.steer_layers[0]), int(self.steer_layers[1]))
         self.vectors = {l: v[:, l, :] for l in range(s, e)}
@@ -106,7 +114,7 @@ class VistaSteering(ActivationSteering):
 class VISTA(Method):
     name = "vista"
     defaults = MappingProxyType({"lam": 0.1, "layers": None, "logits_aug": True, "logits_alpha": 0.3,
-                                 "logits_layers": None})
+                                 "logits_layers": None, "pca_artefact": False})
     nullable = frozenset({"layers", "logits_layers"})
     param_types = MappingProxyType({"layers": (list, tuple), "logits_layers": (list, tuple)})
     share_prefix = False
@@ -132,7 +140,8 @@ class VISTA(Method):
             raise ValueError(f"parameter 'layers' of method 'vista': {params['layers']!r} is beyond the model's "
                              f"{L} decoder layers")
         window = sla_window(L, params["logits_layers"]) if params["logits_aug"] else []
-        return HookChain(parts=[VistaSteering(params["lam"], params["layers"]), LayerCapture(layers=window)])
+        return HookChain(parts=[VistaSteering(params["lam"], params["layers"], pca_artefact=params["pca_artefact"]),
+                                LayerCapture(layers=window)])
 
     def combine(self, logits, step, state):
         ell = logits[..., 0, :]
