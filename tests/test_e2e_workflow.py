@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -73,6 +74,10 @@ def test_pipeline_outputs(micro_run):
     assert "parser" not in side["run"]["benchmark"]
     assert side["run"]["benchmark"]["max_new_tokens"] == 3 and side["run"]["method"]["do_sample"] is True
     assert side["peak_mem_mb"] > 0 and side["hardware"]
+    # the libraries it ran with (vcdflow.envlock.RESULT_PACKAGES) and whether they are the locked ones
+    assert side["versions"]["transformers"] == metadata.version("transformers")
+    assert side["versions"]["torch"] == metadata.version("torch")
+    assert side["environment_lock"]["matches"] is True
     pope = df[(df.benchmark == "pope")]
     assert set(pope.metric) >= {"accuracy", "precision", "recall", "f1", "yes_ratio", "n", "n_errors"}
     chair = df[(df.benchmark == "chair")]
@@ -121,6 +126,10 @@ def test_pipeline_outputs(micro_run):
                   & (df.metric == metric)].value.item()
         assert float(m.group(1)) == pytest.approx(want)
     assert 'id="bench-mme"' in html and 'id="bench-amber"' in html
+    # one library-version set for every result: listed once in the provenance, no table flagged
+    libs = re.search(r'<td id="decode-versions">(.*?)</td>', html, re.S).group(1)
+    assert libs.count("transformers ") == 1 and "versions-conflict" not in html
+    assert "none recorded (no hub branch or tag was downloaded)" in html  # demo models are local
 
 
 def test_execution_settings_never_redecode(micro_run):
