@@ -360,7 +360,7 @@ class SideStream(AttentionHooks):
     it is merged with that layer's main-stream input h: r = ``residual_weight``·h +
     input_layernorm(o), h′ = r + MLP(post_attention_layernorm(r)), and ``side_logits`` =
     W_lm·N_f(h′) ([R, V], float32) — the main stream is untouched (ONLY's TE stream,
-    ``zifuwan/ONLY@109bffe:transformers/src/transformers/models/llama/modeling_llama.py:647-653``)."""
+    ``zifuwan/ONLY@109bffe:transformers/src/transformers/models/llama/modeling_llama.py:656-662``)."""
 
     last_row_only = True
 

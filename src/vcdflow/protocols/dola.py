@@ -40,7 +40,9 @@ PROTOCOL = halc_harness(
     pe={"qtemplate": "192-197", "max": 104, "recorder": 248},
     params=S({"layers": list(range(0, 32, 2)), "relative_top": 0.1, "repetition_penalty": 1.0},
              f"{CG}:444-462 (candidate layers 0, 2, …, 30, mature 32 = the last), :286-287 (-d dola); relative top "
-             f"0.1: {R} decoder_zoo/Greedy/patching_generate.py:175; no repetition penalty: {R} "
+             f"0.1: {R} transformers-4.36.2/src/transformers/generation/utils.py:1422 (the vendored transformers "
+             f"the -d dola path runs; {R} decoder_zoo/Greedy/patching_generate.py is not imported by {CG}:1-46); "
+             f"no repetition penalty: {R} "
              "minigpt4/models/llava.py:145,241 (1.0; the pass-through is commented out)"),
     family_layers={"instructblip": {"params": {"dola": IB_PENALTY}}},
 )

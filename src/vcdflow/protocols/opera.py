@@ -85,7 +85,7 @@ PROTOCOL = Protocol(
     },
     family={
         "llava": harness_llava(f"{YAML}:13 (system_message)",
-                               f"{PE}:50 ('USER: <ImageHere> <question> ASSISTANT:'); {R} minigpt4/models/llava.py:118 "
+                               f"{PE}:50 ('USER: <ImageHere> <question> ASSISTANT:'); {R} minigpt4/models/llava.py:172 "
                                "(system_message + prompt: no separator)",
                                f"{YAML}:19-22 (clip_image_eval)"),
         "instructblip": {

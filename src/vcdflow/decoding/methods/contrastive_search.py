@@ -15,7 +15,10 @@ and ``_ranking_fast`` (L5241–5264) as vendored in ``shikiw/OPERA@61426ef``; th
 (unreachable here: methods-2.md §0).
 
 Parameters: ``penalty_alpha`` = α = 0.6, ``top_k`` = k = 4 (the HF documentation's example and
-common presets; the paper's recommended values are UNVERIFIED). HF runs contrastive search only
+common presets). The paper's language-model setting is k = 8, α = 0.6 (``yxuansu/SimCTG``
+``document_generation/inference.sh``; its READMEs also use k ∈ {4, 5, 8}, α ∈ {0.5, 0.6, 0.65}):
+set ``top_k: 8`` for it. k = 4 stays the default because no LVLM paper reports contrastive search
+(there is no paper number to reproduce on these benchmarks) and every recorded run used it. HF runs contrastive search only
 when α > 0 and k > 1 and ``do_sample=False``; here α = 0 is plain greedy over the top-k and the
 method is greedy-only (``mode = "greedy"``; HF defines no sampling variant).
 

@@ -32,7 +32,13 @@ distributions) is ours.
 
 Divergences: the official none/unk distributions come from separate generate calls with their own
 sampled continuations; only their first-step scores are used, which is what is logged here (no
-continuation is decoded for them). Every family (InstructBLIP's "none" and "unk" branches are the
+continuation is decoded for them). The decode-time "none" branch of the contrast: officially
+``--use_dd`` deletes only the image id from the prompt ids, so the text keeps the newline after it
+("USER: ▁\n{q} …", ``vcd_utils/vcd_sample.py:173-176`` with ``tokenizer_image_token``'s chunks),
+while the calibration "none" prompt has none (``calibrate/llava_calibrate.py:46-53``). Here one
+"none" branch, without the newline, serves both: matching the contrast exactly needs a fourth
+branch (one more forward per step) for a one-token seam difference that only nudges the contrast;
+the logged prior, which the calibration uses, is the official one. Every family (InstructBLIP's "none" and "unk" branches are the
 LLM alone on the text, as for ``vdd``).
 """
 

@@ -11,7 +11,7 @@ One forward gives both ℓ and a "textually enhanced" ℓ_TE (E17,
    ``:501-504``), ratio r_h = H_text / H_img; heads with r_h < mean_h r_h are zeroed (``:505-518``);
    o_TE = o_proj(A_TE·V) (``:519-522``).
 2. o_TE is carried to the last decoder layer: r = 0.2·h + input_layernorm(o_TE) with h that layer's
-   main-stream input, h_TE = r + MLP(post_attention_layernorm(r)) (``:647-653``),
+   main-stream input, h_TE = r + MLP(post_attention_layernorm(r)) (``:656-662``),
    ℓ_TE = W_lm·N_f(h_TE) (``:992-993``). The main stream is untouched.
 3. Adaptive combine (``only_utils/only_sample.py``): d = Σ|softmax(ℓ) − softmax(ℓ_TE)|;
    d < γ: s = ℓ + α₁·ℓ_TE (collaborative), else s = (1+α₂)·ℓ − α₂·ℓ_TE; APC β on ℓ.

@@ -32,7 +32,13 @@ chair_eval_llava.py:76``; InstructBLIP and the demo model: ours, as LLaVA); or `
 supported.
 
 Divergences: the official code is batch-1 (``final_logits[0]``, ``js_divs.mean(0)`` over the
-batch); here everything is per row. InstructBLIP (not in the official code): its 32 Q-Former query
+batch); here everything is per row. Precision: the official candidates come from ``lm_head`` in the
+model dtype and their ``softmax`` / ``log_softmax`` run in it too (bf16 for Qwen, fp16 for LLaVA:
+``Qwen2.5-VL/data/transformers-v4.50.0/src/transformers/generation/utils.py:2723,2754-2755``;
+``LLaVA1.5/…/utils.py:2749-2750``), about 3 significant digits; here the candidate logits, log r_k
+and the divergences are float32. Kept: the fp16/bf16 rounding only decides near-ties of k* or of
+the final argmax (differences below the half-precision step), and float32 is the same computation
+without that noise; not a different formula. InstructBLIP (not in the official code): its 32 Q-Former query
 tokens are the "vision tokens". ``cache_mb`` = 1024 (ours, speed only): a request's full candidate
 logits K × vocab (float32) are computed once, at its first step, as the official code does at
 prefill, when they fit in that many MiB (LLaVA ``"last"``: 576 × 32 064 × 4 B ≈ 70 MiB);

@@ -47,7 +47,12 @@ prompt token at its original position, we feed it at position 0 (identical for r
 only relative positions enter attention). Li's beam scorer is transformers 4.2x's
 ``BeamSearchScorer``; we use :class:`vcdflow.decoding.beams.BeamSearch` (5.24 bookkeeping,
 total-length normalisation), which differs only in which hypotheses are kept at
-``max_new_tokens``. Every family.
+``max_new_tokens``. Li's candidate pool is 2·K whatever the number of EOS ids
+(``generation_utils.py:2647-2648``; :attr:`LiBeamSearch.pool_factor`), not transformers 5's
+max(2, 1 + n_eos)·K. Not mirrored: Li's run script generates exactly ``length`` tokens
+(``text-generation/run_generation.py:771-772,964-965``: ``min_length = max_length`` suppresses
+EOS) — a text-continuation setting; on LVLM benchmarks the answer ends at EOS as for every other
+method. Every family.
 """
 
 from __future__ import annotations
