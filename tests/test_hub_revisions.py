@@ -70,6 +70,12 @@ def test_a_model_branch_is_pinned_at_its_first_download(tmp_path, hub):
     fetch_model("org/vlm", dest, revision="main", revisions_lock=lock)
     assert hub.downloads == [("org/vlm", C1)] and json.loads((dest / "config.json").read_text()) == {"v": 1}
     assert json.loads(lock.read_text())["model:org/vlm@main"]["commit"] == C1
+    # the folder says where it came from; a result decoded from it records that (its sidecar's model_source)
+    assert hub_revisions.read_source(dest) == {"repo_type": "model", "repo_id": "org/vlm", "revision": "main",
+                                               "commit": C1}
+    from vcdflow.runner import _model_source
+    assert _model_source({"model": {"path": str(dest)}})["commit"] == C1
+    assert _model_source({"model": {"path": str(tmp_path)}}) is None  # a folder placed by hand
     # the owner pushes; a fresh checkout (folder gone) downloading "main" again stops, naming both
     hub.push("org/vlm", C2, {"config.json": '{"v": 2}'})
     shutil.rmtree(dest)

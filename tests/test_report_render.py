@@ -706,7 +706,7 @@ def test_controls_verdict_yes_when_a_method_beats_every_control(tmp_path):
 
 
 def test_a_comparison_decoded_under_different_library_versions_is_flagged(tmp_path):
-    """CHAIR greedy decoded with transformers 5.24.0, vcd with 5.25.0 (one shard of vcd
+    """CHAIR greedy decoded with transformers 5.24.0 and model commit aaa…, vcd with 5.25.0 and bbb… (one shard of vcd
     with numpy 2.4.5): the CHAIR table's model block says which label ran with which version;
     the provenance lists each version set. The same results under one set are not flagged."""
     src = list(csv.DictReader(open(FIX / "metrics.csv", newline="")))
@@ -725,18 +725,21 @@ def test_a_comparison_decoded_under_different_library_versions_is_flagged(tmp_pa
         copies[k] = dst
     base = {"python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.4.6"}
 
-    def write_sidecars(tf_vcd: str, numpy_shard: str | None = None):
+    def write_sidecars(tf_vcd: str, numpy_shard: str | None = None, model_commits=None):
+        model_commits = model_commits or {"greedy": "a" * 40, "vcd": "a" * 40}
         for k, p in copies.items():
             v = dict(base, transformers="5.24.0" if k[3] == "greedy" else tf_vcd)
             shards = [{"versions": v}, {"versions": dict(v, numpy=numpy_shard)}] if numpy_shard and k[3:] == ("vcd", 0) else []
-            meta = {"versions": [s["versions"] for s in shards] if shards else v, "shards": shards}
+            meta = {"versions": [s["versions"] for s in shards] if shards else v, "shards": shards,
+                    "model_source": {"commit": model_commits[k[3]]}}
             p.with_name(p.name.replace(".jsonl", ".meta.json")).write_text(json.dumps(meta))
 
-    write_sidecars("5.25.0", numpy_shard="2.4.5")
+    write_sidecars("5.25.0", numpy_shard="2.4.5", model_commits={"greedy": "a" * 40, "vcd": "b" * 40})
     html = build_report(metrics, tmp_path / "a.html", result_files=copies, scored_files={k: sco[k] for k in keys},
                         runs=RUNS, paper_results=PAPER, config=CONFIG, n_examples=0, figures=False).read_text()
     rows = re.findall(r'<tr class="versions-conflict"><td[^>]*>([^<]*)</td>', html)
-    assert rows == ["results decoded under different library versions — numpy 2.4.5: vcd; 2.4.6: greedy, vcd"
+    assert rows == ["results decoded under different library versions or model weights — model commit "
+                    f"{'a' * 40}: greedy; {'b' * 40}: vcd | numpy 2.4.5: vcd; 2.4.6: greedy, vcd"
                     " | transformers 5.24.0: greedy; 5.25.0: vcd"]
     assert f"chair/all/{MODEL}: results decoded under different" in html
     prov = re.search(r'<td id="decode-versions">(.*?)</td>', html, re.S).group(1).split("<div")[0]

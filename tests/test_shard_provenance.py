@@ -24,7 +24,7 @@ from vcdflow.runner import result_hash, run_shard, sidecar_path
 SIDECAR_KEYS = {
     "output", "config_hash", "result_sha256", "run", "protocol", "protocol_name", "shard", "n_shards", "n_items", "n_decoded",
     "n_resumed", "n_errors", "error_items", "device", "cpu", "gpu", "hardware", "peak_mem_mb", "peak_mem_kind",
-    "wall_seconds", "versions", "environment_lock", "git_commit", "git_dirty", "finished_utc",
+    "wall_seconds", "versions", "environment_lock", "model_source", "git_commit", "git_dirty", "finished_utc",
 }
 
 

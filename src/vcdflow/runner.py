@@ -386,6 +386,14 @@ def _lock_state() -> dict | None:
     return lock_state()
 
 
+def _model_source(run: dict) -> dict | None:
+    """The hub repository and commit of the model folder (its ``.vcdflow-source.json``, written by
+    the download); None for a folder placed by hand or built locally (the demo model)."""
+    from .data.hub_revisions import read_source
+
+    return read_source((run.get("model") or {}).get("path"))
+
+
 def _git_commit() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the working directory's git checkout; (None, None) when it is none."""
     import subprocess
@@ -442,6 +450,7 @@ def _sidecar(run: dict, run_hash: str, output: Path, *, shard: int, n_shards: in
         "wall_seconds": round(time.monotonic() - t0, 3),
         "versions": _versions(),
         "environment_lock": _lock_state(),
+        "model_source": _model_source(run),
         "git_commit": commit,
         "git_dirty": dirty,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

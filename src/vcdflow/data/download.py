@@ -523,6 +523,8 @@ def hf_snapshot(repo_id: str, local_dir: str | os.PathLike, *, revision: str,
         snapshot_download(**kwargs)
     except Exception as exc:
         raise failed("download", exc) from None
+    # the commit downloaded (a branch unresolved when pinning is off: then the name)
+    hub_revisions.write_source(local_dir, repo_id, revision, commit, repo_type)
     if key:
         hub_revisions.record(revisions_lock, key, commit)
     return local_dir

@@ -81,6 +81,27 @@ def read_lock(path: str | os.PathLike) -> dict[str, dict]:
     return data
 
 
+#: Written into every hub snapshot folder after its download: where the files came from.
+SOURCE_FILE = ".vcdflow-source.json"
+
+
+def write_source(local_dir: str | os.PathLike, repo_id: str, revision: str, commit: str, repo_type: str) -> None:
+    """Record in ``local_dir`` the repository, the revision asked for and the commit downloaded."""
+    atomic_write_text(Path(local_dir) / SOURCE_FILE, json.dumps(
+        {"repo_type": repo_type, "repo_id": repo_id, "revision": revision, "commit": commit}, sort_keys=True) + "\n")
+
+
+def read_source(local_dir: str | os.PathLike | None) -> dict | None:
+    """What :func:`write_source` recorded in ``local_dir`` (None for a folder placed by hand or built locally)."""
+    if not local_dir:
+        return None
+    try:
+        data = json.loads((Path(local_dir) / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def lock_rows(config: dict | None) -> list[dict]:
     """The config's revisions lock as report rows ``{"repo_type", "repo", "revision", "commit",
     "recorded", "lock"}`` (sorted; empty without a lock file or with pinning off)."""

@@ -168,12 +168,22 @@ def _sidecar_of(path: str | os.PathLike) -> dict | None:
 def result_versions(path: str | os.PathLike) -> list[dict[str, str]]:
     """The distinct library-version sets a result was decoded with, from its sidecar's
     ``versions`` (a dict; a list when its shards ran under different versions) and its
-    shards' own records; empty when none is recorded."""
+    shards' own records, each with the ``model commit`` of the model folder when the sidecar
+    records one (``model_source``: a hub download); empty when none is recorded."""
     meta = _sidecar_of(path)
     if not meta:
         return []
-    found = [meta.get("versions")] + [s.get("versions") for s in meta.get("shards") or [] if isinstance(s, Mapping)]
-    flat = [v for f in found for v in (f if isinstance(f, list) else [f]) if isinstance(v, Mapping)]
+    def commit_of(rec: Mapping, default: str | None = None) -> str | None:
+        src = rec.get("model_source")
+        return src.get("commit") if isinstance(src, Mapping) else default
+
+    top = commit_of(meta)
+    flat = []
+    for rec in [meta] + [s for s in meta.get("shards") or [] if isinstance(s, Mapping)]:
+        found, commit = rec.get("versions"), commit_of(rec, top)
+        for v in found if isinstance(found, list) else [found]:
+            if isinstance(v, Mapping):
+                flat.append({**v, **({"model commit": commit} if commit else {})})
     return [json.loads(k) for k in dict.fromkeys(json.dumps(dict(v), sort_keys=True) for v in flat)]
 
 
@@ -197,7 +207,7 @@ def version_conflicts(result_files: Mapping[tuple, str | os.PathLike]) -> dict[t
         parts = [f"{pkg} " + "; ".join(f"{ver}: {', '.join(sorted(labels))}" for ver, labels in sorted(vers.items()))
                  for pkg, vers in sorted(per_pkg.items()) if len(vers) > 1]
         if parts:
-            notes[comp] = "results decoded under different library versions — " + " | ".join(parts)
+            notes[comp] = "results decoded under different library versions or model weights — " + " | ".join(parts)
     return notes
 
 
