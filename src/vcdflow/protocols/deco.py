@@ -7,7 +7,7 @@ to the model"; no other model's scripts). Benchmarks: POPE, CHAIR, MME, AMBER.
 * Conv ``llava_v1``; ``"<image>\\n{q}"``. POPE: **no suffix** (VCD's is commented out),
   ``max_new_tokens=5``, the image through ``process_images`` (pad to square with the mean colour,
   LLaVA-1.5's ``image_aspect_ratio: pad``); CHAIR: "Please describe this image in detail.", 512
-  tokens, 500 images; AMBER: the query, 1024 tokens; MME: the question's first line only
+  tokens, 500 images — OPERA's released ids, which ``chair_llava.py`` reads (``chair_subset``); AMBER: the query, 1024 tokens; MME: the question's first line only
   (``qs.split('\\n')[0]`` drops "Please answer yes or no."), 1024 tokens. The other benchmarks use
   ``image_processor.preprocess`` (no pad).
 * Decoding: CHAIR and POPE greedy (``--temperature -1`` → ``do_sample`` off); the AMBER and MME

@@ -10,7 +10,7 @@ CHAIR, MME (no AMBER: from ``unified``).
   (no ``top_k`` passed → transformers' top-k = 50).
 * **Sampling** (``do_sample=True`` always), T = 1, top-p 1, ``top_k=None`` (LLaVA).
 * POPE: ``max_new_tokens=8`` (LLaVA; InstructBLIP ``max_length=4``), seed 42, γ = **0.2**, β = 0.1;
-  CHAIR: 500 images, **128** tokens, seed 3407, γ = 0.25; MME: seed 5, γ = 0.25, **β = 0.4**.
+  CHAIR: 500 images (an unseeded shuffle officially; seed 3407 here, ``chair_subset``), **128** tokens, seed 3407, γ = 0.25; MME: seed 5, γ = 0.25, **β = 0.4**.
   α₁ = 3 (collaborative), α₂ = 1 (contrastive), enhanced layer 0 everywhere.
 * Parser: the ``recorder`` rule (OPERA's).
 * No repetition penalty, InstructBLIP included: ONLY's InstructBLIP script passes

@@ -10,7 +10,9 @@ MiniGPT-4 and Shikra). Not run: Qwen2.5-VL. Benchmarks: POPE and CHAIR (MME and 
   ``"<ImageHere><question>"`` (the 32 query outputs, then the question as is).
 * POPE: the bare question, ``max_new_tokens=10``, OPERA's ``recorder`` parser; CHAIR: "Please
   describe this image in detail.", ``max_new_tokens=512``, the first 500 COCO val2014 images of a
-  seeded shuffle. Seed 42 (``run.seed`` of the eval configs).
+  seeded shuffle — here OPERA's **released ids** (LLaVA-1.5's list; InstructBLIP's own list),
+  and POPE the **e3e3926** files it ships (``chair_subset`` / ``pope_version``, docs/protocols.md).
+  Seed 42 (``run.seed`` of the eval configs).
 * Decoding: **beam search, 5 beams** (README commands ``--beam 5``) with OPERA's penalty (σ = 50,
   r = 15, N_can = 5, α = 1: the method's defaults) with its column scores in **float16**
   (``penalty_dtype``: φ ≤ 6.6e-3 or +inf, as the fp16 reference; the method's own default,

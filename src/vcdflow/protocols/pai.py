@@ -7,7 +7,9 @@ Benchmarks: POPE (``pope_eval.py``) and CHAIR (``chair_eval.py``).
 * LLaVA: ``SYSTEM_MESSAGE + "USER: <ImageHere> <question> ASSISTANT:"`` (``constants.py``;
   template ``halc_llava``), the text-only CFG branch the same without ``<ImageHere>``.
 * POPE: the bare question; CHAIR: **"Please help me describe the image in detail."** (PAI's own
-  wording), the first 500 images of a shuffle seeded 927. ``max_new_tokens=512`` in both
+  wording), the first 500 images of a shuffle seeded 927 (``chair_subset``: the rule
+  re-run on sorted file names, not reproducible exactly); POPE random = head, popular and
+  adversarial = e3e3926 (``pope_version``). ``max_new_tokens=512`` in both
   scripts. Greedy (``--sample`` off), one beam. Parser: ``pope_ans.py`` = OPERA's ``recorder``.
 * PAI: α = 0.2, **γ = 1.1** (the README commands; the argparse default is 2), layers 2…31
   (``--start-layer 2 --end-layer 32``), both parts on (``--use-attn --use-cfg``).

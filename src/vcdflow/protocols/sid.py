@@ -7,7 +7,9 @@ Qwen2.5-VL. Benchmarks: POPE (``pope_eval.py``) and CHAIR (``eval_utils/chair_ev
 * Templates as OPERA's (``halc_llava`` / ``instructblip_raw``), seed 42 (``run.seed``).
 * POPE: bare question, ``max_new_tokens=10``, ``recorder`` parser; CT²S keeps **K = 100** image
   tokens chosen at layer 2 (``--fast-v-attention-rank 100 --fast-v-agg-layer 2``).
-* CHAIR: "Please describe this image in detail.", 512 tokens, 500 images, **K = 50**.
+* CHAIR: "Please describe this image in detail.", 512 tokens, 500 images (seed-42 shuffle, not
+  reproducible exactly: ``chair_subset``), **K = 50**. POPE random = head, popular and
+  adversarial = e3e3926 (``pope_version``).
 * Decoding: ``--sample --sample-greedy`` (POPE defaults): the patched sampler takes the
   **argmax of the un-masked contrast** s = (1+α)ℓ − αℓ_SID with **α = 0.5** (the sampler's default;
   no script passes ``cd_alpha``) — greedy, no APC; β = 0.1 only in sampling mode. CHAIR's

@@ -10,7 +10,9 @@ CHAIR (MMHal is not ours).
   (``halc_llava``), ``"<ImageHere><question>"`` for InstructBLIP (``anchor.py``).
 * POPE: the bare question, ``max_new_tokens=32``, VSV λ = **0.01**; CHAIR: "Please help me describe
   the image in detail." (PAI's), 512 tokens, a 500-image subset (``np.random.choice``), λ = **0.17**;
-  SLA α = 0.3 over layers 25–30 in both; elsewhere (MMHal's script) λ = 0.1.
+  SLA α = 0.3 over layers 25–30 in both; elsewhere (MMHal's script) λ = 0.1. Data: POPE e3e3926
+  (``pope_version``); CHAIR the seed-1994 draw re-run on sorted names, not reproducible exactly
+  (``chair_subset``). The steering vector keeps the official PCA artefact (``pca_artefact``).
 * Greedy (``--do-sample`` off), one beam, repetition penalty 1.0, seed 1994. When sampling is
   asked, the scripts' warpers are top-p 0.9 and ``top_k=0`` (off), T = 1.
 * Parser: ``pope_ans.py`` = OPERA's ``recorder``.
