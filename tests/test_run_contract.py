@@ -160,7 +160,8 @@ def test_merge_shards_merges_the_sidecars(tmp_path):
         (tmp_path / f"{i}-of-2.meta.json").write_text(json.dumps(
             {"wall_seconds": sec, "peak_mem_mb": mem, "hardware": hw, "device": "cuda", "git_commit": "abc",
              "protocol": {"protocol": "vcd"}, "n_items": 1, "n_decoded": 1 - i, "n_resumed": i, "n_errors": i,
-             "error_items": [f"q{i}"] if i else [], "shard": i, "output": str(p), "result_sha256": "shard"}))
+             "error_items": [f"q{i}"] if i else [], "shard": i, "output": str(p), "result_sha256": "shard",
+             "versions": {"torch": "2.13.0+cpu", "transformers": f"5.2{4 + i}.0"}}))
         shards.append(p)
     out = merge_shards(shards, tmp_path / "seed0.jsonl")
     assert [json.loads(x)["item_id"] for x in out.read_text().splitlines()] == ["q0", "q1"]
@@ -168,6 +169,12 @@ def test_merge_shards_merges_the_sidecars(tmp_path):
     assert meta["wall_seconds"] == 5.5 and meta["peak_mem_mb"] == 250.0
     assert meta["hardware"] == ["1x H200", "1x A100"] and meta["device"] == "cuda"
     assert meta["git_commit"] == "abc" and meta["protocol"] == {"protocol": "vcd"} and meta["n_shards"] == 2
+    # shards decoded under different library versions: both sets kept, and the report reads both
+    assert meta["versions"] == [{"torch": "2.13.0+cpu", "transformers": "5.24.0"},
+                                {"torch": "2.13.0+cpu", "transformers": "5.25.0"}]
+    from vcdflow.report.provenance import result_versions
+
+    assert result_versions(out) == meta["versions"]
     # counts over the whole result, the merged file's own path and hash
     assert (meta["n_items"], meta["n_decoded"], meta["n_resumed"], meta["n_errors"]) == (2, 1, 1, 1)
     assert meta["error_items"] == ["q1"] and "shard" not in meta and meta["output"] == str(out)
