@@ -15,7 +15,7 @@ UV ?= uv
 # where `make lock` finds the pinned CPU torch wheel (requirements-pins.txt)
 LOCK_FIND_LINKS ?= $(if $(TORCH_INDEX),,/opt/wheels)
 
-.PHONY: demo demo-paper demo-full test setup lock lint dry-run clean-results
+.PHONY: demo demo-paper demo-full test setup extra lock lint dry-run clean-results
 
 # The locked environment (docs/environment.md): requirements.lock pins every package with its
 # hashes; pyproject.toml keeps the ranges a library user installs against. The venv is
@@ -38,6 +38,14 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# An optional extra on top of the lock (make extra EXTRA=amber): its own packages are added, no
+# locked version moves (the lock's pins, without hashes, as pip constraints).
+extra: $(STAMP)
+	@test -n "$(EXTRA)" || { echo "name the extra: make extra EXTRA=amber (or lmms, workflow)"; exit 2; }
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' $(LOCK) > $(VENV)/lock-constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/lock-constraints.txt -e '.[$(EXTRA)]'
+	$(PY) src/vcdflow/envlock.py check $(LOCK)
 
 # Rewrite requirements.lock from pyproject.toml (demo + tests: the `test` extra) and
 # requirements-pins.txt, keeping the locked versions that still fit (uv reads the old lock as
