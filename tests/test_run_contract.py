@@ -27,16 +27,17 @@ def test_execution_settings_stay_out_of_the_result():
     g = next(x for x in runs.grid(cfg) if x["method"] == "vcd")
     spec = cell(cfg, g).as_dict()
     text = json.dumps(spec)
-    for key in ("device", "threads", "batch_size", "gpu_lock_dir", "n_shards"):
+    for key in ("device", "threads", "batch_size", "gpu_lock_dir", "n_shards", "compile"):
         assert f'"{key}"' not in text, key
     other = copy.deepcopy(cfg)
-    other.update(threads=7, batch_size=3, device="cuda", gpu_lock_dir="/x", n_shards=5)
+    other.update(threads=7, batch_size=3, device="cuda", gpu_lock_dir="/x", n_shards=5, compile="on")
     other["models"]["demo"]["batch_size"] = 2
     assert cell(other, g).as_dict() == spec
     a = runs.job_run(spec, runs.execution(cfg, model="demo", benchmark="pope"))
     b = runs.job_run(cell(other, g).as_dict(), runs.execution(other, model="demo", benchmark="pope", threads=9))
     assert (a["threads"], a["model"]["batch_size"], b["threads"], b["model"]["batch_size"]) == (1, 16, 9, 2)
     assert a["device"] == "auto" and b["device"] == "cuda" and b["execution"]["n_shards"] == 5
+    assert (a["execution"]["compile"], b["execution"]["compile"]) == ("off", "on")
     assert result_hash(a) == result_hash(b)
     # ... while what decides the records does change it
     third = copy.deepcopy(cfg)

@@ -270,3 +270,21 @@ def test_stable_file_digest_is_file_digest_and_follows_a_changed_file(tmp_path, 
     f.write_bytes(b"b" * 1001)
     os.utime(f, ns=(1, 1))
     assert vio.stable_file_digest(f) == real(f) != first and len(calls) == 2
+
+
+def test_compile_setting_reaches_generate_only_when_set(tmp_path):
+    """The execution setting ``compile`` (the decode step) is passed to ``generate``; unset or
+    "off", nothing is passed (engines and stand-ins without the keyword keep working)."""
+    seen = []
+
+    def fake(vlm, requests, **kw):
+        seen.append(kw.get("compile", "<absent>"))
+        return [Output(item_id=r.item_id, text="yes", token_ids=[1]) for r in requests]
+
+    items = make_items(tmp_path, n=2)
+    for i, ex in enumerate([None, {"compile": "off"}, {"compile": "on"}]):
+        run = make_run()
+        if ex is not None:
+            run["execution"] = ex
+        run_shard(run, tmp_path / f"r{i}.jsonl", items=items, vlm=object(), generate_fn=fake, progress=False)
+    assert seen == ["<absent>", "<absent>", "on"]

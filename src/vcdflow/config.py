@@ -131,6 +131,8 @@ class Execution:
     batch_size: int = 16
     n_shards: int = 1
     gpu_lock_dir: str = ".vcdflow/gpu-locks"
+    #: the decode step (``vcdflow.decoding.generate(compile=...)``): "off" | "static" | "on"
+    compile: str = "off"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -278,6 +280,7 @@ def execution(config: Mapping, *, model: str | None = None, benchmark: str | Non
         batch_size=int(mcfg.get("batch_size", config.get("batch_size", 16))),
         n_shards=int(bcfg.get("n_shards", config.get("n_shards", 1))),
         gpu_lock_dir=str(config.get("gpu_lock_dir", ".vcdflow/gpu-locks")),
+        compile=str(config.get("compile", "off")),
     )
 
 

@@ -191,6 +191,8 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
         # the record's meta keeps the contrastive input used (the item's values)
         slots.append((i, prompt, {"contrast_input": contrast} if contrast else {}))
     if requests:
+        # the decode step (execution setting "compile": off | static | on), passed only when set
+        step = str((run.get("execution") or {}).get("compile", "off"))
         t0 = time.perf_counter()
         outs = generate_fn(
             vlm,
@@ -206,6 +208,7 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
             batch_size=len(requests),
             # beam search (E11): only a run whose record has one (num_beams > 1; vcdflow.config.build_run)
             **dict(method.get("search") or {}),
+            **({"compile": step} if step != "off" else {}),
         )
         per_item = (time.perf_counter() - t0) / len(requests)
         for (i, prompt, used), out in zip(slots, outs):
