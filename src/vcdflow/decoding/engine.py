@@ -47,6 +47,7 @@ from .methods import get_method
 from .hooks import DecodeHooks, Rows
 from .methods.base import Method
 from .plausibility import apc
+from .processors import apply_processors
 from .sampling import image_identity, make_generator, sample_tokens, warp
 from .types import Branch, BranchContext, InputError, Output, Request, State
 
@@ -711,8 +712,6 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
                 st = replace(st, amateur=ama.index_select(0, rows.view(len(members), nb)[:, 0]))
             scores = method.combine(L, step, st)
             if procs is not None:
-                from .processors import apply_processors
-
                 scores = apply_processors(scores, st, procs["repetition"], procs["ngram"], procs["context"])
             beta = method.plausibility(L, step, st)
             if beta is not None:

@@ -1,4 +1,4 @@
-"""E13: Hugging Face logits processors for the chooser — repetition penalty and no-repeat-n-gram,
+"""Hugging Face logits processors for the chooser — repetition penalty and no-repeat-n-gram,
 with ``transformers``' semantics, over each request's ids.
 
 * :func:`repetition_penalty` = ``RepetitionPenaltyLogitsProcessor(θ)``: for every id that occurs in
