@@ -17,7 +17,7 @@ from vcdflow.decoding import Request, generate
 from vcdflow.models import load_vlm
 from vcdflow.models.families import FAMILIES
 
-NEW = ("qwen2_vl", "llava_next", "llava_onevision")
+NEW = ("qwen2_vl", "llava_next", "llava_onevision", "internvl")
 N = 6
 
 
@@ -85,7 +85,7 @@ def test_vcd_batched_equals_batch_one(vlms, family):
 def test_image_only_processors_keep_the_checkpoint_settings(vlms):
     """Qwen2-VL and LLaVA-OneVision ship a video processor (torchvision here): the processor is the
     family's own class without it, with the folder's chat template and processor settings."""
-    for fam in ("qwen2_vl", "llava_onevision"):
+    for fam in ("qwen2_vl", "llava_onevision", "internvl"):
         proc = vlms[fam].processor
         assert FAMILIES[fam].video_processor
         assert type(proc).__mro__[1].__name__ == FAMILIES[fam].processor_class
@@ -129,16 +129,20 @@ def test_families_reach_the_config_schema_protocols_and_prompt(capsys):
 
         text = json.loads(capsys.readouterr().out.splitlines()[0])["text"]
         assert text.startswith(start), (fam, text)
+    # a family with no shipped copy of its template: one line asking for the model folder
+    assert main(["prompt", "--family", "internvl", "--method", "greedy", "--benchmark", "pope"]) == 2
+    assert "--family: internvl: vcdflow ships no copy of its chat template; pass --model" in capsys.readouterr().err
 
 
-def test_every_method_runs_or_is_refused_on_llava_onevision(vlms, tmp_path_factory):
+@pytest.mark.parametrize("fam", ["llava_onevision", "internvl"])
+def test_every_method_runs_or_is_refused(vlms, tmp_path_factory, fam):
     """Every method on an any-res family (LLaVA-OneVision: tiles, Qwen2 decoder, image-only
-    processor): it decodes, or it is refused with the one line of its declared needs, naming the
-    method, the family and why — the same line ``vcdflow methods`` prints in its matrix."""
+    processor) and a tiled one (InternVL): it decodes, or it is refused with the one line of its
+    declared needs, naming the method, the family and why — the line ``vcdflow methods`` prints."""
     from method_cases import runtime_params
     from vcdflow.decoding import METHODS
+    from vcdflow.models.families import refusal
 
-    fam = "llava_onevision"
     vlm, d = vlms[fam], tiny_dir(fam, tmp_path_factory)
     req = Request(image=_img(4, 72, 60), prompt="Is there a cup in the image?", item_id="all",
                   contrast_image=_img(5, 40, 90), contrast_images=[_img(6, 72, 60), _img(7, 50, 50)])
@@ -154,10 +158,8 @@ def test_every_method_runs_or_is_refused_on_llava_onevision(vlms, tmp_path_facto
             continue
         assert out.error is None, (method, out.error)
         assert len(out.token_ids) == 2, method
-    assert refused == {"carve": "method 'carve' needs a spatial grid of image tokens, which the llava_onevision "
-                                "family (LLaVA-OneVision) does not have: an any-res image is a base tile plus grid "
-                                "tiles unpadded to the aspect ratio, with a newline token per row: no single grid "
-                                "of the picture"}
+    assert refused == {"carve": refusal("carve", ["image_grid"], fam)}
+    assert refused["carve"].startswith(f"method 'carve' needs a spatial grid of image tokens, which the {fam} family")
 
 
 def test_methods_prints_the_matrix_and_the_grid_leaves_refused_pairs_out(capsys):
@@ -179,3 +181,29 @@ def test_methods_prints_the_matrix_and_the_grid_leaves_refused_pairs_out(capsys)
               "methods": {"carve": {"method": "carve"}, "vcd": {"method": "vcd"}}}
     assert not applies(config, "carve", "next")
     assert applies(config, "carve", "qwen") and applies(config, "vcd", "next")
+
+
+def test_paper_config_plans_every_model():
+    """config/paper.yaml's newer-family models get the same grid as the others (the Snakemake dry
+    run of test_workflow_config covers the first three families' models only, for time): runs
+    under the unified and the paper protocols, and no CARVE run where the family is refused."""
+    import collections
+
+    import yaml
+
+    from vcdflow.config import grid
+
+    cfg = yaml.safe_load(open("config/paper.yaml"))
+    cfg["seeds"] = cfg["seeds"][:1]
+    runs = list(grid(cfg))
+    by_model = collections.defaultdict(set)
+    for r in runs:
+        by_model[r["model"]].add((r["protocol"], r["method"]))
+    fams = {name: m["family"] for name, m in cfg["models"].items()}
+    assert set(NEW[:3]) <= set(fams.values())
+    ref = by_model["llava-1.5-7b"]
+    for name, fam in fams.items():
+        plans = by_model[name]
+        assert {p for p, _ in plans} == {p for p, _ in ref}, name   # unified + the same paper protocols
+        carve = {m for _, m in plans if m.startswith("carve")}
+        assert bool(carve) == (FAMILIES[fam].lacks(["image_grid", "multi_image"]) == {}), (name, carve)

@@ -355,3 +355,41 @@ def tiny_dir(family: str, tmp_path_factory) -> Path:
     if family not in _BUILT or not (_BUILT[family] / "config.json").is_file():
         _BUILT[family] = BUILDERS[family](tmp_path_factory.mktemp(f"tiny-{family}"))
     return _BUILT[family]
+
+
+INTERNVL_SPECIALS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                     "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+INTERNVL_CHAT_TEMPLATE = (  # InternVL3's ChatML, an image part as its context token on its own line
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_internvl(path: str | Path, *, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a random InternVL (transformers-native ``internvl``: InternViT tower, pixel-shuffle
+    projector, Qwen2 text model) + processor: 56-px tiles (1 to 4 tiles + a thumbnail per image,
+    GOT-OCR2 dynamic tiling), 4 image tokens per tile."""
+    from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
+                              InternVLProcessor, PreTrainedTokenizerFast, Qwen2Config)
+
+    path = Path(path)
+    base = _word_tokenizer(["<|im_start|>", "<|im_end|>", *INTERNVL_SPECIALS.values()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="</s>", pad_token="<pad>", extra_special_tokens=INTERNVL_SPECIALS)
+    config = InternVLConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": [56, 56], "patch_size": [14, 14]},
+        text_config=Qwen2Config(**_text_cfg(tokenizer, hidden)).to_dict(),
+        image_token_id=tokenizer.context_image_token_id, image_seq_length=4, downsample_ratio=0.5,
+        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    ip = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True, min_patches=1,
+                                  max_patches=4, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return _finish(model, tokenizer, path, {"image_processor": ip}, InternVLProcessor, image_seq_length=4,
+                   chat_template=INTERNVL_CHAT_TEMPLATE)
+
+
+BUILDERS["internvl"] = build_tiny_internvl

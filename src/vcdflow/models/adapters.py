@@ -648,6 +648,7 @@ LAYOUT_ADAPTERS: dict[str, type[FamilyAdapter]] = {
     "query": InstructBlipAdapter,
     "packed": PackedPatchAdapter,
     "anyres": AnyResAdapter,
+    "tiles": LlavaAdapter,   # InternVL: every tile is one "image" of the grid adapter
 }
 
 

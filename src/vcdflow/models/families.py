@@ -19,6 +19,9 @@ Image-token layouts (how an image becomes decoder tokens, and so what the adapte
 * ``anyres``: a base tile + the tiles of the best-fitting grid pinpoint, unpadded to the image's
   aspect ratio with one newline embedding per feature row (LLaVA-NeXT, LLaVA-OneVision); the
   number of image tokens depends on the image size;
+* ``tiles``: dynamic tiling into fixed-size tiles + a thumbnail, a fixed number of tokens per
+  tile, the tiles of all images stacked along the batch dimension (InternVL): the grid adapter,
+  with each tile counted as one image;
 * ``cross_attention``: the image never enters the decoder's sequence; cross-attention layers read
   the vision states (Llama-3.2-Vision, ``mllama``).
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-LAYOUTS = ("grid", "query", "packed", "anyres", "cross_attention")
+LAYOUTS = ("grid", "query", "packed", "anyres", "tiles", "cross_attention")
 
 #: what a decoding method can need from a family (``Method.needs``), in words
 NEEDS = {
@@ -43,6 +46,8 @@ LACKS = {
               "multi_image": "one Q-Former query set per prompt"},
     "anyres": {"image_grid": "an any-res image is a base tile plus grid tiles unpadded to the aspect ratio, with "
                              "a newline token per row: no single grid of the picture"},
+    "tiles": {"image_grid": "an image is several tiles plus a thumbnail, each its own token grid: no single grid "
+                            "of the picture"},
     "cross_attention": {"image_tokens": "cross-attention layers read the image; the decoder's sequence has no "
                                         "image tokens",
                         "image_grid": "the decoder's sequence has no image tokens"},
@@ -111,6 +116,8 @@ _RECORDS = (
     Family("llava_onevision", "LLaVA-OneVision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",
            "LlavaOnevisionProcessor", "anyres", video_processor=True, official_template="llava_onevision",
            example="llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+    Family("internvl", "InternVL3", "internvl", "InternVLForConditionalGeneration", "InternVLProcessor", "tiles",
+           video_processor=True, example="OpenGVLab/InternVL3-8B-hf"),
 )
 
 #: family name → record

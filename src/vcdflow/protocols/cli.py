@@ -119,6 +119,9 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
         def text_of(b) -> str:
             return adapter.build_text(b.prompt, b.image is not None, b.system)
     else:
+        if res.chat_template == "model" and family not in FAMILY_TEMPLATE:
+            raise UsageError("--family", f"{family}: vcdflow ships no copy of its chat template; pass --model "
+                                         f"<its model folder> to show the model's own")
         template = FAMILY_TEMPLATE[family] if res.chat_template == "model" else res.chat_template
         image_token = None
 
