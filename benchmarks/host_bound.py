@@ -20,7 +20,9 @@ Cases (each greedy unless named ``vcd``; batch 1 and ``--batch``):
 * ``*_vcd``           the engine cases with VCD (two branches per request in one batch).
 
 Per-step time = (wall(N) − wall(N0)) / (N − N0): the same prompts decoded to N and to N0 new
-tokens (EOS disabled), so the prefill and the first tokens cancel. Every case is warmed up once
+tokens (EOS disabled), so the prefill and the first tokens cancel; both wall time and the
+process's CPU time (``time.process_time``, 1 thread: robust on a machine shared with other jobs;
+the ratios use CPU time on a CPU, wall time on a GPU). Every case is warmed up once
 (its compile time, where it compiles, is that first call's wall time minus a timed call's: reported
 separately), then ``--reps`` interleaved rounds over all cases: median and [min, max] per case.
 Host syncs per step are counted in one extra untimed call per case: ``torch.Tensor.item``,
@@ -197,10 +199,10 @@ def main(argv=None):
 
     def timed(fn, n):
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         toks = fn(n)
         sync()
-        return time.perf_counter() - t, toks
+        return time.perf_counter() - t, toks, time.process_time() - c
 
     cases = {}
     for b in batches:
@@ -211,12 +213,12 @@ def main(argv=None):
             if fn is None:
                 print(f"skip {name}: this engine has no compile setting", flush=True)
                 continue
-            cases[(name, b)] = dict(fn=fn, walls=[])
+            cases[(name, b)] = dict(fn=fn, walls=[], cpus=[])
     results = {}
     for (name, b), c in cases.items():  # warm-up (compiles), then the syncs
-        t_first, _ = timed(c["fn"], a.new_tokens)
-        t_base_first, _ = timed(c["fn"], a.base_tokens)
-        t_second, toks = timed(c["fn"], a.new_tokens)
+        t_first, _, _ = timed(c["fn"], a.new_tokens)
+        timed(c["fn"], a.base_tokens)
+        t_second, toks, _ = timed(c["fn"], a.new_tokens)
         c["tokens"] = toks
         with counter.counting():
             c["fn"](a.new_tokens)
@@ -232,24 +234,30 @@ def main(argv=None):
               flush=True)
     for rep in range(a.reps):  # interleaved rounds
         for (name, b), c in cases.items():
-            t_n, _ = timed(c["fn"], a.new_tokens)
-            t_0, _ = timed(c["fn"], a.base_tokens)
+            t_n, _, c_n = timed(c["fn"], a.new_tokens)
+            t_0, _, c_0 = timed(c["fn"], a.base_tokens)
             c["walls"].append((t_n - t_0) / (a.new_tokens - a.base_tokens))
+            c["cpus"].append((c_n - c_0) / (a.new_tokens - a.base_tokens))
         print(f"round {rep + 1}/{a.reps} done", flush=True)
     for (name, b), c in cases.items():
         ms = [w * 1e3 for w in c["walls"]]
+        cpu = [w * 1e3 for w in c["cpus"]]
         r = results[f"{name}/b{b}"]
         r.update(step_ms=round(statistics.median(ms), 3), step_ms_min=round(min(ms), 3),
-                 step_ms_max=round(max(ms), 3), step_ms_all=[round(x, 3) for x in ms])
+                 step_ms_max=round(max(ms), 3), step_ms_all=[round(x, 3) for x in ms],
+                 step_cpu_ms=round(statistics.median(cpu), 3), step_cpu_ms_min=round(min(cpu), 3),
+                 step_cpu_ms_max=round(max(cpu), 3), step_cpu_ms_all=[round(x, 3) for x in cpu])
         ref = cases.get(("engine_vcd" if name.endswith("_vcd") else "engine", b))
         if ref is not None and name.startswith("engine"):
             r["tokens_equal_eager_engine"] = c["tokens"] == ref["tokens"]
         if name.startswith("hf") and ("engine", b) in cases:
             r["tokens_equal_eager_engine"] = c["tokens"] == cases[("engine", b)]["tokens"]
 
+    key = "step_ms" if a.device.startswith("cuda") else "step_cpu_ms"
+
     def ratio(x, y):
         if x in results and y in results:
-            return round(results[x]["step_ms"] / results[y]["step_ms"], 3)
+            return round(results[x][key] / results[y][key], 3)
         return None
 
     ratios = {}
@@ -265,9 +273,10 @@ def main(argv=None):
                   torch=torch.__version__, python=platform.python_version(),
                   cpu=platform.processor() or platform.machine(),
                   cuda=torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
-                  results=results, ratios=ratios)
+                  ratios_of=key, results=results, ratios=ratios)
     for k, r in results.items():
-        print(f"{k:28s} step {r['step_ms']:8.3f} ms [{r['step_ms_min']:.3f}, {r['step_ms_max']:.3f}]  "
+        print(f"{k:28s} step {r['step_ms']:8.3f} ms [{r['step_ms_min']:.3f}, {r['step_ms_max']:.3f}]  cpu "
+              f"{r['step_cpu_ms']:8.3f} ms [{r['step_cpu_ms_min']:.3f}, {r['step_cpu_ms_max']:.3f}]  "
               f"syncs/step {r['syncs_per_step']:.2f}  compile {r['compile_s']:.1f}s  "
               f"same tokens as engine: {r.get('tokens_equal_eager_engine')}")
     for k, v in ratios.items():

@@ -343,6 +343,10 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
     # (dropping rows or appending ones keeps it all ones; a rollback's padding clears it).
     # Forward hooks may read the mask (an attention hook rebuilds its own): they always get it.
     full_mask = hooks is None and bool(mask.all())
+    # with padding, an SDPA model gets the mask in the 4-D form transformers would build from it
+    # for a one-token step ([R, 1, 1, columns], True = attend): transformers takes a 4-D mask as
+    # given instead of checking the 2-D one on the host every step (same values, same kernel)
+    sdpa = hooks is None and _attn_impl(adapter) == "sdpa"
     feed_index = _FeedIndex()
     while any(f is None for f in finish):
         if search is None:
@@ -404,7 +408,8 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         if hooks is not None:
             rows = Rows(request=list(row_req), branch=list(row_branch), step=step + 1)
             hooks.before_forward("step", rows)
-        logits, _ = adapter.forward(adapter.embed_tokens(step_ids), None if full_mask else mask, pos, cache)
+        step_mask = None if full_mask else (mask[:, None, None, :].bool() if sdpa and step_ids.shape[1] == 1 else mask)
+        logits, _ = adapter.forward(adapter.embed_tokens(step_ids), step_mask, pos, cache)
         if hooks is not None:
             hooks.after_forward("step", rows, logits)
         if amateur is not None:
@@ -444,6 +449,11 @@ def static_refusal(search, hooks, amateur, contrast_steps) -> str | None:
     if contrast_steps is not None:
         return "contrast branches retire after contrast_steps"
     return None
+
+
+def _attn_impl(adapter) -> str | None:
+    """The language model's attention implementation (``"sdpa"``, ``"eager"``…)."""
+    return getattr(adapter.text_model().config, "_attn_implementation", None)
 
 
 def _static_cache(adapter, cache, width: int):
@@ -501,7 +511,7 @@ def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limit
     del cache
     attend = torch.zeros((R, 1, 1, width), dtype=torch.bool, device=dev)
     attend[:, 0, 0, :P] = mask.bool()
-    impl = getattr(adapter._forward_module().config, "_attn_implementation", "sdpa")
+    impl = _attn_impl(adapter)
     if impl == "sdpa":
         mask4 = attend
     else:  # eager attention adds the mask: 0 where attended, the dtype's minimum elsewhere
