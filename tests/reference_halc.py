@@ -170,8 +170,23 @@ def _grow(b, f):
     return [max(0.0, b[0] - f * w / 2), max(0.0, b[1] - f * h / 2), min(1.0, b[2] + f * w / 2), min(1.0, b[3] + f * h / 2)]
 
 
-def _dola(vlm, inp, ids, p, layer=None):
-    """(DoLa token after prompt + ids, the premature layer used); ``layer`` forces it."""
+def _penalised(vlm, inp, scores, p, hist):
+    """HF's RepetitionPenaltyLogitsProcessor(θ) on scores [V] over the prefix (one BOS for
+    ``repetition_context: generated``, LAVIS; else the prompt ids) + ``hist`` (utils.py L4662,
+    L4809, L4980)."""
+    theta = p.get("repetition_penalty", 1.0)
+    if theta == 1.0 or hist is None:
+        return scores
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    tok = vlm.adapter.tokenizer
+    pre = [tok.bos_token_id] if p.get("repetition_context") == "generated" else inp["input_ids"][0].tolist()
+    return RepetitionPenaltyLogitsProcessor(theta)(torch.tensor([pre + list(hist)]), scores[None])[0]
+
+
+def _dola(vlm, inp, ids, p, layer=None, hist=None):
+    """(DoLa token after prompt + ids, the premature layer used); ``layer`` forces it; ``hist``:
+    the ids its logits processors see after the prefix."""
     lm = vlm.model.language_model if vlm.family == "instructblip" else vlm.model
     head = lm.get_output_embeddings()
     out = forward_hidden(vlm, inp, ids)
@@ -190,7 +205,7 @@ def _dola(vlm, inp, ids, p, layer=None):
     lp = mature.log_softmax(-1)
     final = torch.where(lp < float(lp.max()) + math.log(p["relative_top"]), torch.tensor(-math.inf), lp)
     base = torch.where(final < -1e3, torch.tensor(-1e3), base)
-    return int((final - base).argmax()), layer
+    return int(_penalised(vlm, inp, final - base, p, hist).argmax()), layer
 
 
 def _judge(vlm, req, entity, p, aux, rng, exempt, add, ev):
@@ -238,8 +253,9 @@ def _fov_tokens(vlm, req, views, committed, p):
     cands = []
     for _, flat in pairs:
         i, j = divmod(flat, n)
-        cands.append(int((fov[j] - p["contrast_weight"] * fov[i]).argmax()))
-        cands.append(int((fov[i] - p["contrast_weight"] * fov[j]).argmax()))
+        main = inputs(vlm, req.prompt, req.image, req.system)
+        cands.append(int(_penalised(vlm, main, fov[j] - p["contrast_weight"] * fov[i], p, committed).argmax()))
+        cands.append(int(_penalised(vlm, main, fov[i] - p["contrast_weight"] * fov[j], p, committed).argmax()))
     return cands
 
 
@@ -276,7 +292,7 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
             cands = [None] * k
             y = None
             if not b["finished"]:
-                y, layer_used = _dola(vlm, inp, b["context"], p)
+                y, layer_used = _dola(vlm, inp, b["context"], p, hist=b["intermediate"] + b["last_tokens"])
                 if _complete(tok, y, eos):
                     b["once"] = False
                     if b["last_tokens"]:
@@ -351,7 +367,7 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
                 if lw != cw:   # rolled back: re-decode after the new context with the loop's last layer
                     ctx = (b["snapshot"] + [b["intermediate"][-1]] if p["rollback_context"] == "snapshot"
                            else list(b["intermediate"]))
-                    y, _ = _dola(vlm, inp, ctx, p, layer=layer_used)
+                    y, _ = _dola(vlm, inp, ctx, p, layer=layer_used, hist=b["intermediate"])
                     rec["redecoded"] = y
                     b["context"] = list(ctx)
                     b["last_tokens"] = []

@@ -296,6 +296,26 @@ def test_beams_match_reference(vlms, aux, family):
         assert any(c["source"] != c["beam"] for o in outs for c in o.meta.get("halc_commits", []))
 
 
+def test_lavis_repetition_penalty_matches_reference(vlms, aux):
+    """InstructBLIP under protocol halc: LAVIS's repetition penalty θ = 1.5 over one BOS + a beam's
+    ids at the loop's three processor sites (DoLa token over I + W, FOV candidates and the re-decode
+    over I; utils.py L4662, L4809, L4980) equals the reference; and it changes the output."""
+    from vcdflow.protocols import get_protocol
+
+    vlm = vlms["instructblip"]
+    eos = vlm.adapter.eos_token_ids
+    declared = dict(get_protocol("halc").resolve("halc", "instructblip", "chair").params)
+    assert declared == {"repetition_penalty": 1.5, "repetition_context": "generated"}
+    p = params(aux, beam_size=3, box_threshold=0.3, max_boxes=20, **declared)
+    outs = generate(vlm, REQS, "halc", p, max_new_tokens=7, batch_size=16, seed=5)
+    plain = generate(vlm, REQS, "halc", {**p, "repetition_penalty": 1.0}, max_new_tokens=7, batch_size=16, seed=5)
+    for r, o in zip(REQS, outs):
+        with torch.no_grad():
+            ref = ref_halc(vlm, r, p, aux, seed=5, key=r.item_id, max_new_tokens=7, eos=eos)
+        check(o, ref, f"penalty/{r.item_id}")
+    assert any(o.token_ids != g.token_ids for o, g in zip(outs, plain))
+
+
 def test_seed_and_batch(vlms, aux):
     """Batch 1 vs 16 → same output; the 30 % skip draws from the request's stream (seeded)."""
     vlm = vlms["llava_sp"]

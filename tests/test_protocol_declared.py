@@ -132,6 +132,7 @@ LAVIS = {"repetition_penalty": 1.5, "repetition_context": "generated"}
     ("opera", "greedy", "shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252,379-390"),
     # BillChan226/HALC and the VASparse fork: :331 (default), :485-496 (generate call)
     ("halc", "dola", "BillChan226/HALC minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
+    ("halc", "halc", "BillChan226/HALC minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
     ("dola", "dola", "mengchuang123/VASparse-github minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
 ])
 def test_instructblip_runs_lavis_repetition_penalty(protocol, method, line):
@@ -156,12 +157,8 @@ def test_lavis_penalty_beam_lengths_and_the_methods_it_does_not_reach():
     assert dict(resolved("halc", "dola", "llava", "chair").search) == {"num_beams": 3, "length_norm": "total"}
     assert not resolved("halc", "dola", "instructblip", "pope").search
     # SID (argmax before any processor, SID vcd_sample.py:180,190-191) and ONLY (its InstructBLIP
-    # script passes repetition_penalty=1, pope_eval_instructblip.py:254) are not affected; HALC's
-    # own loop applies it officially but the method does not model it (documented, not declared)
-    for protocol, method in (("sid", "sid"), ("only", "only"), ("halc", "halc")):
+    # script passes repetition_penalty=1, pope_eval_instructblip.py:254) are not affected
+    for protocol, method in (("sid", "sid"), ("only", "only")):
         assert "repetition_penalty" not in resolved(protocol, method, "instructblip", "chair").params
-    import vcdflow.decoding.methods.halc as halc_module
-    from vcdflow.decoding import METHODS
-
-    assert "repetition_penalty" not in METHODS["halc"].defaults
-    assert "repetition_penalty=1.5" in halc_module.__doc__ and "not applied here" in halc_module.__doc__
+    # HALC's loop applies it at its three processor sites
+    assert "utils.py:4662" in resolved("halc", "halc", "instructblip", "chair").sources["params"]

@@ -40,8 +40,9 @@ templates (LLaVA-1.5 ``halc_llava`` with the "curious user" system text, Instruc
   ``repetition_penalty=1.5`` to the LLM's ``generate``, which gets ``inputs_embeds`` only, so its
   ``input_ids`` start as one BOS (``utils.py:658-660,670-696``): the penalty sees BOS + the
   generated ids. Declared here for ``dola`` (``dola_greedy_decode`` :3649; ``dola_beam_search``
-  :6941, per beam after the log-softmax; CHAIR's total length = 1 + generated). HALC's own loop
-  applies it as well (:4662, :4809, :4980); vcdflow's ``halc`` does not model it (its docstring).
+  :6941, per beam after the log-softmax; CHAIR's total length = 1 + generated) and for ``halc``
+  (its loop's three processor sites: the DoLa token :4662, the FOV candidates :4809, the
+  re-decode :4980, each over its beam's ids).
 
 Families: LLaVA-1.5 and InstructBLIP (also MiniGPT-4, mPLUG-Owl2). Not run: Qwen2.5-VL.
 """
@@ -149,12 +150,14 @@ PROTOCOL = halc_harness(
         },
     },
     # InstructBLIP: LAVIS's repetition penalty for DoLa (dola_greedy_decode :3649, dola_beam_search
-    # :6941 on each beam's log-probs); on CHAIR the beams' total length counts one BOS, not the prompt.
-    # HALC's own loop applies it too (:4662, :4809, :4980): not modelled (the method's docstring)
-    family_layers={"instructblip": {"params": {"dola": S(
-        IB_PENALTY.value,
-        IB_PENALTY.source + f"; dola_greedy_decode {TU}:3649, dola_beam_search {TU}:6941 (after the log-softmax, "
-        "per beam)")}}},
+    # :6941 on each beam's log-probs) and HALC's loop (:4662, :4809, :4980); on CHAIR DoLa's beams'
+    # total length counts one BOS, not the prompt
+    family_layers={"instructblip": {"params": {
+        "dola": S(IB_PENALTY.value, IB_PENALTY.source + f"; dola_greedy_decode {TU}:3649, dola_beam_search "
+                                                        f"{TU}:6941 (after the log-softmax, per beam)"),
+        "halc": S(IB_PENALTY.value, IB_PENALTY.source + f"; halc_dola_beam_search {TU}:4662 (DoLa token, over "
+                                                        f"beam_input_ids), :4809 (FOV candidates), :4980 (re-decode; "
+                                                        "both over beam_intermediate_token_lists)")}}},
     family_bench_layers={("instructblip", "chair"): {"search": {"dola": S(
         {"num_beams": 3, "length_norm": "total_bos"},
         f"{R} run_scripts/caption_generation.py:111 (-b 3) -> {TU}:1910 (dola_beam_search); {TU}:6975 (no "

@@ -113,14 +113,15 @@ naming the parameter.
   selection (no word is judged at the first token, so the same hypotheses).
 * Mature logits: HALC takes every layer from one ``early_exit_layers`` forward; identical here.
 * **Logits processors.** The loop applies transformers' ``logits_processor`` to the DoLa token's
-  scores (``beam_input_ids``), the FOV candidates' contrast logits and the re-decoded token's
-  (``beam_intermediate_token_lists``) (vendored ``transformers-4.36.2/.../generation/utils.py``
+  scores (over ``beam_input_ids`` = I + W), the FOV candidates' contrast logits and the re-decoded
+  token's (over ``beam_intermediate_token_lists`` = I) (vendored ``transformers-4.36.2/.../generation/utils.py``
   L4662, L4809, L4980). For LLaVA-1.5 it holds only ``min_length`` (modelled above: prompt + 8,
   L4528); for **InstructBLIP** it also holds LAVIS's ``generate`` default ``repetition_penalty=1.5``
   (``minigpt4/models/blip2_vicuna_instruct.py:331,485-496``; no script sets it), over one BOS and
-  the generated ids. That penalty is **not applied here** (no ``repetition_penalty`` parameter):
-  an InstructBLIP run of ``halc`` under protocol ``halc`` differs from the official one by it
-  (expected to matter most on 64-token CHAIR captions, where repeated words are penalised).
+  those ids. Parameters ``repetition_penalty`` (θ = 1.0: off) and ``repetition_context``
+  (``"generated"``: one BOS + the ids, LAVIS; ``"prompt"``: the prompt's ids first) apply it at the
+  same three places over the same ids (protocol ``halc`` sets θ = 1.5 for InstructBLIP); the
+  engine's generic processors are not used (their history is the request's, not a beam's).
 * GroundingDINO through transformers' port instead of the original CUDA build (see
   :mod:`vcdflow.aux_models`). The word-start test of a non-LLaMA tokenizer is generalised
   (:func:`starts_word`; HALC reads LLaMA's vocabulary file, ``halc.py:89-100``).
@@ -148,6 +149,7 @@ import torch.nn.functional as F
 from ..hooks import LayerCapture
 from ..spawn import spawn_logits
 from ..types import Branch, InputError
+from ..processors import check_processor_params
 from .base import Method
 
 #: ``halc.py:23-27``
@@ -228,9 +230,10 @@ def crop(image, box):
     return image.convert("RGB").crop((x0, y0, x1, y1))
 
 
-def fov_candidates(fov: torch.Tensor, k: int, weight: float) -> list[int]:
+def fov_candidates(fov: torch.Tensor, k: int, weight: float, process=None) -> list[int]:
     """``halc.py:1041-1111``: fov [n, V] raw logits → k candidate tokens from the k/2 most
-    JS-divergent pairs, both directions."""
+    JS-divergent pairs, both directions. ``process`` (optional): the logits processors on each
+    contrast before its argmax (vendored ``utils.py`` L4809)."""
     n = fov.shape[0]
     logp = fov.log_softmax(-1)
     p = fov.softmax(-1)
@@ -247,7 +250,8 @@ def fov_candidates(fov: torch.Tensor, k: int, weight: float) -> list[int]:
         i, j = flat // n, flat % n
         for base, final in ((fov[i], fov[j]), (fov[j], fov[i])):
             base = base.masked_fill(final < -1e3, -1e3)
-            out.append(int((final - weight * base).argmax()))
+            c = final - weight * base
+            out.append(int((process(c[None])[0] if process is not None else c).argmax()))
     return out
 
 
@@ -311,10 +315,11 @@ class HalcBeams:
     (:mod:`vcdflow.decoding.beams`): per request ``beam_size`` :class:`Beam` objects; the engine
     forwards one row per running beam; a rolled-back beam's row replays its new context (E12)."""
 
-    def __init__(self, score, hooks: HalcHooks, params, contexts):
+    def __init__(self, score, hooks: HalcHooks, params, contexts, processors: dict | None = None):
         self.score = score
         self.hooks = hooks
         self.p = params
+        self.procs = processors
         self.B = int(params["beam_size"])
         self.k = int(params["k_candidates"])
         self.contexts = contexts
@@ -322,6 +327,17 @@ class HalcBeams:
         self.grounded: dict[int, bool] = {}
 
     # --- helpers ------------------------------------------------------------------------------
+    def _process(self, scores: torch.Tensor, r: int, ids: list[int]) -> torch.Tensor:
+        """The logits processors (repetition penalty) on scores [n, V] of request ``r`` over the
+        prefix (prompt ids, or one BOS for LAVIS's InstructBLIP) + ``ids``."""
+        if not self.procs:
+            return scores
+        from ..processors import prefix_ids, process_ids
+
+        pre = prefix_ids(self.hooks, r, self.procs["context"])
+        return process_ids(scores, [pre + list(ids)] * scores.shape[0], self.procs["repetition"],
+                           self.procs["ngram"])
+
     def _tok(self, r):
         return self.contexts[r].adapter.processor.tokenizer
 
@@ -373,9 +389,10 @@ class HalcBeams:
         self.grounded[r] = True
         return event, fov_boxes(target, int(p["context_window"]), float(p["expand_ratio"]))
 
-    def _redecode(self, jobs) -> list[int]:
+    def _redecode(self, jobs, hists=None) -> list[int]:
         """DoLa tokens after each (request, context ids, premature-layer index) job: one spawned
-        forward of the original prompt + image with the context teacher-forced."""
+        forward of the original prompt + image with the context teacher-forced; ``hists[n]``: the
+        ids job n's processors see after the prefix (the committed ids, utils.py L4980)."""
         h = self.hooks
         ad = self.contexts[jobs[0][0]].adapter
         layers = sorted({h.dola[pick] for _, _, pick in jobs if h.dola[pick] > 0})
@@ -405,6 +422,8 @@ class HalcBeams:
                     e = grab[layer][n:n + 1]
                 early = ad.lm_head()(e).float().to(logits.device)
                 s, _ = dola_scores(logits[n:n + 1].float(), early[:, None], float(self.p["relative_top"]))
+                if self.procs and hists is not None:
+                    s = self._process(s, jobs[n][0], hists[n])
                 out.append(int(s.argmax()))
         return out
 
@@ -425,6 +444,12 @@ class HalcBeams:
             ctxt = next((b.fed for b in self.beams[r] if b.slot == s), [])
             h.row_last[first] = int(ctxt[-1]) if ctxt else int(h.seqs[r][0].input_ids[-1])
         scores = self.score(step, logits, spans)
+        if self.procs:   # the DoLa token's processors over beam_input_ids = I + W (utils.py L4662)
+            scores = scores.clone()
+            for i, (r, s, _, _) in enumerate(spans):
+                b = next((b for b in self.beams[r] if b.slot == s), None)
+                if b is not None:
+                    scores[i:i + 1] = self._process(scores[i:i + 1], r, b.committed + b.word_ids)
         ys = scores.argmax(-1).tolist()
         where = {(sp[0], sp[1]): (i, sp[2]) for i, sp in enumerate(spans)}
         # 1-3: DoLa token, word boundary, judgement
@@ -461,7 +486,9 @@ class HalcBeams:
             fov = spawn_logits(ad, branches, prefixes, hooks=h).float().cpu()
             n = int(self.p["context_window"])
             for c, (r, j, _, event) in enumerate(fov_jobs):
-                cands = fov_candidates(fov[c * n:(c + 1) * n], self.k, float(self.p["contrast_weight"]))
+                hist = self.beams[r][j].committed     # beam_intermediate_token_lists (utils.py L4809)
+                cands = fov_candidates(fov[c * n:(c + 1) * n], self.k, float(self.p["contrast_weight"]),
+                                       (lambda x, _r=r, _h=hist: self._process(x, _r, _h)) if self.procs else None)
                 event["candidates"] = cands
                 self.beams[r][j].entries = [[t] for t in cands]
         # 5-6: selection, commit, rollback
@@ -531,7 +558,8 @@ class HalcBeams:
             new_beams[r] = out
         replay_ids: dict = {}
         if redo:
-            for (r, jn, back, _, commit), y2 in zip(redo, self._redecode([(x[0], x[2], x[3]) for x in redo])):
+            hists = [new_beams[x[0]][x[1]].committed for x in redo]
+            for (r, jn, back, _, commit), y2 in zip(redo, self._redecode([(x[0], x[2], x[3]) for x in redo], hists)):
                 nb = new_beams[r][jn]
                 nb.word_ids, nb.fed = [y2], list(back) + [y2]
                 commit["redecoded"] = y2
@@ -589,6 +617,7 @@ class HALC(Method):
         "beam_size": 3, "k_candidates": 4, "context_window": 4, "expand_ratio": 0.6, "contrast_weight": 0.05,
         "box_threshold": 0.45, "max_boxes": 3, "skip_rate": 0.3, "min_length": 8, "unk_not_detected": True,
         "rollback_context": "snapshot", "exempt_words": None, "add_words": None,
+        "repetition_penalty": 1.0, "repetition_context": "prompt",
     })
     nullable = frozenset({"detector", "scorer", "tagger", "premature_layers", "exempt_words", "add_words"})
     param_types = MappingProxyType({"detector": str, "scorer": str, "tagger": str, "premature_layers": list,
@@ -596,6 +625,7 @@ class HALC(Method):
 
     def validate(self, p):
         super().validate(p)
+        check_processor_params(self.name, p)
         k = p["k_candidates"]
         if not isinstance(k, int) or k < 2 or k % 2:
             raise ValueError(f"parameter 'k_candidates' of method 'halc' must be an even integer >= 2, got {k!r}")
@@ -668,7 +698,12 @@ class HALC(Method):
     def search(self, score, params, hooks, opts):
         if opts.get("num_beams", 1) > 1:
             raise ValueError("method 'halc' sets its beams with parameter 'beam_size'")
-        return HalcBeams(score, hooks, params, opts["contexts"])
+        return HalcBeams(score, hooks, params, opts["contexts"], super().processors(params))
+
+    def processors(self, p):
+        """None: HALC applies its processors itself, at the three official places, each over its
+        own ids (the engine's per-request history is not a beam's)."""
+        return None
 
     def combine(self, logits, step, state):
         """DoLa scores of every row (step 1); the search reads the argmax and ``row_pick``."""
