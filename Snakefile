@@ -49,6 +49,11 @@ include: "workflow/rules/report.smk"
 onstart:
     check_optional_packages()
     check_pinned_data()
+    check_judge_keys()
+
+
+onerror:
+    set_aside_stale_tables()
 
 
 localrules:

@@ -21,8 +21,12 @@ class FakeOpenAI:
     """A chat-completions server on loopback. ``reply(body) -> str`` makes the answer;
     ``fail_first`` answers that many requests with HTTP 500 first. Stops after ``lifetime`` s."""
 
-    def __init__(self, reply, fail_first=0, status=None, lifetime=60.0):
+    def __init__(self, reply, fail_first=0, status=None, lifetime=60.0, fail_after=None, failure="500"):
+        """``fail_after``: after that many good replies every request fails as ``failure`` says:
+        ``500``, ``malformed`` (200 with a body that is not JSON), ``hang`` (no reply for 2 s),
+        ``close`` (the connection closed without a reply: a server dying mid-scoring)."""
         self.requests, self.reply, self.fail_first, self.status = [], reply, fail_first, status
+        self.fail_after, self.failure, self.good = fail_after, failure, 0
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -32,6 +36,25 @@ class FakeOpenAI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if outer.fail_after is not None and outer.good >= outer.fail_after:
+                    if outer.failure == "hang":
+                        import time
+
+                        time.sleep(2.0)
+                        return
+                    if outer.failure == "close":
+                        self.close_connection = True
+                        self.connection.close()
+                        return
+                    if outer.failure == "malformed":
+                        self.send_response(200)
+                        self.send_header("Content-Length", "12")
+                        self.end_headers()
+                        self.wfile.write(b'{"choices": ')
+                        return
+                    self.send_response(500)
+                    self.end_headers()
+                    return
                 if outer.status or outer.fail_first > 0:
                     outer.fail_first -= 1
                     self.send_response(outer.status or 500)
@@ -41,6 +64,7 @@ class FakeOpenAI:
                 out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"] + "-served",
                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": outer.reply(body)},
                                                "finish_reason": "stop"}]}).encode()
+                outer.good += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
@@ -104,6 +128,52 @@ def test_key_problems_fail_with_one_clear_line(monkeypatch):
             j.chat([{"role": "user", "content": "x"}])
     assert "HTTP 401" in str(e.value) and KEY not in str(e.value)
     assert len(srv.requests) == 1  # a 401 is not retried
+
+
+@pytest.mark.parametrize("failure,cause", [("500", "HTTP 500"), ("malformed", "malformed JSON reply"),
+                                           ("hang", "no reply within 0.5 s (timeout)"), ("close", "RemoteDisconnected"),
+                                           ("down", "Connection refused")])
+def test_every_judge_failure_is_retried_then_one_line_naming_the_judge_and_kept_judgements_resume(
+        failure, cause, tmp_path, monkeypatch):
+    """Endpoint down, HTTP 500, timeout, malformed JSON, a server dying after 2 replies: each is
+    retried (``retries`` attempts), then one line naming the judge's model and URL and the cause;
+    the 2 judgements made are checkpointed and a rerun asks only the rest."""
+    from vcdflow.metrics.judge import judge_rows, judgement_checkpoint
+
+    monkeypatch.setenv("VCDFLOW_TEST_JUDGE_KEY", KEY)
+    rows = [{"item_id": f"i{i}", "answer": f"a{i}"} for i in range(4)]
+    build = lambda r: [{"role": "user", "content": r["answer"]}]  # noqa: E731
+    ckpt = tmp_path / "x.judgements.jsonl"
+    with FakeOpenAI(lambda b: "ok", fail_after=2, failure=failure) as srv:
+        url = srv.url if failure != "down" else "http://127.0.0.1:9/v1"  # discard port: refused
+        cfg = {"kind": "openai", "url": url, "model": "fake-judge-9", "api_key_env": "VCDFLOW_TEST_JUDGE_KEY",
+               "retries": 2, "retry_sleep": 0, "timeout": 0.5}
+        with judgement_checkpoint(ckpt), pytest.raises(JudgeError) as e:
+            judge_rows(rows, cfg, build)
+        n_req = len(srv.requests)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("judge fake-judge-9 at http://127.0.0.1:") and cause in msg, msg
+    assert "(after 2 attempt(s))" in msg and KEY not in msg
+    kept = 0 if failure == "down" else 2
+    assert n_req == (0 if failure == "down" else 2 + 2)  # two good, then the failing one twice
+    assert len(ckpt.read_text().splitlines()) == kept
+    with FakeOpenAI(lambda b: "ok") as srv:
+        with judgement_checkpoint(ckpt):
+            out = judge_rows(rows, {**cfg, "url": srv.url}, build)
+    assert [r["judge_reply"] for r in out] == ["ok"] * 4 and len(srv.requests) == 4 - kept
+    assert KEY not in ckpt.read_text()
+
+
+def test_unset_key_variable_found_before_any_decoding(monkeypatch):
+    from vcdflow.benchmarks.judged import check_judge_keys
+
+    monkeypatch.delenv("VCDFLOW_TEST_UNSET_KEY", raising=False)
+    judge = {"kind": "openai", "url": "http://127.0.0.1:9", "model": "m", "api_key_env": "VCDFLOW_TEST_UNSET_KEY"}
+    with pytest.raises(JudgeError, match=r"config benchmarks\.llavabench\.judge\.api_key_env: environment "
+                                         r"variable VCDFLOW_TEST_UNSET_KEY is not set"):
+        check_judge_keys({"benchmarks": {"llavabench": {"judge": judge}}})
+    check_judge_keys({"benchmarks": {"mmvp": {"judge": judge, "parser": "lmms"}}})  # that parser asks no judge
+    check_judge_keys({"benchmarks": {"llavabench": {"judge": {**judge, "api_key_env": None}}}})
 
 
 # ---- LLaVA-Bench (in the wild) -------------------------------------------------------------

@@ -144,11 +144,13 @@ def _model(root: Path) -> Path:
     return root / "model"
 
 
-def _snakemake(workdir, config, *args, env=None, timeout=600, quiet=True):
+def _snakemake(workdir, config, *args, env=None, timeout=600, quiet=True, check=True):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
            "--directory", str(workdir), "--cores", "2", *(["--quiet", "rules"] if quiet else []), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-    assert out.returncode == 0, f"snakemake failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert out.returncode == 0, f"snakemake failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
     return out
 
 
@@ -244,6 +246,66 @@ def test_judge_label_beside_every_judged_number_and_key_never_written(bench_run)
     for path in work.rglob("*"):
         if path.is_file() and ".snakemake" not in path.parts:
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_failed_judged_scoring_leaves_no_current_table_and_its_judgements_resume(bench_run):
+    """A new judge for LLaVA-Bench that dies (HTTP 500) after one reply: the run fails with one line
+    naming the judge and the cause, the metrics table and the report are set aside (never shown
+    with the old judge's numbers), the one judgement is kept; the rerun against a working judge
+    asks only the 2 others (MMVP's and MMHal's kept judgements are reused) and the table says the
+    new judge. A key written into the config, and an unset key variable, fail at parse time naming
+    the key / variable, before any job, and the key is printed nowhere."""
+    from vcdflow.io import read_jsonl
+
+    work, _, cfg, _ = bench_run
+    config = work.parent / "config_judge2.yaml"
+    lb = RESULT.format(b="llavabench")
+    with FakeOpenAI(judge_reply, fail_after=1, failure="500", lifetime=300) as srv:
+        judge2 = {"kind": "openai", "url": srv.url, "model": "fake-judge-2", "api_key_env": KEY_ENV,
+                  "retries": 2, "retry_sleep": 0}
+        cfg2 = json.loads(json.dumps(cfg))
+        cfg2["benchmarks"]["llavabench"]["judge"] = judge2
+        cfg2["benchmarks"]["llavabench"]["judge_workers"] = 1
+        config.write_text(yaml.safe_dump(cfg2))
+        out = _snakemake(work, config, env={KEY_ENV: KEY}, check=False)
+        n_failed = len(srv.requests)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if "judge fake-judge-2 at" in ln]
+    assert lines and "HTTP 500" in lines[0] and "(after 2 attempt(s))" in lines[0], out.stderr[-3000:]
+    assert f"every judgement made so far is kept in {lb}.judgements.jsonl" in lines[0]
+    kept = [r for r in read_jsonl(work / (lb + ".judgements.jsonl")) if r["judge"] == "openai:fake-judge-2"]
+    assert len(kept) == 1
+    logs = "".join(p.read_text() for p in (work / "logs").rglob("*.log"))
+    assert "Traceback" not in logs
+    assert not (work / "results/metrics.csv").exists() and (work / "results/metrics.csv.stale").exists()
+    assert not (work / "reports/index.html").exists() and (work / "reports/index.html.stale").exists()
+    assert n_failed == 1 + 2  # one good reply, then the failing request twice
+    with FakeOpenAI(judge_reply, lifetime=300) as srv:
+        cfg2["benchmarks"]["llavabench"]["judge"]["url"] = srv.url
+        config.write_text(yaml.safe_dump(cfg2))
+        out = _snakemake(work, config, env={KEY_ENV: KEY})
+        assert len(srv.requests) == 2  # only LLaVA-Bench's two unjudged answers
+    assert all(r["judge"] == "openai:fake-judge-2" for r in read_jsonl(work / (lb + ".scored.jsonl")))
+    assert all(r["judge"] == f"openai:{JUDGE_MODEL}" for r in read_jsonl(work / (RESULT.format(b="mmhal") + ".scored.jsonl")))
+    html = (work / "reports" / "index.html").read_text()
+    assert "Judged by: <b>openai:fake-judge-2</b>" in html.split('id="bench-llavabench"', 1)[1].split("<section", 1)[0]
+    # a key in the config / an unset key variable: one line at parse time, the key nowhere
+    secret = "sk-in-config-NEVER-PRINT-77"
+    bad = json.loads(json.dumps(cfg2))
+    bad["benchmarks"]["mmhal"]["judge"]["api_key"] = secret
+    config.write_text(yaml.safe_dump(bad))
+    out = _snakemake(work, config, env={KEY_ENV: KEY}, check=False)
+    assert out.returncode != 0 and "config.benchmarks.mmhal.judge.api_key: a secret does not go into a config" in out.stderr
+    assert secret not in out.stdout + out.stderr
+    config.write_text(yaml.safe_dump(cfg2))
+    (work / "results/metrics.csv").unlink()  # something to do: the check runs before the first job
+    out = _snakemake(work, config, env={KEY_ENV: None}, check=False)
+    assert out.returncode != 0 and f"environment variable {KEY_ENV} is not set" in out.stderr, out.stderr[-2000:]
+    assert "metrics_table" not in out.stdout + out.stderr.split(f"{KEY_ENV} is not set")[0]
+    for path in work.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert KEY.encode() not in data and secret.encode() not in data, path
 
 
 def test_leading_pope_and_debias_micro_run_and_registry(tmp_path, monkeypatch):

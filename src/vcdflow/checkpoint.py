@@ -158,10 +158,13 @@ class Checkpoint:
             self._sync()
 
     def append(self, records: Iterable[dict]) -> None:
-        for rec in records:
-            self._fh.write(dumps(rec) + "\n")
-            self.done[rec["item_id"]] = rec
-        self._sync()
+        try:
+            for rec in records:
+                self._fh.write(dumps(rec) + "\n")
+                self.done[rec["item_id"]] = rec
+            self._sync()
+        except OSError as exc:  # disk full: the error names this file (a torn tail is cut on resume)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def _sync(self) -> None:
         self._fh.flush()
@@ -169,8 +172,11 @@ class Checkpoint:
 
     def close(self) -> None:
         if self._fh:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:  # the buffered tail of a full disk: append already said so
+                pass
 
     def finish(self, output: str | os.PathLike, order: Iterable[str],
                after_write: Callable[[list[dict], str], None] | None = None) -> list[dict]:

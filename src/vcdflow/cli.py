@@ -269,11 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"vcdflow {a.command}"
     if a.command == "decode":
         try:
-            return errors.guard(prog, lambda: _decode(a), debug=debug)
+            return errors.guard(prog, lambda: _decode(a), debug=debug, output=a.out,
+                                kept=f"nothing is lost: {a.out}.partial keeps every finished record and the "
+                                     f"rerun resumes from it")
         except KeyboardInterrupt:
             print(f"{prog}: interrupted; rerun the same command to resume from {a.out}.partial", file=sys.stderr)
             return 130
-    return errors.guard(prog, lambda: _score(a), debug=debug)
+    return errors.guard(prog, lambda: _score(a), debug=debug, output=a.metrics,
+                        kept=f"nothing is lost: {a.results} is untouched")
 
 
 if __name__ == "__main__":  # pragma: no cover

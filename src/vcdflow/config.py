@@ -834,8 +834,34 @@ def pope_file_run(*, questions: str, images: str, model: str, method: str = "gre
     if len(protocols) != 1:
         raise ConfigError(f"protocol {protocol!r} gives {len(protocols)} protocols for {label}; name one")
     spec = build_run(config, benchmark="pope", split=split, model=name, method=label, seed=seed,
-                     protocol=protocols[0])
-    return job_run(spec.as_dict(), execution(config, model=name, benchmark="pope"))
+                     protocol=protocols[0]).as_dict()
+    spec["inputs"] = _user_inputs(method, spec.get("inputs") or {}, spec["method"]["params"])
+    if not spec["inputs"]:
+        spec.pop("inputs")
+    return job_run(spec, execution(config, model=name, benchmark="pope"))
+
+
+def _user_inputs(method: str, inputs: Mapping[str, Any], params: dict) -> dict:
+    """A method's extra inputs as the user of ``vcdflow decode`` gives them (its parameters that
+    name them, :data:`vcdflow.runner.INPUT_PARAMS`), not the workflow's paths; an input no
+    parameter names (ConVis' reconstructions) needs the workflow. ``params`` loses the names
+    (the runner sets them back from the inputs, hashing the files)."""
+    from .runner import INPUT_PARAMS
+
+    out = {}
+    for kind in inputs:
+        names = INPUT_PARAMS.get(kind)
+        if not names:
+            raise ConfigError(f"method {method!r} needs {kind.replace('_', ' ')}, which only the workflow makes: "
+                              f"run it with snakemake")
+        missing = [n for n in names if not params.get(n)]
+        if missing:
+            example = ", ".join(f'"{n}": "PATH"' for n in names)
+            raise ConfigError(f"--params: method {method!r} needs parameter(s) {', '.join(map(repr, missing))} "
+                              f"(local paths), e.g. --params '{{{example}}}'")
+        paths = [str(params.pop(n)) for n in names]
+        out[kind] = paths[0] if len(paths) == 1 else paths
+    return out
 
 
 def protocol_differences(names) -> dict[str, list[dict]]:
@@ -860,3 +886,64 @@ def protocol_differences(names) -> dict[str, list[dict]]:
                                       "b": {"num_beams": 1}, "source_a": res.sources.get("search", ""),
                                       "source_b": "unified: one beam (no beam search unless a label sets num_beams)"})
     return out
+
+
+#: config keys that hold a secret (checked anywhere in a config; their values are never shown)
+SECRET_KEYS = ("api_key", "apikey", "key", "token", "secret", "password", "authorization")
+
+
+def check_no_secrets(config: Any, where: str = "config") -> None:
+    """No key of ``config`` (at any depth) names a secret (:data:`SECRET_KEYS`): run before the
+    schema validation, whose message would print the offending mapping — value included.
+    :class:`ConfigError` names the key's path, never its value."""
+    if isinstance(config, Mapping):
+        for k, v in config.items():
+            path = f"{where}.{k}" if where else str(k)
+            if str(k).lower() in SECRET_KEYS:
+                raise ConfigError(f"{path}: a secret does not go into a config (its value is not shown here); "
+                                  f"put it in the environment and name the variable (a judge: api_key_env)")
+            check_no_secrets(v, path)
+    elif isinstance(config, (list, tuple)):
+        for i, v in enumerate(config):
+            check_no_secrets(v, f"{where}[{i}]")
+
+
+def _strict_loader():
+    """A YAML SafeLoader that refuses a key written twice in one mapping (plain YAML keeps the
+    last one silently: a second ``methods: {vcd: ...}`` entry would replace the first)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{loader.name}: line {key_node.start_mark.line + 1}: key {key!r} is written twice "
+                                  f"in one mapping (also line {seen[key] + 1}); YAML would silently keep the last "
+                                  f"one — rename or remove one of them")
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return StrictLoader
+
+
+def load_yaml_strict(path) -> Any:
+    """A YAML file as :func:`yaml.safe_load` reads it, except that a duplicate key is a
+    :class:`ConfigError` naming the file, the line and the key."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+
+
+def check_duplicate_keys(paths) -> None:
+    """Each config file of ``paths`` (those that exist) has no key written twice in a mapping."""
+    from pathlib import Path
+
+    for p in paths:
+        if Path(p).is_file():
+            load_yaml_strict(p)

@@ -21,6 +21,7 @@ things go wrong" table lists them.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -61,18 +62,51 @@ def debug_enabled(flag: bool = False) -> bool:
     return bool(flag) or os.environ.get("VCDFLOW_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def guard(prog: str, fn: Callable[[], int | None], *, debug: bool = False) -> int:
+#: errno values of an output that cannot be written (disk full, quota, read-only, no permission,
+#: file size limit): the user's to fix, not a bug
+WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
+                         if hasattr(errno, n))
+
+
+def guard(prog: str, fn: Callable[[], int | None], *, debug: bool = False, output: Any = None,
+          kept: str | None = None, echo: Any = None) -> int:
     """Run ``fn``; an expected error prints ``<prog>: error: <message>`` on stderr (the rule's
     log in a workflow script) and returns its exit status (``--debug``/``VCDFLOW_DEBUG=1``: the
-    traceback first); anything else propagates with its traceback."""
+    traceback first); anything else propagates with its traceback.
+
+    An output that cannot be written (:data:`WRITE_ERRNOS`: disk full, read-only folder) is an
+    expected error too: one line naming the file (the error's, else ``output``) and what is kept
+    (``kept``, e.g. the checkpoint that a rerun resumes from); exit status 1. ``echo``: a second
+    stream for the line (a workflow script's console, when stderr is the rule's log)."""
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        if echo is not None and echo is not sys.stderr:
+            print(line, file=echo, flush=True)
+
     try:
         rc = fn()
         return 0 if rc is None else int(rc)
     except UserError as exc:
         if debug_enabled(debug):
             traceback.print_exc(file=sys.stderr)
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        say(f"{prog}: error: {exc}")
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        if debug_enabled(debug):
+            traceback.print_exc(file=sys.stderr)
+        say(f"{prog}: error: {write_failed(exc, output, kept)}")
+        return 1
+
+
+def write_failed(exc: OSError, output: Any = None, kept: str | None = None) -> InputError:
+    """The line of an output that cannot be written: the file, why, and that nothing is lost."""
+    path = exc.filename or output or "the output"
+    return InputError(f"cannot write {path}: {exc.strerror or exc} (disk full or a read-only folder?); "
+                      f"{kept or 'nothing already written is lost'} — free space or fix the folder's "
+                      f"permissions and rerun the same command")
 
 
 # --------------------------------------------------------------------------- message builders

@@ -55,12 +55,21 @@ import os
 import time
 from typing import Any
 
+_NEEDS = "vcdflow.lmms_eval_model needs lmms-eval 0.7.x: pip install -e '.[lmms]'"
 try:
     from lmms_eval.api.instance import Instance
     from lmms_eval.api.model import lmms
     from lmms_eval import utils as _lmms_utils
-except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("vcdflow.lmms_eval_model needs lmms-eval 0.7.x: pip install -e '.[lmms]'") from e
+except ImportError as _missing:  # the pure parts (model_args parsing) stay importable and testable
+    _MISSING: ImportError | None = _missing
+    Instance = Any
+    _lmms_utils = None
+
+    class lmms:  # noqa: N801 - stands in for lmms_eval.api.model.lmms
+        def __init__(self, *args, **kwargs):
+            raise ImportError(_NEEDS) from _MISSING
+else:
+    _MISSING = None
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +93,31 @@ def _as_bool(v) -> bool | None:
         return True
     if s in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"vcdflow model_args: expected true/false, got {v!r}")
+    raise ValueError(f"vcdflow model_args: do_sample must be true or false, got {v!r}")
 
 
-def _opt_float(v):
-    return None if v is None or str(v).strip().lower() in ("", "none", "null") else float(v)
+def _unset(v) -> bool:
+    return v is None or str(v).strip().lower() in ("", "none", "null")
+
+
+def _number(name: str, v, kind: type, unset_ok: bool = True):
+    """``v`` as ``kind`` (int or float); None when unset and ``unset_ok``; else a ``ValueError``
+    naming the argument (``num_beams=three`` says which argument, not just ``invalid literal``)."""
+    if unset_ok and _unset(v):
+        return None
+    try:
+        return kind(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"vcdflow model_args: {name} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {v!r}") from None
+
+
+def parse_overrides(do_sample=None, temperature=None, top_p=None, top_k=None, num_beams=None) -> dict:
+    """The generation settings given in ``--model_args`` (None: the task's), each checked and
+    named when it is not a number of its kind."""
+    return {"do_sample": _as_bool(do_sample), "temperature": _number("temperature", temperature, float),
+            "top_p": _number("top_p", top_p, float), "top_k": _number("top_k", top_k, int),
+            "num_beams": _number("num_beams", num_beams, int)}
 
 
 class VcdflowLMM(lmms):
@@ -101,7 +130,6 @@ class VcdflowLMM(lmms):
                  do_sample: Any = None, temperature: Any = None, top_p: Any = None, top_k: Any = None,
                  records: str | None = None, benchmark: str | None = None, max_batch_size: Any = None,
                  num_beams: Any = None, **unknown):
-        super().__init__()
         if unknown:
             raise ValueError(f"vcdflow model_args: unknown key(s) {sorted(unknown)}; known: pretrained, method, params, "
                              "protocol, batch_size, seed, device, dtype, do_sample, temperature, top_p, top_k, num_beams, "
@@ -119,11 +147,10 @@ class VcdflowLMM(lmms):
         if not isinstance(params, dict):
             raise ValueError(f"vcdflow model_args: params must be a JSON object, got {params!r}")
         self.method, self.protocol = method, str(protocol)
-        self.seed = int(seed)
-        self.batch_size_per_gpu = max(1, int(batch_size))
-        self.overrides = {"do_sample": _as_bool(do_sample), "temperature": _opt_float(temperature),
-                          "top_p": _opt_float(top_p), "top_k": None if top_k in (None, "", "None") else int(top_k),
-                          "num_beams": None if num_beams in (None, "", "None") else int(num_beams)}
+        self.seed = _number("seed", seed, int, unset_ok=False)
+        self.batch_size_per_gpu = max(1, _number("batch_size", batch_size, int, unset_ok=False))
+        self.overrides = parse_overrides(do_sample, temperature, top_p, top_k, num_beams)
+        super().__init__()  # after the argument checks (without lmms-eval: ImportError here)
         self.system = None
         self.params = params
         get_method(method).resolve(params)  # unknown parameter names fail before the model loads
@@ -194,7 +221,7 @@ class VcdflowLMM(lmms):
                                   "single-turn generate_until requests only")
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        from vcdflow.decoding import Request, generate
+        from vcdflow.decoding import Request, generate, get_method
 
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
@@ -242,8 +269,12 @@ class VcdflowLMM(lmms):
                     metas.append({"task": task, "split": split, "doc_id": doc_id, "n_visuals": len(visuals),
                                   "note": note or ("only the first of several images used" if len(visuals) > 1 else None)})
                 t0 = time.perf_counter()
-                outs = generate(self.vlm, reqs, method=self.method, params=self.params, do_sample=do_sample,
-                                temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new,
+                # a greedy-only method, or greedy mode: the task's warpers do not apply (generate refuses them)
+                fixed = get_method(self.method).mode
+                sampling = (fixed or ("sample" if do_sample else "greedy")) == "sample"
+                warpers = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if sampling else {}
+                outs = generate(self.vlm, reqs, method=self.method, params=self.params,
+                                do_sample=bool(do_sample) and fixed != "greedy", **warpers, max_new_tokens=max_new,
                                 seed=self.seed, batch_size=len(reqs), **search)
                 per_item = (time.perf_counter() - t0) / max(1, len(reqs))
                 for i, r, out, meta in zip(chunk, reqs, outs, metas):

@@ -194,15 +194,17 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
         # the decode step (execution setting "compile": off | static | on), passed only when set
         step = str((run.get("execution") or {}).get("compile", "off"))
         t0 = time.perf_counter()
+        # the run records its warpers whatever the mode; generate takes them only when it samples
+        sampling = (the_method.mode or ("sample" if method["do_sample"] else "greedy")) == "sample"
         outs = generate_fn(
             vlm,
             requests,
             method=method["method"],
             params=method.get("params", {}),
-            do_sample=method["do_sample"],
-            temperature=method.get("temperature", 1.0),
-            top_p=method.get("top_p", 1.0),
-            top_k=method.get("top_k"),
+            do_sample=bool(method["do_sample"]) and the_method.mode != "greedy",
+            temperature=method.get("temperature", 1.0) if sampling else 1.0,
+            top_p=method.get("top_p", 1.0) if sampling else 1.0,
+            top_k=method.get("top_k") if sampling else None,
             max_new_tokens=int(bench["max_new_tokens"]),
             seed=int(run["seed"]),
             batch_size=len(requests),
@@ -299,6 +301,14 @@ def _attach_halc_aux(run: dict, items: list[dict], paths) -> tuple[dict, list[di
         run, items = _as_param(name, f"halc_{name}_digest", weights)(run, items, path)
     return run, items
 
+
+#: extra-input kind -> the method parameters that name it (``vcdflow decode --params``: the
+#: user's paths become the run's inputs, checked and hashed like the workflow's)
+INPUT_PARAMS: dict[str, tuple[str, ...]] = {
+    "amateur_model": ("amateur",),
+    "vti_directions": ("directions",),
+    "halc_aux": ("detector", "scorer", "tagger"),
+}
 
 #: extra-input kind (vcdflow.config.METHOD_INPUTS, declared by the method) -> how it attaches
 INPUT_ATTACHERS: dict[str, Callable] = {
@@ -487,13 +497,17 @@ def prepare_shard(run: dict, items: list[dict] | None = None, *, shard: int = 0,
         validate.check_paths(bench)
         items = validate.load_items_checked(bench, lambda: load_items(bench, {}))
     items = shard_slice(items, shard, n_shards)
+    validate.check_method_inputs(run.get("inputs") or {})  # an amateur, directions, helper models
     run, items = attach_method_inputs(run, items)
     ids = [it["item_id"] for it in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"duplicate item_id {dup!r} in {bench['name']}/{bench['split']}; item ids must be "
                          f"unique — fix the questions file")
-    validate.check_images(items, bench.get("images"))
+    from .decoding import get_method
+
+    reads = get_method(run["method"]["method"]).item_contrast.values()
+    validate.check_images(items, bench.get("images"), contrast_image="contrast_image" in reads)
     if check_model:
         validate.check_model(run["model"])
     if check_params:  # the engine's parameters (a custom generate_fn takes its own)

@@ -37,13 +37,31 @@ def _mode_of(records: list[dict]) -> str:
     return modes.pop() if len(modes) == 1 else "greedy"
 
 
+def judgements_path(scored_out) -> str:
+    """Where the judgements of a judged scoring are kept: ``<x>.judgements.jsonl`` beside
+    ``<x>.scored.jsonl`` (not an output of the scoring job: it outlives a failed one)."""
+    s = os.fspath(scored_out)
+    return (s[: -len(".scored.jsonl")] if s.endswith(".scored.jsonl") else s) + ".judgements.jsonl"
+
+
 def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out, *, model: str, method: str,
                seed: int, protocol: str | None = None, mode: str | None = None) -> dict:
     """Score ``results``. ``protocol`` and ``mode`` default to ``bench["protocol"]`` /
     ``bench["mode"]`` (the workflow's score params carry them), else ``unified`` and the
     records' ``meta.mode`` (else greedy)."""
+    from .metrics.judge import JudgeError, judgement_checkpoint
+
+    from .validate import check_records
+
     records = read_jsonl(results)
-    scores, per_item = score_records(bench, records)
+    check_records(results, records, bench)  # one item twice, a label edited: refused, naming it
+    kept = judgements_path(scored_out)
+    try:
+        with judgement_checkpoint(kept):  # a judged benchmark's replies, kept as they come
+            scores, per_item = score_records(bench, records)
+    except JudgeError as exc:
+        raise JudgeError(f"{exc}; scoring stopped: every judgement made so far is kept in {kept} and the "
+                         f"rerun asks only the rest") from exc
     write_jsonl(scored_out, per_item)
     rows = metric_rows(
         {k: v for k, v in scores.items() if v is not None},

@@ -82,15 +82,80 @@ def load_items_checked(bench: Mapping[str, Any], load: Callable[[], list[dict]])
         raise errors.InputError(f"{source}: {problem}; fix the benchmark's input files") from exc
 
 
-def check_images(items: list[dict], folder: str | os.PathLike | None = None) -> None:
-    """At least one of the items' images exists (a single missing image is an error row, all of
-    them missing is a wrong images folder)."""
+def check_images(items: list[dict], folder: str | os.PathLike | None = None, *,
+                 contrast_image: bool = False) -> None:
+    """At least one of the items' images exists, and so does one of each kind of contrast image
+    they name (``contrast_image_path``: the input of a method that reads one, ``contrast_image``
+    true; ``contrast_images``: the
+    ConVis reconstructions). A single missing image is that item's error row; all of one kind
+    missing is a wrong folder or a lost input of the whole run, refused before any decoding."""
     paths = [it.get("image_path") for it in items if it.get("image_path")]
-    if not paths or any(os.path.exists(p) for p in paths):
-        return
-    if folder is None:
-        folder = os.path.dirname(paths[0])
-    raise errors.no_images_found(folder, len(paths), paths[0])
+    if paths and not any(os.path.exists(p) for p in paths):
+        raise errors.no_images_found(folder or os.path.dirname(paths[0]), len(paths), paths[0])
+    kinds = {
+        "contrast image": [it["contrast_image_path"] for it in items if contrast_image and it.get("contrast_image_path")],
+        "ConVis reconstruction": [p for it in items for p in it.get("contrast_images") or []],
+    }
+    for what, paths in kinds.items():
+        if paths and not any(os.path.exists(p) for p in paths):
+            raise errors.InputError(f"none of the {len(paths)} {what} files the items name exists (e.g. "
+                                    f"{paths[0]}); every item needs them — restore that folder (or rerun the "
+                                    f"step that writes them) and rerun")
+
+
+def _amateur_input(path) -> None:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise errors.MissingInput(f"amateur model folder {p} does not exist; text_cd needs it (the workflow's "
+                                  f"rule train_amateur or a download places it; `vcdflow decode`: "
+                                  f"--params '{{\"amateur\": DIR}}')")
+    check_model_dir(p)
+
+
+def _vti_input(path) -> None:
+    from .steering_fit import load_directions
+
+    try:
+        load_directions(path)
+    except ValueError as exc:  # names the file already
+        raise errors.InputError(f"{exc}; params.directions names it (workflow: rule fit_vti writes it)") from exc
+    except Exception as exc:  # noqa: BLE001 - torch.load of a cut or foreign file raises many kinds
+        raise errors.InputError(f"VTI directions file {path}: torch.load cannot read it ({type(exc).__name__}: cut "
+                                f"short or not a directions file); expected the file rule fit_vti writes "
+                                f"(vcdflow.steering_fit.save_directions) — refit it") from exc
+
+
+def _halc_input(paths) -> None:
+    for name, path in zip(("detector", "scorer", "tagger"), paths):
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            raise errors.MissingInput(f"HALC {name} folder {p} does not exist (the workflow's rule "
+                                      f"download_halc_aux fetches it; `vcdflow decode`: --params {name})")
+        meta = p / "meta.json"
+        if (p / "config.json").exists():
+            check_model_dir(p)
+        elif meta.is_file():
+            try:
+                json.loads(meta.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise errors.model_config_bad(meta, f"not valid JSON ({exc})") from exc
+
+
+#: extra method input kind (vcdflow.config.METHOD_INPUTS) -> its check before any decoding: an
+#: input every item reads fails the whole run naming it, instead of one error row per item
+METHOD_INPUT_CHECKS: dict[str, Callable[[Any], None]] = {
+    "amateur_model": _amateur_input,
+    "vti_directions": _vti_input,
+    "halc_aux": _halc_input,
+}
+
+
+def check_method_inputs(inputs: Mapping[str, Any]) -> None:
+    """Each extra input of the run (``run["inputs"]``: kind -> path) is there and readable."""
+    for kind, path in sorted((inputs or {}).items()):
+        check = METHOD_INPUT_CHECKS.get(kind)
+        if check is not None:
+            check(path)
 
 
 def check_model(model: Mapping[str, Any]) -> None:
@@ -175,3 +240,23 @@ def _safetensors_problem(f: Path) -> str | None:
     if 8 + n + end > size:
         return f"the header promises {8 + n + end} bytes, the file has {size}; truncated?"
     return None
+
+
+def check_records(path, records: list[dict], bench: Mapping[str, Any]) -> None:
+    """A result file is scored only when it is one: every record has an ``item_id``, none twice,
+    and a label the benchmark knows (its registry entry's ``extra["labels"]``, POPE: yes/no);
+    :class:`~vcdflow.errors.InputError` naming the file, the line and the item."""
+    from .benchmarks import get_benchmark
+
+    labels = get_benchmark(bench.get("kind") or bench["name"]).extra.get("labels")
+    seen: dict[str, int] = {}
+    for n, rec in enumerate(records, 1):
+        item = rec.get("item_id") if isinstance(rec, Mapping) else None
+        if item is None:
+            raise errors.results_bad(path, f"line {n}: a record without item_id")
+        if item in seen:
+            raise errors.results_bad(path, f"line {n}: item {item!r} appears twice (also line {seen[item]})")
+        seen[item] = n
+        if labels and rec.get("label") not in labels:
+            raise errors.results_bad(path, f"line {n}: item {item!r} has label {rec.get('label')!r}, expected one "
+                                           f"of {', '.join(map(repr, labels))}")

@@ -17,6 +17,11 @@ from vcdflow.data import verify as verify_data
 from vcdflow.benchmarks import SINGLE_SPLIT, get_benchmark, kind_of
 
 
+try:  # a key written into the config: refused naming its place, before the schema echoes it
+    runs.check_no_secrets(config)
+    runs.check_duplicate_keys(workflow.configfiles)  # a method label written twice: the file and line
+except ValueError as _exc:
+    raise WorkflowError(str(_exc)) from None
 validate(config, schema="../schemas/config.schema.yaml")
 try:  # unknown method / parameter / protocol, ill-typed value: fail now, naming the key
     runs.validate_config(config)
@@ -565,3 +570,31 @@ def vti_directions(model):
 
 def _vti_images_input(wildcards):
     return "resources/demo/world/images" if VTI_FIT_SET == "demo" else VTI_IMAGES
+
+
+# --------------------------------------------------------------------------- failures
+
+def check_judge_keys():
+    """onstart: every judge a benchmark will ask has its API key variable set (before decoding)."""
+    from vcdflow.benchmarks.judged import check_judge_keys as _check
+
+    try:
+        _check(config)
+    except ValueError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def set_aside_stale_tables():
+    """onerror: when a result or a metric part is missing after a failed job (a failed judge, a
+    failed decode), results/metrics.csv and the report are older than it: renamed to
+    <name>.stale (kept, never shown as current), so no table outlives a failed score."""
+    missing = [p for p in [*all_results(), *all_metric_parts()] if not Path(p).exists()]
+    if not missing:
+        return
+    for table in final_outputs():
+        t = Path(table)
+        if t.exists():
+            t.replace(t.with_name(t.name + ".stale"))
+            print(f"vcdflow: {table} is older than the failed or missing {missing[0]} "
+                  f"({len(missing)} missing): set aside as {t.name}.stale; rerun when fixed")
+

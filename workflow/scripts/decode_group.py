@@ -48,7 +48,8 @@ def decode():
         decode_group(todo, say=log.info)
 
 
-rc = errors.guard(f"decode {name}", decode)
+rc = errors.guard(f"decode {name}", decode, echo=sys.__stderr__,
+                  kept="nothing is lost: each shard's .partial file keeps its finished records and the rerun resumes")
 if rc:
     if sys.stderr is not sys.__stderr__:
         print(f"decode {name}: see {smk.log[0]}", file=sys.__stderr__)

@@ -33,7 +33,8 @@ def score():
     log.info("scores: %s", scores)
 
 
-rc = errors.guard(f"score {results}", score)
+rc = errors.guard(f"score {results}", score, echo=sys.__stderr__, output=snakemake.output.metrics,  # noqa: F821
+                  kept=f"nothing is lost: {results} is untouched")
 if rc:
     if sys.stderr is not sys.__stderr__:
         print(f"score {results}: see {snakemake.log[0]}", file=sys.__stderr__)  # noqa: F821

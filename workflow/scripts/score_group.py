@@ -27,7 +27,8 @@ def score(part):
 
 
 for part in smk.params.parts:
-    rc = errors.guard(f"score {part['results']}", lambda: score(part))
+    rc = errors.guard(f"score {part['results']}", lambda: score(part), echo=sys.__stderr__, output=part["metrics"],
+                      kept=f"nothing is lost: {part['results']} is untouched")
     if rc:
         if sys.stderr is not sys.__stderr__:
             print(f"score {part['results']}: see {smk.log[0]}", file=sys.__stderr__)

@@ -35,3 +35,29 @@ def judge_labels(per_item) -> str:
     from ..metrics.judge import judged_by
 
     return judged_by(per_item)
+
+
+def uses_judge(name: str, entry: Mapping[str, Any]) -> bool:
+    """True when the benchmark ``name``'s config entry scores with its judge: the registry entry
+    says ``extra["judged"]`` ``always`` or ``parser=<p>`` (judged only with that parser)."""
+    from . import get_benchmark
+
+    spec = get_benchmark(name)
+    judged = str(spec.extra.get("judged") or "")
+    if judged == "always":
+        return True
+    if judged.startswith("parser="):
+        return (entry.get("parser") or spec.parsers[0]) == judged.split("=", 1)[1]
+    return False
+
+
+def check_judge_keys(config: Mapping[str, Any]) -> None:
+    """Before any job: every judge a configured benchmark will ask has its API key variable set
+    (:func:`vcdflow.metrics.judge.check_key_env`), so a missing key does not surface only at
+    scoring, after all the decoding."""
+    from ..metrics.judge import check_key_env
+
+    for name, entry in (config.get("benchmarks") or {}).items():
+        entry = entry or {}
+        if entry.get("judge") and uses_judge(name, entry):
+            check_key_env(entry["judge"], f"benchmarks.{name}.judge")

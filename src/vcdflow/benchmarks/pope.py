@@ -75,5 +75,7 @@ BENCHMARK = Benchmark(
     note="Rates in %. The yes-ratio sits beside every accuracy: contrastive decoding can gain POPE "
          "accuracy by answering “yes” more often (cd_rethink, arXiv 2504.10020).",
     parsers=("official", "opera", "vcd", "only", "deco"),
-    extra={"grid_keys": ("splits",)},  # the list of splits decides the grid, not a split's records
+    # grid_keys: the list of splits decides the grid, not a split's records; labels: a record's
+    # label must be one of these (vcdflow.validate.check_records)
+    extra={"grid_keys": ("splits",), "labels": ("yes", "no")},
 )

@@ -855,6 +855,24 @@ def _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
+def _check_keywords(m: Method, do_sample: bool, temperature, top_p, top_k) -> None:
+    """A keyword the method would ignore is an error naming it: ``do_sample=True`` for a
+    greedy-only method, and the sampling warpers (``temperature``, ``top_p``, ``top_k``) away from
+    their neutral values in greedy mode; a method parameter of the same name (contrastive
+    search's ``top_k``) is pointed to."""
+    if m.mode == "greedy" and do_sample:
+        raise ValueError(f"method {m.name!r} is greedy only: do_sample=True would be ignored; drop it")
+    mode = m.mode or ("sample" if do_sample else "greedy")
+    if mode == "sample":
+        return
+    given = {k: v for k, v, neutral in (("temperature", temperature, 1.0), ("top_p", top_p, 1.0), ("top_k", top_k, None))
+             if v != neutral}
+    for k, v in given.items():
+        own = (f"; the method's own {k!r} is a parameter: params={{{k!r}: {v!r}}}" if k in m.defaults else "")
+        raise ValueError(f"{k}={v!r} is a sampling setting, unused by method {m.name!r} in greedy mode (pass "
+                         f"do_sample=True to sample){own}")
+
+
 def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: dict | None = None, *,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
              max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = False,
@@ -864,7 +882,10 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     """Decode ``requests`` with ``method`` (see ``METHODS``); one :class:`Output` per request, in order.
 
     ``params`` overrides the method's defaults (unknown names → ``ValueError``). ``do_sample``
-    chooses sampling (T, top-p, top-k) vs greedy (``greedy``/``sample`` fix their own mode).
+    chooses sampling (T, top-p, top-k) vs greedy (``greedy``/``sample`` fix their own mode); a
+    keyword the method would ignore (a sampling warper in greedy mode, ``do_sample=True`` for a
+    greedy-only method) is a ``ValueError`` naming it, and the method's layer hooks are built
+    once before the first forward, so a parameter that does not fit the model fails at once.
     ``batch_size`` counts requests (each brings all its branches). ``eos_token_id`` overrides the
     model's generation-config EOS. Random streams are seeded from ``(seed, item_id)``; a request
     without ``item_id`` uses ``"#<index in requests>"``. A method parameter ``draw="per_image"``
@@ -898,6 +919,10 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     m = get_method(method)
     p = m.resolve(params)
     _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample)
+    _check_keywords(m, do_sample, temperature, top_p, top_k)
+    # the method's hooks once, unattached: a layer list with no layer of this model, a directions
+    # file that does not fit it fail here, before the first forward (not as error rows midway)
+    m.forward_hooks(vlm.adapter, p)
     from .beams import check_beam_args
 
     check_beam_args(num_beams, length_penalty, early_stopping, length_norm)

@@ -25,14 +25,21 @@ field (the exact version the server ran) is kept per call as ``reported_model``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
+import http.client
 import json
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +55,18 @@ __all__ = [
     "judged_by",
     "judge_rows",
     "single_judge",
+    "judgement_checkpoint",
+    "check_key_env",
 ]
 
 _SECRET_KEYS = ("api_key", "key", "token", "apikey", "secret", "password", "authorization")
 
 
-class JudgeError(RuntimeError):
-    """A judge request failed (after its retries); the message names the endpoint, never a key."""
+class JudgeError(UserError, RuntimeError):
+    """A judge request failed (after its retries); one line naming the judge (model and endpoint)
+    and the cause, never a key. A :class:`vcdflow.errors.UserError`: the scoring scripts and the
+    CLI print it as that one line (exit status 1); the judgements already made are checkpointed
+    (:func:`judgement_checkpoint`)."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +137,21 @@ class OpenAIJudge(Judge):
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise JudgeError(f"judge {self.url}: environment variable {self.api_key_env} is not set "
-                                 "(the API key is read only from the environment)")
+                raise JudgeError(f"judge {self.model} at {self.url}: environment variable {self.api_key_env} is "
+                                 "not set (the API key is read only from the environment)")
             h["Authorization"] = f"Bearer {key}"
         return h
+
+    def _reply(self, raw: bytes) -> JudgeReply:
+        """The reply of a 200 answer; ``ValueError`` (retried) when it is not a chat completion."""
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+            text = payload["choices"][0]["message"]["content"]
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"malformed JSON reply ({type(e).__name__}) starting {raw[:60]!r}") from None
+        except (KeyError, IndexError, TypeError):
+            raise ValueError("reply has no choices[0].message.content") from None
+        return JudgeReply(text=text if isinstance(text, str) else "", reported_model=payload.get("model"))
 
     def chat(self, messages, *, temperature=None, max_tokens=None) -> JudgeReply:
         body: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages]}
@@ -139,27 +162,27 @@ class OpenAIJudge(Judge):
         body.update(self.extra_body)
         data = json.dumps(body).encode("utf-8")
         last = ""
+        # transient (retried): HTTP 408/409/429/5xx, refused or dropped connections, timeouts, a
+        # reply that is not a chat completion (malformed JSON); other HTTP errors fail at once
         for attempt in range(1, self.retries + 1):
             req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                try:
-                    text = payload["choices"][0]["message"]["content"]
-                except (KeyError, IndexError, TypeError):
-                    raise JudgeError(f"judge {self.url}: reply has no choices[0].message.content: "
-                                     f"{json.dumps(payload)[:200]}") from None
-                return JudgeReply(text=text if isinstance(text, str) else "", reported_model=payload.get("model"))
+                    return self._reply(resp.read())
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code} {e.reason}"
                 if e.code not in (408, 409, 429) and e.code < 500:
                     break
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                last = str(reason) if isinstance(e, ValueError) else f"{type(e).__name__}: {reason}"
+                if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
+                    last = f"no reply within {self.timeout:g} s (timeout)"
             if attempt < self.retries:
-                log.info("judge %s: attempt %d/%d failed (%s); retrying", self.url, attempt, self.retries, last)
+                log.info("judge %s at %s: attempt %d/%d failed (%s); retrying", self.model, self.url, attempt,
+                         self.retries, last)
                 time.sleep(self.retry_sleep)
-        raise JudgeError(f"judge {self.url} (model {self.model}): request failed after {attempt} attempt(s): {last}")
+        raise JudgeError(f"judge {self.model} at {self.url}: {last} (after {attempt} attempt(s))")
 
 
 class LocalJudge(Judge):
@@ -287,6 +310,52 @@ def make_judge(config: Mapping[str, Any] | Judge) -> Judge:
     raise ValueError(f"judge config: unknown kind {kind!r}; use 'openai' or 'local'")
 
 
+def check_key_env(config: Mapping[str, Any], where: str) -> None:
+    """An OpenAI-compatible judge's ``api_key_env`` is set in the environment (checked before any
+    decoding, so a missing key does not surface only at scoring); ``JudgeError`` naming ``where``
+    (the config key) and the variable, never a value."""
+    if isinstance(config, Mapping) and config.get("kind", "openai") == "openai":
+        var = config.get("api_key_env", "OPENAI_API_KEY")
+        if var and not os.environ.get(var):
+            raise JudgeError(f"config {where}.api_key_env: environment variable {var} is not set; export the "
+                             f"judge's API key there before the run (it is read only from the environment)")
+
+
+_CHECKPOINT: contextvars.ContextVar = contextvars.ContextVar("judgement_checkpoint", default=None)
+
+
+@contextlib.contextmanager
+def judgement_checkpoint(path: str | os.PathLike | None) -> Iterator[None]:
+    """Within the block, :func:`judge_rows` keeps every judgement in ``path`` (JSON lines, appended
+    and flushed as each reply arrives) keyed by item, judge label and the exact messages (with
+    temperature and max_tokens), and takes a kept one instead of asking again: a judge that dies
+    after 15 of 20 rows costs 5 calls on the rerun. ``None``: no checkpoint."""
+    token = _CHECKPOINT.set(None if path is None else os.fspath(path))
+    try:
+        yield
+    finally:
+        _CHECKPOINT.reset(token)
+
+
+def _judgement_key(item_id, label: str, messages, temperature, max_tokens) -> str:
+    text = json.dumps([str(item_id), label, [dict(m) for m in messages], temperature, max_tokens], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_judgements(path: str) -> dict[str, dict]:
+    kept: dict[str, dict] = {}
+    if not os.path.exists(path):
+        return kept
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+                kept[rec["key"]] = rec
+            except (ValueError, KeyError, TypeError):
+                continue  # the torn last line of a killed scoring
+    return kept
+
+
 def judged_by(rows) -> str:
     """The judge label(s) of judged rows (their ``judge`` key), ``", "``-joined in first-seen
     order — one label when a single judge scored them all. Write it beside every judged number."""
@@ -309,19 +378,42 @@ def judge_rows(rows, judge: Judge | Mapping[str, Any], build: Callable[[dict], S
     label = judge_label(judge)
     out = [dict(r) for r in rows]
     todo = [r for r in out if not r.get("error") and not (r.get("judge") == label and "judge_reply" in r)]
+    path = _CHECKPOINT.get()
+    kept = _read_judgements(path) if path else {}
+    lock = threading.Lock()
+    fh = None
+    if path and todo:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fh = open(path, "a", encoding="utf-8")
 
     def one(row):
-        rep = judge.chat(build(row), temperature=temperature, max_tokens=max_tokens)
+        messages = build(row)
+        key = _judgement_key(row.get("item_id"), label, messages, temperature, max_tokens)
+        if key in kept:
+            rep = JudgeReply(kept[key]["reply"], kept[key].get("reported_model"))
+        else:
+            rep = judge.chat(messages, temperature=temperature, max_tokens=max_tokens)
+            if fh is not None:
+                line = json.dumps({"key": key, "item_id": row.get("item_id"), "judge": label, "reply": rep.text,
+                                   "reported_model": rep.reported_model}, sort_keys=True)
+                with lock:
+                    fh.write(line + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
         row["judge_reply"], row["judge"], row["judge_reported_model"] = rep.text, label, rep.reported_model
 
-    if int(workers) > 1 and len(todo) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+    try:
+        if int(workers) > 1 and len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=int(workers)) as ex:
-            list(ex.map(one, todo))
-    else:
-        for row in todo:
-            one(row)
+            with ThreadPoolExecutor(max_workers=int(workers)) as ex:
+                list(ex.map(one, todo))
+        else:
+            for row in todo:
+                one(row)
+    finally:
+        if fh is not None:
+            fh.close()
     return out
 
 
