@@ -99,6 +99,13 @@ def _decode(a) -> int:
                          flags={"questions": "--questions", "images": "--images"})
     validate.check_model({"path": a.model})
     validate.check_params(a.method, params)  # names, types, ranges: before the model loads
+    from .decoding import get_method
+    from .decoding.engine import check_keywords
+
+    try:  # --top-k & co. without --do-sample (or for a greedy-only method) would be ignored
+        check_keywords(get_method(a.method), a.do_sample, a.temperature, a.top_p, a.top_k)
+    except ValueError as exc:
+        raise errors.UsageError(f"{exc} (--do-sample, --temperature, --top-p, --top-k)") from None
     from .protocols import PROTOCOLS
 
     if a.protocol not in ("unified", "paper", *PROTOCOLS):
@@ -216,7 +223,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default=None, help="default: last _part of the file name")
     d.add_argument("--method", default="greedy")
     d.add_argument("--label", default=None, help="method label in the records (default: --method)")
-    d.add_argument("--params", default=None, help='method parameters as JSON, e.g. \'{"alpha": 1}\'')
+    d.add_argument("--params", default=None, help='method parameters as JSON, e.g. \'{"alpha": 1}\'; a method\'s '
+                   'inputs are parameters too (local paths): text_cd "amateur", vti "directions", halc '
+                   '"detector", "scorer", "tagger"')
     d.add_argument("--do-sample", action="store_true")
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--top-p", type=float, default=1.0)

@@ -855,7 +855,7 @@ def _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def _check_keywords(m: Method, do_sample: bool, temperature, top_p, top_k) -> None:
+def check_keywords(m: Method, do_sample: bool, temperature, top_p, top_k) -> None:
     """A keyword the method would ignore is an error naming it: ``do_sample=True`` for a
     greedy-only method, and the sampling warpers (``temperature``, ``top_p``, ``top_k``) away from
     their neutral values in greedy mode; a method parameter of the same name (contrastive
@@ -919,7 +919,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     m = get_method(method)
     p = m.resolve(params)
     _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample)
-    _check_keywords(m, do_sample, temperature, top_p, top_k)
+    check_keywords(m, do_sample, temperature, top_p, top_k)
     # the method's hooks once, unattached: a layer list with no layer of this model, a directions
     # file that does not fit it fail here, before the first forward (not as error rows midway)
     m.forward_hooks(vlm.adapter, p)
