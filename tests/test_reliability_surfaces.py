@@ -74,40 +74,44 @@ def one_line(res, rc, *needles):
     return lines[0]
 
 
-def test_method_inputs_as_the_user_gives_them_and_whole_run_inputs_checked_first(world, tmp_path):
+def test_method_inputs_as_the_user_gives_them_and_whole_run_inputs_checked_first(world, tmp_path, capsys):
     """text_cd / VTI / HALC take their inputs from --params (not the workflow's paths); a missing
     or corrupt one, or contrast images all missing, fails before decoding: one line naming it,
-    exit 1 (2: a parameter not given), no result file and no checkpoint."""
+    exit 1 (2: a parameter not given), no result file and no checkpoint. In-process through
+    ``vcdflow.cli.main`` (the console script's entry; the subprocess cases below cover the
+    interpreter boundary)."""
+    from vcdflow.cli import main
+
     root, args = world["root"], world["args"]
     bad_amateur = tmp_path / "amateur_bad"
     shutil.copytree(root / "model", bad_amateur)
     (bad_amateur / "config.json").write_text('{"architectures": ["Llava')
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     out = lambda name: ["--out", str(tmp_path / f"{name}.jsonl")]  # noqa: E731
-    cases = {
-        "text_cd_none": (args + ["--method", "text_cd"] + out("a"), 2, "'amateur'", "--params"),
-        "text_cd_corrupt": (args + ["--method", "text_cd", "--params", json.dumps({"amateur": str(bad_amateur)})]
-                            + out("b"), 1, f"{bad_amateur / 'config.json'}: not valid JSON"),
-        "text_cd_missing": (args + ["--method", "text_cd", "--params", json.dumps({"amateur": str(tmp_path / "no")})]
-                            + out("c"), 1, f"amateur model folder {tmp_path / 'no'} does not exist"),
-        "vti_corrupt": (args + ["--method", "vti", "--params", json.dumps({"directions": str(tmp_path / "bad.pt")})]
-                        + out("d"), 1, f"VTI directions file {tmp_path / 'bad.pt'}"),
-        "halc_missing": (args + ["--method", "halc", "--params", json.dumps(
-            {"detector": str(tmp_path / "det"), "scorer": str(tmp_path), "tagger": str(tmp_path)})] + out("e"),
-            1, f"HALC detector folder {tmp_path / 'det'} does not exist"),
-        "halc_partial": (args + ["--method", "halc", "--params", json.dumps({"detector": "x"})] + out("f"),
-                         2, "'scorer', 'tagger'"),
-        "contrast_images_gone": (args + ["--method", "cid"] + out("g"), 1, "none of the 4 contrast image files",
-                                 str(root / "images" / "gone0.png")),
-    }
-    results = run_all([c[0] for c in cases.values()])
-    for (name, (_, rc, *needles)), res in zip(cases.items(), results):
-        one_line(res, rc, *needles)
+    cases = [
+        (args + ["--method", "text_cd"] + out("a"), 2, "'amateur'", "--params"),
+        (args + ["--method", "text_cd", "--params", json.dumps({"amateur": str(bad_amateur)})] + out("b"), 1,
+         f"{bad_amateur / 'config.json'}: not valid JSON"),
+        (args + ["--method", "text_cd", "--params", json.dumps({"amateur": str(tmp_path / "no")})] + out("c"), 1,
+         f"amateur model folder {tmp_path / 'no'} does not exist"),
+        (args + ["--method", "vti", "--params", json.dumps({"directions": str(tmp_path / "bad.pt")})] + out("d"), 1,
+         f"VTI directions file {tmp_path / 'bad.pt'}: torch.load cannot read it"),
+        (args + ["--method", "halc", "--params", json.dumps(
+            {"detector": str(tmp_path / "det"), "scorer": str(tmp_path), "tagger": str(tmp_path)})] + out("e"), 1,
+         f"HALC detector folder {tmp_path / 'det'} does not exist"),
+        (args + ["--method", "halc", "--params", json.dumps({"detector": "x"})] + out("f"), 2, "'scorer', 'tagger'"),
+        (args + ["--method", "cid"] + out("g"), 1, "none of the 4 contrast image files",
+         str(root / "images" / "gone0.png")),
+        (args + ["--method", "contrastive_search", "--top-k", "8"] + out("h"), 2,
+         "top_k=8 is a sampling setting, unused by method 'contrastive_search'"),
+    ]
+    for argv, rc, *needles in cases:
+        capsys.readouterr()
+        assert main(argv) == rc, argv
+        one_line(subprocess.CompletedProcess(argv, rc, "", capsys.readouterr().err), rc, *needles)
     assert not list(tmp_path.glob("*.jsonl*"))  # no result, no checkpoint: nothing for a later step
     # the user's amateur (the model itself: same tokenizer) runs and is hashed into the provenance
-    res = subprocess.run([VCDFLOW, *args, "--method", "text_cd", "--params", json.dumps({"amateur": str(root / "model")}),
-                          *out("ok")], capture_output=True, text=True, env=_env(), timeout=300)
-    assert res.returncode == 0, res.stderr
+    assert main(args + ["--method", "text_cd", "--params", json.dumps({"amateur": str(root / "model")})] + out("ok")) == 0
     recs = read_jsonl(tmp_path / "ok.jsonl")
     assert len(recs) == 4 and all(r["error"] is None and r["meta"]["method"] == "text_cd" for r in recs)
     side = json.loads((tmp_path / "ok.meta.json").read_text())
@@ -121,7 +125,7 @@ def _fsize_limit(nbytes):
     return pre
 
 
-def test_full_disk_one_line_naming_the_file_and_the_rerun_resumes(world, tmp_path):
+def test_full_disk_one_line_naming_the_file_and_the_rerun_resumes(world, tmp_path, capsys):
     """A file-size limit stands in for a full disk (root ignores a read-only folder's mode): the
     checkpoint write fails after some records; one line names the checkpoint and says nothing is
     lost; the rerun resumes and equals an uninterrupted decode."""
@@ -131,10 +135,10 @@ def test_full_disk_one_line_naming_the_file_and_the_rerun_resumes(world, tmp_pat
     one_line(res, 1, f"cannot write {partial}", "nothing is lost", "rerun")
     kept = partial.read_text().count("\n") - 1
     assert 1 <= kept < 4 and not (tmp_path / "r.jsonl").exists()
-    res = subprocess.run([VCDFLOW, *args], capture_output=True, text=True, env=_env(), timeout=300)
-    assert res.returncode == 0 and f"{kept} of 4 items already decoded" in res.stderr, res.stderr
     from vcdflow.cli import main
 
+    assert main(args) == 0  # the rerun (in-process) resumes
+    assert f"{kept} of 4 items already decoded" in capsys.readouterr().err
     ref = tmp_path / "ref.jsonl"
     assert main([*world["args"], "--out", str(ref)]) == 0  # in-process: no second interpreter start
     strip = lambda rs: [{k: v for k, v in r.items() if k != "timing"} for r in rs]  # noqa: E731
