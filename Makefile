@@ -47,12 +47,12 @@ extra: $(STAMP)
 	$(PY) -m pip install -q -c $(VENV)/lock-constraints.txt -e '.[$(EXTRA)]'
 	$(PY) src/vcdflow/envlock.py check $(LOCK)
 
-# Rewrite requirements.lock from pyproject.toml (demo + tests: the `test` extra) and
+# Rewrite requirements.lock from pyproject.toml (demo + tests + lint: the `test` and `lint` extras) and
 # requirements-pins.txt, keeping the locked versions that still fit (uv reads the old lock as
 # preferences). Upgrade one package: make lock UV_ARGS="--upgrade-package transformers";
 # all: make lock UV_ARGS=--upgrade. Needs uv (pip install uv).
 lock:
-	$(UV) pip compile pyproject.toml --extra test -c requirements-pins.txt --generate-hashes \
+	$(UV) pip compile pyproject.toml --extra test --extra lint -c requirements-pins.txt --generate-hashes \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-strategy unsafe-best-match \
 	  $(if $(LOCK_FIND_LINKS),--find-links $(LOCK_FIND_LINKS)) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
 	  --custom-compile-command "make lock" --no-emit-index-url --no-emit-find-links $(UV_ARGS) -o $(LOCK)
@@ -77,7 +77,13 @@ demo-full: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
+# Python: ruff's lint rules and formatter (pyproject.toml [tool.ruff]); the workflow: snakefmt
+# (pyproject.toml [tool.snakefmt]) and Snakemake's own linter
+LINT_PY := src tests workflow benchmarks tools
 lint: $(STAMP)
+	$(VENV)/bin/ruff check $(wildcard $(LINT_PY))
+	$(VENV)/bin/ruff format --check $(wildcard $(LINT_PY))
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint
 
 dry-run: $(STAMP)

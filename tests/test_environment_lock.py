@@ -34,7 +34,9 @@ def test_venv_holds_the_locked_versions():
 def test_lock_covers_pyproject_with_hashes():
     lock = envlock.read_lock(LOCK)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    extras = project["optional-dependencies"]
+    # the extras `make lock` compiles (the Makefile's `--extra` flags): the tests' and the linters'
+    reqs = [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["lint"]]
     for req in reqs:
         name = envlock.normalise(req.name)
         assert name in lock, f"{req} is not in requirements.lock: run `make lock`"

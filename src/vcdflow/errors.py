@@ -25,7 +25,7 @@ import errno
 import os
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
 
 class UserError(ValueError):

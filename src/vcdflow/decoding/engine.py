@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -429,7 +430,7 @@ COMPILE_SETTINGS = ("off", "static", "on")
 #: columns: prompts of similar length share one compiled step (a POPE split compiles a handful of
 #: times, not once per prompt length)
 STATIC_BUCKET = 64
-_COMPILED: "weakref.WeakKeyDictionary" = None  # adapter -> its compiled step function
+_COMPILED: weakref.WeakKeyDictionary | None = None  # adapter -> its compiled step function
 
 
 def static_refusal(search, hooks, amateur, contrast_steps) -> str | None:
@@ -482,8 +483,6 @@ def _step_function(adapter, compiled: bool):
 
     if not compiled:
         return step
-    import weakref
-
     if _COMPILED is None:
         _COMPILED = weakref.WeakKeyDictionary()
     fn = _COMPILED.get(adapter)

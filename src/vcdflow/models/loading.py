@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
-
 from .families import BY_MODEL_TYPE, Family, family_of_model_type
+
+log = logging.getLogger(__name__)
 
 #: config ``model_type`` → (family, default model class name), from the family records
 FAMILIES: dict[str, tuple[str, str]] = {t: (f.name, f.model_class) for t, f in BY_MODEL_TYPE.items()}
@@ -200,7 +200,7 @@ def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
         attn_implementation: passed to ``from_pretrained`` (``"sdpa"`` by default; methods that
             need attention weights switch to ``"eager"`` for the one forward that needs them).
     """
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     from .adapters import adapter_for
 

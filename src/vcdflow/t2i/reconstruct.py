@@ -180,8 +180,6 @@ def reconstruct(
     only if at least one image must be rendered. ``stats`` counts ``cached``, ``generated`` (was
     missing) and ``regenerated`` (was corrupt) images.
     """
-    from PIL import Image
-
     cfg = normalize_t2i_config(t2i_cfg)
     thash = t2i_hash(cfg)
     by_key, n = _group(captions, n_captions)
