@@ -15,8 +15,8 @@ that turns an expected error into its line: ``vcdflow decode``/``score`` and the
 ``decode.py``/``score.py`` all go through it; ``--debug`` or ``VCDFLOW_DEBUG=1`` adds the
 traceback.
 
-The builders below (``bad_param_type``, ``model_missing``…) are the texts; the README's "When
-things go wrong" table lists them.
+The builders below (``bad_param_type``, ``model_missing``…) are the texts; the table in
+``docs/troubleshooting.md`` lists them.
 """
 
 from __future__ import annotations
