@@ -147,6 +147,32 @@ def test_execution_settings_never_redecode(micro_run):
     assert planned <= {"report", "all"}, planned
 
 
+#: a score-only setting of the micro config (benchmark, key, new value): on the finished run it
+#: plans re-scoring, never a decode job (vcdflow.config.RunSpec scoring)
+SCORE_ONLY_EDITS = {
+    "pope parser": ("pope", "parser", "opera"),
+    "chair nltk_data trailing slash": ("chair", "nltk_data", "resources/demo/nltk_data/"),
+    "chair synonyms": ("chair", "synonyms", "resources/demo/world/../chair_synonyms.txt"),
+    "amber spacy_model": ("amber", "spacy_model", "resources/spacy/en_core_web_lg"),
+    "amber parser": ("amber", "parser", "first_word"),
+}
+
+
+@pytest.mark.parametrize("edit", list(SCORE_ONLY_EDITS))
+def test_score_only_settings_plan_no_decode_job(micro_run, tmp_path, edit):
+    workdir, _ = micro_run
+    cfg = yaml.safe_load(MICRO.read_text())
+    bench, key, value = SCORE_ONLY_EDITS[edit]
+    cfg["benchmarks"][bench][key] = value
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the demo section's order kept (its params are dicts)
+    out = snakemake(workdir, "-n", config=path)
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", out.stdout + out.stderr, re.M))
+    reasons = re.findall(r"^\s*reason: .*$", out.stdout + out.stderr, re.M)
+    assert not {r for r in planned if r.startswith(("decode", "convis")) or r == "merge_shards"}, (planned, reasons[:8])
+    assert any(r.startswith("score") for r in planned), planned  # it does re-score
+
+
 def test_rerun_is_a_no_op(micro_run):
     workdir, _ = micro_run
     out = snakemake(workdir, "-n")

@@ -4,6 +4,7 @@ Rules hold no logic: everything here only maps the (validated) config onto paths
 """
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -142,7 +143,9 @@ def _build(wildcards):
     if key not in _SPECS:
         spec = runs.build_run(config, benchmark=key[0], split=key[1], model=key[2], method=key[3],
                               seed=int(key[4]), protocol=key[5])
-        _SPECS[key] = (spec, spec.as_dict())
+        # keys sorted: Snakemake compares params by their repr, so the order a config writes its
+        # keys in (a YAML rewritten with sorted keys) must not re-decode anything
+        _SPECS[key] = (spec, json.loads(json.dumps(spec.as_dict(), sort_keys=True)))
     return _SPECS[key]
 
 
