@@ -269,6 +269,7 @@ def test_failed_judged_scoring_leaves_no_current_table_and_its_judgements_resume
         config.write_text(yaml.safe_dump(cfg2))
         out = _snakemake(work, config, env={KEY_ENV: KEY}, check=False)
         n_failed = len(srv.requests)
+    consoles = [out]
     assert out.returncode != 0
     lines = [ln for ln in out.stderr.splitlines() if "judge fake-judge-2 at" in ln]
     assert lines and "HTTP 500" in lines[0] and "(after 2 attempt(s))" in lines[0], out.stderr[-3000:]
@@ -283,7 +284,7 @@ def test_failed_judged_scoring_leaves_no_current_table_and_its_judgements_resume
     with FakeOpenAI(judge_reply, lifetime=300) as srv:
         cfg2["benchmarks"]["llavabench"]["judge"]["url"] = srv.url
         config.write_text(yaml.safe_dump(cfg2))
-        out = _snakemake(work, config, env={KEY_ENV: KEY})
+        consoles.append(_snakemake(work, config, env={KEY_ENV: KEY}))
         assert len(srv.requests) == 2  # only LLaVA-Bench's two unjudged answers
     assert all(r["judge"] == "openai:fake-judge-2" for r in read_jsonl(work / (lb + ".scored.jsonl")))
     assert all(r["judge"] == f"openai:{JUDGE_MODEL}" for r in read_jsonl(work / (RESULT.format(b="mmhal") + ".scored.jsonl")))
@@ -295,6 +296,7 @@ def test_failed_judged_scoring_leaves_no_current_table_and_its_judgements_resume
     bad["benchmarks"]["mmhal"]["judge"]["api_key"] = secret
     config.write_text(yaml.safe_dump(bad))
     out = _snakemake(work, config, env={KEY_ENV: KEY}, check=False)
+    consoles.append(out)
     assert out.returncode != 0 and "config.benchmarks.mmhal.judge.api_key: a secret does not go into a config" in out.stderr
     assert secret not in out.stdout + out.stderr
     config.write_text(yaml.safe_dump(cfg2))
@@ -302,6 +304,9 @@ def test_failed_judged_scoring_leaves_no_current_table_and_its_judgements_resume
     out = _snakemake(work, config, env={KEY_ENV: None}, check=False)
     assert out.returncode != 0 and f"environment variable {KEY_ENV} is not set" in out.stderr, out.stderr[-2000:]
     assert not (work / "results/metrics.csv").exists()  # no job ran
+    consoles.append(out)
+    for run in consoles:  # the key from the environment / the config: on no console
+        assert KEY not in run.stdout + run.stderr and secret not in run.stdout + run.stderr
     for path in work.rglob("*"):
         if path.is_file():
             data = path.read_bytes()

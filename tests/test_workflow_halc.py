@@ -121,7 +121,8 @@ def test_missing_blip_folder_fails_with_one_line(tmp_path):
     out = _snakemake(work, CONFIG, "--config", "offline=True", "--", "resources/halc/blip_large")
     assert out.returncode != 0
     log = (work / "logs" / "halc" / "blip_large.log").read_text()
-    line = next(x for x in log.splitlines() if x.startswith("FileNotFoundError: "))
-    assert line == ("FileNotFoundError: offline mode: place a snapshot of Salesforce/blip-image-captioning-large "
-                    "(config.json, weights, processor files) in resources/halc/blip_large"), line
+    line = ("halc auxiliary model resources/halc/blip_large: error: offline mode: place a snapshot of "
+            "Salesforce/blip-image-captioning-large (config.json, weights, processor files) in resources/halc/blip_large")
+    assert line in log.splitlines() and "Traceback" not in log, log  # one line, no traceback
+    assert line in out.stderr  # on the console too
     assert not (work / "resources" / "halc" / "blip_large").exists()

@@ -563,6 +563,8 @@ def run_shard(
             model = run["model"]
             validate.check_model(model)
             vlm = load_vlm(model["path"], device=device, dtype=model.get("dtype", "float32"))
+        if generate_fn is None and vlm is not None and any(i not in reusable for i in ids):
+            _check_method_fits(run, vlm)  # parameters that fit no forward: the job fails, naming them
         done = ckpt.load()  # from here on the partial file may change (torn tail cut, stale kept)
         n_resumed = sum(1 for i in ids if i in done)
         todo = _by_image(items, [it for it in items if it["item_id"] not in done])
@@ -601,6 +603,23 @@ def run_shard(
         records = ckpt.finish(output, ids, after_write=write_sidecar)
         _summarise(output, records, n_resumed, side)
     return output
+
+
+def _check_method_fits(run: dict, vlm) -> None:
+    """The run's method parameters fit the loaded model (:func:`vcdflow.decoding.engine.method_misfit`):
+    a misfit would make every item an error row, so it is an :class:`vcdflow.errors.InputError`
+    naming the label, before anything is decoded or checkpointed."""
+    from .decoding import get_method
+    from .decoding.engine import method_misfit
+    from .errors import InputError
+
+    method = run["method"]
+    m = get_method(method["method"])
+    misfit = method_misfit(vlm, m, m.resolve(method.get("params") or {}))
+    if misfit is not None:
+        raise InputError(f"method {method.get('label')!r} does not fit model {run['model'].get('path')}: {misfit}; "
+                         f"fix its params (config methods.{method.get('label')}.params or --params) — nothing was "
+                         f"decoded")
 
 
 def _device(run: dict) -> str:

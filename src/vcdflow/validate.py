@@ -88,7 +88,8 @@ def check_images(items: list[dict], folder: str | os.PathLike | None = None, *,
     they name (``contrast_image_path``: the input of a method that reads one, ``contrast_image``
     true; ``contrast_images``: the
     ConVis reconstructions). A single missing image is that item's error row; all of one kind
-    missing is a wrong folder or a lost input of the whole run, refused before any decoding."""
+    missing (two or more named) is a wrong folder or a lost input of the whole run, refused
+    before any decoding."""
     paths = [it.get("image_path") for it in items if it.get("image_path")]
     if paths and not any(os.path.exists(p) for p in paths):
         raise errors.no_images_found(folder or os.path.dirname(paths[0]), len(paths), paths[0])
@@ -97,7 +98,9 @@ def check_images(items: list[dict], folder: str | os.PathLike | None = None, *,
         "ConVis reconstruction": [p for it in items for p in it.get("contrast_images") or []],
     }
     for what, paths in kinds.items():
-        if paths and not any(os.path.exists(p) for p in paths):
+        # one named file that is missing is that item's typo (an error row); several, none there,
+        # is a lost folder
+        if len(paths) > 1 and not any(os.path.exists(p) for p in paths):
             raise errors.InputError(f"none of the {len(paths)} {what} files the items name exists (e.g. "
                                     f"{paths[0]}); every item needs them — restore that folder (or rerun the "
                                     f"step that writes them) and rerun")

@@ -854,6 +854,21 @@ def _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
+def method_misfit(vlm, m: Method, params) -> str | None:
+    """Why ``m`` with resolved ``params`` cannot run on ``vlm`` at all (a layer list with no layer
+    of this model, a directions file that does not fit it), found by building the method's hooks
+    once, unattached, before any forward pass; None when they build (or the method does not run
+    on this family: that is refused per request, naming the family)."""
+    families = m.applies_to()
+    if families is not None and getattr(vlm.adapter, "family", None) not in families:
+        return None
+    try:
+        m.forward_hooks(vlm.adapter, params)
+    except Exception as e:  # noqa: BLE001 - any failure is the method's parameters vs this model
+        return str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+    return None
+
+
 def check_keywords(m: Method, do_sample: bool, temperature, top_p, top_k) -> None:
     """A keyword the method would ignore is an error naming it: ``do_sample=True`` for a
     greedy-only method, and the sampling warpers (``temperature``, ``top_p``, ``top_k``) away from
@@ -884,7 +899,8 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     chooses sampling (T, top-p, top-k) vs greedy (``greedy``/``sample`` fix their own mode); a
     keyword the method would ignore (a sampling warper in greedy mode, ``do_sample=True`` for a
     greedy-only method) is a ``ValueError`` naming it, and the method's layer hooks are built
-    once before the first forward, so a parameter that does not fit the model fails at once.
+    once before the first forward: a parameter that does not fit the model (:func:`method_misfit`)
+    is every request's error without any forward pass.
     ``batch_size`` counts requests (each brings all its branches). ``eos_token_id`` overrides the
     model's generation-config EOS. Random streams are seeded from ``(seed, item_id)``; a request
     without ``item_id`` uses ``"#<index in requests>"``. A method parameter ``draw="per_image"``
@@ -919,9 +935,11 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     p = m.resolve(params)
     _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample)
     check_keywords(m, do_sample, temperature, top_p, top_k)
-    # the method's hooks once, unattached: a layer list with no layer of this model, a directions
-    # file that does not fit it fail here, before the first forward (not as error rows midway)
-    m.forward_hooks(vlm.adapter, p)
+    misfit = method_misfit(vlm, m, p)  # before the first forward: every request fails with it
+    if misfit is not None:
+        mode = m.mode or ("sample" if do_sample else "greedy")
+        return [Output(item_id=str(r.item_id or ""), error=misfit, meta={"method": m.name, "mode": mode})
+                for r in requests]
     from .beams import check_beam_args
 
     check_beam_args(num_beams, length_penalty, early_stopping, length_norm)
