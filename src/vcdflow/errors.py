@@ -25,7 +25,7 @@ import errno
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 
 class UserError(ValueError):
