@@ -127,6 +127,11 @@ def test_build_run_applies_the_papers_data_in_the_real_world(tmp_path):
         assert pai["questions"] == f"resources/pope/coco/{version}/{split}.json" and pai["version"] == version
     assert run(benchmark="pope", split="random", method="opera", protocol="opera").benchmark["questions"] \
         == "resources/pope/coco/e3e3926/random.json"
+    # the decode job's input files (common.smk decode_inputs) are the ones build_run decodes
+    for proto, method, split in (("pai", "pai", "popular"), ("opera", "opera", "random"), ("unified", "vista", "random")):
+        want = run(benchmark="pope", split=split, method=method, protocol=proto).benchmark
+        got = runs.protocol_bench(cfg, "pope", split, model="llava-1.5-7b", method=method, protocol=proto)
+        assert got["questions"] == want["questions"]
     # unified and a protocol that declares nothing keep the config's images and files; so do
     # POPE entries of other datasets (e3e3926 is COCO only)
     for proto, method in (("unified", "opera"), ("vcd", "vcd")):

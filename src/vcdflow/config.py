@@ -174,6 +174,19 @@ def protocol_data(config: Mapping) -> bool:
     return config.get("world") == "real" if flag is None else bool(flag)
 
 
+def protocol_bench(config: Mapping, benchmark: str, split: str, *, model: str, method: str, protocol: str) -> dict:
+    """:func:`bench_slice` with a paper protocol's declared data applied, as :func:`build_run`
+    applies it (a decode job's input files: the protocol's POPE file); cheaper than build_run."""
+    bench = bench_slice(config, benchmark, split)
+    if protocol == UNIFIED or not protocol_data(config):
+        return bench
+    mode = run_mode(config, method, protocol, benchmark, model)
+    res = resolve_protocol(protocol, method=method_entry(config, method)["method"], family=model_family(config, model),
+                           benchmark=benchmark, mode=mode)
+    _apply_data(config, bench, res.data)
+    return bench
+
+
 def _apply_data(config: Mapping, bench: dict, data: Mapping[str, Any]) -> dict:
     """Put a paper protocol's declared data into the benchmark slice ``bench`` (in place) and
     return what applied: ``chair_subset`` on a CHAIR entry, ``pope_version`` (one name, or per

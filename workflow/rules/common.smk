@@ -168,12 +168,19 @@ def _image_input(path):
     return path
 
 
+_BENCHES = {}  # (benchmark, split, model, label, protocol) -> its benchmark slice, the paper's data applied
+
+
 def decode_inputs(wildcards):
     """Input files of a decode shard: the model, the benchmark's data (its registry entry's
     decode_inputs) and the extra inputs the method declares (ConVis: its reconstructions)."""
-    bench = bench_config(wildcards.benchmark, wildcards.split)
     if getattr(wildcards, "protocol", None) is not None:  # a paper protocol's own data (its POPE files)
-        bench = run_spec(wildcards)["benchmark"]
+        key = tuple(str(getattr(wildcards, k)) for k in ("benchmark", "split", "model", "method", "protocol"))
+        if key not in _BENCHES:
+            _BENCHES[key] = runs.protocol_bench(config, key[0], key[1], model=key[2], method=key[3], protocol=key[4])
+        bench = _BENCHES[key]
+    else:
+        bench = bench_config(wildcards.benchmark, wildcards.split)
     inputs = {"model": model_dir(wildcards.model)}
     for key, value in get_benchmark(wildcards.benchmark).decode_inputs(bench).items():
         inputs[key] = _image_input(value) if key == "images" else value
