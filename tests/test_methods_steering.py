@@ -296,7 +296,8 @@ def test_vista_pca_artefact_matches_the_official_pca(vlms):
         assert_same_as_reference(o, ref_vista(vlm, r, params, max_new_tokens=N_NEW, index=i), [], f"vista/pca/{r.item_id}")
     plain = generate(vlm, REQS, method="vista", params={"lam": 0.6}, max_new_tokens=N_NEW, eos_token_id=[])
     assert [o.token_ids for o in outs] != [o.token_ids for o in plain]
-    assert get_protocol("vista").resolve(method="vista", family="llava", benchmark="pope").params["pca_artefact"] is True
+    res = get_protocol("vista").resolve(method="vista", family="llava", benchmark="pope")
+    assert res.params["pca_artefact"] is True and "steering_vector.py:127-128" in res.sources["params"]
 
 
 def test_vista_steers_and_augments(vlms):

@@ -271,3 +271,8 @@ def test_deco_and_only_recorders():
     ]
     for ans, label, deco, only, vcd, opera in cases:
         assert [_predict(ans, label, p) for p in ("deco", "only", "vcd", "opera")] == [deco, only, vcd, opera], ans
+    from vcdflow.protocols import get_protocol
+
+    for proto, cite in (("deco", "pope_llava.py:28-33"), ("only", "pope_eval_llava.py:130-142")):
+        res = get_protocol(proto).resolve(method=proto, family="llava", benchmark="pope")
+        assert res.parser == proto and cite in res.sources["parser"]
