@@ -15,6 +15,20 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# A config that names a base (`base: paper`) states only what differs from it: lay it over its
+# base before validation (vcdflow.overlay; the merge rules are in its docstring).
+if "base" in config:
+    from vcdflow.overlay import OverlayError, resolve_files
+    from snakemake.exceptions import WorkflowError
+
+    try:
+        _resolved = resolve_files(config, list(workflow.overwrite_configfiles), workflow.basedir)
+    except OverlayError as _exc:
+        raise WorkflowError(str(_exc)) from None
+    config.clear()
+    config.update(_resolved)
+
+
 report: "workflow/report/workflow.rst"
 
 

@@ -732,20 +732,23 @@ def shard_is_current(run: dict, output: str | os.PathLike) -> bool:
 
 def decode_group(jobs: list[dict], *, vlm=None, progress: bool = True, say: Callable = log.info) -> list[Path]:
     """Decode several results of one model in one process, the model loaded once (the workflow's
-    ``group_decode``: one job per model, protocol, method label and mode).
+    ``group_decode``: one job per batch of results of one model and protocol).
 
-    ``jobs``: ``{"run": run dict, "shard": path, "results": [[result path, seed], ...]}`` in
-    order. Each run is decoded into its (single) shard file by :func:`run_shard` — the same
-    locking, per-batch checkpoint and resume, sidecar — unless :func:`shard_is_current` says it
-    is already there; then :func:`merge_shards` writes each of its result files (a seed-free
-    greedy run is decoded once and recorded for every seed, as in the per-shard workflow).
-    Returns the result paths."""
+    ``jobs``: ``{"run": run dict, "shards": [shard path, ...], "results": [[result path, seed],
+    ...]}`` in order (``"shard": path`` is one shard). Shard ``i`` of ``n`` of each run is
+    decoded into its file by :func:`run_shard` — the same locking, per-batch checkpoint and
+    resume, sidecar as a per-shard job — unless :func:`shard_is_current` says it is already
+    there (a restarted job skips what it finished); then :func:`merge_shards` writes each of its
+    result files from all its shards (a seed-free greedy run is decoded once and recorded for
+    every seed, as in the per-shard workflow). Returns the result paths."""
     out: list[Path] = []
     for job in jobs:
-        run, shard = job["run"], job["shard"]
-        if shard_is_current(run, shard):
-            say(f"{shard}: up to date, not decoded again")
-        else:
+        run = job["run"]
+        shards = job["shards"] if "shards" in job else [job["shard"]]
+        for i, shard in enumerate(shards):
+            if shard_is_current(run, shard):
+                say(f"{shard}: up to date, not decoded again")
+                continue
             if vlm is None:
                 from . import validate
                 from .models import load_vlm
@@ -753,9 +756,9 @@ def decode_group(jobs: list[dict], *, vlm=None, progress: bool = True, say: Call
                 model = run["model"]
                 validate.check_model(model)
                 vlm = load_vlm(model["path"], device=_device(run), dtype=model.get("dtype", "float32"))
-            run_shard(run, shard, vlm=vlm, progress=progress)
+            run_shard(run, shard, shard=i, n_shards=len(shards), vlm=vlm, progress=progress)
         for path, seed in job["results"]:
-            out.append(merge_shards([shard], path, seed=int(seed)))
+            out.append(merge_shards(shards, path, seed=int(seed)))
     return out
 
 

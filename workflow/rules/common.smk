@@ -234,10 +234,13 @@ def shard_files(wildcards):
 
 
 # --------------------------------------------------------------------------- grouped decoding
-# config group_decode: one decode job and one scoring job per (model, protocol, method label,
-# mode) instead of one per result (and shard): the model loads once for every benchmark, split
-# and seed of the label. Benchmarks with n_shards > 1 keep the per-shard jobs; so does a
-# protocol under which a label's mode differs between benchmarks. Same files, same records.
+# config group_decode: a decode job and a scoring job serve many results of one (model,
+# protocol) instead of one job per result shard and per result: the model loads once for all of
+# them. With group_labels 1 and no group_results, one job per (model, protocol, method label,
+# mode) decodes every benchmark, split and seed of the label (rules decode_group/score_group; a
+# protocol under which a label's mode differs between benchmarks goes in batches instead);
+# otherwise the results are cut into batches (below). A sharded benchmark's shards are decoded
+# one after the other in the job, each with its own checkpoint. Same files, same records.
 
 
 class _Wildcards(dict):
@@ -246,7 +249,7 @@ class _Wildcards(dict):
     __getattr__ = dict.__getitem__
 
 
-GROUP_BENCHMARKS = [b for b in BENCHMARKS if config.get("group_decode", False) and n_shards(b) == 1]
+GROUP_BENCHMARKS = BENCHMARKS if config.get("group_decode", False) else []
 GROUP_PARTS = [(b, s, n) for b in GROUP_BENCHMARKS for s in bench_splits(b) for n in SEEDS]
 GROUP_KEY = "{model}/{protocol}/{method}/{mode}"
 
@@ -322,8 +325,7 @@ def group_runs(wildcards):
         seed = decoded_seed(wc)
         if (b, s, seed) not in jobs:
             decoded = _Wildcards(wc, seed=seed)
-            jobs[(b, s, seed)] = {"run": run_spec(decoded), "shard": SHARD.format(**decoded, shard=0, nshards=1),
-                                  "results": []}
+            jobs[(b, s, seed)] = {"run": run_spec(decoded), "shards": shard_files(decoded), "results": []}
         jobs[(b, s, seed)]["results"].append([f"{RESULT.format(**wc)}.jsonl", n])
     return list(jobs.values())
 
@@ -352,21 +354,25 @@ def group_name(wildcards):
     return GROUP_KEY.format(**wildcards)
 
 
-# config group_labels > 1: one decode job and one scoring job per batch of that many labels of a
-# (model, protocol) instead of one per label, the model loaded once for the whole batch. Labels
-# are batched in config order, spread evenly over the fewest batches; labels whose method takes
-# extra decode inputs (ConVis: its reconstructions) are batched apart, so they do not hold the
-# others back. One rule per batch
+# Batches (config group_labels > 1 or group_results): one decode job and one scoring job per
+# batch of results of a (model, protocol), the model loaded once for the whole batch. The labels
+# of a (model, protocol) are taken in config order, spread evenly over the fewest batches of at
+# most group_labels labels; labels whose method takes extra decode inputs (ConVis: its
+# reconstructions) are batched apart, so they do not hold the others back. With group_results,
+# a batch is then cut, in grid order, into jobs of at most that many decodes (a decode: one
+# label on one benchmark split under one seed, all its shards; a greedy method without a random
+# draw is decoded once for every seed) — the knob that sets a job's GPU time. One rule per batch
 # (decode_batch_<name>, score_batch_<name>), its output paths literal: Snakemake prefers a rule
 # without wildcards over the per-result rules (merge_shards, score) making the same files.
 GROUP_LABELS = int(config.get("group_labels", 1))
+GROUP_RESULTS = config.get("group_results")
 
 
 def _label_batches():
-    """Batch name -> the labels (wildcards model, protocol, method, mode) it decodes and scores."""
+    """Batch name -> its decodes (group_runs entries, in order) and its labels."""
     labels = {}
     for g in GRID:
-        if g["protocol"] in GROUP_PROTOCOLS and g["benchmark"] in GROUP_BENCHMARKS:
+        if g["benchmark"] in GROUP_BENCHMARKS:
             kinds = tuple(runs.method_inputs(runs.method_entry(config, g["method"])["method"]))
             label = _Wildcards(model=g["model"], protocol=g["protocol"], method=g["method"], mode=g["mode"])
             labels.setdefault((g["model"], g["protocol"], kinds), {})[(g["method"], g["mode"])] = label
@@ -375,18 +381,35 @@ def _label_batches():
         group = list(group.values())
         n = -(-len(group) // GROUP_LABELS)  # the fewest batches of at most GROUP_LABELS labels, sizes even
         for i in range(n):
-            name = "".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(batches)}")
-            batches[name] = group[len(group) * i // n : len(group) * (i + 1) // n]
+            batch = [dict(job, label=label) for label in group[len(group) * i // n : len(group) * (i + 1) // n]
+                     for job in group_runs(label)]
+            size = int(GROUP_RESULTS or len(batch))
+            for j in range(0, len(batch), size):
+                name = "".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(batches)}")
+                batches[name] = batch[j : j + size]
     return batches
 
 
-LABEL_BATCHES = _label_batches() if GROUP_PROTOCOLS and GROUP_LABELS > 1 else {}
+LABEL_BATCHES = _label_batches() if GROUP_BENCHMARKS and (GROUP_LABELS > 1 or GROUP_RESULTS) else {}
 
 
-def batch_outputs(labels, suffix):
-    """The result files of a batch's labels + ``suffix`` (literal paths)."""
-    return [f"{RESULT.format(benchmark=b, split=s, seed=n, **label)}{suffix}" for label in labels
-            for b, s, n in label_parts(label)]
+def batch_resources(kind, **defaults):
+    """``defaults`` updated with the resources the profile sets for ``kind`` (decode_batch or
+    score_batch: every decode_batch_<name> / score_batch_<name> rule, which --set-resources,
+    addressing rules by name, could not reach one by one)."""
+    given = workflow.resource_settings.overwrite_resources.get(kind, {})
+    return {**defaults, **{name: getattr(value, "raw", value) for name, value in given.items()}}
+
+
+def batch_threads(kind, default):
+    """The threads the profile sets for ``kind`` (--set-threads; see batch_resources), else ``default``."""
+    threads = workflow.resource_settings.overwrite_threads.get(kind)
+    return default if threads is None else int(getattr(threads, "raw", threads))
+
+
+def batch_outputs(jobs, suffix):
+    """The result files of a batch's decodes + ``suffix`` (literal paths)."""
+    return [f"{path[: -len('.jsonl')]}{suffix}" for job in jobs for path, _ in job["results"]]
 
 
 def _merged(dicts):
@@ -399,21 +422,42 @@ def _merged(dicts):
     return out
 
 
-def batch_decode_inputs(labels):
-    return _merged(group_decode_inputs(label) for label in labels)
+def _batch_parts(jobs):
+    """(label, benchmark, split, seed) of every result of a batch."""
+    return [(job["label"], job["run"]["benchmark"]["name"], job["run"]["benchmark"]["split"], seed)
+            for job in jobs for _, seed in job["results"]]
 
 
-def batch_score_inputs(labels):
-    return _merged(group_score_inputs(label) for label in labels)
+def batch_decode_inputs(jobs):
+    """The model and the decode inputs of every benchmark split the batch decodes."""
+    parts = dict.fromkeys((job["label"]["method"], b, s) for job in jobs for b, s in
+                          [(job["run"]["benchmark"]["name"], job["run"]["benchmark"]["split"])])
+    labels = {job["label"]["method"]: job["label"] for job in jobs}
+    inputs = [{"model": model_dir(jobs[0]["label"]["model"])}]
+    for method, b, s in parts:
+        wc = _group_wildcards(labels[method], b, s, SEEDS[0])
+        inputs.append({key if key == "model" else f"{key}_{b}_{s}": value for key, value in decode_inputs(wc).items()})
+    return _merged(inputs)
 
 
-def batch_runs(labels):
-    """The batch's decode jobs: its labels' group_runs, in order."""
-    return [job for label in labels for job in group_runs(label)]
+def batch_score_inputs(jobs):
+    return _merged({f"{key}_{b}_{s}_{n}": value for key, value in score_inputs(_group_wildcards(label, b, s, n)).items()}
+                   for label, b, s, n in _batch_parts(jobs))
 
 
-def batch_score_parts(labels):
-    return [part for label in labels for part in group_score_parts(label)]
+def batch_runs(jobs):
+    """What the batch's decode job decodes (runner.decode_group's jobs)."""
+    return [{k: v for k, v in job.items() if k != "label"} for job in jobs]
+
+
+def batch_score_parts(jobs):
+    parts = []
+    for label, b, s, n in _batch_parts(jobs):
+        wc = _group_wildcards(label, b, s, n)
+        path = RESULT.format(**wc)
+        parts.append({"bench": score_bench(wc), "results": f"{path}.jsonl", "scored": f"{path}.scored.jsonl",
+                      "metrics": f"{path}.metrics.csv", "seed": n, "model": label.model, "method": label.method})
+    return parts
 
 
 def grid():

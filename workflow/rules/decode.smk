@@ -43,9 +43,9 @@ rule merge_shards:
 
 
 # config group_decode: one job per (model, protocol, method label, mode) decodes every result of
-# the label (every benchmark, split and seed; see GROUP_* in common.smk) with the model loaded
-# once, into the same shard and result files, with the same checkpoint and resume, as the rules
-# above; those rules still make the results of sharded benchmarks (n_shards > 1).
+# the label (every benchmark, split, seed and shard; see GROUP_* in common.smk) with the model
+# loaded once, into the same shard and result files, with the same checkpoint and resume, as the
+# rules above.
 if GROUP_PROTOCOLS and not LABEL_BATCHES:
 
     rule decode_group:
@@ -75,27 +75,28 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
     ruleorder: decode_group > merge_shards
 
 
-# config group_labels > 1: one decode job per batch of labels (LABEL_BATCHES in common.smk), the
-# model loaded once for all of them; the job runs of its labels' decode_group jobs, in order.
-for batch, labels in LABEL_BATCHES.items():
+# config group_labels > 1 or group_results: one decode job per batch of results of a (model,
+# protocol) (LABEL_BATCHES in common.smk: how batches are cut), the model loaded once for all of
+# them; each result decoded shard by shard with its checkpoints, then merged, in order.
+for batch, batch_jobs in LABEL_BATCHES.items():
 
     rule:
         name:
             f"decode_batch_{batch}"
         input:
-            **batch_decode_inputs(labels),
+            **batch_decode_inputs(batch_jobs),
         output:
-            results=batch_outputs(labels, ".jsonl"),
-            meta=batch_outputs(labels, ".meta.json"),
+            results=batch_outputs(batch_jobs, ".jsonl"),
+            meta=batch_outputs(batch_jobs, ".meta.json"),
         log:
             f"logs/decode_batch/{batch}.log",
         benchmark:
             f"logs/benchmarks/decode_batch/{batch}.tsv"
-        threads: config["threads"]
+        threads: batch_threads("decode_batch", config["threads"])
         resources:
-            gpu=gpus_per_job(),
+            **batch_resources("decode_batch", gpu=gpus_per_job()),
         params:
-            jobs=batch_runs(labels),
+            jobs=batch_runs(batch_jobs),
             name=batch,
         conda:
             "../../envs/vcdflow.yaml"

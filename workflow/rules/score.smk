@@ -54,21 +54,24 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
     ruleorder: score_group > score
 
 
-# config group_labels > 1: one scoring job per batch of labels, as decode_batch_<name>.
-for batch, labels in LABEL_BATCHES.items():
+# config group_labels > 1 or group_results: one scoring job per batch, as decode_batch_<name>.
+for batch, batch_jobs in LABEL_BATCHES.items():
 
     rule:
         name:
             f"score_batch_{batch}"
         input:
-            **batch_score_inputs(labels),
+            **batch_score_inputs(batch_jobs),
         output:
-            scored=batch_outputs(labels, ".scored.jsonl"),
-            metrics=batch_outputs(labels, ".metrics.csv"),
+            scored=batch_outputs(batch_jobs, ".scored.jsonl"),
+            metrics=batch_outputs(batch_jobs, ".metrics.csv"),
         log:
             f"logs/score_batch/{batch}.log",
+        threads: batch_threads("score_batch", 1)
+        resources:
+            **batch_resources("score_batch"),
         params:
-            parts=batch_score_parts(labels),
+            parts=batch_score_parts(batch_jobs),
         conda:
             "../../envs/vcdflow.yaml"
         script:
