@@ -52,7 +52,7 @@ def test_readme_overlay_is_one_model_three_methods_pope(tmp_path):
     # the named entry is laid over the base's: splits replaced, every other POPE key kept
     assert cfg["benchmarks"] == {"pope": dict(paper["benchmarks"]["pope"], splits=["random", "adversarial"])}
     # everything the overlay does not name is the base's (protocols, devices, ConVis, report)
-    for key in ("world", "protocol", "dtype", "n_shards", "report"):
+    for key in ("world", "protocol", "dtype", "group_results", "report"):
         assert cfg[key] == paper[key], key
     assert "base" not in cfg
     grid = list(runs.grid(cfg))

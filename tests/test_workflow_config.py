@@ -145,15 +145,13 @@ def test_slurm_profile_dry_run_batch_job_requests_one_gpu(tmp_path):
     the slurm executor turns `gpu: 1` into `--gpus=1`; tests/test_slurm.py submits for real)."""
     target = "results/pope/random/llava-1.5-7b/unified/vcd/greedy/seed42.jsonl"
     out = smk("-n", "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--configfile",
-              str(ROOT / "config/paper.yaml"), "--config", "offline=True", "--", target, cwd=tmp_path)
+              str(ROOT / "config/paper.yaml"), "--config", "offline=True", "--", target, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     job = out.stdout[out.stdout.index("rule decode_batch_llava_1_5_7b_unified_"):]
-    job = job[: job.index("\n\n")]
-    assert target in job
+    assert target in job.split("\n    output: ")[1].split("\n")[0]
     resources = next(line for line in job.splitlines() if line.strip().startswith("resources:"))
     values = resources.replace(" ", "").split(":", 1)[1].split(",")
     assert {"gpu=1", "cpus_per_gpu=4", "mem_mb=32000", "runtime=960"} <= set(values), resources
-    assert "threads: 4" in job
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("spacy") is not None, reason="spaCy is installed")
