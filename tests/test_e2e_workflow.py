@@ -253,7 +253,8 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path, group):
 
 def test_overlay_config_runs_end_to_end(micro_run, tmp_path):
     """A 10-line overlay (vcdflow.overlay: `base:` + what differs) runs through the workflow: the
-    micro config cut to POPE's random split and three of its methods, in one decode job. Its
+    micro config cut to POPE's random split and three of its methods, its decoding cut into jobs
+    of at most two decodes (group_results) while each label batch is scored in one job. Its
     results are the micro run's records for the same results (the overlay is the same runs), and
     nothing else runs."""
     workdir, _ = micro_run
@@ -265,6 +266,7 @@ benchmarks:
   pope: {{splits: [random]}}
 methods: [greedy, sample, vcd]
 group_labels: 3
+group_results: 2
 """)
     assert len(overlay.read_text().splitlines()) <= 10
     snakemake(tmp_path, config=overlay)
@@ -277,7 +279,9 @@ group_labels: 3
     assert len(results) == len(runs)
     for path in results:
         assert strip_timing(path) == strip_timing(workdir / path.relative_to(tmp_path)), path
-    assert len(list((tmp_path / "logs/decode_batch").glob("*.log"))) == 2  # unified's three labels, vcd's two
+    # unified's three labels in one scoring job and two decode jobs (group_results 2), vcd's two in one each
+    assert len(list((tmp_path / "logs/decode_batch").glob("*.log"))) == 3
+    assert len(list((tmp_path / "logs/score_batch").glob("*.log"))) == 2
     assert (tmp_path / "reports" / "index.html").exists()
 
 

@@ -359,9 +359,10 @@ def group_name(wildcards):
 # of a (model, protocol) are taken in config order, spread evenly over the fewest batches of at
 # most group_labels labels; labels whose method takes extra decode inputs (ConVis: its
 # reconstructions) are batched apart, so they do not hold the others back. With group_results,
-# a batch is then cut, in grid order, into jobs of at most that many decodes (a decode: one
+# a batch is then cut, in grid order, into decode jobs of at most that many decodes (a decode: one
 # label on one benchmark split under one seed, all its shards; a greedy method without a random
-# draw is decoded once for every seed) — the knob that sets a job's GPU time. One rule per batch
+# draw is decoded once for every seed) — the knob that sets a job's GPU time; the batch stays one
+# scoring job (scoring is CPU work of minutes). One rule per job
 # (decode_batch_<name>, score_batch_<name>), its output paths literal: Snakemake prefers a rule
 # without wildcards over the per-result rules (merge_shards, score) making the same files.
 GROUP_LABELS = int(config.get("group_labels", 1))
@@ -369,14 +370,16 @@ GROUP_RESULTS = config.get("group_results")
 
 
 def _label_batches():
-    """Batch name -> its decodes (group_runs entries, in order) and its labels."""
+    """(decode batches, scoring batches): name -> its decodes (group_runs entries, each with its
+    label, in order). A label batch is one scoring job; group_results cuts it into decode jobs,
+    named after the label batch's first (without it, the two are the same)."""
     labels = {}
     for g in GRID:
         if g["benchmark"] in GROUP_BENCHMARKS:
             kinds = tuple(runs.method_inputs(runs.method_entry(config, g["method"])["method"]))
             label = _Wildcards(model=g["model"], protocol=g["protocol"], method=g["method"], mode=g["mode"])
             labels.setdefault((g["model"], g["protocol"], kinds), {})[(g["method"], g["mode"])] = label
-    batches = {}
+    decode, score = {}, {}
     for (model, protocol, _), group in labels.items():
         group = list(group.values())
         n = -(-len(group) // GROUP_LABELS)  # the fewest batches of at most GROUP_LABELS labels, sizes even
@@ -384,13 +387,15 @@ def _label_batches():
             batch = [dict(job, label=label) for label in group[len(group) * i // n : len(group) * (i + 1) // n]
                      for job in group_runs(label)]
             size = int(GROUP_RESULTS or len(batch))
-            for j in range(0, len(batch), size):
-                name = "".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(batches)}")
-                batches[name] = batch[j : j + size]
-    return batches
+            names = ["".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(decode) + k}")
+                     for k in range(-(-len(batch) // size))]
+            decode.update({name: batch[k * size : (k + 1) * size] for k, name in enumerate(names)})
+            score[names[0]] = batch
+    return decode, score
 
 
-LABEL_BATCHES = _label_batches() if GROUP_BENCHMARKS and (GROUP_LABELS > 1 or GROUP_RESULTS) else {}
+LABEL_BATCHES, SCORE_BATCHES = (_label_batches() if GROUP_BENCHMARKS and (GROUP_LABELS > 1 or GROUP_RESULTS)
+                                else ({}, {}))
 
 
 def batch_resources(kind, **defaults):

@@ -54,8 +54,9 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
     ruleorder: score_group > score
 
 
-# config group_labels > 1 or group_results: one scoring job per batch, as decode_batch_<name>.
-for batch, batch_jobs in LABEL_BATCHES.items():
+# config group_labels > 1 or group_results: one scoring job per label batch (SCORE_BATCHES in
+# common.smk; group_results cuts its decoding into several decode_batch_<name> jobs).
+for batch, batch_jobs in SCORE_BATCHES.items():
 
     rule:
         name:
