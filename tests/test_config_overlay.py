@@ -99,6 +99,13 @@ def test_errors_name_the_file_and_the_key(tmp_path):
     write(tmp_path / "b.yaml", "base: ./a.yaml\n")
     with pytest.raises(OverlayError, match=r"base cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
         resolve(read_config(tmp_path / "a.yaml"), tmp_path / "a.yaml", ROOT)
+    twice = write(tmp_path / "twice.yaml", "base: config\nseeds: [1]\n")
+    write(tmp_path / "dup.yaml", "base: twice.yaml\nmethods: {vcd: {}, vcd: {}}\n")
+    with pytest.raises(OverlayError, match=r"dup.yaml.*vcd"):
+        resolve(read_config(tmp_path / "dup.yaml"), tmp_path / "dup.yaml", ROOT)
+    write(tmp_path / "base_dup.yaml", "seeds: [1]\nseeds: [2]\n")
+    with pytest.raises(OverlayError, match=r"base_dup.yaml.*seeds"):  # a base's duplicate key too
+        resolve({"base": "base_dup.yaml"}, twice, ROOT)
     broken = write(tmp_path / "broken.yaml", "base: paper\nseeds: [1\n")
     with pytest.raises(OverlayError, match=rf"config {broken}: not valid YAML"):
         read_config(broken)

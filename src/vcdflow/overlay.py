@@ -43,16 +43,21 @@ class OverlayError(ValueError):
 
 
 def read_config(path: str | Path) -> dict:
-    """The mapping a YAML config file holds (one line naming the file when it is not one)."""
+    """The mapping a YAML config file holds (one line naming the file when it is not one, or when
+    a mapping has a key twice)."""
+    from .config import load_yaml_strict
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_strict(path)  # a key written twice is an error naming file and line
     except OSError as exc:
         raise OverlayError(f"config {path}: cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise OverlayError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except ValueError as exc:  # vcdflow.config.ConfigError: a duplicate key, its file and line
+        raise OverlayError(str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
