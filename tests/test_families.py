@@ -17,7 +17,7 @@ from vcdflow.decoding import Request, generate
 from vcdflow.models import load_vlm
 from vcdflow.models.families import FAMILIES
 
-NEW = ("qwen2_vl", "llava_next", "llava_onevision", "internvl")
+NEW = ("qwen2_vl", "llava_next", "llava_onevision", "gemma3", "internvl")
 N = 6
 
 
@@ -56,7 +56,8 @@ def test_engine_greedy_equals_transformers_generate(vlms, family):
     assert vlm.family == family and vlm.adapter.family == family and vlm.adapter.spec is FAMILIES[family]
     refs = [_hf_greedy(vlm, r, N) for r in REQS]
     n_img = [sum(t == vlm.adapter.image_token_id for t in vlm.adapter.encode(r).input_ids.tolist()) for r in REQS[:3]]
-    assert len(set(n_img)) > 1, n_img  # the image sizes really give rows of different lengths
+    if FAMILIES[family].layout != "grid":  # Gemma 3: a fixed token count per image
+        assert len(set(n_img)) > 1, n_img  # the image sizes really give rows of different lengths
     for batch_size in (1, 16):
         for share in (True, False):
             outs = generate(vlm, REQS, method="greedy", max_new_tokens=N, eos_token_id=[], batch_size=batch_size,
@@ -80,6 +81,28 @@ def test_vcd_batched_equals_batch_one(vlms, family):
     one = generate(vlm, REQS[:3], batch_size=1, **kw)
     assert [o.error for o in big] == [None] * 3
     assert [o.token_ids for o in big] == [o.token_ids for o in one]
+
+
+def test_gemma3_image_tokens_attend_both_ways(vlms):
+    """Gemma 3's image tokens see each other in both directions: the adapter's prefill forward
+    gives the logits of transformers' own forward with ``token_type_ids`` (what its ``generate``
+    passes), which differ from the causal-only forward."""
+    from vcdflow.decoding import Branch
+
+    vlm = vlms["gemma3"]
+    ad, model = vlm.adapter, vlm.model
+    enc = ad.encode(Branch(prompt="Is there a cup in the image?", image=_img(1, 80, 100)))
+    ids, mask = ad.collate([enc])
+    with torch.inference_mode():
+        embeds = ad.prefill_embeds(ids, [enc])
+        pos, _ = ad.prefill_positions(ids, mask, [enc])
+        ours, _ = ad.forward(embeds, mask, pos, None)
+        full = dict(input_ids=ids, attention_mask=mask, pixel_values=enc.pixel_values)
+        both_ways = model(**full, token_type_ids=enc.extras["token_type_ids"]).logits[:, -1].float()
+        causal = model(**full).logits[:, -1].float()
+    assert int(enc.extras["token_type_ids"].sum()) == 4
+    assert torch.allclose(ours, both_ways, atol=1e-5)
+    assert not torch.allclose(both_ways, causal, atol=1e-4)
 
 
 def test_image_only_processors_keep_the_checkpoint_settings(vlms):
@@ -134,7 +157,7 @@ def test_families_reach_the_config_schema_protocols_and_prompt(capsys):
     assert "--family: internvl: vcdflow ships no copy of its chat template; pass --model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fam", ["llava_onevision", "internvl"])
+@pytest.mark.parametrize("fam", ["llava_onevision", "internvl", "gemma3"])
 def test_every_method_runs_or_is_refused(vlms, tmp_path_factory, fam):
     """Every method on an any-res family (LLaVA-OneVision: tiles, Qwen2 decoder, image-only
     processor) and a tiled one (InternVL): it decodes, or it is refused with the one line of its
@@ -158,6 +181,10 @@ def test_every_method_runs_or_is_refused(vlms, tmp_path_factory, fam):
             continue
         assert out.error is None, (method, out.error)
         assert len(out.token_ids) == 2, method
+    if fam == "gemma3":  # a grid (CARVE runs); its per-attention-type masks refuse the decoder-hook methods
+        assert set(refused) == {"contrastive_search", "only", "opera", "pai", "sid", "vasparse"}, refused
+        assert all(e.endswith("which vcdflow's decoder hooks do not read yet") for e in refused.values())
+        return
     assert refused == {"carve": refusal("carve", ["image_grid"], fam)}
     assert refused["carve"].startswith(f"method 'carve' needs a spatial grid of image tokens, which the {fam} family")
 

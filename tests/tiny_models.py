@@ -393,3 +393,45 @@ def build_tiny_internvl(path: str | Path, *, seed: int = 0, hidden: int = 64) ->
 
 
 BUILDERS["internvl"] = build_tiny_internvl
+
+
+GEMMA3_SPECIALS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+GEMMA3_CHAT_TEMPLATE = (  # Gemma 3's turns, an image part as its begin-of-image token
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ 'user' if role == 'system' else role }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<start_of_image>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def build_tiny_gemma3(path: str | Path, *, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a random Gemma 3 (SigLIP tower, pooled to 4 image tokens per image, Gemma 3 text model
+    with sliding-window layers; image tokens attend to each other bidirectionally) + processor."""
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil,
+                              Gemma3Processor, PreTrainedTokenizerFast)
+
+    path = Path(path)
+    base = _word_tokenizer(["<start_of_turn>", "<end_of_turn>", "model", "user", *GEMMA3_SPECIALS.values()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="</s>", pad_token="<pad>", extra_special_tokens=GEMMA3_SPECIALS)
+    text = _text_cfg(tokenizer, hidden, head_dim=16, sliding_window=8, query_pre_attn_scalar=16,
+                     layer_types=["sliding_attention", "full_attention"])
+    config = Gemma3Config(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 56, "patch_size": 14},
+        text_config=text, mm_tokens_per_image=4, boi_token_index=tokenizer.boi_token_id,
+        eoi_token_index=tokenizer.eoi_token_id, image_token_index=tokenizer.image_token_id,
+        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # the projector starts at zero: images would not reach the decoder
+        proj = model.model.multi_modal_projector.mm_input_projection_weight
+        proj.copy_(torch.randn(proj.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    ip = Gemma3ImageProcessorPil(size={"height": 56, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return _finish(model, tokenizer, path, {"image_processor": ip}, Gemma3Processor, image_seq_length=4,
+                   chat_template=GEMMA3_CHAT_TEMPLATE)
+
+
+BUILDERS["gemma3"] = build_tiny_gemma3

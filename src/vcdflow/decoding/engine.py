@@ -985,11 +985,15 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
                     temperature, top_k, top_p, do_sample, share_prefix: bool = True,
                     search_opts: dict | None = None, compile: str = "off") -> list[Output]:
     items: list[_Item] = []
+    # a method whose declared needs the model family lacks: every item fails with the one line
+    refused = m.refusal(getattr(ad, "family", None))
     for idx, req in chunk:
         key = str(req.item_id) if req.item_id not in (None, "") else f"#{idx}"
         ctx = BranchContext(params=p, rng=make_generator(seed, key, "branches"), adapter=ad, do_sample=do_sample)
         it = _Item(index=idx, key=key, request=req, ctx=ctx)
         try:
+            if refused:
+                raise InputError(refused)
             it.request = _load_request(req)
             if m.requires_image and it.request.image is None:
                 raise InputError(f"method {m.name!r} needs an image (Request.image is None)")

@@ -371,6 +371,10 @@ class FamilyAdapter:
             parts.append(f)
         feats_all = torch.cat(parts).to(embeds.device, embeds.dtype)
         mask = ids == self.image_token_id
+        spec = self.spec
+        if spec is not None and spec.bidirectional_image:
+            # Gemma 3: the next forward (this prefill) lets an image's tokens see each other
+            self._image_token_types = mask.long()
         # rows without an image must not contain placeholders (checked at encode time)
         if int(mask.sum()) != feats_all.shape[0]:
             raise ValueError(f"{int(mask.sum())} image tokens but {feats_all.shape[0]} image features")
@@ -430,6 +434,13 @@ class FamilyAdapter:
         """One decoder forward → (last-position logits [R, V] float32, attentions or None)."""
         mod = self._forward_module()
         kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
+        types = getattr(self, "_image_token_types", None)
+        if types is not None:
+            # a bidirectional-image family's prefill (the chunk with the image, from the row's
+            # start): token_type_ids mark the image tokens, as transformers' generate passes them
+            self._image_token_types = None
+            if types.shape == embeds.shape[:2]:
+                kwargs["token_type_ids"] = types.to(embeds.device)
         if output_attentions:
             kwargs["output_attentions"] = True
         out = mod(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,

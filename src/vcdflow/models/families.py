@@ -38,6 +38,7 @@ NEEDS = {
     "image_tokens": "the image as tokens in the decoder's sequence (positions to read, mask or scale)",
     "image_grid": "a spatial grid of image tokens",
     "multi_image": "several images in one prompt",
+    "plain_attention_mask": "the decoder's attention mask as one tensor (read by its attention and hidden-state hooks)",
 }
 
 #: layout → need it lacks → why (the one-line reason of a refusal and of the method x family matrix)
@@ -69,6 +70,10 @@ class Family:
         official_template: shipped chat template (``vcdflow/protocols/templates``) written like the
             model's own, for ``vcdflow prompt`` without ``--model``; None: the model's own only.
         requires: extra Python packages the processor needs (SmolVLM2: ``num2words``).
+        bidirectional_image: an image's tokens attend to each other both ways in the decoder
+            (Gemma 3): the prefill forward gets ``token_type_ids`` marking them.
+        lacks_more: needs (keys of :data:`NEEDS`) this family cannot meet beyond its layout's
+            (:data:`LACKS`) → why.
         example: a hub id of a real checkpoint (documentation; ``config/paper.yaml`` pins revisions).
     """
 
@@ -81,6 +86,8 @@ class Family:
     video_processor: bool = False
     official_template: str | None = None
     requires: tuple[str, ...] = ()
+    bidirectional_image: bool = False
+    lacks_more: tuple[tuple[str, str], ...] = ()
     example: str = ""
 
     def __post_init__(self):
@@ -92,7 +99,8 @@ class Family:
         unknown = [n for n in needs if n not in NEEDS]
         if unknown:
             raise ValueError(f"unknown method need(s) {', '.join(unknown)}; valid: {', '.join(NEEDS)}")
-        return {n: LACKS[self.layout][n] for n in needs if n in LACKS.get(self.layout, {})}
+        lacking = {**LACKS.get(self.layout, {}), **dict(self.lacks_more)}
+        return {n: lacking[n] for n in needs if n in lacking}
 
     @property
     def image_tokens_in_decoder(self) -> bool:
@@ -116,6 +124,10 @@ _RECORDS = (
     Family("llava_onevision", "LLaVA-OneVision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",
            "LlavaOnevisionProcessor", "anyres", video_processor=True, official_template="llava_onevision",
            example="llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+    Family("gemma3", "Gemma 3", "gemma3", "Gemma3ForConditionalGeneration", "Gemma3Processor", "grid",
+           bidirectional_image=True, example="google/gemma-3-4b-it",
+           lacks_more=(("plain_attention_mask", "its decoder gets one mask per attention type (sliding window "
+                                                "and full), which vcdflow's decoder hooks do not read yet"),)),
     Family("internvl", "InternVL3", "internvl", "InternVLForConditionalGeneration", "InternVLProcessor", "tiles",
            video_processor=True, example="OpenGVLab/InternVL3-8B-hf"),
 )

@@ -41,6 +41,8 @@ from .base import Method
 @dataclass(frozen=True)
 class ContrastiveSearch(Method):
     name = "contrastive_search"
+    #: its decoder hooks read the prefill's attention mask as one tensor
+    needs = ("plain_attention_mask",)
     defaults = MappingProxyType({"penalty_alpha": 0.6, "top_k": 4})
     requires_image = False
     mode = "greedy"

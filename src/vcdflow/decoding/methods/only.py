@@ -88,6 +88,8 @@ class ONLYHooks(SideStream):
 @dataclass(frozen=True)
 class ONLY(Method):
     name = "only"
+    #: its decoder hooks read the prefill's attention mask as one tensor
+    needs = ("plain_attention_mask",)
     defaults = MappingProxyType({"alpha_pos": 3.0, "alpha_neg": 1.0, "beta": 0.1, "gamma": 0.2, "layer": 0,
                                  "residual_weight": 0.2})
 

@@ -328,6 +328,8 @@ PENALTY_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 @dataclass(frozen=True)
 class OPERA(Method):
     name = "opera"
+    #: its decoder hooks read the prefill's attention mask as one tensor
+    needs = ("plain_attention_mask",)
     defaults = MappingProxyType({"num_beams": 5, "scale_factor": 50.0, "threshold": 15,
                                  "num_attn_candidates": 5, "penalty_weights": 1.0, "retrospection": True,
                                  "penalty_dtype": "float32", "length_norm": "total", "repetition_penalty": 1.0,

@@ -119,6 +119,8 @@ class PAIHooks(AttentionHooks):
 @dataclass(frozen=True)
 class PAI(Method):
     name = "pai"
+    #: its decoder hooks read the prefill's attention mask as one tensor
+    needs = ("plain_attention_mask",)
     defaults = MappingProxyType({"alpha": 0.2, "gamma": 1.1, "start_layer": 2, "end_layer": None, "beta": 0.1,
                                  "use_attn": True, "use_cfg": True, "attn_schedule": "official"})
     nullable = frozenset({"end_layer"})

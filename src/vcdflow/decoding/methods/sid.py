@@ -96,6 +96,8 @@ class SIDHooks(AttentionHooks):
 @dataclass(frozen=True)
 class SID(Method):
     name = "sid"
+    #: its decoder hooks read the prefill's attention mask as one tensor
+    needs = ("plain_attention_mask",)
     defaults = MappingProxyType({"alpha": 0.5, "beta": 0.1, "layer": 2, "keep": 100, "keep_of": 576,
                                  "select": "lowest", "greedy_apc": False})
     share_prefix = False

@@ -185,6 +185,8 @@ def relative_top(scores: torch.Tensor, rt: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class VASparse(Method):
     name = "vasparse"
+    #: its decoder hooks read the prefill's attention mask as one tensor
+    needs = ("plain_attention_mask",)
     defaults = MappingProxyType({"variant": "paper", "alpha": 0.1, "beta": 0.1, "sink_beta": 0.1, "lam": 0.1,
                                  "sparse_rate": 0.9, "token_selection": True, "sink_penalty": True, "svcd": True,
                                  "contrastive_rate": 0.1, "relative_top": 0.1})
