@@ -347,7 +347,9 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
     # with padding, an SDPA model gets the mask in the 4-D form transformers would build from it
     # for a one-token step ([R, 1, 1, columns], True = attend): transformers takes a 4-D mask as
     # given instead of checking the 2-D one on the host every step (same values, same kernel)
-    sdpa = hooks is None and _attn_impl(adapter) == "sdpa"
+    # (not for a decoder with sliding-window layers, Gemma 3: each attention type builds its own
+    # mask, which one 4-D mask over every column cannot stand in for)
+    sdpa = hooks is None and _attn_impl(adapter) == "sdpa" and not getattr(adapter, "mixed_attention", False)
     feed_index = _FeedIndex()
     while any(f is None for f in finish):
         if search is None:

@@ -201,6 +201,13 @@ class FamilyAdapter:
         return None if v is None else int(v)
 
     @property
+    def mixed_attention(self) -> bool:
+        """True when the decoder has layers of another attention type than full (Gemma 3's
+        sliding-window layers): each type builds its own mask from the 2-D one."""
+        types = getattr(self.text_config, "layer_types", None) or ()
+        return any(t != "full_attention" for t in types)
+
+    @property
     def max_positions(self) -> int | None:
         return getattr(self.text_config, "max_position_embeddings", None)
 
@@ -439,7 +446,8 @@ class FamilyAdapter:
             # a bidirectional-image family's prefill (the chunk with the image, from the row's
             # start): token_type_ids mark the image tokens, as transformers' generate passes them
             self._image_token_types = None
-            if types.shape == embeds.shape[:2]:
+            fresh = cache is None or cache.get_seq_length() == 0  # the chunk starts at the rows' start
+            if fresh and types.shape == embeds.shape[:2] and bool(types.any()):
                 kwargs["token_type_ids"] = types.to(embeds.device)
         if output_attentions:
             kwargs["output_attentions"] = True
