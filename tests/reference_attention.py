@@ -176,7 +176,6 @@ def sid_scores(vlm, req, p, generated, sampling):
 def only_side_logits(vlm, inp, generated, p):
     """ℓ_TE: TE-MHA of the last query row at layer ℓ̃, merged at the last layer, literally."""
     img = set(image_positions(vlm, inp))
-    P = inp["input_ids"].shape[1]
     side = {}
 
     def fn(kind, layer, t, module, v):

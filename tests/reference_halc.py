@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from reference_methods import Result, forward, inputs
 from vcdflow.decoding.sampling import make_generator
@@ -277,8 +276,10 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
     eos = set(eos)
     B, k = p["beam_size"], p["k_candidates"]
     res = Result(meta={"events": [], "commits": []})
-    new = lambda: {"intermediate": [], "last_tokens": [], "context": [], "snapshot": [], "once": False,  # noqa: E731
-                   "not_detected": False, "current_word": "", "finished": False, "eos": False}
+    def new():
+        return {"intermediate": [], "last_tokens": [], "context": [], "snapshot": [], "once": False,
+                "not_detected": False, "current_word": "", "finished": False, "eos": False}
+
     beams = [new() for _ in range(B)]
     grounded = False
     while True:

@@ -213,7 +213,6 @@ def revisit_step(vlm, out, p, res, cands):
     stacked_candidate_layers, layers, n_img = cands
     final_logits = out.logits[:, -1, :].float()
     final_logits = relative_top_filter(final_logits, p["relative_top"])
-    mask = final_logits[0] < -1e3
     masked = final_logits[0] > -1e3
     stacked_premature_layers = stacked_candidate_layers[:, :, masked]
     softmax_premature_layers = F.softmax(stacked_premature_layers, dim=-1)

@@ -56,7 +56,7 @@ def test_training_is_seeded_and_saves_a_loadable_pipeline(world, tmp_path):
     a = train_demo_t2i(world, tmp_path / "a", seed=0, **kw)
     b = train_demo_t2i(world, tmp_path / "b", seed=0, **kw)
     c = train_demo_t2i(world, tmp_path / "c", seed=1, **kw)
-    assert a["steps_done"] == 3 and len(a["loss_every_100"]) == 0
+    assert a["steps_done"] == b["steps_done"] == c["steps_done"] == 3 and len(a["loss_every_100"]) == 0
     from safetensors.torch import load_file
 
     def weights(d):

@@ -60,7 +60,9 @@ def test_save_reload_template_and_forward(trained):
     assert type(proc).__name__ == "LlavaProcessor"
     q = "Is there a cup in the image?"
     user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
-    render = lambda m: proc.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+    def render(m):
+        return proc.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+
     assert render(user) == "USER: <image>\nIs there a cup in the image? ASSISTANT:"
     assert render([{"role": "user", "content": [{"type": "text", "text": q}]}]) == \
         "USER: Is there a cup in the image? ASSISTANT:"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reference_halc import RuleTagger, build_aux, build_tiny_grounding_dino, ref_halc
-from reference_methods import assert_same_as_reference, build_vlms, image, inputs, last_logits
+from reference_methods import build_vlms, image, inputs, last_logits
 from vcdflow import aux_models
 from vcdflow.decoding import Request, generate
 from vcdflow.decoding.hooks import LayerCapture

@@ -251,7 +251,9 @@ def test_carve_protocol_defaults_to_the_headline_column(vlms):
     assert preprocess_image(Image.new("RGB", (640, 480)), "qwen_max_pixels_448").size == (504, 364)  # 18×13 = 234 merged tokens
     vlm = vlms["llava"]
     p = dict(proto.resolve(method="carve", family="llava", benchmark="pope").params, probe_tokens=4)
-    run = lambda **kw: generate(vlm, REQS, method="carve", params={**p, **kw}, max_new_tokens=2, eos_token_id=[])  # noqa: E731
+    def run(**kw):
+        return generate(vlm, REQS, method="carve", params={**p, **kw}, max_new_tokens=2, eos_token_id=[])
+
     end, start, v4 = run(), run(maps="t_start"), run(variant="code_v4")
     assert [o.meta["carve_maps"] for o in end + start + v4] == ["t_end"] * 3 + ["t_start"] * 3 + ["t_full"] * 3
     assert [o.meta["carve_bbox"] for o in end] != [o.meta["carve_bbox"] for o in start]

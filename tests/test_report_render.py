@@ -676,7 +676,7 @@ def test_controls_section_matches_metrics_csv(report):
             shown = re.search(r'<td class="beats"><span class="beats-(\w+)">', rows[label]).group(1)
             assert shown == ("yes" if verdict else "no")
     # qwen-vl has a CD method but no control: said so, no verdict
-    q = section.split(f'data-group="pope/random/qwen-vl/vcd/greedy"')[1].split("</table>")[0]
+    q = section.split('data-group="pope/random/qwen-vl/vcd/greedy"')[1].split("</table>")[0]
     assert "no controls" in q
     assert "adversarial" not in section  # no CD method nor control there: no group
 

@@ -1,7 +1,6 @@
 """The workflow's config contract: schema errors name the key, lint is clean, DAGs build."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
