@@ -19,7 +19,7 @@ appended when L is odd; ``"last"`` = [L]; ``"low"``/``"high"`` = HF DoLa's bucke
 filtered to l < L), candidates L2723 (``lm_head(outputs.hidden_states[i][:, image_tokens, :])``,
 layer-major order), V and the JSD L2748-2763, argmin L2765, output L2766-2772; image positions
 ``input_ids == image_token_id`` (L2632). The LLaVA copy
-(``LLaVA1.5/data/transformers-v4.31.0/…/utils.py`` L2605-2608, L2742-2767; ``_revisit_decoding`` from L2473) is the same with the 576
+(``LLaVA1.5/data/transformers-v4.31.0/…/utils.py`` L2605-2608, L2742-2767; ``revisit_decoding`` (no underscore in this copy) from L2473) is the same with the 576
 positions after the image placeholder.
 
 Parameters: ``layers`` = None = the official per-model default — ``"all"`` for Qwen2.5-VL
