@@ -474,24 +474,36 @@ def _static_cache(adapter, cache, width: int):
     return static
 
 
-def _step_function(adapter, compiled: bool):
-    """``f(ids [R, 1], mask [R, 1, 1, W], positions, cache) -> logits [R, V]``: one decoder step;
-    under ``torch.compile`` (one compiled function per adapter; CUDA: ``reduce-overhead``, i.e.
-    CUDA graphs; elsewhere the default mode) when ``compiled``."""
+def _step_function(adapter, compiled: bool, fused=None, nb: int = 1):
+    """One decoder step: ``f(ids [R, 1], mask [R, 1, 1, W], positions, cache) -> logits [R, V]``;
+    with ``fused`` = (key, ``choice(logits, nb) -> picks [n]``) instead ``f(previous picks [n],
+    mask, positions, cache) -> picks [n]`` (each pick fed to its request's ``nb`` rows, the choice
+    made inside). Under ``torch.compile`` when ``compiled`` (CUDA: ``reduce-overhead``, i.e. CUDA
+    graphs; elsewhere the default mode), kept per adapter and per (fused key, ``nb``) so a later
+    decode with the same method and parameters reuses the compiled graphs."""
     global _COMPILED
 
-    def step(ids, mask, positions, cache):
-        return adapter.forward(adapter.embed_tokens(ids), mask, positions, cache)[0]
+    if fused is None:
+        def step(ids, mask, positions, cache):
+            return adapter.forward(adapter.embed_tokens(ids), mask, positions, cache)[0]
+    else:
+        choice = fused[1]
+
+        def step(prev, mask, positions, cache):
+            ids = prev.repeat_interleave(nb).view(-1, 1)
+            return choice(adapter.forward(adapter.embed_tokens(ids), mask, positions, cache)[0], nb)
 
     if not compiled:
         return step
     if _COMPILED is None:
         _COMPILED = weakref.WeakKeyDictionary()
-    fn = _COMPILED.get(adapter)
+    per_adapter = _COMPILED.setdefault(adapter, {})
+    key = None if fused is None else (fused[0], nb)
+    fn = per_adapter.get(key)
     if fn is None:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         mode = "reduce-overhead" if adapter.device.type == "cuda" else None
-        fn = _COMPILED[adapter] = torch.compile(step, dynamic=False, mode=mode)
+        fn = per_adapter[key] = torch.compile(step, dynamic=False, mode=mode)
     return fn
 
 
@@ -522,9 +534,25 @@ def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limit
     pos = next_pos.clone()
     feed_index = _FeedIndex()
     all_rows = list(row_req)
+    # a greedy chooser whose scores are a tensor function of the logits (``choose.fused``) runs
+    # inside the step function (compiled with the forward) when every request has the same
+    # number of consecutive rows; step 0 (the prefill's logits) goes through the chooser itself
+    spans = _spans(all_rows)
+    nb = spans[0][2]
+    fused = getattr(choose, "fused", None)
+    fused_fn = None
+    if fused is not None and all(sp[2] == nb for sp in spans) and [sp[0] for sp in spans] == list(range(len(spans))):
+        fused_fn = _step_function(adapter, compiled, fused, nb)
+    prev = None  # the last picks on the device, in request order (fused path)
     step = 0
     while True:
-        picks = choose(step, logits, all_rows)
+        if prev is None:
+            picks = choose(step, logits, all_rows)
+            chosen = getattr(choose, "chosen", None)
+            if fused_fn is not None and chosen is not None and list(chosen[1]) == list(range(len(spans))):
+                prev = chosen[0]
+        else:
+            picks = dict(enumerate(prev.tolist()))
         for r, t in picks.items():
             if finish[r] is not None:
                 continue
@@ -545,6 +573,11 @@ def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limit
             attend[:, :, :, col] = True
         else:
             mask4[:, :, :, col] = 0.0
+        if prev is not None:
+            prev = fused_fn(prev, mask4, adapter.step_positions(pos), static)
+            pos = pos + 1
+            step += 1
+            continue
         logits = step_fn(ids.view(-1, 1), mask4, adapter.step_positions(pos), static)
         pos = pos + 1
         step += 1
@@ -665,7 +698,13 @@ def plain_chooser(mode: str, temperature: float, top_k: int | None, top_p: float
         return {s[0]: int(t) for s, t in zip(spans, toks)}
 
     choose.chosen = None
+    choose.fused = (("plain",), _first_row_argmax) if mode == "greedy" else None
     return choose
+
+
+def _first_row_argmax(logits: torch.Tensor, nb: int) -> torch.Tensor:
+    """Greedy picks of requests of ``nb`` consecutive rows each: argmax of each first row."""
+    return logits.view(-1, nb, logits.shape[-1])[:, 0, :].argmax(-1)
 
 
 def method_scorer(method: Method, state: State, mode: str, temperature: float, top_k: int | None, top_p: float,
@@ -756,7 +795,19 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
             toks = sample_tokens(scores, [generators[sp[0]] for sp in spans])
         return {sp[0]: int(t) for sp, t in zip(spans, toks)}
 
+    def fused(logits: torch.Tensor, nb: int) -> torch.Tensor:
+        # the scorer's greedy path as one tensor function (requests of nb consecutive rows)
+        L = logits.view(-1, nb, logits.shape[-1])
+        scores = method.combine(L, 0, state)
+        beta = method.plausibility(L, 0, state)
+        if beta is not None:
+            scores = apc(scores, L[:, 0, :], beta)
+        return scores.to(logits.dtype).argmax(-1)
+
     choose.chosen = None
+    choose.fused = None
+    if mode == "greedy" and method.tensor_combine and hooks is None and amateur is None:
+        choose.fused = ((method.name, repr(sorted(state.params.items()))), fused)
     return choose
 
 

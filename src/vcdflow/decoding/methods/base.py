@@ -84,6 +84,10 @@ class Method:
     #: plausibility constraint (``greedy``/``sample``): the engine picks straight from the
     #: logits and skips the generic contrast scorer (its per-step copies); same tokens
     plain: ClassVar[bool] = False
+    #: True: ``combine`` and ``plausibility`` read only the branch logits and ``state.params`` (not
+    #: ``step``, contexts, hooks or rows): the static step may run them with the forward (under
+    #: ``torch.compile`` with ``compile="on"``). A subclass that overrides either sets it anew
+    tensor_combine: ClassVar[bool] = False
 
     # --- parameters -----------------------------------------------------------------------------
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class Greedy(Method):
     requires_image = False
     mode = "greedy"
     plain = True
+    tensor_combine = True
 
     def validate(self, p):
         super().validate(p)

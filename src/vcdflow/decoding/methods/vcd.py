@@ -52,6 +52,7 @@ class VCD(Method):
     name = "vcd"
     random_draw = True  # the noise (per question or per image)
     defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "noise_step": 500, "draw": "per_question"})
+    tensor_combine = True  # the base combine (1+α)·ℓ − α·ℓ′ and APC β: tensor functions of the logits
 
     def validate(self, p):
         super().validate(p)
