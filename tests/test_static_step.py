@@ -1,6 +1,6 @@
 """The static decode step (``generate(compile="static")``) and its compiled form (``compile="on"``)
-against the default eager step: token for token equal on the three families' tiny models and the
-demo architecture, batch 1 and batched (requests finishing at different steps), shared prefix on
+against the default eager step: token for token equal on every family's tiny model and the demo
+architecture, batch 1 and batched (requests finishing at different steps), shared prefix on
 and off; decodes that need the eager step say so and still decode; one host sync per step."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from test_shared_prefix import _demo_vlm
-from tiny_models import build_tiny_instructblip, build_tiny_llava, build_tiny_qwen2_5_vl
+import tiny_models
+from tiny_models import build_tiny_llava
 from vcdflow.decoding import Request, generate
 from vcdflow.models import load_vlm
 
 N_NEW = 6
-BUILDERS = {"llava": build_tiny_llava, "instructblip": build_tiny_instructblip, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+FAMILIES = ["llava", "instructblip", "qwen2_5_vl", "qwen2_vl", "llava_next", "llava_onevision", "internvl"]
 PROMPTS = ["Is there a cup in the image?", "what is this red dog doing on the table with a cat?", "Is there a dog?"]
 
 
@@ -29,12 +30,13 @@ def _requests():
     return [Request(image=_img(s), prompt=p, item_id=f"q{i}") for i, (s, p) in enumerate(zip([0, 0, 1], PROMPTS))]
 
 
-@pytest.fixture(scope="module", params=["llava", "instructblip", "qwen2_5_vl", "demo"])
+@pytest.fixture(scope="module", params=FAMILIES + ["demo"])
 def vlm(request, tmp_path_factory):
     torch.set_num_threads(1)
     if request.param == "demo":
         return _demo_vlm()
-    return load_vlm(str(BUILDERS[request.param](tmp_path_factory.mktemp(request.param))), device="cpu")
+    build = getattr(tiny_models, f"build_tiny_{request.param}")
+    return load_vlm(str(build(tmp_path_factory.mktemp(request.param))), device="cpu")
 
 
 def _tokens(outs):
