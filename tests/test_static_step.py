@@ -139,3 +139,16 @@ def test_compiled_step_matches_eager(tmp_path_factory):
     compiled = generate(vlm, reqs, "vcd", max_new_tokens=3, eos_token_id=[], compile="on")
     assert _tokens(compiled) == _tokens(eager)
     assert {o.meta["step"] for o in compiled} == {"compiled"}
+
+
+def test_sliding_window_decoder_runs_eager(tmp_path_factory):
+    """Gemma 3's sliding-window layers build their own masks: the static step refuses, says why,
+    and the decode equals the eager one."""
+    torch.set_num_threads(1)
+    vlm = load_vlm(str(tiny_models.build_tiny_gemma3(tmp_path_factory.mktemp("gemma3"))), device="cpu")
+    assert vlm.adapter.mixed_attention
+    reqs = _requests()
+    eager = generate(vlm, reqs, "vcd", max_new_tokens=4, eos_token_id=[])
+    asked = generate(vlm, reqs, "vcd", max_new_tokens=4, eos_token_id=[], compile="on")
+    assert _tokens(asked) == _tokens(eager)
+    assert {o.meta["step"] for o in asked} == {"eager: the decoder has sliding-window attention layers"}

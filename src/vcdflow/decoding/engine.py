@@ -307,7 +307,7 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
     ids, mask = adapter.collate(flat)
     pos, next_pos = adapter.prefill_positions(ids, mask, flat)
     # a search's rows grow by its width; the cache reserve only has to cover the new tokens
-    static = compile != "off" and static_refusal(search, hooks, amateur, contrast_steps) is None
+    static = compile != "off" and static_refusal(search, hooks, amateur, contrast_steps, adapter) is None
     cache = adapter.new_cache(reserve=0 if static else max(limits) + 1)
     plan = share_plan(adapter, flat) if share_prefix else None
     if plan is None:
@@ -435,14 +435,16 @@ STATIC_BUCKET = 64
 _COMPILED: weakref.WeakKeyDictionary | None = None  # adapter -> its compiled step function
 
 
-def static_refusal(search, hooks, amateur, contrast_steps) -> str | None:
+def static_refusal(search, hooks, amateur, contrast_steps, adapter=None) -> str | None:
     """Why a decode runs the eager step although the static one was asked for (None: it can run
     static). The static step keeps every row in place for the whole decode and compiles only the
     model's forward; ``combine``/plausibility/choice stay eager Python, so any combine runs
     static. What needs the eager step is what changes the rows or the forward: a search (beams,
     look-ahead, rollback: rows repeat, reorder and roll back), forward hooks (captures and
     attention changes read the eager forward's tensors: DoLa's layers, OPERA, PAI, HALC…), an
-    amateur model stepped in lockstep, and contrast branches that retire after ``contrast_steps``."""
+    amateur model stepped in lockstep, contrast branches that retire after ``contrast_steps``, and
+    a decoder with sliding-window layers (``adapter.mixed_attention``: each attention type builds
+    its own mask from the 2-D one; one static 4-D mask would be wrong for the windowed layers)."""
     if search is not None:
         return "a search (beams, look-ahead or rollback) reorders rows"
     if hooks is not None:
@@ -451,6 +453,8 @@ def static_refusal(search, hooks, amateur, contrast_steps) -> str | None:
         return "an amateur model decodes in lockstep"
     if contrast_steps is not None:
         return "contrast branches retire after contrast_steps"
+    if getattr(adapter, "mixed_attention", False):
+        return "the decoder has sliding-window attention layers"
     return None
 
 
@@ -1128,7 +1132,7 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         choose = search if search is not None else method_chooser(m, state, mode, temperature, top_k, top_p, gens,
                                                                    contexts, hooks, amateur)
         if compile != "off":
-            why = static_refusal(search, hooks, amateur, m.contrast_steps)
+            why = static_refusal(search, hooks, amateur, m.contrast_steps, ad)
             for it in live:
                 it.ctx.meta["step"] = f"eager: {why}" if why else ("compiled" if compile == "on" else "static")
         res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps,
