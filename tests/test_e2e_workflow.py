@@ -379,6 +379,24 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and sentinel.encode() in p.read_bytes()]
     assert not leaks, f"hub token written to {leaks}"
 
+    # an input every item reads, lost (all the contrast images of cid): its decode job fails before
+    # decoding, naming them, and leaves no result file; the tables above are set aside, never
+    # shown older than a missing result
+    gone = [dict(questions[0], question_id=i, contrast_image=f"gone{i}.png") for i in (1, 2)]
+    for split in cfg["benchmarks"]["pope"].get("splits") or ["random", "popular", "adversarial"]:
+        (tmp_path / "custom" / f"gone_pope_{split}.json").write_text("".join(json.dumps(q) + "\n" for q in gone))
+    cfg["benchmarks"]["pope_gone"] = dict(cfg["benchmarks"]["pope_custom"], dataset="gone",
+                                          questions="custom/gone_pope_{split}.json")
+    cfg["methods"]["cid"] = {"method": "cid"}
+    config.write_text(yaml.safe_dump(cfg))
+    target = "results/pope_gone/random/demo/unified/cid/greedy/seed0.jsonl"
+    out = subprocess.run(cmd[:-2] + [target], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode != 0
+    assert (f"none of the 2 contrast image files the items name exists (e.g. {rel / 'gone1.png'})"
+            in out.stderr), out.stderr[-3000:]
+    assert not (tmp_path / target).exists() and not list((tmp_path / "results/shards").rglob("*cid*partial*"))
+    assert not (tmp_path / "results/metrics.csv").exists() and (tmp_path / "results/metrics.csv.stale").exists()
+
 
 def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
     """``--resources gpu=2`` with a fake 2-device list: the two concurrent shards lease different devices."""
