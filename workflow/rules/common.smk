@@ -361,18 +361,22 @@ def group_name(wildcards):
 # reconstructions) are batched apart, so they do not hold the others back. With group_results,
 # a batch is then cut, in grid order, into decode jobs of at most that many decodes (a decode: one
 # label on one benchmark split under one seed, all its shards; a greedy method without a random
-# draw is decoded once for every seed) — the knob that sets a job's GPU time; the batch stays one
-# scoring job (scoring is CPU work of minutes). One rule per job
+# draw is decoded once for every seed) — the knob that sets a job's GPU time; up to SCORE_CUTS of
+# these decode jobs are one scoring job (scoring is CPU work of minutes). One rule per job
 # (decode_batch_<name>, score_batch_<name>), its output paths literal: Snakemake prefers a rule
 # without wildcards over the per-result rules (merge_shards, score) making the same files.
 GROUP_LABELS = int(config.get("group_labels", 1))
 GROUP_RESULTS = config.get("group_results")
+# a scoring job scores the decodes of at most this many decode jobs of its label batch: Snakemake
+# finds a file's producer by scanning that rule's outputs one by one, so a rule of thousands of
+# outputs makes planning quadratic (a (model, protocol)'s whole batch: ~1,500 results)
+SCORE_CUTS = 4
 
 
 def _label_batches():
     """(decode batches, scoring batches): name -> its decodes (group_runs entries, each with its
-    label, in order). A label batch is one scoring job; group_results cuts it into decode jobs,
-    named after the label batch's first (without it, the two are the same)."""
+    label, in order). group_results cuts a label batch into decode jobs; every SCORE_CUTS of them
+    are one scoring job, named after its first (without group_results, the two are the same)."""
     labels = {}
     for g in GRID:
         if g["benchmark"] in GROUP_BENCHMARKS:
@@ -390,7 +394,7 @@ def _label_batches():
             names = ["".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(decode) + k}")
                      for k in range(-(-len(batch) // size))]
             decode.update({name: batch[k * size : (k + 1) * size] for k, name in enumerate(names)})
-            score[names[0]] = batch
+            score.update({names[k]: batch[k * size : (k + SCORE_CUTS) * size] for k in range(0, len(names), SCORE_CUTS)})
     return decode, score
 
 

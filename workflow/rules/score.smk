@@ -54,8 +54,8 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
     ruleorder: score_group > score
 
 
-# config group_labels > 1 or group_results: one scoring job per label batch (SCORE_BATCHES in
-# common.smk; group_results cuts its decoding into several decode_batch_<name> jobs).
+# config group_labels > 1 or group_results: one scoring job per label batch, or per SCORE_CUTS
+# decode jobs of it where group_results cuts its decoding (SCORE_BATCHES in common.smk).
 for batch, batch_jobs in SCORE_BATCHES.items():
 
     rule:
