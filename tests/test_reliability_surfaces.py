@@ -166,8 +166,9 @@ def test_generate_refuses_keywords_a_method_ignores_and_checks_params_before_the
         generate(vlm, req, method="vcd", temperature=0.5, max_new_tokens=2)
     calls = []
     monkeypatch.setattr(type(vlm.model), "forward", lambda *a, **k: calls.append(1) or pytest.fail("forward ran"))
-    (out,) = generate(vlm, req, method="dola", params={"layers": [40, 41]}, max_new_tokens=2)
-    assert "parameter 'layers': none of the layers [40, 41] is below the model's" in out.error and not calls
+    with pytest.raises(ValueError, match=r"parameter 'layers': none of the layers \[40, 41\] is below the model's"):
+        generate(vlm, req, method="dola", params={"layers": [40, 41]}, max_new_tokens=2)
+    assert not calls
     # the workflow's greedy runs record warpers they do not use: the runner does not pass them on
     from vcdflow.runner import decode_batch
 

@@ -922,7 +922,7 @@ def method_misfit(vlm, m: Method, params) -> str | None:
     try:
         m.forward_hooks(vlm.adapter, params)
     except Exception as e:  # noqa: BLE001 - any failure is the method's parameters vs this model
-        return str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+        return str(e) if isinstance(e, (InputError, ValueError)) else f"{type(e).__name__}: {e}"
     return None
 
 
@@ -957,7 +957,7 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     keyword the method would ignore (a sampling warper in greedy mode, ``do_sample=True`` for a
     greedy-only method) is a ``ValueError`` naming it, and the method's layer hooks are built
     once before the first forward: a parameter that does not fit the model (:func:`method_misfit`)
-    is every request's error without any forward pass.
+    is a ``ValueError`` naming it, raised before any forward pass.
     ``batch_size`` counts requests (each brings all its branches). ``eos_token_id`` overrides the
     model's generation-config EOS. Random streams are seeded from ``(seed, item_id)``; a request
     without ``item_id`` uses ``"#<index in requests>"``. A method parameter ``draw="per_image"``
@@ -992,11 +992,9 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     p = m.resolve(params)
     _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample)
     check_keywords(m, do_sample, temperature, top_p, top_k)
-    misfit = method_misfit(vlm, m, p)  # before the first forward: every request fails with it
+    misfit = method_misfit(vlm, m, p)  # before the first forward, like resolve()'s checks
     if misfit is not None:
-        mode = m.mode or ("sample" if do_sample else "greedy")
-        return [Output(item_id=str(r.item_id or ""), error=misfit, meta={"method": m.name, "mode": mode})
-                for r in requests]
+        raise ValueError(misfit)
     from .beams import check_beam_args
 
     check_beam_args(num_beams, length_penalty, early_stopping, length_norm)
