@@ -402,7 +402,10 @@ def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
     """``--resources gpu=2`` with a fake 2-device list: the two concurrent shards lease different devices."""
     workdir, _ = micro_run
     shutil.copytree(workdir / "resources", tmp_path / "resources")
-    cfg, config = _small_config(tmp_path, device="auto", n_shards=2, gpu_lock_dir=str(tmp_path / "locks"))
+    # one job per shard (label batches decode a result's shards one after another in one job)
+    cfg, config = _small_config(tmp_path, device="auto", n_shards=2, gpu_lock_dir=str(tmp_path / "locks"),
+                                group_decode=False, group_labels=1)
+    cfg.pop("group_results", None)
     cfg["benchmarks"].pop("chair", None)
     config.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, VCDFLOW_GPUS="0,1")
