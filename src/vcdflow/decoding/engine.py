@@ -353,16 +353,7 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
     feed_index = _FeedIndex()
     while any(f is None for f in finish):
         if search is None:
-            picks = choose(step, logits, row_req)
-            for r, t in picks.items():
-                if finish[r] is not None:
-                    continue
-                if t in eos:
-                    finish[r] = "eos"
-                else:
-                    tokens[r].append(t)
-                    if len(tokens[r]) >= limits[r]:
-                        finish[r] = "length"
+            _record_picks(choose(step, logits, row_req), tokens, finish, eos, limits)
             retire = contrast_steps is not None and step + 1 >= contrast_steps
             keep = [k for k, (r, b) in enumerate(zip(row_req, row_branch))
                     if finish[r] is None and not (retire and b > 0)]
@@ -557,15 +548,7 @@ def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limit
                 prev = chosen[0]
         else:
             picks = dict(enumerate(prev.tolist()))
-        for r, t in picks.items():
-            if finish[r] is not None:
-                continue
-            if t in eos:
-                finish[r] = "eos"
-            else:
-                tokens[r].append(t)
-                if len(tokens[r]) >= limits[r]:
-                    finish[r] = "length"
+        _record_picks(picks, tokens, finish, eos, limits)
         if all(f is not None for f in finish) or step + 1 >= max(limits):
             return
         chosen = getattr(choose, "chosen", None)
@@ -909,6 +892,19 @@ def _check_args(max_new_tokens, temperature, top_p, top_k, batch_size, do_sample
         raise ValueError(f"top_k must be None or a non-negative integer, got {top_k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _record_picks(picks: dict, tokens: list, finish: list, eos, limits) -> None:
+    """Append each unfinished request's chosen token, or finish it on EOS or at its length limit."""
+    for r, t in picks.items():
+        if finish[r] is not None:
+            continue
+        if t in eos:
+            finish[r] = "eos"
+        else:
+            tokens[r].append(t)
+            if len(tokens[r]) >= limits[r]:
+                finish[r] = "length"
 
 
 def method_misfit(vlm, m: Method, params) -> str | None:
