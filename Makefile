@@ -78,13 +78,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
 # Python: ruff's lint rules and formatter (pyproject.toml [tool.ruff]); the workflow: snakefmt
-# (pyproject.toml [tool.snakefmt]) and Snakemake's own linter
+# (pyproject.toml [tool.snakefmt]) and Snakemake's own linter; and no planning shorthand
+# (capability numbers, survey sections, issue numbers) in code, tests or docs
 LINT_PY := src tests workflow benchmarks tools
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(wildcard $(LINT_PY))
 	$(VENV)/bin/ruff format --check $(wildcard $(LINT_PY))
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint
+	$(PY) tools/no_shorthand.py
 
 dry-run: $(STAMP)
 	$(VENV)/bin/snakemake -n --configfile config/paper.yaml --config offline=true

@@ -57,24 +57,63 @@ LLAVA_CHAT_TEMPLATE = (
     "{% else %}{{ message['role'].upper() + ': ' }}"
     "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
     "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 
 ARCHS = {
     # the values of llava-hf/llava-1.5-7b-hf's config.json
     "llava-1.5-7b": dict(
-        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                    image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu"),
-        text=dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                  rms_norm_eps=1e-5, rope_theta=10000.0),
-        image_token_id=32000, vision_feature_layer=-2, projector_hidden_act="gelu"),
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        ),
+        text=dict(
+            vocab_size=32064,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+        ),
+        image_token_id=32000,
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    ),
     "small": dict(
-        vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                    image_size=112, patch_size=14, projection_dim=256, hidden_act="quick_gelu"),
-        text=dict(vocab_size=32064, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-                  num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
-                  rms_norm_eps=1e-5, rope_theta=10000.0),
-        image_token_id=32000, vision_feature_layer=-2, projector_hidden_act="gelu"),
+        vision=dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=112,
+            patch_size=14,
+            projection_dim=256,
+            hidden_act="quick_gelu",
+        ),
+        text=dict(
+            vocab_size=32064,
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+        ),
+        image_token_id=32000,
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    ),
 }
 
 
@@ -82,8 +121,15 @@ def build_vlm(arch: str, device: str, dtype: torch.dtype, seed: int = 0) -> VLM:
     """A randomly initialised LLaVA of ``arch`` with a synthetic word-level tokenizer."""
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers.models import WordLevel
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     a = ARCHS[arch]
     V = a["text"]["vocab_size"]
@@ -95,14 +141,21 @@ def build_vlm(arch: str, device: str, dtype: torch.dtype, seed: int = 0) -> VLM:
     for i in range(32002, V):
         vocab[f"x{i}"] = i
     tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>")
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**a["vision"]),
-                      text_config=LlamaConfig(**a["text"], bos_token_id=1, eos_token_id=2, pad_token_id=32001),
-                      image_token_id=a["image_token_id"], vision_feature_layer=a["vision_feature_layer"],
-                      vision_feature_select_strategy="default", projector_hidden_act=a["projector_hidden_act"])
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(**a["vision"]),
+        text_config=LlamaConfig(**a["text"], bos_token_id=1, eos_token_id=2, pad_token_id=32001),
+        image_token_id=a["image_token_id"],
+        vision_feature_layer=a["vision_feature_layer"],
+        vision_feature_select_strategy="default",
+        projector_hidden_act=a["projector_hidden_act"],
+    )
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     prev = torch.get_default_dtype()
@@ -118,14 +171,29 @@ def build_vlm(arch: str, device: str, dtype: torch.dtype, seed: int = 0) -> VLM:
             if p.ndim >= 2:
                 p.normal_(0.0, 0.02)
     size = a["vision"]["image_size"]
-    ip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                               image_mean=[0.48145466, 0.4578275, 0.40821073],
-                               image_std=[0.26862954, 0.26130258, 0.27577711])
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=a["vision"]["patch_size"],
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=LLAVA_CHAT_TEMPLATE)
-    return VLM(model=model, processor=proc, family="llava", adapter=adapter_for("llava", model, proc),
-               device=torch.device(device), dtype=dtype, source=f"random:{arch}")
+    ip = CLIPImageProcessorPil(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=a["vision"]["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    return VLM(
+        model=model,
+        processor=proc,
+        family="llava",
+        adapter=adapter_for("llava", model, proc),
+        device=torch.device(device),
+        dtype=dtype,
+        source=f"random:{arch}",
+    )
 
 
 def make_requests(n: int, seed: int = 0) -> list[Request]:
@@ -177,7 +245,7 @@ class PeakMemory:
         else:
             self._stop.set()
             self._t.join()
-        self.mib = self.peak / 2 ** 20
+        self.mib = self.peak / 2**20
 
 
 # --- the official-style loop -----------------------------------------------------------------------
@@ -222,7 +290,9 @@ def two_pass(vlm, method: str, params, req: Request, max_new_tokens: int, seed: 
 def two_pass_vcd(vlm: VLM, req: Request, max_new_tokens: int, seed: int, alpha=1.0, beta=0.1, noise_step=500):
     """VCD as the official code runs it: per token a forward of the clean branch and one of the
     noised branch, each batch 1 with its own KV cache; greedy pick after APC."""
-    return two_pass(vlm, "vcd", {"alpha": alpha, "beta": beta, "noise_step": noise_step}, req, max_new_tokens, seed)
+    return two_pass(
+        vlm, "vcd", {"alpha": alpha, "beta": beta, "noise_step": noise_step}, req, max_new_tokens, seed
+    )
 
 
 def load_average():
@@ -230,8 +300,10 @@ def load_average():
     import subprocess
 
     try:
-        return {"loadavg": list(os.getloadavg()),
-                "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+        return {
+            "loadavg": list(os.getloadavg()),
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        }
     except OSError:
         return None
 
@@ -287,14 +359,23 @@ def summarise(name, runs, n_tokens):
     walls = sorted(r[0] for r in runs)
     cpus = sorted(r[1] for r in runs)
     wall, cpu = float(np.median(walls)), float(np.median(cpus))
-    res = {"seconds": round(wall, 4), "seconds_all": [round(w, 4) for w in walls], "cpu_seconds": round(cpu, 4),
-           "seconds_min": round(walls[0], 4), "seconds_max": round(walls[-1], 4),
-           "tokens_per_s_spread": [round(n_tokens / walls[-1], 3), round(n_tokens / walls[0], 3)],
-           "new_tokens": n_tokens, "tokens_per_s": round(n_tokens / wall, 3),
-           "peak_mem_mib": round(max(r[2] for r in runs), 1)}
-    print(f"{name:>12}: median {wall:8.3f} s wall [{walls[0]:.3f}, {walls[-1]:.3f}] ({cpu:8.3f} s CPU)  "
-          f"{n_tokens / wall:9.2f} tok/s  "
-          f"peak {res['peak_mem_mib']:9.1f} MiB", flush=True)
+    res = {
+        "seconds": round(wall, 4),
+        "seconds_all": [round(w, 4) for w in walls],
+        "cpu_seconds": round(cpu, 4),
+        "seconds_min": round(walls[0], 4),
+        "seconds_max": round(walls[-1], 4),
+        "tokens_per_s_spread": [round(n_tokens / walls[-1], 3), round(n_tokens / walls[0], 3)],
+        "new_tokens": n_tokens,
+        "tokens_per_s": round(n_tokens / wall, 3),
+        "peak_mem_mib": round(max(r[2] for r in runs), 1),
+    }
+    print(
+        f"{name:>12}: median {wall:8.3f} s wall [{walls[0]:.3f}, {walls[-1]:.3f}] ({cpu:8.3f} s CPU)  "
+        f"{n_tokens / wall:9.2f} tok/s  "
+        f"peak {res['peak_mem_mib']:9.1f} MiB",
+        flush=True,
+    )
     return res
 
 
@@ -309,12 +390,21 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--phases", default="greedy,two_pass,engine_b1,engine_b16,greedy_b16")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds over all phases (median and spread reported)")
-    ap.add_argument("--warmup", choices=["short", "full"], default=None,
-                    help="short: 2 tokens at batch 2; full: also one untimed full-size batched run of the engine "
-                         "and of greedy (grows the CUDA allocator pool first). Default: full on GPU")
-    ap.add_argument("--breakdown", action="store_true",
-                    help="after timing, rerun the batched phases with per-forward timing (prefill vs steps)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="rounds over all phases (median and spread reported)"
+    )
+    ap.add_argument(
+        "--warmup",
+        choices=["short", "full"],
+        default=None,
+        help="short: 2 tokens at batch 2; full: also one untimed full-size batched run of the engine "
+        "and of greedy (grows the CUDA allocator pool first). Default: full on GPU",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="after timing, rerun the batched phases with per-forward timing (prefill vs steps)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -324,8 +414,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     vlm = build_vlm(args.arch, args.device, dtype, seed=args.seed)
     n_params = sum(p.numel() for p in vlm.model.parameters())
-    print(f"model {args.arch}: {n_params / 1e6:.1f} M parameters, {dtype}, {args.device}, "
-          f"built in {time.perf_counter() - t0:.1f} s; threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"model {args.arch}: {n_params / 1e6:.1f} M parameters, {dtype}, {args.device}, "
+        f"built in {time.perf_counter() - t0:.1f} s; threads {torch.get_num_threads()}",
+        flush=True,
+    )
     reqs = make_requests(args.requests, args.seed)
     N = args.new_tokens
     total = N * len(reqs)
@@ -339,20 +432,27 @@ def main(argv=None):
         generate(vlm, reqs, method="greedy", batch_size=args.batch, **kw)
 
     phases = {
-        "greedy": lambda: [generate(vlm, [r], method="greedy", batch_size=1, **kw)[0].token_ids for r in reqs],
+        "greedy": lambda: [
+            generate(vlm, [r], method="greedy", batch_size=1, **kw)[0].token_ids for r in reqs
+        ],
         "two_pass": lambda: [two_pass_vcd(vlm, r, N, args.seed) for r in reqs],
-        "engine_b1": lambda: [generate(vlm, [r], method=args.method, batch_size=1, **kw)[0].token_ids
-                              for r in reqs],
-        "engine_b16": lambda: [o.token_ids for o in generate(vlm, reqs, method=args.method,
-                                                             batch_size=args.batch, **kw)],
-        "greedy_b16": lambda: [o.token_ids for o in generate(vlm, reqs, method="greedy",
-                                                             batch_size=args.batch, **kw)],
+        "engine_b1": lambda: [
+            generate(vlm, [r], method=args.method, batch_size=1, **kw)[0].token_ids for r in reqs
+        ],
+        "engine_b16": lambda: [
+            o.token_ids for o in generate(vlm, reqs, method=args.method, batch_size=args.batch, **kw)
+        ],
+        "greedy_b16": lambda: [
+            o.token_ids for o in generate(vlm, reqs, method="greedy", batch_size=args.batch, **kw)
+        ],
     }
     names = args.phases.split(",")
     runs: dict[str, list] = {n: [] for n in names}
     load_before = load_average()
-    for rep in range(args.repeats):  # interleaved rounds (order alternating): load drift hits every phase alike
-        for name in (names if rep % 2 == 0 else names[::-1]):
+    for rep in range(
+        args.repeats
+    ):  # interleaved rounds (order alternating): load drift hits every phase alike
+        for name in names if rep % 2 == 0 else names[::-1]:
             runs[name].append(run_phase(phases[name], args.device))
     load_after = load_average()
     results = {name: summarise(name, runs[name], total) for name in names}
@@ -363,13 +463,19 @@ def main(argv=None):
         if a not in toks or b not in toks:
             return None
         same = [x == y for x, y in zip(toks[a], toks[b])]
-        return {"identical_requests": sum(same), "requests": len(same),
-                "identical_tokens_frac": round(float(np.mean([np.mean([u == v for u, v in zip(x, y)])
-                                                              for x, y in zip(toks[a], toks[b])])), 4)}
+        return {
+            "identical_requests": sum(same),
+            "requests": len(same),
+            "identical_tokens_frac": round(
+                float(np.mean([np.mean([u == v for u, v in zip(x, y)]) for x, y in zip(toks[a], toks[b])])), 4
+            ),
+        }
 
-    agreement = {"engine_b1_vs_two_pass": agree("engine_b1", "two_pass"),
-                 "engine_b16_vs_engine_b1": agree("engine_b16", "engine_b1"),
-                 "greedy_b16_vs_greedy": agree("greedy_b16", "greedy")}
+    agreement = {
+        "engine_b1_vs_two_pass": agree("engine_b1", "two_pass"),
+        "engine_b16_vs_engine_b1": agree("engine_b16", "engine_b1"),
+        "greedy_b16_vs_greedy": agree("greedy_b16", "greedy"),
+    }
     print("agreement:", json.dumps(agreement))
 
     def ratio(a, b, key="seconds"):
@@ -379,33 +485,51 @@ def main(argv=None):
 
     breakdown = {}
     if args.breakdown:
-        breakdown = {name: time_forwards(vlm, lambda: phases[name](), args.device)
-                     for name in ("engine_b16", "greedy_b16") if name in phases}
+        breakdown = {
+            name: time_forwards(vlm, lambda: phases[name](), args.device)
+            for name in ("engine_b16", "greedy_b16")
+            if name in phases
+        }
         print("breakdown:", json.dumps(breakdown))
 
     ratios = {
-        "engine_b1_over_greedy_time": ratio("engine_b1", "greedy"),       # goal <= 1.4 on CPU
-        "two_pass_over_engine_b1_time": ratio("two_pass", "engine_b1"),   # goal >= 1.3
+        "engine_b1_over_greedy_time": ratio("engine_b1", "greedy"),  # goal <= 1.4 on CPU
+        "two_pass_over_engine_b1_time": ratio("two_pass", "engine_b1"),  # goal >= 1.3
         "two_pass_over_engine_b16_time": ratio("two_pass", "engine_b16"),
         "two_pass_over_greedy_time": ratio("two_pass", "greedy"),
         "engine_b16_over_greedy_b16_time": ratio("engine_b16", "greedy_b16"),
     }
     if not args.device.startswith("cuda"):
-        ratios.update({
-            "cpu_time_engine_b1_over_greedy": ratio("engine_b1", "greedy", "cpu_seconds"),
-            "cpu_time_two_pass_over_engine_b1": ratio("two_pass", "engine_b1", "cpu_seconds"),
-            "cpu_time_two_pass_over_engine_b16": ratio("two_pass", "engine_b16", "cpu_seconds"),
-        })
+        ratios.update(
+            {
+                "cpu_time_engine_b1_over_greedy": ratio("engine_b1", "greedy", "cpu_seconds"),
+                "cpu_time_two_pass_over_engine_b1": ratio("two_pass", "engine_b1", "cpu_seconds"),
+                "cpu_time_two_pass_over_engine_b16": ratio("two_pass", "engine_b16", "cpu_seconds"),
+            }
+        )
     print(json.dumps(ratios, indent=2))
     report = {
-        "arch": args.arch, "parameters_m": round(n_params / 1e6, 1), "device": args.device, "dtype": str(dtype),
-        "method": args.method, "requests": len(reqs), "repeats": args.repeats,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "load_before": load_before,
-        "load_after": load_after, "new_tokens_per_request": N, "batch": args.batch,
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "arch": args.arch,
+        "parameters_m": round(n_params / 1e6, 1),
+        "device": args.device,
+        "dtype": str(dtype),
+        "method": args.method,
+        "requests": len(reqs),
+        "repeats": args.repeats,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_before": load_before,
+        "load_after": load_after,
+        "new_tokens_per_request": N,
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "phases": results, "ratios": ratios, "agreement": agreement, "breakdown": breakdown,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "phases": results,
+        "ratios": ratios,
+        "agreement": agreement,
+        "breakdown": breakdown,
     }
     if args.out:
         from vcdflow.io import write_json

@@ -46,8 +46,10 @@ def _img(seed, w, h):
 
 def requests() -> list[Request]:
     sizes = [(80, 100), (64, 64), (120, 70), (96, 96)]
-    return [Request(image=_img(k + 1, w, h), prompt="Is there a cup in the image?", item_id=str(k))
-            for k, (w, h) in enumerate(sizes)]
+    return [
+        Request(image=_img(k + 1, w, h), prompt="Is there a cup in the image?", item_id=str(k))
+        for k, (w, h) in enumerate(sizes)
+    ]
 
 
 def main(argv=None) -> int:
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
         times: dict = {p: [] for p in pairs}
         load = [os.getloadavg()[0]]
         for r in range(a.rounds):
-            for p in (pairs if r % 2 == 0 else pairs[::-1]):
+            for p in pairs if r % 2 == 0 else pairs[::-1]:
                 times[p].append(run(*p, a.new_tokens))
         load.append(os.getloadavg()[0])
     rows = []
@@ -85,15 +87,31 @@ def main(argv=None) -> int:
         g = statistics.median(times[(f, "greedy")])
         for m in METHODS:
             ts = times[(f, m)]
-            rows.append({"family": f, "method": m, "ms_per_token_median": round(statistics.median(ts), 3),
-                         "min": round(min(ts), 3), "max": round(max(ts), 3),
-                         "x_greedy": round(statistics.median(ts) / g, 3)})
+            rows.append(
+                {
+                    "family": f,
+                    "method": m,
+                    "ms_per_token_median": round(statistics.median(ts), 3),
+                    "min": round(min(ts), 3),
+                    "max": round(max(ts), 3),
+                    "x_greedy": round(statistics.median(ts) / g, 3),
+                }
+            )
     for row in rows:
-        print(f"{row['family']:16s} {row['method']:7s} {row['ms_per_token_median']:8.2f} ms/token "
-              f"[{row['min']:.2f}, {row['max']:.2f}]  x{row['x_greedy']:.2f} greedy")
-    result = {"rows": rows, "requests": len(reqs), "new_tokens": a.new_tokens, "rounds": a.rounds,
-              "threads": a.threads, "load_average_start_end": load, "machine": platform.platform(),
-              "torch": torch.__version__}
+        print(
+            f"{row['family']:16s} {row['method']:7s} {row['ms_per_token_median']:8.2f} ms/token "
+            f"[{row['min']:.2f}, {row['max']:.2f}]  x{row['x_greedy']:.2f} greedy"
+        )
+    result = {
+        "rows": rows,
+        "requests": len(reqs),
+        "new_tokens": a.new_tokens,
+        "rounds": a.rounds,
+        "threads": a.threads,
+        "load_average_start_end": load,
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+    }
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0

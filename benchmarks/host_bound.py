@@ -60,12 +60,25 @@ from vcdflow.decoding import generate  # noqa: E402
 
 _7B = ARCHS["llava-1.5-7b"]
 ARCHS["tiny32"] = decode_speed.ARCHS["tiny32"] = dict(
-    vision={**_7B["vision"], "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "projection_dim": 32},
-    text={**_7B["text"], "hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4,
-          "num_key_value_heads": 4},
-    image_token_id=_7B["image_token_id"], vision_feature_layer=_7B["vision_feature_layer"],
-    projector_hidden_act=_7B["projector_hidden_act"])
+    vision={
+        **_7B["vision"],
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "projection_dim": 32,
+    },
+    text={
+        **_7B["text"],
+        "hidden_size": 64,
+        "intermediate_size": 172,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+    },
+    image_token_id=_7B["image_token_id"],
+    vision_feature_layer=_7B["vision_feature_layer"],
+    projector_hidden_act=_7B["projector_hidden_act"],
+)
 
 
 # --- host-sync counter ---------------------------------------------------------------------------
@@ -128,26 +141,32 @@ def make_case(vlm, name: str, reqs, width: int):
     model = vlm.model
     if name.startswith("hf"):
         inputs = hf_inputs(vlm, reqs)
-        gc = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=int(vlm.adapter.pad_token_id),
-                              bos_token_id=1)
+        gc = GenerationConfig(
+            do_sample=False, eos_token_id=None, pad_token_id=int(vlm.adapter.pad_token_id), bos_token_id=1
+        )
         if name == "hf":
+
             def run(n):
                 out = model.generate(**inputs, generation_config=gc, max_new_tokens=n, min_new_tokens=n)
-                return out[:, inputs["input_ids"].shape[1]:].tolist()
+                return out[:, inputs["input_ids"].shape[1] :].tolist()
+
             return run
         from transformers import StaticCache
         from transformers.generation import CompileConfig
 
         gcs = copy.deepcopy(gc)
-        gcs.compile_config = CompileConfig(fullgraph=False, dynamic=False,
-                                           mode="reduce-overhead" if vlm.device.type == "cuda" else "default")
+        gcs.compile_config = CompileConfig(
+            fullgraph=False, dynamic=False, mode="reduce-overhead" if vlm.device.type == "cuda" else "default"
+        )
         gcs.compile_config._compile_all_devices = True  # transformers' switch to compile on a CPU too
 
         def run(n):
             cache = StaticCache(config=model.config, max_cache_len=width)
-            out = model.generate(**inputs, generation_config=gcs, max_new_tokens=n, min_new_tokens=n,
-                                 past_key_values=cache)
-            return out[:, inputs["input_ids"].shape[1]:].tolist()
+            out = model.generate(
+                **inputs, generation_config=gcs, max_new_tokens=n, min_new_tokens=n, past_key_values=cache
+            )
+            return out[:, inputs["input_ids"].shape[1] :].tolist()
+
         return run
     method = "vcd" if name.endswith("_vcd") else "greedy"
     kind = name.removesuffix("_vcd")
@@ -159,12 +178,14 @@ def make_case(vlm, name: str, reqs, width: int):
         kwargs["compile"] = setting
 
     def run(n):
-        outs = generate(vlm, reqs, method, max_new_tokens=n, batch_size=len(reqs), eos_token_id=[], seed=0,
-                        **kwargs)
+        outs = generate(
+            vlm, reqs, method, max_new_tokens=n, batch_size=len(reqs), eos_token_id=[], seed=0, **kwargs
+        )
         bad = [o.error for o in outs if o.error]
         if bad:
             raise RuntimeError(bad[0])
         return [o.token_ids for o in outs]
+
     return run
 
 
@@ -178,13 +199,20 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=24, help="N")
     ap.add_argument("--base-tokens", type=int, default=4, help="N0")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--cases", default="hf,hf_static,engine,engine_vcd,engine_static,engine_static_vcd,"
-                                        "engine_compiled,engine_compiled_vcd")
+    ap.add_argument(
+        "--cases",
+        default="hf,hf_static,engine,engine_vcd,engine_static,engine_static_vcd,"
+        "engine_compiled,engine_compiled_vcd",
+    )
     ap.add_argument("--batches", default=None, help="comma list (default: 1,--batch)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    dtype = getattr(torch, a.dtype) if a.dtype else (torch.bfloat16 if a.device.startswith("cuda") else torch.float32)
+    dtype = (
+        getattr(torch, a.dtype)
+        if a.dtype
+        else (torch.bfloat16 if a.device.startswith("cuda") else torch.float32)
+    )
     torch._dynamo.config.cache_size_limit = 64
     from vcdflow.decoding import engine
 
@@ -195,7 +223,7 @@ def main(argv=None):
     n_params = sum(p.numel() for p in vlm.model.parameters())
     batches = [int(b) for b in (a.batches or f"1,{a.batch}").split(",")]
     names = a.cases.split(",")
-    sync = (torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None))
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 
     def timed(fn, n):
         sync()
@@ -207,7 +235,9 @@ def main(argv=None):
     cases = {}
     for b in batches:
         reqs = make_requests(b, seed=1)
-        width = 768  # prompts of 590-625 tokens + N: one static length for N and N0 (the engine's bucket below)
+        width = (
+            768  # prompts of 590-625 tokens + N: one static length for N and N0 (the engine's bucket below)
+        )
         for name in names:
             fn = make_case(vlm, name, reqs, width)
             if fn is None:
@@ -226,12 +256,18 @@ def main(argv=None):
         with counter.counting():
             c["fn"](a.base_tokens)
         syncs = (n_long - counter.n) / (a.new_tokens - a.base_tokens)
-        results[f"{name}/b{b}"] = dict(case=name, batch=b, first_call_s=round(t_first, 3),
-                                       warm_call_s=round(t_second, 3),
-                                       compile_s=round(max(0.0, t_first - t_second), 2),
-                                       syncs_per_step=round(syncs, 2))
-        print(f"warm {name} b{b}: first call {t_first:.2f}s, warm {t_second:.2f}s, syncs/step {syncs:.2f}",
-              flush=True)
+        results[f"{name}/b{b}"] = dict(
+            case=name,
+            batch=b,
+            first_call_s=round(t_first, 3),
+            warm_call_s=round(t_second, 3),
+            compile_s=round(max(0.0, t_first - t_second), 2),
+            syncs_per_step=round(syncs, 2),
+        )
+        print(
+            f"warm {name} b{b}: first call {t_first:.2f}s, warm {t_second:.2f}s, syncs/step {syncs:.2f}",
+            flush=True,
+        )
     for rep in range(a.reps):  # interleaved rounds
         for (name, b), c in cases.items():
             t_n, _, c_n = timed(c["fn"], a.new_tokens)
@@ -243,10 +279,16 @@ def main(argv=None):
         ms = [w * 1e3 for w in c["walls"]]
         cpu = [w * 1e3 for w in c["cpus"]]
         r = results[f"{name}/b{b}"]
-        r.update(step_ms=round(statistics.median(ms), 3), step_ms_min=round(min(ms), 3),
-                 step_ms_max=round(max(ms), 3), step_ms_all=[round(x, 3) for x in ms],
-                 step_cpu_ms=round(statistics.median(cpu), 3), step_cpu_ms_min=round(min(cpu), 3),
-                 step_cpu_ms_max=round(max(cpu), 3), step_cpu_ms_all=[round(x, 3) for x in cpu])
+        r.update(
+            step_ms=round(statistics.median(ms), 3),
+            step_ms_min=round(min(ms), 3),
+            step_ms_max=round(max(ms), 3),
+            step_ms_all=[round(x, 3) for x in ms],
+            step_cpu_ms=round(statistics.median(cpu), 3),
+            step_cpu_ms_min=round(min(cpu), 3),
+            step_cpu_ms_max=round(max(cpu), 3),
+            step_cpu_ms_all=[round(x, 3) for x in cpu],
+        )
         ref = cases.get(("engine_vcd" if name.endswith("_vcd") else "engine", b))
         if ref is not None and name.startswith("engine"):
             r["tokens_equal_eager_engine"] = c["tokens"] == ref["tokens"]
@@ -262,23 +304,43 @@ def main(argv=None):
 
     ratios = {}
     for b in batches:
-        for num, den in [("engine", "hf"), ("engine_compiled", "hf"), ("engine_compiled", "hf_static"),
-                         ("hf_static", "hf"), ("engine_static", "engine"), ("engine_vcd", "engine"),
-                         ("engine_compiled_vcd", "engine_compiled"), ("engine_static_vcd", "engine_static")]:
+        for num, den in [
+            ("engine", "hf"),
+            ("engine_compiled", "hf"),
+            ("engine_compiled", "hf_static"),
+            ("hf_static", "hf"),
+            ("engine_static", "engine"),
+            ("engine_vcd", "engine"),
+            ("engine_compiled_vcd", "engine_compiled"),
+            ("engine_static_vcd", "engine_static"),
+        ]:
             v = ratio(f"{num}/b{b}", f"{den}/b{b}")
             if v is not None:
                 ratios[f"{num}/{den} b{b}"] = v
-    report = dict(arch=a.arch, params=n_params, device=a.device, dtype=str(dtype), threads=a.threads,
-                  new_tokens=a.new_tokens, base_tokens=a.base_tokens, reps=a.reps,
-                  torch=torch.__version__, python=platform.python_version(),
-                  cpu=platform.processor() or platform.machine(),
-                  cuda=torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
-                  ratios_of=key, results=results, ratios=ratios)
+    report = dict(
+        arch=a.arch,
+        params=n_params,
+        device=a.device,
+        dtype=str(dtype),
+        threads=a.threads,
+        new_tokens=a.new_tokens,
+        base_tokens=a.base_tokens,
+        reps=a.reps,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        cpu=platform.processor() or platform.machine(),
+        cuda=torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
+        ratios_of=key,
+        results=results,
+        ratios=ratios,
+    )
     for k, r in results.items():
-        print(f"{k:28s} step {r['step_ms']:8.3f} ms [{r['step_ms_min']:.3f}, {r['step_ms_max']:.3f}]  cpu "
-              f"{r['step_cpu_ms']:8.3f} ms [{r['step_cpu_ms_min']:.3f}, {r['step_cpu_ms_max']:.3f}]  "
-              f"syncs/step {r['syncs_per_step']:.2f}  compile {r['compile_s']:.1f}s  "
-              f"same tokens as engine: {r.get('tokens_equal_eager_engine')}")
+        print(
+            f"{k:28s} step {r['step_ms']:8.3f} ms [{r['step_ms_min']:.3f}, {r['step_ms_max']:.3f}]  cpu "
+            f"{r['step_cpu_ms']:8.3f} ms [{r['step_cpu_ms_min']:.3f}, {r['step_cpu_ms_max']:.3f}]  "
+            f"syncs/step {r['syncs_per_step']:.2f}  compile {r['compile_s']:.1f}s  "
+            f"same tokens as engine: {r.get('tokens_equal_eager_engine')}"
+        )
     for k, v in ratios.items():
         print(f"{k:40s} {v:.3f}")
     if a.out:

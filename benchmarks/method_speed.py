@@ -1,4 +1,4 @@
-"""Time per new token of every registered decoding method, relative to greedy (issue #16).
+"""Time per new token of every registered decoding method, relative to greedy.
 
 Same model, same requests, same number of new tokens per request (EOS ignored), all requests in
 one batch with the engine (:func:`vcdflow.decoding.generate`); a warm-up call of every method
@@ -70,7 +70,9 @@ def runtime_params(method: str, vlm, tmp: Path, prepare_tokens: int | None = Non
         path = tmp / f"vti_{n}x{d}.pt"
         if not path.exists():
             g = torch.Generator().manual_seed(0)
-            save_directions({"text": torch.randn(n, d, generator=g), "vision": None, "meta": {"bench": True}}, path)
+            save_directions(
+                {"text": torch.randn(n, d, generator=g), "vision": None, "meta": {"bench": True}}, path
+            )
         return {"directions": str(path), "alpha_image": 0.0}
     if method == "text_cd":
         path = tmp / "amateur"
@@ -86,18 +88,25 @@ def main(argv=None):
     ap.add_argument("--arch", choices=sorted(ds.ARCHS), default="small")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
-    ap.add_argument("--methods", default=None,
-                    help="comma-separated; default: every registered method except the skipped ones "
-                         "(greedy is always included: it is the reference)")
+    ap.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated; default: every registered method except the skipped ones "
+        "(greedy is always included: it is the reference)",
+    )
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--batch", type=int, default=None, help="default: all requests in one batch")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--prepare-tokens", type=int, default=64,
-                    help="cap of code's description_max_new_tokens (default 512) and selfaug's "
-                         "sas_max_new_tokens (768): random weights never stop at EOS, so the defaults run the "
-                         "full 512/768 steps per batch. 0 = the methods' defaults")
+    ap.add_argument(
+        "--prepare-tokens",
+        type=int,
+        default=64,
+        help="cap of code's description_max_new_tokens (default 512) and selfaug's "
+        "sas_max_new_tokens (768): random weights never stop at EOS, so the defaults run the "
+        "full 512/768 steps per batch. 0 = the methods' defaults",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -114,8 +123,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     vlm = ds.build_vlm(args.arch, args.device, dtype, seed=args.seed)
     n_params = sum(p.numel() for p in vlm.model.parameters())
-    print(f"model {args.arch}: {n_params / 1e6:.1f} M parameters, {dtype}, {args.device}, "
-          f"built in {time.perf_counter() - t0:.1f} s; threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"model {args.arch}: {n_params / 1e6:.1f} M parameters, {dtype}, {args.device}, "
+        f"built in {time.perf_counter() - t0:.1f} s; threads {torch.get_num_threads()}",
+        flush=True,
+    )
     reqs = ds.make_requests(args.requests, args.seed)
     N, B = args.new_tokens, args.batch or len(reqs)
     total = N * len(reqs)
@@ -127,8 +139,9 @@ def main(argv=None):
     # that fails here is reported as skipped with its error
     for m in list(names):
         try:
-            outs = generate(vlm, reqs[:2], method=m, params=params[m], batch_size=2, max_new_tokens=2,
-                            eos_token_id=[])
+            outs = generate(
+                vlm, reqs[:2], method=m, params=params[m], batch_size=2, max_new_tokens=2, eos_token_id=[]
+            )
             err = next((o.error for o in outs if o.error), None)
         except Exception as e:  # noqa: BLE001
             err = f"{type(e).__name__}: {e}"
@@ -146,7 +159,7 @@ def main(argv=None):
     load_before = ds.load_average()
     t_run = time.perf_counter()
     for rnd in range(args.rounds):  # interleaved, order alternating per round
-        for m in (names if rnd % 2 == 0 else names[::-1]):
+        for m in names if rnd % 2 == 0 else names[::-1]:
             runs[m].append(ds.run_phase(phase(m), args.device))
         print(f"round {rnd + 1}/{args.rounds} done ({time.perf_counter() - t_run:.0f} s)", flush=True)
     load_after = ds.load_average()
@@ -158,42 +171,62 @@ def main(argv=None):
     for m in names:
         walls = per_token(sorted(r[0] for r in runs[m]))
         cpus = per_token(sorted(r[1] for r in runs[m]))
-        results[m] = {"ms_per_token": round(float(np.median(walls)), 3),
-                      "ms_per_token_min": round(walls[0], 3), "ms_per_token_max": round(walls[-1], 3),
-                      "ms_per_token_all": [round(w, 3) for w in walls],
-                      "cpu_ms_per_token": round(float(np.median(cpus)), 3),
-                      "peak_mem_mib": round(max(r[2] for r in runs[m]), 1),
-                      "params": params[m]}
+        results[m] = {
+            "ms_per_token": round(float(np.median(walls)), 3),
+            "ms_per_token_min": round(walls[0], 3),
+            "ms_per_token_max": round(walls[-1], 3),
+            "ms_per_token_all": [round(w, 3) for w in walls],
+            "cpu_ms_per_token": round(float(np.median(cpus)), 3),
+            "peak_mem_mib": round(max(r[2] for r in runs[m]), 1),
+            "params": params[m],
+        }
     g, gc = results["greedy"]["ms_per_token"], results["greedy"]["cpu_ms_per_token"]
     for m in names:
         results[m]["ratio_to_greedy"] = round(results[m]["ms_per_token"] / g, 3)
         results[m]["cpu_ratio_to_greedy"] = round(results[m]["cpu_ms_per_token"] / gc, 3)
 
-    print(f"\n{len(reqs)} requests x {N} new tokens (EOS ignored), batch {B}, {args.rounds} interleaved rounds; "
-          f"load {load_before and load_before['loadavg']} -> {load_after and load_after['loadavg']}\n")
+    print(
+        f"\n{len(reqs)} requests x {N} new tokens (EOS ignored), batch {B}, {args.rounds} interleaved rounds; "
+        f"load {load_before and load_before['loadavg']} -> {load_after and load_after['loadavg']}\n"
+    )
     print("| method | ratio to greedy (wall) | ratio (CPU time) | ms/token median [min, max] | peak MiB |")
     print("|---|---|---|---|---|")
     for m in sorted(names, key=lambda m: results[m]["ratio_to_greedy"]):
         r = results[m]
-        print(f"| {m} | {r['ratio_to_greedy']:.2f} | {r['cpu_ratio_to_greedy']:.2f} | {r['ms_per_token']:.2f} "
-              f"[{r['ms_per_token_min']:.2f}, {r['ms_per_token_max']:.2f}] | {r['peak_mem_mib']:.0f} |")
+        print(
+            f"| {m} | {r['ratio_to_greedy']:.2f} | {r['cpu_ratio_to_greedy']:.2f} | {r['ms_per_token']:.2f} "
+            f"[{r['ms_per_token_min']:.2f}, {r['ms_per_token_max']:.2f}] | {r['peak_mem_mib']:.0f} |"
+        )
     if skipped:
         print("\nskipped: " + "; ".join(f"{m} ({why})" for m, why in sorted(skipped.items())))
 
     report = {
-        "arch": args.arch, "parameters_m": round(n_params / 1e6, 1), "device": args.device, "dtype": str(dtype),
-        "requests": len(reqs), "new_tokens_per_request": N, "batch": B, "rounds": args.rounds,
-        "eos_ignored": True, "threads": torch.get_num_threads(),
+        "arch": args.arch,
+        "parameters_m": round(n_params / 1e6, 1),
+        "device": args.device,
+        "dtype": str(dtype),
+        "requests": len(reqs),
+        "new_tokens_per_request": N,
+        "batch": B,
+        "rounds": args.rounds,
+        "eos_ignored": True,
+        "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "load_before": load_before, "load_after": load_after,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "load_before": load_before,
+        "load_after": load_after,
         "timed_seconds": round(time.perf_counter() - t_run, 1),
-        "order": names, "methods": results, "skipped": skipped,
+        "order": names,
+        "methods": results,
+        "skipped": skipped,
         "prepare_tokens": args.prepare_tokens,
-        "note": ("vti: random text-only directions (alpha_image 0); text_cd: the model itself as amateur; "
-                 "code/selfaug: prepare-stage generation capped at prepare_tokens (random weights never emit "
-                 "EOS)"),
+        "note": (
+            "vti: random text-only directions (alpha_image 0); text_cd: the model itself as amateur; "
+            "code/selfaug: prepare-stage generation capped at prepare_tokens (random weights never emit "
+            "EOS)"
+        ),
     }
     if args.out:
         from vcdflow.io import write_json

@@ -46,8 +46,20 @@ def local_rules() -> set[str]:
 
 def plan(configfile: str, extra: list[str]) -> dict:
     """One dry run in a fresh directory: wall and CPU seconds, the job table."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n", "--quiet", "rules",
-           "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--configfile", configfile]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "-n",
+        "--quiet",
+        "rules",
+        "--workflow-profile",
+        str(ROOT / "profiles" / "slurm"),
+        "--configfile",
+        configfile,
+    ]
     if extra:
         cmd += ["--config", *extra]
     with tempfile.TemporaryDirectory(prefix="plan_scale_") as work:
@@ -57,7 +69,7 @@ def plan(configfile: str, extra: list[str]) -> dict:
     out = proc.stdout
     if proc.returncode != 0:
         raise SystemExit(f"plan_scale: snakemake failed ({proc.returncode}):\n{out[-3000:]}")
-    table = out[out.index("Job stats:"):].split("\n\n")[0]
+    table = out[out.index("Job stats:") :].split("\n\n")[0]
     counts = Counter()
     for line in table.splitlines()[3:]:
         parts = line.split()
@@ -86,18 +98,31 @@ def summarise(rounds: list[dict]) -> dict:
     stat = {}
     for key in ("wall_s", "cpu_s"):
         values = [r[key] for r in rounds]
-        stat[key] = {"median": statistics.median(values), "min": min(values), "max": max(values),
-                     "values": values}
-    return {**stat, "jobs": sum(counts.values()), "submitted": sum(n for r, n in counts.items() if r not in local),
-            "local": sum(n for r, n in counts.items() if r in local), "by_rule": dict(sorted(kinds.items()))}
+        stat[key] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "values": values,
+        }
+    return {
+        **stat,
+        "jobs": sum(counts.values()),
+        "submitted": sum(n for r, n in counts.items() if r not in local),
+        "local": sum(n for r, n in counts.items() if r in local),
+        "by_rule": dict(sorted(kinds.items())),
+    }
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configfile", default=str(ROOT / "config" / "paper.yaml"))
     ap.add_argument("--config", nargs="*", default=[], help="--config overrides of the measured plan")
-    ap.add_argument("--compare-config", nargs="*", default=None,
-                    help="also plan these --config overrides each round (e.g. group_decode=False)")
+    ap.add_argument(
+        "--compare-config",
+        nargs="*",
+        default=None,
+        help="also plan these --config overrides each round (e.g. group_decode=False)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -112,21 +137,34 @@ def main(argv=None):
         plan(args.configfile, args.config)
     rounds = {name: [] for name in configs}
     for rep in range(args.repeats):  # interleaved, order alternating
-        for name in (list(configs) if rep % 2 == 0 else list(configs)[::-1]):
+        for name in list(configs) if rep % 2 == 0 else list(configs)[::-1]:
             rounds[name].append(cpu_of(lambda: plan(args.configfile, configs[name])))
             r = rounds[name][-1]
-            print(f"round {rep} {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
-                  f"{sum(r['counts'].values())} jobs", flush=True)
-    result = {"configfile": args.configfile, "profile": "profiles/slurm", "repeats": args.repeats,
-              "warmup": args.warmup, "machine": platform.node(), "cpus": os.cpu_count(),
-              "python": platform.python_version(), "load_before": load_before, "load_after": load_average(),
-              **{name: dict(summarise(rounds[name]), config=configs[name]) for name in configs}}
+            print(
+                f"round {rep} {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
+                f"{sum(r['counts'].values())} jobs",
+                flush=True,
+            )
+    result = {
+        "configfile": args.configfile,
+        "profile": "profiles/slurm",
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_before": load_before,
+        "load_after": load_average(),
+        **{name: dict(summarise(rounds[name]), config=configs[name]) for name in configs},
+    }
     for name in configs:
         s = result[name]
-        print(f"{name} {' '.join(configs[name]) or '(as configured)'}: {s['jobs']} jobs ({s['submitted']} submitted "
-              f"to SLURM, {s['local']} local); plan {s['wall_s']['median']:.1f} s wall "
-              f"[{s['wall_s']['min']:.1f}, {s['wall_s']['max']:.1f}], {s['cpu_s']['median']:.1f} s CPU "
-              f"[{s['cpu_s']['min']:.1f}, {s['cpu_s']['max']:.1f}]")
+        print(
+            f"{name} {' '.join(configs[name]) or '(as configured)'}: {s['jobs']} jobs ({s['submitted']} submitted "
+            f"to SLURM, {s['local']} local); plan {s['wall_s']['median']:.1f} s wall "
+            f"[{s['wall_s']['min']:.1f}, {s['wall_s']['max']:.1f}], {s['cpu_s']['median']:.1f} s CPU "
+            f"[{s['cpu_s']['min']:.1f}, {s['cpu_s']['max']:.1f}]"
+        )
         print("  " + ", ".join(f"{k} {v}" for k, v in s["by_rule"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=str) + "\n")

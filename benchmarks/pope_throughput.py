@@ -66,13 +66,35 @@ METHODS = {
 }
 PHASES = ("two_pass", "engine_b1", "engine_batched", "engine_shared")
 
-ARCHS.setdefault("llava-576", dict(
-    vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                image_size=336, patch_size=14, projection_dim=256, hidden_act="quick_gelu"),
-    text=dict(vocab_size=32064, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-              num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
-              rms_norm_eps=1e-5, rope_theta=10000.0),
-    image_token_id=32000, vision_feature_layer=-2, projector_hidden_act="gelu"))
+ARCHS.setdefault(
+    "llava-576",
+    dict(
+        vision=dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=336,
+            patch_size=14,
+            projection_dim=256,
+            hidden_act="quick_gelu",
+        ),
+        text=dict(
+            vocab_size=32064,
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+        ),
+        image_token_id=32000,
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    ),
+)
 
 
 def load_demo():
@@ -85,9 +107,18 @@ def load_demo():
     if (trained / "config.json").exists():
         return load_vlm(trained, device="cpu"), f"trained demo model ({trained.relative_to(ROOT)})"
     model, proc = build_demo_vlm(seed=0)
-    return (VLM(model=model, processor=proc, family="llava", adapter=adapter_for("llava", model, proc),
-                device=torch.device("cpu"), dtype=torch.float32, source="random:demo"),
-            "demo architecture, random weights (resources/demo/model not built)")
+    return (
+        VLM(
+            model=model,
+            processor=proc,
+            family="llava",
+            adapter=adapter_for("llava", model, proc),
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            source="random:demo",
+        ),
+        "demo architecture, random weights (resources/demo/model not built)",
+    )
 
 
 def pope_requests(arch: str, n_images: int, n_questions: int, seed: int = 0) -> list[Request]:
@@ -111,13 +142,12 @@ def pope_requests(arch: str, n_images: int, n_questions: int, seed: int = 0) -> 
                 q = f"Is there a {obj} in the image?"
             else:
                 q = "w11 w12 w13 w" + str(int(rng.randint(100, 30000))) + " w14 w15 ?"
-            reqs.append(Request(image=img, prompt=q + suffix, item_id=f"pope/{i}/{k}", system=system,
-                                contrast_image=other))
+            reqs.append(
+                Request(
+                    image=img, prompt=q + suffix, item_id=f"pope/{i}/{k}", system=system, contrast_image=other
+                )
+            )
     return reqs
-
-
-
-
 
 
 def main(argv=None):
@@ -150,9 +180,12 @@ def main(argv=None):
     n_params = sum(p.numel() for p in vlm.model.parameters())
     reqs = pope_requests(args.arch, args.images, args.questions, args.seed)
     row_len = vlm.adapter.encode(get_method("greedy").original(reqs[0])).length
-    print(f"model {args.arch} ({model_note}): {n_params / 1e6:.1f} M parameters, {dtype}, {args.device}, "
-          f"built in {time.perf_counter() - t0:.1f} s; threads {torch.get_num_threads()}; "
-          f"{len(reqs)} questions, {row_len}-token rows", flush=True)
+    print(
+        f"model {args.arch} ({model_note}): {n_params / 1e6:.1f} M parameters, {dtype}, {args.device}, "
+        f"built in {time.perf_counter() - t0:.1f} s; threads {torch.get_num_threads()}; "
+        f"{len(reqs)} questions, {row_len}-token rows",
+        flush=True,
+    )
     N = args.new_tokens
     kw = dict(max_new_tokens=N, eos_token_id=[], seed=args.seed)
 
@@ -161,11 +194,17 @@ def main(argv=None):
         if phase == "two_pass":
             return lambda: [two_pass(vlm, method, params, r, N, args.seed) for r in reqs]
         if phase == "engine_b1":
-            return lambda: [generate(vlm, [r], method=method, params=params, batch_size=1, **kw)[0].token_ids
-                            for r in reqs]
+            return lambda: [
+                generate(vlm, [r], method=method, params=params, batch_size=1, **kw)[0].token_ids
+                for r in reqs
+            ]
         share = phase == "engine_shared"
-        return lambda: [o.token_ids for o in generate(vlm, reqs, method=method, params=params,
-                                                      batch_size=args.batch, share_prefix=share, **kw)]
+        return lambda: [
+            o.token_ids
+            for o in generate(
+                vlm, reqs, method=method, params=params, batch_size=args.batch, share_prefix=share, **kw
+            )
+        ]
 
     labels = args.methods.split(",")
     phases = args.phases.split(",")
@@ -175,19 +214,29 @@ def main(argv=None):
             torch.cuda.synchronize()
 
     # warm-up: every phase once on a short slice (kernels, allocator, processor caches)
-    small = reqs[:min(len(reqs), args.questions + 1)]
+    small = reqs[: min(len(reqs), args.questions + 1)]
     for label in labels:
         method, params = METHODS[label]
         two_pass(vlm, method, params, small[0], 2, args.seed)
-        generate(vlm, small, method=method, params=params, batch_size=len(small), max_new_tokens=2, eos_token_id=[])
-        generate(vlm, small, method=method, params=params, batch_size=len(small), max_new_tokens=2, eos_token_id=[],
-                 share_prefix=False)
+        generate(
+            vlm, small, method=method, params=params, batch_size=len(small), max_new_tokens=2, eos_token_id=[]
+        )
+        generate(
+            vlm,
+            small,
+            method=method,
+            params=params,
+            batch_size=len(small),
+            max_new_tokens=2,
+            eos_token_id=[],
+            share_prefix=False,
+        )
     load_before = load_average()
     runs = {(lab, ph): [] for lab in labels for ph in phases}
     tokens = {}
     for rep in range(args.repeats):
         for lab in labels:
-            for ph in (phases if rep % 2 == 0 else phases[::-1]):  # interleaved, alternating order
+            for ph in phases if rep % 2 == 0 else phases[::-1]:  # interleaved, alternating order
                 fn = phase_fn(lab, ph)
                 sync()
                 t = time.perf_counter()
@@ -203,31 +252,57 @@ def main(argv=None):
         for ph in phases:
             w = sorted(runs[(lab, ph)])
             med = float(np.median(w))
-            res[ph] = {"seconds_median": round(med, 4), "seconds_min": round(w[0], 4), "seconds_max": round(w[-1], 4),
-                       "seconds_all": [round(x, 4) for x in runs[(lab, ph)]],
-                       "questions_per_s": round(len(reqs) / med, 3),
-                       "questions_per_s_spread": [round(len(reqs) / w[-1], 3), round(len(reqs) / w[0], 3)]}
+            res[ph] = {
+                "seconds_median": round(med, 4),
+                "seconds_min": round(w[0], 4),
+                "seconds_max": round(w[-1], 4),
+                "seconds_all": [round(x, 4) for x in runs[(lab, ph)]],
+                "questions_per_s": round(len(reqs) / med, 3),
+                "questions_per_s_spread": [round(len(reqs) / w[-1], 3), round(len(reqs) / w[0], 3)],
+            }
         base = res.get("two_pass", {}).get("seconds_median")
-        ratios = {f"{ph}_over_two_pass_speed": round(base / res[ph]["seconds_median"], 3)
-                  for ph in phases if base and ph != "two_pass"}
+        ratios = {
+            f"{ph}_over_two_pass_speed": round(base / res[ph]["seconds_median"], 3)
+            for ph in phases
+            if base and ph != "two_pass"
+        }
         if "engine_batched" in res and "engine_shared" in res:
-            ratios["shared_over_batched_speed"] = round(res["engine_batched"]["seconds_median"]
-                                                        / res["engine_shared"]["seconds_median"], 3)
+            ratios["shared_over_batched_speed"] = round(
+                res["engine_batched"]["seconds_median"] / res["engine_shared"]["seconds_median"], 3
+            )
         ref = tokens.get((lab, "two_pass")) or tokens[(lab, phases[0])]
         agree = {ph: sum(a == b for a, b in zip(tokens[(lab, ph)], ref)) for ph in phases}
-        results[lab] = {"method": METHODS[lab][0], "params": METHODS[lab][1], "phases": res, "ratios": ratios,
-                        "identical_to_first_phase": agree}
+        results[lab] = {
+            "method": METHODS[lab][0],
+            "params": METHODS[lab][1],
+            "phases": res,
+            "ratios": ratios,
+            "identical_to_first_phase": agree,
+        }
         line = "  ".join(f"{ph} {res[ph]['questions_per_s']:8.2f} q/s" for ph in phases)
         print(f"{lab:>9}: {line}  | {json.dumps(ratios)}  agree {agree}", flush=True)
     report = {
-        "arch": args.arch, "model": model_note, "parameters_m": round(n_params / 1e6, 2), "device": args.device,
-        "dtype": str(dtype), "images": args.images, "questions_per_image": args.questions,
-        "questions": len(reqs), "row_tokens": row_len, "new_tokens": N, "batch": args.batch,
-        "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "arch": args.arch,
+        "model": model_note,
+        "parameters_m": round(n_params / 1e6, 2),
+        "device": args.device,
+        "dtype": str(dtype),
+        "images": args.images,
+        "questions_per_image": args.questions,
+        "questions": len(reqs),
+        "row_tokens": row_len,
+        "new_tokens": N,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if cuda else None,
-        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "load_before": load_before, "load_after": load_after, "results": results,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "load_before": load_before,
+        "load_after": load_after,
+        "results": results,
     }
     if args.out:
         from vcdflow.io import write_json

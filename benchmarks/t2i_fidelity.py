@@ -134,8 +134,10 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     renders = []
     for s in tqdm(range(0, len(prompts), a.batch_size), desc="render", unit="batch"):
-        gens = [torch.Generator().manual_seed(t2i_seed("fidelity", k, sd)) for k, sd in keys[s:s + a.batch_size]]
-        renders.extend(t2i(prompts[s:s + a.batch_size], gens))
+        gens = [
+            torch.Generator().manual_seed(t2i_seed("fidelity", k, sd)) for k, sd in keys[s : s + a.batch_size]
+        ]
+        renders.extend(t2i(prompts[s : s + a.batch_size], gens))
     seconds = time.perf_counter() - t0
     matched, shuffled = renders[:n], renders[n:]
 
@@ -158,14 +160,26 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "t2i_fidelity",
         "description": "colour presence of captioned categories: reconstructions of the image's own caption "
-                       "(matched) vs of another image's caption (shuffled); originals as ceiling/floor",
-        "settings": {"t2i": str(a.t2i), "captions": source, "n_images": n, "steps": a.steps,
-                     "guidance_scale": a.guidance, "tau": a.tau, "min_pixels": a.min_pixels, "size": SIZE,
-                     "seed": a.seed, "threads": torch.get_num_threads()},
+        "(matched) vs of another image's caption (shuffled); originals as ceiling/floor",
+        "settings": {
+            "t2i": str(a.t2i),
+            "captions": source,
+            "n_images": n,
+            "steps": a.steps,
+            "guidance_scale": a.guidance,
+            "tau": a.tau,
+            "min_pixels": a.min_pixels,
+            "size": SIZE,
+            "seed": a.seed,
+            "threads": torch.get_num_threads(),
+        },
         "n_pairs": len(cond["matched"]),
         "overall": {k: _rate(v) for k, v in cond.items()},
-        "per_category": {c: {k: _rate(v) for k, v in d.items()} | {"n": len(d["matched"])}
-                         for c, d in per_cat.items() if d["matched"]},
+        "per_category": {
+            c: {k: _rate(v) for k, v in d.items()} | {"n": len(d["matched"])}
+            for c, d in per_cat.items()
+            if d["matched"]
+        },
         "render_seconds": round(seconds, 2),
         "seconds_per_image": round(seconds / len(prompts), 4),
     }

@@ -46,7 +46,9 @@ def _vti(vlm, model_dir, root):
     g = torch.Generator().manual_seed(0)
     path = Path(root) / f"vti_{vlm.family}_{n}x{d}.pt"
     if not path.exists():
-        save_directions({"text": torch.randn(n, d, generator=g), "vision": None, "meta": {"test": True}}, path)
+        save_directions(
+            {"text": torch.randn(n, d, generator=g), "vision": None, "meta": {"test": True}}, path
+        )
     return {"directions": str(path), "alpha_image": 0.0}
 
 

@@ -94,7 +94,7 @@ def pai_logits(vlm, inp, generated, p):
     # CFG on: LALBJ/PAI CFG.py:32-33,48-49) the first step's row; official with CFG on and γ = 1: none
     official_cfg = p["attn_schedule"] == "official" and p["use_cfg"]
     if official_cfg and p["gamma"] == 1:
-        first = 10 ** 9
+        first = 10**9
     else:
         first = P if official_cfg else P - 1
 
@@ -103,7 +103,7 @@ def pai_logits(vlm, inp, generated, p):
             return s
         s = torch.maximum(s, torch.tensor(torch.finfo(s.dtype).min))
         s = s.clone()
-        for j in range(first, s.shape[2]):      # every row that was some intervened forward's last row
+        for j in range(first, s.shape[2]):  # every row that was some intervened forward's last row
             row = s[0, :, j, img]
             s[0, :, j, img] = row + p["alpha"] * row.abs()
         return s
@@ -181,9 +181,9 @@ def only_side_logits(vlm, inp, generated, p):
     def fn(kind, layer, t, module, v):
         if kind != "probs" or layer != p["layer"]:
             return t
-        a = t[0, :, -1, :].double().clone()                    # [H, K] (exact: ties are not cut)
+        a = t[0, :, -1, :].double().clone()  # [H, K] (exact: ties are not cut)
         n = a.shape[-1]
-        text_cols = [c for c in range(1, n) if c not in img]   # column 0 (BOS) untouched
+        text_cols = [c for c in range(1, n) if c not in img]  # column 0 (BOS) untouched
         img_cols = sorted(img)
         H = a.shape[0]
 
@@ -194,7 +194,9 @@ def only_side_logits(vlm, inp, generated, p):
             # (heads whose weights are all equal cut nothing, in any float order)
             spread = (x.max(-1).values - x.min(-1).values) > 0
             gap = (x - thr).abs()[spread]
-            side["edge"] = min(side.get("edge", float("inf")), float(gap.min()) if gap.numel() else float("inf"))
+            side["edge"] = min(
+                side.get("edge", float("inf")), float(gap.min()) if gap.numel() else float("inf")
+            )
             return torch.where(x > thr, torch.zeros_like(x), x)
 
         xt, xi = drop(text_cols), drop(img_cols)
@@ -206,7 +208,7 @@ def only_side_logits(vlm, inp, generated, p):
         for h in range(H):
             if float(ratio[h]) < float(ratio.mean()):
                 a[h] = 0
-        o = (a.to(v.dtype).unsqueeze(1) @ v[0]).squeeze(1)      # [H, d]
+        o = (a.to(v.dtype).unsqueeze(1) @ v[0]).squeeze(1)  # [H, d]
         side["o"] = module.o_proj(o.reshape(1, -1))[0]
         return t
 
@@ -225,7 +227,7 @@ def only_side_logits(vlm, inp, generated, p):
         del lm.forward
     tm = text_model(vlm)
     last = tm.layers[-1]
-    h = out.hidden_states[len(tm.layers) - 1][0, -1]           # the last layer's input
+    h = out.hidden_states[len(tm.layers) - 1][0, -1]  # the last layer's input
     r = p["residual_weight"] * h + last.input_layernorm(side["o"])
     h2 = r + last.mlp(last.post_attention_layernorm(r))
     head = vlm.model.language_model.lm_head if vlm.family == "instructblip" else vlm.model.lm_head
@@ -255,7 +257,7 @@ def vasparse_logits(vlm, inp, generated, p, hist):
     img = image_positions(vlm, inp)
     L = n_layers(vlm)
     N = P + len(generated)
-    j = N - 1 if generated else None                     # the newest row is a step row
+    j = N - 1 if generated else None  # the newest row is a step row
     rows = hist.setdefault("rows", {})
     paid = hist.setdefault("paid", {})
 
@@ -267,12 +269,12 @@ def vasparse_logits(vlm, inp, generated, p, hist):
         if not (p["token_selection"] or p["sink_penalty"]):
             return t
         t = t.clone()
-        for jj in range(P, N - 1 if j is not None else N):   # older step rows: replay
+        for jj in range(P, N - 1 if j is not None else N):  # older step rows: replay
             dropped, w = rows[jj][layer]
             for h, cols in enumerate(dropped):
                 t[0, h, jj, cols] = float("-inf")
             if w is not None:
-                t[0, :, jj, :jj + 1] = t[0, :, jj, :jj + 1] * (1 + p["sink_beta"] * (1 - w))
+                t[0, :, jj, : jj + 1] = t[0, :, jj, : jj + 1] * (1 + p["sink_beta"] * (1 - w))
         if j is None:
             return t
         H = t.shape[1]
@@ -285,14 +287,14 @@ def vasparse_logits(vlm, inp, generated, p, hist):
                 for h in range(H):
                     delta = [float(t[0, h, j, i]) ** 2 + p["lam"] * float(pw[k]) for k, i in enumerate(gen)]
                     order = sorted(range(len(gen)), key=lambda k: delta[k])
-                    dropped[h] = [gen[k] for k in order[:len(gen) - keep]]
+                    dropped[h] = [gen[k] for k in order[: len(gen) - keep]]
                     t[0, h, j, dropped[h]] = float("-inf")
         w = None
         if p["sink_penalty"]:
-            prev = torch.softmax(t[0, :, :j, :].float(), -1)     # rows before j, as already changed
-            recv = prev.sum(1)[:, :j + 1]                         # [H, j+1] attention received so far
+            prev = torch.softmax(t[0, :, :j, :].float(), -1)  # rows before j, as already changed
+            recv = prev.sum(1)[:, : j + 1]  # [H, j+1] attention received so far
             w = torch.softmax(recv, -1)
-            t[0, :, j, :j + 1] = t[0, :, j, :j + 1] * (1 + p["sink_beta"] * (1 - w))
+            t[0, :, j, : j + 1] = t[0, :, j, : j + 1] * (1 + p["sink_beta"] * (1 - w))
         rows.setdefault(j, {})[layer] = (dropped, w)
         return t
 
@@ -322,8 +324,21 @@ def vasparse_scores(vlm, req, p, generated, hist):
 
 # --- the loop -------------------------------------------------------------------------------------
 @torch.inference_mode()
-def ref_generate(vlm, req, method, params=None, *, do_sample=False, temperature=1.0, top_p=1.0, top_k=None,
-                 max_new_tokens=5, seed=0, eos=(), index=0) -> Result:
+def ref_generate(
+    vlm,
+    req,
+    method,
+    params=None,
+    *,
+    do_sample=False,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=None,
+    max_new_tokens=5,
+    seed=0,
+    eos=(),
+    index=0,
+) -> Result:
     p = {**METHODS[method].defaults, **(params or {})}
     key = req.item_id or f"#{index}"
     gs = make_generator(seed, key, "sample")

@@ -33,11 +33,33 @@ def _scores(vlm, inps, generated, contrast):
     return apc_mask(s, ls[0], b)
 
 
-def ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty=1.0, early_stopping=False,
-                    length_norm="generated", contrast=None, step_scores=None, li=None):
+def ref_beam_search(
+    vlm,
+    req,
+    num_beams,
+    max_new,
+    eos,
+    length_penalty=1.0,
+    early_stopping=False,
+    length_norm="generated",
+    contrast=None,
+    step_scores=None,
+    li=None,
+):
     with torch.no_grad():
-        return _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_stopping, length_norm,
-                                contrast, step_scores, li)
+        return _ref_beam_search(
+            vlm,
+            req,
+            num_beams,
+            max_new,
+            eos,
+            length_penalty,
+            early_stopping,
+            length_norm,
+            contrast,
+            step_scores,
+            li,
+        )
 
 
 def entrp(lp, relative_top, min_keep):
@@ -49,8 +71,9 @@ def entrp(lp, relative_top, min_keep):
     return out
 
 
-def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_stopping, length_norm, contrast,
-                     step_scores, li):
+def _ref_beam_search(
+    vlm, req, num_beams, max_new, eos, length_penalty, early_stopping, length_norm, contrast, step_scores, li
+):
     """(generated ids without EOS, "eos" | "length"). ``contrast``: {"alpha", "beta"} → the scores
     are (1+α)·ℓ − α·ℓ(contrast_prompt / contrast_image) with APC (the ``contrast`` method).
     ``step_scores(generated) -> [V]`` replaces the per-beam score function when given. ``li``:
@@ -58,12 +81,14 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
     and CD re-ranking (``decoder_helper.post_process_reweight``)."""
     inps = [inputs(vlm, req.prompt, req.image, req.system)]
     if contrast is not None:
-        inps.append(inputs(vlm, req.contrast_prompt or req.prompt, req.contrast_image or req.image, req.system))
+        inps.append(
+            inputs(vlm, req.contrast_prompt or req.prompt, req.contrast_image or req.image, req.system)
+        )
     # "total_bos": transformers 4.29 given inputs_embeds only starts input_ids as one BOS (LAVIS InstructBLIP)
     prompt_len = 1 if length_norm == "total_bos" else inps[0]["input_ids"].shape[1]
     K = num_beams
     eos = list(eos)
-    keep = (2 if li else max(2, 1 + len(eos))) * K   # Li's code: 2K (generation_utils.py:2647-2648)
+    keep = (2 if li else max(2, 1 + len(eos))) * K  # Li's code: 2K (generation_utils.py:2647-2648)
     running = [[] for _ in range(K)]
     run_scores = torch.tensor([0.0] + [-1e9] * (K - 1))
     fin_seqs = [[] for _ in range(K)]
@@ -81,15 +106,16 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
             lp = torch.stack(rows) + run_scores[:, None]
             V = lp.shape[-1]
             top_lp, top_i = torch.topk(lp.reshape(-1), k=keep)
-        else:   # Li et al.: candidates from the expert's per-step log-probs, CD re-ranking
+        else:  # Li et al.: candidates from the expert's per-step log-probs, CD re-ranking
             raw = torch.stack(rows)
             V = raw.shape[-1]
             masked = torch.stack([entrp(r, li["alpha"], 2 if K > 1 else 1) for r in rows])
             acc = masked + run_scores[:, None]
             pick = acc if cur == 0 else raw
             _, idx = torch.topk(pick.reshape(-1), k=keep)
-            stud = torch.stack([torch.log_softmax(li["amateur"](running[b])[:V].float(), -1) / li["tau"]
-                                for b in range(K)])
+            stud = torch.stack(
+                [torch.log_softmax(li["amateur"](running[b])[:V].float(), -1) / li["tau"] for b in range(K)]
+            )
             stud[stud == -float("inf")] = float("inf")
             cd = acc.reshape(-1)[idx] - li["st_coef"] * stud.reshape(-1)[idx]
             order = torch.sort(cd, descending=True, stable=True).indices
@@ -104,9 +130,15 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
         top_mask = torch.tensor([j < K for j in range(keep)])
         just = hits & top_mask
         n_len = cur + 1
-        lens = torch.tensor([float(n_len) if length_norm == "generated" else
-                             float(prompt_len + n_len - (1 if t in eos else 0)) for t in tok])
-        f_lp = top_lp / lens ** length_penalty
+        lens = torch.tensor(
+            [
+                float(n_len)
+                if length_norm == "generated"
+                else float(prompt_len + n_len - (1 if t in eos else 0))
+                for t in tok
+            ]
+        )
+        f_lp = top_lp / lens**length_penalty
         full = bool(fin_flag.all()) and early_stopping is True
         f_lp = f_lp + (-1e9 if full else 0.0) + (0.0 if unsatisfied else -1e9)
         f_lp = f_lp + (~just).float() * -1e9
@@ -129,7 +161,7 @@ def _ref_beam_search(vlm, req, num_beams, max_new, eos, length_penalty, early_st
             best_len = cur
         if length_norm in ("total", "total_bos"):
             best_len += prompt_len
-        best = float(run_scores[0]) / best_len ** length_penalty
+        best = float(run_scores[0]) / best_len**length_penalty
         worst = float(fin_scores.min()) if bool(fin_flag.all()) else -1e9
         unsatisfied = unsatisfied and best > worst
         open_beam = not (bool(fin_flag.all()) and early_stopping is True)
@@ -235,13 +267,13 @@ def _fp16_columns(att, P, scale):
     (CUDA computes half arithmetic and reductions in float32 and rounds the result); returns the
     normalised rows (float) and the column scores (float, +inf where Π overflowed fp16)."""
     h = torch.float16
-    A = att.to(h).max(0).values                                  # [T, T] fp16
+    A = att.to(h).max(0).values  # [T, T] fp16
     tot = A.float().sum(-1, keepdim=True).to(h)
     A = (A.float() / tot.float()).to(h)
     W = (scale * A[P:, P:].float()).to(h)
     cols = []
     for j in range(W.shape[-1]):
-        prod = W[j:, j].float().prod().to(h)                     # > 65504 → inf
+        prod = W[j:, j].float().prod().to(h)  # > 65504 → inf
         cols.append(float((1e-7 * prod.float()).to(h)))
     return A.float(), cols
 
@@ -267,7 +299,7 @@ def opera_candidate_scores(vlm, inp, gen, n_can, scale, alpha, fp16=False):
             A = A / A.sum(-1, keepdim=True)
             W = scale * A[P:, P:]
             n = W.shape[-1]
-            cols = [float(1e-7 * torch.prod(W[i:, i])) for i in range(n)]   # float32, as the engine
+            cols = [float(1e-7 * torch.prod(W[i:, i])) for i in range(n)]  # float32, as the engine
         phi = max(cols)
         locs.append(max(range(n), key=lambda i: (cols[i], -i)))
         img = float(A[-1, img_pos].sum()) if img_pos else 0.0
@@ -282,8 +314,22 @@ def _tmode(xs):
     return int(torch.tensor(xs).mode().values)
 
 
-def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty=1.0, threshold=None,
-              fp16=False, theta=1.0, prefix=None, prompt_len=None):
+def ref_opera(
+    vlm,
+    req,
+    num_beams,
+    n_can,
+    scale,
+    alpha,
+    max_new,
+    eos,
+    length_penalty=1.0,
+    threshold=None,
+    fp16=False,
+    theta=1.0,
+    prefix=None,
+    prompt_len=None,
+):
     """(ids, finish, positions rolled back to): beam search over OPERA's candidate scores;
     finished hypotheses Σ/(prompt + generated without EOS)^lp; only candidates continue as beams;
     with ``threshold`` the retrospection: per beam slot the mode of its candidates' locations each
@@ -296,14 +342,42 @@ def ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_pen
     restore = _eager(vlm)
     try:
         with torch.no_grad():
-            return _ref_opera(vlm, req, num_beams, n_can, scale, alpha, max_new, eos, length_penalty, threshold,
-                              fp16, theta, prefix, prompt_len)
+            return _ref_opera(
+                vlm,
+                req,
+                num_beams,
+                n_can,
+                scale,
+                alpha,
+                max_new,
+                eos,
+                length_penalty,
+                threshold,
+                fp16,
+                theta,
+                prefix,
+                prompt_len,
+            )
     finally:
         restore()
 
 
-def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, threshold, fp16=False, theta=1.0,
-               prefix=None, prompt_len=None):
+def _ref_opera(
+    vlm,
+    req,
+    K,
+    n_can,
+    scale,
+    alpha,
+    max_new,
+    eos,
+    length_penalty,
+    threshold,
+    fp16=False,
+    theta=1.0,
+    prefix=None,
+    prompt_len=None,
+):
     import copy
 
     from transformers import RepetitionPenaltyLogitsProcessor
@@ -341,8 +415,11 @@ def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, t
                 slot_locs[b].append(sm[b])
             snaps[s_now] = copy.deepcopy(st)
             loc = _tmode(sm)
-            if threshold is not None and all(sum(1 for x in h if x == loc) > threshold for h in slot_locs) \
-                    and loc >= 10:
+            if (
+                threshold is not None
+                and all(sum(1 for x in h if x == loc) > threshold for h in slot_locs)
+                and loc >= 10
+            ):
                 rp = loc + 1
                 ok = True
                 if times.get(rp, 0) >= n_can:
@@ -354,7 +431,7 @@ def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, t
                     back.append(target)
                     st = copy.deepcopy(snaps[target])
                     for h in slot_locs:
-                        del h[target + 1:]
+                        del h[target + 1 :]
                     rejects[rp] = rejects.get(rp, []) + list(chosen.get(target, []))
                     rejects[rp + 1] = []
                     ban = (rp, target)
@@ -371,7 +448,7 @@ def _ref_opera(vlm, req, K, n_can, scale, alpha, max_new, eos, length_penalty, t
                 if hit[j]:
                     sc, b, t = conts[j]
                     length = P + n - (1 if t in eos else 0)
-                    st["finished"].append((sc / length ** length_penalty, st["running"][b] + [t], t in eos))
+                    st["finished"].append((sc / length**length_penalty, st["running"][b] + [t], t in eos))
             st["finished"] = sorted(st["finished"], key=lambda f: -f[0])[:K]
         ok = [j for j in range(keep) if not hit[j] and conts[j][2] in cand_sets[conts[j][1]]]
         nxt = ok[:K]

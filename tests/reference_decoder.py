@@ -30,7 +30,7 @@ class RefBranch:
     prompt: str
     image: object = None
     system: str | None = None
-    pixel_op: object = None          # f(pixel_values [tiles,3,H,W]) -> pixel_values
+    pixel_op: object = None  # f(pixel_values [tiles,3,H,W]) -> pixel_values
     token_scale: torch.Tensor | None = None
 
 
@@ -43,8 +43,22 @@ class RefResult:
 
 
 # --- inputs --------------------------------------------------------------------------------------#: the methods this reference implements (ref_branches / ref_combine below)
-COVERED = ("greedy", "sample", "apc", "vcd", "contrast", "icd", "avisc", "vcd_legacy", "vdd", "convis", "ritual",
-           "m3id", "selfaug", "code")
+COVERED = (
+    "greedy",
+    "sample",
+    "apc",
+    "vcd",
+    "contrast",
+    "icd",
+    "avisc",
+    "vcd_legacy",
+    "vdd",
+    "convis",
+    "ritual",
+    "m3id",
+    "selfaug",
+    "code",
+)
 
 
 def build_text(processor, prompt, has_image, system):
@@ -113,8 +127,14 @@ def ref_branches(vlm, req, method, p, g, eos, meta):
     if method in ("greedy", "sample", "apc"):
         return [orig]
     if method == "contrast":
-        return [orig, RefBranch(req.prompt if req.contrast_prompt is None else req.contrast_prompt,
-                                req.image if req.contrast_image is None else req.contrast_image, req.system)]
+        return [
+            orig,
+            RefBranch(
+                req.prompt if req.contrast_prompt is None else req.contrast_prompt,
+                req.image if req.contrast_image is None else req.contrast_image,
+                req.system,
+            ),
+        ]
     if method in ("vcd", "vcd_legacy"):
         T = int(p["noise_step"])
         betas = torch.sigmoid(torch.linspace(-6, 6, 1000, dtype=torch.float64)) * (0.005 - 0.00001) + 0.00001
@@ -123,6 +143,7 @@ def ref_branches(vlm, req, method, p, g, eos, meta):
         def noisy(px):
             eps = torch.randn(px.shape, generator=g)
             return math.sqrt(abar) * px + math.sqrt(1 - abar) * eps
+
         return [orig, RefBranch(req.prompt, req.image, req.system, pixel_op=noisy)]
     if method == "icd":
         return [orig, RefBranch(req.prompt, req.image, p["instruction"])]
@@ -133,22 +154,35 @@ def ref_branches(vlm, req, method, p, g, eos, meta):
     if method == "m3id":
         return [orig, RefBranch(req.prompt, None, req.system)]
     if method == "vdd":
-        return [orig, RefBranch(req.prompt, None, req.system),
-                RefBranch("<unk>\n" + req.prompt, None, req.system)]
+        return [
+            orig,
+            RefBranch(req.prompt, None, req.system),
+            RefBranch("<unk>\n" + req.prompt, None, req.system),
+        ]
     if method == "convis":
         return [orig] + [RefBranch(req.prompt, im, req.system) for im in req.contrast_images]
     if method == "code":
-        desc = ref_greedy_text(vlm, RefBranch(p["description_prompt"], req.image, req.system),
-                               p["description_max_new_tokens"], eos)
+        desc = ref_greedy_text(
+            vlm,
+            RefBranch(p["description_prompt"], req.image, req.system),
+            p["description_max_new_tokens"],
+            eos,
+        )
         meta["code_description"] = desc
         return [orig, RefBranch(desc + "\n" + req.prompt, None, req.system)]
     if method == "selfaug":
-        reply = ref_greedy_text(vlm, RefBranch(sas_prompt(req.prompt), None, req.system),
-                                p["sas_max_new_tokens"], eos).lower()
+        reply = ref_greedy_text(
+            vlm, RefBranch(sas_prompt(req.prompt), None, req.system), p["sas_max_new_tokens"], eos
+        ).lower()
         after = reply.split("choice:", 1)[1] if "choice:" in reply else reply
         aug = "noise"
-        for key, name in [("crop", "random_crop"), ("horizontal", "horizontal_flip"),
-                          ("vertical", "vertical_flip"), ("inver", "color_inversion"), ("mask", "random_mask")]:
+        for key, name in [
+            ("crop", "random_crop"),
+            ("horizontal", "horizontal_flip"),
+            ("vertical", "vertical_flip"),
+            ("inver", "color_inversion"),
+            ("mask", "random_mask"),
+        ]:
             if key in after:
                 aug = name
                 break
@@ -180,7 +214,7 @@ def ref_branches(vlm, req, method, p, g, eos, meta):
             cum += float(shares[i])
             if cum < p["layer_gamma"]:
                 k += 1
-        chosen = order[:k + 1]
+        chosen = order[: k + 1]
         w = torch.stack([per_layer[i] for i in chosen]).mean(0)
         mu = w.mean()
         sd = math.sqrt(float(((w - mu) ** 2).sum()) / (len(w) - 1))
@@ -205,7 +239,7 @@ def ref_combine(method, p, ls, t):
         a = p["alpha"]
         if t == 0:
             return (1 + a) * l0 - a * ls[1], p["beta"]
-        return (1 + a) * l0 - a * l0, p["beta"]   # the contrast branch reused the clean cache
+        return (1 + a) * l0 - a * l0, p["beta"]  # the contrast branch reused the clean cache
     if method in ("vdd", "convis"):
         a = p["alpha"]
         mean_c = sum(ls[1:]) / len(ls[1:])
@@ -258,8 +292,21 @@ def ref_warp_and_pick(scores, do_sample, temperature, top_k, top_p, gen):
 
 
 @torch.inference_mode()
-def ref_generate(vlm, req, method, params=None, *, do_sample=False, temperature=1.0, top_p=1.0, top_k=None,
-                 max_new_tokens=8, seed=0, eos=None, index=0) -> RefResult:
+def ref_generate(
+    vlm,
+    req,
+    method,
+    params=None,
+    *,
+    do_sample=False,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=None,
+    max_new_tokens=8,
+    seed=0,
+    eos=None,
+    index=0,
+) -> RefResult:
     p = {**METHODS[method].defaults, **(params or {})}
     if method in ("greedy", "sample"):  # these two fix their own mode
         do_sample = method == "sample"

@@ -1,4 +1,4 @@
-"""Plain reference for ``halc`` and the tiny auxiliary stand-ins (E18) its tests use.
+"""Plain reference for ``halc`` and the tiny auxiliary stand-ins its tests use.
 
 The stand-ins are real transformers models at tiny sizes with random weights, saved to folders
 and loaded through :mod:`vcdflow.aux_models`' own loaders: OWLv2 (``Owlv2ForObjectDetection``,
@@ -30,8 +30,31 @@ COVERED = ("halc",)
 
 _AUX: dict = {}
 
-FUNCTION_WORDS = {"a", "an", "the", "is", "are", "there", "any", "in", "on", "of", "to", "and", "with", "this",
-                  "that", "what", "how", "yes", "no", "please", "you", "user", "assistant"}
+FUNCTION_WORDS = {
+    "a",
+    "an",
+    "the",
+    "is",
+    "are",
+    "there",
+    "any",
+    "in",
+    "on",
+    "of",
+    "to",
+    "and",
+    "with",
+    "this",
+    "that",
+    "what",
+    "how",
+    "yes",
+    "no",
+    "please",
+    "you",
+    "user",
+    "assistant",
+}
 
 
 class RuleTagger:
@@ -57,18 +80,33 @@ def build_aux(root) -> dict:
     from pathlib import Path
 
     from tiny_models import _word_tokenizer
-    from transformers import (BlipConfig, BlipImageProcessorPil, BlipModel, BlipProcessor, CLIPConfig,
-                              CLIPImageProcessorPil, CLIPModel, CLIPProcessor, Owlv2Config, Owlv2ForObjectDetection,
-                              Owlv2ImageProcessorPil, Owlv2Processor)
+    from transformers import (
+        BlipConfig,
+        BlipImageProcessorPil,
+        BlipModel,
+        BlipProcessor,
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessorPil,
+        Owlv2Processor,
+    )
     from vcdflow.aux_models import Detector, ImageTextScorer
 
     root = Path(root)
     tok = _word_tokenizer()
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     torch.manual_seed(0)
-    owl = Owlv2ForObjectDetection(Owlv2Config(
-        text_config=dict(vocab_size=len(tok), max_position_embeddings=16, **small),
-        vision_config=dict(image_size=64, patch_size=16, **small), projection_dim=32)).eval()
+    owl = Owlv2ForObjectDetection(
+        Owlv2Config(
+            text_config=dict(vocab_size=len(tok), max_position_embeddings=16, **small),
+            vision_config=dict(image_size=64, patch_size=16, **small),
+            projection_dim=32,
+        )
+    ).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for n, prm in owl.named_parameters():
@@ -77,21 +115,41 @@ def build_aux(root) -> dict:
             elif n.startswith("class_head"):
                 prm.copy_(torch.randn(prm.shape, generator=g) * 0.5)
     owl.save_pretrained(root / "owlv2")
-    Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": 64, "width": 64}),
-                   tokenizer=tok).save_pretrained(root / "owlv2")
-    BlipModel(BlipConfig(
-        text_config=dict(vocab_size=len(tok), max_position_embeddings=64, encoder_hidden_size=32, **small),
-        vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=16)).save_pretrained(root / "blip")
-    BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
-                  tokenizer=tok).save_pretrained(root / "blip")
-    CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), max_position_embeddings=64, **small),
-        vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=16)).save_pretrained(root / "clip")
-    CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=tok).save_pretrained(root / "clip")
-    _AUX.update(detector=Detector.from_dir(root / "owlv2"), scorer=ImageTextScorer.from_dir(root / "blip"),
-                clip=ImageTextScorer.from_dir(root / "clip"), tagger=RuleTagger(),
-                paths={k: root / k for k in ("owlv2", "blip", "clip")})
+    Owlv2Processor(
+        image_processor=Owlv2ImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tok
+    ).save_pretrained(root / "owlv2")
+    BlipModel(
+        BlipConfig(
+            text_config=dict(
+                vocab_size=len(tok), max_position_embeddings=64, encoder_hidden_size=32, **small
+            ),
+            vision_config=dict(image_size=32, patch_size=16, **small),
+            projection_dim=16,
+        )
+    ).save_pretrained(root / "blip")
+    BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok
+    ).save_pretrained(root / "blip")
+    CLIPModel(
+        CLIPConfig(
+            text_config=dict(vocab_size=len(tok), max_position_embeddings=64, **small),
+            vision_config=dict(image_size=32, patch_size=16, **small),
+            projection_dim=16,
+        )
+    ).save_pretrained(root / "clip")
+    CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tok,
+    ).save_pretrained(root / "clip")
+    _AUX.update(
+        detector=Detector.from_dir(root / "owlv2"),
+        scorer=ImageTextScorer.from_dir(root / "blip"),
+        clip=ImageTextScorer.from_dir(root / "clip"),
+        tagger=RuleTagger(),
+        paths={k: root / k for k in ("owlv2", "blip", "clip")},
+    )
     return _AUX
 
 
@@ -100,27 +158,73 @@ def build_tiny_grounding_dino(root):
     weights) saved with its processor: the loader's default detector path."""
     from pathlib import Path
 
-    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessorPil, GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessorPil,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     root = Path(root) / "grounding_dino"
     root.mkdir(parents=True, exist_ok=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "dog", "cat", "cup", "table", "person", "car",
-             "red"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        ".",
+        "a",
+        "dog",
+        "cat",
+        "cup",
+        "table",
+        "person",
+        "car",
+        "red",
+    ]
     (root / "vocab.txt").write_text("\n".join(words) + "\n")
     cfg = GroundingDinoConfig(
-        backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-                                   image_size=64, out_features=["stage2", "stage3", "stage4"]),
-        text_config=BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=20, num_feature_levels=4,
-        encoder_n_points=2, decoder_n_points=2, max_text_len=32, use_timm_backbone=False,
-        use_pretrained_backbone=False)
+        backbone_config=SwinConfig(
+            embed_dim=16,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=4,
+            image_size=64,
+            out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(
+            vocab_size=len(words),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        num_feature_levels=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=32,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+    )
     torch.manual_seed(0)
     GroundingDinoForObjectDetection(cfg).eval().save_pretrained(root)
-    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}),
-                           tokenizer=BertTokenizer(str(root / "vocab.txt"))).save_pretrained(root)
+    GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}),
+        tokenizer=BertTokenizer(str(root / "vocab.txt")),
+    ).save_pretrained(root)
     return root
 
 
@@ -131,7 +235,12 @@ def halc_params(root, **kw) -> dict:
 
     aux = build_aux(root)
     aux_models.register("tagger", "test-rules", aux["tagger"])
-    return {"detector": str(aux["paths"]["owlv2"]), "scorer": str(aux["paths"]["blip"]), "tagger": "test-rules", **kw}
+    return {
+        "detector": str(aux["paths"]["owlv2"]),
+        "scorer": str(aux["paths"]["blip"]),
+        "tagger": "test-rules",
+        **kw,
+    }
 
 
 # --- the reference decoder -----------------------------------------------------------------------
@@ -161,12 +270,19 @@ def _jsd(a: torch.Tensor, b: torch.Tensor) -> float:
     """½ KL(p_a ‖ m) + ½ KL(p_b ‖ m), m = ½(p_a + p_b), summed over the vocabulary."""
     pa, pb = a.softmax(-1), b.softmax(-1)
     m = 0.5 * (pa + pb)
-    return float(0.5 * (m * (m.log() - a.log_softmax(-1))).sum() + 0.5 * (m * (m.log() - b.log_softmax(-1))).sum())
+    return float(
+        0.5 * (m * (m.log() - a.log_softmax(-1))).sum() + 0.5 * (m * (m.log() - b.log_softmax(-1))).sum()
+    )
 
 
 def _grow(b, f):
     w, h = b[2] - b[0], b[3] - b[1]
-    return [max(0.0, b[0] - f * w / 2), max(0.0, b[1] - f * h / 2), min(1.0, b[2] + f * w / 2), min(1.0, b[3] + f * h / 2)]
+    return [
+        max(0.0, b[0] - f * w / 2),
+        max(0.0, b[1] - f * h / 2),
+        min(1.0, b[2] + f * w / 2),
+        min(1.0, b[3] + f * h / 2),
+    ]
 
 
 def _penalised(vlm, inp, scores, p, hist):
@@ -197,7 +313,9 @@ def _dola(vlm, inp, ids, p, layer=None, hist=None):
         for cand in p["premature_layers"] or list(range(0, L, 2)):
             e = head(hs[cand][0, -1]).float()
             m = 0.5 * (mature.softmax(-1) + e.softmax(-1))
-            js = 0.5 * ((m * (m.log() - mature.log_softmax(-1))).mean() + (m * (m.log() - e.log_softmax(-1))).mean())
+            js = 0.5 * (
+                (m * (m.log() - mature.log_softmax(-1))).mean() + (m * (m.log() - e.log_softmax(-1))).mean()
+            )
             if float(js) > best_js:
                 layer, best_js = cand, float(js)
     base = head(hs[layer][0, -1]).float().log_softmax(-1)
@@ -247,14 +365,19 @@ def _fov_tokens(vlm, req, views, committed, p):
         im = req.image.convert("RGB").crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
         fov.append(forward(vlm, inputs(vlm, req.prompt, im, req.system), committed).logits[0, -1].float())
     n = len(fov)
-    pairs = sorted(((_jsd(fov[i], fov[j]), i * n + j) for i in range(n) for j in range(i + 1, n)),
-                   key=lambda x: -x[0])[: p["k_candidates"] // 2]
+    pairs = sorted(
+        ((_jsd(fov[i], fov[j]), i * n + j) for i in range(n) for j in range(i + 1, n)), key=lambda x: -x[0]
+    )[: p["k_candidates"] // 2]
     cands = []
     for _, flat in pairs:
         i, j = divmod(flat, n)
         main = inputs(vlm, req.prompt, req.image, req.system)
-        cands.append(int(_penalised(vlm, main, fov[j] - p["contrast_weight"] * fov[i], p, committed).argmax()))
-        cands.append(int(_penalised(vlm, main, fov[i] - p["contrast_weight"] * fov[j], p, committed).argmax()))
+        cands.append(
+            int(_penalised(vlm, main, fov[j] - p["contrast_weight"] * fov[i], p, committed).argmax())
+        )
+        cands.append(
+            int(_penalised(vlm, main, fov[i] - p["contrast_weight"] * fov[j], p, committed).argmax())
+        )
     return cands
 
 
@@ -276,16 +399,28 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
     eos = set(eos)
     B, k = p["beam_size"], p["k_candidates"]
     res = Result(meta={"events": [], "commits": []})
+
     def new():
-        return {"intermediate": [], "last_tokens": [], "context": [], "snapshot": [], "once": False,
-                "not_detected": False, "current_word": "", "finished": False, "eos": False}
+        return {
+            "intermediate": [],
+            "last_tokens": [],
+            "context": [],
+            "snapshot": [],
+            "once": False,
+            "not_detected": False,
+            "current_word": "",
+            "finished": False,
+            "eos": False,
+        }
 
     beams = [new() for _ in range(B)]
     grounded = False
     while True:
         b0 = beams[0]
         if all(b["finished"] for b in beams) or len(b0["intermediate"]) >= max_new_tokens - 1:
-            res.tokens = (b0["intermediate"] + b0["last_tokens"])[:max_new_tokens]   # I + W (the engine's length contract)
+            res.tokens = (b0["intermediate"] + b0["last_tokens"])[
+                :max_new_tokens
+            ]  # I + W (the engine's length contract)
             res.finish = "eos" if b0["eos"] else "length"
             return res
         nxt, layer_used, cand_lists = [], None, []
@@ -303,7 +438,9 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
                             entity = b["current_word"]
                         else:
                             t = 1
-                            while t < len(b["intermediate"]) and not _complete(tok, b["intermediate"][-t], eos):
+                            while t < len(b["intermediate"]) and not _complete(
+                                tok, b["intermediate"][-t], eos
+                            ):
                                 t += 1
                             entity = _last_word(tok, b["intermediate"][-t:] + W)
                         ev = {"step": len(b["intermediate"]), "beam": bs, "tokens": list(W)}
@@ -326,7 +463,9 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
             random.seed(8)
             chosen = random.sample(range(len(pool)), B)
         else:
-            texts = [tok.decode(beams[bs]["intermediate"] + (c or []), skip_special_tokens=True) for bs, c in pool]
+            texts = [
+                tok.decode(beams[bs]["intermediate"] + (c or []), skip_special_tokens=True) for bs, c in pool
+            ]
             probs = aux["scorer"].similarity(req.image, texts).softmax(-1).tolist()
             order = list(range(len(pool)))
             order.sort(key=lambda i: probs[i])
@@ -353,21 +492,35 @@ def ref_halc(vlm, req, params: dict, aux: dict, *, seed: int, key: str, max_new_
                 lw = _last_word(tok, c)
                 cw = b["current_word"]
                 unk = False
-                if ((lw == cw or lw in cw or cw in lw) and b["not_detected"] and p["unk_not_detected"]
-                        and tok.unk_token_id is not None and len(b["intermediate"]) >= p["min_length"]
-                        and lw not in exempt):
+                if (
+                    (lw == cw or lw in cw or cw in lw)
+                    and b["not_detected"]
+                    and p["unk_not_detected"]
+                    and tok.unk_token_id is not None
+                    and len(b["intermediate"]) >= p["min_length"]
+                    and lw not in exempt
+                ):
                     t = 1
                     if not _complete(tok, c[0], eos):
                         while t < len(b["intermediate"]) and not _complete(tok, b["intermediate"][-t], eos):
                             t += 1
                     b["intermediate"] = b["intermediate"][:-t] + [tok.unk_token_id] * t
                     lw, unk = "EOS", True
-                rec = {"step": len(old[src]["intermediate"]), "beam": pos_new, "source": src, "ids": list(c),
-                       "corrected": lw != cw, "unk": unk}
+                rec = {
+                    "step": len(old[src]["intermediate"]),
+                    "beam": pos_new,
+                    "source": src,
+                    "ids": list(c),
+                    "corrected": lw != cw,
+                    "unk": unk,
+                }
                 res.meta["commits"].append(rec)
-                if lw != cw:   # rolled back: re-decode after the new context with the loop's last layer
-                    ctx = (b["snapshot"] + [b["intermediate"][-1]] if p["rollback_context"] == "snapshot"
-                           else list(b["intermediate"]))
+                if lw != cw:  # rolled back: re-decode after the new context with the loop's last layer
+                    ctx = (
+                        b["snapshot"] + [b["intermediate"][-1]]
+                        if p["rollback_context"] == "snapshot"
+                        else list(b["intermediate"])
+                    )
                     y, _ = _dola(vlm, inp, ctx, p, layer=layer_used, hist=b["intermediate"])
                     rec["redecoded"] = y
                     b["context"] = list(ctx)

@@ -74,10 +74,17 @@ def hf_dola_layers(vlm, dola_layers) -> list[int]:
     if isinstance(dola_layers, str) and dola_layers == "low":
         if start_layer == final_layer // 2:
             return [start_layer]
-        return list(range(start_layer, final_layer // 2, 2)) if final_layer <= 40 else list(range(start_layer, 20, 2))
+        return (
+            list(range(start_layer, final_layer // 2, 2))
+            if final_layer <= 40
+            else list(range(start_layer, 20, 2))
+        )
     if isinstance(dola_layers, str) and dola_layers == "high":
-        return list(range(final_layer // 2, final_layer, 2)) if final_layer <= 40 else \
-            list(range(final_layer - 20, final_layer, 2))
+        return (
+            list(range(final_layer // 2, final_layer, 2))
+            if final_layer <= 40
+            else list(range(final_layer - 20, final_layer, 2))
+        )
     return [i for i in dola_layers if i < final_layer]
 
 
@@ -111,7 +118,10 @@ def relative_top_filter(scores, relative_top=0.1, filter_value=-float("Inf"), mi
 
 def process(scores, prompt_ids, generated, p):
     """transformers' repetition-penalty / no-repeat-n-gram processors on prompt + generated ids."""
-    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+    from transformers.generation.logits_process import (
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
 
     ids = torch.tensor([list(prompt_ids) + list(generated)])
     s = scores[None].clone()
@@ -140,13 +150,15 @@ def dola_step(vlm, out, p, res):
         M = 0.5 * (softmax_mature_layer[None, :, :] + softmax_premature_layers)
         log_softmax_mature_layer = F.log_softmax(final_logits, dim=-1)
         log_softmax_premature_layers = F.log_softmax(stacked, dim=-1)
-        kl1 = F.kl_div(log_softmax_mature_layer[None, :, :], M, reduction='none').mean(-1)
-        kl2 = F.kl_div(log_softmax_premature_layers, M, reduction='none').mean(-1)
+        kl1 = F.kl_div(log_softmax_mature_layer[None, :, :], M, reduction="none").mean(-1)
+        kl2 = F.kl_div(log_softmax_premature_layers, M, reduction="none").mean(-1)
         js_divs = 0.5 * (kl1 + kl2)
         js_divs = js_divs.mean(-1)
         premature_layer = candidate_premature_layers[int(js_divs.argmax().cpu().item())]
     res.meta.setdefault("dola_premature", {})
-    res.meta["dola_premature"][str(premature_layer)] = res.meta["dola_premature"].get(str(premature_layer), 0) + 1
+    res.meta["dola_premature"][str(premature_layer)] = (
+        res.meta["dola_premature"].get(str(premature_layer), 0) + 1
+    )
     base_logits = dict_outputs[premature_layer]
     if p["relative_top"] > 0.0:
         final_logits = relative_top_filter(final_logits, p["relative_top"])
@@ -172,9 +184,13 @@ def deco_step(vlm, out, p, res):
     threshold_top_k, threshold_top_p, alpha = p["threshold_top_k"], p["threshold_top_p"], p["alpha"]
     last_layer_tokens_logits = out.logits[:, -1, :].float()
     last_layer_tokens_probs = F.softmax(last_layer_tokens_logits, dim=-1).squeeze(dim=0).squeeze(dim=0)
-    candidate_tokens_probs, candidate_tokens_ids = torch.topk(last_layer_tokens_probs, dim=-1, k=threshold_top_k)
+    candidate_tokens_probs, candidate_tokens_ids = torch.topk(
+        last_layer_tokens_probs, dim=-1, k=threshold_top_k
+    )
     candidate_tokens_cumulative_probs = candidate_tokens_probs.cumsum(dim=-1)
-    candidate_tokens_indices = torch.searchsorted(candidate_tokens_cumulative_probs, threshold_top_p, right=False)
+    candidate_tokens_indices = torch.searchsorted(
+        candidate_tokens_cumulative_probs, threshold_top_p, right=False
+    )
     candidate_tokens_cutoff_idx = torch.min(candidate_tokens_indices + 1, torch.tensor(threshold_top_k))
     candidate_tokens_ids = candidate_tokens_ids[:candidate_tokens_cutoff_idx]
     stacked_early_exit_layers = torch.stack([dict_outputs[i][:, -1, :] for i in early_exit_layers], dim=0)
@@ -191,7 +207,9 @@ def deco_step(vlm, out, p, res):
     indices_to_remove = torch.ones_like(selected_premature_layer_logits)
     indices_to_remove[:, candidate_tokens_ids] = 0
     indices_to_remove = indices_to_remove.bool()
-    final_token_logits = last_layer_tokens_logits + alpha * premature_max_probs * selected_premature_layer_logits
+    final_token_logits = (
+        last_layer_tokens_logits + alpha * premature_max_probs * selected_premature_layer_logits
+    )
     final_token_logits = final_token_logits.masked_fill(indices_to_remove, -float("Inf"))
     return final_token_logits[0]
 
@@ -236,8 +254,21 @@ def revisit_step(vlm, out, p, res, cands):
 
 
 @torch.inference_mode()
-def ref_generate(vlm, req, method, params=None, *, do_sample=False, temperature=1.0, top_p=1.0, top_k=None,
-                 max_new_tokens=6, seed=0, eos=(), index=0) -> Result:
+def ref_generate(
+    vlm,
+    req,
+    method,
+    params=None,
+    *,
+    do_sample=False,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=None,
+    max_new_tokens=6,
+    seed=0,
+    eos=(),
+    index=0,
+) -> Result:
     p = {**METHODS[method].defaults, **(params or {})}
     key = req.item_id or f"#{index}"
     gs = make_generator(seed, key, "sample")

@@ -34,10 +34,10 @@ COVERED = ("pba", "olm", "debias", "carve", "iava", "cid", "lqcd")
 @dataclass
 class Result:
     tokens: list[int] = field(default_factory=list)
-    margins: list[float] = field(default_factory=list)   # top1 - top2 of the final scores per step
+    margins: list[float] = field(default_factory=list)  # top1 - top2 of the final scores per step
     finish: str = "length"
     meta: dict = field(default_factory=dict)
-    forced: list[bool] = field(default_factory=list)      # OLM: the rule fired at that step
+    forced: list[bool] = field(default_factory=list)  # OLM: the rule fired at that step
 
 
 # --- inputs and forwards ---------------------------------------------------------------------------
@@ -52,7 +52,9 @@ def inputs(vlm, prompt: str, image, system: str | None) -> dict:
         if image is None:
             return {"input_ids": proc.tokenizer(text, return_tensors="pt")["input_ids"]}
         enc = proc(images=[image.convert("RGB")], text=[text], return_tensors="pt")
-        return {k: enc[k] for k in ("input_ids", "pixel_values", "qformer_input_ids", "qformer_attention_mask")}
+        return {
+            k: enc[k] for k in ("input_ids", "pixel_values", "qformer_input_ids", "qformer_attention_mask")
+        }
     text = build_text(proc, prompt, image is not None, system)
     if image is None:
         return {"input_ids": proc(text=[text], return_tensors="pt")["input_ids"]}
@@ -65,8 +67,11 @@ def _image_features(vlm, inp: dict) -> torch.Tensor:
     """The model's own projected image features for the prompt's image → [n_image_tokens, D]."""
     m = vlm.model
     if family(vlm) == "instructblip":
-        res = m.get_image_features(pixel_values=inp["pixel_values"], qformer_input_ids=inp["qformer_input_ids"],
-                                   qformer_attention_mask=inp["qformer_attention_mask"])
+        res = m.get_image_features(
+            pixel_values=inp["pixel_values"],
+            qformer_input_ids=inp["qformer_input_ids"],
+            qformer_attention_mask=inp["qformer_attention_mask"],
+        )
         res = res[0] if isinstance(res, tuple) else res
     elif family(vlm) == "qwen2_5_vl":
         res = m.get_image_features(pixel_values=inp["pixel_values"], image_grid_thw=inp["image_grid_thw"])
@@ -121,8 +126,14 @@ def forward(vlm, inp: dict, generated: list[int], scale=None, attentions: bool =
             last = int(pos.max())
             gen = torch.arange(last + 1, last + 1 + n).view(1, 1, n).expand(3, 1, n)
             kw["position_ids"] = torch.cat([pos, gen], dim=-1)
-    out = lm(inputs_embeds=emb, attention_mask=torch.ones_like(ids), use_cache=False,
-             output_attentions=attentions, output_hidden_states=hidden, **kw)
+    out = lm(
+        inputs_embeds=emb,
+        attention_mask=torch.ones_like(ids),
+        use_cache=False,
+        output_attentions=attentions,
+        output_hidden_states=hidden,
+        **kw,
+    )
     return out
 
 
@@ -173,12 +184,15 @@ def carve_refined(vlm, req, p) -> tuple[Image.Image, list, list]:
         _, gh, gw = q_inp["image_grid_thw"][0].tolist()
         shape = (gh // 2, gw // 2)
     else:
-        shape = (int(round(n ** 0.5)),) * 2
+        shape = (int(round(n**0.5)),) * 2
     assert shape[0] * shape[1] == n and n not in (576, 1024, 1600, 1681, 256)
     S = np.zeros((H, W))
     n_layers = aq.shape[0]
-    layers = p["layers"] if p["layers"] is not None else (
-        [x for x in range(20, 26) if x < n_layers] or list(range(max(0, n_layers - 6), n_layers)))
+    layers = (
+        p["layers"]
+        if p["layers"] is not None
+        else ([x for x in range(20, 26) if x < n_layers] or list(range(max(0, n_layers - 6), n_layers)))
+    )
     for layer in layers:
         if layer >= n_layers:
             continue
@@ -188,10 +202,12 @@ def carve_refined(vlm, req, p) -> tuple[Image.Image, list, list]:
     binary = S >= thr
     lab, num = ndimage.label(binary)
     # v3: rank regions by their summed S; v2: by their size (pixel count)
-    sums = [(float(S[lab == r].sum()) if p["version"] == "v3" else float((lab == r).sum()), r)
-            for r in range(1, num + 1)]
+    sums = [
+        (float(S[lab == r].sum()) if p["version"] == "v3" else float((lab == r).sum()), r)
+        for r in range(1, num + 1)
+    ]
     sums.sort(key=lambda x: -x[0])
-    keep = [r for _, r in sums[:max(p["min_keep_regions"], int(num * p["top_percent"]))]]
+    keep = [r for _, r in sums[: max(p["min_keep_regions"], int(num * p["top_percent"]))]]
     mask = np.isin(lab, keep)
     arr = np.array(req.image.convert("RGB")) * mask[..., None]
     ys, xs = np.nonzero(mask)
@@ -213,8 +229,15 @@ def ref_branches(vlm, req, method, p, meta):
     if method == "debias":
         return [orig, (req.prompt, None, req.system, None), ("<unk>\n" + req.prompt, None, req.system, None)]
     if method == "cid":
-        return [orig, (req.contrast_prompt if req.contrast_prompt is not None else req.prompt,
-                       req.contrast_image if req.contrast_image is not None else req.image, req.system, None)]
+        return [
+            orig,
+            (
+                req.contrast_prompt if req.contrast_prompt is not None else req.prompt,
+                req.contrast_image if req.contrast_image is not None else req.image,
+                req.system,
+                None,
+            ),
+        ]
     if method == "lqcd":
         lead = req.contrast_prompt if req.contrast_prompt is not None else req.prompt + " " + p["lead_text"]
         return [orig, (lead, req.image, req.system, None)]
@@ -265,9 +288,11 @@ def ref_scores(vlm, method, p, ls, t, res, temperature):
         if t == 0:
             T = temperature
             tok = vlm.processor.tokenizer
-            res.meta["debias_top"] = {"naive": top_dict(s / T, tok, p["top_k"]),
-                                      "none": top_dict(ls[1] / T, tok, p["top_k"]),
-                                      "unk": top_dict(ls[2] / T, tok, p["top_k"])}
+            res.meta["debias_top"] = {
+                "naive": top_dict(s / T, tok, p["top_k"]),
+                "none": top_dict(ls[1] / T, tok, p["top_k"]),
+                "unk": top_dict(ls[2] / T, tok, p["top_k"]),
+            }
         return s
     if method in ("iava", "lqcd"):
         a = p["alpha"]
@@ -279,8 +304,21 @@ def ref_scores(vlm, method, p, ls, t, res, temperature):
 
 
 @torch.inference_mode()
-def ref_generate(vlm, req, method, params=None, *, do_sample=False, temperature=1.0, top_p=1.0, top_k=None,
-                 max_new_tokens=6, seed=0, eos=(), index=0) -> Result:
+def ref_generate(
+    vlm,
+    req,
+    method,
+    params=None,
+    *,
+    do_sample=False,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=None,
+    max_new_tokens=6,
+    seed=0,
+    eos=(),
+    index=0,
+) -> Result:
     p = {**METHODS[method].defaults, **(params or {})}
     key = req.item_id or f"#{index}"
     gs = make_generator(seed, key, "sample")
@@ -322,8 +360,14 @@ def build_vlms(root) -> dict:
     from vcdflow.models.demo import build_demo_vlm
 
     root = Path(root)
-    out = {fam: load_vlm(b(root / fam)) for fam, b in (("llava", build_tiny_llava), ("qwen2_5_vl", build_tiny_qwen2_5_vl),
-                                                        ("instructblip", build_tiny_instructblip))}
+    out = {
+        fam: load_vlm(b(root / fam))
+        for fam, b in (
+            ("llava", build_tiny_llava),
+            ("qwen2_5_vl", build_tiny_qwen2_5_vl),
+            ("instructblip", build_tiny_instructblip),
+        )
+    }
     model, processor = build_demo_vlm(seed=0)
     model.save_pretrained(root / "demo")
     processor.save_pretrained(root / "demo")
@@ -334,12 +378,15 @@ def build_vlms(root) -> dict:
 
 def assert_same_as_reference(out, ref, eos, what):
     """Token for token; where a token differs, the reference's margin at that step is < 1e-4."""
+
     def seq(tokens, finish):
         return list(tokens) + ([eos[0]] if finish == "eos" else [])
 
     eng, rf = seq(out.token_ids, out.meta["finish_reason"]), seq(ref.tokens, ref.finish)
     for k, (x, y) in enumerate(zip(eng, rf)):
         if x != y:
-            assert ref.margins[k] < 1e-4, f"{what}: token {k} engine {x} vs reference {y}, margin {ref.margins[k]}"
+            assert ref.margins[k] < 1e-4, (
+                f"{what}: token {k} engine {x} vs reference {y}, margin {ref.margins[k]}"
+            )
             return
     assert len(eng) == len(rf), f"{what}: engine {eng} vs reference {rf}"

@@ -1,4 +1,4 @@
-"""Plain references for the multi-image branch (E10) and the CARVE code-faithful variants
+"""Plain references for the multi-image branch and the CARVE code-faithful variants
 (``carve`` with ``variant="code"`` / ``"code_v4"``), written separately from the engine, the
 adapters and the method file.
 
@@ -8,7 +8,7 @@ image and ``processor.apply_chat_template`` + ``processor(text=[text], images=[.
 ids and pixels (LLaVA: one ``<image>`` per image; Qwen2.5-VL: one vision block per image).
 
 * :func:`hf_logits` — the Hugging Face model called directly on that processor output (the
-  plain computation the E10 seam is tested against): ``model(**inputs, use_cache=False)``.
+  plain computation the multi-image seam is tested against): ``model(**inputs, use_cache=False)``.
 * :func:`mi_logits` — the same from embeddings: the model's own ``get_image_features`` of all
   images, scattered in order into the prompt's placeholders only (a generated placeholder id stays
   an ordinary token), Qwen2.5-VL's 3-D rope positions written out for several still images.
@@ -90,7 +90,9 @@ def mi_logits(vlm, inp: dict, generated: list[int]) -> torch.Tensor:
         grids = [(h // 2, w // 2) for _, h, w in inp["image_grid_thw"].tolist()]
         pos = qwen_positions(prompt, vlm.adapter.image_token_id, grids)
         n, last = len(generated), int(pos.max())
-        kw["position_ids"] = torch.cat([pos, torch.arange(last + 1, last + 1 + n).view(1, 1, n).expand(3, 1, n)], -1)
+        kw["position_ids"] = torch.cat(
+            [pos, torch.arange(last + 1, last + 1 + n).view(1, 1, n).expand(3, 1, n)], -1
+        )
     out = m(inputs_embeds=emb, attention_mask=torch.ones_like(ids), use_cache=False, **kw)
     return out.logits[0, -1].float()
 
@@ -139,10 +141,12 @@ def _mask_crop(S: np.ndarray, image: Image.Image, p: dict):
     W, H = image.size
     binary = S >= np.percentile(S, 100 * (1 - p["top_percent"]))
     lab, num = ndimage.label(binary)
-    score = [(float(S[lab == r].sum()) if p["version"] == "v3" else float((lab == r).sum()), r)
-             for r in range(1, num + 1)]
+    score = [
+        (float(S[lab == r].sum()) if p["version"] == "v3" else float((lab == r).sum()), r)
+        for r in range(1, num + 1)
+    ]
     score.sort(key=lambda x: -x[0])
-    keep = [r for _, r in score[:max(p["min_keep_regions"], int(num * p["top_percent"]))]]
+    keep = [r for _, r in score[: max(p["min_keep_regions"], int(num * p["top_percent"]))]]
     mask = np.isin(lab, keep)
     arr = np.array(image.convert("RGB")) * mask[..., None]
     ys, xs = np.nonzero(mask)
@@ -155,21 +159,30 @@ def _mask_crop(S: np.ndarray, image: Image.Image, p: dict):
 def carve_v4_refined(vlm, req, p, eos, setting="t_full"):
     """The refined image from the probes' step maps: ``setting`` t_full = every step weighted t+1
     (the code's v4), t_end = each probe's last step alone (the paper's t_end)."""
-    g = step_maps(vlm, f"{p['general_instruction']} {p['suffix']}", req.image, req.system, p["probe_tokens"], eos)
+    g = step_maps(
+        vlm, f"{p['general_instruction']} {p['suffix']}", req.image, req.system, p["probe_tokens"], eos
+    )
     q = step_maps(vlm, req.prompt, req.image, req.system, p["probe_tokens"], eos)
     W, H = req.image.size
     n_layers = q[0].shape[0]
-    layers = p["layers"] if p["layers"] is not None else (
-        [x for x in range(20, 26) if x < n_layers] or list(range(max(0, n_layers - 6), n_layers)))
+    layers = (
+        p["layers"]
+        if p["layers"] is not None
+        else ([x for x in range(20, 26) if x < n_layers] or list(range(max(0, n_layers - 6), n_layers)))
+    )
     n = q[0].shape[1]
     if family(vlm) == "qwen2_5_vl":
         _, gh, gw = single_inputs(vlm, req.prompt, req.image, req.system)["image_grid_thw"][0].tolist()
         shape = (gh // 2, gw // 2)
     else:
-        shape = (int(round(n ** 0.5)),) * 2
+        shape = (int(round(n**0.5)),) * 2
     assert shape[0] * shape[1] == n
     S = np.zeros((H, W))
-    pairs = [(t + 1, q[t], g[t]) for t in range(min(len(q), len(g)))] if setting == "t_full" else [(1, q[-1], g[-1])]
+    pairs = (
+        [(t + 1, q[t], g[t]) for t in range(min(len(q), len(g)))]
+        if setting == "t_full"
+        else [(1, q[-1], g[-1])]
+    )
     for w, qt, gt in pairs:
         for layer in layers:
             if layer >= n_layers:
@@ -192,10 +205,12 @@ def ref_carve(vlm, req, params, *, max_new_tokens: int, eos=(), probe_eos=()) ->
         meta["carve_steps"] = steps
     else:
         refined, box, _ = carve_refined(vlm, req, p)
-    if p["max_pixels"]:   # the code's processor budget (Qwen smart_resize, bicubic)
+    if p["max_pixels"]:  # the code's processor budget (Qwen smart_resize, bicubic)
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-        h, w = smart_resize(refined.size[1], refined.size[0], factor=28, min_pixels=56 * 56, max_pixels=p["max_pixels"])
+        h, w = smart_resize(
+            refined.size[1], refined.size[0], factor=28, min_pixels=56 * 56, max_pixels=p["max_pixels"]
+        )
         refined = refined if (w, h) == refined.size else refined.resize((w, h), Image.BICUBIC)
     meta["carve_bbox"] = box
     images = [refined] if p["variant"] == "paper" else [req.image, refined]
@@ -204,4 +219,3 @@ def ref_carve(vlm, req, params, *, max_new_tokens: int, eos=(), probe_eos=()) ->
     res.meta.update(meta)
     res.meta["refined"] = refined
     return res
-

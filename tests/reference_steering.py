@@ -41,7 +41,9 @@ class VSVLayerRef(nn.Module):
         dtype = x.dtype
         x = x.float()
         n = torch.norm(x, p=2, dim=-1, keepdim=True)
-        sim = 1.0 + torch.max(torch.tensor([0.0]), F.cosine_similarity(x, -self.v[None, None, :], dim=-1)).unsqueeze(-1)
+        sim = 1.0 + torch.max(
+            torch.tensor([0.0]), F.cosine_similarity(x, -self.v[None, None, :], dim=-1)
+        ).unsqueeze(-1)
         y = self.lam * sim * F.normalize(self.v, dim=-1).repeat(1, x.shape[1], 1)
         return (F.normalize(F.normalize(x, p=2, dim=-1) + y, p=2, dim=-1) * n).to(dtype)
 
@@ -98,7 +100,9 @@ def qwen_window_rows(vlm, pixel_values, grid_thw) -> torch.Tensor:
     emb = vis.patch_embed(pixel_values).float()
     hs0 = vis(pixel_values, grid_thw=grid_thw, output_hidden_states=True).hidden_states[0].float()
     perm = torch.cdist(hs0, emb).argmin(1)
-    assert sorted(perm.tolist()) == list(range(emb.shape[0])), "window rows do not match the patches one to one"
+    assert sorted(perm.tolist()) == list(range(emb.shape[0])), (
+        "window rows do not match the patches one to one"
+    )
     return perm
 
 
@@ -118,8 +122,11 @@ def grid_at(d, h, w):
     H, W, D = d.shape
     if (H, W) == (h, w):
         return d.reshape(h * w, D)
-    return F.interpolate(d.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear",
-                         align_corners=False)[0].permute(1, 2, 0).reshape(h * w, D)
+    return (
+        F.interpolate(d.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+        .permute(1, 2, 0)
+        .reshape(h * w, D)
+    )
 
 
 def qwen_direction_rows(vlm, d, pixel_values, grid_thw):
@@ -133,7 +140,7 @@ def qwen_unflatten(rows, grid, p=14, m=2, tp=2):
     """Processor rows [h·w, C·tp·p·p] of one image → its normalised image [C, h·p, w·p] (frame 0)."""
     _, h, w = [int(x) for x in grid]
     c = rows.shape[1] // (tp * p * p)
-    x = rows.reshape(h // m, w // m, m, m, c, tp, p, p)[:, :, :, :, :, 0]      # [hm, wm, m, m, c, p, p]
+    x = rows.reshape(h // m, w // m, m, m, c, tp, p, p)[:, :, :, :, :, 0]  # [hm, wm, m, m, c, p, p]
     return x.permute(4, 0, 2, 5, 1, 3, 6).reshape(c, h * p, w * p)
 
 
@@ -179,8 +186,10 @@ def layer_outputs_last(vlm, inp) -> torch.Tensor:
     got = {}
     hs = []
     for i, layer in enumerate(text_layers(vlm)):
+
         def hook(mod, a, out, _i=i):
             got[_i] = (out[0] if isinstance(out, tuple) else out)[0, -1].float()
+
         hs.append(layer.register_forward_hook(hook))
     try:
         forward(vlm, inp, [])
@@ -193,8 +202,11 @@ def layer_outputs_last(vlm, inp) -> torch.Tensor:
 def no_image(vlm, inp) -> dict:
     """The prompt ids without the image's tokens (placeholders; Qwen2.5-VL's vision markers)."""
     cfg = vlm.model.config
-    drop = {vlm.adapter.image_token_id} | {getattr(cfg, a) for a in ("vision_start_token_id", "vision_end_token_id")
-                                           if getattr(cfg, a, None) is not None}
+    drop = {vlm.adapter.image_token_id} | {
+        getattr(cfg, a)
+        for a in ("vision_start_token_id", "vision_end_token_id")
+        if getattr(cfg, a, None) is not None
+    }
     ids = [t for t in inp["input_ids"][0].tolist() if t not in drop]
     return {"input_ids": torch.tensor([ids])}
 
@@ -211,14 +223,26 @@ def _pick(scores, res, do_sample, temperature, top_k, top_p, gs, eos):
 
 
 @torch.inference_mode()
-def ref_vista(vlm, req, params=None, *, do_sample=False, temperature=1.0, top_p=1.0, top_k=None,
-              max_new_tokens=5, seed=0, eos=(), index=0) -> Result:
+def ref_vista(
+    vlm,
+    req,
+    params=None,
+    *,
+    do_sample=False,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=None,
+    max_new_tokens=5,
+    seed=0,
+    eos=(),
+    index=0,
+) -> Result:
     p = {**METHODS["vista"].defaults, **(params or {})}
     gs = make_generator(seed, req.item_id or f"#{index}", "sample")
     res = Result()
     inp = inputs(vlm, req.prompt, req.image, req.system)
-    v = layer_outputs_last(vlm, inp) - layer_outputs_last(vlm, no_image(vlm, inp))   # obtain_vsv: pos - neg
-    if p["pca_artefact"]:   # VISTA steering_vector.py:123-128 + myutils.py PCA / svd_flip, on the CPU
+    v = layer_outputs_last(vlm, inp) - layer_outputs_last(vlm, no_image(vlm, inp))  # obtain_vsv: pos - neg
+    if p["pca_artefact"]:  # VISTA steering_vector.py:123-128 + myutils.py PCA / svd_flip, on the CPU
         X = v.reshape(1, -1).float().cpu()
         mean = X.mean(0, keepdim=True)
         U, S, Vh = torch.linalg.svd(X - mean, full_matrices=False)
@@ -237,7 +261,7 @@ def ref_vista(vlm, req, params=None, *, do_sample=False, temperature=1.0, top_p=
                 m = vlm.model
                 lm = m.language_model if vlm.family == "instructblip" else m
                 out = _forward_hidden(vlm, inp, res.tokens)
-                hs = out.hidden_states[1:]                               # decoder-layer outputs
+                hs = out.hidden_states[1:]  # decoder-layer outputs
                 head = lm.get_output_embeddings()
                 aug = torch.stack([head(hs[i][0, -1]).float() for i in window]).mean(0)
                 a = p["logits_alpha"]
@@ -255,8 +279,21 @@ def _forward_hidden(vlm, inp, generated):
 
 
 @torch.inference_mode()
-def ref_vti(vlm, req, directions: dict, params=None, *, do_sample=False, temperature=1.0, top_p=1.0, top_k=None,
-            max_new_tokens=5, seed=0, eos=(), index=0) -> Result:
+def ref_vti(
+    vlm,
+    req,
+    directions: dict,
+    params=None,
+    *,
+    do_sample=False,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=None,
+    max_new_tokens=5,
+    seed=0,
+    eos=(),
+    index=0,
+) -> Result:
     """VTI: ``directions["text"]`` [L, D] on the LM layers with λ = alpha_text,
     ``directions["vision"]`` [L_v, T, D] on the vision layers with λ = alpha_image (0: off)."""
     p = {**METHODS["vti"].defaults, **(params or {})}
@@ -267,7 +304,10 @@ def ref_vti(vlm, req, directions: dict, params=None, *, do_sample=False, tempera
     at, av = float(p["alpha_text"]), float(p["alpha_image"])
     with contextlib.ExitStack() as stack:
         if av != 0 and dv is not None and vlm.family == "qwen2_5_vl":
-            rows = [qwen_direction_rows(vlm, dv[i], inp["pixel_values"], inp["image_grid_thw"]) for i in range(len(dv))]
+            rows = [
+                qwen_direction_rows(vlm, dv[i], inp["pixel_values"], inp["image_grid_thw"])
+                for i in range(len(dv))
+            ]
             stack.enter_context(wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(rows[i], av)))
         elif av != 0 and dv is not None:
             stack.enter_context(wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(dv[i], av)))
@@ -320,8 +360,9 @@ def mask_patches_ref(tensor, indices, patch_size=14):
         col = index % patches_per_row
         start_x = col * patch_size
         start_y = row * patch_size
-        new_tensor[:, start_y:start_y + patch_size, start_x:start_x + patch_size] = mean_values.expand(
-            -1, patch_size, patch_size)
+        new_tensor[:, start_y : start_y + patch_size, start_x : start_x + patch_size] = mean_values.expand(
+            -1, patch_size, patch_size
+        )
     return new_tensor
 
 
@@ -332,8 +373,9 @@ def _tower(vlm):
 
 
 @torch.inference_mode()
-def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_image, system=None, vision=True,
-                grid=None):
+def ref_fit_vti(
+    vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_image, system=None, vision=True, grid=None
+):
     """obtain_visual_vti then (with the visual intervention installed) obtain_textual_vti, on the
     given (already selected) demos; ``image_tensor`` from the processor, ``input_ids`` from the
     template + question + caption (``conv.get_prompt() + value``)."""
@@ -351,8 +393,13 @@ def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_i
         base = vlm.adapter.build_text(d["question"], True, system)
         pos = proc(text=[base + d["value"]], images=[raw], return_tensors="pt")
         neg = proc(text=[base + d["h_value"]], images=[raw], return_tensors="pt")
-        if qwen:   # the visual fit at the fit grid: resize + centre crop, then the processor
-            vis = proc(text=[base + d["value"]], images=[qwen_fit_image(raw, grid)], do_resize=False, return_tensors="pt")
+        if qwen:  # the visual fit at the fit grid: resize + centre crop, then the processor
+            vis = proc(
+                text=[base + d["value"]],
+                images=[qwen_fit_image(raw, grid)],
+                do_resize=False,
+                return_tensors="pt",
+            )
             thw = vis["image_grid_thw"]
             assert thw[0].tolist() == [1, *grid], thw
             grids.append(thw)
@@ -361,8 +408,8 @@ def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_i
             image_tensor = pos["pixel_values"][0]
         trials = []
         for _ in range(num_trials if vision else 0):
-            token_numbers = image_tensor.shape[-1] * image_tensor.shape[-2] / patch ** 2   # raster patch index
-            mask_index = torch.randperm(int(token_numbers), generator=g)[:int(mask_ratio * token_numbers)]
+            token_numbers = image_tensor.shape[-1] * image_tensor.shape[-2] / patch**2  # raster patch index
+            mask_index = torch.randperm(int(token_numbers), generator=g)[: int(mask_ratio * token_numbers)]
             trials.append(mask_patches_ref(image_tensor, mask_index.tolist(), patch_size=patch))
         images.append([trials, image_tensor])
         texts.append((neg, pos))
@@ -370,15 +417,19 @@ def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_i
     if vision:
         tower = _tower(vlm)
 
-        order = {}   # Qwen2.5-VL: window order → raster order, found on the clean image (masked
+        order = {}  # Qwen2.5-VL: window order → raster order, found on the clean image (masked
         #              patches are all equal, so they cannot be matched row by row)
 
         def states(t, k):
             if not qwen:
-                return torch.cat(list(tower(pixel_values=t.unsqueeze(0), output_hidden_states=True).hidden_states))
+                return torch.cat(
+                    list(tower(pixel_values=t.unsqueeze(0), output_hidden_states=True).hidden_states)
+                )
             px = qwen_flatten(t, grids[k][0])
             if k not in order:
-                order[k] = torch.argsort(qwen_raster_of_rows(vlm, qwen_flatten(images[k][1], grids[k][0]), grids[k])[1])
+                order[k] = torch.argsort(
+                    qwen_raster_of_rows(vlm, qwen_flatten(images[k][1], grids[k][0]), grids[k])[1]
+                )
             hs = torch.stack(list(tower(px, grid_thw=grids[k], output_hidden_states=True).hidden_states))
             return hs[:, order[k]]
 
@@ -399,7 +450,10 @@ def ref_fit_vti(vlm, demos, image_dir, num_trials, mask_ratio, seed, fit_alpha_i
         if vdir is None or not fit_alpha_image:
             return contextlib.nullcontext()
         if qwen:
-            rows = [qwen_direction_rows(vlm, vdir[i], enc["pixel_values"], enc["image_grid_thw"]) for i in range(len(vdir))]
+            rows = [
+                qwen_direction_rows(vlm, vdir[i], enc["pixel_values"], enc["image_grid_thw"])
+                for i in range(len(vdir))
+            ]
             return wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(rows[i], fit_alpha_image))
         return wrapped_mlps(vision_layers_ref(vlm), lambda i: VTILayerRef(vdir[i], fit_alpha_image))
 

@@ -1,6 +1,6 @@
 """Engine capabilities of vcdflow.decoding.beams, each against a plain computation:
 
-* E11 beam search: with plain scores (the greedy method) the engine's beams equal Hugging Face's
+* Beam search: with plain scores (the greedy method) the engine's beams equal Hugging Face's
   own ``model.generate(num_beams=k, do_sample=False)`` on the tiny model of every family and the
   demo LLaVA, with EOS hits, several length penalties and every ``early_stopping`` value; the
   ``"total"`` length normalisation against a literal batch-1 port of transformers 4.29's
@@ -30,8 +30,12 @@ def vlms(tmp_path_factory):
 
 REQS = [
     Request(image=image(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
-    Request(image=image(3, 120, 70), prompt="what is this red dog on the table with a cat?", item_id="c",
-            system="You are an expert."),
+    Request(
+        image=image(3, 120, 70),
+        prompt="what is this red dog on the table with a cat?",
+        item_id="c",
+        system="You are an expert.",
+    ),
 ]
 
 
@@ -45,11 +49,18 @@ def hf_beams(vlm, req, eos, **kw):
     inp = hf_inputs(vlm, req)
     n = inp["input_ids"].shape[1]
     with torch.inference_mode():
-        out = vlm.model.generate(**inp, do_sample=False, max_new_tokens=N_NEW, eos_token_id=eos,
-                                 pad_token_id=vlm.adapter.pad_token_id, num_return_sequences=1, **kw)
+        out = vlm.model.generate(
+            **inp,
+            do_sample=False,
+            max_new_tokens=N_NEW,
+            eos_token_id=eos,
+            pad_token_id=vlm.adapter.pad_token_id,
+            num_return_sequences=1,
+            **kw,
+        )
     toks = out[0, n:].tolist()
     if eos[0] in toks:
-        return toks[:toks.index(eos[0])], "eos"
+        return toks[: toks.index(eos[0])], "eos"
     return toks, "length"
 
 
@@ -59,15 +70,20 @@ def test_beams_equal_hf_generate(vlms, family):
     reasons = set()
     for req in REQS:
         eos = _eos_for(vlm, req)
-        for kw in ({"num_beams": 3}, {"num_beams": 2, "length_penalty": 0.0},
-                   {"num_beams": 4, "length_penalty": 2.0, "early_stopping": True},
-                   {"num_beams": 3, "length_penalty": -1.0, "early_stopping": "never"}):
+        for kw in (
+            {"num_beams": 3},
+            {"num_beams": 2, "length_penalty": 0.0},
+            {"num_beams": 4, "length_penalty": 2.0, "early_stopping": True},
+            {"num_beams": 3, "length_penalty": -1.0, "early_stopping": "never"},
+        ):
             want = hf_beams(vlm, req, eos, **kw)
-            o = generate(vlm, [req, REQS[0]], method="greedy", max_new_tokens=N_NEW, eos_token_id=eos, **kw)[0]
+            o = generate(vlm, [req, REQS[0]], method="greedy", max_new_tokens=N_NEW, eos_token_id=eos, **kw)[
+                0
+            ]
             assert o.error is None, o.error
             assert (o.token_ids, o.meta["finish_reason"]) == want, (family, req.item_id, kw)
             reasons.add(want[1])
-    assert reasons == {"eos", "length"}, reasons   # both ways of finishing were exercised
+    assert reasons == {"eos", "length"}, reasons  # both ways of finishing were exercised
 
 
 @pytest.mark.parametrize("family", ["llava", "demo"])
@@ -79,11 +95,20 @@ def test_total_length_norm_matches_a_429_port(vlms, family):
         eos = _eos_for(vlm, req)
         for lp in (1.0, 3.0):
             want = ref_beam_search(vlm, req, 3, N_NEW, eos, length_penalty=lp, length_norm="total")
-            o = generate(vlm, [req], max_new_tokens=N_NEW, eos_token_id=eos, num_beams=3, length_penalty=lp,
-                         length_norm="total")[0]
+            o = generate(
+                vlm,
+                [req],
+                max_new_tokens=N_NEW,
+                eos_token_id=eos,
+                num_beams=3,
+                length_penalty=lp,
+                length_norm="total",
+            )[0]
             assert (o.token_ids, o.meta["finish_reason"]) == want
             gen = ref_beam_search(vlm, req, 3, N_NEW, eos, length_penalty=lp, length_norm="generated")
-            o2 = generate(vlm, [req], max_new_tokens=N_NEW, eos_token_id=eos, num_beams=3, length_penalty=lp)[0]
+            o2 = generate(vlm, [req], max_new_tokens=N_NEW, eos_token_id=eos, num_beams=3, length_penalty=lp)[
+                0
+            ]
             assert (o2.token_ids, o2.meta["finish_reason"]) == gen
 
 
@@ -100,7 +125,7 @@ class _LavisPenalty:
 
     def __call__(self, input_ids, scores):
         bos = torch.full((input_ids.shape[0], 1), self.bos, dtype=input_ids.dtype)
-        return self.proc(torch.cat([bos, input_ids[:, self.n:]], 1), scores)
+        return self.proc(torch.cat([bos, input_ids[:, self.n :]], 1), scores)
 
 
 @pytest.mark.parametrize("family", ["llava", "instructblip"])
@@ -120,11 +145,20 @@ def test_repetition_penalty_equals_hf_generate(vlms, family):
         plain = generate(vlm, [req], max_new_tokens=N_NEW, eos_token_id=[])[0].token_ids
         for beams in (1, 3):
             for context in ("prompt", "generated"):
-                kw = ({"repetition_penalty": 1.5} if context == "prompt" else
-                      {"logits_processor": LogitsProcessorList([_LavisPenalty(1.5, n, bos)])})
+                kw = (
+                    {"repetition_penalty": 1.5}
+                    if context == "prompt"
+                    else {"logits_processor": LogitsProcessorList([_LavisPenalty(1.5, n, bos)])}
+                )
                 want = hf_beams(vlm, req, [vlm.adapter.eos_token_ids[0]], num_beams=beams, **kw)[0]
-                got = generate(vlm, [req, REQS[0]], params={"repetition_penalty": 1.5, "repetition_context": context},
-                               max_new_tokens=N_NEW, eos_token_id=[], num_beams=beams)[0]
+                got = generate(
+                    vlm,
+                    [req, REQS[0]],
+                    params={"repetition_penalty": 1.5, "repetition_context": context},
+                    max_new_tokens=N_NEW,
+                    eos_token_id=[],
+                    num_beams=beams,
+                )[0]
                 assert got.error is None, got.error
                 assert got.token_ids == want[:N_NEW], (family, req.item_id, beams, context)
                 changed |= beams == 1 and got.token_ids != plain
@@ -142,8 +176,15 @@ def test_total_bos_length_norm_matches_a_429_port(vlms, family):
         eos = _eos_for(vlm, req)
         for lp in (1.0, 3.0):
             want = ref_beam_search(vlm, req, 3, N_NEW, eos, length_penalty=lp, length_norm="total_bos")
-            o = generate(vlm, [req], max_new_tokens=N_NEW, eos_token_id=eos, num_beams=3, length_penalty=lp,
-                         length_norm="total_bos")[0]
+            o = generate(
+                vlm,
+                [req],
+                max_new_tokens=N_NEW,
+                eos_token_id=eos,
+                num_beams=3,
+                length_penalty=lp,
+                length_norm="total_bos",
+            )[0]
             assert (o.token_ids, o.meta["finish_reason"]) == want
             total = ref_beam_search(vlm, req, 3, N_NEW, eos, length_penalty=lp, length_norm="total")
             differs |= total != want
@@ -154,11 +195,19 @@ def test_beams_carry_every_branch(vlms):
     """A 2-branch method with beams: each beam's score is combine() of both branches; equals the
     plain port run on the combined scores."""
     vlm = vlms["llava"]
-    req = Request(image=image(2, 64, 64), prompt="Is there a dog?", item_id="b",
-                  contrast_prompt="Is there a cat?")
+    req = Request(
+        image=image(2, 64, 64), prompt="Is there a dog?", item_id="b", contrast_prompt="Is there a cat?"
+    )
     want = ref_beam_search(vlm, req, 3, N_NEW, [], contrast={"alpha": 1.0, "beta": 0.1})
-    outs = generate(vlm, [REQS[0], req], method="contrast", params={"alpha": 1.0, "beta": 0.1},
-                    max_new_tokens=N_NEW, eos_token_id=[], num_beams=3)
+    outs = generate(
+        vlm,
+        [REQS[0], req],
+        method="contrast",
+        params={"alpha": 1.0, "beta": 0.1},
+        max_new_tokens=N_NEW,
+        eos_token_id=[],
+        num_beams=3,
+    )
     assert (outs[1].token_ids, outs[1].meta["finish_reason"]) == want
 
 
@@ -210,7 +259,8 @@ def test_beams_with_forward_hooks(vlms):
             def early(gen, inp=inp):
                 got = {}
                 h = ad.decoder_layers()[-2].register_forward_hook(
-                    lambda m, a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+                    lambda m, a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o)
+                )
                 try:
                     forward(vlm, inp, gen)
                 finally:
@@ -218,5 +268,7 @@ def test_beams_with_forward_hooks(vlms):
                 return ad.lm_head()(ad.final_norm()(got["h"][0, -1])).float()
 
             want = ref_beam_search(vlm, req, 3, N_NEW, [], step_scores=early)
-            o = generate(vlm, [REQS[1], req], method=Exit(), max_new_tokens=N_NEW, eos_token_id=[], num_beams=3)[1]
+            o = generate(
+                vlm, [REQS[1], req], method=Exit(), max_new_tokens=N_NEW, eos_token_id=[], num_beams=3
+            )[1]
             assert (o.token_ids, o.meta["finish_reason"]) == want, (fam, req.item_id)

@@ -46,13 +46,20 @@ def server(tmp_path):
 def test_verified_unverified_zip_and_offline(server, tmp_path, monkeypatch):
     url, site = server
     good = hashlib.sha256((site / "q.json").read_bytes()).hexdigest()
-    monkeypatch.setitem(sources.SOURCES, "fake", (File("q.json", f"{url}/q.json", sha256=good),
-                                                  File("downloads/d.zip", f"{url}/d.zip", unzip=True)))
+    monkeypatch.setitem(
+        sources.SOURCES,
+        "fake",
+        (File("q.json", f"{url}/q.json", sha256=good), File("downloads/d.zip", f"{url}/d.zip", unzip=True)),
+    )
     dest = tmp_path / "fake"
     fetch_benchmark("fake", dest)
-    assert (dest / "q.json").read_text() == '[{"x": 1}]' and (dest / "images" / "a.png").read_bytes() == b"png-bytes"
+    assert (dest / "q.json").read_text() == '[{"x": 1}]' and (
+        dest / "images" / "a.png"
+    ).read_bytes() == b"png-bytes"
     zsha = hashlib.sha256((site / "d.zip").read_bytes()).hexdigest()
-    assert (dest / "SHA256SUMS").read_text() == f"{good}  q.json  verified\n{zsha}  downloads/d.zip  UNVERIFIED\n"
+    assert (
+        dest / "SHA256SUMS"
+    ).read_text() == f"{good}  q.json  verified\n{zsha}  downloads/d.zip  UNVERIFIED\n"
     # offline: the placed files pass; a missing one is named
     fetch_benchmark("fake", dest, offline=True)
     (dest / "q.json").unlink()
@@ -80,26 +87,56 @@ def test_source_table_is_complete():
 def test_workflow_plans_the_download_rules(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    cfg = {"world": "real", "offline": True, "seeds": [0], "device": "cpu",
-           "models": {"m": {"path": str(model), "family": "llava"}},
-           "benchmarks": {"mmvp": {"root": "resources/mmvp"},
-                          "hallusionbench": {"questions": "resources/hallusionbench/HallusionBench.json"},
-                          "llavabench": {"root": "resources/llavabench",
-                                         "judge": {"url": "http://127.0.0.1:9/v1", "model": "j"}},
-                          "mmhal": {"questions": "resources/mmhal/response_template.json",
-                                    "images": "resources/mmhal/images", "judge": {"url": "http://127.0.0.1:9/v1",
-                                                                                  "model": "j"}}},
-           "protocol": "unified", "methods": {"greedy": {"method": "greedy"}}}
+    cfg = {
+        "world": "real",
+        "offline": True,
+        "seeds": [0],
+        "device": "cpu",
+        "models": {"m": {"path": str(model), "family": "llava"}},
+        "benchmarks": {
+            "mmvp": {"root": "resources/mmvp"},
+            "hallusionbench": {"questions": "resources/hallusionbench/HallusionBench.json"},
+            "llavabench": {
+                "root": "resources/llavabench",
+                "judge": {"url": "http://127.0.0.1:9/v1", "model": "j"},
+            },
+            "mmhal": {
+                "questions": "resources/mmhal/response_template.json",
+                "images": "resources/mmhal/images",
+                "judge": {"url": "http://127.0.0.1:9/v1", "model": "j"},
+            },
+        },
+        "protocol": "unified",
+        "methods": {"greedy": {"method": "greedy"}},
+    }
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
-                          str(config), "--directory", str(tmp_path / "w"), "-n", "--cores", "1"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--configfile",
+            str(config),
+            "--directory",
+            str(tmp_path / "w"),
+            "-n",
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for rule in ("download_mmvp", "download_hallusionbench", "download_llavabench", "download_mmhal"):
         assert f"rule {rule}:" in out.stdout or f"localrule {rule}:" in out.stdout, rule
     # a judged benchmark without a judge fails at scoring naming the key (checked in the library here)
     from vcdflow.benchmarks import get_benchmark
 
-    with pytest.raises(ValueError, match=r"config benchmarks.llavabench.judge: LLaVA-Bench \(in the wild\) needs"):
+    with pytest.raises(
+        ValueError, match=r"config benchmarks.llavabench.judge: LLaVA-Bench \(in the wild\) needs"
+    ):
         get_benchmark("llavabench").score({"name": "llavabench", "root": str(tmp_path)}, [])

@@ -1,6 +1,6 @@
-"""`vcdflow decode` / `score` under bad input, SIGKILL and a second writer (issue 14), through
+"""`vcdflow decode` / `score` under bad input, SIGKILL and a second writer, through
 the real command line (subprocesses), plus the runner's provenance sidecar and its by-image
-batch order (issues 13, 15) in-process.
+batch order in-process.
 
 One small demo-architecture model and 9 POPE questions (4 images x 2 objects, in file order
 im0 im1 im2 im3 im0 …, plus one question whose image is missing: an error row) serve every
@@ -50,16 +50,41 @@ def world(tmp_path_factory):
     qs = []
     for obj, label in (("cup", "yes"), ("fork", "no")):
         for i in range(4):
-            qs.append({"question_id": len(qs), "image": f"im{i}.png", "text": f"Is there a {obj} in the image?",
-                       "label": label})
+            qs.append(
+                {
+                    "question_id": len(qs),
+                    "image": f"im{i}.png",
+                    "text": f"Is there a {obj} in the image?",
+                    "label": label,
+                }
+            )
     qs.append({"question_id": 8, "image": "gone.png", "text": "Is there a dog in the image?", "label": "no"})
     qfile = root / "mine_pope_random.json"
     qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
-    args = ["decode", "--model", str(root / "model"), "--questions", str(qfile), "--images", str(images),
-            "--device", "cpu", "--batch-size", "1", "--max-new-tokens", "3"]
+    args = [
+        "decode",
+        "--model",
+        str(root / "model"),
+        "--questions",
+        str(qfile),
+        "--images",
+        str(images),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        "3",
+    ]
     ref = root / "ref" / "res.jsonl"
     assert main(args + ["--out", str(ref)]) == 0
-    return {"root": root, "args": args, "ref": strip_timing(read_jsonl(ref)), "qfile": qfile, "images": images}
+    return {
+        "root": root,
+        "args": args,
+        "ref": strip_timing(read_jsonl(ref)),
+        "qfile": qfile,
+        "images": images,
+    }
 
 
 def cli(*args, env=None, timeout=300):
@@ -88,7 +113,9 @@ def kill_after_first_records(args, partial: Path, min_records=1):
             proc.wait()
             return proc
         if proc.poll() is not None:
-            pytest.fail(f"decode ended (rc {proc.returncode}) before it could be killed: {proc.stderr.read()}")
+            pytest.fail(
+                f"decode ended (rc {proc.returncode}) before it could be killed: {proc.stderr.read()}"
+            )
         time.sleep(0.005)
     proc.kill()
     pytest.fail("decode never checkpointed")
@@ -100,7 +127,9 @@ def assert_one_line(res, rc, line):
     assert res.stderr == line + "\n"
 
 
-def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrupted_run(world, tmp_path, capsys):
+def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrupted_run(
+    world, tmp_path, capsys
+):
     root, base = world["root"], world["args"]
     out = tmp_path / "res.jsonl"
     partial = Path(str(out) + ".partial")
@@ -126,7 +155,9 @@ def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrup
     (bad / "noimage_pope_random.json").write_text("\n".join([lines[0], json.dumps(rec)] + lines[2:]) + "\n")
     cut_cfg = bad / "cut_config"
     shutil.copytree(root / "model", cut_cfg)
-    (cut_cfg / "config.json").write_text('{\n  "architectures": [\n    "LlavaForConditionalGeneration"\n  ],\n  "dtype": "flo')
+    (cut_cfg / "config.json").write_text(
+        '{\n  "architectures": [\n    "LlavaForConditionalGeneration"\n  ],\n  "dtype": "flo'
+    )
     cut_w = bad / "cut_weights"
     shutil.copytree(root / "model", cut_w)
     weights = (cut_w / "model.safetensors").read_bytes()
@@ -136,24 +167,48 @@ def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrup
     expect = "expected a POPE question file (one JSON object per line with question_id, image, text, label) — fix the file and rerun"
     model_hint = "expected a save_pretrained folder (config.json + weights) — check --model (models.<name>.path in a workflow config)"
     cases = [
-        (swap(args, "--questions", str(bad / "notjson_pope_random.json")), 1,
-         f"{bad / 'notjson_pope_random.json'}:1: not valid JSON (Expecting value); {expect}"),
-        (swap(args, "--questions", str(bad / "noimage_pope_random.json")), 1,
-         f"{bad / 'noimage_pope_random.json'} line 2: missing key 'image'; {expect}"),
-        (swap(args, "--images", str(root / "imgs")), 1,
-         f"images folder {root / 'imgs'} does not exist; check --images"),
-        (swap(args, "--model", str(root / "modl")), 1,  # a typo in --model
-         f"model directory {root / 'modl'} does not exist; {model_hint}"),
-        (swap(args, "--model", str(cut_cfg)), 1,
-         f"{cut_cfg / 'config.json'}: not valid JSON (Unterminated string starting at at line 5 column 12; cut "
-         f"short?); expected the model's JSON config — restore it from the original download or save_pretrained"),
-        (swap(args, "--model", str(cut_w)), 1,
-         f"{cut_w / 'model.safetensors'}: corrupt weights file (the header promises {len(weights)} bytes, the "
-         f"file has {len(weights) // 2}; truncated?); re-download the model or re-save it with save_pretrained"),
-        (args + ["--method", "vcd", "--params", '{"alpha": "1"}'], 2,
-         "--params: parameter 'alpha' of method 'vcd' must be number, got '1' (str)"),
-        (args + ["--method", "vcd", "--params", '{"alpha": "abc"}'], 2,
-         "--params: parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)"),
+        (
+            swap(args, "--questions", str(bad / "notjson_pope_random.json")),
+            1,
+            f"{bad / 'notjson_pope_random.json'}:1: not valid JSON (Expecting value); {expect}",
+        ),
+        (
+            swap(args, "--questions", str(bad / "noimage_pope_random.json")),
+            1,
+            f"{bad / 'noimage_pope_random.json'} line 2: missing key 'image'; {expect}",
+        ),
+        (
+            swap(args, "--images", str(root / "imgs")),
+            1,
+            f"images folder {root / 'imgs'} does not exist; check --images",
+        ),
+        (
+            swap(args, "--model", str(root / "modl")),
+            1,  # a typo in --model
+            f"model directory {root / 'modl'} does not exist; {model_hint}",
+        ),
+        (
+            swap(args, "--model", str(cut_cfg)),
+            1,
+            f"{cut_cfg / 'config.json'}: not valid JSON (Unterminated string starting at at line 5 column 12; cut "
+            f"short?); expected the model's JSON config — restore it from the original download or save_pretrained",
+        ),
+        (
+            swap(args, "--model", str(cut_w)),
+            1,
+            f"{cut_w / 'model.safetensors'}: corrupt weights file (the header promises {len(weights)} bytes, the "
+            f"file has {len(weights) // 2}; truncated?); re-download the model or re-save it with save_pretrained",
+        ),
+        (
+            args + ["--method", "vcd", "--params", '{"alpha": "1"}'],
+            2,
+            "--params: parameter 'alpha' of method 'vcd' must be number, got '1' (str)",
+        ),
+        (
+            args + ["--method", "vcd", "--params", '{"alpha": "abc"}'],
+            2,
+            "--params: parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)",
+        ),
     ]
     for case_args, rc, message in cases:
         res = cli(*case_args)
@@ -164,12 +219,16 @@ def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrup
     # VCDFLOW_DEBUG=1 (and --debug, in-process below): the same line after the traceback
     res = cli(*swap(args, "--model", str(root / "modl")), env={"VCDFLOW_DEBUG": "1"})
     assert res.returncode == 1 and "Traceback (most recent call last)" in res.stderr
-    assert res.stderr.endswith(f"vcdflow decode: error: model directory {root / 'modl'} does not exist; {model_hint}\n")
+    assert res.stderr.endswith(
+        f"vcdflow decode: error: model directory {root / 'modl'} does not exist; {model_hint}\n"
+    )
     capsys.readouterr()
     assert main(swap(args, "--model", str(root / "modl")) + ["--debug"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
-    assert err.endswith(f"vcdflow decode: error: model directory {root / 'modl'} does not exist; {model_hint}\n")
+    assert err.endswith(
+        f"vcdflow decode: error: model directory {root / 'modl'} does not exist; {model_hint}\n"
+    )
     assert partial.read_bytes() == snapshot
 
     # a changed result-deciding option keeps the partial file as .stale-<hash> and says how to restore it
@@ -179,9 +238,11 @@ def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrup
     stale = Path(f"{partial}.stale-{old_hash}")
     assert stale.read_bytes() == snapshot and not partial.exists()
     new_hash = json.loads((tmp_path / "res.meta.json").read_text())["config_hash"]
-    assert (f"vcdflow: warning: kept {partial} as {stale}: it was written under config {old_hash}, the current "
-            f"config is {new_hash}; starting fresh. To resume it instead, rerun with the options it was written "
-            f"with after: mv {stale} {partial}\n") in res.stderr
+    assert (
+        f"vcdflow: warning: kept {partial} as {stale}: it was written under config {old_hash}, the current "
+        f"config is {new_hash}; starting fresh. To resume it instead, rerun with the options it was written "
+        f"with after: mv {stale} {partial}\n"
+    ) in res.stderr
     assert not any(p.exists() for p in litter)  # the rerun removed the killed write's temp files
     assert not lock.exists()
 
@@ -190,10 +251,14 @@ def test_bad_input_keeps_the_checkpoint_then_sigkill_resume_equals_an_uninterrup
     res = cli(*args)
     assert res.returncode == 0, res.stderr
     assert f"vcdflow: resuming {out}: {k} of {N} items already decoded\n" in res.stderr
-    assert (f"vcdflow: warning: {out}: 1 of {N} items are error rows (pope/random/8); their `error` field says "
-            f"why. To redo them, fix the inputs, delete {out} and rerun\n") in res.stderr
-    assert f"vcdflow: wrote {out}: {N} records ({N - k} decoded now, {k} resumed), 1 error rows; provenance in " \
-           f"{tmp_path / 'res.meta.json'}\n" in res.stderr
+    assert (
+        f"vcdflow: warning: {out}: 1 of {N} items are error rows (pope/random/8); their `error` field says "
+        f"why. To redo them, fix the inputs, delete {out} and rerun\n"
+    ) in res.stderr
+    assert (
+        f"vcdflow: wrote {out}: {N} records ({N - k} decoded now, {k} resumed), 1 error rows; provenance in "
+        f"{tmp_path / 'res.meta.json'}\n" in res.stderr
+    )
     assert res.stdout == f"{out}\n" and "Traceback" not in res.stderr
     assert strip_timing(read_jsonl(out)) == world["ref"]
     meta = json.loads((tmp_path / "res.meta.json").read_text())
@@ -220,9 +285,13 @@ def test_second_writer_fails_at_once_and_the_first_finishes(world, tmp_path):
             elapsed = time.monotonic() - t0
         finally:
             first.send_signal(signal.SIGCONT)
-        assert_one_line(second, 1, f"vcdflow decode: error: {out} is being written by another process ({holder}; "
-                                   f"lock {lock}); wait for it to finish or stop it — two writers would "
-                                   f"interleave one output")
+        assert_one_line(
+            second,
+            1,
+            f"vcdflow decode: error: {out} is being written by another process ({holder}; "
+            f"lock {lock}); wait for it to finish or stop it — two writers would "
+            f"interleave one output",
+        )
         assert elapsed < 120
         _, err = first.communicate(timeout=300)
     finally:
@@ -240,7 +309,9 @@ def test_score_names_a_torn_result_file(world, tmp_path):
     res = cli("score", "--results", str(good), "--metrics", str(tmp_path / "m.csv"))
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith(f"vcdflow score: error: {good}:{N}: not valid JSON (")
-    assert res.stderr.endswith("); expected one JSON record per line as `vcdflow decode` writes them — the file is "
-                               "cut or edited (decode writes it atomically): write it again (rerun `vcdflow decode` "
-                               "with the same options, or delete it and rerun the workflow)\n")
+    assert res.stderr.endswith(
+        "); expected one JSON record per line as `vcdflow decode` writes them — the file is "
+        "cut or edited (decode writes it atomically): write it again (rerun `vcdflow decode` "
+        "with the same options, or delete it and rerun the workflow)\n"
+    )
     assert res.stderr.count("\n") == 1 and not (tmp_path / "m.csv").exists()

@@ -47,7 +47,10 @@ def test_readme_overlay_is_one_model_three_methods_pope(tmp_path):
     assert len(README_OVERLAY.splitlines()) <= 10
     cfg = resolved(path)
     paper = read_config(ROOT / "config" / "paper.yaml")
-    assert list(cfg["models"]) == ["llava-1.5-7b"] and cfg["models"]["llava-1.5-7b"] == paper["models"]["llava-1.5-7b"]
+    assert (
+        list(cfg["models"]) == ["llava-1.5-7b"]
+        and cfg["models"]["llava-1.5-7b"] == paper["models"]["llava-1.5-7b"]
+    )
     assert cfg["methods"] == {k: paper["methods"][k] for k in ("greedy", "vcd", "pai")}
     # the named entry is laid over the base's: splits replaced, every other POPE key kept
     assert cfg["benchmarks"] == {"pope": dict(paper["benchmarks"]["pope"], splits=["random", "adversarial"])}
@@ -57,16 +60,27 @@ def test_readme_overlay_is_one_model_three_methods_pope(tmp_path):
     assert "base" not in cfg
     grid = list(runs.grid(cfg))
     assert {(g["benchmark"], g["split"], g["model"], g["seed"]) for g in grid} == {
-        ("pope", s, "llava-1.5-7b", 42) for s in ("random", "adversarial")}
+        ("pope", s, "llava-1.5-7b", 42) for s in ("random", "adversarial")
+    }
     assert {g["method"] for g in grid} == {"greedy", "vcd", "pai"}
 
 
 def test_mappings_merge_recursively_lists_and_scalars_replace():
-    base = {"seeds": [0, 1], "demo": {"train": {"steps": 10, "lr": 0.1}, "seed": 0},
-            "benchmarks": {"pope": {"splits": ["a", "b"], "prompt": "p"}, "chair": {"n_images": 4}},
-            "amber": {"spacy_model": "x"}}
-    out = lay_over(base, {"seeds": [5], "demo": {"train": {"steps": 20}}, "amber": {"spacy_model": None},
-                          "benchmarks": {"pope": {"splits": ["a"]}}})
+    base = {
+        "seeds": [0, 1],
+        "demo": {"train": {"steps": 10, "lr": 0.1}, "seed": 0},
+        "benchmarks": {"pope": {"splits": ["a", "b"], "prompt": "p"}, "chair": {"n_images": 4}},
+        "amber": {"spacy_model": "x"},
+    }
+    out = lay_over(
+        base,
+        {
+            "seeds": [5],
+            "demo": {"train": {"steps": 20}},
+            "amber": {"spacy_model": None},
+            "benchmarks": {"pope": {"splits": ["a"]}},
+        },
+    )
     assert out["seeds"] == [5]
     assert out["demo"] == {"train": {"steps": 20, "lr": 0.1}, "seed": 0}
     assert out["amber"] == {"spacy_model": None}  # null replaces (unsets) the base's value
@@ -77,8 +91,10 @@ def test_mappings_merge_recursively_lists_and_scalars_replace():
 def test_grid_keys_name_the_entries_and_new_entries_are_whole():
     base = {"methods": {"greedy": {"method": "greedy"}, "vcd": {"method": "vcd", "params": {"alpha": 1.0}}}}
     out = lay_over(base, {"methods": {"vcd": {"params": {"beta": 0.2}}, "mine": {"method": "icd"}}})
-    assert out["methods"] == {"vcd": {"method": "vcd", "params": {"alpha": 1.0, "beta": 0.2}},
-                              "mine": {"method": "icd"}}
+    assert out["methods"] == {
+        "vcd": {"method": "vcd", "params": {"alpha": 1.0, "beta": 0.2}},
+        "mine": {"method": "icd"},
+    }
     assert lay_over(base, {"methods": ["vcd"]})["methods"] == {"vcd": base["methods"]["vcd"]}
 
 
@@ -90,10 +106,14 @@ def test_errors_name_the_file_and_the_key(tmp_path):
     with pytest.raises(OverlayError, match=rf"config {empty}: models.mine is empty"):
         resolve(read_config(empty), empty, ROOT)
     kind = write(tmp_path / "kind.yaml", "base: paper\nbenchmarks: pope\n")
-    with pytest.raises(OverlayError, match=rf"config {kind}: benchmarks must be a mapping of entries or a list"):
+    with pytest.raises(
+        OverlayError, match=rf"config {kind}: benchmarks must be a mapping of entries or a list"
+    ):
         resolve(read_config(kind), kind, ROOT)
     missing = write(tmp_path / "missing.yaml", "base: papre\n")
-    with pytest.raises(OverlayError, match=rf"config {missing}: base 'papre' not found .*config names: .*paper"):
+    with pytest.raises(
+        OverlayError, match=rf"config {missing}: base 'papre' not found .*config names: .*paper"
+    ):
         resolve(read_config(missing), missing, ROOT)
     write(tmp_path / "a.yaml", "base: b.yaml\nseeds: [1]\n")
     write(tmp_path / "b.yaml", "base: ./a.yaml\n")

@@ -20,9 +20,20 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 
 from vcdflow.io import read_jsonl  # noqa: E402
-from vcdflow.t2i import (attach_reconstructions, caption_images, check_image, clean_caption,  # noqa: E402
-                         convis_images, image_key, load_t2i, read_manifest, reconstruct,
-                         reconstruction_path, t2i_hash, t2i_seed)
+from vcdflow.t2i import (
+    attach_reconstructions,
+    caption_images,
+    check_image,
+    clean_caption,  # noqa: E402
+    convis_images,
+    image_key,
+    load_t2i,
+    read_manifest,
+    reconstruct,
+    reconstruction_path,
+    t2i_hash,
+    t2i_seed,
+)
 from vcdflow.t2i.captions import caption_item_id  # noqa: E402
 from vcdflow.t2i.demo_t2i import DemoT2IConfig, build_demo_t2i, build_tokenizer  # noqa: E402
 
@@ -50,15 +61,30 @@ def world(tmp_path_factory):
         im.save(p)
         # two POPE-like items share image 0 (one key, captioned once)
         for q in range(2 if i == 0 else 1):
-            items.append({"item_id": f"pope/random/{i}{q}", "image": p.name, "image_path": str(p),
-                          "image_id": 500001 + i, "question": "is there a cup in the image ?", "label": "yes"})
+            items.append(
+                {
+                    "item_id": f"pope/random/{i}{q}",
+                    "image": p.name,
+                    "image_path": str(p),
+                    "image_id": 500001 + i,
+                    "question": "is there a cup in the image ?",
+                    "label": "yes",
+                }
+            )
     tok = build_tokenizer(["a cup and a fork .", "a ball .", "there is a bird in the image ."], max_length=16)
-    cfg = DemoT2IConfig(resolution=8, block_out_channels=(8, 16), text_hidden=16, text_layers=1, text_heads=2,
-                        max_length=16)
+    cfg = DemoT2IConfig(
+        resolution=8, block_out_channels=(8, 16), text_hidden=16, text_layers=1, text_heads=2, max_length=16
+    )
     pipe = build_demo_t2i(tok, cfg, seed=0)
     pipe.save_pretrained(root / "t2i")
-    t2i_cfg = {"kind": "demo", "path": str(root / "t2i"), "num_inference_steps": 2, "guidance_scale": 2.0,
-               "output_size": "original", "batch_size": 2}
+    t2i_cfg = {
+        "kind": "demo",
+        "path": str(root / "t2i"),
+        "num_inference_steps": 2,
+        "guidance_scale": 2.0,
+        "output_size": "original",
+        "batch_size": 2,
+    }
     return {"root": root, "vlm": vlm, "items": items, "t2i_cfg": t2i_cfg}
 
 
@@ -73,8 +99,14 @@ def captioned(world):
 @pytest.fixture(scope="module")
 def rendered(world, captioned):
     root = world["root"]
-    res = reconstruct(read_jsonl(captioned), world["t2i_cfg"], root / "manifest.json", model=MODEL,
-                      cache_dir=root / "cache", progress=False)
+    res = reconstruct(
+        read_jsonl(captioned),
+        world["t2i_cfg"],
+        root / "manifest.json",
+        model=MODEL,
+        cache_dir=root / "cache",
+        progress=False,
+    )
     return res
 
 
@@ -102,14 +134,28 @@ def test_captions_are_seeded_per_model_image_seed(world, captioned):
     from vcdflow.decoding import Request, generate
 
     recs = read_jsonl(captioned)
-    assert [r["item_id"] for r in recs] == [f"{k}/s{s}" for k in ("500001", "500002", "500003") for s in range(N)]
+    assert [r["item_id"] for r in recs] == [
+        f"{k}/s{s}" for k in ("500001", "500002", "500003") for s in range(N)
+    ]
     assert all(r["error"] is None for r in recs)
     # independent: the engine called directly, one request at a time, with the documented seeding
     for r in recs:
-        out = generate(world["vlm"], [Request(image=r["image_path"], prompt="Please describe this image in detail.",
-                                              item_id=caption_item_id(MODEL, r["key"]))],
-                       method="sample", do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=6,
-                       seed=r["caption_seed"])[0]
+        out = generate(
+            world["vlm"],
+            [
+                Request(
+                    image=r["image_path"],
+                    prompt="Please describe this image in detail.",
+                    item_id=caption_item_id(MODEL, r["key"]),
+                )
+            ],
+            method="sample",
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            max_new_tokens=6,
+            seed=r["caption_seed"],
+        )[0]
         assert r["raw"] == out.text
         assert r["caption"] == clean_caption(out.text)
     # the n seeds of one image give different samples (otherwise the n contrasts collapse to one)
@@ -130,8 +176,16 @@ def test_captions_resume_after_kill(world, captioned, tmp_path):
         return generate(vlm, reqs, **kw)
 
     with pytest.raises(KeyboardInterrupt):
-        caption_images(world["vlm"], images, out, model=MODEL, settings=CAP, batch_size=2, generate_fn=dying,
-                       progress=False)
+        caption_images(
+            world["vlm"],
+            images,
+            out,
+            model=MODEL,
+            settings=CAP,
+            batch_size=2,
+            generate_fn=dying,
+            progress=False,
+        )
     assert not out.exists() and Path(str(out) + ".partial").exists()
     seen = []
 
@@ -139,8 +193,16 @@ def test_captions_resume_after_kill(world, captioned, tmp_path):
         seen.extend(r.item_id for r in reqs)
         return generate(vlm, reqs, **kw)
 
-    caption_images(world["vlm"], images, out, model=MODEL, settings=CAP, batch_size=2, generate_fn=counting,
-                   progress=False)
+    caption_images(
+        world["vlm"],
+        images,
+        out,
+        model=MODEL,
+        settings=CAP,
+        batch_size=2,
+        generate_fn=counting,
+        progress=False,
+    )
     assert len(seen) == 3 * N - 2  # the first batch of two was checkpointed, not redone
     assert read_jsonl(out) == read_jsonl(captioned)
     assert not Path(str(out) + ".partial").exists()
@@ -159,8 +221,14 @@ def test_reconstructions_match_direct_pipeline_call(world, captioned, rendered):
     recs = read_jsonl(captioned)
     for r in recs:
         path = Path(m["images"][r["key"]][r["caption_seed"]])
-        assert path == reconstruction_path(world["root"] / "cache", MODEL, t2i_hash(world["t2i_cfg"]), r["key"],
-                                           r["caption_seed"], r["caption"])
+        assert path == reconstruction_path(
+            world["root"] / "cache",
+            MODEL,
+            t2i_hash(world["t2i_cfg"]),
+            r["key"],
+            r["caption_seed"],
+            r["caption"],
+        )
         # independent: the pipeline itself, with the documented seed, upsampled 8 -> 64 (bicubic)
         g = torch.Generator().manual_seed(t2i_seed(MODEL, r["key"], r["caption_seed"]))
         direct = t2i.pipe([r["caption"]], num_inference_steps=2, guidance_scale=2.0, generator=[g]).images[0]
@@ -180,8 +248,15 @@ def test_cache_hit_recomputes_nothing(world, captioned, rendered):
         raise AssertionError("pipeline loaded on a full cache")
 
     root = world["root"]
-    again = reconstruct(read_jsonl(captioned), world["t2i_cfg"], root / "manifest2.json", model=MODEL,
-                        cache_dir=root / "cache", loader=loader, progress=False)
+    again = reconstruct(
+        read_jsonl(captioned),
+        world["t2i_cfg"],
+        root / "manifest2.json",
+        model=MODEL,
+        cache_dir=root / "cache",
+        loader=loader,
+        progress=False,
+    )
     assert again["stats"] == {"cached": 3 * N, "generated": 0, "regenerated": 0}
     assert again["manifest"]["images"] == rendered["manifest"]["images"]
     assert {p: os.stat(p).st_mtime_ns for p in paths} == mtimes
@@ -196,16 +271,30 @@ def test_corrupt_reconstruction_is_regenerated(world, captioned, rendered, tmp_p
     victim.write_bytes(data[: len(data) // 2])  # a torn write
     assert check_image(victim).startswith("unreadable")
     t2i = load_t2i(world["t2i_cfg"])
-    res = reconstruct(read_jsonl(captioned), world["t2i_cfg"], tmp_path / "m.json", model=MODEL,
-                      cache_dir=root / "cache", t2i=t2i, progress=False)
+    res = reconstruct(
+        read_jsonl(captioned),
+        world["t2i_cfg"],
+        tmp_path / "m.json",
+        model=MODEL,
+        cache_dir=root / "cache",
+        t2i=t2i,
+        progress=False,
+    )
     assert res["stats"] == {"cached": 3 * N - 1, "generated": 0, "regenerated": 1}
     assert t2i.calls == 1
     assert check_image(victim, (64, 64)) is None
     assert np.array_equal(np.asarray(Image.open(victim).convert("RGB")), good)  # deterministic re-render
     # a wrong-size file (e.g. written under another output_size) is regenerated too
     Image.new("RGB", (8, 8)).save(victim)
-    res = reconstruct(read_jsonl(captioned), world["t2i_cfg"], tmp_path / "m.json", model=MODEL,
-                      cache_dir=root / "cache", t2i=t2i, progress=False)
+    res = reconstruct(
+        read_jsonl(captioned),
+        world["t2i_cfg"],
+        tmp_path / "m.json",
+        model=MODEL,
+        cache_dir=root / "cache",
+        t2i=t2i,
+        progress=False,
+    )
     assert res["stats"]["regenerated"] == 1 and t2i.calls == 2
 
 
@@ -228,11 +317,19 @@ def test_missing_reconstruction_is_named(world, rendered, tmp_path):
 def test_bad_captions_are_named(world, captioned, tmp_path):
     recs = read_jsonl(captioned)
     with pytest.raises(ValueError, match="DEMO_val_000000500002.png.*seeds 0..1"):
-        reconstruct([r for r in recs if r["item_id"] != "500002/s1"], world["t2i_cfg"], tmp_path / "m.json",
-                     model=MODEL, cache_dir=tmp_path, progress=False)
+        reconstruct(
+            [r for r in recs if r["item_id"] != "500002/s1"],
+            world["t2i_cfg"],
+            tmp_path / "m.json",
+            model=MODEL,
+            cache_dir=tmp_path,
+            progress=False,
+        )
     broken = [dict(r, error="image unreadable") if r["key"] == "500003" else r for r in recs]
     with pytest.raises(ValueError, match="captioning failed.*DEMO_val_000000500003.png"):
-        reconstruct(broken, world["t2i_cfg"], tmp_path / "m.json", model=MODEL, cache_dir=tmp_path, progress=False)
+        reconstruct(
+            broken, world["t2i_cfg"], tmp_path / "m.json", model=MODEL, cache_dir=tmp_path, progress=False
+        )
 
 
 def test_decode_with_reconstructions(world, rendered):
@@ -241,22 +338,42 @@ def test_decode_with_reconstructions(world, rendered):
     from vcdflow.runner import decode_batch
 
     items = attach_reconstructions(world["items"], world["root"] / "manifest.json")
-    run = {"benchmark": {"name": "pope", "split": "random", "prompt": "{question}", "max_new_tokens": 5},
-           "model": {"name": MODEL}, "seed": 0,
-           "method": {"label": "convis", "method": "convis", "do_sample": False, "params": {"alpha": 1.0}}}
+    run = {
+        "benchmark": {"name": "pope", "split": "random", "prompt": "{question}", "max_new_tokens": 5},
+        "model": {"name": MODEL},
+        "seed": 0,
+        "method": {"label": "convis", "method": "convis", "do_sample": False, "params": {"alpha": 1.0}},
+    }
     recs = decode_batch(world["vlm"], run, items)
     assert all(r["error"] is None for r in recs)
     assert {r["meta"]["convis_n_images"] for r in recs} == {N}
-    reqs = [Request(image=Image.open(it["image_path"]).convert("RGB"), prompt=it["question"], item_id=it["item_id"],
-                    contrast_images=[Image.open(p).convert("RGB") for p in it["contrast_images"]]) for it in items]
+    reqs = [
+        Request(
+            image=Image.open(it["image_path"]).convert("RGB"),
+            prompt=it["question"],
+            item_id=it["item_id"],
+            contrast_images=[Image.open(p).convert("RGB") for p in it["contrast_images"]],
+        )
+        for it in items
+    ]
     outs = generate(world["vlm"], reqs, method="convis", params={"alpha": 1.0}, max_new_tokens=5, seed=0)
     assert [r["answer"] for r in recs] == [o.text for o in outs]
     # the reconstructions matter: other contrast images give another contrast
-    swapped = generate(world["vlm"], [Request(image=r.image, prompt=r.prompt, item_id=r.item_id,
-                                              contrast_images=[r.image]) for r in reqs],
-                       method="convis", params={"alpha": 1.0}, max_new_tokens=5, seed=0)
-    plain = generate(world["vlm"], [Request(image=r.image, prompt=r.prompt, item_id=r.item_id) for r in reqs],
-                     method="greedy", max_new_tokens=5, seed=0)
+    swapped = generate(
+        world["vlm"],
+        [Request(image=r.image, prompt=r.prompt, item_id=r.item_id, contrast_images=[r.image]) for r in reqs],
+        method="convis",
+        params={"alpha": 1.0},
+        max_new_tokens=5,
+        seed=0,
+    )
+    plain = generate(
+        world["vlm"],
+        [Request(image=r.image, prompt=r.prompt, item_id=r.item_id) for r in reqs],
+        method="greedy",
+        max_new_tokens=5,
+        seed=0,
+    )
     # contrasting an image with itself leaves (1+a)l - a l = l: greedy; real reconstructions differ
     assert [o.text for o in swapped] == [o.text for o in plain]
     assert [o.text for o in outs] != [o.text for o in plain]

@@ -12,8 +12,14 @@ from vcdflow.t2i.demo_t2i import PAD, DemoT2IConfig, build_tokenizer, load_train
 from vcdflow.t2i.pipeline import DEMO_T2I, load_t2i
 
 SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "demo_t2i"
-TINY = {"resolution": 8, "block_out_channels": (8, 16), "text_hidden": 16, "text_layers": 1, "text_heads": 2,
-        "max_length": 16}
+TINY = {
+    "resolution": 8,
+    "block_out_channels": (8, 16),
+    "text_hidden": 16,
+    "text_layers": 1,
+    "text_heads": 2,
+    "max_length": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +79,9 @@ def test_training_is_seeded_and_saves_a_loadable_pipeline(world, tmp_path):
 
 
 def test_max_seconds_stops_training(world, tmp_path):
-    res = train_demo_t2i(world, tmp_path / "t", steps=50, batch_size=2, max_seconds=0.0, cfg=TINY,
-                         progress=False, threads=1)
+    res = train_demo_t2i(
+        world, tmp_path / "t", steps=50, batch_size=2, max_seconds=0.0, cfg=TINY, progress=False, threads=1
+    )
     assert res["steps_done"] == 1
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vcdflow.t2i.pipeline import (PAPER_T2I, _chunk_ids, build_tiny_sdxl, encode_prompts_chunked, load_t2i,
-                                  normalize_t2i_config, t2i_hash)
+from vcdflow.t2i.pipeline import (
+    PAPER_T2I,
+    _chunk_ids,
+    build_tiny_sdxl,
+    encode_prompts_chunked,
+    load_t2i,
+    normalize_t2i_config,
+    t2i_hash,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +28,16 @@ def sdxl(tmp_path_factory):
 def test_paper_config_matches_convis_script():
     c = normalize_t2i_config(PAPER_T2I)
     assert (c["base"], c["unet_repo"], c["unet_file"]) == (
-        "stabilityai/stable-diffusion-xl-base-1.0", "ByteDance/Hyper-SD", "Hyper-SDXL-1step-Unet.safetensors")
-    assert (c["scheduler"], c["num_inference_steps"], c["timesteps"], c["guidance_scale"]) == ("lcm", 1, [800], 0.0)
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "ByteDance/Hyper-SD",
+        "Hyper-SDXL-1step-Unet.safetensors",
+    )
+    assert (c["scheduler"], c["num_inference_steps"], c["timesteps"], c["guidance_scale"]) == (
+        "lcm",
+        1,
+        [800],
+        0.0,
+    )
     assert (c["dtype"], c["variant"]) == ("float16", "fp16")
 
 
@@ -86,8 +101,12 @@ def test_chunked_prompt_embeddings(sdxl):
     empty, _, _, _ = pipe.encode_prompt("", device="cpu", do_classifier_free_guidance=False)
     assert torch.allclose(emb2[1, :77], ref[0], atol=1e-6)
     assert torch.allclose(emb2[1, 77:154], empty[0], atol=1e-6)
-    first, _, first_pooled, _ = pipe.encode_prompt(" ".join(words[:75]), device="cpu", do_classifier_free_guidance=False)
-    assert torch.allclose(emb2[0, :77], first[0], atol=1e-6) and torch.allclose(pooled2[0], first_pooled[0], atol=1e-6)
+    first, _, first_pooled, _ = pipe.encode_prompt(
+        " ".join(words[:75]), device="cpu", do_classifier_free_guidance=False
+    )
+    assert torch.allclose(emb2[0, :77], first[0], atol=1e-6) and torch.allclose(
+        pooled2[0], first_pooled[0], atol=1e-6
+    )
     # through the pipeline: long_prompt=chunk renders; truncate renders the first 77 tokens
     t2i.cfg["long_prompt"] = "chunk"
     try:

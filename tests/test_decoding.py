@@ -42,14 +42,30 @@ def vlm(model_dir):
 def requests_():
     a, b, c = _img(1, 80, 100), _img(2, 64, 64), _img(3, 120, 70)
     return [
-        Request(image=a, prompt="Is there a cup in the image?", item_id="a",
-                contrast_prompt="Is there a dog in the image?", contrast_images=[b, c]),
+        Request(
+            image=a,
+            prompt="Is there a cup in the image?",
+            item_id="a",
+            contrast_prompt="Is there a dog in the image?",
+            contrast_images=[b, c],
+        ),
         Request(image=b, prompt="Describe", item_id="b", contrast_image=c, contrast_images=[a]),
-        Request(image=c, prompt="what is this red dog doing on the table with a cat?", item_id="c",
-                system="You are an expert.", contrast_image=a, contrast_prompt="what is this?",
-                contrast_images=[a, b]),
-        Request(image=a, prompt="How many people?", item_id="d", contrast_prompt="How many cats?",
-                contrast_images=[c, b]),
+        Request(
+            image=c,
+            prompt="what is this red dog doing on the table with a cat?",
+            item_id="c",
+            system="You are an expert.",
+            contrast_image=a,
+            contrast_prompt="what is this?",
+            contrast_images=[a, b],
+        ),
+        Request(
+            image=a,
+            prompt="How many people?",
+            item_id="d",
+            contrast_prompt="How many cats?",
+            contrast_images=[c, b],
+        ),
     ]
 
 
@@ -62,14 +78,18 @@ def assert_same_as_reference(out, ref, eos, what):
     rf = _seq(ref.tokens, ref.finish, eos)
     for k, (x, y) in enumerate(zip(eng, rf)):
         if x != y:
-            assert ref.margins[k] < 1e-4, f"{what}: token {k} engine {x} vs reference {y}, margin {ref.margins[k]}"
+            assert ref.margins[k] < 1e-4, (
+                f"{what}: token {k} engine {x} vs reference {y}, margin {ref.margins[k]}"
+            )
             return
     assert len(eng) == len(rf), f"{what}: engine {eng} vs reference {rf}"
 
 
 def _eos_for(vlm, reqs, method):
     """An EOS that makes request 0 stop early: its 4th greedy token without EOS."""
-    outs = generate(vlm, reqs, method=method, params=PARAMS.get(method), max_new_tokens=N_NEW, eos_token_id=[])
+    outs = generate(
+        vlm, reqs, method=method, params=PARAMS.get(method), max_new_tokens=N_NEW, eos_token_id=[]
+    )
     return [outs[0].token_ids[3]]
 
 
@@ -78,8 +98,15 @@ def _eos_for(vlm, reqs, method):
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if m not in _COVERED_ELSEWHERE))
 def test_greedy_matches_reference(vlm, requests_, method):
     eos = _eos_for(vlm, requests_, method)
-    outs = generate(vlm, requests_, method=method, params=PARAMS.get(method), max_new_tokens=N_NEW,
-                    eos_token_id=eos, batch_size=16)
+    outs = generate(
+        vlm,
+        requests_,
+        method=method,
+        params=PARAMS.get(method),
+        max_new_tokens=N_NEW,
+        eos_token_id=eos,
+        batch_size=16,
+    )
     assert [o.item_id for o in outs] == ["a", "b", "c", "d"]
     assert outs[0].meta["finish_reason"] == "eos" and len(outs[0].token_ids) <= 3
     for i, (r, o) in enumerate(zip(requests_, outs)):
@@ -160,15 +187,26 @@ def test_vcd_legacy_contrasts_only_first_token(vlm, requests_):
 
 def test_methods_record_their_choices(vlm, requests_):
     out = generate(vlm, requests_[:2], method="ritual", max_new_tokens=2)
-    assert all(o.meta["ritual_transform"] in
-               ("horizontal flip", "vertical flip", "rotation", "color jitter", "gaussian blur", "crop") for o in out)
+    assert all(
+        o.meta["ritual_transform"]
+        in ("horizontal flip", "vertical flip", "rotation", "color jitter", "gaussian blur", "crop")
+        for o in out
+    )
     out = generate(vlm, requests_[:2], method="selfaug", params={"sas_max_new_tokens": 4}, max_new_tokens=2)
     for o in out:
-        assert o.meta["selfaug_augmentation"] in ("vertical_flip", "horizontal_flip", "color_inversion",
-                                                  "random_crop", "random_mask", "noise")
+        assert o.meta["selfaug_augmentation"] in (
+            "vertical_flip",
+            "horizontal_flip",
+            "color_inversion",
+            "random_crop",
+            "random_mask",
+            "noise",
+        )
         assert o.meta["selfaug_parsed"] is False  # a random model does not answer "Choice: …"
         assert isinstance(o.meta["selfaug_reply"], str)
-    out = generate(vlm, requests_[:1], method="selfaug", params={"augmentation": "vertical_flip"}, max_new_tokens=2)
+    out = generate(
+        vlm, requests_[:1], method="selfaug", params={"augmentation": "vertical_flip"}, max_new_tokens=2
+    )
     assert out[0].meta["selfaug_augmentation"] == "vertical_flip" and "selfaug_parsed" not in out[0].meta
 
 
@@ -177,8 +215,10 @@ def test_prompt_uses_chat_template(vlm, requests_):
     text = vlm.processor.tokenizer.decode(out.input_ids)
     n_img = out.input_ids.count(vlm.model.config.image_token_id)
     assert n_img == 16  # (56 / 14)^2 patches
-    assert text.replace(" <image>" * n_img, "") == \
-        "you are an expert . user : \n what is this red dog <unk> on the table with a cat ? assistant :"
+    assert (
+        text.replace(" <image>" * n_img, "")
+        == "you are an expert . user : \n what is this red dog <unk> on the table with a cat ? assistant :"
+    )
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -191,7 +231,10 @@ def test_unknown_method(vlm, requests_):
 def test_unknown_parameter(vlm, requests_):
     with pytest.raises(ValueError) as e:
         generate(vlm, requests_, method="vcd", params={"alpha": 1.0, "gamma": 0.1})
-    assert str(e.value) == "unknown parameter 'gamma' for method 'vcd'; valid parameters: alpha, beta, draw, noise_step"
+    assert (
+        str(e.value)
+        == "unknown parameter 'gamma' for method 'vcd'; valid parameters: alpha, beta, draw, noise_step"
+    )
 
 
 def test_bad_parameter_value(vlm, requests_):
@@ -204,11 +247,13 @@ def test_bad_parameter_value(vlm, requests_):
 def test_bad_requests_fail_alone(vlm, requests_, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    reqs = [requests_[0],
-            Request(image=None, prompt="Is there a cup?", item_id="noimg"),
-            Request(image=str(broken), prompt="Is there a cup?", item_id="badimg"),
-            Request(image=requests_[1].image, prompt="word " * 2100, item_id="long"),
-            requests_[3]]
+    reqs = [
+        requests_[0],
+        Request(image=None, prompt="Is there a cup?", item_id="noimg"),
+        Request(image=str(broken), prompt="Is there a cup?", item_id="badimg"),
+        Request(image=requests_[1].image, prompt="word " * 2100, item_id="long"),
+        requests_[3],
+    ]
     outs = generate(vlm, reqs, method="vcd", max_new_tokens=3)
     assert outs[1].error == "method 'vcd' needs an image (Request.image is None)"
     assert outs[2].error.startswith("bad image: cannot read image ") and "broken.png" in outs[2].error
@@ -237,8 +282,12 @@ def test_random_draw_is_declared_truthfully(vlm, model_dir, tmp_path_factory, re
     assert {"vcd", "vcd_legacy", "ritual", "selfaug"} <= {m for m in METHODS if METHODS[m].random_draw}
     for method in free:
         params = runtime_params(method, vlm, model_dir, tmp_path_factory.getbasetemp(), PARAMS.get(method))
-        runs = [generate(vlm, requests_[:2], method=method, params=params, max_new_tokens=3,
-                         eos_token_id=[], seed=seed) for seed in (0, 1)]
+        runs = [
+            generate(
+                vlm, requests_[:2], method=method, params=params, max_new_tokens=3, eos_token_id=[], seed=seed
+            )
+            for seed in (0, 1)
+        ]
         assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]], method
         assert [o.meta for o in runs[0]] == [o.meta for o in runs[1]], method
     from vcdflow.decoding.types import BranchContext
@@ -248,8 +297,12 @@ def test_random_draw_is_declared_truthfully(vlm, model_dir, tmp_path_factory, re
         m = METHODS[method]
         encs = []
         for seed in (0, 1):
-            ctx = BranchContext(params=m.resolve(None), rng=make_generator(seed, "a", "branches"),
-                                adapter=vlm.adapter, do_sample=False)
+            ctx = BranchContext(
+                params=m.resolve(None),
+                rng=make_generator(seed, "a", "branches"),
+                adapter=vlm.adapter,
+                do_sample=False,
+            )
             branch = m.branches(requests_[0], ctx)[1]
             encs.append(vlm.adapter.encode(branch, ctx.rng).pixel_values)
         assert not torch.equal(encs[0], encs[1]), method

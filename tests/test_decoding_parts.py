@@ -52,8 +52,9 @@ def test_flips_and_inversion():
     from transformers import CLIPImageProcessorPil
 
     mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    ip = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                               image_mean=mean, image_std=std)
+    ip = CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=mean, image_std=std
+    )
     img = _img(1, 32, 32)
     px = ip(img, return_tensors="pt")["pixel_values"].float()
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
@@ -69,9 +70,13 @@ def test_random_crop_and_mask():
     x = torch.arange(1, 1 + 3 * 8 * 10, dtype=torch.float32).view(1, 3, 8, 10)
     out = D.random_crop(x, 2.0, make_generator(0, "c", "b"))
     assert out.shape == x.shape
-    windows = [torch.nn.functional.interpolate(x[..., i:i + 4, j:j + 4], size=(8, 10), mode="bilinear",
-                                               align_corners=False, antialias=True)
-               for i in range(5) for j in range(7)]
+    windows = [
+        torch.nn.functional.interpolate(
+            x[..., i : i + 4, j : j + 4], size=(8, 10), mode="bilinear", align_corners=False, antialias=True
+        )
+        for i in range(5)
+        for j in range(7)
+    ]
     assert sum(torch.allclose(out, w) for w in windows) == 1  # a 4x4 window (min side 8 // 2), resized
     m = D.random_mask(x, 2.0, make_generator(0, "m", "b"))
     zero = m == 0
@@ -101,7 +106,7 @@ def test_gaussian_blur_against_scipy():
     img = _img(3, 24, 20)
     out = np.asarray(D.gaussian_blur(img, make_generator(0, "g", "b"), kernel_size=13, sigma=(1.7, 1.7)))
     x = np.arange(-6, 7)
-    w = np.exp(-x ** 2 / (2 * 1.7 ** 2))
+    w = np.exp(-(x**2) / (2 * 1.7**2))
     w /= w.sum()
     a = np.asarray(img, dtype=np.float64)
     want = convolve1d(convolve1d(a, w, axis=1, mode="mirror"), w, axis=0, mode="mirror")
@@ -124,8 +129,10 @@ def test_adjust_hue_and_jitter_identity():
 
 
 def test_ritual_draws_every_transform():
-    seen = {D.RITUAL_TRANSFORMS[int(torch.randint(6, (1,), generator=make_generator(0, f"i{k}", "branches")))]
-            for k in range(200)}
+    seen = {
+        D.RITUAL_TRANSFORMS[int(torch.randint(6, (1,), generator=make_generator(0, f"i{k}", "branches")))]
+        for k in range(200)
+    }
     assert seen == set(D.RITUAL_TRANSFORMS)
 
 
@@ -150,7 +157,7 @@ def test_sat_beta():
     peaked = torch.tensor([[100.0, 0, 0, 0]])
     assert sat_beta(peaked, 0.5).item() == pytest.approx(0.5)
     half = torch.tensor([[0.0, 0.0, -1e4, -1e4]])  # H = 1 bit of log2(4) = 2
-    assert sat_beta(half, -2.0).item() == pytest.approx(0.5 ** 0.5)
+    assert sat_beta(half, -2.0).item() == pytest.approx(0.5**0.5)
 
 
 def test_warp_top_k_top_p():
@@ -202,32 +209,44 @@ def test_code_divergence_hand_values():
     st = _state("code")
     at = 1 - want
     assert METHODS["code"].combine(L, 0, st)[0].tolist() == pytest.approx(
-        ((1 + at) * L[0, 0] - at * L[0, 1]).tolist(), rel=1e-5)
+        ((1 + at) * L[0, 0] - at * L[0, 1]).tolist(), rel=1e-5
+    )
     assert METHODS["code"].plausibility(L, 0, st).item() == pytest.approx(want, rel=1e-5)
 
 
 def test_avisc_blind_tokens_hand_example():
-    att = torch.tensor([[0.10, 0.30, 0.05, 0.05, 0.10],   # layer 0: share 0.6
-                        [0.06, 0.06, 0.06, 0.06, 0.06],   # layer 1: share 0.3
-                        [0.02, 0.02, 0.02, 0.02, 0.02]])  # layer 2: share 0.1
+    att = torch.tensor(
+        [
+            [0.10, 0.30, 0.05, 0.05, 0.10],  # layer 0: share 0.6
+            [0.06, 0.06, 0.06, 0.06, 0.06],  # layer 1: share 0.3
+            [0.02, 0.02, 0.02, 0.02, 0.02],
+        ]
+    )  # layer 2: share 0.1
     keep, layers = blind_token_keep(att, 0.5, 1.0)
-    assert layers == [0]                      # cumsum [.6, .9, 1] < .5 → 0 layers, +1
+    assert layers == [0]  # cumsum [.6, .9, 1] < .5 → 0 layers, +1
     w = att[0]
-    thr = w.mean() + w.std()                  # 0.12 + 0.1037
+    thr = w.mean() + w.std()  # 0.12 + 0.1037
     assert keep.tolist() == [float(v >= thr) for v in w] == [0.0, 1.0, 0.0, 0.0, 0.0]
     keep, layers = blind_token_keep(att, 0.95, 1.0)
     assert layers == [0, 1, 2]
 
 
 def test_selfaug_parse_and_prompt():
-    assert parse_choice("Reason: the question is about height. Choice: Vertical flip") == ("vertical_flip", True)
+    assert parse_choice("Reason: the question is about height. Choice: Vertical flip") == (
+        "vertical_flip",
+        True,
+    )
     assert parse_choice("Reason: horizontal things. Choice: random crop") == ("random_crop", True)
     assert parse_choice("Choice: noise") == ("noise", True)
     assert parse_choice("Choice: something else") == ("noise", False)
     assert parse_choice("I would use a random mask here") == ("random_mask", False)
     assert parse_choice("") == ("noise", False)
-    for name, flags in {"full": (True, True), "icl": (False, True), "reason": (True, False),
-                        "base": (False, False)}.items():
+    for name, flags in {
+        "full": (True, True),
+        "icl": (False, True),
+        "reason": (True, False),
+        "base": (False, False),
+    }.items():
         template = (FIX / f"selfaug_prompt_{name}.txt").read_text(encoding="utf-8")
         assert sas_prompt("Is the cup red?", *flags) == template.format("Is the cup red?"), name
 
@@ -242,23 +261,31 @@ def test_selfaug_plausibility_uses_sat():
 # --- seeding and parameters ----------------------------------------------------------------------
 def test_request_seed_is_stable_sha256():
     d = hashlib.sha256("3\x1fpope/1\x1fsample".encode()).digest()
-    assert request_seed(3, "pope/1", "sample") == int.from_bytes(d[:8], "little") & (2 ** 63 - 1)
+    assert request_seed(3, "pope/1", "sample") == int.from_bytes(d[:8], "little") & (2**63 - 1)
     assert request_seed(3, "pope/1", "sample") != request_seed(3, "pope/1", "branches")
     assert request_seed(3, "pope/1", "sample") != request_seed(4, "pope/1", "sample")
 
 
 def test_parameter_resolution():
-    assert METHODS["vcd"].resolve(None) == {"alpha": 1.0, "beta": 0.1, "noise_step": 500,
-                                                 "draw": "per_question"}
+    assert METHODS["vcd"].resolve(None) == {
+        "alpha": 1.0,
+        "beta": 0.1,
+        "noise_step": 500,
+        "draw": "per_question",
+    }
     assert METHODS["vcd"].resolve({"noise_step": 999})["noise_step"] == 999
     with pytest.raises(ValueError) as e:
         METHODS["ritual"].resolve({"alpha_pos": 3, "gamma": 1})
-    assert str(e.value) == ("unknown parameters 'alpha_pos', 'gamma' for method 'ritual'; "
-                            "valid parameters: alpha, beta, crop_size, draw, transform")
+    assert str(e.value) == (
+        "unknown parameters 'alpha_pos', 'gamma' for method 'ritual'; "
+        "valid parameters: alpha, beta, crop_size, draw, transform"
+    )
     with pytest.raises(ValueError) as e:
         METHODS["greedy"].resolve({"alpha": 1})
-    assert str(e.value) == ("unknown parameter 'alpha' for method 'greedy'; valid parameters: repetition_context, "
-                            "repetition_penalty")
+    assert str(e.value) == (
+        "unknown parameter 'alpha' for method 'greedy'; valid parameters: repetition_context, "
+        "repetition_penalty"
+    )
     with pytest.raises(ValueError, match="'beta' of method 'vcd' must be in"):
         METHODS["vcd"].resolve({"beta": 2})
     with pytest.raises(ValueError, match="'variant' of method 'm3id'"):
@@ -267,12 +294,43 @@ def test_parameter_resolution():
 
 
 def test_every_method_is_documented():
-    expected = {"greedy", "sample", "contrast", "vcd", "vcd_legacy", "icd", "ritual", "m3id", "vdd",
-                "selfaug", "apc", "code", "avisc", "convis",
-                "pba", "olm", "debias", "carve", "iava", "cid", "lqcd",
-                # the second wave and the field's baselines (issues 16, 17)
-                "dola", "deco", "revisit", "pai", "sid", "only", "vasparse", "contrastive_search", "text_cd",
-                "opera", "vista", "vti", "halc"}
+    expected = {
+        "greedy",
+        "sample",
+        "contrast",
+        "vcd",
+        "vcd_legacy",
+        "icd",
+        "ritual",
+        "m3id",
+        "vdd",
+        "selfaug",
+        "apc",
+        "code",
+        "avisc",
+        "convis",
+        "pba",
+        "olm",
+        "debias",
+        "carve",
+        "iava",
+        "cid",
+        "lqcd",
+        # the second wave and the field's baselines
+        "dola",
+        "deco",
+        "revisit",
+        "pai",
+        "sid",
+        "only",
+        "vasparse",
+        "contrastive_search",
+        "text_cd",
+        "opera",
+        "vista",
+        "vti",
+        "halc",
+    }
     assert set(METHODS) == expected
     import importlib
 

@@ -30,7 +30,10 @@ def world(tmp_path_factory):
         name = next(im["file_name"] for im in inst["images"] if im["id"] == a["image_id"])
         x, y, w, h = a["bbox"]
         cell = IMAGE_SIZE / GRID
-        objects.setdefault(name, {})[cats[a["category_id"]]] = (int((y + h / 2) // cell), int((x + w / 2) // cell))
+        objects.setdefault(name, {})[cats[a["category_id"]]] = (
+            int((y + h / 2) // cell),
+            int((x + w / 2) // cell),
+        )
     return d, objects
 
 
@@ -44,15 +47,26 @@ def _tree_digest(root: Path) -> str:
 
 # Reference colours (RGB) for the palette names: each category's drawn colour must be nearest to
 # its COLOR_NAMES entry, so the questions' colour words describe the pixels.
-REFERENCE_RGB = {"red": (220, 20, 20), "white": (245, 245, 245), "gray": (140, 140, 150), "green": (40, 160, 40),
-                 "yellow": (250, 220, 0), "brown": (150, 90, 40), "pink": (235, 60, 200),
-                 "orange": (255, 140, 0), "black": (20, 20, 20), "blue": (30, 80, 230)}
+REFERENCE_RGB = {
+    "red": (220, 20, 20),
+    "white": (245, 245, 245),
+    "gray": (140, 140, 150),
+    "green": (40, 160, 40),
+    "yellow": (250, 220, 0),
+    "brown": (150, 90, 40),
+    "pink": (235, 60, 200),
+    "orange": (255, 140, 0),
+    "black": (20, 20, 20),
+    "blue": (30, 80, 230),
+}
 
 
 def test_colour_names_match_the_drawn_colours():
     assert set(demo_mme.PALETTE) == set(REFERENCE_RGB)
     for c in CATEGORIES:
-        nearest = min(REFERENCE_RGB, key=lambda k: sum((a - b) ** 2 for a, b in zip(REFERENCE_RGB[k], c.color)))
+        nearest = min(
+            REFERENCE_RGB, key=lambda k: sum((a - b) ** 2 for a, b in zip(REFERENCE_RGB[k], c.color))
+        )
         assert demo_mme.COLOR_NAMES[c.name] == nearest, c.name
 
 
@@ -65,7 +79,7 @@ def expected_answer(question: str, objs: dict) -> str:
     if m := re.fullmatch(r"Is there an? (\w+) (\w+) in the image\?", q):  # MME colour
         colour, name = m.groups()
         return "Yes" if name in objs and demo_mme.COLOR_NAMES[name] == colour else "No"
-    if m := re.fullmatch(r"Is there an? (\w+) in the image\?", q):        # existence
+    if m := re.fullmatch(r"Is there an? (\w+) in the image\?", q):  # existence
         return "Yes" if m.group(1) in objs else "No"
     if m := re.fullmatch(r"(?:Is|Are) there (\w+) objects? in the image\?", q):  # count
         return "Yes" if _NUM[m.group(1)] == len(objs) else "No"
@@ -78,7 +92,7 @@ def expected_answer(question: str, objs: dict) -> str:
         (ra, ca), (rb, cb) = objs[a], objs[b]
         assert ca == cb  # vertical questions only for objects in one column
         return "Yes" if (ra < rb if rel == "above" else ra > rb) else "No"
-    if m := re.fullmatch(r"Is the (\w+) (\w+) in the image\?", q):        # AMBER colour (attribute)
+    if m := re.fullmatch(r"Is the (\w+) (\w+) in the image\?", q):  # AMBER colour (attribute)
         name, colour = m.groups()
         return "Yes" if demo_mme.COLOR_NAMES[name] == colour else "No"
     raise AssertionError(f"unexpected question {question!r}")
@@ -91,7 +105,9 @@ def expected_answer(question: str, objs: dict) -> str:
 def mme_root(world, tmp_path_factory):
     d, _ = world
     out = tmp_path_factory.mktemp("mme") / "mme"
-    demo_mme.build_demo_mme(d / "annotations" / "instances_val.json", d / "images" / "val", out, n_images=6, seed=0)
+    demo_mme.build_demo_mme(
+        d / "annotations" / "instances_val.json", d / "images" / "val", out, n_images=6, seed=0
+    )
     return out
 
 
@@ -164,8 +180,9 @@ def test_demo_mme_through_the_official_scorer(mme_root):
 def amber_root(world, tmp_path_factory):
     d, _ = world
     out = tmp_path_factory.mktemp("amber") / "amber"
-    demo_amber.build_demo_amber(d / "annotations" / "instances_val.json", d / "images" / "val", out,
-                                n_images=10, seed=0)
+    demo_amber.build_demo_amber(
+        d / "annotations" / "instances_val.json", d / "images" / "val", out, n_images=10, seed=0
+    )
     return out
 
 
@@ -178,16 +195,25 @@ def test_demo_amber_layout_read_by_the_loader(amber_root, world):
     data = amber_root / "data"
     ann = _json(data / "annotations.json")
     assert [a["id"] for a in ann] == list(range(1, len(ann) + 1))  # inference.py reads ground_truth[id-1]
-    gen = amber.load_items(data / "query" / "query_generative.json", data / "annotations.json",
-                           amber_root / "image", check_images=True)
-    dis = amber.load_items(data / "query" / "query_discriminative.json", data / "annotations.json",
-                           amber_root / "image", check_images=True)
+    gen = amber.load_items(
+        data / "query" / "query_generative.json",
+        data / "annotations.json",
+        amber_root / "image",
+        check_images=True,
+    )
+    dis = amber.load_items(
+        data / "query" / "query_discriminative.json",
+        data / "annotations.json",
+        amber_root / "image",
+        check_images=True,
+    )
     assert len(gen) == 10 and {it["question"] for it in gen} == {"Describe this image."}
     assert [it["question_id"] for it in gen] == list(range(1, 11))  # generative ids first, as in AMBER
     q = {name: _json(data / "query" / f"query_{name}.json") for name in demo_amber.QUERY_FILES}
     assert q["all"] == q["generative"] + q["discriminative"]
-    assert q["discriminative"] == (q["discriminative-existence"] + q["discriminative-attribute"]
-                                   + q["discriminative-relation"])
+    assert q["discriminative"] == (
+        q["discriminative-existence"] + q["discriminative-attribute"] + q["discriminative-relation"]
+    )
     dims = [it["dimension"] for it in dis]
     assert dims == sorted(dims, key=["existence", "state", "relation"].index)
     assert dims.count("existence") == dims.count("state") == 20  # one pair per image
@@ -203,7 +229,9 @@ def test_demo_amber_layout_read_by_the_loader(amber_root, world):
     for first, second in zip(dis[::2], dis[1::2]):
         assert first["image"] == second["image"] and (first["label"], second["label"]) == ("yes", "no")
         for it in (first, second):
-            assert expected_answer(it["question"], objects[it["image"]]).lower() == it["label"], it["question"]
+            assert expected_answer(it["question"], objects[it["image"]]).lower() == it["label"], it[
+                "question"
+            ]
         if first["dimension"] == "existence":  # the absent object asked about is a likely hallucination
             name = re.fullmatch(r"Is there an? (\w+) in the image\?", second["question"]).group(1)
             gen_ann = next(by_id[g["question_id"]] for g in gen if g["image"] == second["image"])
@@ -220,10 +248,18 @@ def test_demo_amber_deterministic(world, amber_root, tmp_path):
     assert _tree_digest(tmp_path / "a") == _tree_digest(amber_root)
     # three existence pairs per image at most (as many as present objects): no object asked twice
     demo_amber.build_demo_amber(*args, tmp_path / "b", n_images=10, seed=0, existence_pairs=3)
-    ex = amber.load_items(tmp_path / "b" / "data" / "query" / "query_discriminative-existence.json",
-                          tmp_path / "b" / "data" / "annotations.json", tmp_path / "b" / "image")
-    hallu = {q["image"]: a["hallu"] for q, a in zip(_json(tmp_path / "b" / "data" / "query" / "query_generative.json"),
-                                                    _json(tmp_path / "b" / "data" / "annotations.json"))}
+    ex = amber.load_items(
+        tmp_path / "b" / "data" / "query" / "query_discriminative-existence.json",
+        tmp_path / "b" / "data" / "annotations.json",
+        tmp_path / "b" / "image",
+    )
+    hallu = {
+        q["image"]: a["hallu"]
+        for q, a in zip(
+            _json(tmp_path / "b" / "data" / "query" / "query_generative.json"),
+            _json(tmp_path / "b" / "data" / "annotations.json"),
+        )
+    }
     per_image = {}
     for it in ex:
         per_image.setdefault(it["image"], []).append(it["question"])
@@ -238,7 +274,9 @@ def test_demo_amber_deterministic(world, amber_root, tmp_path):
 def amber_eval(amber_root, tmp_path_factory):
     nltk_dir = build_demo_nltk_data(tmp_path_factory.mktemp("nltk") / "nltk_data")
     data = amber_root / "data"
-    return amber.AmberEvaluator(data / "annotations.json", data / "relation.json", data / "safe_words.txt", nltk_dir)
+    return amber.AmberEvaluator(
+        data / "annotations.json", data / "relation.json", data / "safe_words.txt", nltk_dir
+    )
 
 
 def _caption(names):
@@ -248,9 +286,12 @@ def _caption(names):
 def test_demo_amber_through_the_scorer(amber_root, amber_eval):
     data = amber_root / "data"
     ann = {a["id"]: a for a in _json(data / "annotations.json")}
-    gen = amber.load_items(data / "query" / "query_generative.json", data / "annotations.json", amber_root / "image")
-    dis = amber.load_items(data / "query" / "query_discriminative.json", data / "annotations.json",
-                           amber_root / "image")
+    gen = amber.load_items(
+        data / "query" / "query_generative.json", data / "annotations.json", amber_root / "image"
+    )
+    dis = amber.load_items(
+        data / "query" / "query_discriminative.json", data / "annotations.json", amber_root / "image"
+    )
     # Captions naming exactly the truth objects: nothing hallucinated, all covered, no hallu object named.
     recs = [{**it, "answer": _caption(ann[it["question_id"]]["truth"]), "error": None} for it in gen]
     s = amber.score(recs, amber_eval)

@@ -14,14 +14,28 @@ def test_demo_lexicon_plurals():
 def test_demo_chair_scores_by_hand(tmp_path):
     syn = write_chair_synonyms(tmp_path / "syn.txt")
     nltk_dir = build_demo_nltk_data(tmp_path / "nltk")
-    cats = [{"id": 1, "name": "cup", "supercategory": "kitchen"}, {"id": 9, "name": "dog", "supercategory": "nature"},
-            {"id": 3, "name": "fork", "supercategory": "kitchen"}]
-    write_json(tmp_path / "inst.json", {
-        "images": [{"id": 7, "file_name": "a.png", "width": 8, "height": 8}],
-        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}],
-        "categories": cats})
-    write_json(tmp_path / "cap.json", {"images": [{"id": 7, "file_name": "a.png"}],
-                                        "annotations": [{"id": 1, "image_id": 7, "caption": "a cup and a fork ."}]})
+    cats = [
+        {"id": 1, "name": "cup", "supercategory": "kitchen"},
+        {"id": 9, "name": "dog", "supercategory": "nature"},
+        {"id": 3, "name": "fork", "supercategory": "kitchen"},
+    ]
+    write_json(
+        tmp_path / "inst.json",
+        {
+            "images": [{"id": 7, "file_name": "a.png", "width": 8, "height": 8}],
+            "annotations": [
+                {"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}
+            ],
+            "categories": cats,
+        },
+    )
+    write_json(
+        tmp_path / "cap.json",
+        {
+            "images": [{"id": 7, "file_name": "a.png"}],
+            "annotations": [{"id": 1, "image_id": 7, "caption": "a cup and a fork ."}],
+        },
+    )
     ev = chair.ChairEvaluator(syn, nltk_dir, instances=tmp_path / "inst.json", captions=tmp_path / "cap.json")
     records = [{"item_id": "c/7", "image_id": 7, "answer": "two mugs , a dog and a dog .", "error": None}]
     s = chair.score(records, ev)

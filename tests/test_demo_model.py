@@ -13,8 +13,16 @@ from vcdflow.data.demo_world import build_demo_world
 from vcdflow.data.pope_builder import build_pope
 from vcdflow.models import demo as dm
 
-MICRO = dm.DemoModelConfig(image_size=16, patch_size=8, vision_hidden=16, vision_layers=1,
-                           vision_heads=2, text_hidden=32, text_layers=1, text_heads=2)
+MICRO = dm.DemoModelConfig(
+    image_size=16,
+    patch_size=8,
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,27 +36,45 @@ def world(tmp_path_factory):
 def trained(world, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("models") / "micro"
-    summary = dm.train_demo_model(world, out, steps=4, batch_size=4, lr=1e-3, seed=0,
-                                  align_steps=3, progress=False, config=MICRO)
+    summary = dm.train_demo_model(
+        world, out, steps=4, batch_size=4, lr=1e-3, seed=0, align_steps=3, progress=False, config=MICRO
+    )
     return out, summary
 
 
 def test_tokenizer_words_punctuation_unk():
     tok = dm.build_tokenizer()
     assert tok.tokenize("Is there an apple in the image?") == [
-        "is", "there", "an", "apple", "in", "the", "image", "?"]
+        "is",
+        "there",
+        "an",
+        "apple",
+        "in",
+        "the",
+        "image",
+        "?",
+    ]
     ids = tok("USER: <image>\nhello cup")["input_ids"]
     assert ids[0] == tok.bos_token_id
     assert tok.convert_ids_to_tokens(ids[1:]) == ["user", ":", "<image>", "<unk>", "cup"]
     assert tok.convert_tokens_to_ids("<image>") not in (tok.unk_token_id, None)
     # the expanded image string is split token by token
-    assert tok("<image><image><image>", add_special_tokens=False)["input_ids"] == [
-        tok.convert_tokens_to_ids("<image>")] * 3
-    for text in (dm.CAPTION_INSTRUCTION, dm.POPE_SUFFIX, "Is there a racket in the image?",
-                 "a cup , a fork and an apple .", "there is a dog and a tree in the image .",
-                 "a picture of a kite and a bat ."):
+    assert (
+        tok("<image><image><image>", add_special_tokens=False)["input_ids"]
+        == [tok.convert_tokens_to_ids("<image>")] * 3
+    )
+    for text in (
+        dm.CAPTION_INSTRUCTION,
+        dm.POPE_SUFFIX,
+        "Is there a racket in the image?",
+        "a cup , a fork and an apple .",
+        "there is a dog and a tree in the image .",
+        "a picture of a kite and a bat .",
+    ):
         assert tok.unk_token_id not in tok(text)["input_ids"], text
-    assert tok.decode(tok("a cup and a fork .")["input_ids"], skip_special_tokens=True) == "a cup and a fork ."
+    assert (
+        tok.decode(tok("a cup and a fork .")["input_ids"], skip_special_tokens=True) == "a cup and a fork ."
+    )
 
 
 def test_save_reload_template_and_forward(trained):
@@ -60,16 +86,23 @@ def test_save_reload_template_and_forward(trained):
     assert type(proc).__name__ == "LlavaProcessor"
     q = "Is there a cup in the image?"
     user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+
     def render(m):
         return proc.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
 
     assert render(user) == "USER: <image>\nIs there a cup in the image? ASSISTANT:"
-    assert render([{"role": "user", "content": [{"type": "text", "text": q}]}]) == \
-        "USER: Is there a cup in the image? ASSISTANT:"
+    assert (
+        render([{"role": "user", "content": [{"type": "text", "text": q}]}])
+        == "USER: Is there a cup in the image? ASSISTANT:"
+    )
     sys_msg = {"role": "system", "content": [{"type": "text", "text": "You are a careful assistant."}]}
-    assert render([sys_msg] + user) == \
-        "You are a careful assistant. USER: <image>\nIs there a cup in the image? ASSISTANT:"
-    assert dm.render_prompt(proc, q, system="S.") == "S. USER: <image>\nIs there a cup in the image? ASSISTANT:"
+    assert (
+        render([sys_msg] + user)
+        == "You are a careful assistant. USER: <image>\nIs there a cup in the image? ASSISTANT:"
+    )
+    assert (
+        dm.render_prompt(proc, q, system="S.") == "S. USER: <image>\nIs there a cup in the image? ASSISTANT:"
+    )
 
     img = Image.new("RGB", (32, 32), (200, 30, 30))
     enc = proc(text=render(user), images=img, return_tensors="pt")
@@ -102,7 +135,9 @@ def test_training_is_deterministic_and_learns(world, tmp_path):
     assert a["losses"] == b["losses"]
     assert a["final_align_loss"] == b["final_align_loss"]
     assert a["losses"] != c["losses"]
-    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()
     # the loss at the start is close to uniform over the vocabulary, then falls
     v = a["vocab_size"]
     assert a["losses"][0] == pytest.approx(torch.log(torch.tensor(float(v))).item(), rel=0.25)
@@ -118,8 +153,13 @@ def test_train_rejects_bad_input(tmp_path):
 
 def test_evaluate_pope_quick(trained, world, tmp_path):
     out, _ = trained
-    build_pope(world / "annotations" / "instances_val.json", tmp_path, n_images=3, prefix="demo",
-               strategies=("random",))
+    build_pope(
+        world / "annotations" / "instances_val.json",
+        tmp_path,
+        n_images=3,
+        prefix="demo",
+        strategies=("random",),
+    )
     pope = tmp_path / "demo_pope_random.json"
     r = dm.evaluate_pope_quick(out, pope, world / "images" / "val", batch_size=5)
     assert r["n"] == 18
@@ -149,9 +189,13 @@ def test_evaluate_pope_quick(trained, world, tmp_path):
 def test_patch_targets_hand_computed():
     images = [{"id": 1, "width": 64, "height": 64}]
     # 4x4 grid of 16-px patches; min_cover 0.15 of a patch = 38.4 px^2
-    boxes = {1: [(7, [8.0, 8.0, 16.0, 16.0]),    # 8x8 = 25% of each of patches 0, 1, 4, 5
-                 (9, [12.0, 12.0, 8.0, 8.0]),    # at most 4x4 = 6% of any patch: none
-                 (3, [48.0, 0.0, 16.0, 64.0])]}  # the whole right column: patches 3, 7, 11, 15
+    boxes = {
+        1: [
+            (7, [8.0, 8.0, 16.0, 16.0]),  # 8x8 = 25% of each of patches 0, 1, 4, 5
+            (9, [12.0, 12.0, 8.0, 8.0]),  # at most 4x4 = 6% of any patch: none
+            (3, [48.0, 0.0, 16.0, 64.0]),
+        ]
+    }  # the whole right column: patches 3, 7, 11, 15
     t = dm._patch_targets(images, boxes, cat_ids=[3, 7, 9], grid=4)
     assert t.shape == (1, 16, 3)
     assert t[0, :, 1].nonzero().flatten().tolist() == [0, 1, 4, 5]

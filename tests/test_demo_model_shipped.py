@@ -4,8 +4,15 @@ import json
 
 from vcdflow.models.demo_shipped import RECORD, copy_if_same_inputs, record_inputs, same_inputs
 
-SETTINGS = {"steps": 1500, "align_steps": 600, "batch_size": 32, "lr": 0.002, "seed": 0, "max_seconds": None,
-            "threads": 2}
+SETTINGS = {
+    "steps": 1500,
+    "align_steps": 600,
+    "batch_size": 32,
+    "lr": 0.002,
+    "seed": 0,
+    "max_seconds": None,
+    "threads": 2,
+}
 
 
 def _world(root, pixel=b"png-1"):
@@ -51,7 +58,10 @@ def test_other_settings_threads_or_world_are_not_the_same_inputs(tmp_path):
     assert not ok and why.startswith("captions_train differs")
     out = tmp_path / "out"
     assert copy_if_same_inputs(ship, other, SETTINGS, out)[0] is False and not out.exists()
-    assert same_inputs(tmp_path / "nothing", world, SETTINGS) == (False, f"{tmp_path / 'nothing' / RECORD} is missing")
+    assert same_inputs(tmp_path / "nothing", world, SETTINGS) == (
+        False,
+        f"{tmp_path / 'nothing' / RECORD} is missing",
+    )
 
 
 def test_the_shipped_demo_model_records_make_demo_settings():

@@ -17,8 +17,11 @@ from vcdflow.data import demo_world as dw
 
 
 def _digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_pixels_match_annotations(world):
         arr = np.asarray(Image.open(root / "images" / "val" / fname[a["image_id"]]).convert("RGB"))
         assert arr.shape == (64, 64, 3)
         x, y, w, h = a["bbox"]
-        inside = arr[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))]
+        inside = arr[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))]
         hits = np.all(inside == np.array(colour[a["category_id"]], dtype=np.uint8), axis=-1).sum()
         if a["contrast"] == 1.0:  # the category's exact colour is drawn inside its box
             assert hits >= 6, (a, hits)
@@ -126,7 +129,7 @@ def test_captions(world):
         mentioned = [w for w in canon.split() if w in names]
         ids = {n: k for k, n in name.items()}
         assert mentioned == sorted(mentioned, key=ids.get)  # canonical: category-id order
-    assert dw.captions_for(["fork", "cup"]) [0] == "a cup and a fork ."
+    assert dw.captions_for(["fork", "cup"])[0] == "a cup and a fork ."
     assert dw.captions_for(["apple", "cup", "kite"])[0] == "a cup , an apple and a kite ."
 
 

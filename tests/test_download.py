@@ -19,8 +19,16 @@ import pytest
 from vcdflow.data import download as dl
 from vcdflow.data import nltk_packages as nk
 from vcdflow.data import registry
-from vcdflow.data.download import (ChecksumMismatch, DownloadError, OfflineCheckError,
-                                   SizeMismatch, check_offline, download, extract, hf_snapshot)
+from vcdflow.data.download import (
+    ChecksumMismatch,
+    DownloadError,
+    OfflineCheckError,
+    SizeMismatch,
+    check_offline,
+    download,
+    extract,
+    hf_snapshot,
+)
 
 
 def _shared_root() -> Path:
@@ -48,10 +56,10 @@ class Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.ignore_range: set[str] = set()
-        self.no_length: set[str] = set()           # send no Content-Length (HTTP/1.0 close)
-        self.cut: dict[str, list[int]] = {}        # path -> byte counts to cut at, one per request
-        self.status: dict[str, list[int]] = {}     # path -> statuses to answer first
-        self.probe: dict[str, callable] = {}       # path -> called half-way through the body
+        self.no_length: set[str] = set()  # send no Content-Length (HTTP/1.0 close)
+        self.cut: dict[str, list[int]] = {}  # path -> byte counts to cut at, one per request
+        self.status: dict[str, list[int]] = {}  # path -> statuses to answer first
+        self.probe: dict[str, callable] = {}  # path -> called half-way through the body
         self.requests: list[dict] = []
         srv = self
 
@@ -61,8 +69,13 @@ class Server:
 
             def do_GET(self):
                 path = self.path.split("?")[0]
-                srv.requests.append({"path": path, "range": self.headers.get("Range"),
-                                     "accept_encoding": self.headers.get("Accept-Encoding")})
+                srv.requests.append(
+                    {
+                        "path": path,
+                        "range": self.headers.get("Range"),
+                        "accept_encoding": self.headers.get("Accept-Encoding"),
+                    }
+                )
                 if srv.status.get(path):
                     code = srv.status[path].pop(0)
                     self.send_response(code)
@@ -112,8 +125,9 @@ class Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -137,8 +151,11 @@ def server():
 
 
 def digests(b: bytes) -> dict:
-    return {"md5": hashlib.md5(b).hexdigest(), "sha1": hashlib.sha1(b).hexdigest(),
-            "sha256": hashlib.sha256(b).hexdigest()}
+    return {
+        "md5": hashlib.md5(b).hexdigest(),
+        "sha1": hashlib.sha1(b).hexdigest(),
+        "sha256": hashlib.sha256(b).hexdigest(),
+    }
 
 
 # ----------------------------------------------------------------------------- download
@@ -179,11 +196,11 @@ def test_resume_within_one_call_after_repeated_cuts(server, tmp_path):
     url = server.add("/r.bin", data)
     server.cut["/r.bin"] = [100_000, 250_000]  # first two responses die mid-body
     dest = tmp_path / "r.bin"
-    download(url, dest, sha256=digests(data)["sha256"], retries=3, backoff=0, progress=False,
-             chunk_size=10_000)
+    download(
+        url, dest, sha256=digests(data)["sha256"], retries=3, backoff=0, progress=False, chunk_size=10_000
+    )
     assert dest.read_bytes() == data
-    assert [r["range"] for r in server.hits("/r.bin")] == [None, "bytes=100000-",
-                                                            "bytes=350000-"]
+    assert [r["range"] for r in server.hits("/r.bin")] == [None, "bytes=100000-", "bytes=350000-"]
 
 
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
@@ -239,8 +256,7 @@ def test_sha256_mismatch_when_md5_matches(server, tmp_path):
     data = payload(5_000, seed=6)
     url = server.add("/s.bin", data)
     with pytest.raises(ChecksumMismatch, match="sha256") as ei:
-        download(url, tmp_path / "s.bin", md5=hashlib.md5(data).hexdigest(), sha256="a" * 64,
-                 progress=False)
+        download(url, tmp_path / "s.bin", md5=hashlib.md5(data).hexdigest(), sha256="a" * 64, progress=False)
     assert ei.value.actual == hashlib.sha256(data).hexdigest()
     assert not (tmp_path / "s.bin").exists()
 
@@ -325,8 +341,7 @@ def test_http_503_is_retried(server, tmp_path):
     data = payload(2000, seed=13)
     url = server.add("/t.bin", data)
     server.status["/t.bin"] = [503, 503]
-    download(url, tmp_path / "t.bin", md5=digests(data)["md5"], retries=2, backoff=0,
-             progress=False)
+    download(url, tmp_path / "t.bin", md5=digests(data)["md5"], retries=2, backoff=0, progress=False)
     assert (tmp_path / "t.bin").read_bytes() == data
     assert len(server.hits("/t.bin")) == 3
 
@@ -350,8 +365,15 @@ def test_offline_preplaced_correct_file_succeeds_without_network(tmp_path):
     data = payload(3000, seed=14)
     dest = tmp_path / "p.bin"
     dest.write_bytes(data)
-    out = download("http://127.0.0.1:9/unreachable", dest, sha256=digests(data)["sha256"],
-                   size=3000, offline=True, session=NoNetwork(), progress=False)
+    out = download(
+        "http://127.0.0.1:9/unreachable",
+        dest,
+        sha256=digests(data)["sha256"],
+        size=3000,
+        offline=True,
+        session=NoNetwork(),
+        progress=False,
+    )
     assert out == dest
 
 
@@ -371,8 +393,9 @@ def test_check_offline_names_each_missing_and_bad_file(tmp_path):
     miss1, miss2 = tmp_path / "a" / "missing1.json", tmp_path / "missing2.zip"
     md5_hello = hashlib.md5(b"hello").hexdigest()
     with pytest.raises(OfflineCheckError) as ei:
-        check_offline([(good, f"md5:{md5_hello}"), (miss1, None), (bad, md5_hello),
-                       (miss2, "sha256:" + "0" * 64)])
+        check_offline(
+            [(good, f"md5:{md5_hello}"), (miss1, None), (bad, md5_hello), (miss2, "sha256:" + "0" * 64)]
+        )
     msg = str(ei.value)
     assert str(miss1) in msg and str(miss2) in msg and str(bad) in msg
     assert hashlib.md5(b"hullo").hexdigest() in msg and md5_hello in msg
@@ -397,14 +420,21 @@ def make_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-ANN = {f"annotations/{k}_{s}2014.json": json.dumps({"k": k, "s": s}).encode()
-       for k in ("captions", "instances", "person_keypoints") for s in ("train", "val")}
+ANN = {
+    f"annotations/{k}_{s}2014.json": json.dumps({"k": k, "s": s}).encode()
+    for k in ("captions", "instances", "person_keypoints")
+    for s in ("train", "val")
+}
 
 
 def test_extract_selected_members_only(tmp_path):
     z = make_zip(tmp_path / "ann.zip", ANN)
-    want = ["annotations/instances_val2014.json", "annotations/captions_val2014.json",
-            "annotations/instances_train2014.json", "annotations/captions_train2014.json"]
+    want = [
+        "annotations/instances_val2014.json",
+        "annotations/captions_val2014.json",
+        "annotations/instances_train2014.json",
+        "annotations/captions_train2014.json",
+    ]
     out_dir = tmp_path / "coco"
     (out_dir / "val2014").mkdir(parents=True)  # an existing sibling folder is kept
     placed = extract(z, out_dir, members=want, progress=False)
@@ -420,8 +450,7 @@ def test_extract_selected_members_only(tmp_path):
 
 
 def test_extract_folder_prefix_and_missing_member(tmp_path):
-    z = make_zip(tmp_path / "imgs.zip", {"val2014/a.jpg": b"A", "val2014/b.jpg": b"B",
-                                         "other/c.txt": b"C"})
+    z = make_zip(tmp_path / "imgs.zip", {"val2014/a.jpg": b"A", "val2014/b.jpg": b"B", "other/c.txt": b"C"})
     placed = extract(z, tmp_path / "out", members=["val2014/"], progress=False)
     assert [p.name for p in placed] == ["a.jpg", "b.jpg"]
     assert not (tmp_path / "out" / "other").exists()
@@ -444,7 +473,9 @@ def test_extract_refuses_path_traversal_and_bad_zip(tmp_path):
 
 # ----------------------------------------------------------------------------- registry
 POPE_LOCAL = {  # (version, dataset) -> folder in /work/shared/data/pope
-    ("109985c", "coco"): "coco", ("109985c", "aokvqa"): "aokvqa", ("109985c", "gqa"): "gqa",
+    ("109985c", "coco"): "coco",
+    ("109985c", "aokvqa"): "aokvqa",
+    ("109985c", "gqa"): "gqa",
     ("e3e3926", "coco"): "coco-e3e3926",
 }
 
@@ -462,18 +493,25 @@ def test_registry_pope_md5_and_size_match_shared_files(version, dataset):
         assert e.md5 == hashlib.md5(data).hexdigest(), f
         assert e.checksum_status == "verified"
         commit = registry.POPE_COMMITS[version]
-        assert e.url == (f"https://raw.githubusercontent.com/AoiDragon/POPE/{commit}/"
-                         + ("output/coco/" if dataset == "coco" else f"output/seem/{dataset}/")
-                         + e.filename)
+        assert e.url == (
+            f"https://raw.githubusercontent.com/AoiDragon/POPE/{commit}/"
+            + ("output/coco/" if dataset == "coco" else f"output/seem/{dataset}/")
+            + e.filename
+        )
 
 
 @pytest.mark.skipif(not SHARED_POPE.is_dir(), reason=f"{SHARED_POPE} not present")
 def test_registry_pope_question_counts_match_notes():
     """109985c: 3000 questions per split; e3e3926 random: 2910 (spec section 1)."""
+
     def count(path: Path) -> int:
         text = path.read_text()
-        return len(json.loads(text)) if text.lstrip().startswith("[") else \
-            sum(1 for line in text.splitlines() if line.strip())
+        return (
+            len(json.loads(text))
+            if text.lstrip().startswith("[")
+            else sum(1 for line in text.splitlines() if line.strip())
+        )
+
     for split in registry.POPE_SPLITS:
         for ds in registry.POPE_DATASETS:
             e = registry.pope_files(ds)[split]
@@ -507,24 +545,38 @@ def test_spacy_model_wheel_unpacks_to_a_loadable_folder(server, tmp_path, monkey
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("en_core_web_lg/__init__.py", "")
-        z.writestr("en_core_web_lg/en_core_web_lg-3.8.0/config.cfg", "[nlp]\nlang = \"en\"\n")
+        z.writestr("en_core_web_lg/en_core_web_lg-3.8.0/config.cfg", '[nlp]\nlang = "en"\n')
         z.writestr("en_core_web_lg/en_core_web_lg-3.8.0/vocab/strings.json", "[]")
         z.writestr("en_core_web_lg-3.8.0.dist-info/METADATA", "Name: en_core_web_lg")
     data = buf.getvalue()
     real = registry.get("spacy/en_core_web_lg")
-    fake = dataclasses.replace(real, url=server.add("/" + real.filename, data), sha256=digests(data)["sha256"])
+    fake = dataclasses.replace(
+        real, url=server.add("/" + real.filename, data), sha256=digests(data)["sha256"]
+    )
     monkeypatch.setattr(fetch.registry, "get", lambda name: fake if name == real.name else registry.get(name))
     dest = tmp_path / "resources/spacy/en_core_web_lg"
-    fetch.fetch_zip_members(real.name, dest, cache_dir=tmp_path / "downloads", progress=False,
-                            strip="en_core_web_lg/en_core_web_lg-3.8.0")
-    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == \
-        ["config.cfg", "vocab/strings.json"]
+    fetch.fetch_zip_members(
+        real.name,
+        dest,
+        cache_dir=tmp_path / "downloads",
+        progress=False,
+        strip="en_core_web_lg/en_core_web_lg-3.8.0",
+    )
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+        "config.cfg",
+        "vocab/strings.json",
+    ]
     # a wheel with another checksum is refused and nothing is placed
     other = tmp_path / "other"
     monkeypatch.setattr(fetch.registry, "get", lambda name: dataclasses.replace(fake, sha256="0" * 64))
     with pytest.raises(ChecksumMismatch):
-        fetch.fetch_zip_members(real.name, other, cache_dir=tmp_path / "downloads2", progress=False,
-                                strip="en_core_web_lg/en_core_web_lg-3.8.0")
+        fetch.fetch_zip_members(
+            real.name,
+            other,
+            cache_dir=tmp_path / "downloads2",
+            progress=False,
+            strip="en_core_web_lg/en_core_web_lg-3.8.0",
+        )
     assert not other.exists()
 
 
@@ -546,10 +598,21 @@ def test_entry_without_checksum_is_fetched_with_a_warning(server, tmp_path, monk
 
 def test_registry_table_is_well_formed():
     names = registry.names()
-    for required in ("coco/val2014", "coco/annotations_trainval2014", "gqa/images",
-                     "mme/lmms-lab", "mme/original-zip", "mme/eval_tool", "amber/annotations",
-                     "amber/query_all", "amber/images", "spacy/en_core_web_lg",
-                     "nltk/punkt_tab", "nltk/averaged_perceptron_tagger_eng", "nltk/wordnet"):
+    for required in (
+        "coco/val2014",
+        "coco/annotations_trainval2014",
+        "gqa/images",
+        "mme/lmms-lab",
+        "mme/original-zip",
+        "mme/eval_tool",
+        "amber/annotations",
+        "amber/query_all",
+        "amber/images",
+        "spacy/en_core_web_lg",
+        "nltk/punkt_tab",
+        "nltk/averaged_perceptron_tagger_eng",
+        "nltk/wordnet",
+    ):
         assert required in names
     for n in names:
         e = registry.get(n)
@@ -594,8 +657,7 @@ def test_nltk_package_table_pins():
         assert nk.NLTK_DATA_COMMIT in p.url()
         assert p.url().endswith(f"/packages/{p.subdir}/{pid}.zip")
         assert len(p.sha256) == 64 and p.size > 0
-    assert {nk.PACKAGES[p].subdir for p in nk.DEFAULT_PACKAGES} == {"tokenizers", "taggers",
-                                                                   "corpora"}
+    assert {nk.PACKAGES[p].subdir for p in nk.DEFAULT_PACKAGES} == {"tokenizers", "taggers", "corpora"}
     assert nk.PACKAGES["wordnet"].unzip is False and nk.PACKAGES["punkt_tab"].unzip is True
     with pytest.raises(KeyError, match="punkt_tabb"):
         nk.install_nltk_data("/nonexistent", ["punkt_tabb"], offline=True)
@@ -608,16 +670,26 @@ def _fake_pkg(pid: str, subdir: str, unzip: bool, files: dict[str, bytes]):
         for name, data in files.items():
             zf.writestr(f"{pid}/{name}", data)
     raw = buf.getvalue()
-    pkg = nk.NltkPackage(id=pid, subdir=subdir, size=len(raw), unzip=unzip,
-                         sha256=hashlib.sha256(raw).hexdigest(), md5=hashlib.md5(raw).hexdigest())
+    pkg = nk.NltkPackage(
+        id=pid,
+        subdir=subdir,
+        size=len(raw),
+        unzip=unzip,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        md5=hashlib.md5(raw).hexdigest(),
+    )
     return pkg, raw
 
 
 def test_install_nltk_data_layout_idempotence_and_offline(server, tmp_path, monkeypatch):
     import nltk
 
-    tab, tab_zip = _fake_pkg("punkt_tab", "tokenizers", True,
-                             {"english/collocations.tab": b"", "english/sent_starters.txt": b"x\n"})
+    tab, tab_zip = _fake_pkg(
+        "punkt_tab",
+        "tokenizers",
+        True,
+        {"english/collocations.tab": b"", "english/sent_starters.txt": b"x\n"},
+    )
     wn, wn_zip = _fake_pkg("wordnet", "corpora", False, {"lexnames": b"00 adj.all 3\n"})
     base = server.base + "/packages"
     server.add("/packages/tokenizers/punkt_tab.zip", tab_zip)
@@ -632,8 +704,7 @@ def test_install_nltk_data_layout_idempotence_and_offline(server, tmp_path, monk
     assert server.requests == []
 
     nk.install_nltk_data(dest, [tab, wn], base_url=base, progress=False)
-    assert (dest / "tokenizers" / "punkt_tab" / "english" / "sent_starters.txt").read_bytes() \
-        == b"x\n"
+    assert (dest / "tokenizers" / "punkt_tab" / "english" / "sent_starters.txt").read_bytes() == b"x\n"
     assert (dest / "tokenizers" / "punkt_tab.zip").read_bytes() == tab_zip
     assert (dest / "corpora" / "wordnet.zip").is_file()
     assert not (dest / "corpora" / "wordnet").exists()  # unzip="0": read from the zip
@@ -643,8 +714,7 @@ def test_install_nltk_data_layout_idempotence_and_offline(server, tmp_path, monk
     with nltk.data.find("corpora/wordnet.zip/wordnet/lexnames").open() as fh:
         assert fh.read() == b"00 adj.all 3\n"
     assert nk.nltk_data_status(dest, [tab, wn]) == {"punkt_tab": True, "wordnet": True}
-    assert sorted(p.name for p in (dest / "tokenizers").iterdir()) == ["punkt_tab",
-                                                                        "punkt_tab.zip"]
+    assert sorted(p.name for p in (dest / "tokenizers").iterdir()) == ["punkt_tab", "punkt_tab.zip"]
 
     n = len(server.requests)
     nk.install_nltk_data(dest, [tab, wn], base_url=base, progress=False)  # nothing to do
@@ -657,8 +727,7 @@ def test_install_nltk_data_layout_idempotence_and_offline(server, tmp_path, monk
     (dest / "tokenizers" / "punkt_tab" / "english" / "sent_starters.txt").write_bytes(b"bad")
     assert nk.nltk_data_status(dest, [tab]) == {"punkt_tab": False}
     nk.install_nltk_data(dest, [tab], offline=True, progress=False)
-    assert (dest / "tokenizers" / "punkt_tab" / "english" / "sent_starters.txt").read_bytes() \
-        == b"x\n"
+    assert (dest / "tokenizers" / "punkt_tab" / "english" / "sent_starters.txt").read_bytes() == b"x\n"
 
 
 # ----------------------------------------------------------------------------- HF hub
@@ -675,20 +744,41 @@ def test_hf_snapshot_passes_token_from_env_and_never_returns_it(monkeypatch, tmp
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setenv("MY_HF_TOKEN", "hf_secret_value")
-    out = hf_snapshot("lmms-lab/MME", tmp_path / "mme", revision="a" * 40, repo_type="dataset",
-                      allow_patterns=["data/test-*.parquet"], token_env="MY_HF_TOKEN")
+    out = hf_snapshot(
+        "lmms-lab/MME",
+        tmp_path / "mme",
+        revision="a" * 40,
+        repo_type="dataset",
+        allow_patterns=["data/test-*.parquet"],
+        token_env="MY_HF_TOKEN",
+    )
     assert out == tmp_path / "mme"
     assert seen["token"] == "hf_secret_value" and seen["revision"] == "a" * 40
     assert seen["repo_type"] == "dataset" and seen["allow_patterns"] == ["data/test-*.parquet"]
     assert "hf_secret_value" not in repr(out)
     # offline: the placed snapshot satisfies the patterns, no hub call
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda **kw: pytest.fail("network used offline"))
-    assert hf_snapshot("lmms-lab/MME", tmp_path / "mme", revision="a" * 40, repo_type="dataset",
-                       allow_patterns="data/test-*.parquet", offline=True) == tmp_path / "mme"
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda **kw: pytest.fail("network used offline")
+    )
+    assert (
+        hf_snapshot(
+            "lmms-lab/MME",
+            tmp_path / "mme",
+            revision="a" * 40,
+            repo_type="dataset",
+            allow_patterns="data/test-*.parquet",
+            offline=True,
+        )
+        == tmp_path / "mme"
+    )
     with pytest.raises(FileNotFoundError) as ei:
-        hf_snapshot("org/model", tmp_path / "nomodel", revision="b" * 40,
-                    allow_patterns=["*.safetensors"], offline=True)
+        hf_snapshot(
+            "org/model",
+            tmp_path / "nomodel",
+            revision="b" * 40,
+            allow_patterns=["*.safetensors"],
+            offline=True,
+        )
     assert str(tmp_path / "nomodel") in str(ei.value) and "*.safetensors" in str(ei.value)
 
 

@@ -29,11 +29,26 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir, *args, config=MICRO, timeout=900, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
-           "--cores", "2", "--workflow-profile", "none", "--rerun-incomplete", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        "--workflow-profile",
+        "none",
+        "--rerun-incomplete",
+        *args,
+    ]
     out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
-        raise AssertionError(f"snakemake failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+        raise AssertionError(
+            f"snakemake failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+        )
     return out
 
 
@@ -53,7 +68,17 @@ def test_pipeline_outputs(micro_run):
     workdir, _ = micro_run
     cfg = yaml.safe_load(MICRO.read_text())
     df = pd.read_csv(workdir / "results" / "metrics.csv")
-    assert list(df.columns) == ["benchmark", "split", "model", "protocol", "method", "mode", "seed", "metric", "value"]
+    assert list(df.columns) == [
+        "benchmark",
+        "split",
+        "model",
+        "protocol",
+        "method",
+        "mode",
+        "seed",
+        "metric",
+        "value",
+    ]
     # every label under unified; sample and vcd also under VCD's paper protocol (micro.yaml); the
     # splits of metrics.csv: POPE's, CHAIR's and MME's "all", AMBER's two tasks and its four
     # discriminative dimensions
@@ -61,13 +86,21 @@ def test_pipeline_outputs(micro_run):
     n_runs = n_splits * (len(cfg["methods"]) + 2) * len(cfg["seeds"])
     assert len(df.groupby(["benchmark", "split", "model", "protocol", "method", "mode", "seed"])) == n_runs
     runs = set(df[["protocol", "method", "mode"]].drop_duplicates().itertuples(index=False, name=None))
-    assert runs == {("unified", "greedy", "greedy"), ("unified", "sample", "sample"), ("unified", "vcd", "greedy"),
-                    ("unified", "convis", "greedy"), ("vcd", "vcd", "sample"), ("vcd", "sample", "sample")}
+    assert runs == {
+        ("unified", "greedy", "greedy"),
+        ("unified", "sample", "sample"),
+        ("unified", "vcd", "greedy"),
+        ("unified", "convis", "greedy"),
+        ("vcd", "vcd", "sample"),
+        ("vcd", "sample", "sample"),
+    }
     # under VCD's protocol: its system text and parser (DAMO-NLP-SG/VCD eval_pope.py), its sampling,
     # max_new_tokens capped by the config (recorded in the run)
     vrec = read_jsonl(workdir / "results/pope/random/demo/vcd/vcd/sample/seed0.jsonl")
-    assert [r["question_id"] for r in vrec] == [r["question_id"] for r in read_jsonl(
-        workdir / "results/pope/random/demo/vcd/sample/sample/seed0.jsonl")]
+    assert [r["question_id"] for r in vrec] == [
+        r["question_id"]
+        for r in read_jsonl(workdir / "results/pope/random/demo/vcd/sample/sample/seed0.jsonl")
+    ]
     side = json.loads((workdir / "results/pope/random/demo/vcd/vcd/sample/seed0.meta.json").read_text())
     # the answer parser (VCD's "vcd") decides the scores only: not in the decode record
     assert side["run"]["protocol"]["protocol"] == "vcd" and "parser" not in side["run"]["protocol"]
@@ -84,26 +117,60 @@ def test_pipeline_outputs(micro_run):
     assert set(chair.metric) >= {"chair_s", "chair_i", "recall", "length"}
     # the demo MME and AMBER (rules build_demo_mme / build_demo_amber) decoded and scored
     mme = df[(df.benchmark == "mme")]
-    assert set(mme.split) == {"all"} and set(mme.metric) >= {"existence_acc", "existence_acc_plus", "hallucination"}
+    assert set(mme.split) == {"all"} and set(mme.metric) >= {
+        "existence_acc",
+        "existence_acc_plus",
+        "hallucination",
+    }
     amber = df[(df.benchmark == "amber")]
     assert set(amber.split) == {"generative", "discriminative", "existence", "attribute", "relation", "state"}
     assert set(amber[amber.split == "generative"].metric) >= {"chair", "cover", "hal", "cog"}
     assert set(amber[amber.split == "discriminative"].metric) >= {"accuracy", "f1"}
     n_mme = len(read_jsonl(workdir / "results/mme/all/demo/unified/greedy/greedy/seed0.jsonl"))
     assert n_mme == 4 * 2 * cfg["demo"]["mme_images"]  # 4 subtasks x images x 2 questions
-    assert len(read_jsonl(workdir / "results/amber/generative/demo/unified/greedy/greedy/seed0.jsonl")) == \
-        cfg["demo"]["amber_images"]
+    assert (
+        len(read_jsonl(workdir / "results/amber/generative/demo/unified/greedy/greedy/seed0.jsonl"))
+        == cfg["demo"]["amber_images"]
+    )
     # every POPE question of the split is answered once, in file order
     questions = read_jsonl(workdir / "resources/demo/pope/demo_pope_random.json")
     recs = read_jsonl(workdir / "results/pope/random/demo/unified/vcd/greedy/seed0.jsonl")
     assert [r["question_id"] for r in recs] == [q["question_id"] for q in questions]
-    assert all(set(r) == {"item_id", "image", "image_id", "question_id", "prompt", "answer", "label", "seed",
-                          "error", "meta", "timing"} for r in recs)
+    assert all(
+        set(r)
+        == {
+            "item_id",
+            "image",
+            "image_id",
+            "question_id",
+            "prompt",
+            "answer",
+            "label",
+            "seed",
+            "error",
+            "meta",
+            "timing",
+        }
+        for r in recs
+    )
     # accuracy in metrics.csv is what the official parser gives on the answers
-    n_ok = sum((("no" if {"No", "not", "no"} & set(r["answer"].split(".")[0].replace(",", "").split(" ")) else "yes")
-                == r["label"]) for r in recs)
-    acc = pope[(pope.split == "random") & (pope.method == "vcd") & (pope.protocol == "unified")
-               & (pope.metric == "accuracy")].value.item()
+    n_ok = sum(
+        (
+            (
+                "no"
+                if {"No", "not", "no"} & set(r["answer"].split(".")[0].replace(",", "").split(" "))
+                else "yes"
+            )
+            == r["label"]
+        )
+        for r in recs
+    )
+    acc = pope[
+        (pope.split == "random")
+        & (pope.method == "vcd")
+        & (pope.protocol == "unified")
+        & (pope.metric == "accuracy")
+    ].value.item()
     assert acc == pytest.approx(100 * n_ok / len(recs))
     html = (workdir / "reports" / "index.html").read_text()
     assert "<html" in html and "demo" in html.lower()
@@ -118,12 +185,20 @@ def test_pipeline_outputs(micro_run):
     diff = re.search(r'<table class="protocol-diff" data-protocol="vcd">(.*?)</table>', html, re.S).group(1)
     assert "<td>pope</td><td>parser</td>" in diff
     # the overview shows the MME and AMBER headline metrics of metrics.csv (one seed: the value)
-    for bench, split, metric in (("mme", "all", "hallucination"), ("amber", "generative", "chair"),
-                                 ("amber", "discriminative", "accuracy")):
+    for bench, split, metric in (
+        ("mme", "all", "hallucination"),
+        ("amber", "generative", "chair"),
+        ("amber", "discriminative", "accuracy"),
+    ):
         m = re.search(rf'data-sort="([^"]+)" data-glance="{bench}/{split}/demo/vcd/{metric}"', html)
         assert m, (bench, split, metric)
-        want = df[(df.benchmark == bench) & (df.split == split) & (df.method == "vcd") & (df.protocol == "unified")
-                  & (df.metric == metric)].value.item()
+        want = df[
+            (df.benchmark == bench)
+            & (df.split == split)
+            & (df.method == "vcd")
+            & (df.protocol == "unified")
+            & (df.metric == metric)
+        ].value.item()
         assert float(m.group(1)) == pytest.approx(want)
     assert 'id="bench-mme"' in html and 'id="bench-amber"' in html
     # one library-version set for every result: listed once in the provenance, no table flagged
@@ -139,8 +214,14 @@ def test_execution_settings_never_redecode(micro_run):
     assert yaml.safe_load(MICRO.read_text())["batch_size"] == 4  # so batch_size=8 is a change
     out = snakemake(workdir, "-n", "--config", "threads=2", "batch_size=8", "device=cpu")
     text = out.stdout + out.stderr
-    for rule in ("decode", "decode_group", r"decode_batch_\w+", "convis_captions", "convis_reconstruct",
-                 "merge_shards"):
+    for rule in (
+        "decode",
+        "decode_group",
+        r"decode_batch_\w+",
+        "convis_captions",
+        "convis_reconstruct",
+        "merge_shards",
+    ):
         assert not re.search(rf"^rule {rule}:", text, re.M), text[-3000:]
     # at most the report re-renders (its provenance shows the config, threads included)
     planned = set(re.findall(r"^(?:local)?rule (\w+):", text, re.M))
@@ -165,11 +246,16 @@ def test_score_only_settings_plan_no_decode_job(micro_run, tmp_path, edit):
     bench, key, value = SCORE_ONLY_EDITS[edit]
     cfg["benchmarks"][bench][key] = value
     path = tmp_path / "edited.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the demo section's order kept (its params are dicts)
+    path.write_text(
+        yaml.safe_dump(cfg, sort_keys=False)
+    )  # the demo section's order kept (its params are dicts)
     out = snakemake(workdir, "-n", config=path)
     planned = set(re.findall(r"^(?:local)?rule (\w+):", out.stdout + out.stderr, re.M))
     reasons = re.findall(r"^\s*reason: .*$", out.stdout + out.stderr, re.M)
-    assert not {r for r in planned if r.startswith(("decode", "convis")) or r == "merge_shards"}, (planned, reasons[:8])
+    assert not {r for r in planned if r.startswith(("decode", "convis")) or r == "merge_shards"}, (
+        planned,
+        reasons[:8],
+    )
     assert any(r.startswith("score") for r in planned), planned  # it does re-score
 
 
@@ -223,9 +309,23 @@ def test_kill_during_decode_then_resume(micro_run, tmp_path, group):
     config.write_text(yaml.safe_dump(cfg))
     target = "results/pope/random/demo/unified/vcd/greedy/seed0.jsonl"
     partial = tmp_path / "results/shards/pope/random/demo/unified/vcd/greedy/seed0/0-of-1.jsonl.partial"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
-           "--cores", "1", "--workflow-profile", "none", target]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--cores",
+        "1",
+        "--workflow-profile",
+        "none",
+        target,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         if partial.exists() and len(partial.read_text().splitlines()) >= 1 + 4:  # two batches done
@@ -273,9 +373,16 @@ group_results: 2
     df = pd.read_csv(tmp_path / "results" / "metrics.csv")
     assert set(df[["benchmark", "split"]].itertuples(index=False, name=None)) == {("pope", "random")}
     runs = set(df[["protocol", "method", "mode"]].drop_duplicates().itertuples(index=False, name=None))
-    assert runs == {("unified", "greedy", "greedy"), ("unified", "sample", "sample"), ("unified", "vcd", "greedy"),
-                    ("vcd", "vcd", "sample"), ("vcd", "sample", "sample")}  # micro.yaml's protocols kept
-    results = sorted(p for p in (tmp_path / "results").rglob("seed*.jsonl") if not p.name.endswith(".scored.jsonl"))
+    assert runs == {
+        ("unified", "greedy", "greedy"),
+        ("unified", "sample", "sample"),
+        ("unified", "vcd", "greedy"),
+        ("vcd", "vcd", "sample"),
+        ("vcd", "sample", "sample"),
+    }  # micro.yaml's protocols kept
+    results = sorted(
+        p for p in (tmp_path / "results").rglob("seed*.jsonl") if not p.name.endswith(".scored.jsonl")
+    )
     assert len(results) == len(runs)
     for path in results:
         assert strip_timing(path) == strip_timing(workdir / path.relative_to(tmp_path)), path
@@ -326,33 +433,62 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     (tmp_path / "custom" / "pope_random.json").write_text("".join(json.dumps(q) + "\n" for q in questions))
     cfg, config = _small_config(tmp_path)
     # a second POPE dataset in the same config (key pope_<name>) beside the demo's own POPE
-    cfg["benchmarks"]["pope_custom"] = dict(cfg["benchmarks"]["pope"], dataset="custom",
-                                            questions="custom/pope_{split}.json", images="custom/images")
+    cfg["benchmarks"]["pope_custom"] = dict(
+        cfg["benchmarks"]["pope"],
+        dataset="custom",
+        questions="custom/pope_{split}.json",
+        images="custom/images",
+    )
     # and a third, built from COCO-format annotations by rule build_pope (how users make POPE for their data)
     mine = {k: v for k, v in cfg["benchmarks"]["pope"].items() if k != "questions"}
-    cfg["benchmarks"]["pope_mine"] = dict(mine, dataset="mine", build={
-        "instances": "resources/demo/world/annotations/instances_val.json", "n_images": 2, "seed": 3})
+    cfg["benchmarks"]["pope_mine"] = dict(
+        mine,
+        dataset="mine",
+        build={"instances": "resources/demo/world/annotations/instances_val.json", "n_images": 2, "seed": 3},
+    )
     config.write_text(yaml.safe_dump(cfg))
 
     sentinel = "hf_SENTINELtoken0123456789abcdefXYZ"
     env = dict(os.environ, HF_TOKEN=sentinel, HUGGING_FACE_HUB_TOKEN=sentinel)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
-           "--cores", "2", "--workflow-profile", "none", "results/metrics.csv", "reports/index.html"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        "--workflow-profile",
+        "none",
+        "results/metrics.csv",
+        "reports/index.html",
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
-    recs = {r["question_id"]: r for r in read_jsonl(tmp_path / "results/pope_custom/random/demo/unified/greedy/greedy/seed0.jsonl")}
+    recs = {
+        r["question_id"]: r
+        for r in read_jsonl(tmp_path / "results/pope_custom/random/demo/unified/greedy/greedy/seed0.jsonl")
+    }
     assert sorted(recs) == [1, 2, 3, 4, 5]
     assert recs[1]["error"] is None and recs[1]["answer"]
     rel = Path("custom/images")  # paths as the config gives them (relative to the working directory)
     missing = rel / "missing.png"
-    assert recs[2]["error"] == f"image {missing}: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
+    assert (
+        recs[2]["error"]
+        == f"image {missing}: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
+    )
     corrupt = rel / "corrupt.png"
-    assert recs[3]["error"] == f"image {corrupt}: UnidentifiedImageError: cannot identify image file '{corrupt}'"
+    assert (
+        recs[3]["error"] == f"image {corrupt}: UnidentifiedImageError: cannot identify image file '{corrupt}'"
+    )
     truncated = rel / "truncated.png"
     assert recs[4]["error"] == f"image {truncated}: OSError: image file is truncated"
-    m = re.fullmatch(r"prompt of (\d+) tokens plus max_new_tokens=3 exceeds the model's (\d+) positions",
-                     recs[5]["error"])
+    m = re.fullmatch(
+        r"prompt of (\d+) tokens plus max_new_tokens=3 exceeds the model's (\d+) positions", recs[5]["error"]
+    )
     assert m, recs[5]["error"]
     assert int(m.group(1)) > 2100 and int(m.group(1)) + 3 > int(m.group(2))
     assert all(recs[q]["answer"] == "" for q in (2, 3, 4, 5))
@@ -360,19 +496,31 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     from vcdflow.data.pope_builder import build_pope
 
     built = tmp_path / "resources/pope/built/pope_mine/pope_mine_pope_random.json"
-    build_pope(tmp_path / "resources/demo/world/annotations/instances_val.json", tmp_path / "direct", n_images=2,
-               seed=3, prefix="pope_mine")
+    build_pope(
+        tmp_path / "resources/demo/world/annotations/instances_val.json",
+        tmp_path / "direct",
+        n_images=2,
+        seed=3,
+        prefix="pope_mine",
+    )
     assert built.read_bytes() == (tmp_path / "direct/pope_mine_pope_random.json").read_bytes()
     mine = read_jsonl(tmp_path / "results/pope_mine/random/demo/unified/greedy/greedy/seed0.jsonl")
-    assert [r["question_id"] for r in mine] == [q["question_id"] for q in read_jsonl(built)] and len(mine) == 12
+    assert [r["question_id"] for r in mine] == [q["question_id"] for q in read_jsonl(built)] and len(
+        mine
+    ) == 12
     df = pd.read_csv(tmp_path / "results/metrics.csv")
     assert set(df.benchmark) == {"pope", "pope_custom", "pope_mine"}
-    run = df[(df.benchmark == "pope_custom") & (df.split == "random") & (df.method == "greedy")].set_index("metric")
+    run = df[(df.benchmark == "pope_custom") & (df.split == "random") & (df.method == "greedy")].set_index(
+        "metric"
+    )
     assert run.value["n_errors"] == 4 and run.value["n"] == 1  # n counts the scored (error-free) items
-    clean = df[(df.benchmark == "pope") & (df.split == "random") & (df.method == "greedy")].set_index("metric")
+    clean = df[(df.benchmark == "pope") & (df.split == "random") & (df.method == "greedy")].set_index(
+        "metric"
+    )
     assert clean.value["n_errors"] == 0
-    assert strip_timing(tmp_path / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl") == \
-        strip_timing(workdir / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl")
+    assert strip_timing(
+        tmp_path / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl"
+    ) == strip_timing(workdir / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl")
     html = (tmp_path / "reports/index.html").read_text()
     assert "POPE (CUSTOM)" in html and 'class="refused"' in html
 
@@ -384,18 +532,26 @@ def test_bad_inputs_become_error_rows_and_no_secret_leaks(micro_run, tmp_path):
     # shown older than a missing result
     gone = [dict(questions[0], question_id=i, contrast_image=f"gone{i}.png") for i in (1, 2)]
     for split in cfg["benchmarks"]["pope"].get("splits") or ["random", "popular", "adversarial"]:
-        (tmp_path / "custom" / f"gone_pope_{split}.json").write_text("".join(json.dumps(q) + "\n" for q in gone))
-    cfg["benchmarks"]["pope_gone"] = dict(cfg["benchmarks"]["pope_custom"], dataset="gone",
-                                          questions="custom/gone_pope_{split}.json")
+        (tmp_path / "custom" / f"gone_pope_{split}.json").write_text(
+            "".join(json.dumps(q) + "\n" for q in gone)
+        )
+    cfg["benchmarks"]["pope_gone"] = dict(
+        cfg["benchmarks"]["pope_custom"], dataset="gone", questions="custom/gone_pope_{split}.json"
+    )
     cfg["methods"]["cid"] = {"method": "cid"}
     config.write_text(yaml.safe_dump(cfg))
     target = "results/pope_gone/random/demo/unified/cid/greedy/seed0.jsonl"
-    out = subprocess.run(cmd[:-2] + [target], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    out = subprocess.run(
+        cmd[:-2] + [target], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env
+    )
     assert out.returncode != 0
-    assert (f"none of the 2 contrast image files the items name exists (e.g. {rel / 'gone1.png'})"
-            in out.stderr), out.stderr[-3000:]
+    assert (
+        f"none of the 2 contrast image files the items name exists (e.g. {rel / 'gone1.png'})" in out.stderr
+    ), out.stderr[-3000:]
     assert not (tmp_path / target).exists() and not list((tmp_path / "results/shards").rglob("*cid*partial*"))
-    assert not (tmp_path / "results/metrics.csv").exists() and (tmp_path / "results/metrics.csv.stale").exists()
+    assert (
+        not (tmp_path / "results/metrics.csv").exists() and (tmp_path / "results/metrics.csv.stale").exists()
+    )
 
 
 def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
@@ -403,40 +559,69 @@ def test_two_decode_shards_run_on_two_devices(micro_run, tmp_path):
     workdir, _ = micro_run
     shutil.copytree(workdir / "resources", tmp_path / "resources")
     # one job per shard (label batches decode a result's shards one after another in one job)
-    cfg, config = _small_config(tmp_path, device="auto", n_shards=2, gpu_lock_dir=str(tmp_path / "locks"),
-                                group_decode=False, group_labels=1)
+    cfg, config = _small_config(
+        tmp_path,
+        device="auto",
+        n_shards=2,
+        gpu_lock_dir=str(tmp_path / "locks"),
+        group_decode=False,
+        group_labels=1,
+    )
     cfg.pop("group_results", None)
     cfg["benchmarks"].pop("chair", None)
     config.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, VCDFLOW_GPUS="0,1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     target = "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
-           "--cores", "2", "--resources", "gpu=2", "--workflow-profile", "none", target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=2",
+        "--workflow-profile",
+        "none",
+        target,
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     devices, spans = [], []
     for shard in ("0-of-2", "1-of-2"):
-        lines = (tmp_path / f"logs/decode/pope/random/demo/unified/greedy/greedy/seed0/{shard}.log").read_text().splitlines()
+        lines = (
+            (tmp_path / f"logs/decode/pope/random/demo/unified/greedy/greedy/seed0/{shard}.log")
+            .read_text()
+            .splitlines()
+        )
         leased = [re.search(r"gpu: leased device (\d+)", line) for line in lines]
         devices += [m.group(1) for m in leased if m]
-        stamps = [time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) for line in lines
-                  if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)]
+        stamps = [
+            time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            for line in lines
+            if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)
+        ]
         spans.append((min(stamps), max(stamps)))
     assert sorted(devices) == ["0", "1"]
     # the two shards held their leases at the same time (otherwise both could have taken device 0)
     assert spans[0][0] <= spans[1][1] and spans[1][0] <= spans[0][1]
-    assert [r["item_id"] for r in read_jsonl(tmp_path / target)] == \
-        [r["item_id"] for r in read_jsonl(workdir / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl")]
+    assert [r["item_id"] for r in read_jsonl(tmp_path / target)] == [
+        r["item_id"]
+        for r in read_jsonl(workdir / "results/pope/random/demo/unified/greedy/greedy/seed0.jsonl")
+    ]
 
 
 # Registered methods the demo config (config/config.yaml) does not decode, and why; every other
 # registered method is in it and so in the all-method workflow run below.
 NOT_IN_THE_DEMO = {
     "contrast": "needs a contrast image or prompt per item, which the demo world does not have "
-                "(tests/test_workflow_contrast.py gives one through the workflow)",
+    "(tests/test_workflow_contrast.py gives one through the workflow)",
     "cid": "needs a contrastive input per item, which the demo world does not have "
-           "(tests/test_workflow_contrast.py gives one through the workflow)",
+    "(tests/test_workflow_contrast.py gives one through the workflow)",
     "halc": "needs an open-vocabulary detector and BLIP weights (tests/test_workflow_halc.py uses stand-ins)",
 }
 DEMO = ROOT / "config" / "config.yaml"
@@ -464,13 +649,22 @@ def test_every_demo_method_decodes_and_scores_through_the_workflow(micro_run, tm
     # the first 8 POPE questions (4 yes, 4 no) keep 57 labels' decoding short
     questions = read_jsonl(workdir / "resources/demo/pope/demo_pope_random.json")[:8]
     (tmp_path / "pope8_random.json").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    cfg["benchmarks"] = {"pope": dict(cfg["benchmarks"]["pope"], splits=["random"], questions="pope8_{split}.json"),
-                         "chair": dict(cfg["benchmarks"]["chair"], n_images=2, max_new_tokens=6,
-                                       max_new_tokens_cap=6)}
+    cfg["benchmarks"] = {
+        "pope": dict(cfg["benchmarks"]["pope"], splits=["random"], questions="pope8_{split}.json"),
+        "chair": dict(cfg["benchmarks"]["chair"], n_images=2, max_new_tokens=6, max_new_tokens_cap=6),
+    }
     cfg["methods"] = demo["methods"]
     cfg["group_labels"] = 64
-    cfg["demo"]["amateur"] = {"text_hidden": 16, "text_layers": 1, "text_heads": 2, "vision_hidden": 16,
-                              "vision_layers": 1, "align_steps": 5, "steps": 10, "batch_size": 8}
+    cfg["demo"]["amateur"] = {
+        "text_hidden": 16,
+        "text_layers": 1,
+        "text_heads": 2,
+        "vision_hidden": 16,
+        "vision_layers": 1,
+        "align_steps": 5,
+        "steps": 10,
+        "batch_size": 8,
+    }
     cfg["vti"] = {"fit_set": "demo", "fit": {"num_demos": 8, "num_trials": 2}}
     cfg["convis"]["alpha"] = {"pope": 0.1, "chair": 1.0}
     config = tmp_path / "all.yaml"
@@ -483,12 +677,17 @@ def test_every_demo_method_decodes_and_scores_through_the_workflow(micro_run, tm
     labels = {(g["method"], g["mode"]) for g in planned}
     assert {label for label, _ in labels} == set(demo["methods"])
     # PBA (a yes/no control) is left out of CHAIR (Method.answer_kinds); every other label runs on both
-    assert {(g["method"], g["benchmark"]) for g in planned if g["method"].startswith("pba")} == \
-        {("pba", "pope"), ("pba_sample", "pope")}
+    assert {(g["method"], g["benchmark"]) for g in planned if g["method"].startswith("pba")} == {
+        ("pba", "pope"),
+        ("pba_sample", "pope"),
+    }
     assert len(planned) == 2 * len(labels) - 2
     n_pope = len(questions)
     for g in planned:
-        path = tmp_path / "results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.jsonl".format(**g)
+        path = (
+            tmp_path
+            / "results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.jsonl".format(**g)
+        )
         recs = read_jsonl(path)
         assert len(recs) == {"pope": n_pope, "chair": 2}[g["benchmark"]], path
         assert all(r["error"] is None for r in recs), (path, [r["error"] for r in recs][:3])
@@ -517,11 +716,28 @@ def test_answer_kinds_leave_pba_out_of_caption_splits():
     for bench in BENCHMARKS.values():
         for split in ("all", "generative", "discriminative", "random"):
             assert bench.answer_kind(split) in {"yes_no", "caption", "choice", "open"}, bench.kind
-    cfg = {"models": {"m": {"family": "llava"}}, "methods": {"pba": {"method": "pba"}, "vcd": {"method": "vcd"}}}
-    got = {(b, s): (applies(cfg, "pba", "m", b, s), applies(cfg, "vcd", "m", b, s))
-           for b, s in (("pope", "random"), ("pope_gqa", "adversarial"), ("mme", "all"), ("chair", "all"),
-                        ("amber", "generative"), ("amber", "discriminative"), ("llavabench", "all"))}
-    assert got == {("pope", "random"): (True, True), ("pope_gqa", "adversarial"): (True, True),
-                   ("mme", "all"): (True, True), ("chair", "all"): (False, True),
-                   ("amber", "generative"): (False, True), ("amber", "discriminative"): (True, True),
-                   ("llavabench", "all"): (False, True)}
+    cfg = {
+        "models": {"m": {"family": "llava"}},
+        "methods": {"pba": {"method": "pba"}, "vcd": {"method": "vcd"}},
+    }
+    got = {
+        (b, s): (applies(cfg, "pba", "m", b, s), applies(cfg, "vcd", "m", b, s))
+        for b, s in (
+            ("pope", "random"),
+            ("pope_gqa", "adversarial"),
+            ("mme", "all"),
+            ("chair", "all"),
+            ("amber", "generative"),
+            ("amber", "discriminative"),
+            ("llavabench", "all"),
+        )
+    }
+    assert got == {
+        ("pope", "random"): (True, True),
+        ("pope_gqa", "adversarial"): (True, True),
+        ("mme", "all"): (True, True),
+        ("chair", "all"): (False, True),
+        ("amber", "generative"): (False, True),
+        ("amber", "discriminative"): (True, True),
+        ("llavabench", "all"): (False, True),
+    }

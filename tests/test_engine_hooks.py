@@ -31,15 +31,17 @@ class PenultimateExit(Method):
     requires_image: ClassVar[bool] = True
 
     def branches(self, request, ctx):
-        return [self.original(request), Branch(prompt=request.prompt, image=None, system=request.system,
-                                               name="text")]
+        return [
+            self.original(request),
+            Branch(prompt=request.prompt, image=None, system=request.system, name="text"),
+        ]
 
     def forward_hooks(self, adapter, params):
         return LayerCapture(layers=[-2])
 
     def combine(self, logits, step, state):
         ad = state.contexts[0].adapter
-        h = state.hooks.last[-2][state.rows]          # [n, nb, D]
+        h = state.hooks.last[-2][state.rows]  # [n, nb, D]
         early = ad.lm_head()(ad.final_norm()(h)).float()
         return early[:, 0] - 0.5 * early[:, 1]
 
@@ -56,8 +58,12 @@ def vlms(tmp_path_factory):
 REQS = [
     Request(image=image(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
     Request(image=image(1, 80, 100), prompt="Is there a dog?", item_id="b"),
-    Request(image=image(3, 120, 70), prompt="what is this red dog on the table with a cat?", item_id="c",
-            system="You are an expert."),
+    Request(
+        image=image(3, 120, 70),
+        prompt="what is this red dog on the table with a cat?",
+        item_id="c",
+        system="You are an expert.",
+    ),
 ]
 
 
@@ -70,7 +76,7 @@ def reference(vlm, req: Request, eos: list[int]) -> list[int]:
         early = []
         for inp in fam_inp:
             o = forward_hidden(vlm, inp, out)
-            h = o.hidden_states[-2][0, -1]   # hidden_states[0] = embeddings: [-2] = output of layer L-2
+            h = o.hidden_states[-2][0, -1]  # hidden_states[0] = embeddings: [-2] = output of layer L-2
             early.append(ad.lm_head()(ad.final_norm()(h)).float())
         t = int((early[0] - 0.5 * early[1]).argmax())
         if t in eos:

@@ -27,7 +27,9 @@ def test_venv_holds_the_locked_versions():
     lock = envlock.read_lock(LOCK)
     # the three whose versions the results depend on most, named so a failure is plain
     for name in ("torch", "transformers", "snakemake"):
-        assert metadata.version(name) == lock[name], f"{name}: installed {metadata.version(name)}, locked {lock[name]}"
+        assert metadata.version(name) == lock[name], (
+            f"{name}: installed {metadata.version(name)}, locked {lock[name]}"
+        )
     assert envlock.differences(lock) == [], "run `make setup` (the venv drifted from requirements.lock)"
 
 
@@ -40,8 +42,9 @@ def test_lock_covers_pyproject_with_hashes():
     for req in reqs:
         name = envlock.normalise(req.name)
         assert name in lock, f"{req} is not in requirements.lock: run `make lock`"
-        assert req.specifier.contains(Version(lock[name]), prereleases=True), \
+        assert req.specifier.contains(Version(lock[name]), prereleases=True), (
             f"requirements.lock pins {name}=={lock[name]}, outside pyproject's {req}: run `make lock`"
+        )
     # every pin carries a sha256 (pip --require-hashes refuses the file otherwise)
     hashes: dict[str, int] = {}
     current = None
@@ -60,19 +63,33 @@ def test_lock_covers_pyproject_with_hashes():
 def test_check_names_each_difference(tmp_path):
     lock = tmp_path / "requirements.lock"
     torch_v = metadata.version("torch")
-    lock.write_text(f"torch=={torch_v} \\\n    --hash=sha256:{'0' * 64}\n"
-                    "Transformers==0.0.1 \\\n    --hash=sha256:" + "1" * 64 + "\n"
-                    "no-such-package-vcdflow==1.0\n")
-    assert envlock.read_lock(lock) == {"torch": torch_v, "transformers": "0.0.1", "no-such-package-vcdflow": "1.0"}
-    out = subprocess.run([sys.executable, str(ROOT / "src/vcdflow/envlock.py"), "check", str(lock)],
-                         capture_output=True, text=True)
+    lock.write_text(
+        f"torch=={torch_v} \\\n    --hash=sha256:{'0' * 64}\n"
+        "Transformers==0.0.1 \\\n    --hash=sha256:" + "1" * 64 + "\n"
+        "no-such-package-vcdflow==1.0\n"
+    )
+    assert envlock.read_lock(lock) == {
+        "torch": torch_v,
+        "transformers": "0.0.1",
+        "no-such-package-vcdflow": "1.0",
+    }
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "src/vcdflow/envlock.py"), "check", str(lock)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1
     assert f"transformers: locked 0.0.1, installed {metadata.version('transformers')}" in out.stderr
     assert "no-such-package-vcdflow: locked 1.0, not installed" in out.stderr
-    assert "2 of 3 packages differ" in out.stderr and "  torch:" not in out.stderr  # the matching pin is not listed
+    assert (
+        "2 of 3 packages differ" in out.stderr and "  torch:" not in out.stderr
+    )  # the matching pin is not listed
     lock.write_text(f"torch=={torch_v}\n")
-    ok = subprocess.run([sys.executable, str(ROOT / "src/vcdflow/envlock.py"), "check", str(lock)],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, str(ROOT / "src/vcdflow/envlock.py"), "check", str(lock)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     (tmp_path / "empty.lock").write_text("# nothing\n")
     with pytest.raises(ValueError, match="empty.lock: no 'name==version' pins"):
@@ -92,7 +109,8 @@ def test_make_setup_reinstalls_only_when_the_lock_differs(tmp_path):
     lock.write_text(f"pytest=={metadata.version('pytest')} \\\n    --hash=sha256:{'0' * 64}\n")
     log = tmp_path / "pip.log"
     fake = tmp_path / "fakepy"
-    fake.write_text(textwrap.dedent(f"""\
+    fake.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
           echo "$@" >> {log}
@@ -100,7 +118,8 @@ def test_make_setup_reinstalls_only_when_the_lock_differs(tmp_path):
           exit 0
         fi
         exec {sys.executable} "$@"
-        """))
+        """)
+    )
     fake.chmod(0o755)
     (tmp_path / ".venv").mkdir()
     (tmp_path / "show").write_text(f"Name: vcdflow\nEditable project location: {tmp_path}\n")

@@ -26,10 +26,12 @@ def _img(seed, w, h):
 
 
 # three image sizes (portrait, square, wide: different any-res grids / dynamic resolutions) + text only
-REQS = [Request(image=_img(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
-        Request(image=_img(2, 64, 64), prompt="Describe", item_id="b", system="You are an expert."),
-        Request(image=_img(3, 120, 40), prompt="what is this red dog on the table with a cat?", item_id="c"),
-        Request(prompt="Describe the table", item_id="t")]
+REQS = [
+    Request(image=_img(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
+    Request(image=_img(2, 64, 64), prompt="Describe", item_id="b", system="You are an expert."),
+    Request(image=_img(3, 120, 40), prompt="what is this red dog on the table with a cat?", item_id="c"),
+    Request(prompt="Describe the table", item_id="t"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,15 @@ def _hf_greedy(vlm, req, n):
     if req.image is not None:
         kw["images"] = [req.image]
     enc = vlm.processor(**kw)
-    out = vlm.model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
-                             pad_token_id=vlm.adapter.pad_token_id)
-    return out[0, enc["input_ids"].shape[1]:].tolist()
+    out = vlm.model.generate(
+        **enc,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=vlm.adapter.pad_token_id,
+    )
+    return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("family", NEW)
@@ -55,19 +63,37 @@ def test_engine_greedy_equals_transformers_generate(vlms, family):
     vlm = vlms[family]
     assert vlm.family == family and vlm.adapter.family == family and vlm.adapter.spec is FAMILIES[family]
     refs = [_hf_greedy(vlm, r, N) for r in REQS]
-    n_img = [sum(t == vlm.adapter.image_token_id for t in vlm.adapter.encode(r).input_ids.tolist()) for r in REQS[:3]]
+    n_img = [
+        sum(t == vlm.adapter.image_token_id for t in vlm.adapter.encode(r).input_ids.tolist())
+        for r in REQS[:3]
+    ]
     if FAMILIES[family].layout != "grid":  # Gemma 3: a fixed token count per image
         assert len(set(n_img)) > 1, n_img  # the image sizes really give rows of different lengths
     for batch_size in (1, 16):
         for share in (True, False):
-            outs = generate(vlm, REQS, method="greedy", max_new_tokens=N, eos_token_id=[], batch_size=batch_size,
-                            share_prefix=share)
+            outs = generate(
+                vlm,
+                REQS,
+                method="greedy",
+                max_new_tokens=N,
+                eos_token_id=[],
+                batch_size=batch_size,
+                share_prefix=share,
+            )
             for r, o, ref in zip(REQS, outs, refs):
                 assert o.error is None, o.error
                 assert o.token_ids == ref, (family, batch_size, share, r.item_id)
     # the image matters: another picture, another continuation (for at least one prompt)
-    other = generate(vlm, [Request(image=_img(9, 100, 80), prompt=r.prompt, system=r.system, item_id=r.item_id)
-                           for r in REQS[:3]], method="greedy", max_new_tokens=N, eos_token_id=[])
+    other = generate(
+        vlm,
+        [
+            Request(image=_img(9, 100, 80), prompt=r.prompt, system=r.system, item_id=r.item_id)
+            for r in REQS[:3]
+        ],
+        method="greedy",
+        max_new_tokens=N,
+        eos_token_id=[],
+    )
     assert any(o.token_ids != ref for o, ref in zip(other, refs))
 
 
@@ -114,7 +140,11 @@ def test_image_only_processors_keep_the_checkpoint_settings(vlms):
         assert type(proc).__mro__[1].__name__ == FAMILIES[fam].processor_class
         assert getattr(proc, "video_processor", None) is None and proc.chat_template
     ov = vlms["llava_onevision"].processor
-    assert (ov.num_image_tokens, ov.vision_aspect_ratio, ov.vision_feature_select_strategy) == (4, "anyres_max_9", "full")
+    assert (ov.num_image_tokens, ov.vision_aspect_ratio, ov.vision_feature_select_strategy) == (
+        4,
+        "anyres_max_9",
+        "full",
+    )
 
 
 def test_families_reach_the_config_schema_protocols_and_prompt(capsys):
@@ -138,11 +168,13 @@ def test_families_reach_the_config_schema_protocols_and_prompt(capsys):
     walk(schema)
     assert enums == [["auto", *FAMILIES]]
     assert PROTOCOL_FAMILIES == tuple(FAMILIES)
-    expected = {"qwen2_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                            "<|vision_start|><image><|vision_end|>Is there a dog in the image?",
-                "llava_next": "A chat between a curious human and an artificial intelligence assistant.",
-                "llava_onevision": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                                   "<image>\nIs there a dog in the image?"}
+    expected = {
+        "qwen2_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><image><|vision_end|>Is there a dog in the image?",
+        "llava_next": "A chat between a curious human and an artificial intelligence assistant.",
+        "llava_onevision": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<image>\nIs there a dog in the image?",
+    }
     for fam, start in expected.items():
         res = get_protocol("unified").resolve("vcd", fam, "pope")
         assert res.chat_template in ("model", "llava_v1")
@@ -154,7 +186,10 @@ def test_families_reach_the_config_schema_protocols_and_prompt(capsys):
         assert text.startswith(start), (fam, text)
     # a family with no shipped copy of its template: one line asking for the model folder
     assert main(["prompt", "--family", "internvl", "--method", "greedy", "--benchmark", "pope"]) == 2
-    assert "--family: internvl: vcdflow ships no copy of its chat template; pass --model" in capsys.readouterr().err
+    assert (
+        "--family: internvl: vcdflow ships no copy of its chat template; pass --model"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("fam", ["llava_onevision", "internvl", "gemma3"])
@@ -167,8 +202,13 @@ def test_every_method_runs_or_is_refused(vlms, tmp_path_factory, fam):
     from vcdflow.models.families import refusal
 
     vlm, d = vlms[fam], tiny_dir(fam, tmp_path_factory)
-    req = Request(image=_img(4, 72, 60), prompt="Is there a cup in the image?", item_id="all",
-                  contrast_image=_img(5, 40, 90), contrast_images=[_img(6, 72, 60), _img(7, 50, 50)])
+    req = Request(
+        image=_img(4, 72, 60),
+        prompt="Is there a cup in the image?",
+        item_id="all",
+        contrast_image=_img(5, 40, 90),
+        contrast_images=[_img(6, 72, 60), _img(7, 50, 50)],
+    )
     short = {"selfaug": {"sas_max_new_tokens": 2}, "code": {"description_max_new_tokens": 2}}
     refused = {}
     for method in sorted(METHODS):
@@ -186,7 +226,9 @@ def test_every_method_runs_or_is_refused(vlms, tmp_path_factory, fam):
         assert all(e.endswith("which vcdflow's decoder hooks do not read yet") for e in refused.values())
         return
     assert refused == {"carve": refusal("carve", ["image_grid"], fam)}
-    assert refused["carve"].startswith(f"method 'carve' needs a spatial grid of image tokens, which the {fam} family")
+    assert refused["carve"].startswith(
+        f"method 'carve' needs a spatial grid of image tokens, which the {fam} family"
+    )
 
 
 def test_methods_prints_the_matrix_and_the_grid_leaves_refused_pairs_out(capsys):
@@ -204,8 +246,13 @@ def test_methods_prints_the_matrix_and_the_grid_leaves_refused_pairs_out(capsys)
     assert carve["llava_next"].startswith("refused(") and carve["instructblip"].startswith("refused(")
     assert all(cell == "runs" for cell in rows["vcd"])
     assert "(1) method 'carve' needs a spatial grid of image tokens, which the instructblip family" in out
-    config = {"models": {"next": {"path": "m", "family": "llava_next"}, "qwen": {"path": "q", "family": "qwen2_vl"}},
-              "methods": {"carve": {"method": "carve"}, "vcd": {"method": "vcd"}}}
+    config = {
+        "models": {
+            "next": {"path": "m", "family": "llava_next"},
+            "qwen": {"path": "q", "family": "qwen2_vl"},
+        },
+        "methods": {"carve": {"method": "carve"}, "vcd": {"method": "vcd"}},
+    }
     assert not applies(config, "carve", "next")
     assert applies(config, "carve", "qwen") and applies(config, "vcd", "next")
 
@@ -231,6 +278,6 @@ def test_paper_config_plans_every_model():
     ref = by_model["llava-1.5-7b"]
     for name, fam in fams.items():
         plans = by_model[name]
-        assert {p for p, _ in plans} == {p for p, _ in ref}, name   # unified + the same paper protocols
+        assert {p for p, _ in plans} == {p for p, _ in ref}, name  # unified + the same paper protocols
         carve = {m for _, m in plans if m.startswith("carve")}
         assert bool(carve) == (FAMILIES[fam].lacks(["image_grid", "multi_image"]) == {}), (name, carve)

@@ -39,7 +39,9 @@ class FakeHub:
 
     def repo_info(self, repo_id, *, revision=None, repo_type=None, token=None, **kw):
         ref = self.root / repo_id / "refs" / (revision or "main")
-        return SimpleNamespace(sha=revision if re.fullmatch("[0-9a-f]{40}", revision or "") else ref.read_text())
+        return SimpleNamespace(
+            sha=revision if re.fullmatch("[0-9a-f]{40}", revision or "") else ref.read_text()
+        )
 
     def snapshot_download(self, *, repo_id, revision, local_dir, allow_patterns=None, **kw):
         commit = self.repo_info(repo_id, revision=revision).sha
@@ -71,9 +73,14 @@ def test_a_model_branch_is_pinned_at_its_first_download(tmp_path, hub):
     assert hub.downloads == [("org/vlm", C1)] and json.loads((dest / "config.json").read_text()) == {"v": 1}
     assert json.loads(lock.read_text())["model:org/vlm@main"]["commit"] == C1
     # the folder says where it came from; a result decoded from it records that (its sidecar's model_source)
-    assert hub_revisions.read_source(dest) == {"repo_type": "model", "repo_id": "org/vlm", "revision": "main",
-                                               "commit": C1}
+    assert hub_revisions.read_source(dest) == {
+        "repo_type": "model",
+        "repo_id": "org/vlm",
+        "revision": "main",
+        "commit": C1,
+    }
     from vcdflow.runner import _model_source
+
     assert _model_source({"model": {"path": str(dest)}})["commit"] == C1
     assert _model_source({"model": {"path": str(tmp_path)}}) is None  # a folder placed by hand
     # the owner pushes; a fresh checkout (folder gone) downloading "main" again stops, naming both
@@ -90,7 +97,9 @@ def test_a_model_branch_is_pinned_at_its_first_download(tmp_path, hub):
     fetch_model("org/vlm", dest, revision=C1, revisions_lock=lock)
     assert hub.downloads[-1] == ("org/vlm", C1) and json.loads((dest / "config.json").read_text()) == {"v": 1}
     # asked to update: the new commit is downloaded and recorded
-    fetch_model("org/vlm", tmp_path / "models" / "vlm2", revision="main", revisions_lock=lock, update_revisions=True)
+    fetch_model(
+        "org/vlm", tmp_path / "models" / "vlm2", revision="main", revisions_lock=lock, update_revisions=True
+    )
     assert hub.downloads[-1] == ("org/vlm", C2)
     assert json.loads(lock.read_text())["model:org/vlm@main"]["commit"] == C2
     assert set(json.loads(lock.read_text())) == {"model:org/vlm@main"}
@@ -105,30 +114,44 @@ def test_t2i_weights_and_halc_helpers_share_the_lock(tmp_path, hub):
     from vcdflow.t2i.pipeline import PAPER_T2I, download_t2i
 
     lock = tmp_path / "hub-revisions.lock"
-    hub.push(PAPER_T2I["base"], C1, {"model_index.json": "{}", "unet/config.json": "{}", "vae/config.json": "{}"})
+    hub.push(
+        PAPER_T2I["base"], C1, {"model_index.json": "{}", "unet/config.json": "{}", "vae/config.json": "{}"}
+    )
     hub.push(PAPER_T2I["unet_repo"], C2, {PAPER_T2I["unet_file"]: "w"})
     hub.push("Salesforce/blip-image-captioning-large", C3, {"config.json": "{}"})
     download_t2i(PAPER_T2I, tmp_path / "t2i", revisions_lock=lock)
-    fetch_halc_aux({"hf": "Salesforce/blip-image-captioning-large", "revision": "main"}, tmp_path / "blip",
-                   revisions_lock=lock)
+    fetch_halc_aux(
+        {"hf": "Salesforce/blip-image-captioning-large", "revision": "main"},
+        tmp_path / "blip",
+        revisions_lock=lock,
+    )
     # a pinned helper (40-hex) is downloaded at that commit and not recorded
     hub.push("openai/clip-vit-base-patch32", C1, {"config.json": "{}"}, branch="other")
-    fetch_halc_aux({"hf": "openai/clip-vit-base-patch32", "revision": C1}, tmp_path / "clip", revisions_lock=lock)
+    fetch_halc_aux(
+        {"hf": "openai/clip-vit-base-patch32", "revision": C1}, tmp_path / "clip", revisions_lock=lock
+    )
     assert {k: v["commit"] for k, v in json.loads(lock.read_text()).items()} == {
-        f"model:{PAPER_T2I['base']}@main": C1, f"model:{PAPER_T2I['unet_repo']}@main": C2,
-        "model:Salesforce/blip-image-captioning-large@main": C3}
+        f"model:{PAPER_T2I['base']}@main": C1,
+        f"model:{PAPER_T2I['unet_repo']}@main": C2,
+        "model:Salesforce/blip-image-captioning-large@main": C3,
+    }
     assert (tmp_path / "t2i" / "unet" / PAPER_T2I["unet_file"]).is_file()
     assert not (tmp_path / "t2i" / "unet" / "model_index.json").exists()
     # Hyper-SD's main moves: the T2I download stops naming both commits
     hub.push(PAPER_T2I["unet_repo"], C3, {PAPER_T2I["unet_file"]: "w2"})
-    with pytest.raises(hub_revisions.RevisionChanged, match=f"ByteDance/Hyper-SD revision 'main' was recorded as "
-                                                            f"commit {C2}, the hub now resolves it to {C3}"):
+    with pytest.raises(
+        hub_revisions.RevisionChanged,
+        match=f"ByteDance/Hyper-SD revision 'main' was recorded as "
+        f"commit {C2}, the hub now resolves it to {C3}",
+    ):
         download_t2i(PAPER_T2I, tmp_path / "t2i-again", revisions_lock=lock)
     # the report's rows
     rows = hub_revisions.lock_rows({"revisions_lock": str(lock)})
     assert [(r["repo"], r["revision"], r["commit"]) for r in rows] == [
-        ("ByteDance/Hyper-SD", "main", C2), ("Salesforce/blip-image-captioning-large", "main", C3),
-        (PAPER_T2I["base"], "main", C1)]
+        ("ByteDance/Hyper-SD", "main", C2),
+        ("Salesforce/blip-image-captioning-large", "main", C3),
+        (PAPER_T2I["base"], "main", C1),
+    ]
     assert hub_revisions.lock_rows({"revisions_lock": None}) == []
 
 
@@ -137,4 +160,7 @@ def test_a_bad_lock_is_named(tmp_path):
     bad.write_text('{"model:x@main": {"commit": "abc"}}')
     with pytest.raises(hub_revisions.UserError, match="hub-revisions.lock: not a revisions lock"):
         hub_revisions.read_lock(bad)
-    assert hub_revisions.settings({}) == {"revisions_lock": "config/hub-revisions.lock", "update_revisions": False}
+    assert hub_revisions.settings({}) == {
+        "revisions_lock": "config/hub-revisions.lock",
+        "update_revisions": False,
+    }

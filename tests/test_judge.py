@@ -35,7 +35,9 @@ class FakeOpenAI:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                outer.requests.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+                )
                 if outer.fail_after is not None and outer.good >= outer.fail_after:
                     if outer.failure == "hang":
                         import time
@@ -61,9 +63,20 @@ class FakeOpenAI:
                     self.end_headers()
                     self.wfile.write(b'{"error": "boom"}')
                     return
-                out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"] + "-served",
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": outer.reply(body)},
-                                               "finish_reason": "stop"}]}).encode()
+                out = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"] + "-served",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": outer.reply(body)},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                    }
+                ).encode()
                 outer.good += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -73,7 +86,9 @@ class FakeOpenAI:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.timer = threading.Timer(lifetime, self.server.shutdown)  # bounded even if a test hangs
         self.timer.daemon = True
 
@@ -97,17 +112,33 @@ def test_openai_judge_sends_key_only_in_header_and_never_logs_it(monkeypatch, ca
     monkeypatch.setenv("VCDFLOW_TEST_JUDGE_KEY", KEY)
     caplog.set_level(logging.DEBUG)
     with FakeOpenAI(lambda b: "yes", fail_first=1) as srv:
-        j = make_judge({"kind": "openai", "url": srv.url, "model": "gpt-fake", "api_key_env": "VCDFLOW_TEST_JUDGE_KEY",
-                        "retry_sleep": 0})
+        j = make_judge(
+            {
+                "kind": "openai",
+                "url": srv.url,
+                "model": "gpt-fake",
+                "api_key_env": "VCDFLOW_TEST_JUDGE_KEY",
+                "retry_sleep": 0,
+            }
+        )
         rep = j.chat([{"role": "user", "content": "hi"}], temperature=0.2, max_tokens=5)
     assert rep.text == "yes" and rep.reported_model == "gpt-fake-served"
     assert len(srv.requests) == 2  # the HTTP 500 was retried
     r = srv.requests[-1]
     assert r["path"] == "/v1/chat/completions" and r["auth"] == f"Bearer {KEY}"
-    assert r["body"] == {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2,
-                         "max_tokens": 5}
-    assert j.describe() == {"kind": "openai", "name": "openai:gpt-fake", "model": "gpt-fake",
-                            "url": srv.url + "/chat/completions", "api_key_env": "VCDFLOW_TEST_JUDGE_KEY"}
+    assert r["body"] == {
+        "model": "gpt-fake",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.2,
+        "max_tokens": 5,
+    }
+    assert j.describe() == {
+        "kind": "openai",
+        "name": "openai:gpt-fake",
+        "model": "gpt-fake",
+        "url": srv.url + "/chat/completions",
+        "api_key_env": "VCDFLOW_TEST_JUDGE_KEY",
+    }
     out = capsys.readouterr()
     assert KEY not in caplog.text + out.out + out.err + json.dumps(j.describe()) + repr(j.__dict__)
 
@@ -130,11 +161,19 @@ def test_key_problems_fail_with_one_clear_line(monkeypatch):
     assert len(srv.requests) == 1  # a 401 is not retried
 
 
-@pytest.mark.parametrize("failure,cause", [("500", "HTTP 500"), ("malformed", "malformed JSON reply"),
-                                           ("hang", "no reply within 0.5 s (timeout)"), ("close", "RemoteDisconnected"),
-                                           ("down", "Connection refused")])
+@pytest.mark.parametrize(
+    "failure,cause",
+    [
+        ("500", "HTTP 500"),
+        ("malformed", "malformed JSON reply"),
+        ("hang", "no reply within 0.5 s (timeout)"),
+        ("close", "RemoteDisconnected"),
+        ("down", "Connection refused"),
+    ],
+)
 def test_every_judge_failure_is_retried_then_one_line_naming_the_judge_and_kept_judgements_resume(
-        failure, cause, tmp_path, monkeypatch):
+    failure, cause, tmp_path, monkeypatch
+):
     """Endpoint down, HTTP 500, timeout, malformed JSON, a server dying after 2 replies: each is
     retried (``retries`` attempts), then one line naming the judge's model and URL and the cause;
     the 2 judgements made are checkpointed and a rerun asks only the rest."""
@@ -146,8 +185,15 @@ def test_every_judge_failure_is_retried_then_one_line_naming_the_judge_and_kept_
     ckpt = tmp_path / "x.judgements.jsonl"
     with FakeOpenAI(lambda b: "ok", fail_after=2, failure=failure) as srv:
         url = srv.url if failure != "down" else "http://127.0.0.1:9/v1"  # discard port: refused
-        cfg = {"kind": "openai", "url": url, "model": "fake-judge-9", "api_key_env": "VCDFLOW_TEST_JUDGE_KEY",
-               "retries": 2, "retry_sleep": 0, "timeout": 0.5}
+        cfg = {
+            "kind": "openai",
+            "url": url,
+            "model": "fake-judge-9",
+            "api_key_env": "VCDFLOW_TEST_JUDGE_KEY",
+            "retries": 2,
+            "retry_sleep": 0,
+            "timeout": 0.5,
+        }
         with judgement_checkpoint(ckpt), pytest.raises(JudgeError) as e:
             judge_rows(rows, cfg, build)
         n_req = len(srv.requests)
@@ -168,21 +214,32 @@ def test_unset_key_variable_found_before_any_decoding(monkeypatch):
     from vcdflow.benchmarks.judged import check_judge_keys
 
     monkeypatch.delenv("VCDFLOW_TEST_UNSET_KEY", raising=False)
-    judge = {"kind": "openai", "url": "http://127.0.0.1:9", "model": "m", "api_key_env": "VCDFLOW_TEST_UNSET_KEY"}
-    with pytest.raises(JudgeError, match=r"config benchmarks\.llavabench\.judge\.api_key_env: environment "
-                                         r"variable VCDFLOW_TEST_UNSET_KEY is not set"):
+    judge = {
+        "kind": "openai",
+        "url": "http://127.0.0.1:9",
+        "model": "m",
+        "api_key_env": "VCDFLOW_TEST_UNSET_KEY",
+    }
+    with pytest.raises(
+        JudgeError,
+        match=r"config benchmarks\.llavabench\.judge\.api_key_env: environment "
+        r"variable VCDFLOW_TEST_UNSET_KEY is not set",
+    ):
         check_judge_keys({"benchmarks": {"llavabench": {"judge": judge}}})
-    check_judge_keys({"benchmarks": {"mmvp": {"judge": judge, "parser": "lmms"}}})  # that parser asks no judge
+    check_judge_keys(
+        {"benchmarks": {"mmvp": {"judge": judge, "parser": "lmms"}}}
+    )  # that parser asks no judge
     check_judge_keys({"benchmarks": {"llavabench": {"judge": {**judge, "api_key_env": None}}}})
 
 
 # ---- LLaVA-Bench (in the wild) -------------------------------------------------------------
 
+
 def official_parse_score(review):  # haotian-liu/LLaVA llava/eval/eval_gpt_review_bench.py:36-49
     try:
-        score_pair = review.split('\n')[0]
-        score_pair = score_pair.replace(',', ' ')
-        sp = score_pair.split(' ')
+        score_pair = review.split("\n")[0]
+        score_pair = score_pair.replace(",", " ")
+        sp = score_pair.split(" ")
         if len(sp) == 2:
             return [float(sp[0]), float(sp[1])]
         return [-1, -1]
@@ -192,10 +249,11 @@ def official_parse_score(review):  # haotian-liu/LLaVA llava/eval/eval_gpt_revie
 
 def official_summarize(reviews):  # llava/eval/summarize_gpt_review.py:40-59
     from collections import defaultdict
+
     scores = defaultdict(list)
     for review in reviews:
-        scores[review['category']].append(review['tuple'])
-        scores['all'].append(review['tuple'])
+        scores[review["category"]].append(review["tuple"])
+        scores["all"].append(review["tuple"])
     out = {}
     for k, v in sorted(scores.items()):
         stats = np.asarray(v).mean(0).tolist()
@@ -206,10 +264,14 @@ def official_summarize(reviews):  # llava/eval/summarize_gpt_review.py:40-59
 
 def write_llavabench(root):
     (root / "images").mkdir(parents=True)
-    qs = [{"question_id": i, "image": f"{i // 2:03d}.jpg", "text": f"Question {i}?", "category": c}
-          for i, c in enumerate(["conv", "detail", "complex", "conv", "detail", "complex"])]
-    ctx = [{"image": f"{k:03d}.jpg", "caption": [f"caption {k} a", f"caption {k} b"] if k else "one caption"}
-           for k in range(3)]
+    qs = [
+        {"question_id": i, "image": f"{i // 2:03d}.jpg", "text": f"Question {i}?", "category": c}
+        for i, c in enumerate(["conv", "detail", "complex", "conv", "detail", "complex"])
+    ]
+    ctx = [
+        {"image": f"{k:03d}.jpg", "caption": [f"caption {k} a", f"caption {k} b"] if k else "one caption"}
+        for k in range(3)
+    ]
     refs = [{"question_id": i, "text": f"reference answer {i}"} for i in range(6)]
     for name, rows in (("questions.jsonl", qs), ("context.jsonl", ctx), ("answers_gpt4.jsonl", refs)):
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -225,25 +287,39 @@ def test_llavabench_through_fake_server_equals_official(tmp_path, monkeypatch):
     monkeypatch.setenv("VCDFLOW_TEST_JUDGE_KEY", KEY)
     items = llavabench.load_items(write_llavabench(tmp_path / "lb"))
     assert items[2]["caption"] == "caption 1 a\ncaption 1 b" and items[0]["caption"] == "one caption"
-    recs = [{"item_id": it["item_id"], "answer": f"model answer {i}", "error": None} for i, it in enumerate(items)]
+    recs = [
+        {"item_id": it["item_id"], "answer": f"model answer {i}", "error": None} for i, it in enumerate(items)
+    ]
     with FakeOpenAI(lambda b: LLAVA_REPLIES[int(re.search(r"Question (\d)\?", _user(b)).group(1))]) as srv:
-        judge = make_judge({"kind": "openai", "url": srv.url, "model": "gpt-4-0314", "api_key_env": "VCDFLOW_TEST_JUDGE_KEY"})
+        judge = make_judge(
+            {"kind": "openai", "url": srv.url, "model": "gpt-4-0314", "api_key_env": "VCDFLOW_TEST_JUDGE_KEY"}
+        )
         judged = llavabench.judge_items(recs, items, judge)
         n_calls = len(srv.requests)
-        assert llavabench.judge_items(judged, items, judge) == judged and len(srv.requests) == n_calls  # resumed
+        assert (
+            llavabench.judge_items(judged, items, judge) == judged and len(srv.requests) == n_calls
+        )  # resumed
         parallel = llavabench.judge_items(recs, items, judge, workers=3)
         assert [r["judge_reply"] for r in parallel] == [r["judge_reply"] for r in judged]
     body = srv.requests[1]["body"]
     assert body["temperature"] == 0.2 and body["max_tokens"] == 1024 and body["model"] == "gpt-4-0314"
-    assert body["messages"][0] == {"role": "system", "content": "You are a helpful and precise assistant for checking "
-                                                                 "the quality of the answer."}
+    assert body["messages"][0] == {
+        "role": "system",
+        "content": "You are a helpful and precise assistant for checking the quality of the answer.",
+    }
     assert body["messages"][1]["content"] == (
         "[Context]\none caption\n\n[Question]\nQuestion 1?\n\n[Assistant 1]\nreference answer 1\n\n"
         "[End of Assistant 1]\n\n[Assistant 2]\nmodel answer 1\n\n[End of Assistant 2]\n\n[System]\n"
-        + llavabench.RULE_PROMPT + "\n\n")
+        + llavabench.RULE_PROMPT
+        + "\n\n"
+    )
     got = llavabench.score(judged, items)
-    want = official_summarize([{"category": "llava_bench_" + it["category"], "tuple": official_parse_score(r)}
-                               for it, r in zip(items, LLAVA_REPLIES)])
+    want = official_summarize(
+        [
+            {"category": "llava_bench_" + it["category"], "tuple": official_parse_score(r)}
+            for it, r in zip(items, LLAVA_REPLIES)
+        ]
+    )
     assert got["relative"] == want["all"][0] and got["reference_score"] == want["all"][1]
     assert got["model_score"] == want["all"][2]
     for c in ("conv", "detail", "complex"):
@@ -258,10 +334,11 @@ def test_llavabench_through_fake_server_equals_official(tmp_path, monkeypatch):
 
 # ---- MMHal-Bench ---------------------------------------------------------------------------
 
+
 def official_mmhal(replies):  # llava-rlhf/LLaVA-RLHF Eval/eval_gpt_mmhal.py:125-154 (96 -> len)
     scores = []
     for response in replies:
-        found = [s for s in range(7) if f'rating: {s}' in response.lower()]
+        found = [s for s in range(7) if f"rating: {s}" in response.lower()]
         scores.append(found[0] if len(found) == 1 else 0)
     hallucination = [0 if s >= 3 else 1 for s in scores]
     each = [[] for _ in range(8)]
@@ -273,9 +350,19 @@ def official_mmhal(replies):  # llava-rlhf/LLaVA-RLHF Eval/eval_gpt_mmhal.py:125
 def test_mmhal_through_fake_server_equals_official(tmp_path, monkeypatch):
     monkeypatch.setenv("VCDFLOW_TEST_JUDGE_KEY", KEY)
     types = list(mmhal.QUESTION_TYPES)
-    recs_json = [{"question_type": types[i % 8], "question_topic": "t", "image_id": f"id{i}",
-                  "image_src": f"https://x/img{i}.jpg", "image_content": ["Cat", "Dog"], "question": f"Q{i}?",
-                  "gt_answer": f"gt {i}", "model_answer": ""} for i in range(16)]
+    recs_json = [
+        {
+            "question_type": types[i % 8],
+            "question_topic": "t",
+            "image_id": f"id{i}",
+            "image_src": f"https://x/img{i}.jpg",
+            "image_content": ["Cat", "Dog"],
+            "question": f"Q{i}?",
+            "gt_answer": f"gt {i}",
+            "model_answer": "",
+        }
+        for i in range(16)
+    ]
     f = tmp_path / "response_template.json"
     f.write_text(json.dumps(recs_json))
     items = mmhal.load_items(f)
@@ -283,13 +370,22 @@ def test_mmhal_through_fake_server_equals_official(tmp_path, monkeypatch):
     replies = [f"Explanation.\nRating: {i % 7}" for i in range(14)] + ["Rating: 5 or rating: 6", "no rating"]
     recs = [{"item_id": it["item_id"], "answer": f"ans {i}", "error": None} for i, it in enumerate(items)]
     with FakeOpenAI(lambda b: replies[int(re.search(r"### Question\nQ(\d+)\?", _user(b)).group(1))]) as srv:
-        judged = mmhal.judge_items(recs, items, {"kind": "openai", "url": srv.url, "model": "gpt-4-0314",
-                                                 "api_key_env": "VCDFLOW_TEST_JUDGE_KEY"})
+        judged = mmhal.judge_items(
+            recs,
+            items,
+            {
+                "kind": "openai",
+                "url": srv.url,
+                "model": "gpt-4-0314",
+                "api_key_env": "VCDFLOW_TEST_JUDGE_KEY",
+            },
+        )
     body = srv.requests[0]["body"]
     assert body["temperature"] == 0.0 and len(body["messages"]) == 1
     assert body["messages"][0]["content"] == mmhal.TEMPLATE.format("Cat, Dog", "Q0?", "gt 0", "ans 0")
-    assert body["messages"][0]["content"].endswith("### Standard Human-Generated Answer\ngt 0\n\n"
-                                                   "### LMM Response to Evaluate\nans 0\n")
+    assert body["messages"][0]["content"].endswith(
+        "### Standard Human-Generated Answer\ngt 0\n\n### LMM Response to Evaluate\nans 0\n"
+    )
     got = mmhal.score(judged, items)
     avg, hal, each = official_mmhal(replies)
     assert got["score"] == pytest.approx(avg) and got["hallucination_rate"] == pytest.approx(100 * hal)
@@ -312,7 +408,9 @@ def test_local_judge_runs_a_vlm_text_only(tmp_path):
     a = j.chat([{"role": "user", "content": "Rating: is this good?"}])
     b = j.chat([{"role": "user", "content": "Rating: is this good?"}])
     assert a.text == b.text and a.reported_model == "tiny"  # greedy: deterministic
-    rows = mmhal.judge_items([{"item_id": "mmhal/0", "answer": "x", "error": None}],
-                             [{"item_id": "mmhal/0", "index": 0, "image_content": ["Cat"], "question": "Q?",
-                               "gt_answer": "g"}], j)
+    rows = mmhal.judge_items(
+        [{"item_id": "mmhal/0", "answer": "x", "error": None}],
+        [{"item_id": "mmhal/0", "index": 0, "image_content": ["Cat"], "question": "Q?", "gt_answer": "g"}],
+        j,
+    )
     assert judged_by(rows) == "local:tiny" and mmhal.score(rows)["n"] == 1

@@ -43,26 +43,44 @@ try:
     HAVE_LMMS = True
 except ImportError:
     HAVE_LMMS = False
-needs_lmms = pytest.mark.skipif(not HAVE_LMMS, reason="lmms-eval not importable here: "
-                                "test_lmms_eval_in_overlay_venv runs these tests in an overlay venv")
+needs_lmms = pytest.mark.skipif(
+    not HAVE_LMMS,
+    reason="lmms-eval not importable here: "
+    "test_lmms_eval_in_overlay_venv runs these tests in an overlay venv",
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY = Path(os.environ.get("VCDFLOW_LMMS_OVERLAY") or Path(sys.prefix) / "lmms-overlay")
 #: what the overlay installs besides lmms-eval (--no-deps): the modules lmms-eval 0.7.3's CLI and
 #: evaluator import on this path (found by running it), at the versions this test was run with
-OVERLAY_PINS = ("loguru==0.7.3", "sacrebleu==2.6.0", "evaluate==0.4.6", "pytz", "pytablewriter==1.2.1",
-                "filelock<4")  # lmms-eval 0.7.3 imports filelock._api, which filelock 4 removed
+OVERLAY_PINS = (
+    "loguru==0.7.3",
+    "sacrebleu==2.6.0",
+    "evaluate==0.4.6",
+    "pytz",
+    "pytablewriter==1.2.1",
+    "filelock<4",
+)  # lmms-eval 0.7.3 imports filelock._api, which filelock 4 removed
 LMMS_EVAL_PIN = "lmms-eval==0.7.3"
 
 # The untrained demo model (seed 6) answers e.g. "assistant fork" or "apple apple" (letter A by
 # lmms-eval's first-character fallback) on some items and nothing parseable on others, differently
 # for greedy and vcd; the answers below make each method get some questions and one pair right.
-ROWS = [(i + 1, f"Is the {obj} {a} or {b}?", f"(a) {a.capitalize()} (b) {b.capitalize()}", ans)
-        for i, (obj, a, b, ans) in enumerate([
-            ("door", "open", "closed", "(a)"), ("door", "open", "closed", "(a)"),
-            ("cup", "full", "empty", "(a)"), ("cup", "full", "empty", "(a)"),
-            ("dog", "left", "right", "(b)"), ("dog", "left", "right", "(a)"),
-            ("car", "red", "blue", "(a)"), ("car", "red", "blue", "(b)")])]
+ROWS = [
+    (i + 1, f"Is the {obj} {a} or {b}?", f"(a) {a.capitalize()} (b) {b.capitalize()}", ans)
+    for i, (obj, a, b, ans) in enumerate(
+        [
+            ("door", "open", "closed", "(a)"),
+            ("door", "open", "closed", "(a)"),
+            ("cup", "full", "empty", "(a)"),
+            ("cup", "full", "empty", "(a)"),
+            ("dog", "left", "right", "(b)"),
+            ("dog", "left", "right", "(a)"),
+            ("car", "red", "blue", "(a)"),
+            ("car", "red", "blue", "(b)"),
+        ]
+    )
+]
 
 
 TASK_YAML = """task: vcdflow_local_mmvp
@@ -128,7 +146,15 @@ def setup(tmp_path_factory):
             w.writerow(r)
             p = rel / "MMVP Images" / f"{r[0]}.jpg"
             Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(p)
-            docs.append({"Index": r[0], "Question": r[1], "Options": r[2], "Correct Answer": r[3], "image_path": str(p)})
+            docs.append(
+                {
+                    "Index": r[0],
+                    "Question": r[1],
+                    "Options": r[2],
+                    "Correct Answer": r[3],
+                    "image_path": str(p),
+                }
+            )
     tasks = root / "tasks" / "vcdflow_local_mmvp"
     tasks.mkdir(parents=True)
     (tasks / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
@@ -147,25 +173,41 @@ def cli_runs(setup):
     runs = []
     for method, params in METHODS.items():
         out = root / "out" / method
-        runs.append({"model": "vcdflow", "tasks": "vcdflow_local_mmvp", "include_path": str(root / "tasks"),
-                     "output_path": str(out),
-                     "model_args": (f"pretrained={root / 'model'},method={method},params={json.dumps(params)},"
-                                    f"protocol=unified,batch_size=3,seed=0,device=cpu,records={out / 'records.jsonl'}")})
+        runs.append(
+            {
+                "model": "vcdflow",
+                "tasks": "vcdflow_local_mmvp",
+                "include_path": str(root / "tasks"),
+                "output_path": str(out),
+                "model_args": (
+                    f"pretrained={root / 'model'},method={method},params={json.dumps(params)},"
+                    f"protocol=unified,batch_size=3,seed=0,device=cpu,records={out / 'records.jsonl'}"
+                ),
+            }
+        )
     (root / "runs.yaml").write_text(json.dumps(runs))  # JSON is YAML
     exe = Path(sys.executable).with_name("lmms-eval")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "lmms_eval"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd + ["--config", str(root / "runs.yaml")], capture_output=True, text=True, timeout=300,
-                          env=env)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(root / "hf"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(
+        cmd + ["--config", str(root / "runs.yaml")], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = {}
     for method in METHODS:
         out = root / "out" / method
         found = sorted(out.rglob("*_results.json"))
         assert found, f"no results json under {out}: {proc.stderr[-2000:]}"
-        results[method] = (json.loads(found[-1].read_text())["results"]["vcdflow_local_mmvp"],
-                           [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()])
+        results[method] = (
+            json.loads(found[-1].read_text())["results"]["vcdflow_local_mmvp"],
+            [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()],
+        )
     return results
 
 
@@ -176,12 +218,16 @@ def test_lmms_eval_cli_equals_vcdflow_scorer_and_generate(setup, cli_runs, metho
     params = METHODS[method]
     res, recs = cli_runs[method]
     assert len(recs) == len(docs) and all(r["error"] is None and r["seed"] == 0 for r in recs)
-    assert {r["meta"]["method"] for r in recs} == {method} and all(r["meta"]["params"] == params for r in recs)
+    assert {r["meta"]["method"] for r in recs} == {method} and all(
+        r["meta"]["params"] == params for r in recs
+    )
     # vcdflow's own scorer on the same items (doc_id i is row i of Questions.csv)
     items = mmvp.load_items(root / "mmvp", fixes=None, prefix="vcdflow_local_mmvp/test/")
     by_doc = {str(i): it["item_id"] for i, it in enumerate(items)}
-    mine = mmvp.score([{"item_id": by_doc[str(r["question_id"])], "answer": r["answer"], "error": None} for r in recs],
-                      items)
+    mine = mmvp.score(
+        [{"item_id": by_doc[str(r["question_id"])], "answer": r["answer"], "error": None} for r in recs],
+        items,
+    )
     assert res["mmvp_accuracy,none"] == pytest.approx(mine["accuracy"] / 100)
     assert res["mmvp_pair_accuracy,none"] == pytest.approx(mine["pair_accuracy"] / 100)
     # not vacuous: some answers right, and the two methods answer differently
@@ -189,12 +235,18 @@ def test_lmms_eval_cli_equals_vcdflow_scorer_and_generate(setup, cli_runs, metho
     assert [r["answer"] for r in cli_runs["greedy"][1]] != [r["answer"] for r in cli_runs["vcd"][1]]
     # the answers are vcdflow's generate on the same prompts, seed and item ids (batching does not matter)
     vlm = load_vlm(root / "model")
-    reqs = [Request(image=Image.open(d["image_path"]).convert("RGB"), prompt=r["prompt"], item_id=r["item_id"])
-            for d, r in zip(docs, sorted(recs, key=lambda r: int(r["question_id"])))]
-    assert reqs[0].prompt == ("Is the door open or closed?\nA. Open\nB. Closed\n"
-                              "Answer with the option's letter from the given choices directly.")
+    reqs = [
+        Request(image=Image.open(d["image_path"]).convert("RGB"), prompt=r["prompt"], item_id=r["item_id"])
+        for d, r in zip(docs, sorted(recs, key=lambda r: int(r["question_id"])))
+    ]
+    assert reqs[0].prompt == (
+        "Is the door open or closed?\nA. Open\nB. Closed\n"
+        "Answer with the option's letter from the given choices directly."
+    )
     outs = generate(vlm, reqs, method=method, params=params, max_new_tokens=6, seed=0, batch_size=8)
-    assert [o.text.split("ASSISTANT:")[0] for o in outs] == [r["answer"] for r in sorted(recs, key=lambda r: int(r["question_id"]))]
+    assert [o.text.split("ASSISTANT:")[0] for o in outs] == [
+        r["answer"] for r in sorted(recs, key=lambda r: int(r["question_id"]))
+    ]
 
 
 @needs_lmms
@@ -202,7 +254,9 @@ def test_loglikelihood_is_refused_naming_the_method(setup):
     from vcdflow.lmms_eval_model import VcdflowLMM
 
     root, _ = setup
-    lm = VcdflowLMM.create_from_arg_string(f"pretrained={root / 'model'},method=vcd,batch_size=2", {"batch_size": 1})
+    lm = VcdflowLMM.create_from_arg_string(
+        f"pretrained={root / 'model'},method=vcd,batch_size=2", {"batch_size": 1}
+    )
     assert lm.batch_size == 2  # model_args win over the CLI's --batch_size
     with pytest.raises(NotImplementedError, match="method 'vcd'"):
         lm.loglikelihood([])
@@ -211,8 +265,13 @@ def test_loglikelihood_is_refused_naming_the_method(setup):
     # a paper protocol resolves through vcdflow.protocols for the model's family and the named benchmark kind
     from vcdflow.protocols import get_protocol
 
-    lm = VcdflowLMM(pretrained=str(root / "model"), method="vcd", protocol="vcd", benchmark="pope",
-                    params='{"alpha": 0.5}')
+    lm = VcdflowLMM(
+        pretrained=str(root / "model"),
+        method="vcd",
+        protocol="vcd",
+        benchmark="pope",
+        params='{"alpha": 0.5}',
+    )
     want = get_protocol("vcd").resolve(method="vcd", family=lm.vlm.family, benchmark="pope", mode=None)
     assert lm.protocol_resolved and lm.overrides["do_sample"] == want.do_sample and lm.system == want.system
     assert lm.params == {**dict(want.params), "alpha": 0.5}  # params given in model_args win
@@ -232,19 +291,51 @@ def test_num_beams_from_the_task_or_model_args_is_the_engine_beam_search(setup):
 
     def ask(lm, gen_kwargs):
         lm.task_dict = {"t": {"test": [{"image": im} for im in images]}}
-        return lm.generate_until([Instance("generate_until", (p, gen_kwargs, lambda doc: [doc["image"]], i, "t", "test"), i,
-                                           {"task": "t", "doc_id": i, "repeats": 1}) for i, p in enumerate(prompts)])
+        return lm.generate_until(
+            [
+                Instance(
+                    "generate_until",
+                    (p, gen_kwargs, lambda doc: [doc["image"]], i, "t", "test"),
+                    i,
+                    {"task": "t", "doc_id": i, "repeats": 1},
+                )
+                for i, p in enumerate(prompts)
+            ]
+        )
 
     vlm = load_vlm(root / "model")
-    reqs = [Request(image=im, prompt=p, item_id=f"t/test/{i}") for i, (im, p) in enumerate(zip(images, prompts))]
-    want = {k: [o.text for o in generate(vlm, reqs, method="vcd", params=METHODS["vcd"], max_new_tokens=6, seed=0,
-                                         num_beams=k, batch_size=8)] for k in (1, 3)}
+    reqs = [
+        Request(image=im, prompt=p, item_id=f"t/test/{i}") for i, (im, p) in enumerate(zip(images, prompts))
+    ]
+    want = {
+        k: [
+            o.text
+            for o in generate(
+                vlm,
+                reqs,
+                method="vcd",
+                params=METHODS["vcd"],
+                max_new_tokens=6,
+                seed=0,
+                num_beams=k,
+                batch_size=8,
+            )
+        ]
+        for k in (1, 3)
+    }
     assert want[1] != want[3]  # the beams change some answer: the checks below can fail
-    lm = VcdflowLMM(pretrained=str(root / "model"), method="vcd", params=json.dumps(METHODS["vcd"]), batch_size=8)
+    lm = VcdflowLMM(
+        pretrained=str(root / "model"), method="vcd", params=json.dumps(METHODS["vcd"]), batch_size=8
+    )
     assert ask(lm, {"max_new_tokens": 6, "num_beams": 3, "until": []}) == want[3]
     assert ask(lm, {"max_new_tokens": 6, "until": []}) == want[1]
-    lm = VcdflowLMM(pretrained=str(root / "model"), method="vcd", params=json.dumps(METHODS["vcd"]), num_beams="3",
-                    batch_size=8)
+    lm = VcdflowLMM(
+        pretrained=str(root / "model"),
+        method="vcd",
+        params=json.dumps(METHODS["vcd"]),
+        num_beams="3",
+        batch_size=8,
+    )
     assert ask(lm, {"max_new_tokens": 6, "num_beams": 1, "until": []}) == want[3]  # model_args win
     with pytest.raises(ValueError, match="num_beams=3 with do_sample=True"):
         ask(lm, {"max_new_tokens": 6, "do_sample": True, "until": []})
@@ -261,10 +352,13 @@ def _overlay_python() -> Path:
     import venv
 
     venv.EnvBuilder(with_pip=True, clear=True).create(OVERLAY)
-    site_dir = subprocess.check_output([str(py), "-c", "import site; print(site.getsitepackages()[0])"],
-                                       text=True).strip()
+    site_dir = subprocess.check_output(
+        [str(py), "-c", "import site; print(site.getsitepackages()[0])"], text=True
+    ).strip()
     base = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    Path(site_dir, "vcdflow_base.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in base))
+    Path(site_dir, "vcdflow_base.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in base)
+    )
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run(pip + ["--no-deps", LMMS_EVAL_PIN], check=True, timeout=300)
     subprocess.run(pip + list(OVERLAY_PINS), check=True, timeout=300)
@@ -281,13 +375,28 @@ def test_lmms_eval_in_overlay_venv():
         py = _overlay_python()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         pytest.skip(f"could not build the lmms-eval overlay venv {OVERLAY} (needs PyPI): {exc}")
-    check = subprocess.run([str(py), "-c", "import lmms_eval, torch; from importlib.metadata import entry_points; "
-                            "print(torch.__version__, [e.value for e in entry_points(group='lmms_eval.models') "
-                            "if e.name == 'vcdflow'])"], capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import lmms_eval, torch; from importlib.metadata import entry_points; "
+            "print(torch.__version__, [e.value for e in entry_points(group='lmms_eval.models') "
+            "if e.name == 'vcdflow'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 0 and "vcdflow.lmms_eval_model:manifest" in check.stdout, check.stderr[-2000:]
     env = {**os.environ, "VCDFLOW_LMMS_INNER": "1"}
-    proc = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], cwd=REPO,
-                          capture_output=True, text=True, timeout=800, env=env)
+    proc = subprocess.run(
+        [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=800,
+        env=env,
+    )
     tail = proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     n = len(METHODS) + 2  # the CLI test per method + the loglikelihood and num_beams tests

@@ -1,5 +1,5 @@
-"""Attention capabilities (vcdflow.decoding.attention: E3 capture, E4 score hooks, E5 key masks,
-E17 side stream, E20 in-forward key selection) against plain computations, and the attention
+"""Attention capabilities (vcdflow.decoding.attention: capture, score hooks, key masks,
+side stream, in-forward key selection) against plain computations, and the attention
 methods ``pai``, ``sid``, ``only``, ``vasparse`` against the plain references in tests/reference_attention.py
 (batch 1, no cache, full recompute) on the tiny model of every family and the demo LLaVA;
 seeding and batch-size invariance; bad input."""
@@ -15,8 +15,15 @@ import torch
 import reference_attention as ra
 from reference_methods import assert_same_as_reference, build_vlms, forward, image, inputs
 from vcdflow.decoding import Request, generate
-from vcdflow.decoding.attention import (ATTN_NAME, AttentionCapture, AttentionHooks, SideStream, _dispatch,
-                                        eager_reference, mask_keys)
+from vcdflow.decoding.attention import (
+    ATTN_NAME,
+    AttentionCapture,
+    AttentionHooks,
+    SideStream,
+    _dispatch,
+    eager_reference,
+    mask_keys,
+)
 from vcdflow.decoding.methods.base import Method
 
 FAMILIES = ["llava", "qwen2_5_vl", "instructblip", "demo"]
@@ -32,8 +39,12 @@ def vlms(tmp_path_factory):
 REQS = [
     Request(image=image(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
     Request(image=image(1, 80, 100), prompt="Is there a dog?", item_id="b"),
-    Request(image=image(3, 120, 70), prompt="what is this red dog on the table with a cat?", item_id="c",
-            system="You are an expert."),
+    Request(
+        image=image(3, 120, 70),
+        prompt="what is this red dog on the table with a cat?",
+        item_id="c",
+        system="You are an expert.",
+    ),
 ]
 
 
@@ -44,13 +55,13 @@ class _Mod(torch.nn.Module):
 
 def test_attend_equals_eager_and_transforms_scores():
     """Hooked path = transformers' eager attention (GQA, additive mask); a score transform and an
-    E5 key mask act exactly where they say."""
+    key mask act exactly where they say."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, 3, 8, generator=g)
     k = torch.randn(2, 2, 6, 8, generator=g)
     v = torch.randn(2, 2, 6, 8, generator=g)
     mask = torch.zeros(2, 1, 3, 6)
-    mask[0, :, :, 0] = torch.finfo(torch.float32).min          # row 0: a left-padding column
+    mask[0, :, :, 0] = torch.finfo(torch.float32).min  # row 0: a left-padding column
     mask[:, :, 0, 5] = torch.finfo(torch.float32).min
     h = AttentionHooks()
     h.ctx = None
@@ -60,7 +71,9 @@ def test_attend_equals_eager_and_transforms_scores():
     # SDPA's boolean mask and its skipped causal mask (None) mean the same additive mask
     out_b, p_b = h.attend(0, _Mod(), q, k, v, mask == 0, 0.3, 0.0)
     assert torch.allclose(p_b, ref_p, atol=1e-7) and torch.allclose(out_b, ref_out, atol=1e-6)
-    causal = torch.zeros(1, 1, 3, 6).masked_fill(torch.ones(3, 6, dtype=torch.bool).triu(4), torch.finfo(torch.float32).min)
+    causal = torch.zeros(1, 1, 3, 6).masked_fill(
+        torch.ones(3, 6, dtype=torch.bool).triu(4), torch.finfo(torch.float32).min
+    )
     _, p_c = h.attend(0, _Mod(), q, k, v, None, 0.3, 0.0)
     assert torch.allclose(p_c, eager_reference(_Mod(), q, k, v, causal, 0.3)[1], atol=1e-7)
     assert float(p_c[:, :, 0, 4:].abs().max()) == 0.0 and float(p_c[:, :, 2, :].min()) > 0
@@ -86,10 +99,14 @@ def test_attend_equals_eager_and_transforms_scores():
     per_head = torch.zeros(2, 4, 6, dtype=torch.bool)
     per_head[0, 1, 3] = True
     p3 = torch.softmax(mask_keys(torch.zeros(2, 4, 3, 6), per_head), -1)
-    assert float(p3[0, 1, :, 3].max()) == 0.0 and float(p3[0, 0, :, 3].min()) > 0 and float(p3[1, 1, :, 3].min()) > 0
+    assert (
+        float(p3[0, 1, :, 3].max()) == 0.0
+        and float(p3[0, 0, :, 3].min()) > 0
+        and float(p3[1, 1, :, 3].min()) > 0
+    )
 
 
-# --- E3 capture on every family (with E4's route: every text layer hooked, vision untouched) ------
+# --- capture on every family (with the score hooks' route: every text layer hooked, vision untouched) ------
 SEEN: dict = {}
 
 
@@ -111,9 +128,14 @@ class CaptureProbe(Method):
             row = int(state.rows[k, 0])
             SEEN.setdefault(r, []).append(torch.stack([a[row] for a in atts]))
         cfg = h.adapter.model.config
-        SEEN["impl"] = (h.adapter.text_model().config._attn_implementation,
-                        [getattr(cfg, n)._attn_implementation for n in cfg.sub_configs
-                         if getattr(cfg, n, None) is not None and getattr(cfg, n) is not h.adapter.text_model().config])
+        SEEN["impl"] = (
+            h.adapter.text_model().config._attn_implementation,
+            [
+                getattr(cfg, n)._attn_implementation
+                for n in cfg.sub_configs
+                if getattr(cfg, n, None) is not None and getattr(cfg, n) is not h.adapter.text_model().config
+            ],
+        )
         return logits[:, 0]
 
     def plausibility(self, logits, step, state):
@@ -138,26 +160,36 @@ def image_attention_full(vlm, req, generated):
 def test_capture_matches_output_attentions(vlms, family):
     vlm = vlms[family]
     g = generate(vlm, REQS, "greedy", max_new_tokens=N_NEW, batch_size=3, eos_token_id=[])
-    eos = [g[1].token_ids[1]]                                  # request b retires early
+    eos = [g[1].token_ids[1]]  # request b retires early
     for share in (True, False):
         SEEN.clear()
-        outs = generate(vlm, REQS, CaptureProbe(), max_new_tokens=N_NEW, batch_size=3, eos_token_id=eos,
-                        share_prefix=share)
+        outs = generate(
+            vlm,
+            REQS,
+            CaptureProbe(),
+            max_new_tokens=N_NEW,
+            batch_size=3,
+            eos_token_id=eos,
+            share_prefix=share,
+        )
         plain = generate(vlm, REQS, "greedy", max_new_tokens=N_NEW, batch_size=3, eos_token_id=eos)
         assert [o.token_ids for o in outs] == [o.token_ids for o in plain], (family, share)
-        assert SEEN["impl"][0] == ATTN_NAME and ATTN_NAME not in SEEN["impl"][1] and SEEN["impl"][1], SEEN["impl"]
+        assert SEEN["impl"][0] == ATTN_NAME and ATTN_NAME not in SEEN["impl"][1] and SEEN["impl"][1], SEEN[
+            "impl"
+        ]
         for r, (req, o) in enumerate(zip(REQS, outs)):
             steps = SEEN[r]
             assert len(steps) == len(o.token_ids) + (o.meta["finish_reason"] == "eos")
             for t, got in enumerate(steps):
                 want = image_attention_full(vlm, req, o.token_ids[:t])
                 assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5), (family, share, r, t)
-    assert vlm.adapter.text_model().config._attn_implementation == "sdpa"     # restored
+    assert vlm.adapter.text_model().config._attn_implementation == "sdpa"  # restored
 
 
 def test_eager_model_keeps_eager(vlms):
     """A model loaded with eager attention: the layers not hooked run eager (with the additive mask),
     the capture still equals output_attentions, and eager is restored afterwards."""
+
     @dataclass(frozen=True)
     class FirstLayer(CaptureProbe):
         name: ClassVar[str] = "test_attention_capture_first"
@@ -190,6 +222,7 @@ def test_eager_model_keeps_eager(vlms):
 def test_capture_per_head_and_all_keys(vlms):
     """per_head=True keeps [H, K] per row: over all keys it is output_attentions' last row (the
     padding columns of the batch carry no weight), over the image keys the per-head image weights."""
+
     @dataclass(frozen=True)
     class PerHead(CaptureProbe):
         name: ClassVar[str] = "test_attention_capture_per_head"
@@ -202,7 +235,7 @@ def test_capture_per_head_and_all_keys(vlms):
             img = h.image_attention(-1)
             for k, r in enumerate(state.requests):
                 row = int(state.rows[k, 0])
-                valid = h.ctx.valid[row, -h.last[h.n_layers - 1].shape[-1]:]
+                valid = h.ctx.valid[row, -h.last[h.n_layers - 1].shape[-1] :]
                 SEEN.setdefault(r, []).append((img[row], h.last[h.n_layers - 1][row][:, valid]))
             return logits[:, 0]
 
@@ -228,11 +261,24 @@ def test_dispatch_refuses_non_text_modules(vlms):
     vlm = vlms["llava"]
     h = AttentionHooks(layers=[0])
     ad = vlm.adapter
-    enc = ad.encode(type("B", (), {"prompt": "x", "image": REQS[0].image, "system": None, "pixel_fn": None,
-                                   "image_token_scale": None})())
+    enc = ad.encode(
+        type(
+            "B",
+            (),
+            {
+                "prompt": "x",
+                "image": REQS[0].image,
+                "system": None,
+                "pixel_fn": None,
+                "image_token_scale": None,
+            },
+        )()
+    )
     h.start(ad, [[enc]], [[]])
     try:
-        vision_attn = next(m for n, m in vlm.model.named_modules() if "vision" in n and n.endswith("self_attn"))
+        vision_attn = next(
+            m for n, m in vlm.model.named_modules() if "vision" in n and n.endswith("self_attn")
+        )
         x = torch.zeros(1, 2, 3, 4)
         with pytest.raises(RuntimeError, match="vision tower must stay untouched"):
             _dispatch(vision_attn, x, x, x, None, 1.0)
@@ -242,7 +288,7 @@ def test_dispatch_refuses_non_text_modules(vlms):
     assert ad.text_model().config._attn_implementation == "sdpa"
 
 
-# --- E17: the side stream against a plain computation -------------------------------------------
+# --- the side stream against a plain computation -------------------------------------------
 class PlainSide(SideStream):
     """Side output = the layer's own (unchanged) attention output of the last query row."""
 
@@ -271,6 +317,7 @@ def side_reference(vlm, req, generated):
     inp = inputs(vlm, req.prompt, req.image, req.system)
     tm = ra.text_model(vlm)
     got = {}
+
     def keep(module, args, out):
         got["o"] = out[0][0, -1]
 
@@ -294,7 +341,9 @@ def side_reference(vlm, req, generated):
 def test_side_stream_matches_plain_computation(vlms, family):
     vlm = vlms[family]
     for share in (True, False):
-        outs = generate(vlm, REQS, SideProbe(), max_new_tokens=4, eos_token_id=[], batch_size=3, share_prefix=share)
+        outs = generate(
+            vlm, REQS, SideProbe(), max_new_tokens=4, eos_token_id=[], batch_size=3, share_prefix=share
+        )
         with torch.inference_mode():
             for req, o in zip(REQS, outs):
                 toks = []
@@ -309,13 +358,13 @@ def test_side_stream_matches_plain_computation(vlms, family):
 def params_for(vlm, method):
     n = len(vlm.adapter.decoder_layers())
     if method == "pai":
-        return {"start_layer": 1, "alpha": 0.5}                 # the tiny models have 2 layers
+        return {"start_layer": 1, "alpha": 0.5}  # the tiny models have 2 layers
     if method == "sid":
-        return {"layer": 1 if n < 3 else 2, "keep": 150}        # 16 image tokens -> 4 kept
+        return {"layer": 1 if n < 3 else 2, "keep": 150}  # 16 image tokens -> 4 kept
     if method == "only":
         return None
     if method == "vasparse":
-        return {"sparse_rate": 0.5, "alpha": 1.0, "sink_beta": 1.0, "lam": 1.0}   # 5 tokens: some dropped
+        return {"sparse_rate": 0.5, "alpha": 1.0, "sink_beta": 1.0, "lam": 1.0}  # 5 tokens: some dropped
     raise KeyError(method)
 
 
@@ -329,7 +378,9 @@ def test_greedy_matches_reference(vlms, method, family):
     free = generate(vlm, REQS[:1], method=method, params=params, max_new_tokens=N_NEW, eos_token_id=[])[0]
     assert free.error is None, free.error
     eos = [free.token_ids[2]]
-    outs = generate(vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16)
+    outs = generate(
+        vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16
+    )
     assert outs[0].meta["finish_reason"] == "eos"
     for i, (r, o) in enumerate(zip(REQS, outs)):
         assert o.error is None, o.error
@@ -373,7 +424,12 @@ def ref_step_scores(vlm, method, req, p, generated, hist):
     return ra.only_scores(vlm, req, p, generated, meta)[0]
 
 
-SCORE_PARAMS = {"pai": {"start_layer": 0, "alpha": 3.0, "gamma": 2.0}, "sid": None, "only": None, "vasparse": None}
+SCORE_PARAMS = {
+    "pai": {"start_layer": 0, "alpha": 3.0, "gamma": 2.0},
+    "sid": None,
+    "only": None,
+    "vasparse": None,
+}
 
 
 @pytest.mark.parametrize("method,family", CASES)
@@ -401,8 +457,13 @@ def test_scores_match_reference(vlms, method, family):
                     continue
                 fin = torch.isfinite(want)
                 assert torch.equal(torch.isfinite(got), fin), (method, family, r, t)
-                assert torch.allclose(got[fin], want[fin], atol=2e-4, rtol=1e-4), \
-                    (method, family, r, t, float((got[fin] - want[fin]).abs().max()))
+                assert torch.allclose(got[fin], want[fin], atol=2e-4, rtol=1e-4), (
+                    method,
+                    family,
+                    r,
+                    t,
+                    float((got[fin] - want[fin]).abs().max()),
+                )
     assert len(skipped) <= 2, skipped
 
 
@@ -411,12 +472,19 @@ def test_methods_change_the_decode(vlms):
     attention part alone (use_cfg off) differs from greedy too."""
     vlm = vlms["llava"]
     g = [o.token_ids for o in generate(vlm, REQS, "greedy", max_new_tokens=N_NEW, eos_token_id=[])]
-    for method, extra in (("pai", {"use_cfg": False, "alpha": 2.0}), ("pai", {}), ("sid", {}), ("only", {"gamma": 2.1})):
+    for method, extra in (
+        ("pai", {"use_cfg": False, "alpha": 2.0}),
+        ("pai", {}),
+        ("sid", {}),
+        ("only", {"gamma": 2.1}),
+    ):
         p = {**(params_for(vlm, method) or {}), **extra}
         outs = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[])
         assert [o.token_ids for o in outs] != g, (method, extra)
     # ONLY with gamma above the largest possible distance (2) always takes the collaborative branch
-    o = generate(vlm, REQS[:1], method="only", params={"gamma": 2.1}, max_new_tokens=N_NEW, eos_token_id=[])[0]
+    o = generate(vlm, REQS[:1], method="only", params={"gamma": 2.1}, max_new_tokens=N_NEW, eos_token_id=[])[
+        0
+    ]
     assert o.meta["only_collaborative"] == N_NEW
 
 
@@ -435,7 +503,11 @@ def test_pai_official_schedule(vlms, family):
     base = {**declared, "start_layer": 0, "alpha": 3.0, "gamma": 2.0}
     m = recording(type(METHODS["pai"]))
     runs = {}
-    for name, extra in (("official", {}), ("cfg_only", {"use_attn": False}), ("always", {"attn_schedule": "always"})):
+    for name, extra in (
+        ("official", {}),
+        ("cfg_only", {"use_attn": False}),
+        ("always", {"attn_schedule": "always"}),
+    ):
         REC.clear()
         outs = generate(vlm, REQS, method=m, params={**base, **extra}, max_new_tokens=3, eos_token_id=[])
         runs[name] = (dict(REC), [o.token_ids for o in outs])
@@ -469,11 +541,16 @@ def test_switches_match_reference(vlms):
     """PAI's ablations (γ = 1: log p_c unchanged; CFG only; attention only), SID's greedy APC and
     the 'highest' variant, against the references."""
     vlm = vlms["demo"]
-    cases = [("pai", {"gamma": 1.0, "start_layer": 1}), ("pai", {"use_attn": False, "gamma": 2.0}),
-             ("pai", {"use_cfg": False, "start_layer": 0, "alpha": 1.0}),
-             ("sid", {"greedy_apc": True, "layer": 1, "keep": 150}), ("sid", {"select": "highest", "keep": 300}),
-             ("vasparse", {"variant": "code"}), ("vasparse", {"svcd": False, "sparse_rate": 0.5, "sink_penalty": False}),
-             ("vasparse", {"token_selection": False, "sink_beta": 2.0})]
+    cases = [
+        ("pai", {"gamma": 1.0, "start_layer": 1}),
+        ("pai", {"use_attn": False, "gamma": 2.0}),
+        ("pai", {"use_cfg": False, "start_layer": 0, "alpha": 1.0}),
+        ("sid", {"greedy_apc": True, "layer": 1, "keep": 150}),
+        ("sid", {"select": "highest", "keep": 300}),
+        ("vasparse", {"variant": "code"}),
+        ("vasparse", {"svcd": False, "sparse_rate": 0.5, "sink_penalty": False}),
+        ("vasparse", {"token_selection": False, "sink_beta": 2.0}),
+    ]
     for method, p in cases:
         outs = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[])
         for i, (r, o) in enumerate(zip(REQS, outs)):
@@ -500,15 +577,22 @@ def test_vasparse_defaults_long_decode(vlms):
             want = ra.vasparse_scores(vlm, REQS[2], pp, o.token_ids[:t], hist)[0]
             fin = torch.isfinite(want)
             assert torch.allclose(REC[(0, t)][fin], want[fin], atol=2e-4, rtol=1e-4), t
-    assert any(any(c for c in d) for d, _ in hist["rows"][max(hist["rows"])].values())   # something dropped
+    assert any(any(c for c in d) for d, _ in hist["rows"][max(hist["rows"])].values())  # something dropped
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "instructblip", "demo"])
 def test_sampling_seed_and_batch_size(vlms, family):
     vlm = vlms[family]
     for method in ("pai", "sid", "only", "vasparse"):
-        kw = dict(method=method, params=params_for(vlm, method), do_sample=True, temperature=1.0, top_p=1.0,
-                  max_new_tokens=N_NEW, eos_token_id=[])
+        kw = dict(
+            method=method,
+            params=params_for(vlm, method),
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=N_NEW,
+            eos_token_id=[],
+        )
         a = generate(vlm, REQS, seed=4, batch_size=16, **kw)
         b = generate(vlm, REQS, seed=4, batch_size=1, **kw)
         c = generate(vlm, REQS, seed=5, batch_size=16, **kw)
@@ -529,7 +613,7 @@ def test_sampling_matches_reference(vlms):
 
 @pytest.mark.parametrize("family", ["llava", "demo"])
 def test_beam_search_with_attention_hooks(vlms, family):
-    """Beam search (E11) re-indexes the hooks' per-row state (``select``): num_beams=1 is the greedy
+    """Beam search re-indexes the hooks' per-row state (``select``): num_beams=1 is the greedy
     decode; with 3 beams a batch of 3 requests gives each request's batch-1 result."""
     vlm = vlms[family]
     for method in ("pai", "sid", "vasparse"):
@@ -537,10 +621,20 @@ def test_beam_search_with_attention_hooks(vlms, family):
         g = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[])
         b1 = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[], num_beams=1)
         assert [o.token_ids for o in g] == [o.token_ids for o in b1], (family, method)
-        b3 = generate(vlm, REQS, method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[], num_beams=3,
-                      batch_size=3)
-        one = [generate(vlm, [r], method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[], num_beams=3)[0]
-               for r in REQS]
+        b3 = generate(
+            vlm,
+            REQS,
+            method=method,
+            params=p,
+            max_new_tokens=N_NEW,
+            eos_token_id=[],
+            num_beams=3,
+            batch_size=3,
+        )
+        one = [
+            generate(vlm, [r], method=method, params=p, max_new_tokens=N_NEW, eos_token_id=[], num_beams=3)[0]
+            for r in REQS
+        ]
         assert all(o.error is None for o in b3), [o.error for o in b3]
         assert [o.token_ids for o in b3] == [o.token_ids for o in one], (family, method)
 
@@ -548,7 +642,10 @@ def test_beam_search_with_attention_hooks(vlms, family):
 def test_bad_input(vlms):
     vlm = vlms["llava"]
     out = generate(vlm, REQS[:1], method="pai", max_new_tokens=2)[0]
-    assert out.error == "method 'pai': start_layer 2 and end_layer None select no decoder layer (the model has 2)"
+    assert (
+        out.error
+        == "method 'pai': start_layer 2 and end_layer None select no decoder layer (the model has 2)"
+    )
     out = generate(vlm, REQS[:1], method="sid", params={"layer": 2}, max_new_tokens=2)[0]
     assert out.error == "method 'sid': layer 2 must be in 1..1 (the model has 2 decoder layers)"
     out = generate(vlm, REQS[:1], method="only", params={"layer": 1}, max_new_tokens=2)[0]
@@ -557,7 +654,9 @@ def test_bad_input(vlms):
     assert out.error == "method 'sid' needs an image (Request.image is None)"
     with pytest.raises(ValueError, match="parameter 'gamma' of method 'pai' must be >= 1"):
         generate(vlm, REQS[:1], method="pai", params={"gamma": 0.5})
-    with pytest.raises(ValueError, match="parameter 'variant' of method 'vasparse' must be 'paper' or 'code'"):
+    with pytest.raises(
+        ValueError, match="parameter 'variant' of method 'vasparse' must be 'paper' or 'code'"
+    ):
         generate(vlm, REQS[:1], method="vasparse", params={"variant": "full"})
     with pytest.raises(ValueError, match="parameter 'select' of method 'sid'"):
         generate(vlm, REQS[:1], method="sid", params={"select": "random"})

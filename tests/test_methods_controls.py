@@ -36,7 +36,9 @@ def _eos(vlm, method, params):
 
 def _check(vlm, method, params, what):
     eos = _eos(vlm, method, params)
-    outs = generate(vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16)
+    outs = generate(
+        vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16
+    )
     assert outs[0].meta["finish_reason"] == "eos"
     refs = []
     for i, (r, o) in enumerate(zip(REQS, outs)):
@@ -65,11 +67,13 @@ def test_olm_matches_reference(vlms, family):
     outs, refs = _check(vlm, "olm", None, f"olm/{family}/official")
     assert not any(any(r.forced) for r in refs)
     _check(vlm, "olm", {"min_sum": 0.0, "max_diff": 1.0}, f"olm/{family}/always")
-    outs = generate(vlm, REQS, method="olm", params={"min_sum": 0.0, "max_diff": 1.0}, max_new_tokens=3,
-                    eos_token_id=[])
+    outs = generate(
+        vlm, REQS, method="olm", params={"min_sum": 0.0, "max_diff": 1.0}, max_new_tokens=3, eos_token_id=[]
+    )
     assert all(o.token_ids == [yes] * 3 for o in outs)
     # a threshold between the requests' first-step p_yes + p_no: fires for one, not for another
     from reference_methods import inputs, last_logits
+
     no = vlm.adapter.tokenizer.encode("No", add_special_tokens=False)[0]
     s0 = []
     with torch.inference_mode():
@@ -96,11 +100,15 @@ def test_cd_rethink_vcd_and_apc_settings(vlms, family):
     sampling (T = 1) equal the first-wave reference decoder (LLaVA family)."""
     vlm = vlms[family]
     eos = [vlm.model.generation_config.eos_token_id]
-    for method, params, kw in (("vcd", {"noise_step": 900, "beta": 0.2}, {}),
-                               ("apc", {"beta": 0.2}, {"do_sample": True, "temperature": 1.0, "seed": 5})):
+    for method, params, kw in (
+        ("vcd", {"noise_step": 900, "beta": 0.2}, {}),
+        ("apc", {"beta": 0.2}, {"do_sample": True, "temperature": 1.0, "seed": 5}),
+    ):
         outs = generate(vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, **kw)
         for i, (r, o) in enumerate(zip(REQS, outs)):
-            ref = reference_decoder.ref_generate(vlm, r, method, params, max_new_tokens=N_NEW, eos=eos, index=i, **kw)
+            ref = reference_decoder.ref_generate(
+                vlm, r, method, params, max_new_tokens=N_NEW, eos=eos, index=i, **kw
+            )
             assert o.token_ids == ref.tokens, (method, family, r.item_id)
 
 
@@ -108,8 +116,15 @@ def test_cd_rethink_vcd_and_apc_settings(vlms, family):
 def test_sampling_seed_and_batch_size(vlms, family):
     vlm = vlms[family]
     for method, params in (("pba", None), ("olm", None)):
-        kw = dict(method=method, params=params, do_sample=True, temperature=0.9, top_p=0.95, max_new_tokens=N_NEW,
-                  eos_token_id=[])
+        kw = dict(
+            method=method,
+            params=params,
+            do_sample=True,
+            temperature=0.9,
+            top_p=0.95,
+            max_new_tokens=N_NEW,
+            eos_token_id=[],
+        )
         a = generate(vlm, REQS, seed=4, batch_size=16, **kw)
         b = generate(vlm, REQS, seed=4, batch_size=1, **kw)
         c = generate(vlm, REQS, seed=5, batch_size=16, **kw)

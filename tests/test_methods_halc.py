@@ -1,7 +1,7 @@
-"""HALC and its two engine capabilities: E18 auxiliary models (tiny OWLv2 / BLIP / CLIP from real
-configs, loaded through vcdflow.aux_models' loaders; a rule-based POS stand-in) and E19
+"""HALC and its two engine capabilities: auxiliary models (tiny OWLv2 / BLIP / CLIP from real
+configs, loaded through vcdflow.aux_models' loaders; a rule-based POS stand-in) and mid-decode branch spawning
 mid-decode branch spawning (against a plain no-cache forward); ``halc`` (word-level judgement,
-rollback + re-decode through the engine's E12 replay) against the plain reference
+rollback + re-decode through the engine's rollback replay) against the plain reference
 (tests/reference_halc.py) on the tiny model of every family, the demo LLaVA and a tiny LLaVA with
 a SentencePiece-style subword tokenizer (words of several ids: the rollback case)."""
 
@@ -44,8 +44,31 @@ def build_subword_llava(root):
 
     for c in list("abcdefghijklmnopqrstuvwxyz") + ["▁", ":", "?", ".", ",", "\n", "!", "-"]:
         add(c, -12.0)
-    for w in ["user", "assistant", "is", "there", "a", "the", "in", "image", "describe", "detail", "what", "this",
-              "dog", "cup", "cat", "table", "red", "with", "on", "you", "are", "an", "expert"]:
+    for w in [
+        "user",
+        "assistant",
+        "is",
+        "there",
+        "a",
+        "the",
+        "in",
+        "image",
+        "describe",
+        "detail",
+        "what",
+        "this",
+        "dog",
+        "cup",
+        "cat",
+        "table",
+        "red",
+        "with",
+        "on",
+        "you",
+        "are",
+        "an",
+        "expert",
+    ]:
         add("▁" + w, -2.0)
     tails = ["ing", "ella", "er", "ed", "ly", "on", "ta", "ble", "ra", "ket", "ol", "ish", "en", "ar", "um"]
     for i, w in enumerate(FILLER_WORDS):
@@ -56,8 +79,9 @@ def build_subword_llava(root):
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
     assert len(fast) == n and fast.convert_tokens_to_ids("<image>") == 4 and fast.eos_token_id == 2
     fast.save_pretrained(path)
@@ -84,26 +108,36 @@ def aux(tmp_path_factory):
 
 REQS = [
     Request(image=image(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
-    Request(image=image(2, 96, 64), prompt="describe the image in detail", item_id="b", system="You are an expert."),
+    Request(
+        image=image(2, 96, 64),
+        prompt="describe the image in detail",
+        item_id="b",
+        system="You are an expert.",
+    ),
     Request(image=image(3, 120, 70), prompt="what is this red dog on the table with a cat?", item_id="c"),
-    Request(image=image(1, 80, 100), prompt="Is there a dog?", item_id="d"),   # shares a's prefix
+    Request(image=image(1, 80, 100), prompt="Is there a dog?", item_id="d"),  # shares a's prefix
 ]
 
 
 def params(aux, **kw):
-    p = {"detector": str(aux["paths"]["owlv2"]), "scorer": str(aux["paths"]["blip"]), "tagger": "test-rules",
-         "min_length": 3, "beam_size": 1}
+    p = {
+        "detector": str(aux["paths"]["owlv2"]),
+        "scorer": str(aux["paths"]["blip"]),
+        "tagger": "test-rules",
+        "min_length": 3,
+        "beam_size": 1,
+    }
     p.update(kw)
     return p
 
 
-# --- E18 ------------------------------------------------------------------------------------------
+# --- auxiliary models ------------------------------------------------------------------------------------
 def test_aux_models_load_and_score(aux):
     det, blip, clip = aux["detector"], aux["scorer"], aux["clip"]
     im = image(7, 90, 70)
     raw = det.raw_boxes(im, "dog", 0.05)
     kept = det.detect(im, "dog", 0.05)
-    assert raw and kept and len(kept) < len(raw)   # the filters act on these random boxes
+    assert raw and kept and len(kept) < len(raw)  # the filters act on these random boxes
     for b in kept:
         assert all(0 <= v <= 1 for v in b) and (b[2] - b[0]) * (b[3] - b[1]) >= 0.01
     for i, a in enumerate(kept):
@@ -122,13 +156,17 @@ def test_aux_models_load_and_score(aux):
         s = scorer.similarity(im, texts)
         enc = scorer.processor(text=texts, images=im, return_tensors="pt", padding=True, truncation=True)
         with torch.no_grad():
-            ref = scorer.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                               pixel_values=enc["pixel_values"]).logits_per_image[0]
+            ref = scorer.model(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                pixel_values=enc["pixel_values"],
+            ).logits_per_image[0]
         assert s.shape == (3,) and torch.allclose(s, ref)
     assert len(set(blip.similarity(im, texts).tolist())) == 3
     # resolution: folders load once, registered names and objects pass through, bad specs say why
     assert aux_models.resolve("detector", str(aux["paths"]["owlv2"])) is aux_models.resolve(
-        "detector", str(aux["paths"]["owlv2"]))
+        "detector", str(aux["paths"]["owlv2"])
+    )
     assert aux_models.resolve("tagger", "test-rules") is aux["tagger"]
     with pytest.raises(FileNotFoundError, match="detector weights not found"):
         aux_models.resolve("detector", "/nonexistent/owl")
@@ -150,7 +188,7 @@ def test_grounding_dino_through_the_loader(tmp_path):
     assert det.raw_boxes(im, "a dog", 1.0) == []
 
 
-# --- E19 ------------------------------------------------------------------------------------------
+# --- branch spawning -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_spawn_matches_plain_forward(vlms, family):
     """Spawned branches (new images, prompt + teacher-forced ids, batched with different prefix
@@ -181,9 +219,9 @@ def test_spawn_matches_plain_forward(vlms, family):
 
 # --- halc -----------------------------------------------------------------------------------------
 PARAM_SETS = {
-    "grounded": {"box_threshold": 0.3, "max_boxes": 20},   # boxes found: the smallest one is the focus
-    "centre": {"box_threshold": 1.5},                       # nothing found: centre box, unk removal
-    "defaults": {},                                          # official thresholds: mostly > 3 boxes → invalid
+    "grounded": {"box_threshold": 0.3, "max_boxes": 20},  # boxes found: the smallest one is the focus
+    "centre": {"box_threshold": 1.5},  # nothing found: centre box, unk removal
+    "defaults": {},  # official thresholds: mostly > 3 boxes → invalid
 }
 EVENT_KEYS = ("step", "beam", "word", "tokens", "pos", "status", "candidates")
 
@@ -191,7 +229,11 @@ EVENT_KEYS = ("step", "beam", "word", "tokens", "pos", "status", "candidates")
 def check(o, ref, what):
     """Token for token, the same finish, the same judgements and commits as the reference."""
     assert o.error is None, (what, o.error)
-    assert o.token_ids == ref.tokens and o.meta["finish_reason"] == ref.finish, (what, o.token_ids, ref.tokens)
+    assert o.token_ids == ref.tokens and o.meta["finish_reason"] == ref.finish, (
+        what,
+        o.token_ids,
+        ref.tokens,
+    )
     got = [{k: e[k] for k in EVENT_KEYS if k in e} for e in o.meta.get("halc_events", [])]
     want = [{k: e[k] for k in EVENT_KEYS if k in e} for e in ref.meta["events"]]
     assert got == want, what
@@ -226,13 +268,13 @@ def test_greedy_matches_reference(vlms, aux, family):
 def test_rollback_of_multi_token_words(vlms, aux, context):
     """Subword tokenizer: words of several ids are judged once complete and, when the focal
     contrast changes them, rolled back to their first id and re-decoded (the row replays its new
-    context, E12); both re-decode contexts equal the reference, and the official snapshot one
+    context, rollback); both re-decode contexts equal the reference, and the official snapshot one
     re-decodes after the word's first id (a context that differs from the committed ids)."""
     vlm = vlms["llava_sp"]
     eos = vlm.adapter.eos_token_ids
     tok = vlm.processor.tokenizer
     multi = 0
-    for extra in ({"box_threshold": 1.5},):   # nothing detected: centre-box views, unk removal, re-decodes
+    for extra in ({"box_threshold": 1.5},):  # nothing detected: centre-box views, unk removal, re-decodes
         p = params(aux, rollback_context=context, skip_rate=0.0, **extra)
         outs = generate(vlm, REQS, "halc", p, max_new_tokens=12, batch_size=16, seed=4)
         for r, o in zip(REQS, outs):
@@ -308,7 +350,9 @@ def test_lavis_repetition_penalty_matches_reference(vlms, aux):
     assert declared == {"repetition_penalty": 1.5, "repetition_context": "generated"}
     p = params(aux, beam_size=3, box_threshold=0.3, max_boxes=20, **declared)
     outs = generate(vlm, REQS, "halc", p, max_new_tokens=7, batch_size=16, seed=5)
-    plain = generate(vlm, REQS, "halc", {**p, "repetition_penalty": 1.0}, max_new_tokens=7, batch_size=16, seed=5)
+    plain = generate(
+        vlm, REQS, "halc", {**p, "repetition_penalty": 1.0}, max_new_tokens=7, batch_size=16, seed=5
+    )
     for r, o in zip(REQS, outs):
         with torch.no_grad():
             ref = ref_halc(vlm, r, p, aux, seed=5, key=r.item_id, max_new_tokens=7, eos=eos)

@@ -1,11 +1,11 @@
 """Layer-contrast methods — ``dola``, ``deco``, ``revisit`` — and their engine capabilities:
 
-* E1 early-exit logits at the last position (``vcdflow.decoding.layers.HiddenStates.last`` +
+* Early-exit logits at the last position (``vcdflow.decoding.layers.HiddenStates.last`` +
   ``early_exit``) equal W_lm·[N_f](output_hidden_states[l]) of a batch-1 full recompute, at every
   step, with rows retiring, a text-only branch, shared-prefix prefill on and off;
-* E2 prefill hidden states at image positions (``HiddenStates.image``) equal output_hidden_states at
+* Prefill hidden states at image positions (``HiddenStates.image``) equal output_hidden_states at
   the image positions, kept per row for the whole decode, under shared prefix and rows retiring;
-* E13 repetition penalty / no-repeat-n-gram (``vcdflow.decoding.processors``) equal transformers'
+* Repetition penalty / no-repeat-n-gram (``vcdflow.decoding.processors``) equal transformers'
   processors on the same ids;
 * each method equals its plain reference (tests/reference_layers.py) token for token in greedy
   mode on the tiny model of every family and the demo LLaVA; sampling is seeded and
@@ -38,15 +38,19 @@ def vlms(tmp_path_factory):
 REQS = [
     Request(image=image(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
     Request(image=image(1, 80, 100), prompt="Is there a dog?", item_id="b"),
-    Request(image=image(3, 120, 70), prompt="what is this red dog on the table with a cat?", item_id="c",
-            system="You are an expert."),
+    Request(
+        image=image(3, 120, 70),
+        prompt="what is this red dog on the table with a cat?",
+        item_id="c",
+        system="You are an expert.",
+    ),
 ]
 
 
-# --- E1 / E2 --------------------------------------------------------------------------------------
+# --- early exits / image-position states --------------------------------------------------------------------------------------
 class Recorder(HiddenStates):
-    """Records, after every forward that yields next-token logits, each row's early exits (E1) and
-    its kept image-position states (E2), keyed by (request, branch, step)."""
+    """Records, after every forward that yields next-token logits, each row's early exits and
+    its kept image-position states, keyed by (request, branch, step)."""
 
     def start(self, adapter, seqs, tokens):
         super().start(adapter, seqs, tokens)
@@ -60,8 +64,11 @@ class Recorder(HiddenStates):
             return
         t = 0 if phase in ("prefill", "suffix") else rows.step
         for k, (r, b) in enumerate(zip(rows.request, rows.branch)):
-            self.early[(r, b, t)] = {(l, nf): early_exit(self.adapter, self.last[l][k:k + 1], nf)[0]
-                                     for l in self.layers for nf in (False, True)}
+            self.early[(r, b, t)] = {
+                (l, nf): early_exit(self.adapter, self.last[l][k : k + 1], nf)[0]
+                for l in self.layers
+                for nf in (False, True)
+            }
             self.images[(r, b, t)] = self.image[k]
             self.by_request[(r, b, t)] = self.image_of(r, b)
 
@@ -83,12 +90,13 @@ def test_early_exit_and_image_states_match_output_hidden_states(vlms, family):
     L = n_layers(vlm.adapter)
     layers = sorted({0, 1, L - 1, L})
     rows = encode_rows(vlm)
-    limits = [2, 4, 3]   # rows retire at different steps
+    limits = [2, 4, 3]  # rows retire at different steps
     for share in (True, False):
         rec = Recorder(layers=layers, image_layers=layers)
         with torch.inference_mode():
-            res = decode_rows(vlm.adapter, [e for _, e in rows], greedy_chooser, limits, [], hooks=rec,
-                              share_prefix=share)
+            res = decode_rows(
+                vlm.adapter, [e for _, e in rows], greedy_chooser, limits, [], hooks=rec, share_prefix=share
+            )
         # InstructBLIP's Q-Former reads each question: no two of these rows share a prefix there
         assert ("prefix" in rec.phases) == (share and family != "instructblip"), rec.phases
         seen = set()
@@ -111,7 +119,7 @@ def test_early_exit_and_image_states_match_output_hidden_states(vlms, family):
                 if branch.image is None:
                     assert got is None
                 else:
-                    # HF's hidden_states[L] is N_f(h_L); E2 keeps the un-normed h_L
+                    # HF's hidden_states[L] is N_f(h_L); the image-position states keep the un-normed h_L
                     got = torch.stack([final_norm(vlm)(g) if l == L else g for l, g in zip(layers, got)])
                     want = torch.stack([hs[l][0, img] for l in layers])
                     assert got.shape == want.shape, (got.shape, want.shape)
@@ -121,17 +129,20 @@ def test_early_exit_and_image_states_match_output_hidden_states(vlms, family):
         assert seen == {(r, t) for r, lim in enumerate(limits) for t in range(lim)}, (share, sorted(seen))
 
 
-# --- E13 ------------------------------------------------------------------------------------------
+# --- logits processors ------------------------------------------------------------------------------------------
 def test_processors_equal_transformers():
-    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+    from transformers.generation.logits_process import (
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
 
     g = torch.Generator().manual_seed(0)
     V = 50
     ids = torch.randint(0, V, (3, 17), generator=g)
-    ids[1, 5:9] = ids[1, 12:16] = torch.tensor([4, 7, 4, 7])     # repeated n-grams
+    ids[1, 5:9] = ids[1, 12:16] = torch.tensor([4, 7, 4, 7])  # repeated n-grams
     ids[2, -3:] = ids[2, 2:5]
     scores = torch.randn(3, V, generator=g) * 3
-    scores[0, ids[0, 0]] = -float("inf")                           # −inf stays −inf (APC-masked tokens)
+    scores[0, ids[0, 0]] = -float("inf")  # −inf stays −inf (APC-masked tokens)
     for theta in (1.2, 0.8, 1.0):
         want = RepetitionPenaltyLogitsProcessor(theta)(ids, scores.clone())
         got = repetition_penalty(scores, ids.tolist(), theta)
@@ -148,7 +159,7 @@ def test_processors_equal_transformers():
 def params_for(vlm, method):
     L = n_layers(vlm.adapter)
     if method == "dola":
-        return {"layers": list(range(L))}            # dynamic over every premature layer the model has
+        return {"layers": list(range(L))}  # dynamic over every premature layer the model has
     if method == "dola_static":
         return {"premature": 1, "repetition_penalty": 1.0, "relative_top": 0.0}
     if method == "deco":
@@ -156,7 +167,7 @@ def params_for(vlm, method):
     if method == "revisit_all":
         return {"layers": "all", "relative_top": 0.01}
     if method == "revisit_nocache":
-        return {"layers": "all", "cache_mb": 0}          # c_k[V] = H·W_lm[V]^T every step
+        return {"layers": "all", "cache_mb": 0}  # c_k[V] = H·W_lm[V]^T every step
     if method == "dola_ngram":
         return {"layers": "low", "no_repeat_ngram_size": 2, "repetition_penalty": 1.5}
     return None
@@ -166,9 +177,12 @@ def engine_name(case):
     return case.split("_")[0]
 
 
-CASES = [(m, f) for m in ("dola", "dola_static", "deco", "revisit", "revisit_all") for f in FAMILIES] + \
-        [("deco_default", "demo"), ("dola_ngram", "llava"), ("revisit_nocache", "qwen2_5_vl"),
-         ("revisit_nocache", "demo")]
+CASES = [(m, f) for m in ("dola", "dola_static", "deco", "revisit", "revisit_all") for f in FAMILIES] + [
+    ("deco_default", "demo"),
+    ("dola_ngram", "llava"),
+    ("revisit_nocache", "qwen2_5_vl"),
+    ("revisit_nocache", "demo"),
+]
 
 
 @pytest.mark.parametrize("case,family", CASES)
@@ -179,7 +193,9 @@ def test_greedy_matches_reference(vlms, case, family):
     free = generate(vlm, REQS[:1], method=method, params=params, max_new_tokens=N_NEW, eos_token_id=[])[0]
     assert free.error is None, free.error
     eos = [free.token_ids[2]]
-    outs = generate(vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16)
+    outs = generate(
+        vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16
+    )
     assert outs[0].meta["finish_reason"] == "eos"
     for i, (r, o) in enumerate(zip(REQS, outs)):
         assert o.error is None, o.error
@@ -192,8 +208,11 @@ def test_greedy_matches_reference(vlms, case, family):
 
 def test_methods_change_the_output(vlms):
     """The contrasts are not greedy in disguise: on some model each method's tokens differ from greedy."""
-    for method, params in (("dola", {"layers": [0, 1]}), ("deco", {"layers": [0, 1], "alpha": 2.0}),
-                           ("revisit", {"layers": "all"})):
+    for method, params in (
+        ("dola", {"layers": [0, 1]}),
+        ("deco", {"layers": [0, 1], "alpha": 2.0}),
+        ("revisit", {"layers": "all"}),
+    ):
         differs = False
         for fam in FAMILIES:
             vlm = vlms[fam]
@@ -208,9 +227,18 @@ def test_dola_premature_layer_is_chosen_per_row(vlms):
     choice over the batch), and the requests' chosen layers are recorded."""
     vlm = vlms["demo"]
     params = {"layers": [0, 1, 2]}
-    reqs = [Request(image=image(k, 60 + 10 * k, 90), prompt=p, item_id=f"x{k}")
-            for k, p in enumerate(["describe the image", "is there a cat on the table?", "how many dogs are there?",
-                                   "what color is the car?", "Is there a cup in the image?"])]
+    reqs = [
+        Request(image=image(k, 60 + 10 * k, 90), prompt=p, item_id=f"x{k}")
+        for k, p in enumerate(
+            [
+                "describe the image",
+                "is there a cat on the table?",
+                "how many dogs are there?",
+                "what color is the car?",
+                "Is there a cup in the image?",
+            ]
+        )
+    ]
     batched = generate(vlm, reqs, "dola", params, max_new_tokens=N_NEW, eos_token_id=[], batch_size=16)
     alone = [generate(vlm, [r], "dola", params, max_new_tokens=N_NEW, eos_token_id=[])[0] for r in reqs]
     assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
@@ -234,13 +262,19 @@ def test_dola_combine_selects_per_row():
     eye.weight.data = torch.eye(V)
     final = torch.tensor([[4.0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 4.0]])
     far = torch.tensor([[0.0, 0, 0, 0, 0, 9], [9.0, 0, 0, 0, 0, 0]])
-    adapter = SimpleNamespace(decoder_layers=lambda: [None, None], lm_head=lambda: eye, config=SimpleNamespace(
-        tie_word_embeddings=False), text_config=SimpleNamespace())
+    adapter = SimpleNamespace(
+        decoder_layers=lambda: [None, None],
+        lm_head=lambda: eye,
+        config=SimpleNamespace(tie_word_embeddings=False),
+        text_config=SimpleNamespace(),
+    )
     hooks = DecodeHooks()
     hooks.seqs, hooks.tokens = [], []
     hooks.last = {0: torch.stack([final[0], far[1]]), 1: torch.stack([far[0], final[1]])}
     p = DoLa().resolve({"layers": [0, 1], "repetition_penalty": 1.0})
-    ctxs = tuple(BranchContext(params=p, rng=torch.Generator(), adapter=adapter, do_sample=False) for _ in range(2))
+    ctxs = tuple(
+        BranchContext(params=p, rng=torch.Generator(), adapter=adapter, do_sample=False) for _ in range(2)
+    )
     st = State(params=p, contexts=ctxs, rows=torch.tensor([[0], [1]]), requests=(0, 1), hooks=hooks)
     DoLa().combine(final[:, None, :], 0, st)
     assert ctxs[0].meta["dola_premature"] == {"1": 1} and ctxs[1].meta["dola_premature"] == {"0": 1}
@@ -250,7 +284,7 @@ def test_dola_combine_selects_per_row():
 def test_sampling_seeded_and_batch_invariant(vlms, method):
     vlm = vlms["llava"]
     params = params_for(vlm, method)
-    reqs = REQS * 6   # 18 requests (item ids repeat: the same streams)
+    reqs = REQS * 6  # 18 requests (item ids repeat: the same streams)
     kw = dict(do_sample=True, temperature=1.0, top_p=0.9, max_new_tokens=N_NEW, eos_token_id=[])
     a = generate(vlm, reqs, method, params, seed=3, batch_size=16, **kw)
     b = generate(vlm, reqs, method, params, seed=3, batch_size=16, **kw)
@@ -262,8 +296,18 @@ def test_sampling_seeded_and_batch_invariant(vlms, method):
     assert [o.token_ids for o in other] != [o.token_ids for o in one]
     # sampling equals the reference's draw from the same stream
     for i, r in enumerate(REQS):
-        ref = ref_generate(vlm, r, method, params, do_sample=True, temperature=1.0, top_p=0.9,
-                           max_new_tokens=N_NEW, seed=3, index=i)
+        ref = ref_generate(
+            vlm,
+            r,
+            method,
+            params,
+            do_sample=True,
+            temperature=1.0,
+            top_p=0.9,
+            max_new_tokens=N_NEW,
+            seed=3,
+            index=i,
+        )
         assert one[i].token_ids == ref.tokens, (method, r.item_id)
 
 
@@ -285,8 +329,10 @@ def test_registry_and_bad_params(vlms):
         generate(vlm, REQS[:1], "dola", {"layers": [50, 60]}, max_new_tokens=2)
     o = generate(vlm, [Request(prompt="hello there", item_id="t")], "revisit", max_new_tokens=2)[0]
     assert o.error and "needs an image" in o.error
-    t = generate(vlm, [Request(prompt="hello there", item_id="t")], "dola", {"layers": [0, 1]}, max_new_tokens=2)[0]
-    assert t.error is None and len(t.token_ids) >= 1   # DoLa is text-only capable
+    t = generate(
+        vlm, [Request(prompt="hello there", item_id="t")], "dola", {"layers": [0, 1]}, max_new_tokens=2
+    )[0]
+    assert t.error is None and len(t.token_ids) >= 1  # DoLa is text-only capable
 
 
 def test_layer_defaults_follow_official_buckets():

@@ -1,5 +1,5 @@
-"""Steering: the engine capabilities E14 (per-row MLP-output steering), E14v (vision-layer
-steering), E16 (residual probe), E15 (VTI's fitted directions) each against a plain computation,
+"""Steering: the engine capabilities per-row MLP-output steering, vision-layer
+steering, the residual probe and VTI's fitted directions each against a plain computation,
 and the methods ``vista`` and ``vti`` against the references in tests/reference_steering.py on
 the tiny model of every family they support and on the demo LLaVA; seeding and batch-size
 invariance."""
@@ -13,13 +13,32 @@ import torch
 import torch.nn.functional as F
 
 from reference_methods import assert_same_as_reference, build_vlms, forward, image, inputs
-from reference_steering import (VTILayerRef, grid_at, layer_outputs_last, no_image, qwen_direction_rows,
-                                qwen_proc_to_raster, qwen_raster_of_rows, qwen_visual, ref_vista, ref_vti,
-                                text_layers, vision_layers_ref, wrapped_mlps)
+from reference_steering import (
+    VTILayerRef,
+    grid_at,
+    layer_outputs_last,
+    no_image,
+    qwen_direction_rows,
+    qwen_proc_to_raster,
+    qwen_raster_of_rows,
+    qwen_visual,
+    ref_vista,
+    ref_vti,
+    text_layers,
+    vision_layers_ref,
+    wrapped_mlps,
+)
 from vcdflow.decoding import Request, generate
 from vcdflow.decoding.hooks import Rows
-from vcdflow.decoding.steering import (ActivationSteering, drop_image, qwen_window_layout, residual_probe, steer,
-                                       vision_layers, vision_probe)
+from vcdflow.decoding.steering import (
+    ActivationSteering,
+    drop_image,
+    qwen_window_layout,
+    residual_probe,
+    steer,
+    vision_layers,
+    vision_probe,
+)
 from vcdflow.decoding.types import Branch
 
 FAMILIES = ["llava", "qwen2_5_vl", "instructblip", "demo"]
@@ -44,12 +63,27 @@ def qwen_dyn(vlms):
 
     base = vlms["qwen2_5_vl"]
     ip0 = base.processor.image_processor
-    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
-                                  temporal_patch_size=2, image_mean=ip0.image_mean, image_std=ip0.image_std)
-    proc = image_only_qwen_processor(base.processor.tokenizer, image_processor=ip,
-                                     chat_template=base.processor.chat_template)
-    return VLM(model=base.model, processor=proc, family="qwen2_5_vl", adapter=adapter_for("qwen2_5_vl", base.model, proc),
-               device=base.device, dtype=base.dtype, source=base.source)
+    ip = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56,
+        max_pixels=112 * 112,
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=ip0.image_mean,
+        image_std=ip0.image_std,
+    )
+    proc = image_only_qwen_processor(
+        base.processor.tokenizer, image_processor=ip, chat_template=base.processor.chat_template
+    )
+    return VLM(
+        model=base.model,
+        processor=proc,
+        family="qwen2_5_vl",
+        adapter=adapter_for("qwen2_5_vl", base.model, proc),
+        device=base.device,
+        dtype=base.dtype,
+        source=base.source,
+    )
 
 
 def _vlm(vlms, qwen_dyn, family):
@@ -60,12 +94,16 @@ def _vlm(vlms, qwen_dyn, family):
 REQS = [
     Request(image=image(1, 80, 100), prompt="Is there a cup in the image?", item_id="a"),
     Request(image=image(1, 80, 100), prompt="Is there a dog?", item_id="b"),
-    Request(image=image(3, 120, 70), prompt="what is this red dog on the table with a cat?", item_id="c",
-            system="You are an expert."),
+    Request(
+        image=image(3, 120, 70),
+        prompt="what is this red dog on the table with a cat?",
+        item_id="c",
+        system="You are an expert.",
+    ),
 ]
 
 
-# --- E14 / E16: capabilities against plain computations ----------------------------------------------
+# --- steering / probe: capabilities against plain computations ----------------------------------------------
 def test_steer_formula():
     """steer() = ‖x‖·normalize(normalize(x) + λ·g·normalize(v)), g = 1 + max(0, cos(x, −v)), per row."""
     g = torch.Generator().manual_seed(0)
@@ -85,7 +123,7 @@ def test_steer_formula():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_residual_probe_matches_layer_outputs(vlms, family):
-    """E16: batched left-padded probe of image rows and their text-only versions = each row's
+    """Residual probe: batched left-padded probe of image rows and their text-only versions = each row's
     layer-module outputs at its last position in a plain batch-1 forward; drop_image = the prompt
     without its image tokens."""
     vlm = vlms[family]
@@ -93,8 +131,11 @@ def test_residual_probe_matches_layer_outputs(vlms, family):
     encs = [ad.encode(Branch(prompt=r.prompt, image=r.image, system=r.system)) for r in REQS]
     rows = encs + [drop_image(ad, e) for e in encs]
     got = residual_probe(ad, rows, chunk=4)
-    as_branches = residual_probe(ad, [Branch(prompt=r.prompt, image=r.image, system=r.system) for r in REQS]
-                                 + [Branch(prompt=REQS[0].prompt, image=None)])
+    as_branches = residual_probe(
+        ad,
+        [Branch(prompt=r.prompt, image=r.image, system=r.system) for r in REQS]
+        + [Branch(prompt=REQS[0].prompt, image=None)],
+    )
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(as_branches, got[:3]))
     assert len(got) == 6 and got[0].shape == (len(ad.decoder_layers()), ad.text_config.hidden_size)
     for k, r in enumerate(REQS):
@@ -108,7 +149,7 @@ def test_residual_probe_matches_layer_outputs(vlms, family):
 
 @pytest.mark.parametrize("family", ["llava", "instructblip", "demo"])
 def test_vision_probe_matches_hidden_states(vlms, family):
-    """E16 (vision): per image the stacked per-token outputs = the tower's own hidden_states."""
+    """Residual probe (vision): per image the stacked per-token outputs = the tower's own hidden_states."""
     vlm = vlms[family]
     ad = vlm.adapter
     encs = [ad.encode(Branch(prompt=r.prompt, image=r.image)) for r in REQS]
@@ -143,12 +184,12 @@ def test_qwen_window_layout_matches_tower(qwen_dyn):
     img, ras = qwen_window_layout(grids, 2, qwen_dyn.model.config.vision_config.window_size, 14)
     want_img, want_ras = qwen_raster_of_rows(qwen_dyn, px, grids)
     assert torch.equal(img, want_img) and torch.equal(ras, want_ras)
-    assert not torch.equal(ras[img == 0], qwen_proc_to_raster(grids[0]))   # windows: not the processor order
+    assert not torch.equal(ras[img == 0], qwen_proc_to_raster(grids[0]))  # windows: not the processor order
     assert vision_layers(ad) == list(qwen_visual(qwen_dyn).blocks)
 
 
 def test_vision_probe_qwen_matches_hidden_states(qwen_dyn):
-    """E16 (vision) on Qwen2.5-VL: per image (several grids in one chunk) = the tower's own
+    """Residual probe (vision) on Qwen2.5-VL: per image (several grids in one chunk) = the tower's own
     hidden_states of that image alone, taken into raster order."""
     ad = qwen_dyn.adapter
     encs = [ad.encode(Branch(prompt="x", image=im)) for im in QWEN_IMAGES]
@@ -160,12 +201,14 @@ def test_vision_probe_qwen_matches_hidden_states(qwen_dyn):
             hs = torch.stack(list(vis(e.pixel_values, grid_thw=g, output_hidden_states=True).hidden_states))
         _, ras = qwen_raster_of_rows(qwen_dyn, e.pixel_values, g)
         want = hs[:, torch.argsort(ras)]
-        assert got[k].shape == want.shape == (len(vis.blocks) + 1, int(g[0, 1]) * int(g[0, 2]), want.shape[-1])
+        assert (
+            got[k].shape == want.shape == (len(vis.blocks) + 1, int(g[0, 1]) * int(g[0, 2]), want.shape[-1])
+        )
         assert torch.allclose(got[k], want, atol=1e-5)
 
 
 def test_vision_steering_qwen_matches_wrapped_mlps(qwen_dyn):
-    """E14v on Qwen2.5-VL: a patch-grid direction [H, W, D] per block, pushed through the hooks into
+    """Vision-layer steering on Qwen2.5-VL: a patch-grid direction [H, W, D] per block, pushed through the hooks into
     a batch of images of different grids (one of them the direction's own grid, the others
     resampled bilinearly) = each image alone through the tower with its blocks' MLPs wrapped by
     the plain VTI layer and the direction resampled and put into window order by hand."""
@@ -180,7 +223,7 @@ def test_vision_steering_qwen_matches_wrapped_mlps(qwen_dyn):
     try:
         with torch.inference_mode():
             got = ad.image_features(encs)
-        states = vision_probe(ad, encs, chunk=4)       # the steered per-layer states, batched
+        states = vision_probe(ad, encs, chunk=4)  # the steered per-layer states, batched
     finally:
         hooks.finish()
     vis = qwen_visual(qwen_dyn)
@@ -188,20 +231,30 @@ def test_vision_steering_qwen_matches_wrapped_mlps(qwen_dyn):
         px, grid = e.pixel_values, e.extras["image_grid_thw"]
         rows = {l: qwen_direction_rows(qwen_dyn, vv[l], px, grid) for l in vv}
         order = torch.argsort(qwen_raster_of_rows(qwen_dyn, px, grid)[1])
-        with torch.inference_mode(), wrapped_mlps(vision_layers_ref(qwen_dyn), lambda l: VTILayerRef(rows[l], 6.0)):
+        with (
+            torch.inference_mode(),
+            wrapped_mlps(vision_layers_ref(qwen_dyn), lambda l: VTILayerRef(rows[l], 6.0)),
+        ):
             want = ad.image_features([e])[0]
             hs = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[:, order]
         with torch.inference_mode():
-            plain = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[:, order]
+            plain = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[
+                :, order
+            ]
         assert torch.allclose(got[k], want, atol=1e-6), (k, (got[k] - want).abs().max())
         assert torch.allclose(states[k], hs, atol=1e-5), (k, (states[k] - hs).abs().max())
-        assert torch.equal(states[k][0], plain[0])           # the first block's input: not steered
-        for l in range(1, hs.shape[0]):   # every block's output moved (the tiny tower's MLP outputs are small)
+        assert torch.equal(states[k][0], plain[0])  # the first block's input: not steered
+        for l in range(1, hs.shape[0]):  # every block's output moved (the tiny tower's MLP outputs are small)
             assert float((states[k][l] - plain[l]).abs().max()) > 1e-4, (k, l)
-        if k == 0:   # negative control: the direction in the processor's patch order (no window order) differs
+        if k == 0:  # negative control: the direction in the processor's patch order (no window order) differs
             wrong = {l: grid_at(vv[l], *grid[0, 1:].tolist())[qwen_proc_to_raster(grid[0])] for l in vv}
-            with torch.inference_mode(), wrapped_mlps(vision_layers_ref(qwen_dyn), lambda l: VTILayerRef(wrong[l], 6.0)):
-                bad = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[:, order]
+            with (
+                torch.inference_mode(),
+                wrapped_mlps(vision_layers_ref(qwen_dyn), lambda l: VTILayerRef(wrong[l], 6.0)),
+            ):
+                bad = torch.stack(list(vis(px, grid_thw=grid, output_hidden_states=True).hidden_states))[
+                    :, order
+                ]
             assert float((bad[-1] - states[k][-1]).abs().max()) > 1e-4
     # the resampling itself: an equal grid is the direction, another grid = bilinear F.interpolate
     assert torch.equal(grid_at(vv[0], 6, 6), vv[0].reshape(36, D))
@@ -212,7 +265,7 @@ def test_vision_steering_qwen_matches_wrapped_mlps(qwen_dyn):
         with torch.inference_mode(), pytest.raises(ValueError, match="6x6 patch grid, the image has 8x6"):
             ad.image_features(encs[:1])
         with torch.inference_mode():
-            ad.image_features(encs[3:])     # its own grid: fine
+            ad.image_features(encs[3:])  # its own grid: fine
     finally:
         hooks.finish()
     with pytest.raises(ValueError, match=r"patch grid \[H, W, D\]"):
@@ -221,7 +274,7 @@ def test_vision_steering_qwen_matches_wrapped_mlps(qwen_dyn):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_row_steering_matches_wrapped_mlps(vlms, family):
-    """E14: steering only branch 1's rows (branch 0 untouched) through the hooks, in one batched
+    """Steering only branch 1's rows (branch 0 untouched) through the hooks, in one batched
     left-padded forward, = a batch-1 forward of each row with its MLPs wrapped (steered) or not."""
     vlm = vlms[family]
     ad = vlm.adapter
@@ -241,12 +294,17 @@ def test_row_steering_matches_wrapped_mlps(vlms, family):
         hooks.finish()
     for k, r in enumerate(REQS[:2]):
         inp = inputs(vlm, r.prompt, r.image, r.system)
-        with torch.inference_mode(), wrapped_mlps(text_layers(vlm), lambda i: _Steer(vec[i], 0.8) if k == 1 else None):
+        with (
+            torch.inference_mode(),
+            wrapped_mlps(text_layers(vlm), lambda i: _Steer(vec[i], 0.8) if k == 1 else None),
+        ):
             want = forward(vlm, inp, []).logits[0, -1].float()
         assert torch.allclose(logits[k], want, atol=1e-4), (family, k)
     # the hooks are gone
     with torch.inference_mode():
-        plain = forward(vlm, inputs(vlm, REQS[1].prompt, REQS[1].image, REQS[1].system), []).logits[0, -1].float()
+        plain = (
+            forward(vlm, inputs(vlm, REQS[1].prompt, REQS[1].image, REQS[1].system), []).logits[0, -1].float()
+        )
     assert not torch.allclose(plain, logits[1], atol=1e-3)
 
 
@@ -258,7 +316,9 @@ class _Steer(torch.nn.Module):
         self.v, self.lam = v, lam
 
     def forward(self, x):
-        return F.normalize(F.normalize(x, dim=-1) + self.lam * F.normalize(self.v, dim=-1), dim=-1) * x.norm(dim=-1, keepdim=True)
+        return F.normalize(F.normalize(x, dim=-1) + self.lam * F.normalize(self.v, dim=-1), dim=-1) * x.norm(
+            dim=-1, keepdim=True
+        )
 
 
 # --- vista ------------------------------------------------------------------------------------------
@@ -275,7 +335,9 @@ def test_vista_greedy_matches_reference(vlms, family, pi):
         params = {**params, "logits_layers": [0, L - 1], "layers": [L - 1, L] if L > 1 else None}
     free = generate(vlm, REQS[:1], method="vista", params=params, max_new_tokens=N_NEW, eos_token_id=[])[0]
     eos = [free.token_ids[2]]
-    outs = generate(vlm, REQS, method="vista", params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16)
+    outs = generate(
+        vlm, REQS, method="vista", params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16
+    )
     assert outs[0].meta["finish_reason"] == "eos"
     for i, (r, o) in enumerate(zip(REQS, outs)):
         assert o.error is None, o.error
@@ -293,7 +355,9 @@ def test_vista_pca_artefact_matches_the_official_pca(vlms):
     params = {"lam": 0.6, "pca_artefact": True}
     outs = generate(vlm, REQS, method="vista", params=params, max_new_tokens=N_NEW, eos_token_id=[])
     for i, (r, o) in enumerate(zip(REQS, outs)):
-        assert_same_as_reference(o, ref_vista(vlm, r, params, max_new_tokens=N_NEW, index=i), [], f"vista/pca/{r.item_id}")
+        assert_same_as_reference(
+            o, ref_vista(vlm, r, params, max_new_tokens=N_NEW, index=i), [], f"vista/pca/{r.item_id}"
+        )
     plain = generate(vlm, REQS, method="vista", params={"lam": 0.6}, max_new_tokens=N_NEW, eos_token_id=[])
     assert [o.token_ids for o in outs] != [o.token_ids for o in plain]
     res = get_protocol("vista").resolve(method="vista", family="llava", benchmark="pope")
@@ -305,8 +369,14 @@ def test_vista_steers_and_augments(vlms):
     if either were a no-op)."""
     vlm = vlms["llava"]
     g = generate(vlm, REQS, method="greedy", max_new_tokens=N_NEW, eos_token_id=[])
-    off = generate(vlm, REQS, method="vista", params={"lam": 0.0, "logits_aug": False}, max_new_tokens=N_NEW,
-                   eos_token_id=[])
+    off = generate(
+        vlm,
+        REQS,
+        method="vista",
+        params={"lam": 0.0, "logits_aug": False},
+        max_new_tokens=N_NEW,
+        eos_token_id=[],
+    )
     assert [o.token_ids for o in g] == [o.token_ids for o in off]
     for params in ({"lam": 2.0, "logits_aug": False}, {"lam": 0.0, "logits_alpha": 0.9}):
         o = generate(vlm, REQS, method="vista", params=params, max_new_tokens=N_NEW, eos_token_id=[])
@@ -336,7 +406,7 @@ def test_vista_bad_params(vlms):
         generate(vlm, REQS[:1], method="vista", params={"layers": [0, 7]}, max_new_tokens=2)
 
 
-# --- E15: VTI's fitted directions ------------------------------------------------------------------
+# --- VTI's fitted directions ----------------------------------------------------------------------
 from reference_steering import PCA, mask_patches_ref, ref_fit_vti  # noqa: E402
 from vcdflow import steering_fit as SF  # noqa: E402
 
@@ -358,8 +428,10 @@ def test_mask_patches_matches_official():
     assert torch.equal(got, want) and not torch.equal(got, img)
 
 
-WORDS = {"demo": ("a cup and a fork .", "a cup , a fork and a plate ."),
-         "other": ("a cup and a dog .", "a cup , a dog and a cat .")}
+WORDS = {
+    "demo": ("a cup and a fork .", "a cup , a fork and a plate ."),
+    "other": ("a cup and a dog .", "a cup , a dog and a cat ."),
+}
 
 
 @pytest.fixture(scope="module")
@@ -371,8 +443,15 @@ def fit_sets(tmp_path_factory):
         for k in range(4):
             name = f"{key}_{k}.png"
             image(20 + k, 64 + 8 * k, 64).save(d / name)
-            rows.append({"id": str(k), "image": name, "question": "describe this image in detail",
-                         "value": " " + clean if k % 2 else clean, "h_value": hall})
+            rows.append(
+                {
+                    "id": str(k),
+                    "image": name,
+                    "question": "describe this image in detail",
+                    "value": " " + clean if k % 2 else clean,
+                    "h_value": hall,
+                }
+            )
         (d / f"{key}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         recs[key] = rows
     return d, recs
@@ -403,7 +482,7 @@ def fitted(vlms, qwen_dyn, fit_sets):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fit_vti_matches_reference(vlms, qwen_dyn, fit_sets, fitted, family):
-    """E15: the fitted directions = a literal port of obtain_visual_vti / obtain_textual_vti on HF
+    """The fitted directions = a literal port of obtain_visual_vti / obtain_textual_vti on HF
     hidden_states (same demos, same mask draws), the textual fit run under the visual intervention;
     Qwen2.5-VL: the visual fit at the fit grid (images resized and cropped to it, the tower's
     states in raster order: reference_steering's own unpacking), direction [L_v, h, w, D]."""
@@ -412,10 +491,19 @@ def test_fit_vti_matches_reference(vlms, qwen_dyn, fit_sets, fitted, family):
     art, path, demos = fitted[family]
     chosen = SF.select_demos(demos, FIT["num_demos"], FIT["seed"])
     import random
+
     random.seed(FIT["seed"])
-    assert chosen == random.sample(demos, FIT["num_demos"])   # the official draw
-    ref = ref_fit_vti(vlm, chosen, d, FIT["num_trials"], FIT["mask_ratio"], FIT["seed"], FIT["fit_alpha_image"],
-                      grid=QWEN_GRID)
+    assert chosen == random.sample(demos, FIT["num_demos"])  # the official draw
+    ref = ref_fit_vti(
+        vlm,
+        chosen,
+        d,
+        FIT["num_trials"],
+        FIT["mask_ratio"],
+        FIT["seed"],
+        FIT["fit_alpha_image"],
+        grid=QWEN_GRID,
+    )
     L, D = len(vlm.adapter.decoder_layers()), vlm.adapter.text_config.hidden_size
     assert art["text"].shape == (L, D)
     assert torch.allclose(art["text"], ref["text"], atol=1e-4), (art["text"] - ref["text"]).abs().max()
@@ -424,7 +512,9 @@ def test_fit_vti_matches_reference(vlms, qwen_dyn, fit_sets, fitted, family):
         assert art["vision"].shape == (vc.depth, *QWEN_GRID, vc.hidden_size)
         assert art["meta"]["vision_grid"] == QWEN_GRID
     assert art["vision"].shape == ref["vision"].shape
-    assert torch.allclose(art["vision"], ref["vision"], atol=1e-4), (art["vision"] - ref["vision"]).abs().max()
+    assert torch.allclose(art["vision"], ref["vision"], atol=1e-4), (
+        (art["vision"] - ref["vision"]).abs().max()
+    )
     loaded = SF.load_directions(path)
     assert torch.equal(loaded["text"], art["text"]) and loaded["meta"]["fit_key"] == art["meta"]["fit_key"]
     assert loaded["meta"]["demo_ids"] == [r["id"] for r in chosen]
@@ -433,7 +523,11 @@ def test_fit_vti_matches_reference(vlms, qwen_dyn, fit_sets, fitted, family):
 def test_fit_key_and_config():
     a = SF.fit_key("m", SF.fit_config({"num_demos": 3}), "x")
     assert a == SF.fit_key("m", SF.fit_config({"num_demos": 3}), "x") and len(a) == 12
-    assert a != SF.fit_key("m", SF.fit_config({"num_demos": 4}), "x") != SF.fit_key("m2", SF.fit_config({"num_demos": 3}), "x")
+    assert (
+        a
+        != SF.fit_key("m", SF.fit_config({"num_demos": 4}), "x")
+        != SF.fit_key("m2", SF.fit_config({"num_demos": 3}), "x")
+    )
     with pytest.raises(ValueError, match="'num_demo'"):
         SF.fit_config({"num_demo": 3})
     with pytest.raises(ValueError, match="num_demos=9"):
@@ -443,12 +537,27 @@ def test_fit_key_and_config():
 def test_demo_fit_set(tmp_path):
     """Clean = canonical caption of the objects; hallucinated = + the most frequent absent
     same-group categories."""
-    inst = {"categories": [{"id": 1, "name": "cup"}, {"id": 2, "name": "plate"}, {"id": 3, "name": "fork"},
-                           {"id": 4, "name": "apple"}, {"id": 9, "name": "dog"}],
-            "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}, {"id": 3, "file_name": "c.png"}],
-            "annotations": [{"image_id": 1, "category_id": 3}, {"image_id": 1, "category_id": 9},
-                            {"image_id": 2, "category_id": 2}, {"image_id": 2, "category_id": 3},
-                            {"image_id": 3, "category_id": 2}]}
+    inst = {
+        "categories": [
+            {"id": 1, "name": "cup"},
+            {"id": 2, "name": "plate"},
+            {"id": 3, "name": "fork"},
+            {"id": 4, "name": "apple"},
+            {"id": 9, "name": "dog"},
+        ],
+        "images": [
+            {"id": 1, "file_name": "a.png"},
+            {"id": 2, "file_name": "b.png"},
+            {"id": 3, "file_name": "c.png"},
+        ],
+        "annotations": [
+            {"image_id": 1, "category_id": 3},
+            {"image_id": 1, "category_id": 9},
+            {"image_id": 2, "category_id": 2},
+            {"image_id": 2, "category_id": 3},
+            {"image_id": 3, "category_id": 2},
+        ],
+    }
     p = tmp_path / "inst.json"
     p.write_text(json.dumps(inst))
     recs = SF.demo_fit_set(p, n_co=2)
@@ -473,8 +582,16 @@ def test_vti_greedy_matches_reference(vlms, qwen_dyn, fitted, family, variant):
     free = generate(vlm, REQS[:1], method="vti", params=params, max_new_tokens=N_NEW, eos_token_id=[])[0]
     eos = [free.token_ids[2]]
     for share in (True, False):
-        outs = generate(vlm, REQS, method="vti", params=params, max_new_tokens=N_NEW, eos_token_id=eos,
-                        batch_size=16, share_prefix=share)
+        outs = generate(
+            vlm,
+            REQS,
+            method="vti",
+            params=params,
+            max_new_tokens=N_NEW,
+            eos_token_id=eos,
+            batch_size=16,
+            share_prefix=share,
+        )
         assert outs[0].meta["finish_reason"] == "eos"
         for i, (r, o) in enumerate(zip(REQS, outs)):
             assert o.error is None, o.error
@@ -488,8 +605,14 @@ def test_vti_steering_changes_the_output(vlms, qwen_dyn, fitted, family):
     vlm = _vlm(vlms, qwen_dyn, family)
     path = str(fitted[family][1])
     g = generate(vlm, REQS, method="greedy", max_new_tokens=N_NEW, eos_token_id=[])
-    zero = generate(vlm, REQS, method="vti", params={"directions": path, "alpha_image": 0.0, "alpha_text": 0.0},
-                    max_new_tokens=N_NEW, eos_token_id=[])
+    zero = generate(
+        vlm,
+        REQS,
+        method="vti",
+        params={"directions": path, "alpha_image": 0.0, "alpha_text": 0.0},
+        max_new_tokens=N_NEW,
+        eos_token_id=[],
+    )
     assert [o.token_ids for o in g] == [o.token_ids for o in zero]
     for a in ({"alpha_image": 0.0, "alpha_text": 8.0}, {"alpha_image": 8.0, "alpha_text": 0.0}):
         if family == "qwen2_5_vl" and a["alpha_image"]:
@@ -498,7 +621,9 @@ def test_vti_steering_changes_the_output(vlms, qwen_dyn, fitted, family):
             from vcdflow.decoding.methods import METHODS
 
             encs = [vlm.adapter.encode(Branch(prompt=r.prompt, image=r.image)) for r in REQS]
-            hooks = METHODS["vti"].forward_hooks(vlm.adapter, {**METHODS["vti"].defaults, "directions": path, **a})
+            hooks = METHODS["vti"].forward_hooks(
+                vlm.adapter, {**METHODS["vti"].defaults, "directions": path, **a}
+            )
             hooks.start(vlm.adapter, [], [])
             try:
                 with torch.inference_mode():
@@ -509,7 +634,9 @@ def test_vti_steering_changes_the_output(vlms, qwen_dyn, fitted, family):
                 plain = vlm.adapter.image_features(encs)
             assert all(float((x - y).abs().max()) > 1e-5 for x, y in zip(steered, plain))
             continue
-        o = generate(vlm, REQS, method="vti", params={"directions": path, **a}, max_new_tokens=N_NEW, eos_token_id=[])
+        o = generate(
+            vlm, REQS, method="vti", params={"directions": path, **a}, max_new_tokens=N_NEW, eos_token_id=[]
+        )
         assert [x.token_ids for x in o] != [x.token_ids for x in g], a
 
 
@@ -517,13 +644,17 @@ def test_vti_sampling_seed_and_batch(vlms, fitted):
     vlm = vlms["demo"]
     art, path, _ = fitted["demo"]
     reqs = REQS * 6
-    kw = dict(method="vti", params={"directions": str(path)}, do_sample=True, max_new_tokens=N_NEW, eos_token_id=[])
+    kw = dict(
+        method="vti", params={"directions": str(path)}, do_sample=True, max_new_tokens=N_NEW, eos_token_id=[]
+    )
     a = generate(vlm, reqs, seed=3, batch_size=16, **kw)
     b = generate(vlm, reqs, seed=3, batch_size=1, **kw)
     c = generate(vlm, reqs, seed=4, batch_size=16, **kw)
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
     assert [o.token_ids for o in a] != [o.token_ids for o in c]
-    ref = ref_vti(vlm, REQS[0], art, {"directions": str(path)}, do_sample=True, max_new_tokens=N_NEW, seed=3, index=0)
+    ref = ref_vti(
+        vlm, REQS[0], art, {"directions": str(path)}, do_sample=True, max_new_tokens=N_NEW, seed=3, index=0
+    )
     assert a[0].token_ids == ref.tokens
 
 
@@ -535,18 +666,28 @@ def test_vti_bad_input(vlms, fitted, tmp_path):
         generate(vlms["llava"], REQS[:1], params={"directions": str(tmp_path / "nope.pt")}, **kw)
     # a per-token artefact on Qwen2.5-VL's packed tower, a patch-grid artefact on LLaVA's CLIP
     with pytest.raises(ValueError, match="qwen2_5_vl family needs a patch grid"):
-        generate(vlms["qwen2_5_vl"], REQS[:1], params={"directions": str(fitted["llava"][1]), "alpha_text": 0}, **kw)
+        generate(
+            vlms["qwen2_5_vl"],
+            REQS[:1],
+            params={"directions": str(fitted["llava"][1]), "alpha_text": 0},
+            **kw,
+        )
     with pytest.raises(ValueError, match="patch-grid direction is for qwen2_5_vl"):
-        generate(vlms["llava"], REQS[:1], params={"directions": str(fitted["qwen2_5_vl"][1]), "alpha_text": 0}, **kw)
+        generate(
+            vlms["llava"],
+            REQS[:1],
+            params={"directions": str(fitted["qwen2_5_vl"][1]), "alpha_text": 0},
+            **kw,
+        )
     with pytest.raises(ValueError, match="'vision_resample'"):
         generate(vlms["llava"], REQS[:1], params={"directions": "x", "vision_resample": "cubic"}, **kw)
-    with pytest.raises(ValueError, match="decoder layers"):   # the demo model's artefact on tiny LLaVA
+    with pytest.raises(ValueError, match="decoder layers"):  # the demo model's artefact on tiny LLaVA
         generate(vlms["llava"], REQS[:1], params={"directions": str(fitted["demo"][1])}, **kw)
     with pytest.raises(ValueError, match="'alpha_text'"):
         generate(vlms["llava"], REQS[:1], params={"directions": "x", "alpha_text": -1}, **kw)
 
 
-# --- E14 through the engine: one branch of two steered -----------------------------------------------
+# --- steering through the engine: one branch of two steered -----------------------------------------------
 from dataclasses import dataclass as _dc  # noqa: E402
 from typing import ClassVar as _CV  # noqa: E402
 
@@ -561,12 +702,17 @@ class SteerSecond(_Method):
     name: _CV[str] = "test_steer_second"
 
     def branches(self, request, ctx):
-        return [self.original(request), Branch(prompt=request.prompt, image=request.image, system=request.system,
-                                                name="steered")]
+        return [
+            self.original(request),
+            Branch(prompt=request.prompt, image=request.image, system=request.system, name="steered"),
+        ]
 
     def forward_hooks(self, adapter, params):
         D = adapter.text_config.hidden_size
-        vec = {l: torch.randn(D, generator=torch.Generator().manual_seed(10 + l)) for l in range(len(adapter.decoder_layers()))}
+        vec = {
+            l: torch.randn(D, generator=torch.Generator().manual_seed(10 + l))
+            for l in range(len(adapter.decoder_layers()))
+        }
         return ActivationSteering(vectors=vec, lam=1.5, branches=(1,))
 
     def combine(self, logits, step, state):
@@ -578,7 +724,7 @@ class SteerSecond(_Method):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_branch_steering_through_the_engine(vlms, family):
-    """E14 at every position of the decode (prefill and steps, rows retiring): equals a batch-1
+    """Steering at every position of the decode (prefill and steps, rows retiring): equals a batch-1
     no-cache loop running the original plainly and the copy with wrapped MLPs. With shared prefixes
     the two branches would share one prefix row: the hooks refuse, naming share_prefix."""
     from reference_methods import Result
@@ -609,12 +755,12 @@ def test_branch_steering_through_the_engine(vlms, family):
 
 @pytest.mark.parametrize("family", ["llava", "instructblip", "demo"])
 def test_vision_steering_matches_wrapped_mlps(vlms, family):
-    """E14v: per-token vectors pushed into every vision layer's MLP output (hooks installed by
+    """Vision-layer steering: per-token vectors pushed into every vision layer's MLP output (hooks installed by
     start, as the engine does before prefill_embeds) = the tower with its MLPs wrapped."""
     vlm = vlms[family]
     ad = vlm.adapter
     encs = [ad.encode(Branch(prompt=r.prompt, image=r.image)) for r in REQS]
-    shape = vision_probe(ad, encs[:1])[0].shape       # [L_v + 1, T, D]
+    shape = vision_probe(ad, encs[:1])[0].shape  # [L_v + 1, T, D]
     g = torch.Generator().manual_seed(7)
     vv = {l: torch.randn(shape[1], shape[2], generator=g) for l in range(shape[0] - 1)}
     hooks = ActivationSteering(vision_vectors=vv, vision_lam=0.6)
@@ -625,7 +771,7 @@ def test_vision_steering_matches_wrapped_mlps(vlms, family):
     finally:
         hooks.finish()
     with torch.inference_mode(), wrapped_mlps(vision_layers_ref(vlm), lambda l: VTILayerRef(vv[l], 6.0)):
-        want = ad.image_features(encs)   # VTILayerRef pushes 0.1·λ: λ 6 = 0.6
+        want = ad.image_features(encs)  # VTILayerRef pushes 0.1·λ: λ 6 = 0.6
     with torch.inference_mode():
         plain = ad.image_features(encs)
     for a, b, c in zip(got, want, plain):
@@ -642,16 +788,19 @@ def test_workflow_fit_settings_and_path():
     s = SF.settings_for(cfg, "l")
     assert s["chat_template"] == "llava_v1" and s["system"] == LLAVA_V1_SYSTEM and s["vision"] is True
     q = SF.settings_for(cfg, "q")
-    assert q["vision"] is True and q["vision_grid"] is None       # Qwen2.5-VL fits its visual part too
+    assert q["vision"] is True and q["vision_grid"] is None  # Qwen2.5-VL fits its visual part too
     # vision_grid (added later) left out of the key at its default: earlier fits keep their file names
     import hashlib
+
     old = {k: v for k, v in s.items() if k != "vision_grid"}
     blob = json.dumps({"model": "l", "fit": old, "demos": "x"}, sort_keys=True, default=str)
     assert SF.fit_key("l", s, "x") == hashlib.sha256(blob.encode()).hexdigest()[:12]
     assert SF.fit_key("q", q, "x") != SF.fit_key("q", {**q, "vision_grid": [34, 46]}, "x")
     with pytest.raises(ValueError, match="'vision_grid'"):
         SF.settings_for({**cfg, "vti": {"fit": {"vision_grid": [3]}}}, "q")
-    assert SF.settings_for({**cfg, "world": "demo"}, "l")["chat_template"] is None   # demo fit set: own template
+    assert (
+        SF.settings_for({**cfg, "world": "demo"}, "l")["chat_template"] is None
+    )  # demo fit set: own template
     p = SF.directions_path(cfg, "l")
     assert p.startswith("results/vti/l/") and p.endswith(".pt") and p == SF.directions_path(cfg, "l")
     assert SF.directions_path({**cfg, "vti": {"fit": {"num_demos": 50}}}, "l") != p
@@ -672,7 +821,7 @@ def test_qwen_fit_grid(vlms, qwen_dyn, fit_sets):
     demos = SF.load_demos(d / "other.jsonl")
     with pytest.raises(ValueError, match="'vision_grid' \\[5, 6\\]: rows and columns must be multiples"):
         SF.fit_vti(qwen_dyn, demos, d, {**FIT, "vision_grid": [5, 6]})
-    art = SF.fit_vti(vlms["qwen2_5_vl"], demos, d, {**FIT, "num_trials": 1})   # default grid 2×4, below 56²
+    art = SF.fit_vti(vlms["qwen2_5_vl"], demos, d, {**FIT, "num_trials": 1})  # default grid 2×4, below 56²
     assert art["vision"].shape[1:3] == (2, 4) and art["meta"]["vision_grid"] == [2, 4]
 
 

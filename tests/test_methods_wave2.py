@@ -26,23 +26,38 @@ def vlms(tmp_path_factory):
 
 
 REQS = [
-    Request(image=image(1, 80, 100), prompt="Is there a cup in the image?", item_id="a",
-            contrast_prompt="Is there a dog in the image?"),
-    Request(image=image(2, 64, 64), prompt="Is there a dog?", item_id="b", system="You are an expert.",
-            contrast_image=image(5, 64, 64)),
-    Request(image=image(3, 120, 70), prompt="what is this red dog on the table with a cat?", item_id="c",
-            contrast_prompt="what is this?", contrast_image=image(4, 50, 90)),
+    Request(
+        image=image(1, 80, 100),
+        prompt="Is there a cup in the image?",
+        item_id="a",
+        contrast_prompt="Is there a dog in the image?",
+    ),
+    Request(
+        image=image(2, 64, 64),
+        prompt="Is there a dog?",
+        item_id="b",
+        system="You are an expert.",
+        contrast_image=image(5, 64, 64),
+    ),
+    Request(
+        image=image(3, 120, 70),
+        prompt="what is this red dog on the table with a cat?",
+        item_id="c",
+        contrast_prompt="what is this?",
+        contrast_image=image(4, 50, 90),
+    ),
 ]
 
 
 def params_for(vlm, method):
     if method == "carve" and vlm.family == "qwen2_5_vl":
-        return {"layers": [1, 0, 7], "version": "v2"}   # order and a missing layer do not matter
-    return None   # carve: default layers = the last min(6, n) of these 2-3 layer models
+        return {"layers": [1, 0, 7], "version": "v2"}  # order and a missing layer do not matter
+    return None  # carve: default layers = the last min(6, n) of these 2-3 layer models
 
 
-CASES = [(m, f) for m in ("debias", "iava", "cid", "lqcd") for f in FAMILIES] + \
-        [("carve", f) for f in ("llava", "qwen2_5_vl", "demo")]
+CASES = [(m, f) for m in ("debias", "iava", "cid", "lqcd") for f in FAMILIES] + [
+    ("carve", f) for f in ("llava", "qwen2_5_vl", "demo")
+]
 
 
 @pytest.mark.parametrize("method,family", CASES)
@@ -51,7 +66,9 @@ def test_greedy_matches_reference(vlms, method, family):
     params = params_for(vlm, method)
     free = generate(vlm, REQS[:1], method=method, params=params, max_new_tokens=N_NEW, eos_token_id=[])[0]
     eos = [free.token_ids[2]]
-    outs = generate(vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16)
+    outs = generate(
+        vlm, REQS, method=method, params=params, max_new_tokens=N_NEW, eos_token_id=eos, batch_size=16
+    )
     assert outs[0].meta["finish_reason"] == "eos"
     for i, (r, o) in enumerate(zip(REQS, outs)):
         assert o.error is None, o.error
@@ -73,10 +90,14 @@ def test_debias_variants(vlms):
     logged distributions at T = 0.2 included."""
     vlm = vlms["llava"]
     g = generate(vlm, REQS, method="greedy", max_new_tokens=N_NEW, eos_token_id=[])
-    d = generate(vlm, REQS, method="debias", params={"contrast": False}, max_new_tokens=N_NEW, eos_token_id=[])
+    d = generate(
+        vlm, REQS, method="debias", params={"contrast": False}, max_new_tokens=N_NEW, eos_token_id=[]
+    )
     assert [o.token_ids for o in g] == [o.token_ids for o in d]
-    assert all(set(o.meta["debias_top"]) == {"naive", "none", "unk"} and len(o.meta["debias_top"]["none"]) <= 10
-               for o in d)
+    assert all(
+        set(o.meta["debias_top"]) == {"naive", "none", "unk"} and len(o.meta["debias_top"]["none"]) <= 10
+        for o in d
+    )
     kw = dict(do_sample=True, temperature=0.2, seed=55, max_new_tokens=N_NEW)
     outs = generate(vlm, REQS, method="debias", eos_token_id=[], **kw)
     for i, (r, o) in enumerate(zip(REQS, outs)):
@@ -90,14 +111,21 @@ def test_debias_variants(vlms):
 def test_sampling_seed_and_batch_size(vlms, family):
     vlm = vlms[family]
     for method in ("debias", "iava", "cid", "lqcd") + (("carve",) if family != "instructblip" else ()):
-        kw = dict(method=method, params=params_for(vlm, method), do_sample=True, temperature=0.9, top_p=0.95,
-                  max_new_tokens=N_NEW, eos_token_id=[])
+        kw = dict(
+            method=method,
+            params=params_for(vlm, method),
+            do_sample=True,
+            temperature=0.9,
+            top_p=0.95,
+            max_new_tokens=N_NEW,
+            eos_token_id=[],
+        )
         a = generate(vlm, REQS, seed=4, batch_size=16, **kw)
         b = generate(vlm, REQS, seed=4, batch_size=1, **kw)
         c = generate(vlm, REQS, seed=5, batch_size=16, **kw)
         assert all(o.error is None for o in a), [o.error for o in a]
         assert [o.token_ids for o in a] == [o.token_ids for o in b], (family, method)
-        for x, y in zip(a, b):   # the same meta; logged probabilities up to batch float round-off
+        for x, y in zip(a, b):  # the same meta; logged probabilities up to batch float round-off
             tx, ty = x.meta.pop("debias_top", None), y.meta.pop("debias_top", None)
             assert x.meta == y.meta, (family, method)
             if tx is not None:
@@ -109,14 +137,19 @@ def test_sampling_seed_and_batch_size(vlms, family):
 
 def test_inapplicable_and_bad_input(vlms):
     out = generate(vlms["instructblip"], REQS[:1], method="carve", max_new_tokens=2)[0]
-    assert out.error == ("method 'carve' needs a spatial grid of image tokens, which the instructblip family "
-                         "(InstructBLIP) does not have: its Q-Former query tokens have no spatial grid")
+    assert out.error == (
+        "method 'carve' needs a spatial grid of image tokens, which the instructblip family "
+        "(InstructBLIP) does not have: its Q-Former query tokens have no spatial grid"
+    )
     out = generate(vlms["llava"], REQS[:1], method="carve", params={"layers": [20, 25]}, max_new_tokens=2)[0]
     assert out.error == "method 'carve': none of the layers [20, 25] exists (the model has 2 layers)"
     out = generate(vlms["demo"], REQS[:1], method="carve", max_new_tokens=2)[0]
     assert out.meta["carve_layers"] == [0, 1, 2]
     out = generate(vlms["llava"], [Request(image=REQS[0].image, prompt="x", item_id="z")], method="cid")[0]
-    assert out.error == "method 'cid' needs Request.contrast_prompt and/or Request.contrast_image (the contrastive input)"
+    assert (
+        out.error
+        == "method 'cid' needs Request.contrast_prompt and/or Request.contrast_image (the contrastive input)"
+    )
     out = generate(vlms["instructblip"], REQS[:1], method="iava", max_new_tokens=2)[0]
     assert out.meta["iava_approximate"] is True
     with pytest.raises(ValueError, match="'version' of method 'carve' must be one of v1, v2, v3"):
@@ -133,9 +166,21 @@ def test_lqcd_uses_contrast_prompt_or_lead_text(vlms):
     vlm = vlms["llava"]
     r = REQS[1]
     implicit = generate(vlm, [r], method="lqcd", max_new_tokens=N_NEW, eos_token_id=[])[0]
-    explicit = generate(vlm, [Request(image=r.image, prompt=r.prompt, system=r.system, item_id="b",
-                                      contrast_prompt=r.prompt + " It seems like there isn't.")],
-                        method="lqcd", max_new_tokens=N_NEW, eos_token_id=[])[0]
+    explicit = generate(
+        vlm,
+        [
+            Request(
+                image=r.image,
+                prompt=r.prompt,
+                system=r.system,
+                item_id="b",
+                contrast_prompt=r.prompt + " It seems like there isn't.",
+            )
+        ],
+        method="lqcd",
+        max_new_tokens=N_NEW,
+        eos_token_id=[],
+    )[0]
     assert implicit.token_ids == explicit.token_ids
 
 
@@ -143,9 +188,11 @@ def test_lqcd_uses_contrast_prompt_or_lead_text(vlms):
 def _official_pope_pred(top, name):
     """Literal port of LLaVA-Align eval_pope_calibrate.py:18-29,65-75,115-145 for one item
     (diagonal_W, individual)."""
+
     def gp(d):
         d = {k.lower().strip(): v for k, v in d.items()}
         return [d.get("yes", 0), d.get("no", 0)]
+
     gen = np.array(gp(top["naive"]))
     gen = gen / np.sum(gen)
     W = np.identity(2)
@@ -178,9 +225,18 @@ def test_pope_calibrated_equals_official_loop():
     rng = np.random.RandomState(0)
     recs = []
     for k in range(60):
-        top = {b: _random_top(rng, with_yes=rng.rand() > 0.1, with_no=rng.rand() > 0.1) for b in ("naive", "none", "unk")}
-        recs.append({"item_id": str(k), "label": "yes" if k % 2 else "no", "answer": "Yes" if k % 3 else "No",
-                     "meta": {"debias_top": top}})
+        top = {
+            b: _random_top(rng, with_yes=rng.rand() > 0.1, with_no=rng.rand() > 0.1)
+            for b in ("naive", "none", "unk")
+        }
+        recs.append(
+            {
+                "item_id": str(k),
+                "label": "yes" if k % 2 else "no",
+                "answer": "Yes" if k % 3 else "No",
+                "meta": {"debias_top": top},
+            }
+        )
     # no yes/no among the top 10: of the decoded branch; of both content-free branches
     recs[0]["meta"]["debias_top"]["naive"] = {"the": 0.3, "a": 0.2}
     recs[1]["meta"]["debias_top"]["none"] = {"cup": 0.3}
@@ -191,10 +247,13 @@ def test_pope_calibrated_equals_official_loop():
         for r in recs:
             top = r["meta"]["debias_top"]
             mass = {b: sum(calibrated.class_probs(top[b])) for b in ("naive", "none", "unk")}
-            uncal = mass["naive"] == 0 or (mode in ("none", "unk") and mass[mode] == 0) or \
-                (mode == "none_unk" and mass["none"] + mass["unk"] == 0)
+            uncal = (
+                mass["naive"] == 0
+                or (mode in ("none", "unk") and mass[mode] == 0)
+                or (mode == "none_unk" and mass["none"] + mass["unk"] == 0)
+            )
             if uncal:
-                n_uncal += 1   # official: NaN → np.argmax = 0 → "yes"; rule "text": the decoded answer
+                n_uncal += 1  # official: NaN → np.argmax = 0 → "yes"; rule "text": the decoded answer
                 preds.append("yes" if rule == "yes" or r["answer"] == "Yes" else "no")
             else:
                 preds.append(_official_pope_pred(top, mode))
@@ -226,18 +285,40 @@ def test_mme_calibrated():
     """MME: naive = the decoded text (convert_answer_to_mme_calibrate.py:112-114); a single prior
     is not normalised before the +1e-4 (:130-132) — here that flips both answers relative to the
     POPE transform, which normalises it (eval_pope_calibrate.py:133-136)."""
+
     def rec(k, label, answer, top):
-        return {"item_id": f"existence/1.jpg/{k}", "subtask": "existence", "image_id": "existence/1.jpg",
-                "label": label, "answer": answer, "meta": {"debias_top": top}}
+        return {
+            "item_id": f"existence/1.jpg/{k}",
+            "subtask": "existence",
+            "image_id": "existence/1.jpg",
+            "label": label,
+            "answer": answer,
+            "meta": {"debias_top": top},
+        }
+
     # p̂ = [.7, .3], prior [.0003, .0001]: unnormalised q ∝ [.7/.0004, .3/.0002] = [1750, 1500] → yes;
     # normalised [.75, .25] + 1e-4: q ∝ [.9332, 1.1995] → no.  t2 is the mirror image.
-    t1 = {"naive": {"yes": 0.7, "no": 0.3}, "none": {"yes": 0.0003, "no": 0.0001}, "unk": {"yes": 0.9, "no": 0.1}}
-    t2 = {"naive": {"yes": 0.3, "no": 0.7}, "none": {"yes": 0.0001, "no": 0.0003}, "unk": {"yes": 0.1, "no": 0.9}}
+    t1 = {
+        "naive": {"yes": 0.7, "no": 0.3},
+        "none": {"yes": 0.0003, "no": 0.0001},
+        "unk": {"yes": 0.9, "no": 0.1},
+    }
+    t2 = {
+        "naive": {"yes": 0.3, "no": 0.7},
+        "none": {"yes": 0.0001, "no": 0.0003},
+        "unk": {"yes": 0.1, "no": 0.9},
+    }
     recs = [rec(0, "yes", "No", t1), rec(1, "no", "Yes", t2)]
     naive = calibrated.mme_calibrated(recs, "naive")
-    assert naive["existence/acc"] == 0.0 and naive["n_uncalibrated"] == 0 and naive["yes_ratio_before"] == 50.0
+    assert (
+        naive["existence/acc"] == 0.0 and naive["n_uncalibrated"] == 0 and naive["yes_ratio_before"] == 50.0
+    )
     none = calibrated.mme_calibrated(recs, "none")
-    assert none["existence/acc"] == 100.0 and none["existence/acc_plus"] == 100.0 and none["existence/score"] == 200.0
+    assert (
+        none["existence/acc"] == 100.0
+        and none["existence/acc_plus"] == 100.0
+        and none["existence/score"] == 200.0
+    )
     assert calibrated.pope_calibrated(recs, "none")["accuracy"] == 0.0
     # unk prior [.9, .1]: q ∝ [.7/.9001, .3/.1001] → no for t1; mirror → yes for t2
     assert calibrated.mme_calibrated(recs, "unk")["existence/acc"] == 0.0
@@ -249,14 +330,18 @@ def test_leading_pope_builder(tmp_path):
     from vcdflow.metrics.pope import read_pope_file
 
     src = tmp_path / "coco_pope_random.json"
-    rows = [{"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?", "label": "yes"},
-            {"question_id": 2, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "no"}]
+    rows = [
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?", "label": "yes"},
+        {"question_id": 2, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "no"},
+    ]
     src.write_bytes(("\r\n".join(json.dumps(r) for r in rows) + "\r\n").encode())
     dest = tmp_path / "out" / "lead.json"
     assert build_leading_pope(src, dest) == 2
     got = read_pope_file(dest)
-    assert [r["text"] for r in got] == ["Is there a dog in the image? It seems like there isn't.",
-                                        "Is there a cat in the image? It seems like there is."]
+    assert [r["text"] for r in got] == [
+        "Is there a dog in the image? It seems like there isn't.",
+        "Is there a cat in the image? It seems like there is.",
+    ]
     assert [r["neutral_text"] for r in got] == [r["text"] for r in rows]
     assert [r["lead"] for r in got] == ["no", "yes"] and [r["label"] for r in got] == ["yes", "no"]
     assert [r["lead"] for r in leading_records(rows, "yes")] == ["yes", "yes"]

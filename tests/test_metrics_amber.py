@@ -9,14 +9,36 @@ from vcdflow.metrics import amber
 from vcdflow.metrics.nltk_mini import build_mini_nltk_data
 
 LEXICON = {
-    "in": ("IN", "in"), "the": ("DT", "the"), "a": ("DT", "a"), "on": ("IN", "on"), "with": ("IN", "with"),
-    "near": ("IN", "near"), "and": ("CC", "and"), "plays": ("VBZ", "play"), "sits": ("VBZ", "sit"),
-    "image": ("NN", "image"), "puppy": ("NN", "puppy"), "ground": ("NN", "ground"), "kitten": ("NN", "kitten"),
-    "tree": ("NN", "tree"), "cat": ("NN", "cat"), "kitty": ("NN", "kitty"), "dogs": ("NNS", "dog"),
-    "dog": ("NN", "dog"), "red": ("JJ", "red"),
+    "in": ("IN", "in"),
+    "the": ("DT", "the"),
+    "a": ("DT", "a"),
+    "on": ("IN", "on"),
+    "with": ("IN", "with"),
+    "near": ("IN", "near"),
+    "and": ("CC", "and"),
+    "plays": ("VBZ", "play"),
+    "sits": ("VBZ", "sit"),
+    "image": ("NN", "image"),
+    "puppy": ("NN", "puppy"),
+    "ground": ("NN", "ground"),
+    "kitten": ("NN", "kitten"),
+    "tree": ("NN", "tree"),
+    "cat": ("NN", "cat"),
+    "kitty": ("NN", "kitty"),
+    "dogs": ("NNS", "dog"),
+    "dog": ("NN", "dog"),
+    "red": ("JJ", "red"),
 }
-RELATION = {"dog": ["puppy"], "grass": ["ground"], "cat": [], "ball": [], "tree": ["bush"],
-            "frisbee": [], "pet": ["kitten", "kitty"], "image": []}
+RELATION = {
+    "dog": ["puppy"],
+    "grass": ["ground"],
+    "cat": [],
+    "ball": [],
+    "tree": ["bush"],
+    "frisbee": [],
+    "pet": ["kitten", "kitty"],
+    "image": [],
+}
 ANNOTATIONS = [
     {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "ball"]},
     {"id": 2, "type": "generative", "truth": ["cat"], "hallu": ["dog"]},
@@ -28,9 +50,10 @@ ANNOTATIONS = [
     {"id": 8, "type": "discriminative-attribute-action", "truth": "no"},
     {"id": 9, "type": "discriminative-relation", "truth": "yes"},
 ]
-QUERIES = [{"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
-           {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."}] + [
-    {"id": i, "image": f"AMBER_{i}.jpg", "query": f"Is there question {i}?"} for i in range(3, 10)]
+QUERIES = [
+    {"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
+    {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."},
+] + [{"id": i, "image": f"AMBER_{i}.jpg", "query": f"Is there question {i}?"} for i in range(3, 10)]
 
 SIM = {("kitten", "cat"): 0.9, ("kitty", "cat"): 0.95}
 
@@ -53,20 +76,36 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ev(files):
     d, nd = files
-    return amber.AmberEvaluator(d / "annotations.json", d / "relation.json", d / "safe_words.txt", nd,
-                                similarity=stub_similarity)
+    return amber.AmberEvaluator(
+        d / "annotations.json", d / "relation.json", d / "safe_words.txt", nd, similarity=stub_similarity
+    )
 
 
 def test_load_items(files):
     d, _ = files
     items = amber.load_items(d / "query_all.json", d / "annotations.json", "/amber/image")
     assert len(items) == 9
-    assert items[0] == {"item_id": "amber/1", "image": "AMBER_1.jpg", "image_path": "/amber/image/AMBER_1.jpg",
-                        "image_id": 1, "question_id": 1, "question": "Describe this image.", "label": None,
-                        "amber_type": "generative", "dimension": "generative"}
+    assert items[0] == {
+        "item_id": "amber/1",
+        "image": "AMBER_1.jpg",
+        "image_path": "/amber/image/AMBER_1.jpg",
+        "image_id": 1,
+        "question_id": 1,
+        "question": "Describe this image.",
+        "label": None,
+        "amber_type": "generative",
+        "dimension": "generative",
+    }
     assert items[2]["label"] == "no" and items[2]["dimension"] == "existence"
-    assert [i["dimension"] for i in items[2:]] == ["existence", "existence", "state", "number", "relation",
-                                                    "action", "relation"]
+    assert [i["dimension"] for i in items[2:]] == [
+        "existence",
+        "existence",
+        "state",
+        "number",
+        "relation",
+        "action",
+        "relation",
+    ]
 
 
 def test_load_items_errors(files, tmp_path):
@@ -93,17 +132,21 @@ def test_extract_nouns_real_nltk(ev):
 GEN = [
     # id 1: image (global safe, counted, not hallucinated), puppy -> covers dog, ground -> covers
     # grass, kitten: similar to hallu 'cat' (cog) but not safe -> hallucinated, tree -> hallucinated
-    {"item_id": "amber/1", "question_id": 1, "answer": "In the image a puppy plays on the ground with a kitten near a tree."},
+    {
+        "item_id": "amber/1",
+        "question_id": 1,
+        "answer": "In the image a puppy plays on the ground with a kitten near a tree.",
+    },
     # id 2: cat covers cat; kitty is similar (0.95) to truth 'cat' -> safe; dog-similarity 0 -> no cog
     {"item_id": "amber/2", "question_id": 2, "answer": "A cat and a kitty."},
 ]
 DIS = [
     {"item_id": "amber/3", "question_id": 3, "answer": "No, there is no cat."},  # gt no, pred No  (ok)
-    {"item_id": "amber/4", "question_id": 4, "answer": "Yes"},                   # gt yes, pred Yes (ok)
-    {"item_id": "amber/5", "question_id": 5, "answer": "Yes."},                  # gt no, pred Yes
-    {"item_id": "amber/6", "question_id": 6, "answer": "No"},                    # gt yes, pred No
-    {"item_id": "amber/7", "question_id": 7, "answer": "NO"},                    # gt no, POPE parser: Yes
-    {"item_id": "amber/8", "question_id": 8, "answer": "no"},                    # gt no, pred No  (ok)
+    {"item_id": "amber/4", "question_id": 4, "answer": "Yes"},  # gt yes, pred Yes (ok)
+    {"item_id": "amber/5", "question_id": 5, "answer": "Yes."},  # gt no, pred Yes
+    {"item_id": "amber/6", "question_id": 6, "answer": "No"},  # gt yes, pred No
+    {"item_id": "amber/7", "question_id": 7, "answer": "NO"},  # gt no, POPE parser: Yes
+    {"item_id": "amber/8", "question_id": 8, "answer": "no"},  # gt no, pred No  (ok)
     {"item_id": "amber/9", "question_id": 9, "answer": "", "error": "timeout"},
 ]
 
@@ -172,29 +215,42 @@ def test_exact_parser_is_the_raw_official_comparison(ev):
 # (inference.py:292-294), and F1 comes from the rounded P and R (inference.py:273, 284, 295).
 def test_official_rounding(ev):
     s = amber.score(GEN + DIS, ev, official_rounding=True)
-    assert s["chair"] == 28.6       # round(2 / 7.001 * 100, 1)
-    assert s["cover"] == 100.0      # round(3 / 3.001 * 100, 1) = round(99.967, 1)
-    assert s["hal"] == 50.0         # round(100 - 1 / 2.001 * 100, 1) = round(50.025, 1)
-    assert s["cog"] == 33.3         # round(1 / 3.001 * 100, 1)
-    assert s["accuracy"] == 50.0    # round(3 / 6.001 * 100, 1) = round(49.992, 1)
-    assert s["precision"] == 66.6   # round(2 / 3.001 * 100, 1) = round(66.644, 1); exact 2/3 would print 66.7
-    assert s["recall"] == 50.0      # round(2 / 4.001 * 100, 1) = round(49.988, 1)
-    assert s["f1"] == 57.1          # round(2*.666*.5 / (.666 + .5 + .0001) * 100, 1) = round(57.113, 1)
+    assert s["chair"] == 28.6  # round(2 / 7.001 * 100, 1)
+    assert s["cover"] == 100.0  # round(3 / 3.001 * 100, 1) = round(99.967, 1)
+    assert s["hal"] == 50.0  # round(100 - 1 / 2.001 * 100, 1) = round(50.025, 1)
+    assert s["cog"] == 33.3  # round(1 / 3.001 * 100, 1)
+    assert s["accuracy"] == 50.0  # round(3 / 6.001 * 100, 1) = round(49.992, 1)
+    assert s["precision"] == 66.6  # round(2 / 3.001 * 100, 1) = round(66.644, 1); exact 2/3 would print 66.7
+    assert s["recall"] == 50.0  # round(2 / 4.001 * 100, 1) = round(49.988, 1)
+    assert s["f1"] == 57.1  # round(2*.666*.5 / (.666 + .5 + .0001) * 100, 1) = round(57.113, 1)
     assert s["amber_score"] == pytest.approx(0.5 * (100 - 28.6 + 57.1))
     # existence (ids 3, 4: both right): acc round(2/2.001*100) = 100.0; P = R = round(1/1.001*100) = 99.9;
     # F1 = round(2*.999*.999 / (.999 + .999 + .001) * 100, 1) = round(99.850, 1) = 99.9
     assert (s["existence/accuracy"], s["existence/precision"], s["existence/recall"], s["existence/f1"]) == (
-        100.0, 99.9, 99.9, 99.9)
+        100.0,
+        99.9,
+        99.9,
+        99.9,
+    )
     # attribute (ids 5, 6, 8; only 8 right): acc round(1 / 3.003 * 100) = 33.3; predicted No: 6, 8 (8 right)
     # -> P = round(1 / 2.003 * 100) = 49.9 (with one counter's 0.001 it would print 50.0); gt No: 5, 8 -> R = 49.9;
     # F1 = round(2*.499*.499 / (.998 + .0001) * 100, 1) = 49.9
     assert (s["attribute/accuracy"], s["attribute/precision"], s["attribute/recall"], s["attribute/f1"]) == (
-        33.3, 49.9, 49.9, 49.9)
+        33.3,
+        49.9,
+        49.9,
+        49.9,
+    )
     # state alone (id 5, wrong; gt no, no predicted No): acc 0, P = 0 / 0.001 = 0, R = 0 / 1.001 = 0
-    assert (s["state/accuracy"], s["state/precision"], s["state/recall"], s["state/f1"]) == (0.0, 0.0, 0.0, 0.0)
+    assert (s["state/accuracy"], s["state/precision"], s["state/recall"], s["state/f1"]) == (
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    )
     # action alone (id 8, right): acc = P = R = round(1 / 1.001 * 100, 1) = 99.9 (exact: 100)
     assert (s["action/accuracy"], s["action/precision"], s["action/recall"]) == (99.9, 99.9, 99.9)
-    assert s["action/f1"] == 99.9   # round(2*.999*.999 / (1.998 + .0001) * 100, 1) = round(99.895, 1)
+    assert s["action/f1"] == 99.9  # round(2*.999*.999 / (1.998 + .0001) * 100, 1) = round(99.895, 1)
 
 
 def test_official_counters_show_at_small_counts(files, ev):

@@ -15,32 +15,63 @@ SYN = Path(__file__).parent / "fixtures" / "metrics" / "chair" / "synonyms.txt"
 
 # word -> (Penn tag, lemma); every token of the fixture captions (lower-cased).
 LEXICON = {
-    "a": ("DT", "a"), "the": ("DT", "the"), "and": ("CC", "and"), "two": ("CD", "two"),
-    "of": ("IN", "of"), "near": ("IN", "near"), "with": ("IN", "with"), "on": ("IN", "on"),
-    "from": ("IN", "from"), "to": ("TO", "to"), "up": ("RP", "up"), "next": ("JJ", "next"),
-    "hot": ("JJ", "hot"), "is": ("VBZ", "be"), "sit": ("VBP", "sit"), "rides": ("VBZ", "ride"),
-    "drinks": ("VBZ", "drink"), "holding": ("VBG", "hold"), "parked": ("VBN", "park"),
+    "a": ("DT", "a"),
+    "the": ("DT", "the"),
+    "and": ("CC", "and"),
+    "two": ("CD", "two"),
+    "of": ("IN", "of"),
+    "near": ("IN", "near"),
+    "with": ("IN", "with"),
+    "on": ("IN", "on"),
+    "from": ("IN", "from"),
+    "to": ("TO", "to"),
+    "up": ("RP", "up"),
+    "next": ("JJ", "next"),
+    "hot": ("JJ", "hot"),
+    "is": ("VBZ", "be"),
+    "sit": ("VBP", "sit"),
+    "rides": ("VBZ", "ride"),
+    "drinks": ("VBZ", "drink"),
+    "holding": ("VBG", "hold"),
+    "parked": ("VBN", "park"),
     "sleeps": ("VBZ", "sleep"),
-    "dog": ("NN", "dog"), "dogs": ("NNS", "dog"), "cup": ("NN", "cup"), "cups": ("NNS", "cup"),
-    "cat": ("NN", "cat"), "puppy": ("NN", "puppy"), "toilet": ("NN", "toilet"), "seat": ("NN", "seat"),
-    "man": ("NN", "man"), "teddy": ("NN", "teddy"), "bear": ("NN", "bear"), "motor": ("NN", "motor"),
-    "bike": ("NN", "bike"), "street": ("NN", "street"), "plate": ("NN", "plate"), "baby": ("NN", "baby"),
-    "mice": ("NNS", "mouse"), "chair": ("NN", "chair"),
+    "dog": ("NN", "dog"),
+    "dogs": ("NNS", "dog"),
+    "cup": ("NN", "cup"),
+    "cups": ("NNS", "cup"),
+    "cat": ("NN", "cat"),
+    "puppy": ("NN", "puppy"),
+    "toilet": ("NN", "toilet"),
+    "seat": ("NN", "seat"),
+    "man": ("NN", "man"),
+    "teddy": ("NN", "teddy"),
+    "bear": ("NN", "bear"),
+    "motor": ("NN", "motor"),
+    "bike": ("NN", "bike"),
+    "street": ("NN", "street"),
+    "plate": ("NN", "plate"),
+    "baby": ("NN", "baby"),
+    "mice": ("NNS", "mouse"),
+    "chair": ("NN", "chair"),
 }
 
 # COCO-format ground truth: image -> instance categories and captions.
 CATEGORIES = [
-    {"id": 1, "name": "person"}, {"id": 4, "name": "motorcycle"}, {"id": 18, "name": "dog"},
-    {"id": 47, "name": "cup"}, {"id": 58, "name": "hot dog"}, {"id": 70, "name": "toilet"},
+    {"id": 1, "name": "person"},
+    {"id": 4, "name": "motorcycle"},
+    {"id": 18, "name": "dog"},
+    {"id": 47, "name": "cup"},
+    {"id": 58, "name": "hot dog"},
+    {"id": 70, "name": "toilet"},
     {"id": 88, "name": "teddy bear"},
 ]
 GT = {
-    1: ([18, 47], ["A dog next to a cup.", "A puppy drinks from a cup."]),          # {dog, cup}
-    2: ([70], ["A toilet with the seat up."]),                                     # seat dropped -> {toilet}
-    3: ([1, 88], ["A man holding a teddy bear."]),                                # {person, teddy bear}
-    4: ([4], ["A motor bike parked on the street."]),                             # 'motor bike' never fires
-    5: ([58], ["A hot dog on a plate."]),                                         # {hot dog}
-    6: ([], []),                                                                  # known image, empty gt
+    1: ([18, 47], ["A dog next to a cup.", "A puppy drinks from a cup."]),  # {dog, cup}
+    2: ([70], ["A toilet with the seat up."]),  # seat dropped -> {toilet}
+    3: ([1, 88], ["A man holding a teddy bear."]),  # {person, teddy bear}
+    4: ([4], ["A motor bike parked on the street."]),  # 'motor bike' never fires
+    5: ([58], ["A hot dog on a plate."]),  # {hot dog}
+    6: ([], []),  # known image, empty gt
 }
 
 
@@ -56,8 +87,16 @@ def coco_files(tmp_path_factory):
     anns, caps = [], []
     for imid, (cats, captions) in GT.items():
         for c in cats:
-            anns.append({"id": len(anns) + 1, "image_id": imid, "category_id": c, "bbox": [0, 0, 1, 1],
-                         "area": 1, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": imid,
+                    "category_id": c,
+                    "bbox": [0, 0, 1, 1],
+                    "area": 1,
+                    "iscrowd": 0,
+                }
+            )
         for c in captions:
             caps.append({"id": len(caps) + 1, "image_id": imid, "caption": c})
     inst = d / "instances_val2014.json"
@@ -134,9 +173,19 @@ def test_ground_truth(ev):
 # --------------------------------------------------------------------------------------
 RECORDS = [
     # image 1, gt {dog, cup}: mentions dog,dog,cup,cat -> 1 of 4 hallucinated; recall {dog,cup}=2/2; 13 tokens
-    {"item_id": "c1", "image_id": 1, "answer": "A dog and two dogs sit near the cups and a cat.", "error": None},
+    {
+        "item_id": "c1",
+        "image_id": 1,
+        "answer": "A dog and two dogs sit near the cups and a cat.",
+        "error": None,
+    },
     # image 2, gt {toilet}: toilet,toilet -> 0 of 2; recall 1/1; 11 tokens after merge
-    {"item_id": "c2", "image_id": 2, "answer": "The seat of the toilet is next to a toilet seat.", "error": None},
+    {
+        "item_id": "c2",
+        "image_id": 2,
+        "answer": "The seat of the toilet is next to a toilet seat.",
+        "error": None,
+    },
     # image 3, gt {person, teddy bear}: teddy bear, bear -> 1 of 2; recall 1/2; 6 tokens
     {"item_id": "c3", "image_id": 3, "answer": "A teddy bear and a bear.", "error": None},
     # image 4, gt {motorcycle}: person -> 1 of 1; recall 0/1; 6 tokens
@@ -178,7 +227,7 @@ def test_repeats_count_in_chair_i(ev):
     assert one["chair_i"] == 100.0 and three["chair_i"] == 100.0
     mixed = chair.score([{"item_id": "x", "image_id": 2, "answer": "A cat and a toilet and a toilet."}], ev)
     assert mixed["chair_i"] == pytest.approx(100 / 3)  # 1 of 3 mentions, repeats counted
-    assert mixed["recall"] == 100.0                    # recall counts the set {toilet}
+    assert mixed["recall"] == 100.0  # recall counts the set {toilet}
 
 
 def test_score_with_kwargs_and_unknown_image(nltk_dir, coco_files):
@@ -196,9 +245,15 @@ def test_score_with_kwargs_and_unknown_image(nltk_dir, coco_files):
 
 def test_category_not_in_synonyms(nltk_dir, tmp_path):
     f = tmp_path / "inst.json"
-    f.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}],
-                             "annotations": [{"id": 1, "image_id": 1, "category_id": 5}],
-                             "categories": [{"id": 5, "name": "spaceship"}]}))
+    f.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "x.jpg"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 5}],
+                "categories": [{"id": 5, "name": "spaceship"}],
+            }
+        )
+    )
     with pytest.raises(ValueError, match="category 'spaceship' is not an entry of the synonyms file"):
         chair.ChairEvaluator(SYN, nltk_dir, instances=f)
 
@@ -211,7 +266,9 @@ def test_missing_nltk_package_is_a_clear_error(tmp_path):
     import shutil
 
     shutil.rmtree(d / "taggers")
-    with pytest.raises(chair.NltkDataMissing, match="averaged_perceptron_tagger_eng.*" + str(tmp_path / "nd")):
+    with pytest.raises(
+        chair.NltkDataMissing, match="averaged_perceptron_tagger_eng.*" + str(tmp_path / "nd")
+    ):
         chair.NltkTools(d)
     with pytest.raises(chair.NltkDataMissing, match="does not exist"):
         chair.NltkTools(tmp_path / "absent")

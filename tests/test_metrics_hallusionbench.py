@@ -13,6 +13,7 @@ from vcdflow.metrics.judge import CallableJudge
 
 # ---- official functions, transliterated from tianyi-lab/HallusionBench utils.py --------------
 
+
 def off_assign_correctness(data, entry):  # utils.py:404-411
     for r in data:
         if r["category"] == "VS" and int(r["figure_id"]) == 0:
@@ -36,7 +37,9 @@ def off_eval_fig(data):  # utils.py:130-163
 def off_eval_all(data):  # utils.py:165-203 (correct / total)
     d = {}
     for r in data:
-        name = "_".join([r["category"], r["subcategory"], str(r["set_id"]), str(r["figure_id"]), str(r["question_id"])])
+        name = "_".join(
+            [r["category"], r["subcategory"], str(r["set_id"]), str(r["figure_id"]), str(r["question_id"])]
+        )
         assert name not in d
         d[name] = r["correct"]
     return 100 * np.count_nonzero(list(d.values())) / len(d)
@@ -63,18 +66,33 @@ def off_gpt_parse(text):  # utils.py:58-64
 
 # ---- fixture: VD set 0 (two figures x two questions), VS set 0 (no-visual + 2 figures) -------
 
+
 def q(cat, sub, vi, set_id, fig, qid, gt, question="Is it so?"):
-    return {"category": cat, "subcategory": sub, "visual_input": vi, "set_id": set_id, "figure_id": fig,
-            "sample_note": "n", "question_id": qid, "question": question, "gt_answer_details": f"ref {gt}",
-            "gt_answer": gt, "filename": None if vi == "0" else f"./{cat}/{sub}/{set_id}_{fig}.png"}
+    return {
+        "category": cat,
+        "subcategory": sub,
+        "visual_input": vi,
+        "set_id": set_id,
+        "figure_id": fig,
+        "sample_note": "n",
+        "question_id": qid,
+        "question": question,
+        "gt_answer_details": f"ref {gt}",
+        "gt_answer": gt,
+        "filename": None if vi == "0" else f"./{cat}/{sub}/{set_id}_{fig}.png",
+    }
 
 
 DATA = [
-    q("VD", "illusion", "1", "0", "0", "0", "1"), q("VD", "illusion", "1", "0", "0", "1", "0"),
-    q("VD", "illusion", "2", "0", "1", "0", "0"), q("VD", "illusion", "2", "0", "1", "1", "1"),
-    q("VS", "chart", "0", "0", "0", "0", "1"), q("VS", "chart", "1", "0", "1", "0", "1"),
+    q("VD", "illusion", "1", "0", "0", "0", "1"),
+    q("VD", "illusion", "1", "0", "0", "1", "0"),
+    q("VD", "illusion", "2", "0", "1", "0", "0"),
+    q("VD", "illusion", "2", "0", "1", "1", "1"),
+    q("VS", "chart", "0", "0", "0", "0", "1"),
+    q("VS", "chart", "1", "0", "1", "0", "1"),
     q("VS", "chart", "2", "0", "2", "0", "0"),
-    q("VS", "map", "0", "1", "0", "0", "0"), q("VS", "map", "1", "1", "1", "0", "0"),
+    q("VS", "map", "0", "1", "0", "0", "0"),
+    q("VS", "map", "1", "1", "1", "0", "0"),
 ]
 PREDS = ["Yes, it is.", "No.", "Yes", "Yes!", "No idea", "yes", "No", "No, not at all", "no"]
 
@@ -89,7 +107,11 @@ def test_yesno_scores_equal_official_and_hand_values(tmp_path):
     # official: correctness by lmms-eval's rule (evaluate_hb.py:96-97), then utils.py's functions
     data = [dict(d, model_prediction=p) for d, p in zip(DATA, PREDS)]
     for d in data:
-        d["c"] = "1" if ("1" if d["model_prediction"].lower().find("yes") != -1 else "0") == d["gt_answer"] else "0"
+        d["c"] = (
+            "1"
+            if ("1" if d["model_prediction"].lower().find("yes") != -1 else "0") == d["gt_answer"]
+            else "0"
+        )
     data = off_assign_correctness(data, "c")
     # by hand: correct = 1,1,0,1,0,1,1,1,1 (VS fig0 'No idea' vs gt 1 -> "0" -> wrong)
     assert [d["correct"] for d in data] == [1, 1, 0, 1, 0, 1, 1, 1, 1]
@@ -108,8 +130,17 @@ def test_gpt_correctness_equals_official(tmp_path):
     f = tmp_path / "HallusionBench.json"
     f.write_text(json.dumps(DATA))
     items = hb.load_items(f, tmp_path)
-    replies = ["correct", "Incorrect.", "The prediction is correct", "unclear", "unclear", "CORRECT", "incorrect",
-               "correct", "hmm"]
+    replies = [
+        "correct",
+        "Incorrect.",
+        "The prediction is correct",
+        "unclear",
+        "unclear",
+        "CORRECT",
+        "incorrect",
+        "correct",
+        "hmm",
+    ]
     seen = []
 
     def fake(messages):
@@ -119,13 +150,19 @@ def test_gpt_correctness_equals_official(tmp_path):
     recs = [{"item_id": it["item_id"], "answer": p, "error": None} for it, p in zip(items, PREDS)]
     judged = hb.judge_items(recs, items, CallableJudge(fake, "fake-gpt4"))
     # utils.py:33-40, one user message
-    assert seen[0] == [{"role": "user", "content": (
-        "Imagine you are an intelligent teacher. Thoroughly read the question, reference answer and the prediction "
-        "answer to ensure a clear understanding of the information provided. Assess the correctness of the "
-        "predictions. If the prediction answer does not conflict with the reference answer, please generate "
-        "“correct”. If the prediction answer conflict with the reference answer, please generate “incorrect”. If the "
-        "prediction answer is unclear about the answer, please generate \"unclear\". \n\n Question:Is it so?\n"
-        "Reference answer: ref 1\nPrediction answer:Yes, it is.\nOutput:")}]
+    assert seen[0] == [
+        {
+            "role": "user",
+            "content": (
+                "Imagine you are an intelligent teacher. Thoroughly read the question, reference answer and the prediction "
+                "answer to ensure a clear understanding of the information provided. Assess the correctness of the "
+                "predictions. If the prediction answer does not conflict with the reference answer, please generate "
+                "“correct”. If the prediction answer conflict with the reference answer, please generate “incorrect”. If the "
+                'prediction answer is unclear about the answer, please generate "unclear". \n\n Question:Is it so?\n'
+                "Reference answer: ref 1\nPrediction answer:Yes, it is.\nOutput:"
+            ),
+        }
+    ]
     got = hb.score(judged, items, correctness="gpt")
     data = off_assign_correctness([dict(d, c=off_gpt_parse(r)) for d, r in zip(DATA, replies)], "c")
     # VS figure 0 'unclear' (item 4) counts as right; VD 'unclear' (item 3) does not; 'hmm' on VS map fig 1 -> 2 -> wrong

@@ -27,27 +27,48 @@ def mme_root(tmp_path):
     ex = base / "existence"
     ex.mkdir(parents=True)
     (ex / "000000000002.jpg").write_bytes(_png())
-    (ex / "000000000002.txt").write_text(_qa("Is there a dog in this image? Please answer yes or no.", "Yes",
-                                             "Is there a cat in this image?  Please answer yes or no.", "No"))
+    (ex / "000000000002.txt").write_text(
+        _qa(
+            "Is there a dog in this image? Please answer yes or no.",
+            "Yes",
+            "Is there a cat in this image?  Please answer yes or no.",
+            "No",
+        )
+    )
     (ex / "000000000001.png").write_bytes(_png())
-    (ex / "000000000001.txt").write_text(_qa("Is there a car in this image? Please answer yes or no.", "No",
-                                             "Is there a bus in this image? Please answer yes or no.", "Yes", crlf=True))
+    (ex / "000000000001.txt").write_text(
+        _qa(
+            "Is there a car in this image? Please answer yes or no.",
+            "No",
+            "Is there a bus in this image? Please answer yes or no.",
+            "Yes",
+            crlf=True,
+        )
+    )
     art = base / "artwork"
     (art / "images").mkdir(parents=True)
     (art / "questions_answers_YN").mkdir()
     (art / "images" / "10002.jpg").write_bytes(_png())
     (art / "questions_answers_YN" / "10002.txt").write_text(
-        _qa("Is this artwork created by Monet? Please answer yes or no.", "Yes",
-            "Is this artwork created by Dali? Please answer yes or no.", "No"))
+        _qa(
+            "Is this artwork created by Monet? Please answer yes or no.",
+            "Yes",
+            "Is this artwork created by Dali? Please answer yes or no.",
+            "No",
+        )
+    )
     return tmp_path / "release"
 
 
 def test_load_items_both_layouts(mme_root):
     items = mme.load_items(mme_root, subtasks=["existence", "artwork"])
     assert [i["item_id"] for i in items] == [
-        "mme/existence/000000000001.png/0", "mme/existence/000000000001.png/1",
-        "mme/existence/000000000002.jpg/0", "mme/existence/000000000002.jpg/1",
-        "mme/artwork/10002.jpg/0", "mme/artwork/10002.jpg/1",
+        "mme/existence/000000000001.png/0",
+        "mme/existence/000000000001.png/1",
+        "mme/existence/000000000002.jpg/0",
+        "mme/existence/000000000002.jpg/1",
+        "mme/artwork/10002.jpg/0",
+        "mme/artwork/10002.jpg/1",
     ]
     first = items[0]
     assert first["image"] == "000000000001.png"
@@ -96,21 +117,34 @@ def _lmms_df():
     img_a = {"bytes": _png((0, 0, 255)), "path": "0001.png"}
     img_b = {"bytes": _png((0, 255, 0)), "path": None}
     # rows of the two images interleaved on purpose
-    return pd.DataFrame({
-        "question_id": ["count/0001.png", "code_reasoning/0020.png", "count/0001.png", "code_reasoning/0020.png"],
-        "image": [img_a, img_b, img_a, img_b],
-        "question": ["Are there two cats? Please answer yes or no.", "Is the output 3? Please answer yes or no.",
-                     "Are there three cats? Please answer yes or no.", "Is the output 4? Please answer yes or no."],
-        "answer": ["Yes", "No", "No", "Yes"],
-        "category": ["count", "code_reasoning", "count", "code_reasoning"],
-    })
+    return pd.DataFrame(
+        {
+            "question_id": [
+                "count/0001.png",
+                "code_reasoning/0020.png",
+                "count/0001.png",
+                "code_reasoning/0020.png",
+            ],
+            "image": [img_a, img_b, img_a, img_b],
+            "question": [
+                "Are there two cats? Please answer yes or no.",
+                "Is the output 3? Please answer yes or no.",
+                "Are there three cats? Please answer yes or no.",
+                "Is the output 4? Please answer yes or no.",
+            ],
+            "answer": ["Yes", "No", "No", "Yes"],
+            "category": ["count", "code_reasoning", "count", "code_reasoning"],
+        }
+    )
 
 
 def test_load_items_dataframe_keeps_pairs_consecutive(tmp_path):
     items = mme.load_items_dataframe(_lmms_df(), tmp_path / "imgs")
     assert [i["item_id"] for i in items] == [
-        "mme/count/0001.png/0", "mme/count/0001.png/1",
-        "mme/code_reasoning/0020.png/0", "mme/code_reasoning/0020.png/1",
+        "mme/count/0001.png/0",
+        "mme/count/0001.png/1",
+        "mme/code_reasoning/0020.png/0",
+        "mme/code_reasoning/0020.png/1",
     ]
     assert [i["label"] for i in items] == ["Yes", "No", "No", "Yes"]
     assert items[0]["question_id"] == "count/0001.png"
@@ -125,7 +159,12 @@ def test_load_items_dataframe_errors(tmp_path):
     with pytest.raises(ValueError, match="question_id 'count/0001.png' has 3 questions"):
         mme.load_items_dataframe(pd.concat([df, df.iloc[[0]]], ignore_index=True), tmp_path)
     clash = df.copy()
-    clash["question_id"] = ["count/a/0001.png", "code_reasoning/0021.png", "count/a/0001.png", "code_reasoning/0021.png"]
+    clash["question_id"] = [
+        "count/a/0001.png",
+        "code_reasoning/0021.png",
+        "count/a/0001.png",
+        "code_reasoning/0021.png",
+    ]
     clash = pd.concat([df, clash], ignore_index=True)
     with pytest.raises(ValueError, match="'count/0001.png' and 'count/a/0001.png' both map to image"):
         mme.load_items_dataframe(clash, tmp_path)
@@ -152,9 +191,9 @@ def test_load_items_parquet(tmp_path):
         ("yes.", "yes", "yes"),
         ("Yes, it is.", "yes", "yes"),
         ("No\nThere is no dog.", "no", "no"),
-        ("Not at all", "no", "no"),        # 'no' in 'not '
+        ("Not at all", "no", "no"),  # 'no' in 'not '
         ("The answer is yes", "other", "other"),
-        ("y", "other", "yes"),             # lmms maps one-character y/n
+        ("y", "other", "yes"),  # lmms maps one-character y/n
         ("n", "other", "no"),
         (" yes", "yes", "yes"),
         ("Nope", "no", "no"),
@@ -173,11 +212,11 @@ def test_parsers(answer, official, lmms):
 @pytest.mark.parametrize(
     "answer, official, raw_first_4",
     [
-        ("\n\nYes", "yes", "other"),        # 'yes' -> exact match; raw head '\n\nye' has neither
-        ("N\no", "no", "other"),             # 'no'; raw head 'n\no' has no 'no'
+        ("\n\nYes", "yes", "other"),  # 'yes' -> exact match; raw head '\n\nye' has neither
+        ("N\no", "no", "other"),  # 'no'; raw head 'n\no' has no 'no'
         ("Ye\ns, there is.", "yes", "other"),  # 'yes, there is.'[:4] = 'yes,'
-        ("\r\nNo", "no", "no"),             # 'no'; raw head '\r\nno' already held 'no'
-        ("\n \nyes", "yes", "other"),       # ' yes'[:4] = ' yes'; raw head '\n \ny'
+        ("\r\nNo", "no", "no"),  # 'no'; raw head '\r\nno' already held 'no'
+        ("\n \nyes", "yes", "other"),  # ' yes'[:4] = ' yes'; raw head '\n \ny'
         ("No\nThere is no dog.", "no", "no"),  # 'nothere is no dog.'[:4] = 'noth'
         ("\n\n\nThe", "other", "other"),
     ],
@@ -185,14 +224,24 @@ def test_parsers(answer, official, lmms):
 def test_official_parser_deletes_line_breaks_first(answer, official, raw_first_4):
     assert mme.parse_official(answer) == official
     head = answer.lower()[:4]  # what parsing the undeleted answer would give (the divergence fixed)
-    raw = answer.lower() if answer.lower() in ("yes", "no") else (
-        "yes" if "yes" in head else "no" if "no" in head else "other")
+    raw = (
+        answer.lower()
+        if answer.lower() in ("yes", "no")
+        else ("yes" if "yes" in head else "no" if "no" in head else "other")
+    )
     assert raw == raw_first_4
 
 
 def test_score_with_multiline_answers():
-    recs = _recs("existence", [("\n\nYes", "Yes"), ("N\no", "No"),   # image 0: both right once deleted
-                               ("\nYes\n", "Yes"), ("Yes\nno", "No")])  # image 1: second is 'yesno' -> yes
+    recs = _recs(
+        "existence",
+        [
+            ("\n\nYes", "Yes"),
+            ("N\no", "No"),  # image 0: both right once deleted
+            ("\nYes\n", "Yes"),
+            ("Yes\nno", "No"),
+        ],
+    )  # image 1: second is 'yesno' -> yes
     s = mme.score(recs)
     assert s["existence/acc"] == pytest.approx(75.0) and s["existence/acc_plus"] == pytest.approx(50.0)
     assert s["existence/score"] == pytest.approx(125.0)
@@ -202,15 +251,22 @@ def _recs(sub, answers_labels, start=0):
     out = []
     for k, (ans, lab) in enumerate(answers_labels):
         img = f"{sub}/{(start + k) // 2:04d}.png"
-        out.append({"item_id": f"mme/{img}/{k % 2}", "image_id": img, "label": lab, "answer": ans, "error": None})
+        out.append(
+            {"item_id": f"mme/{img}/{k % 2}", "image_id": img, "label": lab, "answer": ans, "error": None}
+        )
     return out
 
 
 def test_score_subtask_with_other_answer():
-    recs = _recs("existence", [
-        ("Yes", "Yes"), ("No, there is not.", "No"),      # image 0: both right
-        ("The answer is yes", "Yes"), ("No", "No"),       # image 1: 'other' is wrong
-    ])
+    recs = _recs(
+        "existence",
+        [
+            ("Yes", "Yes"),
+            ("No, there is not.", "No"),  # image 0: both right
+            ("The answer is yes", "Yes"),
+            ("No", "No"),  # image 1: 'other' is wrong
+        ],
+    )
     s = mme.score(recs)
     # acc = 3/4, acc+ = 1/2 -> 75 + 50
     assert s["existence/acc"] == pytest.approx(75.0)
@@ -226,17 +282,17 @@ def test_score_subtask_with_other_answer():
 
 def test_lmms_variant_differs_on_single_letters():
     recs = _recs("count", [("y", "Yes"), ("n", "No")])
-    assert mme.score(recs)["count/score"] == 0.0          # official: 'y','n' -> other
+    assert mme.score(recs)["count/score"] == 0.0  # official: 'y','n' -> other
     assert mme.score(recs, parser="lmms")["count/score"] == 200.0
 
 
 def test_hallucination_total_and_errors():
     recs = []
-    recs += _recs("existence", [("Yes", "Yes"), ("No", "No")])                       # 100 + 100
+    recs += _recs("existence", [("Yes", "Yes"), ("No", "No")])  # 100 + 100
     recs += _recs("count", [("Yes", "Yes"), ("Yes", "No"), ("No", "Yes"), ("No", "No")])  # acc 50, acc+ 0
-    recs += _recs("position", [("yes", "Yes"), ("no", "No")])                        # 200
-    recs += _recs("color", [("Yes", "Yes"), ("Yes", "No")])                          # acc 50, acc+ 0 -> 50
-    recs += _recs("color", [("Yes", "Yes"), ("", "No")], start=2)                    # errored pair
+    recs += _recs("position", [("yes", "Yes"), ("no", "No")])  # 200
+    recs += _recs("color", [("Yes", "Yes"), ("Yes", "No")])  # acc 50, acc+ 0 -> 50
+    recs += _recs("color", [("Yes", "Yes"), ("", "No")], start=2)  # errored pair
     recs[-1]["error"] = "timeout"
     s = mme.score(recs)
     assert s["existence/score"] == 200.0

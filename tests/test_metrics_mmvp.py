@@ -13,10 +13,16 @@ from vcdflow.metrics.judge import CallableJudge
 
 # ---- the official logic, transliterated (file:line of lmms-eval 0.7.3 / tsb0601/MMVP) --------
 
+
 def official_lmms_letter(text):  # lmms_eval/tasks/mmvp/utils.py:32-67
     text = text.strip()
-    patterns = [r"^\s*\(?([AB])\)?\.?\s*$", r"^\s*\(?([AB])\)?[\.\s]", r"answer\s+is\s+\(?([AB])\)?",
-                r"option\s+\(?([AB])\)?", r"\(?([AB])\)?(?:\s|$)"]
+    patterns = [
+        r"^\s*\(?([AB])\)?\.?\s*$",
+        r"^\s*\(?([AB])\)?[\.\s]",
+        r"answer\s+is\s+\(?([AB])\)?",
+        r"option\s+\(?([AB])\)?",
+        r"\(?([AB])\)?(?:\s|$)",
+    ]
     for pattern in patterns:
         match = re.search(pattern, text, flags=re.IGNORECASE)
         if match:
@@ -49,7 +55,11 @@ def official_gpt_grader(lines, replies):  # tsb0601/MMVP scripts/gpt_grader.py:4
     num_correct, num_total = 0, 0
     index, round_correct = 0, 0
     for data, answer in zip(lines, replies):
-        gpt_grade = answer.lower() if re.compile(r"^(yes|no)$", re.IGNORECASE).match(answer) else "Could not determine yes or no."
+        gpt_grade = (
+            answer.lower()
+            if re.compile(r"^(yes|no)$", re.IGNORECASE).match(answer)
+            else "Could not determine yes or no."
+        )
         index += 1
         if gpt_grade == "yes":
             round_correct += 1
@@ -92,8 +102,23 @@ def write_release(root, rows=ROWS):
 
 
 def test_letter_extraction_equals_lmms_eval():
-    for t in ["A", "b", "(A)", "A.", "(b) Closed", "The answer is B", "option a", "I think B is right",
-              "Answer: A", "", "none", "AB", "a cat", "Both", "B)"]:
+    for t in [
+        "A",
+        "b",
+        "(A)",
+        "A.",
+        "(b) Closed",
+        "The answer is B",
+        "option a",
+        "I think B is right",
+        "Answer: A",
+        "",
+        "none",
+        "AB",
+        "a cat",
+        "Both",
+        "B)",
+    ]:
         assert mmvp.extract_letter(t) == official_lmms_letter(t), t
 
 
@@ -101,12 +126,15 @@ def test_lmms_scores_equal_official_and_hand_values(tmp_path):
     items = mmvp.load_items(write_release(tmp_path / "mmvp"), fixes=None)
     assert [it["pair_index"] for it in items] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert items[0]["question"] == "Is the door open? (a) Open (b) Closed"  # evaluate_mllm.py:56
-    assert items[0]["question_lmms"] == ("Is the door open?\nA. Open\nB. Closed\n"
-                                         "Answer with the option's letter from the given choices directly.")
+    assert items[0]["question_lmms"] == (
+        "Is the door open?\nA. Open\nB. Closed\n"
+        "Answer with the option's letter from the given choices directly."
+    )
     recs = [{"item_id": it["item_id"], "answer": p, "error": None} for it, p in zip(items, PREDS)]
     got = mmvp.score(recs, items)
-    acc, pair = official_lmms_scores([dict(zip(("Index", "Question", "Options", "Correct Answer"), r)) for r in ROWS],
-                                     PREDS)
+    acc, pair = official_lmms_scores(
+        [dict(zip(("Index", "Question", "Options", "Correct Answer"), r)) for r in ROWS], PREDS
+    )
     # by hand: questions right 1,2,4,5,6,7 -> 6/8; pairs 0 and 2 -> 2/4
     assert (acc, pair) == (0.75, 0.5)
     assert got["accuracy"] == pytest.approx(100 * acc) and got["pair_accuracy"] == pytest.approx(100 * pair)
@@ -137,11 +165,16 @@ def test_gpt_grader_equals_official(tmp_path):
 
     recs = [{"item_id": it["item_id"], "answer": p, "error": None} for it, p in zip(items, PREDS)]
     judged = mmvp.judge_items(recs, items, CallableJudge(fake, model="fake-grader"))
-    assert seen[0][0] == {"role": "system", "content": "You are a helpful and precise assistant for checking the "
-                                                        "quality of the answer. Please answer in only yes or no."}
-    assert seen[1][1]["content"] == ("Given the following question Is the door open? (a) Open (b) Closed, the correct "
-                                     "answer is (b). Does the following answer correctly answers the question, "
-                                     "answer:(B) Closed?")
+    assert seen[0][0] == {
+        "role": "system",
+        "content": "You are a helpful and precise assistant for checking the "
+        "quality of the answer. Please answer in only yes or no.",
+    }
+    assert seen[1][1]["content"] == (
+        "Given the following question Is the door open? (a) Open (b) Closed, the correct "
+        "answer is (b). Does the following answer correctly answers the question, "
+        "answer:(B) Closed?"
+    )
     got = mmvp.score(judged, items, parser="gpt")
     want = official_gpt_grader(ROWS, replies)
     assert want == 0.25  # by hand: only pair 0 has two exact yes

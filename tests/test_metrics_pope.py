@@ -92,8 +92,10 @@ def test_seem_json_array_file():
 def test_check_images(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     f = tmp_path / "p.json"
-    f.write_text('{"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "no"}\n'
-                 '{"question_id": 2, "image": "b.jpg", "text": "Is there a dog in the image?", "label": "yes"}\n')
+    f.write_text(
+        '{"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "no"}\n'
+        '{"question_id": 2, "image": "b.jpg", "text": "Is there a dog in the image?", "label": "yes"}\n'
+    )
     assert len(pope.load_items(f, tmp_path)) == 2
     with pytest.raises(FileNotFoundError, match="1 images missing"):
         pope.load_items(f, tmp_path, check_images=True)
@@ -105,14 +107,23 @@ def test_check_images(tmp_path):
 @pytest.mark.parametrize(
     "content, pattern",
     [
-        ('{"question_id": 1, "image": "a.jpg", "text": "q", "label": "yes"}\n'
-         '{"question_id": 2, "image": "a.jpg", "text": "q", "label": "no"}\n'
-         '{"question_id": 3, "image": "a.jpg", "text": "q" "label": "no"}\n', r"bad\.json:3: not valid JSON"),
+        (
+            '{"question_id": 1, "image": "a.jpg", "text": "q", "label": "yes"}\n'
+            '{"question_id": 2, "image": "a.jpg", "text": "q", "label": "no"}\n'
+            '{"question_id": 3, "image": "a.jpg", "text": "q" "label": "no"}\n',
+            r"bad\.json:3: not valid JSON",
+        ),
         ('{"question_id": 1, "image": "a.jpg", "label": "yes"}\n', r"bad\.json line 1: missing key 'text'"),
         ('{"question_id": 1, "image": "a.jpg", "text": "q", "label": "Yes"}\n', r"line 1: label must be"),
-        ('{"question_id": 1, "image": "a.jpg", "text": "q", "label": "yes"}\r\n'
-         '{"question_id": 1, "image": "b.jpg", "text": "q", "label": "no"}\r\n', r"line 2: question_id 1 repeats"),
-        ('[{"question_id": 1, "image": "a.jpg", "text": "q", "label": "yes"}, 5]', r"element 1: expected a JSON object"),
+        (
+            '{"question_id": 1, "image": "a.jpg", "text": "q", "label": "yes"}\r\n'
+            '{"question_id": 1, "image": "b.jpg", "text": "q", "label": "no"}\r\n',
+            r"line 2: question_id 1 repeats",
+        ),
+        (
+            '[{"question_id": 1, "image": "a.jpg", "text": "q", "label": "yes"}, 5]',
+            r"element 1: expected a JSON object",
+        ),
         ("\n\n", r"no POPE questions"),
     ],
 )
@@ -136,9 +147,9 @@ def test_missing_file():
     [
         ("Yes", "yes", "yes", "yes"),
         ("No", "no", "no", "no"),
-        ("Yes.", "yes", "yes", "other"),           # lmms exact match fails on the period
+        ("Yes.", "yes", "yes", "other"),  # lmms exact match fails on the period
         ("No.", "no", "no", "other"),
-        ("NO", "yes", "no", "no"),                 # official is case-sensitive
+        ("NO", "yes", "no", "no"),  # official is case-sensitive
         ("There isn't a dog.", "yes", "no", "other"),  # n't only caught by OPERA
         ("No\nThe cat is absent.", "yes", "yes", "other"),  # 'No\nThe' is one space-split word
         ("There is a snowboard in the image.", "yes", "yes", "other"),
@@ -158,9 +169,9 @@ def test_vcd_substring_rule():
     rows = pope.score_items(
         [
             {"item_id": "a", "label": "no", "answer": "There is a snowboard."},  # 'no' in 'snowboard'
-            {"item_id": "b", "label": "no", "answer": "I know it."},             # 'no' in 'know'
+            {"item_id": "b", "label": "no", "answer": "I know it."},  # 'no' in 'know'
             {"item_id": "c", "label": "yes", "answer": "Yes"},
-            {"item_id": "d", "label": "yes", "answer": "eyes"},                  # 'yes' in 'eyes'
+            {"item_id": "d", "label": "yes", "answer": "eyes"},  # 'yes' in 'eyes'
             {"item_id": "e", "label": "yes", "answer": "Nope"},
             {"item_id": "f", "label": "no", "answer": "Sure"},
         ],
@@ -194,8 +205,15 @@ def _expect(tp, fp, tn, fn, n, yes):
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return {"accuracy": 100 * (tp + tn) / n, "precision": 100 * p, "recall": 100 * r,
-            "f1": 100 * f1, "yes_ratio": 100 * yes / n, "n": n, "n_errors": 1}
+    return {
+        "accuracy": 100 * (tp + tn) / n,
+        "precision": 100 * p,
+        "recall": 100 * r,
+        "f1": 100 * f1,
+        "yes_ratio": 100 * yes / n,
+        "n": n,
+        "n_errors": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -208,8 +226,18 @@ def _expect(tp, fp, tn, fn, n, yes):
         # vcd: gt no -> TN if 'no' substring: 2,4(snowboard),5,7 ; gt yes -> TP only 1
         ("vcd", _expect(tp=1, fp=0, tn=4, fn=2, n=7, yes=1)),
         # lmms: exact only; 3 'no' (FN), 5 'no' (TN), rest 'other'
-        ("lmms", {"accuracy": 100 / 7, "precision": 0.0, "recall": 0.0, "f1": 0.0,
-                  "yes_ratio": 0.0, "n": 7, "n_errors": 1}),
+        (
+            "lmms",
+            {
+                "accuracy": 100 / 7,
+                "precision": 0.0,
+                "recall": 0.0,
+                "f1": 0.0,
+                "yes_ratio": 0.0,
+                "n": 7,
+                "n_errors": 1,
+            },
+        ),
     ],
 )
 def test_score_hand_computed(parser, expected):
@@ -236,11 +264,15 @@ def test_score_items_paired_outcomes():
 
 
 def test_all_perfect_and_mean_f1():
-    recs = [{"item_id": str(i), "label": lab, "answer": lab.capitalize() + "."}
-            for i, lab in enumerate(["yes", "no"] * 5)]
+    recs = [
+        {"item_id": str(i), "label": lab, "answer": lab.capitalize() + "."}
+        for i, lab in enumerate(["yes", "no"] * 5)
+    ]
     s = pope.score(recs)
     assert s["accuracy"] == 100 and s["f1"] == 100 and s["yes_ratio"] == 50
-    assert pope.mean_f1({"random": {"f1": 80.0}, "popular": {"f1": 70.0}, "adversarial": {"f1": 60.0}}) == 70.0
+    assert (
+        pope.mean_f1({"random": {"f1": 80.0}, "popular": {"f1": 70.0}, "adversarial": {"f1": 60.0}}) == 70.0
+    )
     assert pope.mean_f1([{"f1": 1.0}, {"f1": 2.0}]) == 1.5
 
 
@@ -270,7 +302,12 @@ def test_deco_and_only_recorders():
         ("yes.", "no", "yes", "yes", "yes", "yes"),
     ]
     for ans, label, deco, only, vcd, opera in cases:
-        assert [_predict(ans, label, p) for p in ("deco", "only", "vcd", "opera")] == [deco, only, vcd, opera], ans
+        assert [_predict(ans, label, p) for p in ("deco", "only", "vcd", "opera")] == [
+            deco,
+            only,
+            vcd,
+            opera,
+        ], ans
     from vcdflow.protocols import get_protocol
 
     for proto, cite in (("deco", "pope_llava.py:28-33"), ("only", "pope_eval_llava.py:130-142")):

@@ -17,8 +17,15 @@ def test_columns_exact():
 def test_rows_and_split_override():
     rows = metric_rows({"existence/score": 190.0, "perception": 1500.5, "n": 4, "chair_i": math.nan}, **KEYS)
     assert [tuple(r) for r in rows] == [COLUMNS] * 4
-    assert rows[0] == {"benchmark": "mme", "split": "existence", "model": "llava", "method": "vcd",
-                       "seed": 3, "metric": "score", "value": 190.0}
+    assert rows[0] == {
+        "benchmark": "mme",
+        "split": "existence",
+        "model": "llava",
+        "method": "vcd",
+        "seed": 3,
+        "metric": "score",
+        "value": 190.0,
+    }
     assert rows[1]["split"] == "all" and rows[1]["metric"] == "perception" and rows[1]["value"] == 1500.5
     assert isinstance(rows[2]["value"], float) and rows[2]["value"] == 4.0
     assert math.isnan(rows[3]["value"])

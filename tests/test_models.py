@@ -17,7 +17,11 @@ from vcdflow.decoding import Branch, Request, generate
 from vcdflow.decoding import distortions as D
 from vcdflow.models import load_vlm, parse_dtype
 
-BUILDERS = {"llava": build_tiny_llava, "instructblip": build_tiny_instructblip, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+BUILDERS = {
+    "llava": build_tiny_llava,
+    "instructblip": build_tiny_instructblip,
+    "qwen2_5_vl": build_tiny_qwen2_5_vl,
+}
 
 
 def _img(seed, w, h):
@@ -65,7 +69,9 @@ def test_bad_model_paths(tmp_path):
         load_vlm(str(tmp_path / "missing" / "model"))
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ValueError, match=r"unsupported model_type 'bert' .*supported: llava, instructblip, qwen2_5_vl"):
+    with pytest.raises(
+        ValueError, match=r"unsupported model_type 'bert' .*supported: llava, instructblip, qwen2_5_vl"
+    ):
         load_vlm(tmp_path / "bert")
 
 
@@ -84,8 +90,14 @@ def test_hub_id_goes_through_snapshot_download(model_dirs, monkeypatch, caplog):
     with caplog.at_level(logging.DEBUG):
         vlm = load_vlm("llava-hf/llava-1.5-7b-hf", revision="abc123")
     assert vlm.family == "llava" and vlm.source == str(model_dirs["llava"])
-    assert calls == [{"repo_id": "llava-hf/llava-1.5-7b-hf", "revision": "abc123", "token": "hf_secret_token_123",
-                      "local_files_only": False}]
+    assert calls == [
+        {
+            "repo_id": "llava-hf/llava-1.5-7b-hf",
+            "revision": "abc123",
+            "token": "hf_secret_token_123",
+            "local_files_only": False,
+        }
+    ]
     assert "hf_secret_token_123" not in caplog.text
 
 
@@ -99,8 +111,10 @@ def test_hub_failure_is_reported(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_123")
     with pytest.raises(FileNotFoundError) as e:
         load_vlm("org/model")
-    assert str(e.value) == ("'org/model' is not a local directory and could not be fetched from the Hugging Face "
-                            "hub (OSError: outgoing traffic has been disabled)")
+    assert str(e.value) == (
+        "'org/model' is not a local directory and could not be fetched from the Hugging Face "
+        "hub (OSError: outgoing traffic has been disabled)"
+    )
 
 
 def _hf_greedy(vlm, req, n):
@@ -111,9 +125,15 @@ def _hf_greedy(vlm, req, n):
         kw["images"] = [req.image]
     enc = vlm.processor(**kw)
     enc = {k: v for k, v in enc.items() if k != "mm_token_type_ids" or vlm.family == "qwen2_5_vl"}
-    out = vlm.model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=None,
-                             min_new_tokens=n, pad_token_id=ad.pad_token_id)
-    return out[0, enc["input_ids"].shape[1]:].tolist()
+    out = vlm.model.generate(
+        **enc,
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        min_new_tokens=n,
+        pad_token_id=ad.pad_token_id,
+    )
+    return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))
@@ -132,7 +152,9 @@ def test_contrastive_methods_batch_invariant(vlms, family):
     for method in ("vcd", "m3id", "icd", "avisc", "ritual", "selfaug"):
         params = {"sas_max_new_tokens": 3} if method == "selfaug" else None
         for do_sample in (False, True):
-            kw = dict(method=method, params=params, do_sample=do_sample, max_new_tokens=5, seed=1, eos_token_id=[])
+            kw = dict(
+                method=method, params=params, do_sample=do_sample, max_new_tokens=5, seed=1, eos_token_id=[]
+            )
             big = generate(vlm, REQS, batch_size=16, **kw)
             one = generate(vlm, REQS, batch_size=1, **kw)
             for x, y in zip(big, one):
@@ -166,11 +188,25 @@ def test_icd_qformer_variants_equal_a_plain_reference(vlms, position):
         with torch.inference_mode():
             for _ in range(n):
                 ids = torch.cat([enc["input_ids"], torch.tensor([gen], dtype=torch.long)], 1)
-                common = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"])
-                l0 = model(**common, qformer_input_ids=enc["qformer_input_ids"],
-                           qformer_attention_mask=enc["qformer_attention_mask"]).logits[0, -1].float()
-                l1 = model(**common, qformer_input_ids=q["input_ids"],
-                           qformer_attention_mask=q["attention_mask"]).logits[0, -1].float()
+                common = dict(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"]
+                )
+                l0 = (
+                    model(
+                        **common,
+                        qformer_input_ids=enc["qformer_input_ids"],
+                        qformer_attention_mask=enc["qformer_attention_mask"],
+                    )
+                    .logits[0, -1]
+                    .float()
+                )
+                l1 = (
+                    model(
+                        **common, qformer_input_ids=q["input_ids"], qformer_attention_mask=q["attention_mask"]
+                    )
+                    .logits[0, -1]
+                    .float()
+                )
                 scores = (1 + a) * l0 - a * l1
                 probs = torch.softmax(l0, -1)
                 scores[probs < beta * probs.max()] = -float("inf")
@@ -180,8 +216,10 @@ def test_icd_qformer_variants_equal_a_plain_reference(vlms, position):
 
 def test_icd_qformer_position_needs_instructblip(vlms):
     out = generate(vlms["llava"], REQS[:1], method="icd", params={"position": "qformer"}, max_new_tokens=2)[0]
-    assert out.error == "ValueError: method 'icd' with position='qformer' needs a model with a Q-Former " \
-                        "(family instructblip), not 'llava'"
+    assert (
+        out.error == "ValueError: method 'icd' with position='qformer' needs a model with a Q-Former "
+        "(family instructblip), not 'llava'"
+    )
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))
@@ -189,17 +227,28 @@ def test_every_method_runs_on_every_family(vlms, model_dirs, family, tmp_path_fa
     from method_cases import runtime_params
     from vcdflow.decoding import METHODS
 
-    req = Request(image=_img(4, 72, 60), prompt="Is there a cup in the image?", item_id="all",
-                  contrast_image=_img(5, 72, 60), contrast_images=[_img(6, 72, 60), _img(7, 50, 50)])
+    req = Request(
+        image=_img(4, 72, 60),
+        prompt="Is there a cup in the image?",
+        item_id="all",
+        contrast_image=_img(5, 72, 60),
+        contrast_images=[_img(6, 72, 60), _img(7, 50, 50)],
+    )
     short = {"selfaug": {"sas_max_new_tokens": 3}, "code": {"description_max_new_tokens": 3}}
     for method in sorted(METHODS):
         families = METHODS[method].applies_to()  # None: every family
-        params = runtime_params(method, vlms[family], model_dirs[family], tmp_path_factory.getbasetemp(),
-                                short.get(method))
-        out = generate(vlms[family], [req], method=method, params=params, max_new_tokens=2,
-                       eos_token_id=[])[0]
+        params = runtime_params(
+            method, vlms[family], model_dirs[family], tmp_path_factory.getbasetemp(), short.get(method)
+        )
+        out = generate(vlms[family], [req], method=method, params=params, max_new_tokens=2, eos_token_id=[])[
+            0
+        ]
         if families is not None and family not in families:
-            assert out.error and family in out.error.lower(), (family, method, out.error)  # refused, naming it
+            assert out.error and family in out.error.lower(), (
+                family,
+                method,
+                out.error,
+            )  # refused, naming it
             continue
         assert out.error is None, (family, method, out.error)
         assert len(out.token_ids) == 2, (family, method)
@@ -241,11 +290,15 @@ def test_demo_model_through_load_vlm(tmp_path):
     processor.save_pretrained(tmp_path)
     vlm = load_vlm(tmp_path)
     assert vlm.family == "llava"
-    req = Request(image=_img(1, 40, 40), prompt="Is there a cup in the image?", item_id="q",
-                  system="You are helpful.")
+    req = Request(
+        image=_img(1, 40, 40), prompt="Is there a cup in the image?", item_id="q", system="You are helpful."
+    )
     for method in ("greedy", "vcd", "icd", "m3id", "avisc"):
         out = generate(vlm, [req], method=method, max_new_tokens=3)[0]
         assert out.error is None, (method, out.error)
-        want = vlm.processor(text=[render_prompt(vlm.processor, req.prompt, system=req.system)],
-                             images=[req.image], return_tensors="pt")["input_ids"][0].tolist()
+        want = vlm.processor(
+            text=[render_prompt(vlm.processor, req.prompt, system=req.system)],
+            images=[req.image],
+            return_tensors="pt",
+        )["input_ids"][0].tolist()
         assert out.input_ids == want

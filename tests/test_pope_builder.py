@@ -84,15 +84,19 @@ def test_mini_popular_hand_computed(mini):
         "img3.jpg": ["dog", "cat", "kite"],
         "img4.jpg": ["car", "cat", "bus"],
     }
-    got = {img: [_name(q["text"]) for q in qs[1::2]]
-           for img, qs in _by_image(_lines(out / "mini_pope_popular.json")).items()}
+    got = {
+        img: [_name(q["text"]) for q in qs[1::2]]
+        for img, qs in _by_image(_lines(out / "mini_pope_popular.json")).items()
+    }
     assert got == expected
 
 
 def test_mini_adversarial_hand_computed(mini):
     out, _ = mini
-    got = {img: [_name(q["text"]) for q in qs[1::2]]
-           for img, qs in _by_image(_lines(out / "mini_pope_adversarial.json")).items()}
+    got = {
+        img: [_name(q["text"]) for q in qs[1::2]]
+        for img, qs in _by_image(_lines(out / "mini_pope_adversarial.json")).items()
+    }
     # co-occurrence rank per positive (ties by category id); the 3rd negatives of img1 and
     # img4 have no co-occurring candidate left, so they fall back to a random remaining one.
     assert got["img1.jpg"][:2] == ["car", "bus"] and got["img1.jpg"][2] in {"umbrella", "kite"}
@@ -107,7 +111,10 @@ def test_mini_stats_all_and_article(tmp_path):
     by = _by_image(lines)
     # over all 6 images: person 4, dog 4, cat 2, car 2, then bus/apple/umbrella/kite 1 (id order)
     assert [q["text"] for q in by["img1.jpg"][1::2]] == [
-        "Is there a car in the image?", "Is there a bus in the image?", "Is there an apple in the image?"]
+        "Is there a car in the image?",
+        "Is there a bus in the image?",
+        "Is there an apple in the image?",
+    ]
     assert not (tmp_path / "m_pope_random.json").exists()
 
 
@@ -159,8 +166,7 @@ def demo_pope(tmp_path_factory):
     build_demo_world(root, n_train=0, n_val=240, seed=3)
     inst = json.loads((root / "annotations" / "instances_val.json").read_text())
     out = root / "pope"
-    summary = build_pope(root / "annotations" / "instances_val.json", out, n_images=60, seed=0,
-                         prefix="demo")
+    summary = build_pope(root / "annotations" / "instances_val.json", out, n_images=60, seed=0, prefix="demo")
     return inst, out, summary
 
 

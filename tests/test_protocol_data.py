@@ -36,8 +36,15 @@ CHAIR = {
     ("vcd", "llava"): None,
 }
 MIXED = {"random": "head", "popular": "e3e3926", "adversarial": "e3e3926"}
-POPE = {"opera": "e3e3926", "vista": "e3e3926", "pai": MIXED, "sid": MIXED, "deco": None, "only": None,
-        "unified": None}
+POPE = {
+    "opera": "e3e3926",
+    "vista": "e3e3926",
+    "pai": MIXED,
+    "sid": MIXED,
+    "deco": None,
+    "only": None,
+    "unified": None,
+}
 
 
 @pytest.mark.parametrize("proto,family", list(CHAIR))
@@ -73,7 +80,9 @@ def test_released_lists_are_operas_and_checked():
 
 def test_a_changed_released_list_is_refused(tmp_path, monkeypatch):
     entry = chair_subsets.RELEASED["opera_llava-1.5"]
-    (tmp_path / entry.file).write_text((chair_subsets.IDS_DIR / entry.file).read_text().replace("226988", "226989"))
+    (tmp_path / entry.file).write_text(
+        (chair_subsets.IDS_DIR / entry.file).read_text().replace("226988", "226989")
+    )
     monkeypatch.setattr(chair_subsets, "IDS_DIR", tmp_path)
     with pytest.raises(ValueError, match=r"opera_llava-1\.5\.txt: sha256 .* is not the pinned"):
         chair_subsets.read_released("opera_llava-1.5")
@@ -117,18 +126,31 @@ def test_build_run_applies_the_papers_data_in_the_real_world(tmp_path):
     opera_chair = run(benchmark="chair", split="all", method="opera", protocol="opera")
     assert opera_chair.benchmark["image_id_list"] == "opera_llava-1.5"
     assert opera_chair.protocol["data"] == {"chair_subset": {"ids": "opera_llava-1.5"}}
-    ib = runs.build_run(cfg, model="instructblip-7b", seed=42, benchmark="chair", split="all", method="greedy",
-                        protocol="opera")
+    ib = runs.build_run(
+        cfg,
+        model="instructblip-7b",
+        seed=42,
+        benchmark="chair",
+        split="all",
+        method="greedy",
+        protocol="opera",
+    )
     assert ib.benchmark["image_id_list"] == "opera_instructblip"
     vista = run(benchmark="chair", split="all", method="vista", protocol="vista").benchmark
     assert (vista["subset_rule"], vista["subset_seed"], vista["n_images"]) == ("shuffle_choice", 1994, 500)
     for split, version in MIXED.items():
         pai = run(benchmark="pope", split=split, method="pai", protocol="pai").benchmark
         assert pai["questions"] == f"resources/pope/coco/{version}/{split}.json" and pai["version"] == version
-    assert run(benchmark="pope", split="random", method="opera", protocol="opera").benchmark["questions"] \
+    assert (
+        run(benchmark="pope", split="random", method="opera", protocol="opera").benchmark["questions"]
         == "resources/pope/coco/e3e3926/random.json"
+    )
     # the decode job's input files (common.smk decode_inputs) are the ones build_run decodes
-    for proto, method, split in (("pai", "pai", "popular"), ("opera", "opera", "random"), ("unified", "vista", "random")):
+    for proto, method, split in (
+        ("pai", "pai", "popular"),
+        ("opera", "opera", "random"),
+        ("unified", "vista", "random"),
+    ):
         want = run(benchmark="pope", split=split, method=method, protocol=proto).benchmark
         got = runs.protocol_bench(cfg, "pope", split, model="llava-1.5-7b", method=method, protocol=proto)
         assert got["questions"] == want["questions"]
@@ -138,16 +160,23 @@ def test_build_run_applies_the_papers_data_in_the_real_world(tmp_path):
         spec = run(benchmark="chair", split="all", method=method, protocol=proto)
         assert "image_id_list" not in spec.benchmark and spec.benchmark["subset_seed"] == 0
         assert "data" not in spec.protocol
-        assert run(benchmark="pope", split="random", method=method, protocol=proto).benchmark["questions"] \
+        assert (
+            run(benchmark="pope", split="random", method=method, protocol=proto).benchmark["questions"]
             == "resources/pope/coco/head/random.json"
-    assert "e3e3926" not in run(benchmark="pope_aokvqa", split="random", method="opera", protocol="opera") \
-        .benchmark["questions"]
+        )
+    assert (
+        "e3e3926"
+        not in run(benchmark="pope_aokvqa", split="random", method="opera", protocol="opera").benchmark[
+            "questions"
+        ]
+    )
 
 
 def test_demo_world_and_the_switch_keep_the_configs_data(tmp_path):
     cfg = _real_config(tmp_path, protocol_data=False)
-    spec = runs.build_run(cfg, model="llava-1.5-7b", seed=42, benchmark="chair", split="all", method="opera",
-                          protocol="opera")
+    spec = runs.build_run(
+        cfg, model="llava-1.5-7b", seed=42, benchmark="chair", split="all", method="opera", protocol="opera"
+    )
     assert "image_id_list" not in spec.benchmark and "data" not in spec.protocol
     assert "chair_subset" not in spec.protocol["sources"]
     demo = dict(cfg, world="demo", protocol_data=None)
@@ -156,17 +185,34 @@ def test_demo_world_and_the_switch_keep_the_configs_data(tmp_path):
 
 def test_a_questions_path_without_version_is_named(tmp_path):
     cfg = _real_config(tmp_path)
-    cfg["benchmarks"]["pope"] = dict(cfg["benchmarks"]["pope"], questions="resources/pope/coco/head/{split}.json")
-    with pytest.raises(runs.ConfigError, match=r"benchmarks\.pope\.questions: a paper protocol declares POPE "
-                                               r"version e3e3926; write \{version\}"):
-        runs.build_run(cfg, model="llava-1.5-7b", seed=42, benchmark="pope", split="random", method="opera",
-                       protocol="opera")
+    cfg["benchmarks"]["pope"] = dict(
+        cfg["benchmarks"]["pope"], questions="resources/pope/coco/head/{split}.json"
+    )
+    with pytest.raises(
+        runs.ConfigError,
+        match=r"benchmarks\.pope\.questions: a paper protocol declares POPE "
+        r"version e3e3926; write \{version\}",
+    ):
+        runs.build_run(
+            cfg,
+            model="llava-1.5-7b",
+            seed=42,
+            benchmark="pope",
+            split="random",
+            method="opera",
+            protocol="opera",
+        )
 
 
 def test_released_list_decodes_exactly_those_images(tmp_path):
     ids = chair_subsets.read_released("opera_llava-1.5")
     path = _captions(tmp_path, sorted(ids) + [1, 2, 3])
-    bench = {"captions": str(path), "images": str(tmp_path), "image_id_list": "opera_llava-1.5", "n_images": 500}
+    bench = {
+        "captions": str(path),
+        "images": str(tmp_path),
+        "image_id_list": "opera_llava-1.5",
+        "n_images": 500,
+    }
     from vcdflow.benchmarks import get_benchmark
 
     items = get_benchmark("chair").load_items(bench)

@@ -48,7 +48,7 @@ def test_vasparse_paper_protocol_runs_three_beams_script_protocol_one():
     assert "arXiv 2501.06553" in r.sources["search"]
     assert "transformers-4.36.2/src/transformers/generation/utils.py:7248,7323" in r.sources["search"]
     script = resolved("vasparse_script", "vasparse", "llava", "chair")
-    assert not script.search                                   # one beam: caption_generation_patch_vasparse.py:157
+    assert not script.search  # one beam: caption_generation_patch_vasparse.py:157
     assert "caption_generation_patch_vasparse.py:157" in script.sources["do_sample"]
     # the script protocol differs from the paper's in the beams only
     da, db = r.as_dict(), script.as_dict()
@@ -73,23 +73,33 @@ def test_protocol_show_prints_every_resolved_field_with_its_source(capsys):
 
     from vcdflow.protocols import Resolved
 
-    rc, out, _ = show(capsys, "halc", "--family", "instructblip", "--family", "llava", "--benchmark", "pope",
-                      "--json")
+    rc, out, _ = show(
+        capsys, "halc", "--family", "instructblip", "--family", "llava", "--benchmark", "pope", "--json"
+    )
     assert rc == 0
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [(r["family"], r["benchmark"], r["method"]) for r in rows] == [("instructblip", "pope", "halc"),
-                                                                         ("llava", "pope", "halc")]
+    assert [(r["family"], r["benchmark"], r["method"]) for r in rows] == [
+        ("instructblip", "pope", "halc"),
+        ("llava", "pope", "halc"),
+    ]
     # read generically from the record: every field of Resolved but the parameters, each with a source
     assert {k.split(".")[0] for k in rows[0]["fields"]} == {f.name for f in fields(Resolved)} - {
-        "protocol", "sources", "params"}
+        "protocol",
+        "sources",
+        "params",
+    }
     assert all(v["source"] for row in rows for v in row["fields"].values())
-    assert rows[0]["fields"]["max_new_tokens"] == {"value": 16,
-                                                   "source": "BillChan226/HALC run_scripts/pope_eval.py:105"}
+    assert rows[0]["fields"]["max_new_tokens"] == {
+        "value": 16,
+        "source": "BillChan226/HALC run_scripts/pope_eval.py:105",
+    }
     # the effective parameters: the protocol's override with its citation, the rest the method's defaults
     assert rows[0]["params"]["beam_size"]["value"] == 1
     assert "pope_eval.py:98" in rows[0]["params"]["beam_size"]["source"]
-    assert rows[0]["params"]["k_candidates"] == {"value": 4,
-                                                 "source": "the method's default (vcdflow.decoding.methods.halc)"}
+    assert rows[0]["params"]["k_candidates"] == {
+        "value": 4,
+        "source": "the method's default (vcdflow.decoding.methods.halc)",
+    }
     # a record field (the benchmark data) is shown per declared key with that key's source
     rc, out, _ = show(capsys, "opera", "--family", "llava", "--benchmark", "pope", "--json")
     assert json.loads(out)["fields"]["data.pope_version"]["value"] == "e3e3926"
@@ -98,9 +108,14 @@ def test_protocol_show_prints_every_resolved_field_with_its_source(capsys):
     rc, out, _ = show(capsys, "vasparse")
     assert rc == 0 and out.startswith("protocol vasparse: VASparse") and "== llava × chair" in out
     assert "== instructblip" not in out and "× pope" not in out
-    assert '  search = {"num_beams": 3, "length_norm": "generated"}\n      source: VASparse paper arXiv 2501.06553' in out
+    assert (
+        '  search = {"num_beams": 3, "length_norm": "generated"}\n      source: VASparse paper arXiv 2501.06553'
+        in out
+    )
     # another method under a protocol, and `paper` with --method
-    rc, out, _ = show(capsys, "halc", "--method", "dola", "--benchmark", "chair", "--family", "llava", "--json")
+    rc, out, _ = show(
+        capsys, "halc", "--method", "dola", "--benchmark", "chair", "--family", "llava", "--json"
+    )
     assert json.loads(out)["fields"]["search"]["value"] == {"num_beams": 3, "length_norm": "total"}
     rc, out, _ = show(capsys, "paper", "--method", "pai", "--benchmark", "pope", "--json")
     row = json.loads(out)
@@ -111,12 +126,18 @@ def test_protocol_show_prints_every_resolved_field_with_its_source(capsys):
     assert "vasparse_script: VASparse's released script (-b 1" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["nope"], "vcdflow protocol show: NAME: unknown protocol 'nope'; valid protocols: avisc"),
-    (["opera", "--family", "llama"], "vcdflow protocol show: --family: unknown value 'llama'; valid: llava"),
-    (["opera", "--method", "x"], "vcdflow protocol show: --method: unknown method 'x'; valid:"),
-    (["paper"], "vcdflow protocol show: NAME: 'paper' needs --method"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["nope"], "vcdflow protocol show: NAME: unknown protocol 'nope'; valid protocols: avisc"),
+        (
+            ["opera", "--family", "llama"],
+            "vcdflow protocol show: --family: unknown value 'llama'; valid: llava",
+        ),
+        (["opera", "--method", "x"], "vcdflow protocol show: --method: unknown method 'x'; valid:"),
+        (["paper"], "vcdflow protocol show: NAME: 'paper' needs --method"),
+    ],
+)
 def test_protocol_show_bad_input_is_one_line(capsys, argv, msg):
     rc, out, err = show(capsys, *argv)
     assert rc == 2 and out == "" and err.startswith(msg) and err.count("\n") == 1
@@ -126,21 +147,28 @@ def test_protocol_show_bad_input_is_one_line(capsys, argv, msg):
 LAVIS = {"repetition_penalty": 1.5, "repetition_context": "generated"}
 
 
-@pytest.mark.parametrize("protocol,method,line", [
-    # shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252 (default), :379-390 (generate call)
-    ("opera", "opera", "shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252,379-390"),
-    ("opera", "greedy", "shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252,379-390"),
-    # BillChan226/HALC and the VASparse fork: :331 (default), :485-496 (generate call)
-    ("halc", "dola", "BillChan226/HALC minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
-    ("halc", "halc", "BillChan226/HALC minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
-    ("dola", "dola", "mengchuang123/VASparse-github minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
-])
+@pytest.mark.parametrize(
+    "protocol,method,line",
+    [
+        # shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252 (default), :379-390 (generate call)
+        ("opera", "opera", "shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252,379-390"),
+        ("opera", "greedy", "shikiw/OPERA minigpt4/models/blip2_vicuna_instruct.py:252,379-390"),
+        # BillChan226/HALC and the VASparse fork: :331 (default), :485-496 (generate call)
+        ("halc", "dola", "BillChan226/HALC minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
+        ("halc", "halc", "BillChan226/HALC minigpt4/models/blip2_vicuna_instruct.py:331,485-496"),
+        (
+            "dola",
+            "dola",
+            "mengchuang123/VASparse-github minigpt4/models/blip2_vicuna_instruct.py:331,485-496",
+        ),
+    ],
+)
 def test_instructblip_runs_lavis_repetition_penalty(protocol, method, line):
     for bench in ("pope", "chair"):
         ib = resolved(protocol, method, "instructblip", bench)
         assert {k: ib.params[k] for k in LAVIS} == LAVIS, (protocol, method, bench)
         assert line in ib.sources["params"]
-        llava = resolved(protocol, method, "llava", bench)     # LLaVA-1.5's harness passes none
+        llava = resolved(protocol, method, "llava", bench)  # LLaVA-1.5's harness passes none
         assert llava.params.get("repetition_penalty", 1.0) == 1.0
     if method == "opera":  # 4.29's total length with input_ids = one BOS
         assert resolved("opera", "opera", "instructblip", "chair").params["length_norm"] == "total_bos"
@@ -149,11 +177,16 @@ def test_instructblip_runs_lavis_repetition_penalty(protocol, method, line):
 def test_lavis_penalty_beam_lengths_and_the_methods_it_does_not_reach():
     # beam5 (greedy, 5 beams) under OPERA on InstructBLIP: total length of BOS + generated
     r = resolved("opera", "greedy", "instructblip", "chair")
-    assert r.search["length_norm"] == "total_bos" and resolved("opera", "greedy", "llava", "chair").search[
-        "length_norm"] == "total"
+    assert (
+        r.search["length_norm"] == "total_bos"
+        and resolved("opera", "greedy", "llava", "chair").search["length_norm"] == "total"
+    )
     assert "transformers-4.29.2/src/transformers/generation/utils.py:548-550,584-594" in r.sources["search"]
     # DoLa on CHAIR in HALC's harness: 3 beams, one BOS in the total length
-    assert dict(resolved("halc", "dola", "instructblip", "chair").search) == {"num_beams": 3, "length_norm": "total_bos"}
+    assert dict(resolved("halc", "dola", "instructblip", "chair").search) == {
+        "num_beams": 3,
+        "length_norm": "total_bos",
+    }
     assert dict(resolved("halc", "dola", "llava", "chair").search) == {"num_beams": 3, "length_norm": "total"}
     assert not resolved("halc", "dola", "instructblip", "pope").search
     # SID (argmax before any processor, SID vcd_sample.py:180,190-191) and ONLY (its InstructBLIP

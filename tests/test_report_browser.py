@@ -28,18 +28,27 @@ def file_maps():
     for p in sorted((FIX / "results").glob("*/*/*/*/seed*.jsonl")):
         if not p.name.endswith(".scored.jsonl"):
             bench, split, model, label = p.parts[-5:-1]
-            key = (bench, split, model, label, int(p.name[len("seed"):-len(".jsonl")]))
+            key = (bench, split, model, label, int(p.name[len("seed") : -len(".jsonl")]))
             res[key] = p
             sco[key] = p.with_name(p.name.replace(".jsonl", ".scored.jsonl"))
     return res, sco
+
 
 pytestmark = pytest.mark.browser
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
 ]
 
 # Injected first in <head>: records script errors, failed resource loads and console.error
@@ -83,17 +92,26 @@ def browser() -> str:
 
 def run_browser(browser: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    return subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("browser")
     res, sco = file_maps()
-    return build_report(FIX / "metrics.csv", tmp / "index.html", result_files=res, scored_files=sco, runs=RUNS,
-                        paper_results=PAPER, config=CONFIG, image_root=FIX / "images",
-                        extra_images={("vcd", "chair-7"): [FIX / "images" / "img_1.png"]})
+    return build_report(
+        FIX / "metrics.csv",
+        tmp / "index.html",
+        result_files=res,
+        scored_files=sco,
+        runs=RUNS,
+        paper_results=PAPER,
+        config=CONFIG,
+        image_root=FIX / "images",
+        extra_images={("vcd", "chair-7"): [FIX / "images" / "img_1.png"]},
+    )
 
 
 def probe(browser: str, html: str, tmp: Path) -> tuple[dict, subprocess.CompletedProcess]:
@@ -109,10 +127,12 @@ def probe(browser: str, html: str, tmp: Path) -> tuple[dict, subprocess.Complete
 
 def test_probe_detects_broken_images_and_console_errors(browser, tmp_path):
     """Negative control: the checks below can fail."""
-    html = ('<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
-            '<img alt="ok" src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk'
-            '+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==">'
-            '<img alt="broken" src="data:image/png;base64,AAAA"><script>console.error("boom")</script></body></html>')
+    html = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+        '<img alt="ok" src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk'
+        '+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==">'
+        '<img alt="broken" src="data:image/png;base64,AAAA"><script>console.error("boom")</script></body></html>'
+    )
     result, proc = probe(browser, html, tmp_path)
     assert result["n_images"] == 2 and result["broken"] == ["broken"]
     assert result["console"] == ["boom"] and result["errors"]
@@ -129,8 +149,20 @@ def test_report_loads_cleanly_in_chromium(browser, page, tmp_path):
     # console messages Chromium itself logged (e.g. CSP or parse problems reported to the console)
     console = [l for l in proc.stderr.splitlines() if ":CONSOLE" in l]
     assert console == [], console
-    assert result["sections"] == ["overview", "bench-pope", "bench-chair", "bench-mme", "bench-amber",
-                                  "controls", "protocols", "reproduced", "speed", "examples", "errors", "provenance"]
+    assert result["sections"] == [
+        "overview",
+        "bench-pope",
+        "bench-chair",
+        "bench-mme",
+        "bench-amber",
+        "controls",
+        "protocols",
+        "reproduced",
+        "speed",
+        "examples",
+        "errors",
+        "provenance",
+    ]
 
 
 def test_report_screenshot(browser, page, tmp_path):
@@ -182,9 +214,14 @@ def test_overview_sorts_by_a_clicked_header(browser, page, tmp_path):
     proc = run_browser(browser, tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
     m = re.search(r'<pre id="__sort">(.*?)</pre>', proc.stdout, re.S)
     assert m, f"sort probe did not run; rc={proc.returncode}\n{proc.stderr[-2000:]}"
-    got = json.loads(m.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    got = json.loads(
+        m.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )
     # the page's own row order: per model, the runs in config order (qwen-vl: metrics rows only)
-    assert [r for r, _ in got["initial"]] == [f"llava-1.5-7b/{l}" for l in RUNS] + ["qwen-vl/greedy", "qwen-vl/vcd"]
+    assert [r for r, _ in got["initial"]] == [f"llava-1.5-7b/{l}" for l in RUNS] + [
+        "qwen-vl/greedy",
+        "qwen-vl/vcd",
+    ]
 
     def numbers(rows):
         return [float(v) for _, v in rows if v not in ("", "·")]

@@ -39,7 +39,7 @@ def file_maps(root: Path = FIX):
         if p.name.endswith(".scored.jsonl"):
             continue
         bench, split, model, label = p.parts[-5:-1]
-        key = (bench, split, model, label, int(p.name[len("seed"):-len(".jsonl")]))
+        key = (bench, split, model, label, int(p.name[len("seed") : -len(".jsonl")]))
         res[key] = p
         sco[key] = p.with_name(p.name.replace(".jsonl", ".scored.jsonl"))
     return res, sco
@@ -49,7 +49,9 @@ def metric_values(path: Path = FIX / "metrics.csv") -> dict[tuple, dict[int, flo
     out: dict[tuple, dict[int, float]] = {}
     with open(path, newline="") as fh:
         for r in csv.DictReader(fh):
-            out.setdefault((r["benchmark"], r["split"], r["model"], r["method"], r["metric"]), {})[int(r["seed"])] = float(r["value"])
+            out.setdefault((r["benchmark"], r["split"], r["model"], r["method"], r["metric"]), {})[
+                int(r["seed"])
+            ] = float(r["value"])
     return out
 
 
@@ -80,8 +82,14 @@ def report(tmp_path_factory) -> str:
     res, sco = file_maps()
     out = tmp_path_factory.mktemp("rep") / "reports" / "index.html"
     path = build_report(
-        FIX / "metrics.csv", out, result_files=res, scored_files=sco, runs=RUNS, paper_results=PAPER,
-        config=CONFIG, image_root=FIX / "images",
+        FIX / "metrics.csv",
+        out,
+        result_files=res,
+        scored_files=sco,
+        runs=RUNS,
+        paper_results=PAPER,
+        config=CONFIG,
+        image_root=FIX / "images",
         extra_images={("vcd", "chair-7"): [FIX / "images" / "img_1.png", FIX / "images" / "img_2.png"]},
     )
     assert path == out
@@ -95,9 +103,11 @@ def report(tmp_path_factory) -> str:
 def test_means_stds_and_deltas_match_metrics_csv(report):
     vals = metric_values()
     checked = 0
-    for bench, split, metrics in (("pope", "random", ("accuracy", "yes_ratio", "f1")),
-                                  ("chair", "all", ("chair_s", "chair_i", "recall")),
-                                  ("mme", "all", ("hallucination", "perception"))):
+    for bench, split, metrics in (
+        ("pope", "random", ("accuracy", "yes_ratio", "f1")),
+        ("chair", "all", ("chair_s", "chair_i", "recall")),
+        ("mme", "all", ("hallucination", "perception")),
+    ):
         for label in RUNS:
             for metric in metrics:
                 seeds = vals.get((bench, split, MODEL, label, metric))
@@ -242,9 +252,17 @@ def test_reproduced_vs_reported(report):
         flag = re.search(r'<td class="flag[^"]*">([^<]+)', body).group(1)
         spec = RUNS[label]
         # only the numbers of the paper whose protocol the run used (the fixture runs: VCD's)
-        match = [p for p in paper if p["benchmark"] == bench and p["split"] in (split, "") and p["model"] == model
-                 and p["method"] == spec["method"] and p["mode"] == spec["mode"] and p["metric"] == metric
-                 and p["source"].startswith("VCD (")]
+        match = [
+            p
+            for p in paper
+            if p["benchmark"] == bench
+            and p["split"] in (split, "")
+            and p["model"] == model
+            and p["method"] == spec["method"]
+            and p["mode"] == spec["mode"]
+            and p["metric"] == metric
+            and p["source"].startswith("VCD (")
+        ]
         assert any(abs(float(p["value"]) - pv) < 1e-9 for p in match), key
         assert diff == f"{ours - pv:+.2f}"
         assert flag == ("outside CI" if not lo <= pv <= hi else "within CI")
@@ -261,37 +279,93 @@ def test_unified_runs_are_never_set_beside_a_paper(tmp_path):
     """The same numbers labelled unified: no paper comparison, every row says its protocol."""
     res, sco = file_maps()
     runs = {k: dict(v, protocol="unified") for k, v in RUNS.items()}
-    html = build_report(FIX / "metrics.csv", tmp_path / "u.html", result_files=res, scored_files=sco, runs=runs,
-                        paper_results=PAPER, config=CONFIG, figures=False).read_text(encoding="utf-8")
+    html = build_report(
+        FIX / "metrics.csv",
+        tmp_path / "u.html",
+        result_files=res,
+        scored_files=sco,
+        runs=runs,
+        paper_results=PAPER,
+        config=CONFIG,
+        figures=False,
+    ).read_text(encoding="utf-8")
     assert not re.findall(r'<tr data-compare="', html)
     assert html.count('<span class="protocol" title="protocol">[unified]</span>') >= len(RUNS)
-    assert '[vcd]' not in html
+    assert "[vcd]" not in html
 
 
 def test_paper_results_file_holds_the_spec_tables():
     rows = list(csv.DictReader(open(PAPER, newline="")))
-    assert list(rows[0]) == ["benchmark", "split", "model", "method", "mode", "metric", "value", "source", "table", "setting"]
+    assert list(rows[0]) == [
+        "benchmark",
+        "split",
+        "model",
+        "method",
+        "mode",
+        "metric",
+        "value",
+        "source",
+        "table",
+        "setting",
+    ]
 
     def get(**kw):
         hits = [r for r in rows if all(r[k] == v for k, v in kw.items())]
         assert len(hits) == 1, kw
         return float(hits[0]["value"])
 
-    assert get(benchmark="pope", split="random", model="llava-1.5-7b", method="vcd", mode="sample", metric="accuracy",
-               table="Table 1") == 87.73
-    assert get(benchmark="pope", split="adversarial", model="instructblip-7b", method="avisc", metric="f1") == 81.92
-    assert get(benchmark="pope", split="adversarial", model="llava-1.5-7b", method="vcd", mode="greedy",
-               metric="accuracy") == 81.9
+    assert (
+        get(
+            benchmark="pope",
+            split="random",
+            model="llava-1.5-7b",
+            method="vcd",
+            mode="sample",
+            metric="accuracy",
+            table="Table 1",
+        )
+        == 87.73
+    )
+    assert (
+        get(benchmark="pope", split="adversarial", model="instructblip-7b", method="avisc", metric="f1")
+        == 81.92
+    )
+    assert (
+        get(
+            benchmark="pope",
+            split="adversarial",
+            model="llava-1.5-7b",
+            method="vcd",
+            mode="greedy",
+            metric="accuracy",
+        )
+        == 81.9
+    )
     assert get(benchmark="chair", model="instructblip-7b", method="ritual", metric="chair_i") == 8.8
     # MME totals are the sums of the four subtasks (RITUAL table)
     for method in ("sample", "vcd", "m3id", "ritual"):
-        parts = [r for r in rows if r["benchmark"] == "mme" and r["method"] == method and r["source"].startswith("RITUAL")]
+        parts = [
+            r
+            for r in rows
+            if r["benchmark"] == "mme" and r["method"] == method and r["source"].startswith("RITUAL")
+        ]
         sub = sum(float(r["value"]) for r in parts if r["metric"] != "hallucination")
         total = next(float(r["value"]) for r in parts if r["metric"] == "hallucination")
         assert sub == pytest.approx(total, abs=0.02), method
     models = {r["model"] for r in rows}  # the papers' own models, named as the papers name them
-    assert {"llava-1.5-7b", "instructblip-7b", "qwen-vl"} <= models <= {
-        "llava-1.5-7b", "llava-1.5-13b", "instructblip-7b", "qwen-vl", "qwen-vl-chat-7b", "qwen2.5-vl-3b", "qwen2.5-vl-7b"}
+    assert (
+        {"llava-1.5-7b", "instructblip-7b", "qwen-vl"}
+        <= models
+        <= {
+            "llava-1.5-7b",
+            "llava-1.5-13b",
+            "instructblip-7b",
+            "qwen-vl",
+            "qwen-vl-chat-7b",
+            "qwen2.5-vl-3b",
+            "qwen2.5-vl-7b",
+        }
+    )
     assert {r["mode"] for r in rows} <= {"greedy", "sample", "beam"}
 
 
@@ -299,8 +373,11 @@ def test_paper_results_file_holds_the_spec_tables():
 
 
 def test_speed_table_from_timing_fields(report):
-    rows = re.findall(r"<tr><td>(pope|chair)</td><td>" + re.escape(MODEL) + r"</td><td><code>(\w+)</code></td>(.*?)</tr>",
-                      report, re.S)
+    rows = re.findall(
+        r"<tr><td>(pope|chair)</td><td>" + re.escape(MODEL) + r"</td><td><code>(\w+)</code></td>(.*?)</tr>",
+        report,
+        re.S,
+    )
     got = {(b, l): re.findall(r'<td class="num">([^<]*)</td>', rest) for b, l, rest in rows}
     # fixture: greedy/sample 0.1 s per item, vcd/vcd_sample 0.2 s; POPE 1 token, CHAIR 12 tokens
     assert got[("pope", "greedy")][3] == "10.00"  # tokens/s
@@ -325,7 +402,9 @@ def test_examples_mark_hallucinated_objects_and_show_extras(report):
             scored[(label, r["item_id"])] = set(r["hallucinated_objects"])
     n_marks = 0
     for item, body in blocks:
-        for label, answer in re.findall(r"<td><code>(\w+)</code>.*?<td class=\"answer\">(.*?)</td>", body, re.S):
+        for label, answer in re.findall(
+            r"<td><code>(\w+)</code>.*?<td class=\"answer\">(.*?)</td>", body, re.S
+        ):
             for word in re.findall(r"<mark>([^<]+)</mark>", answer):
                 assert re.sub(r"e?s$", "", word) in scored[(label, item)] or word in scored[(label, item)]
                 n_marks += 1
@@ -341,7 +420,9 @@ def test_examples_mark_hallucinated_objects_and_show_extras(report):
 
 
 def test_error_counts_listed(report):
-    row = re.search(r'<tr data-run="pope/random/llava-1.5-7b/vcd_sample/seed2">(.*?)</tr>', report, re.S).group(1)
+    row = re.search(
+        r'<tr data-run="pope/random/llava-1.5-7b/vcd_sample/seed2">(.*?)</tr>', report, re.S
+    ).group(1)
     assert re.findall(r'<td class="num">([^<]*)</td>', row) == ["300", "1", "0.3%"]
     assert "CUDA out of memory (synthetic)" in row and ">ok<" in row
 
@@ -364,8 +445,18 @@ def test_provenance_section(report):
 
 def test_demo_is_labelled_and_never_compared(tmp_path):
     res, sco = file_maps()
-    out = build_report(FIX / "metrics.csv", tmp_path / "index.html", result_files=res, scored_files=sco, runs=RUNS,
-                       paper_results=PAPER, config=CONFIG, demo=True, n_examples=0, figures=False)
+    out = build_report(
+        FIX / "metrics.csv",
+        tmp_path / "index.html",
+        result_files=res,
+        scored_files=sco,
+        runs=RUNS,
+        paper_results=PAPER,
+        config=CONFIG,
+        demo=True,
+        n_examples=0,
+        figures=False,
+    )
     html = out.read_text()
     assert 'id="demo-banner"' in html and "DEMO WORLD" in html
     assert 'id="comparison-skipped"' in html and "data-compare" not in html
@@ -384,9 +475,19 @@ def test_subsets_build_and_say_what_is_missing(tmp_path):
     res, sco = file_maps()
     res = {k: v for k, v in res.items() if k[0] == "chair" and k[3] in ("greedy", "vcd")}
     sco = {k: sco[k] for k in res}
-    runs = dict(RUNS, ritual={"method": "ritual", "mode": "sample", "params": {"alpha": 3}, "protocol": "vcd"})
-    html = build_report(metrics, tmp_path / "r" / "index.html", result_files=res, scored_files=sco, runs=runs,
-                        paper_results=PAPER, config=CONFIG, figures=False).read_text()
+    runs = dict(
+        RUNS, ritual={"method": "ritual", "mode": "sample", "params": {"alpha": 3}, "protocol": "vcd"}
+    )
+    html = build_report(
+        metrics,
+        tmp_path / "r" / "index.html",
+        result_files=res,
+        scored_files=sco,
+        runs=runs,
+        paper_results=PAPER,
+        config=CONFIG,
+        figures=False,
+    ).read_text()
     assert "No results for pope" in html and "No results for mme" in html
     assert "method ritual: no results" in html and "method sample: no results" in html
     assert "no sample baseline" not in html  # 'sample' is configured but absent: said above
@@ -401,17 +502,34 @@ def test_subsets_build_and_say_what_is_missing(tmp_path):
 def test_error_refusal(tmp_path):
     rows = list(csv.DictReader(open(FIX / "metrics.csv", newline="")))
     for r in rows:
-        if (r["benchmark"], r["split"], r["method"], r["seed"], r["metric"]) == ("pope", "random", "vcd_sample", "1", "n_errors"):
+        if (r["benchmark"], r["split"], r["method"], r["seed"], r["metric"]) == (
+            "pope",
+            "random",
+            "vcd_sample",
+            "1",
+            "n_errors",
+        ):
             r["n_errors"] = r["value"] = "30"  # 30/300 = 10% > 5%
     metrics = tmp_path / "metrics.csv"
     with open(metrics, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["benchmark", "split", "model", "method", "seed", "metric", "value"],
-                           extrasaction="ignore")
+        w = csv.DictWriter(
+            fh,
+            fieldnames=["benchmark", "split", "model", "method", "seed", "metric", "value"],
+            extrasaction="ignore",
+        )
         w.writeheader()
         w.writerows(rows)
     res, sco = file_maps()
-    html = build_report(metrics, tmp_path / "a.html", result_files=res, scored_files=sco, runs=RUNS,
-                        paper_results=PAPER, n_examples=0, figures=False).read_text()
+    html = build_report(
+        metrics,
+        tmp_path / "a.html",
+        result_files=res,
+        scored_files=sco,
+        runs=RUNS,
+        paper_results=PAPER,
+        n_examples=0,
+        figures=False,
+    ).read_text()
     for metric in ("accuracy", "yes_ratio", "f1"):
         c = cell(html, f"pope/random/{MODEL}/vcd_sample/{metric}")
         assert c["refused"] == "—" and "mean" not in c
@@ -419,17 +537,29 @@ def test_error_refusal(tmp_path):
     assert cell(html, f"pope/random/{MODEL}/sample/accuracy")["mean"]  # other cells unaffected
     assert re.search(r'data-run="pope/random/llava-1.5-7b/vcd_sample/seed1">.*?refused', html, re.S)
     # a looser threshold accepts it
-    ok = build_report(metrics, tmp_path / "b.html", result_files=res, scored_files=sco, runs=RUNS,
-                      paper_results=PAPER, n_examples=0, max_error_fraction=0.2, figures=False).read_text()
+    ok = build_report(
+        metrics,
+        tmp_path / "b.html",
+        result_files=res,
+        scored_files=sco,
+        runs=RUNS,
+        paper_results=PAPER,
+        n_examples=0,
+        max_error_fraction=0.2,
+        figures=False,
+    ).read_text()
     assert "mean" in cell(ok, f"pope/random/{MODEL}/vcd_sample/accuracy")
 
 
 def test_explicit_speed_table_with_memory(tmp_path):
     speed = tmp_path / "speed.csv"
-    speed.write_text("benchmark,model,method,items,seconds,new_tokens,peak_mem_mb\n"
-                     f"pope,{MODEL},greedy,100,10,400,14000\npope,{MODEL},vcd,100,25,400,15500\n")
-    html = build_report(FIX / "metrics.csv", tmp_path / "s.html", runs=RUNS, paper_results=PAPER, speed=speed,
-                        n_examples=0).read_text()
+    speed.write_text(
+        "benchmark,model,method,items,seconds,new_tokens,peak_mem_mb\n"
+        f"pope,{MODEL},greedy,100,10,400,14000\npope,{MODEL},vcd,100,25,400,15500\n"
+    )
+    html = build_report(
+        FIX / "metrics.csv", tmp_path / "s.html", runs=RUNS, paper_results=PAPER, speed=speed, n_examples=0
+    ).read_text()
     row = re.search(r"<td><code>vcd</code></td>(.*?)</tr>", html.split('id="speed-table"')[1], re.S).group(1)
     cells = re.findall(r'<td class="num">([^<]*)</td>', row)
     assert cells == ["100", "400", "25.00", "16.00", "0.250", "2.50×", "15500"]
@@ -445,10 +575,19 @@ def test_bad_inputs_name_the_file(tmp_path):
     res, sco = file_maps(root)
     p = sco[("chair", "all", MODEL, "greedy", 0)]
     lines = p.read_text().splitlines()
-    lines[2] = json.dumps({"item_id": "chair-3", "hallucinated": 2, "mentions": 3, "hallucinated_mentions": 2})
+    lines[2] = json.dumps(
+        {"item_id": "chair-3", "hallucinated": 2, "mentions": 3, "hallucinated_mentions": 2}
+    )
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=re.escape(str(p)) + r":3: field 'hallucinated' must be 0 or 1"):
-        build_report(FIX / "metrics.csv", tmp_path / "y.html", result_files=res, scored_files=sco, runs=RUNS, figures=False)
+        build_report(
+            FIX / "metrics.csv",
+            tmp_path / "y.html",
+            result_files=res,
+            scored_files=sco,
+            runs=RUNS,
+            figures=False,
+        )
     assert not (tmp_path / "y.html").exists()
 
 
@@ -493,8 +632,16 @@ def test_a_second_pope_dataset_gets_its_own_tables_and_figures(tmp_path):
             res[("pope_gqa", split, model, label, seed)] = p
             sco[("pope_gqa", split, model, label, seed)] = sco[(bench, split, model, label, seed)]
     config = dict(CONFIG, benchmarks={**CONFIG["benchmarks"], "pope_gqa": {}})
-    out = build_report(metrics, tmp_path / "index.html", result_files=res, scored_files=sco, runs=RUNS,
-                       paper_results=PAPER, config=config, image_root=FIX / "images")
+    out = build_report(
+        metrics,
+        tmp_path / "index.html",
+        result_files=res,
+        scored_files=sco,
+        runs=RUNS,
+        paper_results=PAPER,
+        config=config,
+        image_root=FIX / "images",
+    )
     html = out.read_text(encoding="utf-8")
     alts = re.findall(r'<figure><img alt="([^"]*)"', html)
     assert "POPE accuracy against yes-ratio" in alts and "POPE (GQA) accuracy against yes-ratio" in alts
@@ -512,22 +659,46 @@ def test_speed_table_reads_peak_memory_and_hardware_from_the_sidecars(tmp_path):
     shutil.copytree(FIX, root)
     res, sco = file_maps(root)
     base = root / "results" / "pope" / "random" / MODEL / "vcd_sample"  # 3 seeds
-    seeds = sorted(int(p.name[4:-6]) for p in base.glob("seed*.jsonl") if not p.name.endswith(".scored.jsonl"))
+    seeds = sorted(
+        int(p.name[4:-6]) for p in base.glob("seed*.jsonl") if not p.name.endswith(".scored.jsonl")
+    )
     assert len(seeds) == 3
     for i, seed in enumerate(seeds):
-        (base / f"seed{seed}.meta.json").write_text(json.dumps(
-            {"peak_mem_mb": 1000.0 + i, "hardware": "1x NVIDIA H200", "device": "cuda", "seed": seed,
-             **({"decoded_seed": seeds[0]} if i == 2 else {})}))
-    html = build_report(root / "metrics.csv", tmp_path / "s.html", result_files=res, scored_files=sco, runs=RUNS,
-                        paper_results=PAPER, config=CONFIG, figures=False).read_text(encoding="utf-8")
+        (base / f"seed{seed}.meta.json").write_text(
+            json.dumps(
+                {
+                    "peak_mem_mb": 1000.0 + i,
+                    "hardware": "1x NVIDIA H200",
+                    "device": "cuda",
+                    "seed": seed,
+                    **({"decoded_seed": seeds[0]} if i == 2 else {}),
+                }
+            )
+        )
+    html = build_report(
+        root / "metrics.csv",
+        tmp_path / "s.html",
+        result_files=res,
+        scored_files=sco,
+        runs=RUNS,
+        paper_results=PAPER,
+        config=CONFIG,
+        figures=False,
+    ).read_text(encoding="utf-8")
     speed = re.search(r'<table id="speed-table">(.*?)</table>', html, re.S).group(1)
     rows = re.findall(r"<tr>(.*?)</tr>", speed, re.S)
     row = next(r for r in rows if "<td>pope</td>" in r and "<code>vcd_sample</code>" in r)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
     assert cells[-2] == "1002" and cells[-1] == "1x NVIDIA H200 (cuda)"
-    tokens = sum(r["timing"]["new_tokens"] for s in seeds[:2] for r in read_jsonl(base / f"seed{s}.jsonl")
-                 if not r.get("error"))
-    assert cells[3] == "vcd" and cells[6] == f"{tokens}"  # protocol; the third seed was recorded from the first one's decode
+    tokens = sum(
+        r["timing"]["new_tokens"]
+        for s in seeds[:2]
+        for r in read_jsonl(base / f"seed{s}.jsonl")
+        if not r.get("error")
+    )
+    assert (
+        cells[3] == "vcd" and cells[6] == f"{tokens}"
+    )  # protocol; the third seed was recorded from the first one's decode
     other = next(r for r in rows if "<td>pope</td>" in r and "<code>greedy</code>" in r)
     assert re.findall(r"<td[^>]*>(.*?)</td>", other, re.S)[-2:] == ["—", "—"]  # no sidecar: not recorded
 
@@ -576,7 +747,11 @@ def expected_p(bench, split, model, label, base, metric, seeds, base_seeds):
         ids = [i for i in a if i in b]
         x = [a[i][ITEM_FIELD[metric]] for i in ids]
         y = [b[i][ITEM_FIELD[metric]] for i in ids]
-        ps.append(stats.mcnemar_exact(x, y).pvalue if metric == "accuracy" else stats.paired_bootstrap_p(x, y, 10000, 0))
+        ps.append(
+            stats.mcnemar_exact(x, y).pvalue
+            if metric == "accuracy"
+            else stats.paired_bootstrap_p(x, y, 10000, 0)
+        )
     return max(ps)
 
 
@@ -592,7 +767,12 @@ def glance(html: str) -> tuple[list[str], dict[str, list[str]]]:
 def test_overview_table_matches_metrics_csv(report):
     vals = metric_values()
     cols, rows = glance(report)
-    assert cols == ["pope/random/accuracy", "pope/adversarial/accuracy", "chair/all/chair_s", "mme/all/hallucination"]
+    assert cols == [
+        "pope/random/accuracy",
+        "pope/adversarial/accuracy",
+        "chair/all/chair_s",
+        "mme/all/hallucination",
+    ]
     have = {(m, l) for (b, s, m, l, metric) in vals if HEADLINE.get(b) == metric}
     assert set(rows) == {f"{m}/{l}" for m, l in have}
     n_ci = n_p = n_delta = 0
@@ -605,11 +785,17 @@ def test_overview_table_matches_metrics_csv(report):
             if seeds is None:
                 assert 'class="mean"' not in td and 'data-sort=""' in td
                 continue
-            got = {cls: (re.search(r'<span class="' + cls + r'[^"]*"[^>]*>([^<]*)</span>', td) or [None, None])[1]
-                   for cls in ("mean", "ci-lo", "ci-hi", "dv", "pv")}
+            got = {
+                cls: (re.search(r'<span class="' + cls + r'[^"]*"[^>]*>([^<]*)</span>', td) or [None, None])[
+                    1
+                ]
+                for cls in ("mean", "ci-lo", "ci-hi", "dv", "pv")
+            }
             mean = statistics.fmean(seeds.values())
             assert got["mean"] == f2(mean), (run, col)
-            assert f'data-sort="{mean!r}"' in td or float(re.search(r'data-sort="([^"]+)"', td).group(1)) == pytest.approx(mean)
+            assert f'data-sort="{mean!r}"' in td or float(
+                re.search(r'data-sort="([^"]+)"', td).group(1)
+            ) == pytest.approx(mean)
             ci = expected_ci(bench, split, model, label, metric, seeds)
             assert ((got["ci-lo"], got["ci-hi"]) == ci) if ci else got["ci-lo"] is None, (run, col, got, ci)
             n_ci += ci is not None
@@ -640,7 +826,9 @@ def controls_table(html: str, group: str) -> dict[str, str]:
 
 def td(row: str, cls: str, control: str | None = None) -> str:
     attr = f' data-control="{control}"' if control else ""
-    return re.search(r'<td class="num ' + cls + r'[^"]*"' + attr + r'[^>]*>([^<]*)</td>', row).group(1).strip()
+    return (
+        re.search(r'<td class="num ' + cls + r'[^"]*"' + attr + r"[^>]*>([^<]*)</td>", row).group(1).strip()
+    )
 
 
 def fmt_p(p: float) -> str:
@@ -654,8 +842,10 @@ def test_controls_section_matches_metrics_csv(report):
     mean = lambda l, m: statistics.fmean(vals[("pope", "random", MODEL, l, m)].values())  # noqa: E731
     seeds = lambda l: vals[("pope", "random", MODEL, l, "accuracy")]  # noqa: E731
     section = report.split('<section id="controls">')[1].split("</section>")[0]
-    for mode, base, ctrls, methods in (("greedy", "greedy", ["pba", "olm"], ["vcd"]),
-                                       ("sample", "sample", ["apc_sample"], ["vcd_sample"])):
+    for mode, base, ctrls, methods in (
+        ("greedy", "greedy", ["pba", "olm"], ["vcd"]),
+        ("sample", "sample", ["apc_sample"], ["vcd_sample"]),
+    ):
         rows = controls_table(section, f"pope/random/{MODEL}/vcd/{mode}")
         assert list(rows) == [base, *ctrls, *methods]
         for label in [base, *ctrls, *methods]:
@@ -684,21 +874,41 @@ def test_controls_section_matches_metrics_csv(report):
 def test_controls_verdict_yes_when_a_method_beats_every_control(tmp_path):
     """Variant: baseline = the run ``pba`` (greedy + 4 fixes), the only control = the run ``greedy``
     (engine method apc here); vcd fixes 10 of greedy's wrong answers and breaks none: beats it."""
-    rows = [r for r in csv.DictReader(open(FIX / "metrics.csv", newline=""))
-            if r["benchmark"] == "pope" and r["split"] == "random" and r["model"] == MODEL
-            and r["method"] in ("greedy", "pba", "vcd")]
+    rows = [
+        r
+        for r in csv.DictReader(open(FIX / "metrics.csv", newline=""))
+        if r["benchmark"] == "pope"
+        and r["split"] == "random"
+        and r["model"] == MODEL
+        and r["method"] in ("greedy", "pba", "vcd")
+    ]
     metrics = tmp_path / "metrics.csv"
     with open(metrics, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     res, sco = file_maps()
-    res = {k: v for k, v in res.items() if k[:3] == ("pope", "random", MODEL) and k[3] in ("greedy", "pba", "vcd")}
+    res = {
+        k: v
+        for k, v in res.items()
+        if k[:3] == ("pope", "random", MODEL) and k[3] in ("greedy", "pba", "vcd")
+    }
     sco = {k: sco[k] for k in res}
-    runs = {"pba": dict(RUNS["pba"], method="greedy"), "greedy": dict(RUNS["greedy"], method="apc"),
-            "vcd": RUNS["vcd"]}
-    html = build_report(metrics, tmp_path / "v.html", result_files=res, scored_files=sco, runs=runs,
-                        paper_results=PAPER, figures=False, n_examples=0).read_text()
+    runs = {
+        "pba": dict(RUNS["pba"], method="greedy"),
+        "greedy": dict(RUNS["greedy"], method="apc"),
+        "vcd": RUNS["vcd"],
+    }
+    html = build_report(
+        metrics,
+        tmp_path / "v.html",
+        result_files=res,
+        scored_files=sco,
+        runs=runs,
+        paper_results=PAPER,
+        figures=False,
+        n_examples=0,
+    ).read_text()
     t = controls_table(html, f"pope/random/{MODEL}/vcd/greedy")
     assert list(t) == ["pba", "greedy", "vcd"]
     assert td(t["vcd"], "vs-p", "greedy") == fmt_p(2 * 0.5**10)
@@ -729,18 +939,36 @@ def test_a_comparison_decoded_under_different_library_versions_is_flagged(tmp_pa
         model_commits = model_commits or {"greedy": "a" * 40, "vcd": "a" * 40}
         for k, p in copies.items():
             v = dict(base, transformers="5.24.0" if k[3] == "greedy" else tf_vcd)
-            shards = [{"versions": v}, {"versions": dict(v, numpy=numpy_shard)}] if numpy_shard and k[3:] == ("vcd", 0) else []
-            meta = {"versions": [s["versions"] for s in shards] if shards else v, "shards": shards,
-                    "model_source": {"commit": model_commits[k[3]]}}
+            shards = (
+                [{"versions": v}, {"versions": dict(v, numpy=numpy_shard)}]
+                if numpy_shard and k[3:] == ("vcd", 0)
+                else []
+            )
+            meta = {
+                "versions": [s["versions"] for s in shards] if shards else v,
+                "shards": shards,
+                "model_source": {"commit": model_commits[k[3]]},
+            }
             p.with_name(p.name.replace(".jsonl", ".meta.json")).write_text(json.dumps(meta))
 
     write_sidecars("5.25.0", numpy_shard="2.4.5", model_commits={"greedy": "a" * 40, "vcd": "b" * 40})
-    html = build_report(metrics, tmp_path / "a.html", result_files=copies, scored_files={k: sco[k] for k in keys},
-                        runs=RUNS, paper_results=PAPER, config=CONFIG, n_examples=0, figures=False).read_text()
+    html = build_report(
+        metrics,
+        tmp_path / "a.html",
+        result_files=copies,
+        scored_files={k: sco[k] for k in keys},
+        runs=RUNS,
+        paper_results=PAPER,
+        config=CONFIG,
+        n_examples=0,
+        figures=False,
+    ).read_text()
     rows = re.findall(r'<tr class="versions-conflict"><td[^>]*>([^<]*)</td>', html)
-    assert rows == ["results decoded under different library versions or model weights — model commit "
-                    f"{'a' * 40}: greedy; {'b' * 40}: vcd | numpy 2.4.5: vcd; 2.4.6: greedy, vcd"
-                    " | transformers 5.24.0: greedy; 5.25.0: vcd"]
+    assert rows == [
+        "results decoded under different library versions or model weights — model commit "
+        f"{'a' * 40}: greedy; {'b' * 40}: vcd | numpy 2.4.5: vcd; 2.4.6: greedy, vcd"
+        " | transformers 5.24.0: greedy; 5.25.0: vcd"
+    ]
     assert f"chair/all/{MODEL}: results decoded under different" in html
     prov = re.search(r'<td id="decode-versions">(.*?)</td>', html, re.S).group(1).split("<div")[0]
     assert prov.count("transformers 5.24.0") == 1 and prov.count("transformers 5.25.0") == 2  # 3 sets
@@ -749,14 +977,33 @@ def test_a_comparison_decoded_under_different_library_versions_is_flagged(tmp_pa
 
     write_sidecars("5.24.0")
     # the hub revisions lock (vcdflow.data.hub_revisions.lock_rows) shown in the provenance
-    hub = [{"repo_type": "model", "repo": "llava-hf/llava-1.5-7b-hf", "revision": "main", "commit": "a" * 40,
-            "recorded": "2026-12-08T01:00:00Z", "lock": "config/hub-revisions.lock"}]
-    same = build_report(metrics, tmp_path / "b.html", result_files=copies, scored_files={k: sco[k] for k in keys},
-                        runs=RUNS, paper_results=PAPER, config=CONFIG, n_examples=0, figures=False,
-                        provenance=collect_provenance(config=CONFIG, extra={"hub_revisions": hub})).read_text()
+    hub = [
+        {
+            "repo_type": "model",
+            "repo": "llava-hf/llava-1.5-7b-hf",
+            "revision": "main",
+            "commit": "a" * 40,
+            "recorded": "2026-12-08T01:00:00Z",
+            "lock": "config/hub-revisions.lock",
+        }
+    ]
+    same = build_report(
+        metrics,
+        tmp_path / "b.html",
+        result_files=copies,
+        scored_files={k: sco[k] for k in keys},
+        runs=RUNS,
+        paper_results=PAPER,
+        config=CONFIG,
+        n_examples=0,
+        figures=False,
+        provenance=collect_provenance(config=CONFIG, extra={"hub_revisions": hub}),
+    ).read_text()
     hub_cell = re.search(r'<td id="hub-revisions">(.*?)</td>', same, re.S).group(1)
-    assert re.sub(r"<[^>]+>", "", hub_cell) == (f"llava-hf/llava-1.5-7b-hf main → {'a' * 40} (recorded "
-                                                "2026-12-08T01:00:00Z)from config/hub-revisions.lock")
+    assert re.sub(r"<[^>]+>", "", hub_cell) == (
+        f"llava-hf/llava-1.5-7b-hf main → {'a' * 40} (recorded "
+        "2026-12-08T01:00:00Z)from config/hub-revisions.lock"
+    )
     assert "versions-conflict" not in same and "different library versions" not in same
     n = len(keys)
-    assert f"transformers 5.24.0 <span class=\"note\">({n} results)</span>" in same
+    assert f'transformers 5.24.0 <span class="note">({n} results)</span>' in same

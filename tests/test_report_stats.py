@@ -148,14 +148,49 @@ def test_a_beam_run_is_never_the_greedy_baseline():
     from vcdflow.report.analysis import Analysis, baselines
 
     runs = {
-        "beam5@opera": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "opera", "label": "beam5",
-                        "search": {"num_beams": 5, "length_penalty": 1.0, "early_stopping": False, "length_norm": "total"}},
-        "greedy@opera": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "opera", "label": "greedy",
-                         "search": None},
-        "opera@opera": {"method": "opera", "mode": "greedy", "params": {}, "protocol": "opera", "label": "opera"},
-        "beam5": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "unified", "label": "beam5",
-                  "search": {"num_beams": 5}},
-        "greedy": {"method": "greedy", "mode": "greedy", "params": {}, "protocol": "unified", "label": "greedy"},
+        "beam5@opera": {
+            "method": "greedy",
+            "mode": "greedy",
+            "params": {},
+            "protocol": "opera",
+            "label": "beam5",
+            "search": {
+                "num_beams": 5,
+                "length_penalty": 1.0,
+                "early_stopping": False,
+                "length_norm": "total",
+            },
+        },
+        "greedy@opera": {
+            "method": "greedy",
+            "mode": "greedy",
+            "params": {},
+            "protocol": "opera",
+            "label": "greedy",
+            "search": None,
+        },
+        "opera@opera": {
+            "method": "opera",
+            "mode": "greedy",
+            "params": {},
+            "protocol": "opera",
+            "label": "opera",
+        },
+        "beam5": {
+            "method": "greedy",
+            "mode": "greedy",
+            "params": {},
+            "protocol": "unified",
+            "label": "beam5",
+            "search": {"num_beams": 5},
+        },
+        "greedy": {
+            "method": "greedy",
+            "mode": "greedy",
+            "params": {},
+            "protocol": "unified",
+            "label": "greedy",
+        },
     }
     base = baselines(runs)
     assert base[("opera", "greedy")] == "greedy@opera"
@@ -165,4 +200,6 @@ def test_a_beam_run_is_never_the_greedy_baseline():
     rows = Analysis.row_groups(type("A", (), {"runs": runs})(), list(runs))
     names = {(r["name"], r["protocol"]) for r in rows}
     assert ("greedy (5 beams)", "opera") in names and ("baseline", "opera") in names
-    assert [r["labels"] for r in rows if r["name"] == "baseline" and r["protocol"] == "opera"] == [{"greedy": "greedy@opera"}]
+    assert [r["labels"] for r in rows if r["name"] == "baseline" and r["protocol"] == "opera"] == [
+        {"greedy": "greedy@opera"}
+    ]

@@ -1,4 +1,4 @@
-"""Run-level beam search (E11 through the workflow): method-entry keys ``num_beams``,
+"""Run-level beam search (through the workflow): method-entry keys ``num_beams``,
 ``length_penalty``, ``early_stopping``, ``length_norm`` and a protocol's ``search`` -> the run
 record (``method.search``, so the hash) -> ``runner.decode_batch`` -> ``generate``.
 
@@ -43,23 +43,46 @@ def world(tmp_path_factory):
     model, processor = build_demo_vlm(seed=6)
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
-    return {"root": root, "questions": questions, "images": images, "model": root / "model",
-            "vlm": load_vlm(root / "model")}
+    return {
+        "root": root,
+        "questions": questions,
+        "images": images,
+        "model": root / "model",
+        "vlm": load_vlm(root / "model"),
+    }
 
 
-def make_config(methods, *, protocol="unified", questions="q_{split}.json", images="img", model="models/m",
-                extra_benchmarks=None):
-    return {"seeds": [0],
-            "benchmarks": {"pope": {"splits": ["random"], "questions": questions, "images": images,
-                                    "prompt": "{question} One word.", "max_new_tokens": N_NEW},
-                           **(extra_benchmarks or {})},
-            "models": {"demo": {"path": str(model), "family": "llava", "revision": "local", "dtype": "float32"}},
-            "methods": methods, "protocol": protocol}
+def make_config(
+    methods,
+    *,
+    protocol="unified",
+    questions="q_{split}.json",
+    images="img",
+    model="models/m",
+    extra_benchmarks=None,
+):
+    return {
+        "seeds": [0],
+        "benchmarks": {
+            "pope": {
+                "splits": ["random"],
+                "questions": questions,
+                "images": images,
+                "prompt": "{question} One word.",
+                "max_new_tokens": N_NEW,
+            },
+            **(extra_benchmarks or {}),
+        },
+        "models": {"demo": {"path": str(model), "family": "llava", "revision": "local", "dtype": "float32"}},
+        "methods": methods,
+        "protocol": protocol,
+    }
 
 
 def spec_of(cfg, label, protocol="unified", benchmark="pope", split="random"):
-    return runs.build_run(cfg, benchmark=benchmark, split=split, model="demo", method=label, seed=0,
-                          protocol=protocol).as_dict()
+    return runs.build_run(
+        cfg, benchmark=benchmark, split=split, model="demo", method=label, seed=0, protocol=protocol
+    ).as_dict()
 
 
 def job(cfg, label, protocol="unified"):
@@ -75,10 +98,17 @@ def test_beam_label_decodes_through_the_runner_as_generate_with_beams(world):
     from vcdflow.decoding import Request, generate
     from vcdflow.runner import load_items
 
-    methods = {"greedy": {"method": "greedy"},
-               "beam3": {"method": "greedy", "num_beams": 3, "length_penalty": 0.5},
-               "vcd_beam2": {"method": "vcd", "num_beams": 2, "early_stopping": True, "length_norm": "total",
-                             "params": {"alpha": 1.0, "beta": 0.1, "noise_step": 500}}}
+    methods = {
+        "greedy": {"method": "greedy"},
+        "beam3": {"method": "greedy", "num_beams": 3, "length_penalty": 0.5},
+        "vcd_beam2": {
+            "method": "vcd",
+            "num_beams": 2,
+            "early_stopping": True,
+            "length_norm": "total",
+            "params": {"alpha": 1.0, "beta": 0.1, "noise_step": 500},
+        },
+    }
     cfg = make_config(methods, questions=world["questions"], images=world["images"], model=world["model"])
     runs.validate_config(cfg)
     vlm = world["vlm"]
@@ -92,10 +122,18 @@ def test_beam_label_decodes_through_the_runner_as_generate_with_beams(world):
         seen.append(kw)
         return generate(vlm_, requests, **kw)
 
-    cases = {"beam3": ("greedy", {}, {"num_beams": 3, "length_penalty": 0.5, "early_stopping": False,
-                                      "length_norm": "generated"}),
-             "vcd_beam2": ("vcd", {"alpha": 1.0, "beta": 0.1, "noise_step": 500},
-                           {"num_beams": 2, "length_penalty": 1.0, "early_stopping": True, "length_norm": "total"})}
+    cases = {
+        "beam3": (
+            "greedy",
+            {},
+            {"num_beams": 3, "length_penalty": 0.5, "early_stopping": False, "length_norm": "generated"},
+        ),
+        "vcd_beam2": (
+            "vcd",
+            {"alpha": 1.0, "beta": 0.1, "noise_step": 500},
+            {"num_beams": 2, "length_penalty": 1.0, "early_stopping": True, "length_norm": "total"},
+        ),
+    }
     differs = 0
     for label, (method, params, search) in cases.items():
         run = job(cfg, label)
@@ -105,14 +143,31 @@ def test_beam_label_decodes_through_the_runner_as_generate_with_beams(world):
         assert {k: seen[-1][k] for k in search} == search  # the runner passed the record's search keys
         # the same requests, decoded by calling the engine directly with the beam arguments written out
         system = run["protocol"]["system"]
-        reqs = [Request(image=Image.open(it["image_path"]).convert("RGB"),
-                        prompt=f"{it['question']} One word.", item_id=it["item_id"], system=system) for it in items]
-        direct = generate(vlm, reqs, method=method, params=params, max_new_tokens=N_NEW, seed=0,
-                          batch_size=len(reqs), **search)
+        reqs = [
+            Request(
+                image=Image.open(it["image_path"]).convert("RGB"),
+                prompt=f"{it['question']} One word.",
+                item_id=it["item_id"],
+                system=system,
+            )
+            for it in items
+        ]
+        direct = generate(
+            vlm,
+            reqs,
+            method=method,
+            params=params,
+            max_new_tokens=N_NEW,
+            seed=0,
+            batch_size=len(reqs),
+            **search,
+        )
         assert all(r["error"] is None for r in recs)
         assert [r["answer"] for r in recs] == [o.text for o in direct]
         assert [r["meta"]["finish_reason"] for r in recs] == [o.meta["finish_reason"] for o in direct]
-        one_beam = generate(vlm, reqs, method=method, params=params, max_new_tokens=N_NEW, seed=0, batch_size=len(reqs))
+        one_beam = generate(
+            vlm, reqs, method=method, params=params, max_new_tokens=N_NEW, seed=0, batch_size=len(reqs)
+        )
         differs += sum(o.token_ids != b.token_ids for o, b in zip(direct, one_beam))
     assert differs > 0, "beam search never changed an output: the test would not see beams being dropped"
     # the greedy run passes no beam argument at all
@@ -121,9 +176,12 @@ def test_beam_label_decodes_through_the_runner_as_generate_with_beams(world):
 
 
 def test_beam_run_hash_differs_and_one_beam_records_stay_as_they_were():
-    methods = {"greedy": {"method": "greedy"}, "beam5": {"method": "greedy", "num_beams": 5},
-               "beam5_lp": {"method": "greedy", "num_beams": 5, "length_penalty": 2.0},
-               "one": {"method": "greedy", "num_beams": 1}}
+    methods = {
+        "greedy": {"method": "greedy"},
+        "beam5": {"method": "greedy", "num_beams": 5},
+        "beam5_lp": {"method": "greedy", "num_beams": 5, "length_penalty": 2.0},
+        "one": {"method": "greedy", "num_beams": 1},
+    }
     cfg = make_config(methods)
     runs.validate_config(cfg)
     h = {label: result_hash(job(cfg, label)) for label in methods}
@@ -139,8 +197,12 @@ def test_beam_run_hash_differs_and_one_beam_records_stay_as_they_were():
         assert "search" not in spec["method"] and "search" not in spec["protocol"]
         assert "search" not in spec["protocol"]["sources"]
     b = spec_of(cfg, "beam5")
-    assert b["method"]["search"] == {"num_beams": 5, "length_penalty": 1.0, "early_stopping": False,
-                                     "length_norm": "generated"}
+    assert b["method"]["search"] == {
+        "num_beams": 5,
+        "length_penalty": 1.0,
+        "early_stopping": False,
+        "length_norm": "generated",
+    }
     # describe() (what `vcdflow describe` / the sidecar show) carries it
     from vcdflow.runner import describe
 
@@ -150,31 +212,78 @@ def test_beam_run_hash_differs_and_one_beam_records_stay_as_they_were():
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("entry, needle", [
-    ({"method": "greedy", "num_beams": 3, "do_sample": True},
-     "config methods.x.num_beams: 3 beams is beam search, a greedy mode, but do_sample: true"),
-    ({"method": "sample", "num_beams": 2}, "config methods.x.num_beams: 2 beams is beam search, a greedy mode, but "
-                                           "do_sample: true"),
-    ({"method": "vcd", "num_beams": 4, "do_sample": True}, "config methods.x.num_beams: 4 beams is beam search"),
-    ({"method": "opera", "num_beams": 5}, "config methods.x.num_beams: method 'opera' sets its beams with parameter "
-                                          "'num_beams'"),
-    ({"method": "contrastive_search", "num_beams": 2},
-     "config methods.x.num_beams: method 'contrastive_search' is its own search: num_beams must be 1"),
-    ({"method": "text_cd", "num_beams": 2, "params": {"variant": "li"}},
-     "config methods.x.num_beams: method 'text_cd' variant 'li' sets its beams with parameter 'num_beams'"),
-    ({"method": "greedy", "num_beams": "5"}, "config methods.x.num_beams: num_beams must be a positive integer, got '5'"),
-    ({"method": "greedy", "num_beams": 0}, "config methods.x.num_beams: num_beams must be a positive integer, got 0"),
-    ({"method": "greedy", "num_beams": True}, "config methods.x.num_beams: num_beams must be a positive integer, got True"),
-    ({"method": "greedy", "num_beams": 2, "length_penalty": "long"},
-     "config methods.x.length_penalty: length_penalty must be a number, got 'long'"),
-    ({"method": "greedy", "num_beams": 2, "early_stopping": "sometimes"},
-     "config methods.x.early_stopping: early_stopping must be True, False or 'never', got 'sometimes'"),
-    ({"method": "greedy", "num_beams": 2, "length_norm": "all"},
-     "config methods.x.length_norm: length_norm must be one of generated, total, total_bos, got 'all'"),
-    ({"method": "greedy", "length_penalty": 2.0},
-     "config methods.x.length_penalty: only used by beam search, and this run has one beam"),
-], ids=["sample+beams", "method-sample", "vcd-sample", "opera", "contrastive_search", "text_cd-li", "str", "zero",
-        "bool", "length_penalty", "early_stopping", "length_norm", "no-beams"])
+@pytest.mark.parametrize(
+    "entry, needle",
+    [
+        (
+            {"method": "greedy", "num_beams": 3, "do_sample": True},
+            "config methods.x.num_beams: 3 beams is beam search, a greedy mode, but do_sample: true",
+        ),
+        (
+            {"method": "sample", "num_beams": 2},
+            "config methods.x.num_beams: 2 beams is beam search, a greedy mode, but do_sample: true",
+        ),
+        (
+            {"method": "vcd", "num_beams": 4, "do_sample": True},
+            "config methods.x.num_beams: 4 beams is beam search",
+        ),
+        (
+            {"method": "opera", "num_beams": 5},
+            "config methods.x.num_beams: method 'opera' sets its beams with parameter 'num_beams'",
+        ),
+        (
+            {"method": "contrastive_search", "num_beams": 2},
+            "config methods.x.num_beams: method 'contrastive_search' is its own search: num_beams must be 1",
+        ),
+        (
+            {"method": "text_cd", "num_beams": 2, "params": {"variant": "li"}},
+            "config methods.x.num_beams: method 'text_cd' variant 'li' sets its beams with parameter 'num_beams'",
+        ),
+        (
+            {"method": "greedy", "num_beams": "5"},
+            "config methods.x.num_beams: num_beams must be a positive integer, got '5'",
+        ),
+        (
+            {"method": "greedy", "num_beams": 0},
+            "config methods.x.num_beams: num_beams must be a positive integer, got 0",
+        ),
+        (
+            {"method": "greedy", "num_beams": True},
+            "config methods.x.num_beams: num_beams must be a positive integer, got True",
+        ),
+        (
+            {"method": "greedy", "num_beams": 2, "length_penalty": "long"},
+            "config methods.x.length_penalty: length_penalty must be a number, got 'long'",
+        ),
+        (
+            {"method": "greedy", "num_beams": 2, "early_stopping": "sometimes"},
+            "config methods.x.early_stopping: early_stopping must be True, False or 'never', got 'sometimes'",
+        ),
+        (
+            {"method": "greedy", "num_beams": 2, "length_norm": "all"},
+            "config methods.x.length_norm: length_norm must be one of generated, total, total_bos, got 'all'",
+        ),
+        (
+            {"method": "greedy", "length_penalty": 2.0},
+            "config methods.x.length_penalty: only used by beam search, and this run has one beam",
+        ),
+    ],
+    ids=[
+        "sample+beams",
+        "method-sample",
+        "vcd-sample",
+        "opera",
+        "contrastive_search",
+        "text_cd-li",
+        "str",
+        "zero",
+        "bool",
+        "length_penalty",
+        "early_stopping",
+        "length_norm",
+        "no-beams",
+    ],
+)
 def test_bad_search_settings_fail_naming_label_and_key(entry, needle):
     cfg = make_config({"greedy": {"method": "greedy"}, "x": entry})
     with pytest.raises(runs.ConfigError) as err:
@@ -186,8 +295,12 @@ def test_bad_search_settings_fail_naming_label_and_key(entry, needle):
 def test_self_searching_methods_keep_their_own_beams():
     """OPERA / text_cd li run their own search (its beams a parameter): no run-level search recorded;
     text_cd's obrien variant takes the generic beams."""
-    cfg = make_config({"opera": {"method": "opera", "params": {"num_beams": 3}},
-                       "text_cd_obrien": {"method": "text_cd", "num_beams": 2}})
+    cfg = make_config(
+        {
+            "opera": {"method": "opera", "params": {"num_beams": 3}},
+            "text_cd_obrien": {"method": "text_cd", "num_beams": 2},
+        }
+    )
     runs.validate_config(cfg)
     assert "search" not in spec_of(cfg, "opera")["method"]
     assert spec_of(cfg, "text_cd_obrien")["method"]["search"]["num_beams"] == 2
@@ -200,23 +313,41 @@ CHAIR = {"chair": {"instances": "i.json", "captions": "c.json", "images": "img",
 
 
 def test_protocols_that_fix_beams_show_up_in_the_run_record():
-    cfg = make_config({"vti": {"method": "vti"}, "vti_sample": {"method": "vti", "do_sample": True},
-                       "vti2": {"method": "vti", "num_beams": 2}, "dola": {"method": "dola"}},
-                      extra_benchmarks=CHAIR)
+    cfg = make_config(
+        {
+            "vti": {"method": "vti"},
+            "vti_sample": {"method": "vti", "do_sample": True},
+            "vti2": {"method": "vti", "num_beams": 2},
+            "dola": {"method": "dola"},
+        },
+        extra_benchmarks=CHAIR,
+    )
     runs.validate_config(cfg)
     # VTI's official run: 5 beams (shengliu66/VTI experiments/eval/run_mmhal_vti.py:120), 4.31's length
     vti = spec_of(cfg, "vti", "vti")
-    assert vti["method"]["search"] == {"num_beams": 5, "length_penalty": 1.0, "early_stopping": False,
-                                       "length_norm": "total"}
+    assert vti["method"]["search"] == {
+        "num_beams": 5,
+        "length_penalty": 1.0,
+        "early_stopping": False,
+        "length_norm": "total",
+    }
     assert vti["protocol"]["search"] == {"num_beams": 5, "length_norm": "total"}
     assert "run_mmhal_vti.py:120" in vti["protocol"]["sources"]["search"]
     # the paper's value wins under its protocol, the config's under unified; sampling has no beams
     assert spec_of(cfg, "vti2", "vti")["method"]["search"]["num_beams"] == 5
-    assert spec_of(cfg, "vti2")["method"]["search"] == {"num_beams": 2, "length_penalty": 1.0,
-                                                        "early_stopping": False, "length_norm": "generated"}
+    assert spec_of(cfg, "vti2")["method"]["search"] == {
+        "num_beams": 2,
+        "length_penalty": 1.0,
+        "early_stopping": False,
+        "length_norm": "generated",
+    }
     assert "search" not in spec_of(cfg, "vti")["method"]
     smp = spec_of(cfg, "vti_sample", "vti")
-    assert smp["method"]["mode"] == "sample" and "search" not in smp["method"] and "search" not in smp["protocol"]
+    assert (
+        smp["method"]["mode"] == "sample"
+        and "search" not in smp["method"]
+        and "search" not in smp["protocol"]
+    )
     # DoLa in HALC's own harness: 3 beams on CHAIR (-b 3 -> dola_beam_search, no relative-top filter), 1 on POPE
     chair = spec_of(cfg, "dola", "halc", benchmark="chair", split="all")
     assert chair["method"]["search"]["num_beams"] == 3 and chair["method"]["search"]["length_norm"] == "total"
@@ -227,7 +358,9 @@ def test_protocols_that_fix_beams_show_up_in_the_run_record():
     # ... and in the VASparse fork (the dola protocol, -b 1): DoLa-greedy
     assert "search" not in spec_of(cfg, "dola", "dola", benchmark="chair", split="all")["method"]
     # a beam baseline under OPERA's harness takes its transformers-4.29 length normalisation
-    beam = spec_of(make_config({"beam5": {"method": "greedy", "num_beams": 5}}, protocol="opera"), "beam5", "opera")
+    beam = spec_of(
+        make_config({"beam5": {"method": "greedy", "num_beams": 5}}, protocol="opera"), "beam5", "opera"
+    )
     assert beam["method"]["search"]["length_norm"] == "total"
     # the report's protocol differences list the beams
     rows = runs.protocol_differences(["vti"])["vti"]
@@ -246,10 +379,12 @@ def test_vti_under_its_protocol_decodes_with_five_beams(world, tmp_path):
     vlm = world["vlm"]
     ad = vlm.adapter
     L, D = len(ad.decoder_layers()), int(ad.text_config.hidden_size)
-    path = save_directions({"text": torch.randn(L, D, generator=torch.Generator().manual_seed(0))},
-                           tmp_path / "vti.pt")
-    cfg = make_config({"vti": {"method": "vti"}}, questions=world["questions"], images=world["images"],
-                      model=world["model"])
+    path = save_directions(
+        {"text": torch.randn(L, D, generator=torch.Generator().manual_seed(0))}, tmp_path / "vti.pt"
+    )
+    cfg = make_config(
+        {"vti": {"method": "vti"}}, questions=world["questions"], images=world["images"], model=world["model"]
+    )
     cfg["benchmarks"]["pope"]["max_new_tokens_cap"] = 4
     run = job(cfg, "vti", "vti")
     assert run["method"]["search"]["num_beams"] == 5 and run["method"]["params"]["alpha_text"] == 0.9
@@ -267,8 +402,17 @@ def test_vti_under_its_protocol_decodes_with_five_beams(world, tmp_path):
     assert all(r["error"] is None for r in recs), [r["error"] for r in recs]
     reqs, kw = seen[-1]
     params = {"directions": str(path), "alpha_image": 0.0, "alpha_text": 0.9}
-    direct = generate(vlm, reqs, method="vti", params=params, max_new_tokens=4, seed=0, batch_size=len(reqs),
-                      num_beams=5, length_norm="total")
+    direct = generate(
+        vlm,
+        reqs,
+        method="vti",
+        params=params,
+        max_new_tokens=4,
+        seed=0,
+        batch_size=len(reqs),
+        num_beams=5,
+        length_norm="total",
+    )
     assert [r["answer"] for r in recs] == [o.text for o in direct]
     assert kw["num_beams"] == 5 and kw["length_norm"] == "total"
 
@@ -282,8 +426,12 @@ def test_every_protocol_search_is_valid_for_its_method():
 
     n = 0
     for name, proto in PROTOCOLS.items():
-        for layer in [proto.common, *proto.benchmark.values(), *proto.family.values(),
-                      *proto.family_benchmark.values()]:
+        for layer in [
+            proto.common,
+            *proto.benchmark.values(),
+            *proto.family.values(),
+            *proto.family_benchmark.values(),
+        ]:
             for method, entry in (layer.get("search") or {}).items():
                 assert entry.source, (name, method)
                 check_beam_args(**{**runs.SEARCH_DEFAULTS, **entry.value})
@@ -291,7 +439,12 @@ def test_every_protocol_search_is_valid_for_its_method():
                     n += 1
                     m = METHODS[method]
                     if hasattr(m, "search"):
-                        m.search(None, m.resolve({}), None, {**runs.SEARCH_DEFAULTS, **entry.value, "mode": "greedy"})
+                        m.search(
+                            None,
+                            m.resolve({}),
+                            None,
+                            {**runs.SEARCH_DEFAULTS, **entry.value, "mode": "greedy"},
+                        )
     assert n >= 2  # VTI's 5 beams, DoLa's 3 under HALC
 
 
@@ -310,8 +463,23 @@ def test_tiny_workflow_decodes_and_scores_a_beam_label(world, tmp_path):
     config = tmp_path / "beams.yaml"
     config.write_text(yaml.safe_dump(cfg))
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
-           "--directory", str(work), "--cores", "2", "--quiet", "rules", "--", "results/metrics.csv"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        "--quiet",
+        "rules",
+        "--",
+        "results/metrics.csv",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert out.returncode == 0, f"snakemake failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     base = work / "results/pope/random/demo/unified"
@@ -319,8 +487,12 @@ def test_tiny_workflow_decodes_and_scores_a_beam_label(world, tmp_path):
     greedy = read_jsonl(base / "greedy/greedy/seed0.jsonl")
     side = json.loads((base / "beam3/greedy/seed0.meta.json").read_text())
     gside = json.loads((base / "greedy/greedy/seed0.meta.json").read_text())
-    assert side["run"]["method"]["search"] == {"num_beams": 3, "length_penalty": 1.0, "early_stopping": False,
-                                               "length_norm": "generated"}
+    assert side["run"]["method"]["search"] == {
+        "num_beams": 3,
+        "length_penalty": 1.0,
+        "early_stopping": False,
+        "length_norm": "generated",
+    }
     assert "search" not in gside["run"]["method"] and side["config_hash"] != gside["config_hash"]
     # the workflow's beam records = generate(num_beams=3) on the same requests
     system = side["run"]["protocol"]["system"]
@@ -329,14 +501,25 @@ def test_tiny_workflow_decodes_and_scores_a_beam_label(world, tmp_path):
     vlm = world["vlm"]
     vlm.adapter.chat_template = side["run"]["protocol"]["chat_template"]
     imgs = Path(world["images"])
-    reqs = [Request(image=Image.open(imgs / r["image"]).convert("RGB"), prompt=r["prompt"], item_id=r["item_id"],
-                    system=system) for r in beam]
+    reqs = [
+        Request(
+            image=Image.open(imgs / r["image"]).convert("RGB"),
+            prompt=r["prompt"],
+            item_id=r["item_id"],
+            system=system,
+        )
+        for r in beam
+    ]
     assert all(r["prompt"].endswith(prompt.replace("{question}", "")) for r in beam)
-    direct = generate(vlm, reqs, method="greedy", max_new_tokens=cap, seed=0, batch_size=len(reqs), num_beams=3)
+    direct = generate(
+        vlm, reqs, method="greedy", max_new_tokens=cap, seed=0, batch_size=len(reqs), num_beams=3
+    )
     assert [r["answer"] for r in beam] == [o.text for o in direct] and len(beam) == 6
     assert [r["item_id"] for r in greedy] == [r["item_id"] for r in beam]
     import csv
 
     with open(work / "results" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {"accuracy", "f1"} <= {r["metric"] for r in rows if r["method"] == "beam3" and r["benchmark"] == "pope"}
+    assert {"accuracy", "f1"} <= {
+        r["metric"] for r in rows if r["method"] == "beam3" and r["benchmark"] == "pope"
+    }

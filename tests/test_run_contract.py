@@ -19,7 +19,9 @@ PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
 
 
 def cell(cfg, g):
-    return runs.build_run(cfg, **{k: g[k] for k in ("benchmark", "split", "model", "method", "seed", "protocol")})
+    return runs.build_run(
+        cfg, **{k: g[k] for k in ("benchmark", "split", "model", "method", "seed", "protocol")}
+    )
 
 
 def test_execution_settings_stay_out_of_the_result():
@@ -34,7 +36,9 @@ def test_execution_settings_stay_out_of_the_result():
     other["models"]["demo"]["batch_size"] = 2
     assert cell(other, g).as_dict() == spec
     a = runs.job_run(spec, runs.execution(cfg, model="demo", benchmark="pope"))
-    b = runs.job_run(cell(other, g).as_dict(), runs.execution(other, model="demo", benchmark="pope", threads=9))
+    b = runs.job_run(
+        cell(other, g).as_dict(), runs.execution(other, model="demo", benchmark="pope", threads=9)
+    )
     assert (a["threads"], a["model"]["batch_size"], b["threads"], b["model"]["batch_size"]) == (1, 16, 9, 2)
     assert a["device"] == "auto" and b["device"] == "cuda" and b["execution"]["n_shards"] == 5
     assert (a["execution"]["compile"], b["execution"]["compile"]) == ("off", "on")
@@ -47,32 +51,81 @@ def test_execution_settings_stay_out_of_the_result():
 
 def test_cli_builds_the_same_run_as_the_workflow():
     """vcdflow decode's run (pope_file_run) = the workflow's build_run for the same settings."""
-    cfg = {"seeds": [3], "benchmarks": {"pope": {"splits": ["random"], "questions": "q_{split}.json", "images": "img",
-                                                  "prompt": "{question} One word.", "max_new_tokens": 4}},
-           "models": {"m": {"path": "models/m", "revision": "local", "dtype": "float32", "family": "llava"}},
-           "methods": {"vcd": {"method": "vcd", "params": {"alpha": 0.5}, "temperature": 1.0, "top_p": 1.0}}}
+    cfg = {
+        "seeds": [3],
+        "benchmarks": {
+            "pope": {
+                "splits": ["random"],
+                "questions": "q_{split}.json",
+                "images": "img",
+                "prompt": "{question} One word.",
+                "max_new_tokens": 4,
+            }
+        },
+        "models": {"m": {"path": "models/m", "revision": "local", "dtype": "float32", "family": "llava"}},
+        "methods": {"vcd": {"method": "vcd", "params": {"alpha": 0.5}, "temperature": 1.0, "top_p": 1.0}},
+    }
     spec = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=3).as_dict()
-    cli = runs.pope_file_run(questions="q_random.json", images="img", model="models/m", method="vcd", split="random",
-                             params={"alpha": 0.5}, seed=3, prompt="{question} One word.", max_new_tokens=4,
-                             temperature=1.0, top_p=1.0, threads=4, device="cpu", batch_size=2, family="llava")
+    cli = runs.pope_file_run(
+        questions="q_random.json",
+        images="img",
+        model="models/m",
+        method="vcd",
+        split="random",
+        params={"alpha": 0.5},
+        seed=3,
+        prompt="{question} One word.",
+        max_new_tokens=4,
+        temperature=1.0,
+        top_p=1.0,
+        threads=4,
+        device="cpu",
+        batch_size=2,
+        family="llava",
+    )
     assert result_hash(cli) == result_hash(runs.job_run(spec, runs.execution(cfg)))
     with pytest.raises(runs.ConfigError, match="unknown parameter 'alhpa' for method 'vcd'"):
-        runs.pope_file_run(questions="q.json", images="i", model="m", method="vcd", split="random", params={"alhpa": 1},
-                           family="llava")
+        runs.pope_file_run(
+            questions="q.json",
+            images="i",
+            model="m",
+            method="vcd",
+            split="random",
+            params={"alhpa": 1},
+            family="llava",
+        )
     with pytest.raises(runs.ConfigError, match="config models.m.family: auto needs the model folder"):
-        runs.pope_file_run(questions="q.json", images="i", model=str(Path("nowhere") / "m"), method="vcd", split="random")
+        runs.pope_file_run(
+            questions="q.json", images="i", model=str(Path("nowhere") / "m"), method="vcd", split="random"
+        )
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda c: c["methods"]["vcd"].update(method="vdc"), "config methods.vcd.method: unknown method 'vdc'; valid: "),
-    (lambda c: c["methods"]["vcd"]["params"].update(alhpa=1), "config methods.vcd.params: unknown parameter 'alhpa'"),
-    (lambda c: c["methods"]["vcd"]["params"].update(alpha="abc"),
-     "parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)"),
-    (lambda c: c["methods"]["vcd"]["params"].update(noise_step=2.5),
-     "parameter 'noise_step' of method 'vcd' must be int, got 2.5 (float)"),
-    (lambda c: c["methods"]["vcd"].update(protocol=["unified", "papr"]), "config methods.vcd.protocol: unknown protocol 'papr'"),
-    (lambda c: c.update(protocol="vdc"), "config protocol: unknown protocol 'vdc'"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (
+            lambda c: c["methods"]["vcd"].update(method="vdc"),
+            "config methods.vcd.method: unknown method 'vdc'; valid: ",
+        ),
+        (
+            lambda c: c["methods"]["vcd"]["params"].update(alhpa=1),
+            "config methods.vcd.params: unknown parameter 'alhpa'",
+        ),
+        (
+            lambda c: c["methods"]["vcd"]["params"].update(alpha="abc"),
+            "parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)",
+        ),
+        (
+            lambda c: c["methods"]["vcd"]["params"].update(noise_step=2.5),
+            "parameter 'noise_step' of method 'vcd' must be int, got 2.5 (float)",
+        ),
+        (
+            lambda c: c["methods"]["vcd"].update(protocol=["unified", "papr"]),
+            "config methods.vcd.protocol: unknown protocol 'papr'",
+        ),
+        (lambda c: c.update(protocol="vdc"), "config protocol: unknown protocol 'vdc'"),
+    ],
+)
 def test_validate_config_names_the_key(mutate, needle):
     cfg = copy.deepcopy(DEMO)
     mutate(cfg)
@@ -84,7 +137,9 @@ def test_validate_config_names_the_key(mutate, needle):
 def test_typed_params_accept_what_the_defaults_allow():
     from vcdflow.decoding import METHODS
 
-    assert METHODS["vcd"].resolve({"alpha": 1, "noise_step": 500.0})["alpha"] == 1  # int for a float, 500.0 for an int
+    assert (
+        METHODS["vcd"].resolve({"alpha": 1, "noise_step": 500.0})["alpha"] == 1
+    )  # int for a float, 500.0 for an int
     with pytest.raises(ValueError, match="parameter 'alpha' of method 'vcd' must be number, got True"):
         METHODS["vcd"].resolve({"alpha": True})
     with pytest.raises(ValueError, match="parameter 'position' of method 'icd' must be str, got 3"):
@@ -106,7 +161,9 @@ def test_paper_config_runs_every_method_under_unified_and_its_paper():
         under = {p for l, p, _ in pairs if l == label and p != "unified"}
         # its own paper protocol, unless another label decodes exactly the same under it (vcd_sample = vcd)
         assert under in ({PAPER_OF[engine]}, set()), label
-        assert any(p == PAPER_OF[engine] and runs.method_entry(PAPER, l)["method"] == engine for l, p, _ in pairs)
+        assert any(
+            p == PAPER_OF[engine] and runs.method_entry(PAPER, l)["method"] == engine for l, p, _ in pairs
+        )
     # every paper comparison has its own baseline: same protocol, same mode
     for label, protocol, mode in pairs:
         if protocol != "unified":
@@ -117,28 +174,57 @@ def test_paper_config_runs_every_method_under_unified_and_its_paper():
 
 
 def test_paper_protocol_values_win_and_unified_keeps_the_config():
-    cfg = {"seeds": [0], "benchmarks": {"pope": {"questions": "q_{split}.json", "images": "i", "splits": ["random"],
-                                                  "prompt": "{question} Mine.", "max_new_tokens": 2}},
-           "models": {"m": {"path": "m", "family": "llava"}},
-           "methods": {"vcd": {"method": "vcd", "params": {"alpha": 0.25}, "protocol": ["unified", "paper"]},
-                       "sample": {"method": "sample", "do_sample": True, "protocol": "paper"}}}
+    cfg = {
+        "seeds": [0],
+        "benchmarks": {
+            "pope": {
+                "questions": "q_{split}.json",
+                "images": "i",
+                "splits": ["random"],
+                "prompt": "{question} Mine.",
+                "max_new_tokens": 2,
+            }
+        },
+        "models": {"m": {"path": "m", "family": "llava"}},
+        "methods": {
+            "vcd": {"method": "vcd", "params": {"alpha": 0.25}, "protocol": ["unified", "paper"]},
+            "sample": {"method": "sample", "do_sample": True, "protocol": "paper"},
+        },
+    }
     assert runs.label_protocols(cfg) == [("vcd", "unified"), ("vcd", "vcd"), ("sample", "vcd")]
-    uni = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="unified")
+    uni = runs.build_run(
+        cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="unified"
+    )
     assert uni.benchmark["prompt"] == "{question} Mine." and uni.benchmark["max_new_tokens"] == 2
     assert uni.method["params"]["alpha"] == 0.25 and uni.method["mode"] == "greedy"
-    pap = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd")
+    pap = runs.build_run(
+        cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd"
+    )
     assert pap.protocol["protocol"] == "vcd" and pap.method["mode"] == "sample"  # VCD samples
-    assert pap.scoring["parser"] == "vcd" and pap.benchmark["max_new_tokens"] == pap.protocol["max_new_tokens"]
+    assert (
+        pap.scoring["parser"] == "vcd" and pap.benchmark["max_new_tokens"] == pap.protocol["max_new_tokens"]
+    )
     assert "parser" not in pap.as_dict()["benchmark"] and "parser" not in pap.as_dict()["protocol"]
     assert pap.method["params"] == {**{"alpha": 0.25}, **pap.protocol["params"]}
     cfg["benchmarks"]["pope"]["max_new_tokens_cap"] = 3
-    capped = runs.build_run(cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd")
+    capped = runs.build_run(
+        cfg, benchmark="pope", split="random", model="m", method="vcd", seed=0, protocol="vcd"
+    )
     assert capped.benchmark["max_new_tokens"] == 3 and capped.benchmark["max_new_tokens_cap"] == 3
 
 
 def test_benchmark_registry_answers_which_benchmark():
-    assert set(BENCHMARKS) == {"pope", "chair", "mme", "amber", "mmvp", "hallusionbench", "llavabench", "mmhal",
-                               "leading_pope"}
+    assert set(BENCHMARKS) == {
+        "pope",
+        "chair",
+        "mme",
+        "amber",
+        "mmvp",
+        "hallusionbench",
+        "llavabench",
+        "mmhal",
+        "leading_pope",
+    }
     assert kind_of("leading_pope_gqa") == "leading_pope" and kind_of("pope_leading") == "pope"
     assert kind_of("pope_gqa") == "pope" and kind_of("pope_my-data") == "pope" and kind_of("chair") == "chair"
     with pytest.raises(ValueError, match="unknown benchmark 'chair_x'"):
@@ -158,11 +244,27 @@ def test_merge_shards_merges_the_sidecars(tmp_path):
     for i, (sec, mem, hw) in enumerate([(2.0, 100.0, "1x H200"), (3.5, 250.0, "1x A100")]):
         p = tmp_path / f"{i}-of-2.jsonl"
         p.write_text(json.dumps({"item_id": f"q{i}"}) + "\n")
-        (tmp_path / f"{i}-of-2.meta.json").write_text(json.dumps(
-            {"wall_seconds": sec, "peak_mem_mb": mem, "hardware": hw, "device": "cuda", "git_commit": "abc",
-             "protocol": {"protocol": "vcd"}, "n_items": 1, "n_decoded": 1 - i, "n_resumed": i, "n_errors": i,
-             "error_items": [f"q{i}"] if i else [], "shard": i, "output": str(p), "result_sha256": "shard",
-             "versions": {"torch": "2.13.0+cpu", "transformers": f"5.2{4 + i}.0"}}))
+        (tmp_path / f"{i}-of-2.meta.json").write_text(
+            json.dumps(
+                {
+                    "wall_seconds": sec,
+                    "peak_mem_mb": mem,
+                    "hardware": hw,
+                    "device": "cuda",
+                    "git_commit": "abc",
+                    "protocol": {"protocol": "vcd"},
+                    "n_items": 1,
+                    "n_decoded": 1 - i,
+                    "n_resumed": i,
+                    "n_errors": i,
+                    "error_items": [f"q{i}"] if i else [],
+                    "shard": i,
+                    "output": str(p),
+                    "result_sha256": "shard",
+                    "versions": {"torch": "2.13.0+cpu", "transformers": f"5.2{4 + i}.0"},
+                }
+            )
+        )
         shards.append(p)
     out = merge_shards(shards, tmp_path / "seed0.jsonl")
     assert [json.loads(x)["item_id"] for x in out.read_text().splitlines()] == ["q0", "q1"]
@@ -171,8 +273,10 @@ def test_merge_shards_merges_the_sidecars(tmp_path):
     assert meta["hardware"] == ["1x H200", "1x A100"] and meta["device"] == "cuda"
     assert meta["git_commit"] == "abc" and meta["protocol"] == {"protocol": "vcd"} and meta["n_shards"] == 2
     # shards decoded under different library versions: both sets kept, and the report reads both
-    assert meta["versions"] == [{"torch": "2.13.0+cpu", "transformers": "5.24.0"},
-                                {"torch": "2.13.0+cpu", "transformers": "5.25.0"}]
+    assert meta["versions"] == [
+        {"torch": "2.13.0+cpu", "transformers": "5.24.0"},
+        {"torch": "2.13.0+cpu", "transformers": "5.25.0"},
+    ]
     from vcdflow.report.provenance import result_versions
 
     assert result_versions(out) == meta["versions"]
@@ -215,14 +319,20 @@ def test_grid_leaves_out_models_a_method_does_not_apply_to():
     config = {
         "seeds": [0],
         "protocol": "unified",
-        "models": {"blip": {"path": "m/blip", "family": "instructblip"},
-                   "llava": {"path": "m/llava", "family": "llava"},
-                   "any": {"path": "m/any", "family": "auto"}},
+        "models": {
+            "blip": {"path": "m/blip", "family": "instructblip"},
+            "llava": {"path": "m/llava", "family": "llava"},
+            "any": {"path": "m/any", "family": "auto"},
+        },
         "benchmarks": {"chair": {}},
         "methods": {"carve": {"method": "carve"}, "vcd": {"method": "vcd"}},
     }
     assert not applies(config, "carve", "blip")
-    assert applies(config, "carve", "llava") and applies(config, "carve", "any") and applies(config, "vcd", "blip")
+    assert (
+        applies(config, "carve", "llava")
+        and applies(config, "carve", "any")
+        and applies(config, "vcd", "blip")
+    )
     runs = {(r["model"], r["method"]) for r in grid(config)}
     assert runs == {("blip", "vcd"), ("llava", "vcd"), ("any", "vcd"), ("llava", "carve"), ("any", "carve")}
 
@@ -230,10 +340,19 @@ def test_grid_leaves_out_models_a_method_does_not_apply_to():
 def test_the_judge_decides_scores_not_records():
     """A judged benchmark's judge (Benchmark.extra["score_keys"]) stays out of the decode run: a
     new judge model never re-decodes; the prompt still does."""
-    cfg = {"seeds": [0], "protocol": "unified", "models": {"m": {"path": "m", "family": "llava"}},
-           "benchmarks": {"llavabench": {"questions": "q.jsonl", "images": "img",
-                                         "judge": {"kind": "openai", "url": "http://x", "model": "judge-a"}}},
-           "methods": {"greedy": {"method": "greedy"}}}
+    cfg = {
+        "seeds": [0],
+        "protocol": "unified",
+        "models": {"m": {"path": "m", "family": "llava"}},
+        "benchmarks": {
+            "llavabench": {
+                "questions": "q.jsonl",
+                "images": "img",
+                "judge": {"kind": "openai", "url": "http://x", "model": "judge-a"},
+            }
+        },
+        "methods": {"greedy": {"method": "greedy"}},
+    }
     g = next(iter(runs.grid(cfg)))
     a = cell(cfg, g).as_dict()
     other = copy.deepcopy(cfg)
@@ -274,7 +393,9 @@ def test_declared_parsers_are_what_each_scorer_runs():
     assert not _scorer_accepts("amber", "official")  # the rehearsal's failure, at scoring
 
 
-@pytest.mark.parametrize("protocol", sorted(__import__("vcdflow.protocols", fromlist=["PROTOCOLS"]).PROTOCOLS))
+@pytest.mark.parametrize(
+    "protocol", sorted(__import__("vcdflow.protocols", fromlist=["PROTOCOLS"]).PROTOCOLS)
+)
 def test_every_protocol_gives_every_benchmark_a_parser_its_scorer_runs(protocol):
     """All protocols x all benchmarks x all families: the parser a result is scored with (a
     protocol's own, mapped where the scorer lacks it) is one the scorer runs; the score-only
@@ -284,10 +405,21 @@ def test_every_protocol_gives_every_benchmark_a_parser_its_scorer_runs(protocol)
     method = next((m for m, p in PAPER_OF.items() if p == protocol), "greedy")
     for kind in BENCHMARKS:
         for family in FAMILIES:
-            cfg = {"seeds": [0], "benchmarks": {kind: {}}, "models": {"m": {"path": "m", "family": family}},
-                   "methods": {method: {"method": method}}}
-            spec = runs.build_run(cfg, benchmark=kind, split=runs.splits_of(cfg, kind)[0], model="m", method=method,
-                                  seed=0, protocol=protocol)
+            cfg = {
+                "seeds": [0],
+                "benchmarks": {kind: {}},
+                "models": {"m": {"path": "m", "family": family}},
+                "methods": {method: {"method": method}},
+            }
+            spec = runs.build_run(
+                cfg,
+                benchmark=kind,
+                split=runs.splits_of(cfg, kind)[0],
+                model="m",
+                method=method,
+                seed=0,
+                protocol=protocol,
+            )
             if BENCHMARKS[kind].parsers:
                 assert _scorer_accepts(kind, spec.scoring["parser"]), (protocol, kind, family, spec.scoring)
                 assert spec.scoring["parser_source"]
@@ -298,13 +430,27 @@ def test_every_protocol_gives_every_benchmark_a_parser_its_scorer_runs(protocol)
 def test_unified_amber_is_scored_with_the_pope_parser_and_a_bad_parser_fails_at_parse_time():
     cfg = copy.deepcopy(PAPER)
     cfg["benchmarks"]["amber"].pop("parser", None)
-    spec = runs.build_run(cfg, benchmark="amber", split="discriminative", model="llava-1.5-7b", method="greedy",
-                          seed=42, protocol="unified")
+    spec = runs.build_run(
+        cfg,
+        benchmark="amber",
+        split="discriminative",
+        model="llava-1.5-7b",
+        method="greedy",
+        seed=42,
+        protocol="unified",
+    )
     assert spec.score_slice()["parser"] == "pope" and "AMBER" in spec.scoring["parser_source"]
-    bad = {"seeds": [0], "benchmarks": {"amber": {"root": "a", "nltk_data": "n", "parser": "official"}},
-           "models": {"m": {"path": "m", "family": "llava"}}, "methods": {"greedy": {"method": "greedy"}}}
-    with pytest.raises(runs.ConfigError, match=r"config benchmarks\.amber\.parser: 'official' is not a amber parser "
-                                               r"\(protocol unified\); valid: pope, exact, first_word"):
+    bad = {
+        "seeds": [0],
+        "benchmarks": {"amber": {"root": "a", "nltk_data": "n", "parser": "official"}},
+        "models": {"m": {"path": "m", "family": "llava"}},
+        "methods": {"greedy": {"method": "greedy"}},
+    }
+    with pytest.raises(
+        runs.ConfigError,
+        match=r"config benchmarks\.amber\.parser: 'official' is not a amber parser "
+        r"\(protocol unified\); valid: pope, exact, first_word",
+    ):
         runs.validate_config(bad)
 
 
@@ -313,9 +459,12 @@ SCORE_ONLY = {
     "pope parser official -> opera": lambda c: c["benchmarks"]["pope"].update(parser="opera"),
     "pope: one split dropped": lambda c: c["benchmarks"]["pope"].update(splits=["random", "popular"]),
     "chair nltk_data with a trailing /": lambda c: c["benchmarks"]["chair"].update(
-        nltk_data=c["benchmarks"]["chair"]["nltk_data"] + "/"),
+        nltk_data=c["benchmarks"]["chair"]["nltk_data"] + "/"
+    ),
     "chair synonyms": lambda c: c["benchmarks"]["chair"].update(synonyms="elsewhere/synonyms.txt"),
-    "amber spacy_model null -> path": lambda c: c["benchmarks"]["amber"].update(spacy_model="resources/spacy/lg"),
+    "amber spacy_model null -> path": lambda c: c["benchmarks"]["amber"].update(
+        spacy_model="resources/spacy/lg"
+    ),
     "amber nltk_data": lambda c: c["benchmarks"]["amber"].update(nltk_data="elsewhere/nltk_data"),
     "amber parser": lambda c: c["benchmarks"]["amber"].update(parser="exact"),
     "amber: discriminative task dropped": lambda c: c["benchmarks"]["amber"].update(tasks=["generative"]),

@@ -18,20 +18,46 @@ def make_items(tmp_path, n=7, bad=()):
             path.write_bytes(b"not a png")
         else:
             Image.new("RGB", (8, 8), (i * 30 % 255, 0, 0)).save(path)
-        items.append({"item_id": f"pope/random/{i + 1}", "image": path.name, "image_path": str(path),
-                      "image_id": i, "question_id": i + 1, "question": f"Is there a cup {i}?",
-                      "label": "yes" if i % 2 == 0 else "no"})
+        items.append(
+            {
+                "item_id": f"pope/random/{i + 1}",
+                "image": path.name,
+                "image_path": str(path),
+                "image_id": i,
+                "question_id": i + 1,
+                "question": f"Is there a cup {i}?",
+                "label": "yes" if i % 2 == 0 else "no",
+            }
+        )
     return items
 
 
 def make_run(**method):
-    m = {"label": "greedy", "method": "greedy", "mode": "greedy", "do_sample": False,
-         "temperature": 1.0, "top_p": 1.0, "top_k": None, "params": {}, "prompt_suffix": {}}
+    m = {
+        "label": "greedy",
+        "method": "greedy",
+        "mode": "greedy",
+        "do_sample": False,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": None,
+        "params": {},
+        "prompt_suffix": {},
+    }
     m.update(method)
     return {
-        "benchmark": {"name": "pope", "split": "random", "prompt": "{question} One word.", "max_new_tokens": 3},
+        "benchmark": {
+            "name": "pope",
+            "split": "random",
+            "prompt": "{question} One word.",
+            "max_new_tokens": 3,
+        },
         "model": {"name": "m", "path": "unused", "dtype": "float32", "batch_size": 3, "prompt_suffix": {}},
-        "method": m, "seed": 0, "device": "cpu", "threads": 1, "gpu_lock_dir": "x",
+        "method": m,
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,
+        "gpu_lock_dir": "x",
     }
 
 
@@ -46,8 +72,15 @@ class FakeGenerate:
         if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
             raise KeyboardInterrupt("simulated kill")
         self.calls.append([r.item_id for r in requests])
-        return [Output(item_id=r.item_id, text=("yes" if "0" in r.item_id or "2" in r.item_id else "no"),
-                       token_ids=[1, 2], meta={"n": len(r.prompt)}) for r in requests]
+        return [
+            Output(
+                item_id=r.item_id,
+                text=("yes" if "0" in r.item_id or "2" in r.item_id else "no"),
+                token_ids=[1, 2],
+                meta={"n": len(r.prompt)},
+            )
+            for r in requests
+        ]
 
 
 def strip_timing(records):
@@ -94,7 +127,9 @@ def test_missing_contrast_image_becomes_error_row_naming_it(tmp_path):
     fake = FakeGenerate()
     run_shard(make_run(), out, items=items, vlm=object(), generate_fn=fake, progress=False)
     recs = read_jsonl(out)
-    assert recs[2]["error"] == f"image {gone}: FileNotFoundError: [Errno 2] No such file or directory: '{gone}'"
+    assert (
+        recs[2]["error"] == f"image {gone}: FileNotFoundError: [Errno 2] No such file or directory: '{gone}'"
+    )
     assert [r["error"] for r in recs[:2]] == [None, None]
     assert fake.calls == [["pope/random/1", "pope/random/2"]]
 
@@ -103,12 +138,20 @@ def test_pope_dataset_keys_use_the_pope_loader_and_suffixes(tmp_path):
     """pope_<dataset> benchmarks (kind pope): POPE items; a suffix keyed by the dataset wins over 'pope'."""
     from vcdflow.runner import load_items
 
-    (tmp_path / "q.json").write_text(json.dumps({"question_id": 7, "image": "a.jpg", "text": "Is there a dog?",
-                                                 "label": "no"}) + "\n")
-    bench = {"name": "pope_gqa", "kind": "pope", "split": "random", "questions": str(tmp_path / "q.json"),
-             "images": str(tmp_path)}
+    (tmp_path / "q.json").write_text(
+        json.dumps({"question_id": 7, "image": "a.jpg", "text": "Is there a dog?", "label": "no"}) + "\n"
+    )
+    bench = {
+        "name": "pope_gqa",
+        "kind": "pope",
+        "split": "random",
+        "questions": str(tmp_path / "q.json"),
+        "images": str(tmp_path),
+    }
     items = load_items(bench, {})
-    assert [(i["item_id"], i["question"], i["label"]) for i in items] == [("pope/random/7", "Is there a dog?", "no")]
+    assert [(i["item_id"], i["question"], i["label"]) for i in items] == [
+        ("pope/random/7", "Is there a dog?", "no")
+    ]
     run = make_run(prompt_suffix={"pope": " [pope]"})
     run["benchmark"] = dict(bench, prompt="{question}")
     assert build_prompt(run, items[0]) == "Is there a dog? [pope]"
@@ -129,8 +172,12 @@ def test_seeded_subsets_keep_file_order_groups_and_are_stable(tmp_path):
     assert [it["item_id"] for it in sub] == [f"q{i}" for i in want]
     assert seeded_subset(items, None, label="x") == items and seeded_subset(items, 50, label="x") == items
 
-    mme = [{"item_id": f"mme/{s}/{im}/{k}", "subtask": s, "image_id": f"{s}/{im}", "pair_index": k}
-           for s in ("existence", "count") for im in range(6) for k in (0, 1)]
+    mme = [
+        {"item_id": f"mme/{s}/{im}/{k}", "subtask": s, "image_id": f"{s}/{im}", "pair_index": k}
+        for s in ("existence", "count")
+        for im in range(6)
+        for k in (0, 1)
+    ]
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in mme))
     got = load_items({"name": "mme", "split": "all", "root": str(tmp_path), "n_images": 2}, {})
     assert len(got) == 8
@@ -168,7 +215,14 @@ def test_changed_config_discards_the_partial_file(tmp_path):
     items = make_items(tmp_path, n=6)
     out = tmp_path / "r.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        run_shard(make_run(), out, items=items, vlm=object(), generate_fn=FakeGenerate(fail_after_calls=1), progress=False)
+        run_shard(
+            make_run(),
+            out,
+            items=items,
+            vlm=object(),
+            generate_fn=FakeGenerate(fail_after_calls=1),
+            progress=False,
+        )
     changed = make_run(params={"beta": 0.2})
     assert result_hash(changed) != result_hash(make_run())
     again = FakeGenerate()
@@ -211,11 +265,21 @@ def test_an_item_without_image_is_a_text_only_request(tmp_path):
     model, processor = build_demo_vlm(seed=0)
     from vcdflow.models.adapters import adapter_for
 
-    vlm = VLM(model=model, processor=processor, family="llava", adapter=adapter_for("llava", model, processor),
-              device=torch.device("cpu"), dtype=torch.float32)
+    vlm = VLM(
+        model=model,
+        processor=processor,
+        family="llava",
+        adapter=adapter_for("llava", model, processor),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     items = [{"item_id": "t/0", "image_path": None, "question": "Is there a cup?"}]
-    run = {"benchmark": {"name": "pope", "split": "x", "max_new_tokens": 2, "prompt": "{question}"},
-           "model": {}, "method": {"method": "greedy", "do_sample": False, "params": {}}, "seed": 0}
+    run = {
+        "benchmark": {"name": "pope", "split": "x", "max_new_tokens": 2, "prompt": "{question}"},
+        "model": {},
+        "method": {"method": "greedy", "do_sample": False, "params": {}},
+        "seed": 0,
+    }
     rec = decode_batch(vlm, run, items)[0]
     assert rec["error"] is None and rec["answer"] != "" and rec["meta"]["n_branches"] == 1
     rec = decode_batch(vlm, dict(run, method={"method": "vcd", "do_sample": False, "params": {}}), items)[0]
@@ -237,20 +301,40 @@ def test_method_item_prompts_fill_request_fields():
         seen.extend(requests)
         return [Output(item_id=r.item_id, text="yes", meta={"finish_reason": "eos"}) for r in requests]
 
-    items = [{"item_id": "a", "image_path": None, "question": "Is there a cup? I think there is.",
-              "neutral_question": "Is there a cup?"},
-             {"item_id": "b", "image_path": None, "question": "Is there a dog?"}]
-    run = {"benchmark": {"name": "leading_pope", "kind": "leading_pope", "split": "x", "max_new_tokens": 2,
-                         "prompt": "{question} Answer yes or no."},
-           "model": {}, "method": {"method": "lqcd", "do_sample": False, "params": {}}, "seed": 0}
+    items = [
+        {
+            "item_id": "a",
+            "image_path": None,
+            "question": "Is there a cup? I think there is.",
+            "neutral_question": "Is there a cup?",
+        },
+        {"item_id": "b", "image_path": None, "question": "Is there a dog?"},
+    ]
+    run = {
+        "benchmark": {
+            "name": "leading_pope",
+            "kind": "leading_pope",
+            "split": "x",
+            "max_new_tokens": 2,
+            "prompt": "{question} Answer yes or no.",
+        },
+        "model": {},
+        "method": {"method": "lqcd", "do_sample": False, "params": {}},
+        "seed": 0,
+    }
     recs = decode_batch(None, run, items, fake_generate)
     assert seen[0].prompt == "Is there a cup? Answer yes or no."
     assert seen[0].contrast_prompt == "Is there a cup? I think there is. Answer yes or no."
     assert recs[0]["prompt"] == "Is there a cup? Answer yes or no."
     assert seen[1].prompt == "Is there a dog? Answer yes or no." and seen[1].contrast_prompt is None
     seen.clear()
-    decode_batch(None, dict(run, method={"method": "vcd", "do_sample": False, "params": {}}), items, fake_generate)
-    assert seen[0].prompt == "Is there a cup? I think there is. Answer yes or no." and seen[0].contrast_prompt is None
+    decode_batch(
+        None, dict(run, method={"method": "vcd", "do_sample": False, "params": {}}), items, fake_generate
+    )
+    assert (
+        seen[0].prompt == "Is there a cup? I think there is. Answer yes or no."
+        and seen[0].contrast_prompt is None
+    )
 
 
 def test_stable_file_digest_is_file_digest_and_follows_a_changed_file(tmp_path, monkeypatch):

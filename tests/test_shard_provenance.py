@@ -1,5 +1,5 @@
-"""run_shard in-process: the provenance sidecar (issue 13), batches grouped by image with the
-file order kept (issue 15), stale partial files kept, the output lock, leftover temp files, and
+"""run_shard in-process: the provenance sidecar, batches grouped by image with the
+file order kept, stale partial files kept, the output lock, leftover temp files, and
 typed parameter errors in the library — with a stand-in generate function (no model)."""
 
 from __future__ import annotations
@@ -22,9 +22,32 @@ from vcdflow.io import _HOST, atomic_write_text, file_digest, read_jsonl, remove
 from vcdflow.runner import result_hash, run_shard, sidecar_path
 
 SIDECAR_KEYS = {
-    "output", "config_hash", "result_sha256", "run", "protocol", "protocol_name", "shard", "n_shards", "n_items", "n_decoded",
-    "n_resumed", "n_errors", "error_items", "device", "cpu", "gpu", "hardware", "peak_mem_mb", "peak_mem_kind",
-    "wall_seconds", "versions", "environment_lock", "model_source", "git_commit", "git_dirty", "finished_utc",
+    "output",
+    "config_hash",
+    "result_sha256",
+    "run",
+    "protocol",
+    "protocol_name",
+    "shard",
+    "n_shards",
+    "n_items",
+    "n_decoded",
+    "n_resumed",
+    "n_errors",
+    "error_items",
+    "device",
+    "cpu",
+    "gpu",
+    "hardware",
+    "peak_mem_mb",
+    "peak_mem_kind",
+    "wall_seconds",
+    "versions",
+    "environment_lock",
+    "model_source",
+    "git_commit",
+    "git_dirty",
+    "finished_utc",
 }
 
 
@@ -34,18 +57,46 @@ def make_items(tmp_path, images=("a", "b", "c", "a", "b", "c", "a", "d"), missin
         path = tmp_path / f"{name}.png"
         if name not in missing and not path.exists():
             Image.new("RGB", (8, 8), (len(name) * 40, 0, 0)).save(path)
-        items.append({"item_id": f"pope/random/{i}", "image": path.name, "image_path": str(path), "image_id": name,
-                      "question_id": i, "question": f"Is there a cup {i}?", "label": "yes" if i % 2 else "no"})
+        items.append(
+            {
+                "item_id": f"pope/random/{i}",
+                "image": path.name,
+                "image_path": str(path),
+                "image_id": name,
+                "question_id": i,
+                "question": f"Is there a cup {i}?",
+                "label": "yes" if i % 2 else "no",
+            }
+        )
     return items
 
 
 def make_run(batch_size=2, **extra):
     return {
         "benchmark": {"name": "pope", "split": "random", "prompt": "{question}", "max_new_tokens": 2},
-        "model": {"name": "m", "path": "unused", "dtype": "float32", "batch_size": batch_size, "prompt_suffix": {}},
-        "method": {"label": "greedy", "method": "greedy", "mode": "greedy", "do_sample": False, "temperature": 1.0,
-                   "top_p": 1.0, "top_k": None, "params": {}, "prompt_suffix": {}},
-        "seed": 0, "device": "cpu", "threads": 1, "gpu_lock_dir": "x", **extra,
+        "model": {
+            "name": "m",
+            "path": "unused",
+            "dtype": "float32",
+            "batch_size": batch_size,
+            "prompt_suffix": {},
+        },
+        "method": {
+            "label": "greedy",
+            "method": "greedy",
+            "mode": "greedy",
+            "do_sample": False,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": None,
+            "params": {},
+            "prompt_suffix": {},
+        },
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,
+        "gpu_lock_dir": "x",
+        **extra,
     }
 
 
@@ -63,20 +114,39 @@ class FakeGenerate:
 def test_batches_group_questions_of_one_image_and_the_file_keeps_item_order(tmp_path):
     items = make_items(tmp_path)
     gen = FakeGenerate()
-    out = run_shard(make_run(batch_size=2), tmp_path / "r.jsonl", items=items, vlm=object(), generate_fn=gen,
-                    progress=False)
+    out = run_shard(
+        make_run(batch_size=2),
+        tmp_path / "r.jsonl",
+        items=items,
+        vlm=object(),
+        generate_fn=gen,
+        progress=False,
+    )
     # images a, b, c, d in first-appearance order; a's three questions, then b's, c's (d is missing:
     # an error row that never reaches generate)
-    by_image = ["pope/random/0", "pope/random/3", "pope/random/6", "pope/random/1", "pope/random/4",
-                "pope/random/2", "pope/random/5"]
+    by_image = [
+        "pope/random/0",
+        "pope/random/3",
+        "pope/random/6",
+        "pope/random/1",
+        "pope/random/4",
+        "pope/random/2",
+        "pope/random/5",
+    ]
     assert sum(gen.calls, []) == by_image
     assert gen.calls[:2] == [["pope/random/0", "pope/random/3"], ["pope/random/6", "pope/random/1"]]
     assert [r["item_id"] for r in read_jsonl(out)] == [it["item_id"] for it in items]
     # a resume continues the same order: the batches are those of the uninterrupted run
     out2 = tmp_path / "r2.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        run_shard(make_run(batch_size=2), out2, items=items, vlm=object(), generate_fn=FakeGenerate(1),
-                  progress=False)
+        run_shard(
+            make_run(batch_size=2),
+            out2,
+            items=items,
+            vlm=object(),
+            generate_fn=FakeGenerate(1),
+            progress=False,
+        )
     rest = FakeGenerate()
     run_shard(make_run(batch_size=2), out2, items=items, vlm=object(), generate_fn=rest, progress=False)
     assert rest.calls == gen.calls[1:]
@@ -96,7 +166,9 @@ def test_sidecar_records_provenance_and_resume_counts(tmp_path):
     assert not sidecar_path(out).exists()
     run_shard(run, out, items=items, vlm=object(), generate_fn=FakeGenerate(), progress=False)
     side = tmp_path / "0-of-1.meta.json"
-    assert sidecar_path(out) == side and sidecar_path(tmp_path / "seed0.jsonl") == tmp_path / "seed0.meta.json"
+    assert (
+        sidecar_path(out) == side and sidecar_path(tmp_path / "seed0.jsonl") == tmp_path / "seed0.meta.json"
+    )
     meta = json.loads(side.read_text())
     assert set(meta) == SIDECAR_KEYS
     # the first batch (3 items, d's error row is not among them) was checkpointed before the kill
@@ -111,8 +183,11 @@ def test_sidecar_records_provenance_and_resume_counts(tmp_path):
     assert set(meta["versions"]) == {"python", *RESULT_PACKAGES}
     assert meta["versions"]["transformers"] == metadata.version("transformers")
     lock = Path(__file__).resolve().parents[1] / "requirements.lock"
-    assert meta["environment_lock"] == {"lock_sha256": file_digest(lock, "sha256"), "matches": True,
-                                        "differences": []}
+    assert meta["environment_lock"] == {
+        "lock_sha256": file_digest(lock, "sha256"),
+        "matches": True,
+        "differences": [],
+    }
     assert meta["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     assert meta["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
@@ -123,8 +198,14 @@ def test_sidecar_without_git(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not a git checkout: no commit, no failure
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     items = make_items(tmp_path, images=("a",), missing=())
-    out = run_shard(make_run(), tmp_path / "seed0.jsonl", items=items, vlm=object(), generate_fn=FakeGenerate(),
-                    progress=False)
+    out = run_shard(
+        make_run(),
+        tmp_path / "seed0.jsonl",
+        items=items,
+        vlm=object(),
+        generate_fn=FakeGenerate(),
+        progress=False,
+    )
     meta = json.loads((tmp_path / "seed0.meta.json").read_text())
     assert meta["git_commit"] is None and meta["git_dirty"] is None and meta["n_errors"] == 0
     assert meta["protocol"] is None and meta["protocol_name"] is None
@@ -150,9 +231,11 @@ def test_output_lock_names_the_holder_and_a_dead_holder_does_not_block(tmp_path)
     with output_lock(out):
         assert lock.read_text() == f"pid {os.getpid()} on {__import__('socket').gethostname()}\n"
         # another process trying the same lock fails at once, naming us
-        code = ("import sys; from vcdflow.checkpoint import output_lock; from vcdflow import errors\n"
-                f"try:\n    with output_lock({str(out)!r}): pass\n"
-                "except errors.OutputLocked as e:\n    print(e); sys.exit(3)\n")
+        code = (
+            "import sys; from vcdflow.checkpoint import output_lock; from vcdflow import errors\n"
+            f"try:\n    with output_lock({str(out)!r}): pass\n"
+            "except errors.OutputLocked as e:\n    print(e); sys.exit(3)\n"
+        )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert res.returncode == 3 and f"pid {os.getpid()} on" in res.stdout
     assert not lock.exists()
@@ -192,6 +275,10 @@ def test_library_parameter_errors_name_the_parameter_and_type(tmp_path):
     ck.open()
     ck.close()
     before = (tmp_path / "r.jsonl.partial").read_bytes()
-    with pytest.raises(errors.UsageError, match=r"parameter 'noise_step' of method 'vcd' must be int, got '500'"):
-        run_shard(run, out, items=make_items(tmp_path, images=("a",), missing=()), vlm=object(), progress=False)
+    with pytest.raises(
+        errors.UsageError, match=r"parameter 'noise_step' of method 'vcd' must be int, got '500'"
+    ):
+        run_shard(
+            run, out, items=make_items(tmp_path, images=("a",), missing=()), vlm=object(), progress=False
+        )
     assert (tmp_path / "r.jsonl.partial").read_bytes() == before  # checked before the checkpoint

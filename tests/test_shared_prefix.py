@@ -22,11 +22,18 @@ try:  # the engine tests' tiny-model parameters (kept in one place), cheaper pre
     from test_decoding import PARAMS as _ENGINE_PARAMS
 except ImportError:  # pragma: no cover
     _ENGINE_PARAMS = {}
-PARAMS = {"carve": {"layers": [0, 1]}, **_ENGINE_PARAMS,
-          "code": {"description_max_new_tokens": 4}, "selfaug": {"sas_max_new_tokens": 4}}
+PARAMS = {
+    "carve": {"layers": [0, 1]},
+    **_ENGINE_PARAMS,
+    "code": {"description_max_new_tokens": 4},
+    "selfaug": {"sas_max_new_tokens": 4},
+}
 SYSTEM = "You are an expert data analyst. Please answer this question with one word."
-QUESTIONS = ["Is there a cup in the image?", "Is there a dog in the image?",
-             "what is this red dog doing on the table with a cat?"]
+QUESTIONS = [
+    "Is there a cup in the image?",
+    "Is there a dog in the image?",
+    "what is this red dog doing on the table with a cat?",
+]
 
 
 def _img(seed, w=80, h=60):
@@ -43,11 +50,22 @@ def _demo_vlm():
         for name, p in model.named_parameters():
             if p.ndim == 2 and "language_model" in name:
                 p.mul_(3.0)
-    return VLM(model=model, processor=proc, family="llava", adapter=adapter_for("llava", model, proc),
-               device=torch.device("cpu"), dtype=torch.float32, source="random:demo")
+    return VLM(
+        model=model,
+        processor=proc,
+        family="llava",
+        adapter=adapter_for("llava", model, proc),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        source="random:demo",
+    )
 
 
-BUILDERS = {"llava": build_tiny_llava, "instructblip": build_tiny_instructblip, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+BUILDERS = {
+    "llava": build_tiny_llava,
+    "instructblip": build_tiny_instructblip,
+    "qwen2_5_vl": build_tiny_qwen2_5_vl,
+}
 
 
 @pytest.fixture(scope="module", params=["llava", "instructblip", "qwen2_5_vl", "demo"])
@@ -74,10 +92,19 @@ def pope_like(n_images=2, questions=QUESTIONS, system=SYSTEM, repeat_first=False
     ``repeat_first`` the first question comes twice per image (as in POPE's three splits)."""
     ims = [_img(i + 1) for i in range(n_images)]
     qs = list(questions) + ([questions[0]] if repeat_first else [])
-    return [Request(image=ims[i], prompt=q, item_id=f"img{i}/q{k}", system=system,
-                    contrast_image=ims[(i + 1) % n_images], contrast_prompt="what is this?",
-                    contrast_images=[ims[(i + 1) % n_images]])
-            for i in range(n_images) for k, q in enumerate(qs)]
+    return [
+        Request(
+            image=ims[i],
+            prompt=q,
+            item_id=f"img{i}/q{k}",
+            system=system,
+            contrast_image=ims[(i + 1) % n_images],
+            contrast_prompt="what is this?",
+            contrast_images=[ims[(i + 1) % n_images]],
+        )
+        for i in range(n_images)
+        for k, q in enumerate(qs)
+    ]
 
 
 class Spy:
@@ -105,10 +132,16 @@ class Spy:
 
 
 def _both(vlm, reqs, method, params=None, **kw):
-    kw = dict(params=params if params is not None else PARAMS.get(method), max_new_tokens=N_NEW,
-              eos_token_id=[], **kw)
-    return (generate(vlm, reqs, method=method, share_prefix=True, **kw),
-            generate(vlm, reqs, method=method, share_prefix=False, **kw))
+    kw = dict(
+        params=params if params is not None else PARAMS.get(method),
+        max_new_tokens=N_NEW,
+        eos_token_id=[],
+        **kw,
+    )
+    return (
+        generate(vlm, reqs, method=method, share_prefix=True, **kw),
+        generate(vlm, reqs, method=method, share_prefix=False, **kw),
+    )
 
 
 #: methods whose every decoding branch is built per question (CARVE: the image refined by the
@@ -190,8 +223,10 @@ def llava(tmp_path_factory):
 
 def test_early_eos_and_mixed_batch(llava):
     """Requests stop at different steps; text-only and long-system rows share the batch."""
-    reqs = pope_like(3) + [Request(prompt="Describe the picture", item_id="text"),
-                           Request(image=_img(1), prompt="Is there a cup?", item_id="nosys")]
+    reqs = pope_like(3) + [
+        Request(prompt="Describe the picture", item_id="text"),
+        Request(image=_img(1), prompt="Is there a cup?", item_id="nosys"),
+    ]
     free = generate(llava, reqs, method="greedy", max_new_tokens=8, eos_token_id=[])
     eos = free[0].token_ids[2]
     shared = generate(llava, reqs, method="greedy", max_new_tokens=8, eos_token_id=eos)
@@ -201,8 +236,10 @@ def test_early_eos_and_mixed_batch(llava):
     assert [o.token_ids for o in shared] == [o.token_ids for o in unshared]
     assert [o.meta["finish_reason"] for o in shared] == [o.meta["finish_reason"] for o in unshared]
     for bs in (1, 4):
-        assert [o.token_ids for o in generate(llava, reqs, method="greedy", max_new_tokens=8, eos_token_id=eos,
-                                               batch_size=bs)] == [o.token_ids for o in shared]
+        assert [
+            o.token_ids
+            for o in generate(llava, reqs, method="greedy", max_new_tokens=8, eos_token_id=eos, batch_size=bs)
+        ] == [o.token_ids for o in shared]
 
 
 @pytest.mark.parametrize("method", ["vcd", "ritual"])
@@ -212,10 +249,12 @@ def test_draw_per_image_shares_the_contrast_branch(llava, method, monkeypatch):
     reqs = pope_like(2)
     spy = Spy(monkeypatch, llava.adapter)
     per_q = generate(llava, reqs, method=method, max_new_tokens=3, eos_token_id=[])
-    per_q_explicit = generate(llava, reqs, method=method, params={"draw": "per_question"}, max_new_tokens=3,
-                              eos_token_id=[])
-    per_img = generate(llava, reqs, method=method, params={"draw": "per_image"}, max_new_tokens=3,
-                       eos_token_id=[])
+    per_q_explicit = generate(
+        llava, reqs, method=method, params={"draw": "per_question"}, max_new_tokens=3, eos_token_id=[]
+    )
+    per_img = generate(
+        llava, reqs, method=method, params={"draw": "per_image"}, max_new_tokens=3, eos_token_id=[]
+    )
     assert [o.token_ids for o in per_q] == [o.token_ids for o in per_q_explicit]
     if method == "vcd":  # RITUAL may draw the same transform twice; VCD's noise never repeats
         assert spy.plans[0] == (2 + 6, 12)
@@ -224,16 +263,28 @@ def test_draw_per_image_shares_the_contrast_branch(llava, method, monkeypatch):
         t = [o.meta["ritual_transform"] for o in per_img]
         assert t[:3] == [t[0]] * 3 and t[3:] == [t[3]] * 3
     # per image: the stream belongs to the picture, not to the item id or the question
-    renamed = [Request(image=r.image.copy(), prompt=r.prompt, system=r.system, item_id=f"other/{k}")
-               for k, r in enumerate(reqs)]
-    again = generate(llava, renamed, method=method, params={"draw": "per_image"}, max_new_tokens=3,
-                     eos_token_id=[])
+    renamed = [
+        Request(image=r.image.copy(), prompt=r.prompt, system=r.system, item_id=f"other/{k}")
+        for k, r in enumerate(reqs)
+    ]
+    again = generate(
+        llava, renamed, method=method, params={"draw": "per_image"}, max_new_tokens=3, eos_token_id=[]
+    )
     assert [o.token_ids for o in again] == [o.token_ids for o in per_img]
-    unshared = generate(llava, reqs, method=method, params={"draw": "per_image"}, max_new_tokens=3,
-                        eos_token_id=[], share_prefix=False)
+    unshared = generate(
+        llava,
+        reqs,
+        method=method,
+        params={"draw": "per_image"},
+        max_new_tokens=3,
+        eos_token_id=[],
+        share_prefix=False,
+    )
     assert [o.token_ids for o in unshared] == [o.token_ids for o in per_img]
 
 
 def test_bad_draw(llava):
-    with pytest.raises(ValueError, match="parameter 'draw' of method 'vcd' must be one of per_question, per_image"):
+    with pytest.raises(
+        ValueError, match="parameter 'draw' of method 'vcd' must be one of per_question, per_image"
+    ):
         generate(llava, pope_like(1), method="vcd", params={"draw": "per_item"})

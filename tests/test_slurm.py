@@ -104,20 +104,30 @@ def profile_default_resources() -> list[str]:
 
 def slurm_args() -> list[str]:
     return [
-        "--workflow-profile", str(PROFILE),
-        "--default-resources", *profile_default_resources(),
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "1",
+        "--workflow-profile",
+        str(PROFILE),
+        "--default-resources",
+        *profile_default_resources(),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
     ]
 
 
 def snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(micro_config()),
-        "--config", "device=auto",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(micro_config()),
+        "--config",
+        "device=auto",
         "--nocolor",
         *extra,
     ]
@@ -146,7 +156,9 @@ def read_records(path: Path) -> list[dict]:
 
 
 def result_files(workdir: Path) -> dict[str, list[dict]]:
-    return {str(p.relative_to(workdir)): read_records(p) for p in sorted((workdir / "results").rglob("*.jsonl"))}
+    return {
+        str(p.relative_to(workdir)): read_records(p) for p in sorted((workdir / "results").rglob("*.jsonl"))
+    }
 
 
 def job_stats(log_text: str) -> dict[str, int]:
@@ -180,7 +192,9 @@ class GresRecorder(threading.Thread):
     def run(self):
         while not self._halt.is_set():
             try:
-                out = subprocess.run(["scontrol", "show", "job", "-d", "-o"], capture_output=True, text=True, timeout=10).stdout
+                out = subprocess.run(
+                    ["scontrol", "show", "job", "-d", "-o"], capture_output=True, text=True, timeout=10
+                ).stdout
             except (OSError, subprocess.SubprocessError):
                 out = ""
             for line in out.splitlines():
@@ -254,7 +268,9 @@ class Canceller(threading.Thread):
         try:
             os.kill(self.pid, sig)
         except ProcessLookupError:
-            raise AssertionError(f"decode process of SLURM job {self.slurm_id} ended before a mid-run checkpoint")
+            raise AssertionError(
+                f"decode process of SLURM job {self.slurm_id} ended before a mid-run checkpoint"
+            )
 
     def _run(self):
         deadline = time.monotonic() + self.timeout
@@ -325,8 +341,10 @@ def slurm_cluster():
     elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
         as_root = ["sudo", "-n"]
     else:
-        _unavailable("needs root or passwordless sudo: setup.sh installs slurm-wlm/munge, "
-                     "writes /etc/slurm and mknods fake GPUs")
+        _unavailable(
+            "needs root or passwordless sudo: setup.sh installs slurm-wlm/munge, "
+            "writes /etc/slurm and mknods fake GPUs"
+        )
     try:
         import snakemake_executor_plugin_slurm  # noqa: F401
     except ImportError:
@@ -373,8 +391,17 @@ def slurm_run(slurm_cluster, tmp_path_factory):
     local_log = local.parent / "snakemake.log"
     # Same thread counts as the SLURM profile's set-threads (float rounding depends on them; on
     # the micro model's near-tied logits that changes ConVis captions), so "same config" holds.
-    local_cmd = snakemake_cmd(local, "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "4",
-                              "--set-threads", "decode=4", "convis_captions=4", "convis_reconstruct=4")
+    local_cmd = snakemake_cmd(
+        local,
+        "--workflow-profile",
+        str(REPO / "profiles" / "default"),
+        "--cores",
+        "4",
+        "--set-threads",
+        "decode=4",
+        "convis_captions=4",
+        "convis_reconstruct=4",
+    )
     with open(local_log, "w") as fh:
         local_proc = subprocess.Popen(local_cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env())
 
@@ -392,8 +419,10 @@ def slurm_run(slurm_cluster, tmp_path_factory):
         assert canceller.k is not None, f"no decode job was cancelled:\n{tail(log)}"
         assert first.returncode != 0, f"the run with a cancelled job succeeded:\n{tail(log)}"
         partial = Path(str(canceller.shard) + ".partial")
-        after_cancel = {"shard_exists": canceller.shard.exists(),
-                        "partial_records": _count_records(partial) if partial.exists() else None}
+        after_cancel = {
+            "shard_exists": canceller.shard.exists(),
+            "partial_records": _count_records(partial) if partial.exists() else None,
+        }
         seconds_first = time.monotonic() - t0
         rerun = run_logged(cmd, rerun_log, timeout=900)
         assert rerun.returncode == 0, f"the rerun failed:\n{tail(rerun_log)}"
@@ -407,9 +436,20 @@ def slurm_run(slurm_cluster, tmp_path_factory):
                 assert m, f"cannot read the rule from SLURM log path {slurm_log}"
                 submitted[slurm_id] = m.group(1)
         yield {
-            "workdir": workdir, "log": log, "rerun_log": rerun_log, "texts": texts, "submitted": submitted,
-            "gres_idx": dict(recorder.idx), "seconds": seconds, "seconds_first": seconds_first,
-            "cancel": {"slurm_id": canceller.slurm_id, "k": canceller.k, "shard": canceller.shard, **after_cancel},
+            "workdir": workdir,
+            "log": log,
+            "rerun_log": rerun_log,
+            "texts": texts,
+            "submitted": submitted,
+            "gres_idx": dict(recorder.idx),
+            "seconds": seconds,
+            "seconds_first": seconds_first,
+            "cancel": {
+                "slurm_id": canceller.slurm_id,
+                "k": canceller.k,
+                "shard": canceller.shard,
+                **after_cancel,
+            },
             "local": {"workdir": local, "log": local_log, "proc": local_proc},
         }
     finally:
@@ -426,8 +466,11 @@ def local_run(slurm_run):
     local = slurm_run["local"]
     rc = local["proc"].wait(timeout=900)
     assert rc == 0, f"local run failed; log tail:\n{tail(local['log'])}"
-    return {"workdir": local["workdir"], "results": result_files(local["workdir"]),
-            "metrics": (local["workdir"] / "results" / "metrics.csv").read_text()}
+    return {
+        "workdir": local["workdir"],
+        "results": result_files(local["workdir"]),
+        "metrics": (local["workdir"] / "results" / "metrics.csv").read_text(),
+    }
 
 
 # --------------------------------------------------------------------------- tests
@@ -447,10 +490,27 @@ def test_smoke_gpu_jobs_are_sbatch_jobs_with_distinct_fake_gpus(slurm_cluster, t
         "        'echo \"$SLURM_JOB_ID $CUDA_VISIBLE_DEVICES $(ls out/started* | wc -l)\" > {output}'\n"
     )
     log = tmp_path / "log.txt"
-    cmd = [sys.executable, "-m", "snakemake", "--executor", "slurm", "-j", "4", "--workflow-profile", "none",
-           "--default-resources", "slurm_partition=debug", "--slurm-status-command", "squeue",
-           "--slurm-init-seconds-before-status-checks", "1", "--nocolor"]
-    proc = subprocess.run(cmd, cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=clean_env(), timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--executor",
+        "slurm",
+        "-j",
+        "4",
+        "--workflow-profile",
+        "none",
+        "--default-resources",
+        "slurm_partition=debug",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--nocolor",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=clean_env(), timeout=300
+    )
     assert proc.returncode == 0, tail(log)
     rows = [(tmp_path / f"out/{i}.txt").read_text().split() for i in range(2)]
     slurm_ids = {sid for _, sid, _ in SUBMITTED.findall(log.read_text())}
@@ -466,10 +526,14 @@ def test_every_cluster_rule_ran_as_an_sbatch_job(slurm_run):
     ran = [rule for text in slurm_run["texts"].values() for rule in FINISHED.findall(text)] + ["decode"]
     ran_rules = set(ran)
     assert HEAVY_RULES <= ran_rules, f"the run had no {HEAVY_RULES - ran_rules} job"
-    assert submitted_rules == ran_rules - LOCAL_RULES, f"not submitted: {ran_rules - LOCAL_RULES - submitted_rules}"
+    assert submitted_rules == ran_rules - LOCAL_RULES, (
+        f"not submitted: {ran_rules - LOCAL_RULES - submitted_rules}"
+    )
     assert not submitted_rules & LOCAL_RULES, f"local rules went to SLURM: {submitted_rules & LOCAL_RULES}"
     for rule in submitted_rules:
-        assert submitted.count(rule) == ran.count(rule), f"{rule}: {submitted.count(rule)} sbatch jobs for {ran.count(rule)} jobs"
+        assert submitted.count(rule) == ran.count(rule), (
+            f"{rule}: {submitted.count(rule)} sbatch jobs for {ran.count(rule)} jobs"
+        )
     # Every GPU job asked for exactly one GPU through --gpus (never --gres), with the CPUs per
     # GPU, memory and time the profile sets for its rule.
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]
@@ -501,7 +565,15 @@ def _gpu_jobs(slurm_run) -> list[dict]:
             continue
         stamp = LOG_TIME.search(text).group(1)
         start = time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp[-3:]) / 1000
-        jobs.append({"log": p, "slurm_id": bound.group(1), "cvd": bound.group(2), "start": start, "end": p.stat().st_mtime})
+        jobs.append(
+            {
+                "log": p,
+                "slurm_id": bound.group(1),
+                "cvd": bound.group(2),
+                "start": start,
+                "end": p.stat().st_mtime,
+            }
+        )
     return jobs
 
 
@@ -510,11 +582,16 @@ def test_concurrent_gpu_jobs_saw_different_devices(slurm_run):
     assert any("decode" in job["log"].parts for job in jobs)
     for job in jobs:
         # The device the job used is the one SLURM allocated to it (recorded while it ran).
-        assert job["slurm_id"] in slurm_run["gres_idx"], f"job {job['slurm_id']} never seen running with a GPU"
+        assert job["slurm_id"] in slurm_run["gres_idx"], (
+            f"job {job['slurm_id']} never seen running with a GPU"
+        )
         assert job["cvd"] == slurm_run["gres_idx"][job["slurm_id"]], job
         assert job["cvd"] in {"0", "1", "2", "3"}
     overlapping = [
-        (a, b) for i, a in enumerate(jobs) for b in jobs[i + 1:] if a["start"] < b["end"] and b["start"] < a["end"]
+        (a, b)
+        for i, a in enumerate(jobs)
+        for b in jobs[i + 1 :]
+        if a["start"] < b["end"] and b["start"] < a["end"]
     ]
     assert overlapping, "no two GPU jobs ran at the same time; the test proves nothing"
     for a, b in overlapping:
@@ -528,7 +605,9 @@ def test_cancelled_job_resumes_on_rerun(slurm_run):
     """scancel after K of N items: the run reports it, the checkpoint keeps K, the rerun resumes."""
     c = slurm_run["cancel"]
     first, rerun = slurm_run["texts"]["first"], slurm_run["texts"]["rerun"]
-    assert re.search(rf"SLURM-job '{c['slurm_id']}' failed, SLURM status is: 'CANCELLED", first), tail(slurm_run["log"])
+    assert re.search(rf"SLURM-job '{c['slurm_id']}' failed, SLURM status is: 'CANCELLED", first), tail(
+        slurm_run["log"]
+    )
     assert slurm_run["submitted"][c["slurm_id"]] == "decode"
     assert not c["shard_exists"], "the cancelled shard has an output"
     assert c["partial_records"] == c["k"] >= 1, "the checkpoint lost items when the job was cancelled"

@@ -18,7 +18,11 @@ from vcdflow.models import load_vlm
 
 N_NEW = 6
 FAMILIES = ["llava", "instructblip", "qwen2_5_vl", "qwen2_vl", "llava_next", "llava_onevision", "internvl"]
-PROMPTS = ["Is there a cup in the image?", "what is this red dog doing on the table with a cat?", "Is there a dog?"]
+PROMPTS = [
+    "Is there a cup in the image?",
+    "what is this red dog doing on the table with a cat?",
+    "Is there a dog?",
+]
 
 
 def _img(seed, w=80, h=60):
@@ -27,7 +31,9 @@ def _img(seed, w=80, h=60):
 
 def _requests():
     # two questions about one image (a shared prefix) and one about another, of different lengths
-    return [Request(image=_img(s), prompt=p, item_id=f"q{i}") for i, (s, p) in enumerate(zip([0, 0, 1], PROMPTS))]
+    return [
+        Request(image=_img(s), prompt=p, item_id=f"q{i}") for i, (s, p) in enumerate(zip([0, 0, 1], PROMPTS))
+    ]
 
 
 @pytest.fixture(scope="module", params=FAMILIES + ["demo"])
@@ -52,10 +58,25 @@ def test_static_step_matches_eager(vlm, method):
     eos = [_tokens(free)[0][3]]
     for share in (True, False):
         for batch in (len(reqs), 1):
-            eager = generate(vlm, reqs, method, max_new_tokens=N_NEW, eos_token_id=eos, share_prefix=share,
-                             batch_size=batch)
-            static = generate(vlm, reqs, method, max_new_tokens=N_NEW, eos_token_id=eos, share_prefix=share,
-                              batch_size=batch, compile="static")
+            eager = generate(
+                vlm,
+                reqs,
+                method,
+                max_new_tokens=N_NEW,
+                eos_token_id=eos,
+                share_prefix=share,
+                batch_size=batch,
+            )
+            static = generate(
+                vlm,
+                reqs,
+                method,
+                max_new_tokens=N_NEW,
+                eos_token_id=eos,
+                share_prefix=share,
+                batch_size=batch,
+                compile="static",
+            )
             assert _tokens(static) == _tokens(eager), (share, batch)
             assert [o.meta["finish_reason"] for o in static] == [o.meta["finish_reason"] for o in eager]
             assert {o.meta["step"] for o in static} == {"static"}
@@ -68,8 +89,12 @@ def test_static_sampling_and_eager_fallback(tmp_path_factory):
     vlm = load_vlm(str(build_tiny_llava(tmp_path_factory.mktemp("llava"))), device="cpu")
     reqs = _requests()
     kw = dict(max_new_tokens=N_NEW, eos_token_id=[], do_sample=True, temperature=1.0, top_p=0.9, seed=3)
-    assert _tokens(generate(vlm, reqs, "sample", compile="static", **kw)) == _tokens(generate(vlm, reqs, "sample", **kw))
-    assert _tokens(generate(vlm, reqs, "vcd", compile="static", **kw)) == _tokens(generate(vlm, reqs, "vcd", **kw))
+    assert _tokens(generate(vlm, reqs, "sample", compile="static", **kw)) == _tokens(
+        generate(vlm, reqs, "sample", **kw)
+    )
+    assert _tokens(generate(vlm, reqs, "vcd", compile="static", **kw)) == _tokens(
+        generate(vlm, reqs, "vcd", **kw)
+    )
     # forward hooks (DoLa's early-exit layers) and beams need the eager step: they say so and decode as before
     for method, extra in [("dola", {}), ("greedy", {"num_beams": 2})]:
         eager = generate(vlm, reqs, method, max_new_tokens=3, eos_token_id=[], **extra)

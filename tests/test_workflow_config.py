@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def smk(*args, cwd=ROOT, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -28,7 +31,9 @@ def write_config(tmp_path, mutate):
 
 def test_lint_is_clean():
     out = smk("--lint")
-    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, out.stdout + out.stderr
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, (
+        out.stdout + out.stderr
+    )
 
 
 def test_unknown_key_fails_before_any_job_naming_the_key(tmp_path):
@@ -69,11 +74,21 @@ def test_demo_dag_expands_the_grid(tmp_path):
     batches = {rule for rule in counts if rule.startswith("decode_batch_")}
     assert {counts[rule] for rule in batches} == {"1"} and 4 <= len(batches) <= 8, counts
     assert len(cfg["methods"]) / cfg["group_labels"] <= len(batches)
-    assert {rule.replace("decode_", "score_", 1) for rule in batches} == {r for r in counts if r.startswith("score_batch_")}
+    assert {rule.replace("decode_", "score_", 1) for rule in batches} == {
+        r for r in counts if r.startswith("score_batch_")
+    }
     assert not {"decode", "merge_shards", "score", "decode_group", "score_group"} & set(counts), counts
     # one decode and one scoring job per label
-    per_label = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"),
-                    "--config", "group_labels=1", cwd=tmp_path)
+    per_label = smk(
+        "-n",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        "--config",
+        "group_labels=1",
+        cwd=tmp_path,
+    )
     assert per_label.returncode == 0, per_label.stdout + per_label.stderr
     counts = dict(line.split()[:2] for line in per_label.stdout.splitlines() if len(line.split()) == 2)
     # labels whose method is meant for yes/no items only (PBA's answer_kinds) have no CHAIR or
@@ -87,12 +102,21 @@ def test_demo_dag_expands_the_grid(tmp_path):
     n_yes_no = len(cfg["benchmarks"]["pope"]["splits"]) + 1 + 1
     assert int(counts["score"]) == int(counts["merge_shards"]) == len(partial) * n_yes_no * len(cfg["seeds"])
     # per-result jobs: POPE's 3 splits, CHAIR, MME and AMBER's 2 tasks per label and seed
-    off = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "config.yaml"),
-              "--config", "group_decode=False", cwd=tmp_path)
+    off = smk(
+        "-n",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        "--config",
+        "group_decode=False",
+        cwd=tmp_path,
+    )
     assert off.returncode == 0, off.stdout + off.stderr
     counts = dict(line.split()[:2] for line in off.stdout.splitlines() if len(line.split()) == 2)
-    n_results = ((len(cfg["benchmarks"]["pope"]["splits"]) + 1 + 1 + 2) * len(cfg["methods"]) - 2 * len(partial)) \
-        * len(cfg["seeds"])
+    n_results = (
+        (len(cfg["benchmarks"]["pope"]["splits"]) + 1 + 1 + 2) * len(cfg["methods"]) - 2 * len(partial)
+    ) * len(cfg["seeds"])
     assert int(counts["score"]) == int(counts["merge_shards"]) == n_results
     assert "decode_group" not in counts and int(counts["decode"]) <= n_results
 
@@ -112,12 +136,21 @@ def test_paper_config_builds_the_whole_dag_offline(tmp_path):
     cfg["models"] = {name: cfg["models"][name] for name in per_family.values()}
     one_seed = tmp_path / "paper_one_seed.yaml"
     one_seed.write_text(yaml.safe_dump(dict(cfg, seeds=cfg["seeds"][:1])))
-    out = smk("-n", "--quiet", "rules", "--configfile", str(one_seed), "--config", "offline=True", cwd=tmp_path,
-              timeout=600)  # ~30 s of CPU; the shared test machine can be many times slower
+    out = smk(
+        "-n",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(one_seed),
+        "--config",
+        "offline=True",
+        cwd=tmp_path,
+        timeout=600,
+    )  # ~30 s of CPU; the shared test machine can be many times slower
     assert out.returncode == 0, out.stdout + out.stderr
     assert cfg["protocol"] == ["unified", "paper"]
     assert cfg["group_decode"] is True and cfg["group_results"] == 16
-    table = out.stdout[out.stdout.index("Job stats:"):].split("\n\n")[0]
+    table = out.stdout[out.stdout.index("Job stats:") :].split("\n\n")[0]
     counts = {}
     for line in table.splitlines()[3:]:
         rule, n = line.split()
@@ -134,9 +167,20 @@ def test_paper_config_builds_the_whole_dag_offline(tmp_path):
     n_decodes = 2 * len(cfg["methods"]) * n_splits * len(cfg["models"]) * 0.9
     assert n_decodes / 16 < len(decode) < n_decodes / 4, len(decode)
     assert counts["total"] < 1000
-    for rule in ("download_pope", "download_coco_val2014", "download_gqa_images", "download_nltk_data", "download_model",
-                 "download_mme", "prepare_mme", "download_amber_file", "report",
-                 "convis_t2i_download", "convis_captions", "convis_reconstruct"):
+    for rule in (
+        "download_pope",
+        "download_coco_val2014",
+        "download_gqa_images",
+        "download_nltk_data",
+        "download_model",
+        "download_mme",
+        "prepare_mme",
+        "download_amber_file",
+        "report",
+        "convis_t2i_download",
+        "convis_captions",
+        "convis_reconstruct",
+    ):
         assert rule in counts, rule
     assert "train_demo_model" not in out.stdout  # --configfile replaces the demo config
 
@@ -146,10 +190,21 @@ def test_slurm_profile_dry_run_batch_job_requests_one_gpu(tmp_path):
     the resources the profile gives every decode_batch_<name> rule (set-resources decode_batch;
     the slurm executor turns `gpu: 1` into `--gpus=1`; tests/test_slurm.py submits for real)."""
     target = "results/pope/random/llava-1.5-7b/unified/vcd/greedy/seed42.jsonl"
-    out = smk("-n", "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--configfile",
-              str(ROOT / "config/paper.yaml"), "--config", "offline=True", "--", target, cwd=tmp_path, timeout=600)
+    out = smk(
+        "-n",
+        "--workflow-profile",
+        str(ROOT / "profiles" / "slurm"),
+        "--configfile",
+        str(ROOT / "config/paper.yaml"),
+        "--config",
+        "offline=True",
+        "--",
+        target,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
-    job = out.stdout[out.stdout.index("rule decode_batch_llava_1_5_7b_unified_"):]
+    job = out.stdout[out.stdout.index("rule decode_batch_llava_1_5_7b_unified_") :]
     assert target in job.split("\n    output: ")[1].split("\n")[0]
     resources = next(line for line in job.splitlines() if line.strip().startswith("resources:"))
     values = resources.replace(" ", "").split(":", 1)[1].split(",")
@@ -160,36 +215,83 @@ def test_slurm_profile_dry_run_batch_job_requests_one_gpu(tmp_path):
 def test_missing_spacy_fails_before_any_job(tmp_path):
     """paper.yaml turns on AMBER's spaCy similarity: without spaCy the run stops before its first
     job, naming the key, instead of failing at scoring after the decoding."""
-    out = smk("--cores", "1", "--workflow-profile", "none", "--configfile", str(ROOT / "config/paper.yaml"),
-              "--config", "offline=True", "--", "resources/chair/synonyms.txt", cwd=tmp_path)
+    out = smk(
+        "--cores",
+        "1",
+        "--workflow-profile",
+        "none",
+        "--configfile",
+        str(ROOT / "config/paper.yaml"),
+        "--config",
+        "offline=True",
+        "--",
+        "resources/chair/synonyms.txt",
+        cwd=tmp_path,
+    )
     assert out.returncode != 0
     text = out.stdout + out.stderr
-    assert "config benchmarks.amber.spacy_model is set (resources/spacy/en_core_web_lg) but spaCy is not installed" in text
+    assert (
+        "config benchmarks.amber.spacy_model is set (resources/spacy/en_core_web_lg) but spaCy is not installed"
+        in text
+    )
     assert not (tmp_path / "resources").exists() and not (tmp_path / "logs").exists()
 
 
 def test_pope_entry_needs_questions_or_build(tmp_path):
     def mutate(c):
         c["benchmarks"]["pope_x"] = {"images": "resources/demo/world/images/val"}
+
     out = smk("-n", "--configfile", str(write_config(tmp_path, mutate)), cwd=tmp_path)
     assert out.returncode != 0
-    assert ("config benchmarks.pope_x: give `questions` (a POPE file path with {split}) or "
-            "`build: {instances: ...}`") in out.stdout + out.stderr
-    out = smk("-n", "--configfile", str(write_config(tmp_path, lambda c: c["benchmarks"].update(
-        {"pope_x": {"build": {"n_images": 5}}}))), cwd=tmp_path)
+    assert (
+        "config benchmarks.pope_x: give `questions` (a POPE file path with {split}) or "
+        "`build: {instances: ...}`"
+    ) in out.stdout + out.stderr
+    out = smk(
+        "-n",
+        "--configfile",
+        str(write_config(tmp_path, lambda c: c["benchmarks"].update({"pope_x": {"build": {"n_images": 5}}}))),
+        cwd=tmp_path,
+    )
     assert out.returncode != 0 and "'instances' is a required property" in out.stdout + out.stderr
-    out = smk("-n", "--configfile", str(write_config(tmp_path, lambda c: c["benchmarks"].update(
-        {"pope_x": {"build": {"instances": "a.json"}}}))), cwd=tmp_path)
-    assert out.returncode != 0 and "config benchmarks.pope_x: `images` (the image folder) is missing" in out.stdout + out.stderr
+    out = smk(
+        "-n",
+        "--configfile",
+        str(
+            write_config(
+                tmp_path, lambda c: c["benchmarks"].update({"pope_x": {"build": {"instances": "a.json"}}})
+            )
+        ),
+        cwd=tmp_path,
+    )
+    assert (
+        out.returncode != 0
+        and "config benchmarks.pope_x: `images` (the image folder) is missing" in out.stdout + out.stderr
+    )
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda c: c["methods"]["vcd"].update(method="vdc"), "config methods.vcd.method: unknown method 'vdc'"),
-    (lambda c: c["methods"]["vcd"]["params"].update(alhpa=1), "config methods.vcd.params: unknown parameter 'alhpa' for method 'vcd'"),
-    (lambda c: c["methods"]["vcd"].update(protocol="papr"), "config methods.vcd.protocol: unknown protocol 'papr'"),
-    (lambda c: c["methods"]["vcd"]["params"].update(alpha="abc"),
-     "config methods.vcd.params: parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)"),
-], ids=["method", "parameter", "protocol", "alpha-type"])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (
+            lambda c: c["methods"]["vcd"].update(method="vdc"),
+            "config methods.vcd.method: unknown method 'vdc'",
+        ),
+        (
+            lambda c: c["methods"]["vcd"]["params"].update(alhpa=1),
+            "config methods.vcd.params: unknown parameter 'alhpa' for method 'vcd'",
+        ),
+        (
+            lambda c: c["methods"]["vcd"].update(protocol="papr"),
+            "config methods.vcd.protocol: unknown protocol 'papr'",
+        ),
+        (
+            lambda c: c["methods"]["vcd"]["params"].update(alpha="abc"),
+            "config methods.vcd.params: parameter 'alpha' of method 'vcd' must be number, got 'abc' (str)",
+        ),
+    ],
+    ids=["method", "parameter", "protocol", "alpha-type"],
+)
 def test_bad_method_parameter_or_protocol_fails_in_the_dry_run(tmp_path, mutate, needle):
     """Fails at parse time, naming the key: no DAG, no job (before: a 131-job dry run passed)."""
     out = smk("-n", "--configfile", str(write_config(tmp_path, mutate)), cwd=tmp_path)
@@ -202,7 +304,9 @@ def test_bad_method_parameter_or_protocol_fails_in_the_dry_run(tmp_path, mutate,
 def test_demo_paper_and_demo_full_configs_build_their_dags(tmp_path):
     """make demo-paper / make demo-full: every method of demo-full decodes on all four benchmarks
     (demo MME and AMBER built by their rules); demo-paper runs paper protocols only."""
-    full = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "demo-full.yaml"), cwd=tmp_path)
+    full = smk(
+        "-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "demo-full.yaml"), cwd=tmp_path
+    )
     assert full.returncode == 0, full.stdout + full.stderr
     jobs = dict(line.split()[:2] for line in full.stdout.splitlines() if len(line.split()) == 2)
     assert jobs.get("build_demo_mme") == "1" and jobs.get("build_demo_amber") == "1", full.stdout
@@ -214,8 +318,12 @@ def test_demo_paper_and_demo_full_configs_build_their_dags(tmp_path):
 
     for name in ("config.yaml", "demo-full.yaml"):  # demo-full: an overlay of config.yaml
         cfg = resolve(read_config(ROOT / "config" / name), ROOT / "config" / name, ROOT)
-        assert {m["method"] for m in cfg["methods"].values()} == set(METHODS) - {"contrast", "cid", "halc"}, name
-    paper = smk("-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "demo-paper.yaml"), cwd=tmp_path)
+        assert {m["method"] for m in cfg["methods"].values()} == set(METHODS) - {"contrast", "cid", "halc"}, (
+            name
+        )
+    paper = smk(
+        "-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "demo-paper.yaml"), cwd=tmp_path
+    )
     assert paper.returncode == 0, paper.stdout + paper.stderr
     assert yaml.safe_load((ROOT / "config" / "demo-paper.yaml").read_text())["protocol"] == "paper"
 
@@ -228,7 +336,9 @@ def test_overlay_errors_stop_the_dry_run_naming_the_file_and_key(tmp_path):
     out = smk("-n", "--configfile", str(bad), cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "Job stats" not in text
-    assert f"config {bad}: methods: 'vcdd' is not an entry of {ROOT / 'config' / 'config.yaml'}" in text, text[-2000:]
+    assert f"config {bad}: methods: 'vcdd' is not an entry of {ROOT / 'config' / 'config.yaml'}" in text, (
+        text[-2000:]
+    )
     bad.write_text("base: config\ndemo: {pope_images: many}\n")
     out = smk("-n", "--configfile", str(bad), cwd=tmp_path)
     text = out.stdout + out.stderr
@@ -243,11 +353,23 @@ def test_parse_does_not_import_torch_once_the_method_record_is_cached(tmp_path):
     blocked = tmp_path / "blocked" / "torch"
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('torch imported at parse time')\n")
-    args = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n", "--quiet", "rules",
-            "--configfile", str(ROOT / "tests" / "configs" / "micro.yaml")]
+    args = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "-n",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(ROOT / "tests" / "configs" / "micro.yaml"),
+    ]
     first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert list((tmp_path / "cache").glob("methods-*.json")) and list((tmp_path / "cache" / "validated").iterdir())
+    assert list((tmp_path / "cache").glob("methods-*.json")) and list(
+        (tmp_path / "cache" / "validated").iterdir()
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(blocked.parent), env.get("PYTHONPATH", "")])
     second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
@@ -256,9 +378,15 @@ def test_parse_does_not_import_torch_once_the_method_record_is_cached(tmp_path):
     # labels (ConVis' apart): 4 jobs
     assert jobs(second) == jobs(first)
     batches = {job[0]: job[1] for job in jobs(first) if job[0].startswith("decode_batch_")}
-    assert batches == {f"decode_batch_demo_{b}": "1" for b in ("unified_0", "unified_1", "vcd_2", "unified_3")}
+    assert batches == {
+        f"decode_batch_demo_{b}": "1" for b in ("unified_0", "unified_1", "vcd_2", "unified_3")
+    }
     # a config that was never checked still is (and then imports torch: fails here, naming it)
     bad = tmp_path / "other.yaml"
-    bad.write_text(yaml.safe_dump(dict(yaml.safe_load((ROOT / "tests/configs/micro.yaml").read_text()), seeds=[3])))
-    third = subprocess.run(args[:-1] + [str(bad)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    bad.write_text(
+        yaml.safe_dump(dict(yaml.safe_load((ROOT / "tests/configs/micro.yaml").read_text()), seeds=[3]))
+    )
+    third = subprocess.run(
+        args[:-1] + [str(bad)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
     assert third.returncode != 0 and "torch imported at parse time" in third.stdout + third.stderr

@@ -28,9 +28,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "contrast.yaml"
 LABELS = ("greedy", "cid0", "cid", "contrast")
-SAME = (1, 2, 6)        # contrast input equal to the input: = greedy for every λ / α
-TEXT = (3, 4)           # a different contrast question
-IMAGE = (5, 8)          # a different contrast image
+SAME = (1, 2, 6)  # contrast input equal to the input: = greedy for every λ / α
+TEXT = (3, 4)  # a different contrast question
+IMAGE = (5, 8)  # a different contrast image
 # item 7 carries both a contrast question and a contrast image (checked for no error and its meta only)
 
 
@@ -55,14 +55,38 @@ def _write_data(work: Path) -> dict:
     q = lambda obj: f"Is there a {obj} in the image?"  # noqa: E731
     (_, o0, a0), (_, o1, a1), (_, o2, a2) = scenes
     rows = [
-        {"question_id": 1, "image": "p0.png", "text": q(o0[0]), "label": "yes", "contrast_question": q(o0[0])},
+        {
+            "question_id": 1,
+            "image": "p0.png",
+            "text": q(o0[0]),
+            "label": "yes",
+            "contrast_question": q(o0[0]),
+        },
         {"question_id": 2, "image": "p1.png", "text": q(a1), "label": "no", "contrast_question": q(a1)},
-        {"question_id": 3, "image": "p2.png", "text": q(o2[0]), "label": "yes", "contrast_question": q(o2[1])},
-        {"question_id": 4, "image": "p2.png", "text": q(o2[0]), "label": "yes", "contrast_question": q(o0[1])},
+        {
+            "question_id": 3,
+            "image": "p2.png",
+            "text": q(o2[0]),
+            "label": "yes",
+            "contrast_question": q(o2[1]),
+        },
+        {
+            "question_id": 4,
+            "image": "p2.png",
+            "text": q(o2[0]),
+            "label": "yes",
+            "contrast_question": q(o0[1]),
+        },
         {"question_id": 5, "image": "p2.png", "text": q(o2[0]), "label": "yes", "contrast_image": "p0.png"},
         {"question_id": 6, "image": "p1.png", "text": q(o1[0]), "label": "yes", "contrast_image": "p1.png"},
-        {"question_id": 7, "image": "p2.png", "text": q(a2), "label": "no", "contrast_question": q(o2[0]),
-         "contrast_image": "p0.png"},
+        {
+            "question_id": 7,
+            "image": "p2.png",
+            "text": q(a2),
+            "label": "no",
+            "contrast_question": q(o2[0]),
+            "contrast_image": "p0.png",
+        },
         {"question_id": 8, "image": "p1.png", "text": q(o1[0]), "label": "yes", "contrast_image": "p0.png"},
     ]
     (work / "data" / "pope" / "pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -79,9 +103,24 @@ def _write_data(work: Path) -> dict:
 def contrast_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("contrast")
     rows = _write_data(work)
-    shutil.copytree(ROOT / "resources" / "demo_model", work / "model")   # the shipped demo LLaVA
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(CONFIG),
-           "--directory", str(work), "--cores", "2", "--quiet", "rules", "--", "results/metrics.csv"]
+    shutil.copytree(ROOT / "resources" / "demo_model", work / "model")  # the shipped demo LLaVA
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(CONFIG),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        "--quiet",
+        "rules",
+        "--",
+        "results/metrics.csv",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return work, rows
@@ -91,7 +130,10 @@ def _records(work, bench, label):
     from vcdflow.io import read_jsonl
 
     mode = "greedy"
-    return {r["question_id"]: r for r in read_jsonl(work / f"results/{bench}/random/demo/unified/{label}/{mode}/seed0.jsonl")}
+    return {
+        r["question_id"]: r
+        for r in read_jsonl(work / f"results/{bench}/random/demo/unified/{label}/{mode}/seed0.jsonl")
+    }
 
 
 def test_contrast_inputs_through_the_workflow(contrast_run):
@@ -99,9 +141,9 @@ def test_contrast_inputs_through_the_workflow(contrast_run):
     recs = {label: _records(work, "pope_custom", label) for label in LABELS}
     for label, got in recs.items():
         assert sorted(got) == sorted(rows), label
-        assert all(r["error"] is None for r in got.values()), (label, got)   # "" = EOS first: an answer
+        assert all(r["error"] is None for r in got.values()), (label, got)  # "" = EOS first: an answer
     greedy = {q: r["answer"] for q, r in recs["greedy"].items()}
-    assert set(greedy.values()) == {"yes", "no"}   # the demo model answers
+    assert set(greedy.values()) == {"yes", "no"}  # the demo model answers
     # λ 0 is greedy on every item, whatever the contrast input
     assert {q: r["answer"] for q, r in recs["cid0"].items()} == greedy
     for label in ("cid", "contrast"):
@@ -119,7 +161,9 @@ def test_contrast_inputs_through_the_workflow(contrast_run):
             assert r["meta"]["contrast_input"] == want, (label, q)
     assert all("contrast_input" not in r["meta"] for r in recs["greedy"].values())
     # cid is contrast's formula with λ for α: the same answers at λ = α
-    assert {q: r["answer"] for q, r in recs["cid"].items()} == {q: r["answer"] for q, r in recs["contrast"].items()}
+    assert {q: r["answer"] for q, r in recs["cid"].items()} == {
+        q: r["answer"] for q, r in recs["contrast"].items()
+    }
 
     df = pd.read_csv(work / "results" / "metrics.csv")
     custom = df[df.benchmark == "pope_custom"]
@@ -128,8 +172,17 @@ def test_contrast_inputs_through_the_workflow(contrast_run):
         m = custom[custom.method == label].set_index("metric").value
         assert m["n"] == len(rows) and m["n_errors"] == 0, label
         answers = recs[label]
-        n_ok = sum((("no" if {"No", "not", "no"} & set(r["answer"].split(".")[0].replace(",", "").split(" "))
-                     else "yes") == r["label"]) for r in answers.values())
+        n_ok = sum(
+            (
+                (
+                    "no"
+                    if {"No", "not", "no"} & set(r["answer"].split(".")[0].replace(",", "").split(" "))
+                    else "yes"
+                )
+                == r["label"]
+            )
+            for r in answers.values()
+        )
         assert m["accuracy"] == pytest.approx(100 * n_ok / len(rows)), label
 
 
@@ -138,11 +191,13 @@ def test_bad_contrast_inputs_are_error_rows(contrast_run):
     missing = Path("data/pope/images/nope.png")
     for label in ("cid", "contrast"):
         got = _records(work, "pope_bad", label)
-        assert got[1]["error"] == (f"contrast_image {missing}: FileNotFoundError: [Errno 2] No such file or "
-                                   f"directory: '{missing}'"), got[1]["error"]
-        assert got[2]["error"] == (f"method '{label}' needs the item key 'contrast_question' and/or "
-                                   f"'contrast_image' (its contrastive input); item pope/random/2 has none"), \
-            got[2]["error"]
+        assert got[1]["error"] == (
+            f"contrast_image {missing}: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
+        ), got[1]["error"]
+        assert got[2]["error"] == (
+            f"method '{label}' needs the item key 'contrast_question' and/or "
+            f"'contrast_image' (its contrastive input); item pope/random/2 has none"
+        ), got[2]["error"]
         assert got[1]["answer"] == got[2]["answer"] == ""
     # greedy does not read the contrast input: both items answered
     assert all(r["error"] is None for r in _records(work, "pope_bad", "greedy").values())
@@ -161,8 +216,15 @@ def test_runner_builds_the_contrast_request(tmp_path):
 
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "b.png")
-    item = {"item_id": "x/1", "image_path": str(tmp_path / "a.png"), "question": "Q1?", "label": "yes",
-            "contrast_question": "Q2?", "contrast_image": "b.png", "contrast_image_path": str(tmp_path / "b.png")}
+    item = {
+        "item_id": "x/1",
+        "image_path": str(tmp_path / "a.png"),
+        "question": "Q1?",
+        "label": "yes",
+        "contrast_question": "Q2?",
+        "contrast_image": "b.png",
+        "contrast_image_path": str(tmp_path / "b.png"),
+    }
     seen = []
 
     def capture(vlm, requests, **kw):
@@ -172,9 +234,13 @@ def test_runner_builds_the_contrast_request(tmp_path):
         return [Output(item_id=r.item_id, text="yes", token_ids=[1]) for r in requests]
 
     for name in ("cid", "greedy"):
-        run = {"method": {"method": name, "do_sample": False}, "seed": 0, "model": {},
-               "benchmark": {"name": "pope", "prompt": "{question} One word.", "max_new_tokens": 2}}
-        rec, = decode_batch(None, run, [item], capture)
+        run = {
+            "method": {"method": name, "do_sample": False},
+            "seed": 0,
+            "model": {},
+            "benchmark": {"name": "pope", "prompt": "{question} One word.", "max_new_tokens": 2},
+        }
+        (rec,) = decode_batch(None, run, [item], capture)
         assert rec["error"] is None
     cid, greedy = seen
     assert cid.prompt == greedy.prompt == "Q1? One word."

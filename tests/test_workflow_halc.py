@@ -17,13 +17,46 @@ from scene_pope import write_scene_pope
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "halc.yaml"
-FUNCTION_WORDS = ["a", "an", "the", "is", "are", "there", "any", "in", "on", "of", "to", "and", "with", "this",
-                  "that", "what", "how", "yes", "no"]
+FUNCTION_WORDS = [
+    "a",
+    "an",
+    "the",
+    "is",
+    "are",
+    "there",
+    "any",
+    "in",
+    "on",
+    "of",
+    "to",
+    "and",
+    "with",
+    "this",
+    "that",
+    "what",
+    "how",
+    "yes",
+    "no",
+]
 
 
 def _snakemake(workdir, config, *args, timeout=600):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config),
-           "--directory", str(workdir), "--cores", "2", "--quiet", "rules", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--quiet",
+        "rules",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
 
 
@@ -37,9 +70,14 @@ def _aux(work: Path, tmp: Path) -> dict:
     shutil.copytree(build_tiny_grounding_dino(tmp), dest / "grounding_dino_tiny")
     shutil.copytree(build_aux(tmp / "aux")["paths"]["blip"], dest / "blip_large")
     (dest / "spacy_sm").mkdir()
-    (dest / "spacy_sm" / "word_tags.json").write_text(json.dumps(
-        {"default": "NOUN", "tags": {w: "DET" for w in FUNCTION_WORDS}}))
-    return {"detector": dest / "grounding_dino_tiny", "scorer": dest / "blip_large", "tagger": dest / "spacy_sm"}
+    (dest / "spacy_sm" / "word_tags.json").write_text(
+        json.dumps({"default": "NOUN", "tags": {w: "DET" for w in FUNCTION_WORDS}})
+    )
+    return {
+        "detector": dest / "grounding_dino_tiny",
+        "scorer": dest / "blip_large",
+        "tagger": dest / "spacy_sm",
+    }
 
 
 def test_halc_decode_inputs_through_the_workflow(tmp_path):
@@ -51,7 +89,10 @@ def test_halc_decode_inputs_through_the_workflow(tmp_path):
     assert runs.method_inputs("halc") == ("halc_aux",)
     cfg = yaml.safe_load(CONFIG.read_text())
     assert runs.method_input_path("halc_aux", cfg, "pope", "demo") == [
-        "resources/halc/grounding_dino_tiny", "resources/halc/blip_large", "resources/halc/spacy_sm"]
+        "resources/halc/grounding_dino_tiny",
+        "resources/halc/blip_large",
+        "resources/halc/spacy_sm",
+    ]
 
     work = tmp_path / "work"
     # 96 x 64: the tiny GroundingDINO's coarsest feature map keeps 2 positions (a 1 x 1 map fails
@@ -61,25 +102,30 @@ def test_halc_decode_inputs_through_the_workflow(tmp_path):
     model.save_pretrained(work / "model")
     processor.save_pretrained(work / "model")
     folders = _aux(work, tmp_path / "build")
-    out = _snakemake(work, CONFIG, "--", "results/metrics.csv")   # decode -> score -> metrics (no report)
+    out = _snakemake(work, CONFIG, "--", "results/metrics.csv")  # decode -> score -> metrics (no report)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    assert not (work / "logs" / "halc").exists()   # the placed folders were used: no download job ran
-    digests = {k: file_digest(folders[k] / w) for k, w in
-               (("detector", "model.safetensors"), ("scorer", "model.safetensors"), ("tagger", "word_tags.json"))}
+    assert not (work / "logs" / "halc").exists()  # the placed folders were used: no download job ran
+    digests = {
+        k: file_digest(folders[k] / w)
+        for k, w in (
+            ("detector", "model.safetensors"),
+            ("scorer", "model.safetensors"),
+            ("tagger", "word_tags.json"),
+        )
+    }
     for label, beams in (("halc", 3), ("halc_b1", 1)):
         result = work / f"results/pope/random/demo/unified/{label}/greedy/seed0.jsonl"
         records = read_jsonl(result)
         assert len(records) == 4
         assert all(not r.get("error") and isinstance(r.get("answer"), str) for r in records), records
-        assert any(r["meta"].get("halc_events") for r in records)   # words were judged
+        assert any(r["meta"].get("halc_events") for r in records)  # words were judged
         side = result.with_name("seed0.meta.json").read_text()
         for k in ("detector", "scorer", "tagger"):
-            assert f'"{k}": "resources/halc/' in side, (label, k)   # the input folders are the params
-            assert digests[k] in side, (label, k)                   # their digests are in the run
+            assert f'"{k}": "resources/halc/' in side, (label, k)  # the input folders are the params
+            assert digests[k] in side, (label, k)  # their digests are in the run
         assert f'"beam_size": {beams}' in side or beams == 3
     metrics = (work / "results" / "metrics.csv").read_text()
     assert ",halc," in metrics and ",halc_b1," in metrics
-
 
 
 def test_attach_halc_aux_sets_params_and_digests(tmp_path):
@@ -93,16 +139,29 @@ def test_attach_halc_aux_sets_params_and_digests(tmp_path):
     from vcdflow.runner import attach_method_inputs, result_hash
 
     paths = []
-    for name, weights in (("det", "model.safetensors"), ("blip", "model.safetensors"), ("tags", "word_tags.json")):
+    for name, weights in (
+        ("det", "model.safetensors"),
+        ("blip", "model.safetensors"),
+        ("tags", "word_tags.json"),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / weights).write_text(name)
         (tmp_path / name / "config.json").write_text("{}")
         paths.append(str(tmp_path / name))
-    run = {"method": {"method": "halc", "params": {"beam_size": 1}}, "model": {}, "benchmark": {},
-           "inputs": {"halc_aux": paths}}
+    run = {
+        "method": {"method": "halc", "params": {"beam_size": 1}},
+        "model": {},
+        "benchmark": {},
+        "inputs": {"halc_aux": paths},
+    }
     got, items = attach_method_inputs(run, [{"item_id": "x"}])
     assert items == [{"item_id": "x"}]
-    assert got["method"]["params"] == {"beam_size": 1, "detector": paths[0], "scorer": paths[1], "tagger": paths[2]}
+    assert got["method"]["params"] == {
+        "beam_size": 1,
+        "detector": paths[0],
+        "scorer": paths[1],
+        "tagger": paths[2],
+    }
     assert got["halc_detector_digest"] == file_digest(tmp_path / "det" / "model.safetensors")
     assert got["halc_tagger_digest"] == file_digest(tmp_path / "tags" / "word_tags.json")
     (tmp_path / "tags" / "word_tags.json").write_text("changed")
@@ -110,7 +169,9 @@ def test_attach_halc_aux_sets_params_and_digests(tmp_path):
     with pytest.raises(ValueError, match="takes parameter 'scorer' from its input folder"):
         attach_method_inputs({**run, "method": {"method": "halc", "params": {"scorer": "/x"}}}, [])
     with pytest.raises(FileNotFoundError, match="halc scorer folder missing: .*blip_large"):
-        attach_method_inputs({**run, "inputs": {"halc_aux": [paths[0], str(tmp_path / "blip_large"), paths[2]]}}, [])
+        attach_method_inputs(
+            {**run, "inputs": {"halc_aux": [paths[0], str(tmp_path / "blip_large"), paths[2]]}}, []
+        )
 
 
 def test_missing_blip_folder_fails_with_one_line(tmp_path):
@@ -121,8 +182,10 @@ def test_missing_blip_folder_fails_with_one_line(tmp_path):
     out = _snakemake(work, CONFIG, "--config", "offline=True", "--", "resources/halc/blip_large")
     assert out.returncode != 0
     log = (work / "logs" / "halc" / "blip_large.log").read_text()
-    line = ("halc auxiliary model resources/halc/blip_large: error: offline mode: place a snapshot of "
-            "Salesforce/blip-image-captioning-large (config.json, weights, processor files) in resources/halc/blip_large")
+    line = (
+        "halc auxiliary model resources/halc/blip_large: error: offline mode: place a snapshot of "
+        "Salesforce/blip-image-captioning-large (config.json, weights, processor files) in resources/halc/blip_large"
+    )
     assert line in log.splitlines() and "Traceback" not in log, log  # one line, no traceback
     assert line in out.stderr  # on the console too
     assert not (work / "resources" / "halc" / "blip_large").exists()

@@ -27,8 +27,12 @@ class _Strip(ast.NodeTransformer):
     def _body(self, node):
         self.generic_visit(node)
         body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
         return node
 
@@ -49,8 +53,13 @@ def main(argv=None) -> int:
     ap.add_argument("rev", help="the commit to compare with (e.g. the one before the change)")
     ap.add_argument("--strings", action="store_true", help="ignore string constants as well as docstrings")
     args = ap.parse_args(argv)
-    changed = subprocess.run(["git", "diff", "--name-only", args.rev, "--", "*.py"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.split()
+    changed = subprocess.run(
+        ["git", "diff", "--name-only", args.rev, "--", "*.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     bad = 0
     for rel in changed:
         path = ROOT / rel
@@ -63,11 +72,16 @@ def main(argv=None) -> int:
         if a != b:
             bad += 1
             lines_a, lines_b = a.replace("), ", "),\n").splitlines(), b.replace("), ", "),\n").splitlines()
-            diff = [ln for ln in difflib.unified_diff(lines_a, lines_b, lineterm="", n=0)
-                    if ln[:1] in "+-" and ln[:3] not in ("+++", "---")][:4]
+            diff = [
+                ln
+                for ln in difflib.unified_diff(lines_a, lines_b, lineterm="", n=0)
+                if ln[:1] in "+-" and ln[:3] not in ("+++", "---")
+            ][:4]
             print(f"DIFFERS {rel}: " + " | ".join(d[:150] for d in diff))
-    print(f"{len(changed)} changed .py files compared with {args.rev}; {bad} differ beyond docstrings"
-          + (" and strings" if args.strings else ""))
+    print(
+        f"{len(changed)} changed .py files compared with {args.rev}; {bad} differ beyond docstrings"
+        + (" and strings" if args.strings else "")
+    )
     return 1 if bad else 0
 
 

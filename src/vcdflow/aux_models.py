@@ -1,4 +1,4 @@
-"""External auxiliary models (engine capability E18): an open-vocabulary detector, an image–text
+"""External auxiliary models: an open-vocabulary detector, an image–text
 scorer and a part-of-speech tagger, loaded from LOCAL weights through their real loaders.
 
 HALC (``BillChan226/HALC@12ea8b5``) needs all three; each sits behind a one-method interface so a
@@ -60,8 +60,9 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def filter_boxes(boxes: Sequence[Sequence[float]], area_threshold: float = 0.01,
-                 iou_threshold: float = 0.6) -> list[list[float]]:
+def filter_boxes(
+    boxes: Sequence[Sequence[float]], area_threshold: float = 0.01, iou_threshold: float = 0.6
+) -> list[list[float]]:
     """HALC's ``extract_detection`` filters on normalised boxes (in detection order): clip to
     [0, 1], round to 3 decimals, drop area < ``area_threshold`` and IoU > ``iou_threshold``
     with an already kept box."""
@@ -79,8 +80,15 @@ def filter_boxes(boxes: Sequence[Sequence[float]], area_threshold: float = 0.01,
 class Detector:
     """Open-vocabulary detector over a transformers zero-shot detection model and its processor."""
 
-    def __init__(self, model, processor, box_threshold: float = 0.45, text_threshold: float = 0.4,
-                 area_threshold: float = 0.01, iou_threshold: float = 0.6):
+    def __init__(
+        self,
+        model,
+        processor,
+        box_threshold: float = 0.45,
+        text_threshold: float = 0.4,
+        area_threshold: float = 0.01,
+        iou_threshold: float = 0.6,
+    ):
         self.model = model.eval()
         self.processor = processor
         self.box_threshold = float(box_threshold)
@@ -111,8 +119,9 @@ class Detector:
         else:
             # GroundingDINO's caption convention: lower case, ending with "."
             text = phrase.lower().strip()
-            inputs = self.processor(text=text if text.endswith(".") else text + ".", images=image,
-                                    return_tensors="pt")
+            inputs = self.processor(
+                text=text if text.endswith(".") else text + ".", images=image, return_tensors="pt"
+            )
             target = [(H, W)]
         dev = next(self.model.parameters()).device
         inputs = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in inputs.items()}
@@ -130,7 +139,9 @@ class Detector:
         return [[b[0] / W, b[1] / H, b[2] / W, b[3] / H] for b in boxes]
 
     def detect(self, image, phrase: str, box_threshold: float | None = None) -> list[list[float]]:
-        return filter_boxes(self.raw_boxes(image, phrase, box_threshold), self.area_threshold, self.iou_threshold)
+        return filter_boxes(
+            self.raw_boxes(image, phrase, box_threshold), self.area_threshold, self.iou_threshold
+        )
 
 
 # --- image-text scorer -------------------------------------------------------------------------
@@ -165,7 +176,9 @@ class ImageTextScorer:
             kw["max_length"] = self.max_length
         inputs = self.processor(text=list(texts), images=image, return_tensors="pt", **kw)
         dev = next(self.model.parameters()).device
-        inputs = {k: v.to(dev) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+        inputs = {
+            k: v.to(dev) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")
+        }
         with torch.no_grad():
             out = self.model(**inputs)
         return out.logits_per_image[0].detach().float().cpu()
@@ -255,4 +268,14 @@ def resolve(kind: str, spec, **kw):
     return _LOADED[key]
 
 
-__all__ = ["Detector", "ImageTextScorer", "Tagger", "WordTagger", "filter_boxes", "box_iou", "box_area", "register", "resolve"]
+__all__ = [
+    "Detector",
+    "ImageTextScorer",
+    "Tagger",
+    "WordTagger",
+    "filter_boxes",
+    "box_iou",
+    "box_area",
+    "register",
+    "resolve",
+]

@@ -130,7 +130,12 @@ class Checkpoint:
                 "kept %s as %s: it was written under config %s, the current config is %s; "
                 "starting fresh. To resume it instead, rerun with the options it was written with "
                 "after: mv %s %s",
-                self.path, kept, old, self.run_hash, kept, self.path,
+                self.path,
+                kept,
+                old,
+                self.run_hash,
+                kept,
+                self.path,
             )
             return {}
         good = [lines[0]]
@@ -178,8 +183,12 @@ class Checkpoint:
             except OSError:  # the buffered tail of a full disk: append already said so
                 pass
 
-    def finish(self, output: str | os.PathLike, order: Iterable[str],
-               after_write: Callable[[list[dict], str], None] | None = None) -> list[dict]:
+    def finish(
+        self,
+        output: str | os.PathLike,
+        order: Iterable[str],
+        after_write: Callable[[list[dict], str], None] | None = None,
+    ) -> list[dict]:
         """Write the records of ``order`` (item ids) to ``output`` atomically, then drop the
         partial file; returns the records. ``after_write(records, sha256_of_output)`` runs
         between the two (a sidecar write): a kill there still leaves the partial file."""

@@ -34,7 +34,9 @@ def _methods(args) -> int:
         print(f"    defaults: {json.dumps(dict(m.defaults), sort_keys=True)}")
     from .models.families import matrix_text
 
-    print("\nmethod x model family (a refused pair fails with the numbered reason; the workflow leaves it out):")
+    print(
+        "\nmethod x model family (a refused pair fails with the numbered reason; the workflow leaves it out):"
+    )
     print(matrix_text(METHODS))
     return 0
 
@@ -55,11 +57,27 @@ def _run_dict(a) -> dict:
     split = a.split or Path(a.questions).stem.rsplit("_", 1)[-1]
     params = _parse_params(a.params) if isinstance(a.params, str) else (a.params or {})
     return pope_file_run(
-        questions=a.questions, images=a.images, model=a.model, method=a.method, label=a.label, split=split,
-        params=params, do_sample=True if a.do_sample else None, temperature=a.temperature, top_p=a.top_p,
-        top_k=a.top_k, seed=a.seed, prompt=a.prompt, max_new_tokens=a.max_new_tokens,
-        n_questions=a.n_questions or None, dtype=a.dtype, protocol=getattr(a, "protocol", None) or "unified",
-        batch_size=a.batch_size, device=a.device, threads=a.threads, family=_model_family(a.model),
+        questions=a.questions,
+        images=a.images,
+        model=a.model,
+        method=a.method,
+        label=a.label,
+        split=split,
+        params=params,
+        do_sample=True if a.do_sample else None,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        top_k=a.top_k,
+        seed=a.seed,
+        prompt=a.prompt,
+        max_new_tokens=a.max_new_tokens,
+        n_questions=a.n_questions or None,
+        dtype=a.dtype,
+        protocol=getattr(a, "protocol", None) or "unified",
+        batch_size=a.batch_size,
+        device=a.device,
+        threads=a.threads,
+        family=_model_family(a.model),
     )
 
 
@@ -95,8 +113,10 @@ def _decode(a) -> int:
     params = _parse_params(a.params)
     # Paths first (no torch import: a wrong path fails in a fraction of a second), then the
     # method and its parameters, then the items; run_shard repeats it all under the output lock.
-    validate.check_paths({"questions": a.questions, "images": a.images},
-                         flags={"questions": "--questions", "images": "--images"})
+    validate.check_paths(
+        {"questions": a.questions, "images": a.images},
+        flags={"questions": "--questions", "images": "--images"},
+    )
     validate.check_model({"path": a.model})
     validate.check_params(a.method, params)  # names, types, ranges: before the model loads
     from .decoding import get_method
@@ -109,8 +129,10 @@ def _decode(a) -> int:
     from .protocols import PROTOCOLS
 
     if a.protocol not in ("unified", "paper", *PROTOCOLS):
-        raise errors.UsageError(f"--protocol: unknown protocol {a.protocol!r}; valid: unified, paper, "
-                                f"{', '.join(sorted(set(PROTOCOLS) - {'unified'}))}")
+        raise errors.UsageError(
+            f"--protocol: unknown protocol {a.protocol!r}; valid: unified, paper, "
+            f"{', '.join(sorted(set(PROTOCOLS) - {'unified'}))}"
+        )
     try:
         run = _run_dict(a)
     except errors.UserError:
@@ -144,7 +166,9 @@ def _score(a) -> int:
 
     results = Path(a.results)
     if not results.is_file():
-        raise errors.path_missing("result file", results, "check --results (`vcdflow decode --out` writes it)")
+        raise errors.path_missing(
+            "result file", results, "check --results (`vcdflow decode --out` writes it)"
+        )
     try:
         records = read_jsonl(results)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -152,7 +176,9 @@ def _score(a) -> int:
     if not records:
         raise errors.results_bad(results, "no records")
     # split and seed as decode wrote them (item ids are pope/<split>/<question_id>), unless given
-    splits = {str(r.get("item_id", "")).split("/")[1] for r in records if str(r.get("item_id", "")).count("/") >= 2}
+    splits = {
+        str(r.get("item_id", "")).split("/")[1] for r in records if str(r.get("item_id", "")).count("/") >= 2
+    }
     seeds = {r.get("seed") for r in records}
     split = a.split or (splits.pop() if len(splits) == 1 else "all")
     seed = a.seed if a.seed is not None else (seeds.pop() if len(seeds) == 1 and None not in seeds else 0)
@@ -160,11 +186,15 @@ def _score(a) -> int:
     stem = results.name[: -len(".jsonl")] if results.name.endswith(".jsonl") else results.name
     scored = a.scored or str(results.with_name(stem + ".scored.jsonl"))
     try:
-        scores = score_file(bench, results, scored, a.metrics, model=a.model_name, method=a.method_name, seed=seed)
+        scores = score_file(
+            bench, results, scored, a.metrics, model=a.model_name, method=a.method_name, seed=seed
+        )
     except errors.UserError:
         raise
     except (KeyError, TypeError) as exc:
-        raise errors.results_bad(results, f"a record lacks a field the POPE scorer needs ({type(exc).__name__}: {exc})") from exc
+        raise errors.results_bad(
+            results, f"a record lacks a field the POPE scorer needs ({type(exc).__name__}: {exc})"
+        ) from exc
     print(json.dumps({k: v for k, v in scores.items() if v is not None}, sort_keys=True))
     return 0
 
@@ -201,19 +231,28 @@ def _setup_logging(debug: bool) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vcdflow", description=__doc__.split("\n\n")[0],
-                                epilog="Bad input ends in one line on stderr (exit status 2: a wrong option, "
-                                       "1: a bad input file); --debug or VCDFLOW_DEBUG=1 adds the traceback.")
+    p = argparse.ArgumentParser(
+        prog="vcdflow",
+        description=__doc__.split("\n\n")[0],
+        epilog="Bad input ends in one line on stderr (exit status 2: a wrong option, "
+        "1: a bad input file); --debug or VCDFLOW_DEBUG=1 adds the traceback.",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("methods", help="list the decoding methods with their defaults, then the method x model "
-                                   "family matrix (runs / refused and why)")
+    sub.add_parser(
+        "methods",
+        help="list the decoding methods with their defaults, then the method x model "
+        "family matrix (runs / refused and why)",
+    )
     from .protocols.cli import add_parser as _add_prompt_parser  # vcdflow prompt
+
     _add_prompt_parser(sub)
     from .protocols.show import add_parser as _add_protocol_parser  # vcdflow protocol show / list
+
     _add_protocol_parser(sub)
-    sub.add_parser("build-pope", help="POPE questions from a COCO instances file (see --help of it)",
-                   add_help=False)
+    sub.add_parser(
+        "build-pope", help="POPE questions from a COCO instances file (see --help of it)", add_help=False
+    )
 
     d = sub.add_parser("decode", help="decode a POPE-format question file with one method")
     d.add_argument("--model", required=True, help="model folder (save_pretrained layout)")
@@ -223,17 +262,24 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default=None, help="default: last _part of the file name")
     d.add_argument("--method", default="greedy")
     d.add_argument("--label", default=None, help="method label in the records (default: --method)")
-    d.add_argument("--params", default=None, help='method parameters as JSON, e.g. \'{"alpha": 1}\'; a method\'s '
-                   'inputs are parameters too (local paths): text_cd "amateur", vti "directions", halc '
-                   '"detector", "scorer", "tagger"')
+    d.add_argument(
+        "--params",
+        default=None,
+        help="method parameters as JSON, e.g. '{\"alpha\": 1}'; a method's "
+        'inputs are parameters too (local paths): text_cd "amateur", vti "directions", halc '
+        '"detector", "scorer", "tagger"',
+    )
     d.add_argument("--do-sample", action="store_true")
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--top-p", type=float, default=1.0)
     d.add_argument("--top-k", type=int, default=None)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--protocol", default="unified",
-                   help="unified (default) | paper (the method's own paper) | a protocol name; "
-                        "`vcdflow prompt` shows the texts it gives")
+    d.add_argument(
+        "--protocol",
+        default="unified",
+        help="unified (default) | paper (the method's own paper) | a protocol name; "
+        "`vcdflow prompt` shows the texts it gives",
+    )
     d.add_argument("--prompt", default="{question} Please answer this question with one word.")
     d.add_argument("--max-new-tokens", type=int, default=8)
     d.add_argument("--n-questions", type=int, default=None, help="seeded subsample (file order kept)")
@@ -245,7 +291,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="POPE metrics of a result file (long-format CSV)")
     s.add_argument("--results", required=True)
-    s.add_argument("--metrics", required=True, help="output CSV: benchmark,split,model,method,seed,metric,value")
+    s.add_argument(
+        "--metrics", required=True, help="output CSV: benchmark,split,model,method,seed,metric,value"
+    )
     s.add_argument("--scored", default=None, help="per-item outcomes (default: <results>.scored.jsonl)")
     from .benchmarks import get_benchmark
 
@@ -269,23 +317,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _methods(a)
     if a.command == "prompt":  # vcdflow.protocols.cli
         from .protocols.cli import run as _prompt
+
         return _prompt(a)
     if a.command == "protocol":  # vcdflow.protocols.show
         from .protocols.show import run as _protocol
+
         return _protocol(a)
     debug = errors.debug_enabled(a.debug)
     _setup_logging(debug)
     prog = f"vcdflow {a.command}"
     if a.command == "decode":
         try:
-            return errors.guard(prog, lambda: _decode(a), debug=debug, output=a.out,
-                                kept=f"nothing is lost: {a.out}.partial keeps every finished record and the "
-                                     f"rerun resumes from it")
+            return errors.guard(
+                prog,
+                lambda: _decode(a),
+                debug=debug,
+                output=a.out,
+                kept=f"nothing is lost: {a.out}.partial keeps every finished record and the "
+                f"rerun resumes from it",
+            )
         except KeyboardInterrupt:
-            print(f"{prog}: interrupted; rerun the same command to resume from {a.out}.partial", file=sys.stderr)
+            print(
+                f"{prog}: interrupted; rerun the same command to resume from {a.out}.partial", file=sys.stderr
+            )
             return 130
-    return errors.guard(prog, lambda: _score(a), debug=debug, output=a.metrics,
-                        kept=f"nothing is lost: {a.results} is untouched")
+    return errors.guard(
+        prog,
+        lambda: _score(a),
+        debug=debug,
+        output=a.metrics,
+        kept=f"nothing is lost: {a.results} is untouched",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

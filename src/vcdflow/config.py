@@ -31,7 +31,7 @@ what the protocol leaves open. **Baselines under** ``paper``: a method with no p
 protocols of the other methods run with ``paper``), so each paper comparison has a baseline
 decoded under the same prompt, parser, system text and warpers.
 
-**Beam search** (E11, :func:`vcdflow.decoding.generate`): a method entry's ``num_beams``,
+**Beam search** (:func:`vcdflow.decoding.generate`): a method entry's ``num_beams``,
 ``length_penalty``, ``early_stopping``, ``length_norm`` (:data:`SEARCH_KEYS`), and a protocol's
 ``search`` (VTI's 5 beams, DoLa's 3 in HALC's CHAIR harness, a harness's transformers length
 normalisation; :class:`vcdflow.protocols.Resolved` ``search``), with the same precedence. A run
@@ -55,11 +55,13 @@ PAPER = "paper"
 #: config keys of a method entry that are sampling settings (None = not written)
 _WARPERS = ("temperature", "top_p", "top_k")
 _WARPER_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": None}
-#: config keys of a method entry that set its beam search (E11, :func:`vcdflow.decoding.generate`)
+#: config keys of a method entry that set its beam search (:func:`vcdflow.decoding.generate`)
 SEARCH_KEYS = ("num_beams", "length_penalty", "early_stopping", "length_norm")
 SEARCH_DEFAULTS = {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "length_norm": "generated"}
 #: default max_new_tokens per benchmark kind where neither config nor protocol says
 _MAX_NEW_TOKENS = {"pope": 8, "chair": 64, "mme": 16, "amber": 64}
+
+
 #: extra-input kind -> path template of the file a decode job needs ({benchmark}, {model})
 def _vti_directions(config: Mapping[str, Any], benchmark: str, model: str) -> str:
     from .steering_fit import directions_path  # torch-free at import
@@ -160,8 +162,11 @@ def bench_slice(config: Mapping, benchmark: str, split: str) -> dict:
     for key, value in cfg.items():
         if key in ("n_shards", "build"):
             continue
-        out[key] = (value.format(split=split, version=cfg.get("version", "head"))
-                    if isinstance(value, str) and key != "prompt" else value)
+        out[key] = (
+            value.format(split=split, version=cfg.get("version", "head"))
+            if isinstance(value, str) and key != "prompt"
+            else value
+        )
     return out
 
 
@@ -174,15 +179,22 @@ def protocol_data(config: Mapping) -> bool:
     return config.get("world") == "real" if flag is None else bool(flag)
 
 
-def protocol_bench(config: Mapping, benchmark: str, split: str, *, model: str, method: str, protocol: str) -> dict:
+def protocol_bench(
+    config: Mapping, benchmark: str, split: str, *, model: str, method: str, protocol: str
+) -> dict:
     """:func:`bench_slice` with a paper protocol's declared data applied, as :func:`build_run`
     applies it (a decode job's input files: the protocol's POPE file); cheaper than build_run."""
     bench = bench_slice(config, benchmark, split)
     if protocol == UNIFIED or not protocol_data(config):
         return bench
     mode = run_mode(config, method, protocol, benchmark, model)
-    res = resolve_protocol(protocol, method=method_entry(config, method)["method"], family=model_family(config, model),
-                           benchmark=benchmark, mode=mode)
+    res = resolve_protocol(
+        protocol,
+        method=method_entry(config, method)["method"],
+        family=model_family(config, model),
+        benchmark=benchmark,
+        mode=mode,
+    )
     _apply_data(config, bench, res.data)
     return bench
 
@@ -205,8 +217,10 @@ def _apply_data(config: Mapping, bench: dict, data: Mapping[str, Any]) -> dict:
     if bench["kind"] == "pope" and version and bench.get("dataset", "coco") == "coco":
         raw = str(config["benchmarks"][bench["name"]].get("questions", ""))
         if "{version}" not in raw:
-            raise ConfigError(f"config benchmarks.{bench['name']}.questions: a paper protocol declares POPE "
-                              f"version {version}; write {{version}} in the path (or set protocol_data: false)")
+            raise ConfigError(
+                f"config benchmarks.{bench['name']}.questions: a paper protocol declares POPE "
+                f"version {version}; write {{version}} in the path (or set protocol_data: false)"
+            )
         bench["version"] = version
         bench["questions"] = raw.format(split=bench["split"], version=version)
         applied["pope_version"] = version
@@ -278,12 +292,15 @@ def model_family(config: Mapping, model: str) -> str:
     try:
         return family_of_model(entry["path"])
     except ValueError as exc:
-        raise ConfigError(f"config models.{model}.family: auto needs the model folder ({exc}); set family: "
-                          f"one of {', '.join(FAMILIES)}") from None
+        raise ConfigError(
+            f"config models.{model}.family: auto needs the model folder ({exc}); set family: "
+            f"one of {', '.join(FAMILIES)}"
+        ) from None
 
 
-def execution(config: Mapping, *, model: str | None = None, benchmark: str | None = None,
-              threads: int | None = None) -> Execution:
+def execution(
+    config: Mapping, *, model: str | None = None, benchmark: str | None = None, threads: int | None = None
+) -> Execution:
     """The execution settings of a job (``threads``: the job's actual thread count)."""
     mcfg = dict(config.get("models", {}).get(model) or {}) if model else {}
     bcfg = dict(config.get("benchmarks", {}).get(benchmark) or {}) if benchmark else {}
@@ -365,16 +382,24 @@ def label_protocols(config: Mapping) -> list[tuple[str, str]]:
     """
     import json
 
-    key = json.dumps([config.get("protocol"), config["methods"], config["benchmarks"], config["models"]],
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        [config.get("protocol"), config["methods"], config["benchmarks"], config["models"]],
+        sort_keys=True,
+        default=str,
+    )
     if key in _LABEL_PROTOCOLS:
         return _LABEL_PROTOCOLS[key]
     bench0 = next(iter(config["benchmarks"]))
     model0 = next(iter(config["models"]))
     expanded: list[tuple[str, str, bool]] = []  # (label, protocol, from a baseline's paper choice)
-    papers_used = sorted({paper_of(method_entry(config, l)["method"]) for l in config["methods"]
-                          if PAPER in protocol_choices(config, l)
-                          and not is_baseline(method_entry(config, l)["method"])} - {None})
+    papers_used = sorted(
+        {
+            paper_of(method_entry(config, l)["method"])
+            for l in config["methods"]
+            if PAPER in protocol_choices(config, l) and not is_baseline(method_entry(config, l)["method"])
+        }
+        - {None}
+    )
     for label in config["methods"]:
         method = method_entry(config, label)["method"]
         for choice in protocol_choices(config, label):
@@ -382,11 +407,16 @@ def label_protocols(config: Mapping) -> list[tuple[str, str]]:
                 if papers_used:
                     expanded.extend((label, p, True) for p in papers_used)
                 else:
-                    expanded.append((label, _resolve_choice(method, choice) if paper_of(method) else UNIFIED, False))
+                    expanded.append(
+                        (label, _resolve_choice(method, choice) if paper_of(method) else UNIFIED, False)
+                    )
             else:
                 expanded.append((label, _resolve_choice(method, choice), False))
-    modes = {(p, run_mode(config, l, p, bench0, model0)) for l, p, from_base in expanded
-             if not from_base and not is_baseline(method_entry(config, l)["method"])}
+    modes = {
+        (p, run_mode(config, l, p, bench0, model0))
+        for l, p, from_base in expanded
+        if not from_base and not is_baseline(method_entry(config, l)["method"])
+    }
     out, seen = [], {}
     for label, protocol, from_base in expanded:
         if from_base and (protocol, run_mode(config, label, protocol, bench0, model0)) not in modes:
@@ -394,10 +424,27 @@ def label_protocols(config: Mapping) -> list[tuple[str, str]]:
         if (label, protocol) in {(l, p) for l, p in out}:
             continue
         if protocol != UNIFIED:
-            sig = json.dumps([{k: v for k, v in build_run(config, benchmark=b, split=splits_of(config, b)[0], model=m,
-                                                           method=label, seed=0, protocol=protocol).method.items()
-                               if k != "label"} for b in config["benchmarks"] for m in config["models"]],
-                             sort_keys=True, default=str)
+            sig = json.dumps(
+                [
+                    {
+                        k: v
+                        for k, v in build_run(
+                            config,
+                            benchmark=b,
+                            split=splits_of(config, b)[0],
+                            model=m,
+                            method=label,
+                            seed=0,
+                            protocol=protocol,
+                        ).method.items()
+                        if k != "label"
+                    }
+                    for b in config["benchmarks"]
+                    for m in config["models"]
+                ],
+                sort_keys=True,
+                default=str,
+            )
             if (protocol, sig) in seen:
                 continue
             seen[(protocol, sig)] = label
@@ -431,8 +478,16 @@ def _pick(protocol: str, written, fixed, default):
     return second if second is not None else default
 
 
-def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method: str, seed: int,
-              protocol: str = UNIFIED) -> RunSpec:
+def build_run(
+    config: Mapping,
+    *,
+    benchmark: str,
+    split: str,
+    model: str,
+    method: str,
+    seed: int,
+    protocol: str = UNIFIED,
+) -> RunSpec:
     """The :class:`RunSpec` of one result: ``method`` is the config's method label, ``protocol``
     a resolved protocol name (one of :func:`run_protocols` of the label)."""
     bench, scoring = decode_slice(config, benchmark, split)
@@ -443,27 +498,38 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     entry = method_entry(config, method)
     engine = entry["method"]
     mode = run_mode(config, method, protocol, benchmark, model)
-    res = resolve_protocol(protocol, method=engine, family=model_family(config, model), benchmark=benchmark, mode=mode)
+    res = resolve_protocol(
+        protocol, method=engine, family=model_family(config, model), benchmark=benchmark, mode=mode
+    )
     do_sample = mode == "sample"
     warpers = {k: _pick(protocol, entry[k], getattr(res, k), _WARPER_DEFAULTS[k]) for k in _WARPERS}
     fixed_params = dict(res.params or {})
-    params = ({**fixed_params, **entry["params"]} if protocol == UNIFIED else {**entry["params"], **fixed_params})
+    params = (
+        {**fixed_params, **entry["params"]} if protocol == UNIFIED else {**entry["params"], **fixed_params}
+    )
     # benchmark settings: prompt and max_new_tokens decide the records; the parser only the scores
     bench["prompt"] = _pick(protocol, bench.get("prompt"), res.prompt, spec.default_prompt)
     if spec.parsers:
-        scoring["parser"], scoring["parser_source"] = run_parser(protocol, benchmark, spec, written_parser, res)
-    bench["max_new_tokens"] = int(_pick(protocol, bench.get("max_new_tokens"), res.max_new_tokens,
-                                        _MAX_NEW_TOKENS.get(kind, 64)))
+        scoring["parser"], scoring["parser_source"] = run_parser(
+            protocol, benchmark, spec, written_parser, res
+        )
+    bench["max_new_tokens"] = int(
+        _pick(protocol, bench.get("max_new_tokens"), res.max_new_tokens, _MAX_NEW_TOKENS.get(kind, 64))
+    )
     cap = bench.pop("max_new_tokens_cap", None)
     if cap is not None:  # a deliberate deviation (quick runs, tiny models): recorded in the hash
         bench["max_new_tokens"] = min(bench["max_new_tokens"], int(cap))
         bench["max_new_tokens_cap"] = int(cap)
     run_method = {
-        "label": method, "method": engine, "mode": "sample" if do_sample else "greedy",
-        "do_sample": bool(do_sample), **warpers, "params": params,
+        "label": method,
+        "method": engine,
+        "mode": "sample" if do_sample else "greedy",
+        "do_sample": bool(do_sample),
+        **warpers,
+        "params": params,
         "prompt_suffix": entry["prompt_suffix"],
     }
-    # beam search (E11): the config's keys vs the protocol's (res.search: none in sampling mode);
+    # beam search: the config's keys vs the protocol's (res.search: none in sampling mode);
     # recorded only with num_beams > 1, so a one-beam run's record (and hash) stays as it was
     fixed_search = dict(getattr(res, "search", None) or {})
     search = {k: _pick(protocol, entry[k], fixed_search.get(k), SEARCH_DEFAULTS[k]) for k in SEARCH_KEYS}
@@ -482,15 +548,25 @@ def build_run(config: Mapping, *, benchmark: str, split: str, model: str, method
     proto.pop("data", None)
     if applied:
         proto["data"] = applied
-    proto["sources"] = {k: v for k, v in proto.get("sources", {}).items()
-                        if k not in ("chair_subset", "pope_version") or k in applied}
+    proto["sources"] = {
+        k: v
+        for k, v in proto.get("sources", {}).items()
+        if k not in ("chair_subset", "pope_version") or k in applied
+    }
     if not beams and "search" in proto:  # the harness's beam semantics, unused by a one-beam run
         proto.pop("search")
         proto["sources"] = {k: v for k, v in proto.get("sources", {}).items() if k != "search"}
     proto.pop("parser", None)  # the answer parser decides scores only: RunSpec.scoring
     proto["sources"] = {k: v for k, v in proto.get("sources", {}).items() if k != "parser"}
-    return RunSpec(benchmark=bench, model=mcfg, method=run_method, protocol=proto, seed=int(seed), inputs=inputs,
-                   scoring=scoring)
+    return RunSpec(
+        benchmark=bench,
+        model=mcfg,
+        method=run_method,
+        protocol=proto,
+        seed=int(seed),
+        inputs=inputs,
+        scoring=scoring,
+    )
 
 
 def run_parser(protocol: str, benchmark: str, spec, written: str | None, res) -> tuple[str, str]:
@@ -505,8 +581,10 @@ def run_parser(protocol: str, benchmark: str, spec, written: str | None, res) ->
     valid = tuple(spec.parsers)
     where = f"config benchmarks.{benchmark}.parser"
     if written is not None and written not in valid:
-        raise ConfigError(f"{where}: {written!r} is not a {spec.kind} parser (protocol {protocol}); "
-                          f"valid: {', '.join(valid)}")
+        raise ConfigError(
+            f"{where}: {written!r} is not a {spec.kind} parser (protocol {protocol}); "
+            f"valid: {', '.join(valid)}"
+        )
     own = res.parser if res.parser in valid else None
     parser = _pick(protocol, written, own, valid[0])
     if written is not None and parser == written and (protocol == UNIFIED or own is None):
@@ -602,12 +680,19 @@ def method_meta() -> dict[str, dict]:
         if not isinstance(meta, dict):
             from .decoding import METHODS
 
-            meta = {n: {"random_draw": bool(getattr(m, "random_draw", True)),
-                        "extra_inputs": list(getattr(m, "extra_inputs", ())),
-                        "families": None if m.applies_to() is None else list(m.applies_to()),
-                        "answer_kinds": None if getattr(m, "answer_kinds", None) is None else list(m.answer_kinds),
-                        "mode": getattr(m, "mode", None),
-                        "defaults": dict(m.defaults)} for n, m in METHODS.items()}
+            meta = {
+                n: {
+                    "random_draw": bool(getattr(m, "random_draw", True)),
+                    "extra_inputs": list(getattr(m, "extra_inputs", ())),
+                    "families": None if m.applies_to() is None else list(m.applies_to()),
+                    "answer_kinds": None
+                    if getattr(m, "answer_kinds", None) is None
+                    else list(m.answer_kinds),
+                    "mode": getattr(m, "mode", None),
+                    "defaults": dict(m.defaults),
+                }
+                for n, m in METHODS.items()
+            }
             _write_cache(name, meta)
         _META.update(meta)
     return _META
@@ -616,8 +701,6 @@ def method_meta() -> dict[str, dict]:
 def method_inputs(method: str) -> tuple[str, ...]:
     """Extra input kinds a method needs (its ``extra_inputs``, see :data:`METHOD_INPUTS`)."""
     return tuple((method_meta().get(method) or {}).get("extra_inputs", ()))
-
-
 
 
 def seed_free(method: str, mode: str) -> bool:
@@ -633,7 +716,11 @@ def decode_seed(config: Mapping, spec_or_method, mode: str | None = None, seed: 
     """The seed a result is decoded under: the grid's first seed for a :func:`seed_free` run,
     else its own."""
     if isinstance(spec_or_method, Mapping):
-        method, mode, seed = spec_or_method["method"]["method"], spec_or_method["method"]["mode"], spec_or_method["seed"]
+        method, mode, seed = (
+            spec_or_method["method"]["method"],
+            spec_or_method["method"]["mode"],
+            spec_or_method["seed"],
+        )
     else:
         method = spec_or_method
     return int(config["seeds"][0]) if seed_free(method, mode) else int(seed)
@@ -647,8 +734,9 @@ def run_mode(config: Mapping, label: str, protocol: str, benchmark: str, model: 
         return "sample" if entry["do_sample"] else "greedy"
     if protocol == UNIFIED:
         return "greedy"
-    res = resolve_protocol(protocol, method=entry["method"], family=model_family(config, model), benchmark=benchmark,
-                           mode=None)
+    res = resolve_protocol(
+        protocol, method=entry["method"], family=model_family(config, model), benchmark=benchmark, mode=None
+    )
     return "sample" if res.do_sample else "greedy"
 
 
@@ -656,7 +744,9 @@ def splits_of(config: Mapping, benchmark: str) -> list[str]:
     return get_benchmark(benchmark).splits(config["benchmarks"][benchmark])
 
 
-def applies(config: Mapping, label: str, model: str, benchmark: str | None = None, split: str | None = None) -> bool:
+def applies(
+    config: Mapping, label: str, model: str, benchmark: str | None = None, split: str | None = None
+) -> bool:
     """False when the label's method declares ``families`` and the model's configured family
     (not ``auto``) is not one of them (CARVE on InstructBLIP), or — given a benchmark and split —
     when it declares ``answer_kinds`` and the split's items ask for another kind (PBA, a yes/no
@@ -687,8 +777,15 @@ def grid(config: Mapping) -> Iterator[dict]:
                     for protocol in run_protocols(config, label):
                         mode = run_mode(config, label, protocol, benchmark, model)
                         for seed in seeds:
-                            yield dict(benchmark=benchmark, split=split, model=model, protocol=protocol,
-                                       method=label, mode=mode, seed=seed)
+                            yield dict(
+                                benchmark=benchmark,
+                                split=split,
+                                model=model,
+                                protocol=protocol,
+                                method=label,
+                                mode=mode,
+                                seed=seed,
+                            )
 
 
 # --------------------------------------------------------------------------- validation
@@ -703,7 +800,9 @@ def validate_config(config: Mapping) -> None:
     import hashlib
     import json
 
-    key = hashlib.sha256(json.dumps([code_digest(), config], sort_keys=True, default=str).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([code_digest(), config], sort_keys=True, default=str).encode()
+    ).hexdigest()
     record = f"validated/{key[:32]}"
     if _read_cache(record) == key:
         return
@@ -723,13 +822,17 @@ def _validate_config(config: Mapping) -> None:
     for key in ("protocol",):
         for choice in _as_list(config.get(key)):
             if choice not in (UNIFIED, PAPER, *names):
-                raise ConfigError(f"config protocol: unknown protocol {choice!r}; valid: "
-                                  f"{', '.join([UNIFIED, PAPER] + [n for n in names if n != UNIFIED])}")
+                raise ConfigError(
+                    f"config protocol: unknown protocol {choice!r}; valid: "
+                    f"{', '.join([UNIFIED, PAPER] + [n for n in names if n != UNIFIED])}"
+                )
     for label, raw in config["methods"].items():
         entry = method_entry(config, label)
         if entry["method"] not in METHODS:
-            raise ConfigError(f"config methods.{label}.method: unknown method {entry['method']!r}; "
-                              f"valid: {', '.join(sorted(METHODS))}")
+            raise ConfigError(
+                f"config methods.{label}.method: unknown method {entry['method']!r}; "
+                f"valid: {', '.join(sorted(METHODS))}"
+            )
         try:
             METHODS[entry["method"]].resolve(entry["params"])
         except ValueError as exc:
@@ -738,20 +841,30 @@ def _validate_config(config: Mapping) -> None:
     for label, raw in config["methods"].items():
         for choice in _as_list((raw or {}).get("protocol")):
             if choice not in (UNIFIED, PAPER, *names):
-                raise ConfigError(f"config methods.{label}.protocol: unknown protocol {choice!r}; valid: "
-                                  f"{', '.join([UNIFIED, PAPER] + [n for n in names if n != UNIFIED])}")
+                raise ConfigError(
+                    f"config methods.{label}.protocol: unknown protocol {choice!r}; valid: "
+                    f"{', '.join([UNIFIED, PAPER] + [n for n in names if n != UNIFIED])}"
+                )
     for label in config["methods"]:
         entry = method_entry(config, label)
         for protocol in run_protocols(config, label):
             for benchmark in config["benchmarks"]:
                 for model in config["models"]:
-                    spec = build_run(config, benchmark=benchmark, split=splits_of(config, benchmark)[0],
-                                     model=model, method=label, seed=0, protocol=protocol)
+                    spec = build_run(
+                        config,
+                        benchmark=benchmark,
+                        split=splits_of(config, benchmark)[0],
+                        model=model,
+                        method=label,
+                        seed=0,
+                        protocol=protocol,
+                    )
                     try:
                         METHODS[entry["method"]].resolve(spec.method["params"])
                     except ValueError as exc:
-                        raise ConfigError(f"config methods.{label} under protocol {protocol} "
-                                          f"({benchmark}, {model}): {exc}") from None
+                        raise ConfigError(
+                            f"config methods.{label} under protocol {protocol} ({benchmark}, {model}): {exc}"
+                        ) from None
                     _check_run_search(label, entry, spec, protocol)
 
 
@@ -771,8 +884,10 @@ def _check_search_entry(label: str, entry: Mapping) -> None:
         own_mode = (method_meta().get(entry["method"]) or {}).get("mode")
         if entry["do_sample"] or own_mode == "sample":
             why = "do_sample: true" if entry["do_sample"] else f"method {entry['method']!r} always samples"
-            raise ConfigError(f"config methods.{label}.num_beams: {entry['num_beams']} beams is beam search, a greedy "
-                              f"mode, but {why}; drop num_beams or decode greedily")
+            raise ConfigError(
+                f"config methods.{label}.num_beams: {entry['num_beams']} beams is beam search, a greedy "
+                f"mode, but {why}; drop num_beams or decode greedily"
+            )
 
 
 def _check_run_search(label: str, entry: Mapping, spec: "RunSpec", protocol: str) -> None:
@@ -786,8 +901,10 @@ def _check_run_search(label: str, entry: Mapping, spec: "RunSpec", protocol: str
     if search is None:
         extra = [k for k in SEARCH_KEYS[1:] if entry[k] is not None]
         if extra:
-            raise ConfigError(f"{where}.{extra[0]}: only used by beam search, and this run has one beam; "
-                              f"set num_beams > 1 or drop {extra[0]}")
+            raise ConfigError(
+                f"{where}.{extra[0]}: only used by beam search, and this run has one beam; "
+                f"set num_beams > 1 or drop {extra[0]}"
+            )
         return
     m = METHODS[entry["method"]]
     if hasattr(m, "search"):
@@ -806,20 +923,41 @@ def snakemake_run(smk) -> dict:
     """The run dict of a workflow decode job: its ``params.run`` (the :class:`RunSpec`) joined
     with the execution settings read from ``smk.config`` at job time and the job's threads."""
     spec = dict(smk.params.run)
-    ex = execution(smk.config, model=spec["model"]["name"], benchmark=spec["benchmark"]["name"],
-                   threads=smk.threads)
+    ex = execution(
+        smk.config, model=spec["model"]["name"], benchmark=spec["benchmark"]["name"], threads=smk.threads
+    )
     return job_run(spec, ex)
 
 
-def pope_file_run(*, questions: str, images: str, model: str, method: str = "greedy", label: str | None = None,
-                  split: str, params: Mapping | None = None, do_sample: bool | None = None,
-                  temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                  seed: int = 0, prompt: str | None = None, max_new_tokens: int | None = None,
-                  n_questions: int | None = None, dtype: str = "float32", family: str = "auto",
-                  protocol: str = UNIFIED, batch_size: int = 16, device: str = "auto", threads: int = 1,
-                  gpu_lock_dir: str = ".vcdflow/gpu-locks", num_beams: int | None = None,
-                  length_penalty: float | None = None, early_stopping: bool | str | None = None,
-                  length_norm: str | None = None) -> dict:
+def pope_file_run(
+    *,
+    questions: str,
+    images: str,
+    model: str,
+    method: str = "greedy",
+    label: str | None = None,
+    split: str,
+    params: Mapping | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int = 0,
+    prompt: str | None = None,
+    max_new_tokens: int | None = None,
+    n_questions: int | None = None,
+    dtype: str = "float32",
+    family: str = "auto",
+    protocol: str = UNIFIED,
+    batch_size: int = 16,
+    device: str = "auto",
+    threads: int = 1,
+    gpu_lock_dir: str = ".vcdflow/gpu-locks",
+    num_beams: int | None = None,
+    length_penalty: float | None = None,
+    early_stopping: bool | str | None = None,
+    length_norm: str | None = None,
+) -> dict:
     """The run dict of the CLI's ``vcdflow decode`` (a POPE-format question file), built by the
     same :func:`build_run` as the workflow from a one-cell config; :class:`ConfigError` names a bad
     method, parameter or protocol. ``protocol``: ``unified``, ``paper`` or a protocol name;
@@ -832,22 +970,36 @@ def pope_file_run(*, questions: str, images: str, model: str, method: str = "gre
         if value is not None:
             bench[key] = value
     entry = {"method": method, "params": dict(params or {}), "protocol": protocol}
-    for key, value in (("do_sample", do_sample), ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                       ("num_beams", num_beams), ("length_penalty", length_penalty),
-                       ("early_stopping", early_stopping), ("length_norm", length_norm)):
+    for key, value in (
+        ("do_sample", do_sample),
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("top_k", top_k),
+        ("num_beams", num_beams),
+        ("length_penalty", length_penalty),
+        ("early_stopping", early_stopping),
+        ("length_norm", length_norm),
+    ):
         if value is not None:
             entry[key] = value
     name = Path(model).name
-    config = {"benchmarks": {"pope": bench}, "models": {name: {"path": model, "family": family, "dtype": dtype,
-                                                               "revision": "local"}},
-              "methods": {label: entry}, "seeds": [seed], "device": device, "threads": threads,
-              "batch_size": batch_size, "gpu_lock_dir": gpu_lock_dir}
+    config = {
+        "benchmarks": {"pope": bench},
+        "models": {name: {"path": model, "family": family, "dtype": dtype, "revision": "local"}},
+        "methods": {label: entry},
+        "seeds": [seed],
+        "device": device,
+        "threads": threads,
+        "batch_size": batch_size,
+        "gpu_lock_dir": gpu_lock_dir,
+    }
     validate_config(config)
     protocols = run_protocols(config, label)
     if len(protocols) != 1:
         raise ConfigError(f"protocol {protocol!r} gives {len(protocols)} protocols for {label}; name one")
-    spec = build_run(config, benchmark="pope", split=split, model=name, method=label, seed=seed,
-                     protocol=protocols[0]).as_dict()
+    spec = build_run(
+        config, benchmark="pope", split=split, model=name, method=label, seed=seed, protocol=protocols[0]
+    ).as_dict()
     spec["inputs"] = _user_inputs(method, spec.get("inputs") or {}, spec["method"]["params"])
     if not spec["inputs"]:
         spec.pop("inputs")
@@ -865,13 +1017,17 @@ def _user_inputs(method: str, inputs: Mapping[str, Any], params: dict) -> dict:
     for kind in inputs:
         names = INPUT_PARAMS.get(kind)
         if not names:
-            raise ConfigError(f"method {method!r} needs {kind.replace('_', ' ')}, which only the workflow makes: "
-                              f"run it with snakemake")
+            raise ConfigError(
+                f"method {method!r} needs {kind.replace('_', ' ')}, which only the workflow makes: "
+                f"run it with snakemake"
+            )
         missing = [n for n in names if not params.get(n)]
         if missing:
             example = ", ".join(f'"{n}": "PATH"' for n in names)
-            raise ConfigError(f"--params: method {method!r} needs parameter(s) {', '.join(map(repr, missing))} "
-                              f"(local paths), e.g. --params '{{{example}}}'")
+            raise ConfigError(
+                f"--params: method {method!r} needs parameter(s) {', '.join(map(repr, missing))} "
+                f"(local paths), e.g. --params '{{{example}}}'"
+            )
         paths = [str(params.pop(n)) for n in names]
         out[kind] = paths[0] if len(paths) == 1 else paths
     return out
@@ -895,9 +1051,17 @@ def protocol_differences(names) -> dict[str, list[dict]]:
                 res = proto.resolve(method, fam, bench)
                 search = dict(res.search or {})
                 if int(search.get("num_beams", 1)) > 1:
-                    out[name].append({"family": fam, "benchmark": bench, "field": "search", "a": search,
-                                      "b": {"num_beams": 1}, "source_a": res.sources.get("search", ""),
-                                      "source_b": "unified: one beam (no beam search unless a label sets num_beams)"})
+                    out[name].append(
+                        {
+                            "family": fam,
+                            "benchmark": bench,
+                            "field": "search",
+                            "a": search,
+                            "b": {"num_beams": 1},
+                            "source_a": res.sources.get("search", ""),
+                            "source_b": "unified: one beam (no beam search unless a label sets num_beams)",
+                        }
+                    )
     return out
 
 
@@ -913,8 +1077,10 @@ def check_no_secrets(config: Any, where: str = "config") -> None:
         for k, v in config.items():
             path = f"{where}.{k}" if where else str(k)
             if str(k).lower() in SECRET_KEYS:
-                raise ConfigError(f"{path}: a secret does not go into a config (its value is not shown here); "
-                                  f"put it in the environment and name the variable (a judge: api_key_env)")
+                raise ConfigError(
+                    f"{path}: a secret does not go into a config (its value is not shown here); "
+                    f"put it in the environment and name the variable (a judge: api_key_env)"
+                )
             check_no_secrets(v, path)
     elif isinstance(config, (list, tuple)):
         for i, v in enumerate(config):
@@ -934,9 +1100,11 @@ def _strict_loader():
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=True)
             if key in seen:
-                raise ConfigError(f"{loader.name}: line {key_node.start_mark.line + 1}: key {key!r} is written twice "
-                                  f"in one mapping (also line {seen[key] + 1}); YAML would silently keep the last "
-                                  f"one — rename or remove one of them")
+                raise ConfigError(
+                    f"{loader.name}: line {key_node.start_mark.line + 1}: key {key!r} is written twice "
+                    f"in one mapping (also line {seen[key] + 1}); YAML would silently keep the last "
+                    f"one — rename or remove one of them"
+                )
             seen[key] = key_node.start_mark.line
         return loader.construct_mapping(node, deep=deep)
 

@@ -31,8 +31,18 @@ LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 #: Libraries whose versions can change a decoded answer (model code, tokenisation, image
 #: preprocessing, weight loading, the text-to-image pipeline, numerics); recorded per result.
-RESULT_PACKAGES = ("vcdflow", "torch", "transformers", "tokenizers", "huggingface_hub", "safetensors",
-                   "accelerate", "diffusers", "numpy", "pillow")
+RESULT_PACKAGES = (
+    "vcdflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "huggingface_hub",
+    "safetensors",
+    "accelerate",
+    "diffusers",
+    "numpy",
+    "pillow",
+)
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 
@@ -105,8 +115,11 @@ def lock_state(path: str | Path = LOCK) -> dict | None:
         diff = differences(read_lock(path))
     except ValueError:
         return None
-    return {"lock_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "matches": not diff,
-            "differences": diff[:10]}
+    return {
+        "lock_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "matches": not diff,
+        "differences": diff[:10],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,12 +64,20 @@ def debug_enabled(flag: bool = False) -> bool:
 
 #: errno values of an output that cannot be written (disk full, quota, read-only, no permission,
 #: file size limit): the user's to fix, not a bug
-WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
-                         if hasattr(errno, n))
+WRITE_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG") if hasattr(errno, n)
+)
 
 
-def guard(prog: str, fn: Callable[[], int | None], *, debug: bool = False, output: Any = None,
-          kept: str | None = None, echo: Any = None) -> int:
+def guard(
+    prog: str,
+    fn: Callable[[], int | None],
+    *,
+    debug: bool = False,
+    output: Any = None,
+    kept: str | None = None,
+    echo: Any = None,
+) -> int:
     """Run ``fn``; an expected error prints ``<prog>: error: <message>`` on stderr (the rule's
     log in a workflow script) and returns its exit status (``--debug``/``VCDFLOW_DEBUG=1``: the
     traceback first); anything else propagates with its traceback.
@@ -104,17 +112,21 @@ def guard(prog: str, fn: Callable[[], int | None], *, debug: bool = False, outpu
 def write_failed(exc: OSError, output: Any = None, kept: str | None = None) -> InputError:
     """The line of an output that cannot be written: the file, why, and that nothing is lost."""
     path = exc.filename or output or "the output"
-    return InputError(f"cannot write {path}: {exc.strerror or exc} (disk full or a read-only folder?); "
-                      f"{kept or 'nothing already written is lost'} — free space or fix the folder's "
-                      f"permissions and rerun the same command")
+    return InputError(
+        f"cannot write {path}: {exc.strerror or exc} (disk full or a read-only folder?); "
+        f"{kept or 'nothing already written is lost'} — free space or fix the folder's "
+        f"permissions and rerun the same command"
+    )
 
 
 # --------------------------------------------------------------------------- message builders
 
 
 def bad_params_json(text: str, problem: str) -> UsageError:
-    return UsageError(f"--params: not valid JSON ({problem}) in {text!r}; expected a JSON object such as "
-                      f"'{{\"alpha\": 1.0}}'")
+    return UsageError(
+        f"--params: not valid JSON ({problem}) in {text!r}; expected a JSON object such as "
+        f"'{{\"alpha\": 1.0}}'"
+    )
 
 
 def bad_param(problem: str, where: str = "--params") -> UsageError:
@@ -130,8 +142,10 @@ def questions_bad(path, problem: str) -> InputError:
     """``problem`` as the item loader words it (it already names the file and line)."""
     problem = str(problem)
     where = "" if problem.startswith(str(path)) else f"{path}: "
-    return InputError(f"{where}{problem}; expected a POPE question file (one JSON object per line with "
-                      f"question_id, image, text, label) — fix the file and rerun")
+    return InputError(
+        f"{where}{problem}; expected a POPE question file (one JSON object per line with "
+        f"question_id, image, text, label) — fix the file and rerun"
+    )
 
 
 def path_missing(what: str, path, fix: str) -> InputError:
@@ -139,44 +153,59 @@ def path_missing(what: str, path, fix: str) -> InputError:
 
 
 def no_images_found(folder, n: int, example) -> InputError:
-    return InputError(f"images folder {folder}: none of the {n} images the questions name exists "
-                      f"(e.g. {example}); expected the folder that holds them — check --images (benchmarks.<name>.images in a "
-                      f"workflow config)")
+    return InputError(
+        f"images folder {folder}: none of the {n} images the questions name exists "
+        f"(e.g. {example}); expected the folder that holds them — check --images (benchmarks.<name>.images in a "
+        f"workflow config)"
+    )
 
 
 def model_missing(path) -> InputError:
-    return MissingInput(f"model directory {path} does not exist; expected a save_pretrained folder "
-                      f"(config.json + weights) — check --model (models.<name>.path in a workflow config)")
+    return MissingInput(
+        f"model directory {path} does not exist; expected a save_pretrained folder "
+        f"(config.json + weights) — check --model (models.<name>.path in a workflow config)"
+    )
 
 
 def model_not_dir(path) -> InputError:
-    return InputError(f"model path {path} is not a directory; expected a save_pretrained folder "
-                      f"(config.json + weights) — check --model (models.<name>.path in a workflow config)")
+    return InputError(
+        f"model path {path} is not a directory; expected a save_pretrained folder "
+        f"(config.json + weights) — check --model (models.<name>.path in a workflow config)"
+    )
 
 
 def model_config_bad(path, problem: str) -> InputError:
-    return InputError(f"{path}: {problem}; expected the model's JSON config — restore it from the "
-                      f"original download or save_pretrained")
+    return InputError(
+        f"{path}: {problem}; expected the model's JSON config — restore it from the "
+        f"original download or save_pretrained"
+    )
 
 
 def model_weights_bad(path, problem: str) -> InputError:
-    return InputError(f"{path}: corrupt weights file ({problem}); re-download the model or re-save it "
-                      f"with save_pretrained")
+    return InputError(
+        f"{path}: corrupt weights file ({problem}); re-download the model or re-save it with save_pretrained"
+    )
 
 
 def model_load_failed(path, exc: BaseException) -> InputError:
-    return InputError(f"model {path} could not be loaded ({type(exc).__name__}: {exc}); check that the "
-                      f"folder is a complete save_pretrained model")
+    return InputError(
+        f"model {path} could not be loaded ({type(exc).__name__}: {exc}); check that the "
+        f"folder is a complete save_pretrained model"
+    )
 
 
 def results_bad(path, problem: str) -> InputError:
     problem = str(problem)
     where = "" if problem.startswith(str(path)) else f"{path}: "
-    return InputError(f"{where}{problem}; expected one JSON record per line as `vcdflow decode` writes "
-                      f"them — the file is cut or edited (decode writes it atomically): write it again "
-                      f"(rerun `vcdflow decode` with the same options, or delete it and rerun the workflow)")
+    return InputError(
+        f"{where}{problem}; expected one JSON record per line as `vcdflow decode` writes "
+        f"them — the file is cut or edited (decode writes it atomically): write it again "
+        f"(rerun `vcdflow decode` with the same options, or delete it and rerun the workflow)"
+    )
 
 
 def output_locked(output, lock, holder: str) -> OutputLocked:
-    return OutputLocked(f"{output} is being written by another process ({holder}; lock {lock}); "
-                        f"wait for it to finish or stop it — two writers would interleave one output")
+    return OutputLocked(
+        f"{output} is being written by another process ({holder}; lock {lock}); "
+        f"wait for it to finish or stop it — two writers would interleave one output"
+    )

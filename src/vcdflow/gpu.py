@@ -68,8 +68,10 @@ def gpu_lease(
     say = log or (lambda msg: None)
     devices, source = candidate_devices()
     if source == "CUDA_VISIBLE_DEVICES" and os.environ.get("SLURM_JOB_ID"):
-        say(f"gpu: SLURM job {os.environ['SLURM_JOB_ID']} already bound to "
-            f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}")
+        say(
+            f"gpu: SLURM job {os.environ['SLURM_JOB_ID']} already bound to "
+            f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}"
+        )
         yield Lease(os.environ["CUDA_VISIBLE_DEVICES"] or None, False, "slurm")
         return
     if not devices:

@@ -65,7 +65,7 @@ def remove_leftover_tmp(dest: str | os.PathLike, *, any_writer: bool = False) ->
     except OSError:
         return removed
     for p in candidates:
-        middle = p.name[len(dest.name) + 2: -len(".tmp")]
+        middle = p.name[len(dest.name) + 2 : -len(".tmp")]
         if "." in middle:  # another file's temp (e.g. .x.jsonl.partial.….tmp)
             continue
         parts = middle.rsplit("-", 2)

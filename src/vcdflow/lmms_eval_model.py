@@ -29,7 +29,7 @@ Model arguments (``--model_args key=value,...``; a JSON value may hold commas):
 * ``batch_size`` (requests per batch; a value in ``--model_args`` wins over ``--batch_size``),
   ``seed`` (default 0), ``device`` (``cpu``/``cuda``/``auto``), ``dtype``;
 * ``do_sample``, ``temperature``, ``top_p``, ``top_k``, ``num_beams`` — override the task's
-  generation kwargs (a task's ``num_beams`` > 1 runs the engine's beam search, E11, with any
+  generation kwargs (a task's ``num_beams`` > 1 runs the engine's beam search with any
   method that does not run its own search; beams with ``do_sample`` fail naming both);
 * ``records`` — a JSONL file to which every request's record is appended in vcdflow's result
   format (``item_id, image, image_id, question_id, prompt, answer, label, seed, error, meta,
@@ -108,16 +108,21 @@ def _number(name: str, v, kind: type, unset_ok: bool = True):
     try:
         return kind(v)
     except (TypeError, ValueError):
-        raise ValueError(f"vcdflow model_args: {name} must be {'an integer' if kind is int else 'a number'}, "
-                         f"got {v!r}") from None
+        raise ValueError(
+            f"vcdflow model_args: {name} must be {'an integer' if kind is int else 'a number'}, got {v!r}"
+        ) from None
 
 
 def parse_overrides(do_sample=None, temperature=None, top_p=None, top_k=None, num_beams=None) -> dict:
     """The generation settings given in ``--model_args`` (None: the task's), each checked and
     named when it is not a number of its kind."""
-    return {"do_sample": _as_bool(do_sample), "temperature": _number("temperature", temperature, float),
-            "top_p": _number("top_p", top_p, float), "top_k": _number("top_k", top_k, int),
-            "num_beams": _number("num_beams", num_beams, int)}
+    return {
+        "do_sample": _as_bool(do_sample),
+        "temperature": _number("temperature", temperature, float),
+        "top_p": _number("top_p", top_p, float),
+        "top_k": _number("top_k", top_k, int),
+        "num_beams": _number("num_beams", num_beams, int),
+    }
 
 
 class VcdflowLMM(lmms):
@@ -125,15 +130,32 @@ class VcdflowLMM(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, method: str = "greedy", params: Any = None, protocol: str = "unified",
-                 batch_size: Any = 16, seed: Any = 0, device: str | None = "cpu", dtype: str = "float32",
-                 do_sample: Any = None, temperature: Any = None, top_p: Any = None, top_k: Any = None,
-                 records: str | None = None, benchmark: str | None = None, max_batch_size: Any = None,
-                 num_beams: Any = None, **unknown):
+    def __init__(
+        self,
+        pretrained: str,
+        method: str = "greedy",
+        params: Any = None,
+        protocol: str = "unified",
+        batch_size: Any = 16,
+        seed: Any = 0,
+        device: str | None = "cpu",
+        dtype: str = "float32",
+        do_sample: Any = None,
+        temperature: Any = None,
+        top_p: Any = None,
+        top_k: Any = None,
+        records: str | None = None,
+        benchmark: str | None = None,
+        max_batch_size: Any = None,
+        num_beams: Any = None,
+        **unknown,
+    ):
         if unknown:
-            raise ValueError(f"vcdflow model_args: unknown key(s) {sorted(unknown)}; known: pretrained, method, params, "
-                             "protocol, batch_size, seed, device, dtype, do_sample, temperature, top_p, top_k, num_beams, "
-                             "records, benchmark")
+            raise ValueError(
+                f"vcdflow model_args: unknown key(s) {sorted(unknown)}; known: pretrained, method, params, "
+                "protocol, batch_size, seed, device, dtype, do_sample, temperature, top_p, top_k, num_beams, "
+                "records, benchmark"
+            )
         from vcdflow.decoding import METHODS, get_method
 
         if method not in METHODS:
@@ -142,7 +164,9 @@ class VcdflowLMM(lmms):
             try:
                 params = json.loads(params) if params.strip() else {}
             except json.JSONDecodeError as e:
-                raise ValueError(f"vcdflow model_args: params must be a JSON object, got {params!r} ({e})") from None
+                raise ValueError(
+                    f"vcdflow model_args: params must be a JSON object, got {params!r} ({e})"
+                ) from None
         params = dict(params or {})
         if not isinstance(params, dict):
             raise ValueError(f"vcdflow model_args: params must be a JSON object, got {params!r}")
@@ -184,15 +208,20 @@ class VcdflowLMM(lmms):
         try:
             from vcdflow.protocols import get_protocol
         except ImportError:
-            raise ValueError(f"vcdflow model_args: protocol {self.protocol!r} with benchmark= needs "
-                             "vcdflow.protocols.get_protocol, which this vcdflow does not provide; "
-                             "use protocol=unified without benchmark=") from None
+            raise ValueError(
+                f"vcdflow model_args: protocol {self.protocol!r} with benchmark= needs "
+                "vcdflow.protocols.get_protocol, which this vcdflow does not provide; "
+                "use protocol=unified without benchmark="
+            ) from None
         if not benchmark:
-            raise ValueError(f"vcdflow model_args: protocol {self.protocol!r} needs benchmark=<kind> "
-                             "(pope, chair, mme, amber) to resolve its settings")
+            raise ValueError(
+                f"vcdflow model_args: protocol {self.protocol!r} needs benchmark=<kind> "
+                "(pope, chair, mme, amber) to resolve its settings"
+            )
         mode = {True: "sample", False: "greedy"}.get(self.overrides["do_sample"])
-        res = get_protocol(self.protocol).resolve(method=self.method, family=self.vlm.family, benchmark=benchmark,
-                                                  mode=mode)
+        res = get_protocol(self.protocol).resolve(
+            method=self.method, family=self.vlm.family, benchmark=benchmark, mode=mode
+        )
         self.params = {**dict(res.params or {}), **self.params}
         self.system = res.system
         # the protocol's conversation template, as the workflow's runner applies it ("model": the
@@ -213,12 +242,15 @@ class VcdflowLMM(lmms):
         raise NotImplementedError(
             f"vcdflow model: task {task!r} asks for loglikelihood scores, which method {self.method!r} does not "
             "provide here (only generate_until tasks run through vcdflow's decoder; a contrastive method's combined "
-            "score of a forced continuation is not implemented)")
+            "score of a forced continuation is not implemented)"
+        )
 
     def generate_until_multi_round(self, requests):
         task = requests[0].task_name if requests else "?"
-        raise NotImplementedError(f"vcdflow model: task {task!r} is multi-round; method {self.method!r} runs "
-                                  "single-turn generate_until requests only")
+        raise NotImplementedError(
+            f"vcdflow model: task {task!r} is multi-round; method {self.method!r} runs "
+            "single-turn generate_until requests only"
+        )
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         from vcdflow.decoding import Request, generate, get_method
@@ -227,9 +259,14 @@ class VcdflowLMM(lmms):
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             gk = dict(req.args[1] or {})
-            key = json.dumps({k: gk.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
-                                                     "num_beams")},
-                             sort_keys=True, default=str)
+            key = json.dumps(
+                {
+                    k: gk.get(k)
+                    for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "num_beams")
+                },
+                sort_keys=True,
+                default=str,
+            )
             groups.setdefault(key, []).append(i)
         records = []
         for idxs in groups.values():
@@ -240,18 +277,24 @@ class VcdflowLMM(lmms):
             temperature = self.overrides["temperature"]
             if temperature is None:
                 temperature = float(gk.get("temperature") or 1.0) if do_sample else 1.0
-            top_p = self.overrides["top_p"] if self.overrides["top_p"] is not None else float(gk.get("top_p") or 1.0)
+            top_p = (
+                self.overrides["top_p"]
+                if self.overrides["top_p"] is not None
+                else float(gk.get("top_p") or 1.0)
+            )
             top_k = self.overrides["top_k"] if self.overrides["top_k"] is not None else gk.get("top_k")
             max_new = int(gk.get("max_new_tokens") or 128)
             num_beams = self.overrides["num_beams"]
             if num_beams is None:
                 num_beams = int(gk.get("num_beams") or 1)
             if num_beams > 1 and do_sample:
-                raise ValueError(f"vcdflow: num_beams={num_beams} with do_sample=True: beam search is a greedy mode "
-                                 "(set do_sample=false or num_beams=1 in --model_args or the task's generation_kwargs)")
+                raise ValueError(
+                    f"vcdflow: num_beams={num_beams} with do_sample=True: beam search is a greedy mode "
+                    "(set do_sample=false or num_beams=1 in --model_args or the task's generation_kwargs)"
+                )
             search = {"num_beams": num_beams} if num_beams > 1 else {}
             for start in range(0, len(idxs), self.batch_size_per_gpu):
-                chunk = idxs[start:start + self.batch_size_per_gpu]
+                chunk = idxs[start : start + self.batch_size_per_gpu]
                 reqs, metas = [], []
                 for i in chunk:
                     context, _gk, doc_to_visual, doc_id, task, split = requests[i].args
@@ -266,16 +309,33 @@ class VcdflowLMM(lmms):
                     if hasattr(image, "convert"):
                         image = image.convert("RGB")
                     reqs.append(Request(image=image, prompt=context, item_id=item_id, system=self.system))
-                    metas.append({"task": task, "split": split, "doc_id": doc_id, "n_visuals": len(visuals),
-                                  "note": note or ("only the first of several images used" if len(visuals) > 1 else None)})
+                    metas.append(
+                        {
+                            "task": task,
+                            "split": split,
+                            "doc_id": doc_id,
+                            "n_visuals": len(visuals),
+                            "note": note
+                            or ("only the first of several images used" if len(visuals) > 1 else None),
+                        }
+                    )
                 t0 = time.perf_counter()
                 # a greedy-only method, or greedy mode: the task's warpers do not apply (generate refuses them)
                 fixed = get_method(self.method).mode
                 sampling = (fixed or ("sample" if do_sample else "greedy")) == "sample"
                 warpers = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if sampling else {}
-                outs = generate(self.vlm, reqs, method=self.method, params=self.params,
-                                do_sample=bool(do_sample) and fixed != "greedy", **warpers, max_new_tokens=max_new,
-                                seed=self.seed, batch_size=len(reqs), **search)
+                outs = generate(
+                    self.vlm,
+                    reqs,
+                    method=self.method,
+                    params=self.params,
+                    do_sample=bool(do_sample) and fixed != "greedy",
+                    **warpers,
+                    max_new_tokens=max_new,
+                    seed=self.seed,
+                    batch_size=len(reqs),
+                    **search,
+                )
                 per_item = (time.perf_counter() - t0) / max(1, len(reqs))
                 for i, r, out, meta in zip(chunk, reqs, outs, metas):
                     until = (requests[i].args[1] or {}).get("until") or []
@@ -287,14 +347,31 @@ class VcdflowLMM(lmms):
                     if out.error:
                         log.warning("vcdflow: %s: %s", r.item_id, out.error)
                     results[i] = text
-                    records.append({
-                        "item_id": r.item_id, "image": None, "image_id": None, "question_id": meta["doc_id"],
-                        "prompt": r.prompt, "answer": text, "label": None, "seed": self.seed, "error": out.error,
-                        "meta": {**dict(out.meta or {}), **meta, "method": self.method, "params": self.params,
-                                 "protocol": self.protocol, "protocol_resolved": self.protocol_resolved,
-                                 "do_sample": do_sample, "max_new_tokens": max_new, "num_beams": num_beams},
-                        "timing": {"seconds": round(per_item, 6), "new_tokens": len(out.token_ids or [])},
-                    })
+                    records.append(
+                        {
+                            "item_id": r.item_id,
+                            "image": None,
+                            "image_id": None,
+                            "question_id": meta["doc_id"],
+                            "prompt": r.prompt,
+                            "answer": text,
+                            "label": None,
+                            "seed": self.seed,
+                            "error": out.error,
+                            "meta": {
+                                **dict(out.meta or {}),
+                                **meta,
+                                "method": self.method,
+                                "params": self.params,
+                                "protocol": self.protocol,
+                                "protocol_resolved": self.protocol_resolved,
+                                "do_sample": do_sample,
+                                "max_new_tokens": max_new,
+                                "num_beams": num_beams,
+                            },
+                            "timing": {"seconds": round(per_item, 6), "new_tokens": len(out.token_ids or [])},
+                        }
+                    )
                     self.cache_hook.add_partial("generate_until", (r.prompt, requests[i].args[1]), text)
         if self.records_path:
             os.makedirs(os.path.dirname(os.path.abspath(self.records_path)), exist_ok=True)

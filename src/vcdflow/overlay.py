@@ -69,7 +69,9 @@ def find_base(ref: Any, origin: Path | None, workflow_dir: Path) -> Path:
     """The file ``base: <ref>`` of the config file ``origin`` names (see the module docstring)."""
     where = f"config {origin}" if origin else "config"
     if not isinstance(ref, str) or not ref.strip():
-        raise OverlayError(f"{where}: base must be a config name (paper) or a path to a YAML file, not {ref!r}")
+        raise OverlayError(
+            f"{where}: base must be a config name (paper) or a path to a YAML file, not {ref!r}"
+        )
     is_path = "/" in ref or ref.endswith((".yaml", ".yml"))
     if is_path:
         candidates = ([origin.parent / ref] if origin else []) + [Path(ref)]
@@ -79,8 +81,10 @@ def find_base(ref: Any, origin: Path | None, workflow_dir: Path) -> Path:
         if path.is_file():
             return path.resolve()
     names = sorted(p.stem for p in (workflow_dir / "config").glob("*.yaml"))
-    raise OverlayError(f"{where}: base {ref!r} not found (looked for {', '.join(map(str, candidates))}; "
-                       f"config names: {', '.join(names)})")
+    raise OverlayError(
+        f"{where}: base {ref!r} not found (looked for {', '.join(map(str, candidates))}; "
+        f"config names: {', '.join(names)})"
+    )
 
 
 def _merge(base: Any, over: Any) -> Any:
@@ -108,15 +112,20 @@ def lay_over(base: dict, over: dict, *, where: str = "config", base_name: str = 
         if isinstance(value, list):
             missing = [name for name in value if not isinstance(name, str) or name not in have]
             if missing:
-                raise OverlayError(f"{where}: {key}: {missing[0]!r} is not an entry of {base_name} "
-                                   f"(its {key}: {', '.join(map(str, have)) or 'none'}); give the whole entry "
-                                   f"as a mapping to add it")
+                raise OverlayError(
+                    f"{where}: {key}: {missing[0]!r} is not an entry of {base_name} "
+                    f"(its {key}: {', '.join(map(str, have)) or 'none'}); give the whole entry "
+                    f"as a mapping to add it"
+                )
             value = {name: None for name in value}
         if not isinstance(value, dict):
-            raise OverlayError(f"{where}: {key} must be a mapping of entries or a list of names, "
-                               f"not {type(value).__name__}")
-        out[key] = {name: _merge(have.get(name), entry) if entry is not None else have.get(name)
-                    for name, entry in value.items()}
+            raise OverlayError(
+                f"{where}: {key} must be a mapping of entries or a list of names, not {type(value).__name__}"
+            )
+        out[key] = {
+            name: _merge(have.get(name), entry) if entry is not None else have.get(name)
+            for name, entry in value.items()
+        }
         empty = [name for name, entry in out[key].items() if entry is None]
         if empty:
             raise OverlayError(f"{where}: {key}.{empty[0]} is empty and {base_name} has no such entry")

@@ -48,7 +48,9 @@ def load_items(bench: dict, inputs: dict | None = None) -> list[dict]:
     return get_benchmark(bench.get("kind") or bench["name"]).load_items(bench)
 
 
-def seeded_subset(items: list, n: int | None, *, label: str, group: Callable[[dict], Any] | None = None) -> list:
+def seeded_subset(
+    items: list, n: int | None, *, label: str, group: Callable[[dict], Any] | None = None
+) -> list:
     """``n`` groups of ``items`` drawn with ``random.Random(label)`` (string seeds are stable across
     Python versions and platforms), returned in file order; ``group`` keeps items together (MME:
     the two questions of an image); None or ``n`` ≥ the number of groups = everything.
@@ -114,7 +116,16 @@ def _preprocess(image, how: str | None, vlm):
     return preprocess_image(image, how, mean)
 
 
-def _record(run: dict, item: dict, prompt: str, answer: str, error: str | None, meta: dict, seconds: float, new_tokens: int) -> dict:
+def _record(
+    run: dict,
+    item: dict,
+    prompt: str,
+    answer: str,
+    error: str | None,
+    meta: dict,
+    seconds: float,
+    new_tokens: int,
+) -> dict:
     return {
         "item_id": item["item_id"],
         "image": item.get("image"),
@@ -159,21 +170,35 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
     for i, item in enumerate(items):
         from_item = {}
         if item_prompts and all(item.get(key) is not None for key in item_prompts.values()):
-            from_item = {field: build_prompt(run, {**item, "question": item[key]}) for field, key in item_prompts.items()}
+            from_item = {
+                field: build_prompt(run, {**item, "question": item[key]})
+                for field, key in item_prompts.items()
+            }
         prompt = from_item.pop("prompt", None) or build_prompt(run, item)
         extra = {"system": system} if system else {}
         extra.update(from_item)
         contrast = {key: item[key] for key in item_contrast.values() if item.get(key) is not None}
         if item_contrast and not contrast:
             keys = " and/or ".join(repr(k) for k in item_contrast.values())
-            records[i] = _record(run, item, prompt, "", f"method {method['method']!r} needs the item key {keys} "
-                                 f"(its contrastive input); item {item['item_id']} has none", {}, 0.0, 0)
+            records[i] = _record(
+                run,
+                item,
+                prompt,
+                "",
+                f"method {method['method']!r} needs the item key {keys} "
+                f"(its contrastive input); item {item['item_id']} has none",
+                {},
+                0.0,
+                0,
+            )
             continue
         path, what = item.get("image_path"), "image"
         try:
             # an item without an image (HallusionBench's text-only questions) is a text-only request:
             # methods that need an image turn it into an error row naming the method
-            image = None if path is None and "image_path" in item else _preprocess(_load_image(path), how, vlm)
+            image = (
+                None if path is None and "image_path" in item else _preprocess(_load_image(path), how, vlm)
+            )
             for path in item.get("contrast_images") or []:  # ConVis reconstructions
                 extra.setdefault("contrast_images", []).append(_preprocess(_load_image(path), how, vlm))
             for field, key in item_contrast.items():
@@ -185,7 +210,9 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
                 else:
                     extra.setdefault(field, build_prompt(run, {**item, "question": item[key]}))
         except Exception as exc:  # noqa: BLE001 - any unreadable image becomes an error row
-            records[i] = _record(run, item, prompt, "", f"{what} {path}: {type(exc).__name__}: {exc}", {}, 0.0, 0)
+            records[i] = _record(
+                run, item, prompt, "", f"{what} {path}: {type(exc).__name__}: {exc}", {}, 0.0, 0
+            )
             continue
         requests.append(Request(image=image, prompt=prompt, item_id=item["item_id"], **extra))
         # the record's meta keeps the contrastive input used (the item's values)
@@ -208,15 +235,21 @@ def decode_batch(vlm, run: dict, items: list[dict], generate_fn: Callable | None
             max_new_tokens=int(bench["max_new_tokens"]),
             seed=int(run["seed"]),
             batch_size=len(requests),
-            # beam search (E11): only a run whose record has one (num_beams > 1; vcdflow.config.build_run)
+            # beam search: only a run whose record has one (num_beams > 1; vcdflow.config.build_run)
             **dict(method.get("search") or {}),
             **({"compile": step} if step != "off" else {}),
         )
         per_item = (time.perf_counter() - t0) / len(requests)
         for (i, prompt, used), out in zip(slots, outs):
             records[i] = _record(
-                run, items[i], prompt, out.text if not out.error else "", out.error,
-                {**dict(out.meta or {}), **used}, per_item, len(out.token_ids or []),
+                run,
+                items[i],
+                prompt,
+                out.text if not out.error else "",
+                out.error,
+                {**dict(out.meta or {}), **used},
+                per_item,
+                len(out.token_ids or []),
             )
     return records
 
@@ -239,8 +272,10 @@ def decode_with_oom_retry(vlm, run, items, generate_fn=None, say=log.info) -> li
     except Exception as exc:  # noqa: BLE001
         if not _is_oom(exc) or len(items) == 1:
             raise
-        say(f"out of memory at batch size {len(items)}: retrying as two batches of "
-            f"{len(items) // 2} and {len(items) - len(items) // 2}")
+        say(
+            f"out of memory at batch size {len(items)}: retrying as two batches of "
+            f"{len(items) // 2} and {len(items) - len(items) // 2}"
+        )
         try:
             import torch
 
@@ -288,16 +323,26 @@ def _attach_halc_aux(run: dict, items: list[dict], paths) -> tuple[dict, list[di
     a config that sets one of them itself is refused (the workflow's folder is what runs)."""
     from pathlib import Path
 
-    own = {k: v for k, v in (run["method"].get("params") or {}).items() if k in ("detector", "scorer", "tagger")}
+    own = {
+        k: v for k, v in (run["method"].get("params") or {}).items() if k in ("detector", "scorer", "tagger")
+    }
     for name in own:
         if own[name] is not None:
-            raise ValueError(f"method 'halc' in the workflow takes parameter {name!r} from its input folder "
-                             f"(resources/halc/...): remove params.{name} from the config entry")
+            raise ValueError(
+                f"method 'halc' in the workflow takes parameter {name!r} from its input folder "
+                f"(resources/halc/...): remove params.{name} from the config entry"
+            )
     for name, path in zip(("detector", "scorer", "tagger"), paths):
         if not Path(path).is_dir():
             raise FileNotFoundError(f"halc {name} folder missing: {path} (rule download_halc_aux fetches it)")
-        weights = next((w for w in ("model.safetensors", "pytorch_model.bin", "meta.json", "word_tags.json")
-                        if (Path(path) / w).is_file()), None)
+        weights = next(
+            (
+                w
+                for w in ("model.safetensors", "pytorch_model.bin", "meta.json", "word_tags.json")
+                if (Path(path) / w).is_file()
+            ),
+            None,
+        )
         run, items = _as_param(name, f"halc_{name}_digest", weights)(run, items, path)
     return run, items
 
@@ -415,8 +460,12 @@ def _git_commit() -> tuple[str | None, bool | None]:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=20)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return head.stdout.strip() or None, (bool(status.stdout.strip()) if status.returncode == 0 else None)
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -437,8 +486,19 @@ def _protocol_name(protocol: Any) -> str | None:
     return str(protocol) if protocol else None
 
 
-def _sidecar(run: dict, run_hash: str, output: Path, *, shard: int, n_shards: int, device: str,
-             t0: float, n_resumed: int, records: list[dict], sha256: str) -> dict:
+def _sidecar(
+    run: dict,
+    run_hash: str,
+    output: Path,
+    *,
+    shard: int,
+    n_shards: int,
+    device: str,
+    t0: float,
+    n_resumed: int,
+    records: list[dict],
+    sha256: str,
+) -> dict:
     peak, peak_kind = _peak_memory_mb(device)
     commit, dirty = _git_commit()
     errors_ = [r["item_id"] for r in records if r.get("error")]
@@ -474,14 +534,35 @@ def _summarise(output: Path, records: list[dict], n_resumed: int, side: Path) ->
     bad = [r["item_id"] for r in records if r.get("error")]
     if bad:
         first = ", ".join(bad[:5]) + (", …" if len(bad) > 5 else "")
-        log.warning("%s: %d of %d items are error rows (%s); their `error` field says why. To redo them, "
-                    "fix the inputs, delete %s and rerun", output, len(bad), len(records), first, output)
-    log.info("wrote %s: %d records (%d decoded now, %d resumed), %d error rows; provenance in %s",
-             output, len(records), len(records) - n_resumed, n_resumed, len(bad), side)
+        log.warning(
+            "%s: %d of %d items are error rows (%s); their `error` field says why. To redo them, "
+            "fix the inputs, delete %s and rerun",
+            output,
+            len(bad),
+            len(records),
+            first,
+            output,
+        )
+    log.info(
+        "wrote %s: %d records (%d decoded now, %d resumed), %d error rows; provenance in %s",
+        output,
+        len(records),
+        len(records) - n_resumed,
+        n_resumed,
+        len(bad),
+        side,
+    )
 
 
-def prepare_shard(run: dict, items: list[dict] | None = None, *, shard: int = 0, n_shards: int = 1,
-                  check_params: bool = True, check_model: bool = False) -> tuple[dict, list[dict]]:
+def prepare_shard(
+    run: dict,
+    items: list[dict] | None = None,
+    *,
+    shard: int = 0,
+    n_shards: int = 1,
+    check_params: bool = True,
+    check_model: bool = False,
+) -> tuple[dict, list[dict]]:
     """Every check of a shard that needs neither the checkpoint nor the loaded model, cheap
     ones (no torch import) first: the benchmark's input paths, the items (a questions file that
     is not JSON or lacks a key), unique item ids, that some image exists, optionally the model
@@ -502,8 +583,10 @@ def prepare_shard(run: dict, items: list[dict] | None = None, *, shard: int = 0,
     ids = [it["item_id"] for it in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise InputError(f"duplicate item_id {dup!r} in {bench['name']}/{bench['split']}; item ids must be "
-                         f"unique — fix the questions file")
+        raise InputError(
+            f"duplicate item_id {dup!r} in {bench['name']}/{bench['split']}; item ids must be "
+            f"unique — fix the questions file"
+        )
     from .decoding import get_method
 
     reads = get_method(run["method"]["method"]).item_contrast.values()
@@ -548,9 +631,14 @@ def run_shard(
     with output_lock(output):
         removed = [p for dest in (output, partial, side) for p in remove_leftover_tmp(dest, any_writer=True)]
         if removed:
-            log.info("removed %d temp file(s) of an interrupted write: %s", len(removed),
-                     ", ".join(p.name for p in removed))
-        run, items = prepare_shard(run, items, shard=shard, n_shards=n_shards, check_params=generate_fn is None)
+            log.info(
+                "removed %d temp file(s) of an interrupted write: %s",
+                len(removed),
+                ", ".join(p.name for p in removed),
+            )
+        run, items = prepare_shard(
+            run, items, shard=shard, n_shards=n_shards, check_params=generate_fn is None
+        )
         ids = [it["item_id"] for it in items]
         run_hash = result_hash(run)
         ckpt = Checkpoint(partial, run_hash)
@@ -583,11 +671,15 @@ def run_shard(
             try:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
-                           desc=f"{run['benchmark']['name']}/{run['benchmark']['split']}/{run['method']['label']}",
-                           unit="item")
+                bar = tqdm(
+                    total=len(items),
+                    initial=len(items) - len(todo),
+                    disable=not progress,
+                    desc=f"{run['benchmark']['name']}/{run['benchmark']['split']}/{run['method']['label']}",
+                    unit="item",
+                )
                 for start in range(0, len(todo), bs):
-                    batch = todo[start:start + bs]
+                    batch = todo[start : start + bs]
                     ckpt.append(decode_with_oom_retry(vlm, run, batch, generate_fn))
                     bar.update(len(batch))
                 bar.close()
@@ -597,8 +689,21 @@ def run_shard(
         def write_sidecar(records: list[dict], sha256: str) -> None:
             from .io import write_json
 
-            write_json(side, _sidecar(run, run_hash, output, shard=shard, n_shards=n_shards, device=device,
-                                      t0=t0, n_resumed=n_resumed, records=records, sha256=sha256))
+            write_json(
+                side,
+                _sidecar(
+                    run,
+                    run_hash,
+                    output,
+                    shard=shard,
+                    n_shards=n_shards,
+                    device=device,
+                    t0=t0,
+                    n_resumed=n_resumed,
+                    records=records,
+                    sha256=sha256,
+                ),
+            )
 
         records = ckpt.finish(output, ids, after_write=write_sidecar)
         _summarise(output, records, n_resumed, side)
@@ -617,9 +722,11 @@ def _check_method_fits(run: dict, vlm) -> None:
     m = get_method(method["method"])
     misfit = method_misfit(vlm, m, m.resolve(method.get("params") or {}))
     if misfit is not None:
-        raise InputError(f"method {method.get('label')!r} does not fit model {run['model'].get('path')}: {misfit}; "
-                         f"fix its params (config methods.{method.get('label')}.params or --params) — nothing was "
-                         f"decoded")
+        raise InputError(
+            f"method {method.get('label')!r} does not fit model {run['model'].get('path')}: {misfit}; "
+            f"fix its params (config methods.{method.get('label')}.params or --params) — nothing was "
+            f"decoded"
+        )
 
 
 def _device(run: dict) -> str:
@@ -653,7 +760,9 @@ def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -
     if peaks:
         merged["peak_mem_mb"] = max(peaks)
     for key in ("hardware", "device", "versions"):  # shards that differ: the distinct values, in shard order
-        vals = list(dict.fromkeys(json.dumps(m[key], sort_keys=True) for m in metas if m.get(key) is not None))
+        vals = list(
+            dict.fromkeys(json.dumps(m[key], sort_keys=True) for m in metas if m.get(key) is not None)
+        )
         if len(vals) > 1:
             merged[key] = [json.loads(v) for v in vals]
     for key in ("n_items", "n_decoded", "n_resumed", "n_errors"):  # counts over the whole result
@@ -673,12 +782,19 @@ def merge_sidecars(shards: list[str | os.PathLike], output: str | os.PathLike) -
     if missing:
         merged["missing"] = missing
     with atomic_path(sidecar_path(output)) as tmp:
-        Path(tmp).write_text(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        Path(tmp).write_text(
+            json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
+        )
     return merged
 
 
-def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, meta: dict | None = None,
-                 *, seed: int | None = None) -> Path:
+def merge_shards(
+    shards: list[str | os.PathLike],
+    output: str | os.PathLike,
+    meta: dict | None = None,
+    *,
+    seed: int | None = None,
+) -> Path:
     """Concatenate shard files (already in item order) into the final result file and merge
     their provenance sidecars into ``<result>.meta.json`` (:func:`merge_sidecars`).
 
@@ -704,10 +820,14 @@ def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike, met
     if seed is not None and decoded - {seed}:
         merged["decoded_seed"] = sorted(decoded)[0]
         merged["seed"] = seed
-        merged["note"] = (f"greedy with no random draw: decoded once under seed {merged['decoded_seed']} "
-                          f"and recorded for seed {seed}")
+        merged["note"] = (
+            f"greedy with no random draw: decoded once under seed {merged['decoded_seed']} "
+            f"and recorded for seed {seed}"
+        )
         with atomic_path(sidecar_path(output)) as tmp:
-            Path(tmp).write_text(json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+            Path(tmp).write_text(
+                json.dumps(merged, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
+            )
     return output
 
 
@@ -726,11 +846,15 @@ def shard_is_current(run: dict, output: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     run, _ = attach_method_inputs(run, [])
-    return (meta.get("config_hash") == result_hash(run)
-            and meta.get("result_sha256") == hashlib.sha256(output.read_bytes()).hexdigest())
+    return (
+        meta.get("config_hash") == result_hash(run)
+        and meta.get("result_sha256") == hashlib.sha256(output.read_bytes()).hexdigest()
+    )
 
 
-def decode_group(jobs: list[dict], *, vlm=None, progress: bool = True, say: Callable = log.info) -> list[Path]:
+def decode_group(
+    jobs: list[dict], *, vlm=None, progress: bool = True, say: Callable = log.info
+) -> list[Path]:
     """Decode several results of one model in one process, the model loaded once (the workflow's
     ``group_decode``: one job per batch of results of one model and protocol).
 

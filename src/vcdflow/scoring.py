@@ -44,8 +44,18 @@ def judgements_path(scored_out) -> str:
     return (s[: -len(".scored.jsonl")] if s.endswith(".scored.jsonl") else s) + ".judgements.jsonl"
 
 
-def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out, *, model: str, method: str,
-               seed: int, protocol: str | None = None, mode: str | None = None) -> dict:
+def score_file(
+    bench: dict,
+    results: str | os.PathLike,
+    scored_out,
+    metrics_out,
+    *,
+    model: str,
+    method: str,
+    seed: int,
+    protocol: str | None = None,
+    mode: str | None = None,
+) -> dict:
     """Score ``results``. ``protocol`` and ``mode`` default to ``bench["protocol"]`` /
     ``bench["mode"]`` (the workflow's score params carry them), else ``unified`` and the
     records' ``meta.mode`` (else greedy)."""
@@ -60,12 +70,18 @@ def score_file(bench: dict, results: str | os.PathLike, scored_out, metrics_out,
         with judgement_checkpoint(kept):  # a judged benchmark's replies, kept as they come
             scores, per_item = score_records(bench, records)
     except JudgeError as exc:
-        raise JudgeError(f"{exc}; scoring stopped: every judgement made so far is kept in {kept} and the "
-                         f"rerun asks only the rest") from exc
+        raise JudgeError(
+            f"{exc}; scoring stopped: every judgement made so far is kept in {kept} and the "
+            f"rerun asks only the rest"
+        ) from exc
     write_jsonl(scored_out, per_item)
     rows = metric_rows(
         {k: v for k, v in scores.items() if v is not None},
-        benchmark=bench["name"], split=bench["split"], model=model, method=method, seed=int(seed),
+        benchmark=bench["name"],
+        split=bench["split"],
+        model=model,
+        method=method,
+        seed=int(seed),
     )
     protocol = protocol or bench.get("protocol") or "unified"
     mode = mode or bench.get("mode") or _mode_of(records)

@@ -14,6 +14,9 @@ def start(smk) -> logging.Logger:
     if smk.log:
         sys.stderr = open(smk.log[0], "w", buffering=1)
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        force=True,
     )
     return logging.getLogger("vcdflow.workflow")

@@ -1,4 +1,4 @@
-"""VTI's offline fitted steering directions (engine capability E15; ``methods-3.md`` §1.4).
+"""VTI's offline fitted steering directions, fitted once per model by a workflow rule.
 
 Liu, Ye, Zou, "Reducing Hallucinations in Vision-Language Models via Latent Space Steering",
 ICLR 2025; official code ``shengliu66/VTI@bb5dfee`` (cited ``file:line`` below).
@@ -99,8 +99,16 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the workflow import
 #: fit settings: README (MMHal run) num_demos 70, mask_ratio 0.99, num_trials 50, seed 42;
 #: argparse defaults differ (num_demos 50, alpha_image 0): run_mmhal_vti.py:156-164
 FIT_DEFAULTS: dict[str, Any] = {
-    "num_demos": 70, "num_trials": 50, "mask_ratio": 0.99, "seed": 42, "fit_alpha_image": 0.9,
-    "vision": True, "text": True, "chat_template": None, "system": None, "vision_grid": None,
+    "num_demos": 70,
+    "num_trials": 50,
+    "mask_ratio": 0.99,
+    "seed": 42,
+    "fit_alpha_image": 0.9,
+    "vision": True,
+    "text": True,
+    "chat_template": None,
+    "system": None,
+    "vision_grid": None,
 }
 #: settings added after artefacts were fitted: left out of fit_key while at their default (None),
 #: so the keys (file names) of the earlier fits stay valid
@@ -113,7 +121,7 @@ OFFICIAL_QUESTION = "Describe this image in detail."
 #: the official fit list, pinned (sha256 and size computed from the file at that commit)
 OFFICIAL_FIT_SET = {
     "url": "https://raw.githubusercontent.com/shengliu66/VTI/bb5dfee33a9e555f22af9faa7b3495c0ac3df69e/"
-           "experiments/data/hallucination_vti_demos.jsonl",
+    "experiments/data/hallucination_vti_demos.jsonl",
     "sha256": "5ce467817fc2a29735715fd6793b4927268cfff030e798f9f3a60a1fcb575d0d",
     "size": 145506,
     "source": "shengliu66/VTI@bb5dfee:experiments/data/hallucination_vti_demos.jsonl (100 records)",
@@ -127,8 +135,10 @@ def fit_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     cfg = dict(FIT_DEFAULTS)
     bad = sorted(set(overrides or {}) - set(cfg))
     if bad:
-        raise ValueError(f"unknown VTI fit setting{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
-                         f"valid: {', '.join(sorted(cfg))}")
+        raise ValueError(
+            f"unknown VTI fit setting{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
+            f"valid: {', '.join(sorted(cfg))}"
+        )
     cfg.update(overrides or {})
     if not 0 <= float(cfg["mask_ratio"]) <= 1:
         raise ValueError(f"VTI fit setting 'mask_ratio' must be in [0, 1], got {cfg['mask_ratio']!r}")
@@ -137,9 +147,13 @@ def fit_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
             raise ValueError(f"VTI fit setting {k!r} must be >= 1, got {cfg[k]!r}")
     g = cfg["vision_grid"]
     if g is not None:
-        if not (isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g)):
-            raise ValueError(f"VTI fit setting 'vision_grid' must be [rows, columns] of patches (positive "
-                             f"integers) or null, got {g!r}")
+        if not (
+            isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(x, int) and x > 0 for x in g)
+        ):
+            raise ValueError(
+                f"VTI fit setting 'vision_grid' must be [rows, columns] of patches (positive "
+                f"integers) or null, got {g!r}"
+            )
         cfg["vision_grid"] = [int(g[0]), int(g[1])]
     return cfg
 
@@ -181,14 +195,20 @@ def _family(config: Mapping, model: str) -> str | None:
 
 def fit_set_of(config: Mapping) -> str:
     """The configured fit set: ``vti.fit_set``, default ``demo`` in the demo world, else ``official``."""
-    return str((config.get("vti") or {}).get("fit_set", "demo" if config.get("world") == "demo" else "official"))
+    return str(
+        (config.get("vti") or {}).get("fit_set", "demo" if config.get("world") == "demo" else "official")
+    )
 
 
 def settings_for(config: Mapping, model: str) -> dict[str, Any]:
     """The fit settings of ``model`` under a workflow ``config``: :data:`FIT_DEFAULTS`, then
     :func:`family_fit_defaults`, then ``config["vti"]["fit"]`` (validated: unknown keys named)."""
-    return fit_config({**family_fit_defaults(_family(config, model), fit_set_of(config)),
-                       **dict((config.get("vti") or {}).get("fit") or {})})
+    return fit_config(
+        {
+            **family_fit_defaults(_family(config, model), fit_set_of(config)),
+            **dict((config.get("vti") or {}).get("fit") or {}),
+        }
+    )
 
 
 def directions_path(config: Mapping, model: str, benchmark: str | None = None) -> str:
@@ -255,9 +275,16 @@ def demo_fit_set(instances: str | Path, n: int | None = None, n_co: int = 2) -> 
         absent = sorted((c for c in GROUPS[group] if c not in objs), key=lambda c: (-freq[c], c))[:n_co]
         if not absent:
             continue
-        out.append({"id": str(img["id"]), "image": img["file_name"], "question": CAPTION_INSTRUCTION,
-                    "value": captions_for(objs)[0], "h_value": captions_for(objs + absent)[0],
-                    "co_objects": absent})
+        out.append(
+            {
+                "id": str(img["id"]),
+                "image": img["file_name"],
+                "question": CAPTION_INSTRUCTION,
+                "value": captions_for(objs)[0],
+                "h_value": captions_for(objs + absent)[0],
+                "co_objects": absent,
+            }
+        )
         if n is not None and len(out) >= n:
             break
     return out
@@ -271,9 +298,9 @@ def mask_patches(img: torch.Tensor, indices, patch: int) -> torch.Tensor:
     out = img.clone()
     mean = img.mean(dim=(1, 2), keepdim=True)
     per_row = img.shape[2] // patch
-    for i in (indices.tolist() if torch.is_tensor(indices) else indices):
+    for i in indices.tolist() if torch.is_tensor(indices) else indices:
         r, c = divmod(int(i), per_row)
-        out[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = mean.expand(-1, patch, patch)
+        out[:, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = mean.expand(-1, patch, patch)
     return out
 
 
@@ -288,7 +315,7 @@ def pca_direction(X: torch.Tensor, rows: int = 64) -> torch.Tensor:
     X = X.unsqueeze(0) if squeeze else X
     out = []
     for c in range(0, X.shape[0], rows):
-        x = X[c:c + rows].float()
+        x = X[c : c + rows].float()
         mean = x.mean(1, keepdim=True)
         U, S, Vh = torch.linalg.svd(x - mean, full_matrices=False)
         # svd_flip (pca.py:6-17) for the first component: the sign of u's largest-|.| entry
@@ -316,13 +343,19 @@ def encode_full_text(adapter, text: str, image, **processor_kwargs) -> Any:
     from .models.adapters import Encoded
 
     out = adapter.processor(text=[text], images=[image], return_tensors="pt", **processor_kwargs)
-    extras = {k: v for k, v in out.items()
-              if k not in ("input_ids", "attention_mask", "pixel_values") and isinstance(v, torch.Tensor)}
-    return Encoded(input_ids=out["input_ids"][0].long(), pixel_values=out["pixel_values"], extras=extras, text=text)
+    extras = {
+        k: v
+        for k, v in out.items()
+        if k not in ("input_ids", "attention_mask", "pixel_values") and isinstance(v, torch.Tensor)
+    }
+    return Encoded(
+        input_ids=out["input_ids"][0].long(), pixel_values=out["pixel_values"], extras=extras, text=text
+    )
 
 
-def visual_direction(adapter, clean: Sequence[Any], num_trials: int, mask_ratio: float,
-                     gen: torch.Generator, chunk: int = 16) -> torch.Tensor:
+def visual_direction(
+    adapter, clean: Sequence[Any], num_trials: int, mask_ratio: float, gen: torch.Generator, chunk: int = 16
+) -> torch.Tensor:
     """[L_v, T, D] from the encoded clean demo rows ``clean`` (``obtain_visual_vti``); Qwen2.5-VL
     (every row at the same fit grid ``h × w``): ``[L_v, h, w, D]``."""
     import torch
@@ -334,30 +367,34 @@ def visual_direction(adapter, clean: Sequence[Any], num_trials: int, mask_ratio:
     for k, enc in enumerate(clean):
         # the processor's normalised image [3, H, W] (Qwen2.5-VL: its flattened patches unfolded)
         img = adapter.pixels_to_images(enc.pixel_values.float(), enc.extras)[0]
-        n_tok = int(img.shape[-1] * img.shape[-2] / p ** 2)
+        n_tok = int(img.shape[-1] * img.shape[-2] / p**2)
         if is_packed_tower(adapter):
             g = (img.shape[-2] // p, img.shape[-1] // p)
             if grid is not None and g != grid:
-                raise ValueError(f"VTI visual fit: demo images at patch grids {list(grid)} and {list(g)}; the fit "
-                                 "needs one grid (fit setting 'vision_grid')")
+                raise ValueError(
+                    f"VTI visual fit: demo images at patch grids {list(grid)} and {list(g)}; the fit "
+                    "needs one grid (fit setting 'vision_grid')"
+                )
             grid = g
-        total = None   # running sum over the masked copies, chunk by chunk (a 7B tower: ~60 MB per copy)
+        total = None  # running sum over the masked copies, chunk by chunk (a 7B tower: ~60 MB per copy)
         for c in range(0, num_trials, chunk):
             masked = []
             for _ in range(min(chunk, num_trials - c)):
-                idx = torch.randperm(n_tok, generator=gen)[:int(mask_ratio * n_tok)]
+                idx = torch.randperm(n_tok, generator=gen)[: int(mask_ratio * n_tok)]
                 px = adapter.images_to_pixels(mask_patches(img, idx, p).unsqueeze(0), enc.extras)
                 masked.append(replace(enc, pixel_values=px.to(enc.pixel_values.dtype)))
             part = torch.stack(vision_probe(adapter, masked, chunk=chunk)).sum(0)
             total = part if total is None else total + part
-        h_masked = total / num_trials                                              # [L_v+1, T, D]
+        h_masked = total / num_trials  # [L_v+1, T, D]
         h_clean = vision_probe(adapter, [enc])[0]
         n_layers, n_tokens, _ = h_clean.shape
         delta = h_masked.reshape(n_tokens, -1) - h_clean.reshape(n_tokens, -1)
-        if fit is None:   # [T, n_demos, (L_v+1)·D], filled in place (no second copy of a list + stack)
+        if fit is None:  # [T, n_demos, (L_v+1)·D], filled in place (no second copy of a list + stack)
             fit = torch.empty(n_tokens, len(clean), delta.shape[1], dtype=delta.dtype)
         if delta.shape[0] != fit.shape[0]:
-            raise ValueError(f"VTI visual fit: demo images with {fit.shape[0]} and {delta.shape[0]} vision tokens")
+            raise ValueError(
+                f"VTI visual fit: demo images with {fit.shape[0]} and {delta.shape[0]} vision tokens"
+            )
         fit[:, k] = delta
         del delta, h_masked, total
     d = pca_direction(fit).view(n_layers, n_tokens, -1)[1:]
@@ -371,7 +408,9 @@ def fit_grid(adapter, cfg: Mapping[str, Any]) -> tuple[int, int]:
         return int(cfg["vision_grid"][0]), int(cfg["vision_grid"][1])
     from PIL import Image
 
-    out = adapter.processor.image_processor(images=[Image.new("RGB", QWEN_FIT_IMAGE_SIZE)], return_tensors="pt")
+    out = adapter.processor.image_processor(
+        images=[Image.new("RGB", QWEN_FIT_IMAGE_SIZE)], return_tensors="pt"
+    )
     _, h, w = out["image_grid_thw"][0].tolist()
     return int(h), int(w)
 
@@ -401,16 +440,24 @@ def textual_direction(adapter, pairs: Sequence[tuple[Any, Any]], chunk: int = 8)
     hs = []
     for r, o in zip(rows, outs):
         with torch.inference_mode():
-            e = emb(r.input_ids[-1:].to(adapter.device)).float().cpu()              # hidden_states[0] at the last token
-            last = norm(o[-1:].to(adapter.device, adapter.dtype)).float().cpu()     # HF's normed final entry
-        hs.append(torch.cat([e, o[:-1], last]))                                     # [L+1, D]
+            e = emb(r.input_ids[-1:].to(adapter.device)).float().cpu()  # hidden_states[0] at the last token
+            last = norm(o[-1:].to(adapter.device, adapter.dtype)).float().cpu()  # HF's normed final entry
+        hs.append(torch.cat([e, o[:-1], last]))  # [L+1, D]
     deltas = [(hs[2 * k] - hs[2 * k + 1]).reshape(-1) for k in range(len(pairs))]
     d = pca_direction(torch.stack(deltas)).view(hs[0].shape)
     return d[1:]
 
 
-def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str, Any] | None = None,
-            model_name: str = "", demos_digest: str = "", progress=None, extra_meta: Mapping | None = None) -> dict:
+def fit_vti(
+    vlm,
+    demos: Sequence[dict],
+    image_dir: str | Path,
+    cfg: Mapping[str, Any] | None = None,
+    model_name: str = "",
+    demos_digest: str = "",
+    progress=None,
+    extra_meta: Mapping | None = None,
+) -> dict:
     """Fit VTI's directions for ``vlm`` from the fit records ``demos`` (images under
     ``image_dir``). Returns the artefact dict (see the module docstring)."""
     import torch
@@ -428,8 +475,10 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
     if grid is not None:
         m = int(ad.config.vision_config.spatial_merge_size)
         if grid[0] % m or grid[1] % m:
-            raise ValueError(f"VTI fit setting 'vision_grid' {list(grid)}: rows and columns must be multiples of the "
-                             f"tower's merge size {m}")
+            raise ValueError(
+                f"VTI fit setting 'vision_grid' {list(grid)}: rows and columns must be multiples of the "
+                f"tower's merge size {m}"
+            )
     chosen = select_demos(demos, int(cfg["num_demos"]), int(cfg["seed"]))
     prev_template = ad.chat_template
     if cfg["chat_template"]:
@@ -443,12 +492,16 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
             base = ad.build_text(rec.get("question", OFFICIAL_QUESTION), True, cfg["system"])
             pos = encode_full_text(ad, base + rec["value"], img)
             neg = encode_full_text(ad, base + rec["h_value"], img)
-            if grid is not None:   # Qwen2.5-VL: the visual fit at the fit grid (module docstring)
-                enc = encode_full_text(ad, base + rec["value"], fit_image(img, grid, patch_size(ad)), do_resize=False)
+            if grid is not None:  # Qwen2.5-VL: the visual fit at the fit grid (module docstring)
+                enc = encode_full_text(
+                    ad, base + rec["value"], fit_image(img, grid, patch_size(ad)), do_resize=False
+                )
                 got = tuple(int(x) for x in enc.extras["image_grid_thw"][0].tolist())
                 if got != (1, *grid):
-                    raise RuntimeError(f"VTI fit: the processor made a {got[1]}x{got[2]} patch grid of a "
-                                       f"{list(grid)} fit image (do_resize=False ignored?)")
+                    raise RuntimeError(
+                        f"VTI fit: the processor made a {got[1]}x{got[2]} patch grid of a "
+                        f"{list(grid)} fit image (do_resize=False ignored?)"
+                    )
                 clean.append(enc)
             else:
                 clean.append(pos)
@@ -464,8 +517,9 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
             say(f"textual direction: {len(pairs)} caption pairs")
             hooks = None
             if vision is not None and float(cfg["fit_alpha_image"]) != 0:
-                hooks = ActivationSteering(vision_vectors=dict(enumerate(vision)),
-                                           vision_lam=0.1 * float(cfg["fit_alpha_image"]))
+                hooks = ActivationSteering(
+                    vision_vectors=dict(enumerate(vision)), vision_lam=0.1 * float(cfg["fit_alpha_image"])
+                )
                 hooks.start(ad, [], [])
             try:
                 text = textual_direction(ad, pairs)
@@ -474,12 +528,19 @@ def fit_vti(vlm, demos: Sequence[dict], image_dir: str | Path, cfg: Mapping[str,
                     hooks.finish()
     finally:
         ad.chat_template = prev_template
-    meta = {"model": model_name, "family": fam, "fit": cfg, "fit_key": fit_key(model_name, cfg, demos_digest),
-            "demos_digest": demos_digest, "demo_ids": [str(r.get("id", r["image"])) for r in chosen],
-            "n_layers": len(ad.decoder_layers()), "hidden_size": int(ad.text_config.hidden_size),
-            "vision_grid": None if grid is None else list(grid),
-            "source": "shengliu66/VTI@bb5dfee vti_utils/utils.py obtain_visual_vti / obtain_textual_vti",
-            **dict(extra_meta or {})}
+    meta = {
+        "model": model_name,
+        "family": fam,
+        "fit": cfg,
+        "fit_key": fit_key(model_name, cfg, demos_digest),
+        "demos_digest": demos_digest,
+        "demo_ids": [str(r.get("id", r["image"])) for r in chosen],
+        "n_layers": len(ad.decoder_layers()),
+        "hidden_size": int(ad.text_config.hidden_size),
+        "vision_grid": None if grid is None else list(grid),
+        "source": "shengliu66/VTI@bb5dfee vti_utils/utils.py obtain_visual_vti / obtain_textual_vti",
+        **dict(extra_meta or {}),
+    }
     return {"text": text, "vision": vision, "meta": meta}
 
 
@@ -490,7 +551,9 @@ def save_directions(art: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"text": art.get("text"), "vision": art.get("vision"), "meta": dict(art.get("meta") or {})}, tmp)
+    torch.save(
+        {"text": art.get("text"), "vision": art.get("vision"), "meta": dict(art.get("meta") or {})}, tmp
+    )
     tmp.replace(path)
     return path
 
@@ -505,8 +568,10 @@ def load_directions(path: str | Path) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"VTI directions file {str(p)!r} does not exist (fit it with the workflow rule "
-                         f"fit_vti or vcdflow.steering_fit.fit_vti)")
+        raise ValueError(
+            f"VTI directions file {str(p)!r} does not exist (fit it with the workflow rule "
+            f"fit_vti or vcdflow.steering_fit.fit_vti)"
+        )
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _CACHE:
@@ -546,11 +611,15 @@ def fetch_fit_images(demos: Sequence[dict], dest: str | Path, *, offline: bool =
         elif known != got:
             raise ValueError(f"{target}: sha256 {got} differs from the recorded {known} ({sums_path})")
     if missing:
-        raise FileNotFoundError(f"offline: {len(missing)} VTI fit images missing under {dest}: "
-                                f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+        raise FileNotFoundError(
+            f"offline: {len(missing)} VTI fit images missing under {dest}: "
+            f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}"
+        )
     if new:
-        log(f"{new} COCO train2014 images had no recorded checksum (COCO publishes none): downloaded "
-            f"UNVERIFIED; their sha256 is now recorded in {sums_path}")
+        log(
+            f"{new} COCO train2014 images had no recorded checksum (COCO publishes none): downloaded "
+            f"UNVERIFIED; their sha256 is now recorded in {sums_path}"
+        )
     sums_path.write_text(json.dumps(dict(sorted(sums.items())), indent=1))
     return dest
 
@@ -573,8 +642,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from .models import load_vlm
 
     vlm = load_vlm(a.model, device=a.device, dtype=a.dtype)
-    art = fit_vti(vlm, load_demos(a.fit_set), a.images, json.loads(a.fit), model_name=str(a.model),
-                  demos_digest=file_digest(a.fit_set), progress=print, extra_meta={"fit_set_md5": file_digest(a.fit_set)})
+    art = fit_vti(
+        vlm,
+        load_demos(a.fit_set),
+        a.images,
+        json.loads(a.fit),
+        model_name=str(a.model),
+        demos_digest=file_digest(a.fit_set),
+        progress=print,
+        extra_meta={"fit_set_md5": file_digest(a.fit_set)},
+    )
     return save_directions(art, a.out)
 
 

@@ -82,8 +82,9 @@ def load_items_checked(bench: Mapping[str, Any], load: Callable[[], list[dict]])
         raise errors.InputError(f"{source}: {problem}; fix the benchmark's input files") from exc
 
 
-def check_images(items: list[dict], folder: str | os.PathLike | None = None, *,
-                 contrast_image: bool = False) -> None:
+def check_images(
+    items: list[dict], folder: str | os.PathLike | None = None, *, contrast_image: bool = False
+) -> None:
     """At least one of the items' images exists, and so does one of each kind of contrast image
     they name (``contrast_image_path``: the input of a method that reads one, ``contrast_image``
     true; ``contrast_images``: the
@@ -94,24 +95,30 @@ def check_images(items: list[dict], folder: str | os.PathLike | None = None, *,
     if paths and not any(os.path.exists(p) for p in paths):
         raise errors.no_images_found(folder or os.path.dirname(paths[0]), len(paths), paths[0])
     kinds = {
-        "contrast image": [it["contrast_image_path"] for it in items if contrast_image and it.get("contrast_image_path")],
+        "contrast image": [
+            it["contrast_image_path"] for it in items if contrast_image and it.get("contrast_image_path")
+        ],
         "ConVis reconstruction": [p for it in items for p in it.get("contrast_images") or []],
     }
     for what, paths in kinds.items():
         # one named file that is missing is that item's typo (an error row); several, none there,
         # is a lost folder
         if len(paths) > 1 and not any(os.path.exists(p) for p in paths):
-            raise errors.InputError(f"none of the {len(paths)} {what} files the items name exists (e.g. "
-                                    f"{paths[0]}); every item needs them — restore that folder (or rerun the "
-                                    f"step that writes them) and rerun")
+            raise errors.InputError(
+                f"none of the {len(paths)} {what} files the items name exists (e.g. "
+                f"{paths[0]}); every item needs them — restore that folder (or rerun the "
+                f"step that writes them) and rerun"
+            )
 
 
 def _amateur_input(path) -> None:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise errors.MissingInput(f"amateur model folder {p} does not exist; text_cd needs it (the workflow's "
-                                  f"rule train_amateur or a download places it; `vcdflow decode`: "
-                                  f"--params '{{\"amateur\": DIR}}')")
+        raise errors.MissingInput(
+            f"amateur model folder {p} does not exist; text_cd needs it (the workflow's "
+            f"rule train_amateur or a download places it; `vcdflow decode`: "
+            f"--params '{{\"amateur\": DIR}}')"
+        )
     check_model_dir(p)
 
 
@@ -121,19 +128,25 @@ def _vti_input(path) -> None:
     try:
         load_directions(path)
     except ValueError as exc:  # names the file already
-        raise errors.InputError(f"{exc}; params.directions names it (workflow: rule fit_vti writes it)") from exc
+        raise errors.InputError(
+            f"{exc}; params.directions names it (workflow: rule fit_vti writes it)"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - torch.load of a cut or foreign file raises many kinds
-        raise errors.InputError(f"VTI directions file {path}: torch.load cannot read it ({type(exc).__name__}: cut "
-                                f"short or not a directions file); expected the file rule fit_vti writes "
-                                f"(vcdflow.steering_fit.save_directions) — refit it") from exc
+        raise errors.InputError(
+            f"VTI directions file {path}: torch.load cannot read it ({type(exc).__name__}: cut "
+            f"short or not a directions file); expected the file rule fit_vti writes "
+            f"(vcdflow.steering_fit.save_directions) — refit it"
+        ) from exc
 
 
 def _halc_input(paths) -> None:
     for name, path in zip(("detector", "scorer", "tagger"), paths):
         p = Path(path).expanduser()
         if not p.is_dir():
-            raise errors.MissingInput(f"HALC {name} folder {p} does not exist (the workflow's rule "
-                                      f"download_halc_aux fetches it; `vcdflow decode`: --params {name})")
+            raise errors.MissingInput(
+                f"HALC {name} folder {p} does not exist (the workflow's rule "
+                f"download_halc_aux fetches it; `vcdflow decode`: --params {name})"
+            )
         meta = p / "meta.json"
         if (p / "config.json").exists():
             check_model_dir(p)
@@ -198,7 +211,11 @@ def check_model_dir(path: str | os.PathLike) -> Path:
     try:
         json.loads(cfg.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        detail = (
+            f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else str(exc)
+        )
         raise errors.model_config_bad(cfg, f"not valid JSON ({detail}; cut short?)") from exc
     files = sorted(path.glob("*.safetensors"))
     index = path / "model.safetensors.index.json"
@@ -261,5 +278,8 @@ def check_records(path, records: list[dict], bench: Mapping[str, Any]) -> None:
             raise errors.results_bad(path, f"line {n}: item {item!r} appears twice (also line {seen[item]})")
         seen[item] = n
         if labels and rec.get("label") not in labels:
-            raise errors.results_bad(path, f"line {n}: item {item!r} has label {rec.get('label')!r}, expected one "
-                                           f"of {', '.join(map(repr, labels))}")
+            raise errors.results_bad(
+                path,
+                f"line {n}: item {item!r} has label {rec.get('label')!r}, expected one "
+                f"of {', '.join(map(repr, labels))}",
+            )

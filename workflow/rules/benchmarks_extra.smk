@@ -12,12 +12,12 @@ rule download_mmvp:
         directory("resources/mmvp"),
     log:
         "logs/data/mmvp.log",
-    params:
-        kind="mmvp",
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        kind="mmvp",
+        offline=config["offline"],
     script:
         "../scripts/download_bench_extra.py"
 
@@ -30,12 +30,12 @@ rule download_hallusionbench:
         images=directory("resources/hallusionbench/hallusion_bench"),
     log:
         "logs/data/hallusionbench.log",
-    params:
-        kind="hallusionbench",
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        kind="hallusionbench",
+        offline=config["offline"],
     script:
         "../scripts/download_bench_extra.py"
 
@@ -47,12 +47,12 @@ rule download_llavabench:
         directory("resources/llavabench"),
     log:
         "logs/data/llavabench.log",
-    params:
-        kind="llavabench",
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        kind="llavabench",
+        offline=config["offline"],
     script:
         "../scripts/download_bench_extra.py"
 
@@ -65,12 +65,12 @@ rule download_mmhal:
         images=directory("resources/mmhal/images"),
     log:
         "logs/data/mmhal.log",
-    params:
-        kind="mmhal",
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        kind="mmhal",
+        offline=config["offline"],
     script:
         "../scripts/download_bench_extra.py"
 
@@ -84,10 +84,10 @@ rule build_leading_pope:
         "resources/leading_pope/{benchmark}/{split}.json",
     log:
         "logs/data/leading_pope/{benchmark}/{split}.log",
-    params:
-        direction=lambda wc: config["benchmarks"][wc.benchmark].get("direction", "against"),
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        direction=lambda wc: config["benchmarks"][wc.benchmark].get("direction", "against"),
     script:
         "../scripts/build_leading_pope.py"
 

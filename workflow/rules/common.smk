@@ -17,7 +17,6 @@ from vcdflow import config as runs
 from vcdflow.data import verify as verify_data
 from vcdflow.benchmarks import SINGLE_SPLIT, get_benchmark, kind_of
 
-
 try:  # a key written into the config: refused naming its place, before the schema echoes it
     runs.check_no_secrets(config)
     runs.check_duplicate_keys(workflow.configfiles)  # a method label written twice: the file and line
@@ -52,7 +51,9 @@ def check_pinned_data():
     except verify_data.PinnedFileError as exc:
         raise WorkflowError(str(exc)) from None
     if ok:
-        print(f"vcdflow: {len(ok)} pre-placed benchmark file(s) match their pinned checksums", file=sys.stderr)
+        print(
+            f"vcdflow: {len(ok)} pre-placed benchmark file(s) match their pinned checksums", file=sys.stderr
+        )
 
 
 def check_optional_packages():
@@ -87,8 +88,10 @@ for _name, _cfg in config["benchmarks"].items():
     if _cfg.get("build"):
         _cfg["questions"] = POPE_BUILT.replace("{benchmark}", _name)
     if not _cfg.get("questions"):
-        raise WorkflowError(f"config benchmarks.{_name}: give `questions` (a POPE file path with "
-                            "{split}) or `build: {instances: ...}` to build them from COCO-format annotations")
+        raise WorkflowError(
+            f"config benchmarks.{_name}: give `questions` (a POPE file path with "
+            "{split}) or `build: {instances: ...}` to build them from COCO-format annotations"
+        )
     if not _cfg.get("images"):
         raise WorkflowError(f"config benchmarks.{_name}: `images` (the image folder) is missing")
 
@@ -139,10 +142,19 @@ _SPECS = {}  # one build_run per result (input functions are called once per job
 
 def _build(wildcards):
     """The vcdflow.config.RunSpec of a result (memoised)."""
-    key = tuple(str(getattr(wildcards, k)) for k in ("benchmark", "split", "model", "method", "seed", "protocol"))
+    key = tuple(
+        str(getattr(wildcards, k)) for k in ("benchmark", "split", "model", "method", "seed", "protocol")
+    )
     if key not in _SPECS:
-        spec = runs.build_run(config, benchmark=key[0], split=key[1], model=key[2], method=key[3],
-                              seed=int(key[4]), protocol=key[5])
+        spec = runs.build_run(
+            config,
+            benchmark=key[0],
+            split=key[1],
+            model=key[2],
+            method=key[3],
+            seed=int(key[4]),
+            protocol=key[5],
+        )
         # keys sorted: Snakemake compares params by their repr, so the order a config writes its
         # keys in (a YAML rewritten with sorted keys) must not re-decode anything
         _SPECS[key] = (spec, json.loads(json.dumps(spec.as_dict(), sort_keys=True)))
@@ -155,8 +167,10 @@ def run_spec(wildcards):
     score-only settings (parser, the scorers' word lists) never do either."""
     spec = _build(wildcards)[1]
     if spec["method"]["mode"] != wildcards.mode:
-        raise WorkflowError(f"{wildcards.method} under protocol {wildcards.protocol} decodes in "
-                            f"{spec['method']['mode']} mode, not {wildcards.mode}")
+        raise WorkflowError(
+            f"{wildcards.method} under protocol {wildcards.protocol} decodes in "
+            f"{spec['method']['mode']} mode, not {wildcards.mode}"
+        )
     return spec
 
 
@@ -177,7 +191,9 @@ def decode_inputs(wildcards):
     if getattr(wildcards, "protocol", None) is not None:  # a paper protocol's own data (its POPE files)
         key = tuple(str(getattr(wildcards, k)) for k in ("benchmark", "split", "model", "method", "protocol"))
         if key not in _BENCHES:
-            _BENCHES[key] = runs.protocol_bench(config, key[0], key[1], model=key[2], method=key[3], protocol=key[4])
+            _BENCHES[key] = runs.protocol_bench(
+                config, key[0], key[1], model=key[2], method=key[3], protocol=key[4]
+            )
         bench = _BENCHES[key]
     else:
         bench = bench_config(wildcards.benchmark, wildcards.split)
@@ -282,8 +298,9 @@ GROUP_PROTOCOLS = _group_protocols() if GROUP_PARTS else []
 # labels with every GROUP_PARTS result: the decode_group/score_group rules' outputs (wildcards)
 # are the same list for every label; the others (a method left out of some benchmarks) keep the
 # per-shard rules there, or go in label batches (group_labels > 1), whose paths are per label
-FULL_LABELS = sorted({key[2] for key in LABEL_PARTS}
-                     - {key[2] for key, have in LABEL_PARTS.items() if have != GROUP_PARTS})
+FULL_LABELS = sorted(
+    {key[2] for key in LABEL_PARTS} - {key[2] for key, have in LABEL_PARTS.items() if have != GROUP_PARTS}
+)
 
 
 def label_alternation(labels):
@@ -297,8 +314,15 @@ def group_outputs(suffix):
 
 
 def _group_wildcards(wildcards, benchmark, split, seed):
-    return _Wildcards(benchmark=benchmark, split=split, seed=seed, model=wildcards.model,
-                      protocol=wildcards.protocol, method=wildcards.method, mode=wildcards.mode)
+    return _Wildcards(
+        benchmark=benchmark,
+        split=split,
+        seed=seed,
+        model=wildcards.model,
+        protocol=wildcards.protocol,
+        method=wildcards.method,
+        mode=wildcards.mode,
+    )
 
 
 def label_parts(wildcards):
@@ -344,9 +368,17 @@ def group_score_parts(wildcards):
     for b, s, n in label_parts(wildcards):
         wc = _group_wildcards(wildcards, b, s, n)
         path = RESULT.format(**wc)
-        parts.append({"bench": score_bench(wc), "results": f"{path}.jsonl", "scored": f"{path}.scored.jsonl",
-                      "metrics": f"{path}.metrics.csv", "seed": n, "model": wildcards.model,
-                      "method": wildcards.method})
+        parts.append(
+            {
+                "bench": score_bench(wc),
+                "results": f"{path}.jsonl",
+                "scored": f"{path}.scored.jsonl",
+                "metrics": f"{path}.metrics.csv",
+                "seed": n,
+                "model": wildcards.model,
+                "method": wildcards.method,
+            }
+        )
     return parts
 
 
@@ -388,18 +420,29 @@ def _label_batches():
         group = list(group.values())
         n = -(-len(group) // GROUP_LABELS)  # the fewest batches of at most GROUP_LABELS labels, sizes even
         for i in range(n):
-            batch = [dict(job, label=label) for label in group[len(group) * i // n : len(group) * (i + 1) // n]
-                     for job in group_runs(label)]
+            batch = [
+                dict(job, label=label)
+                for label in group[len(group) * i // n : len(group) * (i + 1) // n]
+                for job in group_runs(label)
+            ]
             size = int(GROUP_RESULTS or len(batch))
-            names = ["".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(decode) + k}")
-                     for k in range(-(-len(batch) // size))]
+            names = [
+                "".join(c if c.isalnum() else "_" for c in f"{model}_{protocol}_{len(decode) + k}")
+                for k in range(-(-len(batch) // size))
+            ]
             decode.update({name: batch[k * size : (k + 1) * size] for k, name in enumerate(names)})
-            score.update({names[k]: batch[k * size : (k + SCORE_CUTS) * size] for k in range(0, len(names), SCORE_CUTS)})
+            score.update(
+                {
+                    names[k]: batch[k * size : (k + SCORE_CUTS) * size]
+                    for k in range(0, len(names), SCORE_CUTS)
+                }
+            )
     return decode, score
 
 
-LABEL_BATCHES, SCORE_BATCHES = (_label_batches() if GROUP_BENCHMARKS and (GROUP_LABELS > 1 or GROUP_RESULTS)
-                                else ({}, {}))
+LABEL_BATCHES, SCORE_BATCHES = (
+    _label_batches() if GROUP_BENCHMARKS and (GROUP_LABELS > 1 or GROUP_RESULTS) else ({}, {})
+)
 
 
 def batch_resources(kind, **defaults):
@@ -433,25 +476,35 @@ def _merged(dicts):
 
 def _batch_parts(jobs):
     """(label, benchmark, split, seed) of every result of a batch."""
-    return [(job["label"], job["run"]["benchmark"]["name"], job["run"]["benchmark"]["split"], seed)
-            for job in jobs for _, seed in job["results"]]
+    return [
+        (job["label"], job["run"]["benchmark"]["name"], job["run"]["benchmark"]["split"], seed)
+        for job in jobs
+        for _, seed in job["results"]
+    ]
 
 
 def batch_decode_inputs(jobs):
     """The model and the decode inputs of every benchmark split the batch decodes."""
-    parts = dict.fromkeys((job["label"]["method"], b, s) for job in jobs for b, s in
-                          [(job["run"]["benchmark"]["name"], job["run"]["benchmark"]["split"])])
+    parts = dict.fromkeys(
+        (job["label"]["method"], b, s)
+        for job in jobs
+        for b, s in [(job["run"]["benchmark"]["name"], job["run"]["benchmark"]["split"])]
+    )
     labels = {job["label"]["method"]: job["label"] for job in jobs}
     inputs = [{"model": model_dir(jobs[0]["label"]["model"])}]
     for method, b, s in parts:
         wc = _group_wildcards(labels[method], b, s, SEEDS[0])
-        inputs.append({key if key == "model" else f"{key}_{b}_{s}": value for key, value in decode_inputs(wc).items()})
+        inputs.append(
+            {key if key == "model" else f"{key}_{b}_{s}": value for key, value in decode_inputs(wc).items()}
+        )
     return _merged(inputs)
 
 
 def batch_score_inputs(jobs):
-    return _merged({f"{key}_{b}_{s}_{n}": value for key, value in score_inputs(_group_wildcards(label, b, s, n)).items()}
-                   for label, b, s, n in _batch_parts(jobs))
+    return _merged(
+        {f"{key}_{b}_{s}_{n}": value for key, value in score_inputs(_group_wildcards(label, b, s, n)).items()}
+        for label, b, s, n in _batch_parts(jobs)
+    )
 
 
 def batch_runs(jobs):
@@ -464,8 +517,17 @@ def batch_score_parts(jobs):
     for label, b, s, n in _batch_parts(jobs):
         wc = _group_wildcards(label, b, s, n)
         path = RESULT.format(**wc)
-        parts.append({"bench": score_bench(wc), "results": f"{path}.jsonl", "scored": f"{path}.scored.jsonl",
-                      "metrics": f"{path}.metrics.csv", "seed": n, "model": label.model, "method": label.method})
+        parts.append(
+            {
+                "bench": score_bench(wc),
+                "results": f"{path}.jsonl",
+                "scored": f"{path}.scored.jsonl",
+                "metrics": f"{path}.metrics.csv",
+                "seed": n,
+                "model": label.model,
+                "method": label.method,
+            }
+        )
     return parts
 
 
@@ -500,9 +562,14 @@ def report_runs():
         if key in out:
             continue
         spec = run_spec(SimpleNamespace(**g))
-        out[key] = {"method": spec["method"]["method"], "mode": spec["method"]["mode"],
-                    "params": spec["method"]["params"], "protocol": g["protocol"], "label": g["method"],
-                    "search": spec["method"].get("search")}
+        out[key] = {
+            "method": spec["method"]["method"],
+            "mode": spec["method"]["mode"],
+            "params": spec["method"]["params"],
+            "protocol": g["protocol"],
+            "label": g["method"],
+            "search": spec["method"].get("search"),
+        }
     return out
 
 
@@ -562,8 +629,11 @@ CONVIS_CAPTIONS = "results/convis/captions/{benchmark}/{model}/{shard}-of-{nshar
 
 def convis_labels():
     """Method labels whose engine method needs ConVis reconstructions."""
-    return [label for label in METHOD_LABELS
-            if "convis_reconstructions" in runs.method_inputs(runs.method_entry(config, label)["method"])]
+    return [
+        label
+        for label in METHOD_LABELS
+        if "convis_reconstructions" in runs.method_inputs(runs.method_entry(config, label)["method"])
+    ]
 
 
 def convis_manifest(benchmark, model):
@@ -621,8 +691,10 @@ from vcdflow import steering_fit as vti_fit
 
 VTI_FIT_SET = vti_fit.fit_set_of(config)
 vti_fit.fit_set_identity(VTI_FIT_SET)  # a misspelt vti.fit_set fails here, naming the value
-VTI_FIT_FILE = {"official": "resources/vti/hallucination_vti_demos.jsonl",
-                "demo": "resources/vti/demo_fit_set.jsonl"}[VTI_FIT_SET]
+VTI_FIT_FILE = {
+    "official": "resources/vti/hallucination_vti_demos.jsonl",
+    "demo": "resources/vti/demo_fit_set.jsonl",
+}[VTI_FIT_SET]
 VTI_IMAGES = {"official": "resources/vti/train2014", "demo": "resources/demo/world/images/train"}[VTI_FIT_SET]
 
 
@@ -636,6 +708,7 @@ def _vti_images_input(wildcards):
 
 
 # --------------------------------------------------------------------------- failures
+
 
 def check_judge_keys():
     """onstart: every judge a benchmark will ask has its API key variable set (before decoding)."""
@@ -658,6 +731,7 @@ def set_aside_stale_tables():
         t = Path(table)
         if t.exists():
             t.replace(t.with_name(t.name + ".stale"))
-            print(f"vcdflow: {table} is older than the failed or missing {missing[0]} "
-                  f"({len(missing)} missing): set aside as {t.name}.stale; rerun when fixed")
-
+            print(
+                f"vcdflow: {table} is older than the failed or missing {missing[0]} "
+                f"({len(missing)} missing): set aside as {t.name}.stale; rerun when fixed"
+            )

@@ -14,6 +14,7 @@
 # (benchmark, model) through decode_inputs(): the method declares the input
 # (vcdflow.config.method_inputs). Device and lock folder are read at job time (never params).
 
+
 rule convis_captions:
     input:
         unpack(convis_caption_inputs),
@@ -23,6 +24,8 @@ rule convis_captions:
         "logs/convis/captions/{benchmark}/{model}/{shard}-of-{nshards}.log",
     benchmark:
         "logs/benchmarks/convis/captions/{benchmark}/{model}/{shard}-of-{nshards}.tsv"
+    conda:
+        "../../envs/vcdflow.yaml"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
@@ -30,8 +33,6 @@ rule convis_captions:
         benches=convis_benches,
         model=convis_model,
         caption=convis_caption_settings(),
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/convis_captions.py"
 
@@ -46,6 +47,8 @@ rule convis_reconstruct:
         "logs/convis/reconstruct/{benchmark}/{model}.log",
     benchmark:
         "logs/benchmarks/convis/reconstruct/{benchmark}/{model}.tsv"
+    conda:
+        "../../envs/vcdflow.yaml"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
@@ -54,8 +57,6 @@ rule convis_reconstruct:
         model=convis_model_name,
         n_captions=int(CONVIS.get("n_captions", 4)),
         cache_dir=CONVIS.get("cache_dir", "results/convis/images"),
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/convis_reconstruct.py"
 
@@ -70,6 +71,8 @@ rule train_demo_t2i:
         "logs/convis/train_demo_t2i.log",
     benchmark:
         "logs/benchmarks/convis/train_demo_t2i.tsv"
+    conda:
+        "../../envs/vcdflow.yaml"
     threads: int(CONVIS.get("demo_t2i", {}).get("threads", 2))
     resources:
         gpu=gpus_per_job(),
@@ -77,8 +80,6 @@ rule train_demo_t2i:
         train=CONVIS.get("demo_t2i", {}),
         device=config["device"],
         gpu_lock_dir=config["gpu_lock_dir"],
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/convis_train_demo_t2i.py"
 
@@ -93,11 +94,11 @@ if CONVIS_T2I.get("kind") == "sdxl_hyper":
             directory(CONVIS_T2I["path"]),
         log:
             "logs/convis/t2i_download.log",
-        params:
-            t2i=CONVIS_T2I,
-            offline=config["offline"],
         retries: 2
         conda:
             "../../envs/vcdflow.yaml"
+        params:
+            t2i=CONVIS_T2I,
+            offline=config["offline"],
         script:
             "../scripts/convis_t2i_download.py"

@@ -8,11 +8,11 @@ rule download_pope:
         "resources/pope/{dataset}/{version}/{split}.json",
     log:
         "logs/data/pope/{dataset}/{version}/{split}.log",
-    params:
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        offline=config["offline"],
     script:
         "../scripts/download_pope.py"
 
@@ -25,6 +25,8 @@ rule build_pope:
         expand(POPE_BUILT, split=POPE_STRATEGIES, allow_missing=True),
     log:
         "logs/data/build_pope/{benchmark}.log",
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         n_images=lambda wc: pope_build(wc)["n_images"],
         seed=lambda wc: pope_build(wc)["seed"],
@@ -32,8 +34,6 @@ rule build_pope:
         stats=lambda wc: pope_build(wc)["stats"],
         strategies=POPE_STRATEGIES,
         prefix=lambda wc: wc.benchmark,
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/build_pope.py"
 
@@ -46,13 +46,13 @@ rule download_coco_annotations:
         captions_val="resources/coco/annotations/captions_val2014.json",
     log:
         "logs/data/coco_annotations.log",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         entry="coco/annotations_trainval2014",
         offline=config["offline"],
         strip="annotations",
-    retries: 3
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/download_zip.py"
 
@@ -62,13 +62,13 @@ rule download_coco_val2014:
         directory("resources/coco/val2014"),
     log:
         "logs/data/coco_val2014.log",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         entry="coco/val2014",
         offline=config["offline"],
         strip="val2014",
-    retries: 3
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/download_zip.py"
 
@@ -78,13 +78,13 @@ rule download_gqa_images:
         directory("resources/gqa/images"),
     log:
         "logs/data/gqa_images.log",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         entry="gqa/images",
         offline=config["offline"],
         strip="images",
-    retries: 3
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/download_zip.py"
 
@@ -94,11 +94,11 @@ rule download_nltk_data:
         directory("resources/nltk_data"),
     log:
         "logs/data/nltk_data.log",
-    params:
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        offline=config["offline"],
     script:
         "../scripts/download_nltk.py"
 
@@ -108,11 +108,11 @@ rule download_mme:
         directory("resources/mme/parquet"),
     log:
         "logs/data/mme_parquet.log",
-    params:
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        offline=config["offline"],
     script:
         "../scripts/download_mme.py"
 
@@ -138,11 +138,11 @@ rule download_amber_file:
     wildcard_constraints:
         name=r"annotations|relation|safe_words|metrics|query/query_[a-z_-]+",
         ext=r"json|txt",
-    params:
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        offline=config["offline"],
     script:
         "../scripts/download_amber.py"
 
@@ -152,13 +152,13 @@ rule download_spacy_model:
         directory("resources/spacy/en_core_web_lg"),
     log:
         "logs/data/spacy_model.log",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         entry="spacy/en_core_web_lg",
         offline=config["offline"],
         strip="en_core_web_lg/en_core_web_lg-3.8.0",  # the model folder inside the wheel
-    retries: 3
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/download_zip.py"
 
@@ -168,13 +168,13 @@ rule download_amber_images:
         directory("resources/amber/image"),
     log:
         "logs/data/amber_images.log",
+    retries: 3
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         entry="amber/images",
         offline=config["offline"],
         strip="image",
-    retries: 3
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/download_zip.py"
 
@@ -184,10 +184,10 @@ rule download_chair_synonyms:
         "resources/chair/synonyms.txt",
     log:
         "logs/data/chair_synonyms.log",
-    params:
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        offline=config["offline"],
     script:
         "../scripts/download_chair_synonyms.py"

@@ -1,4 +1,4 @@
-# Decoding: one job per shard of a (benchmark, split, model, protocol, method, mode, seed) result.
+# Decode rules: one job per shard of a (benchmark, split, model, protocol, method, mode, seed) result.
 # A shard loads the model once, checkpoints every batch to a .partial file beside its output
 # and resumes from it after a kill; the merge step concatenates shards in item order.
 # params.run holds only what decides the records (vcdflow.config.RunSpec); how the job runs
@@ -15,13 +15,13 @@ rule decode:
         "logs/decode/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}/{shard}-of-{nshards}.log",
     benchmark:
         "logs/benchmarks/decode/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}/{shard}-of-{nshards}.tsv"
+    conda:
+        "../../envs/vcdflow.yaml"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
     params:
         run=run_spec,
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/decode.py"
 
@@ -32,12 +32,12 @@ rule merge_shards:
     output:
         jsonl="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.jsonl",
         meta="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.meta.json",
-    params:
-        seed=merge_seed,
     log:
         "logs/merge/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.log",
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        seed=merge_seed,
     script:
         "../scripts/merge_shards.py"
 
@@ -61,14 +61,14 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
         wildcard_constraints:
             protocol=_alternation(GROUP_PROTOCOLS),
             method=label_alternation(FULL_LABELS),
+        conda:
+            "../../envs/vcdflow.yaml"
         threads: config["threads"]
         resources:
             gpu=gpus_per_job(),
         params:
             jobs=group_runs,
             name=group_name,
-        conda:
-            "../../envs/vcdflow.yaml"
         script:
             "../scripts/decode_group.py"
 
@@ -92,13 +92,13 @@ for batch, batch_jobs in LABEL_BATCHES.items():
             f"logs/decode_batch/{batch}.log",
         benchmark:
             f"logs/benchmarks/decode_batch/{batch}.tsv"
+        conda:
+            "../../envs/vcdflow.yaml"
         threads: batch_threads("decode_batch", config["threads"])
         resources:
             **batch_resources("decode_batch", gpu=gpus_per_job()),
         params:
             jobs=batch_runs(batch_jobs),
             name=batch,
-        conda:
-            "../../envs/vcdflow.yaml"
         script:
             "../scripts/decode_group.py"

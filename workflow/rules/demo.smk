@@ -11,13 +11,13 @@ rule build_demo_world:
         images=directory("resources/demo/world/images"),
     log:
         "logs/demo/build_demo_world.log",
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         n_train=config["demo"]["n_train"],
         n_val=config["demo"]["n_val"],
         image_size=config["demo"]["image_size"],
         seed=config["demo"]["seed"],
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/build_demo_world.py"
 
@@ -29,6 +29,8 @@ rule build_demo_pope:
         expand("resources/demo/pope/demo_pope_{split}.json", split=DEMO_POPE_SPLITS),
     log:
         "logs/demo/build_demo_pope.log",
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         n_images=config["demo"]["pope_images"],
         seed=config["demo"]["seed"],
@@ -36,8 +38,6 @@ rule build_demo_pope:
         prefix="demo",
         n_pos=3,
         stats="sampled",
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/build_pope.py"
 
@@ -65,13 +65,13 @@ rule train_demo_model:
         "logs/demo/train_demo_model.log",
     benchmark:
         "logs/benchmarks/demo/train_demo_model.tsv"
+    conda:
+        "../../envs/vcdflow.yaml"
     threads: config["demo"]["train"]["threads"]
     params:
         train=config["demo"]["train"],
         # the shipped weights (resources/demo_model/), used when trained on these very inputs
         shipped=demo_model_shipped(),
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/demo_model.py"
 
@@ -84,6 +84,8 @@ rule build_demo_mme:
         directory("resources/demo/mme"),
     log:
         "logs/demo/build_demo_mme.log",
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         n_images=config["demo"].get("mme_images", 30),
         seed=config["demo"]["seed"],
@@ -91,8 +93,6 @@ rule build_demo_mme:
         # model (greedy existence score 140 of 200 with it, 175 with the POPE suffix); the demo
         # config adds its suffix through benchmarks.mme.prompt, as for POPE.
         suffix="",
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/build_demo_mme.py"
 
@@ -120,10 +120,10 @@ rule build_demo_amber:
         manifest="resources/demo/amber/manifest.json",
     log:
         "logs/demo/build_demo_amber.log",
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         n_images=config["demo"].get("amber_images", 60),
         seed=config["demo"]["seed"],
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/build_demo_amber.py"

@@ -1,4 +1,4 @@
-# HALC's auxiliary models (vcdflow.aux_models, methods-3 §1.8): an open-vocabulary detector, an
+# HALC's auxiliary models (vcdflow.aux_models): an open-vocabulary detector, an
 # image-text scorer and a spaCy POS tagger, fetched once into resources/halc/<name> by a local rule
 # and loaded by the halc method from there (params detector/scorer/tagger = those folders).
 # Decode jobs of halc depend on resources/halc/{grounding_dino_tiny,blip_large,spacy_sm} through
@@ -24,32 +24,40 @@
 # folder is checked and a missing one is named.
 
 HALC_AUX = {
-    "grounding_dino_tiny": {"hf": "IDEA-Research/grounding-dino-tiny",
-                            "revision": "a2bb814dd30d776dcf7e30523b00659f4f141c71"},
-    "owlv2": {"hf": "google/owlv2-base-patch16-ensemble",
-              "revision": "cfd3195ba4ea9592eec887ded089f4c08eff231d"},
+    "grounding_dino_tiny": {
+        "hf": "IDEA-Research/grounding-dino-tiny",
+        "revision": "a2bb814dd30d776dcf7e30523b00659f4f141c71",
+    },
+    "owlv2": {
+        "hf": "google/owlv2-base-patch16-ensemble",
+        "revision": "cfd3195ba4ea9592eec887ded089f4c08eff231d",
+    },
     "blip_large": {"hf": "Salesforce/blip-image-captioning-large", "revision": "main"},
-    "clip_b32": {"hf": "openai/clip-vit-base-patch32",
-                 "revision": "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268"},
-    "spacy_sm": {"url": "https://github.com/explosion/spacy-models/releases/download/"
-                        "en_core_web_sm-3.8.0/en_core_web_sm-3.8.0-py3-none-any.whl",
-                 "sha256": "1932429db727d4bff3deed6b34cfc05df17794f4a52eeb26cf8928f7c1a0fb85",
-                 "strip": "en_core_web_sm/en_core_web_sm-3.8.0"},
+    "clip_b32": {
+        "hf": "openai/clip-vit-base-patch32",
+        "revision": "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268",
+    },
+    "spacy_sm": {
+        "url": "https://github.com/explosion/spacy-models/releases/download/"
+        "en_core_web_sm-3.8.0/en_core_web_sm-3.8.0-py3-none-any.whl",
+        "sha256": "1932429db727d4bff3deed6b34cfc05df17794f4a52eeb26cf8928f7c1a0fb85",
+        "strip": "en_core_web_sm/en_core_web_sm-3.8.0",
+    },
 }
 
 
 rule download_halc_aux:
     output:
         directory("resources/halc/{aux}"),
-    wildcard_constraints:
-        aux="|".join(HALC_AUX),
     log:
         "logs/halc/{aux}.log",
-    params:
-        spec=lambda wildcards: HALC_AUX[wildcards.aux],
-        offline=config["offline"],
+    wildcard_constraints:
+        aux="|".join(HALC_AUX),
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        spec=lambda wildcards: HALC_AUX[wildcards.aux],
+        offline=config["offline"],
     script:
         "../scripts/halc_aux.py"

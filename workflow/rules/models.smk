@@ -8,11 +8,11 @@ rule download_model:
         directory("resources/models/{model}"),
     log:
         "logs/models/{model}.log",
-    params:
-        hub=hub_model,
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        hub=hub_model,
+        offline=config["offline"],
     script:
         "../scripts/download_model.py"

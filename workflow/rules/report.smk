@@ -17,6 +17,8 @@ rule report:
         ),
     log:
         "logs/report/report.log",
+    conda:
+        "../../envs/vcdflow.yaml"
     params:
         runs=report_runs(),
         grid=GRID,
@@ -24,7 +26,5 @@ rule report:
         demo=DEMO,
         report=config["report"],
         convis_labels=convis_labels(),
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/report.py"

@@ -9,10 +9,10 @@ rule score:
         metrics="results/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.metrics.csv",
     log:
         "logs/score/{benchmark}/{split}/{model}/{protocol}/{method}/{mode}/seed{seed}.log",
-    params:
-        bench=score_bench,
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        bench=score_bench,
     script:
         "../scripts/score.py"
 
@@ -44,10 +44,10 @@ if GROUP_PROTOCOLS and not LABEL_BATCHES:
         wildcard_constraints:
             protocol=_alternation(GROUP_PROTOCOLS),
             method=label_alternation(FULL_LABELS),
-        params:
-            parts=group_score_parts,
         conda:
             "../../envs/vcdflow.yaml"
+        params:
+            parts=group_score_parts,
         script:
             "../scripts/score_group.py"
 
@@ -68,12 +68,12 @@ for batch, batch_jobs in SCORE_BATCHES.items():
             metrics=batch_outputs(batch_jobs, ".metrics.csv"),
         log:
             f"logs/score_batch/{batch}.log",
+        conda:
+            "../../envs/vcdflow.yaml"
         threads: batch_threads("score_batch", 1)
         resources:
             **batch_resources("score_batch"),
         params:
             parts=batch_score_parts(batch_jobs),
-        conda:
-            "../../envs/vcdflow.yaml"
         script:
             "../scripts/score_group.py"

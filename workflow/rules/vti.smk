@@ -1,5 +1,5 @@
 # VTI (Liu, Ye, Zou, ICLR 2025; shengliu66/VTI): steering directions fitted ONCE per model
-# (engine capability E15; the fitting code is vcdflow.steering_fit, the method vcdflow.decoding.methods.vti).
+# (fitted once per model; the fitting code is vcdflow.steering_fit, the method vcdflow.decoding.methods.vti).
 #
 #   vti_fit_list      the official fit list (100 COCO train2014 records), pinned URL + sha256
 #   vti_fit_images    its COCO train2014 images, one file each (COCO publishes no per-image checksum:
@@ -28,11 +28,11 @@ rule vti_fit_list:
         "resources/vti/hallucination_vti_demos.jsonl",
     log:
         "logs/vti/fit_list.log",
-    params:
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        offline=config["offline"],
     script:
         "../scripts/fit_vti.py"
 
@@ -44,11 +44,11 @@ rule vti_fit_images:
         directory("resources/vti/train2014"),
     log:
         "logs/vti/fit_images.log",
-    params:
-        offline=config["offline"],
     retries: 3
     conda:
         "../../envs/vcdflow.yaml"
+    params:
+        offline=config["offline"],
     script:
         "../scripts/fit_vti.py"
 
@@ -77,6 +77,8 @@ rule fit_vti:
         "logs/vti/fit/{model}/{key}.log",
     benchmark:
         "logs/benchmarks/vti/fit/{model}/{key}.tsv"
+    conda:
+        "../../envs/vcdflow.yaml"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
@@ -85,7 +87,5 @@ rule fit_vti:
         fit_set_id=vti_fit.fit_set_identity(VTI_FIT_SET),
         image_dir=VTI_IMAGES,
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
-    conda:
-        "../../envs/vcdflow.yaml"
     script:
         "../scripts/fit_vti.py"

@@ -18,5 +18,9 @@ manifest = build_demo_mme(
     suffix=p.suffix,
 )
 for sub, info in manifest["subtasks"].items():
-    log.info("demo MME %s: %d questions; outside the demo vocabulary: %s", sub, info["questions"],
-             ", ".join(info["unknown_words"]) or "none")
+    log.info(
+        "demo MME %s: %d questions; outside the demo vocabulary: %s",
+        sub,
+        info["questions"],
+        ", ".join(info["unknown_words"]) or "none",
+    )

@@ -13,8 +13,13 @@ cfg = snakemake.config  # noqa: F821
 # how it runs (never params: changing it must not re-caption)
 ex = execution(cfg, model=p.model["name"], threads=snakemake.threads)  # noqa: F821
 batch_size = (cfg.get("convis", {}).get("caption", {}) or {}).get("batch_size") or ex.batch_size
-kwargs = dict(shard=int(snakemake.wildcards.shard), n_shards=int(snakemake.wildcards.nshards),  # noqa: F821
-              device=ex.device, batch_size=int(batch_size), progress=True)
+kwargs = dict(
+    shard=int(snakemake.wildcards.shard),
+    n_shards=int(snakemake.wildcards.nshards),  # noqa: F821
+    device=ex.device,
+    batch_size=int(batch_size),
+    progress=True,
+)
 
 
 def caption():

@@ -16,8 +16,15 @@ def render():
     import torch  # imported after CUDA_VISIBLE_DEVICES is set
 
     torch.set_num_threads(ex.threads)
-    res = run_reconstruct(list(snakemake.input.captions), dict(p.t2i), snakemake.output[0],  # noqa: F821
-                          model=p.model, cache_dir=p.cache_dir, n_captions=p.n_captions, device=ex.device)
+    res = run_reconstruct(
+        list(snakemake.input.captions),
+        dict(p.t2i),
+        snakemake.output[0],  # noqa: F821
+        model=p.model,
+        cache_dir=p.cache_dir,
+        n_captions=p.n_captions,
+        device=ex.device,
+    )
     log.info("reconstructions: %s", res["stats"])
 
 

@@ -36,8 +36,13 @@ def decode():
             run_shard(run, out, shard=shard, n_shards=n_shards)
 
 
-rc = errors.guard(f"decode {out}", decode, output=out, echo=sys.__stderr__,
-                  kept=f"nothing is lost: {out}.partial keeps every finished record and the rerun resumes from it")
+rc = errors.guard(
+    f"decode {out}",
+    decode,
+    output=out,
+    echo=sys.__stderr__,
+    kept=f"nothing is lost: {out}.partial keeps every finished record and the rerun resumes from it",
+)
 if rc:
     if sys.stderr is not sys.__stderr__:  # the line is in the log; show it on the console too
         print(f"decode {out}: see {snakemake.log[0]}", file=sys.__stderr__)  # noqa: F821

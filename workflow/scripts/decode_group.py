@@ -29,8 +29,9 @@ def jobs():
     out = []
     for job in smk.params.jobs:
         spec = job["run"]
-        ex = execution(smk.config, model=spec["model"]["name"], benchmark=spec["benchmark"]["name"],
-                       threads=smk.threads)
+        ex = execution(
+            smk.config, model=spec["model"]["name"], benchmark=spec["benchmark"]["name"], threads=smk.threads
+        )
         out.append(dict(job, run=job_run(spec, ex)))
     return out
 
@@ -39,8 +40,11 @@ def decode():
     todo = jobs()
     import contextlib
 
-    lease = (contextlib.nullcontext() if todo[0]["run"]["device"] == "cpu"
-             else gpu_lease(todo[0]["run"]["gpu_lock_dir"], log=log.info))
+    lease = (
+        contextlib.nullcontext()
+        if todo[0]["run"]["device"] == "cpu"
+        else gpu_lease(todo[0]["run"]["gpu_lock_dir"], log=log.info)
+    )
     with lease:
         import torch  # after CUDA_VISIBLE_DEVICES is set
 
@@ -48,8 +52,12 @@ def decode():
         decode_group(todo, say=log.info)
 
 
-rc = errors.guard(f"decode {name}", decode, echo=sys.__stderr__,
-                  kept="nothing is lost: each shard's .partial file keeps its finished records and the rerun resumes")
+rc = errors.guard(
+    f"decode {name}",
+    decode,
+    echo=sys.__stderr__,
+    kept="nothing is lost: each shard's .partial file keeps its finished records and the rerun resumes",
+)
 if rc:
     if sys.stderr is not sys.__stderr__:
         print(f"decode {name}: see {smk.log[0]}", file=sys.__stderr__)

@@ -19,14 +19,20 @@ settings.pop("shipped", None)
 settings["threads"] = smk.threads  # the thread count decides float rounding, so the weights
 world = Path(smk.input.instances).parent.parent
 out = smk.output[0]
-copied, why = (False, "demo.train.shipped is false" if smk.params.train.get("shipped", True) else "none found")
+copied, why = (
+    False,
+    "demo.train.shipped is false" if smk.params.train.get("shipped", True) else "none found",
+)
 if settings.get("max_seconds") is not None:
     why = "demo.train.max_seconds is set (the weights then depend on the wall clock)"
 elif smk.params.shipped:
     copied, why = copy_if_same_inputs(smk.params.shipped, world, settings, out)
 if copied:
-    log.info("used the shipped demo model %s: trained on these inputs (%s)", smk.params.shipped,
-             "training_inputs.json matches")
+    log.info(
+        "used the shipped demo model %s: trained on these inputs (%s)",
+        smk.params.shipped,
+        "training_inputs.json matches",
+    )
 else:
     log.info("training the demo model (shipped weights not used: %s)", why)
     import torch

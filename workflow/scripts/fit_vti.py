@@ -16,10 +16,19 @@ if rule == "vti_fit_list":
     from vcdflow.data.download import download
 
     o = F.OFFICIAL_FIT_SET
-    download(o["url"], smk.output[0], sha256=o["sha256"], size=o["size"], offline=smk.params.offline, progress=False)
+    download(
+        o["url"],
+        smk.output[0],
+        sha256=o["sha256"],
+        size=o["size"],
+        offline=smk.params.offline,
+        progress=False,
+    )
     log.info("fit list: %s", o["source"])
 elif rule == "vti_fit_images":
-    F.fetch_fit_images(F.load_demos(smk.input.fit_set), smk.output[0], offline=smk.params.offline, log=log.warning)
+    F.fetch_fit_images(
+        F.load_demos(smk.input.fit_set), smk.output[0], offline=smk.params.offline, log=log.warning
+    )
 elif rule == "vti_demo_fit_set":
     recs = F.demo_fit_set(smk.input.instances)
     Path(smk.output[0]).write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -39,15 +48,27 @@ elif rule == "fit_vti":
         torch.set_num_threads(ex.threads)
         device = ex.device if ex.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         vlm = load_vlm(smk.input.model, device=device, dtype=smk.params.dtype)
-        art = F.fit_vti(vlm, F.load_demos(smk.input.fit_set), smk.params.image_dir, dict(smk.params.fit),
-                        model_name=smk.wildcards.model, demos_digest=smk.params.fit_set_id, progress=log.info,
-                        extra_meta={"fit_set_md5": file_digest(smk.input.fit_set)})
+        art = F.fit_vti(
+            vlm,
+            F.load_demos(smk.input.fit_set),
+            smk.params.image_dir,
+            dict(smk.params.fit),
+            model_name=smk.wildcards.model,
+            demos_digest=smk.params.fit_set_id,
+            progress=log.info,
+            extra_meta={"fit_set_md5": file_digest(smk.input.fit_set)},
+        )
         if art["meta"]["fit_key"] != smk.wildcards.key:
-            raise SystemExit(f"fit_vti: the configured fit settings give key {art['meta']['fit_key']}, not the "
-                             f"requested {smk.wildcards.key} (request vti_directions(model), or `snakemake vti_all`)")
+            raise SystemExit(
+                f"fit_vti: the configured fit settings give key {art['meta']['fit_key']}, not the "
+                f"requested {smk.wildcards.key} (request vti_directions(model), or `snakemake vti_all`)"
+            )
         F.save_directions(art, smk.output[0])
-        log.info("VTI directions: text %s, vision %s", None if art["text"] is None else list(art["text"].shape),
-                 None if art["vision"] is None else list(art["vision"].shape))
+        log.info(
+            "VTI directions: text %s, vision %s",
+            None if art["text"] is None else list(art["text"].shape),
+            None if art["vision"] is None else list(art["vision"].shape),
+        )
 
     if ex.device == "cpu":
         fit()

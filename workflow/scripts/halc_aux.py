@@ -22,8 +22,12 @@ def fetch():
     try:
         # the revisions lock and update flag are read from the config at job time (never params: a
         # changed flag must not re-download existing folders)
-        dest = fetch_halc_aux(dict(snakemake.params.spec), out, offline=bool(snakemake.params.offline),  # noqa: F821
-                              **settings(snakemake.config))  # noqa: F821
+        dest = fetch_halc_aux(
+            dict(snakemake.params.spec),
+            out,
+            offline=bool(snakemake.params.offline),  # noqa: F821
+            **settings(snakemake.config),
+        )  # noqa: F821
     except (FileNotFoundError, DownloadError) as exc:  # offline and missing, a checksum mismatch
         if isinstance(exc, errors.UserError):
             raise

@@ -31,7 +31,9 @@ build_report(
     demo=p.demo,
     max_error_fraction=p.report["max_error_fraction"],
     # the hub commits the config's branches resolved to (config/hub-revisions.lock)
-    provenance=collect_provenance(config=p.config, extra={"hub_revisions": hub_revisions.lock_rows(p.config)}),
+    provenance=collect_provenance(
+        config=p.config, extra={"hub_revisions": hub_revisions.lock_rows(p.config)}
+    ),
     extra_images=extra_images,
     protocols=protocol_differences(sorted({g["protocol"] for g in p.grid})),
 )

@@ -28,13 +28,20 @@ def score():
         results,
         snakemake.output.scored,  # noqa: F821
         snakemake.output.metrics,  # noqa: F821
-        model=w.model, method=w.method, seed=int(w.seed),
+        model=w.model,
+        method=w.method,
+        seed=int(w.seed),
     )
     log.info("scores: %s", scores)
 
 
-rc = errors.guard(f"score {results}", score, echo=sys.__stderr__, output=snakemake.output.metrics,  # noqa: F821
-                  kept=f"nothing is lost: {results} is untouched")
+rc = errors.guard(
+    f"score {results}",
+    score,
+    echo=sys.__stderr__,
+    output=snakemake.output.metrics,  # noqa: F821
+    kept=f"nothing is lost: {results} is untouched",
+)
 if rc:
     if sys.stderr is not sys.__stderr__:
         print(f"score {results}: see {snakemake.log[0]}", file=sys.__stderr__)  # noqa: F821

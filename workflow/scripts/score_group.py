@@ -21,14 +21,26 @@ def score(part):
         read_jsonl(results)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.results_bad(results, str(exc)) from exc
-    scores = score_file(part["bench"], results, part["scored"], part["metrics"], model=part["model"],
-                        method=part["method"], seed=int(part["seed"]))
+    scores = score_file(
+        part["bench"],
+        results,
+        part["scored"],
+        part["metrics"],
+        model=part["model"],
+        method=part["method"],
+        seed=int(part["seed"]),
+    )
     log.info("%s: %s", results, scores)
 
 
 for part in smk.params.parts:
-    rc = errors.guard(f"score {part['results']}", lambda: score(part), echo=sys.__stderr__, output=part["metrics"],
-                      kept=f"nothing is lost: {part['results']} is untouched")
+    rc = errors.guard(
+        f"score {part['results']}",
+        lambda: score(part),
+        echo=sys.__stderr__,
+        output=part["metrics"],
+        kept=f"nothing is lost: {part['results']} is untouched",
+    )
     if rc:
         if sys.stderr is not sys.__stderr__:
             print(f"score {part['results']}: see {smk.log[0]}", file=sys.__stderr__)

@@ -17,10 +17,20 @@ from .base import SINGLE_SPLIT, Benchmark, Column
 from .calibrated_scores import mme_rows, pope_rows, with_calibration
 
 # POPE and MME also score debias results calibrated (extra rows; see calibrated_scores)
-BENCHMARKS: dict[str, Benchmark] = {b.kind: b for b in (
-    with_calibration(pope.BENCHMARK, pope_rows), chair.BENCHMARK, with_calibration(mme.BENCHMARK, mme_rows),
-    amber.BENCHMARK, mmvp.BENCHMARK, hallusionbench.BENCHMARK, llavabench.BENCHMARK, mmhal.BENCHMARK,
-    leading_pope.BENCHMARK)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.kind: b
+    for b in (
+        with_calibration(pope.BENCHMARK, pope_rows),
+        chair.BENCHMARK,
+        with_calibration(mme.BENCHMARK, mme_rows),
+        amber.BENCHMARK,
+        mmvp.BENCHMARK,
+        hallusionbench.BENCHMARK,
+        llavabench.BENCHMARK,
+        mmhal.BENCHMARK,
+        leading_pope.BENCHMARK,
+    )
+}
 
 #: kinds that take further datasets as ``<kind>_<name>`` keys (longest kind first)
 MULTI_DATASET = ("leading_pope", "pope")
@@ -33,10 +43,12 @@ def kind_of(name: str) -> str:
     if name in BENCHMARKS:
         return name
     for kind in MULTI_DATASET:
-        if name.startswith(kind + "_") and _NAME.match(name[len(kind) + 1:]):
+        if name.startswith(kind + "_") and _NAME.match(name[len(kind) + 1 :]):
             return kind
-    raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)} "
-                     f"or {'/'.join(k + '_<name>' for k in MULTI_DATASET)}")
+    raise ValueError(
+        f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)} "
+        f"or {'/'.join(k + '_<name>' for k in MULTI_DATASET)}"
+    )
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -48,7 +60,7 @@ def title_of(name: str) -> str:
     """Table title: ``POPE``, or ``POPE (GQA)`` for ``pope_gqa``."""
     kind = kind_of(name)
     title = BENCHMARKS[kind].title
-    return title if name == kind else f"{title} ({name[len(kind) + 1:].upper()})"
+    return title if name == kind else f"{title} ({name[len(kind) + 1 :].upper()})"
 
 
 __all__ = ["BENCHMARKS", "Benchmark", "Column", "SINGLE_SPLIT", "get_benchmark", "kind_of", "title_of"]

@@ -27,8 +27,11 @@ def data_files(bench) -> dict:
 
 def _decode_inputs(bench):
     root = bench["root"]
-    return {**data_files(bench), "query": f"{root}/data/query/query_{bench['split']}.json",
-            "images": f"{root}/image"}
+    return {
+        **data_files(bench),
+        "query": f"{root}/data/query/query_{bench['split']}.json",
+        "images": f"{root}/image",
+    }
 
 
 def _score_inputs(bench):
@@ -44,7 +47,9 @@ def _load_items(bench):
 
     root = Path(bench["root"])
     items = amber.load_items(
-        root / "data" / "query" / f"query_{bench['split']}.json", root / "data" / "annotations.json", root / "image"
+        root / "data" / "query" / f"query_{bench['split']}.json",
+        root / "data" / "annotations.json",
+        root / "image",
     )
     return seeded_subset(items, bench.get("n_items"), label=f"amber-subset-{bench['split']}")
 
@@ -55,8 +60,11 @@ def _score(bench, records):
     root = Path(bench["root"])
     similarity = amber.spacy_similarity(bench["spacy_model"]) if bench.get("spacy_model") else None
     evaluator = amber.AmberEvaluator(
-        root / "data" / "annotations.json", root / "data" / "relation.json",
-        root / "data" / "safe_words.txt", bench["nltk_data"], similarity=similarity,
+        root / "data" / "annotations.json",
+        root / "data" / "relation.json",
+        root / "data" / "safe_words.txt",
+        bench["nltk_data"],
+        similarity=similarity,
     )
     parser = bench.get("parser") or "pope"
     return amber.score(records, evaluator, parser), amber.score_items(records, evaluator, parser)
@@ -80,7 +88,7 @@ BENCHMARK = Benchmark(
         Column("f1", "F1", "higher"),
     ),
     note="AMBER score = ½·(100 − CHAIR + F1); discriminative precision/recall/F1 treat “No” as "
-         "the positive class.",
+    "the positive class.",
     parsers=("pope", "exact", "first_word"),
     # decide the scores only (the scorer's tagger data and similarity model) / only the grid
     extra={"score_keys": ("nltk_data", "spacy_model"), "grid_keys": ("tasks",)},

@@ -64,7 +64,7 @@ BENCHMARK = Benchmark(
         Column("length", "Length", ""),
     ),
     note="CHAIR_s = % captions with ≥ 1 hallucinated object; CHAIR_i = % hallucinated object "
-         "mentions (micro average). Lower is better.",
+    "mentions (micro average). Lower is better.",
     default_prompt="Please describe this image in detail.",
     extra={"score_keys": ("synonyms", "nltk_data")},  # the scorer's word lists: decide scores only
 )

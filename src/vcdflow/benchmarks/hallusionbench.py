@@ -59,7 +59,9 @@ def _score(bench, records):
     parser = bench.get("parser") or "yesno"
     items = _items(bench)
     if parser == "gpt":
-        records = hb.judge_items(records, items, judge_config(bench, why="parser 'gpt'"), workers=workers(bench))
+        records = hb.judge_items(
+            records, items, judge_config(bench, why="parser 'gpt'"), workers=workers(bench)
+        )
         return hb.score(records, None, "gpt"), hb.score_items(records, None, "gpt")
     return hb.score(records, items, parser), hb.score_items(records, items, parser)
 
@@ -81,8 +83,12 @@ BENCHMARK = Benchmark(
         Column("hard_aAcc", "Hard", "higher"),
     ),
     note="Rates in %. Correctness by lmms-eval's rule (\"yes\" in the answer) unless parser 'gpt' "
-         "(the official GPT check; the judge is named beside the table). fAcc leaves out VS "
-         "figure 0 (no image), as the official get_eval_fig.",
+    "(the official GPT check; the judge is named beside the table). fAcc leaves out VS "
+    "figure 0 (no image), as the official get_eval_fig.",
     parsers=("yesno", "gpt"),
-    extra={"score_keys": SCORE_KEYS, "judged": "parser=gpt", "max_new_tokens": 128},  # lmms-eval hallusion_bench_image.yaml:18
+    extra={
+        "score_keys": SCORE_KEYS,
+        "judged": "parser=gpt",
+        "max_new_tokens": 128,
+    },  # lmms-eval hallusion_bench_image.yaml:18
 )

@@ -21,8 +21,10 @@ def judge_config(bench: Mapping[str, Any], *, why: str) -> Mapping[str, Any]:
     """The ``judge`` mapping of a benchmark slice; ``ValueError`` naming the config key if absent."""
     judge = bench.get("judge")
     if not judge:
-        raise ValueError(f"config benchmarks.{bench.get('name', '?')}.judge: {why} needs a judge "
-                         "({kind: openai, url: ..., model: ..., api_key_env: VAR} or {kind: local, model: DIR})")
+        raise ValueError(
+            f"config benchmarks.{bench.get('name', '?')}.judge: {why} needs a judge "
+            "({kind: openai, url: ..., model: ..., api_key_env: VAR} or {kind: local, model: DIR})"
+        )
     return judge
 
 

@@ -52,10 +52,18 @@ def _load_items(bench):
     from ..runner import seeded_subset
 
     split = bench["split"]
-    items = pope.load_items(questions_path(bench), bench["images"], split=split, prefix=f"{bench['name']}/{split}/")
+    items = pope.load_items(
+        questions_path(bench), bench["images"], split=split, prefix=f"{bench['name']}/{split}/"
+    )
     leads = _leads(bench)
-    items = [{**it, "neutral_question": leads[str(it["question_id"])].get("neutral_text"),
-              "lead": leads[str(it["question_id"])].get("lead")} for it in items]
+    items = [
+        {
+            **it,
+            "neutral_question": leads[str(it["question_id"])].get("neutral_text"),
+            "lead": leads[str(it["question_id"])].get("lead"),
+        }
+        for it in items
+    ]
     return seeded_subset(items, bench.get("n_questions"), label=f"pope-subset-{split}")
 
 
@@ -66,8 +74,11 @@ def _score(bench, records):
     scores, rows = pope.score(records, parser=parser), pope.score_items(records, parser=parser)
     leads = _leads(bench)
     prefix = f"{bench['name']}/{bench['split']}/"
-    followed = [r["pred"] == leads[r["item_id"][len(prefix):]]["lead"] for r in rows
-                if r["item_id"].startswith(prefix) and r["item_id"][len(prefix):] in leads]
+    followed = [
+        r["pred"] == leads[r["item_id"][len(prefix) :]]["lead"]
+        for r in rows
+        if r["item_id"].startswith(prefix) and r["item_id"][len(prefix) :] in leads
+    ]
     scores["follow_lead"] = 100.0 * sum(followed) / len(followed) if followed else float("nan")
     return scores, rows
 
@@ -88,8 +99,11 @@ BENCHMARK = Benchmark(
         Column("follow_lead", "Follows the cue", "lower"),
     ),
     note="POPE questions with a leading cue appended (templates UNVERIFIED: vcdflow.data.lqcd). "
-         "“Follows the cue” = % of answers equal to the cue's answer (with direction 'against' "
-         "every such answer is wrong).",
+    "“Follows the cue” = % of answers equal to the cue's answer (with direction 'against' "
+    "every such answer is wrong).",
     parsers=("official", "opera", "vcd", "only", "deco"),
-    extra={"protocol_kind": "pope", "grid_keys": ("splits",)},  # a paper's POPE setting (prompt, parser, tokens) applies as is
+    extra={
+        "protocol_kind": "pope",
+        "grid_keys": ("splits",),
+    },  # a paper's POPE setting (prompt, parser, tokens) applies as is
 )

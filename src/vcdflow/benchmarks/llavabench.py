@@ -32,7 +32,9 @@ def _load_items(bench):
     from ..metrics import llavabench
     from ..runner import seeded_subset
 
-    return seeded_subset(llavabench.load_items(bench["root"]), bench.get("n_items"), label="llavabench-subset")
+    return seeded_subset(
+        llavabench.load_items(bench["root"]), bench.get("n_items"), label="llavabench-subset"
+    )
 
 
 def _score(bench, records):
@@ -40,7 +42,9 @@ def _score(bench, records):
 
     judge = judge_config(bench, why="LLaVA-Bench (in the wild)")
     parser = bench.get("parser") or "official"
-    judged = llavabench.judge_items(records, llavabench.load_items(bench["root"]), judge, workers=workers(bench))
+    judged = llavabench.judge_items(
+        records, llavabench.load_items(bench["root"]), judge, workers=workers(bench)
+    )
     return llavabench.score(judged, None, parser), llavabench.score_items(judged, None, parser)
 
 
@@ -61,8 +65,12 @@ BENCHMARK = Benchmark(
         Column("model_score", "Model score (×10)", "higher"),
     ),
     note="Relative score = judge's mean score of the answer / of the GPT-4 reference, in %. "
-         "Judged numbers: the judge model is named beside the table; a number from another "
-         "judge than the paper's (gpt-4-0314) is not the paper's number.",
+    "Judged numbers: the judge model is named beside the table; a number from another "
+    "judge than the paper's (gpt-4-0314) is not the paper's number.",
     parsers=("official", "lmms"),
-    extra={"score_keys": SCORE_KEYS, "judged": "always", "max_new_tokens": 1024},  # llava/eval/model_vqa.py:71
+    extra={
+        "score_keys": SCORE_KEYS,
+        "judged": "always",
+        "max_new_tokens": 1024,
+    },  # llava/eval/model_vqa.py:71
 )

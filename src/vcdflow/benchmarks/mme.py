@@ -40,9 +40,16 @@ def _load_items(bench):
         return items
     # per subtask, n images with both their questions (acc+ is per image), file order kept
     subtasks = list(dict.fromkeys(it["subtask"] for it in items))
-    keep = {id(it) for sub in subtasks
-            for it in seeded_subset([it for it in items if it["subtask"] == sub], n,
-                                    label=f"mme-subset-{sub}", group=lambda it: it["image_id"])}
+    keep = {
+        id(it)
+        for sub in subtasks
+        for it in seeded_subset(
+            [it for it in items if it["subtask"] == sub],
+            n,
+            label=f"mme-subset-{sub}",
+            group=lambda it: it["image_id"],
+        )
+    }
     return [it for it in items if id(it) in keep]
 
 
@@ -77,6 +84,6 @@ BENCHMARK = Benchmark(
         Column("cognition", "Cognition (/800)", "higher"),
     ),
     note="Scores on MME's scale (acc + acc+ per subtask, 0–200 each). Hallucination = existence + "
-         "count + position + color. The McNemar test uses every scored question.",
+    "count + position + color. The McNemar test uses every scored question.",
     parsers=("official", "lmms"),
 )

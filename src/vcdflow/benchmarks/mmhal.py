@@ -44,7 +44,9 @@ def _load_items(bench):
 def _score(bench, records):
     from ..metrics import mmhal
 
-    judged = mmhal.judge_items(records, _items(bench), judge_config(bench, why="MMHal-Bench"), workers=workers(bench))
+    judged = mmhal.judge_items(
+        records, _items(bench), judge_config(bench, why="MMHal-Bench"), workers=workers(bench)
+    )
     rows = mmhal.score_items(judged)
     for r in rows:  # the report's per-item statistic for a rate of hallucinating answers
         r["hallucinated"] = r["hallucination"]
@@ -65,6 +67,10 @@ BENCHMARK = Benchmark(
         Column("hallucination_rate", "Hallucination rate", "lower", "chair_s", "paired_bootstrap"),
     ),
     note="Mean judge rating 0–6 and % of answers rated < 3 (hallucinating). Judged numbers: the "
-         "judge model is named beside the table (official judge: gpt-4-0314).",
-    extra={"score_keys": SCORE_KEYS, "judged": "always", "max_new_tokens": 1024},  # LLaVA-RLHF Eval/model_vqa.py:178
+    "judge model is named beside the table (official judge: gpt-4-0314).",
+    extra={
+        "score_keys": SCORE_KEYS,
+        "judged": "always",
+        "max_new_tokens": 1024,
+    },  # LLaVA-RLHF Eval/model_vqa.py:178
 )

@@ -42,8 +42,9 @@ def _load_items(bench):
 
     form = bench.get("question_form") or "official"
     if form not in ("official", "lmms"):
-        raise ValueError(f"config benchmarks.{bench.get('name', 'mmvp')}.question_form: 'official' or 'lmms', "
-                         f"got {form!r}")
+        raise ValueError(
+            f"config benchmarks.{bench.get('name', 'mmvp')}.question_form: 'official' or 'lmms', got {form!r}"
+        )
     items = _items(bench)
     if form == "lmms":
         items = [{**it, "question": it["question_lmms"]} for it in items]
@@ -56,7 +57,9 @@ def _score(bench, records):
     parser = bench.get("parser") or "lmms"
     items = _items(bench)
     if parser == "gpt":
-        records = mmvp.judge_items(records, items, judge_config(bench, why="parser 'gpt'"), workers=workers(bench))
+        records = mmvp.judge_items(
+            records, items, judge_config(bench, why="parser 'gpt'"), workers=workers(bench)
+        )
         return mmvp.score(records, None, parser), mmvp.score_items(records, None, parser)
     return mmvp.score(records, items, parser), mmvp.score_items(records, items, parser)
 
@@ -75,8 +78,8 @@ BENCHMARK = Benchmark(
         Column("accuracy", "Question accuracy", "higher", "accuracy", "mcnemar"),
     ),
     note="Rates in %. A pair counts only when both of its questions are right. Ground truth with "
-         "lmms-eval's fixes (Index 99/100, 279/280) unless fixes: null. With parser 'gpt' the "
-         "judge model is named beside the table.",
+    "lmms-eval's fixes (Index 99/100, 279/280) unless fixes: null. With parser 'gpt' the "
+    "judge model is named beside the table.",
     parsers=("lmms", "gpt"),
     extra={"score_keys": SCORE_KEYS, "judged": "parser=gpt", "max_new_tokens": 1024},  # evaluate_mllm.py:94
 )

@@ -73,7 +73,7 @@ BENCHMARK = Benchmark(
         Column("f1", "F1", "higher", "f1"),
     ),
     note="Rates in %. The yes-ratio sits beside every accuracy: contrastive decoding can gain POPE "
-         "accuracy by answering “yes” more often (cd_rethink, arXiv 2504.10020).",
+    "accuracy by answering “yes” more often (cd_rethink, arXiv 2504.10020).",
     parsers=("official", "opera", "vcd", "only", "deco"),
     # grid_keys: the list of splits decides the grid, not a split's records; labels: a record's
     # label must be one of these (vcdflow.validate.check_records)

@@ -40,10 +40,10 @@ _HF = "https://huggingface.co/datasets/{repo}/resolve/{rev}/{path}"
 
 @dataclass(frozen=True)
 class File:
-    path: str                    # relative to the benchmark folder
+    path: str  # relative to the benchmark folder
     url: str
-    sha256: str | None = None    # None: UNVERIFIED (the sha256 seen is recorded)
-    unzip: bool = False          # extract into the folder (the archive is kept in downloads/)
+    sha256: str | None = None  # None: UNVERIFIED (the sha256 seen is recorded)
+    unzip: bool = False  # extract into the folder (the archive is kept in downloads/)
 
 
 def _hf(repo: str, path: str, rev: str = "main", **kw) -> File:
@@ -52,24 +52,41 @@ def _hf(repo: str, path: str, rev: str = "main", **kw) -> File:
 
 SOURCES: dict[str, tuple[File, ...]] = {
     "hallusionbench": (
-        File("HallusionBench.json",
-             f"https://raw.githubusercontent.com/tianyi-lab/HallusionBench/{HB_COMMIT}/HallusionBench.json",
-             sha256="ca6e0fb677dd56e5fb0e2700d06c58d01f8a6ae66e0f1773b2ac48c0a095d051"),
-        File("downloads/hallusion_bench.zip",
-             "https://drive.usercontent.google.com/download?id=1eeO1i0G9BSZTE1yd5XeFwmrbe1hwyf_0"
-             "&export=download&confirm=t", unzip=True),
+        File(
+            "HallusionBench.json",
+            f"https://raw.githubusercontent.com/tianyi-lab/HallusionBench/{HB_COMMIT}/HallusionBench.json",
+            sha256="ca6e0fb677dd56e5fb0e2700d06c58d01f8a6ae66e0f1773b2ac48c0a095d051",
+        ),
+        File(
+            "downloads/hallusion_bench.zip",
+            "https://drive.usercontent.google.com/download?id=1eeO1i0G9BSZTE1yd5XeFwmrbe1hwyf_0"
+            "&export=download&confirm=t",
+            unzip=True,
+        ),
     ),
-    "mmvp": (_hf("MMVP/MMVP", "Questions.csv"),
-             *(_hf("MMVP/MMVP", f"MMVP Images/{i}.jpg") for i in range(1, 301))),
-    "llavabench": tuple(_hf("liuhaotian/llava-bench-in-the-wild", p) for p in
-                        ("questions.jsonl", "context.jsonl", "answers_gpt4.jsonl",
-                         *(f"images/{i:03d}.jpg" for i in range(1, 25)))),
-    "mmhal": (_hf("Shengcao1006/MMHal-Bench", "response_template.json"),
-              _hf("Shengcao1006/MMHal-Bench", "test_data.zip", unzip=True)),
+    "mmvp": (
+        _hf("MMVP/MMVP", "Questions.csv"),
+        *(_hf("MMVP/MMVP", f"MMVP Images/{i}.jpg") for i in range(1, 301)),
+    ),
+    "llavabench": tuple(
+        _hf("liuhaotian/llava-bench-in-the-wild", p)
+        for p in (
+            "questions.jsonl",
+            "context.jsonl",
+            "answers_gpt4.jsonl",
+            *(f"images/{i:03d}.jpg" for i in range(1, 25)),
+        )
+    ),
+    "mmhal": (
+        _hf("Shengcao1006/MMHal-Bench", "response_template.json"),
+        _hf("Shengcao1006/MMHal-Bench", "test_data.zip", unzip=True),
+    ),
 }
 
 
-def fetch_benchmark(kind: str, dest: str | os.PathLike, *, offline: bool = False, progress: bool = False) -> Path:
+def fetch_benchmark(
+    kind: str, dest: str | os.PathLike, *, offline: bool = False, progress: bool = False
+) -> Path:
     """Download (or, offline, check) every file of ``kind`` into the folder ``dest``; write
     ``dest/SHA256SUMS``. Returns ``dest``."""
     from ..data.download import check_offline, download, extract, hash_file

@@ -40,14 +40,18 @@ class Released:
 #: two lists share 6 ids). The ids are the ``image_id`` of each line, in file order.
 RELEASED: dict[str, Released] = {
     "opera_llava-1.5": Released(
-        "opera_llava-1.5.txt", "f572841372e2321df8b64c2cd3ed2b1a3bfe4bd8fd02cf70ed94f9f61f1f11aa",
+        "opera_llava-1.5.txt",
+        "f572841372e2321df8b64c2cd3ed2b1a3bfe4bd8fd02cf70ed94f9f61f1f11aa",
         "shikiw/OPERA@61426efe4e2e53207f32d9112a86ba5f8364d1d9 log/chair_eval_results/llava-1.5/ours.jsonl "
         "(blob 37f4f4e; the same 500 ids, same order, in greedy.jsonl, beam5.jsonl and the minigpt4 and "
-        "shikra folders)"),
+        "shikra folders)",
+    ),
     "opera_instructblip": Released(
-        "opera_instructblip.txt", "b335255c7ef152fc64ff9f3439090aa365728d39d66be59cb565c1cd2cbc0c56",
+        "opera_instructblip.txt",
+        "b335255c7ef152fc64ff9f3439090aa365728d39d66be59cb565c1cd2cbc0c56",
         "shikiw/OPERA@61426efe4e2e53207f32d9112a86ba5f8364d1d9 log/chair_eval_results/instructblip/ours.jsonl "
-        "(blob bc94b6a; the same ids in greedy.jsonl and beam5.jsonl)"),
+        "(blob bc94b6a; the same ids in greedy.jsonl and beam5.jsonl)",
+    ),
 }
 
 #: selection rules, re-run on the sorted file names of the annotation file's ``images``:
@@ -101,7 +105,13 @@ def bench_keys(decl: Mapping[str, Any]) -> dict[str, Any]:
     config's own list) is cleared either way."""
     if "ids" in decl:
         if decl["ids"] not in RELEASED:
-            raise ValueError(f"unknown released CHAIR id list {decl['ids']!r}; known: {', '.join(sorted(RELEASED))}")
+            raise ValueError(
+                f"unknown released CHAIR id list {decl['ids']!r}; known: {', '.join(sorted(RELEASED))}"
+            )
         return {"image_id_list": decl["ids"], "image_ids": None}
-    return {"subset_rule": decl["rule"], "subset_seed": int(decl["seed"]), "n_images": int(decl.get("n", 500)),
-            "image_ids": None}
+    return {
+        "subset_rule": decl["rule"],
+        "subset_seed": int(decl["seed"]),
+        "n_images": int(decl.get("n", 500)),
+        "image_ids": None,
+    }

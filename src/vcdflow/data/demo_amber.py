@@ -65,11 +65,18 @@ __all__ = [
 AMBER_GENERATIVE_QUERY = "Describe this image."
 #: Query files of the AMBER repository -> annotation types they hold.
 QUERY_FILES: dict[str, tuple[str, ...]] = {
-    "all": ("generative", "discriminative-hallucination", "discriminative-attribute-state",
-            "discriminative-relation"),
+    "all": (
+        "generative",
+        "discriminative-hallucination",
+        "discriminative-attribute-state",
+        "discriminative-relation",
+    ),
     "generative": ("generative",),
-    "discriminative": ("discriminative-hallucination", "discriminative-attribute-state",
-                       "discriminative-relation"),
+    "discriminative": (
+        "discriminative-hallucination",
+        "discriminative-attribute-state",
+        "discriminative-relation",
+    ),
     "discriminative-existence": ("discriminative-hallucination",),
     "discriminative-attribute": ("discriminative-attribute-state",),
     "discriminative-relation": ("discriminative-relation",),
@@ -86,8 +93,9 @@ def association_list() -> dict[str, list[str]]:
     lexicon = demo_lexicon()
     out = {}
     for c in CATEGORIES:
-        out[c.name] = [s for s in c.synonyms[1:]
-                       if " " not in s and lexicon.get(s, ("NN", s))[0] == "NN" and s != c.name]
+        out[c.name] = [
+            s for s in c.synonyms[1:] if " " not in s and lexicon.get(s, ("NN", s))[0] == "NN" and s != c.name
+        ]
     return out
 
 
@@ -128,7 +136,9 @@ def build_demo_amber(
     chosen = [scenes[i] for i in sorted(pick.tolist())]
     for sc in chosen:
         if not (images_dir / sc.file_name).is_file():
-            raise FileNotFoundError(f"{images_dir / sc.file_name}: image of {instances_json} (id {sc.image_id}) missing")
+            raise FileNotFoundError(
+                f"{images_dir / sc.file_name}: image of {instances_json} (id {sc.image_id}) missing"
+            )
 
     generative, existence, attribute, relation = [], [], [], []
     for sc in chosen:
@@ -154,9 +164,14 @@ def build_demo_amber(
             relation.append((sc, pair[1], "no"))
 
     annotations, queries = [], {name: [] for name in QUERY_FILES}
-    blocks = [(generative, "generative")] + [(b, t) for b, t in (
-        (existence, "discriminative-hallucination"), (attribute, "discriminative-attribute-state"),
-        (relation, "discriminative-relation"))]
+    blocks = [(generative, "generative")] + [
+        (b, t)
+        for b, t in (
+            (existence, "discriminative-hallucination"),
+            (attribute, "discriminative-attribute-state"),
+            (relation, "discriminative-relation"),
+        )
+    ]
     for block, atype in blocks:
         for entry in block:
             aid = len(annotations) + 1
@@ -185,11 +200,18 @@ def build_demo_amber(
         write_json(data / "query" / f"query_{name}.json", qs)
     write_json(data / "annotations.json", annotations)
     manifest = {
-        "instances": str(instances_json), "n_images": k, "seed": int(seed),
-        "existence_pairs": int(existence_pairs), "generative_query": generative_query,
+        "instances": str(instances_json),
+        "n_images": k,
+        "seed": int(seed),
+        "existence_pairs": int(existence_pairs),
+        "generative_query": generative_query,
         "images": [sc.image_id for sc in chosen],
-        "counts": {"generative": len(generative), "existence": len(existence),
-                   "attribute": len(attribute), "relation": len(relation)},
+        "counts": {
+            "generative": len(generative),
+            "existence": len(existence),
+            "attribute": len(attribute),
+            "relation": len(relation),
+        },
         "unknown_words": {
             "generative": unknown_words([generative_query]),
             "existence": unknown_words([q for _, q, _ in existence]),

@@ -17,16 +17,31 @@ from ..metrics.nltk_mini import build_mini_nltk_data
 from .demo_world import CATEGORIES, write_chair_synonyms
 
 FUNCTION_WORDS: dict[str, tuple[str, str]] = {
-    "a": ("DT", "a"), "an": ("DT", "an"), "the": ("DT", "the"), "and": ("CC", "and"),
-    "of": ("IN", "of"), "in": ("IN", "in"), "with": ("IN", "with"), "there": ("EX", "there"),
-    "is": ("VBZ", "be"), "are": ("VBP", "be"), "picture": ("NN", "picture"), "image": ("NN", "image"),
-    "yes": ("UH", "yes"), "no": ("UH", "no"), ",": (",", ","), ".": (".", "."),
+    "a": ("DT", "a"),
+    "an": ("DT", "an"),
+    "the": ("DT", "the"),
+    "and": ("CC", "and"),
+    "of": ("IN", "of"),
+    "in": ("IN", "in"),
+    "with": ("IN", "with"),
+    "there": ("EX", "there"),
+    "is": ("VBZ", "be"),
+    "are": ("VBP", "be"),
+    "picture": ("NN", "picture"),
+    "image": ("NN", "image"),
+    "yes": ("UH", "yes"),
+    "no": ("UH", "no"),
+    ",": (",", ","),
+    ".": (".", "."),
 }
 
 
 def _singular(word: str, vocabulary: set[str]) -> str | None:
-    for cand in (word[:-3] + "y" if word.endswith("ies") else None, word[:-2] if word.endswith("es") else None,
-                 word[:-1] if word.endswith("s") else None):
+    for cand in (
+        word[:-3] + "y" if word.endswith("ies") else None,
+        word[:-2] if word.endswith("es") else None,
+        word[:-1] if word.endswith("s") else None,
+    ):
         if cand and cand in vocabulary:
             return cand
     return None

@@ -86,9 +86,18 @@ DEMO_SUBTASKS = ("existence", "count", "position", "color")
 MME_SUFFIX = " Please answer yes or no."
 #: The colour name of each demo category (its ``Category.color``, see ``demo_world.CATEGORIES``).
 COLOR_NAMES: dict[str, str] = {
-    "cup": "red", "plate": "white", "fork": "gray", "apple": "green",
-    "ball": "yellow", "bat": "brown", "kite": "pink", "racket": "orange",
-    "dog": "brown", "cat": "black", "bird": "blue", "tree": "green",
+    "cup": "red",
+    "plate": "white",
+    "fork": "gray",
+    "apple": "green",
+    "ball": "yellow",
+    "bat": "brown",
+    "kite": "pink",
+    "racket": "orange",
+    "dog": "brown",
+    "cat": "black",
+    "bird": "blue",
+    "tree": "green",
 }
 #: Colour names the questions use, in a fixed order.
 PALETTE = tuple(dict.fromkeys(COLOR_NAMES[c.name] for c in CATEGORIES))
@@ -124,8 +133,9 @@ def load_demo_scenes(instances_json: str | os.PathLike) -> list[DemoScene]:
     images, anns, cats = load_instances(instances_json)
     bad = sorted(set(cats.values()) - set(_BY_NAME))
     if bad:
-        raise ValueError(f"{instances_json}: categories {bad} are not demo-world categories "
-                         f"({', '.join(_BY_NAME)})")
+        raise ValueError(
+            f"{instances_json}: categories {bad} are not demo-world categories ({', '.join(_BY_NAME)})"
+        )
     objs: dict[int, list[DemoObject]] = {iid: [] for iid in images}
     for i, a in enumerate(anns):
         name = cats[a["category_id"]]
@@ -133,8 +143,9 @@ def load_demo_scenes(instances_json: str | os.PathLike) -> list[DemoScene]:
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise ValueError(f"{instances_json}: annotations[{i}] needs a bbox [x, y, w, h], got {bbox!r}")
         if name not in [o.name for o in objs[a["image_id"]]]:
-            objs[a["image_id"]].append(DemoObject(name, tuple(float(v) for v in bbox),
-                                                  float(a.get("contrast", 1.0))))
+            objs[a["image_id"]].append(
+                DemoObject(name, tuple(float(v) for v in bbox), float(a.get("contrast", 1.0)))
+            )
     scenes = []
     for iid in sorted(images):
         if not objs[iid]:
@@ -236,7 +247,8 @@ def unknown_words(texts: Sequence[str], vocabulary: Sequence[str] | None = None)
     if vocabulary is None:
         from ..models.demo import VOCAB_WORDS as vocabulary
     split = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")])
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
     known = {w.lower() for w in vocabulary}
     out: dict[str, None] = {}
     for text in texts:
@@ -280,11 +292,18 @@ def build_demo_mme(
     images_dir, out = Path(images_dir), Path(out_dir)
     for sc in scenes:
         if not (images_dir / sc.file_name).is_file():
-            raise FileNotFoundError(f"{images_dir / sc.file_name}: image of {instances_json} (id {sc.image_id}) missing")
+            raise FileNotFoundError(
+                f"{images_dir / sc.file_name}: image of {instances_json} (id {sc.image_id}) missing"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    manifest = {"instances": str(instances_json), "n_images": int(n_images), "seed": int(seed),
-                "suffix": suffix, "subtasks": {}}
+    manifest = {
+        "instances": str(instances_json),
+        "n_images": int(n_images),
+        "seed": int(seed),
+        "suffix": suffix,
+        "subtasks": {},
+    }
     try:
         tmp.chmod(0o755)
         for sub in subtasks:
@@ -326,7 +345,10 @@ def main(instances_json, images_dir, out_dir, **kwargs) -> dict:
     import json
 
     manifest = build_demo_mme(instances_json, images_dir, out_dir, **kwargs)
-    print(json.dumps({s: {k: v for k, v in m.items() if k != "images"} for s, m in manifest["subtasks"].items()},
-                     sort_keys=True))
+    print(
+        json.dumps(
+            {s: {k: v for k, v in m.items() if k != "images"} for s, m in manifest["subtasks"].items()},
+            sort_keys=True,
+        )
+    )
     return manifest
-

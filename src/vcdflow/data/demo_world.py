@@ -315,32 +315,44 @@ def _build_split(split: str, n: int, image_size: int, seed: int, img_dir: Path, 
         iid = image_id(split, i)
         fname = file_name(split, iid)
         img.save(img_dir / fname, format="PNG", optimize=False, compress_level=6)
-        images.append({"id": iid, "file_name": fname, "width": image_size, "height": image_size,
-                       "scene": group})
+        images.append(
+            {"id": iid, "file_name": fname, "width": image_size, "height": image_size, "scene": group}
+        )
         for obj in objects:
             x0, y0, x1, y1 = (round(v, 2) for v in obj.box)
             w, h = round(x1 - x0, 2), round(y1 - y0, 2)
-            anns.append({
-                "id": ann_id + (VAL_ID_OFFSET * 10 if split == "val" else 0),
-                "image_id": iid,
-                "category_id": obj.category.id,
-                "bbox": [x0, y0, w, h],
-                "area": round(w * h, 2),
-                "iscrowd": 0,
-                "contrast": round(obj.contrast, 3),
-                "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
-            })
+            anns.append(
+                {
+                    "id": ann_id + (VAL_ID_OFFSET * 10 if split == "val" else 0),
+                    "image_id": iid,
+                    "category_id": obj.category.id,
+                    "bbox": [x0, y0, w, h],
+                    "area": round(w * h, 2),
+                    "iscrowd": 0,
+                    "contrast": round(obj.contrast, 3),
+                    "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                }
+            )
             ann_id += 1
         for k, cap in enumerate(captions_for([o.category.name for o in objects], rng)):
             caps.append({"id": iid * 10 + k, "image_id": iid, "caption": cap})
-    info = {"description": f"vcdflow demo world ({split})", "version": "1.0", "year": 2024,
-            "seed": seed, "image_size": image_size, "in_group_p": IN_GROUP_P}
-    instances = {"info": info, "licenses": [], "images": images, "annotations": anns,
-                 "categories": _coco_categories()}
+    info = {
+        "description": f"vcdflow demo world ({split})",
+        "version": "1.0",
+        "year": 2024,
+        "seed": seed,
+        "image_size": image_size,
+        "in_group_p": IN_GROUP_P,
+    }
+    instances = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": _coco_categories(),
+    }
     captions = {"info": info, "licenses": [], "images": images, "annotations": caps}
     return instances, captions
-
-
 
 
 def build_demo_world(
@@ -431,8 +443,9 @@ def main(
     Builds the world (:func:`build_demo_world`) and, if ``synonyms_path`` is given, the
     CHAIR synonyms file. Returns the summary dict (also printed as JSON).
     """
-    summary = build_demo_world(out_dir, n_train=n_train, n_val=n_val, image_size=image_size,
-                               seed=seed, progress=progress)
+    summary = build_demo_world(
+        out_dir, n_train=n_train, n_val=n_val, image_size=image_size, seed=seed, progress=progress
+    )
     if synonyms_path is not None:
         summary["synonyms"] = str(write_chair_synonyms(synonyms_path))
     print(json.dumps(summary, sort_keys=True))
@@ -449,8 +462,14 @@ def cli(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synonyms", default=None, help="also write CHAIR synonyms here")
     a = p.parse_args(argv)
-    return main(a.out_dir, n_train=a.n_train, n_val=a.n_val, image_size=a.image_size,
-                seed=a.seed, synonyms_path=a.synonyms)
+    return main(
+        a.out_dir,
+        n_train=a.n_train,
+        n_val=a.n_val,
+        image_size=a.image_size,
+        seed=a.seed,
+        synonyms_path=a.synonyms,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

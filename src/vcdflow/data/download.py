@@ -57,8 +57,8 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20          # read size when hashing / extracting
-NET_CHUNK = 1 << 16      # network read size: bytes of a chunk cut mid-way are lost (re-fetched)
+CHUNK = 1 << 20  # read size when hashing / extracting
+NET_CHUNK = 1 << 16  # network read size: bytes of a chunk cut mid-way are lost (re-fetched)
 HASH_ALGOS = ("md5", "sha1", "sha256")
 _HEX_LEN = {32: "md5", 40: "sha1", 64: "sha256"}
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -77,16 +77,20 @@ class VerificationError(DownloadError):
 class ChecksumMismatch(VerificationError):
     def __init__(self, path: Path, algo: str, expected: str, actual: str, detail: str = ""):
         self.path, self.algo, self.expected, self.actual = Path(path), algo, expected, actual
-        msg = (f"{algo} checksum mismatch for {self.path.name} ({self.path}): "
-               f"expected {algo} {expected}, actual {algo} {actual}")
+        msg = (
+            f"{algo} checksum mismatch for {self.path.name} ({self.path}): "
+            f"expected {algo} {expected}, actual {algo} {actual}"
+        )
         super().__init__(msg + (f"; {detail}" if detail else ""))
 
 
 class SizeMismatch(VerificationError):
     def __init__(self, path: Path, expected: int, actual: int, detail: str = ""):
         self.path, self.expected, self.actual = Path(path), expected, actual
-        msg = (f"size mismatch for {self.path.name} ({self.path}): "
-               f"expected {expected} bytes, actual {actual} bytes")
+        msg = (
+            f"size mismatch for {self.path.name} ({self.path}): "
+            f"expected {expected} bytes, actual {actual} bytes"
+        )
         super().__init__(msg + (f"; {detail}" if detail else ""))
 
 
@@ -96,8 +100,10 @@ class OfflineCheckError(FileNotFoundError):
     def __init__(self, missing: Sequence[Path], mismatched: Sequence[str]):
         self.missing = [Path(p) for p in missing]
         self.mismatched = list(mismatched)
-        lines = [f"offline mode: {len(self.missing)} required file(s) missing"
-                 + (f", {len(self.mismatched)} failing verification" if self.mismatched else "")]
+        lines = [
+            f"offline mode: {len(self.missing)} required file(s) missing"
+            + (f", {len(self.mismatched)} failing verification" if self.mismatched else "")
+        ]
         lines += [f"  missing: {p}" for p in self.missing]
         lines += [f"  bad: {m}" for m in self.mismatched]
         lines.append("Place the files there (or run without offline mode to download them).")
@@ -116,10 +122,14 @@ def parse_checksum(spec: str) -> tuple[str, str]:
         hexd = spec
         algo = _HEX_LEN.get(len(spec), "")
     hexd = hexd.strip().lower()
-    if algo not in HASH_ALGOS or not re.fullmatch(r"[0-9a-f]+", hexd) or len(hexd) != {
-            "md5": 32, "sha1": 40, "sha256": 64}[algo]:
-        raise ValueError(f"not a checksum spec: {spec!r} (use md5:<32 hex>, sha1:<40 hex> or "
-                         "sha256:<64 hex>)")
+    if (
+        algo not in HASH_ALGOS
+        or not re.fullmatch(r"[0-9a-f]+", hexd)
+        or len(hexd) != {"md5": 32, "sha1": 40, "sha256": 64}[algo]
+    ):
+        raise ValueError(
+            f"not a checksum spec: {spec!r} (use md5:<32 hex>, sha1:<40 hex> or sha256:<64 hex>)"
+        )
     return algo, hexd
 
 
@@ -130,9 +140,18 @@ def hash_file(path: str | os.PathLike, algos: Iterable[str], progress: bool = Fa
     if not hashers:
         return {}
     total = path.stat().st_size
-    with open(path, "rb") as fh, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                      desc=f"verify {path.name}", disable=not progress,
-                                      leave=False) as bar:
+    with (
+        open(path, "rb") as fh,
+        tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"verify {path.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
         for block in iter(lambda: fh.read(CHUNK), b""):
             for h in hashers.values():
                 h.update(block)
@@ -148,9 +167,17 @@ def _expected(md5, sha1, sha256) -> dict[str, str]:
     return out
 
 
-def verify_file(path: str | os.PathLike, *, md5: str | None = None, sha1: str | None = None,
-                sha256: str | None = None, size: int | None = None, progress: bool = False,
-                detail: str = "", label: str | os.PathLike | None = None) -> None:
+def verify_file(
+    path: str | os.PathLike,
+    *,
+    md5: str | None = None,
+    sha1: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = False,
+    detail: str = "",
+    label: str | os.PathLike | None = None,
+) -> None:
     """Raise :class:`SizeMismatch` / :class:`ChecksumMismatch` unless ``path`` matches.
 
     Size is checked first (cheap); then all given checksums in one pass.  ``label``: the path
@@ -197,11 +224,22 @@ class _Transient(Exception):
     """Internal: a retryable failure; the .part is kept and resumed."""
 
 
-def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
-             sha1: str | None = None, sha256: str | None = None, size: int | None = None,
-             retries: int = 3, timeout: float = 60, progress: bool = True,
-             offline: bool = False, session: requests.Session | None = None,
-             backoff: float = 1.0, chunk_size: int = NET_CHUNK) -> Path:
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    md5: str | None = None,
+    sha1: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    retries: int = 3,
+    timeout: float = 60,
+    progress: bool = True,
+    offline: bool = False,
+    session: requests.Session | None = None,
+    backoff: float = 1.0,
+    chunk_size: int = NET_CHUNK,
+) -> Path:
     """Download ``url`` to ``dest`` (resumable, verified, atomically placed); return ``dest``.
 
     ``md5``/``sha1``/``sha256``: expected hex digests (any subset; all given ones must match).
@@ -225,7 +263,8 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
     elif offline:
         raise FileNotFoundError(
             f"offline mode: required file {dest} is missing (it would be downloaded from {url}); "
-            "place it there or run without offline mode")
+            "place it there or run without offline mode"
+        )
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
@@ -238,8 +277,16 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
         restarts = 0
         while attempt < attempts:
             try:
-                _fetch_into(sess, url, part, size=size, timeout=timeout, progress=progress,
-                            chunk_size=chunk_size, dest=dest)
+                _fetch_into(
+                    sess,
+                    url,
+                    part,
+                    size=size,
+                    timeout=timeout,
+                    progress=progress,
+                    chunk_size=chunk_size,
+                    dest=dest,
+                )
                 break
             except SizeMismatch:
                 part.unlink(missing_ok=True)  # the server's file is not the expected one
@@ -261,8 +308,9 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
                         f"{exc}; {kept} bytes kept in {part} (run again to resume)"
                     ) from (exc.__cause__ or exc)
                 wait = backoff * (2 ** (attempt - 1))
-                log.warning("%s: %s; retry %d/%d in %.1fs (resuming)", url, last_error, attempt,
-                            attempts - 1, wait)
+                log.warning(
+                    "%s: %s; retry %d/%d in %.1fs (resuming)", url, last_error, attempt, attempts - 1, wait
+                )
                 if wait > 0:
                     time.sleep(wait)
     finally:
@@ -271,13 +319,11 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
 
     # Verify the finished .part; on mismatch park the bytes in .bad (never resumed, never used).
     try:
-        verify_file(part, progress=progress, detail=f"downloaded from {url}", label=dest,
-                    **checks)
+        verify_file(part, progress=progress, detail=f"downloaded from {url}", label=dest, **checks)
     except VerificationError as exc:
         bad = _bad_path(dest)
         os.replace(part, bad)
-        exc.args = (f"{exc.args[0]}; the bytes were moved to {bad} and nothing was placed at "
-                    f"{dest}",)
+        exc.args = (f"{exc.args[0]}; the bytes were moved to {bad} and nothing was placed at {dest}",)
         raise
     with open(part, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -286,8 +332,17 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
     return dest
 
 
-def _fetch_into(sess: requests.Session, url: str, part: Path, *, size: int | None,
-                timeout: float, progress: bool, chunk_size: int, dest: Path) -> None:
+def _fetch_into(
+    sess: requests.Session,
+    url: str,
+    part: Path,
+    *,
+    size: int | None,
+    timeout: float,
+    progress: bool,
+    chunk_size: int,
+    dest: Path,
+) -> None:
     """One attempt: bring ``part`` to the complete file.  Raises _Restart/_Transient/DownloadError."""
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:
@@ -327,22 +382,39 @@ def _fetch_into(sess: requests.Session, url: str, part: Path, *, size: int | Non
         else:
             raise DownloadError(f"{url}: unexpected HTTP {status} {resp.reason}")
         if size is not None and total is not None and total != size:
-            raise SizeMismatch(dest, size, total, f"the server at {url} announces {total} "
-                               f"bytes; nothing was placed at {dest}")
+            raise SizeMismatch(
+                dest,
+                size,
+                total,
+                f"the server at {url} announces {total} bytes; nothing was placed at {dest}",
+            )
         written = start
         try:
-            with open(part, mode) as fh, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                              unit_divisor=1024, desc=dest.name,
-                                              disable=not progress,
-                                              dynamic_ncols=True, miniters=1) as bar:
+            with (
+                open(part, mode) as fh,
+                tqdm(
+                    total=total,
+                    initial=start,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                    dynamic_ncols=True,
+                    miniters=1,
+                ) as bar,
+            ):
                 for block in resp.iter_content(chunk_size=chunk_size):
                     if block:
                         fh.write(block)
                         written += len(block)
                         bar.update(len(block))
-        except (requests.ConnectionError, requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-                requests.exceptions.ContentDecodingError) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as exc:
             raise _Transient(f"connection lost after {written} bytes: {exc}") from exc
         expected_total = total if total is not None else size
         if expected_total is not None and written < expected_total:
@@ -350,8 +422,7 @@ def _fetch_into(sess: requests.Session, url: str, part: Path, *, size: int | Non
 
 
 # --------------------------------------------------------------------------- offline check
-def check_offline(files: Iterable[tuple[str | os.PathLike, str | None]], *,
-                  progress: bool = False) -> None:
+def check_offline(files: Iterable[tuple[str | os.PathLike, str | None]], *, progress: bool = False) -> None:
     """Verify pre-placed files without any network access.
 
     ``files``: ``(path, checksum)`` pairs; ``checksum`` is ``None`` (existence only),
@@ -400,8 +471,13 @@ def _merge_into(src: Path, dst: Path, placed: list[Path]) -> None:
     placed.append(dst)
 
 
-def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike,
-            members: Sequence[str] | None = None, *, progress: bool = True) -> list[Path]:
+def extract(
+    archive: str | os.PathLike,
+    dest_dir: str | os.PathLike,
+    members: Sequence[str] | None = None,
+    *,
+    progress: bool = True,
+) -> list[Path]:
     """Extract a zip into ``dest_dir`` atomically; return the extracted file paths (sorted).
 
     ``members``: exact member names (``"annotations/instances_val2014.json"``) or folder
@@ -434,8 +510,10 @@ def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike,
                     hit = [i for i in infos if i.filename == m]
                 if not hit:
                     close = sorted(n for n in names if PurePosixPath(n).name == PurePosixPath(m).name)
-                    raise KeyError(f"{archive}: member {m!r} not in the archive"
-                                   + (f" (did you mean {close[:3]}?)" if close else ""))
+                    raise KeyError(
+                        f"{archive}: member {m!r} not in the archive"
+                        + (f" (did you mean {close[:3]}?)" if close else "")
+                    )
                 for i in hit:
                     if i.filename not in seen:
                         seen.add(i.filename)
@@ -446,8 +524,14 @@ def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike,
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
         try:
             total = sum(i.file_size for i in chosen)
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=f"extract {archive.name}", disable=not progress) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"extract {archive.name}",
+                disable=not progress,
+            ) as bar:
                 for i in chosen:
                     target = tmp.joinpath(*PurePosixPath(i.filename).parts)
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -464,10 +548,18 @@ def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike,
 
 
 # --------------------------------------------------------------------------- Hugging Face
-def hf_snapshot(repo_id: str, local_dir: str | os.PathLike, *, revision: str,
-                repo_type: str = "model", allow_patterns: Sequence[str] | str | None = None,
-                token_env: str = "HF_TOKEN", offline: bool = False,
-                revisions_lock: str | os.PathLike | None = None, update_revisions: bool = False) -> Path:
+def hf_snapshot(
+    repo_id: str,
+    local_dir: str | os.PathLike,
+    *,
+    revision: str,
+    repo_type: str = "model",
+    allow_patterns: Sequence[str] | str | None = None,
+    token_env: str = "HF_TOKEN",
+    offline: bool = False,
+    revisions_lock: str | os.PathLike | None = None,
+    update_revisions: bool = False,
+) -> Path:
     """Download a pinned Hugging Face repo snapshot into ``local_dir``; return ``local_dir``.
 
     Wraps :func:`huggingface_hub.snapshot_download` (which verifies LFS files against their
@@ -488,16 +580,22 @@ def hf_snapshot(repo_id: str, local_dir: str | os.PathLike, *, revision: str,
         raise ValueError(f"hf_snapshot({repo_id!r}): a revision (commit hash) is required")
     patterns = [allow_patterns] if isinstance(allow_patterns, str) else list(allow_patterns or [])
     if offline:
-        files = ([p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*")
-                  if p.is_file() and ".cache" not in p.relative_to(local_dir).parts]
-                 if local_dir.is_dir() else [])
-        unmatched = [pat for pat in (patterns or ["*"])
-                     if not any(fnmatch.fnmatch(f, pat) for f in files)]
+        files = (
+            [
+                p.relative_to(local_dir).as_posix()
+                for p in local_dir.rglob("*")
+                if p.is_file() and ".cache" not in p.relative_to(local_dir).parts
+            ]
+            if local_dir.is_dir()
+            else []
+        )
+        unmatched = [pat for pat in (patterns or ["*"]) if not any(fnmatch.fnmatch(f, pat) for f in files)]
         if unmatched:
             raise FileNotFoundError(
                 f"offline mode: {repo_type} snapshot {repo_id}@{revision} is missing from "
                 f"{local_dir} (no file matches {unmatched}); place it there or run without "
-                "offline mode")
+                "offline mode"
+            )
         return local_dir
     from huggingface_hub import snapshot_download
 
@@ -507,18 +605,27 @@ def hf_snapshot(repo_id: str, local_dir: str | os.PathLike, *, revision: str,
         msg = str(exc)
         if token:
             msg = msg.replace(token, "***")
-        return DownloadError(f"Hugging Face {what} of {repo_type} {repo_id}@{revision} into "
-                             f"{local_dir} failed: {type(exc).__name__}: {msg}")
+        return DownloadError(
+            f"Hugging Face {what} of {repo_type} {repo_id}@{revision} into "
+            f"{local_dir} failed: {type(exc).__name__}: {msg}"
+        )
 
     try:
-        commit, key = hub_revisions.pin(repo_id, revision, repo_type=repo_type, lock=revisions_lock,
-                                        update=update_revisions, token=token)
+        commit, key = hub_revisions.pin(
+            repo_id, revision, repo_type=repo_type, lock=revisions_lock, update=update_revisions, token=token
+        )
     except hub_revisions.RevisionChanged:
         raise
     except Exception as exc:
         raise failed("revision lookup", exc) from None
-    kwargs = dict(repo_id=repo_id, revision=commit, repo_type=repo_type,
-                  local_dir=str(local_dir), allow_patterns=patterns or None, token=token)
+    kwargs = dict(
+        repo_id=repo_id,
+        revision=commit,
+        repo_type=repo_type,
+        local_dir=str(local_dir),
+        allow_patterns=patterns or None,
+        token=token,
+    )
     try:
         snapshot_download(**kwargs)
     except Exception as exc:
@@ -531,14 +638,22 @@ def hf_snapshot(repo_id: str, local_dir: str | os.PathLike, *, revision: str,
     from huggingface_hub import snapshot_download
 
     token = os.environ.get(token_env) or None
-    kwargs = dict(repo_id=repo_id, revision=revision, repo_type=repo_type,
-                  local_dir=str(local_dir), allow_patterns=patterns or None, token=token)
+    kwargs = dict(
+        repo_id=repo_id,
+        revision=revision,
+        repo_type=repo_type,
+        local_dir=str(local_dir),
+        allow_patterns=patterns or None,
+        token=token,
+    )
     try:
         snapshot_download(**kwargs)
     except Exception as exc:
         msg = str(exc)
         if token:
             msg = msg.replace(token, "***")
-        raise DownloadError(f"Hugging Face download of {repo_type} {repo_id}@{revision} into "
-                            f"{local_dir} failed: {type(exc).__name__}: {msg}") from None
+        raise DownloadError(
+            f"Hugging Face download of {repo_type} {repo_id}@{revision} into "
+            f"{local_dir} failed: {type(exc).__name__}: {msg}"
+        ) from None
     return local_dir

@@ -52,8 +52,10 @@ def settings(config: dict | None) -> dict:
     :data:`DEFAULT_LOCK` file, no update), as :func:`vcdflow.data.download.hf_snapshot` takes
     them. ``revisions_lock: null`` switches pinning off (a branch is downloaded as it is now)."""
     config = config or {}
-    return {"revisions_lock": config.get("revisions_lock", DEFAULT_LOCK),
-            "update_revisions": bool(config.get("update_revisions", False))}
+    return {
+        "revisions_lock": config.get("revisions_lock", DEFAULT_LOCK),
+        "update_revisions": bool(config.get("update_revisions", False)),
+    }
 
 
 def is_commit(revision: str | None) -> bool:
@@ -75,9 +77,13 @@ def read_lock(path: str | os.PathLike) -> dict[str, dict]:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
     except ValueError as e:
         raise UserError(f"{path}: not a revisions lock (JSON: {e})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) and is_commit(v.get("commit")) for v in data.values()):
-        raise UserError(f"{path}: not a revisions lock (expected {{\"<type>:<repo>@<revision>\": "
-                        "{\"commit\": <40 hex>, ...}})")
+    if not isinstance(data, dict) or not all(
+        isinstance(v, dict) and is_commit(v.get("commit")) for v in data.values()
+    ):
+        raise UserError(
+            f'{path}: not a revisions lock (expected {{"<type>:<repo>@<revision>": '
+            '{"commit": <40 hex>, ...}})'
+        )
     return data
 
 
@@ -85,10 +91,18 @@ def read_lock(path: str | os.PathLike) -> dict[str, dict]:
 SOURCE_FILE = ".vcdflow-source.json"
 
 
-def write_source(local_dir: str | os.PathLike, repo_id: str, revision: str, commit: str, repo_type: str) -> None:
+def write_source(
+    local_dir: str | os.PathLike, repo_id: str, revision: str, commit: str, repo_type: str
+) -> None:
     """Record in ``local_dir`` the repository, the revision asked for and the commit downloaded."""
-    atomic_write_text(Path(local_dir) / SOURCE_FILE, json.dumps(
-        {"repo_type": repo_type, "repo_id": repo_id, "revision": revision, "commit": commit}, sort_keys=True) + "\n")
+    atomic_write_text(
+        Path(local_dir) / SOURCE_FILE,
+        json.dumps(
+            {"repo_type": repo_type, "repo_id": repo_id, "revision": revision, "commit": commit},
+            sort_keys=True,
+        )
+        + "\n",
+    )
 
 
 def read_source(local_dir: str | os.PathLike | None) -> dict | None:
@@ -112,8 +126,16 @@ def lock_rows(config: dict | None) -> list[dict]:
     for key, entry in sorted(read_lock(path).items()):
         repo_type, _, rest = key.partition(":")
         repo, _, revision = rest.rpartition("@")
-        rows.append({"repo_type": repo_type, "repo": repo, "revision": revision, "commit": entry["commit"],
-                     "recorded": entry.get("recorded", ""), "lock": str(path)})
+        rows.append(
+            {
+                "repo_type": repo_type,
+                "repo": repo,
+                "revision": revision,
+                "commit": entry["commit"],
+                "recorded": entry.get("recorded", ""),
+                "lock": str(path),
+            }
+        )
     return rows
 
 
@@ -146,8 +168,15 @@ def resolve_commit(repo_id: str, revision: str, repo_type: str = "model", token:
     return HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type, token=token).sha
 
 
-def pin(repo_id: str, revision: str, *, repo_type: str = "model", lock: str | os.PathLike | None,
-        update: bool = False, token: str | None = None) -> tuple[str, str | None]:
+def pin(
+    repo_id: str,
+    revision: str,
+    *,
+    repo_type: str = "model",
+    lock: str | os.PathLike | None,
+    update: bool = False,
+    token: str | None = None,
+) -> tuple[str, str | None]:
     """``(commit to download, lock key to record after it)``: a 40-hex ``revision`` (or no lock)
     is returned as is with no key; otherwise the name is resolved (:func:`resolve_commit`) and
     checked against the lock. A recorded commit that differs raises :class:`RevisionChanged`
@@ -161,5 +190,6 @@ def pin(repo_id: str, revision: str, *, repo_type: str = "model", lock: str | os
         raise RevisionChanged(
             f"{lock}: {repo_type} {repo_id} revision '{revision}' was recorded as commit {recorded}, the hub now "
             f"resolves it to {commit}; to keep the recorded weights pin revision {recorded}, to take the new ones "
-            f"rerun with update_revisions: true (--config update_revisions=true)")
+            f"rerun with update_revisions: true (--config update_revisions=true)"
+        )
     return commit, key

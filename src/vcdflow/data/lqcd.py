@@ -10,7 +10,7 @@ Every question gets a leading (sycophancy-inducing) cue appended; the neutral qu
 label and vice versa, the sycophancy setting of the paper's curated leading queries), ``"yes"``
 or ``"no"`` (the same cue for every item). Cues (``CUES``): "It seems like there is." /
 "It seems like there isn't." — **UNVERIFIED**: the paper's own templates were not readable (only
-its abstract; ``shared/spec/methods-2.md`` §1.10); "It seems like there isn't" is the example a
+its abstract); "It seems like there isn't" is the example a
 review of the paper quotes (themoonlight.io), its "yes" counterpart is ours.
 
 On this file the ``lqcd`` method decodes ``neutral_text`` as its prompt x_n with ``text`` as
@@ -36,8 +36,9 @@ CUES = {"yes": "It seems like there is.", "no": "It seems like there isn't."}
 DIRECTIONS = ("against", "yes", "no")
 
 
-def leading_records(records: Iterable[Mapping], direction: str = "against",
-                    cues: Mapping[str, str] = CUES) -> list[dict]:
+def leading_records(
+    records: Iterable[Mapping], direction: str = "against", cues: Mapping[str, str] = CUES
+) -> list[dict]:
     """POPE records → their leading-query variants (see the module docstring)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -45,8 +46,9 @@ def leading_records(records: Iterable[Mapping], direction: str = "against",
     for k, rec in enumerate(records):
         label = rec.get("label")
         if label not in ("yes", "no"):
-            raise ValueError(f"POPE record {k} ({rec.get('question_id', '?')}): label must be 'yes' or 'no', "
-                             f"got {label!r}")
+            raise ValueError(
+                f"POPE record {k} ({rec.get('question_id', '?')}): label must be 'yes' or 'no', got {label!r}"
+            )
         lead = ("no" if label == "yes" else "yes") if direction == "against" else direction
         q = str(rec["text"])
         out.append({**rec, "text": f"{q} {cues[lead]}", "neutral_text": q, "lead": lead})
@@ -67,8 +69,10 @@ def build_leading_pope(src: str | os.PathLike, dest: str | os.PathLike, directio
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vcdflow.data.lqcd",
-                                 description="Build LQCD's leading-query variant of a POPE question file.")
+    ap = argparse.ArgumentParser(
+        prog="python -m vcdflow.data.lqcd",
+        description="Build LQCD's leading-query variant of a POPE question file.",
+    )
     ap.add_argument("src")
     ap.add_argument("dest")
     ap.add_argument("--direction", choices=DIRECTIONS, default="against")

@@ -188,8 +188,9 @@ def build_pope(
             used = set(present)
             for i in range(n_pos):
                 pos = present[i]
-                lines.append({"question_id": qid, "image": fname,
-                              "text": pope_question(pos, template), "label": "yes"})
+                lines.append(
+                    {"question_id": qid, "image": fname, "text": pope_question(pos, template), "label": "yes"}
+                )
                 qid += 1
                 candidates = [n for n in pool if n not in used]
                 if not candidates:
@@ -205,8 +206,9 @@ def build_pope(
                 if neg is None:  # random, or adversarial with nothing co-occurring left
                     neg = rng.choice(candidates)
                 used.add(neg)
-                lines.append({"question_id": qid, "image": fname,
-                              "text": pope_question(neg, template), "label": "no"})
+                lines.append(
+                    {"question_id": qid, "image": fname, "text": pope_question(neg, template), "label": "no"}
+                )
                 qid += 1
         dest = out / f"{prefix}_pope_{strategy}.json"
         with atomic_path(dest) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
@@ -248,8 +250,16 @@ def cli(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--prefix", default="coco")
     p.add_argument("--stats", choices=("sampled", "all"), default="sampled")
     a = p.parse_args(argv)
-    return main(a.instances_json, a.out_dir, n_images=a.n_images, n_pos=a.n_pos, seed=a.seed,
-                strategies=a.strategies, prefix=a.prefix, stats=a.stats)
+    return main(
+        a.instances_json,
+        a.out_dir,
+        n_images=a.n_images,
+        n_pos=a.n_pos,
+        seed=a.seed,
+        strategies=a.strategies,
+        prefix=a.prefix,
+        stats=a.stats,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

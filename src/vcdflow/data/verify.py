@@ -57,17 +57,25 @@ def _declared(entry: Mapping, name: str, path: str, version: str) -> Pinned:
     ``ValueError`` naming the key when the file has none."""
     declared = dict(entry.get("checksums") or {})
     if path not in declared:
-        raise ValueError(f"config benchmarks.{name}.version: {version!r} is not a pinned version, so each of its "
-                         f"files needs its checksum in benchmarks.{name}.checksums (missing: {path})")
-    return Pinned(path, str(declared[path]), f"{name} version {version} (config benchmarks.{name}.checksums)",
-                  f"benchmarks.{name}.checksums")
+        raise ValueError(
+            f"config benchmarks.{name}.version: {version!r} is not a pinned version, so each of its "
+            f"files needs its checksum in benchmarks.{name}.checksums (missing: {path})"
+        )
+    return Pinned(
+        path,
+        str(declared[path]),
+        f"{name} version {version} (config benchmarks.{name}.checksums)",
+        f"benchmarks.{name}.checksums",
+    )
 
 
 def _no_override(entry: Mapping, name: str, pinned: Pinned) -> Pinned:
     declared = dict(entry.get("checksums") or {})
     if pinned.path in declared and str(declared[pinned.path]).lower() != pinned.checksum:
-        raise ValueError(f"config benchmarks.{name}.checksums: {pinned.path} claims {pinned.claim} "
-                         f"({pinned.checksum}); give the file a version of your own to pin other bytes")
+        raise ValueError(
+            f"config benchmarks.{name}.checksums: {pinned.path} claims {pinned.claim} "
+            f"({pinned.checksum}); give the file a version of your own to pin other bytes"
+        )
     return pinned
 
 
@@ -96,8 +104,11 @@ def _pope(name: str, entry: Mapping, splits: list[str]) -> list[Pinned]:
                 continue
             canon = registry.pope_version(v)
             claim = f"POPE {dataset} {split} version {v} ({registry.POPE_REPO}@{canon})"
-            out.append(_no_override(entry, name, Pinned(path, f"md5:{files[split].md5}", claim,
-                                                        f"benchmarks.{name}.version")))
+            out.append(
+                _no_override(
+                    entry, name, Pinned(path, f"md5:{files[split].md5}", claim, f"benchmarks.{name}.version")
+                )
+            )
     return list({p.path: p for p in out}.values())
 
 
@@ -124,7 +135,9 @@ def _amber(name: str, entry: Mapping, splits: list[str]) -> list[Pinned]:
             out.append(_declared(entry, name, path, version))
             continue
         claim = f"AMBER {e.filename} version {version} ({registry.AMBER_REPO}@{registry.AMBER_COMMIT[:7]})"
-        out.append(_no_override(entry, name, Pinned(path, f"sha256:{e.sha256}", claim, f"benchmarks.{name}.version")))
+        out.append(
+            _no_override(entry, name, Pinned(path, f"sha256:{e.sha256}", claim, f"benchmarks.{name}.version"))
+        )
     return out
 
 
@@ -177,11 +190,14 @@ def check_pinned(config: Mapping) -> list[Pinned]:
         algo, _, want = p.checksum.partition(":")
         have = cached_digest(p.path, algo)
         if have != want.lower():
-            bad.append(f"{p.path}: {algo} {have}, but {p.claim} has {algo} {want} (config {p.key}); "
-                       f"place the pinned file, or give your own file a version and checksums")
+            bad.append(
+                f"{p.path}: {algo} {have}, but {p.claim} has {algo} {want} (config {p.key}); "
+                f"place the pinned file, or give your own file a version and checksums"
+            )
         else:
             ok.append(p)
     if bad:
-        raise PinnedFileError("pre-placed file(s) differ from their pinned checksums, nothing was decoded:\n"
-                              + "\n".join(bad))
+        raise PinnedFileError(
+            "pre-placed file(s) differ from their pinned checksums, nothing was decoded:\n" + "\n".join(bad)
+        )
     return ok

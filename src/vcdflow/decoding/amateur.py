@@ -1,4 +1,4 @@
-"""E6: a second (amateur) model decoding in lockstep with the expert.
+"""A second (amateur) model decoding in lockstep with the expert.
 
 :class:`AmateurStream` owns the amateur's adapter, its KV cache and its own chat template. The
 engine (:func:`vcdflow.decoding.engine.decode_rows`) calls ``prefill(row_req, row_branch)`` after
@@ -58,8 +58,10 @@ def check_vocab(expert, amateur) -> int:
     b = amateur.tokenizer.convert_ids_to_tokens(list(range(n)))
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
-            raise InputError(f"parameter 'amateur': the tokenizers differ at id {i} ({x!r} vs {y!r}); "
-                             f"expert and amateur must share their vocabulary prefix")
+            raise InputError(
+                f"parameter 'amateur': the tokenizers differ at id {i} ({x!r} vs {y!r}); "
+                f"expert and amateur must share their vocabulary prefix"
+            )
     return n
 
 

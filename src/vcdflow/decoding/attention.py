@@ -1,7 +1,7 @@
-"""Attention capabilities for methods that read or change the text decoder's attention (E3, E4,
-E5, E17, E20 of the method specs), built on the engine's hook seam (:mod:`vcdflow.decoding.hooks`).
+"""Attention capabilities for methods that read or change the text decoder's attention
+(capture, score hooks, key masks, side stream, in-forward key selection), built on the engine's hook seam (:mod:`vcdflow.decoding.hooks`).
 
-Route (E4): one attention function is registered with transformers' ``AttentionInterface`` (and
+Route: one attention function is registered with transformers' ``AttentionInterface`` (and
 SDPA's mask function with ``AttentionMaskInterface``) under :data:`ATTN_NAME`; while a
 decode runs, only the **text decoder's** sub-model is switched to it
 (``adapter.text_model().set_attn_implementation``; its config is the text sub-config, so the
@@ -10,7 +10,7 @@ it, and the dispatcher raises if any non-text attention module reaches it). Laye
 does not hook run transformers' own SDPA (or eager) function unchanged; hooked layers run a
 plain eager computation (scores = q·kᵀ·scale + mask → method transform → softmax (float32) →
 method observer → ·V), identical to transformers' ``eager_attention_forward``; hooks that touch
-only the last query row (``last_row_only``: PAI, E3 capture, E17) run the model's own function for
+only the last query row (``last_row_only``: PAI, the capture, the side stream) run the model's own function for
 every row and recompute just that row eagerly, so a long prefill stays on SDPA.
 
 Per forward, a pre-hook on the text model reads the 2-D attention mask the engine passes (left
@@ -21,16 +21,16 @@ query outputs) and ``first`` (the row's first real token, e.g. BOS): the k-th re
 row is its k-th token (prompt, then generated ids), whatever the padding layout. With the
 engine's left padding the **last query row** of every forward is each row's newest real token.
 
-* :class:`AttentionHooks` — subclass and override ``scores`` (E4: a transform of the
-  pre-softmax scores [R, H, Q, K], e.g. PAI's amplification; E5: additive −∞ key masks via
-  :func:`mask_keys`) and/or ``probs`` (post-softmax [R, H, Q, K] with V: E3 capture, E17's side
-  stream, E20's selection). ``layers``: the layers that need the eager path.
-* :class:`AttentionCapture` — E3: the last query row's attention in chosen layers, head-mean or
+* :class:`AttentionHooks` — subclass and override ``scores`` (a transform of the
+  pre-softmax scores [R, H, Q, K], e.g. PAI's amplification; additive −∞ key masks via
+  :func:`mask_keys`) and/or ``probs`` (post-softmax [R, H, Q, K] with V: the capture, the side
+  stream, SID's selection). ``layers``: the layers that need the eager path.
+* :class:`AttentionCapture` — the last query row's attention in chosen layers, head-mean or
   per head; ``image_attention(layer)`` gives each row's weights over its image keys.
-* :class:`SideStream` — E17 (ONLY): an alternative attention output of the last query row at one
+* :class:`SideStream` — ONLY's side stream: an alternative attention output of the last query row at one
   layer, carried to the last layer, merged there with the main stream's input, the last layer's
   MLP, N_f and W_lm → ``side_logits`` [R, V] from the same forward.
-* E20 (SID) is ``scores``/``probs`` together: read layer a−1's probabilities, choose keys, mask
+* SID's key selection is ``scores``/``probs`` together: read layer a−1's probabilities, choose keys, mask
   them in layers a…L−1 of the same forward (see ``methods/sid.py``).
 
 Batching: everything is per row of the current forward (``ctx.branch``/``ctx.request`` say whose
@@ -47,7 +47,7 @@ import torch
 from .hooks import DecodeHooks, Rows
 
 ATTN_NAME = "vcdflow_hooked"
-_ACTIVE: list = []          # stack of running AttentionHooks (innermost last)
+_ACTIVE: list = []  # stack of running AttentionHooks (innermost last)
 _REGISTERED: list = []
 
 
@@ -102,8 +102,10 @@ def _dispatch(module, query, key, value, attention_mask, scaling=None, dropout: 
         raise RuntimeError(f"attention implementation {ATTN_NAME!r} used outside a hooked decode")
     layer = ctl._layer_of.get(id(module))
     if layer is None:
-        raise RuntimeError(f"{type(module).__name__} is not a text decoder layer's attention: only the text model "
-                           f"may be routed through {ATTN_NAME!r} (the vision tower must stay untouched)")
+        raise RuntimeError(
+            f"{type(module).__name__} is not a text decoder layer's attention: only the text model "
+            f"may be routed through {ATTN_NAME!r} (the vision tower must stay untouched)"
+        )
     if layer in ctl._hooked:
         return ctl.attend(layer, module, query, key, value, attention_mask, scaling, dropout)
     if ctl._prev_impl in (None, "eager"):
@@ -123,7 +125,7 @@ def eager_reference(module, query, key, value, attention_mask, scaling):
 
 
 def mask_keys(scores: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """E5: additive −∞ on masked keys. ``masked`` is bool [R, K] (every head and query row),
+    """Additive −∞ on masked keys. ``masked`` is bool [R, K] (every head and query row),
     [R, H, K] (per head) or [R, H, Q, K]; rows with nothing masked are unchanged."""
     if masked.ndim == 2:
         masked = masked[:, None, None, :]
@@ -165,7 +167,7 @@ class AttentionHooks(DecodeHooks):
     the end) whose attention runs the eager path with :meth:`scores`/:meth:`probs`; ``None`` in
     ``layers`` is not allowed. Subclasses call ``super().start``/``finish``."""
 
-    #: True: the method reads/changes only the LAST query row of each forward (PAI, ONLY, E3
+    #: True: the method reads/changes only the LAST query row of each forward (PAI, ONLY, the
     #: capture): a hooked layer then runs the model's own implementation for all rows and recomputes
     #: just the last row eagerly (prefill stays SDPA-fast; ``scores``/``probs`` see Q = 1)
     last_row_only: bool = False
@@ -179,12 +181,12 @@ class AttentionHooks(DecodeHooks):
 
     # --- method callbacks ----------------------------------------------------------------------
     def scores(self, layer: int, s: torch.Tensor, ctx: AttnContext, module) -> torch.Tensor:
-        """E4: transform the scaled, masked pre-softmax scores [R, H, Q, K] of ``layer``."""
+        """Transform the scaled, masked pre-softmax scores [R, H, Q, K] of ``layer``."""
         return s
 
     def probs(self, layer: int, p: torch.Tensor, v: torch.Tensor, ctx: AttnContext, module) -> None:
         """Observe the post-softmax probabilities [R, H, Q, K] and the (head-repeated) values
-        [R, H, K, d] of ``layer`` (E3 capture, E17 side stream, E20 selection)."""
+        [R, H, K, d] of ``layer`` (capture, side stream, SID's selection)."""
 
     # --- plumbing ------------------------------------------------------------------------------
     def start(self, adapter, seqs, tokens) -> None:
@@ -217,7 +219,7 @@ class AttentionHooks(DecodeHooks):
         for key, ids in self._prompt.items():
             f = torch.zeros(P + 1, dtype=torch.bool)
             if self._image_token_id is not None:
-                f[:ids.shape[0]] = ids == self._image_token_id
+                f[: ids.shape[0]] = ids == self._image_token_id
             self._flags[key] = f.to(dev)
             self._len[key] = int(ids.shape[0])
         self._P = P
@@ -226,8 +228,10 @@ class AttentionHooks(DecodeHooks):
         self._handles.append(tm.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
         for c, impl in before:
             if c._attn_implementation != impl:
-                raise AssertionError(f"switching the text model's attention changed a non-text sub-model "
-                                     f"({type(c).__name__}: {impl} -> {c._attn_implementation})")
+                raise AssertionError(
+                    f"switching the text model's attention changed a non-text sub-model "
+                    f"({type(c).__name__}: {impl} -> {c._attn_implementation})"
+                )
 
     def _other_configs(self, adapter) -> list:
         """Sub-configs of the whole model other than the text model's (vision, Q-Former…)."""
@@ -254,10 +258,12 @@ class AttentionHooks(DecodeHooks):
         rows = self._rows
         R, K = mask.shape
         if rows is None or len(rows.request) != R:
-            raise RuntimeError(f"attention hooks: forward with {R} rows but {0 if rows is None else len(rows.request)} "
-                               f"rows announced")
+            raise RuntimeError(
+                f"attention hooks: forward with {R} rows but {0 if rows is None else len(rows.request)} "
+                f"rows announced"
+            )
         valid = mask.bool()
-        real = valid.long().cumsum(-1) - 1           # k-th real column -> token k of the row
+        real = valid.long().cumsum(-1) - 1  # k-th real column -> token k of the row
         keys = list(zip(rows.request, rows.branch))
         dev = mask.device
         lengths = torch.tensor([self._len[k] for k in keys], device=dev).view(-1, 1)
@@ -270,10 +276,17 @@ class AttentionHooks(DecodeHooks):
         generated = valid & (real >= lengths)
         emb = kwargs.get("inputs_embeds")
         q_len = int(emb.shape[1]) if emb is not None else int(args[0].shape[1]) if args else 0
-        self.ctx = AttnContext(phase=self._phase, rows=rows,
-                               request=torch.tensor(rows.request, device=dev),
-                               branch=torch.tensor(rows.branch, device=dev),
-                               valid=valid, image=image, first=first, generated=generated, q_len=q_len)
+        self.ctx = AttnContext(
+            phase=self._phase,
+            rows=rows,
+            request=torch.tensor(rows.request, device=dev),
+            branch=torch.tensor(rows.branch, device=dev),
+            valid=valid,
+            image=image,
+            first=first,
+            generated=generated,
+            q_len=q_len,
+        )
         self.new_forward(self.ctx)
         return None
 
@@ -324,12 +337,12 @@ def align_keys(x: torch.Tensor | None, K: int, q_len: int, lead: tuple = ()) -> 
     out = x.new_zeros(x.shape[:-1] + (K,))
     n = min(old, x.shape[-1])
     if n > 0:
-        out[..., old - n:old] = x[..., x.shape[-1] - n:]
+        out[..., old - n : old] = x[..., x.shape[-1] - n :]
     return out
 
 
 class AttentionCapture(AttentionHooks):
-    """E3: after every forward, ``last[l]`` is the last query row's attention of layer ``l``
+    """After every forward, ``last[l]`` is the last query row's attention of layer ``l``
     ([R, K] head-mean, or [R, H, K] with ``per_head``), with ``ctx`` the forward's key columns."""
 
     last_row_only = True
@@ -355,7 +368,7 @@ class AttentionCapture(AttentionHooks):
 
 
 class SideStream(AttentionHooks):
-    """E17: at decoder layer ``layer`` a subclass's :meth:`side_output` returns an alternative
+    """ONLY's side stream: at decoder layer ``layer`` a subclass's :meth:`side_output` returns an alternative
     attention output for the last query row ([R, D], after ``o_proj``); at the last decoder layer
     it is merged with that layer's main-stream input h: r = ``residual_weight``·h +
     input_layernorm(o), h′ = r + MLP(post_attention_layernorm(r)), and ``side_logits`` =

@@ -1,4 +1,4 @@
-"""Searches over several rows per request: beam search (E11), look-ahead candidates (E7) and the
+"""Searches over several rows per request: beam search, look-ahead candidates and the
 step protocol that lets the one decoder (:func:`vcdflow.decoding.engine.decode_rows`) re-index
 its rows freely.
 
@@ -33,7 +33,7 @@ picks from), so beams and look-ahead work with every method.
   transformers' ``beam_search`` does.
   The 4.29 bookkeeping otherwise differs from 5.24 only at ``max_new_tokens`` (4.29 finalises the
   running beams, 5.24 the top candidates of the last step); we follow 5.24 in both modes.
-* :class:`ContrastiveSearch` — E7 look-ahead: the top-k candidates of the method's scores are
+* :class:`ContrastiveSearch` — look-ahead: the top-k candidates of the method's scores are
   forwarded as k rows of the request (its cache repeated k times), the best
   ``(1−α)·p − α·max_j cos(h_cand, H_j)`` is kept with its cache row and logits (no extra
   forward), as HF's contrastive search (``_ranking_fast``).
@@ -90,7 +90,7 @@ class Choice:
     next_ids: list[int]
     tokens: dict = field(default_factory=dict)
     done: dict = field(default_factory=dict)
-    #: E12 rollback: new row index → the generated ids that row re-feeds from its prompt (its
+    #: rollback: new row index → the generated ids that row re-feeds from its prompt (its
     #: earlier generated columns are masked out, its positions restart after the prompt; other
     #: rows of the batch are unaffected); ``next_ids`` is ignored for those rows
     replay: dict | None = None
@@ -122,7 +122,7 @@ def _choice(layout: Layout, picks, feed, tokens, done) -> Choice:
     return Choice(rows=rows, slot=slot, next_ids=ids, tokens=tokens, done=done)
 
 
-# --- beam search (E11) ---------------------------------------------------------------------------
+# --- beam search ---------------------------------------------------------------------------------
 LENGTH_NORMS = ("generated", "total", "total_bos")
 
 
@@ -141,10 +141,10 @@ def check_beam_args(num_beams, length_penalty, early_stopping, length_norm) -> N
 class _Beams:
     """One request's beam state (5.24's per-batch-item tensors, as lists)."""
 
-    running: list[list[int]]            # num_beams generated-id lists
-    running_scores: torch.Tensor        # [num_beams]
+    running: list[list[int]]  # num_beams generated-id lists
+    running_scores: torch.Tensor  # [num_beams]
     finished: list[tuple[float, list[int], bool]] = field(default_factory=list)  # (score, ids, eos)
-    open: bool = True                   # is_early_stop_heuristic_unsatisfied
+    open: bool = True  # is_early_stop_heuristic_unsatisfied
     started: bool = False
 
 
@@ -157,9 +157,17 @@ class BeamSearch:
     #: max(2, 1 + number of EOS ids)
     pool_factor: int | None = None
 
-    def __init__(self, score: Scorer, num_beams: int, length_penalty: float = 1.0,
-                 early_stopping: bool | str = False, length_norm: str = "generated",
-                 log_probs: bool = True, processors: dict | None = None, hooks=None):
+    def __init__(
+        self,
+        score: Scorer,
+        num_beams: int,
+        length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
+        length_norm: str = "generated",
+        log_probs: bool = True,
+        processors: dict | None = None,
+        hooks=None,
+    ):
         check_beam_args(num_beams, length_penalty, early_stopping, length_norm)
         self.score = score
         self.k = int(num_beams)
@@ -178,8 +186,10 @@ class BeamSearch:
 
     def _length(self, n_generated: int, eos: bool, prompt_len: int) -> int:
         if self.norm == "generated":
-            return n_generated               # 5.24: cur_len + 1 − prompt_len, the EOS counted
-        return self._prompt_len(prompt_len) + n_generated - (1 if eos else 0)   # 4.29: hyp = prompt + ids, no EOS
+            return n_generated  # 5.24: cur_len + 1 − prompt_len, the EOS counted
+        return (
+            self._prompt_len(prompt_len) + n_generated - (1 if eos else 0)
+        )  # 4.29: hyp = prompt + ids, no EOS
 
     def process(self, lp: torch.Tensor, r: int, beams: list[list[int]]) -> torch.Tensor:
         """The method's processors on request ``r``'s per-beam log-probs [n, V], each row over its
@@ -189,8 +199,9 @@ class BeamSearch:
         from .processors import prefix_ids, process_ids
 
         pre = prefix_ids(self.hooks, r, self.processors["context"])
-        return process_ids(lp, [pre + list(b) for b in beams], self.processors["repetition"],
-                           self.processors["ngram"])
+        return process_ids(
+            lp, [pre + list(b) for b in beams], self.processors["repetition"], self.processors["ngram"]
+        )
 
     def scores(self, step: int, logits: torch.Tensor, layout: Layout, spans) -> torch.Tensor:
         s = self.score(step, logits, spans).float()
@@ -202,8 +213,16 @@ class BeamSearch:
         original-branch row in the current forward (for searches that read more than ``lp``)."""
         return torch.topk((lp + running[:, None]).reshape(-1), k=keep)
 
-    def advance(self, st: _Beams, top_lp: torch.Tensor, beam: list[int], tok: list[int], layout: Layout, r: int,
-                runnable: list[bool] | None = None):
+    def advance(
+        self,
+        st: _Beams,
+        top_lp: torch.Tensor,
+        beam: list[int],
+        tok: list[int],
+        layout: Layout,
+        r: int,
+        runnable: list[bool] | None = None,
+    ):
         """One step of HF's bookkeeping for request ``r`` given its ``keep`` best continuations
         (scores ``top_lp`` descending, source beam ``beam`` and token ``tok`` of each): finished
         hypotheses updated, running beams chosen, stopping decided. ``runnable`` (optional): which
@@ -213,7 +232,7 @@ class BeamSearch:
         beam's ids / the final ids)."""
         K = self.k
         keep = len(tok)
-        cur = len(st.running[0])                            # generated so far
+        cur = len(st.running[0])  # generated so far
         seqs = [st.running[b] + [t] for b, t in zip(beam, tok)]
         n_gen = cur + 1
         hits = [t in layout.eos or n_gen >= layout.limits[r] for t in tok]
@@ -225,7 +244,7 @@ class BeamSearch:
                 continue
             eos = tok[j] in layout.eos
             length = self._length(n_gen, eos, layout.prompt_len[r])
-            sc = float(top_lp[j]) / (length ** self.lp)
+            sc = float(top_lp[j]) / (length**self.lp)
             st.finished.append((sc, seqs[j], eos))
         # keep the best K (stable: earlier entries first among equals, like topk over the concat)
         order = sorted(range(len(st.finished)), key=lambda i: -st.finished[i][0])[:K]
@@ -247,7 +266,7 @@ class BeamSearch:
                 best_len = n_now
             if self.norm != "generated":
                 best_len += self._prompt_len(layout.prompt_len[r])
-            best = float(st.running_scores[0]) / (best_len ** self.lp)
+            best = float(st.running_scores[0]) / (best_len**self.lp)
             worst = min(f[0] for f in st.finished)
             st.open = best > worst
         all_done = len(st.finished) >= K and self.early is True
@@ -272,13 +291,14 @@ class BeamSearch:
         K = self.k
         for r, idx in by_req.items():
             st = self.state.get(r)
-            lp = lp_all[idx]                                    # [n_slots, V]
+            lp = lp_all[idx]  # [n_slots, V]
             V = lp.shape[-1]
-            rows = [spans[i][2] for i in idx]                   # each slot's original-branch row
+            rows = [spans[i][2] for i in idx]  # each slot's original-branch row
             first = st is None
-            if first:                                           # first step: one row = the prompt
-                st = _Beams(running=[[] for _ in range(K)],
-                            running_scores=torch.tensor([0.0] + [-1e9] * (K - 1)))
+            if first:  # first step: one row = the prompt
+                st = _Beams(
+                    running=[[] for _ in range(K)], running_scores=torch.tensor([0.0] + [-1e9] * (K - 1))
+                )
                 self.state[r] = st
                 lp = self.process(lp[:1], r, [[]]).expand(K, V)
                 rows = rows[:1] * K
@@ -302,7 +322,7 @@ class BeamSearch:
         return _choice(layout, picks, next_ids, tokens, done)
 
 
-# --- look-ahead candidates (E7): contrastive search ---------------------------------------------
+# --- look-ahead candidates: contrastive search -------------------------------------------------
 class FinalHidden(DecodeHooks):
     """Forward hooks (a :class:`~vcdflow.decoding.hooks.DecodeHooks`) on the final norm N_f: the
     final-layer hidden states HF's ``output_hidden_states[-1]`` returns. Keeps ``last`` [R, D] (the
@@ -336,7 +356,7 @@ class FinalHidden(DecodeHooks):
             m = self._mask
             if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[0] != h.shape[0]:
                 raise RuntimeError("FinalHidden needs the 2-D attention mask of the prefill")
-            valid = m[:, -h.shape[1]:].bool()
+            valid = m[:, -h.shape[1] :].bool()
             states = [h[k][valid[k]].float() for k in range(h.shape[0])]
             if self._phase == "prefix":
                 self._pre = states
@@ -347,8 +367,10 @@ class FinalHidden(DecodeHooks):
                     self.contexts[r] = torch.cat([head, states[k]], dim=0)
             self._pre = None
 
-        self._handles = [adapter.text_model().register_forward_pre_hook(pre_hook, with_kwargs=True),
-                         adapter.final_norm().register_forward_hook(hook)]
+        self._handles = [
+            adapter.text_model().register_forward_pre_hook(pre_hook, with_kwargs=True),
+            adapter.final_norm().register_forward_hook(hook),
+        ]
 
     def before_forward(self, phase, rows) -> None:
         self._phase, self._rows = phase, rows
@@ -374,6 +396,7 @@ class FinalHidden(DecodeHooks):
     def push(self, r: int, h: torch.Tensor) -> None:
         self.contexts[r] = torch.cat([self.contexts[r], h.view(1, -1).to(self.contexts[r].dtype)], dim=0)
 
+
 class ContrastiveSearch:
     """Su et al.'s contrastive search as HF implements it (module docstring). ``capture`` (a
     :class:`FinalHidden`): ``last_hidden(rows)`` the final-layer state of the last position of the
@@ -389,7 +412,7 @@ class ContrastiveSearch:
         self.alpha = float(penalty_alpha)
         self.k = int(top_k)
         self.capture = capture
-        self.cands: dict[int, tuple[torch.Tensor, list[int]]] = {}   # r -> (probs [k], ids)
+        self.cands: dict[int, tuple[torch.Tensor, list[int]]] = {}  # r -> (probs [k], ids)
 
     def step(self, step: int, logits: torch.Tensor, layout: Layout) -> Choice:
         spans = layout.spans()
@@ -399,16 +422,16 @@ class ContrastiveSearch:
         tokens, done = {}, {}
         chosen_span: dict[int, int] = {}
         for r, idx in by_req.items():
-            if r not in self.cands:                      # prefill logits: no candidate forwarded yet
+            if r not in self.cands:  # prefill logits: no candidate forwarded yet
                 chosen_span[r] = idx[0]
                 continue
             probs, ids = self.cands.pop(r)
-            first_rows = [spans[i][2] for i in idx]     # the original branch of each candidate slot
-            h = self.capture.last_hidden(first_rows)     # [k, D]
-            H = self.capture.context(r)                  # [T, D]
+            first_rows = [spans[i][2] for i in idx]  # the original branch of each candidate slot
+            h = self.capture.last_hidden(first_rows)  # [k, D]
+            H = self.capture.context(r)  # [T, D]
             hn = h / h.norm(dim=-1, keepdim=True)
             Hn = H / H.norm(dim=-1, keepdim=True)
-            pen = (hn @ Hn.T).max(dim=-1).values         # [k]
+            pen = (hn @ Hn.T).max(dim=-1).values  # [k]
             sc = (1.0 - self.alpha) * probs.to(pen.device) - self.alpha * pen
             best = int(sc.argmax())
             t = ids[best]
@@ -439,5 +462,13 @@ class ContrastiveSearch:
         return _choice(layout, picks, feed, tokens, done)
 
 
-__all__ = ["BeamSearch", "Choice", "ContrastiveSearch", "FinalHidden", "LENGTH_NORMS", "Layout", "check_beam_args",
-           "expand"]
+__all__ = [
+    "BeamSearch",
+    "Choice",
+    "ContrastiveSearch",
+    "FinalHidden",
+    "LENGTH_NORMS",
+    "Layout",
+    "check_beam_args",
+    "expand",
+]

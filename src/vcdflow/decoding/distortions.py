@@ -79,9 +79,10 @@ def random_crop(x: torch.Tensor, ratio: float, generator: torch.Generator) -> to
     size = int(min(h, w) // ratio)
     top = _randint(generator, 0, h - size + 1)
     left = _randint(generator, 0, w - size + 1)
-    crop = x[..., top:top + size, left:left + size]
-    return F.interpolate(crop.float(), size=(h, w), mode="bilinear", align_corners=False,
-                         antialias=True).to(x.dtype)
+    crop = x[..., top : top + size, left : left + size]
+    return F.interpolate(crop.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True).to(
+        x.dtype
+    )
 
 
 def random_mask(x: torch.Tensor, ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -90,7 +91,7 @@ def random_mask(x: torch.Tensor, ratio: float, generator: torch.Generator) -> to
     top = _randint(generator, 0, h - size + 1)
     left = _randint(generator, 0, w - size + 1)
     out = x.clone()
-    out[..., top:top + size, left:left + size] = 0.0
+    out[..., top : top + size, left : left + size] = 0.0
     return out
 
 
@@ -112,8 +113,14 @@ def adjust_hue(img: Image.Image, factor: float) -> Image.Image:
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
-def color_jitter(img: Image.Image, g: torch.Generator, brightness: float = 1.0, contrast: float = 1.0,
-                 saturation: float = 1.0, hue: float = 0.5) -> Image.Image:
+def color_jitter(
+    img: Image.Image,
+    g: torch.Generator,
+    brightness: float = 1.0,
+    contrast: float = 1.0,
+    saturation: float = 1.0,
+    hue: float = 0.5,
+) -> Image.Image:
     order = torch.randperm(4, generator=g).tolist()
     b = _uniform(g, max(0.0, 1 - brightness), 1 + brightness)
     c = _uniform(g, max(0.0, 1 - contrast), 1 + contrast)
@@ -139,8 +146,9 @@ def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
-def gaussian_blur(img: Image.Image, g: torch.Generator, kernel_size: int = 13,
-                  sigma: tuple[float, float] = (1.5, 2.0)) -> Image.Image:
+def gaussian_blur(
+    img: Image.Image, g: torch.Generator, kernel_size: int = 13, sigma: tuple[float, float] = (1.5, 2.0)
+) -> Image.Image:
     s = _uniform(g, sigma[0], sigma[1])
     k = gaussian_kernel1d(kernel_size, s).float()
     x = torch.from_numpy(np.asarray(_rgb(img), dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
@@ -152,9 +160,13 @@ def gaussian_blur(img: Image.Image, g: torch.Generator, kernel_size: int = 13,
     return Image.fromarray(arr, "RGB")
 
 
-def random_resized_crop(img: Image.Image, g: torch.Generator, size: int = 336,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+def random_resized_crop(
+    img: Image.Image,
+    g: torch.Generator,
+    size: int = 336,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Image.Image:
     img = _rgb(img)
     W, H = img.size
     area = H * W

@@ -20,10 +20,10 @@ Per batch of requests:
    dropped with ``batch_select_indices``; left padding no row needs any more is cut off).
 
 Searches (:mod:`vcdflow.decoding.beams`) plug into the same loop: a chooser with
-``step(step, logits, layout) -> Choice`` may repeat, reorder and drop rows (beam search E11 —
-``generate(num_beams=…)`` for any method —, look-ahead candidates E7 for contrastive search and
-OPERA) and roll rows back (E12: a row forgets its generated columns and re-feeds ids from its
-prompt); an amateur model (E6, :mod:`vcdflow.decoding.amateur`) decodes the same tokens in
+``step(step, logits, layout) -> Choice`` may repeat, reorder and drop rows (beam search —
+``generate(num_beams=…)`` for any method —, look-ahead candidates for contrastive search and
+OPERA) and roll rows back (a row forgets its generated columns and re-feeds ids from its
+prompt); an amateur model (:mod:`vcdflow.decoding.amateur`) decodes the same tokens in
 lockstep on its own cache and its logits reach ``combine`` as ``state.amateur``. A method
 declares what it needs: ``Method.search(score, params, hooks, opts)`` (its own search),
 ``Method.amateur_stream(adapter, params)`` (an amateur), ``forward_hooks`` (captures).
@@ -80,8 +80,12 @@ def _load_request(req: Request) -> Request:
     imgs = None
     if req.contrast_images is not None:
         imgs = [_load_image(im, f"contrast_images[{i}]") for i, im in enumerate(req.contrast_images)]
-    return replace(req, image=_load_image(req.image, "image"),
-                   contrast_image=_load_image(req.contrast_image, "contrast_image"), contrast_images=imgs)
+    return replace(
+        req,
+        image=_load_image(req.image, "image"),
+        contrast_image=_load_image(req.contrast_image, "contrast_image"),
+        contrast_images=imgs,
+    )
 
 
 def _error_text(e: BaseException) -> str:
@@ -192,12 +196,21 @@ def _right_aligned(pos: torch.Tensor, n_rows: int, width: int, parts) -> torch.T
     ``pos[..., source, start:stop]`` right-aligned into the target row; padding positions are 0."""
     out = pos.new_zeros(pos.shape[:-2] + (n_rows, width))
     for t, src, a, b in parts:
-        out[..., t, width - (b - a):] = pos[..., src, a:b]
+        out[..., t, width - (b - a) :] = pos[..., src, a:b]
     return out
 
 
-def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Tensor, pos: torch.Tensor, cache,
-                   hooks: DecodeHooks | None = None, row_req: Sequence[int] = (), row_branch: Sequence[int] = ()):
+def shared_prefill(
+    adapter,
+    rows: Sequence[Any],
+    plan: SharePlan,
+    mask: torch.Tensor,
+    pos: torch.Tensor,
+    cache,
+    hooks: DecodeHooks | None = None,
+    row_req: Sequence[int] = (),
+    row_branch: Sequence[int] = (),
+):
     """Prefill ``rows`` with each unique prefix computed once (its image encoded once), its KV
     rows copied to every row that has it, then only the suffixes prefilled on top.
 
@@ -218,12 +231,19 @@ def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Te
     p_ids, p_mask = adapter.collate(pre)
     p_embeds = adapter.prefill_embeds(p_ids, pre)
     P = p_ids.shape[1]
-    p_pos = _right_aligned(pos, len(pre), P, [(u, i, L - rows[i].length, L - rows[i].length + plan.lengths[i])
-                                                for u, i in enumerate(plan.unique)])
+    p_pos = _right_aligned(
+        pos,
+        len(pre),
+        P,
+        [(u, i, L - rows[i].length, L - rows[i].length + plan.lengths[i]) for u, i in enumerate(plan.unique)],
+    )
     del p_ids
     if hooks is not None:
-        p_rows = Rows(request=[row_req[i] for i in plan.unique], branch=[row_branch[i] for i in plan.unique],
-                      source=list(plan.unique))
+        p_rows = Rows(
+            request=[row_req[i] for i in plan.unique],
+            branch=[row_branch[i] for i in plan.unique],
+            source=list(plan.unique),
+        )
         hooks.before_forward("prefix", p_rows)
     p_logits, _ = adapter.forward(p_embeds, p_mask, p_pos, cache)
     if hooks is not None:
@@ -238,8 +258,8 @@ def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Te
     s_ids = torch.full((len(rows), S), int(adapter.pad_token_id), dtype=torch.long)
     s_mask = torch.zeros((len(rows), S), dtype=mask.dtype)
     for i, (e, p) in enumerate(zip(rows, plan.lengths)):
-        s_ids[i, S - suf_len[i]:] = e.input_ids[p:]
-        s_mask[i, S - suf_len[i]:] = 1
+        s_ids[i, S - suf_len[i] :] = e.input_ids[p:]
+        s_mask[i, S - suf_len[i] :] = 1
     s_pos = _right_aligned(pos, len(rows), S, [(i, i, L - n, L) for i, n in enumerate(suf_len)])
     full_mask = torch.cat([p_mask.index_select(0, idx), s_mask.to(dev)], dim=1)
     s_rows = Rows(request=list(row_req), branch=list(row_branch))
@@ -255,10 +275,18 @@ def shared_prefill(adapter, rows: Sequence[Any], plan: SharePlan, mask: torch.Te
 Chooser = Callable[[int, torch.Tensor, list[int]], dict[int, int]]
 
 
-def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new_tokens: int | Sequence[int],
-                eos_ids: Sequence[int], contrast_steps: int | None = None,
-                share_prefix: bool = True, hooks: DecodeHooks | None = None,
-                amateur=None, compile: str = "off") -> list[tuple[list[int], str]]:
+def decode_rows(
+    adapter,
+    seqs: Sequence[Sequence[Any]],
+    choose: Chooser,
+    max_new_tokens: int | Sequence[int],
+    eos_ids: Sequence[int],
+    contrast_steps: int | None = None,
+    share_prefix: bool = True,
+    hooks: DecodeHooks | None = None,
+    amateur=None,
+    compile: str = "off",
+) -> list[tuple[list[int], str]]:
     """Decode ``len(seqs)`` requests, request i with encoded branches ``seqs[i]`` (original first).
 
     ``choose(step, logits[R, V], row_req)`` returns {request index: token} for the live
@@ -269,7 +297,7 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
     all or one per request. ``share_prefix``: rows with the same system text + image prefill that
     prefix once (:func:`shared_prefill`) when :func:`share_plan` finds it saves work. ``hooks``
     (a method's :class:`~vcdflow.decoding.hooks.DecodeHooks`) are called around every forward and
-    on every re-indexing of the rows. ``amateur`` (E6, :class:`vcdflow.decoding.amateur.AmateurStream`):
+    on every re-indexing of the rows. ``amateur`` (:class:`vcdflow.decoding.amateur.AmateurStream`):
     a second model decoding the same tokens in lockstep on its own rows and cache (prefilled after
     the main prefill, stepped after every main step, re-indexed with the main rows). ``compile``
     (:data:`COMPILE_SETTINGS`): ``"off"`` the eager step; ``"static"`` / ``"on"`` the static step
@@ -279,21 +307,53 @@ def decode_rows(adapter, seqs: Sequence[Sequence[Any]], choose: Chooser, max_new
     if compile not in COMPILE_SETTINGS:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_SETTINGS)}, got {compile!r}")
     if hooks is None:
-        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, None,
-                            amateur, compile)
+        return _decode_rows(
+            adapter,
+            seqs,
+            choose,
+            max_new_tokens,
+            eos_ids,
+            contrast_steps,
+            share_prefix,
+            None,
+            amateur,
+            compile,
+        )
     try:
-        return _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks,
-                            amateur, compile)
+        return _decode_rows(
+            adapter,
+            seqs,
+            choose,
+            max_new_tokens,
+            eos_ids,
+            contrast_steps,
+            share_prefix,
+            hooks,
+            amateur,
+            compile,
+        )
     finally:
         hooks.finish()
 
 
-def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps, share_prefix, hooks, amateur=None,
-                 compile: str = "off"):
+def _decode_rows(
+    adapter,
+    seqs,
+    choose,
+    max_new_tokens,
+    eos_ids,
+    contrast_steps,
+    share_prefix,
+    hooks,
+    amateur=None,
+    compile: str = "off",
+):
     from .beams import Choice, Layout
 
     n = len(seqs)
-    limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+    limits = (
+        [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+    )
     flat = [e for s in seqs for e in s]
     row_req = [i for i, s in enumerate(seqs) for _ in s]
     row_branch = [j for s in seqs for j in range(len(s))]
@@ -334,11 +394,23 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         if limits[r] <= 0:
             finish[r] = "length"
     if static:
-        _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limits, eos, finish, tokens,
-                      compiled=compile == "on")
+        _static_steps(
+            adapter,
+            choose,
+            logits,
+            mask,
+            next_pos,
+            cache,
+            row_req,
+            limits,
+            eos,
+            finish,
+            tokens,
+            compiled=compile == "on",
+        )
         return [(tokens[r], finish[r] or "length") for r in range(n)]
     step = 0
-    n_fed = 0           # columns the step forwards added after the prefill (a rollback crops them)
+    n_fed = 0  # columns the step forwards added after the prefill (a rollback crops them)
     # an all-ones mask is passed as None: transformers would otherwise check it on the host
     # every step (a device sync) to find the same thing out; known once here, kept by the loop
     # (dropping rows or appending ones keeps it all ones; a rollback's padding clears it).
@@ -355,15 +427,25 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         if search is None:
             _record_picks(choose(step, logits, row_req), tokens, finish, eos, limits)
             retire = contrast_steps is not None and step + 1 >= contrast_steps
-            keep = [k for k, (r, b) in enumerate(zip(row_req, row_branch))
-                    if finish[r] is None and not (retire and b > 0)]
+            keep = [
+                k
+                for k, (r, b) in enumerate(zip(row_req, row_branch))
+                if finish[r] is None and not (retire and b > 0)
+            ]
             new_slot = [row_slot[k] for k in keep]
             feed = [tokens[row_req[k]][-1] if tokens[row_req[k]] else 0 for k in keep]
             chosen = getattr(choose, "chosen", None)  # the picks still on the device
             feed_ids = feed_index.gather(chosen, [row_req[k] for k in keep]) if chosen is not None else None
         else:
-            layout = Layout(request=list(row_req), branch=list(row_branch), slot=list(row_slot), tokens=tokens,
-                            limits=limits, eos=eos, prompt_len=prompt_len)
+            layout = Layout(
+                request=list(row_req),
+                branch=list(row_branch),
+                slot=list(row_slot),
+                tokens=tokens,
+                limits=limits,
+                eos=eos,
+                prompt_len=prompt_len,
+            )
             ch: Choice = search.step(step, logits, layout)
             for r, toks in ch.tokens.items():
                 tokens[r][:] = list(toks)
@@ -390,7 +472,11 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
             mask = _cut_left(cache, mask)
         row_slot = new_slot
         if search is None or not replay:
-            step_ids = feed_ids.view(-1, 1) if feed_ids is not None else torch.tensor([[t] for t in feed], device=device)
+            step_ids = (
+                feed_ids.view(-1, 1)
+                if feed_ids is not None
+                else torch.tensor([[t] for t in feed], device=device)
+            )
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             pos = adapter.step_positions(next_pos)
             next_pos = next_pos + 1
@@ -402,7 +488,11 @@ def _decode_rows(adapter, seqs, choose, max_new_tokens, eos_ids, contrast_steps,
         if hooks is not None:
             rows = Rows(request=list(row_req), branch=list(row_branch), step=step + 1)
             hooks.before_forward("step", rows)
-        step_mask = None if full_mask else (mask[:, None, None, :].bool() if sdpa and step_ids.shape[1] == 1 else mask)
+        step_mask = (
+            None
+            if full_mask
+            else (mask[:, None, None, :].bool() if sdpa and step_ids.shape[1] == 1 else mask)
+        )
         logits, _ = adapter.forward(adapter.embed_tokens(step_ids), step_mask, pos, cache)
         if hooks is not None:
             hooks.after_forward("step", rows, logits)
@@ -479,6 +569,7 @@ def _step_function(adapter, compiled: bool, fused=None, nb: int = 1):
     global _COMPILED
 
     if fused is None:
+
         def step(ids, mask, positions, cache):
             return adapter.forward(adapter.embed_tokens(ids), mask, positions, cache)[0]
     else:
@@ -502,8 +593,9 @@ def _step_function(adapter, compiled: bool, fused=None, nb: int = 1):
     return fn
 
 
-def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limits, eos, finish, tokens,
-                  compiled: bool) -> None:
+def _static_steps(
+    adapter, choose, logits, mask, next_pos, cache, row_req, limits, eos, finish, tokens, compiled: bool
+) -> None:
     """The static decode loop after the (eager) prefill: the prefill's keys/values move into a
     ``StaticCache`` of ``prefill + max new tokens`` columns (rounded up to :data:`STATIC_BUCKET`);
     the attention mask is one preallocated 4-D tensor (transformers uses a 4-D mask as given: no
@@ -536,7 +628,11 @@ def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limit
     nb = spans[0][2]
     fused = getattr(choose, "fused", None)
     fused_fn = None
-    if fused is not None and all(sp[2] == nb for sp in spans) and [sp[0] for sp in spans] == list(range(len(spans))):
+    if (
+        fused is not None
+        and all(sp[2] == nb for sp in spans)
+        and [sp[0] for sp in spans] == list(range(len(spans)))
+    ):
         fused_fn = _step_function(adapter, compiled, fused, nb)
     prev = None  # the last picks on the device, in request order (fused path)
     step = 0
@@ -571,7 +667,7 @@ def _static_steps(adapter, choose, logits, mask, next_pos, cache, row_req, limit
 
 
 def _replay_inputs(adapter, feed, replay: dict, mask, next_pos, n_fed: int):
-    """E12 rollback without touching other requests: row k in ``replay`` forgets every column the
+    """Rollback without touching other requests: row k in ``replay`` forgets every column the
     step forwards added (its mask there → 0; its positions restart after its prompt) and re-feeds
     ``replay[k]`` (right-aligned); every other row feeds its one token ``feed[k]`` in the last
     column, the columns before it are masked padding. Returns (ids, mask, positions, next_pos)."""
@@ -586,10 +682,10 @@ def _replay_inputs(adapter, feed, replay: dict, mask, next_pos, n_fed: int):
         if k in replay:
             seq = list(replay[k])
             if n_fed:
-                next_pos[k] -= int(mask[k, mask.shape[1] - n_fed:].sum())
-                mask[k, mask.shape[1] - n_fed:] = 0
-            ids[k, L - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            new[k, L - len(seq):] = 1
+                next_pos[k] -= int(mask[k, mask.shape[1] - n_fed :].sum())
+                mask[k, mask.shape[1] - n_fed :] = 0
+            ids[k, L - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            new[k, L - len(seq) :] = 1
             lens[k] = len(seq)
         else:
             ids[k, -1] = int(feed[k])
@@ -650,7 +746,9 @@ class _FirstRows:
         if key != self._key:
             self.spans = _spans(row_req)
             first = [s[1] for s in self.spans]
-            self._index = None if first == list(range(len(row_req))) else torch.tensor(first, device=logits.device)
+            self._index = (
+                None if first == list(range(len(row_req))) else torch.tensor(first, device=logits.device)
+            )
             self._key = key
         return logits if self._index is None else logits.index_select(0, self._index)
 
@@ -663,8 +761,9 @@ def greedy_chooser(step: int, logits: torch.Tensor, row_req: list[int]) -> dict[
     return {s[0]: t for s, t in zip(spans, toks)}
 
 
-def plain_chooser(mode: str, temperature: float, top_k: int | None, top_p: float,
-                  generators: Sequence[torch.Generator]) -> Chooser:
+def plain_chooser(
+    mode: str, temperature: float, top_k: int | None, top_p: float, generators: Sequence[torch.Generator]
+) -> Chooser:
     """The chooser of a method without contrast (``Method.plain``: its scores are the original
     branch's logits, no plausibility constraint): argmax, or temperature/top-k/top-p and a draw
     from each request's generator, straight from the logits — the same tokens as the generic
@@ -694,9 +793,19 @@ def _first_row_argmax(logits: torch.Tensor, nb: int) -> torch.Tensor:
     return logits.view(-1, nb, logits.shape[-1])[:, 0, :].argmax(-1)
 
 
-def method_scorer(method: Method, state: State, mode: str, temperature: float, top_k: int | None, top_p: float,
-                  contexts: Sequence[BranchContext] | None = None, hooks: DecodeHooks | None = None,
-                  amateur=None, warped: bool = True, processed: bool = True):
+def method_scorer(
+    method: Method,
+    state: State,
+    mode: str,
+    temperature: float,
+    top_k: int | None,
+    top_p: float,
+    contexts: Sequence[BranchContext] | None = None,
+    hooks: DecodeHooks | None = None,
+    amateur=None,
+    warped: bool = True,
+    processed: bool = True,
+):
     """``score(step, logits[R, V], spans) -> scores [len(spans), V]``: per span = (request, slot,
     first row, n rows) of consecutive rows, combine → (``processed``) the method's logits
     processors (:meth:`Method.processors`: repetition penalty, no-repeat-n-gram over each request's
@@ -705,18 +814,18 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
     applies the processors to each beam's log-probs itself (transformers' order there).
 
     ``contexts`` (optional, one per request): each group's ``combine``/``plausibility`` then sees
-    ``state.contexts`` = its requests' contexts (E8). ``combine``/``plausibility`` always see
+    ``state.contexts`` = its requests' contexts (per-request extras). ``combine``/``plausibility`` always see
     ``state.rows`` ([n_members, n_branches] indices of the group's rows in ``logits``),
     ``state.requests`` (the members' request indices: with hooks, ``state.hooks.tokens[r]`` are
     request r's generated ids and ``state.hooks.seqs[r][0].input_ids`` its prompt ids),
-    ``state.hooks`` (the method's forward hooks, or None) and, with an amateur (E6),
+    ``state.hooks`` (the method's forward hooks, or None) and, with an amateur model,
     ``state.amateur`` ([n_members, V] the amateur's logits for the same rows' original branch,
     cut to the shared vocabulary prefix; the expert's logits are cut likewise)."""
     from dataclasses import replace
 
     state = replace(state, temperature=None if mode == "greedy" else float(temperature))
     procs = method.processors(state.params) if processed else None
-    layout: dict = {}   # the last span layout's groups and index tensors (rebuilt when rows change)
+    layout: dict = {}  # the last span layout's groups and index tensors (rebuilt when rows change)
 
     def groups_of(spans, device):
         key = tuple(tuple(sp) for sp in spans)
@@ -726,8 +835,14 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
                 groups.setdefault(sp[-1], []).append(i)
             layout["key"] = key
             layout["groups"] = [
-                (nb, members, torch.tensor([spans[i][-2] + j for i in members for j in range(nb)], device=device),
-                 torch.tensor(members, device=device)) for nb, members in groups.items()]
+                (
+                    nb,
+                    members,
+                    torch.tensor([spans[i][-2] + j for i in members for j in range(nb)], device=device),
+                    torch.tensor(members, device=device),
+                )
+                for nb, members in groups.items()
+            ]
         return layout["groups"]
 
     def score(step: int, logits: torch.Tensor, spans) -> torch.Tensor:
@@ -741,8 +856,12 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
         out = logits.new_empty((len(spans), V))
         for nb, members, rows, at in groups_of(spans, logits.device):
             L = logits.index_select(0, rows).view(len(members), nb, V)
-            st = replace(state, rows=rows.view(len(members), nb), hooks=hooks,
-                         requests=tuple(spans[i][0] for i in members))
+            st = replace(
+                state,
+                rows=rows.view(len(members), nb),
+                hooks=hooks,
+                requests=tuple(spans[i][0] for i in members),
+            )
             if contexts is not None:
                 st = replace(st, contexts=tuple(contexts[spans[i][0]] for i in members))
             if ama is not None:
@@ -761,10 +880,18 @@ def method_scorer(method: Method, state: State, mode: str, temperature: float, t
     return score
 
 
-def method_chooser(method: Method, state: State, mode: str, temperature: float, top_k: int | None,
-                   top_p: float, generators: Sequence[torch.Generator],
-                   contexts: Sequence[BranchContext] | None = None, hooks: DecodeHooks | None = None,
-                   amateur=None) -> Chooser:
+def method_chooser(
+    method: Method,
+    state: State,
+    mode: str,
+    temperature: float,
+    top_k: int | None,
+    top_p: float,
+    generators: Sequence[torch.Generator],
+    contexts: Sequence[BranchContext] | None = None,
+    hooks: DecodeHooks | None = None,
+    amateur=None,
+) -> Chooser:
     """combine → plausibility (original branch) → warpers → argmax / per-request sampling (the
     scores of :func:`method_scorer`, one span per request)."""
     if method.plain and hooks is None and amateur is None:
@@ -802,8 +929,14 @@ def method_chooser(method: Method, state: State, mode: str, temperature: float, 
 class Runner:
     """What a method's ``prepare`` may run: batched greedy generation and an attention probe."""
 
-    def __init__(self, adapter, max_positions: int | None, eos_ids: Sequence[int], attention_chunk: int = 4,
-                 share_prefix: bool = True):
+    def __init__(
+        self,
+        adapter,
+        max_positions: int | None,
+        eos_ids: Sequence[int],
+        attention_chunk: int = 4,
+        share_prefix: bool = True,
+    ):
         self.adapter = adapter
         self.max_positions = max_positions
         self.eos_ids = list(eos_ids)
@@ -816,8 +949,10 @@ class Runner:
             try:
                 e = self.adapter.encode(b)
                 if self.max_positions and e.length + extra_tokens > self.max_positions:
-                    raise InputError(f"prompt of {e.length} tokens plus {extra_tokens} new tokens exceeds "
-                                     f"the model's {self.max_positions} positions")
+                    raise InputError(
+                        f"prompt of {e.length} tokens plus {extra_tokens} new tokens exceeds "
+                        f"the model's {self.max_positions} positions"
+                    )
                 encs.append(e)
             except Exception as ex:  # noqa: BLE001 - reported per item
                 encs.append(ex)
@@ -833,10 +968,18 @@ class Runner:
         ok = [i for i, e in enumerate(encs) if not isinstance(e, Exception)]
         if not ok:
             return out
-        limits = [min(max_new_tokens, self.max_positions - encs[i].length) if self.max_positions
-                  else max_new_tokens for i in ok]
-        res = decode_rows(self.adapter, [[encs[i]] for i in ok], greedy_chooser, limits, self.eos_ids,
-                          share_prefix=self.share_prefix)
+        limits = [
+            min(max_new_tokens, self.max_positions - encs[i].length) if self.max_positions else max_new_tokens
+            for i in ok
+        ]
+        res = decode_rows(
+            self.adapter,
+            [[encs[i]] for i in ok],
+            greedy_chooser,
+            limits,
+            self.eos_ids,
+            share_prefix=self.share_prefix,
+        )
         for i, (toks, _) in zip(ok, res):
             out[i] = self.adapter.decode(toks)
         return out
@@ -850,7 +993,7 @@ class Runner:
         ad = self.adapter
         with eager_attention(ad.model):
             for c in range(0, len(ok), self.attention_chunk):
-                part = ok[c:c + self.attention_chunk]
+                part = ok[c : c + self.attention_chunk]
                 rows = [encs[i] for i in part]
                 ids, mask = ad.collate(rows)
                 embeds = ad.prefill_embeds(ids, rows)
@@ -860,7 +1003,7 @@ class Runner:
                     raise RuntimeError("the model returned no attention weights")
                 last = torch.stack([a[:, :, -1, :].float().mean(1) for a in atts], dim=1)  # [R, n_layers, L]
                 for k, i in enumerate(part):
-                    img = (ids[k] == ad.image_token_id)
+                    img = ids[k] == ad.image_token_id
                     out[i] = last[k][:, img].cpu()
         return out
 
@@ -932,20 +1075,45 @@ def check_keywords(m: Method, do_sample: bool, temperature, top_p, top_k) -> Non
     mode = m.mode or ("sample" if do_sample else "greedy")
     if mode == "sample":
         return
-    given = {k: v for k, v, neutral in (("temperature", temperature, 1.0), ("top_p", top_p, 1.0), ("top_k", top_k, None))
-             if v != neutral}
+    given = {
+        k: v
+        for k, v, neutral in (
+            ("temperature", temperature, 1.0),
+            ("top_p", top_p, 1.0),
+            ("top_k", top_k, None),
+        )
+        if v != neutral
+    }
     for k, v in given.items():
-        own = (f"; the method's own {k!r} is a parameter: params={{{k!r}: {v!r}}}" if k in m.defaults else "")
-        raise ValueError(f"{k}={v!r} is a sampling setting, unused by method {m.name!r} in greedy mode (pass "
-                         f"do_sample=True to sample){own}")
+        own = f"; the method's own {k!r} is a parameter: params={{{k!r}: {v!r}}}" if k in m.defaults else ""
+        raise ValueError(
+            f"{k}={v!r} is a sampling setting, unused by method {m.name!r} in greedy mode (pass "
+            f"do_sample=True to sample){own}"
+        )
 
 
-def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: dict | None = None, *,
-             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-             max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = False,
-             eos_token_id: int | Sequence[int] | None = None, share_prefix: bool = True,
-             num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-             length_norm: str = "generated", compile: str = "off") -> list[Output]:
+def generate(
+    vlm,
+    requests: Sequence[Request],
+    method: str = "greedy",
+    params: dict | None = None,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+    eos_token_id: int | Sequence[int] | None = None,
+    share_prefix: bool = True,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    length_norm: str = "generated",
+    compile: str = "off",
+) -> list[Output]:
     """Decode ``requests`` with ``method`` (see ``METHODS``); one :class:`Output` per request, in order.
 
     ``params`` overrides the method's defaults (unknown names → ``ValueError``). ``do_sample``
@@ -966,12 +1134,12 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     and run the vision tower once; only the question suffixes are prefilled per row. Outputs equal
     the unshared ones (``share_prefix=False``) up to float round-off of the batched kernels.
 
-    ``num_beams`` > 1 (E11, :class:`vcdflow.decoding.beams.BeamSearch`, greedy mode only): Hugging
+    ``num_beams`` > 1 (:class:`vcdflow.decoding.beams.BeamSearch`, greedy mode only): Hugging
     Face beam search over the method's scores (``log_softmax`` of combine → APC; each beam carries
     all branches of its request), ``length_penalty``/``early_stopping`` as in transformers,
     ``length_norm`` ``"generated"`` (transformers 5.x) or ``"total"`` (4.29: prompt + generated
     length). A method may bring its own search (``Method.search``: contrastive search, OPERA,
-    Li et al.'s CD beams), an amateur model (``Method.amateur_stream``, E6) or a batch limit
+    Li et al.'s CD beams), an amateur model (``Method.amateur_stream``) or a batch limit
     (``Method.max_batch``: OPERA's rollback runs one request per batch).
 
     ``compile`` (how the run executes, not what it records): ``"off"`` (default) the eager step;
@@ -996,16 +1164,23 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     check_beam_args(num_beams, length_penalty, early_stopping, length_norm)
     if num_beams > 1 and (m.mode or ("sample" if do_sample else "greedy")) != "greedy":
         raise ValueError("num_beams > 1 is beam search, a greedy mode: pass do_sample=False")
-    search_opts = {"num_beams": int(num_beams), "length_penalty": float(length_penalty),
-                   "early_stopping": early_stopping, "length_norm": length_norm}
+    search_opts = {
+        "num_beams": int(num_beams),
+        "length_penalty": float(length_penalty),
+        "early_stopping": early_stopping,
+        "length_norm": length_norm,
+    }
     batch_size = min(batch_size, int(getattr(m, "max_batch", None) or batch_size))
     for i, r in enumerate(requests):
         if not isinstance(r, Request):
             raise TypeError(f"requests[{i}] is a {type(r).__name__}, not a vcdflow.decoding.Request")
     mode = m.mode or ("sample" if do_sample else "greedy")
     ad = vlm.adapter
-    eos = ad.eos_token_ids if eos_token_id is None else (
-        [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id])
+    eos = (
+        ad.eos_token_ids
+        if eos_token_id is None
+        else ([int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id])
+    )
     max_pos = ad.max_positions
     share_prefix = bool(share_prefix and m.share_prefix)
     runner = Runner(ad, max_pos, eos, share_prefix=share_prefix)
@@ -1020,10 +1195,29 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
         with torch.inference_mode():
             indexed = list(enumerate(requests))
             for start in range(0, len(indexed), batch_size):
-                chunk = indexed[start:start + batch_size]
-                outputs.extend(_generate_batch(ad, m, p, state, mode, chunk, runner, eos, max_pos,
-                                               max_new_tokens, seed, temperature, top_k, top_p, do_sample,
-                                               share_prefix, search_opts, compile))
+                chunk = indexed[start : start + batch_size]
+                outputs.extend(
+                    _generate_batch(
+                        ad,
+                        m,
+                        p,
+                        state,
+                        mode,
+                        chunk,
+                        runner,
+                        eos,
+                        max_pos,
+                        max_new_tokens,
+                        seed,
+                        temperature,
+                        top_k,
+                        top_p,
+                        do_sample,
+                        share_prefix,
+                        search_opts,
+                        compile,
+                    )
+                )
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
@@ -1032,15 +1226,34 @@ def generate(vlm, requests: Sequence[Request], method: str = "greedy", params: d
     return outputs
 
 
-def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, max_new_tokens, seed,
-                    temperature, top_k, top_p, do_sample, share_prefix: bool = True,
-                    search_opts: dict | None = None, compile: str = "off") -> list[Output]:
+def _generate_batch(
+    ad,
+    m: Method,
+    p,
+    state,
+    mode,
+    chunk,
+    runner,
+    eos,
+    max_pos,
+    max_new_tokens,
+    seed,
+    temperature,
+    top_k,
+    top_p,
+    do_sample,
+    share_prefix: bool = True,
+    search_opts: dict | None = None,
+    compile: str = "off",
+) -> list[Output]:
     items: list[_Item] = []
     # a method whose declared needs the model family lacks: every item fails with the one line
     refused = m.refusal(getattr(ad, "family", None))
     for idx, req in chunk:
         key = str(req.item_id) if req.item_id not in (None, "") else f"#{idx}"
-        ctx = BranchContext(params=p, rng=make_generator(seed, key, "branches"), adapter=ad, do_sample=do_sample)
+        ctx = BranchContext(
+            params=p, rng=make_generator(seed, key, "branches"), adapter=ad, do_sample=do_sample
+        )
         it = _Item(index=idx, key=key, request=req, ctx=ctx)
         try:
             if refused:
@@ -1070,15 +1283,33 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
             it.encoded = [ad.encode(b, it.ctx.rng) for b in branches]
             longest = max(e.length for e in it.encoded)
             if max_pos and longest + max_new_tokens > max_pos:
-                raise InputError(f"prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
-                                 f"model's {max_pos} positions")
+                raise InputError(
+                    f"prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                    f"model's {max_pos} positions"
+                )
         except Exception as e:  # noqa: BLE001
             it.fail(_error_text(e))
     live = [it for it in items if it.error is None]
     results: dict[int, tuple[list[int], str]] = {}
     if live:
-        results.update(_decode_items(ad, m, state, mode, live, max_new_tokens, eos, seed, temperature, top_k, top_p,
-                                     share_prefix, search_opts, compile))
+        results.update(
+            _decode_items(
+                ad,
+                m,
+                state,
+                mode,
+                live,
+                max_new_tokens,
+                eos,
+                seed,
+                temperature,
+                top_k,
+                top_p,
+                share_prefix,
+                search_opts,
+                compile,
+            )
+        )
     outs = []
     for it in items:
         out = Output(item_id=str(it.request.item_id or ""), meta={"method": m.name, "mode": mode})
@@ -1100,8 +1331,22 @@ def _generate_batch(ad, m: Method, p, state, mode, chunk, runner, eos, max_pos, 
     return outs
 
 
-def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, seed, temperature, top_k, top_p,
-                  share_prefix: bool = True, search_opts: dict | None = None, compile: str = "off"):
+def _decode_items(
+    ad,
+    m,
+    state,
+    mode,
+    live: list[_Item],
+    max_new_tokens,
+    eos,
+    seed,
+    temperature,
+    top_k,
+    top_p,
+    share_prefix: bool = True,
+    search_opts: dict | None = None,
+    compile: str = "off",
+):
     from .beams import BeamSearch
 
     opts = dict(search_opts or {})
@@ -1109,7 +1354,7 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
     hooks = m.forward_hooks(ad, state.params)
     procs = m.processors(state.params)
     if hooks is None and procs is not None:
-        hooks = DecodeHooks()      # the processors read each request's ids through the hook seam
+        hooks = DecodeHooks()  # the processors read each request's ids through the hook seam
     contexts = [it.ctx for it in live]
     try:
         amateur = m.amateur_stream(ad, state.params) if hasattr(m, "amateur_stream") else None
@@ -1119,18 +1364,41 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         opts.update(mode=mode, amateur=amateur, contexts=contexts)
         search = m.search(score, state.params, hooks, opts) if hasattr(m, "search") else None
         if search is None and opts.get("num_beams", 1) > 1:
-            raw = method_scorer(m, state, mode, temperature, top_k, top_p, contexts, hooks, amateur, processed=False)
-            search = BeamSearch(score=raw if procs is not None else score, num_beams=opts["num_beams"],
-                                length_penalty=opts["length_penalty"], early_stopping=opts["early_stopping"],
-                                length_norm=opts["length_norm"], processors=procs, hooks=hooks)
-        choose = search if search is not None else method_chooser(m, state, mode, temperature, top_k, top_p, gens,
-                                                                   contexts, hooks, amateur)
+            raw = method_scorer(
+                m, state, mode, temperature, top_k, top_p, contexts, hooks, amateur, processed=False
+            )
+            search = BeamSearch(
+                score=raw if procs is not None else score,
+                num_beams=opts["num_beams"],
+                length_penalty=opts["length_penalty"],
+                early_stopping=opts["early_stopping"],
+                length_norm=opts["length_norm"],
+                processors=procs,
+                hooks=hooks,
+            )
+        choose = (
+            search
+            if search is not None
+            else method_chooser(m, state, mode, temperature, top_k, top_p, gens, contexts, hooks, amateur)
+        )
         if compile != "off":
             why = static_refusal(search, hooks, amateur, m.contrast_steps, ad)
             for it in live:
-                it.ctx.meta["step"] = f"eager: {why}" if why else ("compiled" if compile == "on" else "static")
-        res = decode_rows(ad, [it.encoded for it in live], choose, max_new_tokens, eos, m.contrast_steps,
-                          share_prefix=share_prefix, hooks=hooks, amateur=amateur, compile=compile)
+                it.ctx.meta["step"] = (
+                    f"eager: {why}" if why else ("compiled" if compile == "on" else "static")
+                )
+        res = decode_rows(
+            ad,
+            [it.encoded for it in live],
+            choose,
+            max_new_tokens,
+            eos,
+            m.contrast_steps,
+            share_prefix=share_prefix,
+            hooks=hooks,
+            amateur=amateur,
+            compile=compile,
+        )
         return {it.index: r for it, r in zip(live, res)}
     except Exception as e:  # noqa: BLE001
         if len(live) == 1:
@@ -1139,6 +1407,22 @@ def _decode_items(ad, m, state, mode, live: list[_Item], max_new_tokens, eos, se
         out = {}
         for it in live:
             # fresh sampling generator: the retried request starts its stream from the beginning
-            out.update(_decode_items(ad, m, state, mode, [it], max_new_tokens, eos, seed, temperature, top_k, top_p,
-                                     share_prefix, search_opts, compile))
+            out.update(
+                _decode_items(
+                    ad,
+                    m,
+                    state,
+                    mode,
+                    [it],
+                    max_new_tokens,
+                    eos,
+                    seed,
+                    temperature,
+                    top_k,
+                    top_p,
+                    share_prefix,
+                    search_opts,
+                    compile,
+                )
+            )
         return out

@@ -24,7 +24,7 @@ Inside ``combine``/``plausibility`` a method reads what its hooks captured throu
 group's logits in the current forward), e.g. ``state.hooks.last[state.rows]``.
 
 :class:`LayerCapture` is the common case: forward hooks on chosen decoder layers that keep each
-row's last-position output (E1's input), plus optionally every position at prefill.
+row's last-position output (the early exit's input), plus optionally every position at prefill.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Early-exit logits (E1) and prefill hidden states at image positions (E2), through the engine's
+"""Early-exit logits and prefill hidden states at image positions, through the engine's
 forward-hook seam (:mod:`vcdflow.decoding.hooks`).
 
 **Layer indices** follow Hugging Face's ``output_hidden_states`` (the convention of every official
@@ -11,9 +11,9 @@ layer-contrast code: DoLa, DeCo, ReVisiT): with L decoder layers,
 :class:`HiddenStates` is the hook object: forward hooks on the decoder layers (a forward pre-hook on
 layer 0 for ``h_0``) that keep, after every forward,
 
-* ``last[l]`` [R, D]: ``h_l`` at the last position of each row (E1's input; like
+* ``last[l]`` [R, D]: ``h_l`` at the last position of each row (the early exit's input; like
   :class:`~vcdflow.decoding.hooks.LayerCapture`, which indexes modules instead), and
-* ``image[k]`` (E2, for ``image_layers``): row k's prefill ``h_l`` at its image-token positions,
+* ``image[k]`` (for ``image_layers``): row k's prefill ``h_l`` at its image-token positions,
   a tensor [len(image_layers), N_img(k), D] (None for a row without image tokens). It is filled from
   the ``"prefill"`` forward, or — shared-prefix prefill — from the ``"prefix"`` forward (the image is
   in the prefix; each prefix row's states are copied to every row that shares it when the engine
@@ -21,7 +21,7 @@ layer 0 for ``h_0``) that keep, after every forward,
   every ``select`` (finished rows leave), so it stays aligned with the rows of the current forward.
   ``image_of(request, branch)`` gives it per request.
 
-:func:`early_exit` is E1: ``W_lm · [N_f](h)`` in float32.
+:func:`early_exit` is the early exit: ``W_lm · [N_f](h)`` in float32.
 """
 
 from __future__ import annotations
@@ -70,16 +70,24 @@ def bucket(spec, L: int, start: int, what: str) -> list[int]:
         return list(range(start, L // 2, 2)) if L <= 40 else list(range(start, 20, 2))
     if spec == "high":
         return list(range(L // 2, L, 2)) if L <= 40 else list(range(L - 20, L, 2))
-    if isinstance(spec, (list, tuple)) and spec and all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
+    if (
+        isinstance(spec, (list, tuple))
+        and spec
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in spec)
+    ):
         out = [int(i) for i in spec if 0 <= int(i) < L]
         if not out:
-            raise ValueError(f"parameter {what!r}: none of the layers {list(spec)} is below the model's {L} layers")
+            raise ValueError(
+                f"parameter {what!r}: none of the layers {list(spec)} is below the model's {L} layers"
+            )
         return out
-    raise ValueError(f"parameter {what!r} must be 'low', 'high' or a non-empty list of layer indices, got {spec!r}")
+    raise ValueError(
+        f"parameter {what!r} must be 'low', 'high' or a non-empty list of layer indices, got {spec!r}"
+    )
 
 
 def early_exit(adapter, h: torch.Tensor, norm: bool = False) -> torch.Tensor:
-    """E1: ``W_lm · N_f(h)`` (``norm``) or ``W_lm · h`` → float32 logits [..., V]."""
+    """Early-exit logits: ``W_lm · N_f(h)`` (``norm``) or ``W_lm · h`` → float32 logits [..., V]."""
     if norm:
         h = adapter.final_norm()(h)
     return adapter.lm_head()(h).float()
@@ -91,8 +99,8 @@ def _hidden(output):
 
 @dataclass
 class HiddenStates(DecodeHooks):
-    """Hooks keeping ``last[l]`` (E1) for ``layers`` and the prefill image-position states
-    ``image[k]`` (E2) for ``image_layers``; all indices are HF ``hidden_states`` indices 0…L (see
+    """Hooks keeping ``last[l]`` (early exits) for ``layers`` and the prefill image-position states
+    ``image[k]`` for ``image_layers``; all indices are HF ``hidden_states`` indices 0…L (see
     the module docstring)."""
 
     layers: Sequence[int] = ()
@@ -113,15 +121,21 @@ class HiddenStates(DecodeHooks):
         wanted = sorted(set(self.layers) | set(self.image_layers))
         for l in wanted:
             if not 0 <= l <= L:
-                raise ValueError(f"layer {l} out of range: hidden states 0…{L} (the model has {L} decoder layers)")
+                raise ValueError(
+                    f"layer {l} out of range: hidden states 0…{L} (the model has {L} decoder layers)"
+                )
             if l == 0:
+
                 def pre(module, args, kwargs, _l=0):
                     h = args[0] if args else kwargs["hidden_states"]
                     self._keep(_l, h)
+
                 self._handles.append(mods[0].register_forward_pre_hook(pre, with_kwargs=True))
             else:
+
                 def post(module, args, output, _l=l):
                     self._keep(_l, _hidden(output))
+
                 self._handles.append(mods[l - 1].register_forward_hook(post))
 
     def _keep(self, l: int, h: torch.Tensor) -> None:
@@ -145,11 +159,11 @@ class HiddenStates(DecodeHooks):
         n = enc.length
         if phase == "prefill":
             return img + (width - n)
-        p = self.adapter.prefix_length(enc)   # an image row's shared prefix (engine.share_plan)
+        p = self.adapter.prefix_length(enc)  # an image row's shared prefix (engine.share_plan)
         if phase == "prefix":
             sel = img[img < p]
             return sel + (width - p) if sel.numel() else None
-        sel = img[img >= p]                     # "suffix": right-aligned suffix ids[p:]
+        sel = img[img >= p]  # "suffix": right-aligned suffix ids[p:]
         return sel + (width - n) if sel.numel() else None
 
     def after_forward(self, phase: str, rows: Rows, logits: torch.Tensor) -> None:
@@ -166,7 +180,7 @@ class HiddenStates(DecodeHooks):
             pos = pos.to(self._full[layers[0]].device)
             out.append(torch.stack([self._full[l][k].index_select(0, pos) for l in layers]))
         self._full = {}
-        if phase == "suffix":   # rows already expanded from their prefixes: append suffix image tokens
+        if phase == "suffix":  # rows already expanded from their prefixes: append suffix image tokens
             merged = []
             for k, (a, b) in enumerate(zip(self.image, out)):
                 merged.append(a if b is None else b if a is None else torch.cat([a, b], dim=1))
@@ -188,7 +202,7 @@ class HiddenStates(DecodeHooks):
             self._image_req = {(r, b): k for k, (r, b) in enumerate(zip(*self._req_rows))}
 
     def image_of(self, request: int, branch: int = 0) -> torch.Tensor | None:
-        """E2 per request: [len(image_layers), N_img, D] of that request's branch (None: no image)."""
+        """Image-position states per request: [len(image_layers), N_img, D] of that request's branch (None: no image)."""
         k = self._image_req.get((request, branch))
         return None if k is None else self.image[k]
 

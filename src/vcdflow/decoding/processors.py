@@ -68,7 +68,9 @@ def repetition_penalty(scores: torch.Tensor, ids: Sequence[Sequence[int]], theta
     out = scores.clone()
     V = scores.shape[-1]
     for g, row in enumerate(ids):
-        u = torch.tensor(sorted({int(t) for t in row if 0 <= int(t) < V}), dtype=torch.long, device=scores.device)
+        u = torch.tensor(
+            sorted({int(t) for t in row if 0 <= int(t) < V}), dtype=torch.long, device=scores.device
+        )
         if u.numel() == 0:
             continue
         s = out[g].index_select(0, u)
@@ -86,16 +88,17 @@ def no_repeat_ngram(scores: torch.Tensor, ids: Sequence[Sequence[int]], n: int) 
         row = [int(t) for t in row]
         if len(row) < n:
             continue
-        prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
-        banned = {row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i:i + n - 1]) == prefix}
+        prefix = tuple(row[len(row) - n + 1 :]) if n > 1 else ()
+        banned = {row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i : i + n - 1]) == prefix}
         banned = [t for t in banned if 0 <= t < V]
         if banned:
             out[g, torch.tensor(banned, dtype=torch.long, device=scores.device)] = -float("inf")
     return out
 
 
-def apply_processors(scores: torch.Tensor, state, repetition: float = 1.0, ngram: int = 0,
-                     context: str = "prompt") -> torch.Tensor:
+def apply_processors(
+    scores: torch.Tensor, state, repetition: float = 1.0, ngram: int = 0, context: str = "prompt"
+) -> torch.Tensor:
     """Repetition penalty θ = ``repetition`` then no-repeat-n-gram ``ngram`` (HF's processor order
     in ``GenerationMixin._get_logits_processor``) on a group's scores [G, V]."""
     if repetition == 1.0 and ngram <= 0:
@@ -112,11 +115,16 @@ def process_ids(scores: torch.Tensor, ids, repetition: float = 1.0, ngram: int =
 def check_processor_params(method: str, p) -> None:
     """``repetition_penalty`` > 0 and ``no_repeat_ngram_size`` ≥ 0, naming the parameter."""
     if "repetition_penalty" in p and not float(p["repetition_penalty"]) > 0:
-        raise ValueError(f"parameter 'repetition_penalty' of method {method!r} must be > 0, "
-                         f"got {p['repetition_penalty']}")
+        raise ValueError(
+            f"parameter 'repetition_penalty' of method {method!r} must be > 0, got {p['repetition_penalty']}"
+        )
     if "repetition_context" in p and p["repetition_context"] not in CONTEXTS:
-        raise ValueError(f"parameter 'repetition_context' of method {method!r} must be one of {', '.join(CONTEXTS)}, "
-                         f"got {p['repetition_context']!r}")
+        raise ValueError(
+            f"parameter 'repetition_context' of method {method!r} must be one of {', '.join(CONTEXTS)}, "
+            f"got {p['repetition_context']!r}"
+        )
     if "no_repeat_ngram_size" in p and int(p["no_repeat_ngram_size"]) < 0:
-        raise ValueError(f"parameter 'no_repeat_ngram_size' of method {method!r} must be >= 0, "
-                         f"got {p['no_repeat_ngram_size']}")
+        raise ValueError(
+            f"parameter 'no_repeat_ngram_size' of method {method!r} must be >= 0, "
+            f"got {p['no_repeat_ngram_size']}"
+        )

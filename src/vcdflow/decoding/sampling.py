@@ -46,11 +46,15 @@ def image_identity(image) -> str:
     return h.hexdigest()[:32]
 
 
-def warp(scores: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-         top_p: float = 1.0) -> torch.Tensor:
+def warp(
+    scores: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0
+) -> torch.Tensor:
     """Temperature → top-k → top-p on ``scores`` [G, V] (``transformers`` logits warpers)."""
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     if temperature != 1.0:
         scores = TemperatureLogitsWarper(float(temperature))(None, scores)

@@ -1,4 +1,4 @@
-"""Mid-decode branch spawning (engine capability E19).
+"""Mid-decode branch spawning.
 
 When a method's trigger fires for a request at step t (HALC: an object noun is about to be
 emitted), :func:`spawn_logits` builds NEW branches on the spot — e.g. the same prompt with a crop
@@ -63,8 +63,15 @@ def suspended(hooks):
                 setattr(hooks, k, v)
 
 
-def spawn_logits(adapter, branches: Sequence[Branch], generated: Sequence[Sequence[int]], *,
-                 rng: torch.Generator | None = None, hooks=None, chunk: int | None = None) -> torch.Tensor:
+def spawn_logits(
+    adapter,
+    branches: Sequence[Branch],
+    generated: Sequence[Sequence[int]],
+    *,
+    rng: torch.Generator | None = None,
+    hooks=None,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """Next-token logits [len(branches), V] (float32) of each new branch ``branches[i]`` after
     its prompt and the teacher-forced ids ``generated[i]``; one left-padded forward per ``chunk``
     rows (default: all), no KV cache kept. ``hooks``: the method's forward hooks, kept unchanged."""
@@ -81,14 +88,14 @@ def spawn_logits(adapter, branches: Sequence[Branch], generated: Sequence[Sequen
     for e, r in zip(encs, rows):
         ids = r.input_ids.clone()
         if img_id is not None:
-            tail = ids[e.length:]
+            tail = ids[e.length :]
             tail[tail == img_id] = int(adapter.pad_token_id)
         safe.append(replace(r, input_ids=ids))
     step = chunk or len(rows)
     out = []
     with suspended(hooks), torch.no_grad():
         for c in range(0, len(rows), step):
-            part, part_safe = rows[c:c + step], safe[c:c + step]
+            part, part_safe = rows[c : c + step], safe[c : c + step]
             ids, mask = adapter.collate(part)
             ids_safe, _ = adapter.collate(part_safe)
             pos, _ = adapter.prefill_positions(ids_safe, mask, part_safe)

@@ -1,6 +1,6 @@
-"""Activation steering and residual probes (engine capabilities E14, E14v, E16; ``methods-3.md`` §0).
+"""Activation steering and residual probes: steering on decoder and vision layers, and the probe.
 
-**E14 — per-row activation steering** (:class:`ActivationSteering`, a
+**Per-row activation steering** (:class:`ActivationSteering`, a
 :class:`~vcdflow.decoding.hooks.DecodeHooks`): a forward hook on the MLP of each chosen decoder
 layer (the residual *branch*: ``h ← h + mlp(norm(h))``, so the hook changes what the MLP adds, not
 the stream) replaces its output ``x`` at **every position** (prefill, shared prefix and suffix,
@@ -26,7 +26,7 @@ the prefix rows are copied to their rows (``select`` after the ``"prefix"`` forw
 naming ``share_prefix``, if a steered and an unsteered row (or, with per-request vectors, two
 requests) shared a prefix — such a method sets ``share_prefix = False`` (VISTA does).
 
-**E14v — the same on the vision encoder** (``vision_vectors``: per vision layer one vector per
+**The same on the vision encoder** (``vision_vectors``: per vision layer one vector per
 token, VTI's ``visual_direction``). The engine calls ``hooks.start`` before the
 prefill (:func:`vcdflow.decoding.engine._decode_rows`: ``start`` → ``collate`` →
 ``adapter.prefill_embeds``, and in the shared case :func:`~vcdflow.decoding.engine.shared_prefill`
@@ -56,7 +56,7 @@ Two tower layouts:
   official steers the longest ``ModuleList`` of the tower, ``get_layers``: here ``blocks``).
   Videos (``grid_t`` > 1) are refused.
 
-**E16 — residual probe** (:func:`residual_probe`): a prefill (no cache) of given encoded rows —
+**Residual probe** (:func:`residual_probe`): a prefill (no cache) of given encoded rows —
 text-only rows too (:func:`drop_image` removes a row's image) — returning each row's last-position
 output of every decoder layer ``[L, D]`` (the residual stream after the layer, not normed: VISTA's
 ``ForwardTracer`` hooks on the layer modules, ``steering_vector.py:86-88``) and optionally every
@@ -105,7 +105,14 @@ def mlp_of(layer) -> torch.nn.Module:
 
 
 #: where each family's vision tower lives (attribute paths from the top model)
-_VISION_ROOTS = ("model.vision_tower", "vision_tower", "model.vision_model", "vision_model", "model.visual", "visual")
+_VISION_ROOTS = (
+    "model.vision_tower",
+    "vision_tower",
+    "model.vision_model",
+    "vision_model",
+    "model.visual",
+    "visual",
+)
 
 
 def _longest_modulelist(module: torch.nn.Module) -> torch.nn.ModuleList | None:
@@ -130,8 +137,10 @@ def vision_tower(adapter) -> torch.nn.Module:
                 break
         if isinstance(obj, torch.nn.Module) and _longest_modulelist(obj) is not None:
             return obj
-    raise ValueError(f"no vision encoder layers found in {type(model).__name__} "
-                     f"(family {getattr(adapter, 'family', None)})")
+    raise ValueError(
+        f"no vision encoder layers found in {type(model).__name__} "
+        f"(family {getattr(adapter, 'family', None)})"
+    )
 
 
 def vision_layers(adapter) -> list:
@@ -168,16 +177,22 @@ def qwen_window_layout(grid_thw, merge: int, window: int, patch: int) -> tuple[t
     imgs, rasters = [], []
     for k, (t, h, w) in enumerate(torch.as_tensor(grid_thw).tolist()):
         if int(t) != 1:
-            raise ValueError(f"vision steering on qwen2_5_vl: image {k} has grid_t={t} (a video); only still "
-                             "images are supported")
+            raise ValueError(
+                f"vision steering on qwen2_5_vl: image {k} has grid_t={t} (a video); only still "
+                "images are supported"
+            )
         hm, wm = int(h) // merge, int(w) // merge
         uy, ux = torch.meshgrid(torch.arange(hm), torch.arange(wm), indexing="ij")
         nww = -(-wm // ws)
-        key = (((uy // ws) * nww + ux // ws) * ws + uy % ws) * ws + ux % ws      # window, then row-major inside
-        order = torch.argsort(key.flatten())                                      # units in window order
+        key = (((uy // ws) * nww + ux // ws) * ws + uy % ws) * ws + ux % ws  # window, then row-major inside
+        order = torch.argsort(key.flatten())  # units in window order
         y, x = order // wm, order % wm
         si, sj = torch.meshgrid(torch.arange(merge), torch.arange(merge), indexing="ij")
-        rows = (y.view(-1, 1) * merge + si.flatten().view(1, -1)) * int(w) + x.view(-1, 1) * merge + sj.flatten().view(1, -1)
+        rows = (
+            (y.view(-1, 1) * merge + si.flatten().view(1, -1)) * int(w)
+            + x.view(-1, 1) * merge
+            + sj.flatten().view(1, -1)
+        )
         rasters.append(rows.flatten())
         imgs.append(torch.full((rows.numel(),), k, dtype=torch.long))
     if not imgs:
@@ -196,8 +211,10 @@ def resample_grid(d: torch.Tensor, h: int, w: int, mode: str = "bilinear") -> to
     if (H, W) == (h, w):
         return d.reshape(h * w, D)
     if mode == "exact":
-        raise ValueError(f"vision steering direction is fitted at a {H}x{W} patch grid, the image has {h}x{w} "
-                         f"(vision_resample='exact'; 'bilinear' or 'nearest' resample it)")
+        raise ValueError(
+            f"vision steering direction is fitted at a {H}x{W} patch grid, the image has {h}x{w} "
+            f"(vision_resample='exact'; 'bilinear' or 'nearest' resample it)"
+        )
     if mode not in RESAMPLE_MODES:
         raise ValueError(f"vision_resample must be one of {', '.join(RESAMPLE_MODES)}, got {mode!r}")
     kw = {"align_corners": False} if mode == "bilinear" else {}
@@ -205,7 +222,9 @@ def resample_grid(d: torch.Tensor, h: int, w: int, mode: str = "bilinear") -> to
     return out.permute(1, 2, 0).reshape(h * w, D).to(d.dtype)
 
 
-def packed_rows(d: torch.Tensor, grid_thw, geometry: tuple[int, int, int], mode: str = "bilinear") -> torch.Tensor:
+def packed_rows(
+    d: torch.Tensor, grid_thw, geometry: tuple[int, int, int], mode: str = "bilinear"
+) -> torch.Tensor:
     """A patch-grid direction ``[H, W, D]`` laid out as Qwen2.5-VL's packed block sequence
     ``[N, D]`` for the images of ``grid_thw`` (each resampled to its grid, then put in window
     order, :func:`qwen_window_layout`)."""
@@ -235,7 +254,7 @@ def _check_layer(l: int, n: int, what: str) -> int:
 
 @dataclass
 class ActivationSteering(DecodeHooks):
-    """E14 + E14v as decode hooks. ``vectors``: decoder layer index → ``[D]`` (every steered row)
+    """Steering of decoder and vision-encoder layers as decode hooks. ``vectors``: decoder layer index → ``[D]`` (every steered row)
     or ``[n_requests, D]`` with ``per_request``; ``lam`` the push λ (VTI: 0.1 × α_text); ``gate``
     VISTA's cosine gate; ``branches`` the steered branch indices (None: all rows).
     ``vision_vectors``: vision layer index → ``[T, D]`` per-token vectors (batch-first towers) or a
@@ -256,8 +275,8 @@ class ActivationSteering(DecodeHooks):
 
     def start(self, adapter, seqs, tokens) -> None:
         super().start(adapter, seqs, tokens)
-        self._mask = None   # [R] bool: rows to steer (None: all)
-        self._req = None    # [R] long: request index of each row (per-request vectors)
+        self._mask = None  # [R] bool: rows to steer (None: all)
+        self._req = None  # [R] long: request index of each row (per-request vectors)
         self._prefix = None  # the "prefix" forward's rows, until they are copied to their request rows
         # the engine's flat row order (request-major, original branch first)
         self._flat = [(i, j) for i, s in enumerate(seqs) for j in range(len(s))]
@@ -275,9 +294,13 @@ class ActivationSteering(DecodeHooks):
             for l, v in self.vectors.items():
                 idx = _check_layer(int(l), len(mods), "decoder")
                 if v.shape[-1] != D:
-                    raise ValueError(f"steering vector of decoder layer {l} has size {v.shape[-1]}, the model's "
-                                     f"hidden size is {D}")
-                self._handles.append(mlp_of(mods[idx]).register_forward_hook(self._text_hook(v.to(dev).float())))
+                    raise ValueError(
+                        f"steering vector of decoder layer {l} has size {v.shape[-1]}, the model's "
+                        f"hidden size is {D}"
+                    )
+                self._handles.append(
+                    mlp_of(mods[idx]).register_forward_hook(self._text_hook(v.to(dev).float()))
+                )
         if self.vision_vectors:
             vmods = vision_layers(adapter)
             self._packed = is_packed_tower(adapter)
@@ -295,23 +318,32 @@ class ActivationSteering(DecodeHooks):
                 if v.dim() != want:
                     raise ValueError(
                         f"vision steering vector of layer {l} is {list(v.shape)}; the {adapter.family} tower takes "
-                        + ("a patch grid [H, W, D] (its images have dynamic resolution)" if self._packed
-                           else "one vector per token [T, D]"))
-                self._handles.append(mlp_of(vmods[idx]).register_forward_hook(self._vision_hook(v.to(dev).float(), l)))
+                        + (
+                            "a patch grid [H, W, D] (its images have dynamic resolution)"
+                            if self._packed
+                            else "one vector per token [T, D]"
+                        )
+                    )
+                self._handles.append(
+                    mlp_of(vmods[idx]).register_forward_hook(self._vision_hook(v.to(dev).float(), l))
+                )
 
     def _text_hook(self, v: torch.Tensor):
         def hook(module, args, output):
             x = output[0] if isinstance(output, tuple) else output
             if self.per_request:
                 if self._req is None:
-                    raise RuntimeError("per-request steering vectors need the rows' requests (before_forward)")
-                vv = v.index_select(0, self._req.to(v.device)).unsqueeze(1)   # [R, 1, D]
+                    raise RuntimeError(
+                        "per-request steering vectors need the rows' requests (before_forward)"
+                    )
+                vv = v.index_select(0, self._req.to(v.device)).unsqueeze(1)  # [R, 1, D]
             else:
                 vv = v
             y = steer(x, vv, self.lam, self.gate)
             if self._mask is not None:
                 y = torch.where(self._mask.to(x.device).view(-1, *([1] * (x.dim() - 1))), y, x)
             return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
+
         return hook
 
     def _vision_hook(self, v: torch.Tensor, l: int):
@@ -320,15 +352,20 @@ class ActivationSteering(DecodeHooks):
             if self._packed:
                 rows = packed_rows(v, self._grid, self._geometry, self.vision_resample)
                 if x.dim() != 2 or x.shape != rows.shape:
-                    raise ValueError(f"vision steering of layer {l}: {list(rows.shape)} patch vectors for a tower "
-                                     f"layer output of {list(x.shape)}")
+                    raise ValueError(
+                        f"vision steering of layer {l}: {list(rows.shape)} patch vectors for a tower "
+                        f"layer output of {list(x.shape)}"
+                    )
                 y = steer(x, rows, self.vision_lam, False)
                 return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
             if x.dim() != 3 or x.shape[-2:] != v.shape:
-                raise ValueError(f"vision steering vector of layer {l} is {list(v.shape)} (tokens × hidden), "
-                                 f"the tower's layer output is {list(x.shape)}")
+                raise ValueError(
+                    f"vision steering vector of layer {l} is {list(v.shape)} (tokens × hidden), "
+                    f"the tower's layer output is {list(x.shape)}"
+                )
             y = steer(x, v, self.vision_lam, False)
             return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
+
         return hook
 
     def _steered(self, branch: int) -> bool:
@@ -340,10 +377,14 @@ class ActivationSteering(DecodeHooks):
             return
         for (req, br), k in zip(self._flat, index.tolist()):
             p_req, p_br = pre.request[k], pre.branch[k]
-            if self._steered(br) != self._steered(p_br) or (self.per_request and self._steered(br) and req != p_req):
-                raise RuntimeError("activation steering: rows steered differently shared one prefix (request "
-                                   f"{req} branch {br} took the prefix of request {p_req} branch {p_br}); a method "
-                                   "steering some rows only must set share_prefix = False")
+            if self._steered(br) != self._steered(p_br) or (
+                self.per_request and self._steered(br) and req != p_req
+            ):
+                raise RuntimeError(
+                    "activation steering: rows steered differently shared one prefix (request "
+                    f"{req} branch {br} took the prefix of request {p_req} branch {p_br}); a method "
+                    "steering some rows only must set share_prefix = False"
+                )
 
     def before_forward(self, phase: str, rows: Rows) -> None:
         self._prefix = rows if phase == "prefix" else None
@@ -398,7 +439,7 @@ class HookChain(DecodeHooks):
             raise err
 
 
-# --- E16: residual probes --------------------------------------------------------------------------
+# --- residual probes --------------------------------------------------------------------------------
 def image_token_ids(adapter) -> set[int]:
     """Token ids that belong to a row's image: the placeholder, plus Qwen2.5-VL's vision start/end
     markers (removed with the image by :func:`drop_image`)."""
@@ -420,8 +461,11 @@ def drop_image(adapter, enc):
 
     drop = image_token_ids(adapter)
     keep = torch.tensor([int(t) not in drop for t in enc.input_ids.tolist()], dtype=torch.bool)
-    extras = {k: v[..., keep] for k, v in enc.extras.items()
-              if k in getattr(adapter, "TOKEN_EXTRAS", ()) and v.shape[-1] == enc.length}
+    extras = {
+        k: v[..., keep]
+        for k, v in enc.extras.items()
+        if k in getattr(adapter, "TOKEN_EXTRAS", ()) and v.shape[-1] == enc.length
+    }
     return Encoded(input_ids=enc.input_ids[keep], pixel_values=None, extras=extras, text=enc.text)
 
 
@@ -455,6 +499,7 @@ class _VisionCapture:
 
     def __enter__(self):
         if self.tower is not None:
+
             def gpre(module, args, kwargs):
                 self.grids.append(torch.as_tensor(_grid_arg(args, kwargs)).cpu())
 
@@ -468,7 +513,9 @@ class _VisionCapture:
             x = output[0] if isinstance(output, tuple) else output
             self._cur.append(x.detach().float().cpu())
             if len(self._cur) == len(self.layers) + 1:
-                self.calls.append(torch.stack(self._cur, dim=1) if self._cur[0].dim() == 3 else torch.stack(self._cur))
+                self.calls.append(
+                    torch.stack(self._cur, dim=1) if self._cur[0].dim() == 3 else torch.stack(self._cur)
+                )
                 self._cur = []
 
         self._handles.append(self.layers[0].register_forward_pre_hook(pre, with_kwargs=True))
@@ -484,7 +531,9 @@ class _VisionCapture:
 
 def _capture(adapter) -> _VisionCapture:
     if is_packed_tower(adapter):
-        return _VisionCapture(vision_layers(adapter), tower=vision_tower(adapter), geometry=_vision_geometry(adapter))
+        return _VisionCapture(
+            vision_layers(adapter), tower=vision_tower(adapter), geometry=_vision_geometry(adapter)
+        )
     return _VisionCapture(vision_layers(adapter))
 
 
@@ -497,7 +546,7 @@ def vision_probe(adapter, rows: Sequence[Any], chunk: int = 16) -> list[torch.Te
     img_rows = [r for r in rows if r.pixel_values is not None]
     with torch.inference_mode():
         for c in range(0, len(img_rows), chunk):
-            part = img_rows[c:c + chunk]
+            part = img_rows[c : c + chunk]
             with _capture(adapter) as cap:
                 adapter.image_features(part)
             got = cap.images()
@@ -508,7 +557,7 @@ def vision_probe(adapter, rows: Sequence[Any], chunk: int = 16) -> list[torch.Te
 
 
 def residual_probe(adapter, rows: Sequence[Any], chunk: int = 8, vision: bool = False):
-    """E16: one prefill (no cache) of ``rows`` — encoded rows or :class:`~vcdflow.decoding.types.Branch`
+    """The residual probe: one prefill (no cache) of ``rows`` — encoded rows or :class:`~vcdflow.decoding.types.Branch`
     objects (encoded here; text-only ones welcome), chunked,
     left-padded. Returns per row the last-position output of every decoder layer ``[L, D]``
     (float32, CPU, not normed); with ``vision`` a pair ``(layers, vision)`` per row, ``vision`` =
@@ -521,7 +570,7 @@ def residual_probe(adapter, rows: Sequence[Any], chunk: int = 8, vision: bool = 
     res: list = []
     with torch.inference_mode():
         for c in range(0, len(rows), chunk):
-            part = list(rows[c:c + chunk])
+            part = list(rows[c : c + chunk])
             cap = LayerCapture(layers=list(range(L)))
             cap.start(adapter, [], [])
             vcap = _capture(adapter) if vision and any(r.pixel_values is not None for r in part) else None
@@ -537,7 +586,7 @@ def residual_probe(adapter, rows: Sequence[Any], chunk: int = 8, vision: bool = 
                 adapter.forward(embeds, mask, pos, None)
             finally:
                 cap.finish()
-            hs = torch.stack([cap.last[l].float().cpu() for l in range(L)], dim=1)   # [R, L, D]
+            hs = torch.stack([cap.last[l].float().cpu() for l in range(L)], dim=1)  # [R, L, D]
             if not vision:
                 res.extend(hs.unbind(0))
                 continue

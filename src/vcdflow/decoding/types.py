@@ -58,7 +58,7 @@ class Branch:
     ``image_token_scale`` [n_image_tokens] multiplies the projected image features (AvisC).
     ``qformer_prompt`` (InstructBLIP only) is the Q-Former's instruction when it differs from
     the LLM text (ICD's official InstructBLIP variants); None = the LLM text, as the processor does.
-    ``image`` may also be a list of images (E10, multi-image branch: one prompt holding every image
+    ``image`` may also be a list of images (a multi-image branch: one prompt holding every image
     in order, as the family's processor builds it — LLaVA one ``<image>`` each, Qwen2.5-VL one vision
     block each; InstructBLIP refuses it, one Q-Former query set per prompt); such a branch batches
     like any other (CARVE's code-faithful final pass: original + refined image).
@@ -92,11 +92,11 @@ class BranchContext:
 class State:
     """Per-call decoding state handed to ``combine``/``plausibility``: the resolved params.
 
-    Per-request extras (engine capability E8): inside ``combine``/``plausibility``, ``contexts``
+    Per-request extras: inside ``combine``/``plausibility``, ``contexts``
     holds the :class:`BranchContext` of each request of the group being combined, in the order
     of the logits' leading dimension (``ctx.prepared`` tensors and token ids stored by the
     method's ``prepare``, ``ctx.adapter``; ``ctx.meta`` is copied into ``Output.meta`` after
-    decoding, so first-step logging (E9) writes there). ``temperature`` is the sampling
+    decoding, so first-step logging writes there). ``temperature`` is the sampling
     temperature (None in greedy mode). Both are filled by the engine's ``method_chooser``;
     empty/None when a caller builds a ``State`` itself."""
 
@@ -109,6 +109,6 @@ class State:
     requests: tuple = ()
     #: the method's :class:`~vcdflow.decoding.hooks.DecodeHooks` (``Method.forward_hooks``) or None
     hooks: Any = None
-    #: E6: [n_requests, V] the amateur model's logits for the group's original-branch rows (shared
+    #: [n_requests, V] the amateur model's logits for the group's original-branch rows (shared
     #: vocabulary prefix; ``vcdflow.decoding.amateur``), or None when the method has no amateur
     amateur: Any = None

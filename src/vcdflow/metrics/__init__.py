@@ -45,13 +45,15 @@ def metric_rows(scores: Mapping[str, float], **keys: Any) -> list[dict]:
             v = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"metric {name!r}: value {value!r} is not a number") from None
-        rows.append({
-            "benchmark": keys["benchmark"],
-            "split": split,
-            "model": keys["model"],
-            "method": keys["method"],
-            "seed": keys["seed"],
-            "metric": metric,
-            "value": v,
-        })
+        rows.append(
+            {
+                "benchmark": keys["benchmark"],
+                "split": split,
+                "model": keys["model"],
+                "method": keys["method"],
+                "seed": keys["seed"],
+                "metric": metric,
+                "value": v,
+            }
+        )
     return rows

@@ -155,19 +155,23 @@ def load_items(
         ipath = image_dir / q["image"]
         if check_images and not ipath.is_file():
             missing.append(str(ipath))
-        items.append({
-            "item_id": f"{prefix}{q['id']}",
-            "image": q["image"],
-            "image_path": str(ipath),
-            "image_id": image_id_from_name(q["image"]),
-            "question_id": q["id"],
-            "question": q["query"],
-            "label": None if a["type"] == "generative" else a["truth"],
-            "amber_type": a["type"],
-            "dimension": DIMENSIONS[a["type"]],
-        })
+        items.append(
+            {
+                "item_id": f"{prefix}{q['id']}",
+                "image": q["image"],
+                "image_path": str(ipath),
+                "image_id": image_id_from_name(q["image"]),
+                "question_id": q["id"],
+                "question": q["query"],
+                "label": None if a["type"] == "generative" else a["truth"],
+                "amber_type": a["type"],
+                "dimension": DIMENSIONS[a["type"]],
+            }
+        )
     if missing:
-        raise FileNotFoundError(f"{qpath}: {len(missing)} images missing under {image_dir}, e.g. {missing[:3]}")
+        raise FileNotFoundError(
+            f"{qpath}: {len(missing)} images missing under {image_dir}, e.g. {missing[:3]}"
+        )
     return items
 
 
@@ -177,7 +181,9 @@ def spacy_similarity(model_path: str | os.PathLike) -> Callable[[str, str], floa
     try:
         import spacy
     except ImportError as exc:
-        raise ImportError("AMBER's official similarity needs spaCy (pip install spacy) and en_core_web_lg") from exc
+        raise ImportError(
+            "AMBER's official similarity needs spaCy (pip install spacy) and en_core_web_lg"
+        ) from exc
     path = Path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"spaCy model not found: {path} (en_core_web_lg, installed or unpacked)")
@@ -332,12 +338,21 @@ def score_items(
         a = _annotation_of(rec, evaluator.annotations)
         answer = rec.get("answer") or ""
         if a["type"] == "generative":
-            rows.append({"item_id": rec["item_id"], "dimension": "generative", **evaluator.generative(answer, a)})
+            rows.append(
+                {"item_id": rec["item_id"], "dimension": "generative", **evaluator.generative(answer, a)}
+            )
         else:
             pred = parse_answer(answer, parser)
             ok = (a["truth"] == "yes" and pred == "Yes") or (a["truth"] == "no" and pred == "No")
-            rows.append({"item_id": rec["item_id"], "dimension": DIMENSIONS[a["type"]], "label": a["truth"],
-                         "pred": pred, "correct": int(ok)})
+            rows.append(
+                {
+                    "item_id": rec["item_id"],
+                    "dimension": DIMENSIONS[a["type"]],
+                    "label": a["truth"],
+                    "pred": pred,
+                    "correct": int(ok),
+                }
+            )
     return rows
 
 
@@ -361,7 +376,7 @@ def _disc(rows: list[dict], eps: float, rounding: bool, n_counters: int = 1) -> 
     gt_no = sum(1 for r in rows if r["label"] == "no")
     acc = _pct(correct, n, rounding, n_counters)
     p = _pct(pred_no_ok, pred_no, rounding, n_counters)  # inference.py:271 (ans_no_score / ans_no_num)
-    r = _pct(pred_no_ok, gt_no, rounding, n_counters)    # inference.py:272 (no_score / no_num)
+    r = _pct(pred_no_ok, gt_no, rounding, n_counters)  # inference.py:272 (no_score / no_num)
     f1 = 2 * (p / 100) * (r / 100) / ((p / 100) + (r / 100) + eps) * 100  # inference.py:273
     return {"accuracy": acc, "precision": p, "recall": r, "f1": round(f1, 1) if rounding else f1}
 
@@ -396,15 +411,18 @@ def score(
         out["chair"] = _pct(sum(r["hallucinated_mentions"] for r in gen), kept, rnd)
         out["cover"] = _pct(sum(r["covered"] for r in gen), truth, rnd)
         clean = sum(1 - r["hallucinated"] for r in gen)
-        out["hal"] = (round(100 - clean / (len(gen) + OFFICIAL_COUNTER_START) * 100, 1) if rnd
-                      else 100.0 - 100.0 * clean / len(gen))
+        out["hal"] = (
+            round(100 - clean / (len(gen) + OFFICIAL_COUNTER_START) * 100, 1)
+            if rnd
+            else 100.0 - 100.0 * clean / len(gen)
+        )
         out["cog"] = _pct(sum(r["cog_hits"] for r in gen), hallu, rnd)
     if dis:
         out.update(_disc(dis, 1e-4, rnd))
         # (rows, F1 epsilon, official counters summed in each denominator)
         groups = {
             "existence": ([r for r in dis if r["dimension"] == "existence"], 1e-3, 1),  # inference.py:284
-            "attribute": ([r for r in dis if r["dimension"] in _ATTRIBUTE], 1e-4, 3),   # inference.py:292-295
+            "attribute": ([r for r in dis if r["dimension"] in _ATTRIBUTE], 1e-4, 3),  # inference.py:292-295
             "state": ([r for r in dis if r["dimension"] == "state"], 1e-4, 1),
             "number": ([r for r in dis if r["dimension"] == "number"], 1e-4, 1),
             "action": ([r for r in dis if r["dimension"] == "action"], 1e-4, 1),

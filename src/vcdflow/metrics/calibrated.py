@@ -52,8 +52,10 @@ def class_probs(top: Mapping[str, float]) -> list[float]:
 def _top(rec: Mapping[str, Any], k: int) -> Mapping[str, Mapping[str, float]]:
     top = (rec.get("meta") or {}).get("debias_top")
     if not isinstance(top, Mapping) or not all(b in top for b in ("naive", "none", "unk")):
-        raise ValueError(f"record {k} ({rec.get('item_id', '?')}): no meta['debias_top'] with naive/none/unk "
-                         f"(decode it with method 'debias')")
+        raise ValueError(
+            f"record {k} ({rec.get('item_id', '?')}): no meta['debias_top'] with naive/none/unk "
+            f"(decode it with method 'debias')"
+        )
     return top
 
 
@@ -92,10 +94,13 @@ def calibrate(top: Mapping[str, Mapping[str, float]], mode: str, normalise_singl
 UNCALIBRATED = ("yes", "text")
 
 
-def _calibrated_records(records, mode: str, normalise_single: bool, text_naive: bool, word,
-                        uncalibrated: str = "yes") -> tuple[list, int]:
+def _calibrated_records(
+    records, mode: str, normalise_single: bool, text_naive: bool, word, uncalibrated: str = "yes"
+) -> tuple[list, int]:
     if uncalibrated not in UNCALIBRATED:
-        raise ValueError(f"unknown uncalibrated rule {uncalibrated!r}; choose one of {', '.join(UNCALIBRATED)}")
+        raise ValueError(
+            f"unknown uncalibrated rule {uncalibrated!r}; choose one of {', '.join(UNCALIBRATED)}"
+        )
     out, n_uncal = [], 0
     for k, rec in enumerate(records):
         if rec.get("error"):
@@ -113,8 +118,12 @@ def _calibrated_records(records, mode: str, normalise_single: bool, text_naive: 
     return out, n_uncal
 
 
-def pope_calibrated(records: Iterable[Mapping[str, Any]], mode: str = "none_unk",
-                    parser: str = "official", uncalibrated: str = "yes") -> dict[str, float]:
+def pope_calibrated(
+    records: Iterable[Mapping[str, Any]],
+    mode: str = "none_unk",
+    parser: str = "official",
+    uncalibrated: str = "yes",
+) -> dict[str, float]:
     """POPE scores (:func:`vcdflow.metrics.pope.score`) of the calibrated answers, plus
     ``n_uncalibrated`` and ``yes_ratio_before`` (the decoded text's yes-ratio)."""
     records = list(records)
@@ -125,8 +134,12 @@ def pope_calibrated(records: Iterable[Mapping[str, Any]], mode: str = "none_unk"
     return out
 
 
-def mme_calibrated(records: Iterable[Mapping[str, Any]], mode: str = "none_unk",
-                   parser: str = "official", uncalibrated: str = "yes") -> dict[str, float]:
+def mme_calibrated(
+    records: Iterable[Mapping[str, Any]],
+    mode: str = "none_unk",
+    parser: str = "official",
+    uncalibrated: str = "yes",
+) -> dict[str, float]:
     """MME scores (:func:`vcdflow.metrics.mme.score`) of the calibrated answers ("Yes"/"No"), plus
     ``n_uncalibrated`` and ``yes_ratio_before``."""
     records = list(records)

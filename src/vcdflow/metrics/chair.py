@@ -73,14 +73,50 @@ NLTK_PACKAGES = {
 
 # OPERA chair.py hard-coded rules (order and duplicates as in the source).
 COCO_DOUBLE_WORDS = [
-    "motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal",
-    "stop light", "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball",
-    "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
-    "mobile phone", "teddy bear", "hair drier", "potted plant", "bow tie", "laptop computer",
-    "stove top oven", "hot dog", "teddy bear", "home plate", "train track",
+    "motor bike",
+    "motor cycle",
+    "air plane",
+    "traffic light",
+    "street light",
+    "traffic signal",
+    "stop light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "suit case",
+    "sports ball",
+    "baseball bat",
+    "baseball glove",
+    "tennis racket",
+    "wine glass",
+    "hot dog",
+    "cell phone",
+    "mobile phone",
+    "teddy bear",
+    "hair drier",
+    "potted plant",
+    "bow tie",
+    "laptop computer",
+    "stove top oven",
+    "hot dog",
+    "teddy bear",
+    "home plate",
+    "train track",
 ]
-ANIMAL_WORDS = ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
-                "giraffe", "animal", "cub"]
+ANIMAL_WORDS = [
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "animal",
+    "cub",
+]
 VEHICLE_WORDS = ["jet", "train"]
 
 
@@ -291,7 +327,9 @@ class ChairEvaluator:
                 try:
                     name = id_to_name[ann["category_id"]]
                 except KeyError:
-                    raise ValueError(f"{path}: annotations[{i}] has unknown category_id {ann.get('category_id')!r}") from None
+                    raise ValueError(
+                        f"{path}: annotations[{i}] has unknown category_id {ann.get('category_id')!r}"
+                    ) from None
                 if name not in self.inverse_synonym_dict:
                     raise ValueError(
                         f"{path}: category {name!r} is not an entry of the synonyms file {self.synonyms_path}"
@@ -335,7 +373,7 @@ class ChairEvaluator:
         i = 0
         while i < len(words):
             idxs.append(i)
-            pair = " ".join(words[i:i + 2])
+            pair = " ".join(words[i : i + 2])
             if pair in self.double_word_dict:
                 merged.append(self.double_word_dict[pair])
                 i += 2
@@ -481,7 +519,11 @@ def load_items(
 
     if id_list is not None:
         src = str(id_list) if isinstance(id_list, (str, os.PathLike)) else "id_list"
-        wanted = read_id_list(id_list) if isinstance(id_list, (str, os.PathLike)) else [_norm_id(x) for x in id_list]
+        wanted = (
+            read_id_list(id_list)
+            if isinstance(id_list, (str, os.PathLike))
+            else [_norm_id(x) for x in id_list]
+        )
         chosen = []
         for k, x in enumerate(wanted):
             img = by_id.get(x) or by_name.get(str(x))
@@ -510,15 +552,17 @@ def load_items(
         ipath = image_dir / img["file_name"]
         if check_images and not ipath.is_file():
             missing.append(str(ipath))
-        items.append({
-            "item_id": f"{prefix}{imid}",
-            "image": img["file_name"],
-            "image_path": str(ipath),
-            "image_id": imid,
-            "question_id": None,
-            "question": prompt,
-            "label": None,
-        })
+        items.append(
+            {
+                "item_id": f"{prefix}{imid}",
+                "image": img["file_name"],
+                "image_path": str(ipath),
+                "image_id": imid,
+                "question_id": None,
+                "question": prompt,
+                "label": None,
+            }
+        )
     if missing:
         raise FileNotFoundError(f"{len(missing)} CHAIR images missing under {image_dir}, e.g. {missing[:3]}")
     return items
@@ -533,7 +577,9 @@ def _get_evaluator(evaluator: ChairEvaluator | None, kwargs: Mapping[str, Any]) 
             raise TypeError(f"pass either evaluator or its arguments, not both: {sorted(kwargs)}")
         return evaluator
     if "synonyms" not in kwargs or "nltk_data" not in kwargs:
-        raise TypeError("CHAIR scoring needs evaluator=ChairEvaluator(...) or synonyms=, nltk_data=, instances=, captions=")
+        raise TypeError(
+            "CHAIR scoring needs evaluator=ChairEvaluator(...) or synonyms=, nltk_data=, instances=, captions="
+        )
     return ChairEvaluator(**kwargs)
 
 

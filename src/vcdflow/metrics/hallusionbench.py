@@ -47,16 +47,38 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .judge import Judge, judge_rows, single_judge, join_records
 
-__all__ = ["GPT_MODEL_OFFICIAL", "load_items", "gpt_prompt", "gpt_correctness", "yesno_correctness",
-           "judge_items", "score_items", "score"]
+__all__ = [
+    "GPT_MODEL_OFFICIAL",
+    "load_items",
+    "gpt_prompt",
+    "gpt_correctness",
+    "yesno_correctness",
+    "judge_items",
+    "score_items",
+    "score",
+]
 
 GPT_MODEL_OFFICIAL = "gpt-4"  # utils.py:26
-_KEYS = ("category", "subcategory", "visual_input", "set_id", "figure_id", "question_id", "question",
-         "gt_answer", "gt_answer_details")
+_KEYS = (
+    "category",
+    "subcategory",
+    "visual_input",
+    "set_id",
+    "figure_id",
+    "question_id",
+    "question",
+    "gt_answer",
+    "gt_answer_details",
+)
 
 
-def load_items(json_file: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-               prefix: str = "hallusionbench/", check_images: bool = False) -> list[dict]:
+def load_items(
+    json_file: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    *,
+    prefix: str = "hallusionbench/",
+    check_images: bool = False,
+) -> list[dict]:
     """Items in file order. ``item_id`` is ``hallusionbench/<cat>_<sub>_<set>_<fig>_<q>``;
     ``label`` is ``gt_answer`` ("0"/"1"); the official fields are kept (as strings)."""
     path = Path(json_file)
@@ -91,26 +113,40 @@ def load_items(json_file: str | os.PathLike, image_root: str | os.PathLike | Non
             img = root / fn
             if check_images and not img.is_file():
                 raise FileNotFoundError(f"{path}[{i}]: image {img} missing")
-        items.append({
-            "item_id": f"{prefix}{key}",
-            "image": fn,
-            "image_path": str(img) if img is not None else None,
-            "image_id": "_".join(rec[k] for k in ("category", "subcategory", "set_id", "figure_id")),
-            "label": rec["gt_answer"],
-            **rec,
-        })
+        items.append(
+            {
+                "item_id": f"{prefix}{key}",
+                "image": fn,
+                "image_path": str(img) if img is not None else None,
+                "image_id": "_".join(rec[k] for k in ("category", "subcategory", "set_id", "figure_id")),
+                "label": rec["gt_answer"],
+                **rec,
+            }
+        )
     return items
 
 
 def gpt_prompt(question: str, gt_answer_details: str, prediction: str) -> str:
     """The official correctness prompt (``tianyi-lab/HallusionBench utils.py:33-40``)."""
-    prompt = ('Imagine you are an intelligent teacher. Thoroughly read the question, reference answer and the '
-              'prediction answer to ensure a clear understanding of the information provided. Assess the '
-              'correctness of the predictions. ')
-    prompt += ('If the prediction answer does not conflict with the reference answer, please generate “correct”. '
-               'If the prediction answer conflict with the reference answer, please generate “incorrect”. If the '
-               'prediction answer is unclear about the answer, please generate "unclear". \n\n Question:')
-    return prompt + question + "\nReference answer: " + gt_answer_details + "\nPrediction answer:" + prediction + "\nOutput:"
+    prompt = (
+        "Imagine you are an intelligent teacher. Thoroughly read the question, reference answer and the "
+        "prediction answer to ensure a clear understanding of the information provided. Assess the "
+        "correctness of the predictions. "
+    )
+    prompt += (
+        "If the prediction answer does not conflict with the reference answer, please generate “correct”. "
+        "If the prediction answer conflict with the reference answer, please generate “incorrect”. If the "
+        'prediction answer is unclear about the answer, please generate "unclear". \n\n Question:'
+    )
+    return (
+        prompt
+        + question
+        + "\nReference answer: "
+        + gt_answer_details
+        + "\nPrediction answer:"
+        + prediction
+        + "\nOutput:"
+    )
 
 
 def gpt_correctness(reply: str) -> str:
@@ -137,14 +173,23 @@ def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: in
     """Ask ``judge`` the official correctness question for every non-error record (one user
     message, no temperature set, as the official); adds ``judge_reply`` and ``judge`` (label) to
     each, for ``score(..., correctness="gpt")``."""
+
     def build(row):
-        return [{"role": "user", "content": gpt_prompt(row["question"], row["gt_answer_details"], row.get("answer") or "")}]
+        return [
+            {
+                "role": "user",
+                "content": gpt_prompt(row["question"], row["gt_answer_details"], row.get("answer") or ""),
+            }
+        ]
 
     return judge_rows(_join(records, items), judge, build, workers=workers)
 
 
-def score_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None = None,
-                correctness: str = "yesno") -> list[dict]:
+def score_items(
+    records: Iterable[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]] | None = None,
+    correctness: str = "yesno",
+) -> list[dict]:
     """Per-question rows (error records included with ``error`` set and ``correct`` None):
     ``item_id, category, subcategory, set_id, figure_id, question_id, visual_input, correctness
     ("0"/"1"/"2"), correct (0/1 after assign_correctness), error``."""
@@ -152,7 +197,18 @@ def score_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[st
         raise ValueError(f"hallusionbench: correctness must be 'yesno' or 'gpt', got {correctness!r}")
     rows = []
     for it in _join(records, items):
-        base = {k: it[k] for k in ("item_id", "category", "subcategory", "set_id", "figure_id", "question_id", "visual_input")}
+        base = {
+            k: it[k]
+            for k in (
+                "item_id",
+                "category",
+                "subcategory",
+                "set_id",
+                "figure_id",
+                "question_id",
+                "visual_input",
+            )
+        }
         if it.get("error"):
             rows.append({**base, "correctness": None, "correct": None, "error": it["error"]})
             continue
@@ -160,7 +216,9 @@ def score_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[st
             c = yesno_correctness(it.get("answer") or "", it["gt_answer"])
         else:
             if "judge_reply" not in it:
-                raise KeyError(f"hallusionbench: record {it['item_id']!r} has no judge_reply (run judge_items first)")
+                raise KeyError(
+                    f"hallusionbench: record {it['item_id']!r} has no judge_reply (run judge_items first)"
+                )
             c = gpt_correctness(it["judge_reply"])
         # assign_correctness, utils.py:404-411
         if it["category"] == "VS" and int(it["figure_id"]) == 0:
@@ -196,13 +254,18 @@ def _q_key(r):
 def _metrics(rows) -> dict[str, float]:
     ok = [r for r in rows if r["correct"] is not None]
     a = 100.0 * sum(r["correct"] for r in ok) / len(ok) if ok else math.nan
-    f, _ = _group_acc(rows, _fig_key, keep=lambda r: not (r["category"] == "VS" and str(r["figure_id"]) == "0"))
+    f, _ = _group_acc(
+        rows, _fig_key, keep=lambda r: not (r["category"] == "VS" and str(r["figure_id"]) == "0")
+    )
     q, _ = _group_acc(rows, _q_key)
     return {"aAcc": a, "fAcc": f, "qAcc": q}
 
 
-def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None = None,
-          correctness: str = "yesno") -> dict[str, float]:
+def score(
+    records: Iterable[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]] | None = None,
+    correctness: str = "yesno",
+) -> dict[str, float]:
     """``aAcc, fAcc, qAcc, easy_aAcc, hard_aAcc`` (percent), ``vd_aAcc, vd_fAcc, vd_qAcc,
     vs_aAcc, vs_fAcc, vs_qAcc``, ``n`` (questions scored), ``n_figures``, ``n_pairs``,
     ``n_errors``."""
@@ -215,7 +278,9 @@ def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
     for cat in ("VD", "VS"):
         for k, v in _metrics([r for r in rows if r["category"] == cat]).items():
             out[f"{cat.lower()}_{k}"] = v
-    _, n_fig = _group_acc(rows, _fig_key, keep=lambda r: not (r["category"] == "VS" and str(r["figure_id"]) == "0"))
+    _, n_fig = _group_acc(
+        rows, _fig_key, keep=lambda r: not (r["category"] == "VS" and str(r["figure_id"]) == "0")
+    )
     _, n_pairs = _group_acc(rows, _q_key)
     out["n"] = float(sum(1 for r in rows if r["correct"] is not None))
     out["n_figures"] = float(n_fig)

@@ -83,8 +83,13 @@ class Judge:
     kind = "judge"
     model = ""
 
-    def chat(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None = None,
-             max_tokens: int | None = None) -> JudgeReply:  # pragma: no cover - abstract
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> JudgeReply:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -112,9 +117,17 @@ class OpenAIJudge(Judge):
 
     kind = "openai"
 
-    def __init__(self, url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 60.0, retries: int = 3, retry_sleep: float = 5.0,
-                 extra_body: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retries: int = 3,
+        retry_sleep: float = 5.0,
+        extra_body: Mapping[str, Any] | None = None,
+    ):
         if not url or not isinstance(url, str):
             raise ValueError("judge: 'url' (an OpenAI-compatible endpoint) is required")
         if not model or not isinstance(model, str):
@@ -137,8 +150,10 @@ class OpenAIJudge(Judge):
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise JudgeError(f"judge {self.model} at {self.url}: environment variable {self.api_key_env} is "
-                                 "not set (the API key is read only from the environment)")
+                raise JudgeError(
+                    f"judge {self.model} at {self.url}: environment variable {self.api_key_env} is "
+                    "not set (the API key is read only from the environment)"
+                )
             h["Authorization"] = f"Bearer {key}"
         return h
 
@@ -179,8 +194,14 @@ class OpenAIJudge(Judge):
                 if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
                     last = f"no reply within {self.timeout:g} s (timeout)"
             if attempt < self.retries:
-                log.info("judge %s at %s: attempt %d/%d failed (%s); retrying", self.model, self.url, attempt,
-                         self.retries, last)
+                log.info(
+                    "judge %s at %s: attempt %d/%d failed (%s); retrying",
+                    self.model,
+                    self.url,
+                    attempt,
+                    self.retries,
+                    last,
+                )
                 time.sleep(self.retry_sleep)
         raise JudgeError(f"judge {self.model} at {self.url}: {last} (after {attempt} attempt(s))")
 
@@ -197,8 +218,15 @@ class LocalJudge(Judge):
 
     kind = "local"
 
-    def __init__(self, model: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
-                 default_max_tokens: int = 256, name: str | None = None):
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        default_max_tokens: int = 256,
+        name: str | None = None,
+    ):
         self.path = str(model)
         self.model = name or os.path.basename(os.path.normpath(self.path)) or self.path
         self.device, self.dtype = device, dtype
@@ -226,11 +254,17 @@ class LocalJudge(Judge):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(self.path)
-            lm = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, self.dtype)).to(self.device).eval()
+            lm = (
+                AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, self.dtype))
+                .to(self.device)
+                .eval()
+            )
             self._lm = (tok, lm)
         except Exception as e:  # noqa: BLE001
-            raise JudgeError(f"local judge {self.path}: not loadable as a vcdflow VLM ({vlm_error}) "
-                             f"nor as a causal LM ({type(e).__name__}: {e})") from None
+            raise JudgeError(
+                f"local judge {self.path}: not loadable as a vcdflow VLM ({vlm_error}) "
+                f"nor as a causal LM ({type(e).__name__}: {e})"
+            ) from None
 
     @staticmethod
     def _split(messages):
@@ -245,20 +279,29 @@ class LocalJudge(Judge):
             from vcdflow.decoding import Request, generate
 
             system, user = self._split(messages)
-            out = generate(self._vlm, [Request(image=None, prompt=user, system=system, item_id="judge")],
-                           method="greedy", max_new_tokens=n, batch_size=1)[0]
+            out = generate(
+                self._vlm,
+                [Request(image=None, prompt=user, system=system, item_id="judge")],
+                method="greedy",
+                max_new_tokens=n,
+                batch_size=1,
+            )[0]
             if out.error:
                 raise JudgeError(f"local judge {self.path}: {out.error}")
             return JudgeReply(text=out.text, reported_model=self.model)
         import torch
 
         tok, lm = self._lm
-        ids = tok.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, return_tensors="pt")
+        ids = tok.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, return_tensors="pt"
+        )
         if not isinstance(ids, torch.Tensor):
             ids = ids["input_ids"]
         with torch.inference_mode():
             gen = lm.generate(ids.to(lm.device), max_new_tokens=n, do_sample=False)
-        return JudgeReply(text=tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True), reported_model=self.model)
+        return JudgeReply(
+            text=tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True), reported_model=self.model
+        )
 
 
 class CallableJudge(Judge):
@@ -287,8 +330,10 @@ def make_judge(config: Mapping[str, Any] | Judge) -> Judge:
     cfg = dict(config)
     for k in cfg:
         if str(k).lower() in _SECRET_KEYS:
-            raise ValueError(f"judge config key {k!r} is not allowed: put the key in the environment and name "
-                             "the variable with 'api_key_env' (keys never go into configs, logs or the report)")
+            raise ValueError(
+                f"judge config key {k!r} is not allowed: put the key in the environment and name "
+                "the variable with 'api_key_env' (keys never go into configs, logs or the report)"
+            )
     kind = cfg.pop("kind", "openai")
     if kind == "openai":
         allowed = {"url", "model", "api_key_env", "timeout", "retries", "retry_sleep", "extra_body"}
@@ -305,8 +350,13 @@ def make_judge(config: Mapping[str, Any] | Judge) -> Judge:
             raise ValueError(f"judge config (local): unknown key(s) {bad}; allowed: {sorted(allowed)}")
         if "model" not in cfg:
             raise ValueError("judge config (local): 'model' (a model directory) is required")
-        return LocalJudge(cfg["model"], device=cfg.get("device", "cpu"), dtype=cfg.get("dtype", "float32"),
-                          default_max_tokens=cfg.get("max_tokens", 256), name=cfg.get("name"))
+        return LocalJudge(
+            cfg["model"],
+            device=cfg.get("device", "cpu"),
+            dtype=cfg.get("dtype", "float32"),
+            default_max_tokens=cfg.get("max_tokens", 256),
+            name=cfg.get("name"),
+        )
     raise ValueError(f"judge config: unknown kind {kind!r}; use 'openai' or 'local'")
 
 
@@ -317,8 +367,10 @@ def check_key_env(config: Mapping[str, Any], where: str) -> None:
     if isinstance(config, Mapping) and config.get("kind", "openai") == "openai":
         var = config.get("api_key_env", "OPENAI_API_KEY")
         if var and not os.environ.get(var):
-            raise JudgeError(f"config {where}.api_key_env: environment variable {var} is not set; export the "
-                             f"judge's API key there before the run (it is read only from the environment)")
+            raise JudgeError(
+                f"config {where}.api_key_env: environment variable {var} is not set; export the "
+                f"judge's API key there before the run (it is read only from the environment)"
+            )
 
 
 _CHECKPOINT: contextvars.ContextVar = contextvars.ContextVar("judgement_checkpoint", default=None)
@@ -338,7 +390,9 @@ def judgement_checkpoint(path: str | os.PathLike | None) -> Iterator[None]:
 
 
 def _judgement_key(item_id, label: str, messages, temperature, max_tokens) -> str:
-    text = json.dumps([str(item_id), label, [dict(m) for m in messages], temperature, max_tokens], sort_keys=True)
+    text = json.dumps(
+        [str(item_id), label, [dict(m) for m in messages], temperature, max_tokens], sort_keys=True
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -367,8 +421,15 @@ def judged_by(rows) -> str:
     return ", ".join(seen)
 
 
-def judge_rows(rows, judge: Judge | Mapping[str, Any], build: Callable[[dict], Sequence[Mapping[str, str]]], *,
-               workers: int = 1, temperature: float | None = None, max_tokens: int | None = None) -> list[dict]:
+def judge_rows(
+    rows,
+    judge: Judge | Mapping[str, Any],
+    build: Callable[[dict], Sequence[Mapping[str, str]]],
+    *,
+    workers: int = 1,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+) -> list[dict]:
     """Judge every row without ``error``: ``build(row)`` gives the chat messages; each such row
     comes back (a copy, order kept) with ``judge_reply`` (the reply text), ``judge`` (the label)
     and ``judge_reported_model``. A row that already has a ``judge_reply`` from the same judge
@@ -394,8 +455,16 @@ def judge_rows(rows, judge: Judge | Mapping[str, Any], build: Callable[[dict], S
         else:
             rep = judge.chat(messages, temperature=temperature, max_tokens=max_tokens)
             if fh is not None:
-                line = json.dumps({"key": key, "item_id": row.get("item_id"), "judge": label, "reply": rep.text,
-                                   "reported_model": rep.reported_model}, sort_keys=True)
+                line = json.dumps(
+                    {
+                        "key": key,
+                        "item_id": row.get("item_id"),
+                        "judge": label,
+                        "reply": rep.text,
+                        "reported_model": rep.reported_model,
+                    },
+                    sort_keys=True,
+                )
                 with lock:
                     fh.write(line + "\n")
                     fh.flush()
@@ -447,7 +516,9 @@ def join_records(records, items, *, bench: str, title: str, required: Sequence[s
             it = {**by_id[r["item_id"]], **{k: v for k, v in r.items() if k in RECORD_FIELDS}}
         missing = [k for k in required if it.get(k) is None]
         if missing:
-            raise KeyError(f"{bench}: record {r.get('item_id')!r} has no {', '.join(map(repr, missing))} "
-                           "(pass items=load_items(...))")
+            raise KeyError(
+                f"{bench}: record {r.get('item_id')!r} has no {', '.join(map(repr, missing))} "
+                "(pass items=load_items(...))"
+            )
         out.append(it)
     return out

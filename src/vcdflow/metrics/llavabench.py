@@ -42,9 +42,23 @@ import numpy as np
 
 from .judge import Judge, judge_rows, judged_by, single_judge, join_records
 
-__all__ = ["SYSTEM", "RULE_PROMPT", "ROLE", "GPT_MODEL_OFFICIAL", "TEMPERATURE", "MAX_TOKENS", "CATEGORIES",
-           "load_items", "review_content", "parse_score_official", "parse_score_lmms", "judge_items",
-           "score_items", "score", "judged_by"]
+__all__ = [
+    "SYSTEM",
+    "RULE_PROMPT",
+    "ROLE",
+    "GPT_MODEL_OFFICIAL",
+    "TEMPERATURE",
+    "MAX_TOKENS",
+    "CATEGORIES",
+    "load_items",
+    "review_content",
+    "parse_score_official",
+    "parse_score_lmms",
+    "judge_items",
+    "score_items",
+    "score",
+    "judged_by",
+]
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."  # :18
 ROLE = "Assistant"  # rule.json:8-10
@@ -57,7 +71,8 @@ RULE_PROMPT = (  # llava/eval/table/rule.json:8 (llava_bench_conv; :9-10 detail/
     "output a single line containing only two values indicating the scores for Assistant 1 and 2, respectively. "
     "The two scores are separated by a space.\nIn the subsequent line, please provide a comprehensive explanation "
     "of your evaluation, avoiding any potential bias and ensuring that the order in which the responses were "
-    "presented does not affect your judgment.")
+    "presented does not affect your judgment."
+)
 GPT_MODEL_OFFICIAL = "gpt-4-0314"  # :15
 TEMPERATURE = 0.2  # :23
 MAX_TOKENS = 1024  # :59
@@ -79,7 +94,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def load_items(root: str | os.PathLike, *, prefix: str = "llavabench/", check_images: bool = False) -> list[dict]:
+def load_items(
+    root: str | os.PathLike, *, prefix: str = "llavabench/", check_images: bool = False
+) -> list[dict]:
     """Items from the release folder. Keys: ``item_id`` (``llavabench/<question_id>``),
     ``image``, ``image_path``, ``image_id``, ``question_id``, ``question``, ``category``,
     ``caption`` (joined context), ``reference`` (the GPT-4 answer), ``label`` (None)."""
@@ -88,7 +105,9 @@ def load_items(root: str | os.PathLike, *, prefix: str = "llavabench/", check_im
     ctx = {c["image"]: c for c in _read_jsonl(root / "context.jsonl")}
     refs = _read_jsonl(root / "answers_gpt4.jsonl")
     if len(refs) != len(qs):
-        raise ValueError(f"llavabench: {root}/answers_gpt4.jsonl has {len(refs)} lines, questions.jsonl {len(qs)}")
+        raise ValueError(
+            f"llavabench: {root}/answers_gpt4.jsonl has {len(refs)} lines, questions.jsonl {len(qs)}"
+        )
     items = []
     for i, (q, ref) in enumerate(zip(qs, refs), 1):
         for k in ("question_id", "image", "text", "category"):
@@ -97,27 +116,44 @@ def load_items(root: str | os.PathLike, *, prefix: str = "llavabench/", check_im
         if q["category"] not in CATEGORIES:
             raise ValueError(f"{root}/questions.jsonl:{i}: category {q['category']!r} not in {CATEGORIES}")
         if ref.get("question_id") != q["question_id"]:
-            raise ValueError(f"{root}/answers_gpt4.jsonl:{i}: question_id {ref.get('question_id')!r} != {q['question_id']!r}")
+            raise ValueError(
+                f"{root}/answers_gpt4.jsonl:{i}: question_id {ref.get('question_id')!r} != {q['question_id']!r}"
+            )
         if q["image"] not in ctx:
-            raise ValueError(f"{root}/context.jsonl: no context for image {q['image']!r} (questions.jsonl:{i})")
+            raise ValueError(
+                f"{root}/context.jsonl: no context for image {q['image']!r} (questions.jsonl:{i})"
+            )
         cap = ctx[q["image"]].get("caption")
         cap_str = "\n".join(cap) if isinstance(cap, list) else cap  # :86-89
         path = root / "images" / q["image"]
         if check_images and not path.is_file():
             raise FileNotFoundError(f"{root}/questions.jsonl:{i}: image {path} missing")
-        items.append({"item_id": f"{prefix}{q['question_id']}", "image": q["image"], "image_path": str(path),
-                      "image_id": q["image"], "question_id": q["question_id"], "question": q["text"],
-                      "category": q["category"], "caption": cap_str, "reference": ref["text"], "label": None})
+        items.append(
+            {
+                "item_id": f"{prefix}{q['question_id']}",
+                "image": q["image"],
+                "image_path": str(path),
+                "image_id": q["image"],
+                "question_id": q["question_id"],
+                "question": q["text"],
+                "category": q["category"],
+                "caption": cap_str,
+                "reference": ref["text"],
+                "label": None,
+            }
+        )
     return items
 
 
 def review_content(caption: str, question: str, reference: str, answer: str) -> str:
     """The official user message (eval_gpt_review_bench.py:98-102)."""
-    return (f"[Context]\n{caption}\n\n"
-            f"[Question]\n{question}\n\n"
-            f"[{ROLE} 1]\n{reference}\n\n[End of {ROLE} 1]\n\n"
-            f"[{ROLE} 2]\n{answer}\n\n[End of {ROLE} 2]\n\n"
-            f"[System]\n{RULE_PROMPT}\n\n")
+    return (
+        f"[Context]\n{caption}\n\n"
+        f"[Question]\n{question}\n\n"
+        f"[{ROLE} 1]\n{reference}\n\n[End of {ROLE} 1]\n\n"
+        f"[{ROLE} 2]\n{answer}\n\n[End of {ROLE} 2]\n\n"
+        f"[System]\n{RULE_PROMPT}\n\n"
+    )
 
 
 def parse_score_official(review: str) -> list[float]:
@@ -148,19 +184,33 @@ _PARSERS = {"official": parse_score_official, "lmms": parse_score_lmms}
 
 
 def _join(records, items):
-    return join_records(records, items, bench="llavabench", title="a LLaVA-Bench", required=("category", "caption", "question", "reference"))
+    return join_records(
+        records,
+        items,
+        bench="llavabench",
+        title="a LLaVA-Bench",
+        required=("category", "caption", "question", "reference"),
+    )
 
 
 def judge_items(records, items, judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:
     """Ask ``judge`` the official review for every non-error record; adds ``judge_reply`` and
     ``judge`` to each (``score`` reads them)."""
-    def build(row):
-        return [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": review_content(row["caption"], row["question"], row["reference"],
-                                                           row.get("answer") or "")}]
 
-    return judge_rows(_join(records, items), judge, build, workers=workers, temperature=TEMPERATURE,
-                      max_tokens=MAX_TOKENS)
+    def build(row):
+        return [
+            {"role": "system", "content": SYSTEM},
+            {
+                "role": "user",
+                "content": review_content(
+                    row["caption"], row["question"], row["reference"], row.get("answer") or ""
+                ),
+            },
+        ]
+
+    return judge_rows(
+        _join(records, items), judge, build, workers=workers, temperature=TEMPERATURE, max_tokens=MAX_TOKENS
+    )
 
 
 def score_items(records, items=None, parser: str = "official") -> list[dict]:
@@ -175,21 +225,34 @@ def score_items(records, items=None, parser: str = "official") -> list[dict]:
         if "judge_reply" not in it:
             raise KeyError(f"llavabench: record {it['item_id']!r} has no judge_reply (run judge_items first)")
         s = _PARSERS[parser](it["judge_reply"])
-        rows.append({"item_id": it["item_id"], "category": it["category"], "reference_score": s[0],
-                     "model_score": s[1], "parsed": s != [-1, -1], "judge": it.get("judge")})
+        rows.append(
+            {
+                "item_id": it["item_id"],
+                "category": it["category"],
+                "reference_score": s[0],
+                "model_score": s[1],
+                "parsed": s != [-1, -1],
+                "judge": it.get("judge"),
+            }
+        )
     return rows
 
 
 def _summ(pairs) -> tuple[float, float, float]:
     if not pairs:
         return math.nan, math.nan, math.nan
-    stats = [round(x, 3) for x in np.asarray(pairs, dtype=float).mean(0).tolist()]  # summarize_gpt_review.py:56-57
+    stats = [
+        round(x, 3) for x in np.asarray(pairs, dtype=float).mean(0).tolist()
+    ]  # summarize_gpt_review.py:56-57
     rel = round(stats[1] / stats[0] * 100, 1) if stats[0] else math.nan  # :59
     return rel, round(stats[0] * 10, 1), round(stats[1] * 10, 1)
 
 
-def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None = None,
-          parser: str = "official") -> dict[str, float]:
+def score(
+    records: Iterable[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]] | None = None,
+    parser: str = "official",
+) -> dict[str, float]:
     """``relative`` (all questions), ``relative_<cat>`` for conv/detail/complex,
     ``reference_score`` and ``model_score`` (all, the judge's mean score x10), ``n`` (judged),
     ``n_parse_failures``, ``n_errors``. Judge: see :func:`judged_by`."""
@@ -201,9 +264,10 @@ def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any
     rel, ref, mod = _summ([[r["reference_score"], r["model_score"]] for r in rows])
     out.update({"relative": rel, "reference_score": ref, "model_score": mod})
     for c in CATEGORIES:
-        out[f"relative_{c}"] = _summ([[r["reference_score"], r["model_score"]] for r in rows if r["category"] == c])[0]
+        out[f"relative_{c}"] = _summ(
+            [[r["reference_score"], r["model_score"]] for r in rows if r["category"] == c]
+        )[0]
     out["n"] = float(len(rows))
     out["n_parse_failures"] = float(sum(1 for r in rows if not r["parsed"]))
     out["n_errors"] = float(sum(1 for r in records if r.get("error")))
     return out
-

@@ -60,8 +60,18 @@ __all__ = [
     "score",
 ]
 
-PERCEPTION = ["existence", "count", "position", "color", "posters", "celebrity", "scene",
-              "landmark", "artwork", "OCR"]
+PERCEPTION = [
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+]
 COGNITION = ["commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"]
 HALLUCINATION = ["existence", "count", "position", "color"]
 SUBTASKS = PERCEPTION + COGNITION
@@ -80,7 +90,9 @@ def _find_root(root: Path, subtasks: Sequence[str]) -> Path:
     for child in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         if any((child / s).is_dir() for s in subtasks):
             return child
-    raise FileNotFoundError(f"{root}: no MME subtask folders ({', '.join(subtasks[:3])}, ...) found here or one level down")
+    raise FileNotFoundError(
+        f"{root}: no MME subtask folders ({', '.join(subtasks[:3])}, ...) found here or one level down"
+    )
 
 
 def _read_qa(path: Path) -> list[tuple[str, str]]:
@@ -224,7 +236,9 @@ def load_items_dataframe(
             ans = str(df["answer"].iloc[r]).strip()
             if ans.lower().replace(".", "") not in ("yes", "no"):
                 raise ValueError(f"{source}: row {r} answer must be Yes/No, got {ans!r}")
-            items.append(_make_item(prefix, sub, name, path, k, str(df["question"].iloc[r]), ans, question_id=qid))
+            items.append(
+                _make_item(prefix, sub, name, path, k, str(df["question"].iloc[r]), ans, question_id=qid)
+            )
     return items
 
 
@@ -333,10 +347,20 @@ def score_items(records: Iterable[Mapping[str, Any]], parser: str = "official") 
                 if parser == "lmms":
                     gt = gt.replace(".", "")
                 if gt not in ("yes", "no"):
-                    raise ValueError(f"MME record {r.get('item_id', '?')}: label must be yes/no, got {r.get('label')!r}")
+                    raise ValueError(
+                        f"MME record {r.get('item_id', '?')}: label must be yes/no, got {r.get('label')!r}"
+                    )
                 pred = parse(r.get("answer") or "")
-                pair.append({"item_id": r["item_id"], "subtask": sub, "image_id": img, "label": gt,
-                             "pred": pred, "correct": int(pred == gt)})
+                pair.append(
+                    {
+                        "item_id": r["item_id"],
+                        "subtask": sub,
+                        "image_id": img,
+                        "label": gt,
+                        "pred": pred,
+                        "correct": int(pred == gt),
+                    }
+                )
             both = int(all(p["correct"] for p in pair))
             for p in pair:
                 p["pair_correct"] = both
@@ -365,7 +389,11 @@ def score(records: Iterable[Mapping[str, Any]], parser: str = "official") -> dic
         out[f"{sub}/score"] = sub_scores[sub]
         out[f"{sub}/acc"] = 100.0 * acc
         out[f"{sub}/acc_plus"] = 100.0 * acc_plus
-    for name, members in (("perception", PERCEPTION), ("cognition", COGNITION), ("hallucination", HALLUCINATION)):
+    for name, members in (
+        ("perception", PERCEPTION),
+        ("cognition", COGNITION),
+        ("hallucination", HALLUCINATION),
+    ):
         if all(m in sub_scores for m in members):
             out[name] = sum(sub_scores[m] for m in members)
     out["n"] = float(len(rows))

@@ -71,13 +71,21 @@ __all__ = [
 ]
 
 #: lmms-eval's ground-truth corrections: 1-based Index -> (original answer, fixed answer).
-GT_FIXES: dict[int, tuple[str, str]] = {99: ("(a)", "(b)"), 100: ("(b)", "(a)"),
-                                         279: ("(a)", "(b)"), 280: ("(b)", "(a)")}
-GT_FIXES_SOURCE = ("EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/mmvp/utils.py:11-23 (v0.7.3; "
-                   "lmms-eval issue #1018, tsb0601/MMVP issue #30)")
+GT_FIXES: dict[int, tuple[str, str]] = {
+    99: ("(a)", "(b)"),
+    100: ("(b)", "(a)"),
+    279: ("(a)", "(b)"),
+    280: ("(b)", "(a)"),
+}
+GT_FIXES_SOURCE = (
+    "EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/mmvp/utils.py:11-23 (v0.7.3; "
+    "lmms-eval issue #1018, tsb0601/MMVP issue #30)"
+)
 POST_PROMPT_LMMS = "\nAnswer with the option's letter from the given choices directly."  # mmvp.yaml:26
-GPT_SYSTEM = ("You are a helpful and precise assistant for checking the quality of the answer. "
-              "Please answer in only yes or no.")  # gpt_grader.py:26
+GPT_SYSTEM = (
+    "You are a helpful and precise assistant for checking the quality of the answer. "
+    "Please answer in only yes or no."
+)  # gpt_grader.py:26
 GPT_MODEL_OFFICIAL = "gpt-4-0314"  # gpt_grader.py:23
 GPT_TEMPERATURE = 0.2  # gpt_grader.py:31
 _YES_NO = re.compile(r"^(yes|no)$", re.IGNORECASE)  # gpt_grader.py:41
@@ -127,8 +135,9 @@ def _col(row: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
-def load_items(root: str | os.PathLike, *, fixes: str | None = "lmms", prefix: str = "mmvp/",
-               check_images: bool = True) -> list[dict]:
+def load_items(
+    root: str | os.PathLike, *, fixes: str | None = "lmms", prefix: str = "mmvp/", check_images: bool = True
+) -> list[dict]:
     """Items from an MMVP folder (``Questions.csv`` + ``MMVP Images/``), in file order.
 
     Keys: ``item_id`` (``mmvp/<Index>``), ``image`` (``<Index>.jpg``), ``image_path``,
@@ -151,8 +160,10 @@ def load_items(root: str | os.PathLike, *, fixes: str | None = "lmms", prefix: s
             idx_s = _col(row, "index", "lndex")
             q, opts, ans = _col(row, "question"), _col(row, "options"), _col(row, "correct answer")
             if idx_s is None or q is None or opts is None or ans is None:
-                raise ValueError(f"{csv_path}:{lineno}: needs columns Index, Question, Options, Correct Answer; "
-                                 f"got {sorted(k for k in row if k)}")
+                raise ValueError(
+                    f"{csv_path}:{lineno}: needs columns Index, Question, Options, Correct Answer; "
+                    f"got {sorted(k for k in row if k)}"
+                )
             try:
                 index = int(str(idx_s).strip())
             except ValueError:
@@ -164,8 +175,10 @@ def load_items(root: str | os.PathLike, *, fixes: str | None = "lmms", prefix: s
             if fixes == "lmms" and index in GT_FIXES:
                 orig, new = GT_FIXES[index]
                 if target_letter(ans) != target_letter(orig):
-                    raise ValueError(f"{csv_path}:{lineno}: Index {index} has answer {ans!r}, but the lmms-eval fix "
-                                     f"expects the original {orig!r} (already corrected copy? use fixes=None)")
+                    raise ValueError(
+                        f"{csv_path}:{lineno}: Index {index} has answer {ans!r}, but the lmms-eval fix "
+                        f"expects the original {orig!r} (already corrected copy? use fixes=None)"
+                    )
                 label, fixed = new, True
             image = f"{index}.jpg"
             path = (img_dir / image) if img_dir is not None else root / image
@@ -173,28 +186,32 @@ def load_items(root: str | os.PathLike, *, fixes: str | None = "lmms", prefix: s
                 raise FileNotFoundError(f"{csv_path}:{lineno}: image {path} missing")
             options = _parse_options(opts)
             opt_str = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options))
-            items.append({
-                "item_id": f"{prefix}{index}",
-                "image": image,
-                "image_path": str(path),
-                "image_id": index,
-                "question_id": index,
-                "question": f"{q} {opts}",
-                "question_lmms": f"{q}\n{opt_str}{POST_PROMPT_LMMS}",
-                "options": options,
-                "label": label,
-                "label_original": ans,
-                "label_fixed": fixed,
-                "index": index,
-                "pair_index": (index - 1) // 2,
-            })
+            items.append(
+                {
+                    "item_id": f"{prefix}{index}",
+                    "image": image,
+                    "image_path": str(path),
+                    "image_id": index,
+                    "question_id": index,
+                    "question": f"{q} {opts}",
+                    "question_lmms": f"{q}\n{opt_str}{POST_PROMPT_LMMS}",
+                    "options": options,
+                    "label": label,
+                    "label_original": ans,
+                    "label_fixed": fixed,
+                    "index": index,
+                    "pair_index": (index - 1) // 2,
+                }
+            )
     return items
 
 
 def gpt_user_prompt(question: str, answer: str, response: str) -> str:
     """The official grader's user message (gpt_grader.py:56)."""
-    return (f"Given the following question {question}, the correct answer is {answer}. "
-            f"Does the following answer correctly answers the question, answer:{response}?")
+    return (
+        f"Given the following question {question}, the correct answer is {answer}. "
+        f"Does the following answer correctly answers the question, answer:{response}?"
+    )
 
 
 def gpt_grade(reply: str) -> str:
@@ -204,23 +221,39 @@ def gpt_grade(reply: str) -> str:
 
 
 def _join(records, items):
-    return join_records(records, items, bench="mmvp", title="an MMVP", required=("index", "label", "question"))
+    return join_records(
+        records, items, bench="mmvp", title="an MMVP", required=("index", "label", "question")
+    )
 
 
-def judge_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None,
-                judge: Judge | Mapping[str, Any], *, workers: int = 1) -> list[dict]:
+def judge_items(
+    records: Iterable[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]] | None,
+    judge: Judge | Mapping[str, Any],
+    *,
+    workers: int = 1,
+) -> list[dict]:
     """Ask ``judge`` the official grader question for every non-error record; returns the records
     with ``judge_reply`` (text) and ``judge`` (label) added, ready for ``score(..., parser="gpt")``
     (see :func:`vcdflow.metrics.judge.judge_rows` for ``workers`` and resuming)."""
+
     def build(row):
-        return [{"role": "system", "content": GPT_SYSTEM},
-                {"role": "user", "content": gpt_user_prompt(row["question"], row["label"], row.get("answer") or "")}]
+        return [
+            {"role": "system", "content": GPT_SYSTEM},
+            {
+                "role": "user",
+                "content": gpt_user_prompt(row["question"], row["label"], row.get("answer") or ""),
+            },
+        ]
 
     return judge_rows(_join(records, items), judge, build, workers=workers, temperature=GPT_TEMPERATURE)
 
 
-def score_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None = None,
-                parser: str = "lmms") -> list[dict]:
+def score_items(
+    records: Iterable[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]] | None = None,
+    parser: str = "lmms",
+) -> list[dict]:
     """Per-question outcome (error records skipped): ``item_id, index, pair_index, pred, target,
     correct`` (+ ``judge`` for ``parser="gpt"``)."""
     if parser not in ("lmms", "gpt"):
@@ -237,16 +270,25 @@ def score_items(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[st
                 raise KeyError(f"mmvp: record {it['item_id']!r} has no judge_reply (run judge_items first)")
             pred, tgt = gpt_grade(it["judge_reply"]), "yes"
             ok = pred == "yes"
-        row = {"item_id": it["item_id"], "index": int(it["index"]), "pair_index": (int(it["index"]) - 1) // 2,
-               "pred": pred, "target": tgt, "correct": int(ok)}
+        row = {
+            "item_id": it["item_id"],
+            "index": int(it["index"]),
+            "pair_index": (int(it["index"]) - 1) // 2,
+            "pred": pred,
+            "target": tgt,
+            "correct": int(ok),
+        }
         if parser == "gpt":
             row["judge"] = it.get("judge")
         rows.append(row)
     return rows
 
 
-def score(records: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]] | None = None,
-          parser: str = "lmms") -> dict[str, float]:
+def score(
+    records: Iterable[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]] | None = None,
+    parser: str = "lmms",
+) -> dict[str, float]:
     """``pair_accuracy`` (the MMVP number: % of pairs with both right), ``accuracy`` (% of
     questions), ``n`` (questions), ``n_pairs`` (complete pairs), ``n_errors``."""
     records = list(records)

@@ -46,34 +46,96 @@ DEFAULT_ABBREVIATIONS = ("dr", "mr", "mrs", "ms", "st", "e.g", "i.e", "etc", "vs
 
 #: Tags always present in the tag dictionary (Penn Treebank conventions).
 _PUNCT_TAGS = {
-    ".": ".", "!": ".", "?": ".", ",": ",", ";": ":", ":": ":", "(": "(", ")": ")",
-    "``": "``", "''": "''", "'s": "POS", "n't": "RB", "-": ":", "--": ":",
+    ".": ".",
+    "!": ".",
+    "?": ".",
+    ",": ",",
+    ";": ":",
+    ":": ":",
+    "(": "(",
+    ")": ")",
+    "``": "``",
+    "''": "''",
+    "'s": "POS",
+    "n't": "RB",
+    "-": ":",
+    "--": ":",
 }
 
 # WordNet lexicographer files (the standard 45, index = line number).
 _LEXNAMES = [
-    ("adj.all", 3), ("adj.pert", 3), ("adv.all", 4), ("noun.Tops", 1), ("noun.act", 1),
-    ("noun.animal", 1), ("noun.artifact", 1), ("noun.attribute", 1), ("noun.body", 1),
-    ("noun.cognition", 1), ("noun.communication", 1), ("noun.event", 1),
-    ("noun.feeling", 1), ("noun.food", 1), ("noun.group", 1), ("noun.location", 1),
-    ("noun.motive", 1), ("noun.object", 1), ("noun.person", 1), ("noun.phenomenon", 1),
-    ("noun.plant", 1), ("noun.possession", 1), ("noun.process", 1), ("noun.quantity", 1),
-    ("noun.relation", 1), ("noun.shape", 1), ("noun.state", 1), ("noun.substance", 1),
-    ("noun.time", 1), ("verb.body", 2), ("verb.change", 2), ("verb.cognition", 2),
-    ("verb.communication", 2), ("verb.competition", 2), ("verb.consumption", 2),
-    ("verb.contact", 2), ("verb.creation", 2), ("verb.emotion", 2), ("verb.motion", 2),
-    ("verb.perception", 2), ("verb.possession", 2), ("verb.social", 2),
-    ("verb.stative", 2), ("verb.weather", 2), ("adj.ppl", 3),
+    ("adj.all", 3),
+    ("adj.pert", 3),
+    ("adv.all", 4),
+    ("noun.Tops", 1),
+    ("noun.act", 1),
+    ("noun.animal", 1),
+    ("noun.artifact", 1),
+    ("noun.attribute", 1),
+    ("noun.body", 1),
+    ("noun.cognition", 1),
+    ("noun.communication", 1),
+    ("noun.event", 1),
+    ("noun.feeling", 1),
+    ("noun.food", 1),
+    ("noun.group", 1),
+    ("noun.location", 1),
+    ("noun.motive", 1),
+    ("noun.object", 1),
+    ("noun.person", 1),
+    ("noun.phenomenon", 1),
+    ("noun.plant", 1),
+    ("noun.possession", 1),
+    ("noun.process", 1),
+    ("noun.quantity", 1),
+    ("noun.relation", 1),
+    ("noun.shape", 1),
+    ("noun.state", 1),
+    ("noun.substance", 1),
+    ("noun.time", 1),
+    ("verb.body", 2),
+    ("verb.change", 2),
+    ("verb.cognition", 2),
+    ("verb.communication", 2),
+    ("verb.competition", 2),
+    ("verb.consumption", 2),
+    ("verb.contact", 2),
+    ("verb.creation", 2),
+    ("verb.emotion", 2),
+    ("verb.motion", 2),
+    ("verb.perception", 2),
+    ("verb.possession", 2),
+    ("verb.social", 2),
+    ("verb.stative", 2),
+    ("verb.weather", 2),
+    ("adj.ppl", 3),
 ]
 _LEXFILE_OF_POS = {"a": 0, "r": 2, "n": 3, "v": 29}
 _SS_TYPE_NUM = {"n": 1, "v": 2, "a": 3, "r": 4}
 _FILE_OF_POS = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 # WordNet detachment rules (WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS).
 _RULES = {
-    "n": [("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"),
-          ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y")],
-    "v": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""),
-          ("ing", "e"), ("ing", "")],
+    "n": [
+        ("s", ""),
+        ("ses", "s"),
+        ("ves", "f"),
+        ("xes", "x"),
+        ("zes", "z"),
+        ("ches", "ch"),
+        ("shes", "sh"),
+        ("men", "man"),
+        ("ies", "y"),
+    ],
+    "v": [
+        ("s", ""),
+        ("ies", "y"),
+        ("es", "e"),
+        ("es", ""),
+        ("ed", "e"),
+        ("ed", ""),
+        ("ing", "e"),
+        ("ing", ""),
+    ],
     "a": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
     "r": [],
 }
@@ -130,8 +192,14 @@ def build_mini_nltk_data(
     for word, entry in lexicon.items():
         if not isinstance(word, str) or not word or any(c.isspace() for c in word):
             raise ValueError(f"build_mini_nltk_data: bad lexicon word {word!r} (one token, no spaces)")
-        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and all(isinstance(x, str) and x for x in entry)):
-            raise ValueError(f"build_mini_nltk_data: lexicon[{word!r}] must be (penn_tag, lemma), got {entry!r}")
+        if not (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and all(isinstance(x, str) and x for x in entry)
+        ):
+            raise ValueError(
+                f"build_mini_nltk_data: lexicon[{word!r}] must be (penn_tag, lemma), got {entry!r}"
+            )
         if any(c.isspace() for c in entry[1]):
             raise ValueError(f"build_mini_nltk_data: lemma of {word!r} has spaces: {entry[1]!r}")
 
@@ -193,7 +261,9 @@ def build_mini_nltk_data(
             wn / f"index.{fname}",
             _HEADER + "".join(f"{lem} {pos} 1 0 1 0 {offsets[lem]:08d}  \n" for lem in sorted(lemmas[pos])),
         )
-        _write(wn / f"{fname}.exc", "".join(f"{w} {' '.join(ls)}\n" for w, ls in sorted(exceptions[pos].items())))
+        _write(
+            wn / f"{fname}.exc", "".join(f"{w} {' '.join(ls)}\n" for w, ls in sorted(exceptions[pos].items()))
+        )
         for lem in sorted(lemmas[pos]):
             sense_lines.append(f"{lem}%{_SS_TYPE_NUM[pos]}:{lexfile:02d}:00:: {offsets[lem]:08d} 1 0\n")
     _write(wn / "index.sense", "".join(sorted(sense_lines)))

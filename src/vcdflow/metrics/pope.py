@@ -141,18 +141,22 @@ def load_items(
         ipath = image_dir / rec["image"]
         if check_images and not ipath.is_file():
             missing.append(str(ipath))
-        items.append({
-            "item_id": f"{prefix}{rec['question_id']}",
-            "image": rec["image"],
-            "image_path": str(ipath),
-            "image_id": image_id_from_name(rec["image"]),
-            "question_id": rec["question_id"],
-            "question": rec["text"],
-            "label": rec["label"],
-            "split": split,
-        })
+        items.append(
+            {
+                "item_id": f"{prefix}{rec['question_id']}",
+                "image": rec["image"],
+                "image_path": str(ipath),
+                "image_id": image_id_from_name(rec["image"]),
+                "question_id": rec["question_id"],
+                "question": rec["text"],
+                "label": rec["label"],
+                "split": split,
+            }
+        )
     if missing:
-        raise FileNotFoundError(f"{path}: {len(missing)} images missing under {image_dir}, e.g. {missing[:3]}")
+        raise FileNotFoundError(
+            f"{path}: {len(missing)} images missing under {image_dir}, e.g. {missing[:3]}"
+        )
     return items
 
 

@@ -100,8 +100,12 @@ def _reserved_layer_type():
             n = n_old + key_states.shape[-2]
             kb, vb = self._kbuf, self._vbuf
             # a new buffer when there is none, it is full, or ``keys`` was replaced from outside
-            if kb is None or kb.shape[0] != key_states.shape[0] or n > kb.shape[-2] or \
-                    (n_old and self.keys.data_ptr() != kb.data_ptr()):
+            if (
+                kb is None
+                or kb.shape[0] != key_states.shape[0]
+                or n > kb.shape[-2]
+                or (n_old and self.keys.data_ptr() != kb.data_ptr())
+            ):
                 shape = list(key_states.shape)
                 shape[-2] = n + self.reserve
                 kb = key_states.new_empty(shape)
@@ -126,14 +130,14 @@ def _reserved_layer_type():
             if self.get_seq_length() > 0:
                 n = self.keys.shape[-2]
                 self._kbuf, self._vbuf = self._kbuf[..., first:, :], self._vbuf[..., first:, :]
-                self.keys, self.values = self._kbuf[..., :n - first, :], self._vbuf[..., :n - first, :]
+                self.keys, self.values = self._kbuf[..., : n - first, :], self._vbuf[..., : n - first, :]
 
     _RESERVED_LAYER.append(ReservedLayer)
     return ReservedLayer
 
 
 def branch_images(branch) -> list | None:
-    """A branch's images as a list (E10: ``Branch.image`` may be a list of images), None for none."""
+    """A branch's images as a list (``Branch.image`` may be a list of images), None for none."""
     image = getattr(branch, "image", None)
     if image is None:
         return None
@@ -188,8 +192,11 @@ class FamilyAdapter:
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = _as_list(self.tokenizer.eos_token_id or 0)[0]
-        self._cache_kw = "cache" if "cache" in inspect.signature(self._forward_module().forward).parameters \
+        self._cache_kw = (
+            "cache"
+            if "cache" in inspect.signature(self._forward_module().forward).parameters
             else "past_key_values"
+        )
 
     # --- facts --------------------------------------------------------------------------------
     def _image_token_id(self) -> int | None:
@@ -234,7 +241,7 @@ class FamilyAdapter:
 
     # --- text ---------------------------------------------------------------------------------
     def messages(self, prompt: str, has_image: bool | int, system: str | None) -> list[dict]:
-        """``has_image``: False/True, or the number of images (E10: one image part each, in order)."""
+        """``has_image``: False/True, or the number of images (one image part each, in order)."""
         msgs: list[dict] = []
         if system:
             msgs.append({"role": "system", "content": [{"type": "text", "text": system}]})
@@ -254,11 +261,15 @@ class FamilyAdapter:
         if self.chat_template and self.chat_template != "model":
             from ..protocols.chat import render
 
-            return render(self.chat_template, self.messages(prompt, has_image, system),
-                          image_token=str(getattr(self.processor, "image_token", None) or "<image>"))
+            return render(
+                self.chat_template,
+                self.messages(prompt, has_image, system),
+                image_token=str(getattr(self.processor, "image_token", None) or "<image>"),
+            )
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(
-                self.messages(prompt, has_image, system), add_generation_prompt=True, tokenize=False)
+                self.messages(prompt, has_image, system), add_generation_prompt=True, tokenize=False
+            )
         return self.fallback_text(prompt, has_image, system)
 
     def fallback_text(self, prompt: str, has_image: bool, system: str | None) -> str:
@@ -270,15 +281,16 @@ class FamilyAdapter:
     def encode(self, branch, rng: torch.Generator | None = None) -> Encoded:
         """Branch (``prompt``, ``image``, ``system``, ``pixel_fn``, ``image_token_scale``) → Encoded.
 
-        E10: ``branch.image`` may be a list of images — one prompt with one image part per image,
+        A multi-image branch: ``branch.image`` may be a list of images — one prompt with one image part per image,
         in order, through the family's own chat template and processor (LLaVA: one ``<image>``
         placeholder each; Qwen2.5-VL: one vision block each); ``pixel_fn`` then sees all of them
         ``[N, 3, H, W]`` and ``image_token_scale`` covers all their tokens."""
         images = branch_images(branch)
         image = None if images is None else images[0]
-        # one image: has_image=True, exactly as before E10; a list: the number of images
-        has: bool | int = False if images is None else \
-            len(images) if isinstance(branch.image, (list, tuple)) else True
+        # one image: has_image=True, exactly as before multi-image branches; a list: the number of images
+        has: bool | int = (
+            False if images is None else len(images) if isinstance(branch.image, (list, tuple)) else True
+        )
         text = self.build_text(branch.prompt, has, getattr(branch, "system", None))
         kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
         if image is not None:
@@ -286,8 +298,11 @@ class FamilyAdapter:
         out = self.processor(**kwargs)
         ids = out["input_ids"][0].long()
         pv = out.get("pixel_values") if image is not None else None
-        extras = {k: v for k, v in out.items()
-                  if k not in ("input_ids", "attention_mask", "pixel_values") and isinstance(v, torch.Tensor)}
+        extras = {
+            k: v
+            for k, v in out.items()
+            if k not in ("input_ids", "attention_mask", "pixel_values") and isinstance(v, torch.Tensor)
+        }
         fn: Callable | None = getattr(branch, "pixel_fn", None)
         if fn is not None:
             if pv is None:
@@ -320,8 +335,8 @@ class FamilyAdapter:
         ids = torch.full((len(rows), L), int(self.pad_token_id), dtype=torch.long)
         mask = torch.zeros((len(rows), L), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, L - r.length:] = r.input_ids
-            mask[i, L - r.length:] = 1
+            ids[i, L - r.length :] = r.input_ids
+            mask[i, L - r.length :] = 1
         return ids.to(self.device), mask.to(self.device)
 
     # --- shared prefixes (several rows with the same system text + image) --------------------
@@ -341,20 +356,31 @@ class FamilyAdapter:
         ``image_grid_thw``, InstructBLIP's Q-Former instruction) and of ``image_token_scale``.
         Rows with equal keys have equal prefix KV states."""
         extras = self._prefix_extras(enc, p)
-        return (tuple(enc.input_ids[:p].tolist()), _digest(enc.pixel_values),
-                tuple((k, _digest(v)) for k, v in sorted(extras.items())), _digest(enc.image_token_scale))
+        return (
+            tuple(enc.input_ids[:p].tolist()),
+            _digest(enc.pixel_values),
+            tuple((k, _digest(v)) for k, v in sorted(extras.items())),
+            _digest(enc.image_token_scale),
+        )
 
     #: extras laid out per input token ([1, L]): cut to the prefix with the ids
     TOKEN_EXTRAS = ("mm_token_type_ids", "token_type_ids")
 
     def _prefix_extras(self, enc: Encoded, p: int) -> dict:
-        return {k: (v[..., :p] if k in self.TOKEN_EXTRAS and v.shape[-1] == enc.length else v)
-                for k, v in enc.extras.items()}
+        return {
+            k: (v[..., :p] if k in self.TOKEN_EXTRAS and v.shape[-1] == enc.length else v)
+            for k, v in enc.extras.items()
+        }
 
     def truncate(self, enc: Encoded, p: int) -> Encoded:
         """``enc``'s first ``p`` tokens with all its image inputs (the prefix row to prefill)."""
-        return Encoded(input_ids=enc.input_ids[:p], pixel_values=enc.pixel_values,
-                       extras=self._prefix_extras(enc, p), image_token_scale=enc.image_token_scale, text=enc.text)
+        return Encoded(
+            input_ids=enc.input_ids[:p],
+            pixel_values=enc.pixel_values,
+            extras=self._prefix_extras(enc, p),
+            image_token_scale=enc.image_token_scale,
+            text=enc.text,
+        )
 
     def image_features(self, rows: list[Encoded]) -> list[torch.Tensor]:
         """Per image row, its image features [T, D] (in row order)."""
@@ -388,19 +414,21 @@ class FamilyAdapter:
         return embeds.masked_scatter(mask.unsqueeze(-1), feats_all)
 
     def n_images(self, enc: Encoded) -> int:
-        """Images in ``enc`` (E10: a multi-image branch has several; the processor's leading dim)."""
+        """Images in ``enc`` (a multi-image branch has several; the processor's leading dim)."""
         return 0 if enc.pixel_values is None else int(enc.pixel_values.shape[0])
 
     def _per_row(self, img_rows: list[Encoded], feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-image features → per-row features (E10: a row's images concatenated in order)."""
+        """Per-image features → per-row features (a row's images concatenated in order)."""
         if len(feats) == len(img_rows):
             return feats
         counts = [self.n_images(r) for r in img_rows]
         if sum(counts) != len(feats):
-            raise ValueError(f"{len(feats)} image feature blocks for {sum(counts)} images in {len(img_rows)} rows")
+            raise ValueError(
+                f"{len(feats)} image feature blocks for {sum(counts)} images in {len(img_rows)} rows"
+            )
         out, k = [], 0
         for c in counts:
-            out.append(torch.cat([f.reshape(-1, f.shape[-1]) for f in feats[k:k + c]]))
+            out.append(torch.cat([f.reshape(-1, f.shape[-1]) for f in feats[k : k + c]]))
             k += c
         return out
 
@@ -436,8 +464,14 @@ class FamilyAdapter:
                     cache.layer_class_to_replicate = lambda: layer_type(reserve)
         return cache
 
-    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
-                output_attentions: bool = False):
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache,
+        output_attentions: bool = False,
+    ):
         """One decoder forward → (last-position logits [R, V] float32, attentions or None)."""
         mod = self._forward_module()
         kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
@@ -451,8 +485,9 @@ class FamilyAdapter:
                 kwargs["token_type_ids"] = types.to(embeds.device)
         if output_attentions:
             kwargs["output_attentions"] = True
-        out = mod(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                  logits_to_keep=1, **kwargs)
+        out = mod(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs
+        )
         return out.logits[:, -1, :].float(), (out.attentions if output_attentions else None)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
@@ -495,7 +530,9 @@ class InstructBlipAdapter(FamilyAdapter):
     family = "instructblip"
 
     def build_text(self, prompt: str, has_image: bool, system: str | None = None) -> str:
-        if (self.chat_template and self.chat_template != "model") or getattr(self.processor, "chat_template", None):
+        if (self.chat_template and self.chat_template != "model") or getattr(
+            self.processor, "chat_template", None
+        ):
             return super().build_text(prompt, has_image, system)
         return f"{system} {prompt}" if system else prompt
 
@@ -504,8 +541,10 @@ class InstructBlipAdapter(FamilyAdapter):
         if images is not None and len(images) > 1:
             from ..decoding.types import InputError
 
-            raise InputError(f"the instructblip family takes one image per prompt (one Q-Former query set): "
-                             f"a branch with {len(images)} images (E10, multi-image) is not supported")
+            raise InputError(
+                f"the instructblip family takes one image per prompt (one Q-Former query set): "
+                f"a branch with {len(images)} images (multi-image) is not supported"
+            )
         if images is not None and isinstance(branch.image, (list, tuple)):
             from dataclasses import replace
 
@@ -535,13 +574,17 @@ class InstructBlipAdapter(FamilyAdapter):
             return []
         from torch.nn.utils.rnn import pad_sequence
 
-        q_ids = pad_sequence([r.extras["qformer_input_ids"][0] for r in img_rows], batch_first=True,
-                             padding_value=0)
-        q_mask = pad_sequence([r.extras["qformer_attention_mask"][0] for r in img_rows],
-                              batch_first=True, padding_value=0)
+        q_ids = pad_sequence(
+            [r.extras["qformer_input_ids"][0] for r in img_rows], batch_first=True, padding_value=0
+        )
+        q_mask = pad_sequence(
+            [r.extras["qformer_attention_mask"][0] for r in img_rows], batch_first=True, padding_value=0
+        )
         res = self.model.get_image_features(
             pixel_values=torch.cat([r.pixel_values for r in img_rows]).to(self.device, self.dtype),
-            qformer_input_ids=q_ids.to(self.device), qformer_attention_mask=q_mask.to(self.device))
+            qformer_input_ids=q_ids.to(self.device),
+            qformer_attention_mask=q_mask.to(self.device),
+        )
         if isinstance(res, tuple):
             res = res[0]
         return _features(res)
@@ -559,8 +602,11 @@ class PackedPatchAdapter(FamilyAdapter):
 
     def _geometry(self):
         ip = self._ip()
-        return (int(getattr(ip, "patch_size", 14)), int(getattr(ip, "temporal_patch_size", 2)),
-                int(getattr(ip, "merge_size", 2)))
+        return (
+            int(getattr(ip, "patch_size", 14)),
+            int(getattr(ip, "temporal_patch_size", 2)),
+            int(getattr(ip, "merge_size", 2)),
+        )
 
     def pixels_to_images(self, pixel_values: torch.Tensor, extras: dict) -> torch.Tensor:
         p, tp, m = self._geometry()
@@ -568,7 +614,7 @@ class PackedPatchAdapter(FamilyAdapter):
         start = 0
         for t, h, w in extras["image_grid_thw"].tolist():
             n = t * h * w
-            x = pixel_values[start:start + n]
+            x = pixel_values[start : start + n]
             start += n
             c = x.shape[1] // (tp * p * p)
             x = x.reshape(t, h // m, w // m, m, m, c, tp, p, p)
@@ -581,7 +627,7 @@ class PackedPatchAdapter(FamilyAdapter):
         p, tp, m = self._geometry()
         out = []
         for i, (t, h, w) in enumerate(extras["image_grid_thw"].tolist()):
-            x = images[i:i + 1].repeat(t * tp, 1, 1, 1)
+            x = images[i : i + 1].repeat(t * tp, 1, 1, 1)
             c = x.shape[1]
             x = x.reshape(t, tp, c, h // m, m, p, w // m, m, p)
             x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
@@ -651,9 +697,17 @@ class AnyResAdapter(FamilyAdapter):
         if not img_rows:
             return []
         tiles = max(int(r.pixel_values.shape[1]) for r in img_rows)
-        px = torch.cat([torch.nn.functional.pad(r.pixel_values, (0, 0, 0, 0, 0, 0, 0, tiles - r.pixel_values.shape[1]))
-                        for r in img_rows]).to(self.device, self.dtype)
-        kwargs: dict[str, Any] = {"image_sizes": torch.cat([r.extras["image_sizes"] for r in img_rows]).to(self.device)}
+        px = torch.cat(
+            [
+                torch.nn.functional.pad(
+                    r.pixel_values, (0, 0, 0, 0, 0, 0, 0, tiles - r.pixel_values.shape[1])
+                )
+                for r in img_rows
+            ]
+        ).to(self.device, self.dtype)
+        kwargs: dict[str, Any] = {
+            "image_sizes": torch.cat([r.extras["image_sizes"] for r in img_rows]).to(self.device)
+        }
         if "batch_num_images" in inspect.signature(self.model.get_image_features).parameters:
             # OneVision tiles an image only when it is its prompt's only image (the processor counts so)
             kwargs["batch_num_images"] = torch.tensor([self.n_images(r) for r in img_rows])
@@ -667,7 +721,7 @@ LAYOUT_ADAPTERS: dict[str, type[FamilyAdapter]] = {
     "query": InstructBlipAdapter,
     "packed": PackedPatchAdapter,
     "anyres": AnyResAdapter,
-    "tiles": LlavaAdapter,   # InternVL: every tile is one "image" of the grid adapter
+    "tiles": LlavaAdapter,  # InternVL: every tile is one "image" of the grid adapter
 }
 
 
@@ -679,9 +733,15 @@ def _family_adapters() -> dict[str, type[FamilyAdapter]]:
         base = LAYOUT_ADAPTERS.get(spec.layout)
         if base is None:
             continue
-        out[name] = base if base.family == name else type(
-            f"{spec.title.split()[0].replace('-', '').replace('.', '')}Adapter", (base,),
-            {"family": name, "__doc__": f"{spec.title}: {base.__doc__}"})
+        out[name] = (
+            base
+            if base.family == name
+            else type(
+                f"{spec.title.split()[0].replace('-', '').replace('.', '')}Adapter",
+                (base,),
+                {"family": name, "__doc__": f"{spec.title}: {base.__doc__}"},
+            )
+        )
     return out
 
 

@@ -94,12 +94,35 @@ _CATEGORY_WORDS = tuple(c.name for c in DEMO_CATEGORIES)
 #: Every word the demo model can read or write (after lowercasing and punctuation split).
 VOCAB_WORDS: tuple[str, ...] = (
     # chat template
-    "user", "assistant", ":",
+    "user",
+    "assistant",
+    ":",
     # instructions and questions
-    "please", "describe", "this", "image", "in", "detail", ".", "is", "there", "a", "an",
-    "the", "?", "answer", "question", "with", "one", "word", "yes", "no",
+    "please",
+    "describe",
+    "this",
+    "image",
+    "in",
+    "detail",
+    ".",
+    "is",
+    "there",
+    "a",
+    "an",
+    "the",
+    "?",
+    "answer",
+    "question",
+    "with",
+    "one",
+    "word",
+    "yes",
+    "no",
     # captions
-    "and", ",", "picture", "of",
+    "and",
+    ",",
+    "picture",
+    "of",
 ) + _CATEGORY_WORDS
 
 #: LLaVA-1.5-style chat template (see module docstring). Content may be a string or a list
@@ -189,8 +212,11 @@ def build_processor(tokenizer, cfg: DemoModelConfig | None = None):
     cfg = cfg or DemoModelConfig()
     s = cfg.image_size
     image_processor = _ImageProcessor(
-        size={"shortest_edge": s}, crop_size={"height": s, "width": s},
-        do_center_crop=True, do_resize=True, do_convert_rgb=True,
+        size={"shortest_edge": s},
+        crop_size={"height": s, "width": s},
+        do_center_crop=True,
+        do_resize=True,
+        do_convert_rgb=True,
     )
     return LlavaProcessor(
         image_processor=image_processor,
@@ -205,37 +231,58 @@ def build_processor(tokenizer, cfg: DemoModelConfig | None = None):
 
 def build_demo_vlm(cfg: DemoModelConfig | None = None, seed: int = 0):
     """Freshly initialised ``(model, processor)`` (weights seeded by ``seed``)."""
-    from transformers import (CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
+    from transformers import (
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     cfg = cfg or DemoModelConfig()
     tokenizer = build_tokenizer(cfg.extra_words)
     processor = build_processor(tokenizer, cfg)
     vocab_size = len(tokenizer)
     vision = CLIPVisionConfig(
-        image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.vision_hidden,
-        intermediate_size=2 * cfg.vision_hidden, num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads, projection_dim=cfg.vision_hidden,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=2 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        projection_dim=cfg.vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
-        num_key_value_heads=cfg.text_heads, max_position_embeddings=cfg.max_positions,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=cfg.tie_embeddings,
+        vocab_size=vocab_size,
+        hidden_size=cfg.text_hidden,
+        intermediate_size=2 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text,
+        vision_config=vision,
+        text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
         image_seq_length=cfg.n_image_tokens,
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
-        projector_hidden_act="gelu", tie_word_embeddings=cfg.tie_embeddings,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
     )
     model.eval()
     return model, processor
@@ -252,8 +299,9 @@ def prompt_messages(text: str, *, image: bool = True, system: str | None = None)
 
 
 def render_prompt(processor, text: str, *, image: bool = True, system: str | None = None) -> str:
-    return processor.apply_chat_template(prompt_messages(text, image=image, system=system),
-                                         add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(
+        prompt_messages(text, image=image, system=system), add_generation_prompt=True, tokenize=False
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -314,7 +362,8 @@ def _world_words(world, extra_words: Sequence[str] = ()) -> list[str]:
     from tokenizers import pre_tokenizers
 
     split = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")])
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
     known = set(VOCAB_WORDS) | {w.lower() for w in extra_words}
     images, _present, captions, cats, _boxes = world
     texts = [c["name"] for c in cats.values()] + [captions[im["id"]] for im in images]
@@ -347,7 +396,7 @@ class _TrainData:
             it = tqdm(it, desc="preprocess images", unit="batch")
         for s in it:
             batch = []
-            for im in images[s:s + 256]:
+            for im in images[s : s + 256]:
                 p = img_dir / im["file_name"]
                 if not p.is_file():
                     raise FileNotFoundError(f"{p}: image listed in instances_train.json is missing")
@@ -375,7 +424,8 @@ class _TrainData:
         self.caption_prompt = prompt_ids(CAPTION_INSTRUCTION)
         self.question_prompts = {
             (cid, suf): prompt_ids(pope_question(cats[cid]["name"]) + (" " + POPE_SUFFIX if suf else ""))
-            for cid in self.cat_ids for suf in (False, True)
+            for cid in self.cat_ids
+            for suf in (False, True)
         }
 
         def answer_ids(text: str) -> list[int]:
@@ -392,8 +442,9 @@ class _TrainData:
     def __len__(self):
         return len(self.present)
 
-    def batch(self, rng: np.random.Generator, batch_size: int, caption_fraction: float,
-              same_group_weight: float):
+    def batch(
+        self, rng: np.random.Generator, batch_size: int, caption_fraction: float, same_group_weight: float
+    ):
         idx = rng.integers(len(self), size=batch_size)
         seqs, label_lens = [], []
         for i in idx:
@@ -418,16 +469,14 @@ class _TrainData:
         attn = torch.zeros((batch_size, L), dtype=torch.long)
         labels = torch.full((batch_size, L), -100, dtype=torch.long)
         for b, (s, n) in enumerate(zip(seqs, label_lens)):
-            input_ids[b, :len(s)] = torch.tensor(s)
-            attn[b, :len(s)] = 1
-            labels[b, len(s) - n:len(s)] = torch.tensor(s[len(s) - n:])
+            input_ids[b, : len(s)] = torch.tensor(s)
+            attn[b, : len(s)] = 1
+            labels[b, len(s) - n : len(s)] = torch.tensor(s[len(s) - n :])
         sel = torch.as_tensor(idx)
         return input_ids, attn, labels, self.pixel_values[sel], self.patch_targets[sel]
 
 
 # --------------------------------------------------------------------------- training
-
-
 
 
 def _n_params(model) -> int:
@@ -500,7 +549,8 @@ def train_demo_model(
     aux_bias = torch.nn.Parameter(torch.full((1,), -2.0, device=device))
     captured: dict[str, torch.Tensor] = {}
     hook = model.model.multi_modal_projector.register_forward_hook(
-        lambda mod, inp, out: captured.__setitem__("feats", out))
+        lambda mod, inp, out: captured.__setitem__("feats", out)
+    )
     emb = model.get_input_embeddings()
     cat_word_ids = torch.tensor(data.cat_word_ids, device=device)
 
@@ -515,9 +565,12 @@ def train_demo_model(
     align_losses: list[float] = []
     t_align = time.perf_counter()
     if align_steps > 0:
-        vis_params = (list(model.model.vision_tower.parameters())
-                      + list(model.model.multi_modal_projector.parameters())
-                      + list(emb.parameters()) + [aux_bias])
+        vis_params = (
+            list(model.model.vision_tower.parameters())
+            + list(model.model.multi_modal_projector.parameters())
+            + list(emb.parameters())
+            + [aux_bias]
+        )
         opt1 = torch.optim.AdamW(vis_params, lr=align_lr, betas=(0.9, 0.98), weight_decay=0.0)
         it = range(align_steps)
         if progress:
@@ -561,7 +614,8 @@ def train_demo_model(
             stopped_early = True
             break
         input_ids, attn, labels, pix, targets = (
-            t.to(device) for t in data.batch(rng, batch_size, caption_fraction, same_group_negative_weight))
+            t.to(device) for t in data.batch(rng, batch_size, caption_fraction, same_group_negative_weight)
+        )
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         out = model(input_ids=input_ids, attention_mask=attn, pixel_values=pix, labels=labels)
@@ -614,7 +668,7 @@ def train_demo_model(
         "align_lr": align_lr,
         "align_seconds": round(t_align, 2),
         "final_align_loss": round(float(np.mean(align_losses[-20:])), 5) if align_losses else None,
-        "final_aux_loss": round(float(np.mean(aux_losses[-max(1, n // 20):])), 5) if aux_losses else None,
+        "final_aux_loss": round(float(np.mean(aux_losses[-max(1, n // 20) :])), 5) if aux_losses else None,
         "threads": torch.get_num_threads(),
         "params": _n_params(model),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
@@ -625,7 +679,7 @@ def train_demo_model(
         "seconds_total": round(time.perf_counter() - t_start, 2),
         "seconds_data": round(t_data, 2),
         "first_loss": round(losses[0], 5) if losses else None,
-        "final_loss": round(float(np.mean(losses[-max(1, n // 20):])), 5) if losses else None,
+        "final_loss": round(float(np.mean(losses[-max(1, n // 20) :])), 5) if losses else None,
         "loss_curve": curve,
         "demo_dir": str(demo_dir),
     }
@@ -680,14 +734,23 @@ def evaluate_pope_quick(
             raise ValueError(f"{pope_file}:{i + 1}: needs keys image, text, label")
     if n is not None:
         items = items[:n]
-    return pope_first_token(model, processor, items, images_dir, suffix=suffix,
-                            batch_size=batch_size, source=str(pope_file))
+    return pope_first_token(
+        model, processor, items, images_dir, suffix=suffix, batch_size=batch_size, source=str(pope_file)
+    )
 
 
 @torch.no_grad()
-def pope_first_token(model, processor, items: Sequence[dict], images_dir, *,
-                     suffix: str | None = POPE_SUFFIX, batch_size: int = 64,
-                     source: str = "POPE items", image_cache: dict | None = None) -> dict:
+def pope_first_token(
+    model,
+    processor,
+    items: Sequence[dict],
+    images_dir,
+    *,
+    suffix: str | None = POPE_SUFFIX,
+    batch_size: int = 64,
+    source: str = "POPE items",
+    image_cache: dict | None = None,
+) -> dict:
     """In-memory core of :func:`evaluate_pope_quick` (same rule, any model/processor)."""
     from PIL import Image
 
@@ -698,7 +761,7 @@ def pope_first_token(model, processor, items: Sequence[dict], images_dir, *,
     cache: dict = {} if image_cache is None else image_cache
     correct = yes = other = 0
     for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
+        chunk = items[s : s + batch_size]
         texts, imgs = [], []
         for q in chunk:
             if q["image"] not in cache:
@@ -722,8 +785,12 @@ def pope_first_token(model, processor, items: Sequence[dict], images_dir, *,
             correct += pred == str(q["label"]).strip().lower()
     N = len(items)
     nan = float("nan")
-    return {"accuracy": correct / N if N else nan, "yes_ratio": yes / N if N else nan,
-            "other_ratio": other / N if N else nan, "n": N}
+    return {
+        "accuracy": correct / N if N else nan,
+        "yes_ratio": yes / N if N else nan,
+        "other_ratio": other / N if N else nan,
+        "n": N,
+    }
 
 
 def main(demo_dir, out_dir, **train_kwargs) -> dict:

@@ -61,14 +61,20 @@ def _torch_version() -> str | None:
         return None
 
 
-def record_inputs(model_dir: str | os.PathLike, world_dir: str | os.PathLike, settings: Mapping[str, Any]) -> dict:
+def record_inputs(
+    model_dir: str | os.PathLike, world_dir: str | os.PathLike, settings: Mapping[str, Any]
+) -> dict:
     """Write ``training_inputs.json`` into a freshly trained model folder; returns the record."""
     record = {**training_inputs(world_dir, settings), "torch": _torch_version()}
-    (Path(model_dir) / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    (Path(model_dir) / RECORD).write_text(
+        json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return record
 
 
-def same_inputs(shipped_dir: str | os.PathLike, world_dir: str | os.PathLike, settings: Mapping[str, Any]) -> tuple[bool, str]:
+def same_inputs(
+    shipped_dir: str | os.PathLike, world_dir: str | os.PathLike, settings: Mapping[str, Any]
+) -> tuple[bool, str]:
     """(True, "") when ``shipped_dir`` holds weights trained on exactly these inputs, else
     (False, the first thing that differs)."""
     path = Path(shipped_dir) / RECORD
@@ -82,8 +88,12 @@ def same_inputs(shipped_dir: str | os.PathLike, world_dir: str | os.PathLike, se
     return True, ""
 
 
-def copy_if_same_inputs(shipped_dir: str | os.PathLike, world_dir: str | os.PathLike, settings: Mapping[str, Any],
-                        out_dir: str | os.PathLike) -> tuple[bool, str]:
+def copy_if_same_inputs(
+    shipped_dir: str | os.PathLike,
+    world_dir: str | os.PathLike,
+    settings: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+) -> tuple[bool, str]:
     """Copy ``shipped_dir`` to ``out_dir`` (complete or not at all) when :func:`same_inputs`;
     returns (copied, why not)."""
     ok, why = same_inputs(shipped_dir, world_dir, settings)

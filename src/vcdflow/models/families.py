@@ -43,15 +43,22 @@ NEEDS = {
 
 #: layout → need it lacks → why (the one-line reason of a refusal and of the method x family matrix)
 LACKS = {
-    "query": {"image_grid": "its Q-Former query tokens have no spatial grid",
-              "multi_image": "one Q-Former query set per prompt"},
-    "anyres": {"image_grid": "an any-res image is a base tile plus grid tiles unpadded to the aspect ratio, with "
-                             "a newline token per row: no single grid of the picture"},
-    "tiles": {"image_grid": "an image is several tiles plus a thumbnail, each its own token grid: no single grid "
-                            "of the picture"},
-    "cross_attention": {"image_tokens": "cross-attention layers read the image; the decoder's sequence has no "
-                                        "image tokens",
-                        "image_grid": "the decoder's sequence has no image tokens"},
+    "query": {
+        "image_grid": "its Q-Former query tokens have no spatial grid",
+        "multi_image": "one Q-Former query set per prompt",
+    },
+    "anyres": {
+        "image_grid": "an any-res image is a base tile plus grid tiles unpadded to the aspect ratio, with "
+        "a newline token per row: no single grid of the picture"
+    },
+    "tiles": {
+        "image_grid": "an image is several tiles plus a thumbnail, each its own token grid: no single grid "
+        "of the picture"
+    },
+    "cross_attention": {
+        "image_tokens": "cross-attention layers read the image; the decoder's sequence has no image tokens",
+        "image_grid": "the decoder's sequence has no image tokens",
+    },
 }
 
 
@@ -92,7 +99,9 @@ class Family:
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
-            raise ValueError(f"family {self.name}: unknown layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
+            raise ValueError(
+                f"family {self.name}: unknown layout {self.layout!r}; valid: {', '.join(LAYOUTS)}"
+            )
 
     def lacks(self, needs) -> dict[str, str]:
         """The ``needs`` (keys of :data:`NEEDS`) this family cannot meet → why not."""
@@ -110,26 +119,96 @@ class Family:
 
 
 _RECORDS = (
-    Family("llava", "LLaVA-1.5", "llava", "LlavaForConditionalGeneration", "LlavaProcessor", "grid",
-           official_template="llava_v1", example="llava-hf/llava-1.5-7b-hf"),
-    Family("instructblip", "InstructBLIP", "instructblip", "InstructBlipForConditionalGeneration",
-           "InstructBlipProcessor", "query", official_template="instructblip_raw",
-           example="Salesforce/instructblip-vicuna-7b"),
-    Family("qwen2_5_vl", "Qwen2.5-VL", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor",
-           "packed", video_processor=True, official_template="qwen2_5_vl", example="Qwen/Qwen2.5-VL-7B-Instruct"),
-    Family("qwen2_vl", "Qwen2-VL", "qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "packed",
-           video_processor=True, official_template="qwen2_5_vl", example="Qwen/Qwen2-VL-7B-Instruct"),
-    Family("llava_next", "LLaVA-NeXT (LLaVA-1.6)", "llava_next", "LlavaNextForConditionalGeneration",
-           "LlavaNextProcessor", "anyres", official_template="llava_v1", example="llava-hf/llava-v1.6-vicuna-7b-hf"),
-    Family("llava_onevision", "LLaVA-OneVision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",
-           "LlavaOnevisionProcessor", "anyres", video_processor=True, official_template="llava_onevision",
-           example="llava-hf/llava-onevision-qwen2-7b-ov-hf"),
-    Family("gemma3", "Gemma 3", "gemma3", "Gemma3ForConditionalGeneration", "Gemma3Processor", "grid",
-           bidirectional_image=True, example="google/gemma-3-4b-it",
-           lacks_more=(("plain_attention_mask", "its decoder gets one mask per attention type (sliding window "
-                                                "and full), which vcdflow's decoder hooks do not read yet"),)),
-    Family("internvl", "InternVL3", "internvl", "InternVLForConditionalGeneration", "InternVLProcessor", "tiles",
-           video_processor=True, example="OpenGVLab/InternVL3-8B-hf"),
+    Family(
+        "llava",
+        "LLaVA-1.5",
+        "llava",
+        "LlavaForConditionalGeneration",
+        "LlavaProcessor",
+        "grid",
+        official_template="llava_v1",
+        example="llava-hf/llava-1.5-7b-hf",
+    ),
+    Family(
+        "instructblip",
+        "InstructBLIP",
+        "instructblip",
+        "InstructBlipForConditionalGeneration",
+        "InstructBlipProcessor",
+        "query",
+        official_template="instructblip_raw",
+        example="Salesforce/instructblip-vicuna-7b",
+    ),
+    Family(
+        "qwen2_5_vl",
+        "Qwen2.5-VL",
+        "qwen2_5_vl",
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen2_5_VLProcessor",
+        "packed",
+        video_processor=True,
+        official_template="qwen2_5_vl",
+        example="Qwen/Qwen2.5-VL-7B-Instruct",
+    ),
+    Family(
+        "qwen2_vl",
+        "Qwen2-VL",
+        "qwen2_vl",
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2VLProcessor",
+        "packed",
+        video_processor=True,
+        official_template="qwen2_5_vl",
+        example="Qwen/Qwen2-VL-7B-Instruct",
+    ),
+    Family(
+        "llava_next",
+        "LLaVA-NeXT (LLaVA-1.6)",
+        "llava_next",
+        "LlavaNextForConditionalGeneration",
+        "LlavaNextProcessor",
+        "anyres",
+        official_template="llava_v1",
+        example="llava-hf/llava-v1.6-vicuna-7b-hf",
+    ),
+    Family(
+        "llava_onevision",
+        "LLaVA-OneVision",
+        "llava_onevision",
+        "LlavaOnevisionForConditionalGeneration",
+        "LlavaOnevisionProcessor",
+        "anyres",
+        video_processor=True,
+        official_template="llava_onevision",
+        example="llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    ),
+    Family(
+        "gemma3",
+        "Gemma 3",
+        "gemma3",
+        "Gemma3ForConditionalGeneration",
+        "Gemma3Processor",
+        "grid",
+        bidirectional_image=True,
+        example="google/gemma-3-4b-it",
+        lacks_more=(
+            (
+                "plain_attention_mask",
+                "its decoder gets one mask per attention type (sliding window "
+                "and full), which vcdflow's decoder hooks do not read yet",
+            ),
+        ),
+    ),
+    Family(
+        "internvl",
+        "InternVL3",
+        "internvl",
+        "InternVLForConditionalGeneration",
+        "InternVLProcessor",
+        "tiles",
+        video_processor=True,
+        example="OpenGVLab/InternVL3-8B-hf",
+    ),
 )
 
 #: family name → record
@@ -190,5 +269,7 @@ def get_family(name: str) -> Family:
 def family_of_model_type(model_type: str | None, where: str = "config.json") -> Family:
     """The record for a ``config.json`` ``model_type``; ``ValueError`` naming ``where``."""
     if model_type not in BY_MODEL_TYPE:
-        raise ValueError(f"unsupported model_type {model_type!r} in {where}; supported: {', '.join(BY_MODEL_TYPE)}")
+        raise ValueError(
+            f"unsupported model_type {model_type!r} in {where}; supported: {', '.join(BY_MODEL_TYPE)}"
+        )
     return BY_MODEL_TYPE[model_type]

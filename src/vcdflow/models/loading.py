@@ -35,9 +35,13 @@ log = logging.getLogger(__name__)
 FAMILIES: dict[str, tuple[str, str]] = {t: (f.name, f.model_class) for t, f in BY_MODEL_TYPE.items()}
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
     "float64": torch.float64,
 }
 
@@ -74,8 +78,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 from ..validate import check_model_dir, looks_local  # noqa: E402,F401  (no torch there: the CLI checks early)
 
 
-def _resolve_dir(name_or_dir: str | os.PathLike, revision: str | None,
-                 local_files_only: bool | None) -> Path:
+def _resolve_dir(name_or_dir: str | os.PathLike, revision: str | None, local_files_only: bool | None) -> Path:
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return check_model_dir(path)
@@ -89,11 +92,14 @@ def _resolve_dir(name_or_dir: str | os.PathLike, revision: str | None,
     token = os.environ.get("HF_TOKEN") or None
     log.info("fetching %s (revision %s) with snapshot_download", name, revision or "main")
     try:
-        snap = snapshot_download(repo_id=name, revision=revision, token=token,
-                                 local_files_only=local_files_only)
+        snap = snapshot_download(
+            repo_id=name, revision=revision, token=token, local_files_only=local_files_only
+        )
     except Exception as e:  # noqa: BLE001 - say what was tried, never the token
-        raise FileNotFoundError(f"{name!r} is not a local directory and could not be fetched from the "
-                                f"Hugging Face hub ({type(e).__name__}: {e})") from e
+        raise FileNotFoundError(
+            f"{name!r} is not a local directory and could not be fetched from the "
+            f"Hugging Face hub ({type(e).__name__}: {e})"
+        ) from e
     return Path(snap)
 
 
@@ -119,8 +125,12 @@ def _load_processor(path: Path, family: Family | str):
     except Exception as e:  # noqa: BLE001
         if not family.video_processor:
             raise
-        log.warning("AutoProcessor failed for %s (%s); building an image-only %s", path,
-                    " ".join(str(e).split()).split(". ")[0] or type(e).__name__, family.processor_class)
+        log.warning(
+            "AutoProcessor failed for %s (%s); building an image-only %s",
+            path,
+            " ".join(str(e).split()).split(". ")[0] or type(e).__name__,
+            family.processor_class,
+        )
         return image_only_processor(path, family)
 
 
@@ -139,14 +149,20 @@ def _image_only_class(processor_class: str) -> type:
                 return None
             return base.check_argument_for_proper_class(self, argument_name, argument)
 
-        _IMAGE_ONLY[processor_class] = type(f"ImageOnly{processor_class}", (base,), {
-            "check_argument_for_proper_class": check_argument_for_proper_class,
-            "__doc__": f"{processor_class} without its video processor (images and text only)."})
+        _IMAGE_ONLY[processor_class] = type(
+            f"ImageOnly{processor_class}",
+            (base,),
+            {
+                "check_argument_for_proper_class": check_argument_for_proper_class,
+                "__doc__": f"{processor_class} without its video processor (images and text only).",
+            },
+        )
     return _IMAGE_ONLY[processor_class]
 
 
-def image_only_processor(path_or_parts, family: Family | str = "qwen2_5_vl", image_processor=None,
-                         chat_template: str | None = None):
+def image_only_processor(
+    path_or_parts, family: Family | str = "qwen2_5_vl", image_processor=None, chat_template: str | None = None
+):
     """The family's processor without video processor (images and text only): the same tokenizer,
     image processor, chat template and processor settings (``processor_config.json``: image token
     counts, feature strategy…) as ``AutoProcessor`` reads, so the same outputs for images.
@@ -169,16 +185,28 @@ def image_only_processor(path_or_parts, family: Family | str = "qwen2_5_vl", ima
         if chat_template is None:
             jinja = path / "chat_template.jinja"
             chat_template = getattr(tokenizer, "chat_template", None) or (
-                jinja.read_text() if jinja.exists() else None)
+                jinja.read_text() if jinja.exists() else None
+            )
         cfg = path / "processor_config.json"
         if cfg.is_file():
             accepted = set(inspect.signature(cls.__init__).parameters) - {
-                "self", "image_processor", "tokenizer", "video_processor", "chat_template", "kwargs"}
+                "self",
+                "image_processor",
+                "tokenizer",
+                "video_processor",
+                "chat_template",
+                "kwargs",
+            }
             settings = {k: v for k, v in json.loads(cfg.read_text()).items() if k in accepted}
     else:
         tokenizer = path_or_parts
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-               chat_template=chat_template, **settings)
+    return cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=chat_template,
+        **settings,
+    )
 
 
 def image_only_qwen_processor(path_or_parts, image_processor=None, chat_template: str | None = None):
@@ -186,9 +214,14 @@ def image_only_qwen_processor(path_or_parts, image_processor=None, chat_template
     return image_only_processor(path_or_parts, "qwen2_5_vl", image_processor, chat_template)
 
 
-def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
-             dtype: str | torch.dtype = "float32", revision: str | None = None,
-             local_files_only: bool | None = None, attn_implementation: str | None = "sdpa") -> VLM:
+def load_vlm(
+    name_or_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    attn_implementation: str | None = "sdpa",
+) -> VLM:
     """Load model + processor and pick the family adapter.
 
     Args:
@@ -234,8 +267,15 @@ def load_vlm(name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise errors.model_load_failed(path, exc) from exc
     adapter = adapter_for(family.name, model, processor)
-    return VLM(model=model, processor=processor, family=family.name, adapter=adapter, device=dev,
-               dtype=torch_dtype, source=str(path))
+    return VLM(
+        model=model,
+        processor=processor,
+        family=family.name,
+        adapter=adapter,
+        device=dev,
+        dtype=torch_dtype,
+        source=str(path),
+    )
 
 
 def read_architecture(path: str | os.PathLike) -> str | None:

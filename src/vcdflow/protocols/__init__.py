@@ -47,16 +47,56 @@ from .base import BENCHMARKS, FAMILIES, FIELDS, MODES, Protocol, Resolved, S, di
 from .chat import FAMILY_TEMPLATE, load_template, render, render_text, template_names
 from .images import expand2square, preprocess_image
 from . import avisc, code, convis, icd, llava_eval, m3id, ritual, selfaug, unified, vcd, vdd
-from . import carve, cd_rethink, debias, deco, dola, halc, only, opera, pai, revisit, sid, vasparse, vista, vti
+from . import (
+    carve,
+    cd_rethink,
+    debias,
+    deco,
+    dola,
+    halc,
+    only,
+    opera,
+    pai,
+    revisit,
+    sid,
+    vasparse,
+    vista,
+    vti,
+)
 
 #: every protocol by name (one file per paper, plus ``unified``)
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    unified.PROTOCOL, vcd.PROTOCOL, icd.PROTOCOL, ritual.PROTOCOL, m3id.PROTOCOL, vdd.PROTOCOL,
-    selfaug.PROTOCOL, avisc.PROTOCOL, code.PROTOCOL, convis.PROTOCOL, llava_eval.PROTOCOL,
-    # cd_rethink controls, the second wave and the third-wave baselines
-    cd_rethink.PROTOCOL, debias.PROTOCOL, carve.PROTOCOL, revisit.PROTOCOL, vasparse.PROTOCOL, dola.PROTOCOL,
-    deco.PROTOCOL, pai.PROTOCOL, sid.PROTOCOL, only.PROTOCOL, vti.PROTOCOL, vista.PROTOCOL, opera.PROTOCOL,
-    halc.PROTOCOL, vasparse.SCRIPT)}
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        unified.PROTOCOL,
+        vcd.PROTOCOL,
+        icd.PROTOCOL,
+        ritual.PROTOCOL,
+        m3id.PROTOCOL,
+        vdd.PROTOCOL,
+        selfaug.PROTOCOL,
+        avisc.PROTOCOL,
+        code.PROTOCOL,
+        convis.PROTOCOL,
+        llava_eval.PROTOCOL,
+        # cd_rethink controls, the second wave and the third-wave baselines
+        cd_rethink.PROTOCOL,
+        debias.PROTOCOL,
+        carve.PROTOCOL,
+        revisit.PROTOCOL,
+        vasparse.PROTOCOL,
+        dola.PROTOCOL,
+        deco.PROTOCOL,
+        pai.PROTOCOL,
+        sid.PROTOCOL,
+        only.PROTOCOL,
+        vti.PROTOCOL,
+        vista.PROTOCOL,
+        opera.PROTOCOL,
+        halc.PROTOCOL,
+        vasparse.SCRIPT,
+    )
+}
 
 #: engine method → its paper's protocol (what ``protocol: paper`` runs). Methods without a paper
 #: of their own map to the paper whose protocol they are the baseline or control of:
@@ -83,13 +123,40 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 #: Entries may name methods still being written (their protocol's ``params`` are checked against
 #: ``METHODS[m].defaults`` once the method is registered; tests/test_protocols.py).
 PAPER_OF: dict[str, str] = {
-    "vcd": "vcd", "vcd_legacy": "vcd", "greedy": "vcd", "sample": "vcd",
-    "icd": "icd", "ritual": "ritual", "m3id": "m3id", "vdd": "vdd", "selfaug": "selfaug",
-    "avisc": "avisc", "code": "code", "convis": "convis", "contrast": "unified",
-    "apc": "cd_rethink", "pba": "cd_rethink", "olm": "cd_rethink", "debias": "debias", "carve": "carve",
-    "iava": "unified", "cid": "unified", "lqcd": "unified", "revisit": "revisit", "vasparse": "vasparse",
-    "dola": "dola", "deco": "deco", "pai": "pai", "sid": "sid", "only": "only", "vti": "vti",
-    "vista": "vista", "opera": "opera", "halc": "halc", "contrastive_search": "unified", "text_cd": "unified",
+    "vcd": "vcd",
+    "vcd_legacy": "vcd",
+    "greedy": "vcd",
+    "sample": "vcd",
+    "icd": "icd",
+    "ritual": "ritual",
+    "m3id": "m3id",
+    "vdd": "vdd",
+    "selfaug": "selfaug",
+    "avisc": "avisc",
+    "code": "code",
+    "convis": "convis",
+    "contrast": "unified",
+    "apc": "cd_rethink",
+    "pba": "cd_rethink",
+    "olm": "cd_rethink",
+    "debias": "debias",
+    "carve": "carve",
+    "iava": "unified",
+    "cid": "unified",
+    "lqcd": "unified",
+    "revisit": "revisit",
+    "vasparse": "vasparse",
+    "dola": "dola",
+    "deco": "deco",
+    "pai": "pai",
+    "sid": "sid",
+    "only": "only",
+    "vti": "vti",
+    "vista": "vista",
+    "opera": "opera",
+    "halc": "halc",
+    "contrastive_search": "unified",
+    "text_cd": "unified",
 }
 
 
@@ -98,8 +165,10 @@ def get_protocol(name: str) -> Protocol:
     if isinstance(name, Protocol):
         return name
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; valid protocols: {', '.join(sorted(PROTOCOLS))} "
-                         f"(or 'paper' for each method's own)")
+        raise ValueError(
+            f"unknown protocol {name!r}; valid protocols: {', '.join(sorted(PROTOCOLS))} "
+            f"(or 'paper' for each method's own)"
+        )
     return PROTOCOLS[name]
 
 
@@ -133,6 +202,25 @@ def protocol_for(method: str, choice: str | None = "unified") -> str:
     return get_protocol(choice).name
 
 
-__all__ = ["BENCHMARKS", "FAMILIES", "FAMILY_TEMPLATE", "FIELDS", "MODES", "PAPER_OF", "PROTOCOLS", "Protocol",
-           "Resolved", "S", "diff", "expand2square", "family_of_model", "get_protocol", "load_template", "preprocess_image",
-           "protocol_for", "render", "render_text", "template_names"]
+__all__ = [
+    "BENCHMARKS",
+    "FAMILIES",
+    "FAMILY_TEMPLATE",
+    "FIELDS",
+    "MODES",
+    "PAPER_OF",
+    "PROTOCOLS",
+    "Protocol",
+    "Resolved",
+    "S",
+    "diff",
+    "expand2square",
+    "family_of_model",
+    "get_protocol",
+    "load_template",
+    "preprocess_image",
+    "protocol_for",
+    "render",
+    "render_text",
+    "template_names",
+]

@@ -39,29 +39,45 @@ PROTOCOL = Protocol(
         "max_new_tokens": S(64, f"{PL}:83,272; {BATCH}:15; {AMBER}:15"),
         "image_preprocess": S("processor", f"{R} eval_bench/pope_loader.py:44 (trans.preprocess: no pad)"),
         "seeds": S((42,), f"{BATCH}:6; {AMBER}:6"),
-        "params": {"avisc": S({"alpha": 2.5, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0, "masking_scheme": "zeros"},
-                              f"α 2.5: the paper's LLaVA value (§4.1, quoted in {R} issue #12; {AMBER}:17 "
-                              f"cd_alpha=2.5; {BATCH}:17 passes 1.0); "
-                              f"{BATCH}:11-13,18 (layer_gamma 0.5, zeros, lamb 1.0, cd_beta 0.1)")},
+        "params": {
+            "avisc": S(
+                {"alpha": 2.5, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0, "masking_scheme": "zeros"},
+                f"α 2.5: the paper's LLaVA value (§4.1, quoted in {R} issue #12; {AMBER}:17 "
+                f"cd_alpha=2.5; {BATCH}:17 passes 1.0); "
+                f"{BATCH}:11-13,18 (layer_gamma 0.5, zeros, lamb 1.0, cd_beta 0.1)",
+            )
+        },
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{PL}:219,225 ('<image>\\n' + q, no suffix)")},
-        "mme": {"prompt": S("{question}", f"{R} experiments/eval/mme_llava.py:107-120 (first line of the question, "
-                                          "no suffix)")},
+        "mme": {
+            "prompt": S(
+                "{question}",
+                f"{R} experiments/eval/mme_llava.py:107-120 (first line of the question, no suffix)",
+            )
+        },
         "amber": {"prompt": S("{question}", f"{R} eval_bench/amber_eval_llava.py:175,186,192")},
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{PL}:58,224 (conv llava_v1)"),
-                  "chat_template": S("llava_v1", f"{PL}:216-227")},
-        "instructblip": {"system": NO_SYSTEM_IB, "chat_template": INSTRUCTBLIP_RAW,
-                         "image_preprocess": PROCESSOR_IB,
-                         "top_k": S(50, f"{PI}:214-227 / {BLIP}:395-418 pass no top_k: {IMPLICIT_TOP_K}"),
-                         "top_p": S(1.0, f"{PI}:63,218"),
-                         "max_new_tokens": S(64, f"{PI}:84,226 (max_length=args.max_token)"),
-                         "params": {"avisc": S({"alpha": 3.0, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0,
-                                                "masking_scheme": "zeros"},
-                                               f"α 3: the paper's InstructBLIP value (§4.1, quoted in "
-                                               f"{R} issue #12); lamb {BATCH}:13 (argparse default {PI}:82 is 0.95)")}},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{PL}:58,224 (conv llava_v1)"),
+            "chat_template": S("llava_v1", f"{PL}:216-227"),
+        },
+        "instructblip": {
+            "system": NO_SYSTEM_IB,
+            "chat_template": INSTRUCTBLIP_RAW,
+            "image_preprocess": PROCESSOR_IB,
+            "top_k": S(50, f"{PI}:214-227 / {BLIP}:395-418 pass no top_k: {IMPLICIT_TOP_K}"),
+            "top_p": S(1.0, f"{PI}:63,218"),
+            "max_new_tokens": S(64, f"{PI}:84,226 (max_length=args.max_token)"),
+            "params": {
+                "avisc": S(
+                    {"alpha": 3.0, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0, "masking_scheme": "zeros"},
+                    f"α 3: the paper's InstructBLIP value (§4.1, quoted in "
+                    f"{R} issue #12); lamb {BATCH}:13 (argparse default {PI}:82 is 0.95)",
+                )
+            },
+        },
     },
     family_benchmark={
         ("instructblip", "pope"): {"prompt": S("{question}", f"{PI}:201,215 (prompt = qs)")},

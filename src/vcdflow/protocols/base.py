@@ -12,7 +12,7 @@ on top of the method's defaults). ``modes`` maps a method to its official decodi
 ``search`` (like ``params``: ``{method: S({...})}`` in any layer; method ``"*"``: every method, e.g. the
 harness's transformers length normalisation; the method's own entry wins) fixes a method's beam search
 where the paper's runs use one (keys ``num_beams``, ``length_penalty``, ``early_stopping``,
-``length_norm``: :func:`vcdflow.decoding.generate`'s E11 arguments); beam search is a greedy
+``length_norm``: :func:`vcdflow.decoding.generate`'s beam-search arguments); beam search is a greedy
 mode, so it applies only when the resolved mode is greedy. :attr:`Resolved.search` holds it (empty:
 one beam) and :meth:`Resolved.as_dict` carries it only when set; :func:`vcdflow.config.build_run`
 records it (the run's ``method.search``) only for a run with ``num_beams`` > 1, so no one-beam run's
@@ -31,8 +31,20 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
-FIELDS = ("system", "chat_template", "prompt", "parser", "do_sample", "temperature", "top_p", "top_k",
-          "params", "max_new_tokens", "image_preprocess", "seeds")
+FIELDS = (
+    "system",
+    "chat_template",
+    "prompt",
+    "parser",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_k",
+    "params",
+    "max_new_tokens",
+    "image_preprocess",
+    "seeds",
+)
 from ..models.families import FAMILIES as _FAMILY_RECORDS  # noqa: E402 (no torch there)
 
 #: the model families (one record each in :mod:`vcdflow.models.families`)
@@ -98,7 +110,9 @@ class Resolved:
         d["sources"] = dict(self.sources)
         for key in ("search", "data"):  # only when set: no other run's record changes
             if getattr(self, key):
-                d[key] = json.loads(json.dumps(dict(getattr(self, key)))) if key == "data" else dict(self.search)
+                d[key] = (
+                    json.loads(json.dumps(dict(getattr(self, key)))) if key == "data" else dict(self.search)
+                )
             else:
                 d.pop(key)
         return d
@@ -127,8 +141,12 @@ class Protocol:
     notes: str = ""
 
     def layers(self, family: str, benchmark: str) -> list[Mapping[str, Any]]:
-        return [self.common, self.benchmark.get(benchmark, {}), self.family.get(family, {}),
-                self.family_benchmark.get((family, benchmark), {})]
+        return [
+            self.common,
+            self.benchmark.get(benchmark, {}),
+            self.family.get(family, {}),
+            self.family_benchmark.get((family, benchmark), {}),
+        ]
 
     def resolve(self, method: str, family: str, benchmark: str, mode: str | None = None) -> Resolved:
         """The setting for ``method`` on ``family`` × ``benchmark`` (kind) in ``mode`` (``greedy``,
@@ -136,8 +154,11 @@ class Protocol:
         from . import get_protocol
 
         if family not in FAMILIES:
-            hint = (" (resolve 'auto' from the model first: vcdflow.protocols.family_of_model(path))"
-                    if family in (None, "auto") else "")
+            hint = (
+                " (resolve 'auto' from the model first: vcdflow.protocols.family_of_model(path))"
+                if family in (None, "auto")
+                else ""
+            )
             raise ValueError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}{hint}")
         registry_spec = None  # a registry kind with no layer here (mmvp, ...): its own defaults
         if benchmark not in BENCHMARKS:
@@ -168,7 +189,8 @@ class Protocol:
                         if entry is not None:
                             (params if k == "params" else search).update(entry.value)
                             (param_src if k == "params" else search_src).update(
-                                {key: note + entry.source for key in entry.value})
+                                {key: note + entry.source for key in entry.value}
+                            )
                     continue
                 values[k] = v.value
                 sources[k] = note + v.source
@@ -205,36 +227,60 @@ class Protocol:
             sources["search"] = "; ".join(dict.fromkeys(search_src.values()))
         if registry_spec is not None:
             src = f"vcdflow.benchmarks.{benchmark} (no {self.name} setting for it)"
-            defaults = {"prompt": registry_spec.default_prompt,
-                        "max_new_tokens": registry_spec.extra.get("max_new_tokens", 64),
-                        "parser": registry_spec.parsers[0] if registry_spec.parsers else None}
+            defaults = {
+                "prompt": registry_spec.default_prompt,
+                "max_new_tokens": registry_spec.extra.get("max_new_tokens", 64),
+                "parser": registry_spec.parsers[0] if registry_spec.parsers else None,
+            }
             for k, v in defaults.items():
                 if k == "parser" or k not in values:
                     values[k], sources[k] = v, src
         missing = [f for f in FIELDS if f not in values]
         if missing:
-            raise ValueError(f"protocol {self.name!r} has no value for {', '.join(missing)} "
-                             f"({family}, {benchmark})")
-        sources["family"] = (f"{self.name} ran {family}" if fam_ok else
-                             f"{self.name} did not run {family} (ran {', '.join(self.families_run)}): "
-                             f"{', '.join(FAMILY_FIELDS)} from unified")
-        sources["benchmark"] = (f"{self.name} ran {benchmark}" if bench_ok else
-                                f"{self.name} did not run {benchmark} on {family}: "
-                                f"{', '.join(BENCHMARK_FIELDS)} from unified")
+            raise ValueError(
+                f"protocol {self.name!r} has no value for {', '.join(missing)} ({family}, {benchmark})"
+            )
+        sources["family"] = (
+            f"{self.name} ran {family}"
+            if fam_ok
+            else f"{self.name} did not run {family} (ran {', '.join(self.families_run)}): "
+            f"{', '.join(FAMILY_FIELDS)} from unified"
+        )
+        sources["benchmark"] = (
+            f"{self.name} ran {benchmark}"
+            if bench_ok
+            else f"{self.name} did not run {benchmark} on {family}: "
+            f"{', '.join(BENCHMARK_FIELDS)} from unified"
+        )
         top_k = values["top_k"]
         data = {k: values[k] for k in DATA_FIELDS if values.get(k) is not None}
         return Resolved(
-            protocol=self.name, system=values["system"], chat_template=str(values["chat_template"]),
-            prompt=str(values["prompt"]), parser=str(values["parser"]), do_sample=bool(values["do_sample"]),
-            temperature=float(values["temperature"]), top_p=float(values["top_p"]),
-            top_k=None if top_k is None else int(top_k), params=_freeze(params),
-            max_new_tokens=int(values["max_new_tokens"]), image_preprocess=str(values["image_preprocess"]),
-            seeds=tuple(int(s) for s in values["seeds"]), sources=_freeze(sources), search=_freeze(search),
-            data=_freeze(data))
+            protocol=self.name,
+            system=values["system"],
+            chat_template=str(values["chat_template"]),
+            prompt=str(values["prompt"]),
+            parser=str(values["parser"]),
+            do_sample=bool(values["do_sample"]),
+            temperature=float(values["temperature"]),
+            top_p=float(values["top_p"]),
+            top_k=None if top_k is None else int(top_k),
+            params=_freeze(params),
+            max_new_tokens=int(values["max_new_tokens"]),
+            image_preprocess=str(values["image_preprocess"]),
+            seeds=tuple(int(s) for s in values["seeds"]),
+            sources=_freeze(sources),
+            search=_freeze(search),
+            data=_freeze(data),
+        )
 
 
-def diff(a: "Protocol | str", b: "Protocol | str" = "unified", method: str | None = None,
-         families: tuple[str, ...] | None = None, benchmarks: tuple[str, ...] = BENCHMARKS) -> list[dict]:
+def diff(
+    a: "Protocol | str",
+    b: "Protocol | str" = "unified",
+    method: str | None = None,
+    families: tuple[str, ...] | None = None,
+    benchmarks: tuple[str, ...] = BENCHMARKS,
+) -> list[dict]:
     """How protocol ``a`` differs from ``b``: one row per (family, benchmark, field) whose value
     differs, ``{"family", "benchmark", "field", "a", "b", "source_a", "source_b"}``. ``method``
     (default: ``a``'s own method, the first one mapped to it in :data:`PAPER_OF`) decides the
@@ -252,6 +298,15 @@ def diff(a: "Protocol | str", b: "Protocol | str" = "unified", method: str | Non
             da, db = ra.as_dict(), rb.as_dict()
             for f in FIELDS:
                 if da[f] != db[f]:
-                    rows.append({"family": fam, "benchmark": bench, "field": f, "a": da[f], "b": db[f],
-                                 "source_a": ra.sources.get(f, ""), "source_b": rb.sources.get(f, "")})
+                    rows.append(
+                        {
+                            "family": fam,
+                            "benchmark": bench,
+                            "field": f,
+                            "a": da[f],
+                            "b": db[f],
+                            "source_a": ra.sources.get(f, ""),
+                            "source_b": rb.sources.get(f, ""),
+                        }
+                    )
     return rows

@@ -27,7 +27,7 @@ or scorer: the parser is ours (UNVERIFIED).
   method's default). Paper and code disagree; both are built as the method's ``variant``: the
   paper protocol runs the default ``paper`` (Algorithm 1: v3 first-step maps, summed-attention
   ranking, the refined image alone in the final pass); ``variant: code`` is the released final
-  pass with the original and the refined image in one prompt (``pipeline.py:152``, E10) and
+  pass with the original and the refined image in one prompt (``pipeline.py:152``, a multi-image branch) and
   ``variant: code_v4`` the code's default version v4 (``main.py:15``, all-step maps) — labels
   ``carve_code`` / ``carve_v4`` in ``config/paper.yaml``; the protocol's values apply to them alike.
 """
@@ -46,37 +46,62 @@ PROTOCOL = Protocol(
     families_run=("llava", "qwen2_5_vl"),
     benchmarks_run=("pope",),
     common={
-        "parser": S("official", f"UNVERIFIED: {R} ships no POPE scorer ({MAIN} answers one question); "
-                                "POPE's official rule"),
+        "parser": S(
+            "official",
+            f"UNVERIFIED: {R} ships no POPE scorer ({MAIN} answers one question); POPE's official rule",
+        ),
         "temperature": S(1.0, f"{PIPE}:154 (do_sample=False: T unused)"),
         "top_p": S(1.0, f"{PIPE}:154 (greedy: no warpers)"),
         "top_k": S(None, f"{PIPE}:154 (greedy: no warpers)"),
         "max_new_tokens": S(32, f"{PIPE}:114; {MAIN}:24"),
         "image_preprocess": S("processor", f"{PIPE}:59 (LLaVA: AutoProcessor, its own resize)"),
         "seeds": S((0,), f"greedy ({PIPE}:154): the seed does not matter; the code sets none"),
-        "params": {"carve": S({"lam": 1e-8, "top_percent": 0.2, "min_keep_regions": 3, "version": "v3",
-                               "paper_maps": "t_end"},
-                              f"{MAIN}:20-22 (lam, top-percent, min-keep-regions); version v3 = {PIPE}:19-24 "
-                              f"'first' step + 'attention_sum' (the code's default v4, {MAIN}:15, is the "
-                              "method's variant='code_v4'); paper_maps t_end: the paper's Table 1 headline "
-                              "column (LLaVA-1.5-7B 89.0, Qwen2.5-VL-7B 89.7; shared/spec methods-2 CARVE "
-                              "numbers; UNVERIFIED: the paper's text was read through the spec's copy)")},
+        "params": {
+            "carve": S(
+                {
+                    "lam": 1e-8,
+                    "top_percent": 0.2,
+                    "min_keep_regions": 3,
+                    "version": "v3",
+                    "paper_maps": "t_end",
+                },
+                f"{MAIN}:20-22 (lam, top-percent, min-keep-regions); version v3 = {PIPE}:19-24 "
+                f"'first' step + 'attention_sum' (the code's default v4, {MAIN}:15, is the "
+                "method's variant='code_v4'); paper_maps t_end: the paper's Table 1 headline "
+                "column (LLaVA-1.5-7B 89.0, Qwen2.5-VL-7B 89.7; shared/spec methods-2 CARVE "
+                "numbers; UNVERIFIED: the paper's text was read through the spec's copy)",
+            )
+        },
     },
     benchmark={
-        "pope": {"prompt": S("{question} Answer the question using a single word or phrase.",
-                             f"{PIPE}:17,74 (query = f'{{text}} {{ANSWER_SUFFIX}}')")},
+        "pope": {
+            "prompt": S(
+                "{question} Answer the question using a single word or phrase.",
+                f"{PIPE}:17,74 (query = f'{{text}} {{ANSWER_SUFFIX}}')",
+            )
+        },
     },
     family={
-        "llava": {"system": S(None, f"{PIPE}:86-87 (no system text)"),
-                  "chat_template": S("carve_llava", f"{PIPE}:86-87 ('<image>' * n + '\\nUSER: ' + query + "
-                                                    "'\\nASSISTANT:')")},
-        "qwen2_5_vl": {"system": S(None, f"{PIPE}:78-81 (user turn only: the template's default system turn)"),
-                       "chat_template": S("model", f"{PIPE}:81 (processor.apply_chat_template)"),
-                       "image_preprocess": S("qwen_max_pixels_448", f"{PIPE}:46-51 (max_pixels = 256*28*28; "
-                                                                    "size['longest_edge'] = max_pixels)"),
-                       "params": {"carve": S({"max_pixels": 256 * 28 * 28},
-                                             f"{PIPE}:46-51 (the processor's max_pixels applies to the refined "
-                                             f"image too, {PIPE}:152)")}},
+        "llava": {
+            "system": S(None, f"{PIPE}:86-87 (no system text)"),
+            "chat_template": S(
+                "carve_llava", f"{PIPE}:86-87 ('<image>' * n + '\\nUSER: ' + query + '\\nASSISTANT:')"
+            ),
+        },
+        "qwen2_5_vl": {
+            "system": S(None, f"{PIPE}:78-81 (user turn only: the template's default system turn)"),
+            "chat_template": S("model", f"{PIPE}:81 (processor.apply_chat_template)"),
+            "image_preprocess": S(
+                "qwen_max_pixels_448",
+                f"{PIPE}:46-51 (max_pixels = 256*28*28; size['longest_edge'] = max_pixels)",
+            ),
+            "params": {
+                "carve": S(
+                    {"max_pixels": 256 * 28 * 28},
+                    f"{PIPE}:46-51 (the processor's max_pixels applies to the refined image too, {PIPE}:152)",
+                )
+            },
+        },
     },
     modes={"carve": S("greedy", f"{PIPE}:154 (do_sample=False)")},
     default_mode=S("greedy", f"{PIPE}:154 (do_sample=False)"),

@@ -41,7 +41,9 @@ PROTOCOL = Protocol(
     families_run=("llava",),
     benchmarks_run=("pope",),
     common={
-        "parser": S("vcd", f"{R} eval/pope_eval_base.py:46-58 (lower-case; 'yes' in answer / 'no' in answer)"),
+        "parser": S(
+            "vcd", f"{R} eval/pope_eval_base.py:46-58 (lower-case; 'yes' in answer / 'no' in answer)"
+        ),
         "temperature": S(1.0, f"{R} scripts/pope_infer_base.sh:24 (--temperature 1; greedy runs :12 pass 0)"),
         "top_p": S(1.0, f"{BASE}:110,73 (--top_p None: no top-p warper)"),
         "top_k": S(50, f"{BASE}:68-77 passes no top_k: {IMPLICIT_TOP_K}"),
@@ -49,33 +51,56 @@ PROTOCOL = Protocol(
         "image_preprocess": S("processor", f"{BASE}:61 (image_processor.preprocess: no pad)"),
         "seeds": S((0,), "UNVERIFIED: the scripts set no seed (scripts/pope_infer_*.sh pass none)"),
         "params": {
-            "vcd": S({"alpha": 1.0, "beta": 0.2, "noise_step": 900},
-                     f"{CD}:159 (--noise-step 900); {R} inference/cd_utils/vcd_utils.py:165-166 (cd_alpha 1, "
-                     f"cd_beta 0.2 defaults; the script passes neither)"),
-            "vcd_legacy": S({"alpha": 1.0, "beta": 0.2, "noise_step": 900},
-                            f"{CD}:159; {R} inference/cd_utils/vcd_utils.py:165-166"),
-            "apc": S({"beta": 0.2}, f"{R} inference/spurious_utils/apc_utils.py:147-158 (α 1 against an identical "
-                                    f"branch: s = ℓ; cd_beta 0.2 default)"),
+            "vcd": S(
+                {"alpha": 1.0, "beta": 0.2, "noise_step": 900},
+                f"{CD}:159 (--noise-step 900); {R} inference/cd_utils/vcd_utils.py:165-166 (cd_alpha 1, "
+                f"cd_beta 0.2 defaults; the script passes neither)",
+            ),
+            "vcd_legacy": S(
+                {"alpha": 1.0, "beta": 0.2, "noise_step": 900},
+                f"{CD}:159; {R} inference/cd_utils/vcd_utils.py:165-166",
+            ),
+            "apc": S(
+                {"beta": 0.2},
+                f"{R} inference/spurious_utils/apc_utils.py:147-158 (α 1 against an identical "
+                f"branch: s = ℓ; cd_beta 0.2 default)",
+            ),
             "pba": S({"suffix": " Answer yes whenever possible."}, f"{PBA}:51"),
-            "olm": S({"yes_word": "Yes", "no_word": "No", "min_sum": 0.2, "max_diff": 0.5},
-                     f"{R} inference/spurious_utils/olm_utils.py:124-139 (YES_INDEX 3869 '▁Yes', NO_INDEX 1939 "
-                     f"'▁No'; sum > 0.2, |diff| < 0.5)"),
+            "olm": S(
+                {"yes_word": "Yes", "no_word": "No", "min_sum": 0.2, "max_diff": 0.5},
+                f"{R} inference/spurious_utils/olm_utils.py:124-139 (YES_INDEX 3869 '▁Yes', NO_INDEX 1939 "
+                f"'▁No'; sum > 0.2, |diff| < 0.5)",
+            ),
         },
     },
     benchmark={
-        "pope": {"prompt": S("{question}" + SUFFIX, f"{BASE}:51; {CD}:67; {OLM}:59; {APC}:60 ({PBA}:51 adds "
-                                                    "' Answer yes whenever possible.': the pba method's suffix)")},
+        "pope": {
+            "prompt": S(
+                "{question}" + SUFFIX,
+                f"{BASE}:51; {CD}:67; {OLM}:59; {APC}:60 ({PBA}:51 adds "
+                "' Answer yes whenever possible.': the pba method's suffix)",
+            )
+        },
     },
     family={
-        "llava": {"system": S(VICUNA_V1_SYSTEM, f"{SPUR}:15 (--conv-mode vicuna_v1) → {R} llava/conversation.py:252-262"),
-                  "chat_template": S("llava_v1", f"{BASE}:55-65 (DEFAULT_IMAGE_TOKEN + '\\n' + qs; vicuna_v1 is "
-                                                 "SeparatorStyle.TWO, the llava_v1 layout)")},
+        "llava": {
+            "system": S(
+                VICUNA_V1_SYSTEM, f"{SPUR}:15 (--conv-mode vicuna_v1) → {R} llava/conversation.py:252-262"
+            ),
+            "chat_template": S(
+                "llava_v1",
+                f"{BASE}:55-65 (DEFAULT_IMAGE_TOKEN + '\\n' + qs; vicuna_v1 is "
+                "SeparatorStyle.TWO, the llava_v1 layout)",
+            ),
+        },
     },
     modes={
         "pba": S("greedy", f"{SPUR}:14 (--temperature 0)"),
         "olm": S("greedy", f"{SPUR}:30-32 (--temperature 0 --use-olm)"),
         "apc": S("sample", f"{SPUR}:46-48 (--temperature 1 --use-apc)"),
-        "vcd": S("greedy", f"{R} scripts/pope_infer_cd.sh:13 (greedy; the sampling run :27 is the other table)"),
+        "vcd": S(
+            "greedy", f"{R} scripts/pope_infer_cd.sh:13 (greedy; the sampling run :27 is the other table)"
+        ),
     },
     default_mode=S("greedy", f"{R} scripts/pope_infer_base.sh:12 (the README's greedy table; :24 samples)"),
 )

@@ -37,8 +37,10 @@ def load_template(name: str) -> str:
     """The Jinja source of shipped template ``name``; ``ValueError`` naming it and the valid ones."""
     path = TEMPLATE_DIR / f"{name}.jinja"
     if not path.is_file():
-        raise ValueError(f"unknown chat template {name!r}; shipped templates: {', '.join(template_names())} "
-                         f"(or 'model' for the model's own)")
+        raise ValueError(
+            f"unknown chat template {name!r}; shipped templates: {', '.join(template_names())} "
+            f"(or 'model' for the model's own)"
+        )
     return path.read_text(encoding="utf-8")
 
 
@@ -61,15 +63,18 @@ def messages_for(prompt: str, has_image: bool, system: str | None) -> list[dict]
     return msgs
 
 
-def render(template: str, messages: list[dict], add_generation_prompt: bool = True,
-           image_token: str = "<image>") -> str:
+def render(
+    template: str, messages: list[dict], add_generation_prompt: bool = True, image_token: str = "<image>"
+) -> str:
     """Render a shipped template (by name) or Jinja source over ``messages``."""
     source = template if is_source(template) else load_template(template)
-    return _compiled(source).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                    image_token=image_token)
+    return _compiled(source).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, image_token=image_token
+    )
 
 
-def render_text(template: str, prompt: str, has_image: bool, system: str | None = None,
-                image_token: str = "<image>") -> str:
+def render_text(
+    template: str, prompt: str, has_image: bool, system: str | None = None, image_token: str = "<image>"
+) -> str:
     """One branch's full input text (placeholder unexpanded) under ``template``."""
     return render(template, messages_for(prompt, has_image, system), image_token=image_token)

@@ -65,7 +65,9 @@ def _processor_adapter(model_dir: str, family: str | None):
     try:
         processor = _load_processor(path, fam)
     except Exception as exc:  # noqa: BLE001 - reported as one line
-        raise UsageError("--model", f"{model_dir}: cannot load its processor: {type(exc).__name__}: {exc}") from None
+        raise UsageError(
+            "--model", f"{model_dir}: cannot load its processor: {type(exc).__name__}: {exc}"
+        ) from None
     adapter = ADAPTERS[fam].__new__(ADAPTERS[fam])  # no weights: text building needs the processor only
     adapter.processor = processor
     adapter.tokenizer = getattr(processor, "tokenizer", processor)
@@ -80,8 +82,15 @@ def _show(text: str, image_token: str | None) -> str:
     return text
 
 
-def branch_texts(family: str | None, method: str, benchmark: str = "pope", question: str = "",
-                 protocol: str = "unified", params: dict | None = None, model: str | None = None) -> list[dict]:
+def branch_texts(
+    family: str | None,
+    method: str,
+    benchmark: str = "pope",
+    question: str = "",
+    protocol: str = "unified",
+    params: dict | None = None,
+    model: str | None = None,
+) -> list[dict]:
     """What ``vcdflow prompt`` prints, as a list of ``{"branch", "text"[, "qformer"]}``.
     ``UsageError`` (naming the option) for a bad value."""
     import torch
@@ -120,8 +129,11 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
             return adapter.build_text(b.prompt, b.image is not None, b.system)
     else:
         if res.chat_template == "model" and family not in FAMILY_TEMPLATE:
-            raise UsageError("--family", f"{family}: vcdflow ships no copy of its chat template; pass --model "
-                                         f"<its model folder> to show the model's own")
+            raise UsageError(
+                "--family",
+                f"{family}: vcdflow ships no copy of its chat template; pass --model "
+                f"<its model folder> to show the model's own",
+            )
         template = FAMILY_TEMPLATE[family] if res.chat_template == "model" else res.chat_template
         image_token = None
 
@@ -129,30 +141,56 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
             return render_text(template, b.prompt, b.image is not None, b.system)
 
     image = Image.new("RGB", (64, 48), (128, 128, 128))
-    request = Request(image=image, prompt=res.format_prompt(question), system=res.system, item_id="prompt",
-                      contrast_image=image,  # `contrast`/`cid`: your contrast image (same text)
-                      contrast_images=[image] * 4 if method == "convis" else None)
+    request = Request(
+        image=image,
+        prompt=res.format_prompt(question),
+        system=res.system,
+        item_id="prompt",
+        contrast_image=image,  # `contrast`/`cid`: your contrast image (same text)
+        contrast_images=[image] * 4 if method == "convis" else None,
+    )
     stub = adapter or SimpleNamespace(family=family, unk_token="<unk>")
-    ctx = BranchContext(params=p, rng=torch.Generator().manual_seed(0), adapter=stub, do_sample=res.do_sample,
-                        prepared={"sas_reply": "", "description": "<description>", "keep": None})
+    ctx = BranchContext(
+        params=p,
+        rng=torch.Generator().manual_seed(0),
+        adapter=stub,
+        do_sample=res.do_sample,
+        prepared={"sas_reply": "", "description": "<description>", "keep": None},
+    )
     pre: list[Any] = []
     if method == "selfaug" and p.get("augmentation") is None:
         from ..decoding.methods.selfaug import _PROMPT_FLAGS, sas_prompt, sas_question
 
         reason, icl = _PROMPT_FLAGS[p["sas_prompt"]]
-        pre.append(SimpleNamespace(name="sas", prompt=sas_prompt(sas_question(request.prompt, p), reason, icl),
-                                   image=None,
-                                   system=request.system, qformer_prompt=None))
+        pre.append(
+            SimpleNamespace(
+                name="sas",
+                prompt=sas_prompt(sas_question(request.prompt, p), reason, icl),
+                image=None,
+                system=request.system,
+                qformer_prompt=None,
+            )
+        )
     elif method == "code":
-        pre.append(SimpleNamespace(name="describe", prompt=p["description_prompt"], image=request.image,
-                                   system=request.system, qformer_prompt=None))
+        pre.append(
+            SimpleNamespace(
+                name="describe",
+                prompt=p["description_prompt"],
+                image=request.image,
+                system=request.system,
+                qformer_prompt=None,
+            )
+        )
     try:
         branches = list(m.branches(request, ctx))
     except ValueError as exc:  # e.g. icd position=qformer on a non-InstructBLIP family
         raise UsageError("--params" if params else "--method", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - branches built from model outputs (prepare stage)
-        print(f"vcdflow prompt: note: method {method!r} builds its contrast branches from the model's own "
-              f"outputs ({type(exc).__name__}: {exc}); only the original branch is shown", file=sys.stderr)
+        print(
+            f"vcdflow prompt: note: method {method!r} builds its contrast branches from the model's own "
+            f"outputs ({type(exc).__name__}: {exc}); only the original branch is shown",
+            file=sys.stderr,
+        )
         branches = [m.original(request)]
     rows = []
     for b in pre + branches:
@@ -166,15 +204,22 @@ def branch_texts(family: str | None, method: str, benchmark: str = "pope", quest
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``prompt`` on ``vcdflow``'s subparsers."""
-    p = subparsers.add_parser("prompt", help="print the exact text each branch of a method feeds the model",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "prompt",
+        help="print the exact text each branch of a method feeds the model",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--family", default=None, help=f"{' | '.join(FAMILIES)} (default: from --model)")
-    p.add_argument("--protocol", default="unified", help="unified | paper | a protocol name (default: unified)")
+    p.add_argument(
+        "--protocol", default="unified", help="unified | paper | a protocol name (default: unified)"
+    )
     p.add_argument("--method", default="greedy", help="a decoding method (vcdflow methods)")
     p.add_argument("--benchmark", default="pope", help=f"{' | '.join(BENCHMARKS)} (default: pope)")
     p.add_argument("--question", default="Is there a dog in the image?", help="the item's question")
-    p.add_argument("--model", default=None, help="model folder: use its processor (default: the shipped template)")
-    p.add_argument("--params", default=None, help='method parameters as JSON, e.g. \'{"alpha": 1}\'')
+    p.add_argument(
+        "--model", default=None, help="model folder: use its processor (default: the shipped template)"
+    )
+    p.add_argument("--params", default=None, help="method parameters as JSON, e.g. '{\"alpha\": 1}'")
     return p
 
 
@@ -191,8 +236,9 @@ def run(args) -> int:
                 raise UsageError("--params", f"expected a JSON object, got {args.params!r}")
         if args.family is None and args.model is None:
             raise UsageError("--family", f"required without --model; one of {', '.join(FAMILIES)}")
-        rows = branch_texts(args.family, args.method, args.benchmark, args.question, args.protocol, params,
-                            args.model)
+        rows = branch_texts(
+            args.family, args.method, args.benchmark, args.question, args.protocol, params, args.model
+        )
     except UsageError as exc:
         print(f"vcdflow prompt: {exc}", file=sys.stderr)
         return 2

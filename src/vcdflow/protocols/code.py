@@ -30,7 +30,9 @@ PROTOCOL = Protocol(
     families_run=("llava",),
     benchmarks_run=("pope", "chair"),
     common={
-        "parser": S("official", f"{R} benchmarks/pope.py:31-41 (official rule after .lower(); ours is case-sensitive)"),
+        "parser": S(
+            "official", f"{R} benchmarks/pope.py:31-41 (official rule after .lower(); ours is case-sensitive)"
+        ),
         "temperature": S(1.0, f"{EV}:95-97 (temperature 0 = greedy; T irrelevant)"),
         "top_p": S(1.0, f"{EV}:110-113"),
         "top_k": S(None, f"{EV}:105-107 (do_sample off: no warpers)"),
@@ -40,14 +42,24 @@ PROTOCOL = Protocol(
         "params": {"code": S({"alpha": 0.7, "description_max_new_tokens": 512}, f"{EV}:125-129; {HF}:40-48")},
     },
     benchmark={
-        "pope": {"prompt": S("{question} Answer the question using a single word or phrase.",
-                             f"{HF}:53,60 + {CONV}:109-111")},
-        "chair": {"prompt": S(CHAIR_PROMPT + " ", f"{HF}:128-129 + :60 with {CONV}:114-115 (response prompt '': "
-                                                  "a trailing space)")},
+        "pope": {
+            "prompt": S(
+                "{question} Answer the question using a single word or phrase.",
+                f"{HF}:53,60 + {CONV}:109-111",
+            )
+        },
+        "chair": {
+            "prompt": S(
+                CHAIR_PROMPT + " ",
+                f"{HF}:128-129 + :60 with {CONV}:114-115 (response prompt '': a trailing space)",
+            )
+        },
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{CONV}:344-350 (conv llava_v1, {HF}:16 conv_mode)"),
-                  "chat_template": S("llava_v1", f"{HF}:52-64")},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{CONV}:344-350 (conv llava_v1, {HF}:16 conv_mode)"),
+            "chat_template": S("llava_v1", f"{HF}:52-64"),
+        },
     },
     modes={"code": S("greedy", f"{EV}:94-108 (temperature 0, num_beams 1, no do_sample)")},
 )

@@ -34,24 +34,44 @@ PROTOCOL = Protocol(
         "temperature": S(1.0, f"{CG}:98 (unused: greedy)"),
         "top_p": S(1.0, f"{PE}:83"),
         "top_k": S(None, "greedy: no warpers"),
-        "image_preprocess": S("processor", f"{YAML}:19-22 + {R} minigpt4/processors/clip_processors.py:43-52 "
-                                           "(CLIPImageProcessor.preprocess)"),
+        "image_preprocess": S(
+            "processor",
+            f"{YAML}:19-22 + {R} minigpt4/processors/clip_processors.py:43-52 "
+            "(CLIPImageProcessor.preprocess)",
+        ),
         "seeds": S((42,), f"{PE}:53-54 (image_seed, model_seed 42)"),
-        "params": {"convis": S({"alpha": 0.1, "beta": None}, f"{PE}:99 (convis_alpha 0.1), :103 (cutoff_lambda None)")},
+        "params": {
+            "convis": S(
+                {"alpha": 0.1, "beta": None}, f"{PE}:99 (convis_alpha 0.1), :103 (cutoff_lambda None)"
+            )
+        },
     },
     benchmark={
-        "pope": {"prompt": S("{question} Please answer yes or no.", f"{PE}:312"),
-                 "max_new_tokens": S(16, f"{PE}:85")},
-        "chair": {"prompt": S(CHAIR_PROMPT, f"{CG}:352,359"), "max_new_tokens": S(64, f"{CG}:101"),
-                  "params": {"convis": S({"alpha": 1.0, "beta": None}, f"{CG}:119 (convis_alpha 1.0), :123")}},
-        "mme": {"prompt": S("{question}", f"{ME}:305-306"), "max_new_tokens": S(128, f"{ME}:95"),
-                "params": {"convis": S({"alpha": 0.1, "beta": None}, f"{ME}:134")}},
+        "pope": {
+            "prompt": S("{question} Please answer yes or no.", f"{PE}:312"),
+            "max_new_tokens": S(16, f"{PE}:85"),
+        },
+        "chair": {
+            "prompt": S(CHAIR_PROMPT, f"{CG}:352,359"),
+            "max_new_tokens": S(64, f"{CG}:101"),
+            "params": {"convis": S({"alpha": 1.0, "beta": None}, f"{CG}:119 (convis_alpha 1.0), :123")},
+        },
+        "mme": {
+            "prompt": S("{question}", f"{ME}:305-306"),
+            "max_new_tokens": S(128, f"{ME}:95"),
+            "params": {"convis": S({"alpha": 0.1, "beta": None}, f"{ME}:134")},
+        },
     },
     family={
-        "llava": {"system": S(VICUNA_V1_SYSTEM, f"{YAML}:13 (system_message, 'curious user')"),
-                  "chat_template": S("halc_llava", f"{R} minigpt4/models/llava.py:192-198 (system_message + p, "
-                                                   f"split at <ImageHere>); {PE}:37 ('USER: <ImageHere> <question> "
-                                                   "ASSISTANT:')")},
+        "llava": {
+            "system": S(VICUNA_V1_SYSTEM, f"{YAML}:13 (system_message, 'curious user')"),
+            "chat_template": S(
+                "halc_llava",
+                f"{R} minigpt4/models/llava.py:192-198 (system_message + p, "
+                f"split at <ImageHere>); {PE}:37 ('USER: <ImageHere> <question> "
+                "ASSISTANT:')",
+            ),
+        },
     },
     modes={"convis": S("greedy", f"{PE}:81 (beam 1), :258-264 (greedy unless beam/sampling asked)")},
     default_mode=S("greedy", f"{PE}:258-264 (HALC's greedy decoder)"),

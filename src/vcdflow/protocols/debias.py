@@ -33,24 +33,33 @@ PROTOCOL = Protocol(
     families_run=("llava",),
     benchmarks_run=("pope",),
     common={
-        "parser": S("vcd", f"{R} experiments/eval/eval_pope.py:32-45 (substring yes/no, as VCD); the calibrated "
-                           f"score: {R} experiments/eval/eval_pope_calibrate.py:120-164 (scorer pope_calibrated)"),
+        "parser": S(
+            "vcd",
+            f"{R} experiments/eval/eval_pope.py:32-45 (substring yes/no, as VCD); the calibrated "
+            f"score: {R} experiments/eval/eval_pope_calibrate.py:120-164 (scorer pope_calibrated)",
+        ),
         "temperature": S(0.2, f"{SH}:12,28 (temp=0.2 → --temperature)"),
         "top_p": S(1.0, f"{CAL}:234,171 (top_p=None passed: no top-p warper)"),
         "top_k": S(None, f"{CAL}:235,172 (top_k=None passed: no top-k warper)"),
         "max_new_tokens": S(64, f"{CAL}:173"),
         "image_preprocess": S("processor", f"{CAL}:149 (image_processor.preprocess: no pad)"),
         "seeds": S((55,), f"{SH}:1,29 (seed=55)"),
-        "params": {"debias": S({"alpha": 1.0, "beta": 0.2, "contrast": True, "top_k": 10},
-                               f"{SH}:8-9,29 (cd_alpha 1, cd_beta 0.2, --use_dd --use_dd_unk); "
-                               f"{R} experiments/utils/metrics.py:102 (top_k=10)")},
+        "params": {
+            "debias": S(
+                {"alpha": 1.0, "beta": 0.2, "contrast": True, "top_k": 10},
+                f"{SH}:8-9,29 (cd_alpha 1, cd_beta 0.2, --use_dd --use_dd_unk); "
+                f"{R} experiments/utils/metrics.py:102 (top_k=10)",
+            )
+        },
     },
     benchmark={
         "pope": {"prompt": S("{question} Please answer this question with one word.", f"{CAL}:142")},
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{CAL}:230 (--conv-mode default llava_v1; {SH}:23-29 passes none)"),
-                  "chat_template": S("llava_v1", f"{CAL}:136-144")},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{CAL}:230 (--conv-mode default llava_v1; {SH}:23-29 passes none)"),
+            "chat_template": S("llava_v1", f"{CAL}:136-144"),
+        },
     },
     modes={"debias": S("sample", f"{CAL}:169 (do_sample=True)")},
     default_mode=S("sample", f"{CAL}:169 (do_sample=True)"),

@@ -34,15 +34,30 @@ TU = f"{R} transformers-4.36.2/src/transformers/generation/utils.py"
 IB_PENALTY = lavis_penalty(R, "331,485-496", f"{TU}:658-660,670-696", f"dola_greedy_decode {TU}:3661")
 
 PROTOCOL = halc_harness(
-    "dola", "DoLa (Chuang et al., ICLR 2024) in the HALC harness (VASparse fork, -b 1)", R, method="dola",
-    cg={"template": 63, "ib_template": 60, "beam": 111, "beam_value": 1, "seed": 117, "max": 119, "n": 118,
-        "n_value": 100, "prompt": 439, "sysjoin": 187},
+    "dola",
+    "DoLa (Chuang et al., ICLR 2024) in the HALC harness (VASparse fork, -b 1)",
+    R,
+    method="dola",
+    cg={
+        "template": 63,
+        "ib_template": 60,
+        "beam": 111,
+        "beam_value": 1,
+        "seed": 117,
+        "max": 119,
+        "n": 118,
+        "n_value": 100,
+        "prompt": 439,
+        "sysjoin": 187,
+    },
     pe={"qtemplate": "192-197", "max": 104, "recorder": 248},
-    params=S({"layers": list(range(0, 32, 2)), "relative_top": 0.1, "repetition_penalty": 1.0},
-             f"{CG}:444-462 (candidate layers 0, 2, …, 30, mature 32 = the last), :286-287 (-d dola); relative top "
-             f"0.1: {R} transformers-4.36.2/src/transformers/generation/utils.py:1422 (the vendored transformers "
-             f"the -d dola path runs; {R} decoder_zoo/Greedy/patching_generate.py is not imported by {CG}:1-46); "
-             f"no repetition penalty: {R} "
-             "minigpt4/models/llava.py:145,241 (1.0; the pass-through is commented out)"),
+    params=S(
+        {"layers": list(range(0, 32, 2)), "relative_top": 0.1, "repetition_penalty": 1.0},
+        f"{CG}:444-462 (candidate layers 0, 2, …, 30, mature 32 = the last), :286-287 (-d dola); relative top "
+        f"0.1: {R} transformers-4.36.2/src/transformers/generation/utils.py:1422 (the vendored transformers "
+        f"the -d dola path runs; {R} decoder_zoo/Greedy/patching_generate.py is not imported by {CG}:1-46); "
+        f"no repetition penalty: {R} "
+        "minigpt4/models/llava.py:145,241 (1.0; the pass-through is commented out)",
+    ),
     family_layers={"instructblip": {"params": {"dola": IB_PENALTY}}},
 )

@@ -53,11 +53,24 @@ from ._shared import CHAIR_PROMPT, harness_instructblip, harness_llava, lavis_pe
 from .base import Protocol, S
 
 
-def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method: str, params: S,
-                 families: tuple[str, ...] = ("llava", "instructblip"),
-                 benchmarks: tuple[str, ...] = ("chair", "pope"), cg_path: str = "run_scripts/caption_generation.py",
-                 notes: str = "", more_params: dict | None = None, bench_layers: dict | None = None,
-                 family_layers: dict | None = None, family_bench_layers: dict | None = None) -> Protocol:
+def halc_harness(
+    name: str,
+    title: str,
+    repo: str,
+    *,
+    cg: dict,
+    pe: dict,
+    method: str,
+    params: S,
+    families: tuple[str, ...] = ("llava", "instructblip"),
+    benchmarks: tuple[str, ...] = ("chair", "pope"),
+    cg_path: str = "run_scripts/caption_generation.py",
+    notes: str = "",
+    more_params: dict | None = None,
+    bench_layers: dict | None = None,
+    family_layers: dict | None = None,
+    family_bench_layers: dict | None = None,
+) -> Protocol:
     """A protocol in the HALC harness of ``repo``; ``cg`` / ``pe`` give the line numbers (as text)
     in its caption (CHAIR) and POPE scripts: keys ``template``, ``ib_template``, ``beam``, ``seed``,
     ``max``, ``n``, ``prompt`` (CHAIR), and ``qtemplate``, ``recorder`` (POPE). ``more_params``:
@@ -70,29 +83,43 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
     PE = f"{repo} run_scripts/pope_eval.py"
     YAML = f"{repo} eval_configs/llava-1.5_eval.yaml"
     benchmark = {
-        "chair": {"prompt": S(CHAIR_PROMPT, f"{CG}:{cg['prompt']} (-n {cg['n_value']} images: {CG}:{cg['n']})"),
-                  "max_new_tokens": S(64, f"{CG}:{cg['max']}")},
+        "chair": {
+            "prompt": S(CHAIR_PROMPT, f"{CG}:{cg['prompt']} (-n {cg['n_value']} images: {CG}:{cg['n']})"),
+            "max_new_tokens": S(64, f"{CG}:{cg['max']}"),
+        },
     }
     if "pope" in benchmarks:
-        benchmark["pope"] = {"prompt": S("{question}", f"{PE}:{pe['qtemplate']} — NOT exact: the script builds its "
-                                                       "own questions from ground-truth objects with the template "
-                                                       "'Find evidence first and then answer: is there a {} in the "
-                                                       "image?'; here the benchmark's question as is"),
-                             "max_new_tokens": S(16, f"{PE}:{pe['max']}")}
+        benchmark["pope"] = {
+            "prompt": S(
+                "{question}",
+                f"{PE}:{pe['qtemplate']} — NOT exact: the script builds its "
+                "own questions from ground-truth objects with the template "
+                "'Find evidence first and then answer: is there a {} in the "
+                "image?'; here the benchmark's question as is",
+            ),
+            "max_new_tokens": S(16, f"{PE}:{pe['max']}"),
+        }
     for kind, layer in (bench_layers or {}).items():
         benchmark[kind] = {**benchmark.get(kind, {}), **layer}
     family = {
-        "llava": harness_llava(f"{YAML}:13 (system_message)",
-                               f"{CG}:{cg['template']} ('USER: <ImageHere> <question> ASSISTANT:'); {repo} "
-                               f"minigpt4/models/llava.py:{cg['sysjoin']} (system_message + prompt: no separator)",
-                               f"{YAML}:21 (clip_image_eval)"),
-        "instructblip": harness_instructblip(f"{CG}:{cg['ib_template']} ('<ImageHere><question>')",
-                                             f"{repo} eval_configs/instructblip_eval.yaml (blip2_image_eval)"),
+        "llava": harness_llava(
+            f"{YAML}:13 (system_message)",
+            f"{CG}:{cg['template']} ('USER: <ImageHere> <question> ASSISTANT:'); {repo} "
+            f"minigpt4/models/llava.py:{cg['sysjoin']} (system_message + prompt: no separator)",
+            f"{YAML}:21 (clip_image_eval)",
+        ),
+        "instructblip": harness_instructblip(
+            f"{CG}:{cg['ib_template']} ('<ImageHere><question>')",
+            f"{repo} eval_configs/instructblip_eval.yaml (blip2_image_eval)",
+        ),
     }
     for fam, layer in (family_layers or {}).items():
         family[fam] = {**family.get(fam, {}), **layer}
     return Protocol(
-        name=name, title=title, families_run=families, benchmarks_run=benchmarks,
+        name=name,
+        title=title,
+        families_run=families,
+        benchmarks_run=benchmarks,
         common={
             "parser": S("opera", f"{PE}:{pe['recorder']} (recorder: OPERA's rule)"),
             "temperature": S(1.0, f"{CG}:{cg['beam']} (no --sample: T unused)"),
@@ -104,8 +131,13 @@ def halc_harness(name: str, title: str, repo: str, *, cg: dict, pe: dict, method
         benchmark=benchmark,
         family=family,
         family_benchmark=dict(family_bench_layers or {}),
-        modes={method: S("greedy", f"{CG}:{cg['beam']} (-b {cg['beam_value']}, no --sample: the method's own "
-                                   "token choice / beams, no sampling)")},
+        modes={
+            method: S(
+                "greedy",
+                f"{CG}:{cg['beam']} (-b {cg['beam_value']}, no --sample: the method's own "
+                "token choice / beams, no sampling)",
+            )
+        },
         default_mode=S("greedy", f"{CG}:{cg['beam']} (no --sample)"),
         notes=notes,
     )
@@ -117,50 +149,102 @@ TU = f"{R} transformers-4.36.2/src/transformers/generation/utils.py"
 IB_PENALTY = lavis_penalty(R, "331,485-496", f"{TU}:658-660,670-696")
 
 PROTOCOL = halc_harness(
-    "halc", "HALC (Chen et al., ICML 2024, arXiv 2403.00425)", R, method="halc",
-    cg={"template": 63, "ib_template": 60, "beam": 111, "beam_value": 3, "seed": 117, "max": 119, "n": 118,
-        "n_value": 100, "prompt": 453, "sysjoin": 183},
+    "halc",
+    "HALC (Chen et al., ICML 2024, arXiv 2403.00425)",
+    R,
+    method="halc",
+    cg={
+        "template": 63,
+        "ib_template": 60,
+        "beam": 111,
+        "beam_value": 3,
+        "seed": 117,
+        "max": 119,
+        "n": 118,
+        "n_value": 100,
+        "prompt": 453,
+        "sysjoin": 183,
+    },
     pe={"qtemplate": "192-200", "max": 105, "recorder": 249},
-    params=S({}, f"{R} run_scripts/caption_generation.py:111 (-b 3), :128-133 (-k 4), :148-153 (expand ratio 0.6), "
-                 ":175 (box threshold 0.45): the method's defaults"),
+    params=S(
+        {},
+        f"{R} run_scripts/caption_generation.py:111 (-b 3), :128-133 (-k 4), :148-153 (expand ratio 0.6), "
+        ":175 (box threshold 0.45): the method's defaults",
+    ),
     # DoLa in HALC's own harness (the module docstring, "Beams"): layers 0..30, no repetition penalty;
     # CHAIR: -b 3 -> dola_beam_search (no relative-top filter, total-length normalisation)
-    more_params={"dola": S({"layers": list(range(0, 32, 2)), "repetition_penalty": 1.0},
-                           f"{R} run_scripts/caption_generation.py:462-484 (candidate layers 0, 2, …, 30, mature 32); "
-                           f"{R} minigpt4/models/llava.py:236 (repetition_penalty commented out: 1.0)")},
+    more_params={
+        "dola": S(
+            {"layers": list(range(0, 32, 2)), "repetition_penalty": 1.0},
+            f"{R} run_scripts/caption_generation.py:462-484 (candidate layers 0, 2, …, 30, mature 32); "
+            f"{R} minigpt4/models/llava.py:236 (repetition_penalty commented out: 1.0)",
+        )
+    },
     bench_layers={
         "chair": {
-            "params": {"dola": S({"relative_top": 0.0},
-                                 f"{TU}:6833-6835,6896-6898 (dola_beam_search: relative_top_filter commented out)")},
-            "search": {"dola": S({"num_beams": 3, "length_norm": "total"},
-                                 f"{R} run_scripts/caption_generation.py:111 (-b 3) -> {R} minigpt4/models/llava.py:230 "
-                                 f"-> {TU}:1910 (dola_beam_search); {TU}:6975 (beam_scorer.process without "
-                                 f"decoder_prompt_len: {R} transformers-4.36.2/src/transformers/generation/"
-                                 "beam_search.py:225,286 generated_len = cur_len - 0, the total length); "
-                                 "length_penalty / early_stopping: the generation-config defaults 1.0 / False "
-                                 f"({R} minigpt4/models/llava.py:237 length_penalty commented out)")},
+            "params": {
+                "dola": S(
+                    {"relative_top": 0.0},
+                    f"{TU}:6833-6835,6896-6898 (dola_beam_search: relative_top_filter commented out)",
+                )
+            },
+            "search": {
+                "dola": S(
+                    {"num_beams": 3, "length_norm": "total"},
+                    f"{R} run_scripts/caption_generation.py:111 (-b 3) -> {R} minigpt4/models/llava.py:230 "
+                    f"-> {TU}:1910 (dola_beam_search); {TU}:6975 (beam_scorer.process without "
+                    f"decoder_prompt_len: {R} transformers-4.36.2/src/transformers/generation/"
+                    "beam_search.py:225,286 generated_len = cur_len - 0, the total length); "
+                    "length_penalty / early_stopping: the generation-config defaults 1.0 / False "
+                    f"({R} minigpt4/models/llava.py:237 length_penalty commented out)",
+                )
+            },
         },
         "pope": {
-            "params": {"dola": S({"relative_top": 0.1},
-                                 f"{R} run_scripts/pope_eval.py:98 (-b 1) -> {TU}:1884 (dola_greedy_decode), "
-                                 ":1422 (relative_top 0.1)"),
-                       "halc": S({"beam_size": 1},
-                                 f"{R} run_scripts/pope_eval.py:98 (-b default 1) -> :289 num_beams = args.beam, "
-                                 ":499 halc_params['beam_size'] (one beam on POPE)")},
+            "params": {
+                "dola": S(
+                    {"relative_top": 0.1},
+                    f"{R} run_scripts/pope_eval.py:98 (-b 1) -> {TU}:1884 (dola_greedy_decode), "
+                    ":1422 (relative_top 0.1)",
+                ),
+                "halc": S(
+                    {"beam_size": 1},
+                    f"{R} run_scripts/pope_eval.py:98 (-b default 1) -> :289 num_beams = args.beam, "
+                    ":499 halc_params['beam_size'] (one beam on POPE)",
+                ),
+            },
         },
     },
     # InstructBLIP: LAVIS's repetition penalty for DoLa (dola_greedy_decode :3649, dola_beam_search
     # :6941 on each beam's log-probs) and HALC's loop (:4662, :4809, :4980); on CHAIR DoLa's beams'
     # total length counts one BOS, not the prompt
-    family_layers={"instructblip": {"params": {
-        "dola": S(IB_PENALTY.value, IB_PENALTY.source + f"; dola_greedy_decode {TU}:3649, dola_beam_search "
-                                                        f"{TU}:6941 (after the log-softmax, per beam)"),
-        "halc": S(IB_PENALTY.value, IB_PENALTY.source + f"; halc_dola_beam_search {TU}:4662 (DoLa token, over "
-                                                        f"beam_input_ids), :4809 (FOV candidates), :4980 (re-decode; "
-                                                        "both over beam_intermediate_token_lists)")}}},
-    family_bench_layers={("instructblip", "chair"): {"search": {"dola": S(
-        {"num_beams": 3, "length_norm": "total_bos"},
-        f"{R} run_scripts/caption_generation.py:111 (-b 3) -> {TU}:1910 (dola_beam_search); {TU}:6975 (no "
-        f"decoder_prompt_len: the total length) with input_ids = one BOS ({TU}:658-660,670-696, inputs_embeds only): "
-        "1 + generated")}}},
+    family_layers={
+        "instructblip": {
+            "params": {
+                "dola": S(
+                    IB_PENALTY.value,
+                    IB_PENALTY.source + f"; dola_greedy_decode {TU}:3649, dola_beam_search "
+                    f"{TU}:6941 (after the log-softmax, per beam)",
+                ),
+                "halc": S(
+                    IB_PENALTY.value,
+                    IB_PENALTY.source + f"; halc_dola_beam_search {TU}:4662 (DoLa token, over "
+                    f"beam_input_ids), :4809 (FOV candidates), :4980 (re-decode; "
+                    "both over beam_intermediate_token_lists)",
+                ),
+            }
+        }
+    },
+    family_bench_layers={
+        ("instructblip", "chair"): {
+            "search": {
+                "dola": S(
+                    {"num_beams": 3, "length_norm": "total_bos"},
+                    f"{R} run_scripts/caption_generation.py:111 (-b 3) -> {TU}:1910 (dola_beam_search); {TU}:6975 (no "
+                    f"decoder_prompt_len: the total length) with input_ids = one BOS ({TU}:658-660,670-696, inputs_embeds only): "
+                    "1 + generated",
+                )
+            }
+        }
+    },
 )

@@ -23,8 +23,14 @@ MiniGPT-4 and InstructBLIP, no LLaVA). Not run: Qwen2.5-VL. Benchmarks: POPE, CH
 from __future__ import annotations
 
 from ..textproc import DISTURBANCE
-from ._shared import (IMPLICIT_TOP_K, INSTRUCTBLIP_RAW, LLAVA_V1_SYSTEM, NO_SYSTEM_IB, PROCESSOR_IB,
-                      blip_pre_caption)
+from ._shared import (
+    IMPLICIT_TOP_K,
+    INSTRUCTBLIP_RAW,
+    LLAVA_V1_SYSTEM,
+    NO_SYSTEM_IB,
+    PROCESSOR_IB,
+    blip_pre_caption,
+)
 from .base import Protocol, S
 
 R = "p1k0pan/ICD"
@@ -43,39 +49,74 @@ PROTOCOL = Protocol(
     benchmarks_run=("pope", "chair", "mme"),
     not_run=(("llava", "chair"), ("llava", "mme")),  # the repo's LLaVA script is POPE only
     common={
-        "parser": S("official", f"{R} experiments/eval_scripts/eval_pope.py:16-42 (POPE's official rule; "
-                                "differs only for an answer with neither yes nor no words: -1 there, yes here)"),
+        "parser": S(
+            "official",
+            f"{R} experiments/eval_scripts/eval_pope.py:16-42 (POPE's official rule; "
+            "differs only for an answer with neither yes nor no words: -1 there, yes here)",
+        ),
         "temperature": S(1.0, f"{LLP}:94 (temperature=1)"),
         "top_p": S(1.0, f"{LLP}:95; {IBP}:50,55 (top_p = 1)"),
         "top_k": S(50, f"{LLP}:87-98 and {BLIP}:440-468 pass no top_k: {IMPLICIT_TOP_K}"),
         "image_preprocess": S("processor", f"{LLP}:84 (image_processor.preprocess)"),
         "seeds": S((42,), f"{IBP}:24; {LLP}:29 (--seed 42)"),
         "max_new_tokens": S(1024, f"{LLP}:96"),
-        "params": {"icd": S({"alpha": 1.0, "beta": 0.1, "position": "system", "instruction": DISTURBANCE},
-                            f"{LLP}:27-28 (cd_alpha 1, cd_beta 0.1), :58-63 (llava_custom.system = preprompt), "
-                            f":121 (the disturbance)")},
+        "params": {
+            "icd": S(
+                {"alpha": 1.0, "beta": 0.1, "position": "system", "instruction": DISTURBANCE},
+                f"{LLP}:27-28 (cd_alpha 1, cd_beta 0.1), :58-63 (llava_custom.system = preprompt), "
+                f":121 (the disturbance)",
+            )
+        },
     },
     benchmark={
-        "pope": {"prompt": S("{question}", f"{LLP}:34,53 (--format no_format → no suffix); {IBP}:29,43,114-119")},
-        "chair": {"prompt": S("Please name all the objects in this image.",
-                              f"{IBC}:25,41 ({R} experiments/data/chair/chair-val.json:5 'text')")},
-        "mme": {"prompt": S("{question}", f"{R} experiments/gen_scripts/icd_ib_mme.py:55-56 — NOT exact: the script "
-                                          "keeps the MME question up to its first '?' (dropping 'Please answer yes "
-                                          "or no.') before its --format suffix")},
+        "pope": {
+            "prompt": S("{question}", f"{LLP}:34,53 (--format no_format → no suffix); {IBP}:29,43,114-119")
+        },
+        "chair": {
+            "prompt": S(
+                "Please name all the objects in this image.",
+                f"{IBC}:25,41 ({R} experiments/data/chair/chair-val.json:5 'text')",
+            )
+        },
+        "mme": {
+            "prompt": S(
+                "{question}",
+                f"{R} experiments/gen_scripts/icd_ib_mme.py:55-56 — NOT exact: the script "
+                "keeps the MME question up to its first '?' (dropping 'Please answer yes "
+                "or no.') before its --format suffix",
+            )
+        },
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{LLP}:35,52-55 (conv llava_v1)"),
-                  "chat_template": S("llava_v1", f"{LLP}:44-55; contrast {R} experiments/llava/conversation.py:347-357 "
-                                                 "(llava_custom: same format, system replaced)")},
-        "instructblip": {"system": NO_SYSTEM_IB, "chat_template": INSTRUCTBLIP_RAW,
-                         "image_preprocess": PROCESSOR_IB,
-                         "max_new_tokens": S(256, f"{BLIP}:247 (max_length=256)"),
-                         "temperature": S(1.0, f"{BLIP}:253 (generate temperature=1; the scripts pass none)"),
-                         "params": {"icd": S({"alpha": 1.0, "beta": 0.1, "position": "qformer",
-                                              "instruction": DISTURBANCE, "qformer_text": "blip_caption"},
-                                             f"{IBP}:22-23 (α 1, β 0.1), :47,53 (normal.json: preprompt_cd = "
-                                             f"txt_processors['eval'](preprompt)), {BLIP}:290-300,442-444 (only "
-                                             f"the Q-Former text differs)")}},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{LLP}:35,52-55 (conv llava_v1)"),
+            "chat_template": S(
+                "llava_v1",
+                f"{LLP}:44-55; contrast {R} experiments/llava/conversation.py:347-357 "
+                "(llava_custom: same format, system replaced)",
+            ),
+        },
+        "instructblip": {
+            "system": NO_SYSTEM_IB,
+            "chat_template": INSTRUCTBLIP_RAW,
+            "image_preprocess": PROCESSOR_IB,
+            "max_new_tokens": S(256, f"{BLIP}:247 (max_length=256)"),
+            "temperature": S(1.0, f"{BLIP}:253 (generate temperature=1; the scripts pass none)"),
+            "params": {
+                "icd": S(
+                    {
+                        "alpha": 1.0,
+                        "beta": 0.1,
+                        "position": "qformer",
+                        "instruction": DISTURBANCE,
+                        "qformer_text": "blip_caption",
+                    },
+                    f"{IBP}:22-23 (α 1, β 0.1), :47,53 (normal.json: preprompt_cd = "
+                    f"txt_processors['eval'](preprompt)), {BLIP}:290-300,442-444 (only "
+                    f"the Q-Former text differs)",
+                )
+            },
+        },
     },
     family_benchmark={
         ("instructblip", "chair"): {"max_new_tokens": S(256, f"{IBC}:51-53 (LAVIS default max_length=256)")},

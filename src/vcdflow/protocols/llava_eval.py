@@ -32,21 +32,33 @@ PROTOCOL = Protocol(
         "top_p": S(1.0, f"{LOADER}:139 (top_p None)"),
         "top_k": S(None, "greedy: no warpers"),
         "max_new_tokens": S(128, f"{LOADER}:141"),
-        "image_preprocess": S("pad_square_mean", f"{LOADER}:54 → {R} llava/mm_utils.py:169-172 (expand2square with "
-                                                 "the processor's mean; image_aspect_ratio 'pad' of the LLaVA-1.5 "
-                                                 "checkpoints, UNVERIFIED here: hub config)"),
+        "image_preprocess": S(
+            "pad_square_mean",
+            f"{LOADER}:54 → {R} llava/mm_utils.py:169-172 (expand2square with "
+            "the processor's mean; image_aspect_ratio 'pad' of the LLaVA-1.5 "
+            "checkpoints, UNVERIFIED here: hub config)",
+        ),
         "seeds": S((0,), "greedy: the seed does not matter"),
         "params": {},
     },
     benchmark={
-        "pope": {"prompt": S("{question}\nAnswer the question using a single word or phrase.",
-                             f"{R} scripts/v1_5/eval/pope.sh:5 (llava_pope_test.jsonl; copy: yfzhang114/LLaVA-Align "
-                             "experiments/llava/eval/pope/llava_pope_test.jsonl:1)")},
+        "pope": {
+            "prompt": S(
+                "{question}\nAnswer the question using a single word or phrase.",
+                f"{R} scripts/v1_5/eval/pope.sh:5 (llava_pope_test.jsonl; copy: yfzhang114/LLaVA-Align "
+                "experiments/llava/eval/pope/llava_pope_test.jsonl:1)",
+            )
+        },
     },
     family={
-        "llava": {"system": S(VICUNA_V1_SYSTEM, f"{R} scripts/v1_5/eval/pope.sh:9 (--conv-mode vicuna_v1) → "
-                                                f"{R} llava/conversation.py:242-252"),
-                  "chat_template": S("llava_v1", f"{LOADER}:43-51 (SeparatorStyle.TWO, as llava_v1)")},
+        "llava": {
+            "system": S(
+                VICUNA_V1_SYSTEM,
+                f"{R} scripts/v1_5/eval/pope.sh:9 (--conv-mode vicuna_v1) → "
+                f"{R} llava/conversation.py:242-252",
+            ),
+            "chat_template": S("llava_v1", f"{LOADER}:43-51 (SeparatorStyle.TWO, as llava_v1)"),
+        },
     },
     default_mode=S("greedy", f"{R} scripts/v1_5/eval/pope.sh:8 (--temperature 0)"),
 )

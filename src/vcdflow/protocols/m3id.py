@@ -12,7 +12,13 @@ from .base import S
 from .ritual import R, woo_protocol
 
 PROTOCOL = woo_protocol(
-    "m3id", "M3ID (Favero et al., CVPR 2024) as reimplemented and run by sangminwoo/RITUAL",
-    {"m3id": S({"lambda": 0.02, "beta": 0.1, "variant": "logits"},
-               f"{R} ritual_utils/ritual_sample.py:177-179 (gamma_t = exp(-0.02 t), raw logits); "
-               f"β = ritual_beta {R} eval_bench/pope_eval_llava.py:80")})
+    "m3id",
+    "M3ID (Favero et al., CVPR 2024) as reimplemented and run by sangminwoo/RITUAL",
+    {
+        "m3id": S(
+            {"lambda": 0.02, "beta": 0.1, "variant": "logits"},
+            f"{R} ritual_utils/ritual_sample.py:177-179 (gamma_t = exp(-0.02 t), raw logits); "
+            f"β = ritual_beta {R} eval_bench/pope_eval_llava.py:80",
+        )
+    },
+)

@@ -19,7 +19,14 @@ CHAIR, MME (no AMBER: from ``unified``).
 
 from __future__ import annotations
 
-from ._shared import CHAIR_PROMPT, IMPLICIT_TOP_K, INSTRUCTBLIP_RAW, LLAVA_V1_SYSTEM, NO_SYSTEM_IB, PROCESSOR_IB
+from ._shared import (
+    CHAIR_PROMPT,
+    IMPLICIT_TOP_K,
+    INSTRUCTBLIP_RAW,
+    LLAVA_V1_SYSTEM,
+    NO_SYSTEM_IB,
+    PROCESSOR_IB,
+)
 from .base import Protocol, S
 
 R = "zifuwan/ONLY"
@@ -50,36 +57,59 @@ PROTOCOL = Protocol(
         "max_new_tokens": S(8, f"{PL}:86"),
         "image_preprocess": S("processor", f"{R} eval_bench/pope_loader.py:55 (trans.preprocess: no pad)"),
         "seeds": S((42,), f"{PSH}:3"),
-        "params": _params(0.2, 0.1, f"{PSH}:31-35 (ritual_alpha_pos 3, ritual_alpha_neg 1, ritual_beta 0.1, "
-                                    "js_gamma 0.2, enhance_layer_index 0)"),
+        "params": _params(
+            0.2,
+            0.1,
+            f"{PSH}:31-35 (ritual_alpha_pos 3, ritual_alpha_neg 1, ritual_beta 0.1, "
+            "js_gamma 0.2, enhance_layer_index 0)",
+        ),
     },
     benchmark={
         "pope": {"prompt": S("{question}", f"{PL}:269 ('<image>\\n' + qs: no suffix, 'for opera? setting')")},
-        "chair": {"prompt": S(CHAIR_PROMPT, f"{CL}:167"),
-                  "max_new_tokens": S(128, f"{CSH}:37 (500 images: {CSH}:36)"),
-                  "chair_subset": S({"rule": "shuffle", "seed": 3407, "n": 500, "exact": False},
-                                    f"{R} eval_bench/chair_loader.py:35-36 (random.shuffle of os.listdir) → "
-                                    f"{CL}:153-159 (first {CSH}:36 = 500). Not reproducible exactly: {CL} never seeds "
-                                    f"Python's random (its --seed, {CL}:72 ← {CSH}:3,44, is parsed and unused), so the "
-                                    "official draw changes per run; the script's seed 3407 is used here, on sorted names"),
-                  "seeds": S((3407,), f"{CSH}:3"),
-                  "params": _params(0.25, 0.1, f"{CSH}:30-34 (js_gamma 0.25, ritual_beta 0.1)")},
-        "mme": {"prompt": S("{question}", f"UNVERIFIED: {R} experiments/eval/mme_llava.py not read (RITUAL's copy "
-                                          "keeps the question without a suffix)"),
-                "seeds": S((5,), f"{MSH}:1"),
-                "params": _params(0.25, 0.4, f"{MSH}:25-28 (ritual_beta 0.4, js_gamma 0.25)")},
+        "chair": {
+            "prompt": S(CHAIR_PROMPT, f"{CL}:167"),
+            "max_new_tokens": S(128, f"{CSH}:37 (500 images: {CSH}:36)"),
+            "chair_subset": S(
+                {"rule": "shuffle", "seed": 3407, "n": 500, "exact": False},
+                f"{R} eval_bench/chair_loader.py:35-36 (random.shuffle of os.listdir) → "
+                f"{CL}:153-159 (first {CSH}:36 = 500). Not reproducible exactly: {CL} never seeds "
+                f"Python's random (its --seed, {CL}:72 ← {CSH}:3,44, is parsed and unused), so the "
+                "official draw changes per run; the script's seed 3407 is used here, on sorted names",
+            ),
+            "seeds": S((3407,), f"{CSH}:3"),
+            "params": _params(0.25, 0.1, f"{CSH}:30-34 (js_gamma 0.25, ritual_beta 0.1)"),
+        },
+        "mme": {
+            "prompt": S(
+                "{question}",
+                f"UNVERIFIED: {R} experiments/eval/mme_llava.py not read (RITUAL's copy "
+                "keeps the question without a suffix)",
+            ),
+            "seeds": S((5,), f"{MSH}:1"),
+            "params": _params(0.25, 0.4, f"{MSH}:25-28 (ritual_beta 0.4, js_gamma 0.25)"),
+        },
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{PL}:257-267 (its own Conversation = llava_v1)"),
-                  "chat_template": S("llava_v1", f"{PL}:257-273 (SeparatorStyle.TWO, '<image>\\n' + qs)")},
-        "instructblip": {"system": NO_SYSTEM_IB, "chat_template": INSTRUCTBLIP_RAW, "image_preprocess": PROCESSOR_IB,
-                         "top_k": S(50, f"{BLIP}:440 (llm_model.generate without top_k): {IMPLICIT_TOP_K}"),
-                         "top_p": S(1.0, f"{PI}:63,253")},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{PL}:257-267 (its own Conversation = llava_v1)"),
+            "chat_template": S("llava_v1", f"{PL}:257-273 (SeparatorStyle.TWO, '<image>\\n' + qs)"),
+        },
+        "instructblip": {
+            "system": NO_SYSTEM_IB,
+            "chat_template": INSTRUCTBLIP_RAW,
+            "image_preprocess": PROCESSOR_IB,
+            "top_k": S(50, f"{BLIP}:440 (llm_model.generate without top_k): {IMPLICIT_TOP_K}"),
+            "top_p": S(1.0, f"{PI}:63,253"),
+        },
     },
     family_benchmark={
-        ("instructblip", "pope"): {"prompt": S("{question}", f"{PI}:224 (prompt = qs)"),
-                                   "max_new_tokens": S(4, f"{PI}:265 (max_length=4)")},
-        ("instructblip", "chair"): {"max_new_tokens": S(128, f"{CI}:216 (max_length=args.max_new_tokens); {CSH}:37")},
+        ("instructblip", "pope"): {
+            "prompt": S("{question}", f"{PI}:224 (prompt = qs)"),
+            "max_new_tokens": S(4, f"{PI}:265 (max_length=4)"),
+        },
+        ("instructblip", "chair"): {
+            "max_new_tokens": S(128, f"{CI}:216 (max_length=args.max_new_tokens); {CSH}:37")
+        },
     },
     modes={"only": S("sample", f"{PL}:288 (do_sample=True)")},
     default_mode=S("sample", f"{PL}:288 (do_sample=True)"),

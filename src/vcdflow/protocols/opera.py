@@ -18,7 +18,7 @@ MiniGPT-4 and Shikra). Not run: Qwen2.5-VL. Benchmarks: POPE and CHAIR (MME and 
   (``penalty_dtype``: φ ≤ 6.6e-3 or +inf, as the fp16 reference; the method's own default,
   float32, keeps φ continuous); no sampling. Here the mode is ``greedy``
   (``do_sample`` off); the beams are the method's own.
-* Baselines (paper: greedy and beam search with N_beam = 5, shared/spec/methods-3.md §OPERA; the
+* Baselines (paper: greedy and beam search with N_beam = 5; the
   released captions ``log/chair_eval_results/{llava-1.5,instructblip,…}/{greedy,beam5,ours}.jsonl``):
   ``greedy`` stays one beam; the beam baseline is the config label ``beam5`` (``{method: greedy,
   num_beams: 5}`` under ``protocol: opera``). No script runs it (``pope_eval.py:206`` /
@@ -65,52 +65,88 @@ PROTOCOL = Protocol(
         "top_p": S(1.0, f"{PE}:200-210 (beam search: no warpers)"),
         "top_k": S(None, f"{PE}:200-210 (beam search: no warpers)"),
         "seeds": S((42,), f"{YAML}:29 (run.seed 42) → {PE}:81-86 setup_seeds"),
-        "search": {"*": S({"length_norm": "total"},
-                          f"{R} transformers-4.29.2/src/transformers/generation/beam_search.py:889 "
-                          "(sum_logprobs / hyp.shape[-1] ** length_penalty: prompt + generated ids)")},
-        "params": {"opera": S({"penalty_dtype": "float16"},
-                              f"{R} README.md:123,152 (--beam 5 --scale_factor 50 --threshold 15 "
-                              "--num_attn_candidates 5 --penalty_weights 1: the method's defaults); the column "
-                              f"scores in float16: {R} minigpt4/models/llava.py:76 (fp16 model) + "
-                              f"{R} transformers-4.29.2/src/transformers/generation/utils.py:3424-3428 (fp16 buffer)")},
+        "search": {
+            "*": S(
+                {"length_norm": "total"},
+                f"{R} transformers-4.29.2/src/transformers/generation/beam_search.py:889 "
+                "(sum_logprobs / hyp.shape[-1] ** length_penalty: prompt + generated ids)",
+            )
+        },
+        "params": {
+            "opera": S(
+                {"penalty_dtype": "float16"},
+                f"{R} README.md:123,152 (--beam 5 --scale_factor 50 --threshold 15 "
+                "--num_attn_candidates 5 --penalty_weights 1: the method's defaults); the column "
+                f"scores in float16: {R} minigpt4/models/llava.py:76 (fp16 model) + "
+                f"{R} transformers-4.29.2/src/transformers/generation/utils.py:3424-3428 (fp16 buffer)",
+            )
+        },
     },
     benchmark={
-        "pope": {"prompt": S("{question}", f"{PE}:192-193 (template.replace('<question>', q): no suffix)"),
-                 "max_new_tokens": S(10, f"{PE}:204"),
-                 "pope_version": S("e3e3926", f"{PE}:39-42,146 ({R}@61426ef pope_coco/coco_pope_*.json: md5 equal "
-                                              "to AoiDragon/POPE e3e3926's three COCO files; random has 2,910 questions)")},
-        "chair": {"prompt": S(CHAIR_PROMPT, f"{CE}:166-168"),
-                  "max_new_tokens": S(512, f"{CE}:176 (500 images: {CE}:151)"),
-                  "chair_subset": S({"ids": "opera_llava-1.5"},
-                                    f"{R}@61426ef log/chair_eval_results/llava-1.5/ours.jsonl (the 500 images of "
-                                    f"{CE}:99,123-124,151: seed 42, shuffled os.listdir, first 500; released ids)")},
+        "pope": {
+            "prompt": S("{question}", f"{PE}:192-193 (template.replace('<question>', q): no suffix)"),
+            "max_new_tokens": S(10, f"{PE}:204"),
+            "pope_version": S(
+                "e3e3926",
+                f"{PE}:39-42,146 ({R}@61426ef pope_coco/coco_pope_*.json: md5 equal "
+                "to AoiDragon/POPE e3e3926's three COCO files; random has 2,910 questions)",
+            ),
+        },
+        "chair": {
+            "prompt": S(CHAIR_PROMPT, f"{CE}:166-168"),
+            "max_new_tokens": S(512, f"{CE}:176 (500 images: {CE}:151)"),
+            "chair_subset": S(
+                {"ids": "opera_llava-1.5"},
+                f"{R}@61426ef log/chair_eval_results/llava-1.5/ours.jsonl (the 500 images of "
+                f"{CE}:99,123-124,151: seed 42, shuffled os.listdir, first 500; released ids)",
+            ),
+        },
     },
     family={
-        "llava": harness_llava(f"{YAML}:13 (system_message)",
-                               f"{PE}:50 ('USER: <ImageHere> <question> ASSISTANT:'); {R} minigpt4/models/llava.py:172 "
-                               "(system_message + prompt: no separator)",
-                               f"{YAML}:19-22 (clip_image_eval)"),
+        "llava": harness_llava(
+            f"{YAML}:13 (system_message)",
+            f"{PE}:50 ('USER: <ImageHere> <question> ASSISTANT:'); {R} minigpt4/models/llava.py:172 "
+            "(system_message + prompt: no separator)",
+            f"{YAML}:19-22 (clip_image_eval)",
+        ),
         "instructblip": {
-            **harness_instructblip(f"{PE}:47 ('<ImageHere><question>')",
-                                   f"{R} eval_configs/instructblip_eval.yaml:15 (blip2_image_eval)"),
-            "params": {"opera": S({**IB_PENALTY.value, "length_norm": "total_bos"},
-                                  IB_PENALTY.source + f"; applied after the log-softmax in opera_beam_search "
-                                  f"({TU}:3567); length: {TU}:548-550,584-594 + {R} transformers-4.29.2/src/"
-                                  "transformers/generation/beam_search.py:889 (hyp = BOS + generated)"),
-                       # the released greedy/beam5 captions come from the same LAVIS generate
-                       "greedy": IB_PENALTY},
-            "search": {"*": S({"length_norm": "total_bos"},
-                              f"{TU}:548-550,584-594 (inputs_embeds only: input_ids = one BOS) + {R} "
-                              "transformers-4.29.2/src/transformers/generation/beam_search.py:889 "
-                              "(sum_logprobs / hyp.shape[-1] ** length_penalty, hyp = BOS + generated)")},
+            **harness_instructblip(
+                f"{PE}:47 ('<ImageHere><question>')",
+                f"{R} eval_configs/instructblip_eval.yaml:15 (blip2_image_eval)",
+            ),
+            "params": {
+                "opera": S(
+                    {**IB_PENALTY.value, "length_norm": "total_bos"},
+                    IB_PENALTY.source + f"; applied after the log-softmax in opera_beam_search "
+                    f"({TU}:3567); length: {TU}:548-550,584-594 + {R} transformers-4.29.2/src/"
+                    "transformers/generation/beam_search.py:889 (hyp = BOS + generated)",
+                ),
+                # the released greedy/beam5 captions come from the same LAVIS generate
+                "greedy": IB_PENALTY,
+            },
+            "search": {
+                "*": S(
+                    {"length_norm": "total_bos"},
+                    f"{TU}:548-550,584-594 (inputs_embeds only: input_ids = one BOS) + {R} "
+                    "transformers-4.29.2/src/transformers/generation/beam_search.py:889 "
+                    "(sum_logprobs / hyp.shape[-1] ** length_penalty, hyp = BOS + generated)",
+                )
+            },
         },
     },
     family_benchmark={
         ("instructblip", "chair"): {
-            "chair_subset": S({"ids": "opera_instructblip"},
-                              f"{R}@61426ef log/chair_eval_results/instructblip/ours.jsonl (InstructBLIP's own "
-                              "500 released ids: its shuffle drew another set, 6 ids shared with LLaVA-1.5's)")},
+            "chair_subset": S(
+                {"ids": "opera_instructblip"},
+                f"{R}@61426ef log/chair_eval_results/instructblip/ours.jsonl (InstructBLIP's own "
+                "500 released ids: its shuffle drew another set, 6 ids shared with LLaVA-1.5's)",
+            )
+        },
     },
-    modes={"opera": S("greedy", f"{R} README.md:123 (--beam 5, no --sample: beam search, the method's own beams)")},
+    modes={
+        "opera": S(
+            "greedy", f"{R} README.md:123 (--beam 5, no --sample: beam search, the method's own beams)"
+        )
+    },
     default_mode=S("greedy", f"{PE}:198-203 (num_beams=args.beam, no sampling)"),
 )

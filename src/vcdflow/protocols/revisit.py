@@ -35,24 +35,43 @@ PROTOCOL = Protocol(
         "temperature": S(1.0, f"{LL}:58; {QW}:54"),
         "top_p": S(1.0, f"{LL}:59; {QW}:55"),
         "top_k": S(None, f"{LL}:60; {QW}:56 (top_k None)"),
-        "image_preprocess": S("processor", f"{R} LLaVA1.5/eval/chair_loader.py:50 (trans.preprocess: no pad)"),
+        "image_preprocess": S(
+            "processor", f"{R} LLaVA1.5/eval/chair_loader.py:50 (trans.preprocess: no pad)"
+        ),
         "seeds": S((42,), f"{SHL}:3; {SHQ}:3 (seed=42)"),
         "params": {},
     },
     benchmark={
-        "chair": {"prompt": S(CHAIR_PROMPT, f"{LL}:114; {QW}:113"),
-                  "max_new_tokens": S(512, f"{SHL}:19; {SHQ}:19 (argparse default 64: {LL}:71); "
-                                           f"500 images: {LL}:70 (the scripts' 10 at {SHL}:20 is a debug value)")},
+        "chair": {
+            "prompt": S(CHAIR_PROMPT, f"{LL}:114; {QW}:113"),
+            "max_new_tokens": S(
+                512,
+                f"{SHL}:19; {SHQ}:19 (argparse default 64: {LL}:71); "
+                f"500 images: {LL}:70 (the scripts' 10 at {SHL}:20 is a debug value)",
+            ),
+        },
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{LL}:131-141 (its own Conversation = llava_v1)"),
-                  "chat_template": S("llava_v1", f"{LL}:142-145 (DEFAULT_IMAGE_TOKEN + '\\n' + qs)"),
-                  "params": {"revisit": S({"layers": "last", "relative_top": 1e-5},
-                                          f"{LL}:76-77 (--early_exit_layers last, --relative_top 1e-5)")}},
-        "qwen2_5_vl": {"system": S(None, f"{QW}:115-125 (user turn only: the template's default system turn)"),
-                       "chat_template": S("model", f"{QW}:124-125 (processor.apply_chat_template)"),
-                       "params": {"revisit": S({"layers": "all", "relative_top": 1e-5},
-                                               f"{QW}:73-74 (--early_exit_layers all, --relative_top 1e-5)")}},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{LL}:131-141 (its own Conversation = llava_v1)"),
+            "chat_template": S("llava_v1", f"{LL}:142-145 (DEFAULT_IMAGE_TOKEN + '\\n' + qs)"),
+            "params": {
+                "revisit": S(
+                    {"layers": "last", "relative_top": 1e-5},
+                    f"{LL}:76-77 (--early_exit_layers last, --relative_top 1e-5)",
+                )
+            },
+        },
+        "qwen2_5_vl": {
+            "system": S(None, f"{QW}:115-125 (user turn only: the template's default system turn)"),
+            "chat_template": S("model", f"{QW}:124-125 (processor.apply_chat_template)"),
+            "params": {
+                "revisit": S(
+                    {"layers": "all", "relative_top": 1e-5},
+                    f"{QW}:73-74 (--early_exit_layers all, --relative_top 1e-5)",
+                )
+            },
+        },
     },
     modes={"revisit": S("greedy", f"{SHL}:16; {SHQ}:16 (do_sample=False)")},
     default_mode=S("greedy", f"{SHL}:16 (do_sample=False)"),

@@ -43,28 +43,53 @@ PROTOCOL = Protocol(
         "max_new_tokens": S(768, f"{BASE}:35"),
         "image_preprocess": S("processor", f"{LL}:86-89 (image_processor.preprocess: no pad)"),
         "seeds": S((11, 21, 31, 41, 51), f"{BASH}:14"),
-        "params": {"selfaug": S({"alpha": 1.0, "beta": 0.1, "tau": 0.5, "crop_ratio": 2.5, "mask_ratio": 2.0,
-                                 "noise_step": 500, "sas_strip_suffix": SUFFIX},
-                                f"{BASH}:8-10,13 (α, β, τ, noise); crop/mask: {BASE}:86-87 defaults 2.5/2 — "
-                                f"{BASH}:11-12 set 2.0 but {LL}:106-117 never pass them; SAS reads the raw "
-                                f"question: {LL}:73,110 (get_self_aug(original_query))")},
+        "params": {
+            "selfaug": S(
+                {
+                    "alpha": 1.0,
+                    "beta": 0.1,
+                    "tau": 0.5,
+                    "crop_ratio": 2.5,
+                    "mask_ratio": 2.0,
+                    "noise_step": 500,
+                    "sas_strip_suffix": SUFFIX,
+                },
+                f"{BASH}:8-10,13 (α, β, τ, noise); crop/mask: {BASE}:86-87 defaults 2.5/2 — "
+                f"{BASH}:11-12 set 2.0 but {LL}:106-117 never pass them; SAS reads the raw "
+                f"question: {LL}:73,110 (get_self_aug(original_query))",
+            )
+        },
     },
     benchmark={
         "pope": {"prompt": S("{question}" + SUFFIX, f"{R} src/eval/pope.py:57 (append_txt); {LL}:74-75")},
-        "mme": {"prompt": S("{question}\nAnswer the question using a single word or phrase.",
-                            f"{R} src/eval/mme.py:55 (append_txt; with a final period, unlike POPE's)")},
+        "mme": {
+            "prompt": S(
+                "{question}\nAnswer the question using a single word or phrase.",
+                f"{R} src/eval/mme.py:55 (append_txt; with a final period, unlike POPE's)",
+            )
+        },
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{LL}:91-94 (conv_templates['llava_v1'])"),
-                  "chat_template": S("llava_v1", f"{LL}:80-94")},
-        "instructblip": {"system": NO_SYSTEM_IB, "chat_template": INSTRUCTBLIP_RAW,
-                         "image_preprocess": S("processor", f"{IB}:34,61-63 (LAVIS vis_processors['eval'])"),
-                         "top_k": S(50, f"{IB}:115-124 pass no top_k: {IMPLICIT_TOP_K}"),
-                         "top_p": S(1.0, f"{IB}:120"),
-                         "max_new_tokens": S(256, "UNVERIFIED: Self-Aug uses the LAVIS package; its generate "
-                                                  "defaults max_length=256 in the copy vendored by DAMO-NLP-SG/VCD")},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{LL}:91-94 (conv_templates['llava_v1'])"),
+            "chat_template": S("llava_v1", f"{LL}:80-94"),
+        },
+        "instructblip": {
+            "system": NO_SYSTEM_IB,
+            "chat_template": INSTRUCTBLIP_RAW,
+            "image_preprocess": S("processor", f"{IB}:34,61-63 (LAVIS vis_processors['eval'])"),
+            "top_k": S(50, f"{IB}:115-124 pass no top_k: {IMPLICIT_TOP_K}"),
+            "top_p": S(1.0, f"{IB}:120"),
+            "max_new_tokens": S(
+                256,
+                "UNVERIFIED: Self-Aug uses the LAVIS package; its generate "
+                "defaults max_length=256 in the copy vendored by DAMO-NLP-SG/VCD",
+            ),
+        },
     },
     family_benchmark={
-        ("instructblip", "pope"): {"prompt": S("{question}" + SUFFIX, f"{R} src/eval/pope.py:57; {IB}:53-56")},
+        ("instructblip", "pope"): {
+            "prompt": S("{question}" + SUFFIX, f"{R} src/eval/pope.py:57; {IB}:53-56")
+        },
     },
 )

@@ -43,7 +43,9 @@ def own_method(name: str) -> str:
     return next((m for m, p in PAPER_OF.items() if p == name), "greedy")
 
 
-def _pick(values: list[str] | None, valid: tuple[str, ...], default: tuple[str, ...], option: str) -> tuple[str, ...]:
+def _pick(
+    values: list[str] | None, valid: tuple[str, ...], default: tuple[str, ...], option: str
+) -> tuple[str, ...]:
     if not values:
         return default
     if values == ["all"]:
@@ -54,8 +56,12 @@ def _pick(values: list[str] | None, valid: tuple[str, ...], default: tuple[str, 
     return tuple(dict.fromkeys(values))
 
 
-def settings(protocol: str, method: str | None = None, families: list[str] | None = None,
-             benchmarks: list[str] | None = None) -> list[dict]:
+def settings(
+    protocol: str,
+    method: str | None = None,
+    families: list[str] | None = None,
+    benchmarks: list[str] | None = None,
+) -> list[dict]:
     """One dict per (family, benchmark): ``protocol``, ``title``, ``method``, ``family``,
     ``benchmark``, ``ran`` (the protocol's notes on the family and benchmark), ``fields``
     (``{name: {"value", "source"}}`` for every field of the resolved record but the parameters)
@@ -75,8 +81,12 @@ def settings(protocol: str, method: str | None = None, families: list[str] | Non
         raise UsageError(f"NAME: {exc}") from None
     method = method or own_method(proto.name)
     fams = _pick(families, FAMILIES, tuple(proto.families_run), "--family")
-    benches = _pick(benchmarks, BENCHMARKS, tuple(b for b in BENCHMARKS if b in proto.benchmarks_run) or BENCHMARKS,
-                    "--benchmark")
+    benches = _pick(
+        benchmarks,
+        BENCHMARKS,
+        tuple(b for b in BENCHMARKS if b in proto.benchmarks_run) or BENCHMARKS,
+        "--benchmark",
+    )
     m = METHODS[method]
     out = []
     for fam in fams:
@@ -101,19 +111,36 @@ def settings(protocol: str, method: str | None = None, families: list[str] | Non
                 shown[f.name] = {"value": _plain(value), "source": src.get(f.name, "")}
                 used.add(f.name)
             if "search" in shown and not shown["search"]["value"]:
-                shown["search"]["source"] = ("none fixed: one beam (a config entry's num_beams, or a method "
-                                             "that runs its own search, e.g. its beam parameters below)")
+                shown["search"]["source"] = (
+                    "none fixed: one beam (a config entry's num_beams, or a method "
+                    "that runs its own search, e.g. its beam parameters below)"
+                )
             try:
                 effective = m.resolve(dict(r.params))
             except (ValueError, TypeError) as exc:
                 raise UsageError(f"--method: {method!r} under {proto.name!r}: {exc}") from None
-            params = {k: {"value": _plain(v),
-                          "source": src.get("params", "") if k in r.params
-                          else f"the method's default ({type(m).__module__})"}
-                      for k, v in sorted(effective.items())}
+            params = {
+                k: {
+                    "value": _plain(v),
+                    "source": src.get("params", "")
+                    if k in r.params
+                    else f"the method's default ({type(m).__module__})",
+                }
+                for k, v in sorted(effective.items())
+            }
             ran = {k: v for k, v in src.items() if k not in used and k != "params"}
-            out.append({"protocol": proto.name, "title": proto.title, "method": method, "family": fam,
-                        "benchmark": bench, "ran": ran, "fields": shown, "params": params})
+            out.append(
+                {
+                    "protocol": proto.name,
+                    "title": proto.title,
+                    "method": method,
+                    "family": fam,
+                    "benchmark": bench,
+                    "ran": ran,
+                    "fields": shown,
+                    "params": params,
+                }
+            )
     return out
 
 
@@ -145,17 +172,31 @@ def _text(blocks: list[dict]) -> str:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``protocol`` (``show``, ``list``) on ``vcdflow``'s subparsers."""
-    p = subparsers.add_parser("protocol", help="a protocol's resolved settings with their sources",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "protocol",
+        help="a protocol's resolved settings with their sources",
+        description=__doc__.split("\n\n")[0],
+    )
     sub = p.add_subparsers(dest="protocol_command", required=True)
     s = sub.add_parser("show", help="every resolved setting per family and benchmark, each with its source")
     s.add_argument("name", help="a protocol name (vcdflow protocol list), or paper with --method")
-    s.add_argument("--method", default=None, help="the method whose mode and parameters are shown "
-                                                  "(default: the protocol's own)")
-    s.add_argument("--family", action="append", default=None,
-                   help=f"{' | '.join(FAMILIES)} | all (repeatable; default: the families the protocol ran)")
-    s.add_argument("--benchmark", action="append", default=None,
-                   help=f"{' | '.join(BENCHMARKS)} | all (repeatable; default: the benchmarks the protocol ran)")
+    s.add_argument(
+        "--method",
+        default=None,
+        help="the method whose mode and parameters are shown (default: the protocol's own)",
+    )
+    s.add_argument(
+        "--family",
+        action="append",
+        default=None,
+        help=f"{' | '.join(FAMILIES)} | all (repeatable; default: the families the protocol ran)",
+    )
+    s.add_argument(
+        "--benchmark",
+        action="append",
+        default=None,
+        help=f"{' | '.join(BENCHMARKS)} | all (repeatable; default: the benchmarks the protocol ran)",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per (family, benchmark)")
     sub.add_parser("list", help="every protocol with its title and the method it is the paper of")
     return p

@@ -41,33 +41,59 @@ PROTOCOL = Protocol(
         "top_p": S(1.0, f"{PE}:312-330 (no top_p passed)"),
         "top_k": S(None, f"{VS}:190-191 (greedy argmax: no warpers)"),
         "seeds": S((42,), f"{YAML}:33 (run.seed) → {PE}:113-118"),
-        "params": {"sid": S({"alpha": 0.5, "beta": 0.1}, f"{VS}:168-169 (cd_alpha 0.5, cd_beta 0.1 defaults; "
-                                                         f"{PE}:329-330 pass neither)")},
+        "params": {
+            "sid": S(
+                {"alpha": 0.5, "beta": 0.1},
+                f"{VS}:168-169 (cd_alpha 0.5, cd_beta 0.1 defaults; {PE}:329-330 pass neither)",
+            )
+        },
     },
     benchmark={
-        "pope": {"prompt": S("{question}", f"{PE}:280-285 (template.replace('<question>', q))"),
-                 "max_new_tokens": S(10, f"{PE}:320"),
-                 "pope_version": S({"random": "head", "popular": "e3e3926", "adversarial": "e3e3926"},
-                                   f"{PE}:51-55,202 ({R}@127dd41 pope/coco/coco_pope_*.json: popular and adversarial "
-                                   "md5-equal to e3e3926's; random holds POPE head's 3,000 questions, other bytes)"),
-                 "params": {"sid": S({"alpha": 0.5, "beta": 0.1, "keep": 100, "layer": 2},
-                                     f"{VS}:168-169; {PE}:91,93 (fast-v-attention-rank 100, agg layer 2)")}},
-        "chair": {"prompt": S(CHAIR_PROMPT, f"{CE}:211-213"),
-                  "max_new_tokens": S(512, f"{CE}:248 (500 images: {CE}:102)"),
-                  "chair_subset": S({"rule": "shuffle", "seed": 42, "n": 500, "exact": False},
-                                    f"{YAML}:33 (run.seed 42) → {CE}:61-66,116 (setup_seeds) → {CE}:167-168 "
-                                    f"(random.shuffle of os.listdir) → {CE}:102,196 (first 500). Not reproducible "
-                                    "exactly: os.listdir order depends on the file system (shuffled here on sorted names)"),
-                  "params": {"sid": S({"alpha": 0.5, "beta": 0.1, "keep": 50, "layer": 2},
-                                      f"{VS}:168-169; {CE}:96,98 (fast-v-attention-rank 50, agg layer 2)")}},
+        "pope": {
+            "prompt": S("{question}", f"{PE}:280-285 (template.replace('<question>', q))"),
+            "max_new_tokens": S(10, f"{PE}:320"),
+            "pope_version": S(
+                {"random": "head", "popular": "e3e3926", "adversarial": "e3e3926"},
+                f"{PE}:51-55,202 ({R}@127dd41 pope/coco/coco_pope_*.json: popular and adversarial "
+                "md5-equal to e3e3926's; random holds POPE head's 3,000 questions, other bytes)",
+            ),
+            "params": {
+                "sid": S(
+                    {"alpha": 0.5, "beta": 0.1, "keep": 100, "layer": 2},
+                    f"{VS}:168-169; {PE}:91,93 (fast-v-attention-rank 100, agg layer 2)",
+                )
+            },
+        },
+        "chair": {
+            "prompt": S(CHAIR_PROMPT, f"{CE}:211-213"),
+            "max_new_tokens": S(512, f"{CE}:248 (500 images: {CE}:102)"),
+            "chair_subset": S(
+                {"rule": "shuffle", "seed": 42, "n": 500, "exact": False},
+                f"{YAML}:33 (run.seed 42) → {CE}:61-66,116 (setup_seeds) → {CE}:167-168 "
+                f"(random.shuffle of os.listdir) → {CE}:102,196 (first 500). Not reproducible "
+                "exactly: os.listdir order depends on the file system (shuffled here on sorted names)",
+            ),
+            "params": {
+                "sid": S(
+                    {"alpha": 0.5, "beta": 0.1, "keep": 50, "layer": 2},
+                    f"{VS}:168-169; {CE}:96,98 (fast-v-attention-rank 50, agg layer 2)",
+                )
+            },
+        },
     },
     family={
-        "llava": harness_llava(f"{YAML}:14 (system_message)",
-                               f"{PE}:69; {R} minigpt4/models/llava.py:119 (system_message + prompt)",
-                               f"{YAML} (clip_image_eval, as OPERA's)"),
-        "instructblip": harness_instructblip(f"{PE}:66 ('<ImageHere><question>')",
-                                             f"{R} eval_configs/instructblip_eval.yaml (blip2_image_eval)"),
+        "llava": harness_llava(
+            f"{YAML}:14 (system_message)",
+            f"{PE}:69; {R} minigpt4/models/llava.py:119 (system_message + prompt)",
+            f"{YAML} (clip_image_eval, as OPERA's)",
+        ),
+        "instructblip": harness_instructblip(
+            f"{PE}:66 ('<ImageHere><question>')",
+            f"{R} eval_configs/instructblip_eval.yaml (blip2_image_eval)",
+        ),
     },
-    modes={"sid": S("greedy", f"{PE}:87,99 (--sample-greedy, --sample default True) → {VS}:190-191 (argmax)")},
+    modes={
+        "sid": S("greedy", f"{PE}:87,99 (--sample-greedy, --sample default True) → {VS}:190-191 (argmax)")
+    },
     default_mode=S("greedy", f"{PE}:87 (--sample-greedy: argmax)"),
 )

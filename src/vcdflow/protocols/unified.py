@@ -34,17 +34,23 @@ from ..models.families import FAMILIES as _FAMILY_RECORDS
 from .base import Protocol, S
 
 #: the newer families (Qwen2-VL, LLaVA-NeXT, LLaVA-OneVision…): no paper fixed their setting
-_OWN = {"system": S(None, "choice: the model's own chat template and its default system turn"),
-        "chat_template": S("model", "choice: the model's own chat template")}
+_OWN = {
+    "system": S(None, "choice: the model's own chat template and its default system turn"),
+    "chat_template": S("model", "choice: the model's own chat template"),
+}
 _LISTED = ("llava", "instructblip", "qwen2_5_vl", "llava_next")
 
-LLAVA_POPE_SUFFIX_SRC = ("choice: LLaVA-1.5's own POPE prompt (haotian-liu/LLaVA scripts/v1_5/eval/pope.sh:5 "
-                         "question file llava_pope_test.jsonl, copied in yfzhang114/LLaVA-Align "
-                         "experiments/llava/eval/pope/llava_pope_test.jsonl:1)")
+LLAVA_POPE_SUFFIX_SRC = (
+    "choice: LLaVA-1.5's own POPE prompt (haotian-liu/LLaVA scripts/v1_5/eval/pope.sh:5 "
+    "question file llava_pope_test.jsonl, copied in yfzhang114/LLaVA-Align "
+    "experiments/llava/eval/pope/llava_pope_test.jsonl:1)"
+)
 
-AMBER_PARSER_SRC = ("choice: the official POPE parser (RUCAIBox/POPE evaluate.py), as on POPE, maps each "
-                    "discriminative answer to Yes/No; AMBER's own scorer compares the raw response with 'Yes'/'No' "
-                    "(junyangwang0410/AMBER@534babf inference.py:189, 214; parser exact)")
+AMBER_PARSER_SRC = (
+    "choice: the official POPE parser (RUCAIBox/POPE evaluate.py), as on POPE, maps each "
+    "discriminative answer to Yes/No; AMBER's own scorer compares the raw response with 'Yes'/'No' "
+    "(junyangwang0410/AMBER@534babf inference.py:189, 214; parser exact)"
+)
 
 PROTOCOL = Protocol(
     name="unified",
@@ -52,7 +58,9 @@ PROTOCOL = Protocol(
     families_run=tuple(_FAMILY_RECORDS),
     benchmarks_run=("pope", "chair", "mme", "amber"),
     common={
-        "parser": S("official", "choice: RUCAIBox/POPE evaluate.py = haotian-liu/LLaVA llava/eval/eval_pope.py"),
+        "parser": S(
+            "official", "choice: RUCAIBox/POPE evaluate.py = haotian-liu/LLaVA llava/eval/eval_pope.py"
+        ),
         "temperature": S(1.0, "choice: T = 1 (every CD paper's sampling temperature)"),
         "top_p": S(1.0, "choice: top-p = 1"),
         "top_k": S(None, "choice: no top-k (no silent library default)"),
@@ -61,27 +69,49 @@ PROTOCOL = Protocol(
         "params": {},
     },
     benchmark={
-        "pope": {"prompt": S("{question}\nAnswer the question using a single word or phrase.", LLAVA_POPE_SUFFIX_SRC),
-                 "max_new_tokens": S(16, "choice: an answer word (yejipark-m/ConVis run_scripts/pope_eval.py:85)")},
-        "chair": {"prompt": S(CHAIR_PROMPT, "choice: sangminwoo/RITUAL eval_bench/chair_eval_llava.py:177, "
-                                            "yejipark-m/ConVis run_scripts/caption_generation.py:352"),
-                  "max_new_tokens": S(64, "choice: sangminwoo/RITUAL eval_bench/scripts/chair_eval.sh:30")},
-        "mme": {"prompt": S("{question}", "choice: MME questions end in 'Please answer yes or no.' themselves"),
-                "max_new_tokens": S(16, "choice: an answer word")},
-        "amber": {"prompt": S("{question}", "choice: AMBER's query file holds the full query"),
-                  "max_new_tokens": S(64, "choice: sangminwoo/AvisC eval_bench/scripts/amber_eval.sh:15"),
-                  "parser": S("pope", AMBER_PARSER_SRC)},
+        "pope": {
+            "prompt": S(
+                "{question}\nAnswer the question using a single word or phrase.", LLAVA_POPE_SUFFIX_SRC
+            ),
+            "max_new_tokens": S(16, "choice: an answer word (yejipark-m/ConVis run_scripts/pope_eval.py:85)"),
+        },
+        "chair": {
+            "prompt": S(
+                CHAIR_PROMPT,
+                "choice: sangminwoo/RITUAL eval_bench/chair_eval_llava.py:177, "
+                "yejipark-m/ConVis run_scripts/caption_generation.py:352",
+            ),
+            "max_new_tokens": S(64, "choice: sangminwoo/RITUAL eval_bench/scripts/chair_eval.sh:30"),
+        },
+        "mme": {
+            "prompt": S("{question}", "choice: MME questions end in 'Please answer yes or no.' themselves"),
+            "max_new_tokens": S(16, "choice: an answer word"),
+        },
+        "amber": {
+            "prompt": S("{question}", "choice: AMBER's query file holds the full query"),
+            "max_new_tokens": S(64, "choice: sangminwoo/AvisC eval_bench/scripts/amber_eval.sh:15"),
+            "parser": S("pope", AMBER_PARSER_SRC),
+        },
     },
     family={
         "llava": {"system": S(LLAVA_V1_SYSTEM, LLAVA_V1_SRC), "chat_template": S("llava_v1", LLAVA_V1_SRC)},
-        "instructblip": {"system": S(None, "InstructBLIP has no system text"),
-                         "chat_template": S("instructblip_raw", "InstructBLIP's raw prompt (LAVIS generate)"),
-                         "image_preprocess": PROCESSOR_IB},
-        "qwen2_5_vl": {"system": S(None, "the model's own default system turn ('You are a helpful assistant.')"),
-                       "chat_template": S("model", "the model's own chat template")},
-        "llava_next": {"system": S(LLAVA_V1_SYSTEM, "LLaVA-NeXT (Vicuna) is evaluated in LLaVA's vicuna_v1 = llava_v1 "
-                                                    "conversation, as LLaVA-1.5: " + LLAVA_V1_SRC),
-                       "chat_template": S("llava_v1", LLAVA_V1_SRC)},
+        "instructblip": {
+            "system": S(None, "InstructBLIP has no system text"),
+            "chat_template": S("instructblip_raw", "InstructBLIP's raw prompt (LAVIS generate)"),
+            "image_preprocess": PROCESSOR_IB,
+        },
+        "qwen2_5_vl": {
+            "system": S(None, "the model's own default system turn ('You are a helpful assistant.')"),
+            "chat_template": S("model", "the model's own chat template"),
+        },
+        "llava_next": {
+            "system": S(
+                LLAVA_V1_SYSTEM,
+                "LLaVA-NeXT (Vicuna) is evaluated in LLaVA's vicuna_v1 = llava_v1 "
+                "conversation, as LLaVA-1.5: " + LLAVA_V1_SRC,
+            ),
+            "chat_template": S("llava_v1", LLAVA_V1_SRC),
+        },
         **{name: _OWN for name in _FAMILY_RECORDS if name not in _LISTED},
     },
     default_mode=S("greedy", "choice: unified runs greedy unless mode: sample is asked for"),

@@ -34,25 +34,48 @@ TU = f"{R} transformers-4.36.2/src/transformers/generation/utils.py"
 
 def _protocol(name: str, title: str, beams: S | None) -> "Protocol":
     return halc_harness(
-        name, title, R, method="vasparse",
-        cg_path="run_scripts/caption_generation_patch_vasparse.py", families=("llava",), benchmarks=("chair",),
-        cg={"template": 80, "ib_template": 77, "beam": 157, "beam_value": 1, "seed": 163, "max": 165, "n": 164,
-            "n_value": 100, "prompt": 499, "sysjoin": 187},
+        name,
+        title,
+        R,
+        method="vasparse",
+        cg_path="run_scripts/caption_generation_patch_vasparse.py",
+        families=("llava",),
+        benchmarks=("chair",),
+        cg={
+            "template": 80,
+            "ib_template": 77,
+            "beam": 157,
+            "beam_value": 1,
+            "seed": 163,
+            "max": 165,
+            "n": 164,
+            "n_value": 100,
+            "prompt": 499,
+            "sysjoin": 187,
+        },
         pe={"recorder": 248},
-        params=S({}, f"{CG}:127-148 (mask_rate 0.5, contrastive_rate 0.1, sparse_kv_cache_rate 0.9), :567-576: "
-                     "the method's defaults"),
+        params=S(
+            {},
+            f"{CG}:127-148 (mask_rate 0.5, contrastive_rate 0.1, sparse_kv_cache_rate 0.9), :567-576: "
+            "the method's defaults",
+        ),
         bench_layers={"chair": {"search": {"vasparse": beams}}} if beams is not None else None,
     )
 
 
 #: the paper's setting (Table 1): 3 beams on CHAIR
 PROTOCOL = _protocol(
-    "vasparse", "VASparse (Zhuang et al., CVPR 2025, arXiv 2501.06553)",
-    S({"num_beams": 3, "length_norm": "generated"},
-      "VASparse paper arXiv 2501.06553, implementation details (beam search: 3 beams at 64 new tokens, the "
-      f"setting of its Table 1; the released script's -b 1 is protocol vasparse_script, {CG}:157); "
-      f"normalisation: {TU}:7248,7323 (beam_search records decoder_prompt_len: generated length)"))
+    "vasparse",
+    "VASparse (Zhuang et al., CVPR 2025, arXiv 2501.06553)",
+    S(
+        {"num_beams": 3, "length_norm": "generated"},
+        "VASparse paper arXiv 2501.06553, implementation details (beam search: 3 beams at 64 new tokens, the "
+        f"setting of its Table 1; the released script's -b 1 is protocol vasparse_script, {CG}:157); "
+        f"normalisation: {TU}:7248,7323 (beam_search records decoder_prompt_len: generated length)",
+    ),
+)
 
 #: the released script's setting: -b 1 (one beam)
 SCRIPT = _protocol(
-    "vasparse_script", "VASparse's released script (-b 1; arXiv 2501.06553, VASparse-github at 4929816)", None)
+    "vasparse_script", "VASparse's released script (-b 1; arXiv 2501.06553, VASparse-github at 4929816)", None
+)

@@ -21,8 +21,14 @@ model). Benchmarks: POPE and MME (no CHAIR, no AMBER: their prompts come from ``
 
 from __future__ import annotations
 
-from ._shared import (IMPLICIT_TOP_K, INSTRUCTBLIP_RAW, LAVIS_GENERATE, LLAVA_V1_SYSTEM, NO_SYSTEM_IB,
-                      PROCESSOR_IB)
+from ._shared import (
+    IMPLICIT_TOP_K,
+    INSTRUCTBLIP_RAW,
+    LAVIS_GENERATE,
+    LLAVA_V1_SYSTEM,
+    NO_SYSTEM_IB,
+    PROCESSOR_IB,
+)
 from .base import Protocol, S
 
 R = "DAMO-NLP-SG/VCD"
@@ -42,38 +48,71 @@ PROTOCOL = Protocol(
         "top_p": S(1.0, f"{LL}:112 (--top_p 1)"),
         "top_k": S(None, f"{LL}:113,78 (top_k=None passed explicitly: no top-k warper)"),
         "max_new_tokens": S(1024, f"{LL}:79"),
-        "image_preprocess": S("processor", f"{LL}:57 (image_processor.preprocess: resize + centre crop, no pad)"),
+        "image_preprocess": S(
+            "processor", f"{LL}:57 (image_processor.preprocess: resize + centre crop, no pad)"
+        ),
         "seeds": S((42,), f"{LL}:119 (--seed 42)"),
-        "params": {"vcd": S({"alpha": 1.0, "beta": 0.1, "noise_step": 500}, f"{LL}:115-118"),
-                   "vcd_legacy": S({"alpha": 1.0, "beta": 0.1, "noise_step": 500}, f"{LL}:115-118")},
+        "params": {
+            "vcd": S({"alpha": 1.0, "beta": 0.1, "noise_step": 500}, f"{LL}:115-118"),
+            "vcd_legacy": S({"alpha": 1.0, "beta": 0.1, "noise_step": 500}, f"{LL}:115-118"),
+        },
     },
     benchmark={
-        "pope": {"prompt": S("{question}" + SUFFIX, f"{LL}:50"),
-                 "seeds": S((55,), f"{BASH}:1 (seed 55)"),
-                 "params": {"vcd": S({"alpha": 1.0, "beta": 0.2, "noise_step": 500}, f"{BASH}:5-7"),
-                            "vcd_legacy": S({"alpha": 1.0, "beta": 0.2, "noise_step": 500}, f"{BASH}:5-7")}},
-        "mme": {"prompt": S("{question}", "UNVERIFIED: VCD releases no MME script; MME questions end in "
-                                          "'Please answer yes or no.'")},
+        "pope": {
+            "prompt": S("{question}" + SUFFIX, f"{LL}:50"),
+            "seeds": S((55,), f"{BASH}:1 (seed 55)"),
+            "params": {
+                "vcd": S({"alpha": 1.0, "beta": 0.2, "noise_step": 500}, f"{BASH}:5-7"),
+                "vcd_legacy": S({"alpha": 1.0, "beta": 0.2, "noise_step": 500}, f"{BASH}:5-7"),
+            },
+        },
+        "mme": {
+            "prompt": S(
+                "{question}",
+                "UNVERIFIED: VCD releases no MME script; MME questions end in 'Please answer yes or no.'",
+            )
+        },
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{LL}:108,49 (conv llava_v1; {R} experiments/llava/conversation.py:335-345)"),
-                  "chat_template": S("llava_v1", f"{LL}:47-52 (DEFAULT_IMAGE_TOKEN + '\\n' + qs, conv.get_prompt())")},
-        "instructblip": {"system": NO_SYSTEM_IB, "chat_template": INSTRUCTBLIP_RAW,
-                         "image_preprocess": PROCESSOR_IB,
-                         "top_k": S(50, f"{LAVIS_GENERATE}:385-401: {IMPLICIT_TOP_K}"),
-                         "max_new_tokens": S(256, f"{LAVIS_GENERATE}:246 (max_length=256; inputs_embeds only)"),
-                         "top_p": S(1.0, f"{IB}:63,89"),
-                         "temperature": S(1.0, f"{LAVIS_GENERATE}:252 (temperature=1)"),
-                         "params": {"vcd": S({"alpha": 0.5, "beta": 0.1, "noise_step": 500},
-                                             f"{IB}:61-64 pass no cd_alpha → {R} vcd_utils/vcd_sample.py:142 "
-                                             f"default 0.5; cd_beta {IB}:95; noise {IB}:92"),
-                                    "vcd_legacy": S({"alpha": 0.5, "beta": 0.1, "noise_step": 500},
-                                                    f"{R} vcd_utils/vcd_sample.py:142; {IB}:92,95")}},
+        "llava": {
+            "system": S(
+                LLAVA_V1_SYSTEM, f"{LL}:108,49 (conv llava_v1; {R} experiments/llava/conversation.py:335-345)"
+            ),
+            "chat_template": S(
+                "llava_v1", f"{LL}:47-52 (DEFAULT_IMAGE_TOKEN + '\\n' + qs, conv.get_prompt())"
+            ),
+        },
+        "instructblip": {
+            "system": NO_SYSTEM_IB,
+            "chat_template": INSTRUCTBLIP_RAW,
+            "image_preprocess": PROCESSOR_IB,
+            "top_k": S(50, f"{LAVIS_GENERATE}:385-401: {IMPLICIT_TOP_K}"),
+            "max_new_tokens": S(256, f"{LAVIS_GENERATE}:246 (max_length=256; inputs_embeds only)"),
+            "top_p": S(1.0, f"{IB}:63,89"),
+            "temperature": S(1.0, f"{LAVIS_GENERATE}:252 (temperature=1)"),
+            "params": {
+                "vcd": S(
+                    {"alpha": 0.5, "beta": 0.1, "noise_step": 500},
+                    f"{IB}:61-64 pass no cd_alpha → {R} vcd_utils/vcd_sample.py:142 "
+                    f"default 0.5; cd_beta {IB}:95; noise {IB}:92",
+                ),
+                "vcd_legacy": S(
+                    {"alpha": 0.5, "beta": 0.1, "noise_step": 500},
+                    f"{R} vcd_utils/vcd_sample.py:142; {IB}:92,95",
+                ),
+            },
+        },
     },
     family_benchmark={
-        ("instructblip", "pope"): {"prompt": S("{question}" + SUFFIX, f"{IB}:49"),
-                                   "seeds": S((42,), f"{IB}:96 (no InstructBLIP bash script; --seed 42)"),
-                                   "params": {"vcd": S({"alpha": 0.5, "beta": 0.1, "noise_step": 500},
-                                                       f"{R} vcd_utils/vcd_sample.py:142; {IB}:92,95")}},
+        ("instructblip", "pope"): {
+            "prompt": S("{question}" + SUFFIX, f"{IB}:49"),
+            "seeds": S((42,), f"{IB}:96 (no InstructBLIP bash script; --seed 42)"),
+            "params": {
+                "vcd": S(
+                    {"alpha": 0.5, "beta": 0.1, "noise_step": 500},
+                    f"{R} vcd_utils/vcd_sample.py:142; {IB}:92,95",
+                )
+            },
+        },
     },
 )

@@ -27,22 +27,31 @@ PROTOCOL = Protocol(
     benchmarks_run=("pope", "mme"),
     common={
         "parser": S("vcd", f"{R} experiments/eval/eval_pope.py:32-45 (substring yes/no, as VCD)"),
-        "temperature": S(1.0, f"{R} issue #9 (the paper's settings: llava_calibrate --noise_step 999 "
-                              f"--temperature 1.0 --use_dd --use_dd_unk --cd_alpha 1.0; {CAL}:233 default 0.2)"),
+        "temperature": S(
+            1.0,
+            f"{R} issue #9 (the paper's settings: llava_calibrate --noise_step 999 "
+            f"--temperature 1.0 --use_dd --use_dd_unk --cd_alpha 1.0; {CAL}:233 default 0.2)",
+        ),
         "top_p": S(1.0, f"{CAL}:234 (top_p=None: no top-p warper)"),
         "top_k": S(None, f"{CAL}:235 (top_k=None)"),
         "max_new_tokens": S(64, f"{CAL}:173"),
         "image_preprocess": S("processor", f"{CAL}:149 (image_processor.preprocess: no pad)"),
         "seeds": S((42,), f"{CAL}:245"),
-        "params": {"vdd": S({"alpha": 1.0, "beta": 0.1, "variant": "both"},
-                            f"{CAL}:241-244 (use_dd, use_dd_unk, cd_alpha 1, cd_beta 0.1); issue #9 uses both flags")},
+        "params": {
+            "vdd": S(
+                {"alpha": 1.0, "beta": 0.1, "variant": "both"},
+                f"{CAL}:241-244 (use_dd, use_dd_unk, cd_alpha 1, cd_beta 0.1); issue #9 uses both flags",
+            )
+        },
     },
     benchmark={
         "pope": {"prompt": S("{question} Please answer this question with one word.", f"{CAL}:142")},
         "mme": {"prompt": S("{question}", f"UNVERIFIED: {R} experiments/eval/MME/run_llava.py not read")},
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{CAL}:230,141 (conv llava_v1)"),
-                  "chat_template": S("llava_v1", f"{CAL}:136-144")},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{CAL}:230,141 (conv llava_v1)"),
+            "chat_template": S("llava_v1", f"{CAL}:136-144"),
+        },
     },
 )

@@ -45,19 +45,29 @@ PROTOCOL = Protocol(
         "image_preprocess": S("processor", f"{RUN}:108 (image_processor.preprocess: no pad)"),
         "seeds": S((42,), f"{R} README.md:77 (--seed 42); {RUN}:162,167"),
         "search": {
-            "*": S({"length_norm": "total"},
-                   f"{R} requirement.txt:2 (transformers==4.31.0: total-length normalisation; UNVERIFIED, "
-                   "see the module docstring)"),
-            "vti": S({"num_beams": 5}, f"{RUN}:120 (num_beams=5, hard-coded; length_penalty/early_stopping "
-                                       "not passed: 1.0 / False)"),
+            "*": S(
+                {"length_norm": "total"},
+                f"{R} requirement.txt:2 (transformers==4.31.0: total-length normalisation; UNVERIFIED, "
+                "see the module docstring)",
+            ),
+            "vti": S(
+                {"num_beams": 5},
+                f"{RUN}:120 (num_beams=5, hard-coded; length_penalty/early_stopping not passed: 1.0 / False)",
+            ),
         },
-        "params": {"vti": S({"alpha_image": 0.9, "alpha_text": 0.9},
-                            f"{R} README.md:75-76 (--alpha_image 0.9 --alpha_text 0.9; :81 --num_demos 70; "
-                            f"argparse defaults {RUN}:156-158: 50, 0, 0.8)")},
+        "params": {
+            "vti": S(
+                {"alpha_image": 0.9, "alpha_text": 0.9},
+                f"{R} README.md:75-76 (--alpha_image 0.9 --alpha_text 0.9; :81 --num_demos 70; "
+                f"argparse defaults {RUN}:156-158: 50, 0, 0.8)",
+            )
+        },
     },
     family={
-        "llava": {"system": S(LLAVA_V1_SYSTEM, f"{RUN}:155 (--conv-mode llava_v1), :101"),
-                  "chat_template": S("llava_v1", f"{RUN}:101-106 (conv_templates['llava_v1'])")},
+        "llava": {
+            "system": S(LLAVA_V1_SYSTEM, f"{RUN}:155 (--conv-mode llava_v1), :101"),
+            "chat_template": S("llava_v1", f"{RUN}:101-106 (conv_templates['llava_v1'])"),
+        },
     },
     modes={"vti": S("greedy", f"{RUN}:120 (num_beams=5, no do_sample: beam search, not sampling)")},
     default_mode=S("greedy", f"{RUN}:120 (beam search, no sampling)"),

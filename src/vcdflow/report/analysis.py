@@ -45,7 +45,18 @@ from ..io import read_json, read_jsonl
 from . import stats
 
 METRIC_COLUMNS = ["benchmark", "split", "model", "method", "seed", "metric", "value"]
-PAPER_COLUMNS = ["benchmark", "split", "model", "method", "mode", "metric", "value", "source", "table", "setting"]
+PAPER_COLUMNS = [
+    "benchmark",
+    "split",
+    "model",
+    "method",
+    "mode",
+    "metric",
+    "value",
+    "source",
+    "table",
+    "setting",
+]
 COUNT_METRICS = ("n", "n_errors")
 MODE_ORDER = ("greedy", "sample")
 BASELINE_METHODS = ("greedy", "sample")
@@ -82,7 +93,9 @@ class BenchInfo:
 
 
 # Headline metrics come from the benchmark registry (vcdflow.benchmarks): one place per benchmark.
-BENCHMARKS: dict[str, BenchInfo] = {k: BenchInfo(b.title, tuple(b.columns), b.note) for k, b in _REGISTRY.items()}
+BENCHMARKS: dict[str, BenchInfo] = {
+    k: BenchInfo(b.title, tuple(b.columns), b.note) for k, b in _REGISTRY.items()
+}
 
 
 def bench_info(benchmark: str, metrics: Iterable[str]) -> BenchInfo:
@@ -99,6 +112,7 @@ def bench_info(benchmark: str, metrics: Iterable[str]) -> BenchInfo:
 
 # --------------------------------------------------------------------------- per-item stats
 
+
 # name -> (required fields, function(arrays) -> (num, den)); each metric = 100·Σnum/Σden.
 def _pred_yes(a):
     return np.where(a["label_yes"] == 1, a["correct"], 1 - a["correct"])
@@ -110,7 +124,10 @@ ITEM_STATS: dict[str, tuple[tuple[str, ...], Any]] = {
     "precision": (("correct", "label_yes"), lambda a: (a["label_yes"] * a["correct"], _pred_yes(a))),
     "recall": (("correct", "label_yes"), lambda a: (a["label_yes"] * a["correct"], a["label_yes"])),
     # F1 = 2TP / (2TP + FP + FN) = 2TP / (#pred_yes + #label_yes): a ratio of sums.
-    "f1": (("correct", "label_yes"), lambda a: (2 * a["label_yes"] * a["correct"], _pred_yes(a) + a["label_yes"])),
+    "f1": (
+        ("correct", "label_yes"),
+        lambda a: (2 * a["label_yes"] * a["correct"], _pred_yes(a) + a["label_yes"]),
+    ),
     "chair_s": (("hallucinated",), lambda a: (a["hallucinated"], np.ones_like(a["hallucinated"]))),
     "chair_i": (("hallucinated_mentions", "mentions"), lambda a: (a["hallucinated_mentions"], a["mentions"])),
 }
@@ -145,7 +162,9 @@ class RunItems:
         i = self.pos.get(item_id)
         if i is None:
             return {}
-        out: dict[str, Any] = {k: (None if not np.isfinite(v[i]) else float(v[i])) for k, v in self.fields.items()}
+        out: dict[str, Any] = {
+            k: (None if not np.isfinite(v[i]) else float(v[i])) for k, v in self.fields.items()
+        }
         out["hallucinated_objects"] = self.objects[i]
         return out
 
@@ -254,8 +273,12 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"metrics table {path} does not exist")
-    df = pd.read_csv(path, dtype={"benchmark": str, "split": str, "model": str, "method": str, "metric": str},
-                     keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    df = pd.read_csv(
+        path,
+        dtype={"benchmark": str, "split": str, "model": str, "method": str, "metric": str},
+        keep_default_na=False,
+        na_values={"value": ["", "nan", "NaN"]},
+    )
     missing = [c for c in METRIC_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {METRIC_COLUMNS}")
@@ -305,8 +328,9 @@ def load_paper_results(path: str | os.PathLike) -> pd.DataFrame:
     df["value"] = values
     if "protocol" not in df.columns or (df["protocol"] == "").any():
         derived = [paper_protocol(src) for src in df["source"]]
-        df["protocol"] = derived if "protocol" not in df.columns else [
-            p or d for p, d in zip(df["protocol"], derived)]
+        df["protocol"] = (
+            derived if "protocol" not in df.columns else [p or d for p, d in zip(df["protocol"], derived)]
+        )
     return df
 
 
@@ -333,9 +357,14 @@ def normalise_runs(runs: Mapping | None, labels: Iterable[str]) -> dict[str, dic
         if mode is None:
             mode = "sample" if spec.get("do_sample", method == "sample") else "greedy"
         protocol = str(spec.get("protocol") or split_key(label)[1])
-        out[str(label)] = {"method": method, "mode": str(mode), "params": dict(spec.get("params") or {}),
-                           "protocol": protocol, "label": str(spec.get("label") or split_key(label)[0]),
-                           "inferred": False}
+        out[str(label)] = {
+            "method": method,
+            "mode": str(mode),
+            "params": dict(spec.get("params") or {}),
+            "protocol": protocol,
+            "label": str(spec.get("label") or split_key(label)[0]),
+            "inferred": False,
+        }
     for key in labels:
         if key in out:
             continue
@@ -351,8 +380,14 @@ def normalise_runs(runs: Mapping | None, labels: Iterable[str]) -> dict[str, dic
             for suffix in ("_greedy", "-greedy"):
                 if label.endswith(suffix):
                     method = label[: -len(suffix)]
-        out[key] = {"method": method, "mode": mode, "params": {}, "protocol": protocol, "label": label,
-                    "inferred": True}
+        out[key] = {
+            "method": method,
+            "mode": mode,
+            "params": {},
+            "protocol": protocol,
+            "label": label,
+            "inferred": True,
+        }
     return out
 
 
@@ -368,9 +403,14 @@ def baselines(runs: Mapping[str, dict]) -> dict:
     """
     out: dict = {}
     for protocol, mode in sorted({(r.get("protocol", UNIFIED), r["mode"]) for r in runs.values()}):
-        cands = sorted(l for l, r in runs.items()
-                       if r["mode"] == mode and r["method"] == mode and r.get("protocol", UNIFIED) == protocol
-                       and not r.get("search"))
+        cands = sorted(
+            l
+            for l, r in runs.items()
+            if r["mode"] == mode
+            and r["method"] == mode
+            and r.get("protocol", UNIFIED) == protocol
+            and not r.get("search")
+        )
         if cands:
             named = [l for l in cands if runs[l].get("label", split_key(l)[0]) == mode]
             out[(protocol, mode)] = named[0] if named else cands[0]
@@ -545,7 +585,9 @@ class Analysis:
         cfg = [m for m in self.expected.get("models", []) if m in present]
         return cfg + sorted(present - set(cfg))
 
-    def labels(self, benchmark: str | None = None, split: str | None = None, model: str | None = None) -> list[str]:
+    def labels(
+        self, benchmark: str | None = None, split: str | None = None, model: str | None = None
+    ) -> list[str]:
         sub = self.metrics
         for col, v in (("benchmark", benchmark), ("split", split), ("model", model)):
             if v is not None:
@@ -564,8 +606,11 @@ class Analysis:
             run = self.runs[label]
             protocol = run.get("protocol", UNIFIED)
             if run.get("search"):  # a beam-search run: its own row, named by its beams
-                key: tuple = (run["method"], json.dumps([run["params"], run["search"]], sort_keys=True, default=str),
-                              protocol)
+                key: tuple = (
+                    run["method"],
+                    json.dumps([run["params"], run["search"]], sort_keys=True, default=str),
+                    protocol,
+                )
                 name = f"{run['method']} ({run['search'].get('num_beams')} beams)"
             elif run["method"] in BASELINE_METHODS:
                 key = ("__baseline__", protocol)
@@ -575,7 +620,9 @@ class Analysis:
                 name = run["method"]
             while key in rows and run["mode"] in rows[key]["labels"]:
                 key = key + (label,)
-            row = rows.setdefault(key, {"name": name, "labels": {}, "params": run["params"], "protocol": protocol})
+            row = rows.setdefault(
+                key, {"name": name, "labels": {}, "params": run["params"], "protocol": protocol}
+            )
             row["labels"][run["mode"]] = label
         out = list(rows.values())
         names = defaultdict(int)
@@ -595,9 +642,17 @@ class Analysis:
         counts = self.metrics[self.metrics["metric"].isin(COUNT_METRICS)]
         pivot = None
         if not counts.empty:
-            pivot = counts.pivot_table(index=["benchmark", "split", "model", "method", "seed"], columns="metric",
-                                       values="value", aggfunc="first")
-        keys = set(map(tuple, self.metrics[["benchmark", "split", "model", "method", "seed"]].itertuples(index=False)))
+            pivot = counts.pivot_table(
+                index=["benchmark", "split", "model", "method", "seed"],
+                columns="metric",
+                values="value",
+                aggfunc="first",
+            )
+        keys = set(
+            map(
+                tuple, self.metrics[["benchmark", "split", "model", "method", "seed"]].itertuples(index=False)
+            )
+        )
         for key in sorted(keys, key=str):
             key = (key[0], key[1], key[2], key[3], int(key[4]))
             n = n_err = None
@@ -633,15 +688,19 @@ class Analysis:
         for (b, s, m, label, metric), g in groups:
             values = {int(seed): float(v) for seed, v in zip(g["seed"], g["value"])}
             cell = Cell(b, s, m, label, self.mode(label), metric, dict(sorted(values.items())))
-            bad = [sd for sd in cell.values if self.status.get((b, s, m, label, sd)) and self.status[(b, s, m, label, sd)].refused]
+            bad = [
+                sd
+                for sd in cell.values
+                if self.status.get((b, s, m, label, sd)) and self.status[(b, s, m, label, sd)].refused
+            ]
             if bad:
                 parts = []
                 for sd in bad:
                     st = self.status[(b, s, m, label, sd)]
-                    parts.append(f"seed {sd}: {st.n_errors:g}/{st.n:g} items errored ({100 * st.fraction:.1f}%)")
-                cell.refused = (
-                    "; ".join(parts) + f" > {100 * self.max_error_fraction:g}% allowed"
-                )
+                    parts.append(
+                        f"seed {sd}: {st.n_errors:g}/{st.n:g} items errored ({100 * st.fraction:.1f}%)"
+                    )
+                cell.refused = "; ".join(parts) + f" > {100 * self.max_error_fraction:g}% allowed"
             else:
                 cell.mean, cell.std = stats.mean_std(list(cell.values.values()))
             self.cells[cell.key] = cell
@@ -701,8 +760,11 @@ class Analysis:
                     cell.ci, cell.ci_kind = (100.0 * lo, 100.0 * hi), "items"
                     cell.ci_note = f"bootstrap over {len(ids)} items × {len(keys)} seed(s)"
                     return
-                why = (f"per-item outcomes give {point:.3f}, metrics.csv {cell.mean:.3f}"
-                       if math.isfinite(point) else "per-item statistic undefined")
+                why = (
+                    f"per-item outcomes give {point:.3f}, metrics.csv {cell.mean:.3f}"
+                    if math.isfinite(point)
+                    else "per-item statistic undefined"
+                )
         if len(cell.values) >= 2:
             lo, hi = stats.bootstrap_ci(list(cell.values.values()), self.n_boot, self.seed)
             cell.ci, cell.ci_kind = (lo, hi), "seeds"
@@ -759,8 +821,10 @@ class Analysis:
             if col.test == "mcnemar":
                 res = stats.mcnemar_exact(a_items.fields["correct"][ia], b_items.fields["correct"][ib])
                 ps.append(res.pvalue)
-                details.append(f"seed {s} vs {base.label} seed {sb}: n={len(ids)}, only {cell.label} right "
-                               f"{res.a_only}, only {base.label} right {res.b_only}, p={fmt_p(res.pvalue)}")
+                details.append(
+                    f"seed {s} vs {base.label} seed {sb}: n={len(ids)}, only {cell.label} right "
+                    f"{res.a_only}, only {base.label} right {res.b_only}, p={fmt_p(res.pvalue)}"
+                )
             else:
                 fn = ITEM_STATS[col.item_stat][1]
                 na, da = fn({f: a_items.fields[f][ia] for f in fields})
@@ -792,7 +856,12 @@ class Analysis:
         """The field at a glance: ``{"columns": [(benchmark, split, Column)], "rows": [{"model",
         "label", "cells": [Cell | None per column]}]}`` — every run with a headline cell, rows
         in run order per model, each cell the same :class:`Cell` the benchmark tables show."""
-        cols = [(b, s, c) for b in self.benchmarks() for s in self.splits(b) if (c := self.headline(b, s)) is not None]
+        cols = [
+            (b, s, c)
+            for b in self.benchmarks()
+            for s in self.splits(b)
+            if (c := self.headline(b, s)) is not None
+        ]
         rows = []
         for model in self.models():
             for label in self.labels(model=model):
@@ -835,20 +904,40 @@ class Analysis:
             for split in self.splits(bench):
                 for model in self.models(bench, split):
                     labels = self.labels(bench, split, model)
-                    for protocol, mode in sorted({(self.runs[l].get("protocol", UNIFIED), self.mode(l)) for l in labels}):
+                    for protocol, mode in sorted(
+                        {(self.runs[l].get("protocol", UNIFIED), self.mode(l)) for l in labels}
+                    ):
                         base = self.baselines.get((protocol, mode))
-                        same = [l for l in labels if self.runs[l].get("protocol", UNIFIED) == protocol
-                                and self.mode(l) == mode and l != base and self.engine_method(l) not in BASELINE_METHODS]
+                        same = [
+                            l
+                            for l in labels
+                            if self.runs[l].get("protocol", UNIFIED) == protocol
+                            and self.mode(l) == mode
+                            and l != base
+                            and self.engine_method(l) not in BASELINE_METHODS
+                        ]
                         ctrls = [l for l in same if self.is_control(l)]
                         methods = [l for l in same if not self.is_control(l)]
                         if base is None or not same:
                             continue
                         get = lambda l, m: self.cell(bench, split, model, l, m) if m else None  # noqa: E731
-                        group = {"benchmark": bench, "split": split, "model": model, "protocol": protocol,
-                                 "mode": mode, "baseline": base, "column": col, "yes": yes,
-                                 "baseline_cell": get(base, col.metric), "baseline_yes": get(base, yes),
-                                 "controls": [{"label": c, "cell": get(c, col.metric), "yes": get(c, yes)} for c in ctrls],
-                                 "methods": [], "note": "" if ctrls else "no control run (pba/olm/apc) in this group"}
+                        group = {
+                            "benchmark": bench,
+                            "split": split,
+                            "model": model,
+                            "protocol": protocol,
+                            "mode": mode,
+                            "baseline": base,
+                            "column": col,
+                            "yes": yes,
+                            "baseline_cell": get(base, col.metric),
+                            "baseline_yes": get(base, yes),
+                            "controls": [
+                                {"label": c, "cell": get(c, col.metric), "yes": get(c, yes)} for c in ctrls
+                            ],
+                            "methods": [],
+                            "note": "" if ctrls else "no control run (pba/olm/apc) in this group",
+                        }
                         for l in methods:
                             mc = get(l, col.metric)
                             vs, verdicts = [], []
@@ -864,10 +953,12 @@ class Analysis:
                                 p = test.pvalue if test is not None else None
                                 vs.append({"control": c, "diff": diff, "test": test})
                                 verdicts.append(None if p is None else bool(better and p < 0.05))
-                            beats = (None if not verdicts or any(v is None for v in verdicts)
-                                     else all(verdicts))
-                            group["methods"].append({"label": l, "cell": mc, "yes": get(l, yes), "vs": vs,
-                                                     "beats": beats})
+                            beats = (
+                                None if not verdicts or any(v is None for v in verdicts) else all(verdicts)
+                            )
+                            group["methods"].append(
+                                {"label": l, "cell": mc, "yes": get(l, yes), "vs": vs, "beats": beats}
+                            )
                         out.append(group)
         return out
 
@@ -888,15 +979,19 @@ class Analysis:
                 out.append(f"method {label}: no results")
         combos = present[["benchmark", "split", "model"]].drop_duplicates()
         for b, s, m in combos.itertuples(index=False):
-            have = set(present.loc[(present.benchmark == b) & (present.split == s) & (present.model == m), "method"])
+            have = set(
+                present.loc[(present.benchmark == b) & (present.split == s) & (present.model == m), "method"]
+            )
             lacking = [l for l in self.runs if l not in have and l in set(present["method"])]
             if lacking:
                 out.append(f"{b}/{s}/{m}: no results for {', '.join(lacking)}")
         for protocol, mode in sorted({(r.get("protocol", UNIFIED), r["mode"]) for r in self.runs.values()}):
             if (protocol, mode) not in self.baselines:
                 where = "" if protocol == UNIFIED else f" under protocol {protocol}"
-                out.append(f"no {mode} baseline{where} (a method with engine method {mode!r}): "
-                           f"Δ and tests skipped for that mode")
+                out.append(
+                    f"no {mode} baseline{where} (a method with engine method {mode!r}): "
+                    f"Δ and tests skipped for that mode"
+                )
         return out
 
     # ---------------------------------------------------------------- paper comparison
@@ -921,8 +1016,16 @@ class Analysis:
             ]
             for idx, p in m.iterrows():
                 used.add(idx)
-                row = {"cell": cell, "paper": float(p["value"]), "source": p["source"], "table": p["table"],
-                       "setting": p["setting"], "diff": None, "flag": "", "flag_kind": ""}
+                row = {
+                    "cell": cell,
+                    "paper": float(p["value"]),
+                    "source": p["source"],
+                    "table": p["table"],
+                    "setting": p["setting"],
+                    "diff": None,
+                    "flag": "",
+                    "flag_kind": "",
+                }
                 if cell.refused:
                     row["flag"], row["flag_kind"] = "refused", "refused"
                 else:
@@ -934,8 +1037,16 @@ class Analysis:
                     else:
                         row["flag"], row["flag_kind"] = "within CI", "within"
                 rows.append(row)
-        rows.sort(key=lambda r: (r["cell"].benchmark, r["cell"].split, r["cell"].model, r["cell"].label,
-                                 r["cell"].metric, r["source"]))
+        rows.sort(
+            key=lambda r: (
+                r["cell"].benchmark,
+                r["cell"].split,
+                r["cell"].model,
+                r["cell"].label,
+                r["cell"].metric,
+                r["source"],
+            )
+        )
         return rows, len(paper) - len(used)
 
 
@@ -974,8 +1085,10 @@ def speed_from_results(analysis: Analysis) -> pd.DataFrame:
         if summ is None:
             continue
         b, _s, m, label, _seed = key
-        row = acc.setdefault((b, m, label), {"items": 0, "seconds": 0.0, "new_tokens": 0, "peak_mem_mb": np.nan,
-                                             "hardware": ""})
+        row = acc.setdefault(
+            (b, m, label),
+            {"items": 0, "seconds": 0.0, "new_tokens": 0, "peak_mem_mb": np.nan, "hardware": ""},
+        )
         side = Path(str(path)[: -len(".jsonl")] + ".meta.json") if str(path).endswith(".jsonl") else None
         meta = {}
         if side is not None and side.exists():
@@ -1052,15 +1165,25 @@ def speed_summary(df: pd.DataFrame, analysis: Analysis) -> pd.DataFrame:
     """
     if df.empty:
         return df.assign(tokens_per_s=[], s_per_item=[], overhead=[], mode=[])
-    g = df.groupby(["benchmark", "model", "method"], sort=False).agg(
-        items=("items", lambda x: x.sum(min_count=1)), seconds=("seconds", "sum"),
-        new_tokens=("new_tokens", "sum"), peak_mem_mb=("peak_mem_mb", "max"),
-        hardware=("hardware", lambda x: "; ".join(dict.fromkeys(h for h in x if h)))).reset_index()
+    g = (
+        df.groupby(["benchmark", "model", "method"], sort=False)
+        .agg(
+            items=("items", lambda x: x.sum(min_count=1)),
+            seconds=("seconds", "sum"),
+            new_tokens=("new_tokens", "sum"),
+            peak_mem_mb=("peak_mem_mb", "max"),
+            hardware=("hardware", lambda x: "; ".join(dict.fromkeys(h for h in x if h))),
+        )
+        .reset_index()
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         g["tokens_per_s"] = g["new_tokens"] / g["seconds"]
         g["s_per_item"] = g["seconds"] / g["items"]
-    ref_label = (analysis.baselines.get("greedy") or analysis.baselines.get("sample")
-                 or next((v for k, v in sorted(analysis.baselines.items(), key=str) if isinstance(k, tuple)), None))
+    ref_label = (
+        analysis.baselines.get("greedy")
+        or analysis.baselines.get("sample")
+        or next((v for k, v in sorted(analysis.baselines.items(), key=str) if isinstance(k, tuple)), None)
+    )
     g["overhead"] = np.nan
     g["mode"] = [analysis.runs.get(l, {}).get("mode", "") for l in g["method"]]
     if ref_label is not None:

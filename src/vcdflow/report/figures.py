@@ -47,7 +47,9 @@ def metric_plot(analysis: "Analysis", benchmark: str, split: str, max_metrics: i
     cols = [c for c in analysis.columns(benchmark) if c.better or c.item_stat][:max_metrics]
     models = analysis.models(benchmark, split)
     labels = analysis.labels(benchmark, split)
-    labels = sorted(labels, key=lambda l: (analysis.mode(l) != "greedy", analysis.mode(l), list(analysis.runs).index(l)))
+    labels = sorted(
+        labels, key=lambda l: (analysis.mode(l) != "greedy", analysis.mode(l), list(analysis.runs).index(l))
+    )
     if not cols or not labels:
         return None
     colors = _palette(len(models))
@@ -67,9 +69,16 @@ def metric_plot(analysis: "Analysis", benchmark: str, split: str, max_metrics: i
                     yerr = None
                     if cell.ci is not None:
                         yerr = [[max(0.0, cell.mean - cell.ci[0])], [max(0.0, cell.ci[1] - cell.mean)]]
-                    ax.errorbar(x + off, cell.mean, yerr=yerr, fmt=MODE_MARKERS.get(cell.mode, "D"),
-                                color=colors[mi], capsize=3, markersize=6,
-                                label=model if model not in labelled else None)
+                    ax.errorbar(
+                        x + off,
+                        cell.mean,
+                        yerr=yerr,
+                        fmt=MODE_MARKERS.get(cell.mode, "D"),
+                        color=colors[mi],
+                        capsize=3,
+                        markersize=6,
+                        label=model if model not in labelled else None,
+                    )
                     labelled.add(model)
                     drawn = True
             ax.set_xticks(range(len(labels)))
@@ -81,8 +90,10 @@ def metric_plot(analysis: "Analysis", benchmark: str, split: str, max_metrics: i
         uniq = dict(zip(names, handles))
         if uniq and len(models) > 1:
             axes[-1].legend(uniq.values(), uniq.keys(), title="model", fontsize=8, loc="best")
-        fig.suptitle(f"{bench_info(benchmark, []).title} {split}: mean over seeds, 95% CI"
-                     + (" (demo world)" if getattr(analysis, "demo", False) else ""))
+        fig.suptitle(
+            f"{bench_info(benchmark, []).title} {split}: mean over seeds, 95% CI"
+            + (" (demo world)" if getattr(analysis, "demo", False) else "")
+        )
         if not drawn:
             return None
         return fig_to_base64(fig)
@@ -115,12 +126,24 @@ def yes_ratio_scatter(analysis: "Analysis", bench: str = "pope") -> str | None:
                         continue
                     meth = analysis.engine_method(label)
                     key = (meth, acc.mode)
-                    ax.scatter(yes.mean, acc.mean, color=colors[meth], marker=MODE_MARKERS.get(acc.mode, "D"),
-                               s=40, edgecolor="black", linewidth=0.5,
-                               label=f"{meth} ({acc.mode})" if key not in seen else None)
+                    ax.scatter(
+                        yes.mean,
+                        acc.mean,
+                        color=colors[meth],
+                        marker=MODE_MARKERS.get(acc.mode, "D"),
+                        s=40,
+                        edgecolor="black",
+                        linewidth=0.5,
+                        label=f"{meth} ({acc.mode})" if key not in seen else None,
+                    )
                     seen.add(key)
-                    ax.annotate(f"{label}" + (f"·{model}" if len(analysis.models(bench)) > 1 else ""),
-                                (yes.mean, acc.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(
+                        f"{label}" + (f"·{model}" if len(analysis.models(bench)) > 1 else ""),
+                        (yes.mean, acc.mean),
+                        fontsize=6,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
                     drawn = True
             ax.axvline(50.0, color="grey", linestyle="--", linewidth=1)
             ax.set_xlabel("yes-ratio (%)")
@@ -159,11 +182,20 @@ def speed_plot(summary: pd.DataFrame) -> str | None:
         axes = fig.subplots(1, len(benches), squeeze=False)[0]
         for ax, bench in zip(axes, benches):
             sub = data[data["benchmark"] == bench]
-            sns.barplot(data=sub, x="method", y="tokens_per_s", hue="model", ax=ax, errorbar=None,
-                        palette=_palette(sub["model"].nunique()))
+            sns.barplot(
+                data=sub,
+                x="method",
+                y="tokens_per_s",
+                hue="model",
+                ax=ax,
+                errorbar=None,
+                palette=_palette(sub["model"].nunique()),
+            )
             xs = list(dict.fromkeys(sub["method"]))
             for container, model in zip(ax.containers, dict.fromkeys(sub["model"])):
-                over = dict(zip(sub.loc[sub["model"] == model, "method"], sub.loc[sub["model"] == model, "overhead"]))
+                over = dict(
+                    zip(sub.loc[sub["model"] == model, "method"], sub.loc[sub["model"] == model, "overhead"])
+                )
                 labels = [_times(over.get(x)) for x in xs]
                 if len(container) == len(labels):
                     ax.bar_label(container, labels=labels, fontsize=7, padding=2)
@@ -197,7 +229,11 @@ def overview_heatmap(analysis: "Analysis") -> str | None:
                 continue
             sign = -1.0 if col.better == "lower" else 1.0
             g_row.append(sign * cell.delta)
-            star = "*" if cell.test is not None and cell.test.pvalue is not None and cell.test.pvalue < 0.05 else ""
+            star = (
+                "*"
+                if cell.test is not None and cell.test.pvalue is not None and cell.test.pvalue < 0.05
+                else ""
+            )
             t_row.append(f"{cell.delta:+.1f}{star}")
         if any(math.isfinite(g) for g in g_row):
             names.append(f"{r['model']} · {r['label']}" if multi_model else r["label"])
@@ -205,8 +241,9 @@ def overview_heatmap(analysis: "Analysis") -> str | None:
             text.append(t_row)
     if not gain:
         return None
-    data = pd.DataFrame(gain, index=names,
-                        columns=[f"{bench_info(b, []).title} {s}\n{c.title}" for b, s, c in cols])
+    data = pd.DataFrame(
+        gain, index=names, columns=[f"{bench_info(b, []).title} {s}\n{c.title}" for b, s, c in cols]
+    )
     keep = data.notna().any(axis=0)
     data = data.loc[:, keep]
     annot = np.array(text, dtype=object)[:, keep.to_numpy()]
@@ -219,11 +256,24 @@ def overview_heatmap(analysis: "Analysis") -> str | None:
         ax = fig.subplots()
         with warnings.catch_warnings():  # seaborn's own cmap.set_bad call (matplotlib deprecation)
             warnings.simplefilter("ignore", PendingDeprecationWarning)
-            sns.heatmap(data, ax=ax, cmap="RdYlGn", center=0.0, vmin=-lim, vmax=lim, annot=annot, fmt="",
-                        linewidths=0.5, linecolor="white", cbar_kws={"label": "gain vs baseline, scaled per column"})
+            sns.heatmap(
+                data,
+                ax=ax,
+                cmap="RdYlGn",
+                center=0.0,
+                vmin=-lim,
+                vmax=lim,
+                annot=annot,
+                fmt="",
+                linewidths=0.5,
+                linecolor="white",
+                cbar_kws={"label": "gain vs baseline, scaled per column"},
+            )
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=0)
-        ax.set_title("Δ vs the same-mode baseline (* p < 0.05)"
-                     + (" — demo world" if getattr(analysis, "demo", False) else ""))
+        ax.set_title(
+            "Δ vs the same-mode baseline (* p < 0.05)"
+            + (" — demo world" if getattr(analysis, "demo", False) else "")
+        )
         return fig_to_base64(fig)

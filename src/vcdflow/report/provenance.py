@@ -22,16 +22,31 @@ from ..io import config_hash, file_digest, read_json
 
 #: Packages whose versions change results or the report.
 PACKAGES = (
-    "vcdflow", "torch", "transformers", "tokenizers", "diffusers", "huggingface_hub", "accelerate",
-    "numpy", "scipy", "pandas", "pillow", "nltk", "matplotlib", "seaborn", "jinja2", "snakemake",
+    "vcdflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "diffusers",
+    "huggingface_hub",
+    "accelerate",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pillow",
+    "nltk",
+    "matplotlib",
+    "seaborn",
+    "jinja2",
+    "snakemake",
 )
 
 
 def _git(repo: Path, *args: str) -> str | None:
     try:
         # --no-optional-locks: never refresh the index (a report only reads the repository).
-        out = subprocess.run(["git", "--no-optional-locks", "-C", str(repo), *args], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -119,12 +134,16 @@ def input_checksums(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
         if not p.is_file():
             continue
         st = p.stat()
-        out.append({
-            "path": str(p),
-            "md5": file_digest(p, "md5"),
-            "bytes": st.st_size,
-            "modified": _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat(timespec="seconds"),
-        })
+        out.append(
+            {
+                "path": str(p),
+                "md5": file_digest(p, "md5"),
+                "bytes": st.st_size,
+                "modified": _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+            }
+        )
     return out
 
 
@@ -173,6 +192,7 @@ def result_versions(path: str | os.PathLike) -> list[dict[str, str]]:
     meta = _sidecar_of(path)
     if not meta:
         return []
+
     def commit_of(rec: Mapping, default: str | None = None) -> str | None:
         src = rec.get("model_source")
         return src.get("commit") if isinstance(src, Mapping) else default
@@ -204,10 +224,16 @@ def version_conflicts(result_files: Mapping[tuple, str | os.PathLike]) -> dict[t
                 per_pkg.setdefault(pkg, {}).setdefault(str(ver), set()).add(str(label))
     notes = {}
     for comp, per_pkg in groups.items():
-        parts = [f"{pkg} " + "; ".join(f"{ver}: {', '.join(sorted(labels))}" for ver, labels in sorted(vers.items()))
-                 for pkg, vers in sorted(per_pkg.items()) if len(vers) > 1]
+        parts = [
+            f"{pkg} "
+            + "; ".join(f"{ver}: {', '.join(sorted(labels))}" for ver, labels in sorted(vers.items()))
+            for pkg, vers in sorted(per_pkg.items())
+            if len(vers) > 1
+        ]
         if parts:
-            notes[comp] = "results decoded under different library versions or model weights — " + " | ".join(parts)
+            notes[comp] = "results decoded under different library versions or model weights — " + " | ".join(
+                parts
+            )
     return notes
 
 

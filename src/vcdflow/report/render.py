@@ -26,8 +26,14 @@ from . import analysis as an
 from . import figures as _figures
 from . import stats
 from .judges import judges_of
-from .provenance import (collect_provenance, input_checksums, result_dates, sidecar_hardware, version_conflicts,
-                         versions_in_use)
+from .provenance import (
+    collect_provenance,
+    input_checksums,
+    result_dates,
+    sidecar_hardware,
+    version_conflicts,
+    versions_in_use,
+)
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _REPO_PAPER_RESULTS = Path(__file__).resolve().parents[3] / "resources" / "paper_results.csv"
@@ -89,7 +95,7 @@ def highlight(text: str, objects: Iterable[str]) -> Markup:
     pattern = re.compile(r"\b(?:" + "|".join(alts) + r")\b", re.IGNORECASE)
     out, last = [], 0
     for m in pattern.finditer(text):
-        out.append(str(escape(text[last:m.start()])))
+        out.append(str(escape(text[last : m.start()])))
         out.append(f"<mark>{escape(m.group(0))}</mark>")
         last = m.end()
     out.append(str(escape(text[last:])))
@@ -100,7 +106,11 @@ def _short(value: Any, limit: int = 80) -> str | None:
     if isinstance(value, (str, int, float, bool)):
         s = str(value)
         return s if len(s) <= limit else s[: limit - 1] + "…"
-    if isinstance(value, (list, tuple)) and len(value) <= 6 and all(isinstance(v, (str, int, float)) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) <= 6
+        and all(isinstance(v, (str, int, float)) for v in value)
+    ):
         return _short(", ".join(map(str, value)), limit)
     return None
 
@@ -124,7 +134,11 @@ def _image_path(name: str | None, bench: str, split: str, image_root, config: Ma
         roots = image_root.get(bench) if isinstance(image_root, Mapping) else image_root
         if roots is not None:
             cands.append(Path(str(roots).format(split=split)) / name)
-    bcfg = ((config or {}).get("benchmarks") or {}).get(bench) if isinstance((config or {}).get("benchmarks"), Mapping) else None
+    bcfg = (
+        ((config or {}).get("benchmarks") or {}).get(bench)
+        if isinstance((config or {}).get("benchmarks"), Mapping)
+        else None
+    )
     if isinstance(bcfg, Mapping) and isinstance(bcfg.get("images"), str):
         cands.append(Path(bcfg["images"].format(split=split)) / name)
     for c in cands:
@@ -150,8 +164,12 @@ def _extra_paths(extra_images: Mapping | None, label: str | None, item_id: str) 
 def _cell_view(a: an.Analysis, cell: an.Cell | None, reason_missing: str) -> dict:
     if cell is None:
         return {"empty": reason_missing}
-    view: dict[str, Any] = {"key": cell.key, "label": cell.label, "n_seeds": cell.n_seeds,
-                            "seeds": ", ".join(f"{s}: {v:.2f}" for s, v in cell.values.items())}
+    view: dict[str, Any] = {
+        "key": cell.key,
+        "label": cell.label,
+        "n_seeds": cell.n_seeds,
+        "seeds": ", ".join(f"{s}: {v:.2f}" for s, v in cell.values.items()),
+    }
     if cell.refused:
         view["refused"] = cell.refused
         return view
@@ -194,16 +212,35 @@ def _table(a: an.Analysis, bench: str, split: str, version_notes: Mapping[tuple,
                 elif label not in model_labels:
                     cells[mode] = [{"empty": f"no results for {label}"} for _ in cols]
                 else:
-                    cells[mode] = [_cell_view(a, a.cell(bench, split, model, label, c.metric),
-                                              f"{label} has no {c.metric}") for c in cols]
-            rows.append({"name": group["name"], "detail": group["detail"], "labels": group["labels"],
-                         "protocol": group.get("protocol", an.UNIFIED), "cells": cells})
-        blocks.append({"model": model, "rows": rows,
-                       "versions_note": (version_notes or {}).get((bench, split, model))})
+                    cells[mode] = [
+                        _cell_view(
+                            a, a.cell(bench, split, model, label, c.metric), f"{label} has no {c.metric}"
+                        )
+                        for c in cols
+                    ]
+            rows.append(
+                {
+                    "name": group["name"],
+                    "detail": group["detail"],
+                    "labels": group["labels"],
+                    "protocol": group.get("protocol", an.UNIFIED),
+                    "cells": cells,
+                }
+            )
+        blocks.append(
+            {"model": model, "rows": rows, "versions_note": (version_notes or {}).get((bench, split, model))}
+        )
     protocols = {a.runs[l].get("protocol", an.UNIFIED) for l in labels}
     # the header names the baseline of each mode; with several protocols each row's own applies
-    base = ({m: a.baselines[(protocols.copy().pop(), m)] for m in modes if (next(iter(protocols)), m) in a.baselines}
-            if len(protocols) == 1 else {})
+    base = (
+        {
+            m: a.baselines[(protocols.copy().pop(), m)]
+            for m in modes
+            if (next(iter(protocols)), m) in a.baselines
+        }
+        if len(protocols) == 1
+        else {}
+    )
     return {"columns": cols, "modes": modes, "blocks": blocks, "baselines": base}
 
 
@@ -241,8 +278,17 @@ def _sort_value(cell: an.Cell | None) -> str:
 def _overview(a: an.Analysis) -> dict:
     """The field at a glance: methods × benchmark headline metrics (see :meth:`Analysis.overview`)."""
     ov = a.overview()
-    cols = [{"benchmark": b, "split": s, "metric": c.metric, "title": an.bench_info(b, [c.metric]).title,
-             "metric_title": c.title, "better": c.better} for b, s, c in ov["columns"]]
+    cols = [
+        {
+            "benchmark": b,
+            "split": s,
+            "metric": c.metric,
+            "title": an.bench_info(b, [c.metric]).title,
+            "metric_title": c.title,
+            "better": c.better,
+        }
+        for b, s, c in ov["columns"]
+    ]
     rows = []
     for r in ov["rows"]:
         run = a.runs[r["label"]]
@@ -251,16 +297,27 @@ def _overview(a: an.Analysis) -> dict:
             v = _cell_view(a, cell, f"{r['label']} has no {c.metric} on {b}/{s}")
             v["sort"] = _sort_value(cell)
             cells.append(v)
-        rows.append({"model": r["model"], "label": r["label"], "method": run["method"], "mode": run["mode"],
-                     "protocol": run.get("protocol", an.UNIFIED), "cells": cells})
+        rows.append(
+            {
+                "model": r["model"],
+                "label": r["label"],
+                "method": run["method"],
+                "mode": run["mode"],
+                "protocol": run.get("protocol", an.UNIFIED),
+                "cells": cells,
+            }
+        )
     return {"columns": cols, "rows": rows}
 
 
 def _test_view(t: an.TestResult | None) -> dict:
     if t is None:
         return {}
-    return {"p": an.fmt_p(t.pvalue), "p_sig": t.pvalue is not None and t.pvalue < 0.05,
-            "p_title": "\n".join([t.kind + (f" — {t.note}" if t.note else "")] + t.per_seed)}
+    return {
+        "p": an.fmt_p(t.pvalue),
+        "p_sig": t.pvalue is not None and t.pvalue < 0.05,
+        "p_title": "\n".join([t.kind + (f" — {t.note}" if t.note else "")] + t.per_seed),
+    }
 
 
 def _controls(a: an.Analysis) -> list[dict]:
@@ -286,14 +343,29 @@ def _controls(a: an.Analysis) -> list[dict]:
         methods = []
         for m in g["methods"]:
             v = run_view(m["label"], m["cell"], m["yes"])
-            v["vs"] = [dict({"control": x["control"], "diff": an.fmt_signed(x["diff"])}, **_test_view(x["test"]))
-                       for x in m["vs"]]
+            v["vs"] = [
+                dict({"control": x["control"], "diff": an.fmt_signed(x["diff"])}, **_test_view(x["test"]))
+                for x in m["vs"]
+            ]
             v["beats"] = m["beats"]
             methods.append(v)
-        out.append({"benchmark": g["benchmark"], "title": an.bench_info(g["benchmark"], [col.metric]).title,
-                    "split": g["split"], "model": g["model"], "protocol": g["protocol"], "mode": g["mode"],
-                    "metric": col.metric, "metric_title": col.title, "baseline": base, "controls": ctrls,
-                    "control_labels": [c["label"] for c in g["controls"]], "methods": methods, "note": g["note"]})
+        out.append(
+            {
+                "benchmark": g["benchmark"],
+                "title": an.bench_info(g["benchmark"], [col.metric]).title,
+                "split": g["split"],
+                "model": g["model"],
+                "protocol": g["protocol"],
+                "mode": g["mode"],
+                "metric": col.metric,
+                "metric_title": col.title,
+                "baseline": base,
+                "controls": ctrls,
+                "control_labels": [c["label"] for c in g["controls"]],
+                "methods": methods,
+                "note": g["note"],
+            }
+        )
     return out
 
 
@@ -314,8 +386,11 @@ def _examples(a: an.Analysis, n_examples: int, config, image_root, extra_images)
         if not splits or not models:
             continue
         split, model = splits[0], models[0]
-        labels = [l for l in a.labels(bench, split, model)
-                  if any(k[:4] == (bench, split, model, l) for k in a.result_files)]
+        labels = [
+            l
+            for l in a.labels(bench, split, model)
+            if any(k[:4] == (bench, split, model, l) for k in a.result_files)
+        ]
         per_label: dict[str, tuple[int, dict, an.RunItems | None]] = {}
         for label in labels:
             seeds = sorted(k[4] for k in a.result_files if k[:4] == (bench, split, model, label))
@@ -341,7 +416,8 @@ def _examples(a: an.Analysis, n_examples: int, config, image_root, extra_images)
 
         def has_extra(iid: str) -> bool:
             return bool(_extra_paths(extra_images, None, iid)) or any(
-                _extra_paths(extra_images, l, iid) for l in per_label)
+                _extra_paths(extra_images, l, iid) for l in per_label
+            )
 
         # Items with extra images (e.g. ConVis reconstructions) first, then disagreement.
         chosen = sorted(common, key=lambda i: (not has_extra(i), interest(i), order[i]))[:n_examples]
@@ -349,25 +425,35 @@ def _examples(a: an.Analysis, n_examples: int, config, image_root, extra_images)
             rec0 = first[iid]
             img = _image_path(rec0.get("image"), bench, split, image_root, config)
             ex = {
-                "benchmark": bench, "split": split, "model": model, "item_id": iid,
+                "benchmark": bench,
+                "split": split,
+                "model": model,
+                "item_id": iid,
                 "image_name": rec0.get("image") or "",
                 "image_uri": thumbnail_uri(img) if img else None,
-                "prompt": rec0.get("prompt", ""), "label": rec0.get("label"),
+                "prompt": rec0.get("prompt", ""),
+                "label": rec0.get("label"),
                 "extras": [u for u in (thumbnail_uri(p) for p in _extra_paths(extra_images, None, iid)) if u],
                 "rows": [],
             }
             for label, (seed, recs, items) in per_label.items():
                 r, it = recs[iid], _outcome(items, iid)
                 objs = it.get("hallucinated_objects") or []
-                ex["rows"].append({
-                    "label": label, "mode": a.mode(label), "seed": seed,
-                    "answer": highlight(str(r.get("answer", "")), objs),
-                    "error": r.get("error"),
-                    "correct": it.get("correct"),
-                    "hallucinated": objs,
-                    "meta": _meta_items(r.get("meta")),
-                    "extras": [u for u in (thumbnail_uri(p) for p in _extra_paths(extra_images, label, iid)) if u],
-                })
+                ex["rows"].append(
+                    {
+                        "label": label,
+                        "mode": a.mode(label),
+                        "seed": seed,
+                        "answer": highlight(str(r.get("answer", "")), objs),
+                        "error": r.get("error"),
+                        "correct": it.get("correct"),
+                        "hallucinated": objs,
+                        "meta": _meta_items(r.get("meta")),
+                        "extras": [
+                            u for u in (thumbnail_uri(p) for p in _extra_paths(extra_images, label, iid)) if u
+                        ],
+                    }
+                )
             out.append(ex)
     return out
 
@@ -401,15 +487,27 @@ def _is_pope(benchmark: str) -> bool:
 def _protocol_view(a: an.Analysis, protocols: Mapping | None) -> dict:
     """The protocol section: which protocols the runs used, and how each paper protocol differs
     from the unified one (field, unified value, paper value, the paper's source)."""
-    used = sorted({r.get("protocol", an.UNIFIED) for r in a.runs.values()}, key=lambda p: (p != an.UNIFIED, p))
+    used = sorted(
+        {r.get("protocol", an.UNIFIED) for r in a.runs.values()}, key=lambda p: (p != an.UNIFIED, p)
+    )
     diffs = []
     for name, rows in sorted((protocols or {}).items()):
-        diffs.append({"name": name, "rows": [{
-            "family": r.get("family", ""), "benchmark": r.get("benchmark", ""), "field": r.get("field", ""),
-            "unified": _short(json.dumps(r.get("b"), default=str), 120),
-            "paper": _short(json.dumps(r.get("a"), default=str), 120),
-            "source": r.get("source_a", ""),
-        } for r in rows]})
+        diffs.append(
+            {
+                "name": name,
+                "rows": [
+                    {
+                        "family": r.get("family", ""),
+                        "benchmark": r.get("benchmark", ""),
+                        "field": r.get("field", ""),
+                        "unified": _short(json.dumps(r.get("b"), default=str), 120),
+                        "paper": _short(json.dumps(r.get("a"), default=str), 120),
+                        "source": r.get("source_a", ""),
+                    }
+                    for r in rows
+                ],
+            }
+        )
     runs_of = {p: sorted(k for k, r in a.runs.items() if r.get("protocol", an.UNIFIED) == p) for p in used}
     return {"used": used, "runs": runs_of, "diffs": diffs}
 
@@ -486,8 +584,14 @@ def build_report(
     if title is None:
         title = str(report_cfg.get("title", "vcdflow reproduction report"))
     a = an.Analysis(
-        metrics, result_files=result_files, scored_files=scored_files, runs=runs,
-        max_error_fraction=max_error_fraction, seed=seed, n_boot=n_boot, n_boot_test=n_boot_test,
+        metrics,
+        result_files=result_files,
+        scored_files=scored_files,
+        runs=runs,
+        max_error_fraction=max_error_fraction,
+        seed=seed,
+        n_boot=n_boot,
+        n_boot_test=n_boot_test,
         expected=_expected(config),
     )
     a.demo = bool(demo)
@@ -499,24 +603,42 @@ def build_report(
         info = an.bench_info(bench, a.metrics.loc[a.metrics.benchmark == bench, "metric"])
         splits = []
         for split in a.splits(bench):
-            splits.append({
-                "split": split,
-                "table": _table(a, bench, split, version_notes),
-                "all": _all_metrics(a, bench, split),
-                "figure": plots.metric_plot(a, bench, split),
-            })
-        sections.append({"bench": bench, "title": info.title, "note": info.note, "splits": splits,
-                         "judges": judges_of(a.scored_files, bench)})
+            splits.append(
+                {
+                    "split": split,
+                    "table": _table(a, bench, split, version_notes),
+                    "all": _all_metrics(a, bench, split),
+                    "figure": plots.metric_plot(a, bench, split),
+                }
+            )
+        sections.append(
+            {
+                "bench": bench,
+                "title": info.title,
+                "note": info.note,
+                "splits": splits,
+                "judges": judges_of(a.scored_files, bench),
+            }
+        )
     for b in _expected(config).get("benchmarks", []):
         if b not in a.benchmarks():
-            sections.append({"bench": b, "title": an.bench_info(b, []).title, "note": "", "splits": [],
-                             "missing": f"No results for {b} in {metrics_csv}."})
+            sections.append(
+                {
+                    "bench": b,
+                    "title": an.bench_info(b, []).title,
+                    "note": "",
+                    "splits": [],
+                    "missing": f"No results for {b} in {metrics_csv}.",
+                }
+            )
 
     # Reproduced vs reported ----------------------------------------------------------
     comparison: dict[str, Any] = {}
     if demo:
-        comparison["skipped"] = ("Demo-world results come from a synthetic world and a tiny model; "
-                                 "they are never compared with the papers' numbers.")
+        comparison["skipped"] = (
+            "Demo-world results come from a synthetic world and a tiny model; "
+            "they are never compared with the papers' numbers."
+        )
     else:
         paper_path = Path(paper_results) if paper_results is not None else default_paper_results()
         if paper_path is None:
@@ -526,50 +648,78 @@ def build_report(
             rows, unmatched = a.comparisons(paper)
             comparison["path"] = str(paper_path)
             comparison["unmatched"] = unmatched
-            comparison["rows"] = [{
-                "key": r["cell"].key, "benchmark": r["cell"].benchmark, "split": r["cell"].split,
-                "model": r["cell"].model, "label": r["cell"].label, "mode": r["cell"].mode,
-                "protocol": a.runs[r["cell"].label].get("protocol", an.UNIFIED),
-                "metric": r["cell"].metric,
-                "ours": "—" if r["cell"].refused else an.fmt(r["cell"].mean),
-                "ci": None if r["cell"].ci is None or r["cell"].refused else (an.fmt(r["cell"].ci[0]), an.fmt(r["cell"].ci[1])),
-                "paper": an.fmt(r["paper"]), "diff": an.fmt_signed(r["diff"]),
-                "source": r["source"], "table": r["table"], "setting": r["setting"],
-                "flag": r["flag"], "flag_kind": r["flag_kind"],
-                "refused": r["cell"].refused,
-            } for r in rows]
+            comparison["rows"] = [
+                {
+                    "key": r["cell"].key,
+                    "benchmark": r["cell"].benchmark,
+                    "split": r["cell"].split,
+                    "model": r["cell"].model,
+                    "label": r["cell"].label,
+                    "mode": r["cell"].mode,
+                    "protocol": a.runs[r["cell"].label].get("protocol", an.UNIFIED),
+                    "metric": r["cell"].metric,
+                    "ours": "—" if r["cell"].refused else an.fmt(r["cell"].mean),
+                    "ci": None
+                    if r["cell"].ci is None or r["cell"].refused
+                    else (an.fmt(r["cell"].ci[0]), an.fmt(r["cell"].ci[1])),
+                    "paper": an.fmt(r["paper"]),
+                    "diff": an.fmt_signed(r["diff"]),
+                    "source": r["source"],
+                    "table": r["table"],
+                    "setting": r["setting"],
+                    "flag": r["flag"],
+                    "flag_kind": r["flag_kind"],
+                    "refused": r["cell"].refused,
+                }
+                for r in rows
+            ]
             comparison["n_outside"] = sum(r["flag_kind"] == "outside" for r in rows)
 
     # Speed ----------------------------------------------------------------------------
     speed_view: dict[str, Any] = {}
     if speed is not None:
         raw = an.load_speed(speed)
-        speed_view["source"] = str(speed) if isinstance(speed, (str, os.PathLike)) else "speed table passed in"
+        speed_view["source"] = (
+            str(speed) if isinstance(speed, (str, os.PathLike)) else "speed table passed in"
+        )
     else:
         raw = an.speed_from_results(a)
         speed_view["source"] = "timing fields of the result files"
     summary = an.speed_summary(raw, a)
-    speed_view["rows"] = [{
-        "benchmark": r["benchmark"], "model": r["model"], "label": r["method"], "mode": r["mode"],
-        "n_items": "—" if not math.isfinite(float(r["items"])) else f"{int(r['items'])}",
-        "tokens": f"{float(r['new_tokens']):.0f}", "seconds": an.fmt(float(r["seconds"])),
-        "tps": an.fmt(float(r["tokens_per_s"])), "spi": an.fmt(float(r["s_per_item"]), 3),
-        "overhead": "—" if not math.isfinite(float(r["overhead"])) else f"{float(r['overhead']):.2f}×",
-        "mem": "—" if not math.isfinite(float(r["peak_mem_mb"])) else f"{float(r['peak_mem_mb']):.0f}",
-        "hardware": r.get("hardware") or "—",
-        "protocol": a.runs.get(r["method"], {}).get("protocol", an.UNIFIED),
-    } for _, r in summary.iterrows()]
+    speed_view["rows"] = [
+        {
+            "benchmark": r["benchmark"],
+            "model": r["model"],
+            "label": r["method"],
+            "mode": r["mode"],
+            "n_items": "—" if not math.isfinite(float(r["items"])) else f"{int(r['items'])}",
+            "tokens": f"{float(r['new_tokens']):.0f}",
+            "seconds": an.fmt(float(r["seconds"])),
+            "tps": an.fmt(float(r["tokens_per_s"])),
+            "spi": an.fmt(float(r["s_per_item"]), 3),
+            "overhead": "—" if not math.isfinite(float(r["overhead"])) else f"{float(r['overhead']):.2f}×",
+            "mem": "—" if not math.isfinite(float(r["peak_mem_mb"])) else f"{float(r['peak_mem_mb']):.0f}",
+            "hardware": r.get("hardware") or "—",
+            "protocol": a.runs.get(r["method"], {}).get("protocol", an.UNIFIED),
+        }
+        for _, r in summary.iterrows()
+    ]
     speed_view["figure"] = plots.speed_plot(summary)
 
     # Errors -----------------------------------------------------------------------------
     errors = []
     for key, st in sorted(a.status.items(), key=lambda kv: (-(kv[1].n_errors or 0), str(kv[0]))):
-        errors.append({
-            "run": "/".join(map(str, key[:4])) + f"/seed{key[4]}",
-            "n": "—" if st.n is None else f"{st.n:g}", "n_errors": "—" if st.n_errors is None else f"{st.n_errors:g}",
-            "pct": "—" if st.fraction is None else f"{100 * st.fraction:.1f}%",
-            "source": st.source, "refused": st.refused, "top": st.top_error,
-        })
+        errors.append(
+            {
+                "run": "/".join(map(str, key[:4])) + f"/seed{key[4]}",
+                "n": "—" if st.n is None else f"{st.n:g}",
+                "n_errors": "—" if st.n_errors is None else f"{st.n_errors:g}",
+                "pct": "—" if st.fraction is None else f"{100 * st.fraction:.1f}%",
+                "source": st.source,
+                "refused": st.refused,
+                "top": st.top_error,
+            }
+        )
     n_err_runs = sum(1 for s in a.status.values() if (s.n_errors or 0) > 0)
 
     # Provenance -------------------------------------------------------------------------
@@ -589,14 +739,28 @@ def build_report(
         "decode_hardware": sidecar_hardware(a.result_files.values()) or prov.get("decode_hardware") or [],
         "decode_versions": versions_in_use(a.result_files),
         "hub_revisions": prov.get("hub_revisions") or [],
-        "version_conflicts": [{"comparison": "/".join(map(str, k)), "note": v} for k, v in version_notes.items()],
+        "version_conflicts": [
+            {"comparison": "/".join(map(str, k)), "note": v} for k, v in version_notes.items()
+        ],
         "config_hash": prov.get("config_hash", ""),
         "config_yaml": _yaml(prov["config"]) if prov.get("config") is not None else "",
         "inputs": checks,
         "dates": result_dates(checks),
-        "other": {k: v for k, v in prov.items()
-                  if k not in ("generated_at", "git", "packages", "hardware", "config", "config_hash", "decode_hardware",
-                                "hub_revisions")},
+        "other": {
+            k: v
+            for k, v in prov.items()
+            if k
+            not in (
+                "generated_at",
+                "git",
+                "packages",
+                "hardware",
+                "config",
+                "config_hash",
+                "decode_hardware",
+                "hub_revisions",
+            )
+        },
     }
 
     ctx = {
@@ -619,9 +783,13 @@ def build_report(
         "baselines": a.baselines,
         "protocols": _protocol_view(a, protocols),
         "runs": a.runs,
-        "n_boot": n_boot, "n_boot_test": n_boot_test, "seed": seed,
+        "n_boot": n_boot,
+        "n_boot_test": n_boot_test,
+        "seed": seed,
         "summary": {
-            "benchmarks": a.benchmarks(), "models": a.models(), "labels": [l for l in a.runs if l in set(a.metrics.method)],
+            "benchmarks": a.benchmarks(),
+            "models": a.models(),
+            "labels": [l for l in a.runs if l in set(a.metrics.method)],
             "n_runs": len(a.status),
         },
     }

@@ -170,7 +170,9 @@ def _binary(x, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a 1-D array of 0/1 outcomes, got shape {arr.shape}")
     bad = ~np.isin(arr, (0, 1, True, False))
     if bad.any():
-        raise ValueError(f"{name}: outcomes must be 0/1; item {int(np.argmax(bad))} is {arr[np.argmax(bad)]!r}")
+        raise ValueError(
+            f"{name}: outcomes must be 0/1; item {int(np.argmax(bad))} is {arr[np.argmax(bad)]!r}"
+        )
     return arr.astype(bool)
 
 
@@ -221,7 +223,9 @@ def paired_bootstrap_p(
     num_a, den_a = _num_den(a, denom_a, "paired_bootstrap_p a")
     num_b, den_b = _num_den(b, denom_b, "paired_bootstrap_p b")
     if num_a.shape != num_b.shape:
-        raise ValueError(f"paired_bootstrap_p: a {num_a.shape} and b {num_b.shape} are not paired (shapes differ)")
+        raise ValueError(
+            f"paired_bootstrap_p: a {num_a.shape} and b {num_b.shape} are not paired (shapes differ)"
+        )
     n = num_a.shape[0]
     d_obs = ratio_of_sums(num_a, den_a) - ratio_of_sums(num_b, den_b)
     if not np.isfinite(d_obs):
@@ -230,8 +234,9 @@ def paired_bootstrap_p(
     sums = w @ np.concatenate([num_a, den_a, num_b, den_b], axis=1)
     k = num_a.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        d = (np.mean(sums[:, :k] / sums[:, k:2 * k], axis=1)
-             - np.mean(sums[:, 2 * k:3 * k] / sums[:, 3 * k:], axis=1))
+        d = np.mean(sums[:, :k] / sums[:, k : 2 * k], axis=1) - np.mean(
+            sums[:, 2 * k : 3 * k] / sums[:, 3 * k :], axis=1
+        )
     ok = np.isfinite(d)
     # Tolerance guards against float noise making |d*−d| ≥ |d| fail by 1 ulp.
     extreme = int(np.sum(np.abs(d[ok] - d_obs) >= abs(d_obs) - 1e-12))

@@ -12,9 +12,33 @@ Pipeline of the method, one module per step:
    them: s = (1+α)·ℓ(v) − α·(1/n)·Σᵢ ℓ(v′ᵢ).
 """
 
-from .captions import CAPTION_DEFAULTS, CAPTION_PROMPT, caption_images, clean_caption, convis_images, image_key, read_captions
-from .pipeline import DEMO_T2I, PAPER_T2I, Text2Image, build_tiny_sdxl, download_t2i, load_t2i, normalize_t2i_config, t2i_hash
-from .reconstruct import attach_reconstructions, check_image, read_manifest, reconstruct, reconstruction_path, t2i_seed
+from .captions import (
+    CAPTION_DEFAULTS,
+    CAPTION_PROMPT,
+    caption_images,
+    clean_caption,
+    convis_images,
+    image_key,
+    read_captions,
+)
+from .pipeline import (
+    DEMO_T2I,
+    PAPER_T2I,
+    Text2Image,
+    build_tiny_sdxl,
+    download_t2i,
+    load_t2i,
+    normalize_t2i_config,
+    t2i_hash,
+)
+from .reconstruct import (
+    attach_reconstructions,
+    check_image,
+    read_manifest,
+    reconstruct,
+    reconstruction_path,
+    t2i_seed,
+)
 
 __all__ = [
     "CAPTION_DEFAULTS",

@@ -90,7 +90,12 @@ def convis_images(items: Iterable[dict]) -> list[dict]:
             if out[key]["image_path"] != str(path):
                 raise ValueError(f"image key {key!r} names two files: {out[key]['image_path']} and {path}")
             continue
-        out[key] = {"key": key, "image": it.get("image"), "image_id": it.get("image_id"), "image_path": str(path)}
+        out[key] = {
+            "key": key,
+            "image": it.get("image"),
+            "image_id": it.get("image_id"),
+            "image_path": str(path),
+        }
     return list(out.values())
 
 
@@ -112,7 +117,9 @@ def caption_settings(model: str, settings: dict | None = None) -> dict:
     s = dict(CAPTION_DEFAULTS)
     extra = sorted(set(settings or {}) - set(CAPTION_DEFAULTS) - {"batch_size", "n_shards"})
     if extra:
-        raise ValueError(f"unknown caption setting(s) {', '.join(extra)}; valid: {', '.join(sorted(CAPTION_DEFAULTS))}")
+        raise ValueError(
+            f"unknown caption setting(s) {', '.join(extra)}; valid: {', '.join(sorted(CAPTION_DEFAULTS))}"
+        )
     s.update({k: v for k, v in (settings or {}).items() if k in CAPTION_DEFAULTS})
     if int(s["n_captions"]) < 1:
         raise ValueError(f"n_captions must be >= 1, got {s['n_captions']!r}")
@@ -178,28 +185,57 @@ def caption_images(
             vlm = vlm()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(order), initial=len(order) - len(todo), desc=f"captions {model}", unit="caption",
-                   disable=not progress)
+        bar = tqdm(
+            total=len(order),
+            initial=len(order) - len(todo),
+            desc=f"captions {model}",
+            unit="caption",
+            disable=not progress,
+        )
         ckpt.open()
         try:
             for k in seeds:
                 group = [im for im, kk in todo if kk == k]
                 for start in range(0, len(group), batch_size):
-                    batch = group[start:start + batch_size]
-                    reqs = [Request(image=im["image_path"], prompt=s["prompt"], item_id=caption_item_id(model, im["key"]))
-                            for im in batch]
-                    outs = generate_fn(vlm, reqs, method="sample", do_sample=True, temperature=s["temperature"],
-                                       top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], seed=k,
-                                       batch_size=len(reqs))
+                    batch = group[start : start + batch_size]
+                    reqs = [
+                        Request(
+                            image=im["image_path"],
+                            prompt=s["prompt"],
+                            item_id=caption_item_id(model, im["key"]),
+                        )
+                        for im in batch
+                    ]
+                    outs = generate_fn(
+                        vlm,
+                        reqs,
+                        method="sample",
+                        do_sample=True,
+                        temperature=s["temperature"],
+                        top_p=s["top_p"],
+                        max_new_tokens=s["max_new_tokens"],
+                        seed=k,
+                        batch_size=len(reqs),
+                    )
                     recs = []
                     for im, out in zip(batch, outs):
                         raw = "" if out.error else (out.text or "")
-                        recs.append({
-                            "item_id": f"{im['key']}/s{k}", "key": im["key"], "image": im.get("image"),
-                            "image_id": im.get("image_id"), "image_path": im["image_path"], "caption_seed": k,
-                            "caption": clean_caption(raw, s["drop_unk_sentences"]), "raw": raw, "model": model,
-                            "error": out.error, "n_tokens": len(out.token_ids or []), "settings_hash": shash,
-                        })
+                        recs.append(
+                            {
+                                "item_id": f"{im['key']}/s{k}",
+                                "key": im["key"],
+                                "image": im.get("image"),
+                                "image_id": im.get("image_id"),
+                                "image_path": im["image_path"],
+                                "caption_seed": k,
+                                "caption": clean_caption(raw, s["drop_unk_sentences"]),
+                                "raw": raw,
+                                "model": model,
+                                "error": out.error,
+                                "n_tokens": len(out.token_ids or []),
+                                "settings_hash": shash,
+                            }
+                        )
                     ckpt.append(recs)
                     bar.update(len(batch))
         finally:
@@ -208,7 +244,9 @@ def caption_images(
     records = ckpt.finish(output, want)
     n_err = sum(1 for r in records if r.get("error"))
     if n_err:
-        log.warning("%s: %d of %d captions failed (the reconstruction step names them)", output, n_err, len(records))
+        log.warning(
+            "%s: %d of %d captions failed (the reconstruction step names them)", output, n_err, len(records)
+        )
     return output
 
 
@@ -237,9 +275,18 @@ def benchmark_images(benches: Sequence[dict]) -> list[dict]:
     return convis_images(items)
 
 
-def run_caption_shard(benches: Sequence[dict], model: dict, settings: dict, output: str | os.PathLike, *,
-                      shard: int = 0, n_shards: int = 1, device: str = "auto", batch_size: int | None = None,
-                      progress: bool = True) -> Path:
+def run_caption_shard(
+    benches: Sequence[dict],
+    model: dict,
+    settings: dict,
+    output: str | os.PathLike,
+    *,
+    shard: int = 0,
+    n_shards: int = 1,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Workflow entry: caption shard ``shard``/``n_shards`` of a benchmark's distinct images.
 
     ``model``: the workflow's model slice (``name``, ``path``, ``dtype``, ``batch_size``); the VLM
@@ -254,5 +301,6 @@ def run_caption_shard(benches: Sequence[dict], model: dict, settings: dict, outp
         return load_vlm(model["path"], device=resolve_device(device), dtype=model.get("dtype", "float32"))
 
     bs = int(batch_size or settings.get("batch_size") or model.get("batch_size", 8))
-    return caption_images(load, images, output, model=model["name"], settings=settings, batch_size=bs,
-                          progress=progress)
+    return caption_images(
+        load, images, output, model=model["name"], settings=settings, batch_size=bs, progress=progress
+    )

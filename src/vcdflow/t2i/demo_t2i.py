@@ -115,17 +115,30 @@ def build_tokenizer(texts: Sequence[str], max_length: int = 32, extra_words: Seq
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")])
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
-        model_max_length=max_length, padding_side="right")
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        model_max_length=max_length,
+        padding_side="right",
+    )
 
 
 def _encode(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    enc = tokenizer(list(prompts), padding="max_length", truncation=True,
-                    max_length=tokenizer.model_max_length, return_tensors="pt")
+    enc = tokenizer(
+        list(prompts),
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    )
     return enc.input_ids
 
 
@@ -145,17 +158,22 @@ class DemoT2IPipeline(DiffusionPipeline):
 
     def __init__(self, unet, scheduler, text_encoder, tokenizer):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder,
-                              tokenizer=tokenizer)
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
 
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
         ids = _encode(self.tokenizer, prompts).to(self.text_encoder.device)
         return self.text_encoder(input_ids=ids).last_hidden_state
 
     @torch.no_grad()
-    def __call__(self, prompt: str | Sequence[str], num_inference_steps: int = 20,
-                 guidance_scale: float = 2.0, generator=None, output_type: str = "pil",
-                 return_dict: bool = True):
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_inference_steps: int = 20,
+        guidance_scale: float = 2.0,
+        generator=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         n = len(prompts)
         res = int(self.unet.config.sample_size)
@@ -164,8 +182,9 @@ class DemoT2IPipeline(DiffusionPipeline):
         if isinstance(generator, (list, tuple)):
             if len(generator) != n:
                 raise ValueError(f"got {len(generator)} generators for {n} prompts")
-            noise = torch.cat([torch.randn((1, ch, res, res), generator=g, dtype=torch.float32)
-                               for g in generator])
+            noise = torch.cat(
+                [torch.randn((1, ch, res, res), generator=g, dtype=torch.float32) for g in generator]
+            )
         else:
             noise = torch.randn((n, ch, res, res), generator=generator, dtype=torch.float32)
         x = noise.to(device=device, dtype=dtype)
@@ -198,9 +217,14 @@ class DemoT2IPipeline(DiffusionPipeline):
 
 
 def _scheduler(cfg: DemoT2IConfig) -> DDIMScheduler:
-    return DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         prediction_type="epsilon", clip_sample=True, set_alpha_to_one=True,
-                         timestep_spacing="trailing")
+    return DDIMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
 
 
 def build_demo_t2i(tokenizer, cfg: DemoT2IConfig | None = None, seed: int = 0) -> DemoT2IPipeline:
@@ -210,29 +234,42 @@ def build_demo_t2i(tokenizer, cfg: DemoT2IConfig | None = None, seed: int = 0) -
     cfg = cfg or DemoT2IConfig()
     torch.manual_seed(seed)
     text_cfg = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
-        max_position_embeddings=cfg.max_length, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        projection_dim=cfg.text_hidden)
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=2 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        projection_dim=cfg.text_hidden,
+    )
     text_encoder = CLIPTextModel(text_cfg)
     n_blocks = len(cfg.block_out_channels)
     unet = UNet2DConditionModel(
-        sample_size=cfg.resolution, in_channels=3, out_channels=3,
-        block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+        sample_size=cfg.resolution,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * n_blocks,
         up_block_types=("CrossAttnUpBlock2D",) * n_blocks,
-        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=min(8, cfg.block_out_channels[0]))
-    return DemoT2IPipeline(unet=unet, scheduler=_scheduler(cfg), text_encoder=text_encoder,
-                           tokenizer=tokenizer)
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=min(8, cfg.block_out_channels[0]),
+    )
+    return DemoT2IPipeline(
+        unet=unet, scheduler=_scheduler(cfg), text_encoder=text_encoder, tokenizer=tokenizer
+    )
 
 
 # --------------------------------------------------------------------------- data
 
 
-def load_training_pairs(world_dir: str | os.PathLike, split: str = "train", resolution: int = 16,
-                        progress: bool = False):
+def load_training_pairs(
+    world_dir: str | os.PathLike, split: str = "train", resolution: int = 16, progress: bool = False
+):
     """Images of the demo world's ``split`` at ``resolution`` (box filter) and their captions.
 
     Returns ``(images [N, 3, r, r] float32 in [−1, 1], captions: list[list[str]], image_ids)``;
@@ -272,8 +309,6 @@ def load_training_pairs(world_dir: str | os.PathLike, split: str = "train", reso
 
 
 # --------------------------------------------------------------------------- training
-
-
 
 
 def _save(pipe: DemoT2IPipeline, out_dir: Path, info: dict) -> None:
@@ -354,10 +389,23 @@ def train_demo_t2i(
     g = torch.Generator().manual_seed(seed)
     alphas = sched.alphas_cumprod.to(dev)
     n_params = sum(p.numel() for p in params)
-    info = {"config": asdict(cfg), "steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup,
-            "seed": seed, "cond_dropout": cond_dropout, "ema_decay": ema_decay, "n_params": n_params,
-            "n_images": len(captions), "n_captions": len(flat), "vocab_size": len(tokenizer),
-            "threads": torch.get_num_threads(), "device": str(dev), "loss_every_100": []}
+    info = {
+        "config": asdict(cfg),
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup": warmup,
+        "seed": seed,
+        "cond_dropout": cond_dropout,
+        "ema_decay": ema_decay,
+        "n_params": n_params,
+        "n_images": len(captions),
+        "n_captions": len(flat),
+        "vocab_size": len(tokenizer),
+        "threads": torch.get_num_threads(),
+        "device": str(dev),
+        "loss_every_100": [],
+    }
 
     def snapshot(step_done: int, seconds: float) -> None:
         ema.store(params)
@@ -436,5 +484,15 @@ if __name__ == "__main__":  # pragma: no cover
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
-    main(a.world_dir, a.out_dir, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-         max_seconds=a.max_seconds, threads=a.threads, save_every=a.save_every, device=a.device)
+    main(
+        a.world_dir,
+        a.out_dir,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        max_seconds=a.max_seconds,
+        threads=a.threads,
+        save_every=a.save_every,
+        device=a.device,
+    )

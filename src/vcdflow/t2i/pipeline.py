@@ -139,21 +139,35 @@ def normalize_t2i_config(cfg: dict | None) -> dict:
     out = dict(_DEFAULTS[kind])
     unknown = sorted(set(cfg) - set(out))
     if unknown:
-        raise ValueError(f"t2i config for kind {kind!r}: unknown key(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(sorted(out))}")
+        raise ValueError(
+            f"t2i config for kind {kind!r}: unknown key(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(out))}"
+        )
     out.update(cfg)
     if not out.get("path"):
         raise ValueError(f"t2i config for kind {kind!r} needs 'path' (a local folder)")
     if out.get("long_prompt", "truncate") not in _LONG_PROMPT:
-        raise ValueError(f"t2i.long_prompt must be one of {', '.join(_LONG_PROMPT)}, got {out['long_prompt']!r}")
+        raise ValueError(
+            f"t2i.long_prompt must be one of {', '.join(_LONG_PROMPT)}, got {out['long_prompt']!r}"
+        )
     if out.get("scheduler", "default") not in _SCHEDULERS:
         raise ValueError(f"t2i.scheduler must be one of {', '.join(_SCHEDULERS)}, got {out['scheduler']!r}")
     if out["resample"] not in _RESAMPLE:
         raise ValueError(f"t2i.resample must be one of {', '.join(_RESAMPLE)}, got {out['resample']!r}")
     osz = out["output_size"]
-    if not (osz is None or osz == "original" or (isinstance(osz, int) and osz > 0)
-            or (isinstance(osz, (list, tuple)) and len(osz) == 2 and all(isinstance(v, int) and v > 0 for v in osz))):
-        raise ValueError(f"t2i.output_size must be null, 'original', a positive int or [width, height], got {osz!r}")
+    if not (
+        osz is None
+        or osz == "original"
+        or (isinstance(osz, int) and osz > 0)
+        or (
+            isinstance(osz, (list, tuple))
+            and len(osz) == 2
+            and all(isinstance(v, int) and v > 0 for v in osz)
+        )
+    ):
+        raise ValueError(
+            f"t2i.output_size must be null, 'original', a positive int or [width, height], got {osz!r}"
+        )
     if int(out["num_inference_steps"]) < 1:
         raise ValueError(f"t2i.num_inference_steps must be >= 1, got {out['num_inference_steps']!r}")
     if int(out["batch_size"]) < 1:
@@ -168,8 +182,13 @@ def _weights_digest(path: Path) -> str:
     tokenizer) of a local pipeline folder; notes at the top level (README, training.json,
     fidelity.json) do not count."""
     h = hashlib.md5()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts
-                   and (p.name == "model_index.json" or len(p.relative_to(path).parts) > 1))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and ".cache" not in p.parts
+        and (p.name == "model_index.json" or len(p.relative_to(path).parts) > 1)
+    )
     for p in files:
         h.update(p.relative_to(path).as_posix().encode())
         with open(p, "rb") as fh:
@@ -189,7 +208,13 @@ def t2i_hash(cfg: dict) -> str:
     cfg = normalize_t2i_config(cfg)
     slim = {k: v for k, v in cfg.items() if k not in _NON_IMAGE_KEYS}
     if cfg["kind"] == "sdxl_hyper":
-        slim["weights"] = [cfg["base"], cfg["base_revision"], cfg["unet_repo"], cfg["unet_file"], cfg["unet_revision"]]
+        slim["weights"] = [
+            cfg["base"],
+            cfg["base_revision"],
+            cfg["unet_repo"],
+            cfg["unet_file"],
+            cfg["unet_revision"],
+        ]
     else:
         path = Path(cfg["path"])
         if not path.is_dir():
@@ -203,15 +228,29 @@ def t2i_hash(cfg: dict) -> str:
 
 def _sdxl_patterns(variant: str | None) -> list[str]:
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
-    return ["model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*",
-            "text_encoder/config.json", f"text_encoder/model{suffix}",
-            "text_encoder_2/config.json", f"text_encoder_2/model{suffix}",
-            "unet/config.json",  # the base UNet weights are replaced by Hyper-SD's
-            "vae/config.json", f"vae/diffusion_pytorch_model{suffix}"]
+    return [
+        "model_index.json",
+        "scheduler/*",
+        "tokenizer/*",
+        "tokenizer_2/*",
+        "text_encoder/config.json",
+        f"text_encoder/model{suffix}",
+        "text_encoder_2/config.json",
+        f"text_encoder_2/model{suffix}",
+        "unet/config.json",  # the base UNet weights are replaced by Hyper-SD's
+        "vae/config.json",
+        f"vae/diffusion_pytorch_model{suffix}",
+    ]
 
 
-def download_t2i(cfg: dict, dest: str | os.PathLike | None = None, *, offline: bool = False,
-                 revisions_lock: str | os.PathLike | None = None, update_revisions: bool = False) -> Path:
+def download_t2i(
+    cfg: dict,
+    dest: str | os.PathLike | None = None,
+    *,
+    offline: bool = False,
+    revisions_lock: str | os.PathLike | None = None,
+    update_revisions: bool = False,
+) -> Path:
     """Fetch the ``sdxl_hyper`` weights into ``dest`` (default ``cfg['path']``) with
     :func:`vcdflow.data.download.hf_snapshot`: ``<dest>/base`` (SDXL base: configs,
     tokenizers, text encoders and VAE of ``variant``, the base UNet's config only) and
@@ -224,13 +263,27 @@ def download_t2i(cfg: dict, dest: str | os.PathLike | None = None, *, offline: b
     dest = Path(dest or cfg["path"])
     if cfg["kind"] != "sdxl_hyper":
         if not dest.is_dir():
-            raise FileNotFoundError(f"t2i pipeline folder {dest} does not exist (kind {cfg['kind']!r} is not downloaded)")
+            raise FileNotFoundError(
+                f"t2i pipeline folder {dest} does not exist (kind {cfg['kind']!r} is not downloaded)"
+            )
         return dest
     pins = {"revisions_lock": revisions_lock, "update_revisions": update_revisions}
-    hf_snapshot(cfg["base"], dest / "base", revision=cfg["base_revision"],
-                allow_patterns=_sdxl_patterns(cfg["variant"]), offline=offline, **pins)
-    hf_snapshot(cfg["unet_repo"], dest / "unet", revision=cfg["unet_revision"],
-                allow_patterns=[cfg["unet_file"]], offline=offline, **pins)
+    hf_snapshot(
+        cfg["base"],
+        dest / "base",
+        revision=cfg["base_revision"],
+        allow_patterns=_sdxl_patterns(cfg["variant"]),
+        offline=offline,
+        **pins,
+    )
+    hf_snapshot(
+        cfg["unet_repo"],
+        dest / "unet",
+        revision=cfg["unet_revision"],
+        allow_patterns=[cfg["unet_file"]],
+        offline=offline,
+        **pins,
+    )
     return dest
 
 
@@ -260,18 +313,25 @@ def _load_sdxl_hyper(cfg: dict, device: str):
     root = Path(cfg["path"])
     base = root / "base"
     weights = root / "unet" / cfg["unet_file"]
-    for p, what in ((base / "model_index.json", "SDXL base"), (base / "unet" / "config.json", "SDXL base UNet config"),
-                    (weights, "Hyper-SD UNet weights")):
+    for p, what in (
+        (base / "model_index.json", "SDXL base"),
+        (base / "unet" / "config.json", "SDXL base UNet config"),
+        (weights, "Hyper-SD UNet weights"),
+    ):
         if not p.is_file():
-            raise FileNotFoundError(f"{what} missing: {p} (run the convis_t2i_download rule, or "
-                                    "vcdflow.t2i.pipeline.download_t2i(cfg))")
+            raise FileNotFoundError(
+                f"{what} missing: {p} (run the convis_t2i_download rule, or "
+                "vcdflow.t2i.pipeline.download_t2i(cfg))"
+            )
     dtype = _dtype(cfg["dtype"])
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base, subfolder="unet"))
     state = load_file(str(weights))
     result = unet.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{weights} does not fit the UNet of {base}: missing {list(result.missing_keys)[:5]}, "
-                         f"unexpected {list(result.unexpected_keys)[:5]}")
+        raise ValueError(
+            f"{weights} does not fit the UNet of {base}: missing {list(result.missing_keys)[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}"
+        )
     unet.to(dtype=dtype)
     kwargs = {"unet": unet, "torch_dtype": dtype}
     if cfg["variant"]:
@@ -330,13 +390,14 @@ def _chunk_ids(tokenizer, prompt: str) -> list[list[int]]:
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     step = n - 2
-    pieces = [body[i:i + step] for i in range(0, len(body), step)] or [[]]
+    pieces = [body[i : i + step] for i in range(0, len(body), step)] or [[]]
     return [[bos] + p + [eos] + [pad] * (step - len(p)) for p in pieces]
 
 
 @torch.no_grad()
-def encode_prompts_chunked(tokenizers: Sequence, text_encoders: Sequence, prompts: Sequence[str],
-                           device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_prompts_chunked(
+    tokenizers: Sequence, text_encoders: Sequence, prompts: Sequence[str], device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SDXL prompt embeddings without the 77-token limit (compel's ``truncate_long_prompts=False``).
 
     For each encoder: the penultimate hidden state (SDXL's ``hidden_states[-2]``, no final
@@ -377,8 +438,10 @@ class Text2Image:
 
     def _call_kwargs(self) -> dict:
         c = self.cfg
-        kw: dict[str, Any] = {"num_inference_steps": int(c["num_inference_steps"]),
-                              "guidance_scale": float(c["guidance_scale"])}
+        kw: dict[str, Any] = {
+            "num_inference_steps": int(c["num_inference_steps"]),
+            "guidance_scale": float(c["guidance_scale"]),
+        }
         if c.get("timesteps"):
             kw["timesteps"] = [int(t) for t in c["timesteps"]]
         for key in ("height", "width"):
@@ -392,19 +455,27 @@ class Text2Image:
         if mode == "truncate":
             return {"prompt": prompts}
         if mode == "chunk":
-            embeds, pooled = encode_prompts_chunked([pipe.tokenizer, pipe.tokenizer_2],
-                                                    [pipe.text_encoder, pipe.text_encoder_2], prompts, pipe.device)
+            embeds, pooled = encode_prompts_chunked(
+                [pipe.tokenizer, pipe.tokenizer_2],
+                [pipe.text_encoder, pipe.text_encoder_2],
+                prompts,
+                pipe.device,
+            )
             return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         if self._compel is None:
             try:
                 from compel import Compel, ReturnedEmbeddingsType
             except ImportError as exc:
-                raise ImportError("t2i.long_prompt: compel needs the 'compel' package (pip install compel); "
-                                  "or use long_prompt: truncate (the same 77-token cut) or chunk") from exc
-            self._compel = Compel(tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
-                                  text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
-                                  returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-                                  requires_pooled=[False, True])
+                raise ImportError(
+                    "t2i.long_prompt: compel needs the 'compel' package (pip install compel); "
+                    "or use long_prompt: truncate (the same 77-token cut) or chunk"
+                ) from exc
+            self._compel = Compel(
+                tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
+                text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
+                returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                requires_pooled=[False, True],
+            )
         embeds, pooled = [], []
         for p in prompts:  # one at a time, as the repo does (equal lengths when truncating)
             e, pl = self._compel(p)
@@ -438,7 +509,11 @@ def _tiny_clip_tokenizer(pad_token: str = "<|endoftext|>"):
     token, so prompts get long quickly. Built offline."""
     from transformers import CLIPTokenizer
 
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -452,8 +527,13 @@ def _tiny_clip_tokenizer(pad_token: str = "<|endoftext|>"):
     return CLIPTokenizer(vocab=vocab, merges=[], pad_token=pad_token, model_max_length=77)
 
 
-def build_tiny_sdxl(dest: str | os.PathLike, *, seed: int = 0, variant: str | None = "fp16",
-                    unet_file: str = "Hyper-SDXL-1step-Unet.safetensors") -> Path:
+def build_tiny_sdxl(
+    dest: str | os.PathLike,
+    *,
+    seed: int = 0,
+    variant: str | None = "fp16",
+    unet_file: str = "Hyper-SDXL-1step-Unet.safetensors",
+) -> Path:
     """Write a random, tiny SDXL-architecture model in :func:`download_t2i`'s layout.
 
     ``<dest>/base``: ``StableDiffusionXLPipeline.save_pretrained`` (``variant`` files) of the
@@ -463,7 +543,12 @@ def build_tiny_sdxl(dest: str | os.PathLike, *, seed: int = 0, variant: str | No
     ``<dest>/unet/<unet_file>``: a *different* random UNet's state dict (seed + 1), standing
     in for the Hyper-SD checkpoint. No network access.
     """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -474,36 +559,78 @@ def build_tiny_sdxl(dest: str | os.PathLike, *, seed: int = 0, variant: str | No
     def unet(s):
         torch.manual_seed(s)
         return UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
-            cross_attention_dim=64, norm_num_groups=8)
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 1),
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            cross_attention_dim=64,
+            norm_num_groups=8,
+        )
 
     def text_cfg(tok):
-        return CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=3,
-                              num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.pad_token_id, hidden_act="gelu")
+        return CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            hidden_act="gelu",
+        )
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        latent_channels=4, norm_num_groups=8, sample_size=32, force_upcast=True,
-                        scaling_factor=0.13025)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        force_upcast=True,
+        scaling_factor=0.13025,
+    )
     te1 = CLIPTextModel(text_cfg(tok1))
     te2 = CLIPTextModelWithProjection(text_cfg(tok2))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
-                                       prediction_type="epsilon", interpolation_type="linear")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1,
-                                     tokenizer_2=tok2, unet=unet(seed), scheduler=scheduler)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+        interpolation_type="linear",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=tok1,
+        tokenizer_2=tok2,
+        unet=unet(seed),
+        scheduler=scheduler,
+    )
     base = dest / "base"
     pipe.save_pretrained(base, variant=variant)
     for f in (base / "unet").glob("*.safetensors"):
         f.unlink()  # a download fetches only the base UNet's config
     (dest / "unet").mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in unet(seed + 1).state_dict().items()}, str(dest / "unet" / unet_file))
+    save_file(
+        {k: v.contiguous() for k, v in unet(seed + 1).state_dict().items()}, str(dest / "unet" / unet_file)
+    )
     return dest
-

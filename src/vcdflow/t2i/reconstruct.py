@@ -77,14 +77,21 @@ def _caption_digest(caption: str) -> str:
     return hashlib.sha1(caption.encode("utf-8")).hexdigest()[:12]
 
 
-def reconstruction_path(cache_dir: str | os.PathLike, model: str, t2i_hash_: str, key: str, caption_seed: int,
-                        caption: str) -> Path:
+def reconstruction_path(
+    cache_dir: str | os.PathLike, model: str, t2i_hash_: str, key: str, caption_seed: int, caption: str
+) -> Path:
     """Cache file of one reconstruction (see the module docstring)."""
-    return (Path(cache_dir) / safe_name(model) / t2i_hash_
-            / f"{safe_name(key)}__s{int(caption_seed)}__{_caption_digest(caption)}.png")
+    return (
+        Path(cache_dir)
+        / safe_name(model)
+        / t2i_hash_
+        / f"{safe_name(key)}__s{int(caption_seed)}__{_caption_digest(caption)}.png"
+    )
 
 
-def check_image(path: str | os.PathLike, size: tuple[int, int] | None = None, caption: str | None = None) -> str | None:
+def check_image(
+    path: str | os.PathLike, size: tuple[int, int] | None = None, caption: str | None = None
+) -> str | None:
     """``None`` when ``path`` is a complete PNG (fully decodable), of ``size`` (if given) and
     carrying ``caption`` in its text chunk (if given); else the reason it is not."""
     from PIL import Image
@@ -145,8 +152,13 @@ def _group(captions: Iterable[dict], n_captions: int | None) -> tuple[dict[str, 
         by_key.setdefault(str(rec["key"]), []).append(rec)
     errors = {k: r for k, recs in by_key.items() for r in recs if r.get("error")}
     if errors:
-        names = ", ".join(f"{r.get('image') or k} (seed {r['caption_seed']}: {r['error']})" for k, r in list(errors.items())[:5])
-        raise ValueError(f"captioning failed for {len(errors)} image(s): {names}; fix the image(s) and rerun convis_captions")
+        names = ", ".join(
+            f"{r.get('image') or k} (seed {r['caption_seed']}: {r['error']})"
+            for k, r in list(errors.items())[:5]
+        )
+        raise ValueError(
+            f"captioning failed for {len(errors)} image(s): {names}; fix the image(s) and rerun convis_captions"
+        )
     n = n_captions
     for k, recs in by_key.items():
         recs.sort(key=lambda r: int(r["caption_seed"]))
@@ -156,7 +168,9 @@ def _group(captions: Iterable[dict], n_captions: int | None) -> tuple[dict[str, 
         if n is None:
             n = len(recs)
         if seeds != list(range(n)):
-            raise ValueError(f"image {recs[0].get('image') or k}: expected caption seeds 0..{n - 1}, got {seeds}")
+            raise ValueError(
+                f"image {recs[0].get('image') or k}: expected caption seeds 0..{n - 1}, got {seeds}"
+            )
     return by_key, int(n or 0)
 
 
@@ -198,7 +212,9 @@ def reconstruct(
                 stats["cached"] += 1
             else:
                 if reason != "missing":
-                    log.warning("regenerating %s (image %s, seed %s): %s", dest, key, rec["caption_seed"], reason)
+                    log.warning(
+                        "regenerating %s (image %s, seed %s): %s", dest, key, rec["caption_seed"], reason
+                    )
                     dest.unlink(missing_ok=True)
                     stats["regenerated"] += 1
                 else:
@@ -214,23 +230,39 @@ def reconstruct(
 
         bar = tqdm(total=len(jobs), desc=f"T2I {model}", unit="img", disable=not progress)
         for start in range(0, len(jobs), bs):
-            chunk = jobs[start:start + bs]
-            gens = [torch.Generator().manual_seed(t2i_seed(model, str(rec["key"]), rec["caption_seed"]))
-                    for rec, _, _ in chunk]
+            chunk = jobs[start : start + bs]
+            gens = [
+                torch.Generator().manual_seed(t2i_seed(model, str(rec["key"]), rec["caption_seed"]))
+                for rec, _, _ in chunk
+            ]
             outs = t2i([rec["caption"] for rec, _, _ in chunk], gens)
             for (rec, dest, size), img in zip(chunk, outs):
                 img = img.convert("RGB")
                 if size is not None and tuple(img.size) != tuple(size):
                     img = img.resize(tuple(size), resample)
-                meta = {"model": model, "key": str(rec["key"]), "caption_seed": int(rec["caption_seed"]),
-                        "t2i_hash": thash, "seed": t2i_seed(model, str(rec["key"]), rec["caption_seed"])}
+                meta = {
+                    "model": model,
+                    "key": str(rec["key"]),
+                    "caption_seed": int(rec["caption_seed"]),
+                    "t2i_hash": thash,
+                    "seed": t2i_seed(model, str(rec["key"]), rec["caption_seed"]),
+                }
                 _save_png(img, dest, rec["caption"], meta)
                 reason = check_image(dest, size, rec["caption"])
                 if reason is not None:
-                    raise OSError(f"reconstruction {dest} of image {rec['key']} failed its check after writing: {reason}")
+                    raise OSError(
+                        f"reconstruction {dest} of image {rec['key']} failed its check after writing: {reason}"
+                    )
             bar.update(len(chunk))
         bar.close()
-    manifest = {"model": model, "t2i_hash": thash, "t2i": cfg, "n_captions": n, "images": images, "captions": caps}
+    manifest = {
+        "model": model,
+        "t2i_hash": thash,
+        "t2i": cfg,
+        "n_captions": n,
+        "images": images,
+        "captions": caps,
+    }
     write_json(manifest_path, manifest)
     log.info("reconstructions for %s: %s -> %s", model, stats, manifest_path)
     return {"manifest": manifest, "stats": stats}
@@ -245,8 +277,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return m
 
 
-def attach_reconstructions(items: Sequence[dict], manifest: dict | str | os.PathLike, *,
-                           check_files: bool = True) -> list[dict]:
+def attach_reconstructions(
+    items: Sequence[dict], manifest: dict | str | os.PathLike, *, check_files: bool = True
+) -> list[dict]:
     """Copies of ``items`` with ``contrast_images`` = the manifest's paths for each item's image.
 
     ``manifest``: a dict from :func:`reconstruct`/:func:`read_manifest` or a manifest path. An
@@ -263,27 +296,47 @@ def attach_reconstructions(items: Sequence[dict], manifest: dict | str | os.Path
         key = image_key(it)
         paths = table.get(key)
         if not paths:
-            raise KeyError(f"image {it.get('image') or key} (key {key!r}, item {it.get('item_id')!r}) has no "
-                           f"ConVis reconstructions in {where}; rerun the convis_reconstruct step")
+            raise KeyError(
+                f"image {it.get('image') or key} (key {key!r}, item {it.get('item_id')!r}) has no "
+                f"ConVis reconstructions in {where}; rerun the convis_reconstruct step"
+            )
         if check_files:
             for p in paths:
                 if not Path(p).is_file():
-                    raise FileNotFoundError(f"reconstruction {p} of image {it.get('image') or key} (item "
-                                            f"{it.get('item_id')!r}) is missing; rerun the convis_reconstruct step")
+                    raise FileNotFoundError(
+                        f"reconstruction {p} of image {it.get('image') or key} (item "
+                        f"{it.get('item_id')!r}) is missing; rerun the convis_reconstruct step"
+                    )
         new = dict(it)
         new["contrast_images"] = list(paths)
         out.append(new)
     return out
 
 
-def run_reconstruct(caption_files: Sequence[str | os.PathLike], t2i_cfg: dict, manifest_path: str | os.PathLike, *,
-                    model: str, cache_dir: str | os.PathLike, n_captions: int | None = None, device: str = "auto",
-                    progress: bool = True) -> dict:
+def run_reconstruct(
+    caption_files: Sequence[str | os.PathLike],
+    t2i_cfg: dict,
+    manifest_path: str | os.PathLike,
+    *,
+    model: str,
+    cache_dir: str | os.PathLike,
+    n_captions: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Workflow entry: all caption shards of one (benchmark, model) → cached renders + manifest."""
     from .captions import read_captions, resolve_device
 
-    return reconstruct(read_captions(caption_files), t2i_cfg, manifest_path, model=model, cache_dir=cache_dir,
-                       n_captions=n_captions, device=resolve_device(device), progress=progress)
+    return reconstruct(
+        read_captions(caption_files),
+        t2i_cfg,
+        manifest_path,
+        model=model,
+        cache_dir=cache_dir,
+        n_captions=n_captions,
+        device=resolve_device(device),
+        progress=progress,
+    )
 
 
 def convis_extra_images(grid, labels, result_files, manifests) -> dict:

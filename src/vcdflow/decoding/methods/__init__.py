@@ -37,21 +37,51 @@ from .vdd import VDD
 from .vista import VISTA
 from .vti import VTI
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Greedy(), Sample(), Contrast(), VCD(), VCDLegacy(), ICD(), Ritual(), M3ID(), VDD(), SelfAug(), APC(),
-    CODE(), AvisC(), ConVis(),
-    # cd_rethink controls and the second wave (issues 16/17)
-    PBA(), OLM(), Debias(), CARVE(), IAVA(), CID(), LQCD(),
-    # layer contrasts: early exits / vision-token states (methods-3 §1.2, §1.5; methods-2 §1.4)
-    DoLa(), DeCo(), ReVisiT(),
-    # steering (methods-3 §1.7, §1.4)
-    VISTA(), VTI(),
-    # HALC (methods-3 §1.8)
-    HALC(),
-    # attention methods (H2: methods-3 §1.3, §1.6, §1.9)
-    PAI(), SID(), ONLY(), VASparse(),
-    # searches: look-ahead, amateur, beams (H3: methods-2 §1.7, §1.8; methods-3 §1.1)
-    ContrastiveSearch(), TextCD(), OPERA())}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Greedy(),
+        Sample(),
+        Contrast(),
+        VCD(),
+        VCDLegacy(),
+        ICD(),
+        Ritual(),
+        M3ID(),
+        VDD(),
+        SelfAug(),
+        APC(),
+        CODE(),
+        AvisC(),
+        ConVis(),
+        # cd_rethink controls and the second wave
+        PBA(),
+        OLM(),
+        Debias(),
+        CARVE(),
+        IAVA(),
+        CID(),
+        LQCD(),
+        # layer contrasts: early exits / vision-token states
+        DoLa(),
+        DeCo(),
+        ReVisiT(),
+        # steering
+        VISTA(),
+        VTI(),
+        # HALC
+        HALC(),
+        # attention methods
+        PAI(),
+        SID(),
+        ONLY(),
+        VASparse(),
+        # searches: look-ahead, amateur, beams
+        ContrastiveSearch(),
+        TextCD(),
+        OPERA(),
+    )
+}
 
 
 def get_method(name: str) -> Method:

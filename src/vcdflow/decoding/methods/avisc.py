@@ -51,16 +51,21 @@ def blind_token_keep(att: torch.Tensor, layer_gamma: float, lamb: float) -> tupl
 @dataclass(frozen=True)
 class AvisC(Method):
     name = "avisc"
-    defaults = MappingProxyType({"alpha": 2.5, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0,
-                                 "masking_scheme": "zeros"})
+    defaults = MappingProxyType(
+        {"alpha": 2.5, "beta": 0.1, "layer_gamma": 0.5, "lamb": 1.0, "masking_scheme": "zeros"}
+    )
 
     def validate(self, p):
         super().validate(p)
         if p["masking_scheme"] != "zeros":
-            raise ValueError(f"parameter 'masking_scheme' of method 'avisc' supports only 'zeros', "
-                             f"got {p['masking_scheme']!r}")
+            raise ValueError(
+                f"parameter 'masking_scheme' of method 'avisc' supports only 'zeros', "
+                f"got {p['masking_scheme']!r}"
+            )
         if not 0 < float(p["layer_gamma"]) <= 1:
-            raise ValueError(f"parameter 'layer_gamma' of method 'avisc' must be in (0, 1], got {p['layer_gamma']}")
+            raise ValueError(
+                f"parameter 'layer_gamma' of method 'avisc' must be in (0, 1], got {p['layer_gamma']}"
+            )
 
     def prepare(self, items, runner):
         ok = self.usable(items, runner.adapter)
@@ -71,13 +76,22 @@ class AvisC(Method):
             if isinstance(att, Exception):
                 it.fail(f"AvisC attention probe failed: {att}")
                 continue
-            keep, layers = blind_token_keep(att, float(it.ctx.params["layer_gamma"]), float(it.ctx.params["lamb"]))
+            keep, layers = blind_token_keep(
+                att, float(it.ctx.params["layer_gamma"]), float(it.ctx.params["lamb"])
+            )
             it.ctx.prepared["keep"] = keep
             it.ctx.meta["avisc_layers"] = layers
             it.ctx.meta["avisc_blind_tokens"] = int(keep.sum())
 
     def branches(self, request, ctx):
         self.require_image(request)
-        return [self.original(request),
-                Branch(prompt=request.prompt, image=request.image, system=request.system,
-                       image_token_scale=ctx.prepared["keep"], name="blind")]
+        return [
+            self.original(request),
+            Branch(
+                prompt=request.prompt,
+                image=request.image,
+                system=request.system,
+                image_token_scale=ctx.prepared["keep"],
+                name="blind",
+            ),
+        ]

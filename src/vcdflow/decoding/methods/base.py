@@ -96,9 +96,11 @@ class Method:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "(none)"
-            raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} "
-                             f"{', '.join(repr(u) for u in unknown)} for method {self.name!r}; "
-                             f"valid parameters: {valid}")
+            raise ValueError(
+                f"unknown parameter{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(u) for u in unknown)} for method {self.name!r}; "
+                f"valid parameters: {valid}"
+            )
         out = {**self.defaults, **params}
         for k, v in out.items():
             if v is None and k not in self.nullable and self.defaults.get(k) is not None:
@@ -135,9 +137,13 @@ class Method:
         if not ok and int in types and float not in types and isinstance(value, float) and value.is_integer():
             ok = True  # 500.0 for an integer parameter
         if not ok:
-            names = " or ".join("number" if t is float else t.__name__ for t in types if not (t is int and float in types))
-            raise ValueError(f"parameter {key!r} of method {self.name!r} must be {names}, "
-                             f"got {value!r} ({type(value).__name__})")
+            names = " or ".join(
+                "number" if t is float else t.__name__ for t in types if not (t is int and float in types)
+            )
+            raise ValueError(
+                f"parameter {key!r} of method {self.name!r} must be {names}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
 
     def validate(self, p: Mapping[str, Any]) -> None:
         if "alpha" in p and p["alpha"] is not None and float(p["alpha"]) < 0:
@@ -145,8 +151,9 @@ class Method:
         if "beta" in p and p["beta"] is not None and not 0 <= float(p["beta"]) <= 1:
             raise ValueError(f"parameter 'beta' of method {self.name!r} must be in [0, 1], got {p['beta']}")
         if "noise_step" in p and not 0 <= int(p["noise_step"]) <= 999:
-            raise ValueError(f"parameter 'noise_step' of method {self.name!r} must be in 0..999, "
-                             f"got {p['noise_step']}")
+            raise ValueError(
+                f"parameter 'noise_step' of method {self.name!r} must be in 0..999, got {p['noise_step']}"
+            )
 
     def processors(self, p: Mapping[str, Any]) -> dict | None:
         """The HF logits processors this run applies (:mod:`vcdflow.decoding.processors`), read
@@ -216,8 +223,10 @@ class Method:
         return tuple(f for f in applicable(self.needs) if self.families is None or f in self.families)
 
     def family_error(self, family) -> str:
-        return (f"method {self.name!r} does not apply to the {family} family "
-                f"(it applies to: {', '.join(self.families or ())})")
+        return (
+            f"method {self.name!r} does not apply to the {family} family "
+            f"(it applies to: {', '.join(self.families or ())})"
+        )
 
     def require_image(self, request: Request) -> None:
         if request.image is None:

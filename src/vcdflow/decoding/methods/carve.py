@@ -43,20 +43,19 @@ question is answered on the refined image (with the original beside it in the co
    bounding box, LANCZOS-resize by max(W/w, H/h).
 5. Final pass (no APC, no contrast), by ``variant``:
 
-   * ``"paper"`` (**default**): the prompt on the refined image alone — the paper's Algorithm 1
-     (methods-2 §1.12). Default because it is what the paper describes and reports (Table 1), and
+   * ``"paper"`` (**default**): the prompt on the refined image alone — the paper's Algorithm 1. Default because it is what the paper describes and reports (Table 1), and
      because every run recorded before the variants existed is this one (their numbers stay
      comparable).
    * ``"code"``: the released code's final pass — ONE prompt holding the original AND the refined
      image, in that order (``carve/pipeline.py:152``: ``_build_inputs(processor, family, [image,
      refined], question, device)``; ``:73-89``: Qwen one image part per image, LLaVA
-     ``"<image>" * len(images)``), through the engine's multi-image branch (E10: ``Branch.image``
+     ``"<image>" * len(images)``), through the engine's multi-image branch (``Branch.image``
      is a list; the family's chat template writes one placeholder / vision block per image).
      Maps from step 0 as above (the code's v1–v3, ``pipeline.py:19-23``).
    * ``"code_v4"``: the code's default version v4 (``main.py:15`` ``default="v4"``,
      ``pipeline.py:23`` ``("all", "attention_sum")``): the two probes are greedy generations of up
      to ``probe_tokens`` tokens (``pipeline.py:131-138``, ``max_new_tokens`` = 32), the attention
-     of every step's last query over the image tokens is captured (E3,
+     of every step's last query over the image tokens is captured (
      :class:`~vcdflow.decoding.attention.AttentionCapture` on the fused layers only; the code
      recomputes the whole sequence per step, ``attention.py:51-70`` — a cached decode gives the
      same maps up to float round-off), a step's map counted also for the step that emits EOS
@@ -128,7 +127,11 @@ def map_setting(params) -> str:
     ``paper_maps``)."""
     if params.get("maps"):
         return params["maps"]
-    return params.get("paper_maps", "t_start") if params["variant"] == "paper" else VARIANT_MAPS[params["variant"]]
+    return (
+        params.get("paper_maps", "t_start")
+        if params["variant"] == "paper"
+        else VARIANT_MAPS[params["variant"]]
+    )
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -153,8 +156,9 @@ def token_grid(n: int, fallback: tuple[int, int] | None) -> tuple[int, int] | No
 def _resize(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.fromarray(grid.astype(np.float32), mode="F").resize(size, Image.BILINEAR),
-                      dtype=np.float32)
+    return np.asarray(
+        Image.fromarray(grid.astype(np.float32), mode="F").resize(size, Image.BILINEAR), dtype=np.float32
+    )
 
 
 def _layer_sum(q, g, w: int, h: int, layers, lam: float, fallback) -> np.ndarray:
@@ -173,13 +177,17 @@ def _layer_sum(q, g, w: int, h: int, layers, lam: float, fallback) -> np.ndarray
 
 def _as_layers(att) -> dict:
     if isinstance(att, dict):
-        return {int(k): v.float().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in att.items()}
+        return {
+            int(k): v.float().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            for k, v in att.items()
+        }
     a = att.float().numpy()
     return {i: a[i] for i in range(a.shape[0])}
 
 
-def fuse_first_step(att_q: torch.Tensor, att_g: torch.Tensor, image_size, layers, lam: float,
-                    fallback) -> np.ndarray:
+def fuse_first_step(
+    att_q: torch.Tensor, att_g: torch.Tensor, image_size, layers, lam: float, fallback
+) -> np.ndarray:
     """S [H, W] from the step-0 maps [n_layers, n_image_tokens] of Q and G."""
     w, h = image_size
     return _layer_sum(_as_layers(att_q), _as_layers(att_g), w, h, layers, lam, fallback)
@@ -206,7 +214,7 @@ def _step_capture_type():
     from ..attention import AttentionCapture
 
     class StepImageAttention(AttentionCapture):
-        """E3 over a whole greedy generation: after the prefill and every step, each row's
+        """Attention capture over a whole greedy generation: after the prefill and every step, each row's
         head-mean attention of its last query over its image keys in ``layers`` is appended to
         ``maps[request]`` (a list over steps of {layer: [n_image_tokens]})."""
 
@@ -215,7 +223,7 @@ def _step_capture_type():
             self.maps = [[] for _ in seqs]
 
         def after_forward(self, phase, rows, logits):
-            if phase == "prefix":   # prefix rows end before the question: not a step's map
+            if phase == "prefix":  # prefix rows end before the question: not a step's map
                 return
             per = {l: self.image_attention(l) for l in self.layers}
             for k, r in enumerate(rows.request):
@@ -236,18 +244,28 @@ def probe_maps_all_steps(runner, branches, layers, max_new_tokens: int) -> list:
     ok = [i for i, e in enumerate(encs) if not isinstance(e, Exception)]
     if not ok:
         return out
-    limits = [min(max_new_tokens, runner.max_positions - encs[i].length) if runner.max_positions
-              else max_new_tokens for i in ok]
+    limits = [
+        min(max_new_tokens, runner.max_positions - encs[i].length) if runner.max_positions else max_new_tokens
+        for i in ok
+    ]
     hooks = _step_capture_type()(layers=list(layers))
-    decode_rows(runner.adapter, [[encs[i]] for i in ok], greedy_chooser, limits, runner.eos_ids,
-                share_prefix=False, hooks=hooks)
+    decode_rows(
+        runner.adapter,
+        [[encs[i]] for i in ok],
+        greedy_chooser,
+        limits,
+        runner.eos_ids,
+        share_prefix=False,
+        hooks=hooks,
+    )
     for k, i in enumerate(ok):
         out[i] = hooks.maps[k]
     return out
 
 
-def attention_mask(S: np.ndarray, top_percent: float, min_keep_regions: int, outlier_percent: float,
-                   strategy: str) -> tuple[np.ndarray, int, int]:
+def attention_mask(
+    S: np.ndarray, top_percent: float, min_keep_regions: int, outlier_percent: float, strategy: str
+) -> tuple[np.ndarray, int, int]:
     """(mask uint8 [H, W], regions kept, regions found) — ``create_attention_mask``."""
     from scipy import ndimage
 
@@ -269,7 +287,7 @@ def attention_mask(S: np.ndarray, top_percent: float, min_keep_regions: int, out
     src = m if strategy == "size" else S
     scores = ndimage.sum(src, labeled, range(1, num + 1))
     ranked = sorted(((i + 1, s) for i, s in enumerate(scores)), key=lambda x: x[1], reverse=True)
-    keep = {rid for rid, _ in ranked[:max(min_keep_regions, int(num * top_percent))]}
+    keep = {rid for rid, _ in ranked[: max(min_keep_regions, int(num * top_percent))]}
     out = np.zeros_like(m)
     for rid in keep:
         out[labeled == rid] = 1
@@ -283,8 +301,11 @@ def refine_image(image, mask: np.ndarray):
     arr = np.array(image)
     masked = Image.fromarray((arr * np.stack([mask] * 3, axis=-1)).astype(np.uint8))
     ys, xs = np.where(mask == 1)
-    bbox = (0, 0, mask.shape[1], mask.shape[0]) if len(ys) == 0 else \
-        (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    bbox = (
+        (0, 0, mask.shape[1], mask.shape[0])
+        if len(ys) == 0
+        else (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    )
     crop = masked.crop(bbox)
     cw, ch = crop.size
     ow, oh = image.size
@@ -295,10 +316,23 @@ def refine_image(image, mask: np.ndarray):
 @dataclass(frozen=True)
 class CARVE(Method):
     name = "carve"
-    defaults = MappingProxyType({"variant": "paper", "maps": None, "paper_maps": "t_start", "probe_tokens": 32,
-                                 "layers": None, "lam": 1e-8, "top_percent": 0.2, "min_keep_regions": 3,
-                                 "outlier_percent": 0.1, "version": "v3", "general_instruction": GENERAL_INSTRUCTION,
-                                 "suffix": ANSWER_SUFFIX, "max_pixels": None})
+    defaults = MappingProxyType(
+        {
+            "variant": "paper",
+            "maps": None,
+            "paper_maps": "t_start",
+            "probe_tokens": 32,
+            "layers": None,
+            "lam": 1e-8,
+            "top_percent": 0.2,
+            "min_keep_regions": 3,
+            "outlier_percent": 0.1,
+            "version": "v3",
+            "general_instruction": GENERAL_INSTRUCTION,
+            "suffix": ANSWER_SUFFIX,
+            "max_pixels": None,
+        }
+    )
     nullable = frozenset({"layers", "maps", "max_pixels"})
     param_types = MappingProxyType({"layers": (list, tuple), "maps": (str,), "max_pixels": (int,)})
     #: the attention maps are laid back on one grid per image; the code's final pass puts the
@@ -308,27 +342,46 @@ class CARVE(Method):
     def validate(self, p):
         super().validate(p)
         if p["version"] not in VERSIONS:
-            raise ValueError(f"parameter 'version' of method 'carve' must be one of {', '.join(VERSIONS)} "
-                             f"(the code's v4 is variant='code_v4'), got {p['version']!r}")
+            raise ValueError(
+                f"parameter 'version' of method 'carve' must be one of {', '.join(VERSIONS)} "
+                f"(the code's v4 is variant='code_v4'), got {p['version']!r}"
+            )
         if p["variant"] not in VARIANTS:
-            raise ValueError(f"parameter 'variant' of method 'carve' must be one of {', '.join(VARIANTS)}, "
-                             f"got {p['variant']!r}")
+            raise ValueError(
+                f"parameter 'variant' of method 'carve' must be one of {', '.join(VARIANTS)}, "
+                f"got {p['variant']!r}"
+            )
         if p["maps"] is not None and p["maps"] not in MAPS:
-            raise ValueError(f"parameter 'maps' of method 'carve' must be one of {', '.join(MAPS)} (or null: the "
-                             f"variant's), got {p['maps']!r}")
+            raise ValueError(
+                f"parameter 'maps' of method 'carve' must be one of {', '.join(MAPS)} (or null: the "
+                f"variant's), got {p['maps']!r}"
+            )
         if p["paper_maps"] not in MAPS:
-            raise ValueError(f"parameter 'paper_maps' of method 'carve' must be one of {', '.join(MAPS)}, "
-                             f"got {p['paper_maps']!r}")
+            raise ValueError(
+                f"parameter 'paper_maps' of method 'carve' must be one of {', '.join(MAPS)}, "
+                f"got {p['paper_maps']!r}"
+            )
         if p["max_pixels"] is not None and int(p["max_pixels"]) < 56 * 56:
-            raise ValueError(f"parameter 'max_pixels' of method 'carve' must be >= {56 * 56}, got {p['max_pixels']}")
+            raise ValueError(
+                f"parameter 'max_pixels' of method 'carve' must be >= {56 * 56}, got {p['max_pixels']}"
+            )
         if int(p["probe_tokens"]) < 1:
-            raise ValueError(f"parameter 'probe_tokens' of method 'carve' must be >= 1, got {p['probe_tokens']}")
-        if p["layers"] is not None and (not isinstance(p["layers"], (list, tuple)) or not p["layers"] or
-                                        not all(isinstance(i, int) and i >= 0 for i in p["layers"])):
-            raise ValueError(f"parameter 'layers' of method 'carve' must be a non-empty list of layer "
-                             f"indices, got {p['layers']!r}")
+            raise ValueError(
+                f"parameter 'probe_tokens' of method 'carve' must be >= 1, got {p['probe_tokens']}"
+            )
+        if p["layers"] is not None and (
+            not isinstance(p["layers"], (list, tuple))
+            or not p["layers"]
+            or not all(isinstance(i, int) and i >= 0 for i in p["layers"])
+        ):
+            raise ValueError(
+                f"parameter 'layers' of method 'carve' must be a non-empty list of layer "
+                f"indices, got {p['layers']!r}"
+            )
         if not 0 < float(p["top_percent"]) <= 1:
-            raise ValueError(f"parameter 'top_percent' of method 'carve' must be in (0, 1], got {p['top_percent']}")
+            raise ValueError(
+                f"parameter 'top_percent' of method 'carve' must be in (0, 1], got {p['top_percent']}"
+            )
 
     def prepare(self, items, runner):
         ad = runner.adapter
@@ -338,17 +391,22 @@ class CARVE(Method):
         probes = []
         for it in ok:
             r, p = it.request, it.ctx.params
-            probes += [Branch(prompt=f"{p['general_instruction']} {p['suffix']}", image=r.image, system=r.system),
-                       self.original(r)]
+            probes += [
+                Branch(prompt=f"{p['general_instruction']} {p['suffix']}", image=r.image, system=r.system),
+                self.original(r),
+            ]
         n_layers = len(ad.decoder_layers())
         setting = map_setting(ok[0].ctx.params)
-        all_steps = setting != "t_start"       # t_end / t_full: the probes generate (E3 every step)
+        all_steps = setting != "t_start"  # t_end / t_full: the probes generate (capture every step)
         if all_steps:
             p0 = ok[0].ctx.params
             want = default_layers(n_layers) if p0["layers"] is None else list(p0["layers"])
             used = sorted({layer for layer in want if layer < n_layers})
-            atts = probe_maps_all_steps(runner, probes, used, int(p0["probe_tokens"])) if used else \
-                [None] * len(probes)
+            atts = (
+                probe_maps_all_steps(runner, probes, used, int(p0["probe_tokens"]))
+                if used
+                else [None] * len(probes)
+            )
         else:
             atts = runner.image_attention(probes)
         for k, it in enumerate(ok):
@@ -362,7 +420,9 @@ class CARVE(Method):
                 n_layers = aq.shape[0]
             layers = default_layers(n_layers) if p["layers"] is None else list(p["layers"])
             if not any(layer < n_layers for layer in layers):
-                it.fail(f"method 'carve': none of the layers {layers} exists (the model has {n_layers} layers)")
+                it.fail(
+                    f"method 'carve': none of the layers {layers} exists (the model has {n_layers} layers)"
+                )
                 continue
             fallback = None
             if getattr(ad, "layout", None) == "packed":  # Qwen2-VL / Qwen2.5-VL: the grid from image_grid_thw
@@ -377,10 +437,15 @@ class CARVE(Method):
                 it.ctx.meta["carve_steps"] = [len(aq), len(ag)]
             else:
                 S = fuse_first_step(aq, ag, image.size, layers, float(p["lam"]), fallback)
-            mask, kept, found = attention_mask(S, float(p["top_percent"]), int(p["min_keep_regions"]),
-                                               float(p["outlier_percent"]), VERSIONS[p["version"]])
+            mask, kept, found = attention_mask(
+                S,
+                float(p["top_percent"]),
+                int(p["min_keep_regions"]),
+                float(p["outlier_percent"]),
+                VERSIONS[p["version"]],
+            )
             refined, bbox = refine_image(image, mask)
-            if p["max_pixels"] is not None:   # the processor's pixel budget of the code (Qwen: 448²)
+            if p["max_pixels"] is not None:  # the processor's pixel budget of the code (Qwen: 448²)
                 from ...protocols.images import cap_pixels
 
                 refined = cap_pixels(refined, int(p["max_pixels"]))
@@ -397,9 +462,15 @@ class CARVE(Method):
         refined = ctx.prepared["refined"]
         if ctx.params["variant"] == "paper":
             return [Branch(prompt=request.prompt, image=refined, system=request.system, name="refined")]
-        # the code's final pass: original + refined in ONE prompt (E10), pipeline.py:152
-        return [Branch(prompt=request.prompt, image=[request.image, refined], system=request.system,
-                       name="original+refined")]
+        # the code's final pass: original + refined in ONE prompt (a multi-image branch), pipeline.py:152
+        return [
+            Branch(
+                prompt=request.prompt,
+                image=[request.image, refined],
+                system=request.system,
+                name="original+refined",
+            )
+        ]
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]

@@ -7,7 +7,7 @@ Text that is likely given the regular input x and unlikely given a contrastive i
 
     s = (1+λ)·ℓ(y | v, x) − λ·ℓ(y | v′, x′);   s[ℓ < log β + max ℓ] = −inf
 
-**UNVERIFIED**: only the abstract and digests were readable (``shared/spec/methods-2.md`` §1.9);
+**UNVERIFIED**: only the abstract and digests were readable;
 the per-token formula above is the VCD-style contrast with λ in place of α, the APC (β) is ours.
 The contrastive input comes from the request: ``Request.contrast_prompt`` (x′) and/or
 ``Request.contrast_image`` (v′; default: the same image). In the workflow a benchmark item
@@ -38,7 +38,9 @@ class CID(Method):
     #: decode_batch``): the item's ``contrast_question`` through the benchmark's prompt template,
     #: its ``contrast_image`` (a file name resolved like ``image``: ``contrast_image_path``) loaded
     #: and preprocessed like the item's image; an item with neither is an error row naming them
-    item_contrast = MappingProxyType({"contrast_prompt": "contrast_question", "contrast_image": "contrast_image"})
+    item_contrast = MappingProxyType(
+        {"contrast_prompt": "contrast_question", "contrast_image": "contrast_image"}
+    )
 
     def validate(self, p):
         super().validate(p)
@@ -47,11 +49,16 @@ class CID(Method):
 
     def branches(self, request, ctx):
         if request.contrast_prompt is None and request.contrast_image is None:
-            raise InputError("method 'cid' needs Request.contrast_prompt and/or Request.contrast_image "
-                             "(the contrastive input)")
+            raise InputError(
+                "method 'cid' needs Request.contrast_prompt and/or Request.contrast_image "
+                "(the contrastive input)"
+            )
         image = request.contrast_image if request.contrast_image is not None else request.image
         prompt = request.contrast_prompt if request.contrast_prompt is not None else request.prompt
-        return [self.original(request), Branch(prompt=prompt, image=image, system=request.system, name="contrastive_input")]
+        return [
+            self.original(request),
+            Branch(prompt=prompt, image=image, system=request.system, name="contrastive_input"),
+        ]
 
     def combine(self, logits, step, state):
         return vcd_combine(logits, float(state.params["lambda"]))

@@ -32,8 +32,10 @@ import torch
 from ..types import Branch
 from .base import Method
 
-DESCRIPTION_PROMPT = ("Provide a detailed description of the image, covering all visible elements and their "
-                      "interactions, so as to thoroughly answer any potential questions about the image.")
+DESCRIPTION_PROMPT = (
+    "Provide a detailed description of the image, covering all visible elements and their "
+    "interactions, so as to thoroughly answer any potential questions about the image."
+)
 
 
 def code_divergence(logits: torch.Tensor, a: float) -> torch.Tensor:
@@ -46,15 +48,23 @@ def code_divergence(logits: torch.Tensor, a: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class CODE(Method):
     name = "code"
-    defaults = MappingProxyType({"alpha": 0.7, "description_prompt": DESCRIPTION_PROMPT,
-                                 "description_max_new_tokens": 512})
+    defaults = MappingProxyType(
+        {"alpha": 0.7, "description_prompt": DESCRIPTION_PROMPT, "description_max_new_tokens": 512}
+    )
 
     def prepare(self, items, runner):
         if not items:
             return
         p = items[0].ctx.params
-        queries = [Branch(prompt=p["description_prompt"], image=it.request.image, system=it.request.system,
-                          name="describe") for it in items]
+        queries = [
+            Branch(
+                prompt=p["description_prompt"],
+                image=it.request.image,
+                system=it.request.system,
+                name="describe",
+            )
+            for it in items
+        ]
         texts = runner.greedy_texts(queries, int(p["description_max_new_tokens"]))
         for it, t in zip(items, texts):
             if isinstance(t, Exception):
@@ -66,9 +76,10 @@ class CODE(Method):
         self.require_image(request)
         desc = ctx.prepared["description"]
         ctx.meta["code_description"] = desc
-        return [self.original(request),
-                Branch(prompt=f"{desc}\n{request.prompt}", image=None, system=request.system,
-                       name="description")]
+        return [
+            self.original(request),
+            Branch(prompt=f"{desc}\n{request.prompt}", image=None, system=request.system, name="description"),
+        ]
 
     def combine(self, logits, step, state):
         if logits.shape[-2] == 1:

@@ -29,12 +29,16 @@ class Contrast(Method):
     #: decode_batch``): the item's ``contrast_question`` through the benchmark's prompt template,
     #: its ``contrast_image`` (a file name resolved like ``image``: ``contrast_image_path``) loaded
     #: and preprocessed like the item's image; an item with neither is an error row naming them
-    item_contrast = MappingProxyType({"contrast_prompt": "contrast_question", "contrast_image": "contrast_image"})
+    item_contrast = MappingProxyType(
+        {"contrast_prompt": "contrast_question", "contrast_image": "contrast_image"}
+    )
 
     def branches(self, request, ctx):
         if request.contrast_image is None and request.contrast_prompt is None:
             raise InputError("method 'contrast' needs Request.contrast_image and/or Request.contrast_prompt")
         image = request.contrast_image if request.contrast_image is not None else request.image
         prompt = request.contrast_prompt if request.contrast_prompt is not None else request.prompt
-        return [self.original(request),
-                Branch(prompt=prompt, image=image, system=request.system, name="contrast")]
+        return [
+            self.original(request),
+            Branch(prompt=prompt, image=image, system=request.system, name="contrast"),
+        ]

@@ -3,7 +3,7 @@ for Neural Text Generation"; Hugging Face ``penalty_alpha``/``top_k``).
 
 Each step, with the model's scores s (the original branch's logits) and p = softmax(s):
 
-    V_k  = top-k of p;  for each candidate v ∈ V_k forward v (look-ahead, E7) → h_v
+    V_k  = top-k of p;  for each candidate v ∈ V_k forward v (look-ahead) → h_v
     score(v) = (1 − α)·p(v) − α·max_j cos(h_v, H_j)        (degeneration penalty)
     pick argmax; keep that candidate's KV row, hidden state and next logits (no extra forward)
 
@@ -12,7 +12,7 @@ position: the whole prompt — image tokens included, as HF does for an LVLM —
 token. Source: transformers 4.29.2 ``generation/utils.py`` ``contrastive_search`` (L1879–2200)
 and ``_ranking_fast`` (L5241–5264) as vendored in ``shikiw/OPERA@61426ef``; the same code is in
 4.36 and, since transformers 5, only in the Hub repo ``transformers-community/contrastive-search``
-(unreachable here: methods-2.md §0).
+(the Hub is unreachable from this project's machines).
 
 Parameters: ``penalty_alpha`` = α = 0.6, ``top_k`` = k = 4 (the HF documentation's example and
 common presets). The paper's language-model setting is k = 8, α = 0.6 (``yxuansu/SimCTG``
@@ -50,8 +50,10 @@ class ContrastiveSearch(Method):
     def validate(self, p):
         super().validate(p)
         if not 0 <= float(p["penalty_alpha"]) <= 1:
-            raise ValueError(f"parameter 'penalty_alpha' of method {self.name!r} must be in [0, 1], "
-                             f"got {p['penalty_alpha']}")
+            raise ValueError(
+                f"parameter 'penalty_alpha' of method {self.name!r} must be in [0, 1], "
+                f"got {p['penalty_alpha']}"
+            )
         if int(p["top_k"]) < 1:
             raise ValueError(f"parameter 'top_k' of method {self.name!r} must be >= 1, got {p['top_k']}")
 

@@ -36,4 +36,5 @@ class ConVis(Method):
         ctx.meta["convis_n_images"] = len(imgs)
         return [self.original(request)] + [
             Branch(prompt=request.prompt, image=im, system=request.system, name=f"reconstruction{i}")
-            for i, im in enumerate(imgs)]
+            for i, im in enumerate(imgs)
+        ]

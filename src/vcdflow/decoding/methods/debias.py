@@ -10,7 +10,7 @@ without the image) and **unk** (the image placeholder replaced by one ``<unk>`` 
         s = (1+α)·ℓ − α·(ℓ_unk + ℓ_none)/2;   s[ℓ < log β + max ℓ] = −inf        (= ``vdd`` "both")
     contrast=False:  s = ℓ
 
-At the first step (E9) the method records, per branch, the official ``calibrate_label_dict``
+At the first step the method records, per branch, the official ``calibrate_label_dict``
 (``experiments/utils/metrics.py:102-113``): the top-``top_k`` tokens of softmax(scores / T), each
 decoded, lower-cased and stripped, keeping the first (highest) occurrence of each string,
 probabilities rounded to 4 significant digits (the official runs are float16, about 3 digits; batch
@@ -77,16 +77,26 @@ class Debias(Method):
     def validate(self, p):
         super().validate(p)
         if not isinstance(p["contrast"], bool):
-            raise ValueError(f"parameter 'contrast' of method 'debias' must be true or false, got {p['contrast']!r}")
+            raise ValueError(
+                f"parameter 'contrast' of method 'debias' must be true or false, got {p['contrast']!r}"
+            )
         if not isinstance(p["top_k"], int) or p["top_k"] < 1:
-            raise ValueError(f"parameter 'top_k' of method 'debias' must be a positive integer, got {p['top_k']!r}")
+            raise ValueError(
+                f"parameter 'top_k' of method 'debias' must be a positive integer, got {p['top_k']!r}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)
-        return [self.original(request),
-                Branch(prompt=request.prompt, image=None, system=request.system, name="none"),
-                Branch(prompt=f"{ctx.adapter.unk_token}\n{request.prompt}", image=None,
-                       system=request.system, name="unk")]
+        return [
+            self.original(request),
+            Branch(prompt=request.prompt, image=None, system=request.system, name="none"),
+            Branch(
+                prompt=f"{ctx.adapter.unk_token}\n{request.prompt}",
+                image=None,
+                system=request.system,
+                name="unk",
+            ),
+        ]
 
     def combine(self, logits, step, state):
         p = state.params

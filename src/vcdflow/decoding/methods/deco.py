@@ -61,8 +61,12 @@ def candidate_set(logits: torch.Tensor, top_k: int, top_p: float) -> list[torch.
     cum = vals.cumsum(-1)
     out = []
     for g in range(logits.shape[0]):
-        idx = int(torch.searchsorted(cum[g].contiguous(), torch.tensor([float(top_p)], dtype=cum.dtype), right=False))
-        out.append(ids[g, :min(idx + 1, k)])
+        idx = int(
+            torch.searchsorted(
+                cum[g].contiguous(), torch.tensor([float(top_p)], dtype=cum.dtype), right=False
+            )
+        )
+        out.append(ids[g, : min(idx + 1, k)])
     return out
 
 
@@ -70,21 +74,37 @@ def candidate_set(logits: torch.Tensor, top_k: int, top_p: float) -> list[torch.
 class DeCo(Method):
     name = "deco"
     requires_image = False
-    defaults = MappingProxyType({"alpha": 0.6, "threshold_top_p": 0.9, "threshold_top_k": 20, "layers": None,
-                                 "repetition_penalty": 1.0, "no_repeat_ngram_size": 0})
+    defaults = MappingProxyType(
+        {
+            "alpha": 0.6,
+            "threshold_top_p": 0.9,
+            "threshold_top_k": 20,
+            "layers": None,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+        }
+    )
     nullable = frozenset({"layers"})
     param_types = MappingProxyType({"layers": (list, tuple)})
 
     def validate(self, p):
         super().validate(p)
-        if p["layers"] is not None and (not p["layers"] or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                                   and i >= 0 for i in p["layers"])):
-            raise ValueError(f"parameter 'layers' of method 'deco' must be null or a non-empty list of layer "
-                             f"indices, got {p['layers']!r}")
+        if p["layers"] is not None and (
+            not p["layers"]
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in p["layers"])
+        ):
+            raise ValueError(
+                f"parameter 'layers' of method 'deco' must be null or a non-empty list of layer "
+                f"indices, got {p['layers']!r}"
+            )
         if not 0 < float(p["threshold_top_p"]) <= 1:
-            raise ValueError(f"parameter 'threshold_top_p' of method 'deco' must be in (0, 1], got {p['threshold_top_p']}")
+            raise ValueError(
+                f"parameter 'threshold_top_p' of method 'deco' must be in (0, 1], got {p['threshold_top_p']}"
+            )
         if int(p["threshold_top_k"]) < 1:
-            raise ValueError(f"parameter 'threshold_top_k' of method 'deco' must be >= 1, got {p['threshold_top_k']}")
+            raise ValueError(
+                f"parameter 'threshold_top_k' of method 'deco' must be >= 1, got {p['threshold_top_k']}"
+            )
         check_processor_params(self.name, p)
 
     def candidates(self, adapter, p) -> list[int]:
@@ -93,8 +113,10 @@ class DeCo(Method):
             return default_layers(L)
         out = [int(i) for i in p["layers"] if int(i) < L]
         if not out:
-            raise ValueError(f"parameter 'layers' of method 'deco': none of {list(p['layers'])} is below the "
-                             f"model's {L} layers")
+            raise ValueError(
+                f"parameter 'layers' of method 'deco': none of {list(p['layers'])} is below the "
+                f"model's {L} layers"
+            )
         return out
 
     def forward_hooks(self, adapter, params):
@@ -106,13 +128,14 @@ class DeCo(Method):
         layers = self.candidates(ad, p)
         final = logits[:, 0].float()
         rows = state.rows[:, 0]
-        early = torch.stack([early_exit(ad, state.hooks.last[l].index_select(0, rows), norm=True)
-                             for l in layers], dim=1)                     # [G, n_layers, V]
+        early = torch.stack(
+            [early_exit(ad, state.hooks.last[l].index_select(0, rows), norm=True) for l in layers], dim=1
+        )  # [G, n_layers, V]
         cands = candidate_set(final, int(p["threshold_top_k"]), float(p["threshold_top_p"]))
         alpha = float(p["alpha"])
         out = torch.full_like(final, -float("inf"))
         for g, c in enumerate(cands):
-            probs = torch.softmax(early[g], -1)[:, c]                      # [n_layers, |C|]
+            probs = torch.softmax(early[g], -1)[:, c]  # [n_layers, |C|]
             flat = int(torch.argmax(probs))
             li = flat // probs.shape[1]
             p_star = float(probs.max())

@@ -26,7 +26,7 @@ Parameters:
 * ``layers`` = ``"low"`` (default) | ``"high"`` | a list: the candidate premature layers, HF's
   buckets — start = 0 for untied embeddings (LLaVA-1.5-7B / InstructBLIP-Vicuna-7B: low = 0,2,…,14,
   high = 16,…,30; Qwen2.5-VL-7B: low = 0,…,12, high = 14,…,26). ``"low"`` = the OPERA paper's DoLa
-  baseline (0,2,…,14, mature 32; ``methods-3.md`` §1.2) and the official README's long-form setting;
+  baseline (0,2,…,14, mature 32) and the official README's long-form setting;
   the README uses the high bucket for TruthfulQA.
 * ``premature`` = None (dynamic) or a layer index: DoLa-static (``dola_greedy_decode``'s
   ``base_layer``; the eval scripts' two-layer ``--early-exit-layers``, e.g. ``gsm8k_eval.py:286-293``).
@@ -50,7 +50,7 @@ batch every row shares one l*; here each request gets its own (= their batch-1 b
 outside the head the official code sets the premature log-probs to −1e3 for row 0 only
 (``base_logits[0][mask] = -1e3``); irrelevant, the score is −inf there. (c) HALC's DoLa baseline
 (``dola_beam_search``, beam 3, relative-top filter commented out: raw ℓ − W_lm·h_{l*}, then
-log-softmax into the beam scores) is ``relative_top: 0`` under ``generate(num_beams=3)`` (E11) —
+log-softmax into the beam scores) is ``relative_top: 0`` under ``generate(num_beams=3)`` —
 except that HALC averages the layer choice over the beams, here each beam chooses its own; this
 combination runs but is not compared with a beam reference here. ``Output.meta``:
 ``dola_premature`` = {layer: times chosen over the request's rows (beams included)} (the official
@@ -91,21 +91,34 @@ def jsd_layers(final: torch.Tensor, premature: torch.Tensor) -> torch.Tensor:
 class DoLa(Method):
     name = "dola"
     requires_image = False
-    defaults = MappingProxyType({"layers": "low", "premature": None, "relative_top": 0.1,
-                                 "repetition_penalty": 1.2, "no_repeat_ngram_size": 0,
-                                 "repetition_context": "prompt"})
+    defaults = MappingProxyType(
+        {
+            "layers": "low",
+            "premature": None,
+            "relative_top": 0.1,
+            "repetition_penalty": 1.2,
+            "no_repeat_ngram_size": 0,
+            "repetition_context": "prompt",
+        }
+    )
     nullable = frozenset({"premature"})
     param_types = MappingProxyType({"layers": (str, list, tuple), "premature": (int,)})
 
     def validate(self, p):
         super().validate(p)
         if isinstance(p["layers"], str) and p["layers"] not in ("low", "high"):
-            raise ValueError(f"parameter 'layers' of method 'dola' must be 'low', 'high' or a list of layer "
-                             f"indices, got {p['layers']!r}")
+            raise ValueError(
+                f"parameter 'layers' of method 'dola' must be 'low', 'high' or a list of layer "
+                f"indices, got {p['layers']!r}"
+            )
         if not 0 <= float(p["relative_top"]) < 1:
-            raise ValueError(f"parameter 'relative_top' of method 'dola' must be in [0, 1), got {p['relative_top']}")
+            raise ValueError(
+                f"parameter 'relative_top' of method 'dola' must be in [0, 1), got {p['relative_top']}"
+            )
         if p["premature"] is not None and int(p["premature"]) < 0:
-            raise ValueError(f"parameter 'premature' of method 'dola' must be a layer index >= 0, got {p['premature']}")
+            raise ValueError(
+                f"parameter 'premature' of method 'dola' must be a layer index >= 0, got {p['premature']}"
+            )
         check_processor_params(self.name, p)
 
     def candidates(self, adapter, p) -> list[int]:
@@ -113,8 +126,10 @@ class DoLa(Method):
         L = n_layers(adapter)
         if p["premature"] is not None:
             if not 0 <= int(p["premature"]) < L:
-                raise ValueError(f"parameter 'premature' of method 'dola': layer {p['premature']} is not below "
-                                 f"the model's {L} layers")
+                raise ValueError(
+                    f"parameter 'premature' of method 'dola': layer {p['premature']} is not below "
+                    f"the model's {L} layers"
+                )
             return [int(p["premature"])]
         return bucket(p["layers"], L, start_layer(adapter), "layers")
 
@@ -126,14 +141,16 @@ class DoLa(Method):
         hooks = state.hooks
         p = state.params
         layers = self.candidates(ad, p)
-        final = logits[:, 0].float()                                       # [G, V]
+        final = logits[:, 0].float()  # [G, V]
         rows = state.rows[:, 0]
-        early = torch.stack([early_exit(ad, hooks.last[l].index_select(0, rows)) for l in layers])  # [C, G, V]
+        early = torch.stack(
+            [early_exit(ad, hooks.last[l].index_select(0, rows)) for l in layers]
+        )  # [C, G, V]
         if len(layers) == 1:
             pick = torch.zeros(final.shape[0], dtype=torch.long, device=final.device)
         else:
-            pick = jsd_layers(final, early).argmax(0)                      # per row, not batch-averaged
-        base = early[pick, torch.arange(final.shape[0], device=final.device)]   # [G, V]
+            pick = jsd_layers(final, early).argmax(0)  # per row, not batch-averaged
+        base = early[pick, torch.arange(final.shape[0], device=final.device)]  # [G, V]
         rt = float(p["relative_top"])
         if rt > 0:
             head = relative_top_filter(final, rt)

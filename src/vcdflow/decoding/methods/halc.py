@@ -32,7 +32,7 @@ context F (what its KV cache holds, + the pending token) and a cache snapshot S
    else the smallest box ("activated"). Invalid: the beam's k entries are W itself (L4729-4735).
 4. **FOV contrast** (``context_window`` 4, ``expand_ratio`` e = 0.6, ``halc.py:369-400``):
    [expand(b, −e), b, expand(b, e), expand(expand(b, e), e)] (expand grows each side by f·size/2,
-   clipped, ``halc.py:188-202``), each crop a **spawned branch** (E19, :mod:`vcdflow.decoding.spawn`)
+   clipped, ``halc.py:188-202``), each crop a **spawned branch** (:mod:`vcdflow.decoding.spawn`)
    with the **committed ids I teacher-forced** (L4743-4751, ``get_intermediate_logits``: the raw
    next-token logits at the word's first position); JSD over the 4 views, the
    ``k_candidates``/2 = 2 most divergent pairs, both directions ℓ^(j) − w·ℓ^(i) and
@@ -56,7 +56,7 @@ context F (what its KV cache holds, + the pending token) and a cache snapshot S
    cache, L4958) or I (``committed``), one forward there gives the DoLa token y' (with the
    premature layer the loop last chose, i.e. the last beam's — the official reuses the variable
    ``premature_layer``, L4968), W = [y'] and the engine row **replays** the new context + y'
-   (E12 rollback, :class:`~vcdflow.decoding.beams.Choice` ``replay``; the re-decode forward is a
+   (the engine's rollback, :class:`~vcdflow.decoding.beams.Choice` ``replay``; the re-decode forward is a
    spawned branch). Otherwise W = [y] and the row feeds y. Snapshot (L5021-5032): S := F minus
    the pending token whenever the pending token starts a word, or at the first mid-word token
    after a word start (``beam_once_flag``). So for a word of ≥ 2 ids the official snapshot
@@ -83,7 +83,7 @@ Parameters: ``detector``, ``scorer``, ``tagger`` (below); ``beam_size`` 3; ``pre
 ``min_length`` 8; ``unk_not_detected`` True; ``rollback_context`` "snapshot" (official) |
 "committed"; ``exempt_words`` / ``add_words`` (None: the official lists, ``halc.py:23-30``).
 
-The auxiliary models (E18, :mod:`vcdflow.aux_models`): ``detector`` (GroundingDINO / OWLv2
+The auxiliary models (:mod:`vcdflow.aux_models`): ``detector`` (GroundingDINO / OWLv2
 folder), ``scorer`` (BLIP ``BlipModel`` / CLIP folder), ``tagger`` (spaCy model folder), each a
 local path or a name registered with ``vcdflow.aux_models.register``. In the workflow they are
 the decode input ``halc_aux`` (:data:`vcdflow.config.METHOD_INPUTS`: the folders
@@ -153,11 +153,52 @@ from ..processors import check_processor_params
 from .base import Method
 
 #: ``halc.py:23-27``
-EXEMPT_WORDS = ("image", "side", "background", "feature", "features", "center", "left", "right", "scene", "view",
-                "s", "Birthday", "detail", "red", "white", "cat", "horse", "bus", "group", "manner", "her", "birds",
-                "teddy", "stack", "cell", "toaster", "mirror", "toilet", "captures", "boat", "bench")
+EXEMPT_WORDS = (
+    "image",
+    "side",
+    "background",
+    "feature",
+    "features",
+    "center",
+    "left",
+    "right",
+    "scene",
+    "view",
+    "s",
+    "Birthday",
+    "detail",
+    "red",
+    "white",
+    "cat",
+    "horse",
+    "bus",
+    "group",
+    "manner",
+    "her",
+    "birds",
+    "teddy",
+    "stack",
+    "cell",
+    "toaster",
+    "mirror",
+    "toilet",
+    "captures",
+    "boat",
+    "bench",
+)
 #: ``halc.py:29-30``
-ADD_WORDS = ("sink", "microwave", "toaster", "puppy", "bottle", "table", "oven", "orange", "toothbrush", "cars")
+ADD_WORDS = (
+    "sink",
+    "microwave",
+    "toaster",
+    "puppy",
+    "bottle",
+    "table",
+    "oven",
+    "orange",
+    "toothbrush",
+    "cars",
+)
 CENTRE_BOX = (0.2, 0.2, 0.8, 0.8)
 VALID_POS = ("NOUN", "PROPN", "ADD")
 ROLLBACK_CONTEXTS = ("snapshot", "committed")
@@ -166,6 +207,7 @@ ROLLBACK_CONTEXTS = ("snapshot", "committed")
 def drop_unk_sentences(text: str) -> str:
     """``caption_generation.py:537-542``: split at ".", drop the pieces containing "unk", re-join."""
     return ".".join(x for x in text.split(".") if "unk" not in x)
+
 
 # --- pieces (each one formula of the official code) ----------------------------------------------
 def default_premature(n_layers: int) -> list[int]:
@@ -178,18 +220,20 @@ def relative_top_filter(scores: torch.Tensor, relative_top: float) -> torch.Tens
     import math
 
     s = scores.log_softmax(-1)
-    thresh = s.max(-1, keepdim=True).values + math.log(relative_top)   # ≤ the top-1 value: 1 token kept
+    thresh = s.max(-1, keepdim=True).values + math.log(relative_top)  # ≤ the top-1 value: 1 token kept
     return s.masked_fill(s < thresh, -float("inf"))
 
 
-def dola_scores(mature: torch.Tensor, early: torch.Tensor, relative_top: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dola_scores(
+    mature: torch.Tensor, early: torch.Tensor, relative_top: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """mature [R, V], early [R, C, V] → (DoLa scores [R, V], chosen candidate index [R])."""
     p_m = mature.softmax(-1).unsqueeze(1)
     p_e = early.softmax(-1)
     M = 0.5 * (p_m + p_e)
     kl1 = F.kl_div(mature.log_softmax(-1).unsqueeze(1).expand_as(M), M, reduction="none").mean(-1)
     kl2 = F.kl_div(early.log_softmax(-1), M, reduction="none").mean(-1)
-    js = 0.5 * (kl1 + kl2)                                    # [R, C]
+    js = 0.5 * (kl1 + kl2)  # [R, C]
     pick = js.argmax(-1)
     base = early[torch.arange(early.shape[0]), pick].log_softmax(-1)
     final = relative_top_filter(mature, relative_top) if relative_top > 0 else mature
@@ -208,8 +252,12 @@ def clean_entity(word: str) -> str:
 def expand_box(b, f: float) -> list[float]:
     """``halc.py:188-202``: each side moves by f·size/2, clipped to [0, 1]."""
     w, h = b[2] - b[0], b[3] - b[1]
-    return [max(0.0, b[0] - w * f / 2), max(0.0, b[1] - h * f / 2), min(1.0, b[2] + w * f / 2),
-            min(1.0, b[3] + h * f / 2)]
+    return [
+        max(0.0, b[0] - w * f / 2),
+        max(0.0, b[1] - h * f / 2),
+        min(1.0, b[2] + w * f / 2),
+        min(1.0, b[3] + h * f / 2),
+    ]
 
 
 def fov_boxes(target, context_window: int, expand_ratio: float) -> list[list[float]]:
@@ -241,8 +289,8 @@ def fov_candidates(fov: torch.Tensor, k: int, weight: float, process=None) -> li
     for i in range(n):
         for j in range(i + 1, n):
             M = 0.5 * (p[i] + p[j])
-            kl1 = F.kl_div(logp[i:i + 1], M[None], reduction="batchmean")
-            kl2 = F.kl_div(logp[j:j + 1], M[None], reduction="batchmean")
+            kl1 = F.kl_div(logp[i : i + 1], M[None], reduction="batchmean")
+            kl2 = F.kl_div(logp[j : j + 1], M[None], reduction="batchmean")
             jsd[i, j] = jsd[j, i] = 0.5 * (kl1 + kl2)
     top = torch.topk(jsd.triu(diagonal=1).flatten(), k // 2).indices
     out = []
@@ -313,7 +361,7 @@ class Beam:
 class HalcBeams:
     """HALC's loop (module docstring, steps 1-7) on the engine's search protocol
     (:mod:`vcdflow.decoding.beams`): per request ``beam_size`` :class:`Beam` objects; the engine
-    forwards one row per running beam; a rolled-back beam's row replays its new context (E12)."""
+    forwards one row per running beam; a rolled-back beam's row replays its new context (rollback)."""
 
     def __init__(self, score, hooks: HalcHooks, params, contexts, processors: dict | None = None):
         self.score = score
@@ -335,8 +383,9 @@ class HalcBeams:
         from ..processors import prefix_ids, process_ids
 
         pre = prefix_ids(self.hooks, r, self.procs["context"])
-        return process_ids(scores, [pre + list(ids)] * scores.shape[0], self.procs["repetition"],
-                           self.procs["ngram"])
+        return process_ids(
+            scores, [pre + list(ids)] * scores.shape[0], self.procs["repetition"], self.procs["ngram"]
+        )
 
     def _tok(self, r):
         return self.contexts[r].adapter.processor.tokenizer
@@ -358,7 +407,7 @@ class HalcBeams:
         b.word = last_word(tok, W)
         if starts_word(tok, W[0], eos):
             ent = b.word
-        else:   # the word began before W (a re-decoded word): I's tail back to its word start
+        else:  # the word began before W (a re-decoded word): I's tail back to its word start
             t = 1
             while t < len(b.committed) and not starts_word(tok, b.committed[-t], eos):
                 t += 1
@@ -400,8 +449,10 @@ class HalcBeams:
         mods = ad.decoder_layers()
         handles = []
         for layer in layers:
+
             def hook(module, args, output, _l=layer):
                 grab[_l] = (output[0] if isinstance(output, tuple) else output)[:, -1, :]
+
             handles.append(mods[layer - 1].register_forward_hook(hook))
         branches = []
         for r, _, _ in jobs:
@@ -419,9 +470,9 @@ class HalcBeams:
                 if layer == 0:
                     e = ad.embed_tokens(torch.tensor([int(ids[-1])], device=logits.device))
                 else:
-                    e = grab[layer][n:n + 1]
+                    e = grab[layer][n : n + 1]
                 early = ad.lm_head()(e).float().to(logits.device)
-                s, _ = dola_scores(logits[n:n + 1].float(), early[:, None], float(self.p["relative_top"]))
+                s, _ = dola_scores(logits[n : n + 1].float(), early[:, None], float(self.p["relative_top"]))
                 if self.procs and hists is not None:
                     s = self._process(s, jobs[n][0], hists[n])
                 out.append(int(s.argmax()))
@@ -439,21 +490,21 @@ class HalcBeams:
         for r, s, first, _ in spans:
             if r not in reqs:
                 reqs.append(r)
-            if r not in self.beams:   # first call: B identical beams on the one prefill row
+            if r not in self.beams:  # first call: B identical beams on the one prefill row
                 self.beams[r] = [Beam(slot=s) for _ in range(self.B)]
             ctxt = next((b.fed for b in self.beams[r] if b.slot == s), [])
             h.row_last[first] = int(ctxt[-1]) if ctxt else int(h.seqs[r][0].input_ids[-1])
         scores = self.score(step, logits, spans)
-        if self.procs:   # the DoLa token's processors over beam_input_ids = I + W (utils.py L4662)
+        if self.procs:  # the DoLa token's processors over beam_input_ids = I + W (utils.py L4662)
             scores = scores.clone()
             for i, (r, s, _, _) in enumerate(spans):
                 b = next((b for b in self.beams[r] if b.slot == s), None)
                 if b is not None:
-                    scores[i:i + 1] = self._process(scores[i:i + 1], r, b.committed + b.word_ids)
+                    scores[i : i + 1] = self._process(scores[i : i + 1], r, b.committed + b.word_ids)
         ys = scores.argmax(-1).tolist()
         where = {(sp[0], sp[1]): (i, sp[2]) for i, sp in enumerate(spans)}
         # 1-3: DoLa token, word boundary, judgement
-        fov_jobs = []   # (request, beam, boxes)
+        fov_jobs = []  # (request, beam, boxes)
         for r in reqs:
             tok = self._tok(r)
             for j, b in enumerate(self.beams[r]):
@@ -479,21 +530,26 @@ class HalcBeams:
             for r, j, boxes, _ in fov_jobs:
                 req = self.contexts[r].prepared["halc_request"]
                 for box in boxes:
-                    branches.append(Branch(prompt=req.prompt, image=crop(req.image, box), system=req.system,
-                                           name="fov"))
+                    branches.append(
+                        Branch(prompt=req.prompt, image=crop(req.image, box), system=req.system, name="fov")
+                    )
                     prefixes.append(list(self.beams[r][j].committed))
             ad = self.contexts[fov_jobs[0][0]].adapter
             fov = spawn_logits(ad, branches, prefixes, hooks=h).float().cpu()
             n = int(self.p["context_window"])
             for c, (r, j, _, event) in enumerate(fov_jobs):
-                hist = self.beams[r][j].committed     # beam_intermediate_token_lists (utils.py L4809)
-                cands = fov_candidates(fov[c * n:(c + 1) * n], self.k, float(self.p["contrast_weight"]),
-                                       (lambda x, _r=r, _h=hist: self._process(x, _r, _h)) if self.procs else None)
+                hist = self.beams[r][j].committed  # beam_intermediate_token_lists (utils.py L4809)
+                cands = fov_candidates(
+                    fov[c * n : (c + 1) * n],
+                    self.k,
+                    float(self.p["contrast_weight"]),
+                    (lambda x, _r=r, _h=hist: self._process(x, _r, _h)) if self.procs else None,
+                )
                 event["candidates"] = cands
                 self.beams[r][j].entries = [[t] for t in cands]
         # 5-6: selection, commit, rollback
         new_beams: dict[int, list[Beam]] = {}
-        redo = []        # (request, new beam index, context ids, premature-layer index, commit record)
+        redo = []  # (request, new beam index, context ids, premature-layer index, commit record)
         src_slot: dict = {}
         for r in reqs:
             ctx = self.contexts[r]
@@ -505,8 +561,12 @@ class HalcBeams:
                 sel = random.Random(8).sample(range(len(pool)), self.B)
             else:
                 texts = [tok.decode(bs[j].committed + (e or []), skip_special_tokens=True) for j, e in pool]
-                probs = ctx.prepared["halc_aux"]["scorer"].similarity(
-                    ctx.prepared["halc_request"].image, texts).softmax(-1).tolist()
+                probs = (
+                    ctx.prepared["halc_aux"]["scorer"]
+                    .similarity(ctx.prepared["halc_request"].image, texts)
+                    .softmax(-1)
+                    .tolist()
+                )
                 sel, seen = [], set()
                 for i in sorted(range(len(pool)), key=lambda i: probs[i])[::-1]:
                     if texts[i] not in seen:
@@ -533,9 +593,14 @@ class HalcBeams:
                 nb.committed = nb.committed + list(e)
                 w2 = last_word(tok, e)
                 unk = False
-                if (nb.not_detected and self.p["unk_not_detected"] and unk_id is not None
-                        and len(nb.committed) >= int(self.p["min_length"])
-                        and (w2 == nb.word or w2 in nb.word or nb.word in w2) and w2 not in exempt):
+                if (
+                    nb.not_detected
+                    and self.p["unk_not_detected"]
+                    and unk_id is not None
+                    and len(nb.committed) >= int(self.p["min_length"])
+                    and (w2 == nb.word or w2 in nb.word or nb.word in w2)
+                    and w2 not in exempt
+                ):
                     t = 1
                     if not starts_word(tok, e[0], eos):
                         while t < len(nb.committed) and not starts_word(tok, nb.committed[-t], eos):
@@ -543,8 +608,14 @@ class HalcBeams:
                     nb.committed = nb.committed[:-t] + [int(unk_id)] * t
                     w2, unk = "EOS", True
                 corrected = w2 != nb.word
-                commit = {"step": len(bs[j].committed), "beam": jn, "source": j, "ids": list(e), "corrected": corrected,
-                          "unk": unk}
+                commit = {
+                    "step": len(bs[j].committed),
+                    "beam": jn,
+                    "source": j,
+                    "ids": list(e),
+                    "corrected": corrected,
+                    "unk": unk,
+                }
                 ctx.meta.setdefault("halc_commits", []).append(commit)
                 if corrected:
                     if self.p["rollback_context"] == "snapshot":
@@ -559,7 +630,9 @@ class HalcBeams:
         replay_ids: dict = {}
         if redo:
             hists = [new_beams[x[0]][x[1]].committed for x in redo]
-            for (r, jn, back, _, commit), y2 in zip(redo, self._redecode([(x[0], x[2], x[3]) for x in redo], hists)):
+            for (r, jn, back, _, commit), y2 in zip(
+                redo, self._redecode([(x[0], x[2], x[3]) for x in redo], hists)
+            ):
                 nb = new_beams[r][jn]
                 nb.word_ids, nb.fed = [y2], list(back) + [y2]
                 commit["redecoded"] = y2
@@ -580,7 +653,12 @@ class HalcBeams:
                 else:
                     nb.snapshot = nb.fed[:-1]
                 if pending in eos:
-                    nb.committed, nb.word_ids, nb.slot, nb.eos = nb.committed + nb.word_ids[:-1], [], None, True
+                    nb.committed, nb.word_ids, nb.slot, nb.eos = (
+                        nb.committed + nb.word_ids[:-1],
+                        [],
+                        None,
+                        True,
+                    )
                 elif len(nb.committed) + len(nb.word_ids) >= limit + 1:
                     nb.committed, nb.word_ids, nb.slot = nb.committed + nb.word_ids, [], None
             bs = new_beams[r]
@@ -600,7 +678,7 @@ class HalcBeams:
                 feed.append(nb.fed[-1])
                 nb.slot = jn
         ch = _choice(layout, picks, feed, tokens, done)
-        if replay:       # one branch per beam: pick i is new row i
+        if replay:  # one branch per beam: pick i is new row i
             ch.replay = replay
         return ch
 
@@ -610,45 +688,88 @@ class HALC(Method):
     name = "halc"
     mode = "greedy"
     random_draw = True  # the 30 % skip
-    extra_inputs = ("halc_aux",)   # the workflow's detector/scorer/tagger folders (vcdflow.config.METHOD_INPUTS)
-    defaults = MappingProxyType({
-        "detector": None, "scorer": None, "tagger": None,
-        "premature_layers": None, "relative_top": 0.1,
-        "beam_size": 3, "k_candidates": 4, "context_window": 4, "expand_ratio": 0.6, "contrast_weight": 0.05,
-        "box_threshold": 0.45, "max_boxes": 3, "skip_rate": 0.3, "min_length": 8, "unk_not_detected": True,
-        "rollback_context": "snapshot", "exempt_words": None, "add_words": None,
-        "repetition_penalty": 1.0, "repetition_context": "prompt",
-    })
+    extra_inputs = (
+        "halc_aux",
+    )  # the workflow's detector/scorer/tagger folders (vcdflow.config.METHOD_INPUTS)
+    defaults = MappingProxyType(
+        {
+            "detector": None,
+            "scorer": None,
+            "tagger": None,
+            "premature_layers": None,
+            "relative_top": 0.1,
+            "beam_size": 3,
+            "k_candidates": 4,
+            "context_window": 4,
+            "expand_ratio": 0.6,
+            "contrast_weight": 0.05,
+            "box_threshold": 0.45,
+            "max_boxes": 3,
+            "skip_rate": 0.3,
+            "min_length": 8,
+            "unk_not_detected": True,
+            "rollback_context": "snapshot",
+            "exempt_words": None,
+            "add_words": None,
+            "repetition_penalty": 1.0,
+            "repetition_context": "prompt",
+        }
+    )
     nullable = frozenset({"detector", "scorer", "tagger", "premature_layers", "exempt_words", "add_words"})
-    param_types = MappingProxyType({"detector": str, "scorer": str, "tagger": str, "premature_layers": list,
-                                    "exempt_words": list, "add_words": list})
+    param_types = MappingProxyType(
+        {
+            "detector": str,
+            "scorer": str,
+            "tagger": str,
+            "premature_layers": list,
+            "exempt_words": list,
+            "add_words": list,
+        }
+    )
 
     def validate(self, p):
         super().validate(p)
         check_processor_params(self.name, p)
         k = p["k_candidates"]
         if not isinstance(k, int) or k < 2 or k % 2:
-            raise ValueError(f"parameter 'k_candidates' of method 'halc' must be an even integer >= 2, got {k!r}")
+            raise ValueError(
+                f"parameter 'k_candidates' of method 'halc' must be an even integer >= 2, got {k!r}"
+            )
         if not isinstance(p["beam_size"], int) or p["beam_size"] < 1:
-            raise ValueError(f"parameter 'beam_size' of method 'halc' must be a positive integer, got {p['beam_size']!r}")
+            raise ValueError(
+                f"parameter 'beam_size' of method 'halc' must be a positive integer, got {p['beam_size']!r}"
+            )
         if not isinstance(p["context_window"], int) or p["context_window"] < 2:
-            raise ValueError(f"parameter 'context_window' of method 'halc' must be an integer >= 2, "
-                             f"got {p['context_window']!r}")
+            raise ValueError(
+                f"parameter 'context_window' of method 'halc' must be an integer >= 2, "
+                f"got {p['context_window']!r}"
+            )
         pairs = p["context_window"] * (p["context_window"] - 1) // 2
         if k // 2 > pairs:
-            raise ValueError(f"parameter 'k_candidates' of method 'halc': {k} needs {k // 2} FOV pairs, "
-                             f"context_window {p['context_window']} has {pairs}")
+            raise ValueError(
+                f"parameter 'k_candidates' of method 'halc': {k} needs {k // 2} FOV pairs, "
+                f"context_window {p['context_window']} has {pairs}"
+            )
         if not 0 < float(p["relative_top"]) <= 1:
-            raise ValueError(f"parameter 'relative_top' of method 'halc' must be in (0, 1], got {p['relative_top']}")
+            raise ValueError(
+                f"parameter 'relative_top' of method 'halc' must be in (0, 1], got {p['relative_top']}"
+            )
         if not 0 <= float(p["skip_rate"]) <= 1:
-            raise ValueError(f"parameter 'skip_rate' of method 'halc' must be in [0, 1], got {p['skip_rate']}")
+            raise ValueError(
+                f"parameter 'skip_rate' of method 'halc' must be in [0, 1], got {p['skip_rate']}"
+            )
         if p["rollback_context"] not in ROLLBACK_CONTEXTS:
-            raise ValueError(f"parameter 'rollback_context' of method 'halc' must be one of "
-                             f"{', '.join(ROLLBACK_CONTEXTS)}, got {p['rollback_context']!r}")
+            raise ValueError(
+                f"parameter 'rollback_context' of method 'halc' must be one of "
+                f"{', '.join(ROLLBACK_CONTEXTS)}, got {p['rollback_context']!r}"
+            )
         if p["premature_layers"] is not None and (
-                not p["premature_layers"] or not all(isinstance(x, int) and x >= 0 for x in p["premature_layers"])):
-            raise ValueError("parameter 'premature_layers' of method 'halc' must be a non-empty list of "
-                             f"hidden-state indices >= 0, got {p['premature_layers']!r}")
+            not p["premature_layers"] or not all(isinstance(x, int) and x >= 0 for x in p["premature_layers"])
+        ):
+            raise ValueError(
+                "parameter 'premature_layers' of method 'halc' must be a non-empty list of "
+                f"hidden-state indices >= 0, got {p['premature_layers']!r}"
+            )
 
     # --- layers ------------------------------------------------------------------------------
     def dola_layers(self, adapter, params) -> list[int]:
@@ -657,8 +778,10 @@ class HALC(Method):
         layers = default_premature(L) if layers is None else [int(x) for x in layers]
         bad = [x for x in layers if x >= L]
         if bad:
-            raise InputError(f"parameter 'premature_layers' of method 'halc': {bad} not below the model's "
-                             f"{L} layers (the mature layer)")
+            raise InputError(
+                f"parameter 'premature_layers' of method 'halc': {bad} not below the model's "
+                f"{L} layers (the mature layer)"
+            )
         return layers
 
     def forward_hooks(self, adapter, params):
@@ -674,11 +797,13 @@ class HALC(Method):
         try:
             for kind in aux_models.KINDS:
                 if p.get(kind) is None:
-                    raise InputError(f"method 'halc' needs parameter {kind!r} (a local model folder or a name "
-                                     f"registered with vcdflow.aux_models.register)")
+                    raise InputError(
+                        f"method 'halc' needs parameter {kind!r} (a local model folder or a name "
+                        f"registered with vcdflow.aux_models.register)"
+                    )
                 aux[kind] = aux_models.resolve(kind, p[kind])
                 model = getattr(aux[kind], "model", None)
-                if isinstance(model, torch.nn.Module):   # detector/scorer beside the VLM (CUDA when it is)
+                if isinstance(model, torch.nn.Module):  # detector/scorer beside the VLM (CUDA when it is)
                     model.to(runner.adapter.device)
         except Exception as e:  # noqa: BLE001 - every item fails with the same line
             for it in items:

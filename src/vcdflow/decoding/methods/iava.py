@@ -1,7 +1,7 @@
 """``iava``: Instruction-Aligned Visual Attention (unverified constants), irrelevant image tokens contrasted.
 
 Li et al., arXiv 2503.18556; ``Lee-lab558/IAVA``: "code will be released soon", the one uploaded
-``IAVA.zip`` was deleted again — no code is retrievable (``shared/spec/methods-2.md`` §1.3).
+``IAVA.zip`` was deleted again — no code is retrievable.
 
 What the paper's abstract and digests say: run the model on the same image with a general
 instruction G ("Describe the content of the image") and with the actual query Q; image tokens
@@ -55,17 +55,23 @@ def irrelevant_mask(att_g: torch.Tensor, att_q: torch.Tensor, layers, lamb: floa
 @dataclass(frozen=True)
 class IAVA(Method):
     name = "iava"
-    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "lamb": 1.0, "layers": None,
-                                 "general_instruction": GENERAL_INSTRUCTION})
+    defaults = MappingProxyType(
+        {"alpha": 1.0, "beta": 0.1, "lamb": 1.0, "layers": None, "general_instruction": GENERAL_INSTRUCTION}
+    )
     nullable = frozenset({"layers"})
     param_types = MappingProxyType({"layers": (list, tuple)})
 
     def validate(self, p):
         super().validate(p)
-        if p["layers"] is not None and (not isinstance(p["layers"], (list, tuple)) or not p["layers"]
-                                        or not all(isinstance(i, int) for i in p["layers"])):
-            raise ValueError(f"parameter 'layers' of method 'iava' must be null or a non-empty list of "
-                             f"layer indices, got {p['layers']!r}")
+        if p["layers"] is not None and (
+            not isinstance(p["layers"], (list, tuple))
+            or not p["layers"]
+            or not all(isinstance(i, int) for i in p["layers"])
+        ):
+            raise ValueError(
+                f"parameter 'layers' of method 'iava' must be null or a non-empty list of "
+                f"layer indices, got {p['layers']!r}"
+            )
 
     def prepare(self, items, runner):
         ok = self.usable(items, runner.adapter)
@@ -74,8 +80,10 @@ class IAVA(Method):
         probes = []
         for it in ok:
             r = it.request
-            probes += [Branch(prompt=it.ctx.params["general_instruction"], image=r.image, system=r.system),
-                       self.original(r)]
+            probes += [
+                Branch(prompt=it.ctx.params["general_instruction"], image=r.image, system=r.system),
+                self.original(r),
+            ]
         atts = runner.image_attention(probes)
         approx = getattr(runner.adapter, "family", None) == "instructblip"
         for k, it in enumerate(ok):
@@ -85,8 +93,10 @@ class IAVA(Method):
                 it.fail(f"IAVA attention probe failed: {bad}")
                 continue
             if ag.shape != aq.shape:
-                it.fail(f"IAVA: the general-instruction and query probes see {ag.shape[-1]} and "
-                        f"{aq.shape[-1]} image tokens")
+                it.fail(
+                    f"IAVA: the general-instruction and query probes see {ag.shape[-1]} and "
+                    f"{aq.shape[-1]} image tokens"
+                )
                 continue
             try:
                 mask = irrelevant_mask(ag, aq, it.ctx.params["layers"], float(it.ctx.params["lamb"]))
@@ -100,6 +110,13 @@ class IAVA(Method):
 
     def branches(self, request, ctx):
         self.require_image(request)
-        return [self.original(request),
-                Branch(prompt=request.prompt, image=request.image, system=request.system,
-                       image_token_scale=ctx.prepared["irrelevant"], name="irrelevant")]
+        return [
+            self.original(request),
+            Branch(
+                prompt=request.prompt,
+                image=request.image,
+                system=request.system,
+                image_token_scale=ctx.prepared["irrelevant"],
+                name="irrelevant",
+            ),
+        ]

@@ -48,17 +48,22 @@ QFORMER_TEXT = ("raw", "blip_caption")
 @dataclass(frozen=True)
 class ICD(Method):
     name = "icd"
-    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "instruction": DISTURBANCE,
-                                 "position": "system", "qformer_text": "raw"})
+    defaults = MappingProxyType(
+        {"alpha": 1.0, "beta": 0.1, "instruction": DISTURBANCE, "position": "system", "qformer_text": "raw"}
+    )
 
     def validate(self, p):
         super().validate(p)
         if p["position"] not in POSITIONS:
-            raise ValueError(f"parameter 'position' of method 'icd' must be one of {', '.join(POSITIONS)}, "
-                             f"got {p['position']!r}")
+            raise ValueError(
+                f"parameter 'position' of method 'icd' must be one of {', '.join(POSITIONS)}, "
+                f"got {p['position']!r}"
+            )
         if p["qformer_text"] not in QFORMER_TEXT:
-            raise ValueError(f"parameter 'qformer_text' of method 'icd' must be one of {', '.join(QFORMER_TEXT)}, "
-                             f"got {p['qformer_text']!r}")
+            raise ValueError(
+                f"parameter 'qformer_text' of method 'icd' must be one of {', '.join(QFORMER_TEXT)}, "
+                f"got {p['qformer_text']!r}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)
@@ -66,17 +71,30 @@ class ICD(Method):
         if pos == "system":
             contrast = Branch(prompt=request.prompt, image=request.image, system=instr, name="disturbed")
         elif pos == "prefix":
-            contrast = Branch(prompt=f"{instr} {request.prompt}", image=request.image,
-                              system=request.system, name="disturbed")
+            contrast = Branch(
+                prompt=f"{instr} {request.prompt}",
+                image=request.image,
+                system=request.system,
+                name="disturbed",
+            )
         else:
             family = getattr(ctx.adapter, "family", None)
             if family != "instructblip":
-                raise ValueError(f"method 'icd' with position={pos!r} needs a model with a Q-Former "
-                                 f"(family instructblip), not {family!r}")
-            if ctx.params["qformer_text"] == "blip_caption":  # official: txt_processors["eval"](preprompt + text)
+                raise ValueError(
+                    f"method 'icd' with position={pos!r} needs a model with a Q-Former "
+                    f"(family instructblip), not {family!r}"
+                )
+            if (
+                ctx.params["qformer_text"] == "blip_caption"
+            ):  # official: txt_processors["eval"](preprompt + text)
                 qprompt = blip_pre_caption(instr if pos == "qformer" else instr + request.prompt)
             else:
                 qprompt = instr if pos == "qformer" else f"{instr} {request.prompt}"
-            contrast = Branch(prompt=request.prompt, image=request.image, system=request.system,
-                              name="disturbed", qformer_prompt=qprompt)
+            contrast = Branch(
+                prompt=request.prompt,
+                image=request.image,
+                system=request.system,
+                name="disturbed",
+                qformer_prompt=qprompt,
+            )
         return [self.original(request), contrast]

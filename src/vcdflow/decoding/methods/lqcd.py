@@ -12,8 +12,7 @@ x_n: the neutral query (the request's ``prompt``); x_l: the leading (sycophancy-
 any benchmark suffix). Both branches see the same image.
 
 Parameters: ``alpha`` = α = 1 and ``beta`` = β = 0.1 are **UNVERIFIED** (only the abstract and
-secondary notes were readable, ``shared/spec/methods-2.md`` §1.10; the formula is as quoted
-there, the APC is VCD's default); ``lead_text`` = "It seems like there isn't." (**UNVERIFIED**:
+secondary notes were readable; the formula is as those notes quote it, the APC is VCD's default); ``lead_text`` = "It seems like there isn't." (**UNVERIFIED**:
 the one leading-query example quoted by a review of the paper, themoonlight.io; the paper's own
 templates were not readable). v2 (ITSM: LLM query neutraliser, sentiment scaler) is not built.
 Greedy and sampling both run; which one the paper used is unverified. Every family.
@@ -43,5 +42,7 @@ class LQCD(Method):
         lead = request.contrast_prompt
         if lead is None:
             lead = f"{request.prompt} {ctx.params['lead_text']}"
-        return [self.original(request),
-                Branch(prompt=lead, image=request.image, system=request.system, name="leading")]
+        return [
+            self.original(request),
+            Branch(prompt=lead, image=request.image, system=request.system, name="leading"),
+        ]

@@ -38,13 +38,16 @@ class M3ID(Method):
     def validate(self, p):
         super().validate(p)
         if p["variant"] not in ("logits", "logprob"):
-            raise ValueError(f"parameter 'variant' of method 'm3id' must be 'logits' or 'logprob', "
-                             f"got {p['variant']!r}")
+            raise ValueError(
+                f"parameter 'variant' of method 'm3id' must be 'logits' or 'logprob', got {p['variant']!r}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)
-        return [self.original(request),
-                Branch(prompt=request.prompt, image=None, system=request.system, name="text_only")]
+        return [
+            self.original(request),
+            Branch(prompt=request.prompt, image=None, system=request.system, name="text_only"),
+        ]
 
     @staticmethod
     def gamma(step: int, params) -> float:

@@ -19,7 +19,7 @@ yes/no decision alone reproduces CD's POPE "gains". Official run: greedy
 Parameters: ``yes_word`` = "Yes", ``no_word`` = "No", ``min_sum`` = 0.2, ``max_diff`` = 0.5.
 The ids are looked up per tokenizer as ``tokenizer.encode(word, add_special_tokens=False)``,
 which must be ONE token (LLaMA's sentencepiece gives "▁Yes" = 3869, the official id; Qwen2's
-BPE gives "Yes"); otherwise the request fails naming the word (engine capability E8: the ids
+BPE gives "Yes"); otherwise the request fails naming the word (per-request extras: the ids
 are stored per request by ``prepare`` and read in ``combine`` through ``State.contexts``).
 
 Divergence: the official code compares a batch-of-1 tensor (``if sum_prob > 0.2``); here the
@@ -42,8 +42,7 @@ def single_token_id(tokenizer, word: str) -> int:
     """The id of ``word`` as the tokenizer encodes it alone; ``InputError`` unless one token."""
     ids = tokenizer.encode(word, add_special_tokens=False)
     if len(ids) != 1:
-        raise InputError(f"the answer word {word!r} is {len(ids)} tokens ({ids}) for this tokenizer, "
-                         f"not one")
+        raise InputError(f"the answer word {word!r} is {len(ids)} tokens ({ids}) for this tokenizer, not one")
     return int(ids[0])
 
 
@@ -56,8 +55,10 @@ class OLM(Method):
     def prepare(self, items, runner):
         tok = runner.adapter.tokenizer
         try:
-            ids = (single_token_id(tok, items[0].ctx.params["yes_word"]),
-                   single_token_id(tok, items[0].ctx.params["no_word"]))
+            ids = (
+                single_token_id(tok, items[0].ctx.params["yes_word"]),
+                single_token_id(tok, items[0].ctx.params["no_word"]),
+            )
         except InputError as e:
             for it in items:
                 it.fail(f"method 'olm': {e}")
@@ -69,8 +70,9 @@ class OLM(Method):
         ell = logits[..., 0, :]
         y, n = state.contexts[0].prepared["olm_ids"]
         p = torch.softmax(ell.float(), dim=-1)
-        force = ((p[..., y] + p[..., n]) > float(state.params["min_sum"])) & \
-            ((p[..., y] - p[..., n]).abs() < float(state.params["max_diff"]))
+        force = ((p[..., y] + p[..., n]) > float(state.params["min_sum"])) & (
+            (p[..., y] - p[..., n]).abs() < float(state.params["max_diff"])
+        )
         forced = torch.full_like(ell, -float("inf"))
         forced[..., y] = 0.0
         return torch.where(force.unsqueeze(-1), forced, ell)

@@ -1,6 +1,6 @@
 """``only``: One-Layer Intervention (Wan et al., ICCV 2025, arXiv 2507.00898; ``zifuwan/ONLY``).
 
-One forward gives both ℓ and a "textually enhanced" ℓ_TE (E17,
+One forward gives both ℓ and a "textually enhanced" ℓ_TE (an in-forward side stream,
 ``zifuwan/ONLY@109bffe:transformers/src/transformers/models/llama/modeling_llama.py``):
 
 1. TE-MHA at decoder layer ℓ̃ = ``layer`` (``enhance_layer_index`` = 0, ``:860``), from that layer's
@@ -58,12 +58,14 @@ class ONLYHooks(SideStream):
         n = len(adapter.decoder_layers())
         idx = self.side_layer if self.side_layer >= 0 else n + self.side_layer
         if not 0 <= idx < n - 1:
-            raise InputError(f"method 'only': layer {self.side_layer} must be below the last decoder layer "
-                             f"(the model has {n})")
+            raise InputError(
+                f"method 'only': layer {self.side_layer} must be below the last decoder layer "
+                f"(the model has {n})"
+            )
         super().start(adapter, seqs, tokens)
 
     def side_output(self, p, v, ctx, module):
-        a = p[:, :, -1, :].double()        # [R, H, K]; float64: equal weights (std 0) are never cut
+        a = p[:, :, -1, :].double()  # [R, H, K]; float64: equal weights (std 0) are never cut
         valid, img, first = ctx.keys(a.shape[-1])
         text = (valid & ~img & ~first)[:, None, :]
         image = img[:, None, :]
@@ -75,13 +77,13 @@ class ONLYHooks(SideStream):
             out = torch.where(m, x, out)
             w = x * m
             q = w / w.sum(-1, keepdim=True)
-            kept[name] = -(torch.where(m, q * torch.log(q + 1e-6), torch.zeros_like(q))).sum(-1)   # [R, H]
+            kept[name] = -(torch.where(m, q * torch.log(q + 1e-6), torch.zeros_like(q))).sum(-1)  # [R, H]
         ht = torch.nan_to_num(kept["text"], nan=0.0)
         hi = torch.nan_to_num(kept["image"], nan=float("inf"))
         ratio = ht / hi
         removed = ratio < ratio.mean(-1, keepdim=True)
         out = out.masked_fill(removed[:, :, None], 0.0)
-        o = torch.einsum("rhk,rhkd->rhd", out.to(v.dtype), v)          # [R, H, d]
+        o = torch.einsum("rhk,rhkd->rhd", out.to(v.dtype), v)  # [R, H, d]
         return module.o_proj(o.reshape(o.shape[0], -1))
 
 
@@ -90,8 +92,9 @@ class ONLY(Method):
     name = "only"
     #: its decoder hooks read the prefill's attention mask as one tensor
     needs = ("plain_attention_mask",)
-    defaults = MappingProxyType({"alpha_pos": 3.0, "alpha_neg": 1.0, "beta": 0.1, "gamma": 0.2, "layer": 0,
-                                 "residual_weight": 0.2})
+    defaults = MappingProxyType(
+        {"alpha_pos": 3.0, "alpha_neg": 1.0, "beta": 0.1, "gamma": 0.2, "layer": 0, "residual_weight": 0.2}
+    )
 
     def validate(self, p):
         super().validate(p)
@@ -116,5 +119,8 @@ class ONLY(Method):
             if c and state.contexts:
                 meta = state.contexts[k].meta
                 meta["only_collaborative"] = meta.get("only_collaborative", 0) + 1
-        return torch.where(collab, l0 + float(p["alpha_pos"]) * lte,
-                           (1 + float(p["alpha_neg"])) * l0 - float(p["alpha_neg"]) * lte)
+        return torch.where(
+            collab,
+            l0 + float(p["alpha_pos"]) * lte,
+            (1 + float(p["alpha_neg"])) * l0 - float(p["alpha_neg"]) * lte,
+        )

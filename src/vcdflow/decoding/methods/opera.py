@@ -5,8 +5,8 @@
 Beam search (``num_beams`` = 5) where, at every step and for every beam b:
 
 1. z = the beam's raw next-token logits; candidates Y_b = top ``num_attn_candidates`` (N_can = 5) of z;
-2. every candidate c is forwarded on top of the beam (look-ahead, E7) and the **last** decoder
-   layer's attention of its query row is read (E3: max over heads);
+2. every candidate c is forwarded on top of the beam (look-ahead) and the **last** decoder
+   layer's attention of its query row is read (max over heads);
 3. ω = the rows of all generated tokens so far plus c's row, each renormalised over all keys
    (``attn_last / attn_last.sum(-1)``, L3415), cut to rows and columns at or after the response
    start (the window: the whole response so far, L3420), scaled by σ = ``scale_factor`` = 50;
@@ -18,7 +18,7 @@ Beam search (``num_beams`` = 5) where, at every step and for every beam b:
    L3556–3610).
 
 The chosen candidate's look-ahead forward is kept as its beam's next forward (its KV row, logits
-and attention row), saving one forward per step (methods-3 §1.1: equivalent up to numerics).
+and attention row), saving one forward per step (equivalent up to numerics).
 **Penalty precision** (``penalty_dtype``): the reference computes the column scores in float16
 (the model runs in fp16, ``minigpt4/models/llava.py:76``; its attentions come back in the query
 dtype; ``attn_local_scores`` is an fp16 buffer, L3424–3428): the renormalised rows, σ·ω and the
@@ -31,7 +31,7 @@ the division, σ·ω and 1e-7·Π rounded to fp16, the product accumulated in fl
 default elsewhere) keeps φ continuous: for 6.6e4 < Π ≲ 1e7 it penalises by ≤ 1 where the
 reference eliminates the candidate.
 
-**Retrospection (rollback, E12)**, ``retrospection`` = True (L3442–3560): every step each beam
+**Retrospection (rollback)**, ``retrospection`` = True (L3442–3560): every step each beam
 slot records the mode (over its candidates) of loc(c); with s = the mode of those over the beam
 slots, if every slot's history holds s **more than** ``threshold`` (r = 15; the paper says ≥)
 times and s ≥ 10, the decode goes back to response position p = s + 1 (at most N_can rollbacks per
@@ -84,7 +84,7 @@ from .base import Method
 
 
 class OperaAttention(AttentionHooks):
-    """E3 for OPERA: after every step forward, each row's last query row of the last decoder
+    """Attention capture for OPERA: after every step forward, each row's last query row of the last decoder
     layer (max over heads) is appended to that row's history, kept as (attention over the row's
     generated-token keys, row sum over all keys, mass on its image keys); re-indexed with the rows."""
 
@@ -96,7 +96,7 @@ class OperaAttention(AttentionHooks):
     def probs(self, layer, p, v, ctx, module):
         if ctx.phase != "step":
             return
-        M = p.to(self.dtype).float().max(dim=1).values              # [R, Q, K]
+        M = p.to(self.dtype).float().max(dim=1).values  # [R, Q, K]
         Q, K = M.shape[1], M.shape[2]
         valid, image, _ = ctx.keys(K)
         real = valid.long().cumsum(-1) - 1
@@ -106,12 +106,12 @@ class OperaAttention(AttentionHooks):
             n_prompt = int(self._prompt[(r, b)].shape[0])
             gen = valid[k] & (real[k] >= n_prompt)
             out = []
-            for q in range(Q):      # several real queries: a rollback's replay of the generated ids
+            for q in range(Q):  # several real queries: a rollback's replay of the generated ids
                 if not bool(valid[k, K - Q + q]):
                     continue
                 g = int(real[k, K - Q + q]) - n_prompt
                 m = M[k, q]
-                out.append((m[gen][:g + 1], m.sum(), m[image[k]].sum()))
+                out.append((m[gen][: g + 1], m.sum(), m[image[k]].sum()))
             self.hist[k] = out if len(out) > 1 else self.hist[k] + out
 
     def select(self, index):
@@ -127,11 +127,11 @@ def opera_penalty(hist: list, scale: float, dtype: torch.dtype = torch.float32) 
     n = len(hist)
     r = (lambda x: x.float()) if dtype == torch.float32 else (lambda x: x.to(dtype).float())
     rows = [r(r(keys) / r(total)) for keys, total, _ in hist]
-    W = r(torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).cpu() * scale)   # [n, n], row i: i+1 keys
+    W = r(torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).cpu() * scale)  # [n, n], row i: i+1 keys
     low = torch.ones((n, n), dtype=torch.bool).tril()
     cols = r(1e-7 * r(torch.where(low, W, torch.ones_like(W)).prod(dim=0)))  # column j: Π_{i≥j} σ·ω_ij
     phi = cols.max()
-    loc = int(torch.nonzero(cols == phi)[0])          # the first maximal column
+    loc = int(torch.nonzero(cols == phi)[0])  # the first maximal column
     return float(phi), loc, float(r(r(hist[-1][2]) / r(hist[-1][1])))
 
 
@@ -145,30 +145,48 @@ class OperaSearch(BeamSearch):
 
     * ``expand``: the rows are running beams; forward each beam's top-N_can candidates as slots;
     * ``opera``: the rows are those candidates; penalise them, record the per-beam location
-      modes, then either roll back (E12: the beams, scores and hypotheses of an earlier step are
+      modes, then either roll back (the beams, scores and hypotheses of an earlier step are
       restored and re-fed from the prompt, :class:`~vcdflow.decoding.beams.Choice` ``replay``) or
       run the beam step and expand the kept candidates;
     * ``ban``: the rows are the restored beams; the step is re-chosen over the whole vocabulary
       (logits shifted so that min = −999, the (beam, token) choices made there before set to −999),
       then the chosen tokens are fed (→ ``expand``)."""
 
-    def __init__(self, hooks: OperaAttention, num_beams: int, n_can: int, scale: float, alpha: float,
-                 threshold: int, retrospection: bool = True, length_penalty: float = 1.0, contexts=None,
-                 length_norm: str = "total", processors: dict | None = None):
-        super().__init__(score=None, num_beams=num_beams, length_penalty=length_penalty, early_stopping=False,
-                         length_norm=length_norm, processors=processors, hooks=hooks)
+    def __init__(
+        self,
+        hooks: OperaAttention,
+        num_beams: int,
+        n_can: int,
+        scale: float,
+        alpha: float,
+        threshold: int,
+        retrospection: bool = True,
+        length_penalty: float = 1.0,
+        contexts=None,
+        length_norm: str = "total",
+        processors: dict | None = None,
+    ):
+        super().__init__(
+            score=None,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            early_stopping=False,
+            length_norm=length_norm,
+            processors=processors,
+            hooks=hooks,
+        )
         self.hooks = hooks
         self.n_can = int(n_can)
         self.scale = float(scale)
         self.alpha = float(alpha)
         self.threshold = int(threshold)
         self.retrospection = bool(retrospection)
-        self.z: dict[int, list] = {}        # request -> per parent beam: (candidate ids, their raw logits)
+        self.z: dict[int, list] = {}  # request -> per parent beam: (candidate ids, their raw logits)
         self.mode: dict[int, str] = {}
-        self.snaps: dict[int, dict] = {}    # request -> step -> beam state before that step's choice
-        self.chosen: dict[int, dict] = {}   # request -> step -> [(source beam, token)] of the kept beams
-        self.locs: dict[int, list] = {}     # request -> per beam slot: location modes per step
-        self.times: dict[int, dict] = {}    # request -> position -> rollbacks done there
+        self.snaps: dict[int, dict] = {}  # request -> step -> beam state before that step's choice
+        self.chosen: dict[int, dict] = {}  # request -> step -> [(source beam, token)] of the kept beams
+        self.locs: dict[int, list] = {}  # request -> per beam slot: location modes per step
+        self.times: dict[int, dict] = {}  # request -> position -> rollbacks done there
         self.rejects: dict[int, dict] = {}  # request -> position -> banned (beam, token)
         self.ban: dict[int, tuple] = {}
         #: per request context: ``meta["opera_rollbacks"]`` lists the response positions re-chosen
@@ -191,15 +209,19 @@ class OperaSearch(BeamSearch):
     def _copy(st: _Beams | None):
         if st is None:
             return None
-        return _Beams(running=[list(x) for x in st.running], running_scores=st.running_scores.clone(),
-                      finished=list(st.finished), open=st.open)
+        return _Beams(
+            running=[list(x) for x in st.running],
+            running_scores=st.running_scores.clone(),
+            finished=list(st.finished),
+            open=st.open,
+        )
 
     def step(self, step: int, logits: torch.Tensor, layout: Layout):
         by_req: dict[int, list] = {}
         for sp in layout.spans():
             by_req.setdefault(sp[0], []).append(sp)
         picks, feed, tokens, done = [], [], {}, {}
-        replay_of: dict[int, list] = {}      # index into picks -> ids to re-feed
+        replay_of: dict[int, list] = {}  # index into picks -> ids to re-feed
         V = logits.shape[-1]
         for r, sps in by_req.items():
             mode = self.mode.get(r, "expand")
@@ -270,7 +292,7 @@ class OperaSearch(BeamSearch):
                 snap = self._copy(self.snaps[r][target])
                 self.state[r] = snap
                 for b in range(self.k):
-                    del self.locs[r][b][target + 1:]
+                    del self.locs[r][b][target + 1 :]
                 self.rejects[r].setdefault(rp, [])
                 self.rejects[r][rp] = self.rejects[r][rp] + list(self.chosen[r].get(target, []))
                 self.rejects[r][rp + 1] = []
@@ -297,7 +319,7 @@ class OperaSearch(BeamSearch):
             self.chosen[r][s_now] = [(beam[j], tok[j]) for j in nxt]
             self._expand(r, [slot_of[(beam[j], tok[j])] for j in nxt], logits, layout, picks, feed)
         ch = _choice(layout, picks, feed, tokens, done)
-        if replay_of:       # OPERA has one branch: pick i is new row i
+        if replay_of:  # OPERA has one branch: pick i is new row i
             ch.replay = replay_of
         return ch
 
@@ -315,7 +337,7 @@ class OperaSearch(BeamSearch):
             if times.get(rp, 0) >= self.n_can:
                 return None
         times[rp] = times.get(rp, 0) + 1
-        target = min(rp, s_now - 1)      # the code restores history_states[-2] after popping
+        target = min(rp, s_now - 1)  # the code restores history_states[-2] after popping
         if target < 1 or target not in self.snaps[r] or self.snaps[r][target] is None:
             return None
         return rp, target
@@ -330,10 +352,20 @@ class OPERA(Method):
     name = "opera"
     #: its decoder hooks read the prefill's attention mask as one tensor
     needs = ("plain_attention_mask",)
-    defaults = MappingProxyType({"num_beams": 5, "scale_factor": 50.0, "threshold": 15,
-                                 "num_attn_candidates": 5, "penalty_weights": 1.0, "retrospection": True,
-                                 "penalty_dtype": "float32", "length_norm": "total", "repetition_penalty": 1.0,
-                                 "repetition_context": "prompt"})
+    defaults = MappingProxyType(
+        {
+            "num_beams": 5,
+            "scale_factor": 50.0,
+            "threshold": 15,
+            "num_attn_candidates": 5,
+            "penalty_weights": 1.0,
+            "retrospection": True,
+            "penalty_dtype": "float32",
+            "length_norm": "total",
+            "repetition_penalty": 1.0,
+            "repetition_context": "prompt",
+        }
+    )
     requires_image = False
     mode = "greedy"
 
@@ -343,13 +375,19 @@ class OPERA(Method):
             if int(p[k]) < 1:
                 raise ValueError(f"parameter {k!r} of method {self.name!r} must be >= 1, got {p[k]}")
         if float(p["scale_factor"]) <= 0:
-            raise ValueError(f"parameter 'scale_factor' of method {self.name!r} must be > 0, got {p['scale_factor']}")
+            raise ValueError(
+                f"parameter 'scale_factor' of method {self.name!r} must be > 0, got {p['scale_factor']}"
+            )
         if p["penalty_dtype"] not in PENALTY_DTYPES:
-            raise ValueError(f"parameter 'penalty_dtype' of method {self.name!r} must be one of "
-                             f"{', '.join(PENALTY_DTYPES)}, got {p['penalty_dtype']!r}")
+            raise ValueError(
+                f"parameter 'penalty_dtype' of method {self.name!r} must be one of "
+                f"{', '.join(PENALTY_DTYPES)}, got {p['penalty_dtype']!r}"
+            )
         if p["length_norm"] not in ("total", "total_bos"):
-            raise ValueError(f"parameter 'length_norm' of method {self.name!r} must be 'total' or 'total_bos', "
-                             f"got {p['length_norm']!r}")
+            raise ValueError(
+                f"parameter 'length_norm' of method {self.name!r} must be 'total' or 'total_bos', "
+                f"got {p['length_norm']!r}"
+            )
         check_processor_params(self.name, p)
 
     def forward_hooks(self, adapter, params):
@@ -358,11 +396,19 @@ class OPERA(Method):
     def search(self, score, params, hooks, opts):
         if opts.get("num_beams", 1) > 1:
             raise ValueError(f"method {self.name!r} sets its beams with parameter 'num_beams'")
-        return OperaSearch(hooks, int(params["num_beams"]), int(params["num_attn_candidates"]),
-                           float(params["scale_factor"]), float(params["penalty_weights"]),
-                           int(params["threshold"]), bool(params["retrospection"]),
-                           length_penalty=opts.get("length_penalty", 1.0), contexts=opts.get("contexts"),
-                           length_norm=params["length_norm"], processors=self.processors(params))
+        return OperaSearch(
+            hooks,
+            int(params["num_beams"]),
+            int(params["num_attn_candidates"]),
+            float(params["scale_factor"]),
+            float(params["penalty_weights"]),
+            int(params["threshold"]),
+            bool(params["retrospection"]),
+            length_penalty=opts.get("length_penalty", 1.0),
+            contexts=opts.get("contexts"),
+            length_norm=params["length_norm"],
+            processors=self.processors(params),
+        )
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]

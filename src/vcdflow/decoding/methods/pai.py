@@ -97,8 +97,10 @@ class PAIHooks(AttentionHooks):
         end = n if self.end_layer is None else min(int(self.end_layer), n)
         if self.use_attn:
             if not 0 <= self.start_layer < end:
-                raise InputError(f"method 'pai': start_layer {self.start_layer} and end_layer {self.end_layer} "
-                                 f"select no decoder layer (the model has {n})")
+                raise InputError(
+                    f"method 'pai': start_layer {self.start_layer} and end_layer {self.end_layer} "
+                    f"select no decoder layer (the model has {n})"
+                )
             self.layers = list(range(self.start_layer, end))
         super().start(adapter, seqs, tokens)
 
@@ -110,7 +112,7 @@ class PAIHooks(AttentionHooks):
             # schedule leaves the whole prefill (suffix included) unmodified
             return s
         _, img, _ = ctx.keys(s.shape[-1])
-        m = (img & (ctx.branch == 0)[:, None])[:, None, :]     # [R, 1, K]: image keys of image-branch rows
+        m = (img & (ctx.branch == 0)[:, None])[:, None, :]  # [R, 1, K]: image keys of image-branch rows
         last = s[:, :, -1, :]
         s[:, :, -1, :] = torch.where(m, last + self.alpha * last.abs(), last)
         return s
@@ -121,8 +123,18 @@ class PAI(Method):
     name = "pai"
     #: its decoder hooks read the prefill's attention mask as one tensor
     needs = ("plain_attention_mask",)
-    defaults = MappingProxyType({"alpha": 0.2, "gamma": 1.1, "start_layer": 2, "end_layer": None, "beta": 0.1,
-                                 "use_attn": True, "use_cfg": True, "attn_schedule": "official"})
+    defaults = MappingProxyType(
+        {
+            "alpha": 0.2,
+            "gamma": 1.1,
+            "start_layer": 2,
+            "end_layer": None,
+            "beta": 0.1,
+            "use_attn": True,
+            "use_cfg": True,
+            "attn_schedule": "official",
+        }
+    )
     nullable = frozenset({"end_layer"})
     param_types = MappingProxyType({"end_layer": int})
 
@@ -133,10 +145,14 @@ class PAI(Method):
         if int(p["start_layer"]) < 0:
             raise ValueError(f"parameter 'start_layer' of method 'pai' must be >= 0, got {p['start_layer']}")
         if p["end_layer"] is not None and int(p["end_layer"]) <= int(p["start_layer"]):
-            raise ValueError(f"parameter 'end_layer' of method 'pai' must be > start_layer, got {p['end_layer']}")
+            raise ValueError(
+                f"parameter 'end_layer' of method 'pai' must be > start_layer, got {p['end_layer']}"
+            )
         if p["attn_schedule"] not in SCHEDULES:
-            raise ValueError(f"parameter 'attn_schedule' of method 'pai' must be one of {', '.join(SCHEDULES)}, "
-                             f"got {p['attn_schedule']!r}")
+            raise ValueError(
+                f"parameter 'attn_schedule' of method 'pai' must be one of {', '.join(SCHEDULES)}, "
+                f"got {p['attn_schedule']!r}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)
@@ -171,4 +187,3 @@ class PAI(Method):
         if not p["use_cfg"] or float(p["gamma"]) == 1:
             return None
         return p["beta"]
-

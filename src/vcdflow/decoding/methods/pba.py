@@ -46,11 +46,19 @@ class PBA(Method):
     def validate(self, p):
         super().validate(p)
         if not isinstance(p["suffix"], str) or not p["suffix"].strip():
-            raise ValueError(f"parameter 'suffix' of method 'pba' must be a non-empty string, got {p['suffix']!r}")
+            raise ValueError(
+                f"parameter 'suffix' of method 'pba' must be a non-empty string, got {p['suffix']!r}"
+            )
 
     def branches(self, request, ctx):
-        return [Branch(prompt=request.prompt + ctx.params["suffix"], image=request.image,
-                       system=request.system, name="pba")]
+        return [
+            Branch(
+                prompt=request.prompt + ctx.params["suffix"],
+                image=request.image,
+                system=request.system,
+                name="pba",
+            )
+        ]
 
     def combine(self, logits, step, state):
         return logits[..., 0, :]

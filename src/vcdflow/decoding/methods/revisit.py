@@ -1,7 +1,7 @@
 """``revisit``: ReVisiT, "Revisit What You See" — vision tokens' own early-exit distributions guide
 decoding (Cho & Kim, arXiv 2506.09522; ``bscho333/ReVisiT@b382967``).
 
-One branch, no extra forward. At prefill (engine capability E2, :class:`~vcdflow.decoding.layers.
+One branch, no extra forward. At prefill (:class:`~vcdflow.decoding.layers.
 HiddenStates`) the hidden states of every image-token position j are kept for the chosen layers
 l ∈ Λ (HF indices, :mod:`vcdflow.decoding.layers`); each gives a candidate logit vector
 c_{l,j} = W_lm · h_{l,j} (no final norm, except l = L, where HF's ``hidden_states[L]`` is already
@@ -76,7 +76,7 @@ def revisit_layers(spec, L: int, start: int) -> list[int]:
 
 @dataclass
 class VisionCandidates(HiddenStates):
-    """E2 hooks plus each request's candidates (``cache[request]``), built at its first step."""
+    """Image-position state hooks plus each request's candidates (``cache[request]``), built at its first step."""
 
     cache: dict = field(default_factory=dict)
 
@@ -84,18 +84,29 @@ class VisionCandidates(HiddenStates):
 @dataclass(frozen=True)
 class ReVisiT(Method):
     name = "revisit"
-    defaults = MappingProxyType({"layers": None, "relative_top": 1e-5, "repetition_penalty": 1.0,
-                                 "no_repeat_ngram_size": 0, "cache_mb": 1024.0})
+    defaults = MappingProxyType(
+        {
+            "layers": None,
+            "relative_top": 1e-5,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+            "cache_mb": 1024.0,
+        }
+    )
     nullable = frozenset({"layers"})
     param_types = MappingProxyType({"layers": (str, list, tuple)})
 
     def validate(self, p):
         super().validate(p)
         if isinstance(p["layers"], str) and p["layers"] not in LAYER_SETS:
-            raise ValueError(f"parameter 'layers' of method 'revisit' must be null, one of {', '.join(LAYER_SETS)} "
-                             f"or a list of layer indices, got {p['layers']!r}")
+            raise ValueError(
+                f"parameter 'layers' of method 'revisit' must be null, one of {', '.join(LAYER_SETS)} "
+                f"or a list of layer indices, got {p['layers']!r}"
+            )
         if not 0 < float(p["relative_top"]) < 1:
-            raise ValueError(f"parameter 'relative_top' of method 'revisit' must be in (0, 1), got {p['relative_top']}")
+            raise ValueError(
+                f"parameter 'relative_top' of method 'revisit' must be in (0, 1), got {p['relative_top']}"
+            )
         check_processor_params(self.name, p)
         if float(p["cache_mb"]) < 0:
             raise ValueError(f"parameter 'cache_mb' of method 'revisit' must be >= 0, got {p['cache_mb']}")
@@ -129,7 +140,7 @@ class ReVisiT(Method):
             H = self.candidates(ad, states, layers)
             head = ad.lm_head()
             V = head.weight.shape[0]
-            full = H.shape[0] * V * 4 <= float(state.params["cache_mb"]) * 2 ** 20
+            full = H.shape[0] * V * 4 <= float(state.params["cache_mb"]) * 2**20
             cache[r] = (head(H).float() if full else H, full, states.shape[1])
         return cache[r]
 
@@ -148,7 +159,7 @@ class ReVisiT(Method):
             top = lp.max()
             keep = (lp >= torch.minimum(top, top + log_a)).nonzero().flatten()
             if full:
-                c = cand.index_select(1, keep.to(cand.device))                   # [K, |V|]
+                c = cand.index_select(1, keep.to(cand.device))  # [K, |V|]
             else:
                 c = (cand @ W.index_select(0, keep.to(W.device)).T).float()
                 if bias is not None:

@@ -35,16 +35,19 @@ from .vcd import check_draw
 class Ritual(Method):
     name = "ritual"
     random_draw = True  # the random transform
-    defaults = MappingProxyType({"alpha": 3.0, "beta": 0.1, "transform": None, "crop_size": 336,
-                                 "draw": "per_question"})
+    defaults = MappingProxyType(
+        {"alpha": 3.0, "beta": 0.1, "transform": None, "crop_size": 336, "draw": "per_question"}
+    )
     nullable = frozenset({"transform"})
 
     def validate(self, p):
         super().validate(p)
         check_draw(self.name, p)
         if p["transform"] is not None and p["transform"] not in RITUAL_TRANSFORMS:
-            raise ValueError(f"parameter 'transform' of method 'ritual' must be one of "
-                             f"{', '.join(RITUAL_TRANSFORMS)} or None, got {p['transform']!r}")
+            raise ValueError(
+                f"parameter 'transform' of method 'ritual' must be one of "
+                f"{', '.join(RITUAL_TRANSFORMS)} or None, got {p['transform']!r}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)
@@ -53,8 +56,10 @@ class Ritual(Method):
             name = RITUAL_TRANSFORMS[int(torch.randint(len(RITUAL_TRANSFORMS), (1,), generator=ctx.rng))]
         ctx.meta["ritual_transform"] = name
         img = ritual_transform(request.image, name, ctx.rng, crop_size=int(ctx.params["crop_size"]))
-        return [self.original(request),
-                Branch(prompt=request.prompt, image=img, system=request.system, name="transformed")]
+        return [
+            self.original(request),
+            Branch(prompt=request.prompt, image=img, system=request.system, name="transformed"),
+        ]
 
     def combine(self, logits, step, state):
         if logits.shape[-2] == 1:

@@ -41,10 +41,14 @@ from .base import Method
 
 AUGMENTATIONS = ("vertical_flip", "horizontal_flip", "color_inversion", "random_crop", "random_mask", "noise")
 
-_HEAD = ("You are an expert data augmentation analyst. Your task is to select the single most semantically "
-         "disruptive image augmentation that most effectively invalidates the question's premise or prevents "
-         "a confident answer.")
-_HEAD_REASON = " Provide a clear reason explaining why the augmentation is chosen, then state your final choice."
+_HEAD = (
+    "You are an expert data augmentation analyst. Your task is to select the single most semantically "
+    "disruptive image augmentation that most effectively invalidates the question's premise or prevents "
+    "a confident answer."
+)
+_HEAD_REASON = (
+    " Provide a clear reason explaining why the augmentation is chosen, then state your final choice."
+)
 _MENU = """## Augmentations and Their Effects ##
 - Vertical flip: Flips image top-to-bottom. Disrupts questions about \u201cabove\u201d, \u201cbelow\u201d, \u201cunder\u201d or reading orientation.
 - Color inversion: Replaces each color with its complement. Disrupts questions relying on accurate color identification.
@@ -53,35 +57,49 @@ _MENU = """## Augmentations and Their Effects ##
 - Noise: Adds visual distortion. Disrupts questions requiring small details, texture, or text clarity.
 - Horizontal flip: Flips the image left-to-right. Disrupts questions about left/right positioning and left-to-right text reading."""
 _EXAMPLES = (
-    ("Is the mirror above the TV?",
-     "The question focuses on vertical positioning. Vertical flip reverses top and bottom, making \u201cabove\u201d "
-     "mean \u201cbelow,\u201d invalidating the question. Other augmentations don't affect vertical relationships.",
-     "vertical flip"),
-    ("Is this photo taken indoors?",
-     "The question requires identifying a specific environmental context. Random crop may exclude key background "
-     "elements like trees, invalidating the question. Flips, color inversion, noise, and random mask don't "
-     "directly affect scene context.",
-     "random crop"),
-    ("Are there any green beans in the image?",
-     "The question requires identifying a specific color. Color inversion changes green to its complement, "
-     "invalidating the question. Flips, noise, random mask, and random crop don't target color directly.",
-     "color inversion"),
-    ("How many people are in the image?",
-     "The question requires counting visible people. Random mask can completely obscure one or more people, "
-     "making the exact count impossible. Noise obscures details but typically doesn't hide entire objects, "
-     "allowing approximate counting. Flips and color inversion don't affect object visibility or count.",
-     "random mask"),
-    ("Is the cat on the right side of the laptop?",
-     "The question relies on horizontal positioning. Horizontal flip reverses left and right, making \u201cright\u201d "
-     "mean \u201cleft\u201d, invalidating the question. Other augmentations don't target horizontal positions.",
-     "horizontal flip"),
-    ("Does this artwork exist in the form of painting?",
-     "The question requires identifying the texture of the artwork. Noise obscures fine details, making it hard "
-     "to identify the medium. Other augmentations don't target texture details.",
-     "noise"),
+    (
+        "Is the mirror above the TV?",
+        "The question focuses on vertical positioning. Vertical flip reverses top and bottom, making \u201cabove\u201d "
+        "mean \u201cbelow,\u201d invalidating the question. Other augmentations don't affect vertical relationships.",
+        "vertical flip",
+    ),
+    (
+        "Is this photo taken indoors?",
+        "The question requires identifying a specific environmental context. Random crop may exclude key background "
+        "elements like trees, invalidating the question. Flips, color inversion, noise, and random mask don't "
+        "directly affect scene context.",
+        "random crop",
+    ),
+    (
+        "Are there any green beans in the image?",
+        "The question requires identifying a specific color. Color inversion changes green to its complement, "
+        "invalidating the question. Flips, noise, random mask, and random crop don't target color directly.",
+        "color inversion",
+    ),
+    (
+        "How many people are in the image?",
+        "The question requires counting visible people. Random mask can completely obscure one or more people, "
+        "making the exact count impossible. Noise obscures details but typically doesn't hide entire objects, "
+        "allowing approximate counting. Flips and color inversion don't affect object visibility or count.",
+        "random mask",
+    ),
+    (
+        "Is the cat on the right side of the laptop?",
+        "The question relies on horizontal positioning. Horizontal flip reverses left and right, making \u201cright\u201d "
+        "mean \u201cleft\u201d, invalidating the question. Other augmentations don't target horizontal positions.",
+        "horizontal flip",
+    ),
+    (
+        "Does this artwork exist in the form of painting?",
+        "The question requires identifying the texture of the artwork. Noise obscures fine details, making it hard "
+        "to identify the medium. Other augmentations don't target texture details.",
+        "noise",
+    ),
 )
-_TAIL = ("## Your Answer ##\nIf multiple augmentations could disrupt the question, select the one whose effect is "
-         "most direct and unambiguous. You must choose one of the given augmentations following the {fmt} format.")
+_TAIL = (
+    "## Your Answer ##\nIf multiple augmentations could disrupt the question, select the one whose effect is "
+    "most direct and unambiguous. You must choose one of the given augmentations following the {fmt} format."
+)
 
 
 def sas_prompt(question: str, reason: bool = True, icl: bool = True) -> str:
@@ -116,8 +134,13 @@ def parse_choice(reply: str) -> tuple[str, bool]:
     text = reply.lower()
     has_choice = "choice:" in text
     aug = text.split("choice:")[1].strip() if has_choice else text
-    for key, name in (("crop", "random_crop"), ("horizontal", "horizontal_flip"), ("vertical", "vertical_flip"),
-                      ("inver", "color_inversion"), ("mask", "random_mask")):
+    for key, name in (
+        ("crop", "random_crop"),
+        ("horizontal", "horizontal_flip"),
+        ("vertical", "vertical_flip"),
+        ("inver", "color_inversion"),
+        ("mask", "random_mask"),
+    ):
         if key in aug:
             return name, has_choice
     return "noise", has_choice and "noise" in aug
@@ -143,19 +166,34 @@ def augmentation_fn(name: str, params, rng):
 class SelfAug(Method):
     name = "selfaug"
     random_draw = True  # the augmentation's own parameters
-    defaults = MappingProxyType({"alpha": 1.0, "beta": 0.1, "tau": 0.5, "crop_ratio": 2.5, "mask_ratio": 2.0,
-                                 "noise_step": 500, "augmentation": None, "sas_prompt": "full",
-                                 "sas_max_new_tokens": 768, "sas_strip_suffix": None})
+    defaults = MappingProxyType(
+        {
+            "alpha": 1.0,
+            "beta": 0.1,
+            "tau": 0.5,
+            "crop_ratio": 2.5,
+            "mask_ratio": 2.0,
+            "noise_step": 500,
+            "augmentation": None,
+            "sas_prompt": "full",
+            "sas_max_new_tokens": 768,
+            "sas_strip_suffix": None,
+        }
+    )
     nullable = frozenset({"augmentation", "tau", "sas_strip_suffix"})
 
     def validate(self, p):
         super().validate(p)
         if p["augmentation"] is not None and p["augmentation"] not in AUGMENTATIONS:
-            raise ValueError(f"parameter 'augmentation' of method 'selfaug' must be one of "
-                             f"{', '.join(AUGMENTATIONS)} or None, got {p['augmentation']!r}")
+            raise ValueError(
+                f"parameter 'augmentation' of method 'selfaug' must be one of "
+                f"{', '.join(AUGMENTATIONS)} or None, got {p['augmentation']!r}"
+            )
         if p["sas_prompt"] not in _PROMPT_FLAGS:
-            raise ValueError(f"parameter 'sas_prompt' of method 'selfaug' must be one of "
-                             f"{', '.join(_PROMPT_FLAGS)}, got {p['sas_prompt']!r}")
+            raise ValueError(
+                f"parameter 'sas_prompt' of method 'selfaug' must be one of "
+                f"{', '.join(_PROMPT_FLAGS)}, got {p['sas_prompt']!r}"
+            )
         if p["tau"] is not None and float(p["tau"]) == 0:
             raise ValueError("parameter 'tau' of method 'selfaug' must be non-zero or None")
 
@@ -164,8 +202,15 @@ class SelfAug(Method):
         if not todo:
             return
         reason, icl = _PROMPT_FLAGS[todo[0].ctx.params["sas_prompt"]]
-        queries = [Branch(prompt=sas_prompt(sas_question(it.request.prompt, it.ctx.params), reason, icl), image=None,
-                          system=it.request.system, name="sas") for it in todo]
+        queries = [
+            Branch(
+                prompt=sas_prompt(sas_question(it.request.prompt, it.ctx.params), reason, icl),
+                image=None,
+                system=it.request.system,
+                name="sas",
+            )
+            for it in todo
+        ]
         replies = runner.greedy_texts(queries, int(todo[0].ctx.params["sas_max_new_tokens"]))
         for it, reply in zip(todo, replies):
             if isinstance(reply, Exception):
@@ -181,9 +226,16 @@ class SelfAug(Method):
             aug, parsed = parse_choice(reply)
             ctx.meta.update(selfaug_reply=reply, selfaug_parsed=parsed)
         ctx.meta["selfaug_augmentation"] = aug
-        return [self.original(request),
-                Branch(prompt=request.prompt, image=request.image, system=request.system,
-                       pixel_fn=augmentation_fn(aug, ctx.params, ctx.rng), name=aug)]
+        return [
+            self.original(request),
+            Branch(
+                prompt=request.prompt,
+                image=request.image,
+                system=request.system,
+                pixel_fn=augmentation_fn(aug, ctx.params, ctx.rng),
+                name=aug,
+            ),
+        ]
 
     def plausibility(self, logits, step, state):
         tau = state.params["tau"]

@@ -53,7 +53,7 @@ from .base import Method
 
 
 class SIDHooks(AttentionHooks):
-    """E20 on the contrast rows (branch 1): layer a−1 picks the kept image keys from the last
+    """Attention-conditioned key masking on the contrast rows (branch 1): layer a−1 picks the kept image keys from the last
     query row's head-mean attention; layers a…L−1 mask the others for every query row."""
 
     def __init__(self, layer: int, keep: int, keep_of: int, select: str):
@@ -64,16 +64,18 @@ class SIDHooks(AttentionHooks):
     def start(self, adapter, seqs, tokens):
         n = len(adapter.decoder_layers())
         if not 1 <= self.a < n:
-            raise InputError(f"method 'sid': layer {self.a} must be in 1..{n - 1} (the model has {n} decoder layers)")
+            raise InputError(
+                f"method 'sid': layer {self.a} must be in 1..{n - 1} (the model has {n} decoder layers)"
+            )
         self.layers = list(range(self.a - 1, n))
         super().start(adapter, seqs, tokens)
 
     def probs(self, layer, p, v, ctx, module):
         if layer != self.a - 1:
             return
-        att = p[:, :, -1, :].float().mean(1)                       # [R, K]
+        att = p[:, :, -1, :].float().mean(1)  # [R, K]
         _, img, _ = ctx.keys(att.shape[-1])
-        sid_rows = (ctx.branch == 1)
+        sid_rows = ctx.branch == 1
         masked = torch.zeros_like(img)
         for r in torch.nonzero(sid_rows).flatten().tolist():
             cols = torch.nonzero(img[r]).flatten()
@@ -90,7 +92,7 @@ class SIDHooks(AttentionHooks):
     def scores(self, layer, s, ctx, module):
         if layer < self.a:
             return s
-        return mask_keys(s, self.masked[:, -s.shape[-1]:])
+        return mask_keys(s, self.masked[:, -s.shape[-1] :])
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,17 @@ class SID(Method):
     name = "sid"
     #: its decoder hooks read the prefill's attention mask as one tensor
     needs = ("plain_attention_mask",)
-    defaults = MappingProxyType({"alpha": 0.5, "beta": 0.1, "layer": 2, "keep": 100, "keep_of": 576,
-                                 "select": "lowest", "greedy_apc": False})
+    defaults = MappingProxyType(
+        {
+            "alpha": 0.5,
+            "beta": 0.1,
+            "layer": 2,
+            "keep": 100,
+            "keep_of": 576,
+            "select": "lowest",
+            "greedy_apc": False,
+        }
+    )
     share_prefix = False
 
     def validate(self, p):
@@ -107,10 +118,14 @@ class SID(Method):
         if int(p["layer"]) < 1:
             raise ValueError(f"parameter 'layer' of method 'sid' must be >= 1, got {p['layer']}")
         if int(p["keep"]) < 1 or int(p["keep_of"]) < 1:
-            raise ValueError(f"parameters 'keep' and 'keep_of' of method 'sid' must be >= 1, "
-                             f"got {p['keep']} and {p['keep_of']}")
+            raise ValueError(
+                f"parameters 'keep' and 'keep_of' of method 'sid' must be >= 1, "
+                f"got {p['keep']} and {p['keep_of']}"
+            )
         if p["select"] not in ("lowest", "highest"):
-            raise ValueError(f"parameter 'select' of method 'sid' must be 'lowest' or 'highest', got {p['select']!r}")
+            raise ValueError(
+                f"parameter 'select' of method 'sid' must be 'lowest' or 'highest', got {p['select']!r}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)

@@ -1,6 +1,6 @@
 """``text_cd``: contrastive decoding against a smaller *amateur* model (the LLM baselines of
-Li et al., ACL 2023, arXiv 2210.15097, and O'Brien & Lewis, arXiv 2309.09117), engine capability
-E6 (:mod:`vcdflow.decoding.amateur`).
+Li et al., ACL 2023, arXiv 2210.15097, and O'Brien & Lewis, arXiv 2309.09117), through the engine's second
+model (:mod:`vcdflow.decoding.amateur`).
 
 Parameter ``variant``: ``variant="obrien"`` (default; O'Brien & Lewis, greedy)::
 
@@ -10,7 +10,7 @@ Parameter ``variant``: ``variant="obrien"`` (default; O'Brien & Lewis, greedy)::
 α = ``alpha`` = 0.1, β = ``beta`` = 0.5 (the paper's defaults; its GSM8K best is β = 0.25 for
 LLaMA-65B). From a secondary summary of the paper (no code released): UNVERIFIED beyond these
 defaults. Greedy is the paper's setting; sampling (not in the paper) samples from s_CD; beams via
-``generate(num_beams=…)`` run the generic E11 search over s_CD.
+``generate(num_beams=…)`` run the generic beam search over s_CD.
 
 ``variant="li"`` (Li et al., beam search; ``XiangLi1999/ContrastiveDecoding@170e914``)::
 
@@ -87,10 +87,19 @@ class LiBeamSearch(BeamSearch):
     #: max(2, 1 + n_eos)·K, 3·K for Qwen's two EOS ids)
     pool_factor = 2
 
-    def __init__(self, score, amateur: AmateurStream, num_beams: int, st_coef: float, temperature: float,
-                 relative_top: float, length_penalty: float = 1.0):
-        super().__init__(score, num_beams, length_penalty=length_penalty, early_stopping=False,
-                         length_norm="total")
+    def __init__(
+        self,
+        score,
+        amateur: AmateurStream,
+        num_beams: int,
+        st_coef: float,
+        temperature: float,
+        relative_top: float,
+        length_penalty: float = 1.0,
+    ):
+        super().__init__(
+            score, num_beams, length_penalty=length_penalty, early_stopping=False, length_norm="total"
+        )
         self.amateur = amateur
         self.coef = float(st_coef)
         self.tau = float(temperature)
@@ -100,7 +109,7 @@ class LiBeamSearch(BeamSearch):
         K, V = lp.shape
         masked = entrp_mask(lp, self.relative_top, 2 if self.k > 1 else 1)
         acc = masked + running[:, None]
-        pick = acc if first else lp                     # the code's next_token_scores_keep
+        pick = acc if first else lp  # the code's next_token_scores_keep
         _, idx = torch.topk(pick.reshape(-1), k=keep)
         ama = self.amateur.logits[torch.tensor(rows, device=self.amateur.logits.device)][:, :V].float()
         student = torch.log_softmax(ama, dim=-1).to(lp.device) / self.tau
@@ -113,9 +122,19 @@ class LiBeamSearch(BeamSearch):
 @dataclass(frozen=True)
 class TextCD(Method):
     name = "text_cd"
-    defaults = MappingProxyType({"amateur": None, "variant": "obrien", "alpha": 0.1, "beta": 0.5,
-                                 "st_coef": 0.5, "student_temperature": 1.0, "num_beams": 5,
-                                 "ignore_prefix": None, "amateur_image": True})
+    defaults = MappingProxyType(
+        {
+            "amateur": None,
+            "variant": "obrien",
+            "alpha": 0.1,
+            "beta": 0.5,
+            "st_coef": 0.5,
+            "student_temperature": 1.0,
+            "num_beams": 5,
+            "ignore_prefix": None,
+            "amateur_image": True,
+        }
+    )
     nullable = frozenset({"amateur", "ignore_prefix"})
     param_types = MappingProxyType({"amateur": str, "ignore_prefix": bool})
     requires_image = False
@@ -124,17 +143,23 @@ class TextCD(Method):
 
     def validate(self, p):
         if p["variant"] not in VARIANTS:
-            raise ValueError(f"parameter 'variant' of method {self.name!r} must be one of {', '.join(VARIANTS)}, "
-                             f"got {p['variant']!r}")
+            raise ValueError(
+                f"parameter 'variant' of method {self.name!r} must be one of {', '.join(VARIANTS)}, "
+                f"got {p['variant']!r}"
+            )
         if float(p["beta"]) < 0:
             raise ValueError(f"parameter 'beta' of method {self.name!r} must be >= 0, got {p['beta']}")
         if not 0 < float(p["alpha"]) <= 1:
             raise ValueError(f"parameter 'alpha' of method {self.name!r} must be in (0, 1], got {p['alpha']}")
         if float(p["student_temperature"]) <= 0:
-            raise ValueError(f"parameter 'student_temperature' of method {self.name!r} must be > 0, "
-                             f"got {p['student_temperature']}")
+            raise ValueError(
+                f"parameter 'student_temperature' of method {self.name!r} must be > 0, "
+                f"got {p['student_temperature']}"
+            )
         if int(p["num_beams"]) < 1:
-            raise ValueError(f"parameter 'num_beams' of method {self.name!r} must be >= 1, got {p['num_beams']}")
+            raise ValueError(
+                f"parameter 'num_beams' of method {self.name!r} must be >= 1, got {p['num_beams']}"
+            )
         if float(p["st_coef"]) < 0:
             raise ValueError(f"parameter 'st_coef' of method {self.name!r} must be >= 0, got {p['st_coef']}")
 
@@ -143,31 +168,40 @@ class TextCD(Method):
 
     def amateur_stream(self, adapter, params):
         if not params.get("amateur"):
-            raise InputError(f"method {self.name!r} needs parameter 'amateur' (a model directory load_vlm loads)")
+            raise InputError(
+                f"method {self.name!r} needs parameter 'amateur' (a model directory load_vlm loads)"
+            )
         vlm = load_amateur(params["amateur"], adapter)
         check_vocab(adapter, vlm.adapter)
-        return AmateurStream(vlm, last_token_only=self._ignore_prefix(params),
-                             with_image=bool(params["amateur_image"]))
+        return AmateurStream(
+            vlm, last_token_only=self._ignore_prefix(params), with_image=bool(params["amateur_image"])
+        )
 
     def search(self, score, params, hooks, opts):
         if params["variant"] != "li" or int(params["num_beams"]) == 1:
-            return None      # obrien / Li's greedy: the plain chooser (or generate(num_beams=…)'s beams)
+            return None  # obrien / Li's greedy: the plain chooser (or generate(num_beams=…)'s beams)
         if opts.get("num_beams", 1) > 1:
             raise ValueError(f"method {self.name!r} variant 'li' sets its beams with parameter 'num_beams'")
         if opts.get("mode") != "greedy":
             raise ValueError(f"method {self.name!r} variant 'li' is beam search: decode with do_sample=False")
         # opts["amateur"]: the stream the engine built for this decode call (amateur_stream)
-        return LiBeamSearch(score, opts["amateur"], int(params["num_beams"]), float(params["st_coef"]),
-                            float(params["student_temperature"]), float(params["alpha"]),
-                            length_penalty=opts.get("length_penalty", 1.0))
+        return LiBeamSearch(
+            score,
+            opts["amateur"],
+            int(params["num_beams"]),
+            float(params["st_coef"]),
+            float(params["student_temperature"]),
+            float(params["alpha"]),
+            length_penalty=opts.get("length_penalty", 1.0),
+        )
 
     def combine(self, logits, step, state):
         ell = logits[..., 0, :]
         if state.params["variant"] == "li":
-            if int(state.params["num_beams"]) == 1:   # Li's greedy_search: raw logits, no EntrP head
+            if int(state.params["num_beams"]) == 1:  # Li's greedy_search: raw logits, no EntrP head
                 tau = float(state.params["student_temperature"])
                 return ell - float(state.params["st_coef"]) * state.amateur.to(ell.dtype) / tau
-            return ell                   # the Li search reads the amateur itself
+            return ell  # the Li search reads the amateur itself
         b = float(state.params["beta"])
         return (1 + b) * ell - b * state.amateur.to(ell.dtype)
 

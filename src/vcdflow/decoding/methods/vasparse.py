@@ -2,7 +2,7 @@
 
 Official code: ``mengchuang123/VASparse-github@4929816``.
 
-Parameter ``variant``: ``variant="paper"`` (default) — the paper's three parts, read from its full text (methods-2 §1.1):
+Parameter ``variant``: ``variant="paper"`` (default) — the paper's three parts, read from its full text:
 
 1. **Visual-aware token selection** (Eq. 3–5): at every decoding step, per attention head, the
    generated tokens in the cache (keys; the current token excepted) are ranked by
@@ -11,7 +11,7 @@ Parameter ``variant``: ``variant="paper"`` (default) — the paper's three parts
    was the query (here: the last decoder layer, mean over heads: the paper's "last attention head
    in the historical calculations", **UNVERIFIED** reading), normalised over the generated tokens.
    The top S = ⌈``sparse_rate``·L⌉ of the L are kept, the others dropped — here as per-head −∞ key
-   masks (E5) in every layer (which layers: **UNVERIFIED**), recomputed every step. The paper
+   masks in every layer (which layers: **UNVERIFIED**), recomputed every step. The paper
    merges the dropped tokens by k-NN density-peak clustering into kept ones: **not built**
    (dropped tokens are only masked; why: "Cluster merge" below).
 2. **Sinking-attention penalty** (Eq. 7): (1+β_s)·qKᵀ − β_s·W⊙qKᵀ = qKᵀ·(1 + β_s(1 − w_j)) with
@@ -45,10 +45,10 @@ imports three functions that do not exist; the 50% image mask is built but never
 averaging (``max_sentence_lenght``) are not ported; the sink penalty and the δ/P selection are
 absent from the code.
 
-**Cluster merge and SparseVLM prefill pruning: not built, and why** (issue #16). Neither source
+**Cluster merge and SparseVLM prefill pruning: not built, and why**. Neither source
 defines a merge that can be reproduced faithfully:
 
-* *Paper* (methods-2 §1.1, Eq. 3–5 text): the dropped generated tokens are "grouped with k-NN
+* *Paper* (Eq. 3–5 text): the dropped generated tokens are "grouped with k-NN
   density-peak clustering (Rodriguez & Laio)" and "each cluster is summed into one kept token". It
   gives no k, no cluster count or density cut, no feature space (keys per head? hidden states?) and
   no rule for which kept token receives a cluster: any choice would be ours, not the paper's.
@@ -72,7 +72,7 @@ defines a merge that can be reproduced faithfully:
   match. (c) A port would also need physical token removal inside the forward with later layers'
   positions renumbered contiguously (``:290``), batch 1 (``:235``), and at decode each layer
   positioned at its own KV length (``:227-232,328``) — outside the engine's one batched cache
-  layout, and not expressible as E5 key masks (merged tokens are new keys with new positions).
+  layout, and not expressible as per-head key masks (merged tokens are new keys with new positions).
 
 Families: every family (InstructBLIP: P over the 32 Q-Former query outputs). Paper numbers
 (Table 1 CHAIR, Table 3 MME, LLaVA-1.5) are for the paper's full method with the merge and beams:
@@ -93,7 +93,7 @@ from .base import Method
 
 class VASparseHooks(AttentionHooks):
     """The current input token's embedding per row (``last_embed`` [R, D]) and, for the paper
-    variant, token selection and the sink penalty (E3 + E4 + E5 across forwards)."""
+    variant, token selection and the sink penalty (attention capture, score hooks and key masks across forwards)."""
 
     def __init__(self, select: bool, sink: bool, lam: float, rate: float, sink_beta: float):
         super().__init__()
@@ -139,10 +139,10 @@ class VASparseHooks(AttentionHooks):
         if self.do_select and self._any_drop:
             prev, drop = self._prev[:, -K:], self._drop
             paid = self.paid[:, -K:].masked_fill(~prev, float("-inf"))
-            P = torch.softmax(paid, -1).nan_to_num(0.0)        # rows without generated keys: 0
+            P = torch.softmax(paid, -1).nan_to_num(0.0)  # rows without generated keys: 0
             delta = s[:, :, -1, :].float() ** 2 + self.lam * P[:, None, :]
             delta = delta.masked_fill(~prev[:, None, :], float("inf"))
-            rank = delta.argsort(-1).argsort(-1)               # 0 = smallest δ
+            rank = delta.argsort(-1).argsort(-1)  # 0 = smallest δ
             dropped = (rank < drop.view(-1, 1, 1)) & prev[:, None, :]
             s = mask_keys(s, dropped[:, :, None, :])
         if self.do_sink:
@@ -156,9 +156,9 @@ class VASparseHooks(AttentionHooks):
 
     def probs(self, layer, p, v, ctx, module):
         Q = p.shape[2]
-        qv = ctx.valid[:, -Q:].to(torch.float32)                   # padded query rows do not count
+        qv = ctx.valid[:, -Q:].to(torch.float32)  # padded query rows do not count
         if self.do_sink:
-            got = (p.float() * qv[:, None, :, None]).sum(2)        # [R, H, K]
+            got = (p.float() * qv[:, None, :, None]).sum(2)  # [R, H, K]
             prev = self.recv.get(layer)
             self.recv[layer] = got if prev is None else prev + got
         if self.do_select and layer == self._p_layer:
@@ -187,18 +187,36 @@ class VASparse(Method):
     name = "vasparse"
     #: its decoder hooks read the prefill's attention mask as one tensor
     needs = ("plain_attention_mask",)
-    defaults = MappingProxyType({"variant": "paper", "alpha": 0.1, "beta": 0.1, "sink_beta": 0.1, "lam": 0.1,
-                                 "sparse_rate": 0.9, "token_selection": True, "sink_penalty": True, "svcd": True,
-                                 "contrastive_rate": 0.1, "relative_top": 0.1})
+    defaults = MappingProxyType(
+        {
+            "variant": "paper",
+            "alpha": 0.1,
+            "beta": 0.1,
+            "sink_beta": 0.1,
+            "lam": 0.1,
+            "sparse_rate": 0.9,
+            "token_selection": True,
+            "sink_penalty": True,
+            "svcd": True,
+            "contrastive_rate": 0.1,
+            "relative_top": 0.1,
+        }
+    )
 
     def validate(self, p):
         super().validate(p)
         if p["variant"] not in ("paper", "code"):
-            raise ValueError(f"parameter 'variant' of method 'vasparse' must be 'paper' or 'code', got {p['variant']!r}")
+            raise ValueError(
+                f"parameter 'variant' of method 'vasparse' must be 'paper' or 'code', got {p['variant']!r}"
+            )
         if not 0 < float(p["sparse_rate"]) <= 1:
-            raise ValueError(f"parameter 'sparse_rate' of method 'vasparse' must be in (0, 1], got {p['sparse_rate']}")
+            raise ValueError(
+                f"parameter 'sparse_rate' of method 'vasparse' must be in (0, 1], got {p['sparse_rate']}"
+            )
         if not 0 < float(p["relative_top"]) <= 1:
-            raise ValueError(f"parameter 'relative_top' of method 'vasparse' must be in (0, 1], got {p['relative_top']}")
+            raise ValueError(
+                f"parameter 'relative_top' of method 'vasparse' must be in (0, 1], got {p['relative_top']}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)
@@ -206,8 +224,13 @@ class VASparse(Method):
 
     def forward_hooks(self, adapter, params):
         paper = params["variant"] == "paper"
-        return VASparseHooks(paper and params["token_selection"], paper and params["sink_penalty"],
-                             params["lam"], params["sparse_rate"], params["sink_beta"])
+        return VASparseHooks(
+            paper and params["token_selection"],
+            paper and params["sink_penalty"],
+            params["lam"],
+            params["sparse_rate"],
+            params["sink_beta"],
+        )
 
     def _phi(self, state):
         ad = state.contexts[0].adapter if state.contexts else state.hooks.adapter

@@ -37,13 +37,15 @@ DRAWS = ("per_question", "per_image")
 
 def check_draw(method: str, p) -> None:
     if p.get("draw", "per_question") not in DRAWS:
-        raise ValueError(f"parameter 'draw' of method {method!r} must be one of {', '.join(DRAWS)}, "
-                         f"got {p['draw']!r}")
+        raise ValueError(
+            f"parameter 'draw' of method {method!r} must be one of {', '.join(DRAWS)}, got {p['draw']!r}"
+        )
 
 
 def noise_fn(noise_step: int, rng):
     def fn(x, mean, std):
         return diffusion_noise(x, noise_step, rng)
+
     return fn
 
 
@@ -60,6 +62,13 @@ class VCD(Method):
 
     def branches(self, request, ctx):
         self.require_image(request)
-        return [self.original(request),
-                Branch(prompt=request.prompt, image=request.image, system=request.system,
-                       pixel_fn=noise_fn(int(ctx.params["noise_step"]), ctx.rng), name="noised")]
+        return [
+            self.original(request),
+            Branch(
+                prompt=request.prompt,
+                image=request.image,
+                system=request.system,
+                pixel_fn=noise_fn(int(ctx.params["noise_step"]), ctx.rng),
+                name="noised",
+            ),
+        ]

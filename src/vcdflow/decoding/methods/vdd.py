@@ -28,8 +28,9 @@ class VDD(Method):
     def validate(self, p):
         super().validate(p)
         if p["variant"] not in ("none", "unk", "both"):
-            raise ValueError(f"parameter 'variant' of method 'vdd' must be 'none', 'unk' or 'both', "
-                             f"got {p['variant']!r}")
+            raise ValueError(
+                f"parameter 'variant' of method 'vdd' must be 'none', 'unk' or 'both', got {p['variant']!r}"
+            )
 
     def branches(self, request, ctx):
         self.require_image(request)
@@ -37,6 +38,12 @@ class VDD(Method):
         if ctx.params["variant"] in ("none", "both"):
             out.append(Branch(prompt=request.prompt, image=None, system=request.system, name="no_image"))
         if ctx.params["variant"] in ("unk", "both"):
-            out.append(Branch(prompt=f"{ctx.adapter.unk_token}\n{request.prompt}", image=None,
-                              system=request.system, name="unk_image"))
+            out.append(
+                Branch(
+                    prompt=f"{ctx.adapter.unk_token}\n{request.prompt}",
+                    image=None,
+                    system=request.system,
+                    name="unk_image",
+                )
+            )
         return out

@@ -1,8 +1,8 @@
 """``vista``: Visual Steering Vector + Self-Logits Augmentation (Li et al., ICML 2025, arXiv 2502.03628).
 
-Official code ``LzVv123456/VISTA@dc62252`` (``shared/spec/methods-3.md`` §1.7). One branch (the
-original); two engine capabilities: E16 (a residual probe per request) and E14 (per-request
-steering of every decoder layer's MLP output).
+Official code ``LzVv123456/VISTA@dc62252``. One branch (the
+original); two engine capabilities: a residual probe per request and per-request
+steering of every decoder layer's MLP output.
 
 **Visual steering vector (per request, before decoding).** Positive input = the request itself
 (image + prompt), negative = the same templated prompt with the image removed
@@ -77,13 +77,15 @@ def sla_window(n_layers: int, logits_layers) -> list[int]:
     else:
         s, e = int(logits_layers[0]), int(logits_layers[1])
     if not 0 <= s <= e < n_layers:
-        raise ValueError(f"parameter 'logits_layers' of method 'vista' must be [s, e] with 0 <= s <= e < "
-                         f"{n_layers} (the model's decoder layers), got {logits_layers!r}")
+        raise ValueError(
+            f"parameter 'logits_layers' of method 'vista' must be [s, e] with 0 <= s <= e < "
+            f"{n_layers} (the model's decoder layers), got {logits_layers!r}"
+        )
     return list(range(s, e + 1))
 
 
 class VistaSteering(ActivationSteering):
-    """E14 with per-request visual steering vectors computed in ``start`` by the E16 probe."""
+    """Decoder-layer steering with per-request visual steering vectors computed in ``start`` by the residual probe."""
 
     def __init__(self, lam: float, layers=None, probe_chunk: int = 8, pca_artefact: bool = False):
         super().__init__(vectors={}, lam=float(lam), gate=True, per_request=True)
@@ -92,7 +94,7 @@ class VistaSteering(ActivationSteering):
         self.pca_artefact = bool(pca_artefact)
 
     def start(self, adapter, seqs, tokens) -> None:
-        if self.lam == 0:   # no steering: no probe
+        if self.lam == 0:  # no steering: no probe
             self.vectors = {}
             super().start(adapter, seqs, tokens)
             return
@@ -101,8 +103,8 @@ class VistaSteering(ActivationSteering):
         rows = pos + [drop_image(adapter, e) for e in pos]
         outs = residual_probe(adapter, rows, chunk=self.probe_chunk)
         n = len(pos)
-        v = torch.stack([outs[i] - outs[n + i] for i in range(n)])   # [n, L, D]
-        if self.pca_artefact:   # the official rank-1 PCA of one sample: + e₀ (module docstring)
+        v = torch.stack([outs[i] - outs[n + i] for i in range(n)])  # [n, L, D]
+        if self.pca_artefact:  # the official rank-1 PCA of one sample: + e₀ (module docstring)
             v[:, 0, 0] += 1.0
         self.vsv = v
         s, e = (0, L) if self.steer_layers is None else (int(self.steer_layers[0]), int(self.steer_layers[1]))
@@ -113,8 +115,16 @@ class VistaSteering(ActivationSteering):
 @dataclass(frozen=True)
 class VISTA(Method):
     name = "vista"
-    defaults = MappingProxyType({"lam": 0.1, "layers": None, "logits_aug": True, "logits_alpha": 0.3,
-                                 "logits_layers": None, "pca_artefact": False})
+    defaults = MappingProxyType(
+        {
+            "lam": 0.1,
+            "layers": None,
+            "logits_aug": True,
+            "logits_alpha": 0.3,
+            "logits_layers": None,
+            "pca_artefact": False,
+        }
+    )
     nullable = frozenset({"layers", "logits_layers"})
     param_types = MappingProxyType({"layers": (list, tuple), "logits_layers": (list, tuple)})
     share_prefix = False
@@ -124,24 +134,37 @@ class VISTA(Method):
         if float(p["lam"]) < 0:
             raise ValueError(f"parameter 'lam' of method 'vista' must be >= 0, got {p['lam']}")
         if not 0 <= float(p["logits_alpha"]) <= 1:
-            raise ValueError(f"parameter 'logits_alpha' of method 'vista' must be in [0, 1], got {p['logits_alpha']}")
+            raise ValueError(
+                f"parameter 'logits_alpha' of method 'vista' must be in [0, 1], got {p['logits_alpha']}"
+            )
         for key in ("layers", "logits_layers"):
             v = p[key]
-            if v is not None and (len(v) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
-                raise ValueError(f"parameter {key!r} of method 'vista' must be null or two layer indices [s, e], "
-                                 f"got {v!r}")
+            if v is not None and (
+                len(v) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+            ):
+                raise ValueError(
+                    f"parameter {key!r} of method 'vista' must be null or two layer indices [s, e], got {v!r}"
+                )
         if p["layers"] is not None and not 0 <= p["layers"][0] < p["layers"][1]:
-            raise ValueError(f"parameter 'layers' of method 'vista' must be a slice [s, e) with 0 <= s < e, "
-                             f"got {p['layers']!r}")
+            raise ValueError(
+                f"parameter 'layers' of method 'vista' must be a slice [s, e) with 0 <= s < e, "
+                f"got {p['layers']!r}"
+            )
 
     def forward_hooks(self, adapter, params) -> DecodeHooks:
         L = len(adapter.decoder_layers())
         if params["layers"] is not None and params["layers"][1] > L:
-            raise ValueError(f"parameter 'layers' of method 'vista': {params['layers']!r} is beyond the model's "
-                             f"{L} decoder layers")
+            raise ValueError(
+                f"parameter 'layers' of method 'vista': {params['layers']!r} is beyond the model's "
+                f"{L} decoder layers"
+            )
         window = sla_window(L, params["logits_layers"]) if params["logits_aug"] else []
-        return HookChain(parts=[VistaSteering(params["lam"], params["layers"], pca_artefact=params["pca_artefact"]),
-                                LayerCapture(layers=window)])
+        return HookChain(
+            parts=[
+                VistaSteering(params["lam"], params["layers"], pca_artefact=params["pca_artefact"]),
+                LayerCapture(layers=window),
+            ]
+        )
 
     def combine(self, logits, step, state):
         ell = logits[..., 0, :]
