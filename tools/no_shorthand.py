@@ -36,7 +36,10 @@ def findings(root: Path = ROOT) -> list[str]:
             continue
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
         for path in files:
-            if path.suffix not in SUFFIXES or "__pycache__" in path.parts:
+            # build outputs (bytecode, the egg-info an editable install writes) are not the source
+            if path.suffix not in SUFFIXES or any(
+                part == "__pycache__" or part.endswith(".egg-info") for part in path.parts
+            ):
                 continue
             try:
                 text = path.read_text()
